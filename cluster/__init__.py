@@ -1,0 +1,1 @@
+"""Cluster serving: request traces, routing, batching, allocation policies and event simulation."""

@@ -1,0 +1,282 @@
+"""Tiled int8 GEMM with int32 accumulation, optional bias and requantization.
+
+``C[M][N] = requant(A[M][K] @ B[K][N] + bias[N])`` for any M, N, K, lowered to uTOps for one
+:class:`~tcloud.isa.ArchConfig`.
+
+Schedule
+--------
+The output is computed in blocks of ``mb × nb`` int32 accumulators held in the scratchpad; K is
+streamed in chunks of ``kb``. For each chunk one DMA uTOp loads the A and B chunks into one of two
+buffer sets (double buffering), then one ME uTOp per ``me_cols``-wide column tile runs
+``me.loadw``/``me.matmul`` pairs over the chunk's ``me_rows``-deep k tiles. The column tiles are
+independent, so the hardware spreads them over all matrix engines. After the last chunk an optional
+VE uTOp adds the bias and requantizes, and a DMA uTOp stores the block. Accumulator and output
+buffers are double-buffered too, so the store of one block overlaps the next block's compute.
+Tiles smaller than the array (M, N, K not multiples of its size) use the exact ``k`` and ``n`` of
+``me.loadw``: no padding reaches the arithmetic.
+"""
+
+import math
+from dataclasses import dataclass
+
+from tcloud.isa import Instr, ProgramImage, Symbol, get_config
+from tcloud.isa.encoding import check_field
+from tcloud.isa.errors import EncodingError
+from tcloud.isa.table import BY_MNEMONIC, WORD_BYTES, EngineClass
+from tcloud.isa.table import field_max as _field_max
+
+from .program import FirmwareError, ProgramBuilder
+
+_ALIGN = 64
+_UTOP_OVERHEAD = 16
+"""Cycles the planner charges per ME uTOp for dispatch and pipeline fill/drain."""
+
+
+def _up(value, multiple):
+    return -(-value // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class Requant:
+    """Fixed-point requantization ``round_half_even(x * multiplier / 2**shift) + zero_point``.
+
+    Raises
+    ------
+    FirmwareError
+        If a parameter does not fit the ``ve.requant`` fields.
+    """
+
+    multiplier: int
+    shift: int
+    zero_point: int = 0
+
+    def __post_init__(self):
+        spec = BY_MNEMONIC["ve.requant"]
+        for name, value in (("mult", self.multiplier), ("shift", self.shift), ("zp", self.zero_point)):
+            try:
+                check_field(spec, spec.field(name), value)
+            except EncodingError as exc:
+                raise FirmwareError(f"requantization parameter out of range: {exc}") from None
+
+    @classmethod
+    def from_scale(cls, scale, zero_point=0):
+        """Closest multiplier/shift pair to a positive real ``scale`` (multiplier < 2**31).
+
+        Raises
+        ------
+        FirmwareError
+            If ``scale`` is not positive or cannot be represented.
+        """
+        if not scale > 0 or not math.isfinite(scale):
+            raise FirmwareError(f"requantization scale must be a positive finite number, got {scale!r}")
+        mantissa, exponent = math.frexp(scale)
+        mult, shift = round(mantissa * (1 << 31)), 31 - exponent
+        if mult == 1 << 31:
+            mult, shift = mult >> 1, shift - 1
+        max_shift = _field_max("ve.requant", "shift")
+        if shift > max_shift:
+            mult, shift = round(mult / (1 << (shift - max_shift))), max_shift
+        if shift < 0 or mult == 0:
+            raise FirmwareError(f"requantization scale {scale!r} is outside the representable range "
+                                f"[2**-{max_shift}, 2**31)")
+        return cls(mult, shift, zero_point)
+
+    @property
+    def scale(self):
+        return self.multiplier / (1 << self.shift)
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    """Block sizes chosen for one GEMM and their scratchpad footprint."""
+
+    m: int
+    k: int
+    n: int
+    mb: int
+    nb: int
+    kb: int
+    sram_bytes: int
+    estimated_cycles: float
+
+
+def _sram_footprint(cfg, mb, nb, kb, bias, requant):
+    total = 2 * mb * _up(kb, WORD_BYTES) + 2 * kb * _up(nb, WORD_BYTES) + 2 * mb * 4 * nb
+    if bias:
+        total += 2 * 4 * nb
+    if requant:
+        total += 2 * mb * _up(nb, WORD_BYTES)
+    return total
+
+
+def plan_gemm(config, m, k, n, *, bias=False, requant=False):
+    """Choose block sizes for ``C[m][n] = A[m][k] @ B[k][n]`` on ``config``.
+
+    The plan minimises a simple estimate ``max(ME cycles, HBM cycles)`` over power-of-two block
+    sizes that fit the scratchpad and the ISA's field limits.
+
+    Raises
+    ------
+    FirmwareError
+        If a dimension is not a positive integer or no blocking fits the scratchpad.
+    """
+    cfg = get_config(config)
+    for name, value in (("M", m), ("K", k), ("N", n)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise FirmwareError(f"GEMM dimension {name} must be a positive integer, got {value!r}")
+    rows, cols = cfg.me_rows, cfg.me_cols
+    max_m = min(_field_max("me.matmul", "m"), _field_max("dma.load", "rows"))
+    max_n = min(_field_max("dma.load", "row_bytes") // 4, _field_max("ve.add", "n"))
+    max_k = min(_field_max("dma.load", "rows"), _field_max("dma.load", "row_bytes"))
+    mb_opts = sorted({min(m, max_m, 1 << i) for i in range(4, 13)})
+    nb_opts = sorted({min(_up(n, cols), max_n // cols * cols, cols << i) for i in range(0, 12)})
+    kb_opts = sorted({min(_up(k, rows), max_k // rows * rows, rows << i) for i in range(0, 12)})
+    hbm_a, hbm_b = m * _up(k, WORD_BYTES), k * _up(n, WORD_BYTES)
+    best = None
+    for mb in mb_opts:
+        for nb in nb_opts:
+            for kb in kb_opts:
+                footprint = _sram_footprint(cfg, mb, nb, kb, bias, requant)
+                if footprint > cfg.sram_bytes:
+                    continue
+                blocks = math.ceil(m / mb) * math.ceil(n / nb)
+                col_tiles = math.ceil(nb / cols)
+                utop_rows = math.ceil(kb / rows) * (mb + rows) + rows + cols + _UTOP_OVERHEAD
+                me_cycles = (blocks * math.ceil(k / kb) * math.ceil(col_tiles / cfg.me_count) * utop_rows)
+                traffic = hbm_a * math.ceil(n / nb) + hbm_b * math.ceil(m / mb) + m * n * 4
+                estimate = max(me_cycles, traffic / cfg.hbm_bytes_per_cycle)
+                key = (estimate, footprint)
+                if best is None or key < best[0]:
+                    best = (key, GemmPlan(m, k, n, mb, nb, kb, footprint, estimate))
+    if best is None:
+        raise FirmwareError(f"no GEMM blocking of {m}x{k}x{n} fits the {cfg.sram_kib} KiB scratchpad "
+                            f"of config {cfg.name!r}")
+    return best[1]
+
+
+def gemm(config, m, k, n, *, bias=False, requant=None, plan=None):
+    """Lower a GEMM to a program image.
+
+    Parameters
+    ----------
+    config : ArchConfig or str
+        Target configuration.
+    m, k, n : int
+        ``C[m][n] = A[m][k] @ B[k][n]``.
+    bias : bool
+        Add an int32 ``bias[n]`` input to every row before requantization.
+    requant : Requant, optional
+        Requantize the int32 result to int8; without it ``C`` is int32.
+    plan : GemmPlan, optional
+        Block sizes (default: :func:`plan_gemm`).
+
+    Returns
+    -------
+    ProgramImage
+        With inputs ``A`` (i8, m×k), ``B`` (i8, k×n), optionally ``bias`` (i32, n) and output
+        ``C`` (i32 or i8, m×n).
+
+    Raises
+    ------
+    FirmwareError
+        For shapes the ISA cannot address or that do not fit the configuration.
+    """
+    cfg = get_config(config)
+    if requant is not None and not isinstance(requant, Requant):
+        raise FirmwareError(f"requant must be a Requant, got {requant!r}")
+    plan = plan or plan_gemm(cfg, m, k, n, bias=bias, requant=requant is not None)
+    rows, cols = cfg.me_rows, cfg.me_cols
+    mb, nb, kb = plan.mb, plan.nb, plan.kb
+    out_dtype, out_item = ("i8", 1) if requant else ("i32", 4)
+
+    stride_a, stride_b, stride_c = _up(k, WORD_BYTES), _up(n, WORD_BYTES), _up(n * out_item, WORD_BYTES)
+    hbm_stride_max = _field_max("dma.load", "hbm_stride")
+    if max(stride_a, stride_b, stride_c) > hbm_stride_max:
+        raise FirmwareError(f"GEMM {m}x{k}x{n}: a row of A, B or C exceeds the largest DMA stride "
+                            f"({hbm_stride_max} bytes)")
+    off_a = 0
+    off_b = _up(off_a + m * stride_a, _ALIGN)
+    off_bias = _up(off_b + k * stride_b, _ALIGN)
+    off_c = _up(off_bias + (4 * n if bias else 0), _ALIGN)
+    code_at = _up(off_c + m * stride_c, _ALIGN)
+
+    buf_a = [0, mb * _up(kb, WORD_BYTES)]
+    sa = _up(kb, WORD_BYTES)
+    base = 2 * buf_a[1]
+    sb = _up(nb, WORD_BYTES)
+    buf_b = [base, base + kb * sb]
+    base += 2 * kb * sb
+    buf_acc = [base, base + mb * 4 * nb]
+    base += 2 * mb * 4 * nb
+    buf_bias = [base, base + 4 * nb]
+    if bias:
+        base += 2 * 4 * nb
+    s8 = _up(nb, WORD_BYTES)
+    buf_out8 = [base, base + mb * s8]
+    if requant:
+        base += 2 * mb * s8
+    assert base == plan.sram_bytes
+
+    prog = ProgramBuilder()
+    chunk_me = []  # ME uTOps of every K chunk, in global chunk order
+    stores = []
+    blocks = [(m0, n0) for m0 in range(0, m, mb) for n0 in range(0, n, nb)]
+    for bi, (m0, n0) in enumerate(blocks):
+        mrows, ncols = min(mb, m - m0), min(nb, n - n0)
+        acc = buf_acc[bi % 2]
+        prev_store = stores[bi - 2] if bi >= 2 else None
+        last_me = [None] * math.ceil(ncols / cols)
+        for ci, k0 in enumerate(range(0, k, kb)):
+            kdepth = min(kb, k - k0)
+            g = len(chunk_me)
+            s = g % 2
+            body = [
+                Instr("dma.load", sram=buf_a[s], hbm=off_a + m0 * stride_a + k0, rows=mrows,
+                      row_bytes=_up(kdepth, WORD_BYTES), hbm_stride=stride_a, sram_stride=sa),
+                Instr("dma.load", sram=buf_b[s], hbm=off_b + k0 * stride_b + n0, rows=kdepth,
+                      row_bytes=_up(ncols, WORD_BYTES), hbm_stride=stride_b, sram_stride=sb),
+            ]
+            deps = list(chunk_me[g - 2]) if g >= 2 else []
+            if bias and ci == 0:
+                body.append(Instr("dma.load", sram=buf_bias[bi % 2], hbm=off_bias + 4 * n0, rows=1,
+                                  row_bytes=4 * ncols))
+                deps.append(prev_store)
+            load = prog.utop(EngineClass.DMA, body, deps)
+            refs = []
+            for j, c0 in enumerate(range(0, ncols, cols)):
+                width = min(cols, ncols - c0)
+                body = []
+                for t0 in range(0, kdepth, rows):
+                    body.append(Instr("me.loadw", w=buf_b[s] + t0 * sb + c0, k=min(rows, kdepth - t0),
+                                      n=width, w_stride=sb))
+                    body.append(Instr("me.matmul", a=buf_a[s] + t0, out=acc + 4 * c0, m=mrows,
+                                      a_stride=sa, out_stride=4 * nb, acc=int(ci > 0 or t0 > 0)))
+                deps = [load, last_me[j]] + ([prev_store] if ci == 0 else [])
+                last_me[j] = prog.utop(EngineClass.ME, body, deps)
+                refs.append(last_me[j])
+            chunk_me.append(refs)
+        src, src_stride, row_bytes = acc, 4 * nb, 4 * ncols
+        store_deps = last_me
+        if bias or requant:
+            body = [Instr("ve.shape", rows=mrows, dst_stride=4 * nb, src1_stride=4 * nb, src2_stride=0)]
+            if bias:
+                body.append(Instr("ve.add", dst=acc, src1=acc, src2=buf_bias[bi % 2], n=ncols))
+            if requant:
+                out8 = buf_out8[bi % 2]
+                body.append(Instr("ve.shape", rows=mrows, dst_stride=s8, src1_stride=4 * nb))
+                body.append(Instr("ve.requant", dst=out8, src=acc, n=ncols, mult=requant.multiplier,
+                                  shift=requant.shift, zp=requant.zero_point))
+                src, src_stride, row_bytes = out8, s8, _up(ncols, WORD_BYTES)
+            store_deps = [prog.utop(EngineClass.VE, body, last_me)]
+        store = Instr("dma.store", sram=src, hbm=off_c + m0 * stride_c + n0 * out_item, rows=mrows,
+                      row_bytes=row_bytes, hbm_stride=stride_c, sram_stride=src_stride)
+        stores.append(prog.utop(EngineClass.DMA, [store], store_deps))
+
+    code = prog.build()
+    symbols = [Symbol("A", "input", "i8", (m, k), off_a, stride_a),
+               Symbol("B", "input", "i8", (k, n), off_b, stride_b)]
+    if bias:
+        symbols.append(Symbol("bias", "input", "i32", (n,), off_bias, 4 * n))
+    symbols.append(Symbol("C", "output", out_dtype, (m, n), off_c, stride_c))
+    return ProgramImage.for_config(cfg, code, entry=code_at, hbm_bytes=_up(code_at + len(code), _ALIGN),
+                                   sram_bytes=plan.sram_bytes, symbols=symbols)

@@ -1,0 +1,144 @@
+"""Build uTOp programs from a dependency graph, assigning synchronisation tokens automatically.
+
+Kernels describe *what depends on what*; :class:`ProgramBuilder` turns that into ``utop`` headers
+with token waits and signals that are correct under the ISA's rules:
+
+* the uTOps of a context issue in program order and may complete out of order;
+* a token is a counting semaphore: a producer increments it when it completes, a consumer waits
+  until it holds ``count`` signals and consumes them when it issues.
+
+Every consumer gets one token per group of at most 15 producers (a wait slot's count is 4 bits);
+the token is live from the first producer's issue to the consumer's issue. Live ranges that never
+overlap share a token (interval colouring over program order), which is safe because no signal
+can be pending on a token when a new group starts using it.
+"""
+
+from dataclasses import dataclass, field
+
+from tcloud.isa import Instr
+from tcloud.isa.errors import TcloudError
+from tcloud.isa.table import BY_MNEMONIC, NUM_TOKENS, UTOP_CLASSES, EngineClass
+
+_MAX_COUNT = (1 << BY_MNEMONIC["utop"].field("count0").width) - 1
+_WAIT_SLOTS = sum(1 for f in BY_MNEMONIC["utop"].fields if f.kind == "token")
+
+
+class FirmwareError(TcloudError, ValueError):
+    """A kernel cannot be lowered for the requested shape or configuration."""
+
+
+@dataclass
+class UtopRef:
+    """Handle of a uTOp inside a :class:`ProgramBuilder` (pass it in ``deps=``)."""
+
+    index: int
+
+
+@dataclass
+class _Utop:
+    engine: EngineClass
+    body: list
+    deps: list
+    signal: int = 0
+    waits: list = field(default_factory=list)
+
+
+class ProgramBuilder:
+    """Accumulate uTOps and control instructions, then emit a code segment.
+
+    Examples
+    --------
+    >>> b = ProgramBuilder()
+    >>> load = b.utop(EngineClass.DMA, [Instr("dma.load", sram=0, hbm=0, rows=1, row_bytes=4)])
+    >>> _ = b.utop(EngineClass.VE, [Instr("ve.relu", dst=4, src=0, n=1)], deps=[load])
+    >>> len(b.build()) // 16
+    5
+    """
+
+    def __init__(self):
+        self._items = []  # _Utop or Instr (control)
+
+    @property
+    def utop_count(self):
+        return sum(isinstance(item, _Utop) for item in self._items)
+
+    def utop(self, engine, body, deps=()):
+        """Append a uTOp running ``body`` on an engine of class ``engine``.
+
+        Parameters
+        ----------
+        engine : EngineClass
+            DMA, ME or VE.
+        body : list of Instr
+            Body instructions, all of that class.
+        deps : iterable of UtopRef
+            uTOps that must complete before this one starts.
+
+        Returns
+        -------
+        UtopRef
+        """
+        engine = EngineClass(engine)
+        if engine not in UTOP_CLASSES:
+            raise FirmwareError(f"a uTOp runs on DMA, ME or VE, not {engine.name}")
+        if not body:
+            raise FirmwareError("a uTOp needs at least one body instruction")
+        for instr in body:
+            if instr.engine != engine:
+                raise FirmwareError(f"{instr.mnemonic} cannot run in a {engine.name} uTOp")
+        deps = sorted({d.index for d in deps if d is not None})
+        if deps and deps[-1] >= len(self._items):
+            raise FirmwareError("a uTOp can only depend on uTOps emitted before it")
+        self._items.append(_Utop(engine, list(body), deps))
+        return UtopRef(len(self._items) - 1)
+
+    def fence(self):
+        """Append a ``fence``: everything before it completes before anything after it starts."""
+        self._items.append(Instr("fence"))
+
+    def build(self):
+        """Assign tokens, append ``halt`` and return the encoded code segment.
+
+        Raises
+        ------
+        FirmwareError
+            If more than 16 dependency groups would be live at once.
+        """
+        self._assign_tokens()
+        out = []
+        for item in self._items:
+            if isinstance(item, Instr):
+                out.append(item)
+                continue
+            waits = {}
+            for slot, (token, count) in enumerate(item.waits):
+                waits[f"wait{slot}"], waits[f"count{slot}"] = token, count
+            out.append(Instr("utop", cls=int(item.engine), len=len(item.body), signal=item.signal, **waits))
+            out.extend(item.body)
+        out.append(Instr("halt"))
+        return b"".join(i.encode() for i in out)
+
+    def _assign_tokens(self):
+        last_fence = -1
+        groups = []  # (start, end, producers, consumer)
+        for index, item in enumerate(self._items):
+            if isinstance(item, Instr):
+                last_fence = index
+                continue
+            item.signal, item.waits = 0, []
+            live = [d for d in item.deps if d > last_fence]
+            chunks = [live[i:i + _MAX_COUNT] for i in range(0, len(live), _MAX_COUNT)]
+            if len(chunks) > _WAIT_SLOTS:
+                raise FirmwareError(f"uTOp #{index} depends on {len(live)} uTOps; at most "
+                                    f"{_WAIT_SLOTS * _MAX_COUNT} fit its wait slots")
+            groups += [(chunk[0], index, chunk) for chunk in chunks]
+        free_at = [-1] * NUM_TOKENS  # program index after which the token is free again
+        for start, end, producers in sorted(groups):
+            token = next((t for t in range(NUM_TOKENS) if free_at[t] <= start), None)
+            if token is None:
+                raise FirmwareError(f"more than {NUM_TOKENS} dependency groups are live at uTOp "
+                                    f"#{start}; add a fence or restructure the kernel")
+            free_at[token] = end
+            for p in producers:
+                self._items[p].signal |= 1 << token
+            self._items[end].waits.append((token, len(producers)))

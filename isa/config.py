@@ -1,0 +1,171 @@
+"""The one architecture configuration object, read by firmware, runtime, golden model and RTL."""
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+from .errors import ConfigError
+from .table import field_max as _field_max
+
+_KIB = 1024
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """Parameters of one physical NPU (pNPU).
+
+    Every hardware number lives here; derived values are properties. Construction checks each
+    value against its range and against the ISA's field widths, raising :class:`ConfigError` that
+    names the bad field.
+
+    Parameters
+    ----------
+    name : str
+        Preset name or a user label (not part of the fingerprint).
+    me_count, me_rows, me_cols : int
+        Number of matrix engines and the systolic array shape (rows = reduction depth k,
+        cols = output columns n).
+    ve_count, ve_lanes : int
+        Number of vector engines and int32 lanes each.
+    dma_count : int
+        DMA engines (shared by all contexts).
+    sram_kib, sram_banks : int
+        Scratchpad size and bank count (a power of two).
+    contexts : int
+        Hardware vNPU contexts.
+    hbm_mib : int
+        HBM capacity modelled by the simulators.
+    hbm_port_bytes : int
+        Width of the HBM port in bytes per cycle (a power of two, at least 4).
+    hbm_gbps : float
+        HBM bandwidth in GB/s (timing model only).
+    clock_mhz : float
+        Clock used for reporting (timing model only).
+    """
+
+    name: str = "custom"
+    me_count: int = 1
+    me_rows: int = 4
+    me_cols: int = 4
+    ve_count: int = 1
+    ve_lanes: int = 4
+    dma_count: int = 1
+    sram_kib: int = 16
+    sram_banks: int = 4
+    contexts: int = 2
+    hbm_mib: int = 16
+    hbm_port_bytes: int = 16
+    hbm_gbps: float = 16.0
+    clock_mhz: float = 1000.0
+
+    def __post_init__(self):
+        limits = {
+            "me_count": (1, _field_max("ctx.engines", "me_mask").bit_length()),
+            "me_rows": (1, _field_max("me.loadw", "k")),
+            "me_cols": (1, _field_max("me.loadw", "n")),
+            "ve_count": (1, _field_max("ctx.engines", "ve_mask").bit_length()),
+            "ve_lanes": (1, 4096),
+            "dma_count": (1, 16),
+            "sram_kib": (1, (_field_max("ctx.sram", "base") + 4) // _KIB),
+            "sram_banks": (1, 256),
+            "contexts": (1, _field_max("ctx.start", "ctx") + 1),
+            "hbm_mib": (1, (_field_max("ctx.hbm", "base") + 4) // _MIB),
+            "hbm_port_bytes": (4, 4096),
+        }
+        for name, (low, high) in limits.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"ArchConfig.{name} must be an int, got {value!r}")
+            if not low <= value <= high:
+                raise ConfigError(f"ArchConfig.{name}={value!r} is out of range [{low}, {high}]")
+        for name in ("me_rows", "me_cols"):
+            if getattr(self, name) % 4:
+                raise ConfigError(f"ArchConfig.{name}={getattr(self, name)!r} must be a multiple of 4: "
+                                  f"tiles start on 4-byte scratchpad words")
+        for name in ("sram_banks", "hbm_port_bytes"):
+            value = getattr(self, name)
+            if value & (value - 1):
+                raise ConfigError(f"ArchConfig.{name}={value!r} must be a power of two")
+        for name in ("hbm_gbps", "clock_mhz"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"ArchConfig.{name} must be a positive number, got {value!r}")
+
+    @property
+    def sram_bytes(self):
+        return self.sram_kib * _KIB
+
+    @property
+    def hbm_bytes(self):
+        return self.hbm_mib * _MIB
+
+    @property
+    def sram_bank_bytes(self):
+        return self.sram_bytes // self.sram_banks
+
+    @property
+    def me_macs_per_cycle(self):
+        """int8 multiply-accumulates per cycle of all matrix engines together."""
+        return self.me_count * self.me_rows * self.me_cols
+
+    @property
+    def peak_tops(self):
+        """Peak int8 tera-operations per second (2 ops per MAC) at ``clock_mhz``."""
+        return 2 * self.me_macs_per_cycle * self.clock_mhz * 1e6 / 1e12
+
+    @property
+    def hbm_bytes_per_cycle(self):
+        """HBM bandwidth expressed per clock cycle."""
+        return self.hbm_gbps * 1e9 / (self.clock_mhz * 1e6)
+
+    def fingerprint(self):
+        """8 bytes identifying everything a program depends on (not ``name``, clock or bandwidth)."""
+        data = {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in ("name", "clock_mhz", "hbm_gbps")}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).digest()[:8]
+
+    def replace(self, **changes):
+        """Return a copy with ``changes`` applied (and checked)."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ConfigError(f"ArchConfig has no field(s) {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+PRESETS = {
+    "tiny": ArchConfig(name="tiny", me_count=1, me_rows=4, me_cols=4, ve_count=1, ve_lanes=4,
+                       dma_count=1, sram_kib=16, sram_banks=4, contexts=2, hbm_mib=16,
+                       hbm_port_bytes=16, hbm_gbps=16.0, clock_mhz=1000.0),
+    "small": ArchConfig(name="small", me_count=4, me_rows=8, me_cols=8, ve_count=2, ve_lanes=8,
+                        dma_count=2, sram_kib=256, sram_banks=8, contexts=4, hbm_mib=64,
+                        hbm_port_bytes=32, hbm_gbps=32.0, clock_mhz=1000.0),
+    "tpu_like": ArchConfig(name="tpu_like", me_count=4, me_rows=128, me_cols=128, ve_count=2,
+                           ve_lanes=1024, dma_count=4, sram_kib=32 * 1024, sram_banks=32,
+                           contexts=8, hbm_mib=1024, hbm_port_bytes=1024, hbm_gbps=1200.0,
+                           clock_mhz=1050.0),
+}
+"""Named configurations: ``tiny`` (Amaranth-sim unit tests), ``small`` (integration, Verilator,
+multi-tenant RTL experiments) and ``tpu_like`` (performance model only)."""
+
+
+def get_config(config):
+    """Return an :class:`ArchConfig` from a preset name or an ``ArchConfig``.
+
+    Raises
+    ------
+    ConfigError
+        If ``config`` names no preset or is of the wrong type.
+    """
+    if isinstance(config, ArchConfig):
+        return config
+    if isinstance(config, str):
+        try:
+            return PRESETS[config]
+        except KeyError:
+            raise ConfigError(f"unknown config {config!r}; presets are {', '.join(PRESETS)}") from None
+    raise ConfigError(f"config must be a preset name or an ArchConfig, got {config!r}")

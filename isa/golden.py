@@ -1,0 +1,502 @@
+"""Executable semantics of the TCloud ISA: the bit-exact golden model.
+
+The model holds the physical memories (HBM and scratchpad) and the context table of one pNPU. The
+hypervisor programs contexts with privileged ``ctx.*`` instructions through :meth:`Machine.host`;
+:meth:`Machine.run` then executes every running context, one top-level instruction (a whole uTOp
+or a control instruction) per context in turn, until all have stopped.
+
+Semantics that the RTL must match
+---------------------------------
+* A context issues its uTOps in program order. Because a uTOp leaves no state in its engine and
+  correctly synchronised programs order every conflicting pair of uTOps with tokens, executing each
+  uTOp atomically in program order gives the result of every legal hardware schedule.
+* Every scratchpad/HBM address is context-relative: it is checked against the context's window
+  before any byte of the instruction is written, then offset by the window base. A failed check
+  faults the context (``SRAM_BOUNDS`` / ``HBM_BOUNDS``); earlier instructions of the same uTOp keep
+  their effects, the faulting instruction writes nothing, and no other context is affected.
+* Integer rules: int8 sources are sign-extended; int32 results wrap (two's complement); results
+  written as int8 saturate to [-128, 127]; ``ve.requant`` rounds half to even on the exact 64-bit
+  product.
+* Rows of a 2-D access whose stride is smaller than the row are written in increasing row order
+  (the last row wins). A VE instruction reads all its sources before writing; only in-place
+  (dst == src) or disjoint operands are portable to the RTL.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .config import get_config
+from .encoding import DecodeError, Instr, decode
+from .errors import HostCommandError
+from .table import (INSTRUCTION_BYTES, NUM_TOKENS, TOKEN_MAX_COUNT, UTOP_CLASSES, ContextStatus,
+                    EngineClass, FaultCode)
+
+_I8 = (-128, 127)
+_I32 = (-(1 << 31), (1 << 31) - 1)
+
+
+class _Fault(Exception):
+    def __init__(self, code, detail):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Access:
+    """One 2-D memory access of a uTOp, in context-relative addresses."""
+
+    space: str
+    addr: int
+    rows: int
+    row_bytes: int
+    stride: int
+    write: bool
+
+    @property
+    def end(self):
+        return self.addr + (self.rows - 1) * self.stride + self.row_bytes
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    """A uTOp (``instr`` is its header, with its accesses) or a fence/halt, as executed."""
+
+    context: int
+    pc: int
+    instr: Instr
+    accesses: tuple
+
+
+@dataclass
+class Window:
+    """A context's view of a physical memory: context address ``a`` maps to ``base + a``."""
+
+    base: int = 0
+    size: int = 0
+
+
+@dataclass
+class Counters:
+    """Per-context activity counters (what the hypervisor bills)."""
+
+    utops: dict = field(default_factory=lambda: {c.name.lower(): 0 for c in UTOP_CLASSES})
+    instructions: int = 0
+    hbm_bytes_read: int = 0
+    hbm_bytes_written: int = 0
+    macs: int = 0
+    ve_elements: int = 0
+
+    def as_dict(self):
+        return {"utops": dict(self.utops), "instructions": self.instructions,
+                "hbm_bytes_read": self.hbm_bytes_read, "hbm_bytes_written": self.hbm_bytes_written,
+                "macs": self.macs, "ve_elements": self.ve_elements}
+
+
+@dataclass
+class Context:
+    """One entry of the context table."""
+
+    index: int
+    sram: Window = field(default_factory=Window)
+    hbm: Window = field(default_factory=Window)
+    me_mask: int = 0
+    ve_mask: int = 0
+    priority: int = 0
+    pc: int = 0
+    status: ContextStatus = ContextStatus.IDLE
+    fault: FaultCode = FaultCode.NONE
+    fault_pc: int = 0
+    fault_detail: str = ""
+    tokens: list = field(default_factory=lambda: [0] * NUM_TOKENS)
+    counters: Counters = field(default_factory=Counters)
+
+
+class Machine:
+    """Golden model of one pNPU.
+
+    Parameters
+    ----------
+    config : ArchConfig or str
+        The pNPU configuration (or a preset name).
+
+    trace : bool
+        Record a :class:`TraceEvent` for every executed uTOp and fence in :attr:`trace` (used by
+        the race checker in :mod:`tcloud.verif.races`).
+
+    Attributes
+    ----------
+    hbm, sram : numpy.ndarray of uint8
+        Physical memories.
+    contexts : list of Context
+        The context table.
+    trace : list of TraceEvent or None
+    """
+
+    def __init__(self, config, *, trace=False):
+        self.config = get_config(config)
+        self.hbm = np.zeros(self.config.hbm_bytes, dtype=np.uint8)
+        self.sram = np.zeros(self.config.sram_bytes, dtype=np.uint8)
+        self.contexts = [Context(i) for i in range(self.config.contexts)]
+        self.trace = [] if trace else None
+        self._accesses = None
+
+    # --- host side ----------------------------------------------------------------------------
+
+    def host(self, command):
+        """Execute one privileged ``ctx.*`` command.
+
+        Parameters
+        ----------
+        command : Instr or bytes
+            The command, decoded or as its 16-byte encoding.
+
+        Raises
+        ------
+        HostCommandError
+            Not a ``ctx.*`` instruction, a context index or window outside the hardware, a mask
+            naming engines that do not exist, or a reconfiguration of a running context.
+        """
+        instr = decode(bytes(command)) if isinstance(command, (bytes, bytearray)) else command
+        if instr.engine != EngineClass.HOST:
+            raise HostCommandError(f"{instr.mnemonic} is not a host (ctx.*) command")
+        index = instr["ctx"]
+        if index >= len(self.contexts):
+            raise HostCommandError(f"{instr.mnemonic}: context {index} does not exist "
+                                   f"(config {self.config.name!r} has {len(self.contexts)})")
+        ctx = self.contexts[index]
+        name = instr.mnemonic
+        if name == "ctx.kill":
+            if ctx.status == ContextStatus.RUNNING:
+                self._stop(ctx, FaultCode.KILLED, ctx.pc, "killed by the hypervisor")
+            return
+        if ctx.status == ContextStatus.RUNNING:
+            raise HostCommandError(f"{name}: context {index} is running; kill it or wait for it first")
+        if name == "ctx.sram":
+            ctx.sram = self._window(instr, self.config.sram_bytes, "scratchpad")
+        elif name == "ctx.hbm":
+            ctx.hbm = self._window(instr, self.config.hbm_bytes, "HBM")
+        elif name == "ctx.engines":
+            for mask_name, count in (("me_mask", self.config.me_count), ("ve_mask", self.config.ve_count)):
+                if instr[mask_name] >> count:
+                    raise HostCommandError(f"ctx.engines: {mask_name}={instr[mask_name]:#x} names engines "
+                                           f"beyond the {count} this pNPU has")
+            ctx.me_mask, ctx.ve_mask = instr["me_mask"], instr["ve_mask"]
+        elif name == "ctx.prio":
+            ctx.priority = instr["priority"]
+        elif name == "ctx.start":
+            ctx.pc = instr["pc"]
+            ctx.tokens = [0] * NUM_TOKENS
+            ctx.fault, ctx.fault_pc, ctx.fault_detail = FaultCode.NONE, 0, ""
+            ctx.status = ContextStatus.RUNNING
+        elif name == "ctx.scrub":
+            self.sram[ctx.sram.base:ctx.sram.base + ctx.sram.size] = 0
+            self.hbm[ctx.hbm.base:ctx.hbm.base + ctx.hbm.size] = 0
+            ctx.counters = Counters()
+        else:
+            raise HostCommandError(f"host command {name} is not implemented by the golden model")
+
+    @staticmethod
+    def _window(instr, physical, what):
+        base, size = instr["base"], instr["size"]
+        if base + size > physical:
+            raise HostCommandError(f"{instr.mnemonic}: window [{base:#x}, {base + size:#x}) exceeds the "
+                                   f"{physical:#x}-byte {what}")
+        return Window(base, size)
+
+    # --- execution ----------------------------------------------------------------------------
+
+    def run(self, max_steps=None):
+        """Run every RUNNING context until all have stopped.
+
+        Parameters
+        ----------
+        max_steps : int, optional
+            Stop after this many top-level instructions in total (a watchdog for tests).
+
+        Returns
+        -------
+        bool
+            ``True`` when no context is running any more.
+        """
+        steps = 0
+        while True:
+            running = [c for c in self.contexts if c.status == ContextStatus.RUNNING]
+            if not running:
+                return True
+            for ctx in running:
+                if max_steps is not None and steps >= max_steps:
+                    return False
+                self.step(ctx)
+                steps += 1
+
+    def step(self, ctx):
+        """Execute one top-level instruction (a whole uTOp) of ``ctx``."""
+        if isinstance(ctx, int):
+            ctx = self.contexts[ctx]
+        if ctx.status != ContextStatus.RUNNING:
+            return
+        pc = ctx.pc
+        try:
+            instr = self._fetch(ctx, pc)
+            ctx.counters.instructions += 1
+            if instr.engine == EngineClass.HOST:
+                raise _Fault(FaultCode.PRIVILEGED, f"tenant executed {instr.mnemonic}")
+            if instr.engine != EngineClass.CTRL:
+                raise _Fault(FaultCode.WRONG_CLASS, f"{instr.mnemonic} outside a uTOp")
+            if instr.mnemonic == "utop":
+                self._utop(ctx, instr, pc)
+                ctx.pc = pc + INSTRUCTION_BYTES * (instr["len"] + 1)
+            else:
+                ctx.pc = pc + INSTRUCTION_BYTES
+                if instr.mnemonic == "halt":
+                    ctx.status = ContextStatus.DONE
+                if self.trace is not None and instr.mnemonic in ("fence", "halt"):
+                    self.trace.append(TraceEvent(ctx.index, pc, instr, ()))
+        except _Fault as fault:
+            self._stop(ctx, fault.code, getattr(fault, "pc", pc), fault.detail)
+
+    def _stop(self, ctx, code, pc, detail):
+        ctx.status = ContextStatus.FAULTED
+        ctx.fault, ctx.fault_pc, ctx.fault_detail = code, pc, detail
+
+    def _fetch(self, ctx, pc):
+        if pc + INSTRUCTION_BYTES > ctx.hbm.size:
+            raise _Fault(FaultCode.FETCH_BOUNDS, f"fetch at {pc:#x} outside the {ctx.hbm.size:#x}-byte "
+                                                 f"HBM window")
+        phys = ctx.hbm.base + pc
+        try:
+            return decode(self.hbm[phys:phys + INSTRUCTION_BYTES].tobytes())
+        except DecodeError as exc:
+            raise _Fault(exc.fault, str(exc)) from None
+
+    def _utop(self, ctx, header, pc):
+        cls = EngineClass(header["cls"])
+        need = {}
+        for slot in range(3):
+            count = header[f"count{slot}"]
+            if count:
+                token = header[f"wait{slot}"]
+                need[token] = need.get(token, 0) + count
+        for token, count in need.items():
+            if ctx.tokens[token] < count:
+                raise _Fault(FaultCode.TOKEN_DEADLOCK, f"uTOp waits for {count} signal(s) on t{token}, "
+                                                       f"{ctx.tokens[token]} available")
+        for token, count in need.items():
+            ctx.tokens[token] -= count
+        engine = _EngineState()
+        self._accesses = [] if self.trace is not None else None
+        for i in range(header["len"]):
+            body_pc = pc + INSTRUCTION_BYTES * (i + 1)
+            try:
+                instr = self._fetch(ctx, body_pc)
+                ctx.counters.instructions += 1
+                if instr.engine != cls:
+                    raise _Fault(FaultCode.WRONG_CLASS, f"{instr.mnemonic} in a {cls.name} uTOp")
+                _EXECUTE[instr.mnemonic](self, ctx, engine, instr)
+            except _Fault as fault:
+                fault.pc = body_pc
+                raise
+        ctx.counters.utops[cls.name.lower()] += 1
+        for token in range(NUM_TOKENS):
+            if header["signal"] >> token & 1:
+                if ctx.tokens[token] >= TOKEN_MAX_COUNT:
+                    raise _Fault(FaultCode.TOKEN_OVERFLOW, f"token t{token} would exceed {TOKEN_MAX_COUNT}")
+                ctx.tokens[token] += 1
+        if self.trace is not None:
+            self.trace.append(TraceEvent(ctx.index, pc, header, tuple(self._accesses)))
+
+    # --- memory access ------------------------------------------------------------------------
+
+    def _region(self, ctx, space, addr, rows, row_bytes, stride):
+        window = ctx.sram if space == "sram" else ctx.hbm
+        extent = (rows - 1) * stride + row_bytes
+        if addr + extent > window.size:
+            code = FaultCode.SRAM_BOUNDS if space == "sram" else FaultCode.HBM_BOUNDS
+            raise _Fault(code, f"{space} access [{addr:#x}, {addr + extent:#x}) outside the "
+                               f"{window.size:#x}-byte window")
+        memory = self.sram if space == "sram" else self.hbm
+        return memory, window.base + addr
+
+    def _record(self, space, addr, rows, row_bytes, stride, write):
+        if self._accesses is not None:
+            self._accesses.append(Access(space, addr, rows, row_bytes, stride, write))
+
+    def read(self, ctx, space, addr, rows, row_bytes, stride):
+        """Read a 2-D byte region of a context window as a ``(rows, row_bytes)`` uint8 array."""
+        memory, phys = self._region(ctx, space, addr, rows, row_bytes, stride)
+        self._record(space, addr, rows, row_bytes, stride, False)
+        view = as_strided(memory[phys:], shape=(rows, row_bytes), strides=(stride, 1), writeable=False)
+        return view.copy()
+
+    def write(self, ctx, space, addr, stride, data):
+        """Write a ``(rows, row_bytes)`` uint8 array to a 2-D region of a context window."""
+        rows, row_bytes = data.shape
+        memory, phys = self._region(ctx, space, addr, rows, row_bytes, stride)
+        self._record(space, addr, rows, row_bytes, stride, True)
+        if stride >= row_bytes or rows == 1:
+            view = as_strided(memory[phys:], shape=(rows, row_bytes), strides=(stride, 1))
+            view[...] = data
+        else:
+            for r in range(rows):
+                memory[phys + r * stride:phys + r * stride + row_bytes] = data[r]
+
+    def _read_elems(self, ctx, addr, rows, n, is_i8, stride):
+        itemsize = 1 if is_i8 else 4
+        raw = self.read(ctx, "sram", addr, rows, n * itemsize, stride)
+        return raw.view(np.int8 if is_i8 else "<i4").astype(np.int64)
+
+    def _write_elems(self, ctx, addr, stride, values, dst_i8):
+        if dst_i8:
+            data = np.clip(values, *_I8).astype(np.int8).view(np.uint8)
+        else:
+            data = wrap_i32(values).astype("<i4").view(np.uint8)
+        self.write(ctx, "sram", addr, stride, data)
+
+
+class _EngineState:
+    """Engine state that lives only for the duration of one uTOp."""
+
+    def __init__(self):
+        self.weights = None
+        self.rows = 1
+        self.dst_stride = self.src1_stride = self.src2_stride = 0
+
+
+def wrap_i32(values):
+    """Wrap int64 values to int32 two's complement."""
+    values = np.asarray(values, dtype=np.int64)
+    return ((values + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
+def requantize(values, mult, shift, zp, dst_i8=True):
+    """Reference ``ve.requant`` on an int64/int32 array.
+
+    Returns ``saturate(round_half_even(values * mult / 2**shift) + zp)`` as int64, saturated to the
+    int8 range (``dst_i8``) or the int32 range.
+    """
+    p = np.asarray(values, dtype=np.int64) * np.int64(mult)
+    if shift:
+        s = np.int64(shift)
+        q = p >> s
+        r = p - (q << s)
+        half = np.int64(1) << (s - np.int64(1))
+        q = q + ((r > half) | ((r == half) & ((q & 1) == 1)))
+    else:
+        q = p
+    return np.clip(q + np.int64(zp), *(_I8 if dst_i8 else _I32))
+
+
+def _dma(machine, ctx, engine, instr):
+    rows, row_bytes = instr["rows"], instr["row_bytes"]
+    if instr.mnemonic == "dma.load":
+        data = machine.read(ctx, "hbm", instr["hbm"], rows, row_bytes, instr["hbm_stride"])
+        machine.write(ctx, "sram", instr["sram"], instr["sram_stride"], data)
+        ctx.counters.hbm_bytes_read += data.size
+    else:
+        data = machine.read(ctx, "sram", instr["sram"], rows, row_bytes, instr["sram_stride"])
+        machine.write(ctx, "hbm", instr["hbm"], instr["hbm_stride"], data)
+        ctx.counters.hbm_bytes_written += data.size
+
+
+def _me_loadw(machine, ctx, engine, instr):
+    k, n = instr["k"], instr["n"]
+    cfg = machine.config
+    if k > cfg.me_rows or n > cfg.me_cols:
+        raise _Fault(FaultCode.ILLEGAL_FIELD, f"me.loadw tile {k}x{n} exceeds the "
+                                              f"{cfg.me_rows}x{cfg.me_cols} array")
+    raw = machine.read(ctx, "sram", instr["w"], k, n, instr["w_stride"])
+    engine.weights = raw.view(np.int8).astype(np.float64)
+
+
+def _me_matmul(machine, ctx, engine, instr):
+    if engine.weights is None:
+        raise _Fault(FaultCode.ME_STATE, "me.matmul before me.loadw in this uTOp")
+    k, n = engine.weights.shape
+    m = instr["m"]
+    a = machine.read(ctx, "sram", instr["a"], m, k, instr["a_stride"]).view(np.int8)
+    # float64 products of int8 sums of at most 255 terms are exact; BLAS makes this fast.
+    product = (a.astype(np.float64) @ engine.weights).astype(np.int64)
+    if instr["acc"]:
+        product += machine._read_elems(ctx, instr["out"], m, n, False, instr["out_stride"])
+    machine._write_elems(ctx, instr["out"], instr["out_stride"], product, False)
+    ctx.counters.macs += m * k * n
+
+
+def _ve_shape(machine, ctx, engine, instr):
+    engine.rows = instr["rows"]
+    engine.dst_stride = instr["dst_stride"]
+    engine.src1_stride = instr["src1_stride"]
+    engine.src2_stride = instr["src2_stride"]
+
+
+_BINARY = {"ve.add": np.add, "ve.sub": np.subtract, "ve.mul": np.multiply,
+           "ve.max": np.maximum, "ve.min": np.minimum}
+
+
+def _ve_binary(machine, ctx, engine, instr):
+    n, rows = instr["n"], engine.rows
+    x = machine._read_elems(ctx, instr["src1"], rows, n, instr["src1_i8"], engine.src1_stride)
+    y = machine._read_elems(ctx, instr["src2"], rows, n, instr["src2_i8"], engine.src2_stride)
+    machine._write_elems(ctx, instr["dst"], engine.dst_stride, _BINARY[instr.mnemonic](x, y),
+                         instr["dst_i8"])
+    ctx.counters.ve_elements += rows * n
+
+
+def _ve_unary(machine, ctx, engine, instr):
+    n, rows = instr["n"], engine.rows
+    x = machine._read_elems(ctx, instr["src"], rows, n, instr["src_i8"], engine.src1_stride)
+    if instr.mnemonic == "ve.relu":
+        x = np.maximum(x, 0)
+    machine._write_elems(ctx, instr["dst"], engine.dst_stride, x, instr["dst_i8"])
+    ctx.counters.ve_elements += rows * n
+
+
+def _ve_fill(machine, ctx, engine, instr):
+    n, rows = instr["n"], engine.rows
+    values = np.full((rows, n), instr["value"], dtype=np.int64)
+    machine._write_elems(ctx, instr["dst"], engine.dst_stride, values, instr["dst_i8"])
+    ctx.counters.ve_elements += rows * n
+
+
+def _ve_requant(machine, ctx, engine, instr):
+    n, rows = instr["n"], engine.rows
+    x = machine._read_elems(ctx, instr["src"], rows, n, False, engine.src1_stride)
+    y = requantize(x, instr["mult"], instr["shift"], instr["zp"], instr["dst_i8"])
+    machine._write_elems(ctx, instr["dst"], engine.dst_stride, y, instr["dst_i8"])
+    ctx.counters.ve_elements += rows * n
+
+
+def _ve_reduce(machine, ctx, engine, instr):
+    n, rows = instr["n"], engine.rows
+    x = machine._read_elems(ctx, instr["src"], rows, n, instr["src_i8"], engine.src1_stride)
+    y = x.sum(axis=1) if instr.mnemonic == "ve.redsum" else x.max(axis=1)
+    machine._write_elems(ctx, instr["dst"], engine.dst_stride, y.reshape(rows, 1), False)
+    ctx.counters.ve_elements += rows * n
+
+
+_EXECUTE = {
+    "dma.load": _dma, "dma.store": _dma,
+    "me.loadw": _me_loadw, "me.matmul": _me_matmul,
+    "ve.shape": _ve_shape,
+    **{name: _ve_binary for name in _BINARY},
+    "ve.relu": _ve_unary, "ve.copy": _ve_unary,
+    "ve.fill": _ve_fill, "ve.requant": _ve_requant,
+    "ve.redsum": _ve_reduce, "ve.redmax": _ve_reduce,
+}
+
+
+def _check_coverage():
+    from .table import INSTRUCTIONS
+
+    body = {s.mnemonic for s in INSTRUCTIONS if s.engine in UTOP_CLASSES}
+    missing = body - set(_EXECUTE)
+    if missing:
+        raise AssertionError(f"golden model lacks semantics for {sorted(missing)}")
+
+
+_check_coverage()
+
+__all__ = ["Machine", "Context", "Counters", "Window", "Access", "TraceEvent", "requantize", "wrap_i32"]

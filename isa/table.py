@@ -1,0 +1,401 @@
+"""The TCloud instruction set as one declarative table.
+
+Everything else — the Python encoder/decoder, the assembler and disassembler, the golden model, the
+reference documentation and (later) the Amaranth decoder layouts — is derived from
+:data:`INSTRUCTIONS`. Nothing restates an opcode, a field width or a bit position.
+
+Encoding rules
+--------------
+* Every instruction is one 128-bit word, stored little-endian (16 bytes).
+* Bits ``[0:8)`` hold the opcode; the fields follow in table order from bit 8 upwards, each
+  ``width`` bits wide, least significant bit first. Bits above the last field are reserved and must
+  be zero.
+* A field's *value* (what the assembler shows and the golden model uses) is its encoded integer
+  times ``scale``. Addresses, strides and byte counts have ``scale=4``: every memory access in the
+  ISA is word-aligned by construction.
+* Signed fields are two's complement.
+
+Program structure
+-----------------
+A context's program is a straight-line stream of *top-level* instructions: control instructions
+(``nop``, ``fence``, ``halt``) and ``utop`` headers. A ``utop`` header is followed by ``len`` body
+instructions, all of the engine class the header names (DMA, ME or VE); the uTOp is the unit the
+hardware schedules. Privileged ``ctx.*`` instructions are the hypervisor's: the host issues them
+through the command queue; in a tenant program they fault with ``PRIVILEGED``.
+"""
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from .errors import EncodingError
+
+INSTRUCTION_BITS = 128
+INSTRUCTION_BYTES = INSTRUCTION_BITS // 8
+OPCODE_BITS = 8
+WORD_BYTES = 4
+NUM_TOKENS = 16
+TOKEN_MAX_COUNT = 255
+"""Token counters saturate at this value; a signal beyond it faults with ``TOKEN_OVERFLOW``."""
+
+
+class EngineClass(IntEnum):
+    """Which unit executes an instruction."""
+
+    CTRL = 0
+    DMA = 1
+    ME = 2
+    VE = 3
+    HOST = 4
+
+
+UTOP_CLASSES = (EngineClass.DMA, EngineClass.ME, EngineClass.VE)
+"""Engine classes a uTOp can target."""
+
+
+class FaultCode(IntEnum):
+    """Why a context stopped with status ``FAULTED``."""
+
+    NONE = 0
+    ILLEGAL_OPCODE = 1
+    ILLEGAL_FIELD = 2
+    PRIVILEGED = 3
+    WRONG_CLASS = 4
+    SRAM_BOUNDS = 5
+    HBM_BOUNDS = 6
+    FETCH_BOUNDS = 7
+    TOKEN_DEADLOCK = 8
+    TOKEN_OVERFLOW = 9
+    ME_STATE = 10
+    KILLED = 11
+    WATCHDOG = 12
+
+
+FAULT_DOCS = {
+    FaultCode.NONE: "No fault.",
+    FaultCode.ILLEGAL_OPCODE: "The opcode is not in the ISA table.",
+    FaultCode.ILLEGAL_FIELD: "Reserved bits set, or a field outside its legal range "
+    "(a zero count, a tile larger than the engine, an unknown engine class).",
+    FaultCode.PRIVILEGED: "A tenant program executed a hypervisor (ctx.*) instruction.",
+    FaultCode.WRONG_CLASS: "A body instruction outside a uTOp, or of another class than its uTOp header.",
+    FaultCode.SRAM_BOUNDS: "A scratchpad access outside the context's scratchpad window.",
+    FaultCode.HBM_BOUNDS: "An HBM access outside the context's HBM window.",
+    FaultCode.FETCH_BOUNDS: "Instruction fetch outside the context's HBM window "
+    "(also: a program that runs off its end without halt).",
+    FaultCode.TOKEN_DEADLOCK: "A uTOp waits for more token signals than earlier uTOps can provide.",
+    FaultCode.TOKEN_OVERFLOW: f"A token counter would exceed {TOKEN_MAX_COUNT}.",
+    FaultCode.ME_STATE: "me.matmul without a preceding me.loadw in the same uTOp.",
+    FaultCode.KILLED: "The hypervisor killed the context (ctx.kill).",
+    FaultCode.WATCHDOG: "The context exceeded its cycle budget.",
+}
+
+
+class ContextStatus(IntEnum):
+    """Life-cycle state of a hardware context."""
+
+    IDLE = 0
+    RUNNING = 1
+    DONE = 2
+    FAULTED = 3
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of an instruction.
+
+    Parameters
+    ----------
+    name : str
+        Field name as written in assembly (``name=value``).
+    width : int
+        Encoded width in bits.
+    doc : str
+        One-line meaning, used in the generated reference.
+    scale : int
+        Value = encoded integer × ``scale`` (4 for byte addresses/strides/sizes).
+    signed : bool
+        Two's-complement field.
+    minimum : int, optional
+        Smallest legal value (after scaling); defaults to the encodable minimum.
+    default : int, optional
+        Value used when assembly omits the field; ``None`` makes the field required.
+    kind : str
+        ``"int"``, ``"flag"``, ``"mask"`` (token bit mask, shown as ``t0|t3``), ``"token"``
+        (token index, shown as ``t5``) or ``"class"`` (engine class, shown by name).
+    """
+
+    name: str
+    width: int
+    doc: str
+    scale: int = 1
+    signed: bool = False
+    minimum: int | None = None
+    default: int | None = None
+    kind: str = "int"
+
+    @property
+    def encoded_min(self):
+        return -(1 << (self.width - 1)) if self.signed else 0
+
+    @property
+    def encoded_max(self):
+        return (1 << (self.width - 1)) - 1 if self.signed else (1 << self.width) - 1
+
+    @property
+    def min_value(self):
+        """Smallest legal value."""
+        low = self.encoded_min * self.scale
+        return low if self.minimum is None else max(low, self.minimum)
+
+    @property
+    def max_value(self):
+        """Largest legal value."""
+        return self.encoded_max * self.scale
+
+
+@dataclass(frozen=True)
+class InstructionSpec:
+    """One row of the ISA table.
+
+    Parameters
+    ----------
+    mnemonic : str
+        Assembly name, e.g. ``"me.matmul"``.
+    opcode : int
+        8-bit opcode.
+    engine : EngineClass
+        Class of unit that executes it.
+    fields : tuple of Field
+        Operand fields in encoding order.
+    doc : str
+        Semantics, used in the generated reference.
+    """
+
+    mnemonic: str
+    opcode: int
+    engine: EngineClass
+    fields: tuple
+    doc: str
+
+    def field(self, name):
+        """Return the field called ``name``; raise :class:`EncodingError` if there is none."""
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise EncodingError(f"{self.mnemonic} has no field {name!r}; its fields are "
+                            f"{', '.join(f.name for f in self.fields) or '(none)'}")
+
+    def bit_offsets(self):
+        """Yield ``(field, low_bit)`` pairs in encoding order."""
+        low = OPCODE_BITS
+        for f in self.fields:
+            yield f, low
+            low += f.width
+
+    @property
+    def used_bits(self):
+        return OPCODE_BITS + sum(f.width for f in self.fields)
+
+
+def _sram(name, doc):
+    return Field(name, 24, doc, scale=WORD_BYTES)
+
+
+def _hbm(name, doc):
+    return Field(name, 30, doc, scale=WORD_BYTES)
+
+
+def _stride(name, width, doc):
+    return Field(name, width, doc, scale=WORD_BYTES, default=0)
+
+
+def _count(name, width, doc):
+    return Field(name, width, doc, minimum=1)
+
+
+def _flag(name, doc, default=0):
+    return Field(name, 1, doc, default=default, kind="flag")
+
+
+_CTX = Field("ctx", 4, "Hardware context index.")
+
+_DMA_FIELDS = (
+    _sram("sram", "Scratchpad byte address (context-relative)."),
+    _hbm("hbm", "HBM byte address (context-relative)."),
+    _count("rows", 12, "Number of rows."),
+    Field("row_bytes", 14, "Bytes per row.", scale=WORD_BYTES, minimum=WORD_BYTES),
+    _stride("hbm_stride", 20, "HBM bytes between row starts."),
+    _stride("sram_stride", 16, "Scratchpad bytes between row starts."),
+)
+
+_VE_BINARY_FIELDS = (
+    _sram("dst", "Destination scratchpad address."),
+    _sram("src1", "First source scratchpad address."),
+    _sram("src2", "Second source scratchpad address."),
+    _count("n", 16, "Elements per row."),
+    _flag("src1_i8", "First source holds int8 (else int32)."),
+    _flag("src2_i8", "Second source holds int8 (else int32)."),
+    _flag("dst_i8", "Destination is int8, saturated (else int32, wrapping)."),
+)
+
+_VE_UNARY_FIELDS = (
+    _sram("dst", "Destination scratchpad address."),
+    _sram("src", "Source scratchpad address."),
+    _count("n", 16, "Elements per row."),
+    _flag("src_i8", "Source holds int8 (else int32)."),
+    _flag("dst_i8", "Destination is int8, saturated (else int32, wrapping)."),
+)
+
+_VE_REDUCE_FIELDS = (
+    _sram("dst", "Destination: one int32 per row, rows dst_stride apart."),
+    _sram("src", "Source scratchpad address (rows src1_stride apart)."),
+    _count("n", 16, "Elements per row."),
+    _flag("src_i8", "Source holds int8 (else int32)."),
+)
+
+_VE_ROWS = ("Applies to each of the rows set by ve.shape (row r uses dst + r*dst_stride, "
+            "src1 + r*src1_stride, src2 + r*src2_stride).")
+
+INSTRUCTIONS = (
+    # --- control (top level) -------------------------------------------------------------------
+    InstructionSpec("nop", 0x00, EngineClass.CTRL, (), "Does nothing."),
+    InstructionSpec("halt", 0x01, EngineClass.CTRL, (),
+                    "Waits until every uTOp of the context has completed, then ends the program "
+                    "(status DONE)."),
+    InstructionSpec("fence", 0x02, EngineClass.CTRL, (),
+                    "Waits until every earlier uTOp of the context has completed."),
+    InstructionSpec("utop", 0x03, EngineClass.CTRL, (
+        Field("cls", 2, "Engine class of the body: dma, me or ve.", minimum=int(EngineClass.DMA),
+              kind="class"),
+        _count("len", 12, "Number of body instructions that follow."),
+        Field("signal", NUM_TOKENS, "Tokens incremented when the uTOp completes.", default=0,
+              kind="mask"),
+        Field("wait0", 4, "Token of wait slot 0.", default=0, kind="token"),
+        Field("count0", 4, "Signals consumed from wait0 before dispatch (0: slot unused).", default=0),
+        Field("wait1", 4, "Token of wait slot 1.", default=0, kind="token"),
+        Field("count1", 4, "Signals consumed from wait1 (0: unused).", default=0),
+        Field("wait2", 4, "Token of wait slot 2.", default=0, kind="token"),
+        Field("count2", 4, "Signals consumed from wait2 (0: unused).", default=0),
+    ), "Header of a micro tensor operator. The uTOp is issued in program order once every used "
+       "wait slot's token holds at least its count (the counts are then consumed); it runs on one "
+       "engine of class cls, leaves no state in the engine, and on completion increments every "
+       "token in signal. Waits must be satisfiable by uTOps earlier in program order, otherwise the "
+       "context faults with TOKEN_DEADLOCK."),
+    # --- DMA -----------------------------------------------------------------------------------
+    InstructionSpec("dma.load", 0x10, EngineClass.DMA, _DMA_FIELDS,
+                    "Copies rows × row_bytes from HBM to the scratchpad (2-D strided)."),
+    InstructionSpec("dma.store", 0x11, EngineClass.DMA, _DMA_FIELDS,
+                    "Copies rows × row_bytes from the scratchpad to HBM (2-D strided)."),
+    # --- matrix engine -------------------------------------------------------------------------
+    InstructionSpec("me.loadw", 0x20, EngineClass.ME, (
+        _sram("w", "Scratchpad address of the int8 weight tile W[k][n]."),
+        _count("k", 8, "Rows of W (reduction depth), at most ArchConfig.me_rows."),
+        _count("n", 8, "Columns of W, at most ArchConfig.me_cols."),
+        _stride("w_stride", 16, "Bytes between rows of W."),
+    ), "Loads the stationary int8 operand into the systolic array for the rest of the uTOp."),
+    InstructionSpec("me.matmul", 0x21, EngineClass.ME, (
+        _sram("a", "Scratchpad address of the int8 input A[m][k]."),
+        _sram("out", "Scratchpad address of the int32 output O[m][n]."),
+        _count("m", 12, "Rows of A streamed through the array."),
+        _stride("a_stride", 16, "Bytes between rows of A."),
+        _stride("out_stride", 16, "Bytes between rows of O."),
+        _flag("acc", "Accumulate into O (else overwrite)."),
+    ), "O[i][j] = (acc ? O[i][j] : 0) + sum_k A[i][k]·W[k][j] with int32 wrap-around, using the "
+       "k and n of the last me.loadw in this uTOp."),
+    # --- vector engine -------------------------------------------------------------------------
+    InstructionSpec("ve.shape", 0x30, EngineClass.VE, (
+        _count("rows", 12, "Rows processed by each following VE instruction."),
+        _stride("dst_stride", 16, "Bytes between destination rows."),
+        _stride("src1_stride", 16, "Bytes between rows of the first source (0 broadcasts one row)."),
+        _stride("src2_stride", 16, "Bytes between rows of the second source (0 broadcasts one row)."),
+    ), "Sets the 2-D shape used by the rest of the uTOp (each uTOp starts with rows=1, strides 0)."),
+    InstructionSpec("ve.add", 0x31, EngineClass.VE, _VE_BINARY_FIELDS, "dst = src1 + src2. " + _VE_ROWS),
+    InstructionSpec("ve.sub", 0x32, EngineClass.VE, _VE_BINARY_FIELDS, "dst = src1 - src2. " + _VE_ROWS),
+    InstructionSpec("ve.mul", 0x33, EngineClass.VE, _VE_BINARY_FIELDS, "dst = src1 * src2. " + _VE_ROWS),
+    InstructionSpec("ve.max", 0x34, EngineClass.VE, _VE_BINARY_FIELDS, "dst = max(src1, src2). " + _VE_ROWS),
+    InstructionSpec("ve.min", 0x35, EngineClass.VE, _VE_BINARY_FIELDS, "dst = min(src1, src2). " + _VE_ROWS),
+    InstructionSpec("ve.relu", 0x38, EngineClass.VE, _VE_UNARY_FIELDS, "dst = max(src, 0). " + _VE_ROWS),
+    InstructionSpec("ve.copy", 0x39, EngineClass.VE, _VE_UNARY_FIELDS,
+                    "dst = src (int8 sign-extends, int32 to int8 saturates). " + _VE_ROWS),
+    InstructionSpec("ve.fill", 0x3A, EngineClass.VE, (
+        _sram("dst", "Destination scratchpad address."),
+        _count("n", 16, "Elements per row."),
+        Field("value", 32, "Value written (saturated when dst_i8).", signed=True, default=0),
+        _flag("dst_i8", "Destination is int8 (else int32)."),
+    ), "dst = value. " + _VE_ROWS),
+    InstructionSpec("ve.requant", 0x3B, EngineClass.VE, (
+        _sram("dst", "Destination scratchpad address."),
+        _sram("src", "Source scratchpad address (int32)."),
+        _count("n", 16, "Elements per row."),
+        Field("mult", 31, "Fixed-point multiplier (unsigned)."),
+        Field("shift", 6, "Right shift applied to src*mult."),
+        Field("zp", 8, "Output zero point added after rounding.", signed=True, default=0),
+        _flag("dst_i8", "Saturate to int8 (else to int32).", default=1),
+    ), "dst = saturate(round_half_even(src*mult / 2^shift) + zp), computed exactly in 64 bits; "
+       "the same rule as ONNX QuantizeLinear. " + _VE_ROWS),
+    InstructionSpec("ve.redsum", 0x3C, EngineClass.VE, _VE_REDUCE_FIELDS,
+                    "dst[r] = sum of the n elements of row r (int32 wrap-around). "
+                    "Rows use src1_stride and dst_stride of ve.shape."),
+    InstructionSpec("ve.redmax", 0x3D, EngineClass.VE, _VE_REDUCE_FIELDS,
+                    "dst[r] = max of the n elements of row r. Rows use src1_stride and dst_stride."),
+    # --- hypervisor (privileged) ---------------------------------------------------------------
+    InstructionSpec("ctx.sram", 0xF0, EngineClass.HOST, (
+        _CTX, _sram("base", "Physical scratchpad base."),
+        Field("size", 25, "Window size in bytes.", scale=WORD_BYTES)),
+        "Sets the context's scratchpad window; context addresses 0..size-1 map to base.."),
+    InstructionSpec("ctx.hbm", 0xF1, EngineClass.HOST, (
+        _CTX, _hbm("base", "Physical HBM base."),
+        Field("size", 31, "Window size in bytes.", scale=WORD_BYTES)),
+        "Sets the context's HBM window (program, data and tensors)."),
+    InstructionSpec("ctx.engines", 0xF2, EngineClass.HOST, (
+        _CTX, Field("me_mask", 16, "Matrix engines the context owns.", kind="int"),
+        Field("ve_mask", 16, "Vector engines the context owns.", kind="int")),
+        "Sets the engines the context owns (the scheduler policy decides whether others may harvest them)."),
+    InstructionSpec("ctx.prio", 0xF3, EngineClass.HOST, (
+        _CTX, Field("priority", 8, "Scheduling weight; higher is served more often.")),
+        "Sets the context's scheduling weight."),
+    InstructionSpec("ctx.start", 0xF4, EngineClass.HOST, (
+        _CTX, _hbm("pc", "Entry point (HBM address, context-relative).")),
+        "Clears the context's tokens and fault, sets its program counter and marks it RUNNING."),
+    InstructionSpec("ctx.kill", 0xF5, EngineClass.HOST, (_CTX,),
+                    "Stops a running context with fault KILLED."),
+    InstructionSpec("ctx.scrub", 0xF6, EngineClass.HOST, (_CTX,),
+                    "Zeroes the context's scratchpad and HBM windows and its counters "
+                    "(before the windows are given to another tenant)."),
+)
+
+BY_MNEMONIC = {spec.mnemonic: spec for spec in INSTRUCTIONS}
+BY_OPCODE = {spec.opcode: spec for spec in INSTRUCTIONS}
+
+
+def spec_for(mnemonic):
+    """Return the :class:`InstructionSpec` for ``mnemonic``.
+
+    Raises
+    ------
+    EncodingError
+        If the mnemonic is not in the table.
+    """
+    try:
+        return BY_MNEMONIC[mnemonic]
+    except KeyError:
+        raise EncodingError(f"unknown mnemonic {mnemonic!r}") from None
+
+
+def field_max(mnemonic, name):
+    """Largest legal value of field ``name`` of instruction ``mnemonic`` (after scaling)."""
+    return spec_for(mnemonic).field(name).max_value
+
+
+def _check_table():
+    if len(BY_MNEMONIC) != len(INSTRUCTIONS) or len(BY_OPCODE) != len(INSTRUCTIONS):
+        raise AssertionError("duplicate mnemonic or opcode in the ISA table")
+    for spec in INSTRUCTIONS:
+        if spec.used_bits > INSTRUCTION_BITS:
+            raise AssertionError(f"{spec.mnemonic} needs {spec.used_bits} bits")
+        if not 0 <= spec.opcode < (1 << OPCODE_BITS):
+            raise AssertionError(f"{spec.mnemonic} opcode out of range")
+        if len({f.name for f in spec.fields}) != len(spec.fields):
+            raise AssertionError(f"{spec.mnemonic} repeats a field name")
+
+
+_check_table()

@@ -1,0 +1,222 @@
+"""The ``tcloud`` command line."""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tcloud.firmware import Requant, gemm
+from tcloud.isa import PRESETS, ProgramImage, assemble, disassemble, get_config
+from tcloud.isa.doc import isa_markdown
+from tcloud.isa.errors import TcloudError
+
+from .device import BACKENDS, make_device
+from .execute import run_image
+
+
+def _write_text(text, output):
+    if output:
+        Path(output).write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
+def _read_bytes(path):
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise TcloudError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def cmd_isa_doc(args):
+    _write_text(isa_markdown(), args.output)
+
+
+def cmd_config(args):
+    names = [args.name] if args.name else list(PRESETS)
+    for name in names:
+        cfg = get_config(name)
+        print(f"{cfg.name}: fingerprint {cfg.fingerprint().hex()}, peak {cfg.peak_tops:.3g} TOPS")
+        for key, value in cfg.to_dict().items():
+            if key != "name":
+                print(f"  {key:15} {value}")
+
+
+def cmd_asm(args):
+    try:
+        text = Path(args.source).read_text()
+    except OSError as exc:
+        raise TcloudError(f"cannot read {args.source}: {exc.strerror}") from None
+    image = assemble(text, config=args.config, source=args.source)
+    output = args.output or str(Path(args.source).with_suffix(".tcimg"))
+    Path(output).write_bytes(image.to_bytes())
+    print(f"{output}: {len(image.code) // 16} instructions, {len(image.symbols)} symbols, "
+          f"config {image.config_name}")
+
+
+def cmd_disasm(args):
+    image = ProgramImage.from_bytes(_read_bytes(args.image))
+    _write_text(disassemble(image), args.output)
+
+
+def cmd_gemm(args):
+    requant = Requant(args.mult, args.shift, args.zp) if args.mult is not None else None
+    image = gemm(args.config, args.m, args.k, args.n, bias=args.bias, requant=requant)
+    Path(args.output).write_bytes(image.to_bytes())
+    print(f"{args.output}: GEMM {args.m}x{args.k}x{args.n} for {args.config}, "
+          f"{len(image.code) // 16} instructions")
+
+
+def _parse_inputs(pairs, image, seed):
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep:
+            raise TcloudError(f"--input expects NAME=FILE.npy, got {pair!r}")
+        try:
+            arrays[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise TcloudError(f"cannot load input {name!r} from {path}: {exc}") from None
+    for symbol in image.inputs:
+        if symbol.name not in arrays:
+            info = np.iinfo(np.int8 if symbol.dtype == "i8" else np.int16)
+            arrays[symbol.name] = rng.integers(info.min, info.max + 1, symbol.shape)
+            print(f"input {symbol.name}: random {symbol.dtype} {symbol.shape} (seed {seed})")
+    return arrays
+
+
+def cmd_run(args):
+    image = ProgramImage.from_bytes(_read_bytes(args.image))
+    config = get_config(args.config or image.config_name)
+    image.check_config(config)
+    inputs = _parse_inputs(args.input, image, args.seed)
+    device = make_device(args.backend, config)
+    outputs, info = run_image(device, image, inputs)
+    print(f"context 0: {info.status.name}; counters {info.counters}")
+    for name, array in outputs.items():
+        print(f"output {name}: {array.dtype} {array.shape}, checksum {int(array.astype(np.int64).sum())}")
+        if args.save:
+            Path(args.save).mkdir(parents=True, exist_ok=True)
+            np.save(Path(args.save) / f"{name}.npy", array)
+
+
+def cmd_demo(args):
+    from tcloud.isa import decode_stream
+
+    cfg = get_config(args.config)
+    m, k, n = args.m, args.k, args.n
+    rng = np.random.default_rng(args.seed)
+    a = rng.integers(-128, 128, (m, k), dtype=np.int8)
+    b = rng.integers(-128, 128, (k, n), dtype=np.int8)
+    bias = rng.integers(-5000, 5000, n, dtype=np.int32)
+    requant = Requant.from_scale(1 / 512)
+    print(f"TCloud demo: int8 GEMM {m}x{k}x{n} + bias, requantized to int8, on config {cfg.name!r} "
+          f"({cfg.me_count} MEs of {cfg.me_rows}x{cfg.me_cols}, {cfg.ve_count} VEs)")
+    image = gemm(cfg, m, k, n, bias=True, requant=requant)
+    text = disassemble(image)
+    print(f"1. firmware lowered it to {len(decode_stream(image.code))} instructions; "
+          f"disassembly is {len(text.splitlines())} lines:")
+    for line in [ln for ln in text.splitlines() if not ln.startswith(".")][:6]:
+        print(f"     {line}")
+    rebuilt = assemble(text)
+    blob = rebuilt.to_bytes()
+    same = blob == image.to_bytes()
+    print(f"2. assembler rebuilt the image from text: {len(blob)} bytes, identical: {same}")
+    loaded = ProgramImage.from_bytes(blob, cfg)
+    start = time.perf_counter()
+    outputs, info = run_image(make_device(args.backend, cfg), loaded, {"A": a, "B": b, "bias": bias})
+    seconds = time.perf_counter() - start
+    acc = a.astype(np.int64) @ b.astype(np.int64) + bias
+    expected = np.clip(np.round(acc * requant.multiplier / 2.0 ** requant.shift), -128, 127).astype(np.int8)
+    match = np.array_equal(outputs["C"], expected)
+    c = info.counters
+    print(f"3. {args.backend} backend ran it in {seconds * 1e3:.1f} ms: {c['utops']} uTOps, "
+          f"{c['macs']} MACs, {c['hbm_bytes_read']} B read, {c['hbm_bytes_written']} B written")
+    print(f"4. check against NumPy (round half to even): {'PASS' if match else 'FAIL'} "
+          f"({outputs['C'].size} int8 values)")
+    if not (match and same):
+        raise TcloudError("demo check failed")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="tcloud", description="TCloud: hardware-assisted NPU "
+                                     "virtualization — ISA tools, firmware and runtime.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    isa = sub.add_parser("isa", help="ISA reference tools", description="ISA reference tools.")
+    isa_sub = isa.add_subparsers(dest="isa_command", required=True, metavar="SUBCOMMAND")
+    doc = isa_sub.add_parser("doc", help="print the ISA reference as Markdown",
+                             description="Print the ISA reference (generated from the table) as Markdown.")
+    doc.add_argument("-o", "--output", help="write to this file instead of stdout")
+    doc.set_defaults(func=cmd_isa_doc)
+
+    cfg = sub.add_parser("config", help="show configuration presets",
+                         description="Show ArchConfig presets with their fingerprints.")
+    cfg.add_argument("name", nargs="?", help="preset name (default: all)")
+    cfg.set_defaults(func=cmd_config)
+
+    asm = sub.add_parser("asm", help="assemble a .s file into a program image",
+                         description="Assemble TCloud assembly into a program image (.tcimg).")
+    asm.add_argument("source", help="assembly file")
+    asm.add_argument("-o", "--output", help="image file (default: source with .tcimg)")
+    asm.add_argument("--config", help="target preset (else the file's .config directive)")
+    asm.set_defaults(func=cmd_asm)
+
+    dis = sub.add_parser("disasm", help="disassemble a program image",
+                         description="Print a program image as assembly that `tcloud asm` rebuilds.")
+    dis.add_argument("image", help="program image (.tcimg)")
+    dis.add_argument("-o", "--output", help="write to this file instead of stdout")
+    dis.set_defaults(func=cmd_disasm)
+
+    gem = sub.add_parser("gemm", help="lower a GEMM to a program image",
+                         description="Lower C = requant(A @ B + bias) to a program image.")
+    for dim in ("m", "k", "n"):
+        gem.add_argument(f"--{dim}", type=int, required=True, help=f"GEMM dimension {dim.upper()}")
+    gem.add_argument("--config", default="small", choices=list(PRESETS))
+    gem.add_argument("--bias", action="store_true", help="add an int32 bias input")
+    gem.add_argument("--mult", type=int, help="requantization multiplier (enables int8 output)")
+    gem.add_argument("--shift", type=int, default=0, help="requantization shift")
+    gem.add_argument("--zp", type=int, default=0, help="requantization zero point")
+    gem.add_argument("-o", "--output", required=True, help="image file")
+    gem.set_defaults(func=cmd_gemm)
+
+    run = sub.add_parser("run", help="run a program image on a device",
+                         description="Run a program image in context 0; inputs not given are random.")
+    run.add_argument("image", help="program image (.tcimg)")
+    run.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                     help="input tensor (repeatable)")
+    run.add_argument("--config", help="device preset (default: the image's config)")
+    run.add_argument("--backend", default="functional", choices=list(BACKENDS))
+    run.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    run.add_argument("--save", metavar="DIR", help="save outputs as NAME.npy here")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="GEMM through firmware, assembler, image and device",
+                          description="Lower a GEMM, round-trip it through assembly text and the "
+                                      "image format, run it and check it against NumPy.")
+    demo.add_argument("--config", default="small", choices=list(PRESETS))
+    demo.add_argument("--backend", default="functional", choices=list(BACKENDS))
+    demo.add_argument("--m", type=int, default=96)
+    demo.add_argument("--k", type=int, default=200)
+    demo.add_argument("--n", type=int, default=72)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the ``tcloud`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except TcloudError as exc:
+        print(f"tcloud: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The tcloud command line: every command, its --help, and its errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tcloud.isa import INSTRUCTIONS, FaultCode, ProgramImage
+from tcloud.runtime.cli import build_parser, main
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def commands(parser, prefix=()):
+    for action in parser._actions:
+        if hasattr(action, "choices") and isinstance(action.choices, dict):
+            for name, sub in action.choices.items():
+                yield prefix + (name,)
+                yield from commands(sub, prefix + (name,))
+
+
+@pytest.mark.parametrize("argv", [()] + list(commands(build_parser())), ids=" ".join)
+def test_every_command_has_help(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--help"])
+    assert info.value.code == 0
+    assert "usage: tcloud" in capsys.readouterr().out
+
+
+def test_isa_doc_lists_every_instruction_and_fault(capsys):
+    assert main(["isa", "doc"]) == 0
+    text = capsys.readouterr().out
+    for spec in INSTRUCTIONS:
+        assert f"`{spec.mnemonic}`" in text
+    for code in FaultCode:
+        assert code.name in text
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.s")), ids=lambda p: p.name)
+def test_asm_disasm_run_on_examples(example, tmp_path, capsys):
+    image_path = tmp_path / "prog.tcimg"
+    assert main(["asm", str(example), "-o", str(image_path)]) == 0
+    text_path = tmp_path / "prog.s"
+    assert main(["disasm", str(image_path), "-o", str(text_path)]) == 0
+    again = tmp_path / "again.tcimg"
+    assert main(["asm", str(text_path), "-o", str(again)]) == 0
+    assert again.read_bytes() == image_path.read_bytes()
+    assert main(["run", str(image_path), "--save", str(tmp_path / "out")]) == 0
+    assert "context 0: DONE" in capsys.readouterr().out
+
+
+def test_vector_example_computes_what_it_says(tmp_path):
+    x = np.arange(-16, 16, dtype=np.int32).reshape(4, 8) * 37
+    np.save(tmp_path / "x.npy", x)
+    image = tmp_path / "v.tcimg"
+    assert main(["asm", str(EXAMPLES / "vector_tiny.s"), "-o", str(image)]) == 0
+    assert main(["run", str(image), "--input", f"X={tmp_path / 'x.npy'}", "--save", str(tmp_path)]) == 0
+    bias = np.array([-100, -50, 0, 50, 100, 150, 200, 250])
+    expected = np.clip(np.round(np.maximum(x + bias, 0) / 8) - 3, -128, 127)
+    assert np.load(tmp_path / "Y.npy").tolist() == expected.tolist()
+    assert np.load(tmp_path / "Z.npy").tolist() == expected.max(axis=1).tolist()
+
+
+def test_gemm_command_then_run(tmp_path, capsys):
+    image = tmp_path / "g.tcimg"
+    assert main(["gemm", "--m", "5", "--k", "6", "--n", "7", "--config", "tiny", "--bias", "-o", str(image)]) == 0
+    assert ProgramImage.from_bytes(image.read_bytes()).config_name == "tiny"
+    assert main(["run", str(image)]) == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["disasm", "/nonexistent.tcimg"], "cannot read /nonexistent.tcimg"),
+    (["asm", "/nonexistent.s"], "cannot read /nonexistent.s"),
+    (["run", str(EXAMPLES / "vector_tiny.s")], "not a TCloud program image"),
+    (["gemm", "--m", "0", "--k", "1", "--n", "1", "-o", "/tmp/x"], "dimension M"),
+])
+def test_errors_exit_nonzero_with_a_message(argv, message, capsys):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tcloud: error:") and message in err
+
+
+def test_bad_assembly_reports_file_and_line(tmp_path, capsys):
+    source = tmp_path / "bad.s"
+    source.write_text(".config tiny\nnop\nme.loadw w=3 k=1 n=1\n")
+    assert main(["asm", str(source)]) == 1
+    assert f"{source}:3: me.loadw: field 'w'=3 is not a multiple of 4" in capsys.readouterr().err
+
+
+def test_wrong_input_file_for_run(tmp_path, capsys):
+    image = tmp_path / "g.tcimg"
+    main(["gemm", "--m", "2", "--k", "2", "--n", "2", "--config", "tiny", "-o", str(image)])
+    np.save(tmp_path / "a.npy", np.zeros((3, 3), np.int8))
+    assert main(["run", str(image), "--input", f"A={tmp_path / 'a.npy'}"]) == 1
+    assert "input 'A' must have shape (2, 2)" in capsys.readouterr().err
+
+
+def test_console_script_demo_runs():
+    result = subprocess.run([sys.executable, "-m", "tcloud.runtime.cli", "demo", "--config", "tiny",
+                             "--m", "9", "--k", "11", "--n", "6"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "PASS" in result.stdout and "identical: True" in result.stdout
