@@ -32,3 +32,30 @@ INSTRUCTION_LAYOUT = data.UnionLayout(
 """All instructions as views of one 128-bit word (``view.me_loadw.k``, ``view.utop.cls``, ...)."""
 
 OPCODES = {spec.mnemonic: spec.opcode for spec in INSTRUCTIONS}
+
+
+def decode_checks(word):
+    """Return ``(known, legal, engine)`` expressions for a 128-bit instruction ``word`` (a view).
+
+    ``known``: the opcode is in the table. ``legal``: additionally its reserved bits are zero and
+    every field is at least its minimum (the checks the Python decoder makes). ``engine``: the
+    opcode's :class:`~tcloud.isa.table.EngineClass`. All three are generated from the table.
+    """
+    from amaranth.hdl import Const
+
+    opcode = word.as_value()[:OPCODE_BITS]
+    known, legal, engine = Const(0), Const(0), Const(0, 3)
+    for spec in INSTRUCTIONS:
+        view = getattr(word, member_name(spec.mnemonic))
+        ok = Const(1)
+        if spec.used_bits < INSTRUCTION_BITS:
+            ok = ok & (view.reserved == 0)
+        for field in spec.fields:
+            low = field.min_value // field.scale
+            if low > field.encoded_min:
+                ok = ok & (getattr(view, field.name) >= low)
+        match = opcode == spec.opcode
+        known = known | match
+        legal = legal | (match & ok)
+        engine = engine | (match.replicate(3) & int(spec.engine))
+    return known, legal, engine

@@ -107,8 +107,13 @@ class FunctionalDevice:
         return {"backend": self.name}
 
 
-BACKENDS = {"functional": FunctionalDevice}
-"""Backend name → device class. The RTL issue adds ``amaranth`` and ``verilator``."""
+def _amaranth(config):
+    from .rtl_device import AmaranthDevice
+    return AmaranthDevice(config)
+
+
+BACKENDS = {"functional": FunctionalDevice, "amaranth": _amaranth}
+"""Backend name → device factory (``verilator`` joins when its harness lands)."""
 
 
 def make_device(backend, config):
@@ -120,7 +125,7 @@ def make_device(backend, config):
         If the backend is unknown.
     """
     try:
-        cls = BACKENDS[backend]
+        factory = BACKENDS[backend]
     except (KeyError, TypeError):
         raise DeviceError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}") from None
-    return cls(config)
+    return factory(config)

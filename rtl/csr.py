@@ -1,0 +1,98 @@
+"""The pNPU's host-visible registers (CSRs), declared once for RTL, runtime and documentation.
+
+All registers are 32 bits at byte offsets. Per-context registers repeat every
+:data:`CONTEXT_STRIDE` bytes from :data:`CONTEXT_BASE`; per-engine counters every 4 bytes from
+:data:`ENGINE_BASE` (engines numbered DMAs first, then MEs, then VEs).
+
+Host commands: write the four 32-bit words of a ``ctx.*`` instruction to ``CMD0``..``CMD3``
+(``CMD0`` holds bits 0..31) and write 1 to ``DOORBELL``. ``DOORBELL`` reads 1 while the command
+runs (``ctx.scrub`` takes time); ``CMD_ERROR`` then holds a :class:`CommandError` code.
+"""
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+ID_VALUE = 0x7C10D001
+CONTEXT_BASE = 0x100
+CONTEXT_STRIDE = 0x40
+ENGINE_BASE = 0x800
+
+
+class CommandError(IntEnum):
+    """Why the pNPU rejected a host command (``CMD_ERROR``)."""
+
+    OK = 0
+    NOT_A_HOST_COMMAND = 1
+    ILLEGAL_FIELD = 2
+    NO_SUCH_CONTEXT = 3
+    CONTEXT_RUNNING = 4
+    WINDOW_OUT_OF_RANGE = 5
+    NO_SUCH_ENGINE = 6
+
+
+@dataclass(frozen=True)
+class Csr:
+    name: str
+    offset: int
+    access: str
+    doc: str
+
+
+GLOBAL_CSRS = (
+    Csr("ID", 0x000, "R", f"Constant {ID_VALUE:#010x}."),
+    Csr("FINGERPRINT_LO", 0x004, "R", "Bytes 0..3 of ArchConfig.fingerprint() (little-endian)."),
+    Csr("FINGERPRINT_HI", 0x008, "R", "Bytes 4..7 of ArchConfig.fingerprint()."),
+    Csr("CMD0", 0x010, "RW", "Host command, bits 0..31."),
+    Csr("CMD1", 0x014, "RW", "Host command, bits 32..63."),
+    Csr("CMD2", 0x018, "RW", "Host command, bits 64..95."),
+    Csr("CMD3", 0x01C, "RW", "Host command, bits 96..127."),
+    Csr("DOORBELL", 0x020, "RW", "Write 1: execute the command. Read: 1 while it runs."),
+    Csr("CMD_ERROR", 0x024, "R", "CommandError of the last command."),
+    Csr("CYCLES_LO", 0x030, "R", "Cycles since reset, low word."),
+    Csr("CYCLES_HI", 0x034, "R", "Cycles since reset, high word."),
+    Csr("RUNNING", 0x038, "R", "Bit c set while context c is RUNNING (or draining after a fault)."),
+)
+
+CONTEXT_CSRS = (
+    Csr("STATUS", 0x00, "R", "ContextStatus."),
+    Csr("FAULT", 0x04, "R", "FaultCode."),
+    Csr("FAULT_PC", 0x08, "R", "Context-relative byte address of the faulting instruction."),
+    Csr("PC", 0x0C, "R", "Context-relative byte address of the next top-level instruction."),
+    Csr("UTOPS_DMA", 0x10, "R", "DMA uTOps retired."),
+    Csr("UTOPS_ME", 0x14, "R", "ME uTOps retired."),
+    Csr("UTOPS_VE", 0x18, "R", "VE uTOps retired."),
+    Csr("INSTRUCTIONS", 0x1C, "R", "Instructions decoded (headers, control and bodies)."),
+    Csr("HBM_READ", 0x20, "R", "Bytes DMA read from HBM."),
+    Csr("HBM_WRITE", 0x24, "R", "Bytes DMA wrote to HBM."),
+    Csr("MACS_LO", 0x28, "R", "Matrix multiply-accumulates, low word."),
+    Csr("MACS_HI", 0x2C, "R", "Matrix multiply-accumulates, high word."),
+    Csr("VE_ELEMENTS", 0x30, "R", "Vector elements processed."),
+)
+
+ENGINE_CSR_DOC = "Cycles the engine was busy (ENGINE_BASE + 4 × engine index)."
+
+GLOBAL = {c.name: c.offset for c in GLOBAL_CSRS}
+CONTEXT = {c.name: c.offset for c in CONTEXT_CSRS}
+
+
+def context_csr(context, name):
+    """Byte offset of per-context register ``name`` of ``context``."""
+    return CONTEXT_BASE + CONTEXT_STRIDE * context + CONTEXT[name]
+
+
+def engine_csr(engine):
+    """Byte offset of the busy-cycle counter of engine ``engine``."""
+    return ENGINE_BASE + 4 * engine
+
+
+def csr_markdown():
+    """The CSR map as Markdown (appended to ``tcloud isa doc``)."""
+    out = ["## Host CSRs", "", __doc__.split("\n\n", 1)[1].strip(), "",
+           "| register | offset | access | meaning |", "|---|---|---|---|"]
+    out += [f"| {c.name} | {c.offset:#05x} | {c.access} | {c.doc} |" for c in GLOBAL_CSRS]
+    out += [f"| ctx*.{c.name} | {CONTEXT_BASE:#x} + {CONTEXT_STRIDE:#x}·ctx + {c.offset:#04x} | {c.access} "
+            f"| {c.doc} |" for c in CONTEXT_CSRS]
+    out += [f"| ENGINE_BUSY[e] | {ENGINE_BASE:#x} + 4·e | R | {ENGINE_CSR_DOC} |", "",
+            "| CMD_ERROR | value |", "|---|---|"]
+    out += [f"| {e.name} | {int(e)} |" for e in CommandError]
+    return "\n".join(out) + "\n"

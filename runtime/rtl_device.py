@@ -1,0 +1,154 @@
+"""Devices that run the pNPU RTL: the CSR-level driver shared by all RTL backends, and the
+Amaranth-simulator backend."""
+
+from tcloud.isa import ContextStatus, FaultCode, get_config
+from tcloud.isa.errors import HostCommandError
+from tcloud.rtl import csr
+
+from .device import ContextInfo, DeviceError
+
+
+class CsrDevice:
+    """The :class:`~tcloud.runtime.device.Device` protocol on top of four primitives a backend
+    provides: ``csr_write``, ``csr_read``, ``run_until_idle(max_cycles)`` and
+    ``run_cycles(count)``, plus direct HBM access."""
+
+    command_timeout = 10_000_000
+
+    def host(self, command):
+        word = int.from_bytes(command.encode(), "little")
+        for i in range(4):
+            self.csr_write(csr.GLOBAL[f"CMD{i}"], (word >> (32 * i)) & 0xFFFFFFFF)
+        self.csr_write(csr.GLOBAL["DOORBELL"], 1)
+        waited = 0
+        while self.csr_read(csr.GLOBAL["DOORBELL"]):
+            if waited > self.command_timeout:
+                raise DeviceError(f"{command.mnemonic} did not complete within {waited} cycles")
+            waited += self.run_cycles(64)
+        error = csr.CommandError(self.csr_read(csr.GLOBAL["CMD_ERROR"]))
+        if error != csr.CommandError.OK:
+            raise HostCommandError(f"the pNPU rejected {command!r}: {error.name}")
+
+    def run(self, max_cycles=None):
+        return self.run_until_idle(max_cycles)
+
+    def context(self, index):
+        read = lambda name: self.csr_read(csr.context_csr(index, name))
+        counters = {
+            "utops": {"dma": read("UTOPS_DMA"), "me": read("UTOPS_ME"), "ve": read("UTOPS_VE")},
+            "instructions": read("INSTRUCTIONS"),
+            "hbm_bytes_read": read("HBM_READ"),
+            "hbm_bytes_written": read("HBM_WRITE"),
+            "macs": read("MACS_LO") | read("MACS_HI") << 32,
+            "ve_elements": read("VE_ELEMENTS"),
+        }
+        return ContextInfo(ContextStatus(read("STATUS")), FaultCode(read("FAULT")), read("FAULT_PC"), "",
+                           counters)
+
+    @property
+    def cycles(self):
+        return self.csr_read(csr.GLOBAL["CYCLES_LO"]) | self.csr_read(csr.GLOBAL["CYCLES_HI"]) << 32
+
+    def engine_names(self):
+        cfg = self.config
+        return ([f"dma{i}" for i in range(cfg.dma_count)] + [f"me{i}" for i in range(cfg.me_count)]
+                + [f"ve{i}" for i in range(cfg.ve_count)])
+
+    def stats(self):
+        """Cycles since reset and busy cycles per engine (counters are cumulative)."""
+        busy = {name: self.csr_read(csr.engine_csr(e)) for e, name in enumerate(self.engine_names())}
+        return {"backend": self.name, "cycles": self.cycles, "engine_busy_cycles": busy}
+
+
+class AmaranthDevice(CsrDevice):
+    """The pNPU RTL in Amaranth's simulator (exact and slow: for unit tests on ``tiny``).
+
+    Parameters
+    ----------
+    config : ArchConfig or str
+    hbm_latency, hbm_jitter : int
+        HBM response latency in cycles and its random extra.
+    hbm_accept_probability : float
+        Below 1, the HBM randomly refuses requests (backpressure).
+    seed : int
+    vcd : path, optional
+        Write a waveform of the whole session here.
+    """
+
+    name = "amaranth"
+
+    def __init__(self, config, *, hbm_latency=8, hbm_jitter=0, hbm_accept_probability=1.0, seed=0, vcd=None):
+        from tcloud.rtl.pnpu import PNPU
+        from tcloud.rtl.sim import HbmModel, SimulationThread
+
+        self.config = get_config(config)
+        self.dut = PNPU(self.config)
+        self.hbm_model = HbmModel(self.config.hbm_bytes, latency=hbm_latency, jitter=hbm_jitter,
+                                  accept_probability=hbm_accept_probability, seed=seed)
+        self._sim = SimulationThread(self.dut, background=[self.hbm_model.serve(self.dut.hbm, None)],
+                                     on_stop=[self._stop_hbm], vcd_path=vcd)
+
+    def _stop_hbm(self):
+        self.hbm_model.stopped = True
+
+    def close(self):
+        """Stop the simulation thread (also done when the device is garbage-collected)."""
+        self._sim.close()
+
+    def __del__(self):
+        sim = getattr(self, "_sim", None)
+        if sim is not None:
+            sim.close()
+
+    def _check(self, address, size):
+        if address < 0 or size < 0 or address + size > self.config.hbm_bytes:
+            raise DeviceError(f"HBM access [{address:#x}, {address + size:#x}) outside the "
+                              f"{self.config.hbm_bytes:#x}-byte HBM")
+
+    def write_hbm(self, address, data):
+        self._check(address, len(data))
+        self.hbm_model.memory[address:address + len(data)] = memoryview(bytes(data))
+
+    def read_hbm(self, address, size):
+        self._check(address, size)
+        return self.hbm_model.memory[address:address + size].tobytes()
+
+    def csr_write(self, address, value):
+        dut = self.dut
+
+        async def write(ctx):
+            ctx.set(dut.csr_addr, address)
+            ctx.set(dut.csr_wdata, value)
+            ctx.set(dut.csr_we, 1)
+            await ctx.tick()
+            ctx.set(dut.csr_we, 0)
+        self._sim.call(write)
+
+    def csr_read(self, address):
+        dut = self.dut
+
+        async def read(ctx):
+            ctx.set(dut.csr_addr, address)
+            return ctx.get(dut.csr_rdata)
+        return self._sim.call(read)
+
+    def run_cycles(self, count):
+        async def run(ctx):
+            for _ in range(count):
+                await ctx.tick()
+            return count
+        return self._sim.call(run)
+
+    def run_until_idle(self, max_cycles=None):
+        dut = self.dut
+
+        async def run(ctx):
+            cycles = 0
+            await ctx.tick()
+            while not ctx.get(dut.idle):
+                if max_cycles is not None and cycles >= max_cycles:
+                    return False
+                await ctx.tick()
+                cycles += 1
+            return True
+        return self._sim.call(run)
