@@ -7,7 +7,7 @@ from tcloud.isa import decode_stream, get_config
 from tcloud.isa.errors import TcloudError
 
 from .device import make_device
-from .execute import run_image
+from .execute import RunLimitError, load_image, read_outputs
 
 
 class InputError(TcloudError, ValueError):
@@ -86,10 +86,15 @@ def matmul(a, b, *, bias=None, requant=None, config="small", backend="functional
     device = make_device(backend, cfg)
     (m, k), n = a.shape, b.shape[1]
     image = gemm(cfg, m, k, n, bias=bias is not None, requant=requant)
-    outputs, info = run_image(device, image, inputs)
-    result = outputs["C"]
+    image = load_image(device, image, inputs)
+    before = device.stats()
+    if not device.run():
+        raise RunLimitError("the device stopped before the GEMM finished")
+    after = device.stats()
+    result = read_outputs(device, image)["C"]
     if not return_stats:
         return result
+    info = device.context(0)
     stats = {
         "backend": backend,
         "config": cfg.name,
@@ -99,6 +104,26 @@ def matmul(a, b, *, bias=None, requant=None, config="small", backend="functional
         "macs": info.counters["macs"],
         "hbm_bytes_read": info.counters["hbm_bytes_read"],
         "hbm_bytes_written": info.counters["hbm_bytes_written"],
-        **device.stats(),
+        **run_timing(before, after),
     }
     return result, stats
+
+
+def run_timing(before, after):
+    """Cycles and per-engine-class utilization between two ``Device.stats()`` snapshots.
+
+    Backends without timing (``functional``) give only their name.
+    """
+    out = {"backend": after["backend"]}
+    if "cycles" not in after:
+        return out
+    cycles = after["cycles"] - before["cycles"]
+    busy = {name: after["engine_busy_cycles"][name] - before["engine_busy_cycles"][name]
+            for name in after["engine_busy_cycles"]}
+    out["cycles"] = cycles
+    out["engine_busy_cycles"] = busy
+    out["utilization"] = {}
+    for cls in ("dma", "me", "ve"):
+        names = [name for name in busy if name.rstrip("0123456789") == cls]
+        out["utilization"][cls] = round(sum(busy[n] for n in names) / (cycles * len(names)), 4) if cycles else 0.0
+    return out

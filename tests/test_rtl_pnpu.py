@@ -1,0 +1,192 @@
+"""The whole pNPU in Amaranth's simulator against the golden model (the scoreboard compares every
+output tensor and every per-context counter)."""
+
+import os
+
+import numpy as np
+import pytest
+
+from tcloud.firmware import Requant, gemm
+from tcloud.isa import (ConfigMismatchError, ContextStatus, EngineClass, FaultCode, HostCommandError, Instr,
+                        Machine, encode_stream)
+from tcloud.runtime import DeviceFault, FunctionalDevice, Placement, load_image, matmul, read_outputs, run_image
+from tcloud.runtime.rtl_device import AmaranthDevice
+from tcloud.verif import find_races, random_program
+
+from conftest import utop
+
+RANDOM_PROGRAMS = 8 if os.environ.get("CI") else 24
+
+
+@pytest.fixture
+def device():
+    dev = AmaranthDevice("tiny")
+    yield dev
+    dev.close()
+
+
+def golden_run(image, inputs):
+    golden = FunctionalDevice("tiny", trace=True)
+    outputs, info = run_image(golden, image, inputs)
+    assert find_races(golden.machine.trace) == []
+    return outputs, info
+
+
+def test_gemm_images_are_bit_exact(device):
+    rng = np.random.default_rng(11)
+    shapes = [(1, 1, 1, False, None), (5, 7, 3, True, Requant(1 << 30, 36, -3)), (3, 40, 5, False, None),
+              (9, 13, 6, True, Requant.from_scale(1 / 700))]
+    for m, k, n, bias, requant in shapes:
+        image = gemm("tiny", m, k, n, bias=bias, requant=requant)
+        inputs = {"A": rng.integers(-128, 128, (m, k), dtype=np.int8),
+                  "B": rng.integers(-128, 128, (k, n), dtype=np.int8)}
+        if bias:
+            inputs["bias"] = rng.integers(-5000, 5000, n, dtype=np.int32)
+        expected, expected_info = golden_run(image, inputs)
+        outputs, info = run_image(device, image, inputs)
+        assert np.array_equal(outputs["C"], expected["C"]), (m, k, n)
+        assert info.counters == expected_info.counters
+
+
+def test_random_programs_with_hbm_backpressure_are_bit_exact():
+    device = AmaranthDevice("tiny", hbm_latency=5, hbm_jitter=4, hbm_accept_probability=0.6, seed=5)
+    try:
+        for seed in range(RANDOM_PROGRAMS):
+            image, inputs = random_program("tiny", seed)
+            expected, expected_info = golden_run(image, inputs)
+            outputs, info = run_image(device, image, inputs)
+            assert np.array_equal(outputs["Y"], expected["Y"]), f"seed {seed}"
+            assert info.counters == expected_info.counters, f"seed {seed}"
+    finally:
+        device.close()
+
+
+def ve(dst=0, n=1, **header):
+    return utop(EngineClass.VE, [Instr("ve.fill", dst=dst, n=n)], **header)
+
+
+FAULTS = {
+    "illegal_opcode": (bytes([0xEE]) + bytes(15), FaultCode.ILLEGAL_OPCODE),
+    "reserved_bits": (bytes(Instr("halt").encode()[:15]) + b"\x80", FaultCode.ILLEGAL_FIELD),
+    "privileged": ([Instr("ctx.scrub", ctx=0)], FaultCode.PRIVILEGED),
+    "body_at_top_level": ([Instr("ve.fill", dst=0, n=1)], FaultCode.WRONG_CLASS),
+    "wrong_class_in_body": (utop(EngineClass.DMA, [Instr("ve.fill", dst=0, n=1)]), FaultCode.WRONG_CLASS),
+    "sram_overflow": (ve(dst=0x3F8, n=4), FaultCode.SRAM_BOUNDS),
+    "dma_read_outside_hbm": (utop(EngineClass.DMA, [Instr("dma.load", sram=0, hbm=0xFFC, rows=1, row_bytes=8)]),
+                             FaultCode.HBM_BOUNDS),
+    "dma_write_outside_hbm": (utop(EngineClass.DMA, [Instr("dma.store", sram=0, hbm=0xF00, rows=9, row_bytes=32,
+                                                           hbm_stride=32)]), FaultCode.HBM_BOUNDS),
+    "tile_too_large": (utop(EngineClass.ME, [Instr("me.loadw", w=0, k=8, n=4)]), FaultCode.ILLEGAL_FIELD),
+    "matmul_without_weights": (utop(EngineClass.ME, [Instr("me.matmul", a=0, out=0x40, m=1)]), FaultCode.ME_STATE),
+    "token_deadlock": (ve(wait0=3, count0=1), FaultCode.TOKEN_DEADLOCK),
+    "token_overflow": (ve(signal=1) * 256, FaultCode.TOKEN_OVERFLOW),
+    "runs_off_its_window": ([Instr("nop")] * 8, FaultCode.FETCH_BOUNDS),
+    "second_instruction_faults": (utop(EngineClass.VE, [Instr("ve.fill", dst=0, n=1),
+                                                        Instr("ve.fill", dst=0x400, n=1)]), FaultCode.SRAM_BOUNDS),
+}
+
+
+def start_tenant(device, ctx, program, *, hbm_base, hbm_size=0x1000, sram_base=0, sram_size=0x400, code_at=0x800):
+    code = encode_stream(program) if isinstance(program, list) else program
+    if not code.endswith(Instr("halt").encode()) and isinstance(program, list) and program[-1].mnemonic != "nop":
+        code += Instr("halt").encode()
+    device.host(Instr("ctx.hbm", ctx=ctx, base=hbm_base, size=hbm_size))
+    device.host(Instr("ctx.sram", ctx=ctx, base=sram_base, size=sram_size))
+    device.write_hbm(hbm_base + code_at, code)
+    device.host(Instr("ctx.start", ctx=ctx, pc=code_at))
+
+
+@pytest.mark.parametrize("name", sorted(FAULTS))
+def test_fault_code_and_pc_match_the_golden_model(device, name):
+    program, code = FAULTS[name]
+    code_bytes = 16 * len(program) if isinstance(program, list) else len(program)
+    if name == "runs_off_its_window":
+        hbm_size = 0x800 + code_bytes
+    else:
+        hbm_size = max(0x1000, 0x800 + code_bytes + 16)
+    golden = Machine("tiny")
+    for target in (device, golden):
+        if isinstance(target, Machine):
+            target.host(Instr("ctx.hbm", ctx=1, base=0x4000, size=hbm_size))
+            target.host(Instr("ctx.sram", ctx=1, base=0x400, size=0x400))
+            blob = encode_stream(program) if isinstance(program, list) else program
+            if isinstance(program, list) and name != "runs_off_its_window":
+                blob += Instr("halt").encode()
+            target.hbm[0x4800:0x4800 + len(blob)] = np.frombuffer(blob, np.uint8)
+            target.host(Instr("ctx.start", ctx=1, pc=0x800))
+            target.run()
+        else:
+            start_tenant(device, 1, program, hbm_base=0x4000, hbm_size=hbm_size, sram_base=0x400)
+            assert device.run(max_cycles=200_000)
+    info = device.context(1)
+    expected = golden.contexts[1]
+    assert (info.status, info.fault) == (ContextStatus.FAULTED, code)
+    assert info.fault == expected.fault and info.fault_pc == expected.fault_pc
+
+
+def test_attacker_faults_alone_and_the_victim_is_exact(device):
+    rng = np.random.default_rng(2)
+    a, b = rng.integers(-128, 128, (6, 10), dtype=np.int8), rng.integers(-128, 128, (10, 7), dtype=np.int8)
+    image = gemm("tiny", 6, 10, 7)
+    victim = Placement(context=0, hbm_base=0x0, sram_base=0x0)
+    load_image(device, image, {"A": a, "B": b}, victim)
+    attack = utop(EngineClass.DMA, [Instr("dma.store", sram=0, hbm=0xFC0, rows=4, row_bytes=64, hbm_stride=64)])
+    start_tenant(device, 1, attack, hbm_base=0x8000, sram_base=0x2000)
+    assert device.run(max_cycles=500_000)
+    assert np.array_equal(read_outputs(device, image, victim)["C"], a.astype(np.int32) @ b.astype(np.int32))
+    assert device.context(1).fault == FaultCode.HBM_BOUNDS
+    assert not np.frombuffer(device.read_hbm(0x9000, 0x1000), np.uint8).any()
+
+
+@pytest.mark.parametrize("command, message", [
+    (Instr("ctx.sram", ctx=0, base=0x3000, size=0x2000), "WINDOW_OUT_OF_RANGE"),
+    (Instr("ctx.hbm", ctx=0, base=0xFFF000, size=0x2000), "WINDOW_OUT_OF_RANGE"),
+    (Instr("ctx.engines", ctx=0, me_mask=0b10, ve_mask=1), "NO_SUCH_ENGINE"),
+    (Instr("ctx.prio", ctx=5, priority=1), "NO_SUCH_CONTEXT"),
+    (Instr("halt"), "NOT_A_HOST_COMMAND"),
+])
+def test_host_command_errors(device, command, message):
+    with pytest.raises(HostCommandError, match=message):
+        device.host(command)
+
+
+def test_kill_then_scrub(device):
+    start_tenant(device, 0, [Instr("nop")] * 100 + [Instr("halt")], hbm_base=0x0, hbm_size=0x1000)
+    device.run(max_cycles=200)
+    assert device.context(0).status == ContextStatus.RUNNING
+    with pytest.raises(HostCommandError, match="CONTEXT_RUNNING"):
+        device.host(Instr("ctx.scrub", ctx=0))
+    device.host(Instr("ctx.kill", ctx=0))
+    assert device.run(max_cycles=10_000)
+    assert (device.context(0).status, device.context(0).fault) == (ContextStatus.FAULTED, FaultCode.KILLED)
+    device.write_hbm(0x100, b"\xAB" * 64)
+    device.host(Instr("ctx.scrub", ctx=0))
+    assert not np.frombuffer(device.read_hbm(0, 0x1000), np.uint8).any()
+    assert device.context(0).counters["instructions"] == 0
+    store = utop(EngineClass.DMA, [Instr("dma.store", sram=0, hbm=0x400, rows=1, row_bytes=0x400)])
+    start_tenant(device, 0, store, hbm_base=0x0)
+    assert device.run(max_cycles=100_000)
+    assert device.context(0).status == ContextStatus.DONE
+    assert not np.frombuffer(device.read_hbm(0x400, 0x400), np.uint8).any()
+
+
+def test_matmul_on_the_amaranth_backend_reports_cycles_and_utilization():
+    rng = np.random.default_rng(4)
+    a, b = rng.integers(-128, 128, (7, 9), dtype=np.int8), rng.integers(-128, 128, (9, 6), dtype=np.int8)
+    result, stats = matmul(a, b, config="tiny", backend="amaranth", return_stats=True)
+    assert np.array_equal(result, matmul(a, b, config="tiny"))
+    assert stats["cycles"] > 0 and 0 < stats["utilization"]["me"] <= 1
+    assert stats["engine_busy_cycles"]["me0"] <= stats["cycles"]
+
+
+def test_image_for_another_config_is_rejected(device):
+    with pytest.raises(ConfigMismatchError):
+        run_image(device, gemm("small", 2, 2, 2), {"A": np.zeros((2, 2), np.int8), "B": np.zeros((2, 2), np.int8)})
+
+
+def test_device_fault_is_raised_by_the_runtime(device):
+    from tcloud.isa import assemble
+
+    image = assemble(".config tiny\n.footprint hbm=0x100 sram=0x40\nutop cls=ve\n  ve.fill dst=0x40 n=1\nhalt\n")
+    with pytest.raises(DeviceFault, match="SRAM_BOUNDS at pc 0x10"):
+        run_image(device, image, {})
