@@ -5,16 +5,15 @@ Writes ``benchmarks/results/golden_gemm.json``. Run with ``make bench`` or
 """
 
 import argparse
-import json
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 
 from tcloud.firmware import gemm
 from tcloud.isa import decode_stream
 from tcloud.runtime import FunctionalDevice, run_image
+
+from .common import write
 
 CASES = [("small", 256, 256, 256), ("small", 512, 512, 512), ("tiny", 64, 64, 64),
          ("tpu_like", 1024, 1024, 1024)]
@@ -47,18 +46,14 @@ def measure(config, m, k, n, repeats=3):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "golden_gemm.json"))
+    parser.add_argument("--out", help="JSON path (default: benchmarks/results/golden_gemm.json)")
     args = parser.parse_args(argv)
     results = [measure(*case) for case in CASES]
-    report = {"benchmark": "golden_gemm", "machine": platform.machine(), "python": platform.python_version(),
-              "numpy": np.__version__, "results": results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write("golden_gemm", {"results": results}, args.out)
     for r in results:
         print(f"{r['config']:9} {r['m']}x{r['k']}x{r['n']}: {r['run_seconds_best']:.3f} s "
               f"({r['instructions']} instructions, {r['gmacs_per_second']} GMAC/s, "
               f"{r['slowdown_vs_numpy']}x NumPy)")
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

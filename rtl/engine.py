@@ -118,7 +118,8 @@ class Engine(wiring.Component):
                     self.raise_fault(m, FaultCode.FETCH_BOUNDS)
                 with m.Else():
                     m.d.comb += [self.hbm.req.valid.eq(1), self.hbm.req.payload.addr.eq(self.hbm_addr(pc)),
-                                 self.hbm.req.payload.count.eq(INSTRUCTION_WORDS)]
+                                 self.hbm.req.payload.count.eq(INSTRUCTION_WORDS),
+                                 self.hbm.req.payload.write.eq(0), self.hbm.req.payload.wdata.eq(0)]
                     with m.If(self.hbm.req.ready):
                         m.next = "FETCH_WAIT"
             with m.State("FETCH_WAIT"):

@@ -143,7 +143,8 @@ class PNPU(wiring.Component):
                     stop(FaultCode.FETCH_BOUNDS, cur_pc)
                 with m.Else():
                     m.d.comb += [fetch.req.valid.eq(1), fetch.req.payload.addr.eq(hbm_base[active] + cur_pc),
-                                 fetch.req.payload.count.eq(INSTRUCTION_WORDS)]
+                                 fetch.req.payload.count.eq(INSTRUCTION_WORDS), fetch.req.payload.write.eq(0),
+                                 fetch.req.payload.wdata.eq(0)]
                     with m.If(fetch.req.ready):
                         m.next = "FETCH_WAIT"
             with m.State("FETCH_WAIT"):
@@ -234,8 +235,9 @@ class PNPU(wiring.Component):
         engine_fault_pc = Signal(HBM_ADDR_BITS)
         engine_fault_key = Signal(HBM_ADDR_BITS)
         engine_fault = Signal(FAULT_BITS)
-        best = (Const(0, FAULT_BITS), Const(0, HBM_ADDR_BITS), Const(0, HBM_ADDR_BITS))
-        for e, (_, engine) in enumerate(self.engines):
+        first = self.engines[0][1]
+        best = (Mux(done_bad[0], first.fault, 0), first.fault_pc, eng_pc[0])
+        for e, (_, engine) in list(enumerate(self.engines))[1:]:
             take = done_bad[e] & ((best[0] == 0) | (eng_pc[e] < best[2]))
             best = (Mux(take, engine.fault, best[0]), Mux(take, engine.fault_pc, best[1]),
                     Mux(take, eng_pc[e], best[2]))
@@ -337,7 +339,8 @@ class PNPU(wiring.Component):
                                  scrub_end.eq(hbm_base[scrub_ctx] + hbm_size[scrub_ctx])]
                     m.next = "SCRUB_HBM"
                 with m.Else():
-                    m.d.comb += [scrub_sram.valid.eq(1), scrub_sram.we.eq(1), scrub_sram.addr.eq(scrub_addr)]
+                    m.d.comb += [scrub_sram.valid.eq(1), scrub_sram.we.eq(1), scrub_sram.addr.eq(scrub_addr),
+                                 scrub_sram.wdata.eq(0)]
                     for lane in range(cfg.sram_banks):
                         m.d.comb += scrub_sram.wmask[lane].eq(Mux(scrub_addr + lane < scrub_end, 0b1111, 0))
                     with m.If(scrub_sram.ready):
@@ -351,7 +354,8 @@ class PNPU(wiring.Component):
                     m.next = "IDLE"
                 with m.Else():
                     m.d.comb += [scrub_hbm.req.valid.eq(1), scrub_hbm.req.payload.addr.eq(scrub_addr),
-                                 scrub_hbm.req.payload.count.eq(beat), scrub_hbm.req.payload.write.eq(1)]
+                                 scrub_hbm.req.payload.count.eq(beat), scrub_hbm.req.payload.write.eq(1),
+                                 scrub_hbm.req.payload.wdata.eq(0)]
                     with m.If(scrub_hbm.req.ready):
                         m.d.sync += scrub_addr.eq(scrub_addr + beat)
                         m.next = "SCRUB_HBM_ACK"

@@ -86,7 +86,8 @@ class Scratchpad(wiring.Component):
             lane = Signal(range(banks), name=f"lane_of_bank{b}")
             m.d.comb += lane.eq((b - rotation)[:lane_bits] if lane_bits else 0)
             bank_row = Signal.like(row, name=f"row_of_bank{b}")
-            m.d.comb += bank_row.eq(Mux(b < rotation, row + 1, row) if lane_bits else row)
+            wraps = lane_bits and b < banks - 1  # the last bank is never before the rotation point
+            m.d.comb += bank_row.eq(Mux(b < rotation, row + 1, row) if wraps else row)
             m.d.comb += [read.addr.eq(bank_row), write.addr.eq(bank_row),
                          write.data.eq(wdata.as_value().word_select(lane, 32)),
                          write.en.eq(Mux(arbiter.valid & we, wmask.as_value().word_select(lane, 4), 0))]

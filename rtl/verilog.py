@@ -24,6 +24,8 @@ LINT_WAIVERS = {
     "UNUSEDSIGNAL": "Intentional truncation: int32 wrap-around keeps the low 32 bits of a 33-bit "
                     "sum, and saturating paths do not read every bit of a 64-bit product.",
     "DECLFILENAME": "Generated modules share one file named after the top module.",
+    "CASEINCOMPLETE": "Amaranth emits FSM and Switch case statements without a default after "
+                      "assigning every combinational signal its default, so no latch can arise.",
 }
 """Verilator ``-Wall`` warnings waived for generated code, with the reason for each."""
 

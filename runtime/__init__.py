@@ -2,8 +2,9 @@
 
 from .api import InputError, matmul
 from .device import BACKENDS, ContextInfo, Device, DeviceError, FunctionalDevice, make_device
-from .execute import DeviceFault, Placement, RunLimitError, load_image, read_outputs, run_image
+from .execute import (DeviceFault, LoadPlan, Placement, RunLimitError, load_image, plan_load, read_outputs,
+                      run_image)
 
 __all__ = ["matmul", "InputError", "Device", "FunctionalDevice", "ContextInfo", "DeviceError",
-           "BACKENDS", "make_device", "DeviceFault", "RunLimitError", "Placement", "load_image",
+           "BACKENDS", "make_device", "DeviceFault", "RunLimitError", "Placement", "LoadPlan", "plan_load", "load_image",
            "read_outputs", "run_image"]

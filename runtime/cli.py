@@ -31,7 +31,29 @@ def _read_bytes(path):
 
 
 def cmd_isa_doc(args):
-    _write_text(isa_markdown(), args.output)
+    from tcloud.rtl.csr import csr_markdown
+
+    _write_text(isa_markdown() + "\n" + csr_markdown(), args.output)
+
+
+def cmd_verilog(args):
+    from tcloud.rtl.pnpu import PNPU
+    from tcloud.rtl.verilog import LINT_WAIVERS, lint, to_verilog
+
+    cfg = get_config(args.config)
+    text = to_verilog(PNPU(cfg), args.top)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(text)
+    print(f"{args.output}: pNPU for {cfg.name!r}, {len(text.splitlines())} lines, top module {args.top!r}")
+    if args.no_lint:
+        return
+    result = lint(text, args.top)
+    print(f"verilator --lint-only -Wall: {'clean' if result.ok else 'FAILED'} with waivers "
+          f"{', '.join(LINT_WAIVERS)} (reasons: tcloud.rtl.verilog.LINT_WAIVERS)")
+    for message in result.messages[:20]:
+        print(f"  {message}")
+    if not result.ok:
+        raise TcloudError(f"lint reported {len(result.messages)} message(s)")
 
 
 def cmd_config(args):
@@ -152,6 +174,14 @@ def build_parser():
                              description="Print the ISA reference (generated from the table) as Markdown.")
     doc.add_argument("-o", "--output", help="write to this file instead of stdout")
     doc.set_defaults(func=cmd_isa_doc)
+
+    ver = sub.add_parser("verilog", help="generate the pNPU's Verilog and lint it",
+                         description="Generate the whole pNPU as Verilog and run verilator --lint-only on it.")
+    ver.add_argument("--config", default="small", choices=list(PRESETS))
+    ver.add_argument("-o", "--output", default="build/pnpu.v", help="Verilog file (default: build/pnpu.v)")
+    ver.add_argument("--top", default="pnpu", help="top module name")
+    ver.add_argument("--no-lint", action="store_true", help="skip the Verilator lint")
+    ver.set_defaults(func=cmd_verilog)
 
     cfg = sub.add_parser("config", help="show configuration presets",
                          description="Show ArchConfig presets with their fingerprints.")

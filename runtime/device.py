@@ -112,8 +112,14 @@ def _amaranth(config):
     return AmaranthDevice(config)
 
 
-BACKENDS = {"functional": FunctionalDevice, "amaranth": _amaranth}
-"""Backend name → device factory (``verilator`` joins when its harness lands)."""
+def _verilator(config):
+    from .verilator_device import VerilatorDevice
+    return VerilatorDevice(config)
+
+
+BACKENDS = {"functional": FunctionalDevice, "amaranth": _amaranth, "verilator": _verilator}
+"""Backend name → device factory: ``functional`` (golden model), ``amaranth`` (RTL in Amaranth's
+simulator) and ``verilator`` (RTL compiled with Verilator)."""
 
 
 def make_device(backend, config):

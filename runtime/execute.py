@@ -39,6 +39,57 @@ class Placement:
     ve_mask: int | None = None
 
 
+@dataclass(frozen=True)
+class LoadPlan:
+    """What loading an image into a context takes, independent of how a device is driven.
+
+    Attributes
+    ----------
+    image : ProgramImage
+    setup : list of Instr
+        Host commands that configure and scrub the context (in order).
+    writes : list of (int, bytes)
+        Physical HBM writes: code, data segments and inputs.
+    start : Instr
+        The ``ctx.start`` command, issued last.
+    """
+
+    image: object
+    setup: list
+    writes: list
+    start: object
+
+
+def plan_load(config, image, inputs, placement=Placement()):
+    """Check ``image`` and ``inputs`` against ``config`` and return the :class:`LoadPlan`.
+
+    Raises
+    ------
+    ImageError
+        Missing, unexpected or mis-shaped inputs, or an image built for another config.
+    """
+    if isinstance(image, (bytes, bytearray)):
+        image = ProgramImage.from_bytes(image, config)
+    image.check_config(config)
+    expected = {s.name for s in image.inputs}
+    missing, unexpected = sorted(expected - set(inputs)), sorted(set(inputs) - expected)
+    if missing or unexpected:
+        raise ImageError(f"inputs do not match the image: missing {missing}, unexpected {unexpected}")
+    index, base = placement.context, placement.hbm_base
+    all_me, all_ve = (1 << config.me_count) - 1, (1 << config.ve_count) - 1
+    setup = [
+        Instr("ctx.hbm", ctx=index, base=base, size=image.hbm_bytes),
+        Instr("ctx.sram", ctx=index, base=placement.sram_base, size=image.sram_bytes),
+        Instr("ctx.engines", ctx=index, me_mask=all_me if placement.me_mask is None else placement.me_mask,
+              ve_mask=all_ve if placement.ve_mask is None else placement.ve_mask),
+        Instr("ctx.scrub", ctx=index),
+    ]
+    writes = [(base + image.entry, image.code)]
+    writes += [(base + segment.offset, segment.data) for segment in image.segments]
+    writes += [(base + symbol.offset, symbol.pack(inputs[symbol.name])) for symbol in image.inputs]
+    return LoadPlan(image, setup, writes, Instr("ctx.start", ctx=index, pc=image.entry))
+
+
 def load_image(device, image, inputs, placement=Placement()):
     """Configure a context for ``image``, write its code, data and inputs, and start it.
 
@@ -58,29 +109,13 @@ def load_image(device, image, inputs, placement=Placement()):
     HostCommandError
         If the windows do not fit the device.
     """
-    if isinstance(image, (bytes, bytearray)):
-        image = ProgramImage.from_bytes(image, device.config)
-    image.check_config(device.config)
-    expected = {s.name for s in image.inputs}
-    missing, unexpected = sorted(expected - set(inputs)), sorted(set(inputs) - expected)
-    if missing or unexpected:
-        raise ImageError(f"inputs do not match the image: missing {missing}, unexpected {unexpected}")
-    packed = {s.name: s.pack(inputs[s.name]) for s in image.inputs}
-    cfg, index = device.config, placement.context
-    all_me, all_ve = (1 << cfg.me_count) - 1, (1 << cfg.ve_count) - 1
-    device.host(Instr("ctx.hbm", ctx=index, base=placement.hbm_base, size=image.hbm_bytes))
-    device.host(Instr("ctx.sram", ctx=index, base=placement.sram_base, size=image.sram_bytes))
-    device.host(Instr("ctx.engines", ctx=index,
-                      me_mask=all_me if placement.me_mask is None else placement.me_mask,
-                      ve_mask=all_ve if placement.ve_mask is None else placement.ve_mask))
-    device.host(Instr("ctx.scrub", ctx=index))
-    device.write_hbm(placement.hbm_base + image.entry, image.code)
-    for segment in image.segments:
-        device.write_hbm(placement.hbm_base + segment.offset, segment.data)
-    for symbol in image.inputs:
-        device.write_hbm(placement.hbm_base + symbol.offset, packed[symbol.name])
-    device.host(Instr("ctx.start", ctx=index, pc=image.entry))
-    return image
+    plan = plan_load(device.config, image, inputs, placement)
+    for command in plan.setup:
+        device.host(command)
+    for address, data in plan.writes:
+        device.write_hbm(address, data)
+    device.host(plan.start)
+    return plan.image
 
 
 def read_outputs(device, image, placement=Placement()):

@@ -1,5 +1,5 @@
-"""The whole pNPU in Amaranth's simulator against the golden model (the scoreboard compares every
-output tensor and every per-context counter)."""
+"""The whole pNPU on both RTL backends (Amaranth's simulator and Verilator) against the golden model;
+the scoreboard compares every output tensor and every per-context counter."""
 
 import os
 
@@ -11,16 +11,23 @@ from tcloud.isa import (ConfigMismatchError, ContextStatus, EngineClass, FaultCo
                         Machine, encode_stream)
 from tcloud.runtime import DeviceFault, FunctionalDevice, Placement, load_image, matmul, read_outputs, run_image
 from tcloud.runtime.rtl_device import AmaranthDevice
+from tcloud.runtime.verilator_device import VerilatorDevice
 from tcloud.verif import find_races, random_program
 
 from conftest import utop
 
-RANDOM_PROGRAMS = 8 if os.environ.get("CI") else 24
+RTL_BACKENDS = {"amaranth": AmaranthDevice, "verilator": VerilatorDevice}
+RANDOM_PROGRAMS = {"amaranth": 8 if os.environ.get("CI") else 16, "verilator": 40 if os.environ.get("CI") else 200}
+
+
+@pytest.fixture(params=sorted(RTL_BACKENDS))
+def backend(request):
+    return request.param
 
 
 @pytest.fixture
-def device():
-    dev = AmaranthDevice("tiny")
+def device(backend):
+    dev = RTL_BACKENDS[backend]("tiny")
     yield dev
     dev.close()
 
@@ -48,10 +55,10 @@ def test_gemm_images_are_bit_exact(device):
         assert info.counters == expected_info.counters
 
 
-def test_random_programs_with_hbm_backpressure_are_bit_exact():
-    device = AmaranthDevice("tiny", hbm_latency=5, hbm_jitter=4, hbm_accept_probability=0.6, seed=5)
+def test_random_programs_with_hbm_backpressure_are_bit_exact(backend):
+    device = RTL_BACKENDS[backend]("tiny", hbm_latency=5, hbm_jitter=4, hbm_accept_probability=0.6, seed=5)
     try:
-        for seed in range(RANDOM_PROGRAMS):
+        for seed in range(RANDOM_PROGRAMS[backend]):
             image, inputs = random_program("tiny", seed)
             expected, expected_info = golden_run(image, inputs)
             outputs, info = run_image(device, image, inputs)
@@ -170,10 +177,10 @@ def test_kill_then_scrub(device):
     assert not np.frombuffer(device.read_hbm(0x400, 0x400), np.uint8).any()
 
 
-def test_matmul_on_the_amaranth_backend_reports_cycles_and_utilization():
+def test_matmul_on_rtl_backends_reports_cycles_and_utilization(backend):
     rng = np.random.default_rng(4)
     a, b = rng.integers(-128, 128, (7, 9), dtype=np.int8), rng.integers(-128, 128, (9, 6), dtype=np.int8)
-    result, stats = matmul(a, b, config="tiny", backend="amaranth", return_stats=True)
+    result, stats = matmul(a, b, config="tiny", backend=backend, return_stats=True)
     assert np.array_equal(result, matmul(a, b, config="tiny"))
     assert stats["cycles"] > 0 and 0 < stats["utilization"]["me"] <= 1
     assert stats["engine_busy_cycles"]["me0"] <= stats["cycles"]
@@ -190,3 +197,45 @@ def test_device_fault_is_raised_by_the_runtime(device):
     image = assemble(".config tiny\n.footprint hbm=0x100 sram=0x40\nutop cls=ve\n  ve.fill dst=0x40 n=1\nhalt\n")
     with pytest.raises(DeviceFault, match="SRAM_BOUNDS at pc 0x10"):
         run_image(device, image, {})
+
+
+def test_amaranth_and_verilator_agree_on_results_and_cycles():
+    amaranth, verilator = AmaranthDevice("tiny"), VerilatorDevice("tiny")
+    try:
+        programs = [random_program("tiny", seed, utops=6) for seed in (100, 101)]
+        rng = np.random.default_rng(9)
+        image = gemm("tiny", 6, 11, 5, bias=True, requant=Requant(1 << 30, 38))
+        programs.append((image, {"A": rng.integers(-128, 128, (6, 11), dtype=np.int8),
+                                 "B": rng.integers(-128, 128, (11, 5), dtype=np.int8),
+                                 "bias": rng.integers(-999, 999, 5, dtype=np.int32)}))
+        for image, inputs in programs:
+            runs = []
+            for dev in (amaranth, verilator):
+                start = dev.cycles
+                outputs, info = run_image(dev, image, inputs)
+                runs.append((outputs, info.counters, dev.cycles - start, dev.stats()["engine_busy_cycles"]))
+            (out_a, cnt_a, cyc_a, busy_a), (out_v, cnt_v, cyc_v, busy_v) = runs
+            assert all(np.array_equal(out_a[k], out_v[k]) for k in out_a)
+            assert cnt_a == cnt_v
+            assert cyc_a == cyc_v and busy_a == busy_v
+    finally:
+        amaranth.close()
+        verilator.close()
+
+
+def test_verilator_runs_a_gemm_on_the_small_config():
+    device = VerilatorDevice("small")
+    try:
+        rng = np.random.default_rng(12)
+        image = gemm("small", 40, 70, 36, bias=True, requant=Requant.from_scale(1 / 1500))
+        inputs = {"A": rng.integers(-128, 128, (40, 70), dtype=np.int8),
+                  "B": rng.integers(-128, 128, (70, 36), dtype=np.int8),
+                  "bias": rng.integers(-9999, 9999, 36, dtype=np.int32)}
+        expected, expected_info = run_image(FunctionalDevice("small"), image, inputs)
+        outputs, info = run_image(device, image, inputs)
+        assert np.array_equal(outputs["C"], expected["C"])
+        assert info.counters == expected_info.counters
+        busy = device.stats()["engine_busy_cycles"]
+        assert sum(busy[f"me{i}"] > 0 for i in range(4)) >= 2  # independent column tiles ran on several MEs
+    finally:
+        device.close()

@@ -1,0 +1,83 @@
+"""Simulated cycles per second of the same GEMM program on the Amaranth and Verilator backends.
+
+Both backends run in this process with identical, deterministic HBM timing, so the ratio is
+measured on the same machine at the same moment; the cycle counts must agree exactly. Writes
+``benchmarks/results/sim_speed.json``. ``python -m benchmarks.sim_speed [--configs tiny small]``.
+"""
+
+import argparse
+import time
+
+import numpy as np
+
+from tcloud.firmware import gemm
+from tcloud.runtime import FunctionalDevice, run_image
+from tcloud.runtime.rtl_device import AmaranthDevice
+from tcloud.runtime.verilator_device import VerilatorDevice
+
+from .common import write
+
+SHAPES = {"tiny": (12, 16, 12), "small": (16, 32, 24)}
+VERILATOR_SHAPES = {"tiny": (64, 64, 64), "small": (128, 128, 128)}
+
+
+def timed_run(device, image, inputs):
+    start_cycles, start = device.cycles, time.perf_counter()
+    outputs, _ = run_image(device, image, inputs)
+    return outputs, device.cycles - start_cycles, time.perf_counter() - start
+
+
+def program(config, shape, seed=0):
+    rng = np.random.default_rng(seed)
+    m, k, n = shape
+    inputs = {"A": rng.integers(-128, 128, (m, k), dtype=np.int8), "B": rng.integers(-128, 128, (k, n), dtype=np.int8)}
+    image = gemm(config, m, k, n)
+    expected, _ = run_image(FunctionalDevice(config), image, inputs)
+    return image, inputs, expected
+
+
+def measure(config):
+    image, inputs, expected = program(config, SHAPES[config])
+    start = time.perf_counter()
+    amaranth = AmaranthDevice(config)
+    amaranth_setup = time.perf_counter() - start
+    verilator = VerilatorDevice(config)
+    out_a, cycles_a, seconds_a = timed_run(amaranth, image, inputs)
+    out_v, cycles_v, seconds_v = timed_run(verilator, image, inputs)
+    amaranth.close()
+    assert np.array_equal(out_a["C"], expected["C"]) and np.array_equal(out_v["C"], expected["C"])
+    assert cycles_a == cycles_v, (cycles_a, cycles_v)
+    big_image, big_inputs, big_expected = program(config, VERILATOR_SHAPES[config])
+    out_big, cycles_big, seconds_big = timed_run(verilator, big_image, big_inputs)
+    assert np.array_equal(out_big["C"], big_expected["C"])
+    verilator.close()
+    return {
+        "config": config,
+        "same_program": {"gemm": SHAPES[config], "cycles": cycles_a,
+                         "amaranth_cycles_per_second": round(cycles_a / seconds_a),
+                         "verilator_cycles_per_second": round(cycles_v / seconds_v),
+                         "verilator_over_amaranth": round((cycles_v / seconds_v) / (cycles_a / seconds_a), 1),
+                         "amaranth_setup_seconds": round(amaranth_setup, 2)},
+        "verilator_long_run": {"gemm": VERILATOR_SHAPES[config], "cycles": cycles_big,
+                               "seconds": round(seconds_big, 3),
+                               "cycles_per_second": round(cycles_big / seconds_big)},
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
+    results = [measure(config) for config in args.configs]
+    for r in results:
+        same, long = r["same_program"], r["verilator_long_run"]
+        print(f"{r['config']:6} same GEMM {same['gemm']}: {same['cycles']} cycles; amaranth "
+              f"{same['amaranth_cycles_per_second']} c/s, verilator {same['verilator_cycles_per_second']} c/s "
+              f"({same['verilator_over_amaranth']}x); verilator on {long['gemm']}: {long['cycles_per_second']} c/s")
+    write("sim_speed", {"targets": {"verilator_over_amaranth": 100, "small_verilator_cycles_per_second": 1_000_000},
+                        "results": results}, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Time to build the Verilator model from a cold cache and from a warm one.
+
+Writes ``benchmarks/results/verilator_build.json``. ``python -m benchmarks.verilator_build
+[--configs tiny small]``.
+"""
+
+import argparse
+import os
+import tempfile
+import time
+
+from tcloud.runtime import verilator_device
+
+from .common import write
+
+
+def measure(config):
+    with tempfile.TemporaryDirectory(prefix="tcloud-cold-") as cache:
+        os.environ["TCLOUD_CACHE"] = cache
+        verilator_device._BUILT.clear()
+        start = time.perf_counter()
+        _, built = verilator_device.build_model(config)
+        cold = time.perf_counter() - start
+        assert built
+        verilator_device._BUILT.clear()
+        start = time.perf_counter()
+        _, built = verilator_device.build_model(config)
+        warm = time.perf_counter() - start
+        assert not built
+    os.environ.pop("TCLOUD_CACHE", None)
+    return {"config": config, "cold_seconds": round(cold, 1), "warm_seconds": round(warm, 1),
+            "warm_note": "a warm cache still regenerates the Verilog once per process to compute the cache key"}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
+    results = [measure(config) for config in args.configs]
+    for r in results:
+        print(f"{r['config']:6} cold {r['cold_seconds']} s, warm {r['warm_seconds']} s")
+    write("verilator_build", {"results": results}, args.out)
+
+
+if __name__ == "__main__":
+    main()

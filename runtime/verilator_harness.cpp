@@ -1,0 +1,231 @@
+// C harness around the Verilated pNPU: holds the HBM model and runs the clock freely.
+// Python drives it through the C ABI below (ctypes). The HBM model matches tcloud.rtl.sim.HbmModel
+// cycle for cycle: requests are accepted when ready, answered in order `latency` (+ jitter) cycles
+// later, and a write takes effect when its acknowledgement is delivered.
+//
+// Build-time defines: PORT_WORDS (32-bit words per HBM beat), COUNT_BITS (width of the request's
+// count field). Request payload layout: addr[0:30), count, write, wdata.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "Vpnpu.h"
+#include "verilated.h"
+#if VM_TRACE
+#include "verilated_fst_c.h"
+#endif
+
+#ifndef PORT_WORDS
+#error "PORT_WORDS must be defined"
+#endif
+#ifndef COUNT_BITS
+#error "COUNT_BITS must be defined"
+#endif
+
+// Verilator escapes "__" in port names as "___05F".
+#define HBM_REQ_VALID hbm___05Freq___05Fvalid
+#define HBM_REQ_READY hbm___05Freq___05Fready
+#define HBM_REQ_PAYLOAD hbm___05Freq___05Fpayload
+#define HBM_RSP_VALID hbm___05Frsp___05Fvalid
+#define HBM_RSP_READY hbm___05Frsp___05Fready
+#define HBM_RSP_PAYLOAD hbm___05Frsp___05Fpayload
+
+namespace {
+
+constexpr unsigned kAddrBits = 30;
+
+struct Pending {
+    uint64_t due;
+    bool write;
+    uint64_t addr;
+    uint32_t count;
+    uint32_t data[PORT_WORDS];
+};
+
+template <typename Wide>
+uint64_t bits(const Wide& wide, unsigned low, unsigned width) {
+    uint64_t value = 0;
+    for (unsigned i = 0; i < width; ++i) {
+        unsigned bit = low + i;
+        value |= static_cast<uint64_t>((wide[bit / 32] >> (bit % 32)) & 1u) << i;
+    }
+    return value;
+}
+
+struct Harness {
+    std::unique_ptr<VerilatedContext> context;
+    std::unique_ptr<Vpnpu> top;
+    std::vector<uint8_t> hbm;
+    std::deque<Pending> pending;
+    uint64_t cycle = 0;
+    uint32_t latency = 8;
+    uint32_t jitter = 0;
+    double accept_probability = 1.0;
+    std::mt19937_64 rng;
+    std::string error;
+#if VM_TRACE
+    std::unique_ptr<VerilatedFstC> trace;
+#endif
+    uint64_t time = 0;
+
+    void dump() {
+#if VM_TRACE
+        if (trace) trace->dump(time);
+#endif
+        ++time;
+    }
+
+    bool step() {
+        bool accept = accept_probability >= 1.0 ||
+                      std::uniform_real_distribution<double>(0.0, 1.0)(rng) < accept_probability;
+        top->HBM_REQ_READY = accept;
+        bool presented = !pending.empty() && pending.front().due <= cycle;
+        top->HBM_RSP_VALID = presented;
+        if (presented && !pending.front().write) {
+            const Pending& head = pending.front();
+            for (unsigned i = 0; i < PORT_WORDS; ++i) {
+                uint32_t word = 0;
+                if (i < head.count) std::memcpy(&word, &hbm[(head.addr + i) * 4], 4);
+                top->HBM_RSP_PAYLOAD[i] = word;
+            }
+        }
+        top->clk = 0;
+        top->eval();
+        dump();
+        bool req_valid = top->HBM_REQ_VALID;
+        bool rsp_ready = top->HBM_RSP_READY;
+        Pending request{};
+        if (accept && req_valid) {
+            const auto& payload = top->HBM_REQ_PAYLOAD;
+            request.addr = bits(payload, 0, kAddrBits);
+            request.count = static_cast<uint32_t>(bits(payload, kAddrBits, COUNT_BITS));
+            request.write = bits(payload, kAddrBits + COUNT_BITS, 1) != 0;
+            for (unsigned i = 0; i < PORT_WORDS; ++i)
+                request.data[i] = static_cast<uint32_t>(bits(payload, kAddrBits + COUNT_BITS + 1 + 32 * i, 32));
+        }
+        top->clk = 1;
+        top->eval();
+        dump();
+        ++cycle;
+        if (presented && rsp_ready) {
+            const Pending& head = pending.front();
+            if (head.write) std::memcpy(&hbm[head.addr * 4], head.data, 4ull * head.count);
+            pending.pop_front();
+        }
+        if (accept && req_valid) {
+            if ((request.addr + request.count) * 4 > hbm.size()) {
+                error = "HBM access beyond the modelled memory";
+                return false;
+            }
+            uint64_t delay = latency;
+            if (jitter) delay += std::uniform_int_distribution<uint64_t>(0, jitter)(rng);
+            request.due = std::max(cycle + delay, pending.empty() ? 0 : pending.back().due);
+            pending.push_back(request);
+        }
+        return true;
+    }
+};
+
+}  // namespace
+
+extern "C" {
+
+void* tc_create(uint64_t hbm_bytes, uint32_t latency, uint32_t jitter, double accept_probability,
+                uint64_t seed, const char* trace_path) {
+    auto* h = new Harness();
+    h->context = std::make_unique<VerilatedContext>();
+    h->top = std::make_unique<Vpnpu>(h->context.get());
+    h->hbm.assign(hbm_bytes, 0);
+    h->latency = latency;
+    h->jitter = jitter;
+    h->accept_probability = accept_probability;
+    h->rng.seed(seed);
+#if VM_TRACE
+    if (trace_path && *trace_path) {
+        h->context->traceEverOn(true);
+        h->trace = std::make_unique<VerilatedFstC>();
+        h->top->trace(h->trace.get(), 99);
+        h->trace->open(trace_path);
+    }
+#else
+    (void)trace_path;
+#endif
+    h->top->clk = 1;
+    h->top->rst = 0;
+    h->top->csr_we = 0;
+    h->top->eval();
+    return h;
+}
+
+void tc_destroy(void* handle) {
+    auto* h = static_cast<Harness*>(handle);
+#if VM_TRACE
+    if (h->trace) h->trace->close();
+#endif
+    h->top->final();
+    delete h;
+}
+
+int tc_traced(void) { return VM_TRACE; }
+
+const char* tc_error(void* handle) { return static_cast<Harness*>(handle)->error.c_str(); }
+
+uint64_t tc_cycle(void* handle) { return static_cast<Harness*>(handle)->cycle; }
+
+int tc_csr_write(void* handle, uint32_t address, uint32_t value) {
+    auto* h = static_cast<Harness*>(handle);
+    h->top->csr_addr = address;
+    h->top->csr_wdata = value;
+    h->top->csr_we = 1;
+    bool ok = h->step();
+    h->top->csr_we = 0;
+    return ok ? 0 : -1;
+}
+
+uint32_t tc_csr_read(void* handle, uint32_t address) {
+    auto* h = static_cast<Harness*>(handle);
+    h->top->csr_addr = address;
+    h->top->eval();
+    return h->top->csr_rdata;
+}
+
+int tc_hbm_write(void* handle, uint64_t address, const uint8_t* data, uint64_t size) {
+    auto* h = static_cast<Harness*>(handle);
+    if (address + size > h->hbm.size()) return -1;
+    std::memcpy(&h->hbm[address], data, size);
+    return 0;
+}
+
+int tc_hbm_read(void* handle, uint64_t address, uint8_t* data, uint64_t size) {
+    auto* h = static_cast<Harness*>(handle);
+    if (address + size > h->hbm.size()) return -1;
+    std::memcpy(data, &h->hbm[address], size);
+    return 0;
+}
+
+// Steps `count` cycles; returns 0, or -1 on a model error (see tc_error).
+int tc_run_cycles(void* handle, uint64_t count) {
+    auto* h = static_cast<Harness*>(handle);
+    for (uint64_t i = 0; i < count; ++i)
+        if (!h->step()) return -1;
+    return 0;
+}
+
+// One cycle, then cycles until `idle` or `max_cycles` more; returns 1 idle, 0 limit, -1 error.
+int tc_run_until_idle(void* handle, uint64_t max_cycles) {
+    auto* h = static_cast<Harness*>(handle);
+    if (!h->step()) return -1;
+    for (uint64_t cycles = 0; !h->top->idle; ++cycles) {
+        if (cycles >= max_cycles) return 0;
+        if (!h->step()) return -1;
+    }
+    return 1;
+}
+
+}  // extern "C"
