@@ -21,6 +21,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.golden_gemm
+	$(PY) -m benchmarks.verilator_build
+	$(PY) -m benchmarks.sim_speed
+	$(PY) -m benchmarks.me_utilization
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .hypothesis

@@ -12,8 +12,9 @@ from tcloud.isa import PRESETS, ProgramImage, assemble, disassemble, get_config
 from tcloud.isa.doc import isa_markdown
 from tcloud.isa.errors import TcloudError
 
+from .api import run_timing
 from .device import BACKENDS, make_device
-from .execute import run_image
+from .execute import load_image, read_outputs, run_image
 
 
 def _write_text(text, output):
@@ -148,15 +149,28 @@ def cmd_demo(args):
     same = blob == image.to_bytes()
     print(f"2. assembler rebuilt the image from text: {len(blob)} bytes, identical: {same}")
     loaded = ProgramImage.from_bytes(blob, cfg)
-    start = time.perf_counter()
-    outputs, info = run_image(make_device(args.backend, cfg), loaded, {"A": a, "B": b, "bias": bias})
+    if args.backend == "verilator":
+        print(f"   building/loading the Verilator model of {cfg.name!r} (cached; the first build takes "
+              f"a minute or two)...", flush=True)
+    device = make_device(args.backend, cfg)
+    load_image(device, loaded, {"A": a, "B": b, "bias": bias})
+    before, start = device.stats(), time.perf_counter()
+    if not device.run():
+        raise TcloudError("the device stopped before the program finished")
     seconds = time.perf_counter() - start
+    timing = run_timing(before, device.stats())
+    outputs, info = read_outputs(device, loaded), device.context(0)
     acc = a.astype(np.int64) @ b.astype(np.int64) + bias
     expected = np.clip(np.round(acc * requant.multiplier / 2.0 ** requant.shift), -128, 127).astype(np.int8)
     match = np.array_equal(outputs["C"], expected)
     c = info.counters
     print(f"3. {args.backend} backend ran it in {seconds * 1e3:.1f} ms: {c['utops']} uTOps, "
           f"{c['macs']} MACs, {c['hbm_bytes_read']} B read, {c['hbm_bytes_written']} B written")
+    if "cycles" in timing:
+        util = ", ".join(f"{cls.upper()} {value:.1%}" for cls, value in timing["utilization"].items())
+        print(f"   {timing['cycles']} cycles ({timing['cycles'] / seconds / 1e3:.0f} k cycles/s simulated); "
+              f"engine busy: {util}; array efficiency "
+              f"{c['macs'] / (timing['cycles'] * cfg.me_macs_per_cycle):.1%} of peak")
     print(f"4. check against NumPy (round half to even): {'PASS' if match else 'FAIL'} "
           f"({outputs['C'].size} int8 values)")
     if not (match and same):
@@ -228,7 +242,7 @@ def build_parser():
                           description="Lower a GEMM, round-trip it through assembly text and the "
                                       "image format, run it and check it against NumPy.")
     demo.add_argument("--config", default="small", choices=list(PRESETS))
-    demo.add_argument("--backend", default="functional", choices=list(BACKENDS))
+    demo.add_argument("--backend", default="verilator", choices=list(BACKENDS))
     demo.add_argument("--m", type=int, default=96)
     demo.add_argument("--k", type=int, default=200)
     demo.add_argument("--n", type=int, default=72)

@@ -13,6 +13,13 @@ class DeviceError(TcloudError):
     """A backend could not be created or driven."""
 
 
+def check_hbm_range(config, address, size):
+    """Raise :class:`DeviceError` unless ``[address, address + size)`` lies in the device's HBM."""
+    if address < 0 or size < 0 or address + size > config.hbm_bytes:
+        raise DeviceError(f"HBM access [{address:#x}, {address + size:#x}) outside the "
+                          f"{config.hbm_bytes:#x}-byte HBM")
+
+
 @dataclass(frozen=True)
 class ContextInfo:
     """What the host can read about one hardware context.
@@ -80,17 +87,12 @@ class FunctionalDevice:
         self.config = get_config(config)
         self.machine = Machine(self.config, trace=trace)
 
-    def _check(self, address, size):
-        if address < 0 or size < 0 or address + size > self.config.hbm_bytes:
-            raise DeviceError(f"HBM access [{address:#x}, {address + size:#x}) outside the "
-                              f"{self.config.hbm_bytes:#x}-byte HBM")
-
     def write_hbm(self, address, data):
-        self._check(address, len(data))
+        check_hbm_range(self.config, address, len(data))
         self.machine.hbm[address:address + len(data)] = np.frombuffer(bytes(data), dtype=np.uint8)
 
     def read_hbm(self, address, size):
-        self._check(address, size)
+        check_hbm_range(self.config, address, size)
         return self.machine.hbm[address:address + size].tobytes()
 
     def host(self, command):

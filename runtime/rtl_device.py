@@ -5,7 +5,7 @@ from tcloud.isa import ContextStatus, FaultCode, get_config
 from tcloud.isa.errors import HostCommandError
 from tcloud.rtl import csr
 
-from .device import ContextInfo, DeviceError
+from .device import ContextInfo, DeviceError, check_hbm_range
 
 
 class CsrDevice:
@@ -100,17 +100,12 @@ class AmaranthDevice(CsrDevice):
         if sim is not None:
             sim.close()
 
-    def _check(self, address, size):
-        if address < 0 or size < 0 or address + size > self.config.hbm_bytes:
-            raise DeviceError(f"HBM access [{address:#x}, {address + size:#x}) outside the "
-                              f"{self.config.hbm_bytes:#x}-byte HBM")
-
     def write_hbm(self, address, data):
-        self._check(address, len(data))
+        check_hbm_range(self.config, address, len(data))
         self.hbm_model.memory[address:address + len(data)] = memoryview(bytes(data))
 
     def read_hbm(self, address, size):
-        self._check(address, size)
+        check_hbm_range(self.config, address, size)
         return self.hbm_model.memory[address:address + size].tobytes()
 
     def csr_write(self, address, value):

@@ -14,7 +14,7 @@ from tcloud.isa import get_config
 from tcloud.rtl.hbm import port_words, request_layout
 from tcloud.rtl.verilog import VerilatorError, to_verilog, verilator_env, verilator_root
 
-from .device import DeviceError
+from .device import DeviceError, check_hbm_range
 from .rtl_device import CsrDevice
 
 HARNESS = Path(__file__).with_name("verilator_harness.cpp")
@@ -32,6 +32,22 @@ def _verilator_version():
     result = subprocess.run([str(verilator_root() / "bin" / "verilator"), "--version"], env=verilator_env(),
                             capture_output=True, text=True, timeout=60)
     return result.stdout.strip()
+
+
+def _design_digest(config):
+    """Hash of everything the generated Verilog depends on: the RTL and ISA sources, the Amaranth
+    version and the configuration (cheaper than generating the Verilog to hash it)."""
+    import amaranth
+
+    import tcloud.isa
+    import tcloud.rtl
+
+    digest = hashlib.sha256(repr(sorted(get_config(config).to_dict().items())).encode())
+    digest.update(amaranth.__version__.encode())
+    for package in (tcloud.isa, tcloud.rtl):
+        for path in sorted(Path(package.__file__).parent.glob("*.py")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _count_bits(config):
@@ -60,7 +76,6 @@ def build_model(config, *, trace=False, verbose=False):
     known = _BUILT.get((cfg, trace))
     if known is not None and known.exists():
         return known, False
-    verilog = to_verilog(PNPU(cfg), TOP)
     cflags = ["-fPIC", "-O2", f"-DPORT_WORDS={port_words(cfg)}", f"-DCOUNT_BITS={_count_bits(cfg)}"]
     flags = ["--cc", "--exe", "--build", "-j", "2", "--top-module", TOP, "-Wno-fatal", "-Wno-lint", "-Wno-style",
              "--x-assign", "fast", "--x-initial", "fast", "-O3",
@@ -69,13 +84,15 @@ def build_model(config, *, trace=False, verbose=False):
              "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include"]
     if trace:
         flags.append("--trace-fst")
-    key = hashlib.sha256("\0".join([verilog, HARNESS.read_text(), _verilator_version(), *flags]).encode()).hexdigest()
+    key = hashlib.sha256("\0".join([_design_digest(cfg), HARNESS.read_text(), _verilator_version(),
+                                    *flags]).encode()).hexdigest()
     target = cache_dir() / f"{cfg.name}-{'trace-' if trace else ''}{key[:20]}"
     library = target / LIBRARY
     _BUILT[(cfg, trace)] = library
     if library.exists():
         return library, False
     target.parent.mkdir(parents=True, exist_ok=True)
+    verilog = to_verilog(PNPU(cfg), TOP)
     with tempfile.TemporaryDirectory(prefix="build-", dir=target.parent) as tmp:
         work = Path(tmp)
         (work / f"{TOP}.v").write_text(verilog)
@@ -151,17 +168,12 @@ class VerilatorDevice(CsrDevice):
             raise DeviceError(f"Verilator model error: {self._lib.tc_error(self._handle).decode()}")
         return status
 
-    def _check_range(self, address, size):
-        if address < 0 or size < 0 or address + size > self.config.hbm_bytes:
-            raise DeviceError(f"HBM access [{address:#x}, {address + size:#x}) outside the "
-                              f"{self.config.hbm_bytes:#x}-byte HBM")
-
     def write_hbm(self, address, data):
-        self._check_range(address, len(data))
+        check_hbm_range(self.config, address, len(data))
         self._check(self._lib.tc_hbm_write(self._handle, address, bytes(data), len(data)))
 
     def read_hbm(self, address, size):
-        self._check_range(address, size)
+        check_hbm_range(self.config, address, size)
         buffer = ctypes.create_string_buffer(size)
         self._check(self._lib.tc_hbm_read(self._handle, address, buffer, size))
         return buffer.raw

@@ -98,7 +98,10 @@ def test_wrong_input_file_for_run(tmp_path, capsys):
 
 
 def test_console_script_demo_runs():
-    result = subprocess.run([sys.executable, "-m", "tcloud.runtime.cli", "demo", "--config", "tiny",
-                             "--m", "9", "--k", "11", "--n", "6"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "PASS" in result.stdout and "identical: True" in result.stdout
+    for backend in ("functional", "verilator"):
+        result = subprocess.run([sys.executable, "-m", "tcloud.runtime.cli", "demo", "--config", "tiny",
+                                 "--backend", backend, "--m", "9", "--k", "11", "--n", "6"],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert "PASS" in result.stdout and "identical: True" in result.stdout
+    assert "cycles" in result.stdout and "engine busy" in result.stdout

@@ -95,7 +95,23 @@ class HostDriver:
                              "ve_elements": await read("VE_ELEMENTS")}}
 
 
-class HbmResponder:
+class _Background:
+    """A component whose work is one coroutine running beside the test."""
+
+    _task = None
+
+    def start(self):
+        import cocotb
+
+        self._task = cocotb.start_soon(self._run())
+
+    def stop(self):
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+
+class HbmResponder(_Background):
     """HBM model behind ``hbm__req__*``/``hbm__rsp__*``.
 
     Parameters
@@ -115,17 +131,6 @@ class HbmResponder:
         self.words = port_words(config)
         self.count_bits = (self.words).bit_length()
         self.log = logging.getLogger("tb.hbm")
-        self._task = None
-
-    def start(self):
-        import cocotb
-
-        self._task = cocotb.start_soon(self._run())
-
-    def stop(self):
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
 
     def _decode(self, payload):
         addr = payload & ((1 << REQ_ADDR_BITS) - 1)
@@ -163,7 +168,7 @@ class HbmResponder:
                 pending.append((due, write, addr, count, wdata))
 
 
-class HbmMonitor:
+class HbmMonitor(_Background):
     """Records HBM handshakes and checks the protocol."""
 
     def __init__(self, dut, config):
@@ -171,17 +176,6 @@ class HbmMonitor:
         self.requests, self.responses = [], 0
         self.errors = []
         self.log = logging.getLogger("tb.hbm_monitor")
-        self._task = None
-
-    def start(self):
-        import cocotb
-
-        self._task = cocotb.start_soon(self._run())
-
-    def stop(self):
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
 
     async def _run(self):
         dut, words = self.dut, port_words(self.config)
