@@ -28,8 +28,9 @@ from tcloud.isa.table import field_max as _field_max
 from .program import FirmwareError, ProgramBuilder
 
 _ALIGN = 64
-_UTOP_OVERHEAD = 16
-"""Cycles the planner charges per ME uTOp for dispatch and pipeline fill/drain."""
+_TILE_OVERHEAD = 40
+"""Cycles the planner charges per k tile of an ME uTOp: fetching its two instructions, loading
+the weights and filling the array."""
 
 
 def _up(value, multiple):
@@ -141,7 +142,9 @@ def plan_gemm(config, m, k, n, *, bias=False, requant=False):
                     continue
                 blocks = math.ceil(m / mb) * math.ceil(n / nb)
                 col_tiles = math.ceil(nb / cols)
-                utop_rows = math.ceil(kb / rows) * (mb + rows) + rows + cols + _UTOP_OVERHEAD
+                # per k tile: stream mb rows; per uTOp: write the accumulators back and, for later
+                # K chunks, load them first (about 2*mb scratchpad row accesses)
+                utop_rows = math.ceil(kb / rows) * (mb + rows + cols + _TILE_OVERHEAD) + 2 * mb
                 me_cycles = (blocks * math.ceil(k / kb) * math.ceil(col_tiles / cfg.me_count) * utop_rows)
                 traffic = hbm_a * math.ceil(n / nb) + hbm_b * math.ceil(m / mb) + m * n * 4
                 estimate = max(me_cycles, traffic / cfg.hbm_bytes_per_cycle)

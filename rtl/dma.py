@@ -7,14 +7,16 @@ from tcloud.isa.table import EngineClass, FaultCode
 
 from .decode import OPCODES
 from .engine import Engine, region_end
-from .hbm import port_words
+from .hbm import MAX_OUTSTANDING, port_words
 
 
 class DmaEngine(Engine):
-    """Executes ``dma.load`` and ``dma.store`` row by row, ``beat`` words per transfer.
+    """Executes ``dma.load`` and ``dma.store`` in beats of ``beat`` words.
 
     Both regions are bounds-checked before the first byte moves (the region read first is checked
-    first, as in the golden model). Each beat is one HBM request and one scratchpad access.
+    first, as in the golden model). Loads keep up to :data:`~tcloud.rtl.hbm.MAX_OUTSTANDING` HBM
+    reads in flight and write each response beat to the scratchpad as it arrives; stores read a beat
+    from the scratchpad and send it while earlier writes are still being acknowledged.
     """
 
     engine_class = EngineClass.DMA
@@ -26,20 +28,39 @@ class DmaEngine(Engine):
     def execute(self, m, instr):
         op = instr.dma_load
         beat = self.beat
-        row = Signal(12)
-        offset = Signal(14)
-        buffer = Signal(data.ArrayLayout(32, beat))
         is_load = instr.as_value()[:8] == OPCODES["dma.load"]
-        count = Signal(range(beat + 1))
-        m.d.comb += count.eq(Mux(op.row_bytes - offset < beat, op.row_bytes - offset, beat))
-        hbm_at = self.hbm_addr(op.hbm + row * op.hbm_stride + offset)
-        sram_at = self.sram_addr(op.sram + row * op.sram_stride + offset)
         hbm_ok = self.hbm_fits(region_end(op.hbm, op.rows, op.hbm_stride, op.row_bytes))
         sram_ok = self.sram_fits(region_end(op.sram, op.rows, op.sram_stride, op.row_bytes))
+        issue_row, issue_offset = Signal(12, name="issue_row"), Signal(14, name="issue_offset")
+        done_row, done_offset = Signal(12, name="done_row"), Signal(14, name="done_offset")
+        issue_finished = Signal()
+        in_flight = Signal(range(MAX_OUTSTANDING + 1))
+        buffer = Signal(data.ArrayLayout(32, beat))
+        buffered = Signal()
+
+        def count_at(offset):
+            return Mux(op.row_bytes - offset < beat, op.row_bytes - offset, beat)
+
+        def advance(row, offset, finished=None):
+            step = count_at(offset)
+            with m.If(offset + step < op.row_bytes):
+                m.d.sync += offset.eq(offset + step)
+            with m.Else():
+                m.d.sync += [offset.eq(0), row.eq(row + 1)]
+                if finished is not None:
+                    with m.If(row + 1 == op.rows):
+                        m.d.sync += finished.eq(1)
+
+        issue_count, done_count = count_at(issue_offset), count_at(done_offset)
+        hbm_at_issue = self.hbm_addr(op.hbm + issue_row * op.hbm_stride + issue_offset)
+        sram_at_issue = self.sram_addr(op.sram + issue_row * op.sram_stride + issue_offset)
+        sram_at_done = self.sram_addr(op.sram + done_row * op.sram_stride + done_offset)
+        last_done = (done_row + 1 == op.rows) & (done_offset + done_count >= op.row_bytes)
 
         with m.State("EXECUTE"):
             m.d.comb += self.busy.eq(1)
-            m.d.sync += [row.eq(0), offset.eq(0)]
+            m.d.sync += [issue_row.eq(0), issue_offset.eq(0), done_row.eq(0), done_offset.eq(0),
+                         issue_finished.eq(0), in_flight.eq(0), buffered.eq(0)]
             with m.If(is_load & ~hbm_ok):
                 self.raise_fault(m, FaultCode.HBM_BOUNDS)
             with m.Elif(~sram_ok):
@@ -47,58 +68,50 @@ class DmaEngine(Engine):
             with m.Elif(~hbm_ok):
                 self.raise_fault(m, FaultCode.HBM_BOUNDS)
             with m.Elif(is_load):
-                m.next = "DMA_HBM_READ"
+                m.next = "DMA_LOAD"
             with m.Else():
-                m.next = "DMA_SRAM_READ"
+                m.next = "DMA_STORE"
 
-        with m.State("DMA_HBM_READ"):
-            m.d.comb += [self.busy.eq(1), self.hbm.req.valid.eq(1), self.hbm.req.payload.addr.eq(hbm_at),
-                         self.hbm.req.payload.count.eq(count)]
-            with m.If(self.hbm.req.ready):
-                m.next = "DMA_HBM_READ_WAIT"
-        with m.State("DMA_HBM_READ_WAIT"):
-            m.d.comb += [self.busy.eq(1), self.hbm.rsp.ready.eq(1)]
-            with m.If(self.hbm.rsp.valid):
-                m.d.sync += buffer.eq(self.hbm.rsp.payload.rdata.as_value()[:32 * beat])
-                m.d.comb += self.count_hbm_read.eq(count * 4)
-                m.next = "DMA_SRAM_WRITE"
-        with m.State("DMA_SRAM_WRITE"):
-            m.d.comb += [self.busy.eq(1), self.sram.valid.eq(1), self.sram.we.eq(1), self.sram.addr.eq(sram_at)]
-            for lane in range(beat):
-                m.d.comb += [self.sram.wdata[lane].eq(buffer[lane]),
-                             self.sram.wmask[lane].eq(Mux(lane < count, 0b1111, 0))]
-            with m.If(self.sram.ready):
-                self._advance(m, op, row, offset, count, "DMA_HBM_READ")
-
-        with m.State("DMA_SRAM_READ"):
-            m.d.comb += [self.busy.eq(1), self.sram.valid.eq(1), self.sram.addr.eq(sram_at)]
-            with m.If(self.sram.ready):
-                m.next = "DMA_SRAM_READ_WAIT"
-        with m.State("DMA_SRAM_READ_WAIT"):
+        with m.State("DMA_LOAD"):
             m.d.comb += self.busy.eq(1)
+            issue = ~issue_finished & (in_flight < MAX_OUTSTANDING)
+            m.d.comb += [self.hbm.req.valid.eq(issue), self.hbm.req.payload.addr.eq(hbm_at_issue),
+                         self.hbm.req.payload.count.eq(issue_count)]
+            issued = issue & self.hbm.req.ready
+            with m.If(issued):
+                advance(issue_row, issue_offset, issue_finished)
+            m.d.comb += [self.sram.valid.eq(self.hbm.rsp.valid), self.sram.we.eq(1), self.sram.addr.eq(sram_at_done),
+                         self.hbm.rsp.ready.eq(self.sram.ready)]
+            for lane in range(beat):
+                m.d.comb += [self.sram.wdata[lane].eq(self.hbm.rsp.payload.rdata[lane]),
+                             self.sram.wmask[lane].eq(Mux(lane < done_count, 0b1111, 0))]
+            retired = self.hbm.rsp.valid & self.sram.ready
+            m.d.sync += in_flight.eq(in_flight + issued - retired)
+            with m.If(retired):
+                m.d.comb += self.count_hbm_read.eq(done_count * 4)
+                advance(done_row, done_offset)
+                with m.If(last_done):
+                    m.next = "NEXT"
+
+        with m.State("DMA_STORE"):
+            m.d.comb += self.busy.eq(1)
+            read = ~issue_finished & ~buffered & (in_flight < MAX_OUTSTANDING)
+            m.d.comb += [self.sram.valid.eq(read), self.sram.addr.eq(sram_at_issue)]
             with m.If(self.sram.rvalid):
-                m.d.sync += buffer.eq(self.sram.rdata.as_value()[:32 * beat])
-                m.next = "DMA_HBM_WRITE"
-        with m.State("DMA_HBM_WRITE"):
-            m.d.comb += [self.busy.eq(1), self.hbm.req.valid.eq(1), self.hbm.req.payload.addr.eq(hbm_at),
-                         self.hbm.req.payload.count.eq(count), self.hbm.req.payload.write.eq(1)]
+                m.d.sync += [buffer.eq(self.sram.rdata.as_value()[:32 * beat]), buffered.eq(1)]
+            m.d.comb += [self.hbm.req.valid.eq(buffered), self.hbm.req.payload.write.eq(1),
+                         self.hbm.req.payload.addr.eq(hbm_at_issue), self.hbm.req.payload.count.eq(issue_count)]
             for lane in range(beat):
                 m.d.comb += self.hbm.req.payload.wdata[lane].eq(buffer[lane])
-            with m.If(self.hbm.req.ready):
-                m.next = "DMA_HBM_WRITE_WAIT"
-        with m.State("DMA_HBM_WRITE_WAIT"):
-            m.d.comb += [self.busy.eq(1), self.hbm.rsp.ready.eq(1)]
-            with m.If(self.hbm.rsp.valid):
-                m.d.comb += self.count_hbm_write.eq(count * 4)
-                self._advance(m, op, row, offset, count, "DMA_SRAM_READ")
-
-    @staticmethod
-    def _advance(m, op, row, offset, count, again):
-        with m.If(offset + count < op.row_bytes):
-            m.d.sync += offset.eq(offset + count)
-            m.next = again
-        with m.Elif(row + 1 < op.rows):
-            m.d.sync += [offset.eq(0), row.eq(row + 1)]
-            m.next = again
-        with m.Else():
-            m.next = "NEXT"
+            sent = buffered & self.hbm.req.ready
+            with m.If(sent):
+                m.d.sync += buffered.eq(0)
+                advance(issue_row, issue_offset, issue_finished)
+            m.d.comb += self.hbm.rsp.ready.eq(1)
+            acked = self.hbm.rsp.valid
+            m.d.sync += in_flight.eq(in_flight + sent - acked)
+            with m.If(acked):
+                m.d.comb += self.count_hbm_write.eq(done_count * 4)
+                advance(done_row, done_offset)
+                with m.If(last_done):
+                    m.next = "NEXT"

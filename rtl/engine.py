@@ -144,9 +144,10 @@ class Engine(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [pc.eq(pc + INSTRUCTION_WORDS), remaining.eq(remaining - 1)]
                 with m.If(remaining == 1):
-                    m.next = "DONE"
+                    m.next = "FINISH"
                 with m.Else():
                     m.next = "FETCH"
+            self.finish(m)
             with m.State("DONE"):
                 m.d.comb += [self.busy.eq(1), self.done.eq(1)]
                 m.next = "IDLE"
@@ -157,3 +158,10 @@ class Engine(wiring.Component):
 
     def on_start(self, m):
         """Reset per-uTOp engine state (called in the cycle a uTOp is dispatched)."""
+
+    def finish(self, m):
+        """Add the ``"FINISH"`` state, entered after the last body instruction; it must end in
+        ``"DONE"`` (an engine with buffered results writes them back here)."""
+        with m.State("FINISH"):
+            m.d.comb += self.busy.eq(1)
+            m.next = "DONE"

@@ -43,8 +43,13 @@ def hbm_signature(config):
     })
 
 
+MAX_OUTSTANDING = 8
+"""Requests one master may have in flight (the DMA engines pipeline their reads)."""
+
+
 class HbmArbiter(wiring.Component):
-    """Share one HBM port between ``count`` masters, each with at most one request outstanding.
+    """Share one HBM port between ``count`` masters, each with at most :data:`MAX_OUTSTANDING`
+    requests in flight.
 
     Requests are granted round-robin; the index of each granted master enters a FIFO, and the
     response at the head of the HBM's in-order response stream goes to the master at its head.
@@ -64,7 +69,7 @@ class HbmArbiter(wiring.Component):
         masters = [self.master(i) for i in range(self.count)]
         m.submodules.arbiter = arbiter = RoundRobin(self.count)
         m.submodules.order = order = fifo.SyncFIFOBuffered(width=max(1, (self.count - 1).bit_length()),
-                                                           depth=self.count)
+                                                           depth=self.count * MAX_OUTSTANDING)
         m.d.comb += [arbiter.requests[i].eq(p.req.valid) for i, p in enumerate(masters)]
         m.d.comb += [self.hbm.req.valid.eq(arbiter.valid & order.w_rdy),
                      order.w_data.eq(arbiter.grant),

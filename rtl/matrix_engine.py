@@ -1,13 +1,16 @@
 """Matrix engine: ``me.loadw`` / ``me.matmul`` on a :class:`~tcloud.rtl.systolic.SystolicArray`."""
 
 from amaranth.hdl import Mux, Signal, signed
-from amaranth.lib import data
+from amaranth.lib import data, memory
 
-from tcloud.isa.table import EngineClass, FaultCode
+from tcloud.isa.table import BY_MNEMONIC, EngineClass, FaultCode
 
 from .decode import OPCODES
 from .engine import Engine, region_end
 from .systolic import SystolicArray
+
+ACC_ROWS = BY_MNEMONIC["me.matmul"].field("m").encoded_max + 1
+"""Rows of the engine's local accumulator memory: enough for the largest ``m`` of one matmul."""
 
 
 def _words(byte_count):
@@ -17,11 +20,14 @@ def _words(byte_count):
 class MatrixEngine(Engine):
     """Executes matrix-engine uTOps on a ``me_rows × me_cols`` systolic array.
 
-    ``me.loadw`` writes all ``me_rows`` weight rows of the array (zero outside the ``k × n`` tile)
-    into the bank the next ``me.matmul`` uses. ``me.matmul`` streams the rows of A through the
-    array and writes each int32 output row (after adding the old row when ``acc``). This first
-    version handles one row at a time; the array's double buffering is in place for a pipelined
-    controller.
+    ``me.loadw`` writes all ``me_rows`` weight rows of the array (zero outside the ``k × n`` tile).
+    ``me.matmul`` streams one row of A per cycle through the array and accumulates each int32 output
+    row into a local accumulator memory. The result stays there while the following matmuls of the
+    same uTOp accumulate into the same region (same ``out``, ``out_stride``, ``m`` and ``n``); it is
+    written back to the scratchpad when the region changes and before the uTOp completes. This is
+    invisible to race-free programs (no other uTOp may touch the region meanwhile) and saves a read
+    and a write of every output row per matmul. A matmul with ``acc`` into a new region first loads
+    the old rows from the scratchpad.
     """
 
     engine_class = EngineClass.ME
@@ -35,29 +41,41 @@ class MatrixEngine(Engine):
         super().__init__(config)
 
     def on_start(self, m):
-        m.d.sync += self._have_weights.eq(0)
+        m.d.sync += [self._have_weights.eq(0), self._pending.eq(0)]
 
     def elaborate(self, platform):
         self._have_weights = Signal()
+        self._pending = Signal()
         m = super().elaborate(platform)
         m.submodules.array = self._array
+        m.submodules.accumulators = self._acc_mem
         return m
 
     def execute(self, m, instr):
         cfg = self.config
         rows, cols = cfg.me_rows, cfg.me_cols
         self._array = array = SystolicArray(rows, cols)
+        self._acc_mem = acc_mem = memory.Memory(shape=data.ArrayLayout(signed(32), cols), depth=ACC_ROWS, init=[])
+        acc_read = acc_mem.read_port(domain="comb")
+        acc_write = acc_mem.write_port()
         opcode = instr.as_value()[:8]
         lw, mm = instr.me_loadw, instr.me_matmul
         k, n = Signal(8), Signal(8)
         bank = Signal()
         row = Signal(12)
-        result = Signal(data.ArrayLayout(signed(32), cols))
+        issued, received = Signal(13), Signal(13)
+        accumulate = Signal()
+        pending = self._pending
+        pend_out, pend_stride, pend_m, pend_n = Signal(24), Signal(16), Signal(12), Signal(8)
+        self._flush_return_done = flush_to_done = Signal()
         line = self.sram.rdata.as_value()
+        row_bits = max(1, (rows - 1).bit_length())
+        same_region = (pending & (pend_out == mm.out) & (pend_stride == mm.out_stride) & (pend_m == mm.m)
+                       & (pend_n == n))
 
         with m.State("EXECUTE"):
             m.d.comb += self.busy.eq(1)
-            m.d.sync += row.eq(0)
+            m.d.sync += [row.eq(0), issued.eq(0), received.eq(0)]
             with m.If(opcode == OPCODES["me.loadw"]):
                 with m.If((lw.k > rows) | (lw.n > cols)):
                     self.raise_fault(m, FaultCode.ILLEGAL_FIELD)
@@ -73,8 +91,17 @@ class MatrixEngine(Engine):
                     self.raise_fault(m, FaultCode.SRAM_BOUNDS)
                 with m.Elif(~self.sram_fits(region_end(mm.out, mm.m, mm.out_stride, n))):
                     self.raise_fault(m, FaultCode.SRAM_BOUNDS)
+                with m.Elif(same_region):
+                    m.d.sync += accumulate.eq(mm.acc)
+                    m.next = "ME_STREAM"
+                with m.Elif(pending):
+                    m.d.sync += flush_to_done.eq(0)
+                    m.next = "ME_FLUSH"
+                with m.Elif(mm.acc):
+                    m.next = "ME_PRELOAD"
                 with m.Else():
-                    m.next = "ME_READ_A"
+                    m.d.sync += accumulate.eq(0)
+                    m.next = "ME_STREAM"
 
         with m.State("ME_LOAD_ROW"):
             m.d.comb += self.busy.eq(1)
@@ -83,64 +110,83 @@ class MatrixEngine(Engine):
                 with m.If(self.sram.ready):
                     m.next = "ME_LOAD_WAIT"
             with m.Else():
-                m.d.comb += [array.w_we.eq(1), array.w_bank.eq(bank), array.w_row.eq(row[:max(1, (rows - 1).bit_length())])]
+                m.d.comb += [array.w_we.eq(1), array.w_bank.eq(bank), array.w_row.eq(row[:row_bits])]
                 self._next_weight_row(m, row, rows)
         with m.State("ME_LOAD_WAIT"):
             m.d.comb += self.busy.eq(1)
             with m.If(self.sram.rvalid):
-                m.d.comb += [array.w_we.eq(1), array.w_bank.eq(bank), array.w_row.eq(row[:max(1, (rows - 1).bit_length())])]
+                m.d.comb += [array.w_we.eq(1), array.w_bank.eq(bank), array.w_row.eq(row[:row_bits])]
                 for c in range(cols):
                     m.d.comb += array.w_data[c].eq(Mux(c < n, line[8 * c:8 * c + 8], 0))
                 self._next_weight_row(m, row, rows)
 
-        with m.State("ME_READ_A"):
-            m.d.comb += [self.busy.eq(1), self.sram.valid.eq(1),
-                         self.sram.addr.eq(self.sram_addr(mm.a + row * mm.a_stride))]
+        with m.State("ME_FLUSH"):
+            m.d.comb += [self.busy.eq(1), acc_read.addr.eq(row), self.sram.valid.eq(1), self.sram.we.eq(1),
+                         self.sram.addr.eq(self.sram_addr(pend_out + row * pend_stride))]
+            for c in range(cols):
+                m.d.comb += [self.sram.wdata[c].eq(acc_read.data[c]),
+                             self.sram.wmask[c].eq(Mux(c < pend_n, 0b1111, 0))]
             with m.If(self.sram.ready):
-                m.next = "ME_FEED"
-        with m.State("ME_FEED"):
+                m.d.sync += row.eq(row + 1)
+                with m.If(row + 1 == pend_m):
+                    m.d.sync += [pending.eq(0), row.eq(0)]
+                    with m.If(flush_to_done):
+                        m.next = "DONE"
+                    with m.Elif(mm.acc):
+                        m.next = "ME_PRELOAD"
+                    with m.Else():
+                        m.d.sync += accumulate.eq(0)
+                        m.next = "ME_STREAM"
+
+        with m.State("ME_PRELOAD"):
             m.d.comb += self.busy.eq(1)
+            with m.If(issued < mm.m):
+                m.d.comb += [self.sram.valid.eq(1), self.sram.addr.eq(self.sram_addr(mm.out + issued * mm.out_stride))]
+                with m.If(self.sram.ready):
+                    m.d.sync += issued.eq(issued + 1)
+            with m.If(self.sram.rvalid):
+                m.d.comb += [acc_write.addr.eq(received), acc_write.en.eq(1)]
+                for c in range(cols):
+                    m.d.comb += acc_write.data[c].eq(Mux(c < n, self.sram.rdata[c].as_signed(), 0))
+                m.d.sync += received.eq(received + 1)
+                with m.If(received + 1 == mm.m):
+                    m.d.sync += [accumulate.eq(1), issued.eq(0), received.eq(0)]
+                    m.next = "ME_STREAM"
+
+        with m.State("ME_STREAM"):
+            m.d.comb += self.busy.eq(1)
+            with m.If(issued < mm.m):
+                m.d.comb += [self.sram.valid.eq(1), self.sram.addr.eq(self.sram_addr(mm.a + issued * mm.a_stride))]
+                with m.If(self.sram.ready):
+                    m.d.sync += issued.eq(issued + 1)
             with m.If(self.sram.rvalid):
                 m.d.comb += [array.in_valid.eq(1), array.in_bank.eq(bank)]
                 for r in range(rows):
                     m.d.comb += array.in_data[r].eq(Mux(r < k, line[8 * r:8 * r + 8], 0))
-                m.next = "ME_DRAIN"
-        with m.State("ME_DRAIN"):
-            m.d.comb += self.busy.eq(1)
+            m.d.comb += acc_read.addr.eq(received)
             with m.If(array.out_valid):
-                m.d.sync += result.eq(array.out_data)
-                with m.If(mm.acc):
-                    m.next = "ME_READ_OLD"
-                with m.Else():
-                    m.next = "ME_WRITE"
-        with m.State("ME_READ_OLD"):
-            m.d.comb += [self.busy.eq(1), self.sram.valid.eq(1),
-                         self.sram.addr.eq(self.sram_addr(mm.out + row * mm.out_stride))]
-            with m.If(self.sram.ready):
-                m.next = "ME_ADD_OLD"
-        with m.State("ME_ADD_OLD"):
-            m.d.comb += self.busy.eq(1)
-            with m.If(self.sram.rvalid):
+                m.d.comb += [acc_write.addr.eq(received), acc_write.en.eq(1), self.count_macs.eq(k * n)]
                 for c in range(cols):
-                    m.d.sync += result[c].eq(result[c] + self.sram.rdata[c].as_signed())
-                m.next = "ME_WRITE"
-        with m.State("ME_WRITE"):
-            m.d.comb += [self.busy.eq(1), self.sram.valid.eq(1), self.sram.we.eq(1),
-                         self.sram.addr.eq(self.sram_addr(mm.out + row * mm.out_stride))]
-            for c in range(cols):
-                m.d.comb += [self.sram.wdata[c].eq(result[c]), self.sram.wmask[c].eq(Mux(c < n, 0b1111, 0))]
-            with m.If(self.sram.ready):
-                m.d.comb += self.count_macs.eq(k * n)
-                m.d.sync += row.eq(row + 1)
-                with m.If(row + 1 == mm.m):
+                    m.d.comb += acc_write.data[c].eq(Mux(accumulate, acc_read.data[c], 0) + array.out_data[c])
+                m.d.sync += received.eq(received + 1)
+                with m.If(received + 1 == mm.m):
+                    m.d.sync += [pending.eq(1), pend_out.eq(mm.out), pend_stride.eq(mm.out_stride),
+                                 pend_m.eq(mm.m), pend_n.eq(n)]
                     m.next = "NEXT"
-                with m.Else():
-                    m.next = "ME_READ_A"
+
+    def finish(self, m):
+        with m.State("FINISH"):
+            m.d.comb += self.busy.eq(1)
+            m.d.sync += self._flush_return_done.eq(1)
+            with m.If(self._pending):
+                m.next = "ME_FLUSH"
+            with m.Else():
+                m.next = "DONE"
 
     def _next_weight_row(self, m, row, rows):
         m.d.sync += row.eq(row + 1)
         with m.If(row + 1 == rows):
-            m.d.sync += self._have_weights.eq(1)
+            m.d.sync += [self._have_weights.eq(1), row.eq(0)]
             m.next = "NEXT"
         with m.Else():
             m.next = "ME_LOAD_ROW"

@@ -36,8 +36,10 @@ class Scratchpad(wiring.Component):
     """``sram_banks`` word-interleaved banks: word ``w`` lives in bank ``w % banks``.
 
     Any run of ``banks`` consecutive words touches every bank once, so one access moves
-    ``banks × 4`` bytes at any word alignment; a rotation network maps banks to lanes. Ports are
-    served one per cycle in round-robin order.
+    ``banks × 4`` bytes at any word alignment; a rotation network maps banks to lanes. Every port
+    has its own read port on every bank, so reads are served in the cycle they are requested; writes
+    share one write port per bank and are granted one per cycle in round-robin order. A read sees
+    every write granted in an earlier cycle.
 
     Parameters
     ----------
@@ -63,46 +65,51 @@ class Scratchpad(wiring.Component):
         banks, lane_bits = self.banks, (self.banks - 1).bit_length()
         m.submodules.arbiter = arbiter = RoundRobin(self.ports)
         ports = [self.port(i) for i in range(self.ports)]
-        m.d.comb += [arbiter.requests[i].eq(p.valid) for i, p in enumerate(ports)]
+        m.d.comb += [arbiter.requests[i].eq(p.valid & p.we) for i, p in enumerate(ports)]
         m.d.comb += arbiter.advance.eq(1)
 
+        def split(addr):
+            rotation = addr[:lane_bits] if lane_bits else 0
+            return rotation, addr[lane_bits:]
+
+        def bank_row(b, rotation, row):
+            wraps = lane_bits and b < banks - 1  # the last bank is never before the rotation point
+            return Mux(b < rotation, row + 1, row) if wraps else row
+
+        def lane_of(b, rotation):
+            return (b - rotation)[:lane_bits] if lane_bits else 0
+
         addr = Signal.like(ports[0].addr)
-        we = Signal()
         wdata = Signal(data.ArrayLayout(32, banks))
         wmask = Signal(data.ArrayLayout(4, banks))
         for i, p in enumerate(ports):
+            m.d.comb += p.ready.eq(p.valid & (~p.we | (arbiter.grant == i)))
             with m.If(arbiter.valid & (arbiter.grant == i)):
-                m.d.comb += [p.ready.eq(1), addr.eq(p.addr), we.eq(p.we), wdata.eq(p.wdata),
-                             wmask.eq(p.wmask)]
+                m.d.comb += [addr.eq(p.addr), wdata.eq(p.wdata), wmask.eq(p.wmask)]
+        w_rotation, w_row = split(addr)
 
-        rotation = addr[:lane_bits] if lane_bits else 0
-        row = addr[lane_bits:]
-        bank_data = []
+        mems = []
         for b in range(banks):
             mem = memory.Memory(shape=32, depth=self.depth, init=[])
             m.submodules[f"bank{b}"] = mem
-            read = mem.read_port()
             write = mem.write_port(granularity=8)
-            lane = Signal(range(banks), name=f"lane_of_bank{b}")
-            m.d.comb += lane.eq((b - rotation)[:lane_bits] if lane_bits else 0)
-            bank_row = Signal.like(row, name=f"row_of_bank{b}")
-            wraps = lane_bits and b < banks - 1  # the last bank is never before the rotation point
-            m.d.comb += bank_row.eq(Mux(b < rotation, row + 1, row) if wraps else row)
-            m.d.comb += [read.addr.eq(bank_row), write.addr.eq(bank_row),
+            lane = Signal(range(banks), name=f"write_lane_of_bank{b}")
+            m.d.comb += [lane.eq(lane_of(b, w_rotation)), write.addr.eq(bank_row(b, w_rotation, w_row)),
                          write.data.eq(wdata.as_value().word_select(lane, 32)),
-                         write.en.eq(Mux(arbiter.valid & we, wmask.as_value().word_select(lane, 4), 0))]
-            bank_data.append(read.data)
+                         write.en.eq(Mux(arbiter.valid, wmask.as_value().word_select(lane, 4), 0))]
+            mems.append(mem)
 
-        last_rotation = Signal(max(lane_bits, 1))
-        last_port = Signal(range(self.ports))
-        last_read = Signal()
-        m.d.sync += [last_rotation.eq(rotation), last_port.eq(arbiter.grant),
-                     last_read.eq(arbiter.valid & ~we)]
-        rdata = Signal(data.ArrayLayout(32, banks))
-        for lane in range(banks):
-            for b in range(banks):
-                with m.If(((lane + last_rotation)[:lane_bits] if lane_bits else 0) == b):
-                    m.d.comb += rdata[lane].eq(bank_data[b])
         for i, p in enumerate(ports):
-            m.d.comb += [p.rdata.eq(rdata), p.rvalid.eq(last_read & (last_port == i))]
+            rotation, row = split(p.addr)
+            bank_data = []
+            for b, mem in enumerate(mems):
+                read = mem.read_port()
+                m.d.comb += read.addr.eq(bank_row(b, rotation, row))
+                bank_data.append(read.data)
+            last_rotation = Signal(max(lane_bits, 1), name=f"port{i}_rotation")
+            m.d.sync += [last_rotation.eq(rotation), p.rvalid.eq(p.valid & ~p.we)]
+            for lane in range(banks):
+                for b in range(banks):
+                    with m.If(((lane + last_rotation)[:lane_bits] if lane_bits else 0) == b):
+                        m.d.comb += p.rdata[lane].eq(bank_data[b])
         return m
