@@ -61,6 +61,9 @@ class Engine(wiring.Component):
     """
 
     engine_class = None
+    prefetch = False
+    """Fetch the next body instruction while the current one executes (only for engines whose
+    instructions do not use the HBM port themselves)."""
 
     def __init__(self, config):
         self.config = config
@@ -97,10 +100,15 @@ class Engine(wiring.Component):
         self._hbm_base = Signal.like(self.hbm_base)
         self._hbm_size = Signal.like(self.hbm_size)
         self._fault = Signal(FAULT_BITS)
+        self._pf_sent = Signal()
         pc = Signal(HBM_ADDR_BITS)
         remaining = Signal(12)
         instr = Signal(INSTRUCTION_LAYOUT)
         known, legal, engine = decode_checks(instr)
+        pf_busy, pf_ready = Signal(), Signal()
+        pf_word = Signal(128)
+        pf_addr = Signal(HBM_ADDR_BITS)
+        next_fits = self.hbm_fits(pc + 2 * INSTRUCTION_WORDS)
 
         m.d.comb += [self.fault.eq(self._fault), self.fault_pc.eq(pc)]
         with m.FSM():
@@ -138,6 +146,9 @@ class Engine(wiring.Component):
                     with m.If(engine != int(self.engine_class)):
                         self.raise_fault(m, FaultCode.WRONG_CLASS)
                     with m.Else():
+                        if self.prefetch:
+                            with m.If((remaining > 1) & next_fits):
+                                m.d.sync += [pf_busy.eq(1), pf_addr.eq(self.hbm_addr(pc + INSTRUCTION_WORDS))]
                         m.next = "EXECUTE"
             self.execute(m, instr)
             with m.State("NEXT"):
@@ -145,16 +156,43 @@ class Engine(wiring.Component):
                 m.d.sync += [pc.eq(pc + INSTRUCTION_WORDS), remaining.eq(remaining - 1)]
                 with m.If(remaining == 1):
                     m.next = "FINISH"
+                with m.Elif(pf_busy | pf_ready):
+                    m.next = "PREFETCHED"
                 with m.Else():
                     m.next = "FETCH"
+            with m.State("PREFETCHED"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(pf_ready):
+                    m.d.sync += [instr.eq(pf_word), pf_ready.eq(0)]
+                    m.next = "DECODE"
             self.finish(m)
             with m.State("DONE"):
                 m.d.comb += [self.busy.eq(1), self.done.eq(1)]
                 m.next = "IDLE"
             with m.State("FAULT"):
-                m.d.comb += [self.busy.eq(1), self.done.eq(1)]
-                m.next = "IDLE"
+                m.d.comb += self.busy.eq(1)
+                with m.If(~pf_busy):  # a prefetch in flight must land before the next uTOp fetches
+                    m.d.comb += self.done.eq(1)
+                    m.d.sync += pf_ready.eq(0)
+                    m.next = "IDLE"
+        if self.prefetch:
+            with m.If(pf_busy & ~pf_ready):
+                with m.If(~self._pf_sent):
+                    m.d.comb += [self.hbm.req.valid.eq(1), self.hbm.req.payload.addr.eq(pf_addr),
+                                 self.hbm.req.payload.count.eq(INSTRUCTION_WORDS),
+                                 self.hbm.req.payload.write.eq(0), self.hbm.req.payload.wdata.eq(0)]
+                    with m.If(self.hbm.req.ready):
+                        m.d.sync += self._pf_sent.eq(1)
+                with m.Else():
+                    m.d.comb += self.hbm.rsp.ready.eq(1)
+                    with m.If(self.hbm.rsp.valid):
+                        m.d.sync += [pf_word.eq(self.hbm.rsp.payload.rdata.as_value()[:128]), pf_ready.eq(1),
+                                     pf_busy.eq(0), self._pf_sent.eq(0)]
+        self.background(m)
         return m
+
+    def background(self, m):
+        """Add logic that runs whatever state the FSM is in (called after the FSM)."""
 
     def on_start(self, m):
         """Reset per-uTOp engine state (called in the cycle a uTOp is dispatched)."""

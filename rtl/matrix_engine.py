@@ -31,6 +31,7 @@ class MatrixEngine(Engine):
     """
 
     engine_class = EngineClass.ME
+    prefetch = True
 
     def __init__(self, config):
         if config.me_cols > config.sram_banks or config.me_rows > 4 * config.sram_banks:
@@ -68,6 +69,8 @@ class MatrixEngine(Engine):
         pending = self._pending
         pend_out, pend_stride, pend_m, pend_n = Signal(24), Signal(16), Signal(12), Signal(8)
         self._flush_return_done = flush_to_done = Signal()
+        self._collecting = collecting = Signal()
+        col_left, col_row, col_acc, col_macs = Signal(13), Signal(12), Signal(), Signal(16)
         line = self.sram.rdata.as_value()
         row_bits = max(1, (rows - 1).bit_length())
         same_region = (pending & (pend_out == mm.out) & (pend_stride == mm.out_stride) & (pend_m == mm.m)
@@ -83,7 +86,9 @@ class MatrixEngine(Engine):
                     self.raise_fault(m, FaultCode.SRAM_BOUNDS)
                 with m.Else():
                     m.d.sync += [k.eq(lw.k), n.eq(lw.n), bank.eq(~bank)]
-                    m.next = "ME_LOAD_ROW"
+                    m.next = "ME_LOAD"
+            with m.Elif(collecting):
+                pass  # the previous matmul's outputs are still draining
             with m.Else():
                 with m.If(~self._have_weights):
                     self.raise_fault(m, FaultCode.ME_STATE)
@@ -103,25 +108,24 @@ class MatrixEngine(Engine):
                     m.d.sync += accumulate.eq(0)
                     m.next = "ME_STREAM"
 
-        with m.State("ME_LOAD_ROW"):
+        with m.State("ME_LOAD"):
             m.d.comb += self.busy.eq(1)
-            with m.If(row < k):
-                m.d.comb += [self.sram.valid.eq(1), self.sram.addr.eq(self.sram_addr(lw.w + row * lw.w_stride))]
+            with m.If(issued < k):
+                m.d.comb += [self.sram.valid.eq(1), self.sram.addr.eq(self.sram_addr(lw.w + issued * lw.w_stride))]
                 with m.If(self.sram.ready):
-                    m.next = "ME_LOAD_WAIT"
-            with m.Else():
-                m.d.comb += [array.w_we.eq(1), array.w_bank.eq(bank), array.w_row.eq(row[:row_bits])]
-                self._next_weight_row(m, row, rows)
-        with m.State("ME_LOAD_WAIT"):
-            m.d.comb += self.busy.eq(1)
+                    m.d.sync += issued.eq(issued + 1)
             with m.If(self.sram.rvalid):
-                m.d.comb += [array.w_we.eq(1), array.w_bank.eq(bank), array.w_row.eq(row[:row_bits])]
                 for c in range(cols):
                     m.d.comb += array.w_data[c].eq(Mux(c < n, line[8 * c:8 * c + 8], 0))
-                self._next_weight_row(m, row, rows)
+            with m.If(self.sram.rvalid | (received >= k)):  # rows past k are written with zeros
+                m.d.comb += [array.w_we.eq(1), array.w_bank.eq(bank), array.w_row.eq(received[:row_bits])]
+                m.d.sync += received.eq(received + 1)
+                with m.If(received == rows - 1):
+                    m.d.sync += [self._have_weights.eq(1), issued.eq(0), received.eq(0)]
+                    m.next = "NEXT"
 
         with m.State("ME_FLUSH"):
-            m.d.comb += [self.busy.eq(1), acc_read.addr.eq(row), self.sram.valid.eq(1), self.sram.we.eq(1),
+            m.d.comb += [self.busy.eq(1), self.sram.valid.eq(1), self.sram.we.eq(1),
                          self.sram.addr.eq(self.sram_addr(pend_out + row * pend_stride))]
             for c in range(cols):
                 m.d.comb += [self.sram.wdata[c].eq(acc_read.data[c]),
@@ -163,30 +167,39 @@ class MatrixEngine(Engine):
                 m.d.comb += [array.in_valid.eq(1), array.in_bank.eq(bank)]
                 for r in range(rows):
                     m.d.comb += array.in_data[r].eq(Mux(r < k, line[8 * r:8 * r + 8], 0))
-            m.d.comb += acc_read.addr.eq(received)
-            with m.If(array.out_valid):
-                m.d.comb += [acc_write.addr.eq(received), acc_write.en.eq(1), self.count_macs.eq(k * n)]
-                for c in range(cols):
-                    m.d.comb += acc_write.data[c].eq(Mux(accumulate, acc_read.data[c], 0) + array.out_data[c])
+                with m.If(received == 0):
+                    m.d.sync += [collecting.eq(1), col_left.eq(mm.m), col_row.eq(0), col_acc.eq(accumulate),
+                                 col_macs.eq(k * n)]
                 m.d.sync += received.eq(received + 1)
                 with m.If(received + 1 == mm.m):
                     m.d.sync += [pending.eq(1), pend_out.eq(mm.out), pend_stride.eq(mm.out_stride),
-                                 pend_m.eq(mm.m), pend_n.eq(n)]
+                                 pend_m.eq(mm.m), pend_n.eq(n), issued.eq(0), received.eq(0)]
                     m.next = "NEXT"
+
+        self._collector = (acc_read, acc_write, col_left, col_row, col_acc, col_macs, row)
+
+    def background(self, m):
+        """The collector accumulates array outputs whatever the FSM does, so the engine can fetch
+        and load the next weights (into the other bank) while the array drains."""
+        acc_read, acc_write, col_left, col_row, col_acc, col_macs, row = self._collector
+        array, collecting = self._array, self._collecting
+        with m.If(array.out_valid):
+            m.d.comb += [acc_write.addr.eq(col_row), acc_write.en.eq(1), self.count_macs.eq(col_macs)]
+            for c in range(self.config.me_cols):
+                m.d.comb += acc_write.data[c].eq(Mux(col_acc, acc_read.data[c], 0) + array.out_data[c])
+            m.d.sync += [col_row.eq(col_row + 1), col_left.eq(col_left - 1)]
+            with m.If(col_left == 1):
+                m.d.sync += collecting.eq(0)
+        m.d.comb += acc_read.addr.eq(Mux(collecting, col_row, row))
 
     def finish(self, m):
         with m.State("FINISH"):
             m.d.comb += self.busy.eq(1)
             m.d.sync += self._flush_return_done.eq(1)
-            with m.If(self._pending):
+            with m.If(self._collecting):
+                pass  # wait for the last outputs
+            with m.Elif(self._pending):
                 m.next = "ME_FLUSH"
             with m.Else():
                 m.next = "DONE"
 
-    def _next_weight_row(self, m, row, rows):
-        m.d.sync += row.eq(row + 1)
-        with m.If(row + 1 == rows):
-            m.d.sync += [self._have_weights.eq(1), row.eq(0)]
-            m.next = "NEXT"
-        with m.Else():
-            m.next = "ME_LOAD_ROW"

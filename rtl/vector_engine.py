@@ -25,6 +25,7 @@ class VectorEngine(Engine):
     (int8 results with byte enables), or accumulate a row reduction."""
 
     engine_class = EngineClass.VE
+    prefetch = True
 
     def __init__(self, config):
         lanes = config.ve_lanes
