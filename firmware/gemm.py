@@ -223,6 +223,27 @@ def gemm(config, m, k, n, *, bias=False, requant=None, plan=None):
     prog = ProgramBuilder()
     chunk_me = []  # ME uTOps of every K chunk, in global chunk order
     stores = []
+
+    def finish_block(bi, m0, n0, mrows, ncols, acc, last_me):
+        """Bias, requantization and the store of one output block."""
+        src, src_stride, row_bytes = acc, 4 * nb, 4 * ncols
+        store_deps = last_me
+        if bias or requant:
+            body = [Instr("ve.shape", rows=mrows, dst_stride=4 * nb, src1_stride=4 * nb, src2_stride=0)]
+            if bias:
+                body.append(Instr("ve.add", dst=acc, src1=acc, src2=buf_bias[bi % 2], n=ncols))
+            if requant:
+                out8 = buf_out8[bi % 2]
+                body.append(Instr("ve.shape", rows=mrows, dst_stride=s8, src1_stride=4 * nb))
+                body.append(Instr("ve.requant", dst=out8, src=acc, n=ncols, mult=requant.multiplier,
+                                  shift=requant.shift, zp=requant.zero_point))
+                src, src_stride, row_bytes = out8, s8, _up(ncols, WORD_BYTES)
+            store_deps = [prog.utop(EngineClass.VE, body, last_me)]
+        store = Instr("dma.store", sram=src, hbm=off_c + m0 * stride_c + n0 * out_item, rows=mrows,
+                      row_bytes=row_bytes, hbm_stride=stride_c, sram_stride=src_stride)
+        stores.append(prog.utop(EngineClass.DMA, [store], store_deps))
+
+    deferred = []  # the previous block's post-processing and store, emitted one block late
     blocks = [(m0, n0) for m0 in range(0, m, mb) for n0 in range(0, n, nb)]
     for bi, (m0, n0) in enumerate(blocks):
         mrows, ncols = min(mb, m - m0), min(nb, n - n0)
@@ -258,22 +279,15 @@ def gemm(config, m, k, n, *, bias=False, requant=None, plan=None):
                 last_me[j] = prog.utop(EngineClass.ME, body, deps)
                 refs.append(last_me[j])
             chunk_me.append(refs)
-        src, src_stride, row_bytes = acc, 4 * nb, 4 * ncols
-        store_deps = last_me
-        if bias or requant:
-            body = [Instr("ve.shape", rows=mrows, dst_stride=4 * nb, src1_stride=4 * nb, src2_stride=0)]
-            if bias:
-                body.append(Instr("ve.add", dst=acc, src1=acc, src2=buf_bias[bi % 2], n=ncols))
-            if requant:
-                out8 = buf_out8[bi % 2]
-                body.append(Instr("ve.shape", rows=mrows, dst_stride=s8, src1_stride=4 * nb))
-                body.append(Instr("ve.requant", dst=out8, src=acc, n=ncols, mult=requant.multiplier,
-                                  shift=requant.shift, zp=requant.zero_point))
-                src, src_stride, row_bytes = out8, s8, _up(ncols, WORD_BYTES)
-            store_deps = [prog.utop(EngineClass.VE, body, last_me)]
-        store = Instr("dma.store", sram=src, hbm=off_c + m0 * stride_c + n0 * out_item, rows=mrows,
-                      row_bytes=row_bytes, hbm_stride=stride_c, sram_stride=src_stride)
-        stores.append(prog.utop(EngineClass.DMA, [store], store_deps))
+            if ci == 0:
+                # uTOps issue in program order: the previous block's store waits for its last MEs, so
+                # emitting it only now keeps it from holding back this block's first load.
+                for emit in deferred:
+                    emit()
+                deferred.clear()
+        deferred.append(lambda args=(bi, m0, n0, mrows, ncols, acc, last_me): finish_block(*args))
+    for emit in deferred:
+        emit()
 
     code = prog.build()
     symbols = [Symbol("A", "input", "i8", (m, k), off_a, stride_a),

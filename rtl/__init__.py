@@ -1,5 +1,24 @@
-"""Amaranth HDL components of the pNPU (matrix/vector engines, scratchpad, DMA, uTOp scheduler).
+"""Amaranth HDL components of the pNPU (matrix/vector engines, scratchpad, DMA, uTOp sequencer).
 
-The RTL is built in the pNPU issue; it reads every hardware number from
-:class:`tcloud.isa.ArchConfig` and derives its decoder from the ISA table.
+The RTL reads every hardware number from :class:`tcloud.isa.ArchConfig` and derives its decoder from
+the ISA table. :data:`SOURCE_DIGEST` identifies the RTL and ISA sources as imported by this process
+(the Verilator model cache is keyed by it, so a model is never reused for other sources).
 """
+
+import hashlib
+from pathlib import Path
+
+import tcloud.isa
+
+from . import arbiter, csr, decode, dma, engine, hbm, matrix_engine, pnpu, scratchpad, systolic, vector_alu  # noqa: F401
+
+
+def _sources_digest():
+    digest = hashlib.sha256()
+    for package_dir in (Path(tcloud.isa.__file__).parent, Path(__file__).parent):
+        for path in sorted(package_dir.glob("*.py")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+SOURCE_DIGEST = _sources_digest()

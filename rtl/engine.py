@@ -68,7 +68,11 @@ class Engine(wiring.Component):
     def __init__(self, config):
         self.config = config
         super().__init__({**dispatch_signature(config), "hbm": Out(hbm_signature(config)),
-                          "sram": Out(sram_port_signature(config))})
+                          "sram": Out(sram_port_signature(config)), **self.extra_members(config)})
+
+    def extra_members(self, config):
+        """Further signature members of a subclass (e.g. a second scratchpad port)."""
+        return {}
 
     def execute(self, m, instr):
         """Add the FSM states that execute ``instr`` (a view of INSTRUCTION_LAYOUT)."""
@@ -107,6 +111,7 @@ class Engine(wiring.Component):
         known, legal, engine = decode_checks(instr)
         pf_busy, pf_ready = Signal(), Signal()
         pf_word = Signal(128)
+        self._pf_ready, self._pf_word = pf_ready, pf_word
         pf_addr = Signal(HBM_ADDR_BITS)
         next_fits = self.hbm_fits(pc + 2 * INSTRUCTION_WORDS)
 
@@ -171,7 +176,7 @@ class Engine(wiring.Component):
                 m.next = "IDLE"
             with m.State("FAULT"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(~pf_busy):  # a prefetch in flight must land before the next uTOp fetches
+                with m.If(~pf_busy & self.quiescent()):  # nothing in flight may outlive the uTOp
                     m.d.comb += self.done.eq(1)
                     m.d.sync += pf_ready.eq(0)
                     m.next = "IDLE"
@@ -193,6 +198,10 @@ class Engine(wiring.Component):
 
     def background(self, m):
         """Add logic that runs whatever state the FSM is in (called after the FSM)."""
+
+    def quiescent(self):
+        """Expression that is true when no background work of the uTOp is still running."""
+        return 1
 
     def on_start(self, m):
         """Reset per-uTOp engine state (called in the cycle a uTOp is dispatched)."""

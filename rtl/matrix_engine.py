@@ -2,11 +2,13 @@
 
 from amaranth.hdl import Mux, Signal, signed
 from amaranth.lib import data, memory
+from amaranth.lib.wiring import Out
 
 from tcloud.isa.table import BY_MNEMONIC, EngineClass, FaultCode
 
-from .decode import OPCODES
+from .decode import INSTRUCTION_LAYOUT, OPCODES, decode_checks
 from .engine import Engine, region_end
+from .scratchpad import sram_port_signature
 from .systolic import SystolicArray
 
 ACC_ROWS = BY_MNEMONIC["me.matmul"].field("m").encoded_max + 1
@@ -41,12 +43,21 @@ class MatrixEngine(Engine):
                              f"{config.sram_banks}")
         super().__init__(config)
 
+    def extra_members(self, config):
+        return {"weight_sram": Out(sram_port_signature(config))}
+
+    def quiescent(self):
+        return ~self._loader_busy & ~self._collecting
+
     def on_start(self, m):
-        m.d.sync += [self._have_weights.eq(0), self._pending.eq(0)]
+        m.d.sync += [self._have_weights.eq(0), self._pending.eq(0), self._loaded_ahead.eq(0)]
 
     def elaborate(self, platform):
         self._have_weights = Signal()
         self._pending = Signal()
+        self._loader_busy = Signal()
+        self._loaded_ahead = Signal()
+        self._fsm_streaming = Signal()
         m = super().elaborate(platform)
         m.submodules.array = self._array
         m.submodules.accumulators = self._acc_mem
@@ -79,7 +90,12 @@ class MatrixEngine(Engine):
         with m.State("EXECUTE"):
             m.d.comb += self.busy.eq(1)
             m.d.sync += [row.eq(0), issued.eq(0), received.eq(0)]
-            with m.If(opcode == OPCODES["me.loadw"]):
+            with m.If((opcode == OPCODES["me.loadw"]) & (self._loader_busy | self._loaded_ahead)):
+                with m.If(~self._loader_busy):  # the weight loader already executed this loadw
+                    m.d.sync += [k.eq(lw.k), n.eq(lw.n), bank.eq(~bank), self._have_weights.eq(1),
+                                 self._loaded_ahead.eq(0)]
+                    m.next = "NEXT"
+            with m.Elif(opcode == OPCODES["me.loadw"]):
                 with m.If((lw.k > rows) | (lw.n > cols)):
                     self.raise_fault(m, FaultCode.ILLEGAL_FIELD)
                 with m.Elif(~self.sram_fits(region_end(lw.w, lw.k, lw.w_stride, _words(lw.n)))):
@@ -158,7 +174,7 @@ class MatrixEngine(Engine):
                     m.next = "ME_STREAM"
 
         with m.State("ME_STREAM"):
-            m.d.comb += self.busy.eq(1)
+            m.d.comb += [self.busy.eq(1), self._fsm_streaming.eq(1)]
             with m.If(issued < mm.m):
                 m.d.comb += [self.sram.valid.eq(1), self.sram.addr.eq(self.sram_addr(mm.a + issued * mm.a_stride))]
                 with m.If(self.sram.ready):
@@ -177,10 +193,15 @@ class MatrixEngine(Engine):
                     m.next = "NEXT"
 
         self._collector = (acc_read, acc_write, col_left, col_row, col_acc, col_macs, row)
+        self._loader_context = (bank, received)
 
     def background(self, m):
         """The collector accumulates array outputs whatever the FSM does, so the engine can fetch
-        and load the next weights (into the other bank) while the array drains."""
+        and load the next weights (into the other bank) while the array drains. The weight loader
+        executes a prefetched, legal ``me.loadw`` into the idle bank while a matmul streams (once
+        ``me_cols`` rows of it have entered the array, so the bank is free); the FSM then only commits
+        its effects. A loadw that would fault is left to the FSM, which faults in program order."""
+        self._weight_loader(m)
         acc_read, acc_write, col_left, col_row, col_acc, col_macs, row = self._collector
         array, collecting = self._array, self._collecting
         with m.If(array.out_valid):
@@ -192,14 +213,49 @@ class MatrixEngine(Engine):
                 m.d.sync += collecting.eq(0)
         m.d.comb += acc_read.addr.eq(Mux(collecting, col_row, row))
 
+    def _weight_loader(self, m):
+        cfg = self.config
+        rows, cols = cfg.me_rows, cfg.me_cols
+        array, port = self._array, self.weight_sram
+        bank, fed = self._loader_context
+        nxt = Signal(INSTRUCTION_LAYOUT)
+        m.d.comb += nxt.eq(self._pf_word)
+        known, legal, engine = decode_checks(nxt)
+        view = nxt.me_loadw
+        fits = self.sram_fits(region_end(view.w, view.k, view.w_stride, _words(view.n)))
+        can_start = (self._fsm_streaming & (fed >= cols) & self._pf_ready & legal
+                     & (nxt.as_value()[:8] == OPCODES["me.loadw"]) & (view.k <= rows) & (view.n <= cols) & fits
+                     & ~self._loader_busy & ~self._loaded_ahead)
+        w, k, n, stride = Signal(24), Signal(8), Signal(8), Signal(16)
+        issued, written = Signal(range(rows + 1)), Signal(range(rows + 1))
+        row_bits = max(1, (rows - 1).bit_length())
+        with m.If(can_start):
+            m.d.sync += [self._loader_busy.eq(1), w.eq(view.w), k.eq(view.k), n.eq(view.n),
+                         stride.eq(view.w_stride), issued.eq(0), written.eq(0)]
+        with m.If(self._loader_busy):
+            with m.If(issued < k):
+                m.d.comb += [port.valid.eq(1), port.addr.eq(self.sram_addr(w + issued * stride))]
+                with m.If(port.ready):
+                    m.d.sync += issued.eq(issued + 1)
+            with m.If(port.rvalid):
+                line = port.rdata.as_value()
+                for c in range(cols):
+                    m.d.comb += array.w_data[c].eq(Mux(c < n, line[8 * c:8 * c + 8], 0))
+            with m.If(port.rvalid | (written >= k)):
+                m.d.comb += [array.w_we.eq(1), array.w_bank.eq(~bank), array.w_row.eq(written[:row_bits])]
+                m.d.sync += written.eq(written + 1)
+                with m.If(written == rows - 1):
+                    m.d.sync += [self._loader_busy.eq(0), self._loaded_ahead.eq(1)]
+
     def finish(self, m):
         with m.State("FINISH"):
             m.d.comb += self.busy.eq(1)
             m.d.sync += self._flush_return_done.eq(1)
-            with m.If(self._collecting):
+            with m.If(self._collecting | self._loader_busy):
                 pass  # wait for the last outputs
             with m.Elif(self._pending):
                 m.next = "ME_FLUSH"
             with m.Else():
                 m.next = "DONE"
+
 

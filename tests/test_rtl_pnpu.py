@@ -239,3 +239,19 @@ def test_verilator_runs_a_gemm_on_the_small_config():
         assert sum(busy[f"me{i}"] > 0 for i in range(4)) >= 2  # independent column tiles ran on several MEs
     finally:
         device.close()
+
+
+def test_waveforms_from_both_rtl_backends(tmp_path):
+    image = gemm("tiny", 2, 3, 2)
+    inputs = {"A": np.ones((2, 3), np.int8), "B": np.ones((3, 2), np.int8)}
+    verilator_vcd = tmp_path / "verilator.vcd"
+    device = VerilatorDevice("tiny", trace=verilator_vcd)
+    outputs, _ = run_image(device, image, inputs)
+    device.close()
+    assert outputs["C"].tolist() == [[3, 3], [3, 3]]
+    assert b"$enddefinitions" in verilator_vcd.read_bytes()[:5_000_000]
+    vcd = tmp_path / "pnpu.vcd"
+    device = AmaranthDevice("tiny", vcd=vcd)
+    run_image(device, image, inputs)
+    device.close()
+    assert b"$enddefinitions" in vcd.read_bytes()[:2_000_000]
