@@ -9,14 +9,14 @@ Subclasses implement :meth:`Engine.execute`, which adds FSM states starting at `
 ends each instruction with ``m.next = "NEXT"`` or :meth:`Engine.raise_fault`.
 """
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from tcloud.isa.table import INSTRUCTION_BYTES, FaultCode
 
 from .decode import INSTRUCTION_LAYOUT, decode_checks
-from .hbm import HBM_ADDR_BITS, hbm_signature
+from .hbm import HBM_ADDR_BITS, hbm_signature, port_words
 from .scratchpad import sram_addr_bits, sram_port_signature
 
 INSTRUCTION_WORDS = INSTRUCTION_BYTES // 4
@@ -104,16 +104,19 @@ class Engine(wiring.Component):
         self._hbm_base = Signal.like(self.hbm_base)
         self._hbm_size = Signal.like(self.hbm_size)
         self._fault = Signal(FAULT_BITS)
-        self._pf_sent = Signal()
         pc = Signal(HBM_ADDR_BITS)
         remaining = Signal(12)
         instr = Signal(INSTRUCTION_LAYOUT)
         known, legal, engine = decode_checks(instr)
-        pf_busy, pf_ready = Signal(), Signal()
-        pf_word = Signal(128)
-        self._pf_ready, self._pf_word = pf_ready, pf_word
-        pf_addr = Signal(HBM_ADDR_BITS)
-        next_fits = self.hbm_fits(pc + 2 * INSTRUCTION_WORDS)
+        # Prefetch buffer: up to two upcoming body instructions, filled whenever there is room.
+        buf = [Signal(128, name="prefetch0"), Signal(128, name="prefetch1")]
+        buffered = Signal(range(3))
+        pf_next = Signal(HBM_ADDR_BITS)  # context-relative word address of the next unfetched instruction
+        pf_left = Signal(12)             # body instructions not fetched yet
+        pf_inflight, pf_pair = Signal(), Signal()
+        pop = Signal()
+        fetching = Signal()
+        self._pf_ready, self._pf_word = buffered != 0, buf[0]
 
         m.d.comb += [self.fault.eq(self._fault), self.fault_pc.eq(pc)]
         with m.FSM():
@@ -122,11 +125,11 @@ class Engine(wiring.Component):
                     m.d.sync += [self._sram_base.eq(self.sram_base), self._sram_size.eq(self.sram_size),
                                  self._hbm_base.eq(self.hbm_base), self._hbm_size.eq(self.hbm_size),
                                  pc.eq(self.body_pc), remaining.eq(self.body_len),
-                                 self._fault.eq(FaultCode.NONE)]
+                                 self._fault.eq(FaultCode.NONE), pf_left.eq(0), buffered.eq(0)]
                     self.on_start(m)
                     m.next = "FETCH"
             with m.State("FETCH"):
-                m.d.comb += self.busy.eq(1)
+                m.d.comb += [self.busy.eq(1), fetching.eq(1)]
                 with m.If(~self.hbm_fits(pc + INSTRUCTION_WORDS)):
                     self.raise_fault(m, FaultCode.FETCH_BOUNDS)
                 with m.Else():
@@ -136,9 +139,11 @@ class Engine(wiring.Component):
                     with m.If(self.hbm.req.ready):
                         m.next = "FETCH_WAIT"
             with m.State("FETCH_WAIT"):
-                m.d.comb += [self.busy.eq(1), self.hbm.rsp.ready.eq(1)]
+                m.d.comb += [self.busy.eq(1), self.hbm.rsp.ready.eq(1), fetching.eq(1)]
                 with m.If(self.hbm.rsp.valid):
                     m.d.sync += instr.eq(self.hbm.rsp.payload.rdata.as_value()[:128])
+                    if self.prefetch:
+                        m.d.sync += [pf_next.eq(pc + INSTRUCTION_WORDS), pf_left.eq(remaining - 1)]
                     m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.comb += self.busy.eq(1)
@@ -151,9 +156,6 @@ class Engine(wiring.Component):
                     with m.If(engine != int(self.engine_class)):
                         self.raise_fault(m, FaultCode.WRONG_CLASS)
                     with m.Else():
-                        if self.prefetch:
-                            with m.If((remaining > 1) & next_fits):
-                                m.d.sync += [pf_busy.eq(1), pf_addr.eq(self.hbm_addr(pc + INSTRUCTION_WORDS))]
                         m.next = "EXECUTE"
             self.execute(m, instr)
             with m.State("NEXT"):
@@ -161,14 +163,19 @@ class Engine(wiring.Component):
                 m.d.sync += [pc.eq(pc + INSTRUCTION_WORDS), remaining.eq(remaining - 1)]
                 with m.If(remaining == 1):
                     m.next = "FINISH"
-                with m.Elif(pf_busy | pf_ready):
-                    m.next = "PREFETCHED"
+                with m.Elif(buffered != 0):
+                    m.d.comb += pop.eq(1)
+                    m.d.sync += instr.eq(buf[0])
+                    m.next = "DECODE"
+                with m.Elif(pf_inflight | ((pf_left != 0) & self.hbm_fits(pf_next + INSTRUCTION_WORDS))):
+                    m.next = "PREFETCHED"  # the prefetcher delivers it; fetching it here too would race
                 with m.Else():
                     m.next = "FETCH"
             with m.State("PREFETCHED"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(pf_ready):
-                    m.d.sync += [instr.eq(pf_word), pf_ready.eq(0)]
+                with m.If(buffered != 0):
+                    m.d.comb += pop.eq(1)
+                    m.d.sync += instr.eq(buf[0])
                     m.next = "DECODE"
             self.finish(m)
             with m.State("DONE"):
@@ -176,25 +183,46 @@ class Engine(wiring.Component):
                 m.next = "IDLE"
             with m.State("FAULT"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(~pf_busy & self.quiescent()):  # nothing in flight may outlive the uTOp
+                with m.If(~pf_inflight & self.quiescent()):  # nothing in flight may outlive the uTOp
                     m.d.comb += self.done.eq(1)
-                    m.d.sync += pf_ready.eq(0)
+                    m.d.sync += [buffered.eq(0), pf_left.eq(0)]
                     m.next = "IDLE"
         if self.prefetch:
-            with m.If(pf_busy & ~pf_ready):
-                with m.If(~self._pf_sent):
-                    m.d.comb += [self.hbm.req.valid.eq(1), self.hbm.req.payload.addr.eq(pf_addr),
-                                 self.hbm.req.payload.count.eq(INSTRUCTION_WORDS),
-                                 self.hbm.req.payload.write.eq(0), self.hbm.req.payload.wdata.eq(0)]
-                    with m.If(self.hbm.req.ready):
-                        m.d.sync += self._pf_sent.eq(1)
-                with m.Else():
-                    m.d.comb += self.hbm.rsp.ready.eq(1)
-                    with m.If(self.hbm.rsp.valid):
-                        m.d.sync += [pf_word.eq(self.hbm.rsp.payload.rdata.as_value()[:128]), pf_ready.eq(1),
-                                     pf_busy.eq(0), self._pf_sent.eq(0)]
+            self._prefetcher(m, buf, buffered, pf_next, pf_left, pf_inflight, pf_pair, pop, fetching)
         self.background(m)
         return m
+
+    def _prefetcher(self, m, buf, buffered, pf_next, pf_left, pf_inflight, pf_pair, pop, fetching):
+        """Keep up to two upcoming body instructions buffered: one HBM request at a time, for two
+        instructions when a beat holds two and there is room, else for one."""
+        pairs = port_words(self.config) >= 2 * INSTRUCTION_WORDS
+        one_fits = self.hbm_fits(pf_next + INSTRUCTION_WORDS)
+        two_fit = (self.hbm_fits(pf_next + 2 * INSTRUCTION_WORDS) & (pf_left > 1) & (buffered == 0)
+                   if pairs else 0)
+        issue = ~pf_inflight & ~fetching & (pf_left != 0) & (buffered < 2) & one_fits
+        with m.If(issue):
+            m.d.comb += [self.hbm.req.valid.eq(1), self.hbm.req.payload.addr.eq(self.hbm_addr(pf_next)),
+                         self.hbm.req.payload.count.eq(Mux(two_fit, 2 * INSTRUCTION_WORDS, INSTRUCTION_WORDS)),
+                         self.hbm.req.payload.write.eq(0), self.hbm.req.payload.wdata.eq(0)]
+            with m.If(self.hbm.req.ready):
+                count = Mux(two_fit, 2, 1)
+                m.d.sync += [pf_inflight.eq(1), pf_pair.eq(two_fit), pf_next.eq(pf_next + count * INSTRUCTION_WORDS),
+                             pf_left.eq(pf_left - count)]
+        push = pf_inflight & self.hbm.rsp.valid
+        with m.If(pf_inflight):
+            m.d.comb += self.hbm.rsp.ready.eq(1)
+        rdata = self.hbm.rsp.payload.rdata.as_value()
+        words = [rdata[:128], rdata[128:256] if pairs else rdata[:128]]
+        after_pop = buffered - pop
+        slot0, slot1 = Mux(pop, buf[1], buf[0]), buf[1]
+        with m.If(push):
+            m.d.sync += pf_inflight.eq(0)
+            with m.If(after_pop == 0):
+                m.d.sync += [buf[0].eq(words[0]), buf[1].eq(words[1]), buffered.eq(1 + pf_pair)]
+            with m.Else():
+                m.d.sync += [buf[0].eq(slot0), buf[1].eq(words[0]), buffered.eq(2)]
+        with m.Elif(pop):
+            m.d.sync += [buf[0].eq(slot0), buf[1].eq(slot1), buffered.eq(after_pop)]
 
     def background(self, m):
         """Add logic that runs whatever state the FSM is in (called after the FSM)."""

@@ -81,7 +81,9 @@ class MatrixEngine(Engine):
         pend_out, pend_stride, pend_m, pend_n = Signal(24), Signal(16), Signal(12), Signal(8)
         self._flush_return_done = flush_to_done = Signal()
         self._collecting = collecting = Signal()
+        self._queued = queued = Signal()
         col_left, col_row, col_acc, col_macs = Signal(13), Signal(12), Signal(), Signal(16)
+        self._start, self._start_left, self._start_acc, self._start_macs = Signal(), Signal(13), Signal(), Signal(16)
         line = self.sram.rdata.as_value()
         row_bits = max(1, (rows - 1).bit_length())
         same_region = (pending & (pend_out == mm.out) & (pend_stride == mm.out_stride) & (pend_m == mm.m)
@@ -103,8 +105,8 @@ class MatrixEngine(Engine):
                 with m.Else():
                     m.d.sync += [k.eq(lw.k), n.eq(lw.n), bank.eq(~bank)]
                     m.next = "ME_LOAD"
-            with m.Elif(collecting):
-                pass  # the previous matmul's outputs are still draining
+            with m.Elif(queued | (collecting & ~same_region)):
+                pass  # the collector is full, or the local accumulators are about to be reused
             with m.Else():
                 with m.If(~self._have_weights):
                     self.raise_fault(m, FaultCode.ME_STATE)
@@ -184,8 +186,8 @@ class MatrixEngine(Engine):
                 for r in range(rows):
                     m.d.comb += array.in_data[r].eq(Mux(r < k, line[8 * r:8 * r + 8], 0))
                 with m.If(received == 0):
-                    m.d.sync += [collecting.eq(1), col_left.eq(mm.m), col_row.eq(0), col_acc.eq(accumulate),
-                                 col_macs.eq(k * n)]
+                    m.d.comb += [self._start.eq(1), self._start_left.eq(mm.m), self._start_acc.eq(accumulate),
+                                 self._start_macs.eq(k * n)]
                 m.d.sync += received.eq(received + 1)
                 with m.If(received + 1 == mm.m):
                     m.d.sync += [pending.eq(1), pend_out.eq(mm.out), pend_stride.eq(mm.out_stride),
@@ -203,14 +205,28 @@ class MatrixEngine(Engine):
         its effects. A loadw that would fault is left to the FSM, which faults in program order."""
         self._weight_loader(m)
         acc_read, acc_write, col_left, col_row, col_acc, col_macs, row = self._collector
-        array, collecting = self._array, self._collecting
+        array, collecting, queued = self._array, self._collecting, self._queued
+        next_left, next_acc, next_macs = Signal(13), Signal(), Signal(16)
+        last_output = array.out_valid & (col_left == 1)
         with m.If(array.out_valid):
             m.d.comb += [acc_write.addr.eq(col_row), acc_write.en.eq(1), self.count_macs.eq(col_macs)]
             for c in range(self.config.me_cols):
                 m.d.comb += acc_write.data[c].eq(Mux(col_acc, acc_read.data[c], 0) + array.out_data[c])
             m.d.sync += [col_row.eq(col_row + 1), col_left.eq(col_left - 1)]
-            with m.If(col_left == 1):
+        with m.If(last_output):
+            # the array's outputs arrive in order: the queued matmul's first row comes next
+            with m.If(queued):
+                m.d.sync += [col_row.eq(0), col_left.eq(next_left), col_acc.eq(next_acc), col_macs.eq(next_macs),
+                             queued.eq(0)]
+            with m.Else():
                 m.d.sync += collecting.eq(0)
+        with m.If(self._start):
+            with m.If(~collecting | (last_output & ~queued)):
+                m.d.sync += [collecting.eq(1), col_row.eq(0), col_left.eq(self._start_left),
+                             col_acc.eq(self._start_acc), col_macs.eq(self._start_macs)]
+            with m.Else():
+                m.d.sync += [queued.eq(1), next_left.eq(self._start_left), next_acc.eq(self._start_acc),
+                             next_macs.eq(self._start_macs)]
         m.d.comb += acc_read.addr.eq(Mux(collecting, col_row, row))
 
     def _weight_loader(self, m):
