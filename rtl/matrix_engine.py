@@ -89,6 +89,14 @@ class MatrixEngine(Engine):
         same_region = (pending & (pend_out == mm.out) & (pend_stride == mm.out_stride) & (pend_m == mm.m)
                        & (pend_n == n))
 
+        def begin_new_region():
+            """A matmul into a region not held locally: load the old rows first when accumulating."""
+            with m.If(mm.acc):
+                m.next = "ME_PRELOAD"
+            with m.Else():
+                m.d.sync += accumulate.eq(0)
+                m.next = "ME_STREAM"
+
         with m.State("EXECUTE"):
             m.d.comb += self.busy.eq(1)
             m.d.sync += [row.eq(0), issued.eq(0), received.eq(0)]
@@ -120,11 +128,8 @@ class MatrixEngine(Engine):
                 with m.Elif(pending):
                     m.d.sync += flush_to_done.eq(0)
                     m.next = "ME_FLUSH"
-                with m.Elif(mm.acc):
-                    m.next = "ME_PRELOAD"
                 with m.Else():
-                    m.d.sync += accumulate.eq(0)
-                    m.next = "ME_STREAM"
+                    begin_new_region()
 
         with m.State("ME_LOAD"):
             m.d.comb += self.busy.eq(1)
@@ -154,11 +159,8 @@ class MatrixEngine(Engine):
                     m.d.sync += [pending.eq(0), row.eq(0)]
                     with m.If(flush_to_done):
                         m.next = "DONE"
-                    with m.Elif(mm.acc):
-                        m.next = "ME_PRELOAD"
                     with m.Else():
-                        m.d.sync += accumulate.eq(0)
-                        m.next = "ME_STREAM"
+                        begin_new_region()
 
         with m.State("ME_PRELOAD"):
             m.d.comb += self.busy.eq(1)

@@ -304,20 +304,15 @@ class PNPU(wiring.Component):
                     m.next = "IDLE"
                 with m.Elif(status[cmd_ctx] == ContextStatus.RUNNING):
                     reject(csr.CommandError.CONTEXT_RUNNING)
-                with m.Elif(cmd_op == OPCODES["ctx.sram"]):
-                    view = command.ctx_sram
-                    with m.If(view.base + view.size > sram_words):
-                        reject(csr.CommandError.WINDOW_OUT_OF_RANGE)
-                    with m.Else():
-                        m.d.sync += [sram_base[cmd_ctx].eq(view.base), sram_size[cmd_ctx].eq(view.size)]
-                        m.next = "IDLE"
-                with m.Elif(cmd_op == OPCODES["ctx.hbm"]):
-                    view = command.ctx_hbm
-                    with m.If(view.base + view.size > hbm_words):
-                        reject(csr.CommandError.WINDOW_OUT_OF_RANGE)
-                    with m.Else():
-                        m.d.sync += [hbm_base[cmd_ctx].eq(view.base), hbm_size[cmd_ctx].eq(view.size)]
-                        m.next = "IDLE"
+                for name, view, physical, base, size in (
+                        ("ctx.sram", command.ctx_sram, sram_words, sram_base, sram_size),
+                        ("ctx.hbm", command.ctx_hbm, hbm_words, hbm_base, hbm_size)):
+                    with m.Elif(cmd_op == OPCODES[name]):
+                        with m.If(view.base + view.size > physical):
+                            reject(csr.CommandError.WINDOW_OUT_OF_RANGE)
+                        with m.Else():
+                            m.d.sync += [base[cmd_ctx].eq(view.base), size[cmd_ctx].eq(view.size)]
+                            m.next = "IDLE"
                 with m.Elif(cmd_op == OPCODES["ctx.engines"]):
                     view = command.ctx_engines
                     with m.If((view.me_mask >> cfg.me_count != 0) | (view.ve_mask >> cfg.ve_count != 0)):

