@@ -7,8 +7,6 @@ from collections import deque
 import numpy as np
 from amaranth.sim import Simulator
 
-from .hbm import port_words
-
 
 class HbmModel:
     """Word-addressed HBM behind the pNPU's HBM port.
@@ -41,7 +39,7 @@ class HbmModel:
             raise IndexError(f"HBM access to words [{addr:#x}, {addr + count:#x}) beyond {self.memory.size} bytes")
         return self.memory[start:end].view("<u4")
 
-    def serve(self, port, words):
+    def serve(self, port):
         """Return a testbench coroutine serving ``port`` (a pNPU ``hbm`` member) until :attr:`stopped`."""
         req, rsp = port.req, port.rsp
         fields = (req.valid, req.payload.addr, req.payload.count, req.payload.write,
@@ -132,4 +130,4 @@ class SimulationThread:
             self._thread.join(timeout=60)
 
 
-__all__ = ["HbmModel", "SimulationThread", "port_words"]
+__all__ = ["HbmModel", "SimulationThread"]

@@ -85,7 +85,7 @@ class AmaranthDevice(CsrDevice):
         self.dut = PNPU(self.config)
         self.hbm_model = HbmModel(self.config.hbm_bytes, latency=hbm_latency, jitter=hbm_jitter,
                                   accept_probability=hbm_accept_probability, seed=seed)
-        self._sim = SimulationThread(self.dut, background=[self.hbm_model.serve(self.dut.hbm, None)],
+        self._sim = SimulationThread(self.dut, background=[self.hbm_model.serve(self.dut.hbm)],
                                      on_stop=[self._stop_hbm], vcd_path=vcd)
 
     def _stop_hbm(self):
