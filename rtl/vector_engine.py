@@ -6,7 +6,7 @@ from amaranth.lib import data
 from tcloud.isa.table import BY_MNEMONIC, EngineClass, FaultCode
 
 from .decode import OPCODES
-from .engine import COUNTER_BITS, Engine, region_end
+from .engine import Engine, region_end
 from .vector_alu import VectorALU
 
 _BINARY = ("ve.add", "ve.sub", "ve.mul", "ve.max", "ve.min")

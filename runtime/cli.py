@@ -177,6 +177,17 @@ def cmd_demo(args):
         raise TcloudError("demo check failed")
 
 
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="tcloud", description="TCloud: hardware-assisted NPU "
                                      "virtualization — ISA tools, firmware and runtime.")
@@ -218,7 +229,7 @@ def build_parser():
     gem = sub.add_parser("gemm", help="lower a GEMM to a program image",
                          description="Lower C = requant(A @ B + bias) to a program image.")
     for dim in ("m", "k", "n"):
-        gem.add_argument(f"--{dim}", type=int, required=True, help=f"GEMM dimension {dim.upper()}")
+        gem.add_argument(f"--{dim}", type=positive_int, required=True, help=f"GEMM dimension {dim.upper()}")
     gem.add_argument("--config", default="small", choices=list(PRESETS))
     gem.add_argument("--bias", action="store_true", help="add an int32 bias input")
     gem.add_argument("--mult", type=int, help="requantization multiplier (enables int8 output)")
@@ -243,9 +254,9 @@ def build_parser():
                                       "image format, run it and check it against NumPy.")
     demo.add_argument("--config", default="small", choices=list(PRESETS))
     demo.add_argument("--backend", default="verilator", choices=list(BACKENDS))
-    demo.add_argument("--m", type=int, default=96)
-    demo.add_argument("--k", type=int, default=200)
-    demo.add_argument("--n", type=int, default=72)
+    demo.add_argument("--m", type=positive_int, default=96)
+    demo.add_argument("--k", type=positive_int, default=200)
+    demo.add_argument("--n", type=positive_int, default=72)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
     return parser

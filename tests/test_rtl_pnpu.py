@@ -8,7 +8,7 @@ import pytest
 
 from tcloud.firmware import Requant, gemm
 from tcloud.isa import (ConfigMismatchError, ContextStatus, EngineClass, FaultCode, HostCommandError, Instr,
-                        Machine, encode_stream)
+                        encode_stream)
 from tcloud.runtime import DeviceFault, FunctionalDevice, Placement, load_image, matmul, read_outputs, run_image
 from tcloud.runtime.rtl_device import AmaranthDevice
 from tcloud.runtime.verilator_device import VerilatorDevice
@@ -93,42 +93,35 @@ FAULTS = {
 }
 
 
-def start_tenant(device, ctx, program, *, hbm_base, hbm_size=0x1000, sram_base=0, sram_size=0x400, code_at=0x800):
-    code = encode_stream(program) if isinstance(program, list) else program
-    if not code.endswith(Instr("halt").encode()) and isinstance(program, list) and program[-1].mnemonic != "nop":
-        code += Instr("halt").encode()
+def program_bytes(program, halt=True):
+    """Encode a test program, ending it with ``halt`` unless ``halt`` is false or it is raw bytes."""
+    if isinstance(program, bytes):
+        return program
+    return encode_stream(program + ([Instr("halt")] if halt else []))
+
+
+def start_tenant(device, ctx, program, *, hbm_base, hbm_size=0x1000, sram_base=0, sram_size=0x400, code_at=0x800,
+                 halt=True):
     device.host(Instr("ctx.hbm", ctx=ctx, base=hbm_base, size=hbm_size))
     device.host(Instr("ctx.sram", ctx=ctx, base=sram_base, size=sram_size))
-    device.write_hbm(hbm_base + code_at, code)
+    device.write_hbm(hbm_base + code_at, program_bytes(program, halt))
     device.host(Instr("ctx.start", ctx=ctx, pc=code_at))
 
 
 @pytest.mark.parametrize("name", sorted(FAULTS))
 def test_fault_code_and_pc_match_the_golden_model(device, name):
     program, code = FAULTS[name]
-    code_bytes = 16 * len(program) if isinstance(program, list) else len(program)
-    if name == "runs_off_its_window":
-        hbm_size = 0x800 + code_bytes
-    else:
-        hbm_size = max(0x1000, 0x800 + code_bytes + 16)
-    golden = Machine("tiny")
+    halt = name != "runs_off_its_window"
+    blob = program_bytes(program, halt)
+    hbm_size = 0x800 + len(blob) + (16 if halt else 0)
+    golden = FunctionalDevice("tiny")
     for target in (device, golden):
-        if isinstance(target, Machine):
-            target.host(Instr("ctx.hbm", ctx=1, base=0x4000, size=hbm_size))
-            target.host(Instr("ctx.sram", ctx=1, base=0x400, size=0x400))
-            blob = encode_stream(program) if isinstance(program, list) else program
-            if isinstance(program, list) and name != "runs_off_its_window":
-                blob += Instr("halt").encode()
-            target.hbm[0x4800:0x4800 + len(blob)] = np.frombuffer(blob, np.uint8)
-            target.host(Instr("ctx.start", ctx=1, pc=0x800))
-            target.run()
-        else:
-            start_tenant(device, 1, program, hbm_base=0x4000, hbm_size=hbm_size, sram_base=0x400)
-            assert device.run(max_cycles=200_000)
-    info = device.context(1)
-    expected = golden.contexts[1]
+        start_tenant(target, 1, program, hbm_base=0x4000, hbm_size=max(hbm_size, 0x1000) if halt else hbm_size,
+                     sram_base=0x400, halt=halt)
+        assert target.run(max_cycles=200_000)
+    info, expected = device.context(1), golden.context(1)
     assert (info.status, info.fault) == (ContextStatus.FAULTED, code)
-    assert info.fault == expected.fault and info.fault_pc == expected.fault_pc
+    assert (info.fault, info.fault_pc) == (expected.fault, expected.fault_pc)
 
 
 def test_attacker_faults_alone_and_the_victim_is_exact(device):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tcloud.firmware import Requant, gemm
-from tcloud.isa import ConfigError, ConfigMismatchError, FaultCode, ImageError, ProgramImage, assemble
+from tcloud.isa import ConfigError, ConfigMismatchError, FaultCode, ImageError, assemble
 from tcloud.runtime import (Device, DeviceError, DeviceFault, FunctionalDevice, InputError, RunLimitError,
                             matmul, run_image)
 

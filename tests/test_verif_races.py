@@ -1,7 +1,5 @@
 """The race checker finds missing dependencies and accepts correctly synchronised programs."""
 
-import numpy as np
-
 from tcloud.isa import EngineClass, Instr
 from tcloud.verif import find_races, happens_before
 
