@@ -74,7 +74,7 @@ def test_gemm_command_then_run(tmp_path, capsys):
     (["disasm", "/nonexistent.tcimg"], "cannot read /nonexistent.tcimg"),
     (["asm", "/nonexistent.s"], "cannot read /nonexistent.s"),
     (["run", str(EXAMPLES / "vector_tiny.s")], "not a TCloud program image"),
-    (["gemm", "--m", "0", "--k", "1", "--n", "1", "-o", "/tmp/x"], "dimension M"),
+    (["gemm", "--m", "1", "--k", "5000000", "--n", "1", "-o", "/tmp/x"], "exceeds the largest DMA stride"),
 ])
 def test_errors_exit_nonzero_with_a_message(argv, message, capsys):
     assert main(argv) == 1
@@ -105,3 +105,13 @@ def test_console_script_demo_runs():
         assert result.returncode == 0, result.stderr
         assert "PASS" in result.stdout and "identical: True" in result.stdout
     assert "cycles" in result.stdout and "engine busy" in result.stdout
+
+
+@pytest.mark.parametrize("argv", [["gemm", "--m", "0", "--k", "1", "--n", "1", "-o", "/tmp/x"],
+                                  ["demo", "--k", "-3"], ["demo", "--n", "many"]])
+def test_bad_dimensions_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "is not a positive integer" in err or "is not an integer" in err
