@@ -1,6 +1,7 @@
 """Kernel library: tensor operators lowered to uTOp programs for a given ArchConfig."""
 
+from .elementwise import elementwise, elementwise_reference
 from .gemm import GemmPlan, Requant, gemm, plan_gemm
 from .program import FirmwareError, ProgramBuilder, UtopRef
 
-__all__ = ["gemm", "plan_gemm", "GemmPlan", "Requant", "ProgramBuilder", "UtopRef", "FirmwareError"]
+__all__ = ["gemm", "elementwise", "elementwise_reference", "plan_gemm", "GemmPlan", "Requant", "ProgramBuilder", "UtopRef", "FirmwareError"]

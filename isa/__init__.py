@@ -12,8 +12,8 @@ from .errors import (AsmError, BadMagicError, ConfigError, ConfigMismatchError, 
                      UnsupportedVersionError)
 from .golden import Machine, requantize
 from .image import ProgramImage, Segment, Symbol
-from .table import (INSTRUCTIONS, NUM_TOKENS, ContextStatus, EngineClass, FaultCode,
-                    InstructionSpec)
+from .table import (INSTRUCTIONS, NUM_TOKENS, POLICY_DOCS, ContextStatus, EngineClass, FaultCode,
+                    InstructionSpec, Policy, parse_policy)
 
 __all__ = [
     "ArchConfig", "PRESETS", "get_config",
@@ -22,6 +22,7 @@ __all__ = [
     "ProgramImage", "Segment", "Symbol",
     "Machine", "requantize",
     "INSTRUCTIONS", "NUM_TOKENS", "InstructionSpec", "EngineClass", "FaultCode", "ContextStatus",
+    "Policy", "POLICY_DOCS", "parse_policy",
     "TcloudError", "ConfigError", "EncodingError", "AsmError", "ImageError", "BadMagicError",
     "UnsupportedVersionError", "ConfigMismatchError", "TruncatedImageError", "CorruptImageError",
     "HostCommandError",

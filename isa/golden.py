@@ -31,7 +31,7 @@ from .config import get_config
 from .encoding import DecodeError, Instr, decode
 from .errors import HostCommandError
 from .table import (INSTRUCTION_BYTES, NUM_TOKENS, TOKEN_MAX_COUNT, UTOP_CLASSES, ContextStatus,
-                    EngineClass, FaultCode)
+                    EngineClass, FaultCode, Policy, parse_policy)
 
 _I8 = (-128, 127)
 _I32 = (-(1 << 31), (1 << 31) - 1)
@@ -105,6 +105,7 @@ class Context:
     me_mask: int = 0
     ve_mask: int = 0
     priority: int = 0
+    budget: int = 0
     pc: int = 0
     status: ContextStatus = ContextStatus.IDLE
     fault: FaultCode = FaultCode.NONE
@@ -125,6 +126,10 @@ class Machine:
     trace : bool
         Record a :class:`TraceEvent` for every executed uTOp and fence in :attr:`trace` (used by
         the race checker in :mod:`tcloud.verif.races`).
+    policy : Policy or str
+        The scheduling policy. It never changes a tenant's results; it decides only whether a uTOp
+        for an engine class the context owns no engine of faults with ``NO_ENGINE`` (``static``
+        and ``harvest``). Every context owns every engine until ``ctx.engines`` says otherwise.
 
     Attributes
     ----------
@@ -135,11 +140,13 @@ class Machine:
     trace : list of TraceEvent or None
     """
 
-    def __init__(self, config, *, trace=False):
+    def __init__(self, config, *, trace=False, policy=Policy.HARVEST):
         self.config = get_config(config)
+        self.policy = parse_policy(policy)
         self.hbm = np.zeros(self.config.hbm_bytes, dtype=np.uint8)
         self.sram = np.zeros(self.config.sram_bytes, dtype=np.uint8)
-        self.contexts = [Context(i) for i in range(self.config.contexts)]
+        all_mes, all_ves = (1 << self.config.me_count) - 1, (1 << self.config.ve_count) - 1
+        self.contexts = [Context(i, me_mask=all_mes, ve_mask=all_ves) for i in range(self.config.contexts)]
         self.trace = [] if trace else None
         self._accesses = None
 
@@ -186,6 +193,8 @@ class Machine:
             ctx.me_mask, ctx.ve_mask = instr["me_mask"], instr["ve_mask"]
         elif name == "ctx.prio":
             ctx.priority = instr["priority"]
+        elif name == "ctx.budget":
+            ctx.budget = instr["cycles"]
         elif name == "ctx.start":
             ctx.pc = instr["pc"]
             ctx.tokens = [0] * NUM_TOKENS
@@ -284,6 +293,10 @@ class Machine:
             if ctx.tokens[token] < count:
                 raise _Fault(FaultCode.TOKEN_DEADLOCK, f"uTOp waits for {count} signal(s) on t{token}, "
                                                        f"{ctx.tokens[token]} available")
+        owned = {EngineClass.ME: ctx.me_mask, EngineClass.VE: ctx.ve_mask}.get(cls)
+        if owned == 0 and self.policy in (Policy.STATIC, Policy.HARVEST):
+            raise _Fault(FaultCode.NO_ENGINE, f"{cls.name} uTOp, but the context owns no {cls.name} under the "
+                                              f"{self.policy.name.lower()} policy")
         for token, count in need.items():
             ctx.tokens[token] -= count
         engine = _EngineState()

@@ -185,7 +185,9 @@ class ProgramImage:
 
     @classmethod
     def for_config(cls, config, code, **kwargs):
-        """Build an image targeting ``config`` (an ArchConfig)."""
+        """Build an image targeting ``config`` (an ArchConfig or preset name)."""
+        from .config import get_config
+        config = get_config(config)
         return cls(fingerprint=config.fingerprint(), config_name=config.name, code=code, **kwargs)
 
     def validate(self):

@@ -68,6 +68,7 @@ class FaultCode(IntEnum):
     ME_STATE = 10
     KILLED = 11
     WATCHDOG = 12
+    NO_ENGINE = 13
 
 
 FAULT_DOCS = {
@@ -85,8 +86,55 @@ FAULT_DOCS = {
     FaultCode.TOKEN_OVERFLOW: f"A token counter would exceed {TOKEN_MAX_COUNT}.",
     FaultCode.ME_STATE: "me.matmul without a preceding me.loadw in the same uTOp.",
     FaultCode.KILLED: "The hypervisor killed the context (ctx.kill).",
-    FaultCode.WATCHDOG: "The context exceeded its cycle budget.",
+    FaultCode.WATCHDOG: "The context ran longer than its cycle budget (ctx.budget) since ctx.start.",
+    FaultCode.NO_ENGINE: "Under the static or harvest policy, a uTOp for an engine class of which "
+    "the context owns no engine (ctx.engines).",
 }
+
+
+class Policy(IntEnum):
+    """How the uTOp scheduler shares engines between contexts (the pNPU's ``POLICY`` register).
+
+    DMA engines are shared by all contexts under every policy except ``TEMPORAL``.
+    """
+
+    STATIC = 0
+    HARVEST = 1
+    TEMPORAL = 2
+    OPERATOR = 3
+
+
+POLICY_DOCS = {
+    Policy.STATIC: "A context runs uTOps only on the MEs and VEs it owns (spatial partitioning, MIG-like).",
+    Policy.HARVEST: "As static, and a free engine whose owners have no ready uTOp of its class runs another "
+    "context's uTOp; the owner gets it back at the end of that uTOp (TCloud).",
+    Policy.TEMPORAL: "The whole pNPU is time-sliced between running contexts, switching at uTOp boundaries "
+    "(PREMA-like); a slice lasts QUANTUM x (priority + 1) cycles; ownership is ignored.",
+    Policy.OPERATOR: "Each engine class (ME, VE) runs one context's uTOps at a time on all its engines; "
+    "another context takes the class over once it drains (V10-like); ownership is ignored.",
+}
+
+
+def parse_policy(policy):
+    """Return the :class:`Policy` named by ``policy`` (a Policy, its value or its name).
+
+    Raises
+    ------
+    ValueError
+        If ``policy`` names no policy; the message lists the valid names.
+    """
+    if isinstance(policy, str):
+        try:
+            return Policy[policy.upper()]
+        except KeyError:
+            pass
+    else:
+        try:
+            return Policy(policy)
+        except ValueError:
+            pass
+    names = ", ".join(p.name.lower() for p in Policy)
+    raise ValueError(f"unknown scheduling policy {policy!r}; choose one of {names}")
 
 
 class ContextStatus(IntEnum):
@@ -361,6 +409,10 @@ INSTRUCTIONS = (
     InstructionSpec("ctx.scrub", 0xF6, EngineClass.HOST, (_CTX,),
                     "Zeroes the context's scratchpad and HBM windows and its counters "
                     "(before the windows are given to another tenant)."),
+    InstructionSpec("ctx.budget", 0xF7, EngineClass.HOST, (
+        _CTX, Field("cycles", 32, "Cycle budget per run; 0 means unlimited.", kind="int")),
+        "Sets the context's watchdog: a run longer than this many cycles since ctx.start faults "
+        "with WATCHDOG (cycle-accurate backends only; the golden model is untimed)."),
 )
 
 BY_MNEMONIC = {spec.mnemonic: spec for spec in INSTRUCTIONS}

@@ -14,7 +14,7 @@ from enum import IntEnum
 
 ID_VALUE = 0x7C10D001
 CONTEXT_BASE = 0x100
-CONTEXT_STRIDE = 0x40
+CONTEXT_STRIDE = 0x80
 ENGINE_BASE = 0x800
 
 
@@ -51,7 +51,15 @@ GLOBAL_CSRS = (
     Csr("CYCLES_LO", 0x030, "R", "Cycles since reset, low word."),
     Csr("CYCLES_HI", 0x034, "R", "Cycles since reset, high word."),
     Csr("RUNNING", 0x038, "R", "Bit c set while context c is RUNNING (or draining after a fault)."),
+    Csr("POLICY", 0x040, "RW", "Scheduling policy (tcloud.isa.Policy: 0 static, 1 harvest, 2 temporal, "
+        "3 operator); reset: harvest. Takes effect at the next dispatch."),
+    Csr("QUANTUM", 0x044, "RW", "Temporal policy: time slice in cycles per priority step (slice = "
+        "QUANTUM x (priority + 1)); reset 1024."),
+    Csr("STARVATION", 0x048, "RW", "Cycles a ready uTOp waits before its context outranks every "
+        "non-starving one, whatever the priorities; reset 256."),
 )
+
+POLICY_RESET, QUANTUM_RESET, STARVATION_RESET = 1, 1024, 256
 
 CONTEXT_CSRS = (
     Csr("STATUS", 0x00, "R", "ContextStatus."),
@@ -67,6 +75,18 @@ CONTEXT_CSRS = (
     Csr("MACS_LO", 0x28, "R", "Matrix multiply-accumulates, low word."),
     Csr("MACS_HI", 0x2C, "R", "Matrix multiply-accumulates, high word."),
     Csr("VE_ELEMENTS", 0x30, "R", "Vector elements processed."),
+    Csr("ACTIVE_CYCLES", 0x34, "R", "Cycles spent RUNNING (cumulative)."),
+    Csr("RUN_CYCLES", 0x38, "R", "Cycles since the last ctx.start while RUNNING: the latency of the "
+        "last run once it stopped; the watchdog compares it with the budget."),
+    Csr("ME_OWNED", 0x3C, "R", "Engine-cycles of this context's uTOps on MEs it owns."),
+    Csr("ME_HARVESTED", 0x40, "R", "Engine-cycles of this context's uTOps on MEs it does not own."),
+    Csr("VE_OWNED", 0x44, "R", "Engine-cycles of this context's uTOps on VEs it owns."),
+    Csr("VE_HARVESTED", 0x48, "R", "Engine-cycles of this context's uTOps on VEs it does not own."),
+    Csr("DMA_CYCLES", 0x4C, "R", "Engine-cycles of this context's uTOps on the (shared) DMA engines."),
+    Csr("RECLAIM_WAIT", 0x50, "R", "Cycles a ready uTOp waited while an engine the context owns ran "
+        "another context's uTOp (the price of being harvested)."),
+    Csr("RECLAIM_MAX", 0x54, "R", "Longest single such wait, in cycles."),
+    Csr("BUDGET", 0x58, "R", "Watchdog budget (ctx.budget); 0 is unlimited."),
 )
 
 ENGINE_CSR_DOC = "Cycles the engine was busy (ENGINE_BASE + 4 × engine index)."

@@ -27,7 +27,7 @@ def _int_matrix(name, value, dtype, ndim):
 
 
 def matmul(a, b, *, bias=None, requant=None, config="small", backend="functional",
-           return_stats=False):
+           return_stats=False, vnpu=None):
     """Multiply int8 matrices on an NPU: ``requant(a @ b + bias)``.
 
     Parameters
@@ -45,6 +45,10 @@ def matmul(a, b, *, bias=None, requant=None, config="small", backend="functional
         Device backend (``"functional"``: the golden model).
     return_stats : bool
         Also return a dict of instruction, uTOp and traffic counts.
+    vnpu : VNPU, optional
+        Run on this vNPU of a :class:`~tcloud.runtime.hypervisor.Hypervisor` (its config and
+        backend apply; ``config`` and ``backend`` are ignored). The GEMM program replaces the
+        program loaded in the vNPU. Statistics then include the run's latency in cycles.
 
     Returns
     -------
@@ -64,7 +68,7 @@ def matmul(a, b, *, bias=None, requant=None, config="small", backend="functional
     >>> matmul(np.ones((2, 3), np.int8), np.ones((3, 2), np.int8)).tolist()
     [[3, 3], [3, 3]]
     """
-    cfg = get_config(config)
+    cfg = vnpu.config if vnpu is not None else get_config(config)
     a = _int_matrix("a", a, np.int8, 2)
     b = _int_matrix("b", b, np.int8, 2)
     if a.shape[1] != b.shape[0]:
@@ -83,9 +87,11 @@ def matmul(a, b, *, bias=None, requant=None, config="small", backend="functional
         except TypeError:
             raise InputError(f"requant must be a Requant or (multiplier, shift, zero_point), "
                              f"got {requant!r}") from None
-    device = make_device(backend, cfg)
     (m, k), n = a.shape, b.shape[1]
     image = gemm(cfg, m, k, n, bias=bias is not None, requant=requant)
+    if vnpu is not None:
+        return _matmul_on_vnpu(vnpu, image, inputs, return_stats)
+    device = make_device(backend, cfg)
     image = load_image(device, image, inputs)
     before = device.stats()
     if not device.run():
@@ -107,6 +113,21 @@ def matmul(a, b, *, bias=None, requant=None, config="small", backend="functional
         **run_timing(before, after),
     }
     return result, stats
+
+
+def _matmul_on_vnpu(vnpu, image, inputs, return_stats):
+    before = vnpu.usage()
+    vnpu.load(image)
+    result = vnpu.run(inputs)["C"]
+    if not return_stats:
+        return result
+    after = vnpu.usage()
+    delta = {name: getattr(after, name) - getattr(before, name)
+             for name in ("me_owned_cycles", "me_harvested_cycles", "ve_owned_cycles", "ve_harvested_cycles",
+                          "dma_cycles", "macs", "hbm_bytes_read", "hbm_bytes_written")}
+    return result, {"backend": vnpu._hv.backend, "config": vnpu.config.name, "vnpu": vnpu.name,
+                    "instructions": len(decode_stream(image.code)), "cycles": vnpu.runs[-1].latency_cycles,
+                    **delta}
 
 
 def run_timing(before, after):

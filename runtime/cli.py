@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tcloud.firmware import Requant, gemm
-from tcloud.isa import PRESETS, ProgramImage, assemble, disassemble, get_config
+from tcloud.isa import PRESETS, Policy, ProgramImage, assemble, disassemble, get_config
 from tcloud.isa.doc import isa_markdown
 from tcloud.isa.errors import TcloudError
 
@@ -175,6 +175,25 @@ def cmd_demo(args):
           f"({outputs['C'].size} int8 values)")
     if not (match and same):
         raise TcloudError("demo check failed")
+    if args.single:
+        return
+    from .tenants import DEFAULT_SCENARIO, print_reports, run_scenario
+
+    print(f"\n5. two tenants on one pNPU: an ME-heavy GEMM and a VE-heavy residual chain, each in its own "
+          f"vNPU, running concurrently under the {args.policy} policy")
+    reports, stats = run_scenario({**DEFAULT_SCENARIO, "config": cfg.name}, backend=args.backend,
+                                  policy=args.policy, log=lambda text: print("   " + text.replace("\n", "\n   ")))
+    if not print_reports(reports, stats, log=lambda text: print("   " + text.replace("\n", "\n   "))):
+        raise TcloudError("demo check failed: a tenant did not match the golden model")
+
+
+def cmd_vnpu(args):
+    from .tenants import load_scenario, print_reports, run_scenario
+
+    data, base = load_scenario(args.scenario)
+    reports, stats = run_scenario(data, base, backend=args.backend, policy=args.policy)
+    if not print_reports(reports, stats):
+        raise TcloudError("a tenant failed or did not match the golden model")
 
 
 def positive_int(text):
@@ -258,7 +277,20 @@ def build_parser():
     demo.add_argument("--k", type=positive_int, default=200)
     demo.add_argument("--n", type=positive_int, default=72)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--policy", default="harvest", choices=[p.name.lower() for p in Policy],
+                      help="scheduling policy of the multi-tenant part")
+    demo.add_argument("--single", action="store_true", help="skip the multi-tenant part")
     demo.set_defaults(func=cmd_demo)
+
+    vnpu = sub.add_parser("vnpu", help="run tenants on vNPUs from a YAML/JSON scenario",
+                          description="Create one vNPU per tenant of a scenario file (YAML or JSON; see "
+                                      "examples/tenants.yaml), run their programs concurrently, check every "
+                                      "output against the golden model, and print per-tenant latency, "
+                                      "utilization, usage and bill.")
+    vnpu.add_argument("scenario", help="scenario file (.yaml, .yml or .json)")
+    vnpu.add_argument("--backend", choices=list(BACKENDS), help="override the scenario's backend")
+    vnpu.add_argument("--policy", choices=[p.name.lower() for p in Policy], help="override the scenario's policy")
+    vnpu.set_defaults(func=cmd_vnpu)
     return parser
 
 

@@ -1,11 +1,11 @@
 """The ``Device`` protocol every backend implements, and the functional (golden-model) backend."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from tcloud.isa import ContextStatus, FaultCode, Instr, Machine, get_config
+from tcloud.isa import ContextStatus, FaultCode, Instr, Machine, get_config, parse_policy
 from tcloud.isa.errors import TcloudError
 
 
@@ -33,7 +33,12 @@ class ContextInfo:
     detail : str
         Human-readable explanation (empty when the backend has none).
     counters : dict
-        Activity counters (uTOps per engine class, bytes moved, MACs, ...).
+        Activity counters (uTOps per engine class, bytes moved, MACs, ...); every backend has
+        the same keys and, for the same program, the same values.
+    timing : dict
+        Cycle counters of cycle-accurate backends (empty for the untimed golden model):
+        ``active_cycles``, ``run_cycles`` (latency of the last run), ``engine_cycles`` (owned and
+        harvested engine-cycles per class), ``reclaim_wait_cycles``, ``reclaim_max_cycles``.
     """
 
     status: ContextStatus
@@ -41,6 +46,7 @@ class ContextInfo:
     fault_pc: int
     detail: str
     counters: dict
+    timing: dict = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -60,6 +66,10 @@ class Device(Protocol):
 
     def host(self, command: Instr) -> None:
         """Execute one privileged ``ctx.*`` command (raises ``HostCommandError`` if rejected)."""
+
+    def set_policy(self, policy: object, *, quantum: int | None = None, starvation: int | None = None) -> None:
+        """Choose the scheduling policy (a :class:`~tcloud.isa.Policy` or its name) and, on timed
+        backends, the temporal slice quantum and the starvation threshold in cycles."""
 
     def run(self, max_cycles: int | None = None) -> bool:
         """Run until no context is running (``True``) or the limit is reached (``False``)."""
@@ -98,6 +108,9 @@ class FunctionalDevice:
     def host(self, command):
         self.machine.host(command)
 
+    def set_policy(self, policy, *, quantum=None, starvation=None):
+        self.machine.policy = parse_policy(policy)  # the untimed model has no slices or aging
+
     def run(self, max_cycles=None):
         return self.machine.run(max_steps=max_cycles)
 
@@ -109,31 +122,43 @@ class FunctionalDevice:
         return {"backend": self.name}
 
 
-def _amaranth(config):
+def _amaranth(config, **timing):
     from .rtl_device import AmaranthDevice
-    return AmaranthDevice(config)
+    return AmaranthDevice(config, **timing)
 
 
-def _verilator(config):
+def _verilator(config, **timing):
     from .verilator_device import VerilatorDevice
-    return VerilatorDevice(config)
+    return VerilatorDevice(config, **timing)
 
 
 BACKENDS = {"functional": FunctionalDevice, "amaranth": _amaranth, "verilator": _verilator}
 """Backend name → device factory: ``functional`` (golden model), ``amaranth`` (RTL in Amaranth's
 simulator) and ``verilator`` (RTL compiled with Verilator)."""
 
+TIMED_BACKENDS = ("amaranth", "verilator")
 
-def make_device(backend, config):
+
+def make_device(backend, config, **hbm_timing):
     """Create a device for ``backend`` (a name in :data:`BACKENDS`).
+
+    Parameters
+    ----------
+    backend : str
+    config : str or ArchConfig
+    **hbm_timing
+        For the RTL backends: ``hbm_latency``, ``hbm_jitter``, ``hbm_accept_probability``, ``seed``.
 
     Raises
     ------
     DeviceError
-        If the backend is unknown.
+        If the backend is unknown, or HBM timing is given to the untimed ``functional`` backend.
     """
     try:
         factory = BACKENDS[backend]
     except (KeyError, TypeError):
         raise DeviceError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}") from None
-    return factory(config)
+    if hbm_timing and backend not in TIMED_BACKENDS:
+        raise DeviceError(f"the {backend} backend is untimed; HBM timing {sorted(hbm_timing)} applies only to "
+                          f"{', '.join(TIMED_BACKENDS)}")
+    return factory(config, **hbm_timing)

@@ -1,11 +1,15 @@
 """Devices that run the pNPU RTL: the CSR-level driver shared by all RTL backends, and the
 Amaranth-simulator backend."""
 
-from tcloud.isa import ContextStatus, FaultCode, get_config
+from tcloud.isa import ContextStatus, FaultCode, get_config, parse_policy
 from tcloud.isa.errors import HostCommandError
 from tcloud.rtl import csr
 
 from .device import ContextInfo, DeviceError, check_hbm_range
+
+
+ENGINE_CYCLE_COUNTERS = ("me_owned", "me_harvested", "ve_owned", "ve_harvested", "dma_cycles")
+"""Per-context engine-cycle counters, keys of ``ContextInfo.counters["engine_cycles"]``."""
 
 
 class CsrDevice:
@@ -32,6 +36,14 @@ class CsrDevice:
     def run(self, max_cycles=None):
         return self.run_until_idle(max_cycles)
 
+    def set_policy(self, policy, *, quantum=None, starvation=None):
+        self.csr_write(csr.GLOBAL["POLICY"], int(parse_policy(policy)))
+        for name, value in (("QUANTUM", quantum), ("STARVATION", starvation)):
+            if value is not None:
+                if not 1 <= value < 1 << 16:
+                    raise ValueError(f"{name.lower()} must be within 1..65535 cycles, got {value}")
+                self.csr_write(csr.GLOBAL[name], value)
+
     def context(self, index):
         read = lambda name: self.csr_read(csr.context_csr(index, name))
         counters = {
@@ -42,8 +54,15 @@ class CsrDevice:
             "macs": read("MACS_LO") | read("MACS_HI") << 32,
             "ve_elements": read("VE_ELEMENTS"),
         }
+        timing = {
+            "active_cycles": read("ACTIVE_CYCLES"),
+            "run_cycles": read("RUN_CYCLES"),
+            "engine_cycles": {name: read(name.upper()) for name in ENGINE_CYCLE_COUNTERS},
+            "reclaim_wait_cycles": read("RECLAIM_WAIT"),
+            "reclaim_max_cycles": read("RECLAIM_MAX"),
+        }
         return ContextInfo(ContextStatus(read("STATUS")), FaultCode(read("FAULT")), read("FAULT_PC"), "",
-                           counters)
+                           counters, timing)
 
     @property
     def cycles(self):

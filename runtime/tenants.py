@@ -1,0 +1,216 @@
+"""Run a multi-tenant scenario described in YAML or JSON: the engine of ``tcloud vnpu`` and the demo.
+
+A scenario names the pNPU configuration, backend and policy, and a list of tenants; each tenant
+gets a vNPU, a program and a number of runs. Every run's outputs are checked against the golden
+model running that tenant alone. Example::
+
+    config: small
+    backend: verilator
+    policy: harvest
+    tenants:
+      - name: gemm
+        vnpu: {mes: 1, ves: 1, sram_kib: 64, hbm_mib: 4}
+        program: gemm 96x96x96
+      - name: residual
+        vnpu: {mes: 3, ves: 1, sram_kib: 64, hbm_mib: 4, priority: 1}
+        program: elementwise 32x64 passes=4 block=256
+        runs: 2
+
+``program`` is ``gemm MxKxN``, ``elementwise RxC [passes=P] [block=B]``, or the path of a program
+image (``.tcimg``) or assembly file (``.s``), relative to the scenario file.
+"""
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from tcloud.firmware import elementwise, gemm
+from tcloud.isa import ProgramImage, assemble, get_config
+from tcloud.isa.errors import TcloudError
+
+from .device import FunctionalDevice
+from .execute import run_image
+from .hypervisor import Hypervisor, VNPUSpec
+
+DEFAULT_SCENARIO = {
+    "config": "small",
+    "backend": "verilator",
+    "policy": "harvest",
+    "tenants": [
+        {"name": "gemm-tenant", "vnpu": {"mes": 1, "ves": 1, "sram_kib": 96, "hbm_mib": 4},
+         "program": "gemm 96x128x96"},
+        {"name": "vector-tenant", "vnpu": {"mes": 3, "ves": 1, "sram_kib": 64, "hbm_mib": 4, "priority": 1},
+         "program": "elementwise 32x64 passes=4 block=256"},
+    ],
+}
+"""The embedded scenario of ``tcloud demo``: an ME-heavy and a VE-heavy tenant sharing a pNPU."""
+
+_SCENARIO_KEYS = {"config", "backend", "policy", "pnpus", "oversubscribe", "tenants"}
+_TENANT_KEYS = {"name", "vnpu", "program", "runs", "seed"}
+
+
+class ScenarioError(TcloudError, ValueError):
+    """A malformed scenario file: the message names the file, tenant and field."""
+
+
+@dataclass
+class TenantReport:
+    name: str
+    vnpu: str
+    program: str
+    latencies: list = field(default_factory=list)
+    verified: list = field(default_factory=list)
+    usage: object = None
+    bill: object = None
+    error: str = ""
+
+
+def load_scenario(path):
+    """Read a scenario from a YAML or JSON file; raise :class:`ScenarioError` if it is malformed."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ScenarioError(f"cannot read scenario {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ScenarioError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    check_scenario(data, str(path))
+    return data, path.parent
+
+
+def check_scenario(data, where="scenario"):
+    """Validate the structure of a scenario mapping (see the module docstring)."""
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{where}: the top level must be a mapping")
+    unknown = sorted(set(data) - _SCENARIO_KEYS)
+    if unknown:
+        raise ScenarioError(f"{where}: unknown key(s) {unknown}; known: {sorted(_SCENARIO_KEYS)}")
+    tenants = data.get("tenants")
+    if not isinstance(tenants, list) or not tenants:
+        raise ScenarioError(f"{where}: 'tenants' must be a non-empty list")
+    for i, tenant in enumerate(tenants):
+        label = f"{where}: tenant {i}"
+        if not isinstance(tenant, dict):
+            raise ScenarioError(f"{label} must be a mapping")
+        unknown = sorted(set(tenant) - _TENANT_KEYS)
+        if unknown:
+            raise ScenarioError(f"{label}: unknown key(s) {unknown}; known: {sorted(_TENANT_KEYS)}")
+        if "program" not in tenant:
+            raise ScenarioError(f"{label}: 'program' is required")
+        runs = tenant.get("runs", 1)
+        if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+            raise ScenarioError(f"{label}: runs must be a positive integer, got {runs!r}")
+        try:
+            VNPUSpec.from_dict(tenant.get("vnpu", {}))
+        except TcloudError as exc:
+            raise ScenarioError(f"{label} ({tenant.get('name', 'unnamed')}): {exc}") from None
+
+
+_GEMM = re.compile(r"gemm\s+(\d+)x(\d+)x(\d+)$")
+_ELEMENTWISE = re.compile(r"elementwise\s+(\d+)x(\d+)((?:\s+\w+=\d+)*)$")
+
+
+def build_program(text, config, base=Path(".")):
+    """Return the :class:`ProgramImage` a tenant's ``program`` entry names."""
+    text = str(text).strip()
+    if match := _GEMM.match(text):
+        return gemm(config, *(int(v) for v in match.groups()))
+    if match := _ELEMENTWISE.match(text):
+        options = dict(part.split("=") for part in match.group(3).split())
+        unknown = sorted(set(options) - {"passes", "block"})
+        if unknown:
+            raise ScenarioError(f"program {text!r}: unknown option(s) {unknown}; known: passes, block")
+        return elementwise(config, int(match.group(1)), int(match.group(2)), passes=int(options.get("passes", 1)),
+                           block_elements=int(options["block"]) if "block" in options else None)
+    path = base / text
+    if not path.is_file():
+        raise ScenarioError(f"program {text!r} is neither 'gemm MxKxN', 'elementwise RxC ...' nor a file "
+                            f"(looked for {path})")
+    if path.suffix == ".s":
+        return assemble(path.read_text(), config=config, source=str(path))
+    return ProgramImage.from_bytes(path.read_bytes(), config)
+
+
+def random_inputs(image, rng):
+    """Random inputs for every input symbol: full range for int8, +-2^20 for int32."""
+    return {s.name: (rng.integers(-128, 128, s.shape, dtype=np.int8) if s.dtype == "i8"
+                     else rng.integers(-(1 << 20), 1 << 20, s.shape, dtype=np.int32)) for s in image.inputs}
+
+
+def run_scenario(data, base=Path("."), *, backend=None, policy=None, log=print):
+    """Run a scenario on one hypervisor and return ``(reports, pnpu stats)``.
+
+    Tenants' runs are all submitted before any is awaited, so the tenants of a pNPU run
+    concurrently. ``backend`` and ``policy`` override the scenario's.
+    """
+    check_scenario(data)
+    config = get_config(data.get("config", "small"))
+    tenants = data["tenants"]
+    images = [build_program(t["program"], config, base) for t in tenants]
+    with Hypervisor(config, backend or data.get("backend", "verilator"), policy or data.get("policy", "harvest"),
+                    pnpus=data.get("pnpus", 1), oversubscribe=data.get("oversubscribe", False)) as hv:
+        log(f"hypervisor: {len(hv.pnpus)} pNPU(s) of {config.name!r} on {hv.backend}, policy "
+            f"{hv.policy.name.lower()}")
+        vnpus, reports, jobs = [], [], []
+        for i, (tenant, image) in enumerate(zip(tenants, images)):
+            name = tenant.get("name", f"tenant{i}")
+            try:
+                vnpu = hv.create_vnpu(VNPUSpec.from_dict(tenant.get("vnpu", {})), name=name)
+            except TcloudError as exc:
+                raise type(exc)(f"tenant {i} ({name}): {exc}") from None
+            vnpu.load(image)
+            log(f"  created {vnpu}; program: {tenant['program']}")
+            vnpus.append(vnpu)
+            reports.append(TenantReport(vnpu.name, repr(vnpu), str(tenant["program"])))
+            rng = np.random.default_rng(tenant.get("seed", i))
+            jobs.append([random_inputs(image, rng) for _ in range(tenant.get("runs", 1))])
+        futures = [[vnpu.submit(inputs) for inputs in runs] for vnpu, runs in zip(vnpus, jobs)]
+        for vnpu, report, image, runs, pending in zip(vnpus, reports, images, jobs, futures):
+            for inputs, future in zip(runs, pending):
+                try:
+                    outputs = future.result()
+                except TcloudError as exc:
+                    report.error = str(exc)
+                    continue
+                expected = run_image(FunctionalDevice(config), image, inputs)[0]
+                report.verified.append(all(np.array_equal(outputs[k], expected[k]) for k in expected))
+            report.latencies = [run.latency_cycles for run in vnpu.runs]
+            report.usage, report.bill = vnpu.usage(), vnpu.bill()
+        stats = hv.stats()
+    return reports, stats
+
+
+def print_reports(reports, stats, log=print):
+    """Print per-tenant results, latency, utilization, usage and bill, then pNPU utilization."""
+    for report in reports:
+        usage = report.usage
+        log(f"\n{report.name}: {report.program}")
+        if report.error:
+            log(f"  FAILED: {report.error}")
+        checks = "all match" if report.verified and all(report.verified) else "MISMATCH"
+        log(f"  runs: {len(report.verified)}; outputs vs golden model alone: {checks}")
+        if any(latency is not None for latency in report.latencies):
+            log(f"  latency (cycles from start to halt): {', '.join(str(v) for v in report.latencies)}")
+            active = max(usage.active_cycles, 1)
+            log(f"  ME engine-cycles: {usage.me_owned_cycles} owned + {usage.me_harvested_cycles} harvested "
+                f"({(usage.me_owned_cycles + usage.me_harvested_cycles) / active:.2f} MEs busy on average); "
+                f"VE: {usage.ve_owned_cycles} owned + {usage.ve_harvested_cycles} harvested; "
+                f"DMA: {usage.dma_cycles}")
+            log(f"  waited {usage.reclaim_wait_cycles} cycles for owned engines that others had harvested")
+        log(f"  moved {usage.hbm_bytes_read} B from and {usage.hbm_bytes_written} B to HBM; {usage.macs} MACs")
+        log(f"  bill (credits):\n{report.bill}")
+    for i, pnpu in enumerate(stats):
+        if "cycles" in pnpu and pnpu["cycles"]:
+            busy = pnpu["engine_busy_cycles"]
+            by_class = {}
+            for name, value in busy.items():
+                by_class.setdefault(name.rstrip("0123456789"), []).append(value)
+            util = ", ".join(f"{cls.upper()} {sum(v) / (len(v) * pnpu['cycles']):.1%}" for cls, v in by_class.items())
+            log(f"\npNPU {i}: {pnpu['cycles']} cycles since reset; engine utilization {util}")
+    return all(r.verified and all(r.verified) and not r.error for r in reports)
