@@ -20,10 +20,12 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(PY) -m benchmarks.golden_gemm
 	$(PY) -m benchmarks.verilator_build
 	$(PY) -m benchmarks.sim_speed
 	$(PY) -m benchmarks.me_utilization
+	$(PY) -m benchmarks.multitenant_rtl --runs 8
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .hypothesis

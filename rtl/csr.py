@@ -12,6 +12,8 @@ runs (``ctx.scrub`` takes time); ``CMD_ERROR`` then holds a :class:`CommandError
 from dataclasses import dataclass
 from enum import IntEnum
 
+from tcloud.isa.table import POLICY_DOCS, Policy
+
 ID_VALUE = 0x7C10D001
 CONTEXT_BASE = 0x100
 CONTEXT_STRIDE = 0x80
@@ -115,4 +117,6 @@ def csr_markdown():
     out += [f"| ENGINE_BUSY[e] | {ENGINE_BASE:#x} + 4·e | R | {ENGINE_CSR_DOC} |", "",
             "| CMD_ERROR | value |", "|---|---|"]
     out += [f"| {e.name} | {int(e)} |" for e in CommandError]
+    out += ["", "## Scheduling policies (POLICY)", "", "| policy | value | meaning |", "|---|---|---|"]
+    out += [f"| {p.name.lower()} | {int(p)} | {POLICY_DOCS[p]} |" for p in Policy]
     return "\n".join(out) + "\n"

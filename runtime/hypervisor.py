@@ -16,6 +16,7 @@ engines, bytes moved) plus memory-time, and :class:`PriceTable` turns a :class:`
 
 import itertools
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
 
@@ -26,6 +27,7 @@ from .device import make_device
 from .execute import DeviceFault
 
 KIB, MIB = 1024, 1024 * 1024
+DRIVER_YIELD_SECONDS = 1e-4
 SRAM_ALIGN = 1024
 """Scratchpad windows start on KiB boundaries (and are KiB multiples): every bank alignment."""
 
@@ -132,9 +134,10 @@ class Bill:
     total: float
 
     def __str__(self):
-        rows = [f"  {line.item:<22} {line.quantity:>16,.0f} x {line.unit_price:.3g} = {line.amount:12.6f}"
-                for line in self.lines]
-        return "\n".join(rows + [f"  {'total':<22} {'':>16}   {'':9} {self.total:12.6f}"])
+        """The lines with a non-zero quantity, then the total."""
+        rows = [f"  {line.item:<22} {line.quantity:>14,.6g} x {line.unit_price:<8.3g} = {line.amount:10.6f}"
+                for line in self.lines if line.quantity]
+        return "\n".join(rows + [f"  {'total':<22} {'':>14}   {'':8}   {self.total:10.6f}"])
 
 
 @dataclass(frozen=True)
@@ -172,10 +175,23 @@ class PriceTable:
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One finished run: its latency (cycles from ``ctx.start`` to halt; ``None`` untimed)."""
+    """One finished run.
+
+    Attributes
+    ----------
+    latency_cycles : int or None
+        Cycles from ``ctx.start`` to halt (``None`` on the untimed golden model).
+    outputs : dict
+    finish_cycle : int or None
+        pNPU cycle counter when the hypervisor saw the run finish (within ``poll_cycles``).
+    engine_cycles : dict
+        Engine-cycles this run used per class (``me``, ``ve``, ``dma``; owned plus harvested).
+    """
 
     latency_cycles: int | None
     outputs: dict
+    finish_cycle: int | None = None
+    engine_cycles: dict = field(default_factory=dict)
 
 
 class _FreeList:
@@ -405,11 +421,12 @@ class Hypervisor:
             future.exception()
 
     def _drive(self):
-        with self._work:
-            while not self._closed:
-                if not self._pending:
+        while True:
+            with self._work:
+                while not self._closed and not self._pending:
                     self._work.wait()
-                    continue
+                if self._closed:
+                    return
                 try:
                     self._step()
                 except Exception as exc:  # a backend failure fails every waiting run, never silently
@@ -417,6 +434,7 @@ class Hypervisor:
                     for _, future, _ in self._pending:
                         future.set_exception(exc)
                     self._pending.clear()
+            time.sleep(DRIVER_YIELD_SECONDS)  # let callers (submit, kill, usage) take the lock
 
     def _step(self):
         """Start runs on idle contexts, clock every busy pNPU, and finish runs that stopped."""
@@ -484,6 +502,7 @@ class VNPU:
         self.runs = []
         self.destroyed = False
         self._running = None
+        self._engine_totals = {}
         self._created_at = self._cycles()
 
     def __repr__(self):
@@ -576,7 +595,13 @@ class VNPU:
             return True
         base = self._grant.hbm_base
         outputs = {s.name: s.unpack(self._device.read_hbm(base + s.offset, s.nbytes)) for s in self.image.outputs}
-        self.runs.append(RunRecord(info.timing.get("run_cycles"), outputs))
+        engine = info.timing.get("engine_cycles", {})
+        totals = {"me": engine.get("me_owned", 0) + engine.get("me_harvested", 0),
+                  "ve": engine.get("ve_owned", 0) + engine.get("ve_harvested", 0), "dma": engine.get("dma_cycles", 0)}
+        used = {cls: totals[cls] - self._engine_totals.get(cls, 0) for cls in totals}
+        self._engine_totals = totals
+        self.runs.append(RunRecord(info.timing.get("run_cycles"), outputs, getattr(self._device, "cycles", None),
+                                   used))
         future.set_result(outputs)
         return True
 

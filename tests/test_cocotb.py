@@ -44,7 +44,7 @@ def verilator_on_path():
             os.environ[key] = value
 
 
-@pytest.mark.parametrize("testcase", ["constrained_random_gemm", "random_programs"])
+@pytest.mark.parametrize("testcase", ["constrained_random_gemm", "random_programs", "multi_tenant"])
 def test_pnpu_cocotb(verilator_on_path, testcase):
     runner, build_dir = build("tiny")
     results = runner.test(hdl_toplevel="pnpu", test_module="tcloud.verif.cocotb_pnpu", testcase=testcase,

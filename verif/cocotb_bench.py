@@ -206,7 +206,7 @@ class HbmMonitor(_Background):
 
 
 class Scoreboard:
-    """Compares each case's RTL outputs and counters with the golden model's."""
+    """Compares each case's RTL outputs, counters and fault codes with the golden model's."""
 
     def __init__(self):
         self.log = logging.getLogger("tb.scoreboard")
@@ -229,6 +229,13 @@ class Scoreboard:
                 self.failures.append(f"{name}: output {key} differs")
         if context["counters"] != expected_counters:
             self.failures.append(f"{name}: counters {context['counters']} != {expected_counters}")
+
+    def compare_fault(self, name, expected_fault, context):
+        """A case that must stop with ``expected_fault``."""
+        self.cases += 1
+        if context["status"] != ContextStatus.FAULTED or context["fault"] != expected_fault:
+            self.failures.append(f"{name}: status {context['status'].name} fault {context['fault'].name}, "
+                                 f"expected FAULTED {expected_fault.name}")
 
     def check(self):
         if self.failures:
