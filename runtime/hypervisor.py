@@ -274,8 +274,9 @@ class Hypervisor:
                  prices=PriceTable(), poll_cycles=2048, hbm_timing=None, quantum=None, starvation=None):
         self.config = get_config(config)
         self.policy = parse_policy(policy)
-        if isinstance(pnpus, bool) or not isinstance(pnpus, int) or pnpus < 1:
-            raise ValueError(f"pnpus must be a positive integer, got {pnpus!r}")
+        for name, value in (("pnpus", pnpus), ("poll_cycles", poll_cycles)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.backend, self.oversubscribe, self.prices, self.poll_cycles = backend, oversubscribe, prices, poll_cycles
         cfg = self.config
         self.pnpus = []

@@ -70,6 +70,23 @@ def test_contexts_run_out_and_come_back(hv):
     assert hv.create_vnpu(VNPUSpec(mes=1, ves=0)).context == vnpus[1].context
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"pnpus": 0}, "pnpus must be a positive integer"), ({"poll_cycles": 1.5}, "poll_cycles must be"),
+    ({"policy": "fair"}, "unknown scheduling policy 'fair'"),
+])
+def test_bad_hypervisor_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        Hypervisor("small", "functional", **options)
+
+
+def test_wait_returns_when_everything_submitted_has_finished(hv):
+    v = hv.create_vnpu(VNPUSpec())
+    v.load(gemm("small", 3, 3, 3))
+    futures = [v.submit({"A": np.ones((3, 3), np.int8), "B": np.ones((3, 3), np.int8)}) for _ in range(3)]
+    hv.wait()
+    assert all(f.done() for f in futures) and len(v.runs) == 3
+
+
 def test_oversubscription_co_owns_the_least_shared_engines():
     with Hypervisor("small", "functional", "static", oversubscribe=True) as hv:
         a = hv.create_vnpu(VNPUSpec(mes=3, ves=2))
