@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tcloud.firmware import elementwise, elementwise_reference, gemm
-from tcloud.isa import EngineClass, FaultCode, Instr, Machine, Policy, encode_stream
+from tcloud.isa import EngineClass, FaultCode, Instr, Machine, Policy, ProgramImage, Symbol, encode_stream
 from tcloud.runtime import DeviceFault, FunctionalDevice, run_image
 from tcloud.runtime.hypervisor import Hypervisor, VNPUSpec
 from tcloud.verif.random_programs import random_program
@@ -17,10 +17,6 @@ from conftest import utop
 
 POLICIES = [p.name.lower() for p in Policy]
 CI = bool(os.environ.get("CI"))
-
-
-def golden_alone(image, inputs):
-    return run_image(FunctionalDevice(image.config if hasattr(image, "config") else "small"), image, inputs)[0]
 
 
 def gemm_tenant(rng, m, k, n):
@@ -121,7 +117,6 @@ ATTACKS = {
 
 
 def attacker_image(program):
-    from tcloud.isa import ProgramImage
     code = program if isinstance(program, bytes) else encode_stream(program + [Instr("halt")])
     return ProgramImage.for_config("small", code, entry=0, hbm_bytes=len(code), sram_bytes=16 * 1024, symbols=[])
 
@@ -180,7 +175,6 @@ def test_a_new_tenant_never_sees_the_previous_tenants_data():
         # A program that copies its whole scratchpad window out to HBM, then reads back its HBM window.
         dump = utop(EngineClass.DMA, [Instr("dma.store", sram=0, hbm=0x10000, rows=2, row_bytes=0x8000,
                                             sram_stride=0x8000, hbm_stride=0x8000)])
-        from tcloud.isa import ProgramImage, Symbol
         code = encode_stream(dump + [Instr("halt")])
         image = ProgramImage.for_config("small", code, entry=0x20000, hbm_bytes=1 << 20, sram_bytes=0x10000,
                                         symbols=[Symbol("S", "output", "i32", (0x4000,), 0x10000, 0x10000),
@@ -196,7 +190,6 @@ def test_a_new_tenant_never_sees_the_previous_tenants_data():
 
 def busy_me_program(utops):
     """Independent ME uTOps with no tokens: always ready, enough to keep every ME busy."""
-    from tcloud.isa import ProgramImage
     body = [Instr("me.loadw", w=0, k=8, n=8, w_stride=8), Instr("me.matmul", a=0x100, out=0x1000, m=256)]
     code = encode_stream(utop(EngineClass.ME, body) * utops + [Instr("halt")])
     return ProgramImage.for_config("small", code, entry=0, hbm_bytes=len(code), sram_bytes=0x4000, symbols=[])
