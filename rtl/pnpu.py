@@ -6,7 +6,7 @@ commands (windows, engines, priority, budget, start, kill, and a hardware scrub 
 windows) and serves the CSRs.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, ClockDomain, Module, Mux, ResetInserter, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out, connect
 
@@ -38,7 +38,16 @@ class PNPU(wiring.Component):
         The HBM port (HBM is modelled outside the RTL).
     idle : Out(1)
         No context is running and no host command is in progress.
+    rst : In(1)
+        Synchronous reset, registered once: ``rst`` high at one clock edge resets every register
+        at the next edge. Registers also start from their reset values, so a simulation needs no
+        reset pulse. The register keeps the top-level input out of every register's next-state
+        logic, which lets Verilator evaluate that logic once per clock edge instead of on every
+        input change.
     """
+
+    clock_port = "clk"
+    """The clock input of the ``sync`` domain the pNPU defines (see :func:`tcloud.rtl.verilog.to_verilog`)."""
 
     def __init__(self, config):
         if config.hbm_port_bytes < INSTRUCTION_BYTES:
@@ -49,9 +58,18 @@ class PNPU(wiring.Component):
         self.engines = [(cls, factory(config)) for cls, factory, count in _ENGINE_TYPES
                         for _ in range(getattr(config, count))]
         super().__init__({"csr_addr": In(12), "csr_wdata": In(32), "csr_we": In(1),
-                          "csr_rdata": Out(32), "hbm": Out(hbm_signature(config)), "idle": Out(1)})
+                          "csr_rdata": Out(32), "hbm": Out(hbm_signature(config)), "idle": Out(1),
+                          "rst": In(1)})
 
     def elaborate(self, platform):
+        m = Module()
+        m.domains.sync = ClockDomain("sync", reset_less=True)
+        reset = Signal()
+        m.d.sync += reset.eq(self.rst)
+        m.submodules.core = ResetInserter(reset)(self._core())
+        return m
+
+    def _core(self):
         m = Module()
         cfg = self.config
         n_ctx, n_eng = cfg.contexts, len(self.engines)

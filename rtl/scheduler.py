@@ -404,7 +404,7 @@ class UtopScheduler(Elaboratable):
             # Faults reported by engines: the earliest in program order wins.
             fault_now, fault_pc_now, fault_key = Const(0, FAULT_BITS), Const(0, HBM_ADDR_BITS), Const(0, HBM_ADDR_BITS)
             for e, engine in enumerate(engines):
-                take = bad_c[e] & ((fault_now == 0) | (eng_pc[e] < fault_key))
+                take = bad_c[e] if e == 0 else bad_c[e] & ((fault_now == 0) | (eng_pc[e] < fault_key))
                 stage = (Signal(FAULT_BITS, name=f"ctx{c}_fault{e}"), Signal(HBM_ADDR_BITS, name=f"ctx{c}_fault_pc{e}"),
                          Signal(HBM_ADDR_BITS, name=f"ctx{c}_fault_key{e}"))
                 m.d.comb += [stage[0].eq(Mux(take, engine.fault, fault_now)),

@@ -17,7 +17,8 @@ def sram_port_signature(config):
 
     A request (``valid`` with ``addr``, ``we``, ``wdata``, ``wmask``) is taken in the cycle ``ready``
     is high. It covers the ``sram_banks`` consecutive words from word address ``addr``; ``wmask``
-    enables bytes (4 bits per word). A read's ``rdata`` arrives with ``rvalid`` the next cycle.
+    enables bytes (4 bits per word). A read's ``rdata`` arrives with ``rvalid`` the next cycle and
+    holds until the next read.
     """
     banks = config.sram_banks
     return wiring.Signature({
@@ -119,15 +120,17 @@ class Scratchpad(wiring.Component):
 
         for i, p in enumerate(ports):
             rotation, row = split(p.addr)
+            reading = p.valid & ~p.we
             bank_data = []
             for b, mem in enumerate(mems):
                 read = mem.read_port()
-                m.d.comb += read.addr.eq(bank_row(b, rotation, row))
+                m.d.comb += [read.addr.eq(bank_row(b, rotation, row)), read.en.eq(reading)]
                 bank_data.append(read.data)
             last_rotation = Signal(max(lane_bits, 1), name=f"port{i}_rotation")
-            m.d.sync += [last_rotation.eq(rotation), p.rvalid.eq(p.valid & ~p.we)]
-            for lane in range(banks):
-                for b in range(banks):
-                    with m.If(((lane + last_rotation)[:lane_bits] if lane_bits else 0) == b):
-                        m.d.comb += p.rdata[lane].eq(bank_data[b])
+            m.d.sync += p.rvalid.eq(reading)
+            with m.If(reading):
+                m.d.sync += last_rotation.eq(rotation)
+            # Lane l holds bank (l + rotation) % banks: a word-aligned window of the banks twice over.
+            m.d.comb += p.rdata.eq(Cat(*bank_data, *bank_data).bit_select(last_rotation * 32, 32 * banks)
+                                   if lane_bits else Cat(*bank_data))
         return m

@@ -1,6 +1,6 @@
 """Weight-stationary int8 systolic array with double-buffered weights."""
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -69,55 +69,60 @@ class SystolicArray(wiring.Component):
         m = Module()
         rows, cols = self.rows, self.cols
 
-        weights = [[[Signal(signed(8), name=f"w{b}_{r}_{c}") for b in range(2)] for c in range(cols)]
-                   for r in range(rows)]
-        with m.If(self.w_we):
-            for r in range(rows):
-                with m.If(self.w_row == r):
-                    for c in range(cols):
-                        for b in range(2):
-                            with m.If(self.w_bank == b):
-                                m.d.sync += weights[r][c][b].eq(self.w_data[c])
-
-        # Skew: row r of the array receives input element r (and its bank bit) r cycles late.
-        left = []
+        # Weights: one register of ``cols`` bytes per (row, bank); a weight write replaces a whole row.
+        weights = [[Signal(8 * cols, name=f"w{b}_row{r}", reset_less=True) for b in range(2)] for r in range(rows)]
         for r in range(rows):
-            a, bank = self.in_data[r], self.in_bank
-            for stage in range(r):
-                a_next = Signal(signed(8), name=f"skew_a{r}_{stage}")
-                bank_next = Signal(name=f"skew_b{r}_{stage}")
-                m.d.sync += [a_next.eq(a), bank_next.eq(bank)]
-                a, bank = a_next, bank_next
-            left.append((a, bank))
+            for b in range(2):
+                with m.If(self.w_we & (self.w_row == r) & (self.w_bank == b)):
+                    m.d.sync += weights[r][b].eq(self.w_data.as_value())
 
-        # PE grid: operands move right, partial sums move down, one register each per PE.
+        # Operands: row r of the array sees input element r after r cycles of skew, and each PE
+        # passes it one column right per cycle, so PE (r, c) holds the element that entered r + c
+        # cycles ago. Row r's skew and systolic registers form one byte-wide pipeline of
+        # r + cols - 1 stages; PE (r, c) reads stage r + c - 1 (the raw input when r + c = 0).
+        def operand(r, c):
+            if r + c == 0:
+                return self.in_data[0]
+            return pipes[r][8 * (r + c - 1):8 * (r + c)].as_signed()
+
+        pipes = []
+        for r in range(rows):
+            stages = r + cols - 1
+            pipe = Signal(max(8 * stages, 1), name=f"operands{r}", reset_less=True)
+            if stages:
+                m.d.sync += pipe.eq(Cat(self.in_data[r], pipe[:8 * (stages - 1)]))
+            pipes.append(pipe)
+
+        # The weight-bank bit of an input row travels with it, so PE (r, c) uses the bank of the row
+        # that entered r + c cycles ago: one bit per anti-diagonal.
+        diagonals = rows + cols - 1
+        banks = Signal(max(diagonals - 1, 1), name="diagonal_banks", reset_less=True)
+        if diagonals > 1:
+            m.d.sync += banks.eq(Cat(self.in_bank, banks[:diagonals - 2]))
+
+        def bank_of(d):
+            return self.in_bank if d == 0 else banks[d - 1]
+
+        # PE grid: partial sums move down, one register per PE.
         above = [Const(0, signed(ACC_BITS))] * cols
         for r in range(rows):
-            a, bank = left[r]
             for c in range(cols):
-                weight = Signal(signed(8), name=f"wsel_{r}_{c}")
-                m.d.comb += weight.eq(Mux(bank, weights[r][c][1], weights[r][c][0]))
-                psum = Signal(signed(ACC_BITS), name=f"psum_{r}_{c}")
-                m.d.sync += psum.eq(above[c] + a * weight)
+                word = Mux(bank_of(r + c), weights[r][1], weights[r][0])
+                weight = word[8 * c:8 * c + 8].as_signed()
+                psum = Signal(signed(ACC_BITS), name=f"psum_{r}_{c}", reset_less=True)
+                m.d.sync += psum.eq(above[c] + operand(r, c) * weight)
                 above[c] = psum
-                a_right = Signal(signed(8), name=f"a_{r}_{c}")
-                bank_right = Signal(name=f"b_{r}_{c}")
-                m.d.sync += [a_right.eq(a), bank_right.eq(bank)]
-                a, bank = a_right, bank_right
 
         # De-skew: column c finishes c cycles after column 0; delay it by cols-1-c.
         for c in range(cols):
             value = above[c]
             for stage in range(cols - 1 - c):
-                delayed = Signal(signed(ACC_BITS), name=f"deskew_{c}_{stage}")
+                delayed = Signal(signed(ACC_BITS), name=f"deskew_{c}_{stage}", reset_less=True)
                 m.d.sync += delayed.eq(value)
                 value = delayed
             m.d.comb += self.out_data[c].eq(value)
 
-        valid = self.in_valid
-        for stage in range(self.latency):
-            delayed = Signal(name=f"valid_{stage}")
-            m.d.sync += delayed.eq(valid)
-            valid = delayed
-        m.d.comb += self.out_valid.eq(valid)
+        valid = Signal(self.latency, name="valid_pipe")
+        m.d.sync += valid.eq(Cat(self.in_valid, valid[:-1]))
+        m.d.comb += self.out_valid.eq(valid[-1])
         return m

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amaranth.back import verilog
+from amaranth.hdl import ClockSignal, Value
 
 from tcloud.isa.errors import TcloudError
 
@@ -56,8 +57,19 @@ def verilator_env():
 
 
 def to_verilog(component, name):
-    """Return the Verilog of an Amaranth ``wiring.Component`` with top module ``name``."""
-    return verilog.convert(component, name=name)
+    """Return the Verilog of an Amaranth ``wiring.Component`` with top module ``name``.
+
+    A component that defines its own ``sync`` domain names its clock input in a ``clock_port``
+    attribute; that input is added to the signature's ports. Other components get Amaranth's
+    implicit ``clk`` and ``rst`` inputs.
+    """
+    clock_port = getattr(component, "clock_port", None)
+    if clock_port is None:
+        return verilog.convert(component, name=name)
+    ports = {"__".join(map(str, path)): (Value.cast(value), None)
+             for path, _, value in component.signature.flatten(component)}
+    ports[clock_port] = (ClockSignal("sync"), None)
+    return verilog.convert(component, name=name, ports=ports)
 
 
 @dataclass(frozen=True)

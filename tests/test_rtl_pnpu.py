@@ -248,3 +248,42 @@ def test_waveforms_from_both_rtl_backends(tmp_path):
     run_image(device, image, inputs)
     device.close()
     assert b"$enddefinitions" in vcd.read_bytes()[:2_000_000]
+
+
+def test_reset_input_restores_reset_values_one_edge_later():
+    """``rst`` is registered: high at one edge, the registers take their reset values at the next."""
+    from amaranth.sim import Simulator
+
+    from tcloud.isa import get_config
+    from tcloud.rtl import csr
+    from tcloud.rtl.pnpu import PNPU
+
+    dut = PNPU(get_config("tiny"))
+    seen = {}
+
+    async def bench(ctx):
+        async def read(name):
+            ctx.set(dut.csr_addr, csr.GLOBAL[name])
+            return ctx.get(dut.csr_rdata)
+
+        ctx.set(dut.csr_addr, csr.GLOBAL["POLICY"])
+        ctx.set(dut.csr_wdata, 3)
+        ctx.set(dut.csr_we, 1)
+        await ctx.tick()
+        ctx.set(dut.csr_we, 0)
+        await ctx.tick().repeat(20)
+        seen["before"] = (await read("POLICY"), await read("CYCLES_LO"))
+        ctx.set(dut.rst, 1)
+        await ctx.tick()
+        ctx.set(dut.rst, 0)
+        seen["registered"] = await read("POLICY")
+        await ctx.tick()
+        seen["after"] = (await read("POLICY"), await read("CYCLES_LO"))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-9)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen["before"] == (3, 21)
+    assert seen["registered"] == 3
+    assert seen["after"] == (csr.POLICY_RESET, 0)

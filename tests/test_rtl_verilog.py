@@ -6,6 +6,7 @@ from tcloud.rtl.decode import INSTRUCTION_LAYOUT
 from tcloud.rtl.systolic import SystolicArray
 from tcloud.rtl.vector_alu import VectorALU
 from tcloud.rtl.verilog import LINT_WAIVERS, lint, to_verilog
+from tcloud.runtime.cli import main
 
 
 @pytest.mark.parametrize("make, name", [
@@ -32,3 +33,12 @@ def test_lint_reports_real_problems():
 
 def test_instruction_layout_is_one_word():
     assert INSTRUCTION_LAYOUT.size == 128
+
+
+@pytest.mark.parametrize("config", ["tiny", "small"])
+def test_tcloud_verilog_writes_a_pnpu_that_lints_clean(config, tmp_path, capsys):
+    output = tmp_path / "pnpu.v"
+    assert main(["verilog", "--config", config, "-o", str(output)]) == 0
+    text = output.read_text()
+    assert "module pnpu(" in text and "input clk;" in text and "input rst;" in text
+    assert "clean with waivers" in capsys.readouterr().out
