@@ -1,5 +1,6 @@
 """Helpers shared by the benchmarks: machine description and JSON output."""
 
+import argparse
 import json
 import os
 import platform
@@ -22,3 +23,12 @@ def write(name, report, out=None):
     path.write_text(json.dumps({"benchmark": name, **machine(), **report}, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def per_config_args(doc, argv=None):
+    """Parse ``--configs`` (presets to measure, default tiny and small) and ``--out`` for a benchmark
+    whose module docstring is ``doc``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--out")
+    return parser.parse_args(argv)

@@ -5,7 +5,6 @@ measured on the same machine at the same moment; the cycle counts must agree exa
 ``benchmarks/results/sim_speed.json``. ``python -m benchmarks.sim_speed [--configs tiny small]``.
 """
 
-import argparse
 import time
 
 import numpy as np
@@ -15,7 +14,7 @@ from tcloud.runtime import FunctionalDevice, run_image
 from tcloud.runtime.rtl_device import AmaranthDevice
 from tcloud.runtime.verilator_device import VerilatorDevice
 
-from .common import write
+from .common import per_config_args, write
 
 SHAPES = {"tiny": (12, 16, 12), "small": (16, 32, 24)}
 VERILATOR_SHAPES = {"tiny": (64, 64, 64), "small": (128, 128, 128)}
@@ -65,10 +64,7 @@ def measure(config):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", default=["tiny", "small"])
-    parser.add_argument("--out")
-    args = parser.parse_args(argv)
+    args = per_config_args(__doc__, argv)
     results = [measure(config) for config in args.configs]
     for r in results:
         same, long = r["same_program"], r["verilator_long_run"]

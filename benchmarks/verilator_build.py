@@ -4,14 +4,13 @@ Writes ``benchmarks/results/verilator_build.json``. ``python -m benchmarks.veril
 [--configs tiny small]``.
 """
 
-import argparse
 import os
 import tempfile
 import time
 
 from tcloud.runtime import verilator_device
 
-from .common import write
+from .common import per_config_args, write
 
 
 def measure(config):
@@ -32,10 +31,7 @@ def measure(config):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", default=["tiny", "small"])
-    parser.add_argument("--out")
-    args = parser.parse_args(argv)
+    args = per_config_args(__doc__, argv)
     results = [measure(config) for config in args.configs]
     for r in results:
         print(f"{r['config']:6} cold {r['cold_seconds']} s, warm {r['warm_seconds']} s")

@@ -5,10 +5,13 @@ import os
 
 import numpy as np
 import pytest
+from amaranth.sim import Simulator
 
 from tcloud.firmware import Requant, gemm
 from tcloud.isa import (ConfigMismatchError, ContextStatus, EngineClass, FaultCode, HostCommandError, Instr,
-                        encode_stream)
+                        encode_stream, get_config)
+from tcloud.rtl import csr
+from tcloud.rtl.pnpu import PNPU
 from tcloud.runtime import DeviceFault, FunctionalDevice, Placement, load_image, matmul, read_outputs, run_image
 from tcloud.runtime.rtl_device import AmaranthDevice
 from tcloud.runtime.verilator_device import VerilatorDevice
@@ -252,12 +255,6 @@ def test_waveforms_from_both_rtl_backends(tmp_path):
 
 def test_reset_input_restores_reset_values_one_edge_later():
     """``rst`` is registered: high at one edge, the registers take their reset values at the next."""
-    from amaranth.sim import Simulator
-
-    from tcloud.isa import get_config
-    from tcloud.rtl import csr
-    from tcloud.rtl.pnpu import PNPU
-
     dut = PNPU(get_config("tiny"))
     seen = {}
 
