@@ -1,6 +1,6 @@
 """Round-robin arbiter."""
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -37,14 +37,22 @@ class RoundRobin(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        last = Signal(range(self.count), init=self.count - 1)
+        count = self.count
         m.d.comb += self.valid.eq(self.requests.any())
-        # Scan from lowest to highest priority so the highest-priority requester wins.
-        for offset in reversed(range(1, self.count + 1)):
-            for last_value in range(self.count):
-                candidate = (last_value + offset) % self.count
-                with m.If((last == last_value) & self.requests[candidate]):
-                    m.d.comb += self.grant.eq(candidate)
+        last = Signal(range(count), init=count - 1)
+        # Rotate so the highest-priority requester (the one after ``last``) is bit 0, keep the lowest
+        # set bit, and encode its position: a few word operations instead of a count² priority chain.
+        rotated = Signal(count)
+        m.d.comb += rotated.eq(Cat(self.requests, self.requests).bit_select(last + 1, count))
+        lowest = Signal(count)
+        m.d.comb += lowest.eq(rotated & (~rotated + 1))
+        position = Signal(range(count))
+        m.d.comb += position.eq(Cat(
+            (lowest & sum(1 << i for i in range(count) if i >> bit & 1)).any()
+            for bit in range(len(position))))
+        winner = Signal(range(2 * count))
+        m.d.comb += [winner.eq(last + 1 + position),
+                     self.grant.eq(Mux(winner >= count, winner - count, winner))]
         with m.If(self.advance & self.valid):
             m.d.sync += last.eq(self.grant)
         return m

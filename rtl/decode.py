@@ -6,8 +6,9 @@ are members of one 128-bit :data:`INSTRUCTION_LAYOUT` union. Fields hold their *
 addresses and strides are in 4-byte words, as on the wire.
 """
 
-from amaranth.hdl import signed, unsigned
-from amaranth.lib import data
+from amaranth.hdl import Cat, Module, signed, unsigned
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
 
 from tcloud.isa.table import INSTRUCTION_BITS, INSTRUCTIONS, OPCODE_BITS
 
@@ -34,28 +35,77 @@ INSTRUCTION_LAYOUT = data.UnionLayout(
 OPCODES = {spec.mnemonic: spec.opcode for spec in INSTRUCTIONS}
 
 
-def decode_checks(word):
-    """Return ``(known, legal, engine)`` expressions for a 128-bit instruction ``word`` (a view).
-
-    ``known``: the opcode is in the table. ``legal``: additionally its reserved bits are zero and
-    every field is at least its minimum (the checks the Python decoder makes). ``engine``: the
-    opcode's :class:`~tcloud.isa.table.EngineClass`. All three are generated from the table.
-    """
-    from amaranth.hdl import Const
-
-    opcode = word.as_value()[:OPCODE_BITS]
-    known, legal, engine = Const(0), Const(0), Const(0, 3)
+def _minimum_checks():
+    """Distinct ``(offset, width, low)`` field-minimum checks of the table, in a fixed order."""
+    checks = set()
     for spec in INSTRUCTIONS:
-        view = getattr(word, member_name(spec.mnemonic))
-        ok = Const(1)
-        if spec.used_bits < INSTRUCTION_BITS:
-            ok = ok & (view.reserved == 0)
+        layout = instruction_layout(spec)
         for field in spec.fields:
             low = field.min_value // field.scale
             if low > field.encoded_min:
-                ok = ok & (getattr(view, field.name) >= low)
-        match = opcode == spec.opcode
-        known = known | match
-        legal = legal | (match & ok)
-        engine = engine | (match.replicate(3) & int(spec.engine))
-    return known, legal, engine
+                if field.signed:
+                    raise NotImplementedError(f"{spec.mnemonic}.{field.name}: minimum of a signed field")
+                checks.add((layout[field.name].offset, field.width, low))
+    return sorted(checks)
+
+
+MINIMUM_CHECKS = _minimum_checks()
+"""Every field minimum of the table as ``(bit offset, width, low)``, shared by all opcodes."""
+
+DECODE_ROM_LAYOUT = data.StructLayout({
+    "known": unsigned(1),
+    "engine": unsigned(3),
+    "reserved": unsigned(INSTRUCTION_BITS),
+    "minimums": unsigned(len(MINIMUM_CHECKS)),
+})
+"""One decode-ROM entry: whether the opcode exists, its engine class, the mask of its reserved bits
+and which of :data:`MINIMUM_CHECKS` apply to it."""
+
+
+def _rom_entry(spec):
+    layout = instruction_layout(spec)
+    minimums = 0
+    for field in spec.fields:
+        low = field.min_value // field.scale
+        if low > field.encoded_min:
+            minimums |= 1 << MINIMUM_CHECKS.index((layout[field.name].offset, field.width, low))
+    reserved = ((1 << INSTRUCTION_BITS) - 1) ^ ((1 << spec.used_bits) - 1)
+    return {"known": 1, "engine": int(spec.engine), "reserved": reserved, "minimums": minimums}
+
+
+DECODE_ROM = [next((_rom_entry(s) for s in INSTRUCTIONS if s.opcode == op), {}) for op in range(1 << OPCODE_BITS)]
+"""Decode-ROM contents, indexed by opcode (unknown opcodes are all zero)."""
+
+
+class Decoder(wiring.Component):
+    """Checks of one 128-bit instruction word, all generated from the ISA table.
+
+    A ROM indexed by the opcode gives whether it is known, its engine class, its reserved bits and
+    which field minimums apply, so the checks cost a few word operations whatever the table holds.
+
+    Members
+    -------
+    word : In(INSTRUCTION_LAYOUT)
+    known : Out(1)
+        The opcode is in the table.
+    legal : Out(1)
+        Additionally, its reserved bits are zero and every field is at least its minimum (the checks
+        the Python decoder makes).
+    engine : Out(3)
+        The opcode's :class:`~tcloud.isa.table.EngineClass` (0 for an unknown opcode).
+    """
+
+    def __init__(self):
+        super().__init__({"word": In(INSTRUCTION_LAYOUT), "known": Out(1), "legal": Out(1), "engine": Out(3)})
+
+    def elaborate(self, platform):
+        m = Module()
+        word = self.word.as_value()
+        m.submodules.rom = rom = memory.Memory(shape=DECODE_ROM_LAYOUT, depth=len(DECODE_ROM), init=DECODE_ROM)
+        entry = rom.read_port(domain="comb")
+        below = Cat(word[offset:offset + width] < low for offset, width, low in MINIMUM_CHECKS)
+        m.d.comb += [entry.addr.eq(word[:OPCODE_BITS]),
+                     self.known.eq(entry.data.known), self.engine.eq(entry.data.engine),
+                     self.legal.eq(entry.data.known & ~(word & entry.data.reserved).any()
+                                   & ~(below & entry.data.minimums).any())]
+        return m

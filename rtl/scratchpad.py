@@ -79,8 +79,11 @@ class Scratchpad(wiring.Component):
             wraps = lane_bits and b < banks - 1  # the last bank is never before the rotation point
             return Mux(b < rotation, row + 1, row) if wraps else row
 
-        def lane_of(b, rotation):
-            return (b - rotation)[:lane_bits] if lane_bits else 0
+        def lanes_to_banks(lanes, width, rotation):
+            # Bank b takes lane (b - rotation) % banks: a word-aligned window of the lanes twice over.
+            if not lane_bits:
+                return lanes
+            return Cat(lanes, lanes).bit_select((banks - rotation)[:lane_bits] * width, width * banks)
 
         writes = Signal(self.ports)
         m.d.comb += writes.eq(Cat(p.valid & p.we for p in ports))
@@ -111,12 +114,14 @@ class Scratchpad(wiring.Component):
                 with m.If(arbiter.grant == i):
                     m.d.comb += [addr.eq(p.addr), wdata.eq(p.wdata), wmask.eq(p.wmask)]
             rotation, row = split(addr)
+            bank_data = Signal(32 * banks, name=f"write{w}_bank_data")
+            bank_mask = Signal(4 * banks, name=f"write{w}_bank_mask")
+            m.d.comb += [bank_data.eq(lanes_to_banks(wdata.as_value(), 32, rotation)),
+                         bank_mask.eq(Mux(arbiter.valid, lanes_to_banks(wmask.as_value(), 4, rotation), 0))]
             for b, mem in enumerate(mems):
                 write = mem.write_port(granularity=8)
-                lane = Signal(range(banks), name=f"write{w}_lane_of_bank{b}")
-                m.d.comb += [lane.eq(lane_of(b, rotation)), write.addr.eq(bank_row(b, rotation, row)),
-                             write.data.eq(wdata.as_value().word_select(lane, 32)),
-                             write.en.eq(Mux(arbiter.valid, wmask.as_value().word_select(lane, 4), 0))]
+                m.d.comb += [write.addr.eq(bank_row(b, rotation, row)), write.data.eq(bank_data.word_select(b, 32)),
+                             write.en.eq(bank_mask.word_select(b, 4))]
 
         for i, p in enumerate(ports):
             rotation, row = split(p.addr)

@@ -1,12 +1,15 @@
 """The Amaranth instruction views decode exactly what the Python decoder decodes."""
 
+import numpy as np
 from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tcloud.isa import INSTRUCTIONS
-from tcloud.rtl.decode import INSTRUCTION_LAYOUT, member_name
+from tcloud.isa.encoding import DecodeError, Instr, decode
+from tcloud.isa.table import BY_OPCODE, INSTRUCTION_BITS, FaultCode
+from tcloud.rtl.decode import INSTRUCTION_LAYOUT, Decoder, member_name
 
 from test_isa_encoding import instructions
 
@@ -33,3 +36,51 @@ def test_views_match_python_decoder(instrs):
 def test_every_instruction_has_a_member():
     for spec in INSTRUCTIONS:
         assert member_name(spec.mnemonic) in dict(INSTRUCTION_LAYOUT.members)
+
+
+def python_checks(word):
+    """``(known, legal, engine)`` as the Python decoder sees a 128-bit word."""
+    spec = BY_OPCODE.get(word & 0xFF)
+    try:
+        decode(word.to_bytes(16, "little"))
+    except DecodeError as error:
+        return error.fault != FaultCode.ILLEGAL_OPCODE, False, int(spec.engine) if spec else 0
+    return True, True, int(spec.engine)
+
+
+def decoder_words(rng):
+    """Valid encodings of every instruction, then each with one reserved bit set, with one field
+    zeroed, with random bits, and words with a random opcode."""
+    words = []
+    for spec in INSTRUCTIONS:
+        for _ in range(4):
+            word = int.from_bytes(Instr(spec, **{f.name: int(rng.integers(f.min_value // f.scale,
+                                                                           f.max_value // f.scale + 1)) * f.scale
+                                                 for f in spec.fields}).encode(), "little")
+            words.append(word)
+            if spec.used_bits < INSTRUCTION_BITS:
+                words.append(word | 1 << int(rng.integers(spec.used_bits, INSTRUCTION_BITS)))
+            for field, low in spec.bit_offsets():
+                words.append(word & ~(((1 << field.width) - 1) << low))
+            words.append(spec.opcode | int.from_bytes(rng.bytes(16), "little") >> 8 << 8)
+    words += [int.from_bytes(rng.bytes(16), "little") for _ in range(200)]
+    return words
+
+
+def test_decoder_agrees_with_the_python_decoder():
+    words = decoder_words(np.random.default_rng(7))
+    dut = Decoder()
+    seen = []
+
+    async def bench(ctx):
+        for word in words:
+            ctx.set(dut.word.as_value(), word)
+            seen.append((bool(ctx.get(dut.known)), bool(ctx.get(dut.legal)), ctx.get(dut.engine)))
+
+    sim = Simulator(dut)
+    sim.add_testbench(bench)
+    sim.run()
+    expected = [python_checks(word) for word in words]
+    assert sum(legal for _, legal, _ in expected) > len(INSTRUCTIONS) * 3
+    assert sum(known and not legal for known, legal, _ in expected) > len(INSTRUCTIONS)
+    assert seen == expected
