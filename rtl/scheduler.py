@@ -389,18 +389,20 @@ class UtopScheduler(Elaboratable):
                                      self.fault_pc[c].eq(stop_pc[c]), killed[c].eq(0), stopping[c].eq(0)]
                         m.next = "IDLE"
 
-            # Tokens: completions signal, dispatch consumes.
+            # Tokens: completions signal, dispatch consumes. Only a completion or a dispatch of this
+            # context changes them; guarding the arithmetic lets a simulator skip it in other cycles.
             utop = head[c].utop
             slots = [(utop.wait0, utop.count0), (utop.wait1, utop.count1), (utop.wait2, utop.count2)]
             overflow = Signal(name=f"ctx{c}_overflow")
-            for t in range(NUM_TOKENS):
-                inc = sum(Mux(ok_c[e] & eng_signal[e][t], 1, 0) for e in range(n_eng))
-                dec = sum(Mux(won[c] & (token == t), count, 0) for token, count in slots)
-                total = Signal(10, name=f"ctx{c}_t{t}_total")
-                m.d.comb += total.eq(tokens[c][t] + inc)
-                with m.If(total > TOKEN_MAX_COUNT):
-                    m.d.comb += overflow.eq(1)
-                m.d.sync += tokens[c][t].eq(Mux(total > TOKEN_MAX_COUNT, TOKEN_MAX_COUNT, total) - dec)
+            with m.If(ok_c.any() | won[c]):
+                for t in range(NUM_TOKENS):
+                    inc = sum(Mux(ok_c[e] & eng_signal[e][t], 1, 0) for e in range(n_eng))
+                    dec = sum(Mux(won[c] & (token == t), count, 0) for token, count in slots)
+                    total = Signal(10, name=f"ctx{c}_t{t}_total")
+                    m.d.comb += total.eq(tokens[c][t] + inc)
+                    with m.If(total > TOKEN_MAX_COUNT):
+                        m.d.comb += overflow.eq(1)
+                    m.d.sync += tokens[c][t].eq(Mux(total > TOKEN_MAX_COUNT, TOKEN_MAX_COUNT, total) - dec)
             m.d.sync += inflight[c].eq(inflight[c] + won[c] - sum(ok_c[e] | bad_c[e] for e in range(n_eng)))
 
             # Faults reported by engines: the earliest in program order wins.
