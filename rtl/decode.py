@@ -35,22 +35,18 @@ INSTRUCTION_LAYOUT = data.UnionLayout(
 OPCODES = {spec.mnemonic: spec.opcode for spec in INSTRUCTIONS}
 
 
-def _minimum_checks():
-    """Distinct ``(offset, width, low)`` field-minimum checks of the table, in a fixed order."""
-    checks = set()
-    for spec in INSTRUCTIONS:
-        layout = instruction_layout(spec)
-        for field in spec.fields:
-            low = field.min_value // field.scale
-            if low > field.encoded_min:
-                if field.signed:
-                    raise NotImplementedError(f"{spec.mnemonic}.{field.name}: minimum of a signed field")
-                checks.add((layout[field.name].offset, field.width, low))
-    return sorted(checks)
+def _field_minimums(spec):
+    """``(bit offset, width, signed, low)`` of every field of ``spec`` whose legal minimum (in encoded
+    units) is above the lowest value its bits can encode."""
+    layout = instruction_layout(spec)
+    for field in spec.fields:
+        low = field.min_value // field.scale
+        if low > field.encoded_min:
+            yield layout[field.name].offset, field.width, field.signed, low
 
 
-MINIMUM_CHECKS = _minimum_checks()
-"""Every field minimum of the table as ``(bit offset, width, low)``, shared by all opcodes."""
+MINIMUM_CHECKS = sorted({check for spec in INSTRUCTIONS for check in _field_minimums(spec)})
+"""Every field minimum of the table as ``(bit offset, width, signed, low)``, shared by all opcodes."""
 
 DECODE_ROM_LAYOUT = data.StructLayout({
     "known": unsigned(1),
@@ -63,12 +59,7 @@ and which of :data:`MINIMUM_CHECKS` apply to it."""
 
 
 def _rom_entry(spec):
-    layout = instruction_layout(spec)
-    minimums = 0
-    for field in spec.fields:
-        low = field.min_value // field.scale
-        if low > field.encoded_min:
-            minimums |= 1 << MINIMUM_CHECKS.index((layout[field.name].offset, field.width, low))
+    minimums = sum(1 << MINIMUM_CHECKS.index(check) for check in _field_minimums(spec))
     reserved = ((1 << INSTRUCTION_BITS) - 1) ^ ((1 << spec.used_bits) - 1)
     return {"known": 1, "engine": int(spec.engine), "reserved": reserved, "minimums": minimums}
 
@@ -103,7 +94,8 @@ class Decoder(wiring.Component):
         word = self.word.as_value()
         m.submodules.rom = rom = memory.Memory(shape=DECODE_ROM_LAYOUT, depth=len(DECODE_ROM), init=DECODE_ROM)
         entry = rom.read_port(domain="comb")
-        below = Cat(word[offset:offset + width] < low for offset, width, low in MINIMUM_CHECKS)
+        below = Cat((word[offset:offset + width].as_signed() if is_signed else word[offset:offset + width]) < low
+                    for offset, width, is_signed, low in MINIMUM_CHECKS)
         m.d.comb += [entry.addr.eq(word[:OPCODE_BITS]),
                      self.known.eq(entry.data.known), self.engine.eq(entry.data.engine),
                      self.legal.eq(entry.data.known & ~(word & entry.data.reserved).any()
