@@ -101,3 +101,10 @@ class Decoder(wiring.Component):
                      self.legal.eq(entry.data.known & ~(word & entry.data.reserved).any()
                                    & ~(below & entry.data.minimums).any())]
         return m
+
+
+def add_decoder(m, name, word):
+    """Add a :class:`Decoder` of ``word`` to module ``m`` as submodule ``name``; return it."""
+    m.submodules[name] = decoder = Decoder()
+    m.d.comb += decoder.word.eq(word)
+    return decoder

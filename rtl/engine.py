@@ -15,7 +15,7 @@ from amaranth.lib.wiring import In, Out
 
 from tcloud.isa.table import INSTRUCTION_BYTES, FaultCode
 
-from .decode import INSTRUCTION_LAYOUT, Decoder
+from .decode import INSTRUCTION_LAYOUT, add_decoder
 from .hbm import HBM_ADDR_BITS, hbm_signature, port_words
 from .scratchpad import sram_addr_bits, sram_port_signature
 
@@ -107,8 +107,7 @@ class Engine(wiring.Component):
         pc = Signal(HBM_ADDR_BITS)
         remaining = Signal(12)
         instr = Signal(INSTRUCTION_LAYOUT)
-        m.submodules.decoder = decoder = Decoder()
-        m.d.comb += decoder.word.eq(instr)
+        decoder = add_decoder(m, "decoder", instr)
         known, legal, engine = decoder.known, decoder.legal, decoder.engine
         # Prefetch buffer: up to two upcoming body instructions, filled whenever there is room.
         buf = [Signal(128, name="prefetch0"), Signal(128, name="prefetch1")]

@@ -6,7 +6,7 @@ from amaranth.lib.wiring import Out
 
 from tcloud.isa.table import BY_MNEMONIC, EngineClass, FaultCode
 
-from .decode import INSTRUCTION_LAYOUT, OPCODES, Decoder
+from .decode import INSTRUCTION_LAYOUT, OPCODES, add_decoder
 from .engine import Engine, region_end
 from .scratchpad import sram_port_signature
 from .systolic import SystolicArray
@@ -237,9 +237,8 @@ class MatrixEngine(Engine):
         array, port = self._array, self.weight_sram
         bank, fed = self._loader_context
         nxt = Signal(INSTRUCTION_LAYOUT)
-        m.submodules.loader_decoder = decoder = Decoder()
-        m.d.comb += [nxt.eq(self._pf_word), decoder.word.eq(nxt)]
-        legal = decoder.legal
+        m.d.comb += nxt.eq(self._pf_word)
+        legal = add_decoder(m, "loader_decoder", nxt).legal
         view = nxt.me_loadw
         fits = self.sram_fits(region_end(view.w, view.k, view.w_stride, _words(view.n)))
         can_start = (self._fsm_streaming & (fed >= cols) & self._pf_ready & legal

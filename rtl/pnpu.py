@@ -13,7 +13,7 @@ from amaranth.lib.wiring import In, Out, connect
 from tcloud.isa.table import INSTRUCTION_BYTES, ContextStatus, EngineClass
 
 from . import csr
-from .decode import INSTRUCTION_LAYOUT, OPCODES, Decoder
+from .decode import INSTRUCTION_LAYOUT, OPCODES, add_decoder
 from .dma import DmaEngine
 from .hbm import HBM_ADDR_BITS, MAX_OUTSTANDING, HbmArbiter, hbm_signature, port_words
 from .matrix_engine import MatrixEngine
@@ -112,8 +112,7 @@ class PNPU(wiring.Component):
         cmd_words = [Signal(32, name=f"cmd{i}") for i in range(4)]
         command = Signal(INSTRUCTION_LAYOUT)
         m.d.comb += command.as_value().eq(Cat(*cmd_words))
-        m.submodules.cmd_decoder = cmd_decoder = Decoder()
-        m.d.comb += cmd_decoder.word.eq(command)
+        cmd_decoder = add_decoder(m, "cmd_decoder", command)
         cmd_known, cmd_legal, cmd_engine = cmd_decoder.known, cmd_decoder.legal, cmd_decoder.engine
         cmd_op = command.as_value()[:8]
         cmd_ctx = command.ctx_kill.ctx

@@ -26,7 +26,7 @@ from tcloud.isa.table import (NUM_TOKENS, TOKEN_MAX_COUNT, ContextStatus, Engine
                               Policy)
 
 from .arbiter import RoundRobin
-from .decode import INSTRUCTION_LAYOUT, OPCODES, Decoder
+from .decode import INSTRUCTION_LAYOUT, OPCODES, add_decoder
 from .engine import FAULT_BITS, INSTRUCTION_WORDS
 from .hbm import HBM_ADDR_BITS
 from .scratchpad import sram_addr_bits
@@ -156,8 +156,7 @@ class UtopScheduler(Elaboratable):
         m.submodules.fetch_arbiter = fetch_rr = RoundRobin(n_ctx)
         fetch_ctx = Signal(range(max(n_ctx, 2)))
         fetched_instr = Signal(INSTRUCTION_LAYOUT)
-        m.submodules.decoder = decoder = Decoder()
-        m.d.comb += decoder.word.eq(fetched_instr)
+        decoder = add_decoder(m, "decoder", fetched_instr)
         known, legal, engine_of = decoder.known, decoder.legal, decoder.engine
         opcode = fetched_instr.as_value()[:8]
         decoded = Signal(n_ctx)
