@@ -26,7 +26,7 @@ All addresses are context-relative: the image is placed at the start of the cont
 
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,6 +40,8 @@ _HEADER = struct.Struct("<8sHHI8s16sIIIIIII")
 HEADER_BYTES = _HEADER.size
 
 DTYPES = {"i8": np.int8, "i32": np.int32}
+_U32_LIMIT = 1 << 32
+"""Offsets, sizes and strides are stored as 32-bit fields: every byte a piece spans lies below this."""
 _DTYPE_CODES = {"i8": 0, "i32": 1}
 _KIND_CODES = {"input": 0, "output": 1}
 
@@ -59,9 +61,14 @@ class Symbol:
     shape : tuple of int
         1-D ``(n,)`` or 2-D ``(rows, cols)``.
     offset : int
-        Context-relative HBM byte address of row 0 (a multiple of 4).
+        Context-relative HBM byte address of row 0 (a non-negative multiple of 4).
     row_stride : int
         Bytes between row starts (a multiple of 4, at least one row's bytes).
+
+    Raises
+    ------
+    ImageError
+        Naming the field that is malformed; a symbol is valid from construction on.
     """
 
     name: str
@@ -82,12 +89,14 @@ class Symbol:
         object.__setattr__(self, "shape", shape)
         if len(shape) not in (1, 2) or any(d < 1 for d in shape):
             raise ImageError(f"symbol {self.name!r}: shape {shape} must be 1-D or 2-D with positive sizes")
-        if self.offset % WORD_BYTES or self.row_stride % WORD_BYTES:
-            raise ImageError(f"symbol {self.name!r}: offset {self.offset} and row_stride "
-                             f"{self.row_stride} must be multiples of {WORD_BYTES}")
+        _check_offset(f"symbol {self.name!r}: offset", self.offset)
+        _check_offset(f"symbol {self.name!r}: row_stride", self.row_stride)
         if self.row_stride < self.row_bytes:
             raise ImageError(f"symbol {self.name!r}: row_stride {self.row_stride} is smaller than a "
                              f"row ({self.row_bytes} bytes)")
+        if self.offset + self.nbytes > _U32_LIMIT:
+            raise ImageError(f"symbol {self.name!r} ends at {self.offset + self.nbytes:#x}, beyond the "
+                             f"{_U32_LIMIT:#x}-byte address space of an image")
 
     @property
     def rows(self):
@@ -141,19 +150,50 @@ class Symbol:
 
 @dataclass(frozen=True)
 class Segment:
-    """Initialised data (weights, constants) at a context-relative HBM offset."""
+    """Initialised data (weights, constants) at a context-relative HBM offset.
+
+    Parameters
+    ----------
+    offset : int
+        Context-relative HBM byte address (a non-negative multiple of 4).
+    data : bytes-like
+        Copied into immutable ``bytes``.
+
+    Raises
+    ------
+    ImageError
+        A malformed offset, or data that is not bytes-like.
+    """
 
     offset: int
     data: bytes
 
     def __post_init__(self):
-        if self.offset % WORD_BYTES:
-            raise ImageError(f"data segment offset {self.offset} is not a multiple of {WORD_BYTES}")
+        _check_offset("data segment offset", self.offset)
+        if not isinstance(self.data, (bytes, bytearray, memoryview)):
+            raise ImageError(f"data segment at {self.offset:#x}: data must be bytes, got "
+                             f"{type(self.data).__name__}")
+        object.__setattr__(self, "data", bytes(self.data))
+        if self.offset + len(self.data) > _U32_LIMIT:
+            raise ImageError(f"data segment at {self.offset:#x} ends beyond the {_U32_LIMIT:#x}-byte "
+                             f"address space of an image")
 
 
-@dataclass
+def _check_offset(what, value):
+    """Raise :class:`ImageError` unless ``value`` is a non-negative 32-bit multiple of a word."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ImageError(f"{what} must be an integer, got {value!r}")
+    if value < 0 or value >= _U32_LIMIT or value % WORD_BYTES:
+        raise ImageError(f"{what} {value} must be a non-negative multiple of {WORD_BYTES} "
+                         f"below {_U32_LIMIT:#x}")
+
+
+@dataclass(frozen=True)
 class ProgramImage:
     """A program built for one :class:`~tcloud.isa.config.ArchConfig`.
+
+    Images are immutable and validated on construction: the code is stored as ``bytes`` and the
+    segments and symbols as tuples, so what a vNPU loaded is what it runs and reads back.
 
     Parameters
     ----------
@@ -167,8 +207,13 @@ class ProgramImage:
         Context-relative HBM address of the first instruction.
     hbm_bytes, sram_bytes : int
         Window sizes the program needs.
-    segments : list of Segment
-    symbols : list of Symbol
+    segments : sequence of Segment
+    symbols : sequence of Symbol
+
+    Raises
+    ------
+    ImageError
+        See :meth:`validate`.
     """
 
     fingerprint: bytes
@@ -177,10 +222,19 @@ class ProgramImage:
     entry: int = 0
     hbm_bytes: int = 0
     sram_bytes: int = 0
-    segments: list = field(default_factory=list)
-    symbols: list = field(default_factory=list)
+    segments: tuple = ()
+    symbols: tuple = ()
 
     def __post_init__(self):
+        for name, kind in (("segments", Segment), ("symbols", Symbol)):
+            items = tuple(getattr(self, name))
+            for item in items:
+                if not isinstance(item, kind):
+                    raise ImageError(f"{name} must hold {kind.__name__} objects, got {item!r}")
+            object.__setattr__(self, name, items)
+        if not isinstance(self.code, (bytes, bytearray, memoryview)):
+            raise ImageError(f"code must be bytes, got {type(self.code).__name__}")
+        object.__setattr__(self, "code", bytes(self.code))
         self.validate()
 
     @classmethod
@@ -205,8 +259,7 @@ class ProgramImage:
                              f"got {len(self.code)}")
         for name, value in (("entry", self.entry), ("hbm_bytes", self.hbm_bytes),
                             ("sram_bytes", self.sram_bytes)):
-            if value < 0 or value % WORD_BYTES:
-                raise ImageError(f"{name}={value} must be a non-negative multiple of {WORD_BYTES}")
+            _check_offset(name, value)
         names = [s.name for s in self.symbols]
         if len(set(names)) != len(names):
             raise ImageError(f"duplicate symbol names in {names}")
@@ -214,7 +267,7 @@ class ProgramImage:
         regions += [(f"segment@{s.offset:#x}", s.offset, len(s.data)) for s in self.segments]
         regions += [(f"symbol {s.name!r}", s.offset, s.nbytes) for s in self.symbols]
         for what, start, size in regions:
-            if start + size > self.hbm_bytes:
+            if start < 0 or start + size > self.hbm_bytes:
                 raise ImageError(f"{what} [{start:#x}, {start + size:#x}) lies outside the image's "
                                  f"HBM footprint of {self.hbm_bytes:#x} bytes")
         spans = sorted((start, start + size, what) for what, start, size in regions if size)

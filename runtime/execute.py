@@ -28,6 +28,10 @@ class RunLimitError(TcloudError):
     """The device hit its run limit before the program finished."""
 
 
+class HostAccessError(TcloudError):
+    """A host access on behalf of a context would fall outside that context's HBM window."""
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where a context's windows sit in physical memory."""
@@ -40,21 +44,89 @@ class Placement:
 
 
 @dataclass(frozen=True)
+class HbmWindow:
+    """A context's HBM window as the host sees it: the one place host accesses are checked.
+
+    Every byte the host writes or reads on behalf of a context (code, data segments, inputs,
+    outputs) goes through :meth:`address`, which applies the same rule as the hardware applies to
+    the context's own accesses: ``0 <= offset`` and ``offset + size <= size of the window``.
+
+    Parameters
+    ----------
+    base : int
+        Physical HBM byte address of the window.
+    size : int
+        Window size in bytes.
+    """
+
+    base: int
+    size: int
+
+    def address(self, offset, size, what):
+        """Physical address of ``size`` bytes at context-relative ``offset``.
+
+        Raises
+        ------
+        HostAccessError
+            Naming ``what`` and the window, if any byte lies outside it.
+        """
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise HostAccessError(f"{what} [{offset:#x}, {offset + size:#x}) lies outside the context's "
+                                  f"{self.size:#x}-byte HBM window")
+        return self.base + offset
+
+
+def program_writes(window, image):
+    """The physical writes that place ``image``'s code and data segments in ``window``."""
+    writes = [(window.address(image.entry, len(image.code), "code"), image.code)]
+    writes += [(window.address(segment.offset, len(segment.data), f"data segment @{segment.offset:#x}"),
+                segment.data) for segment in image.segments]
+    return writes
+
+
+def input_writes(window, image, inputs):
+    """The physical writes of ``inputs`` (one array per input symbol of ``image``) into ``window``.
+
+    Raises
+    ------
+    ImageError
+        Missing, unexpected or mis-shaped inputs.
+    HostAccessError
+        A symbol outside the window.
+    """
+    expected = {s.name for s in image.inputs}
+    missing, unexpected = sorted(expected - set(inputs)), sorted(set(inputs) - expected)
+    if missing or unexpected:
+        raise ImageError(f"inputs do not match the image: missing {missing}, unexpected {unexpected}")
+    return [(window.address(symbol.offset, symbol.nbytes, f"input {symbol.name!r}"),
+             symbol.pack(inputs[symbol.name])) for symbol in image.inputs]
+
+
+def read_symbols(read_hbm, window, symbols):
+    """Read each symbol's array from ``window`` with ``read_hbm(physical_address, size) -> bytes``."""
+    return {s.name: s.unpack(read_hbm(window.address(s.offset, s.nbytes, f"output {s.name!r}"), s.nbytes))
+            for s in symbols}
+
+
+@dataclass(frozen=True)
 class LoadPlan:
     """What loading an image into a context takes, independent of how a device is driven.
 
     Attributes
     ----------
     image : ProgramImage
+    window : HbmWindow
+        The context's HBM window (read outputs through it).
     setup : list of Instr
         Host commands that configure and scrub the context (in order).
     writes : list of (int, bytes)
-        Physical HBM writes: code, data segments and inputs.
+        Physical HBM writes: code, data segments and inputs, each checked against ``window``.
     start : Instr
         The ``ctx.start`` command, issued last.
     """
 
     image: object
+    window: HbmWindow
     setup: list
     writes: list
     start: object
@@ -71,23 +143,18 @@ def plan_load(config, image, inputs, placement=Placement()):
     if isinstance(image, (bytes, bytearray)):
         image = ProgramImage.from_bytes(image, config)
     image.check_config(config)
-    expected = {s.name for s in image.inputs}
-    missing, unexpected = sorted(expected - set(inputs)), sorted(set(inputs) - expected)
-    if missing or unexpected:
-        raise ImageError(f"inputs do not match the image: missing {missing}, unexpected {unexpected}")
-    index, base = placement.context, placement.hbm_base
+    index = placement.context
+    window = HbmWindow(placement.hbm_base, image.hbm_bytes)
+    writes = program_writes(window, image) + input_writes(window, image, inputs)
     all_me, all_ve = (1 << config.me_count) - 1, (1 << config.ve_count) - 1
     setup = [
-        Instr("ctx.hbm", ctx=index, base=base, size=image.hbm_bytes),
+        Instr("ctx.hbm", ctx=index, base=window.base, size=window.size),
         Instr("ctx.sram", ctx=index, base=placement.sram_base, size=image.sram_bytes),
         Instr("ctx.engines", ctx=index, me_mask=all_me if placement.me_mask is None else placement.me_mask,
               ve_mask=all_ve if placement.ve_mask is None else placement.ve_mask),
         Instr("ctx.scrub", ctx=index),
     ]
-    writes = [(base + image.entry, image.code)]
-    writes += [(base + segment.offset, segment.data) for segment in image.segments]
-    writes += [(base + symbol.offset, symbol.pack(inputs[symbol.name])) for symbol in image.inputs]
-    return LoadPlan(image, setup, writes, Instr("ctx.start", ctx=index, pc=image.entry))
+    return LoadPlan(image, window, setup, writes, Instr("ctx.start", ctx=index, pc=image.entry))
 
 
 def load_image(device, image, inputs, placement=Placement()):
@@ -125,8 +192,7 @@ def read_outputs(device, image, placement=Placement()):
         raise DeviceFault(placement.context, info.fault, info.fault_pc, info.detail)
     if info.status != ContextStatus.DONE:
         raise RunLimitError(f"context {placement.context} is {info.status.name}, not DONE")
-    return {s.name: s.unpack(device.read_hbm(placement.hbm_base + s.offset, s.nbytes))
-            for s in image.outputs}
+    return read_symbols(device.read_hbm, HbmWindow(placement.hbm_base, image.hbm_bytes), image.outputs)
 
 
 def run_image(device, image, inputs, placement=Placement(), max_cycles=None):

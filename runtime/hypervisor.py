@@ -24,7 +24,7 @@ from tcloud.isa import ContextStatus, Instr, ProgramImage, get_config, parse_pol
 from tcloud.isa.errors import ImageError, TcloudError
 
 from .device import make_device
-from .execute import DeviceFault
+from .execute import DeviceFault, HbmWindow, input_writes, program_writes, read_symbols
 
 KIB, MIB = 1024, 1024 * 1024
 DRIVER_YIELD_SECONDS = 1e-4
@@ -499,6 +499,7 @@ class VNPU:
         self.name, self.spec = name, spec
         self.pnpu, self.context = grant.pnpu.index, grant.context
         self.me_mask, self.ve_mask = grant.me_mask, grant.ve_mask
+        self._window = HbmWindow(grant.hbm_base, spec.hbm_mib * MIB)
         self.image = None
         self.runs = []
         self.destroyed = False
@@ -533,6 +534,8 @@ class VNPU:
         ------
         ImageError
             An image built for another config, or one whose footprint exceeds the vNPU's windows.
+        HostAccessError
+            A piece of the image outside the vNPU's HBM window (checked on every host access).
         VNPUStateError
             The vNPU is destroyed or a run is in flight.
         """
@@ -548,10 +551,8 @@ class VNPU:
             self._check_live()
             if self._running is not None or any(v is self for v, _, _ in self._hv._pending):
                 raise VNPUStateError(f"{self.name} has runs in flight; wait for them before loading")
-            base = self._grant.hbm_base
-            self._device.write_hbm(base + image.entry, image.code)
-            for segment in image.segments:
-                self._device.write_hbm(base + segment.offset, segment.data)
+            for address, data in program_writes(self._window, image):
+                self._device.write_hbm(address, data)
             self.image = image
 
     def submit(self, inputs):
@@ -565,25 +566,16 @@ class VNPU:
             self._check_live()
             if self.image is None:
                 raise VNPUStateError(f"{self.name} has no program; call load() first")
-            self._check_inputs(inputs)
+            input_writes(self._window, self.image, inputs)  # bad inputs fail here, not in the driver
             return self._hv._submit(self, dict(inputs))
 
     def run(self, inputs):
         """Run the loaded program on ``inputs`` and return its outputs (blocking)."""
         return self.submit(inputs).result()
 
-    def _check_inputs(self, inputs):
-        expected = {s.name for s in self.image.inputs}
-        missing, unexpected = sorted(expected - set(inputs)), sorted(set(inputs) - expected)
-        if missing or unexpected:
-            raise ImageError(f"inputs do not match the image: missing {missing}, unexpected {unexpected}")
-        for symbol in self.image.inputs:
-            symbol.pack(inputs[symbol.name])
-
     def _start(self, inputs):
-        base = self._grant.hbm_base
-        for symbol in self.image.inputs:
-            self._device.write_hbm(base + symbol.offset, symbol.pack(inputs[symbol.name]))
+        for address, data in input_writes(self._window, self.image, inputs):
+            self._device.write_hbm(address, data)
         self._device.host(Instr("ctx.start", ctx=self.context, pc=self.image.entry))
 
     def _finish_if_stopped(self):
@@ -594,8 +586,11 @@ class VNPU:
         if info.status == ContextStatus.FAULTED:
             future.set_exception(DeviceFault(self.context, info.fault, info.fault_pc, info.detail))
             return True
-        base = self._grant.hbm_base
-        outputs = {s.name: s.unpack(self._device.read_hbm(base + s.offset, s.nbytes)) for s in self.image.outputs}
+        try:
+            outputs = read_symbols(self._device.read_hbm, self._window, self.image.outputs)
+        except TcloudError as exc:  # this vNPU's failure, never the driver's
+            future.set_exception(exc)
+            return True
         engine = info.timing.get("engine_cycles", {})
         totals = {"me": engine.get("me_owned", 0) + engine.get("me_harvested", 0),
                   "ve": engine.get("ve_owned", 0) + engine.get("ve_harvested", 0), "dma": engine.get("dma_cycles", 0)}

@@ -15,6 +15,7 @@ from tcloud.firmware import Requant, gemm
 from tcloud.isa import EngineClass, Instr, Policy, ProgramImage, encode_stream, get_config
 from tcloud.rtl import csr
 from tcloud.runtime import FunctionalDevice, Placement, load_image, plan_load, run_image
+from tcloud.runtime.execute import HbmWindow, read_symbols
 from tcloud.verif.cocotb_bench import HbmMonitor, HbmResponder, HostDriver, Scoreboard
 from tcloud.verif.random_programs import random_program
 
@@ -43,10 +44,9 @@ async def run_tenants(host, hbm, tenants, timeout=2_000_000):
         assert await host.command(plan.start) == 0
     await host.wait_idle(timeout)
     results = []
-    for (image, _, placement) in tenants:
-        base = placement.hbm_base
-        outputs = {s.name: s.unpack(hbm.memory[base + s.offset:base + s.offset + s.nbytes].tobytes())
-                   for s in image.outputs}
+    for plan, (image, _, placement) in zip(plans, tenants):
+        outputs = read_symbols(lambda address, size: hbm.memory[address:address + size].tobytes(), plan.window,
+                               image.outputs)
         results.append((outputs, await host.context(placement.context)))
     return results
 
@@ -165,9 +165,8 @@ async def multi_tenant(dut):
             if expected.fault:
                 scoreboard.compare_fault(label, expected.fault, context)
             else:
-                base = placement.hbm_base
-                expected_outputs = {s.name: s.unpack(golden.read_hbm(base + s.offset, s.nbytes))
-                                    for s in image.outputs}
+                expected_outputs = read_symbols(golden.read_hbm, HbmWindow(placement.hbm_base, image.hbm_bytes),
+                                                image.outputs)
                 scoreboard.compare(label, expected_outputs, expected.counters, outputs, context)
         dut._log.info("round %d under %s: %s", round_, policy.name, ", ".join(names))
     finish_bench(host, hbm, monitor, scoreboard)
