@@ -19,6 +19,18 @@ def _words(byte_count):
     return (byte_count + 3) >> 2
 
 
+def end_signal(m, end, name):
+    """A signal wide enough for the region end ``end`` (never truncated), driven by it."""
+    signal = Signal(end.shape(), name=name)
+    m.d.comb += signal.eq(end)
+    return signal
+
+
+def overlap(start0, end0, start1, end1):
+    """Whether word intervals ``[start0, end0)`` and ``[start1, end1)`` share a word."""
+    return (start0 < end1) & (start1 < end0)
+
+
 class MatrixEngine(Engine):
     """Executes matrix-engine uTOps on a ``me_rows × me_cols`` systolic array.
 
@@ -30,6 +42,11 @@ class MatrixEngine(Engine):
     invisible to race-free programs (no other uTOp may touch the region meanwhile) and saves a read
     and a write of every output row per matmul. A matmul with ``acc`` into a new region first loads
     the old rows from the scratchpad.
+
+    Within the uTOp the engine honours the ISA's sequential semantics: a ``me.matmul`` whose A, or
+    a ``me.loadw`` whose W, overlaps the region held locally (compared as word intervals from the
+    first to one past the last word) first writes that region back, and the weight loader does not
+    run ahead into a ``me.loadw`` whose W overlaps the output of the matmul streaming meanwhile.
     """
 
     engine_class = EngineClass.ME
@@ -79,7 +96,12 @@ class MatrixEngine(Engine):
         accumulate = Signal()
         pending = self._pending
         pend_out, pend_stride, pend_m, pend_n = Signal(24), Signal(16), Signal(12), Signal(8)
+        self._out_end = out_end = end_signal(m, region_end(mm.out, mm.m, mm.out_stride, n), "out_end")
+        a_end = end_signal(m, region_end(mm.a, mm.m, mm.a_stride, _words(k)), "a_end")
+        w_end = end_signal(m, region_end(lw.w, lw.k, lw.w_stride, _words(lw.n)), "w_end")
+        pend_end = Signal.like(out_end, name="pend_end")
         self._flush_return_done = flush_to_done = Signal()
+        flush_to_execute = Signal()
         self._collecting = collecting = Signal()
         self._queued = queued = Signal()
         col_left, col_row, col_acc, col_macs = Signal(13), Signal(12), Signal(), Signal(16)
@@ -88,6 +110,14 @@ class MatrixEngine(Engine):
         row_bits = max(1, (rows - 1).bit_length())
         same_region = (pending & (pend_out == mm.out) & (pend_stride == mm.out_stride) & (pend_m == mm.m)
                        & (pend_n == n))
+        a_reads_pending = pending & overlap(mm.a, a_end, pend_out, pend_end)
+        w_reads_pending = pending & overlap(lw.w, w_end, pend_out, pend_end)
+
+        def flush_then_execute():
+            """Write the local region back (once the collector is idle), then run this instruction again."""
+            with m.If(~collecting):
+                m.d.sync += [flush_to_done.eq(0), flush_to_execute.eq(1)]
+                m.next = "ME_FLUSH"
 
         def begin_new_region():
             """A matmul into a region not held locally: load the old rows first when accumulating."""
@@ -108,8 +138,10 @@ class MatrixEngine(Engine):
             with m.Elif(opcode == OPCODES["me.loadw"]):
                 with m.If((lw.k > rows) | (lw.n > cols)):
                     self.raise_fault(m, FaultCode.ILLEGAL_FIELD)
-                with m.Elif(~self.sram_fits(region_end(lw.w, lw.k, lw.w_stride, _words(lw.n)))):
+                with m.Elif(~self.sram_fits(w_end)):
                     self.raise_fault(m, FaultCode.SRAM_BOUNDS)
+                with m.Elif(w_reads_pending):
+                    flush_then_execute()
                 with m.Else():
                     m.d.sync += [k.eq(lw.k), n.eq(lw.n), bank.eq(~bank)]
                     m.next = "ME_LOAD"
@@ -118,15 +150,17 @@ class MatrixEngine(Engine):
             with m.Else():
                 with m.If(~self._have_weights):
                     self.raise_fault(m, FaultCode.ME_STATE)
-                with m.Elif(~self.sram_fits(region_end(mm.a, mm.m, mm.a_stride, _words(k)))):
+                with m.Elif(~self.sram_fits(a_end)):
                     self.raise_fault(m, FaultCode.SRAM_BOUNDS)
-                with m.Elif(~self.sram_fits(region_end(mm.out, mm.m, mm.out_stride, n))):
+                with m.Elif(~self.sram_fits(out_end)):
                     self.raise_fault(m, FaultCode.SRAM_BOUNDS)
+                with m.Elif(a_reads_pending):
+                    flush_then_execute()
                 with m.Elif(same_region):
                     m.d.sync += accumulate.eq(mm.acc)
                     m.next = "ME_STREAM"
                 with m.Elif(pending):
-                    m.d.sync += flush_to_done.eq(0)
+                    m.d.sync += [flush_to_done.eq(0), flush_to_execute.eq(0)]
                     m.next = "ME_FLUSH"
                 with m.Else():
                     begin_new_region()
@@ -159,6 +193,8 @@ class MatrixEngine(Engine):
                     m.d.sync += [pending.eq(0), row.eq(0)]
                     with m.If(flush_to_done):
                         m.next = "DONE"
+                    with m.Elif(flush_to_execute):
+                        m.next = "EXECUTE"
                     with m.Else():
                         begin_new_region()
 
@@ -192,10 +228,11 @@ class MatrixEngine(Engine):
                                  self._start_macs.eq(k * n)]
                 m.d.sync += received.eq(received + 1)
                 with m.If(received + 1 == mm.m):
-                    m.d.sync += [pending.eq(1), pend_out.eq(mm.out), pend_stride.eq(mm.out_stride),
+                    m.d.sync += [pending.eq(1), pend_out.eq(mm.out), pend_end.eq(out_end), pend_stride.eq(mm.out_stride),
                                  pend_m.eq(mm.m), pend_n.eq(n), issued.eq(0), received.eq(0)]
                     m.next = "NEXT"
 
+        self._instr = instr
         self._collector = (acc_read, acc_write, col_left, col_row, col_acc, col_macs, row)
         self._loader_context = (bank, received)
 
@@ -240,9 +277,11 @@ class MatrixEngine(Engine):
         m.d.comb += nxt.eq(self._pf_word)
         legal = add_decoder(m, "loader_decoder", nxt).legal
         view = nxt.me_loadw
-        fits = self.sram_fits(region_end(view.w, view.k, view.w_stride, _words(view.n)))
+        w_end = end_signal(m, region_end(view.w, view.k, view.w_stride, _words(view.n)), "loader_w_end")
+        streaming_out = self._instr.me_matmul.out
         can_start = (self._fsm_streaming & (fed >= cols) & self._pf_ready & legal
-                     & (nxt.as_value()[:8] == OPCODES["me.loadw"]) & (view.k <= rows) & (view.n <= cols) & fits
+                     & (nxt.as_value()[:8] == OPCODES["me.loadw"]) & (view.k <= rows) & (view.n <= cols)
+                     & self.sram_fits(w_end) & ~overlap(view.w, w_end, streaming_out, self._out_end)
                      & ~self._loader_busy & ~self._loaded_ahead)
         w, k, n, stride = Signal(24), Signal(8), Signal(8), Signal(16)
         issued, written = Signal(range(rows + 1)), Signal(range(rows + 1))

@@ -2,7 +2,8 @@
 
 A generated program loads an input tensor into the scratchpad, runs random DMA, ME and VE uTOps
 whose operands stay inside fixed scratchpad slots (so no instruction partially overlaps its own
-operands, which the ISA leaves undefined), and stores the whole scratchpad area back to HBM, so
+operands, which the ISA leaves undefined; ME uTOps may read, later in the same uTOp, what one of
+their matmuls wrote), and stores the whole scratchpad area back to HBM, so
 comparing the output tensor compares everything the program computed. Each uTOp depends on the
 previous one; the schedule is therefore valid for any hardware, and :func:`tcloud.verif.find_races`
 confirms it.
@@ -97,6 +98,12 @@ class _Gen:
         for _ in range(self.int(1, 2)):
             body.append(Instr("me.matmul", a=a, out=out, m=m, a_stride=a_stride, out_stride=out_stride,
                               acc=self.int(0, 1)))
+        chain = self.pick((None, None, "a", "w"))
+        if chain == "w":  # weights read from the output the matmuls just produced
+            body.append(Instr("me.loadw", w=out, k=k, n=n, w_stride=w_stride))
+        if chain:  # a product reading what the previous matmul of this uTOp wrote
+            body.append(Instr("me.matmul", a=out, out=self.pick((out, a)), m=m, a_stride=a_stride,
+                              out_stride=out_stride, acc=self.int(0, 1)))
         return body
 
     def dma_body(self, input_offset, input_bytes):
