@@ -85,8 +85,9 @@ FAULT_DOCS = {
     FaultCode.TOKEN_DEADLOCK: "A uTOp waits for more token signals than earlier uTOps can provide.",
     FaultCode.TOKEN_OVERFLOW: f"A token counter would exceed {TOKEN_MAX_COUNT}.",
     FaultCode.ME_STATE: "me.matmul without a preceding me.loadw in the same uTOp.",
-    FaultCode.KILLED: "The hypervisor killed the context (ctx.kill).",
-    FaultCode.WATCHDOG: "The context ran longer than its cycle budget (ctx.budget) since ctx.start.",
+    FaultCode.KILLED: "The hypervisor killed the context (ctx.kill); its uTOps in flight are aborted.",
+    FaultCode.WATCHDOG: "The context ran longer than its cycle budget (ctx.budget) since ctx.start; its uTOps "
+    "in flight are aborted.",
     FaultCode.NO_ENGINE: "Under the static or harvest policy, a uTOp for an engine class of which "
     "the context owns no engine (ctx.engines).",
 }

@@ -11,6 +11,10 @@ from pathlib import Path
 import tcloud.isa
 
 from . import arbiter, csr, decode, dma, engine, hbm, matrix_engine, pnpu, scratchpad, systolic, vector_alu  # noqa: F401
+from .engine import abort_bound
+from .pnpu import PNPU
+
+__all__ = ["PNPU", "abort_bound", "SOURCE_DIGEST"]
 
 
 def _sources_digest():

@@ -74,7 +74,7 @@ class DmaEngine(Engine):
 
         with m.State("DMA_LOAD"):
             m.d.comb += self.busy.eq(1)
-            issue = ~issue_finished & (in_flight < MAX_OUTSTANDING)
+            issue = ~issue_finished & (in_flight < MAX_OUTSTANDING) & ~self._stop
             m.d.comb += [self.hbm.req.valid.eq(issue), self.hbm.req.payload.addr.eq(hbm_at_issue),
                          self.hbm.req.payload.count.eq(issue_count)]
             issued = issue & self.hbm.req.ready
@@ -92,10 +92,12 @@ class DmaEngine(Engine):
                 advance(done_row, done_offset)
                 with m.If(last_done):
                     m.next = "NEXT"
+            with m.If(self._stop & (in_flight == 0)):
+                self.end_aborted(m)
 
         with m.State("DMA_STORE"):
             m.d.comb += self.busy.eq(1)
-            read = ~issue_finished & ~buffered & (in_flight < MAX_OUTSTANDING)
+            read = ~issue_finished & ~buffered & (in_flight < MAX_OUTSTANDING) & ~self._stop
             m.d.comb += [self.sram.valid.eq(read), self.sram.addr.eq(sram_at_issue)]
             with m.If(self.sram.rvalid):
                 m.d.sync += [buffer.eq(self.sram.rdata.as_value()[:32 * beat]), buffered.eq(1)]
@@ -115,3 +117,5 @@ class DmaEngine(Engine):
                 advance(done_row, done_offset)
                 with m.If(last_done):
                     m.next = "NEXT"
+            with m.If(self._stop & (in_flight == 0) & ~buffered):
+                self.end_aborted(m)

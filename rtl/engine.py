@@ -5,6 +5,15 @@ length of its body and the context's windows. The engine fetches each body instr
 (bounds-checked like every other access), decodes it, checks it belongs to its class and executes
 it; it ends with one ``done`` pulse carrying ``fault`` (``NONE`` on success) and ``fault_pc``.
 
+While ``abort`` is high (the scheduler raises it when the context of the running uTOp is killed
+or over its watchdog budget) the engine stops at its next safe point instead of finishing the
+uTOp: between body instructions, after the current HBM requests and scratchpad accesses have
+completed, and inside long instructions at their natural granule (a DMA stops issuing and drains
+its outstanding requests; a VE stops after the current chunk of lanes; an ME stops streaming and
+waits for its systolic array and weight loader to drain). It then pulses ``done`` with ``aborted``
+set and ``fault`` ``NONE``: the uTOp neither completes nor faults, and nothing of it is left in the
+engine. :func:`abort_bound` gives the worst case in cycles.
+
 Subclasses implement :meth:`Engine.execute`, which adds FSM states starting at ``"EXECUTE"`` and
 ends each instruction with ``m.next = "NEXT"`` or :meth:`Engine.raise_fault`.
 """
@@ -29,6 +38,7 @@ def dispatch_signature(config):
     sram_bits = sram_addr_bits(config)
     return {
         "start": In(1),
+        "abort": In(1),
         "body_pc": In(HBM_ADDR_BITS),
         "body_len": In(12),
         "sram_base": In(sram_bits + 1),
@@ -37,6 +47,7 @@ def dispatch_signature(config):
         "hbm_size": In(HBM_ADDR_BITS + 1),
         "busy": Out(1),
         "done": Out(1),
+        "aborted": Out(1),
         "fault": Out(FAULT_BITS),
         "fault_pc": Out(HBM_ADDR_BITS),
         "count_instr": Out(1),
@@ -45,6 +56,30 @@ def dispatch_signature(config):
         "count_macs": Out(COUNTER_BITS),
         "count_ve": Out(COUNTER_BITS),
     }
+
+
+def abort_bound(config, hbm_latency):
+    """Worst-case cycles from ``abort`` rising to the engine's ``done``.
+
+    Parameters
+    ----------
+    config : ArchConfig
+    hbm_latency : int
+        Cycles within which the HBM answers a request it accepted.
+
+    The slowest engine sets the bound: a DMA draining ``MAX_OUTSTANDING`` requests, an engine
+    waiting for an instruction fetch and a prefetch in flight, or a matrix engine finishing a
+    weight load (``me_rows`` rows) and draining its systolic array (``me_rows + me_cols``
+    cycles); every scratchpad write may wait one round of the write arbiters (one access per
+    engine and the scrubber).
+    """
+    from .hbm import MAX_OUTSTANDING
+    round_trip = hbm_latency + 2
+    write_round = config.dma_count + config.me_count + config.ve_count + 1
+    dma = (MAX_OUTSTANDING + 2) * round_trip + write_round
+    me = 2 * round_trip + 2 * (config.me_rows + config.me_cols) + write_round
+    ve = 2 * round_trip + 5 * write_round
+    return max(dma, me, ve) + 8
 
 
 def region_end(addr, rows, stride, row_words):
@@ -83,6 +118,11 @@ class Engine(wiring.Component):
         m.d.sync += self._fault.eq(code)
         m.next = "FAULT"
 
+    def end_aborted(self, m):
+        """End the uTOp as aborted (once the engine is quiescent, see the module docstring)."""
+        m.d.sync += self._aborted.eq(1)
+        m.next = "FAULT"
+
     def sram_addr(self, offset):
         """Physical scratchpad word address of a context-relative word offset."""
         return self._sram_base + offset
@@ -104,6 +144,11 @@ class Engine(wiring.Component):
         self._hbm_base = Signal.like(self.hbm_base)
         self._hbm_size = Signal.like(self.hbm_size)
         self._fault = Signal(FAULT_BITS)
+        self._aborted = Signal()
+        held = Signal()  # an HBM request offered last cycle and not taken: it must stay offered
+        self._stop = Signal()
+        m.d.sync += held.eq(self.hbm.req.valid & ~self.hbm.req.ready)
+        m.d.comb += self._stop.eq(self.abort & ~held)
         pc = Signal(HBM_ADDR_BITS)
         remaining = Signal(12)
         instr = Signal(INSTRUCTION_LAYOUT)
@@ -119,19 +164,22 @@ class Engine(wiring.Component):
         fetching = Signal()
         self._pf_ready, self._pf_word = buffered != 0, buf[0]
 
-        m.d.comb += [self.fault.eq(self._fault), self.fault_pc.eq(pc)]
+        m.d.comb += [self.fault.eq(self._fault), self.fault_pc.eq(pc), self.aborted.eq(self._aborted)]
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [self._sram_base.eq(self.sram_base), self._sram_size.eq(self.sram_size),
                                  self._hbm_base.eq(self.hbm_base), self._hbm_size.eq(self.hbm_size),
                                  pc.eq(self.body_pc), remaining.eq(self.body_len),
-                                 self._fault.eq(FaultCode.NONE), pf_left.eq(0), buffered.eq(0)]
+                                 self._fault.eq(FaultCode.NONE), self._aborted.eq(0), pf_left.eq(0),
+                                 buffered.eq(0)]
                     self.on_start(m)
                     m.next = "FETCH"
             with m.State("FETCH"):
                 m.d.comb += [self.busy.eq(1), fetching.eq(1)]
-                with m.If(~self.hbm_fits(pc + INSTRUCTION_WORDS)):
+                with m.If(self._stop):
+                    self.end_aborted(m)
+                with m.Elif(~self.hbm_fits(pc + INSTRUCTION_WORDS)):
                     self.raise_fault(m, FaultCode.FETCH_BOUNDS)
                 with m.Else():
                     m.d.comb += [self.hbm.req.valid.eq(1), self.hbm.req.payload.addr.eq(self.hbm_addr(pc)),
@@ -148,7 +196,9 @@ class Engine(wiring.Component):
                     m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(~known):
+                with m.If(self._stop):
+                    self.end_aborted(m)
+                with m.Elif(~known):
                     self.raise_fault(m, FaultCode.ILLEGAL_OPCODE)
                 with m.Elif(~legal):
                     self.raise_fault(m, FaultCode.ILLEGAL_FIELD)
@@ -162,7 +212,9 @@ class Engine(wiring.Component):
             with m.State("NEXT"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [pc.eq(pc + INSTRUCTION_WORDS), remaining.eq(remaining - 1)]
-                with m.If(remaining == 1):
+                with m.If(self._stop):
+                    self.end_aborted(m)
+                with m.Elif(remaining == 1):
                     m.next = "FINISH"
                 with m.Elif(buffered != 0):
                     m.d.comb += pop.eq(1)
@@ -200,7 +252,7 @@ class Engine(wiring.Component):
         one_fits = self.hbm_fits(pf_next + INSTRUCTION_WORDS)
         two_fit = (self.hbm_fits(pf_next + 2 * INSTRUCTION_WORDS) & (pf_left > 1) & (buffered == 0)
                    if pairs else 0)
-        issue = ~pf_inflight & ~fetching & (pf_left != 0) & (buffered < 2) & one_fits
+        issue = ~pf_inflight & ~fetching & (pf_left != 0) & (buffered < 2) & one_fits & ~self._stop
         with m.If(issue):
             m.d.comb += [self.hbm.req.valid.eq(1), self.hbm.req.payload.addr.eq(self.hbm_addr(pf_next)),
                          self.hbm.req.payload.count.eq(Mux(two_fit, 2 * INSTRUCTION_WORDS, INSTRUCTION_WORDS)),

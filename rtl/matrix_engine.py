@@ -113,6 +113,8 @@ class MatrixEngine(Engine):
         a_reads_pending = pending & overlap(mm.a, a_end, pend_out, pend_end)
         w_reads_pending = pending & overlap(lw.w, w_end, pend_out, pend_end)
 
+        self._drain = drain = Signal(range(array.latency + 3))
+
         def flush_then_execute():
             """Write the local region back (once the collector is idle), then run this instruction again."""
             with m.If(~collecting):
@@ -164,6 +166,7 @@ class MatrixEngine(Engine):
                     m.next = "ME_FLUSH"
                 with m.Else():
                     begin_new_region()
+            self._abort_point(m)
 
         with m.State("ME_LOAD"):
             m.d.comb += self.busy.eq(1)
@@ -197,6 +200,7 @@ class MatrixEngine(Engine):
                         m.next = "EXECUTE"
                     with m.Else():
                         begin_new_region()
+            self._abort_point(m)
 
         with m.State("ME_PRELOAD"):
             m.d.comb += self.busy.eq(1)
@@ -212,6 +216,7 @@ class MatrixEngine(Engine):
                 with m.If(received + 1 == mm.m):
                     m.d.sync += [accumulate.eq(1), issued.eq(0), received.eq(0)]
                     m.next = "ME_STREAM"
+            self._abort_point(m)
 
         with m.State("ME_STREAM"):
             m.d.comb += [self.busy.eq(1), self._fsm_streaming.eq(1)]
@@ -231,6 +236,16 @@ class MatrixEngine(Engine):
                     m.d.sync += [pending.eq(1), pend_out.eq(mm.out), pend_end.eq(out_end), pend_stride.eq(mm.out_stride),
                                  pend_m.eq(mm.m), pend_n.eq(n), issued.eq(0), received.eq(0)]
                     m.next = "NEXT"
+            self._abort_point(m)
+
+        with m.State("ME_ABORT"):
+            # rows already in the array leave it within its latency; then nothing of the uTOp remains
+            m.d.comb += self.busy.eq(1)
+            with m.If(drain <= array.latency + 1):
+                m.d.sync += drain.eq(drain + 1)
+            with m.Elif(~self._loader_busy):
+                m.d.sync += [collecting.eq(0), queued.eq(0), pending.eq(0)]
+                self.end_aborted(m)
 
         self._instr = instr
         self._collector = (acc_read, acc_write, col_left, col_row, col_acc, col_macs, row)
@@ -314,5 +329,12 @@ class MatrixEngine(Engine):
                 m.next = "ME_FLUSH"
             with m.Else():
                 m.next = "DONE"
+            self._abort_point(m)
+
+    def _abort_point(self, m):
+        """Leave for ME_ABORT when the uTOp is aborted (overriding this state's other decisions)."""
+        with m.If(self._stop):
+            m.d.sync += self._drain.eq(0)
+            m.next = "ME_ABORT"
 
 

@@ -17,7 +17,11 @@ priority, watchdog budget). :class:`UtopScheduler` runs every RUNNING context at
 * **Completions.** Engines remember whose uTOp they run; completions signal that context's
   tokens, count into its counters, and report faults to it alone. A faulting (or killed, or
   over-budget) context stops issuing, waits for its own in-flight uTOps, keeps the fault that is
-  earliest in program order, and then reports FAULTED; other contexts are not disturbed.
+  earliest in program order, and then reports FAULTED; other contexts are not disturbed. The
+  in-flight uTOps of a killed or over-budget context are aborted (``abort``), so it stops within
+  :func:`~tcloud.rtl.engine.abort_bound` cycles whatever those uTOps would still run; a context
+  stopping on a fault of its own lets them finish, so that the fault reported is the earliest in
+  program order, exactly as in the golden model.
 """
 
 from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal
@@ -299,8 +303,15 @@ class UtopScheduler(Elaboratable):
         # --- completions, per context ----------------------------------------------------------------
         done_ok = Signal(n_eng)
         done_bad = Signal(n_eng)
-        m.d.comb += [done_ok.eq(Cat(engine.done & (engine.fault == 0) for engine in engines)),
-                     done_bad.eq(Cat(engine.done & (engine.fault != 0) for engine in engines))]
+        done_aborted = Signal(n_eng)
+        m.d.comb += [done_ok.eq(Cat(engine.done & (engine.fault == 0) & ~engine.aborted for engine in engines)),
+                     done_bad.eq(Cat(engine.done & (engine.fault != 0) & ~engine.aborted for engine in engines)),
+                     done_aborted.eq(Cat(engine.done & engine.aborted for engine in engines))]
+        # a killed or over-budget context's running uTOps are aborted (they neither signal nor fault)
+        abandoned = Signal(max(n_ctx, 2))
+        m.d.comb += abandoned.eq(Cat(killed[c] | over_budget[c] for c in range(n_ctx)))
+        for e, engine in enumerate(engines):
+            m.d.comb += engine.abort.eq(abandoned.bit_select(engine_ctx[e], 1))
         of_ctx = [Signal(n_eng, name=f"ctx{c}_engines") for c in range(n_ctx)]  # last dispatched by c
         mine = [Signal(n_eng, name=f"ctx{c}_busy_engines") for c in range(n_ctx)]  # running c's uTOps
         for c in range(n_ctx):
@@ -402,7 +413,8 @@ class UtopScheduler(Elaboratable):
                     with m.If(total > TOKEN_MAX_COUNT):
                         m.d.comb += overflow.eq(1)
                     m.d.sync += tokens[c][t].eq(Mux(total > TOKEN_MAX_COUNT, TOKEN_MAX_COUNT, total) - dec)
-            m.d.sync += inflight[c].eq(inflight[c] + won[c] - sum(ok_c[e] | bad_c[e] for e in range(n_eng)))
+            retired = done_ok | done_bad | done_aborted
+            m.d.sync += inflight[c].eq(inflight[c] + won[c] - sum(retired[e] & of_ctx[c][e] for e in range(n_eng)))
 
             # Faults reported by engines: the earliest in program order wins.
             fault_now, fault_pc_now, fault_key = Const(0, FAULT_BITS), Const(0, HBM_ADDR_BITS), Const(0, HBM_ADDR_BITS)

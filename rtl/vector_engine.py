@@ -176,6 +176,7 @@ class VectorEngine(Engine):
                     self._next_chunk_state(m, op)
                 with m.Else():
                     m.next = "NEXT"
+            self._abort_point(m)
 
         with m.State("VE_ACCUMULATE"):
             m.d.comb += [self.busy.eq(1), self.count_ve.eq(count)]
@@ -189,6 +190,7 @@ class VectorEngine(Engine):
             with m.Else():
                 m.d.sync += elem.eq(elem + lanes)
                 m.next = "VE_READ1"
+            self._abort_point(m)
         with m.State("VE_REDUCE_WRITE"):
             total = acc[0]
             for lane in range(1, lanes):
@@ -203,6 +205,12 @@ class VectorEngine(Engine):
                 with m.Else():
                     m.d.sync += row.eq(row + 1)
                     m.next = "VE_READ1"
+            self._abort_point(m)
+
+    def _abort_point(self, m):
+        """Stop after the current chunk when the uTOp is aborted (a write in flight is harmless)."""
+        with m.If(self._stop):
+            self.end_aborted(m)
 
     def _start_or_fault(self, m, ok, state):
         with m.If(ok):

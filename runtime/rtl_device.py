@@ -18,6 +18,8 @@ class CsrDevice:
     ``run_cycles(count)``, plus direct HBM access."""
 
     command_timeout = 10_000_000
+    command_poll_cycles = 64
+    """Cycles run between checks that a host command has completed."""
 
     def host(self, command):
         word = int.from_bytes(command.encode(), "little")
@@ -28,7 +30,7 @@ class CsrDevice:
         while self.csr_read(csr.GLOBAL["DOORBELL"]):
             if waited > self.command_timeout:
                 raise DeviceError(f"{command.mnemonic} did not complete within {waited} cycles")
-            waited += self.run_cycles(64)
+            waited += self.run_cycles(self.command_poll_cycles)
         error = csr.CommandError(self.csr_read(csr.GLOBAL["CMD_ERROR"]))
         if error != csr.CommandError.OK:
             raise HostCommandError(f"the pNPU rejected {command!r}: {error.name}")
