@@ -112,7 +112,8 @@ POLICY_DOCS = {
     Policy.TEMPORAL: "The whole pNPU is time-sliced between running contexts, switching at uTOp boundaries "
     "(PREMA-like); a slice lasts QUANTUM x (priority + 1) cycles; ownership is ignored.",
     Policy.OPERATOR: "Each engine class (ME, VE) runs one context's uTOps at a time on all its engines; "
-    "another context takes the class over once it drains (V10-like); ownership is ignored.",
+    "another context takes the class over once it drains (V10-like); a uTOp that has waited STARVATION "
+    "cycles for a class makes its holder stop issuing to it; ownership is ignored.",
 }
 
 

@@ -13,7 +13,9 @@ priority, watchdog budget). :class:`UtopScheduler` runs every RUNNING context at
   have no ready uTOp of that class (the owner wins at the next uTOp boundary); ``temporal`` one
   context at a time on the whole pNPU; ``operator`` one context per engine class at a time.
   Among contexts that could dispatch, a context whose ready uTOp has waited ``STARVATION`` cycles
-  outranks the rest, then higher priority wins, then round-robin: no context starves.
+  outranks the rest, then higher priority wins, then round-robin; under ``operator`` it also makes
+  the context holding the class it waits for stop issuing to that class, so the class drains and
+  changes hands: no context starves under any policy.
 * **Completions.** Engines remember whose uTOp they run; completions signal that context's
   tokens, count into its counters, and report faults to it alone. A faulting (or killed, or
   over-budget) context stops issuing, waits for its own in-flight uTOps, keeps the fault that is
@@ -248,6 +250,13 @@ class UtopScheduler(Elaboratable):
         class_idle = {cls: Signal(name=f"{cls.name.lower()}_idle") for cls in class_holder}
         for cls, idle in class_idle.items():
             m.d.comb += idle.eq(Cat(free[e] for e in class_index[cls]).all())
+        starving = [age[c] >= self.starvation for c in range(n_ctx)]
+        # A starving context that wants a class another context holds makes the holder stop issuing
+        # to it: the class drains and changes hands, so `operator` starves nobody either.
+        class_yields = {cls: Signal(name=f"{cls.name.lower()}_yields") for cls in class_holder}
+        for cls, yields in class_yields.items():
+            m.d.comb += yields.eq(Cat(ready[c] & starving[c] & (head[c].utop.cls == int(cls))
+                                      & (class_holder[cls] != c) for c in range(n_ctx)).any())
 
         allowed = [Signal(n_eng, name=f"ctx{c}_allowed") for c in range(n_ctx)]
         for c in range(n_ctx):
@@ -257,12 +266,12 @@ class UtopScheduler(Elaboratable):
                     owns(c, e),
                     owns(c, e) | ~owner_wants[e],
                     holder == c,
-                    (class_holder[cls] == c) | class_idle[cls] if cls in class_holder else Const(1),
+                    ((class_holder[cls] == c) & ~class_yields[cls]) | class_idle[cls] if cls in class_holder
+                    else Const(1),
                 ])[self.policy]
                 m.d.comb += allowed[c][e].eq(wants[c][e] & free[e] & by_policy)
         eligible = Signal(n_ctx)
         m.d.comb += eligible.eq(Cat(allowed[c].any() for c in range(n_ctx)))
-        starving = [age[c] >= self.starvation for c in range(n_ctx)]
         rank = [Mux(eligible[c], Cat(table.priority[c], starving[c], Const(1, 1)), 0) for c in range(n_ctx)]
         best = _maximum(m, rank, 10, "best_rank")
         m.submodules.dispatch_arbiter = dispatch_rr = RoundRobin(n_ctx)

@@ -217,6 +217,25 @@ def test_priority_and_anti_starvation():
     assert low_aged < 0.5 * low_strict, latencies     # and far sooner than under strict priority
 
 
+@pytest.mark.parametrize("policy", POLICIES)
+def test_no_policy_starves_a_tenant_next_to_a_hog(policy):
+    """The review's case: a hog with 400 independent ME uTOps kept the ME class under `operator`
+    (another tenant's single ME uTOp waited 68,917 cycles, the hog's whole run, despite STARVATION
+    = 256). Under every policy that uTOp now runs within STARVATION plus the hog's uTOps in flight."""
+    starvation = 256
+    with Hypervisor("small", "verilator", policy, starvation=starvation) as hv:
+        hog = hv.create_vnpu(VNPUSpec(mes=2, ves=1), name="hog")
+        other = hv.create_vnpu(VNPUSpec(mes=2, ves=1), name="other")
+        hog.load(busy_me_program(400))
+        other.load(busy_me_program(1))
+        hog_future = hog.submit({})
+        other.run({})
+        hog_future.result()
+        hog_latency, other_latency = hog.runs[-1].latency_cycles, other.runs[-1].latency_cycles
+    me_utop_cycles = hog_latency * hv.config.me_count / 400  # one hog uTOp, all MEs busy
+    assert other_latency <= starvation + 3 * me_utop_cycles, (policy, hog_latency, other_latency)
+
+
 def test_harvesting_speeds_up_an_me_heavy_tenant_next_to_a_vector_tenant():
     rng = np.random.default_rng(6)
     gemm_work = gemm_tenant(rng, 96, 96, 96)
