@@ -113,7 +113,8 @@ POLICY_DOCS = {
     "(PREMA-like); a slice lasts QUANTUM x (priority + 1) cycles; ownership is ignored.",
     Policy.OPERATOR: "Each engine class (ME, VE) runs one context's uTOps at a time on all its engines; "
     "another context takes the class over once it drains (V10-like); a uTOp that has waited STARVATION "
-    "cycles for a class makes its holder stop issuing to it; ownership is ignored.",
+    "cycles for a class makes its holder stop issuing to it once the holder has had it for QUANTUM x "
+    "(priority + 1) cycles; ownership is ignored.",
 }
 
 

@@ -14,8 +14,9 @@ priority, watchdog budget). :class:`UtopScheduler` runs every RUNNING context at
   context at a time on the whole pNPU; ``operator`` one context per engine class at a time.
   Among contexts that could dispatch, a context whose ready uTOp has waited ``STARVATION`` cycles
   outranks the rest, then higher priority wins, then round-robin; under ``operator`` it also makes
-  the context holding the class it waits for stop issuing to that class, so the class drains and
-  changes hands: no context starves under any policy.
+  the context holding the class it waits for stop issuing to that class once the holder has had it
+  for ``QUANTUM`` x (priority + 1) cycles, so the class drains and changes hands: no context
+  starves under any policy.
 * **Completions.** Engines remember whose uTOp they run; completions signal that context's
   tokens, count into its counters, and report faults to it alone. A faulting (or killed, or
   over-budget) context stops issuing, waits for its own in-flight uTOps, keeps the fault that is
@@ -251,12 +252,16 @@ class UtopScheduler(Elaboratable):
         for cls, idle in class_idle.items():
             m.d.comb += idle.eq(Cat(free[e] for e in class_index[cls]).all())
         starving = [age[c] >= self.starvation for c in range(n_ctx)]
-        # A starving context that wants a class another context holds makes the holder stop issuing
-        # to it: the class drains and changes hands, so `operator` starves nobody either.
+        # Once the holder has had a class for its slice (QUANTUM x (priority + 1) cycles, as under
+        # `temporal`), a starving context that wants the class makes the holder stop issuing to it:
+        # the class drains and changes hands, so `operator` starves nobody either.
+        class_held = {cls: Signal(25, name=f"{cls.name.lower()}_held") for cls in class_holder}
         class_yields = {cls: Signal(name=f"{cls.name.lower()}_yields") for cls in class_holder}
         for cls, yields in class_yields.items():
-            m.d.comb += yields.eq(Cat(ready[c] & starving[c] & (head[c].utop.cls == int(cls))
-                                      & (class_holder[cls] != c) for c in range(n_ctx)).any())
+            slice_cycles = self.quantum * (table.priority[class_holder[cls]] + 1)
+            m.d.comb += yields.eq((class_held[cls] >= slice_cycles) & Cat(
+                ready[c] & starving[c] & (head[c].utop.cls == int(cls)) & (class_holder[cls] != c)
+                for c in range(n_ctx)).any())
 
         allowed = [Signal(n_eng, name=f"ctx{c}_allowed") for c in range(n_ctx)]
         for c in range(n_ctx):
@@ -295,10 +300,12 @@ class UtopScheduler(Elaboratable):
         m.d.comb += [winner_head.eq(Array(head)[winner]), winner_pc.eq(self.pc[winner]),
                      *[signal.eq(getattr(table, name)[winner])
                        for signal, name in zip(windows, ("sram_base", "sram_size", "hbm_base", "hbm_size"))]]
-        with m.If(dispatch & (winner_head.utop.cls == int(EngineClass.ME))):
-            m.d.sync += class_holder[EngineClass.ME].eq(winner)
-        with m.If(dispatch & (winner_head.utop.cls == int(EngineClass.VE))):
-            m.d.sync += class_holder[EngineClass.VE].eq(winner)
+        for cls, holder_of_class in class_holder.items():
+            held = class_held[cls]
+            with m.If(dispatch & (winner_head.utop.cls == int(cls)) & (winner != holder_of_class)):
+                m.d.sync += [holder_of_class.eq(winner), held.eq(0)]
+            with m.Elif(~held.all()):
+                m.d.sync += held.eq(held + 1)
         for e, engine in enumerate(engines):
             start = dispatch & (chosen == e)
             m.d.comb += [engine.start.eq(start), engine.body_pc.eq(winner_pc + INSTRUCTION_WORDS),
