@@ -4,6 +4,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,19 @@ RESULTS = Path(__file__).parent / "results"
 def machine():
     return {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__}
+
+
+def conditions(config, hbm_timing):
+    """What a measurement depends on besides the code: the commit, the config and the HBM timing."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    cwd=Path(__file__).parent, capture_output=True, text=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    return {"commit": commit, "uncommitted_changes": dirty, "config": config.name,
+            "config_fingerprint": config.fingerprint().hex(), "hbm_timing": hbm_timing}
 
 
 def write(name, report, out=None):

@@ -267,6 +267,9 @@ def test_multitenant_benchmark_smoke(tmp_path):
     summary = multitenant_rtl.main(["--quick", "--runs", "2", "--out", str(tmp_path / "m.json"),
                                     "--plot", str(tmp_path / "m.png")])
     report = json.loads((tmp_path / "m.json").read_text())
-    assert set(report["results"]) == {"me+me", "ve+ve", "mixed"}
-    assert all(set(pair) == set(POLICIES) for pair in report["results"].values())
+    assert set(report["results"]) == set(multitenant_rtl.PAIRS)
+    assert all(set(pair) == {*POLICIES, multitenant_rtl.BEST_STATIC} for pair in report["results"].values())
     assert summary["mixed_harvest_over_static_me_utilization"] > 1.0
+    best = report["results"]["mixed"][multitenant_rtl.BEST_STATIC]
+    assert best["stp"] == max(stp for _, stp in best["splits_tried"]) and len(best["splits_tried"]) > 1
+    assert report["config_fingerprint"] and report["hbm_timing"] == multitenant_rtl.HBM_TIMING
