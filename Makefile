@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.sim_speed
 	$(PY) -m benchmarks.me_utilization
 	$(PY) -m benchmarks.multitenant_rtl --runs 8
+	$(PY) -m benchmarks.interference
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .hypothesis

@@ -26,7 +26,8 @@ def conditions(config, hbm_timing):
                                     cwd=Path(__file__).parent, capture_output=True, text=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = None, None
-    return {"commit": commit, "uncommitted_changes": dirty, "config": config.name,
+    from tcloud.rtl import SOURCE_DIGEST
+    return {"commit": commit, "uncommitted_changes": dirty, "rtl_source_digest": SOURCE_DIGEST, "config": config.name,
             "config_fingerprint": config.fingerprint().hex(), "hbm_timing": hbm_timing}
 
 
@@ -46,3 +47,11 @@ def per_config_args(doc, argv=None):
     parser.add_argument("--configs", nargs="+", default=["tiny", "small"])
     parser.add_argument("--out")
     return parser.parse_args(argv)
+
+
+def try_plot(plot, *args):
+    """Call ``plot(*args)``, or say how to get matplotlib when it is missing."""
+    try:
+        plot(*args)
+    except ImportError:
+        print("matplotlib is not installed (pip install '.[bench]'); skipped the plot")

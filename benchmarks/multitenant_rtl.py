@@ -35,7 +35,7 @@ from tcloud.isa import EngineClass, Instr, ProgramImage, Symbol, decode_stream, 
 from tcloud.runtime.hypervisor import Hypervisor, VNPUSpec
 from tcloud.runtime.tenants import random_inputs
 
-from .common import RESULTS, conditions, write
+from .common import RESULTS, conditions, try_plot, write
 
 CONFIG = get_config("small")
 POLICIES = ("static", "harvest", "temporal", "operator")
@@ -224,10 +224,7 @@ def main(argv=None):
         **conditions(CONFIG, HBM_TIMING),
         "runs_per_tenant": args.runs, "vnpu": HALF.__dict__, "alone_latency_cycles": alone,
         "summary": summary, "results": results}, args.out)
-    try:
-        plot(results, args.plot)
-    except ImportError:
-        print("matplotlib is not installed (pip install '.[bench]'); skipped the plot")
+    try_plot(plot, results, args.plot)
     return summary
 
 
