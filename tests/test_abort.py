@@ -11,7 +11,7 @@ import pytest
 from tcloud.firmware import gemm
 from tcloud.isa import ContextStatus, EngineClass, FaultCode, Instr, ProgramImage, encode_stream
 from tcloud.rtl import abort_bound
-from tcloud.runtime import DeviceFault, FunctionalDevice, Placement, load_image, run_image
+from tcloud.runtime import DeviceFault, FunctionalDevice, Placement, load_image, read_outputs, run_image
 from tcloud.runtime.hypervisor import Hypervisor, VNPUSpec
 from tcloud.runtime.rtl_device import AmaranthDevice
 from tcloud.runtime.verilator_device import VerilatorDevice
@@ -151,3 +151,23 @@ def test_the_reviewed_kill_case_on_small():
         assert device.cycles - before <= device.command_poll_cycles + abort_bound(device.config, HBM_LATENCY)
     finally:
         device.close()
+
+
+def test_the_next_utop_on_an_aborted_engine_sees_nothing_of_the_old_one(device):
+    """Context 1's ME uTOp waits for the only ME while context 0's long matmuls stream; the kill hands
+    the engine straight over, so rows of the old uTOp still in the array would land in the new one
+    (its MAC counter, its accumulators) unless the abort drains the array first."""
+    from test_me_hazards import hazard_image, loadw, matmul, A_AT, O_AT, W_AT
+
+    image = hazard_image([loadw(W_AT), matmul(A_AT, O_AT, 12, 0)])
+    inputs = {"X": np.random.default_rng(4).integers(-128, 128, 0x800, dtype=np.int8)}
+    placement = Placement(context=1, hbm_base=1 << 20, sram_base=device.config.sram_bytes // 2)
+    expected, expected_info = run_image(FunctionalDevice(device.config), image, inputs, placement)
+    start(device, long_utop(device.config, EngineClass.ME, 40))
+    load_image(device, image, inputs, placement)
+    assert not device.run(max_cycles=400)
+    device.host(Instr("ctx.kill", ctx=0))
+    assert device.run(max_cycles=50_000)
+    outputs = read_outputs(device, image, placement)
+    assert np.array_equal(outputs["Y"], expected["Y"])
+    assert device.context(1).counters["macs"] == expected_info.counters["macs"]

@@ -87,10 +87,14 @@ FAULTS = {
     "dma_write_outside_hbm": (utop(EngineClass.DMA, [Instr("dma.store", sram=0, hbm=0xF00, rows=9, row_bytes=32,
                                                            hbm_stride=32)]), FaultCode.HBM_BOUNDS),
     "tile_too_large": (utop(EngineClass.ME, [Instr("me.loadw", w=0, k=8, n=4)]), FaultCode.ILLEGAL_FIELD),
+    "tile_too_wide": (utop(EngineClass.ME, [Instr("me.loadw", w=0, k=4, n=8)]), FaultCode.ILLEGAL_FIELD),
+    "store_outside_both_windows": (utop(EngineClass.DMA, [Instr("dma.store", sram=0x3F8, hbm=0xFF8, rows=1,
+                                                                row_bytes=16)]), FaultCode.SRAM_BOUNDS),
     "matmul_without_weights": (utop(EngineClass.ME, [Instr("me.matmul", a=0, out=0x40, m=1)]), FaultCode.ME_STATE),
     "token_deadlock": (ve(wait0=3, count0=1), FaultCode.TOKEN_DEADLOCK),
     "token_overflow": (ve(signal=1) * 256, FaultCode.TOKEN_OVERFLOW),
     "runs_off_its_window": ([Instr("nop")] * 8, FaultCode.FETCH_BOUNDS),
+    "body_ends_at_window_end": (ve(), FaultCode.FETCH_BOUNDS),  # the body's last word is the window's last
     "second_instruction_faults": (utop(EngineClass.VE, [Instr("ve.fill", dst=0, n=1),
                                                         Instr("ve.fill", dst=0x400, n=1)]), FaultCode.SRAM_BOUNDS),
 }
@@ -114,7 +118,7 @@ def start_tenant(device, ctx, program, *, hbm_base, hbm_size=0x1000, sram_base=0
 @pytest.mark.parametrize("name", sorted(FAULTS))
 def test_fault_code_and_pc_match_the_golden_model(device, name):
     program, code = FAULTS[name]
-    halt = name != "runs_off_its_window"
+    halt = name not in ("runs_off_its_window", "body_ends_at_window_end")
     blob = program_bytes(program, halt)
     hbm_size = 0x800 + len(blob) + (16 if halt else 0)
     golden = FunctionalDevice("tiny")
@@ -139,6 +143,17 @@ def test_attacker_faults_alone_and_the_victim_is_exact(device):
     assert np.array_equal(read_outputs(device, image, victim)["C"], a.astype(np.int32) @ b.astype(np.int32))
     assert device.context(1).fault == FaultCode.HBM_BOUNDS
     assert not np.frombuffer(device.read_hbm(0x9000, 0x1000), np.uint8).any()
+
+
+def test_windows_may_end_exactly_at_the_end_of_memory(device):
+    cfg = device.config
+    for target in (device, FunctionalDevice(cfg)):
+        target.host(Instr("ctx.sram", ctx=0, base=cfg.sram_bytes - 0x400, size=0x400))
+        target.host(Instr("ctx.hbm", ctx=0, base=cfg.hbm_bytes - 0x1000, size=0x1000))
+        for command in (Instr("ctx.sram", ctx=0, base=cfg.sram_bytes - 0x3FC, size=0x400),
+                        Instr("ctx.hbm", ctx=0, base=cfg.hbm_bytes - 0xFFC, size=0x1000)):
+            with pytest.raises(HostCommandError, match="WINDOW_OUT_OF_RANGE|exceeds"):
+                target.host(command)
 
 
 @pytest.mark.parametrize("command, message", [
