@@ -25,7 +25,7 @@ from amaranth.lib.wiring import In, Out
 from tcloud.isa.table import INSTRUCTION_BYTES, FaultCode
 
 from .decode import INSTRUCTION_LAYOUT, add_decoder
-from .hbm import HBM_ADDR_BITS, hbm_signature, port_words
+from .hbm import HBM_ADDR_BITS, MAX_OUTSTANDING, hbm_signature, port_words
 from .scratchpad import sram_addr_bits, sram_port_signature
 
 INSTRUCTION_WORDS = INSTRUCTION_BYTES // 4
@@ -73,7 +73,6 @@ def abort_bound(config, hbm_latency):
     cycles); every scratchpad write may wait one round of the write arbiters (one access per
     engine and the scrubber).
     """
-    from .hbm import MAX_OUTSTANDING
     round_trip = hbm_latency + 2
     write_round = config.dma_count + config.me_count + config.ve_count + 1
     dma = (MAX_OUTSTANDING + 2) * round_trip + write_round
