@@ -84,7 +84,8 @@ def program_image(body, sram_bytes=64 * KIB):
 def me_utop(matmuls, rows):
     """One ME uTOp: a full weight tile, then ``matmuls`` matmuls of ``rows`` rows (accumulating
     into one output row, so the scratchpad footprint stays tiny)."""
-    k, n = CONFIG.me_rows, CONFIG.me_cols
+    cfg = get_config(CONFIG)
+    k, n = cfg.me_rows, cfg.me_cols
     return utop(EngineClass.ME, [Instr("me.loadw", w=0, k=k, n=n, w_stride=n)]
                 + [Instr("me.matmul", a=0x100, out=0x1000, m=rows, a_stride=0, out_stride=0, acc=1)] * matmuls)
 

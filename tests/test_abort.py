@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tcloud.firmware import gemm
-from tcloud.isa import ContextStatus, EngineClass, FaultCode, Instr, ProgramImage, encode_stream
+from tcloud.isa import ContextStatus, EngineClass, FaultCode, Instr, ProgramImage, encode_stream, get_config
 from tcloud.rtl import abort_bound
 from tcloud.runtime import DeviceFault, FunctionalDevice, Placement, load_image, read_outputs, run_image
 from tcloud.runtime.hypervisor import Hypervisor, VNPUSpec
@@ -21,8 +21,10 @@ from conftest import utop
 
 HBM_LATENCY = 8
 DEVICES = {"amaranth": AmaranthDevice, "verilator": VerilatorDevice}
-REVIEWED_HOG = utop(EngineClass.ME, [Instr("me.loadw", w=0, k=8, n=8, w_stride=8)] + [
-    Instr("me.matmul", a=0x100, out=0x200, m=4095, a_stride=0, out_stride=0, acc=1)] * 40)
+SMALL = get_config("small")
+REVIEWED_HOG = utop(EngineClass.ME, [Instr("me.loadw", w=0, k=SMALL.me_rows, n=SMALL.me_cols, w_stride=SMALL.me_cols)]
+                    + [Instr("me.matmul", a=0x100, out=0x200, m=4095, a_stride=0, out_stride=0, acc=1)] * 40)
+"""The review's uTOp: 40 matmuls of 4,095 rows (the largest m) on a full weight tile of ``small``."""
 
 
 def long_utop(config, cls, repeat):
