@@ -1,5 +1,6 @@
 """Generate the ISA reference (Markdown) from the table; nothing here is written by hand twice."""
 
+from . import cost
 from .config import PRESETS
 from .table import (FAULT_DOCS, INSTRUCTION_BITS, INSTRUCTIONS, NUM_TOKENS, OPCODE_BITS,
                     TOKEN_MAX_COUNT, ContextStatus, EngineClass)
@@ -35,6 +36,18 @@ def isa_markdown():
             scale = f" (×{f.scale})" if f.scale > 1 else ""
             out.append(f"| `{f.name}` | [{low}:{low + f.width}){scale} | {_range(f)} | {default} | {f.doc} |")
         out.append("")
+    out += ["## Work units (the `cost` a uTOp declares)", "", " ".join(cost.__doc__.split("\n\n")[1].split()), "",
+            "| body instruction | work units |", "|---|---|",
+            f"| every instruction | {cost.INSTRUCTION_UNITS} (plus the following) |",
+            "| `dma.load`, `dma.store` | rows × ⌈row_bytes / hbm_port_bytes⌉ |",
+            "| `me.loadw` | me_rows |",
+            "| `me.matmul` | m if it continues the uTOp's output region (same out, out_stride, m and n as "
+            "the previous matmul, whose region nothing has read since), else m × (2 + acc) |",
+            "| `ve.shape` | 0 |"]
+    for name, steps in cost.VE_STEPS_PER_CHUNK.items():
+        extra = " + rows" if name in ("ve.redsum", "ve.redmax") else ""
+        out.append(f"| `{name}` | rows × ⌈n / ve_lanes⌉ × {steps}{extra} |")
+    out += [""]
     out += ["## Engine classes", "", "| class | value |", "|---|---|"]
     out += [f"| {c.name} | {int(c)} |" for c in EngineClass]
     out += ["", "## Context status", "", "| status | value |", "|---|---|"]

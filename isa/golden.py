@@ -14,6 +14,8 @@ Semantics that the RTL must match
   before any byte of the instruction is written, then offset by the window base. A failed check
   faults the context (``SRAM_BOUNDS`` / ``HBM_BOUNDS``); earlier instructions of the same uTOp keep
   their effects, the faulting instruction writes nothing, and no other context is affected.
+* A uTOp that declares a ``cost`` faults with ``COST_EXCEEDED`` at the body instruction that would
+  take its work units (:mod:`tcloud.isa.cost`) past it, before that instruction has any effect.
 * Integer rules: int8 sources are sign-extended; int32 results wrap (two's complement); results
   written as int8 saturate to [-128, 127]; ``ve.requant`` rounds half to even on the exact 64-bit
   product.
@@ -28,6 +30,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .config import get_config
+from .cost import UnitState
 from .encoding import DecodeError, Instr, decode
 from .errors import HostCommandError
 from .table import (INSTRUCTION_BYTES, NUM_TOKENS, TOKEN_MAX_COUNT, UTOP_CLASSES, ContextStatus,
@@ -301,6 +304,7 @@ class Machine:
             ctx.tokens[token] -= count
         engine = _EngineState()
         self._accesses = [] if self.trace is not None else None
+        declared, used, unit_state = header["cost"], 0, UnitState(self.config)
         for i in range(header["len"]):
             body_pc = pc + INSTRUCTION_BYTES * (i + 1)
             try:
@@ -308,6 +312,10 @@ class Machine:
                 ctx.counters.instructions += 1
                 if instr.engine != cls:
                     raise _Fault(FaultCode.WRONG_CLASS, f"{instr.mnemonic} in a {cls.name} uTOp")
+                used += unit_state.units(instr)
+                if declared and used > declared:
+                    raise _Fault(FaultCode.COST_EXCEEDED, f"{instr.mnemonic} takes the uTOp to {used} work "
+                                                          f"units; its header declared {declared}")
                 _EXECUTE[instr.mnemonic](self, ctx, engine, instr)
             except _Fault as fault:
                 fault.pc = body_pc

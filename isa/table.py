@@ -69,6 +69,7 @@ class FaultCode(IntEnum):
     KILLED = 11
     WATCHDOG = 12
     NO_ENGINE = 13
+    COST_EXCEEDED = 14
 
 
 FAULT_DOCS = {
@@ -90,6 +91,8 @@ FAULT_DOCS = {
     "in flight are aborted.",
     FaultCode.NO_ENGINE: "Under the static or harvest policy, a uTOp for an engine class of which "
     "the context owns no engine (ctx.engines).",
+    FaultCode.COST_EXCEEDED: "A uTOp that declared a cost ran a body instruction that would take its "
+    "work units past it (the instruction has no effect).",
 }
 
 
@@ -108,7 +111,8 @@ class Policy(IntEnum):
 POLICY_DOCS = {
     Policy.STATIC: "A context runs uTOps only on the MEs and VEs it owns (spatial partitioning, MIG-like).",
     Policy.HARVEST: "As static, and a free engine whose owners have no ready uTOp of its class runs another "
-    "context's uTOp; the owner gets it back at the end of that uTOp (TCloud).",
+    "context's uTOp that declares a cost within HARVEST_COST; the owner gets it back at the end of that uTOp, "
+    "within a bound the declared cost sets (TCloud).",
     Policy.TEMPORAL: "The whole pNPU is time-sliced between running contexts, switching at uTOp boundaries "
     "(PREMA-like); a slice lasts QUANTUM x (priority + 1) cycles; ownership is ignored.",
     Policy.OPERATOR: "Each engine class (ME, VE) runs one context's uTOps at a time on all its engines; "
@@ -326,11 +330,15 @@ INSTRUCTIONS = (
         Field("count1", 4, "Signals consumed from wait1 (0: unused).", default=0),
         Field("wait2", 4, "Token of wait slot 2.", default=0, kind="token"),
         Field("count2", 4, "Signals consumed from wait2 (0: unused).", default=0),
+        Field("cost", 24, "Work units the body may use (tcloud.isa.cost); 0: undeclared.", default=0,
+              kind="int"),
     ), "Header of a micro tensor operator. The uTOp is issued in program order once every used "
        "wait slot's token holds at least its count (the counts are then consumed); it runs on one "
        "engine of class cls, leaves no state in the engine, and on completion increments every "
        "token in signal. Waits must be satisfiable by uTOps earlier in program order, otherwise the "
-       "context faults with TOKEN_DEADLOCK."),
+       "context faults with TOKEN_DEADLOCK. A declared cost is enforced: the body instruction that "
+       "would exceed it faults with COST_EXCEEDED; only uTOps declaring a cost within HARVEST_COST "
+       "run on engines their context does not own."),
     # --- DMA -----------------------------------------------------------------------------------
     InstructionSpec("dma.load", 0x10, EngineClass.DMA, _DMA_FIELDS,
                     "Copies rows × row_bytes from HBM to the scratchpad (2-D strided)."),

@@ -11,10 +11,10 @@ from pathlib import Path
 import tcloud.isa
 
 from . import arbiter, csr, decode, dma, engine, hbm, matrix_engine, pnpu, scratchpad, systolic, vector_alu  # noqa: F401
-from .engine import abort_bound
+from .engine import abort_bound, harvest_cost_for, reclaim_bound
 from .pnpu import PNPU
 
-__all__ = ["PNPU", "abort_bound", "SOURCE_DIGEST"]
+__all__ = ["PNPU", "abort_bound", "reclaim_bound", "harvest_cost_for", "SOURCE_DIGEST"]
 
 
 def _sources_digest():

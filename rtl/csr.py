@@ -12,6 +12,7 @@ runs (``ctx.scrub`` takes time); ``CMD_ERROR`` then holds a :class:`CommandError
 from dataclasses import dataclass
 from enum import IntEnum
 
+from tcloud.isa.cost import HARVEST_COST_DEFAULT
 from tcloud.isa.table import POLICY_DOCS, Policy
 
 ID_VALUE = 0x7C10D001
@@ -59,9 +60,13 @@ GLOBAL_CSRS = (
         "QUANTUM x (priority + 1)); reset 1024."),
     Csr("STARVATION", 0x048, "RW", "Cycles a ready uTOp waits before its context outranks every "
         "non-starving one, whatever the priorities; reset 256."),
+    Csr("HARVEST_COST", 0x04C, "RW", "Harvest policy: the largest cost (work units, tcloud.isa.cost) a "
+        "uTOp may declare to run on an engine its context does not own; 0 disables harvesting. An owner "
+        "then waits at most tcloud.rtl.reclaim_bound cycles for its engine; reset "
+        f"{HARVEST_COST_DEFAULT}."),
 )
 
-POLICY_RESET, QUANTUM_RESET, STARVATION_RESET = 1, 1024, 256
+POLICY_RESET, QUANTUM_RESET, STARVATION_RESET, HARVEST_COST_RESET = 1, 1024, 256, HARVEST_COST_DEFAULT
 
 CONTEXT_CSRS = (
     Csr("STATUS", 0x00, "R", "ContextStatus."),

@@ -18,19 +18,23 @@ Subclasses implement :meth:`Engine.execute`, which adds FSM states starting at `
 ends each instruction with ``m.next = "NEXT"`` or :meth:`Engine.raise_fault`.
 """
 
+import math
+
 from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from tcloud.isa.table import INSTRUCTION_BYTES, FaultCode
+from tcloud.isa.cost import INSTRUCTION_UNITS, instruction_units
+from tcloud.isa.table import BY_MNEMONIC, INSTRUCTION_BYTES, INSTRUCTIONS, FaultCode
 
-from .decode import INSTRUCTION_LAYOUT, add_decoder
+from .decode import INSTRUCTION_LAYOUT, OPCODES, add_decoder, member_name
 from .hbm import HBM_ADDR_BITS, MAX_OUTSTANDING, hbm_signature, port_words
-from .scratchpad import sram_addr_bits, sram_port_signature
+from .scratchpad import WRITE_PORTS, sram_addr_bits, sram_port_signature
 
 INSTRUCTION_WORDS = INSTRUCTION_BYTES // 4
 FAULT_BITS = 4
 COUNTER_BITS = 32
+COST_BITS = BY_MNEMONIC["utop"].field("cost").width
 
 
 def dispatch_signature(config):
@@ -41,6 +45,7 @@ def dispatch_signature(config):
         "abort": In(1),
         "body_pc": In(HBM_ADDR_BITS),
         "body_len": In(12),
+        "cost": In(COST_BITS),
         "sram_base": In(sram_bits + 1),
         "sram_size": In(sram_bits + 1),
         "hbm_base": In(HBM_ADDR_BITS),
@@ -79,6 +84,58 @@ def abort_bound(config, hbm_latency):
     me = 2 * round_trip + 2 * (config.me_rows + config.me_cols) + write_round
     ve = 2 * round_trip + 5 * write_round
     return max(dma, me, ve) + 8
+
+
+def fetch_round_trip(config, hbm_latency):
+    """Worst-case cycles from an engine's HBM request to its response.
+
+    The arbiter grants each master in turn (at most one wait per master) and the HBM answers in
+    order, so the request may queue behind every request other masters can have in flight: up to
+    ``MAX_OUTSTANDING`` per DMA engine and for the scrubber, one per ME, VE and the front-end fetch.
+    """
+    masters = config.dma_count + config.me_count + config.ve_count + 2
+    in_flight = (config.dma_count + 1) * MAX_OUTSTANDING + config.me_count + config.ve_count + 1
+    return hbm_latency + 2 + masters + in_flight
+
+
+def reclaim_bound(config, hbm_latency, harvest_cost):
+    """Worst-case cycles an owner's ready uTOp waits for an engine another context harvested.
+
+    Under the ``harvest`` policy only uTOps declaring at most ``harvest_cost`` work units
+    (:mod:`tcloud.isa.cost`) run on engines their context does not own, and the engine faults such a
+    uTOp before it exceeds its declaration; once the owner has a ready uTOp no other context is
+    dispatched to the engine. The owner therefore waits for at most the rest of one uTOp of
+    ``harvest_cost`` units: its first instruction fetch, then per unit at most one cycle plus a
+    round of the scratchpad write arbiters (the slowest unit is a write) or an eighth of an
+    instruction fetch (an instruction costs :data:`~tcloud.isa.cost.INSTRUCTION_UNITS`), then the
+    matrix engine's array drain and the dispatch itself. Assumes each engine has one owner (the
+    hypervisor never gives an engine to two contexts).
+
+    Parameters
+    ----------
+    config : ArchConfig
+    hbm_latency : int
+        Cycles within which the HBM answers a request it accepted.
+    harvest_cost : int
+        The ``HARVEST_COST`` register.
+    """
+    fetch = fetch_round_trip(config, hbm_latency)
+    write_wait = -(-(config.dma_count + config.me_count + config.ve_count + 1) // WRITE_PORTS)
+    per_unit = max(1 + write_wait, (3 + fetch) / INSTRUCTION_UNITS)
+    drain = config.me_rows + config.me_cols + 4
+    return fetch + math.ceil(harvest_cost * per_unit) + drain + 4
+
+
+def harvest_cost_for(config, hbm_latency, cycles):
+    """Largest ``HARVEST_COST`` whose :func:`reclaim_bound` is at most ``cycles`` (0 if none is)."""
+    low, high = 0, (1 << COST_BITS) - 1
+    while low < high:
+        middle = (low + high + 1) // 2
+        if reclaim_bound(config, hbm_latency, middle) <= cycles:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def region_end(addr, rows, stride, row_words):
@@ -144,6 +201,7 @@ class Engine(wiring.Component):
         self._hbm_size = Signal.like(self.hbm_size)
         self._fault = Signal(FAULT_BITS)
         self._aborted = Signal()
+        declared, used = Signal(COST_BITS), Signal(COST_BITS)
         held = Signal()  # an HBM request offered last cycle and not taken: it must stay offered
         self._stop = Signal()
         m.d.sync += held.eq(self.hbm.req.valid & ~self.hbm.req.ready)
@@ -171,7 +229,7 @@ class Engine(wiring.Component):
                                  self._hbm_base.eq(self.hbm_base), self._hbm_size.eq(self.hbm_size),
                                  pc.eq(self.body_pc), remaining.eq(self.body_len),
                                  self._fault.eq(FaultCode.NONE), self._aborted.eq(0), pf_left.eq(0),
-                                 buffered.eq(0)]
+                                 buffered.eq(0), declared.eq(self.cost), used.eq(0)]
                     self.on_start(m)
                     m.next = "FETCH"
             with m.State("FETCH"):
@@ -203,9 +261,13 @@ class Engine(wiring.Component):
                     self.raise_fault(m, FaultCode.ILLEGAL_FIELD)
                 with m.Else():
                     m.d.comb += self.count_instr.eq(1)
+                    units = self._work_units(m, instr)
                     with m.If(engine != int(self.engine_class)):
                         self.raise_fault(m, FaultCode.WRONG_CLASS)
+                    with m.Elif((declared != 0) & (used + units > declared)):
+                        self.raise_fault(m, FaultCode.COST_EXCEEDED)
                     with m.Else():
+                        m.d.sync += used.eq(used + units)
                         m.next = "EXECUTE"
             self.execute(m, instr)
             with m.State("NEXT"):
@@ -243,6 +305,24 @@ class Engine(wiring.Component):
             self._prefetcher(m, buf, buffered, pf_next, pf_left, pf_inflight, pf_pair, pop, fetching)
         self.background(m)
         return m
+
+    def _work_units(self, m, instr):
+        """Work units of ``instr`` if it is an instruction of this engine's class (else 0)."""
+        units = Signal(64, name="work_units")
+        opcode = instr.as_value()[:8]
+        with m.Switch(opcode):
+            for spec in INSTRUCTIONS:
+                if spec.engine == self.engine_class:
+                    view = getattr(instr, member_name(spec.mnemonic))
+                    with m.Case(OPCODES[spec.mnemonic]):
+                        m.d.comb += units.eq(instruction_units(spec.mnemonic, lambda name, v=view: v[name],
+                                                               self.config, **self.unit_state()))
+        return units
+
+    def unit_state(self):
+        """Engine state the cost of an instruction depends on, as keyword arguments of
+        :func:`~tcloud.isa.cost.instruction_units` (``ve_rows``, ``continues``)."""
+        return {}
 
     def _prefetcher(self, m, buf, buffered, pf_next, pf_left, pf_inflight, pf_pair, pop, fetching):
         """Keep up to two upcoming body instructions buffered: one HBM request at a time, for two

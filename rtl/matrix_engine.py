@@ -66,6 +66,9 @@ class MatrixEngine(Engine):
     def quiescent(self):
         return ~self._loader_busy & ~self._collecting
 
+    def unit_state(self):
+        return {"continues": self._continues}
+
     def on_start(self, m):
         m.d.sync += [self._have_weights.eq(0), self._pending.eq(0), self._loaded_ahead.eq(0)]
 
@@ -75,6 +78,7 @@ class MatrixEngine(Engine):
         self._loader_busy = Signal()
         self._loaded_ahead = Signal()
         self._fsm_streaming = Signal()
+        self._continues = Signal()  # the decoded matmul continues the region held locally
         m = super().elaborate(platform)
         m.submodules.array = self._array
         m.submodules.accumulators = self._acc_mem
@@ -112,6 +116,7 @@ class MatrixEngine(Engine):
                        & (pend_n == n))
         a_reads_pending = pending & overlap(mm.a, a_end, pend_out, pend_end)
         w_reads_pending = pending & overlap(lw.w, w_end, pend_out, pend_end)
+        m.d.comb += self._continues.eq(same_region & ~a_reads_pending)
 
         self._drain = drain = Signal(range(array.latency + 3))
 

@@ -95,9 +95,11 @@ class PNPU(wiring.Component):
         policy = Signal(2, init=csr.POLICY_RESET)
         quantum = Signal(16, init=csr.QUANTUM_RESET)
         starvation = Signal(16, init=csr.STARVATION_RESET)
+        harvest_cost = Signal.like(scheduler.harvest_cost, init=csr.HARVEST_COST_RESET)
         m.d.comb += [scheduler.policy.eq(policy), scheduler.quantum.eq(quantum),
-                     scheduler.starvation.eq(starvation)]
-        for name, register in (("POLICY", policy), ("QUANTUM", quantum), ("STARVATION", starvation)):
+                     scheduler.starvation.eq(starvation), scheduler.harvest_cost.eq(harvest_cost)]
+        for name, register in (("POLICY", policy), ("QUANTUM", quantum), ("STARVATION", starvation),
+                               ("HARVEST_COST", harvest_cost)):
             with m.If(self.csr_we & (self.csr_addr == csr.GLOBAL[name])):
                 m.d.sync += register.eq(self.csr_wdata)
 
@@ -225,6 +227,7 @@ class PNPU(wiring.Component):
             csr.GLOBAL["POLICY"]: policy,
             csr.GLOBAL["QUANTUM"]: quantum,
             csr.GLOBAL["STARVATION"]: starvation,
+            csr.GLOBAL["HARVEST_COST"]: harvest_cost,
         }
         for i in range(4):
             reads[csr.GLOBAL[f"CMD{i}"]] = cmd_words[i]

@@ -10,7 +10,8 @@ priority, watchdog budget). :class:`UtopScheduler` runs every RUNNING context at
 * **Dispatch.** Every cycle the scheduler dispatches at most one ready uTOp onto a free engine of
   its class. Which engines a context may use is the policy (:class:`~tcloud.isa.Policy`, the
   ``POLICY`` register): ``static`` owned engines only; ``harvest`` also free engines whose owners
-  have no ready uTOp of that class (the owner wins at the next uTOp boundary); ``temporal`` one
+  have no ready uTOp of that class, for uTOps that declare a cost within ``HARVEST_COST`` (the
+  owner wins at the end of that uTOp, within :func:`~tcloud.rtl.engine.reclaim_bound`); ``temporal`` one
   context at a time on the whole pNPU; ``operator`` one context per engine class at a time.
   Among contexts that could dispatch, a context whose ready uTOp has waited ``STARVATION`` cycles
   outranks the rest, then higher priority wins, then round-robin; under ``operator`` it also makes
@@ -34,7 +35,7 @@ from tcloud.isa.table import (NUM_TOKENS, TOKEN_MAX_COUNT, ContextStatus, Engine
 
 from .arbiter import RoundRobin
 from .decode import INSTRUCTION_LAYOUT, OPCODES, add_decoder
-from .engine import FAULT_BITS, INSTRUCTION_WORDS
+from .engine import COST_BITS, FAULT_BITS, INSTRUCTION_WORDS
 from .hbm import HBM_ADDR_BITS
 from .scratchpad import sram_addr_bits
 
@@ -104,8 +105,8 @@ class UtopScheduler(Elaboratable):
         One-cycle requests from the host-command unit: start context c at ``start_pc``; kill it;
         clear its counters (scrub).
     start_pc : Signal, input
-    policy, quantum, starvation : Signal, inputs
-        The ``POLICY``, ``QUANTUM`` and ``STARVATION`` registers.
+    policy, quantum, starvation, harvest_cost : Signal, inputs
+        The ``POLICY``, ``QUANTUM``, ``STARVATION`` and ``HARVEST_COST`` registers.
     status, pc, fault, fault_pc : Array of Signal
         Per-context run state (word-scaled pc).
     counters : dict of str to Array of Signal
@@ -122,6 +123,7 @@ class UtopScheduler(Elaboratable):
         self.policy = Signal(2)
         self.quantum = Signal(16)
         self.starvation = Signal(16)
+        self.harvest_cost = Signal(COST_BITS)
 
         def per_context(width, name, init=0):
             return Array(Signal(width, name=f"ctx{c}_{name}", init=init) for c in range(n))
@@ -263,13 +265,20 @@ class UtopScheduler(Elaboratable):
                 ready[c] & starving[c] & (head[c].utop.cls == int(cls)) & (class_holder[cls] != c)
                 for c in range(n_ctx)).any())
 
+        # Harvest policy: only a uTOp that declares a cost within HARVEST_COST may run on an engine
+        # its context does not own; the declared cost bounds how long the owner can wait for it.
+        harvestable = [Signal(name=f"ctx{c}_harvestable") for c in range(n_ctx)]
+        for c in range(n_ctx):
+            cost = head[c].utop.cost
+            m.d.comb += harvestable[c].eq((cost != 0) & (cost <= self.harvest_cost))
+
         allowed = [Signal(n_eng, name=f"ctx{c}_allowed") for c in range(n_ctx)]
         for c in range(n_ctx):
             for e in range(n_eng):
                 cls = classes[e]
                 by_policy = Array([
                     owns(c, e),
-                    owns(c, e) | ~owner_wants[e],
+                    owns(c, e) | (~owner_wants[e] & harvestable[c]),
                     holder == c,
                     ((class_holder[cls] == c) & ~class_yields[cls]) | class_idle[cls] if cls in class_holder
                     else Const(1),
@@ -309,7 +318,8 @@ class UtopScheduler(Elaboratable):
         for e, engine in enumerate(engines):
             start = dispatch & (chosen == e)
             m.d.comb += [engine.start.eq(start), engine.body_pc.eq(winner_pc + INSTRUCTION_WORDS),
-                         engine.body_len.eq(winner_head.utop.len), engine.sram_base.eq(windows[0]),
+                         engine.body_len.eq(winner_head.utop.len), engine.cost.eq(winner_head.utop.cost),
+                         engine.sram_base.eq(windows[0]),
                          engine.sram_size.eq(windows[1]), engine.hbm_base.eq(windows[2]),
                          engine.hbm_size.eq(windows[3])]
             with m.If(start):

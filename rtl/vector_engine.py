@@ -35,6 +35,9 @@ class VectorEngine(Engine):
                              f"{config.sram_banks} (one int32 chunk per scratchpad access)")
         super().__init__(config)
 
+    def unit_state(self):
+        return {"ve_rows": self._rows}
+
     def on_start(self, m):
         m.d.sync += [self._rows.eq(1), self._strides[0].eq(0), self._strides[1].eq(0),
                      self._strides[2].eq(0)]

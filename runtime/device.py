@@ -67,9 +67,11 @@ class Device(Protocol):
     def host(self, command: Instr) -> None:
         """Execute one privileged ``ctx.*`` command (raises ``HostCommandError`` if rejected)."""
 
-    def set_policy(self, policy: object, *, quantum: int | None = None, starvation: int | None = None) -> None:
+    def set_policy(self, policy: object, *, quantum: int | None = None, starvation: int | None = None,
+                   harvest_cost: int | None = None) -> None:
         """Choose the scheduling policy (a :class:`~tcloud.isa.Policy` or its name) and, on timed
-        backends, the temporal slice quantum and the starvation threshold in cycles."""
+        backends, the temporal slice quantum and the starvation threshold in cycles and the
+        largest declared uTOp cost that may run on a harvested engine (``HARVEST_COST``)."""
 
     def run(self, max_cycles: int | None = None) -> bool:
         """Run until no context is running (``True``) or the limit is reached (``False``)."""
@@ -108,8 +110,8 @@ class FunctionalDevice:
     def host(self, command):
         self.machine.host(command)
 
-    def set_policy(self, policy, *, quantum=None, starvation=None):
-        self.machine.policy = parse_policy(policy)  # the untimed model has no slices or aging
+    def set_policy(self, policy, *, quantum=None, starvation=None, harvest_cost=None):
+        self.machine.policy = parse_policy(policy)  # the untimed model has no slices, aging or harvesting
 
     def run(self, max_cycles=None):
         return self.machine.run(max_steps=max_cycles)

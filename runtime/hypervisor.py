@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, fields
 
 from tcloud.isa import ContextStatus, Instr, ProgramImage, get_config, parse_policy
 from tcloud.isa.errors import ImageError, TcloudError
+from tcloud.rtl import harvest_cost_for, reclaim_bound
+from tcloud.rtl.csr import HARVEST_COST_RESET
 
 from .device import make_device
 from .execute import DeviceFault, HbmWindow, input_writes, program_writes, read_symbols
@@ -100,7 +102,9 @@ class Usage:
 
     Engine-cycles count cycles an engine spent on this vNPU's uTOps, split into engines it owns and
     engines it harvested from others. ``sram_kib_cycles`` and ``hbm_mib_cycles`` are memory-time:
-    window size times cycles the vNPU has existed. Backends without timing report 0 cycles.
+    window size times cycles the vNPU has existed. ``reclaim_wait_cycles`` counts cycles a ready uTOp
+    waited while an engine the vNPU owns ran another vNPU's uTOp, ``reclaim_max_cycles`` the longest
+    such wait (at most :attr:`Hypervisor.reclaim_bound`). Backends without timing report 0 cycles.
     """
 
     runs: int = 0
@@ -116,6 +120,7 @@ class Usage:
     sram_kib_cycles: int = 0
     hbm_mib_cycles: int = 0
     reclaim_wait_cycles: int = 0
+    reclaim_max_cycles: int = 0
 
 
 @dataclass(frozen=True)
@@ -263,6 +268,11 @@ class Hypervisor:
         (the ``QUANTUM`` and ``STARVATION`` registers; defaults: the hardware's reset values).
     hbm_timing : dict, optional
         HBM model options of the RTL backends (see :func:`~tcloud.runtime.device.make_device`).
+    reclaim_cycles : int, optional
+        Under ``harvest``: the longest an owner may wait for an engine another vNPU harvested. The
+        hypervisor programs the largest ``HARVEST_COST`` whose :func:`~tcloud.rtl.reclaim_bound`
+        fits (uTOps declaring more are not harvested). Default: the hardware's reset value;
+        :attr:`reclaim_bound` gives the resulting bound either way (``None`` when untimed).
 
     Raises
     ------
@@ -271,7 +281,8 @@ class Hypervisor:
     """
 
     def __init__(self, config="small", backend="verilator", policy="harvest", *, pnpus=1, oversubscribe=False,
-                 prices=PriceTable(), poll_cycles=2048, hbm_timing=None, quantum=None, starvation=None):
+                 prices=PriceTable(), poll_cycles=2048, hbm_timing=None, quantum=None, starvation=None,
+                 reclaim_cycles=None):
         self.config = get_config(config)
         self.policy = parse_policy(policy)
         for name, value in (("pnpus", pnpus), ("poll_cycles", poll_cycles)):
@@ -280,9 +291,11 @@ class Hypervisor:
         self.backend, self.oversubscribe, self.prices, self.poll_cycles = backend, oversubscribe, prices, poll_cycles
         cfg = self.config
         self.pnpus = []
+        self.reclaim_bound = None
         for index in range(pnpus):
             device = make_device(backend, cfg, **(hbm_timing or {}))
-            device.set_policy(self.policy, quantum=quantum, starvation=starvation)
+            harvest_cost = self._harvest_cost(device, reclaim_cycles)
+            device.set_policy(self.policy, quantum=quantum, starvation=starvation, harvest_cost=harvest_cost)
             self.pnpus.append(_PNPU(index, device, list(range(cfg.contexts)), [set() for _ in range(cfg.me_count)],
                                     [set() for _ in range(cfg.ve_count)], _FreeList(cfg.sram_bytes),
                                     _FreeList(cfg.hbm_bytes)))
@@ -294,6 +307,21 @@ class Hypervisor:
         self._error = None
         self._driver = threading.Thread(target=self._drive, name="tcloud-hypervisor", daemon=True)
         self._driver.start()
+
+    def _harvest_cost(self, device, reclaim_cycles):
+        """HARVEST_COST for ``reclaim_cycles`` on ``device``; sets :attr:`reclaim_bound`."""
+        latency = getattr(device, "hbm_worst_latency", None)
+        if reclaim_cycles is not None and (isinstance(reclaim_cycles, bool) or not isinstance(reclaim_cycles, int)):
+            raise ValueError(f"reclaim_cycles must be an integer number of cycles, got {reclaim_cycles!r}")
+        if latency is None:
+            return None
+        cost = HARVEST_COST_RESET if reclaim_cycles is None else harvest_cost_for(self.config, latency, reclaim_cycles)
+        if cost == 0:
+            raise ValueError(f"reclaim_cycles={reclaim_cycles} is below the shortest reclaim bound of config "
+                             f"{self.config.name!r} at HBM latency {latency} "
+                             f"({reclaim_bound(self.config, latency, 1)} cycles)")
+        self.reclaim_bound = reclaim_bound(self.config, latency, cost)
+        return cost
 
     # --- allocation ---------------------------------------------------------------------------
 
@@ -615,7 +643,8 @@ class VNPU:
             dma_cycles=engine.get("dma_cycles", 0), hbm_bytes_read=counters["hbm_bytes_read"],
             hbm_bytes_written=counters["hbm_bytes_written"], macs=counters["macs"],
             sram_kib_cycles=self.spec.sram_kib * alive, hbm_mib_cycles=self.spec.hbm_mib * alive,
-            reclaim_wait_cycles=info.timing.get("reclaim_wait_cycles", 0))
+            reclaim_wait_cycles=info.timing.get("reclaim_wait_cycles", 0),
+            reclaim_max_cycles=info.timing.get("reclaim_max_cycles", 0))
 
     def bill(self, prices=None):
         """The :class:`Bill` for :meth:`usage` under ``prices`` (default: the hypervisor's)."""

@@ -4,6 +4,7 @@ Amaranth-simulator backend."""
 from tcloud.isa import ContextStatus, FaultCode, get_config, parse_policy
 from tcloud.isa.errors import HostCommandError
 from tcloud.rtl import csr
+from tcloud.rtl.engine import COST_BITS
 
 from .device import ContextInfo, DeviceError, check_hbm_range
 
@@ -38,12 +39,14 @@ class CsrDevice:
     def run(self, max_cycles=None):
         return self.run_until_idle(max_cycles)
 
-    def set_policy(self, policy, *, quantum=None, starvation=None):
+    def set_policy(self, policy, *, quantum=None, starvation=None, harvest_cost=None):
         self.csr_write(csr.GLOBAL["POLICY"], int(parse_policy(policy)))
-        for name, value in (("QUANTUM", quantum), ("STARVATION", starvation)):
+        for name, value, low, high in (("QUANTUM", quantum, 1, (1 << 16) - 1),
+                                       ("STARVATION", starvation, 1, (1 << 16) - 1),
+                                       ("HARVEST_COST", harvest_cost, 0, (1 << COST_BITS) - 1)):
             if value is not None:
-                if not 1 <= value < 1 << 16:
-                    raise ValueError(f"{name.lower()} must be within 1..65535 cycles, got {value}")
+                if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                    raise ValueError(f"{name.lower()} must be an integer within {low}..{high}, got {value!r}")
                 self.csr_write(csr.GLOBAL[name], value)
 
     def context(self, index):
@@ -103,6 +106,7 @@ class AmaranthDevice(CsrDevice):
         from tcloud.rtl.sim import HbmModel, SimulationThread
 
         self.config = get_config(config)
+        self.hbm_worst_latency = hbm_latency + hbm_jitter
         self.dut = PNPU(self.config)
         self.hbm_model = HbmModel(self.config.hbm_bytes, latency=hbm_latency, jitter=hbm_jitter,
                                   accept_probability=hbm_accept_probability, seed=seed)

@@ -133,6 +133,7 @@ class VerilatorDevice(CsrDevice):
 
     def __init__(self, config, *, hbm_latency=8, hbm_jitter=0, hbm_accept_probability=1.0, seed=0, trace=None):
         self.config = get_config(config)
+        self.hbm_worst_latency = hbm_latency + hbm_jitter
         start = time.perf_counter()
         path, self.built_now = build_model(self.config, trace=trace is not None)
         self.build_seconds = time.perf_counter() - start

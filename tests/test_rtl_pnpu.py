@@ -95,6 +95,7 @@ FAULTS = {
     "token_overflow": (ve(signal=1) * 256, FaultCode.TOKEN_OVERFLOW),
     "runs_off_its_window": ([Instr("nop")] * 8, FaultCode.FETCH_BOUNDS),
     "body_ends_at_window_end": (ve(), FaultCode.FETCH_BOUNDS),  # the body's last word is the window's last
+    "cost_exceeded": (utop(EngineClass.VE, [Instr("ve.fill", dst=0, n=1)] * 3, cost=20), FaultCode.COST_EXCEEDED),
     "second_instruction_faults": (utop(EngineClass.VE, [Instr("ve.fill", dst=0, n=1),
                                                         Instr("ve.fill", dst=0x400, n=1)]), FaultCode.SRAM_BOUNDS),
 }

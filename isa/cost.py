@@ -1,0 +1,147 @@
+"""Work units: the cost a uTOp declares in its header and the hardware enforces.
+
+A ``utop`` header may declare ``cost``, the work units its body may use. Every body instruction
+costs :func:`instruction_units`; a uTOp whose declared cost is not zero faults with
+``COST_EXCEEDED`` at the first body instruction that would take its total past the declaration
+(before that instruction has any effect), in the golden model and in the RTL alike. Only uTOps
+that declare a cost within the ``HARVEST_COST`` register run on engines their context does not own,
+so a harvested engine returns to its owner within a bound the operator sets
+(:func:`tcloud.rtl.reclaim_bound`): the harvester cannot run longer than it declared.
+
+One work unit is about one engine cycle when the engine runs alone: an instruction's fetch, decode
+and dispatch (:data:`INSTRUCTION_UNITS`), one scratchpad row access of a matrix engine, one systolic
+array weight row, one HBM beat of a DMA, one FSM step of a vector engine per chunk of ``ve_lanes``
+elements. The formula works on plain integers (the golden model, the assembler) and on Amaranth
+values (the engines' decoders) alike, so both evaluate the same expression.
+"""
+
+from .table import BY_MNEMONIC
+
+HARVEST_COST_DEFAULT = 2048
+"""Reset value of the ``HARVEST_COST`` register, and the cost the firmware keeps its harvestable
+uTOps within by default."""
+
+INSTRUCTION_UNITS = 8
+"""Units every body instruction costs on top of its data work: its decode and dispatch, and its
+share of the instruction fetch from HBM, which a prefetch hides only behind longer instructions."""
+
+VE_STEPS_PER_CHUNK = {
+    **{name: 5 for name in ("ve.add", "ve.sub", "ve.mul", "ve.max", "ve.min")},
+    "ve.relu": 3, "ve.copy": 3, "ve.requant": 3, "ve.fill": 1,
+    "ve.redsum": 3, "ve.redmax": 3,
+}
+"""Vector-engine steps per chunk of ``ve_lanes`` elements: reads of each source, then the write
+(``ve.fill`` writes only; reductions accumulate instead of writing, and write once per row)."""
+
+_REDUCTIONS = ("ve.redsum", "ve.redmax")
+
+
+def _ceil_div(value, divisor):
+    return (value + (divisor - 1)) // divisor
+
+
+def instruction_units(mnemonic, field, config, ve_rows=1, continues=0):
+    """Work units of one body instruction.
+
+    Parameters
+    ----------
+    mnemonic : str
+        A DMA, ME or VE instruction.
+    field : callable
+        ``field(name)`` returns the instruction's *encoded* field value (words for byte fields),
+        an ``int`` or an Amaranth value.
+    config : ArchConfig
+    ve_rows : int or Amaranth value
+        Rows set by the uTOp's last ``ve.shape`` (1 before any).
+    continues : int or Amaranth value
+        1 if this ``me.matmul`` continues the uTOp's output region (:func:`continues_region`): it
+        neither loads nor writes back its output rows, so it costs one unit per row.
+
+    Returns
+    -------
+    int or Amaranth value
+    """
+    if mnemonic in ("dma.load", "dma.store"):
+        beat_words = config.hbm_port_bytes // 4
+        return INSTRUCTION_UNITS + field("rows") * _ceil_div(field("row_bytes"), beat_words)
+    if mnemonic == "me.loadw":
+        return INSTRUCTION_UNITS + config.me_rows
+    if mnemonic == "me.matmul":
+        # stream; a new region also writes back, and loads first when accumulating
+        return INSTRUCTION_UNITS + field("m") * (1 + (1 - continues) * (1 + field("acc")))
+    if mnemonic == "ve.shape":
+        return INSTRUCTION_UNITS
+    chunks = _ceil_div(field("n"), config.ve_lanes)
+    per_row = chunks * VE_STEPS_PER_CHUNK[mnemonic] + (1 if mnemonic in _REDUCTIONS else 0)
+    return INSTRUCTION_UNITS + ve_rows * per_row
+
+
+def region_words(start, rows, stride, row_words):
+    """Word interval ``[start, end)`` of a 2-D region (start to one past its last word)."""
+    return start, start + (rows - 1) * stride + row_words
+
+
+def overlaps(a, b):
+    """Whether word intervals ``a`` and ``b`` share a word."""
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def continues_region(region, matmul, k, n):
+    """Whether ``matmul`` continues the output region of the uTOp's previous matmul.
+
+    It does when ``region`` (the previous matmul's ``(out, out_stride, m, n)`` and word interval,
+    or ``None`` once a later instruction read it) names the same output and this matmul's input A
+    does not read it. ``k`` and ``n`` are those of the last ``me.loadw``; fields are encoded.
+    """
+    if region is None:
+        return 0
+    key, words = region
+    a_words = region_words(matmul("a"), matmul("m"), matmul("a_stride"), (k + 3) // 4)
+    return int(key == (matmul("out"), matmul("out_stride"), matmul("m"), n) and not overlaps(a_words, words))
+
+
+def encoded_field(instr):
+    """``field`` callable for :func:`instruction_units` reading an :class:`~tcloud.isa.Instr`."""
+    spec = BY_MNEMONIC[instr.mnemonic]
+    return lambda name: instr[name] // spec.field(name).scale
+
+
+def utop_units(body, config):
+    """Total work units of a uTOp body (a sequence of :class:`~tcloud.isa.Instr`).
+
+    This is the smallest ``cost`` the uTOp can declare and complete.
+    """
+    state = UnitState(config)
+    return sum(state.units(instr) for instr in body)
+
+
+class UnitState:
+    """What the cost of the next body instruction depends on: the rows of the last ``ve.shape``,
+    the tile of the last ``me.loadw`` and the output region of the last ``me.matmul``.
+
+    Parameters
+    ----------
+    config : ArchConfig
+    """
+
+    def __init__(self, config):
+        self.config = config
+        self.rows, self.tile, self.region = 1, (0, 0), None
+
+    def units(self, instr):
+        """Work units of ``instr`` (an :class:`~tcloud.isa.Instr`); then record its effect on the state."""
+        field = encoded_field(instr)
+        continues = continues_region(self.region, field, *self.tile) if instr.mnemonic == "me.matmul" else 0
+        units = instruction_units(instr.mnemonic, field, self.config, self.rows, continues)
+        if instr.mnemonic == "ve.shape":
+            self.rows = instr["rows"]
+        elif instr.mnemonic == "me.loadw":
+            w_words = region_words(field("w"), field("k"), field("w_stride"), (field("n") + 3) // 4)
+            if self.region is not None and overlaps(w_words, self.region[1]):
+                self.region = None
+            self.tile = (field("k"), field("n"))
+        elif instr.mnemonic == "me.matmul":
+            k, n = self.tile
+            key = (field("out"), field("out_stride"), field("m"), n)
+            self.region = (key, region_words(field("out"), field("m"), field("out_stride"), n))
+        return units
