@@ -64,7 +64,7 @@ def phased(config, phases, me_first, utops=8, rows=256, matmuls=4):
                 Instr("ve.add", dst=o_at + i * o_bytes, src1=o_at + i * o_bytes, src2=o_at + i * o_bytes, n=n)
             ], deps=previous) for i in range(utops // 2)]
     builder.utop(EngineClass.DMA, [Instr("dma.store", sram=o_at, hbm=o_at, rows=1, row_bytes=o_bytes)], deps=previous)
-    code = builder.build()
+    code = builder.build(config)
     code_at = o_at + o_bytes
     return ProgramImage.for_config(config, code, entry=code_at, hbm_bytes=code_at + len(code),
                                    sram_bytes=o_at + utops * o_bytes,

@@ -87,7 +87,7 @@ def elementwise(config, rows, cols, *, passes=1, block_elements=None):
         computes.append(prog.utop(EngineClass.VE, body, deps=[loads[b]]))
     last = len(computes) - 1
     stores.append(_store(prog, computes[last], *_block_at(last, block, total, buffers, off_z)))
-    code = prog.build()
+    code = prog.build(cfg)
     symbols = [Symbol("X", "input", "i32", (rows, cols), off_x, 4 * cols),
                Symbol("Y", "input", "i32", (rows, cols), off_y, 4 * cols),
                Symbol("Z", "output", "i32", (rows, cols), off_z, 4 * cols)]

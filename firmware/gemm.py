@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from tcloud.isa import Instr, ProgramImage, Symbol, get_config
 from tcloud.isa.encoding import check_field
+from tcloud.isa.cost import HARVEST_COST_DEFAULT, utop_units
 from tcloud.isa.errors import EncodingError
 from tcloud.isa.table import BY_MNEMONIC, WORD_BYTES, EngineClass
 from tcloud.isa.table import field_max as _field_max
@@ -110,16 +111,30 @@ def _sram_footprint(cfg, mb, nb, kb, bias, requant):
     return total
 
 
-def plan_gemm(config, m, k, n, *, bias=False, requant=False):
+def me_utop_cost(config, mb, kb):
+    """Declared cost of the largest ME uTOp of a plan: ``kb`` deep (in array-deep tiles) over ``mb``
+    rows, accumulating into a region loaded from the previous K chunk."""
+    rows, cols = config.me_rows, config.me_cols
+    a_stride = _up(kb, WORD_BYTES)
+    body = []
+    for t0 in range(0, kb, rows):
+        body += [Instr("me.loadw", w=0, k=min(rows, kb - t0), n=cols, w_stride=cols),
+                 Instr("me.matmul", a=t0, out=mb * a_stride, m=mb, a_stride=a_stride, out_stride=4 * cols, acc=1)]
+    return utop_units(body, config)
+
+
+def plan_gemm(config, m, k, n, *, bias=False, requant=False, max_utop_cost=HARVEST_COST_DEFAULT):
     """Choose block sizes for ``C[m][n] = A[m][k] @ B[k][n]`` on ``config``.
 
     The plan minimises a simple estimate ``max(ME cycles, HBM cycles)`` over power-of-two block
-    sizes that fit the scratchpad and the ISA's field limits.
+    sizes that fit the scratchpad and the ISA's field limits, and whose ME uTOps cost at most
+    ``max_utop_cost`` work units (:mod:`tcloud.isa.cost`; ``None``: no limit), so that the
+    ``harvest`` policy may run them on engines the tenant does not own.
 
     Raises
     ------
     FirmwareError
-        If a dimension is not a positive integer or no blocking fits the scratchpad.
+        If a dimension is not a positive integer or no blocking fits the scratchpad and the cost.
     """
     cfg = get_config(config)
     for name, value in (("M", m), ("K", k), ("N", n)):
@@ -140,6 +155,8 @@ def plan_gemm(config, m, k, n, *, bias=False, requant=False):
                 footprint = _sram_footprint(cfg, mb, nb, kb, bias, requant)
                 if footprint > cfg.sram_bytes:
                     continue
+                if max_utop_cost is not None and me_utop_cost(cfg, mb, kb) > max_utop_cost:
+                    continue
                 blocks = math.ceil(m / mb) * math.ceil(n / nb)
                 col_tiles = math.ceil(nb / cols)
                 # per k tile: stream mb rows; per uTOp: write the accumulators back and, for later
@@ -152,12 +169,13 @@ def plan_gemm(config, m, k, n, *, bias=False, requant=False):
                 if best is None or key < best[0]:
                     best = (key, GemmPlan(m, k, n, mb, nb, kb, footprint, estimate))
     if best is None:
+        limit = "" if max_utop_cost is None else f" with ME uTOps of at most {max_utop_cost} work units"
         raise FirmwareError(f"no GEMM blocking of {m}x{k}x{n} fits the {cfg.sram_kib} KiB scratchpad "
-                            f"of config {cfg.name!r}")
+                            f"of config {cfg.name!r}{limit}")
     return best[1]
 
 
-def gemm(config, m, k, n, *, bias=False, requant=None, plan=None):
+def gemm(config, m, k, n, *, bias=False, requant=None, plan=None, max_utop_cost=HARVEST_COST_DEFAULT):
     """Lower a GEMM to a program image.
 
     Parameters
@@ -172,6 +190,9 @@ def gemm(config, m, k, n, *, bias=False, requant=None, plan=None):
         Requantize the int32 result to int8; without it ``C`` is int32.
     plan : GemmPlan, optional
         Block sizes (default: :func:`plan_gemm`).
+    max_utop_cost : int or None
+        Passed to :func:`plan_gemm`: the largest declared cost of an ME uTOp (default: the
+        ``HARVEST_COST`` register's reset value, so the harvest policy may share its uTOps).
 
     Returns
     -------
@@ -187,7 +208,7 @@ def gemm(config, m, k, n, *, bias=False, requant=None, plan=None):
     cfg = get_config(config)
     if requant is not None and not isinstance(requant, Requant):
         raise FirmwareError(f"requant must be a Requant, got {requant!r}")
-    plan = plan or plan_gemm(cfg, m, k, n, bias=bias, requant=requant is not None)
+    plan = plan or plan_gemm(cfg, m, k, n, bias=bias, requant=requant is not None, max_utop_cost=max_utop_cost)
     rows, cols = cfg.me_rows, cfg.me_cols
     mb, nb, kb = plan.mb, plan.nb, plan.kb
     out_dtype, out_item = ("i8", 1) if requant else ("i32", 4)
@@ -289,7 +310,7 @@ def gemm(config, m, k, n, *, bias=False, requant=None, plan=None):
     for emit in deferred:
         emit()
 
-    code = prog.build()
+    code = prog.build(cfg)
     symbols = [Symbol("A", "input", "i8", (m, k), off_a, stride_a),
                Symbol("B", "input", "i8", (k, n), off_b, stride_b)]
     if bias:

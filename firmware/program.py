@@ -15,11 +15,13 @@ can be pending on a token when a new group starts using it.
 
 from dataclasses import dataclass, field
 
-from tcloud.isa import Instr
+from tcloud.isa import Instr, get_config
+from tcloud.isa.cost import utop_units
 from tcloud.isa.errors import TcloudError
 from tcloud.isa.table import BY_MNEMONIC, NUM_TOKENS, UTOP_CLASSES, EngineClass
 
 _MAX_COUNT = (1 << BY_MNEMONIC["utop"].field("count0").width) - 1
+_MAX_COST = BY_MNEMONIC["utop"].field("cost").max_value
 _WAIT_SLOTS = sum(1 for f in BY_MNEMONIC["utop"].fields if f.kind == "token")
 
 
@@ -96,8 +98,15 @@ class ProgramBuilder:
         """Append a ``fence``: everything before it completes before anything after it starts."""
         self._items.append(Instr("fence"))
 
-    def build(self):
+    def build(self, config=None):
         """Assign tokens, append ``halt`` and return the encoded code segment.
+
+        Parameters
+        ----------
+        config : ArchConfig or str, optional
+            When given, every uTOp header declares its exact cost (:func:`tcloud.isa.cost.utop_units`),
+            which lets the ``harvest`` policy run it on engines its context does not own. A uTOp too
+            large to declare (more than the ``cost`` field holds) stays undeclared.
 
         Raises
         ------
@@ -105,6 +114,7 @@ class ProgramBuilder:
             If more than 16 dependency groups would be live at once.
         """
         self._assign_tokens()
+        config = get_config(config) if config is not None else None
         out = []
         for item in self._items:
             if isinstance(item, Instr):
@@ -113,7 +123,10 @@ class ProgramBuilder:
             waits = {}
             for slot, (token, count) in enumerate(item.waits):
                 waits[f"wait{slot}"], waits[f"count{slot}"] = token, count
-            out.append(Instr("utop", cls=int(item.engine), len=len(item.body), signal=item.signal, **waits))
+            units = utop_units(item.body, config) if config is not None else 0
+            cost = units if units <= _MAX_COST else 0
+            out.append(Instr("utop", cls=int(item.engine), len=len(item.body), signal=item.signal, cost=cost,
+                             **waits))
             out.extend(item.body)
         out.append(Instr("halt"))
         return b"".join(i.encode() for i in out)

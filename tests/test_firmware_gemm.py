@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tcloud.firmware import FirmwareError, GemmPlan, ProgramBuilder, Requant, gemm, plan_gemm
-from tcloud.firmware.gemm import _sram_footprint
+from tcloud.firmware.gemm import _sram_footprint, me_utop_cost
+from tcloud.isa.cost import HARVEST_COST_DEFAULT
 from tcloud.isa import EngineClass, Instr, decode_stream, get_config
 from tcloud.runtime import FunctionalDevice, run_image
 from tcloud.verif import find_races
@@ -82,7 +83,19 @@ def test_plan_fits_the_scratchpad_and_prefers_fewer_utops():
         plan = plan_gemm(cfg, 300, 500, 700, bias=True, requant=True)
         assert plan.sram_bytes <= cfg.sram_bytes
         assert plan.nb % cfg.me_cols == 0 and plan.kb % cfg.me_rows == 0
-    assert plan_gemm("small", 256, 256, 256).kb == 256
+    assert plan_gemm("small", 256, 256, 256, max_utop_cost=None).kb == 256
+
+
+def test_me_utops_stay_within_the_harvestable_cost():
+    """By default every ME uTOp of a GEMM declares at most HARVEST_COST's reset value, so the harvest
+    policy may share it; without a limit the planner may choose longer uTOps."""
+    for limit in (HARVEST_COST_DEFAULT, 600):
+        plan = plan_gemm("small", 256, 256, 256, max_utop_cost=limit)
+        image = gemm("small", 256, 256, 256, max_utop_cost=limit)
+        costs = [i["cost"] for i in decode_stream(image.code) if i.mnemonic == "utop" and i["cls"] == EngineClass.ME]
+        assert max(costs) == me_utop_cost(get_config("small"), plan.mb, plan.kb) <= limit
+    with pytest.raises(FirmwareError, match="ME uTOps of at most 10 work units"):
+        plan_gemm("small", 256, 256, 256, max_utop_cost=10)
 
 
 @pytest.mark.parametrize("dims, message", [

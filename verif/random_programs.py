@@ -144,7 +144,7 @@ def random_program(config, seed, *, utops=12):
         else:
             last = builder.utop(EngineClass.DMA, gen.dma_body(in_offset, AREA), deps=[last])
     builder.utop(EngineClass.DMA, [Instr("dma.store", sram=0, hbm=out_offset, rows=1, row_bytes=AREA)], deps=[last])
-    code = builder.build()
+    code = builder.build(cfg)
     symbols = [Symbol("X", "input", "i32", (AREA // 4,), in_offset, AREA),
                Symbol("Y", "output", "i32", (AREA // 4,), out_offset, AREA)]
     image = ProgramImage.for_config(cfg, code, entry=code_at, hbm_bytes=_up4(code_at + len(code)),
