@@ -13,7 +13,10 @@ are not counted):
 
 * ``alone``: the neighbour vNPU exists (same engine split) but runs nothing: the baseline;
 * ``long_utops``: independent ME uTOps of 16 matmuls x 4,095 rows each (~74 k cycles per uTOp) and
-  VE uTOps of similar length;
+  VE uTOps of similar length (too long to declare a harvestable cost: they run on owned engines only);
+* ``at_the_limit``: independent ME and VE uTOps each declaring as much work as ``HARVEST_COST``
+  allows, the longest a harvester can hold an engine; the victim's longest reclaim wait is
+  compared with :func:`tcloud.rtl.reclaim_bound`;
 * ``dma_flood``: back-to-back independent 256 KiB ``dma.load`` / ``dma.store`` uTOps;
 * ``many_short``: 600 tiny independent uTOps (ME, VE and DMA in turn);
 * ``faulting``: a little real work, then an out-of-window ``dma.load``: faults (``HBM_BOUNDS``)
@@ -41,6 +44,8 @@ import numpy as np
 
 from tcloud.firmware import elementwise, gemm
 from tcloud.isa import EngineClass, Instr, ProgramImage, encode_stream, get_config
+from tcloud.isa.cost import HARVEST_COST_DEFAULT, INSTRUCTION_UNITS, utop_units
+from tcloud.rtl import reclaim_bound
 from tcloud.runtime import DeviceFault, FunctionalDevice, run_image
 from tcloud.runtime.hypervisor import Hypervisor, VNPUSpec
 
@@ -50,7 +55,7 @@ from .common import conditions as common_conditions
 CONFIG = "small"
 BACKEND = "verilator"
 POLICIES = ("static", "harvest", "temporal", "operator")
-NEIGHBOURS = ("alone", "long_utops", "dma_flood", "many_short", "faulting", "killed")
+NEIGHBOURS = ("alone", "long_utops", "at_the_limit", "dma_flood", "many_short", "faulting", "killed")
 HOSTILE = NEIGHBOURS[1:]
 HBM_LATENCY = 8
 """The RTL backends' default HBM latency (cycles); no jitter, no backpressure."""
@@ -73,6 +78,11 @@ CODE_AT = 0x180000
 
 def utop(cls, body, **header):
     return [Instr("utop", cls=int(cls), len=len(body), **header), *body]
+
+
+def declared(cls, body):
+    """A uTOp declaring its exact cost, so the harvest policy may run it on others' engines."""
+    return utop(cls, body, cost=utop_units(body, get_config(CONFIG)))
 
 
 def program_image(body, sram_bytes=64 * KIB):
@@ -130,8 +140,23 @@ def neighbour_programs(quick):
         + utop(EngineClass.DMA, [Instr("dma.load", sram=0, hbm=window - 0x100, rows=1, row_bytes=0x200)]))
 
     killed = program_image((me_utop(4, 512) + ve_utop(1, 80)) * 1000)  # ~3 k-cycle uTOps, never ends in time
-    return {"long_utops": long_utops, "dma_flood": dma_flood, "many_short": many_short, "faulting": faulting,
-            "killed": killed}
+    return {"long_utops": long_utops, "at_the_limit": program_image(at_the_limit() * 24), "dma_flood": dma_flood,
+            "many_short": many_short, "faulting": faulting, "killed": killed}
+
+
+def at_the_limit():
+    """An ME and a VE uTOp that each declare as much work as ``HARVEST_COST`` lets a harvester run."""
+    cfg = get_config(CONFIG)
+    k, n = cfg.me_rows, cfg.me_cols
+    me = [Instr("me.loadw", w=0, k=k, n=n, w_stride=n)]
+    matmul = Instr("me.matmul", a=0x100, out=0x1000, m=256, a_stride=0, out_stride=0, acc=1)
+    while utop_units(me + [matmul], cfg) <= HARVEST_COST_DEFAULT:
+        me.append(matmul)
+    add = Instr("ve.add", dst=0x2000, src1=0x2000, src2=0x2100, n=64)
+    per_row = utop_units([add], cfg) - INSTRUCTION_UNITS  # one row of the add
+    rows = (HARVEST_COST_DEFAULT - 2 * INSTRUCTION_UNITS) // per_row
+    ve = [Instr("ve.shape", rows=rows, dst_stride=0, src1_stride=0, src2_stride=0), add]
+    return declared(EngineClass.ME, me) + declared(EngineClass.ME, me) + declared(EngineClass.VE, ve)
 
 
 NEIGHBOUR_DESCRIPTIONS = {
@@ -139,6 +164,8 @@ NEIGHBOUR_DESCRIPTIONS = {
     "long_utops": "12 independent uTOps per run, (ME, ME, VE) x 4: ME = loadw + 16 matmuls x 4095 rows "
                   "(~74 k cycles), VE = 7 x ve.add of 256 rows x 64 (~72 k cycles); quick: 512 rows, 1 add "
                   "(~10 k cycles)",
+    "at_the_limit": "72 independent uTOps per run, (ME, ME, VE) x 24, each declaring the largest cost the "
+                    "HARVEST_COST register lets a harvester run (ME: loadw + 256-row matmuls, VE: ve.add rows)",
     "dma_flood": "32 independent DMA uTOps per run, alternating dma.load / dma.store of 16 x 16 KiB rows "
                  "(256 KiB each, ~10 k cycles alone; quick: 4 rows)",
     "many_short": "600 independent tiny uTOps per run: ME (loadw + 4-row matmul), VE (16-element fill), "
@@ -356,6 +383,10 @@ def summarize(results):
                 f"under {worst.split('/')[1]}. DMA engines and HBM bandwidth are shared with no per-context "
                 "isolation" + ("; this motivates per-context bandwidth shares, which need a bound on how long "
                                "another context can hold a DMA engine to help (not implemented)." if large else "."))
+    bound = reclaim_bound(get_config(CONFIG), HBM_LATENCY, HARVEST_COST_DEFAULT)
+    longest = max((r["reclaim_max_cycles"] for v, p, nb, r in rows("harvest")), default=0)
+    summary["harvest_reclaim_within_bound"] = {"longest_wait_cycles": longest, "bound_cycles": bound,
+                                               "holds": longest <= bound}
     summary["max_reclaim_wait_cycles"] = {
         pol: {nb: max(results[v][pol][nb]["reclaim_max_cycles"] for v in results) for nb in NEIGHBOURS
               if all(nb in results[v][pol] for v in results)}
@@ -374,6 +405,8 @@ def conditions(runs, quick):
     cfg = get_config(CONFIG)
     return {**common_conditions(cfg, HBM_TIMING), "backend": BACKEND,
             "abort_bound_cycles": abort_bound(cfg, HBM_LATENCY),
+            "harvest_cost": HARVEST_COST_DEFAULT,
+            "reclaim_bound_cycles": reclaim_bound(cfg, HBM_LATENCY, HARVEST_COST_DEFAULT),
             "quantum_cycles": QUANTUM_RESET, "starvation_cycles": STARVATION_RESET,
             "poll_cycles": POLL_CYCLES, "warmup_runs": WARMUP_RUNS,
             "kill_after_cycles": QUICK_KILL_AFTER if quick else KILL_AFTER,

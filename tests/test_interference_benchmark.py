@@ -31,6 +31,11 @@ def test_interference_benchmark_quick(tmp_path):
             assert per_policy[policy]["faulting"]["neighbour_outcomes"].get("HBM_BOUNDS", 0) >= 1
             assert per_policy[policy]["killed"]["kills"] >= 1
             assert set(per_policy[policy]["killed"]["neighbour_outcomes"]) <= {"KILLED"}
-    # harvesting long uTOps makes the owner wait for them
-    assert results["gemm"]["harvest"]["long_utops"]["reclaim_max_cycles"] > 1000
+    # uTOps too long to declare a harvestable cost never run on the victim's engines; those at the
+    # limit do, and the victim waits for them at most the reclaim bound
+    harvest = {vname: per_policy["harvest"] for vname, per_policy in results.items()}
+    assert all(h["long_utops"]["reclaim_max_cycles"] == 0 for h in harvest.values())
+    assert any(h["at_the_limit"]["reclaim_max_cycles"] > 0 for h in harvest.values())
+    within = summary["harvest_reclaim_within_bound"]
+    assert within["holds"] and within["bound_cycles"] == conditions["reclaim_bound_cycles"], within
     assert summary["dma_flood_worst"]["slowdown_p50"] > 1.0
