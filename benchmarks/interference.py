@@ -1,9 +1,10 @@
 """Performance interference: a victim tenant's latency next to hostile neighbours, per policy.
 
 On one ``small`` pNPU (Verilator RTL, default HBM timing) a *victim* vNPU and a *neighbour* vNPU
-split the engines: each owns 2 of the 4 MEs and 1 of the 2 VEs (``VICTIM`` and ``NEIGHBOUR``
-below); the 2 DMA engines and the HBM port are shared by everyone (the ISA has no DMA ownership
-and no bandwidth shares). Under ``harvest`` either may run uTOps on the other's idle engines.
+split the engines: each owns 2 of the 4 MEs, 1 of the 2 VEs and 1 of the 2 DMA engines
+(``VICTIM`` and ``NEIGHBOUR`` below; ``--shared-dma``: both share the two DMA engines, as every
+vNPU did before DMA engines could be owned); the HBM port is shared by everyone (no bandwidth
+shares). Under ``harvest`` either may run uTOps on the other's idle engines.
 
 Victims (each run back to back, ``--runs`` times per scenario, every output checked against the
 golden model): ``gemm`` (int8 GEMM 96x128x96) and ``vector`` (residual add+ReLU chain 32x64,
@@ -32,11 +33,13 @@ With ``--runs`` N the p99 is numpy's linearly interpolated 99th percentile of N 
 N < 100, between the two largest). The simulation is deterministic; the spread between runs comes
 from the phase of the neighbour against the victim.
 
-Writes ``benchmarks/results/interference.json`` and ``interference.png``.
-``python -m benchmarks.interference [--quick] [--runs N] [--out PATH] [--plot PATH]``
+Writes ``benchmarks/results/interference.json`` and ``interference.png`` (``--shared-dma``:
+``interference_shared_dma.*``).
+``python -m benchmarks.interference [--quick] [--shared-dma] [--runs N] [--out PATH] [--plot PATH]``
 """
 
 import argparse
+import dataclasses
 import threading
 import time
 
@@ -70,8 +73,13 @@ KILL_AFTER, QUICK_KILL_AFTER = 20_000, 5_000
 DEFAULT_RUNS, QUICK_RUNS = 32, 3
 
 MIB, KIB = 1024 * 1024, 1024
-VICTIM = VNPUSpec(mes=2, ves=1, sram_kib=120, hbm_mib=2)
-NEIGHBOUR = VNPUSpec(mes=2, ves=1, sram_kib=120, hbm_mib=2)
+VICTIM = VNPUSpec(mes=2, ves=1, dmas=1, sram_kib=120, hbm_mib=2)
+NEIGHBOUR = VNPUSpec(mes=2, ves=1, dmas=1, sram_kib=120, hbm_mib=2)
+
+
+def engine_split(shared_dma):
+    """(victim, neighbour) specs: one DMA engine each, or (``shared_dma``) both sharing the pool."""
+    return tuple(dataclasses.replace(spec, dmas=0) if shared_dma else spec for spec in (VICTIM, NEIGHBOUR))
 CODE_AT = 0x180000
 """Neighbour programs live at 1.5 MiB of their 2 MiB window, clear of the data they touch."""
 
@@ -230,13 +238,13 @@ class Neighbour:
             self.stopped = True
 
 
-def scenario(policy, victim, neighbour, runs, images, timeout_s, kill_after=KILL_AFTER):
+def scenario(policy, victim, neighbour, runs, images, timeout_s, kill_after=KILL_AFTER, specs=(VICTIM, NEIGHBOUR)):
     """Run ``runs`` victim jobs next to ``neighbour``; return latencies, reclaim waits and checks."""
     image, inputs, expected, _ = victim
     wall = time.perf_counter()
     with Hypervisor(CONFIG, BACKEND, policy, poll_cycles=POLL_CYCLES, hbm_timing=HBM_TIMING) as hv:
-        v = hv.create_vnpu(VICTIM, name="victim")
-        nb = hv.create_vnpu(NEIGHBOUR, name=neighbour)
+        v = hv.create_vnpu(specs[0], name="victim")
+        nb = hv.create_vnpu(specs[1], name=neighbour)
         v.load(image)
         keeper = None
         if neighbour != "alone":
@@ -301,7 +309,7 @@ def scenario(policy, victim, neighbour, runs, images, timeout_s, kill_after=KILL
     return result
 
 
-def measure(runs, quick, policies=POLICIES, neighbours=NEIGHBOURS, timeout_s=600):
+def measure(runs, quick, policies=POLICIES, neighbours=NEIGHBOURS, timeout_s=600, shared_dma=False):
     images = neighbour_programs(quick)
     vics = victims(quick)
     results = {name: {} for name in vics}
@@ -310,7 +318,7 @@ def measure(runs, quick, policies=POLICIES, neighbours=NEIGHBOURS, timeout_s=600
             results[vname][policy] = {}
             for neighbour in neighbours:
                 r = scenario(policy, victim, neighbour, runs, images, timeout_s,
-                             QUICK_KILL_AFTER if quick else KILL_AFTER)
+                             QUICK_KILL_AFTER if quick else KILL_AFTER, engine_split(shared_dma))
                 results[vname][policy][neighbour] = r
                 flag = ""
                 if r["wrong_outputs"] or r["failed_runs"] or r["unfinished_runs"]:
@@ -333,7 +341,7 @@ def measure(runs, quick, policies=POLICIES, neighbours=NEIGHBOURS, timeout_s=600
     return vics, results
 
 
-def summarize(results):
+def summarize(results, shared_dma=False):
     def rows(policy=None):
         for vname, per_policy in results.items():
             for pol, per_nb in per_policy.items():
@@ -368,21 +376,21 @@ def summarize(results):
         static = {k: f for k, f in flood.items() if k.endswith("/static")}
         summary["dma_flood"] = flood
         summary["dma_flood_worst"] = {"case": worst, **flood[worst]}
-        if static:  # under static nothing but the DMA engines and the HBM port is shared
+        if static:  # under static only the HBM port (and, with --shared-dma, the DMA engines) is shared
             worst_static = max(static, key=lambda k: static[k]["slowdown_p50"])
             f = static[worst_static]
             large = f["slowdown_p50"] > 1.5
             transfer = f["victim_dma_cycles_per_run_vs_alone"]
-            cause = ("its own DMA uTOps take {:.2f}x their engine-cycles alone, so most of it is waiting for one of "
-                     "the two DMA engines, which the flood's long uTOps hold" if transfer < 0.5 * f["slowdown_p50"]
+            cause = ("its own DMA uTOps take {:.2f}x their engine-cycles alone, so most of it is waiting for a "
+                     "DMA engine the flood's long uTOps hold" if transfer < 0.5 * f["slowdown_p50"]
                      else "its own DMA uTOps take {:.2f}x their engine-cycles alone: HBM bandwidth").format(transfer)
+            dmas = "share both DMA engines" if shared_dma else "own one DMA engine each"
             summary["dma_flood_note"] = (
-                f"{'LARGE: ' if large else ''}under static, where the victim shares no ME or VE, a DMA-flooding "
-                f"neighbour slows the {worst_static.split('/')[0]} victim {f['slowdown_p50']:.2f}x at p50 and "
-                f"{f['slowdown_p99']:.2f}x at p99 ({cause}); up to {flood[worst]['slowdown_p50']:.2f}x at p50 "
-                f"under {worst.split('/')[1]}. DMA engines and HBM bandwidth are shared with no per-context "
-                "isolation" + ("; this motivates per-context bandwidth shares, which need a bound on how long "
-                               "another context can hold a DMA engine to help (not implemented)." if large else "."))
+                f"{'LARGE: ' if large else ''}victim and neighbour {dmas}; under static, where no other context "
+                f"runs on the victim's engines, a DMA-flooding neighbour slows the {worst_static.split('/')[0]} victim "
+                f"{f['slowdown_p50']:.2f}x at p50 and {f['slowdown_p99']:.2f}x at p99 ({cause}); up to "
+                f"{flood[worst]['slowdown_p50']:.2f}x at p50 under {worst.split('/')[1]}. HBM bandwidth is shared "
+                "with no per-context shares.")
     bound = reclaim_bound(get_config(CONFIG), HBM_LATENCY, HARVEST_COST_DEFAULT)
     longest = max((r["reclaim_max_cycles"] for v, p, nb, r in rows("harvest")), default=0)
     summary["harvest_reclaim_within_bound"] = {"longest_wait_cycles": longest, "bound_cycles": bound,
@@ -398,7 +406,7 @@ def summarize(results):
     return summary
 
 
-def conditions(runs, quick):
+def conditions(runs, quick, shared_dma=False):
     from tcloud.rtl import abort_bound
     from tcloud.rtl.csr import QUANTUM_RESET, STARVATION_RESET
 
@@ -411,8 +419,10 @@ def conditions(runs, quick):
             "poll_cycles": POLL_CYCLES, "warmup_runs": WARMUP_RUNS,
             "kill_after_cycles": QUICK_KILL_AFTER if quick else KILL_AFTER,
             "runs_per_scenario": runs, "quick": quick,
-            "engine_split": {"victim": VICTIM.__dict__, "neighbour": NEIGHBOUR.__dict__,
-                             "shared": f"{cfg.dma_count} DMA engines and the HBM port (no ownership, no shares)"}}
+            "engine_split": {"victim": engine_split(shared_dma)[0].__dict__,
+                             "neighbour": engine_split(shared_dma)[1].__dict__,
+                             "shared": ("the HBM port (no bandwidth shares)" if not shared_dma else
+                                        f"the HBM port and all {cfg.dma_count} DMA engines")}}
 
 
 def plot(results, path):
@@ -477,16 +487,19 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, help=f"victim runs per scenario (default {DEFAULT_RUNS}, "
                                                  f"quick {QUICK_RUNS})")
     parser.add_argument("--quick", action="store_true", help="smaller victims and neighbour uTOps (CI smoke run)")
+    parser.add_argument("--shared-dma", action="store_true",
+                        help="victim and neighbour share both DMA engines instead of owning one each")
     parser.add_argument("--out")
-    parser.add_argument("--plot", default=str(RESULTS / "interference.png"))
+    parser.add_argument("--plot")
     args = parser.parse_args(argv)
+    name = "interference_shared_dma" if args.shared_dma else "interference"
     runs = args.runs or (QUICK_RUNS if args.quick else DEFAULT_RUNS)
     if runs < 1:
         parser.error("--runs must be at least 1")
     start = time.perf_counter()
-    recorded = conditions(runs, args.quick)  # before measuring: the sources may change while it runs
-    vics, results = measure(runs, args.quick)
-    summary = summarize(results)
+    recorded = conditions(runs, args.quick, args.shared_dma)  # before measuring: sources may change meanwhile
+    vics, results = measure(runs, args.quick, shared_dma=args.shared_dma)
+    summary = summarize(results, args.shared_dma)
     elapsed = round(time.perf_counter() - start, 1)
     print_table(results)
     print()
@@ -499,14 +512,14 @@ def main(argv=None):
         if key != "harvest_worst_case":
             print(f"{key}: {value}")
     print(f"total {elapsed} s")
-    write("interference", {
+    write(name, {
         "conditions": recorded,
         "victims": {name: what for name, (_, _, _, what) in vics.items()},
         "neighbours": NEIGHBOUR_DESCRIPTIONS,
         "summary": summary,
         "wall_seconds": elapsed,
         "results": results}, args.out)
-    try_plot(plot, results, args.plot)
+    try_plot(plot, results, args.plot or str(RESULTS / f"{name}.png"))
     return summary
 
 

@@ -67,7 +67,7 @@ class ArchConfig:
             "me_cols": (1, _field_max("me.loadw", "n")),
             "ve_count": (1, _field_max("ctx.engines", "ve_mask").bit_length()),
             "ve_lanes": (1, 4096),
-            "dma_count": (1, 16),
+            "dma_count": (1, _field_max("ctx.engines", "dma_mask").bit_length()),
             "sram_kib": (1, (_field_max("ctx.sram", "base") + 4) // _KIB),
             "sram_banks": (1, 256),
             "contexts": (1, _field_max("ctx.start", "ctx") + 1),

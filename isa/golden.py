@@ -107,6 +107,7 @@ class Context:
     hbm: Window = field(default_factory=Window)
     me_mask: int = 0
     ve_mask: int = 0
+    dma_mask: int = 0
     priority: int = 0
     budget: int = 0
     pc: int = 0
@@ -149,7 +150,9 @@ class Machine:
         self.hbm = np.zeros(self.config.hbm_bytes, dtype=np.uint8)
         self.sram = np.zeros(self.config.sram_bytes, dtype=np.uint8)
         all_mes, all_ves = (1 << self.config.me_count) - 1, (1 << self.config.ve_count) - 1
-        self.contexts = [Context(i, me_mask=all_mes, ve_mask=all_ves) for i in range(self.config.contexts)]
+        all_dmas = (1 << self.config.dma_count) - 1
+        self.contexts = [Context(i, me_mask=all_mes, ve_mask=all_ves, dma_mask=all_dmas)
+                         for i in range(self.config.contexts)]
         self.trace = [] if trace else None
         self._accesses = None
 
@@ -189,11 +192,12 @@ class Machine:
         elif name == "ctx.hbm":
             ctx.hbm = self._window(instr, self.config.hbm_bytes, "HBM")
         elif name == "ctx.engines":
-            for mask_name, count in (("me_mask", self.config.me_count), ("ve_mask", self.config.ve_count)):
+            for mask_name, count in (("me_mask", self.config.me_count), ("ve_mask", self.config.ve_count),
+                                     ("dma_mask", self.config.dma_count)):
                 if instr[mask_name] >> count:
                     raise HostCommandError(f"ctx.engines: {mask_name}={instr[mask_name]:#x} names engines "
                                            f"beyond the {count} this pNPU has")
-            ctx.me_mask, ctx.ve_mask = instr["me_mask"], instr["ve_mask"]
+            ctx.me_mask, ctx.ve_mask, ctx.dma_mask = instr["me_mask"], instr["ve_mask"], instr["dma_mask"]
         elif name == "ctx.prio":
             ctx.priority = instr["priority"]
         elif name == "ctx.budget":
@@ -296,7 +300,7 @@ class Machine:
             if ctx.tokens[token] < count:
                 raise _Fault(FaultCode.TOKEN_DEADLOCK, f"uTOp waits for {count} signal(s) on t{token}, "
                                                        f"{ctx.tokens[token]} available")
-        owned = {EngineClass.ME: ctx.me_mask, EngineClass.VE: ctx.ve_mask}.get(cls)
+        owned = {EngineClass.ME: ctx.me_mask, EngineClass.VE: ctx.ve_mask, EngineClass.DMA: ctx.dma_mask}[cls]
         if owned == 0 and self.policy in (Policy.STATIC, Policy.HARVEST):
             raise _Fault(FaultCode.NO_ENGINE, f"{cls.name} uTOp, but the context owns no {cls.name} under the "
                                               f"{self.policy.name.lower()} policy")

@@ -89,7 +89,7 @@ FAULT_DOCS = {
     FaultCode.KILLED: "The hypervisor killed the context (ctx.kill); its uTOps in flight are aborted.",
     FaultCode.WATCHDOG: "The context ran longer than its cycle budget (ctx.budget) since ctx.start; its uTOps "
     "in flight are aborted.",
-    FaultCode.NO_ENGINE: "Under the static or harvest policy, a uTOp for an engine class of which "
+    FaultCode.NO_ENGINE: "Under the static or harvest policy, a uTOp for an engine class (DMA, ME, VE) of which "
     "the context owns no engine (ctx.engines).",
     FaultCode.COST_EXCEEDED: "A uTOp that declared a cost ran a body instruction that would take its "
     "work units past it (the instruction has no effect).",
@@ -99,7 +99,8 @@ FAULT_DOCS = {
 class Policy(IntEnum):
     """How the uTOp scheduler shares engines between contexts (the pNPU's ``POLICY`` register).
 
-    DMA engines are shared by all contexts under every policy except ``TEMPORAL``.
+    Under ``STATIC`` and ``HARVEST`` ownership (``ctx.engines``) covers DMA engines as well as MEs and
+    VEs; under ``OPERATOR`` DMA engines are shared by all contexts.
     """
 
     STATIC = 0
@@ -109,7 +110,8 @@ class Policy(IntEnum):
 
 
 POLICY_DOCS = {
-    Policy.STATIC: "A context runs uTOps only on the MEs and VEs it owns (spatial partitioning, MIG-like).",
+    Policy.STATIC: "A context runs uTOps only on the engines (MEs, VEs, DMA engines) it owns (spatial "
+    "partitioning, MIG-like).",
     Policy.HARVEST: "As static, and a free engine whose owners have no ready uTOp of its class runs another "
     "context's uTOp that declares a cost within HARVEST_COST; the owner gets it back at the end of that uTOp, "
     "within a bound the declared cost sets (TCloud).",
@@ -407,8 +409,10 @@ INSTRUCTIONS = (
         "Sets the context's HBM window (program, data and tensors)."),
     InstructionSpec("ctx.engines", 0xF2, EngineClass.HOST, (
         _CTX, Field("me_mask", 16, "Matrix engines the context owns.", kind="int"),
-        Field("ve_mask", 16, "Vector engines the context owns.", kind="int")),
-        "Sets the engines the context owns (the scheduler policy decides whether others may harvest them)."),
+        Field("ve_mask", 16, "Vector engines the context owns.", kind="int"),
+        Field("dma_mask", 16, "DMA engines the context owns.", kind="int")),
+        "Sets the engines the context owns (the scheduler policy decides whether others may harvest them). "
+        "Contexts may own a DMA engine together (a shared pool), as MEs and VEs."),
     InstructionSpec("ctx.prio", 0xF3, EngineClass.HOST, (
         _CTX, Field("priority", 8, "Scheduling weight; higher is served more often.")),
         "Sets the context's scheduling weight."),

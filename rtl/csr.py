@@ -90,8 +90,9 @@ CONTEXT_CSRS = (
     Csr("VE_OWNED", 0x44, "R", "Engine-cycles of this context's uTOps on VEs it owns."),
     Csr("VE_HARVESTED", 0x48, "R", "Engine-cycles of this context's uTOps on VEs it does not own."),
     Csr("DMA_CYCLES", 0x4C, "R", "Engine-cycles of this context's uTOps on the (shared) DMA engines."),
-    Csr("RECLAIM_WAIT", 0x50, "R", "Cycles a ready uTOp waited while an engine the context owns ran "
-        "another context's uTOp (the price of being harvested)."),
+    Csr("RECLAIM_WAIT", 0x50, "R", "Cycles a ready uTOp waited while an engine the context owns ran a uTOp "
+        "of a context that does not own it (the price of being harvested; co-owners sharing an engine do "
+        "not count)."),
     Csr("RECLAIM_MAX", 0x54, "R", "Longest single such wait, in cycles."),
     Csr("BUDGET", 0x58, "R", "Watchdog budget (ctx.budget); 0 is unlimited."),
 )

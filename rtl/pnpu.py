@@ -162,10 +162,12 @@ class PNPU(wiring.Component):
                             m.next = "IDLE"
                 with m.Elif(cmd_op == OPCODES["ctx.engines"]):
                     view = command.ctx_engines
-                    with m.If((view.me_mask >> cfg.me_count != 0) | (view.ve_mask >> cfg.ve_count != 0)):
+                    with m.If((view.me_mask >> cfg.me_count != 0) | (view.ve_mask >> cfg.ve_count != 0)
+                              | (view.dma_mask >> cfg.dma_count != 0)):
                         reject(csr.CommandError.NO_SUCH_ENGINE)
                     with m.Else():
-                        m.d.sync += [table.me_mask[cmd_ctx].eq(view.me_mask), table.ve_mask[cmd_ctx].eq(view.ve_mask)]
+                        m.d.sync += [table.me_mask[cmd_ctx].eq(view.me_mask), table.ve_mask[cmd_ctx].eq(view.ve_mask),
+                                     table.dma_mask[cmd_ctx].eq(view.dma_mask)]
                         m.next = "IDLE"
                 with m.Elif(cmd_op == OPCODES["ctx.prio"]):
                     m.d.sync += table.priority[cmd_ctx].eq(command.ctx_prio.priority)

@@ -63,6 +63,7 @@ class ContextTable:
         self.hbm_base, self.hbm_size = field(HBM_ADDR_BITS, "hbm_base"), field(HBM_ADDR_BITS + 1, "hbm_size")
         self.me_mask = field(config.me_count, "me_mask", init=(1 << config.me_count) - 1)
         self.ve_mask = field(config.ve_count, "ve_mask", init=(1 << config.ve_count) - 1)
+        self.dma_mask = field(config.dma_count, "dma_mask", init=(1 << config.dma_count) - 1)
         self.priority = field(8, "priority")
         self.budget = field(32, "budget")
 
@@ -212,26 +213,24 @@ class UtopScheduler(Elaboratable):
             enough.append(Signal(name=f"ctx{c}_enough"))
             m.d.comb += enough[c].eq(ok)
             owns_none = ((utop.cls == int(EngineClass.ME)) & (table.me_mask[c] == 0)
-                         | (utop.cls == int(EngineClass.VE)) & (table.ve_mask[c] == 0))
+                         | (utop.cls == int(EngineClass.VE)) & (table.ve_mask[c] == 0)
+                         | (utop.cls == int(EngineClass.DMA)) & (table.dma_mask[c] == 0))
             no_engine.append(Signal(name=f"ctx{c}_no_engine"))
             m.d.comb += no_engine[c].eq(owns_none & ((self.policy == Policy.STATIC) | (self.policy == Policy.HARVEST)))
             m.d.comb += ready[c].eq(issuing[c] & enough[c] & ~no_engine[c] & ~stopping[c] & ~killed[c]
                                     & ~over_budget[c])
 
+        masks = {EngineClass.DMA: table.dma_mask, EngineClass.ME: table.me_mask, EngineClass.VE: table.ve_mask}
+
         def owns(c, e):
-            """Context c owns engine e (DMA engines are everyone's)."""
-            if classes[e] == EngineClass.ME:
-                return table.me_mask[c][class_index[EngineClass.ME].index(e)]
-            if classes[e] == EngineClass.VE:
-                return table.ve_mask[c][class_index[EngineClass.VE].index(e)]
-            return Const(1)
+            """Context c (an index or a signal) owns engine e."""
+            return masks[classes[e]][c].bit_select(class_index[classes[e]].index(e), 1)
 
         engine_ctx = [Signal(range(max(n_ctx, 2)), name=f"engine{e}_ctx") for e in range(n_eng)]
         wants = [[ready[c] & (head[c].utop.cls == int(classes[e])) for e in range(n_eng)] for c in range(n_ctx)]
         owner_wants = Signal(n_eng)
         for e in range(n_eng):
-            if classes[e] != EngineClass.DMA:
-                m.d.comb += owner_wants[e].eq(Cat(wants[c][e] & owns(c, e) for c in range(n_ctx)).any())
+            m.d.comb += owner_wants[e].eq(Cat(wants[c][e] & owns(c, e) for c in range(n_ctx)).any())
 
         # Temporal policy: the slice holder and its remaining cycles.
         holder, slice_left = Signal(range(max(n_ctx, 2))), Signal(25)
@@ -468,9 +467,8 @@ class UtopScheduler(Elaboratable):
             is_running = self.status[c] == ContextStatus.RUNNING
             busy_of = lambda cls, owned: sum(mine[c][e] & (owns(c, e) if owned else ~owns(c, e))
                                              for e in class_index[cls])
-            reclaim = ready[c] & ~won[c] & Cat(
-                wants[c][e] & owns(c, e) & engines[e].busy & (engine_ctx[e] != c)
-                for e in class_index[EngineClass.ME] + class_index[EngineClass.VE]).any()
+            reclaim = ready[c] & ~won[c] & Cat(  # an engine c owns runs a uTOp it harvested
+                wants[c][e] & owns(c, e) & engines[e].busy & ~owns(engine_ctx[e], e) for e in range(n_eng)).any()
             increments = {
                 "utops_dma": sum(ok_c[e] for e in class_index[EngineClass.DMA]),
                 "utops_me": sum(ok_c[e] for e in class_index[EngineClass.ME]),

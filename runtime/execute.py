@@ -41,6 +41,7 @@ class Placement:
     sram_base: int = 0
     me_mask: int | None = None
     ve_mask: int | None = None
+    dma_mask: int | None = None
 
 
 @dataclass(frozen=True)
@@ -146,12 +147,13 @@ def plan_load(config, image, inputs, placement=Placement()):
     index = placement.context
     window = HbmWindow(placement.hbm_base, image.hbm_bytes)
     writes = program_writes(window, image) + input_writes(window, image, inputs)
-    all_me, all_ve = (1 << config.me_count) - 1, (1 << config.ve_count) - 1
+    masks = {name: (1 << count) - 1 if getattr(placement, name) is None else getattr(placement, name)
+             for name, count in (("me_mask", config.me_count), ("ve_mask", config.ve_count),
+                                 ("dma_mask", config.dma_count))}
     setup = [
         Instr("ctx.hbm", ctx=index, base=window.base, size=window.size),
         Instr("ctx.sram", ctx=index, base=placement.sram_base, size=image.sram_bytes),
-        Instr("ctx.engines", ctx=index, me_mask=all_me if placement.me_mask is None else placement.me_mask,
-              ve_mask=all_ve if placement.ve_mask is None else placement.ve_mask),
+        Instr("ctx.engines", ctx=index, **masks),
         Instr("ctx.scrub", ctx=index),
     ]
     return LoadPlan(image, window, setup, writes, Instr("ctx.start", ctx=index, pc=image.entry))

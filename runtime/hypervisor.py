@@ -54,6 +54,9 @@ class VNPUSpec:
     ----------
     mes, ves : int
         Matrix and vector engines the vNPU owns (0 is allowed for a class the program never uses).
+    dmas : int
+        DMA engines the vNPU owns alone (as MIG gives each instance its copy engines); 0 (default)
+        shares the pool of DMA engines that no vNPU owns alone.
     sram_kib : int
         Scratchpad window in KiB.
     hbm_mib : int
@@ -70,8 +73,9 @@ class VNPUSpec:
     hbm_mib: int = 4
     priority: int = 0
     budget_cycles: int = 0
+    dmas: int = 0
 
-    _LIMITS = {"mes": (0, 16), "ves": (0, 16), "sram_kib": (1, 1 << 20), "hbm_mib": (1, 1 << 20),
+    _LIMITS = {"mes": (0, 16), "ves": (0, 16), "dmas": (0, 16), "sram_kib": (1, 1 << 20), "hbm_mib": (1, 1 << 20),
                "priority": (0, 255), "budget_cycles": (0, (1 << 32) - 1)}
 
     def __post_init__(self):
@@ -229,6 +233,7 @@ class _PNPU:
     free_contexts: list
     me_owners: list
     ve_owners: list
+    dma_owners: list
     sram: _FreeList
     hbm: _FreeList
     vnpus: dict = field(default_factory=dict)  # context -> VNPU
@@ -240,6 +245,7 @@ class _Grant:
     context: int
     me_mask: int
     ve_mask: int
+    dma_mask: int
     sram_base: int
     hbm_base: int
 
@@ -297,8 +303,8 @@ class Hypervisor:
             harvest_cost = self._harvest_cost(device, reclaim_cycles)
             device.set_policy(self.policy, quantum=quantum, starvation=starvation, harvest_cost=harvest_cost)
             self.pnpus.append(_PNPU(index, device, list(range(cfg.contexts)), [set() for _ in range(cfg.me_count)],
-                                    [set() for _ in range(cfg.ve_count)], _FreeList(cfg.sram_bytes),
-                                    _FreeList(cfg.hbm_bytes)))
+                                    [set() for _ in range(cfg.ve_count)], [set() for _ in range(cfg.dma_count)],
+                                    _FreeList(cfg.sram_bytes), _FreeList(cfg.hbm_bytes)))
         self._names = itertools.count()
         self._lock = threading.RLock()
         self._work = threading.Condition(self._lock)
@@ -345,6 +351,7 @@ class Hypervisor:
         spec = spec if isinstance(spec, VNPUSpec) else VNPUSpec.from_dict(spec)
         cfg = self.config
         for what, asked, have in (("MEs", spec.mes, cfg.me_count), ("VEs", spec.ves, cfg.ve_count),
+                                  ("DMA engines", spec.dmas, cfg.dma_count),
                                   ("KiB of scratchpad", spec.sram_kib, cfg.sram_kib),
                                   ("MiB of HBM", spec.hbm_mib, cfg.hbm_mib)):
             if asked > have:
@@ -373,6 +380,7 @@ class Hypervisor:
                 lacks.append(f"{len(free)} free {what} (asked {asked})")
                 chosen = []
             masks.append(sum(1 << e for e in chosen))
+        masks.append(self._dma_mask(pnpu, spec, lacks))
         sram_base = pnpu.sram.find(spec.sram_kib * KIB, SRAM_ALIGN)
         if sram_base is None:
             lacks.append(f"largest free scratchpad window {pnpu.sram.largest_free(SRAM_ALIGN) // KIB} KiB "
@@ -383,14 +391,30 @@ class Hypervisor:
         if lacks:
             reasons.append(f"pNPU {pnpu.index}: " + ", ".join(lacks))
             return None
-        return _Grant(pnpu, pnpu.free_contexts[0], masks[0], masks[1], sram_base, hbm_base)
+        return _Grant(pnpu, pnpu.free_contexts[0], *masks, sram_base, hbm_base)
+
+    def _dma_mask(self, pnpu, spec, lacks):
+        """DMA engines for ``spec``: ``spec.dmas`` engines nobody uses yet, or the shared pool (every
+        engine no vNPU owns alone; a pool engine is never taken away from the vNPUs sharing it)."""
+        owners = pnpu.dma_owners
+        if spec.dmas == 0:
+            pool = [e for e, holders in enumerate(owners) if all(v.spec.dmas == 0 for v in holders)]
+            if not pool:
+                lacks.append("no shared DMA engine (every one is owned alone; ask for dmas >= 1)")
+            return sum(1 << e for e in pool)
+        free = [e for e, holders in enumerate(owners) if not holders]
+        if len(free) < spec.dmas:
+            lacks.append(f"{len(free)} DMA engines nobody uses (asked {spec.dmas})")
+            return 0
+        return sum(1 << e for e in free[:spec.dmas])
 
     def _commit(self, grant, spec, name):
         pnpu, ctx = grant.pnpu, grant.context
         device = pnpu.device
         for command in (Instr("ctx.hbm", ctx=ctx, base=grant.hbm_base, size=spec.hbm_mib * MIB),
                         Instr("ctx.sram", ctx=ctx, base=grant.sram_base, size=spec.sram_kib * KIB),
-                        Instr("ctx.engines", ctx=ctx, me_mask=grant.me_mask, ve_mask=grant.ve_mask),
+                        Instr("ctx.engines", ctx=ctx, me_mask=grant.me_mask, ve_mask=grant.ve_mask,
+                              dma_mask=grant.dma_mask),
                         Instr("ctx.prio", ctx=ctx, priority=spec.priority),
                         Instr("ctx.budget", ctx=ctx, cycles=spec.budget_cycles)):
             device.host(command)
@@ -398,7 +422,8 @@ class Hypervisor:
         pnpu.sram.used[grant.sram_base] = spec.sram_kib * KIB
         pnpu.hbm.used[grant.hbm_base] = spec.hbm_mib * MIB
         vnpu = VNPU(self, grant, spec, name or f"vnpu{next(self._names)}")
-        for owners, mask in ((pnpu.me_owners, grant.me_mask), (pnpu.ve_owners, grant.ve_mask)):
+        for owners, mask in ((pnpu.me_owners, grant.me_mask), (pnpu.ve_owners, grant.ve_mask),
+                             (pnpu.dma_owners, grant.dma_mask)):
             for e, holders in enumerate(owners):
                 if mask >> e & 1:
                     holders.add(vnpu)
@@ -407,7 +432,7 @@ class Hypervisor:
 
     def _release(self, vnpu):
         pnpu, grant = vnpu._pnpu, vnpu._grant
-        for owners in (pnpu.me_owners, pnpu.ve_owners):
+        for owners in (pnpu.me_owners, pnpu.ve_owners, pnpu.dma_owners):
             for holders in owners:
                 holders.discard(vnpu)
         del pnpu.sram.used[grant.sram_base]
@@ -516,8 +541,8 @@ class VNPU:
         Index of the pNPU it lives on.
     context : int
         Its hardware context there.
-    me_mask, ve_mask : int
-        Engines it owns.
+    me_mask, ve_mask, dma_mask : int
+        Engines it owns (DMA engines alone when ``spec.dmas`` > 0, else shared with other vNPUs).
     runs : list of RunRecord
         Finished runs, oldest first.
     """
@@ -526,7 +551,7 @@ class VNPU:
         self._hv, self._grant, self._pnpu = hypervisor, grant, grant.pnpu
         self.name, self.spec = name, spec
         self.pnpu, self.context = grant.pnpu.index, grant.context
-        self.me_mask, self.ve_mask = grant.me_mask, grant.ve_mask
+        self.me_mask, self.ve_mask, self.dma_mask = grant.me_mask, grant.ve_mask, grant.dma_mask
         self._window = HbmWindow(grant.hbm_base, spec.hbm_mib * MIB)
         self.image = None
         self.runs = []
@@ -537,7 +562,8 @@ class VNPU:
 
     def __repr__(self):
         return (f"VNPU({self.name!r}, pnpu={self.pnpu}, context={self.context}, mes={self.me_mask:#x}, "
-                f"ves={self.ve_mask:#x}, sram={self.spec.sram_kib} KiB, hbm={self.spec.hbm_mib} MiB)")
+                f"ves={self.ve_mask:#x}, dmas={self.dma_mask:#x}{'' if self.spec.dmas else ' (shared)'}, "
+                f"sram={self.spec.sram_kib} KiB, hbm={self.spec.hbm_mib} MiB)")
 
     @property
     def config(self):

@@ -46,7 +46,8 @@ def start(device, program, ctx=0, budget=0):
     code = encode_stream(program + [Instr("halt")])
     device.host(Instr("ctx.hbm", ctx=ctx, base=ctx << 20, size=1 << 20))
     device.host(Instr("ctx.sram", ctx=ctx, base=0, size=cfg.sram_bytes // 2))
-    device.host(Instr("ctx.engines", ctx=ctx, me_mask=(1 << cfg.me_count) - 1, ve_mask=(1 << cfg.ve_count) - 1))
+    device.host(Instr("ctx.engines", ctx=ctx, me_mask=(1 << cfg.me_count) - 1, ve_mask=(1 << cfg.ve_count) - 1,
+                      dma_mask=(1 << cfg.dma_count) - 1))
     device.host(Instr("ctx.budget", ctx=ctx, cycles=budget))
     device.write_hbm((ctx << 20) + 0xF0000, code)
     device.host(Instr("ctx.start", ctx=ctx, pc=0xF0000))

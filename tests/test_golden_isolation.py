@@ -134,7 +134,8 @@ def test_kill_scrub_and_restart():
 @pytest.mark.parametrize("command, message", [
     (Instr("ctx.sram", ctx=0, base=0x3000, size=0x2000), r"exceeds the 0x4000-byte scratchpad"),
     (Instr("ctx.hbm", ctx=5, base=0, size=4), r"context 5 does not exist"),
-    (Instr("ctx.engines", ctx=0, me_mask=0b10, ve_mask=1), r"me_mask=0x2 names engines beyond the 1"),
+    (Instr("ctx.engines", ctx=0, me_mask=0b10, ve_mask=1, dma_mask=1), r"me_mask=0x2 names engines beyond the 1"),
+    (Instr("ctx.engines", ctx=0, me_mask=1, ve_mask=1, dma_mask=0b10), r"dma_mask=0x2 names engines beyond the 1"),
     (Instr("halt"), r"halt is not a host"),
 ])
 def test_bad_host_commands_are_rejected(command, message):

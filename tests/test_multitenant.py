@@ -62,7 +62,7 @@ def test_golden_static_policy_faults_a_utop_without_an_owned_engine():
         machine = Machine("small", policy=policy)
         machine.host(Instr("ctx.hbm", ctx=0, base=0, size=0x1000))
         machine.host(Instr("ctx.sram", ctx=0, base=0, size=0x100))
-        machine.host(Instr("ctx.engines", ctx=0, me_mask=0, ve_mask=1))
+        machine.host(Instr("ctx.engines", ctx=0, me_mask=0, ve_mask=1, dma_mask=1))
         machine.hbm[:len(program)] = np.frombuffer(program, np.uint8)
         machine.host(Instr("ctx.start", ctx=0, pc=0))
         machine.run()

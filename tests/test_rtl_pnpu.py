@@ -160,7 +160,8 @@ def test_windows_may_end_exactly_at_the_end_of_memory(device):
 @pytest.mark.parametrize("command, message", [
     (Instr("ctx.sram", ctx=0, base=0x3000, size=0x2000), "WINDOW_OUT_OF_RANGE"),
     (Instr("ctx.hbm", ctx=0, base=0xFFF000, size=0x2000), "WINDOW_OUT_OF_RANGE"),
-    (Instr("ctx.engines", ctx=0, me_mask=0b10, ve_mask=1), "NO_SUCH_ENGINE"),
+    (Instr("ctx.engines", ctx=0, me_mask=0b10, ve_mask=1, dma_mask=1), "NO_SUCH_ENGINE"),
+    (Instr("ctx.engines", ctx=0, me_mask=1, ve_mask=1, dma_mask=0b10), "NO_SUCH_ENGINE"),
     (Instr("ctx.prio", ctx=5, priority=1), "NO_SUCH_CONTEXT"),
     (Instr("halt"), "NOT_A_HOST_COMMAND"),
 ])
