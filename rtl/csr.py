@@ -64,9 +64,13 @@ GLOBAL_CSRS = (
         "uTOp may declare to run on an engine its context does not own; 0 disables harvesting. An owner "
         "then waits at most tcloud.rtl.reclaim_bound cycles for its engine; reset "
         f"{HARVEST_COST_DEFAULT}."),
+    Csr("HARVEST_GRACE", 0x050, "RW", "Harvest policy: cycles an engine's owners must have left it idle (no "
+        "ready uTOp of its class, nothing of theirs running on it) before another context may harvest it, so "
+        "an owner running a chain of uTOps keeps its engine through the gaps; reset 1024."),
 )
 
-POLICY_RESET, QUANTUM_RESET, STARVATION_RESET, HARVEST_COST_RESET = 1, 1024, 256, HARVEST_COST_DEFAULT
+POLICY_RESET, QUANTUM_RESET, STARVATION_RESET, HARVEST_COST_RESET, HARVEST_GRACE_RESET = (
+    1, 1024, 256, HARVEST_COST_DEFAULT, 1024)
 
 CONTEXT_CSRS = (
     Csr("STATUS", 0x00, "R", "ContextStatus."),

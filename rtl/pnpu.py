@@ -96,10 +96,12 @@ class PNPU(wiring.Component):
         quantum = Signal(16, init=csr.QUANTUM_RESET)
         starvation = Signal(16, init=csr.STARVATION_RESET)
         harvest_cost = Signal.like(scheduler.harvest_cost, init=csr.HARVEST_COST_RESET)
+        harvest_grace = Signal.like(scheduler.harvest_grace, init=csr.HARVEST_GRACE_RESET)
         m.d.comb += [scheduler.policy.eq(policy), scheduler.quantum.eq(quantum),
-                     scheduler.starvation.eq(starvation), scheduler.harvest_cost.eq(harvest_cost)]
+                     scheduler.starvation.eq(starvation), scheduler.harvest_cost.eq(harvest_cost),
+                     scheduler.harvest_grace.eq(harvest_grace)]
         for name, register in (("POLICY", policy), ("QUANTUM", quantum), ("STARVATION", starvation),
-                               ("HARVEST_COST", harvest_cost)):
+                               ("HARVEST_COST", harvest_cost), ("HARVEST_GRACE", harvest_grace)):
             with m.If(self.csr_we & (self.csr_addr == csr.GLOBAL[name])):
                 m.d.sync += register.eq(self.csr_wdata)
 
@@ -230,6 +232,7 @@ class PNPU(wiring.Component):
             csr.GLOBAL["QUANTUM"]: quantum,
             csr.GLOBAL["STARVATION"]: starvation,
             csr.GLOBAL["HARVEST_COST"]: harvest_cost,
+            csr.GLOBAL["HARVEST_GRACE"]: harvest_grace,
         }
         for i in range(4):
             reads[csr.GLOBAL[f"CMD{i}"]] = cmd_words[i]

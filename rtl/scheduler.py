@@ -10,8 +10,9 @@ priority, watchdog budget). :class:`UtopScheduler` runs every RUNNING context at
 * **Dispatch.** Every cycle the scheduler dispatches at most one ready uTOp onto a free engine of
   its class. Which engines a context may use is the policy (:class:`~tcloud.isa.Policy`, the
   ``POLICY`` register): ``static`` owned engines only; ``harvest`` also free engines whose owners
-  have no ready uTOp of that class, for uTOps that declare a cost within ``HARVEST_COST`` (the
-  owner wins at the end of that uTOp, within :func:`~tcloud.rtl.engine.reclaim_bound`); ``temporal`` one
+  have no ready uTOp of that class and have left idle for ``HARVEST_GRACE`` cycles, for uTOps that
+  declare a cost within ``HARVEST_COST`` (the owner wins at the end of that uTOp, within
+  :func:`~tcloud.rtl.engine.reclaim_bound`); ``temporal`` one
   context at a time on the whole pNPU; ``operator`` one context per engine class at a time.
   Among contexts that could dispatch, a context whose ready uTOp has waited ``STARVATION`` cycles
   outranks the rest, then higher priority wins, then round-robin; under ``operator`` it also makes
@@ -106,8 +107,8 @@ class UtopScheduler(Elaboratable):
         One-cycle requests from the host-command unit: start context c at ``start_pc``; kill it;
         clear its counters (scrub).
     start_pc : Signal, input
-    policy, quantum, starvation, harvest_cost : Signal, inputs
-        The ``POLICY``, ``QUANTUM``, ``STARVATION`` and ``HARVEST_COST`` registers.
+    policy, quantum, starvation, harvest_cost, harvest_grace : Signal, inputs
+        The ``POLICY``, ``QUANTUM``, ``STARVATION``, ``HARVEST_COST`` and ``HARVEST_GRACE`` registers.
     status, pc, fault, fault_pc : Array of Signal
         Per-context run state (word-scaled pc).
     counters : dict of str to Array of Signal
@@ -125,6 +126,7 @@ class UtopScheduler(Elaboratable):
         self.quantum = Signal(16)
         self.starvation = Signal(16)
         self.harvest_cost = Signal(COST_BITS)
+        self.harvest_grace = Signal(16)
 
         def per_context(width, name, init=0):
             return Array(Signal(width, name=f"ctx{c}_{name}", init=init) for c in range(n))
@@ -271,13 +273,23 @@ class UtopScheduler(Elaboratable):
             cost = head[c].utop.cost
             m.d.comb += harvestable[c].eq((cost != 0) & (cost <= self.harvest_cost))
 
+        # ... and only once the engine's owners have left it idle for HARVEST_GRACE cycles, so an owner
+        # running a chain of uTOps does not lose its engine in the short gaps between them.
+        owner_idle = [Signal(16, name=f"engine{e}_owner_idle", init=0xFFFF) for e in range(n_eng)]
+        for e in range(n_eng):
+            with m.If(owner_wants[e] | (engines[e].busy & owns(engine_ctx[e], e))):
+                m.d.sync += owner_idle[e].eq(0)
+            with m.Elif(~owner_idle[e].all()):
+                m.d.sync += owner_idle[e].eq(owner_idle[e] + 1)
+        idle_enough = Cat(owner_idle[e] >= self.harvest_grace for e in range(n_eng))
+
         allowed = [Signal(n_eng, name=f"ctx{c}_allowed") for c in range(n_ctx)]
         for c in range(n_ctx):
             for e in range(n_eng):
                 cls = classes[e]
                 by_policy = Array([
                     owns(c, e),
-                    owns(c, e) | (~owner_wants[e] & harvestable[c]),
+                    owns(c, e) | (~owner_wants[e] & harvestable[c] & idle_enough[e]),
                     holder == c,
                     ((class_holder[cls] == c) & ~class_yields[cls]) | class_idle[cls] if cls in class_holder
                     else Const(1),

@@ -68,10 +68,11 @@ class Device(Protocol):
         """Execute one privileged ``ctx.*`` command (raises ``HostCommandError`` if rejected)."""
 
     def set_policy(self, policy: object, *, quantum: int | None = None, starvation: int | None = None,
-                   harvest_cost: int | None = None) -> None:
+                   harvest_cost: int | None = None, harvest_grace: int | None = None) -> None:
         """Choose the scheduling policy (a :class:`~tcloud.isa.Policy` or its name) and, on timed
-        backends, the temporal slice quantum and the starvation threshold in cycles and the
-        largest declared uTOp cost that may run on a harvested engine (``HARVEST_COST``)."""
+        backends, the temporal slice quantum and the starvation threshold in cycles, the largest
+        declared uTOp cost that may run on a harvested engine (``HARVEST_COST``) and the cycles an
+        engine must have been left idle by its owners before it is harvested (``HARVEST_GRACE``)."""
 
     def run(self, max_cycles: int | None = None) -> bool:
         """Run until no context is running (``True``) or the limit is reached (``False``)."""
@@ -110,7 +111,7 @@ class FunctionalDevice:
     def host(self, command):
         self.machine.host(command)
 
-    def set_policy(self, policy, *, quantum=None, starvation=None, harvest_cost=None):
+    def set_policy(self, policy, *, quantum=None, starvation=None, harvest_cost=None, harvest_grace=None):
         self.machine.policy = parse_policy(policy)  # the untimed model has no slices, aging or harvesting
 
     def run(self, max_cycles=None):

@@ -279,6 +279,9 @@ class Hypervisor:
         hypervisor programs the largest ``HARVEST_COST`` whose :func:`~tcloud.rtl.reclaim_bound`
         fits (uTOps declaring more are not harvested). Default: the hardware's reset value;
         :attr:`reclaim_bound` gives the resulting bound either way (``None`` when untimed).
+    harvest_grace : int, optional
+        Under ``harvest``: cycles an engine's owners must have left it idle before it is harvested
+        (the ``HARVEST_GRACE`` register; default: its reset value, 1,024).
 
     Raises
     ------
@@ -288,7 +291,7 @@ class Hypervisor:
 
     def __init__(self, config="small", backend="verilator", policy="harvest", *, pnpus=1, oversubscribe=False,
                  prices=PriceTable(), poll_cycles=2048, hbm_timing=None, quantum=None, starvation=None,
-                 reclaim_cycles=None):
+                 reclaim_cycles=None, harvest_grace=None):
         self.config = get_config(config)
         self.policy = parse_policy(policy)
         for name, value in (("pnpus", pnpus), ("poll_cycles", poll_cycles)):
@@ -301,7 +304,8 @@ class Hypervisor:
         for index in range(pnpus):
             device = make_device(backend, cfg, **(hbm_timing or {}))
             harvest_cost = self._harvest_cost(device, reclaim_cycles)
-            device.set_policy(self.policy, quantum=quantum, starvation=starvation, harvest_cost=harvest_cost)
+            device.set_policy(self.policy, quantum=quantum, starvation=starvation, harvest_cost=harvest_cost,
+                              harvest_grace=harvest_grace)
             self.pnpus.append(_PNPU(index, device, list(range(cfg.contexts)), [set() for _ in range(cfg.me_count)],
                                     [set() for _ in range(cfg.ve_count)], [set() for _ in range(cfg.dma_count)],
                                     _FreeList(cfg.sram_bytes), _FreeList(cfg.hbm_bytes)))

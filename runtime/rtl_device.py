@@ -39,11 +39,12 @@ class CsrDevice:
     def run(self, max_cycles=None):
         return self.run_until_idle(max_cycles)
 
-    def set_policy(self, policy, *, quantum=None, starvation=None, harvest_cost=None):
+    def set_policy(self, policy, *, quantum=None, starvation=None, harvest_cost=None, harvest_grace=None):
         self.csr_write(csr.GLOBAL["POLICY"], int(parse_policy(policy)))
         for name, value, low, high in (("QUANTUM", quantum, 1, (1 << 16) - 1),
                                        ("STARVATION", starvation, 1, (1 << 16) - 1),
-                                       ("HARVEST_COST", harvest_cost, 0, (1 << COST_BITS) - 1)):
+                                       ("HARVEST_COST", harvest_cost, 0, (1 << COST_BITS) - 1),
+                                       ("HARVEST_GRACE", harvest_grace, 0, (1 << 16) - 1)):
             if value is not None:
                 if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                     raise ValueError(f"{name.lower()} must be an integer within {low}..{high}, got {value!r}")

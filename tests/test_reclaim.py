@@ -11,7 +11,7 @@ from tcloud.firmware.program import ProgramBuilder
 from tcloud.isa import EngineClass, FaultCode, Instr, Machine, ProgramImage, encode_stream, get_config
 from tcloud.isa.cost import INSTRUCTION_UNITS, encoded_field, instruction_units, utop_units
 from tcloud.rtl import harvest_cost_for, reclaim_bound
-from tcloud.rtl.csr import HARVEST_COST_RESET
+from tcloud.rtl.csr import HARVEST_COST_RESET, HARVEST_GRACE_RESET
 from tcloud.runtime import DeviceFault
 from tcloud.runtime.hypervisor import Hypervisor, VNPUSpec
 from tcloud.runtime.rtl_device import AmaranthDevice
@@ -157,9 +157,11 @@ def harvester(body, utops, cost):
     return image(encode_stream(utop(EngineClass.ME, body, cost=cost) * utops + [Instr("halt")]))
 
 
-def run_pair(policy, attacker_image, hbm_latency=8, reclaim_cycles=None, victim_utops=12):
+def run_pair(policy, attacker_image, hbm_latency=8, reclaim_cycles=None, victim_utops=12, harvest_grace=0):
+    """Victim (1 ME, 1 VE) next to an attacker (3 MEs, 1 VE). ``harvest_grace`` 0 lets the attacker
+    take the victim's ME in every gap of its chain: the worst case for the reclaim bound."""
     with Hypervisor("small", "verilator", policy, hbm_timing={"hbm_latency": hbm_latency},
-                    reclaim_cycles=reclaim_cycles) as hv:
+                    reclaim_cycles=reclaim_cycles, harvest_grace=harvest_grace) as hv:
         victim = hv.create_vnpu(VNPUSpec(mes=1, ves=1), name="victim")
         attacker = hv.create_vnpu(VNPUSpec(mes=3, ves=1), name="attacker")
         victim.load(owner_chain(hv.config, victim_utops))
@@ -221,6 +223,21 @@ def test_the_owner_waits_at_most_the_bound_for_harvesters_at_the_limit(kind, hbm
     assert result["bound"] <= target
     assert result["attacker_fault"] == FaultCode.NONE
     assert 0 < result["reclaim_max"] <= result["bound"], result
+
+
+def test_the_grace_period_keeps_an_owners_chain_on_its_engine():
+    """With HARVEST_GRACE (reset 1,024 cycles) a harvester only takes an engine its owner has left
+    idle that long: the victim's chain, whose gaps are shorter, waits once (for the uTOp running on
+    its ME, idle until the victim started) and then keeps it, finishing that one wait after its
+    static latency. With no grace the harvester takes the ME in every gap and the victim waits each
+    time (measured: 11x its static latency)."""
+    cls, body = harvester_body("me_rows", HARVEST_COST_RESET)
+    attack = image(encode_stream(utop(cls, body, cost=utop_units(body, SMALL)) * 400 + [Instr("halt")]))
+    static = run_pair("static", attack, victim_utops=24)
+    graced = run_pair("harvest", attack, victim_utops=24, harvest_grace=HARVEST_GRACE_RESET)
+    eager = run_pair("harvest", attack, victim_utops=24)
+    assert graced["latency"] <= static["latency"] + graced["reclaim_max"] + 100, (static, graced)
+    assert eager["latency"] > 3 * static["latency"], (static, eager)
 
 
 def test_harvest_cost_zero_disables_harvesting():

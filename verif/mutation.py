@@ -242,6 +242,9 @@ CATALOGUE = [
     _m("sched_harvest_limit_strict", "rtl/scheduler.py", "((cost != 0) & (cost <= self.harvest_cost))",
        "((cost != 0) & (cost < self.harvest_cost))", "a uTOp declaring exactly HARVEST_COST is not harvested",
        ("tests/test_reclaim.py::test_the_owner_waits_at_most_the_bound_for_harvesters_at_the_limit",), "me_rows"),
+    _m("sched_harvest_ignores_grace", "rtl/scheduler.py", "(~owner_wants[e] & harvestable[c] & idle_enough[e])",
+       "(~owner_wants[e] & harvestable[c])", "an engine is harvested in any gap of its owner's chain",
+       ("tests/test_reclaim.py::test_the_grace_period_keeps_an_owners_chain_on_its_engine",)),
     # --- C++ Verilator harness (only the Verilator tests run it) -------------------------------
     _m("harness_write_drops_last_word", "runtime/verilator_harness.cpp",
        "std::memcpy(&hbm[head.addr * 4], head.data, 4ull * head.count);",
