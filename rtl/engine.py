@@ -204,6 +204,7 @@ class Engine(wiring.Component):
         declared, used = Signal(COST_BITS), Signal(COST_BITS)
         held = Signal()  # an HBM request offered last cycle and not taken: it must stay offered
         self._stop = Signal()
+        self._ending = Signal()  # the uTOp is ending: no new prefetch may outlive it
         m.d.sync += held.eq(self.hbm.req.valid & ~self.hbm.req.ready)
         m.d.comb += self._stop.eq(self.abort & ~held)
         pc = Signal(HBM_ADDR_BITS)
@@ -293,10 +294,10 @@ class Engine(wiring.Component):
                     m.next = "DECODE"
             self.finish(m)
             with m.State("DONE"):
-                m.d.comb += [self.busy.eq(1), self.done.eq(1)]
+                m.d.comb += [self.busy.eq(1), self.done.eq(1), self._ending.eq(1)]
                 m.next = "IDLE"
             with m.State("FAULT"):
-                m.d.comb += self.busy.eq(1)
+                m.d.comb += [self.busy.eq(1), self._ending.eq(1)]
                 with m.If(~pf_inflight & self.quiescent()):  # nothing in flight may outlive the uTOp
                     m.d.comb += self.done.eq(1)
                     m.d.sync += [buffered.eq(0), pf_left.eq(0)]
@@ -331,7 +332,8 @@ class Engine(wiring.Component):
         one_fits = self.hbm_fits(pf_next + INSTRUCTION_WORDS)
         two_fit = (self.hbm_fits(pf_next + 2 * INSTRUCTION_WORDS) & (pf_left > 1) & (buffered == 0)
                    if pairs else 0)
-        issue = ~pf_inflight & ~fetching & (pf_left != 0) & (buffered < 2) & one_fits & ~self._stop
+        issue = (~pf_inflight & ~fetching & (pf_left != 0) & (buffered < 2) & one_fits & ~self._stop
+                 & ~self._ending)
         with m.If(issue):
             m.d.comb += [self.hbm.req.valid.eq(1), self.hbm.req.payload.addr.eq(self.hbm_addr(pf_next)),
                          self.hbm.req.payload.count.eq(Mux(two_fit, 2 * INSTRUCTION_WORDS, INSTRUCTION_WORDS)),
