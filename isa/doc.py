@@ -1,5 +1,7 @@
 """Generate the ISA reference (Markdown) from the table; nothing here is written by hand twice."""
 
+import re
+
 from . import cost
 from .config import PRESETS
 from .table import (FAULT_DOCS, INSTRUCTION_BITS, INSTRUCTIONS, NUM_TOKENS, OPCODE_BITS,
@@ -36,7 +38,9 @@ def isa_markdown():
             scale = f" (×{f.scale})" if f.scale > 1 else ""
             out.append(f"| `{f.name}` | [{low}:{low + f.width}){scale} | {_range(f)} | {default} | {f.doc} |")
         out.append("")
-    out += ["## Work units (the `cost` a uTOp declares)", "", " ".join(cost.__doc__.split("\n\n")[1].split()), "",
+    prose = " ".join(cost.__doc__.split("\n\n")[1].split())
+    out += ["## Work units (the `cost` a uTOp declares)", "", re.sub(r":\w+:`([^`]+)`", r"`\1`", prose).replace("``", "`"),
+            "",
             "| body instruction | work units |", "|---|---|",
             f"| every instruction | {cost.INSTRUCTION_UNITS} (plus the following) |",
             "| `dma.load`, `dma.store` | rows × ⌈row_bytes / hbm_port_bytes⌉ |",

@@ -112,9 +112,9 @@ class Policy(IntEnum):
 POLICY_DOCS = {
     Policy.STATIC: "A context runs uTOps only on the engines (MEs, VEs, DMA engines) it owns (spatial "
     "partitioning, MIG-like).",
-    Policy.HARVEST: "As static, and a free engine whose owners have no ready uTOp of its class runs another "
-    "context's uTOp that declares a cost within HARVEST_COST; the owner gets it back at the end of that uTOp, "
-    "within a bound the declared cost sets (TCloud).",
+    Policy.HARVEST: "As static, and a free engine whose owners have left it idle for HARVEST_GRACE cycles runs "
+    "another context's uTOp that declares a cost within HARVEST_COST; the owner gets it back at the end of that "
+    "uTOp, within a bound the declared cost sets (tcloud.rtl.reclaim_bound) (TCloud).",
     Policy.TEMPORAL: "The whole pNPU is time-sliced between running contexts, switching at uTOp boundaries "
     "(PREMA-like); a slice lasts QUANTUM x (priority + 1) cycles; ownership is ignored.",
     Policy.OPERATOR: "Each engine class (ME, VE) runs one context's uTOps at a time on all its engines; "

@@ -201,7 +201,7 @@ class Engine(wiring.Component):
         self._hbm_size = Signal.like(self.hbm_size)
         self._fault = Signal(FAULT_BITS)
         self._aborted = Signal()
-        declared, used = Signal(COST_BITS), Signal(COST_BITS)
+        declared, used = Signal(COST_BITS, name="declared_cost"), Signal(COST_BITS, name="used_cost")
         held = Signal()  # an HBM request offered last cycle and not taken: it must stay offered
         self._stop = Signal()
         self._ending = Signal()  # the uTOp is ending: no new prefetch may outlive it

@@ -31,7 +31,16 @@ def harvest_as_static(view, c, e):
     return Mux(view.policy == Policy.HARVEST, view.owns(c, e), formal.policy_allows(view, c, e))
 
 
+class CostNeverReached(formal.CostEnforced):
+    """A wrong claim: a uTOp never uses all of its declared cost (it may, exactly)."""
+
+    def claim(self, used, declared):
+        return used < declared
+
+
 PLANTED = [
+    formal.Proof("cost_never_reached", "Claims a uTOp never uses exactly its declared cost.", "prove", 1,
+                 lambda: CostNeverReached(DmaEngine(formal.ENGINE_CONFIG))),
     formal.Proof("wide_sram_translation", "A scratchpad bounds check one word too wide.", "prove", 1,
                  lambda: formal.TranslationLemma(formal.ENGINE_CONFIG, "sram", WideDma)),
     formal.Proof("wide_hbm_translation", "An HBM bounds check one word too wide.", "prove", 1,

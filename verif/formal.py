@@ -292,6 +292,47 @@ class EngineIsolation(Elaboratable):
         return m
 
 
+class CostEnforced(Elaboratable):
+    """Harness: an engine never runs more work units than the uTOp declared.
+
+    Asserted in every cycle: when the running uTOp declared a cost (not zero), the units its
+    executed instructions used are at most that cost. Together with the dispatch rule
+    (:func:`policy_allows`: a harvested uTOp declares at most ``HARVEST_COST``), this is what the
+    reclaim bound (:func:`tcloud.rtl.reclaim_bound`) rests on; the bound's cycles per unit are an
+    analysis of the engines' timing, checked by ``tests/test_reclaim.py``, not proved.
+
+    Everything is free, as in :class:`EngineIsolation`, including the declared cost.
+
+    Parameters
+    ----------
+    engine : Engine
+    """
+
+    def __init__(self, engine):
+        if not isinstance(engine, Engine):
+            raise TypeError(f"engine must be an Engine, got {engine!r}")
+        self.engine = engine
+        self.fragment = Fragment.get(engine, None)
+        self.ports = free_inputs(engine)
+
+    def elaborate(self, platform):
+        m = Module()
+        engine, cfg = self.engine, self.engine.config
+        m.submodules.engine = self.fragment
+        m.d.comb += [Assume(engine.sram_base + engine.sram_size <= cfg.sram_bytes // 4),
+                     Assume(engine.hbm_base + engine.hbm_size <= cfg.hbm_bytes // 4)]
+        hbm_environment(m, engine.hbm)
+        for i, name in enumerate(n for n in ("sram", "weight_sram") if hasattr(engine, n)):
+            sram_environment(m, getattr(engine, name), f"sram{i}")
+        declared, used = internal(self.fragment, "declared_cost"), internal(self.fragment, "used_cost")
+        implies(m, declared != 0, self.claim(used, declared))
+        return m
+
+    def claim(self, used, declared):
+        """The property asserted while a declared cost is in force."""
+        return used <= declared
+
+
 class TranslationLemma(Elaboratable):
     """Harness: the engines' address helpers keep an access that passes the bounds check inside
     the window, for every window in physical memory and every access.
@@ -740,6 +781,9 @@ PROOFS = [
           "bmc", 8, lambda: EngineIsolation(MatrixEngine(ENGINE_CONFIG), quiet_when_idle=True)),
     Proof("ve_quiet_when_idle", "VectorEngine: an idle engine issues no HBM request and has none outstanding.",
           "bmc", 8, lambda: EngineIsolation(VectorEngine(ENGINE_CONFIG), quiet_when_idle=True)),
+    *[Proof(f"{name}_cost_enforced", f"{cls.__name__}: a uTOp that declared a cost never runs more work "
+            "units than it declared.", "prove", 1, lambda cls=cls: CostEnforced(cls(ENGINE_CONFIG)))
+      for name, cls in (("dma", DmaEngine), ("me", MatrixEngine), ("ve", VectorEngine))],
     Proof("scheduler_policy", "UtopScheduler: every dispatch goes to a free engine of the uTOp's class that "
           "policy_allows for the winning context, under every policy.", "prove", 1,
           lambda: SchedulerPolicy(SCHEDULER_CONFIG)),
