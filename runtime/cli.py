@@ -1,6 +1,7 @@
 """The ``tcloud`` command line."""
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,9 +18,54 @@ from .device import BACKENDS, make_device
 from .execute import load_image, read_outputs, run_image
 
 
+def output_file(path, what="output"):
+    """The one rule for every file a command writes: refuse a directory, create missing parent
+    directories, and turn any failure into a :class:`TcloudError` naming the path.
+
+    Returns
+    -------
+    Path
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise TcloudError(f"{what} {path} is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TcloudError(f"cannot create the directory of {what} {path}: {exc.strerror}") from None
+    return path
+
+
+def output_dir(path, what="output directory"):
+    """Create ``path`` (and its parents) now, before any work, or raise :class:`TcloudError`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise TcloudError(f"{what} {path} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TcloudError(f"cannot create {what} {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise TcloudError(f"{what} {path} is not writable")
+    return path
+
+
+def write_file(path, data, what="output"):
+    """Write ``data`` (str or bytes) to ``path`` under :func:`output_file`'s rule."""
+    path = output_file(path, what)
+    try:
+        if isinstance(data, str):
+            path.write_text(data)
+        else:
+            path.write_bytes(data)
+    except OSError as exc:
+        raise TcloudError(f"cannot write {what} {path}: {exc.strerror}") from None
+    return path
+
+
 def _write_text(text, output):
     if output:
-        Path(output).write_text(text)
+        write_file(output, text)
     else:
         sys.stdout.write(text)
 
@@ -42,9 +88,9 @@ def cmd_verilog(args):
     from tcloud.rtl.verilog import LINT_WAIVERS, lint, to_verilog
 
     cfg = get_config(args.config)
+    output_file(args.output, "Verilog file")  # refuse a bad target before the long generation
     text = to_verilog(PNPU(cfg), args.top)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(text)
+    write_file(args.output, text, "Verilog file")
     print(f"{args.output}: pNPU for {cfg.name!r}, {len(text.splitlines())} lines, top module {args.top!r}")
     if args.no_lint:
         return
@@ -74,7 +120,7 @@ def cmd_asm(args):
         raise TcloudError(f"cannot read {args.source}: {exc.strerror}") from None
     image = assemble(text, config=args.config, source=args.source)
     output = args.output or str(Path(args.source).with_suffix(".tcimg"))
-    Path(output).write_bytes(image.to_bytes())
+    write_file(output, image.to_bytes(), "image file")
     print(f"{output}: {len(image.code) // 16} instructions, {len(image.symbols)} symbols, "
           f"config {image.config_name}")
 
@@ -86,8 +132,9 @@ def cmd_disasm(args):
 
 def cmd_gemm(args):
     requant = Requant(args.mult, args.shift, args.zp) if args.mult is not None else None
+    output_file(args.output, "image file")
     image = gemm(args.config, args.m, args.k, args.n, bias=args.bias, requant=requant)
-    Path(args.output).write_bytes(image.to_bytes())
+    write_file(args.output, image.to_bytes(), "image file")
     print(f"{args.output}: GEMM {args.m}x{args.k}x{args.n} for {args.config}, "
           f"{len(image.code) // 16} instructions")
 
@@ -116,14 +163,17 @@ def cmd_run(args):
     config = get_config(args.config or image.config_name)
     image.check_config(config)
     inputs = _parse_inputs(args.input, image, args.seed)
+    save = output_dir(args.save, "--save directory") if args.save else None
     device = make_device(args.backend, config)
     outputs, info = run_image(device, image, inputs)
     print(f"context 0: {info.status.name}; counters {info.counters}")
     for name, array in outputs.items():
         print(f"output {name}: {array.dtype} {array.shape}, checksum {int(array.astype(np.int64).sum())}")
-        if args.save:
-            Path(args.save).mkdir(parents=True, exist_ok=True)
-            np.save(Path(args.save) / f"{name}.npy", array)
+        if save:
+            try:
+                np.save(save / f"{name}.npy", array)
+            except OSError as exc:
+                raise TcloudError(f"cannot write {save / name}.npy: {exc.strerror}") from None
 
 
 def cmd_demo(args):
@@ -299,9 +349,17 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+        sys.stdout.flush()
     except TcloudError as exc:
         print(f"tcloud: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (e.g. `| head`): exit as POSIX tools do, without a traceback at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

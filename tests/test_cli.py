@@ -1,7 +1,9 @@
 """The tcloud command line: every command, its --help, and its errors."""
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +117,61 @@ def test_bad_dimensions_are_usage_errors(argv, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "is not a positive integer" in err or "is not an integer" in err
+
+
+# --- output paths, interrupts and closed pipes (issue 11, items 2 and 6), as a user runs them ---------
+
+
+def tcloud(*argv, cwd=None, **kwargs):
+    return subprocess.run([sys.executable, "-m", "tcloud.runtime.cli", *argv], capture_output=True, text=True,
+                          cwd=cwd, **kwargs)
+
+
+def test_output_files_get_their_missing_directories(tmp_path):
+    source = str(EXAMPLES / "vector_tiny.s")
+    result = tcloud("asm", source, "-o", "build/deeper/v.tcimg", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert ProgramImage.from_bytes((tmp_path / "build/deeper/v.tcimg").read_bytes()).config_name == "tiny"
+    result = tcloud("isa", "doc", "-o", "docs/isa.md", cwd=tmp_path)
+    assert result.returncode == 0 and "## Work units" in (tmp_path / "docs/isa.md").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["asm", str(EXAMPLES / "vector_tiny.s"), "-o", "."], "image file . is a directory"),
+    (["gemm", "--m", "4", "--k", "4", "--n", "4", "--config", "tiny", "-o", "."], "image file . is a directory"),
+    (["isa", "doc", "-o", "."], "output . is a directory"),
+    (["asm", str(EXAMPLES / "vector_tiny.s"), "-o", "/proc/nope/v.tcimg"], "cannot create the directory"),
+])
+def test_bad_output_targets_are_clean_errors(argv, message, tmp_path):
+    result = tcloud(*argv, cwd=tmp_path)
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_checks_its_save_directory_before_running(tmp_path):
+    image = tmp_path / "v.tcimg"
+    assert tcloud("asm", str(EXAMPLES / "vector_tiny.s"), "-o", str(image)).returncode == 0
+    (tmp_path / "taken").write_text("a file, not a directory")
+    result = tcloud("run", str(image), "--backend", "functional", "--save", str(tmp_path / "taken"))
+    assert result.returncode == 1 and "exists and is not a directory" in result.stderr
+    assert "context 0" not in result.stdout, "the program ran before the target was checked"
+    result = tcloud("run", str(image), "--backend", "functional", "--save", str(tmp_path / "new/outs"))
+    assert result.returncode == 0 and list((tmp_path / "new/outs").glob("*.npy"))
+
+
+def test_a_closed_pipe_ends_quietly():
+    """The reader is gone before tcloud writes (as `tcloud config | head` once it has its line)."""
+    process = subprocess.Popen([sys.executable, "-m", "tcloud.runtime.cli", "isa", "doc"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=60) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_ctrl_c_exits_130_without_a_traceback(tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "tcloud.runtime.cli", "verilog", "--config", "small",
+                                "--no-lint", "-o", str(tmp_path / "p.v")], stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err, err
