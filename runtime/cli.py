@@ -89,6 +89,7 @@ def cmd_verilog(args):
 
     cfg = get_config(args.config)
     output_file(args.output, "Verilog file")  # refuse a bad target before the long generation
+    print(f"generating Verilog for {cfg.name!r} (about a minute for small) ...", file=sys.stderr, flush=True)
     text = to_verilog(PNPU(cfg), args.top)
     write_file(args.output, text, "Verilog file")
     print(f"{args.output}: pNPU for {cfg.name!r}, {len(text.splitlines())} lines, top module {args.top!r}")
@@ -133,6 +134,7 @@ def cmd_disasm(args):
 def cmd_gemm(args):
     requant = Requant(args.mult, args.shift, args.zp) if args.mult is not None else None
     output_file(args.output, "image file")
+    print(f"lowering GEMM {args.m}x{args.k}x{args.n} for {args.config!r} ...", file=sys.stderr, flush=True)
     image = gemm(args.config, args.m, args.k, args.n, bias=args.bias, requant=requant)
     write_file(args.output, image.to_bytes(), "image file")
     print(f"{args.output}: GEMM {args.m}x{args.k}x{args.n} for {args.config}, "

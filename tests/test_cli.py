@@ -169,9 +169,13 @@ def test_a_closed_pipe_ends_quietly():
 
 
 def test_ctrl_c_exits_130_without_a_traceback(tmp_path):
-    process = subprocess.Popen([sys.executable, "-m", "tcloud.runtime.cli", "verilog", "--config", "small",
-                                "--no-lint", "-o", str(tmp_path / "p.v")], stderr=subprocess.PIPE, text=True)
-    time.sleep(4)
+    """Interrupting a long command (lowering a 4096^3 GEMM takes over a minute)."""
+    process = subprocess.Popen([sys.executable, "-m", "tcloud.runtime.cli", "gemm", "--config", "small", "--m", "4096",
+                                "--k", "4096", "--n", "4096", "-o", str(tmp_path / "g.tcimg")],
+                               stderr=subprocess.PIPE, text=True)
+    started = process.stderr.readline()  # the work has begun (imports can take seconds on a cold venv)
+    assert started.startswith("lowering GEMM"), started
+    time.sleep(1)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in err, err
