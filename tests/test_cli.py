@@ -172,7 +172,9 @@ def test_ctrl_c_exits_130_without_a_traceback(tmp_path):
     """Interrupting a long command (lowering a 4096^3 GEMM takes over a minute)."""
     process = subprocess.Popen([sys.executable, "-m", "tcloud.runtime.cli", "gemm", "--config", "small", "--m", "4096",
                                 "--k", "4096", "--n", "4096", "-o", str(tmp_path / "g.tcimg")],
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               # as from a terminal: a shell's background job (CI) would ignore SIGINT
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     started = process.stderr.readline()  # the work has begun (imports can take seconds on a cold venv)
     assert started.startswith("lowering GEMM"), started
     time.sleep(1)
