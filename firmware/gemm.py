@@ -135,12 +135,16 @@ def plan_gemm(config, m, k, n, *, bias=False, requant=False, max_utop_cost=HARVE
     Raises
     ------
     FirmwareError
-        If a dimension is not a positive integer or no blocking fits the scratchpad and the cost.
+        If a dimension or ``max_utop_cost`` is not a positive integer, or no blocking fits the
+        scratchpad and the cost.
     """
     cfg = get_config(config)
     for name, value in (("M", m), ("K", k), ("N", n)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise FirmwareError(f"GEMM dimension {name} must be a positive integer, got {value!r}")
+    if max_utop_cost is not None and (isinstance(max_utop_cost, bool) or not isinstance(max_utop_cost, int)
+                                      or max_utop_cost < 1):
+        raise FirmwareError(f"max_utop_cost must be a positive integer or None, got {max_utop_cost!r}")
     rows, cols = cfg.me_rows, cfg.me_cols
     max_m = min(_field_max("me.matmul", "m"), _field_max("dma.load", "rows"))
     max_n = min(_field_max("dma.load", "row_bytes") // 4, _field_max("ve.add", "n"))

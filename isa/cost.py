@@ -76,14 +76,19 @@ def instruction_units(mnemonic, field, config, ve_rows=1, continues=0):
     return INSTRUCTION_UNITS + ve_rows * per_row
 
 
-def region_words(start, rows, stride, row_words):
-    """Word interval ``[start, end)`` of a 2-D region (start to one past its last word)."""
-    return start, start + (rows - 1) * stride + row_words
+def words(byte_count):
+    """Words holding ``byte_count`` bytes (an int or an Amaranth value)."""
+    return (byte_count + 3) >> 2
 
 
-def overlaps(a, b):
-    """Whether word intervals ``a`` and ``b`` share a word."""
-    return a[0] < b[1] and b[0] < a[1]
+def region_end(addr, rows, stride, row_words):
+    """Word just past a 2-D region (``addr + (rows-1)*stride + row_words``); ints or Amaranth values."""
+    return addr + (rows - 1) * stride + row_words
+
+
+def overlap(start0, end0, start1, end1):
+    """Whether word intervals ``[start0, end0)`` and ``[start1, end1)`` share a word (ints or values)."""
+    return (start0 < end1) & (start1 < end0)
 
 
 def continues_region(region, matmul, k, n):
@@ -95,9 +100,10 @@ def continues_region(region, matmul, k, n):
     """
     if region is None:
         return 0
-    key, words = region
-    a_words = region_words(matmul("a"), matmul("m"), matmul("a_stride"), (k + 3) // 4)
-    return int(key == (matmul("out"), matmul("out_stride"), matmul("m"), n) and not overlaps(a_words, words))
+    key, (start, end) = region
+    a_end = region_end(matmul("a"), matmul("m"), matmul("a_stride"), words(k))
+    return int(key == (matmul("out"), matmul("out_stride"), matmul("m"), n) and not overlap(matmul("a"), a_end,
+                                                                                          start, end))
 
 
 def encoded_field(instr):
@@ -136,12 +142,12 @@ class UnitState:
         if instr.mnemonic == "ve.shape":
             self.rows = instr["rows"]
         elif instr.mnemonic == "me.loadw":
-            w_words = region_words(field("w"), field("k"), field("w_stride"), (field("n") + 3) // 4)
-            if self.region is not None and overlaps(w_words, self.region[1]):
+            w_end = region_end(field("w"), field("k"), field("w_stride"), words(field("n")))
+            if self.region is not None and overlap(field("w"), w_end, *self.region[1]):
                 self.region = None
             self.tile = (field("k"), field("n"))
         elif instr.mnemonic == "me.matmul":
             k, n = self.tile
             key = (field("out"), field("out_stride"), field("m"), n)
-            self.region = (key, region_words(field("out"), field("m"), field("out_stride"), n))
+            self.region = (key, (field("out"), region_end(field("out"), field("m"), field("out_stride"), n)))
         return units

@@ -6,7 +6,9 @@ from amaranth.lib import data
 from tcloud.isa.table import EngineClass, FaultCode
 
 from .decode import OPCODES
-from .engine import Engine, region_end
+from tcloud.isa.cost import region_end
+
+from .engine import Engine
 from .hbm import MAX_OUTSTANDING, port_words
 
 

@@ -138,11 +138,6 @@ def harvest_cost_for(config, hbm_latency, cycles):
     return low
 
 
-def region_end(addr, rows, stride, row_words):
-    """Word just past a 2-D region (``addr + (rows-1)*stride + row_words``)."""
-    return addr + (rows - 1) * stride + row_words
-
-
 class Engine(wiring.Component):
     """Base of DMA, matrix and vector engines (see the module docstring).
 

@@ -7,7 +7,10 @@ from amaranth.lib.wiring import Out
 from tcloud.isa.table import BY_MNEMONIC, EngineClass, FaultCode
 
 from .decode import INSTRUCTION_LAYOUT, OPCODES, add_decoder
-from .engine import Engine, region_end
+from tcloud.isa.cost import overlap, region_end
+from tcloud.isa.cost import words as _words
+
+from .engine import Engine
 from .scratchpad import sram_port_signature
 from .systolic import SystolicArray
 
@@ -15,20 +18,11 @@ ACC_ROWS = BY_MNEMONIC["me.matmul"].field("m").encoded_max + 1
 """Rows of the engine's local accumulator memory: enough for the largest ``m`` of one matmul."""
 
 
-def _words(byte_count):
-    return (byte_count + 3) >> 2
-
-
 def end_signal(m, end, name):
     """A signal wide enough for the region end ``end`` (never truncated), driven by it."""
     signal = Signal(end.shape(), name=name)
     m.d.comb += signal.eq(end)
     return signal
-
-
-def overlap(start0, end0, start1, end1):
-    """Whether word intervals ``[start0, end0)`` and ``[start1, end1)`` share a word."""
-    return (start0 < end1) & (start1 < end0)
 
 
 class MatrixEngine(Engine):

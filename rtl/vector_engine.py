@@ -6,7 +6,9 @@ from amaranth.lib import data
 from tcloud.isa.table import BY_MNEMONIC, EngineClass, FaultCode
 
 from .decode import OPCODES
-from .engine import Engine, region_end
+from tcloud.isa.cost import region_end
+
+from .engine import Engine
 from .vector_alu import VectorALU
 
 _BINARY = ("ve.add", "ve.sub", "ve.mul", "ve.max", "ve.min")

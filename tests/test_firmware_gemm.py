@@ -96,6 +96,9 @@ def test_me_utops_stay_within_the_harvestable_cost():
         assert max(costs) == me_utop_cost(get_config("small"), plan.mb, plan.kb) <= limit
     with pytest.raises(FirmwareError, match="ME uTOps of at most 10 work units"):
         plan_gemm("small", 256, 256, 256, max_utop_cost=10)
+    for bad in (0, -5, "2048", 1.5, True):
+        with pytest.raises(FirmwareError, match="max_utop_cost must be a positive integer or None"):
+            plan_gemm("small", 16, 16, 16, max_utop_cost=bad)
 
 
 @pytest.mark.parametrize("dims, message", [

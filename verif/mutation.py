@@ -191,7 +191,7 @@ CATALOGUE = [
        "an int32 VE write also writes the lane after the last element", RANDOM_AMARANTH),
     _m("ve_redmax_lane_compare", "rtl/vector_engine.py", "Mux(acc[lane] > total, acc[lane], total)",
        "Mux(acc[lane] < total, acc[lane], total)", "ve.redmax takes the minimum across lanes", RANDOM_AMARANTH),
-    _m("me_hazard_overlap_operand", "rtl/matrix_engine.py", "return (start0 < end1) & (start1 < end0)",
+    _m("me_hazard_overlap_operand", "isa/cost.py", "return (start0 < end1) & (start1 < end0)",
        "return (start0 < end1) & (start1 > end0)",
        "the ME misses reads of its own pending output (wrong operand in the overlap test)",
        ("tests/test_me_hazards.py",), "amaranth"),
