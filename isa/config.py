@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from .errors import ConfigError
 from .table import field_max as _field_max
 
+_NOT_FINGERPRINTED = ("name", "clock_mhz", "hbm_gbps", "hbm_latency", "dma_outstanding")
 _KIB = 1024
 _MIB = 1024 * 1024
 
@@ -40,9 +41,18 @@ class ArchConfig:
     hbm_port_bytes : int
         Width of the HBM port in bytes per cycle (a power of two, at least 4).
     hbm_gbps : float
-        HBM bandwidth in GB/s (timing model only).
+        HBM bandwidth in GB/s. The simulators' HBM models accept at most
+        :attr:`hbm_bytes_per_cycle` bytes per cycle (and at most one ``hbm_port_bytes`` beat).
     clock_mhz : float
-        Clock used for reporting (timing model only).
+        Clock frequency; converts bandwidth and latency between cycles and seconds.
+    hbm_latency : int
+        Cycles from the HBM accepting a request to its response, before queueing (the simulators'
+        default; a device may override it for experiments). Not part of the hardware: programs and
+        RTL do not depend on it.
+    dma_outstanding : int
+        HBM beats each DMA engine (and the scrubber) keeps in flight. One DMA reaches the full
+        bandwidth only while ``dma_outstanding`` covers the bandwidth-delay product, about
+        ``hbm_latency`` beats; the presets give it twice that.
     """
 
     name: str = "custom"
@@ -59,6 +69,8 @@ class ArchConfig:
     hbm_port_bytes: int = 16
     hbm_gbps: float = 16.0
     clock_mhz: float = 1000.0
+    hbm_latency: int = 16
+    dma_outstanding: int = 32
 
     def __post_init__(self):
         limits = {
@@ -73,6 +85,8 @@ class ArchConfig:
             "contexts": (1, _field_max("ctx.start", "ctx") + 1),
             "hbm_mib": (1, (_field_max("ctx.hbm", "base") + 4) // _MIB),
             "hbm_port_bytes": (4, 4096),
+            "hbm_latency": (1, 100_000),
+            "dma_outstanding": (1, 4096),
         }
         for name, (low, high) in limits.items():
             value = getattr(self, name)
@@ -120,10 +134,15 @@ class ArchConfig:
         """HBM bandwidth expressed per clock cycle."""
         return self.hbm_gbps * 1e9 / (self.clock_mhz * 1e6)
 
+    @property
+    def hbm_latency_ns(self):
+        """:attr:`hbm_latency` in nanoseconds at ``clock_mhz``."""
+        return self.hbm_latency * 1e3 / self.clock_mhz
+
     def fingerprint(self):
-        """8 bytes identifying everything a program depends on (not ``name``, clock or bandwidth)."""
-        data = {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("name", "clock_mhz", "hbm_gbps")}
+        """8 bytes identifying everything a program depends on (not the name, clock, HBM timing or
+        the DMA's request depth)."""
+        data = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_FINGERPRINTED}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).digest()[:8]
 
     def replace(self, **changes):
@@ -140,17 +159,26 @@ class ArchConfig:
 PRESETS = {
     "tiny": ArchConfig(name="tiny", me_count=1, me_rows=4, me_cols=4, ve_count=1, ve_lanes=4,
                        dma_count=1, sram_kib=16, sram_banks=4, contexts=2, hbm_mib=16,
-                       hbm_port_bytes=16, hbm_gbps=16.0, clock_mhz=1000.0),
+                       hbm_port_bytes=16, hbm_gbps=16.0, clock_mhz=1000.0, hbm_latency=16,
+                       dma_outstanding=32),
     "small": ArchConfig(name="small", me_count=4, me_rows=8, me_cols=8, ve_count=2, ve_lanes=8,
                         dma_count=2, sram_kib=256, sram_banks=8, contexts=4, hbm_mib=64,
-                        hbm_port_bytes=32, hbm_gbps=32.0, clock_mhz=1000.0),
+                        hbm_port_bytes=32, hbm_gbps=32.0, clock_mhz=1000.0, hbm_latency=120,
+                        dma_outstanding=256),
     "tpu_like": ArchConfig(name="tpu_like", me_count=4, me_rows=128, me_cols=128, ve_count=2,
                            ve_lanes=1024, dma_count=4, sram_kib=32 * 1024, sram_banks=32,
                            contexts=8, hbm_mib=1024, hbm_port_bytes=1024, hbm_gbps=1200.0,
-                           clock_mhz=1050.0),
+                           clock_mhz=1050.0, hbm_latency=126, dma_outstanding=256),
 }
 """Named configurations: ``tiny`` (Amaranth-sim unit tests), ``small`` (integration, Verilator,
-multi-tenant RTL experiments) and ``tpu_like`` (performance model only)."""
+multi-tenant RTL experiments) and ``tpu_like`` (performance model only).
+
+HBM timing: ``small`` and ``tpu_like`` answer after 120 ns (120 cycles at 1 GHz, 126 at 1.05 GHz),
+inside the 100–150 ns that HBM2/HBM2e reach under load from an accelerator (controller, PHY and DRAM
+row access); ``small`` keeps 32 GB/s at 1 GHz (one 32-byte beat per cycle), ``tpu_like`` 1.2 TB/s
+at 1.05 GHz (TPUv3/v4 class). ``tiny`` is a unit-test configuration, not an architecture: its
+16-cycle latency keeps the Amaranth simulations short.
+"""
 
 
 def get_config(config):

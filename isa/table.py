@@ -100,7 +100,8 @@ class Policy(IntEnum):
     """How the uTOp scheduler shares engines between contexts (the pNPU's ``POLICY`` register).
 
     Under ``STATIC`` and ``HARVEST`` ownership (``ctx.engines``) covers DMA engines as well as MEs and
-    VEs; under ``OPERATOR`` DMA engines are shared by all contexts.
+    VEs; under ``OPERATOR`` DMA engines are shared by all contexts. ``HARVEST`` harvests only the
+    classes in :data:`HARVESTED_CLASSES`.
     """
 
     STATIC = 0
@@ -109,10 +110,15 @@ class Policy(IntEnum):
     OPERATOR = 3
 
 
+HARVESTED_CLASSES = frozenset({EngineClass.ME, EngineClass.VE})
+"""Engine classes the ``harvest`` policy lends to contexts that do not own them. Not DMA engines: how
+long a DMA uTOp runs depends on the other contexts' HBM traffic queued ahead of it, which its
+declared cost cannot bound, so an owner could not be promised its DMA engine back in bounded time."""
+
 POLICY_DOCS = {
     Policy.STATIC: "A context runs uTOps only on the engines (MEs, VEs, DMA engines) it owns (spatial "
     "partitioning, MIG-like).",
-    Policy.HARVEST: "As static, and a free engine whose owners have left it idle for HARVEST_GRACE cycles runs "
+    Policy.HARVEST: "As static, and a free ME or VE whose owners have left it idle for HARVEST_GRACE cycles runs "
     "another context's uTOp that declares a cost within HARVEST_COST; the owner gets it back at the end of that "
     "uTOp, within a bound the declared cost sets (tcloud.rtl.reclaim_bound) (TCloud).",
     Policy.TEMPORAL: "The whole pNPU is time-sliced between running contexts, switching at uTOp boundaries "

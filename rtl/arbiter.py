@@ -10,7 +10,8 @@ class RoundRobin(wiring.Component):
 
     The requester after the last one granted has the highest priority, so a requester waits at most
     ``count - 1`` grants. Combinational from ``requests`` to ``grant``/``valid``; the rotation
-    happens at the clock edge when ``advance`` is high.
+    happens at the clock edge when ``advance`` is high. A grant offered but not taken (``hold``)
+    stays the grant in the next cycle, whoever else requests, as a stream's payload must.
 
     Parameters
     ----------
@@ -22,6 +23,8 @@ class RoundRobin(wiring.Component):
     requests : In(count)
     advance : In(1)
         The grant was taken this cycle.
+    hold : In(1)
+        The grant was offered and not taken this cycle: keep it.
     grant : Out(range(count))
     valid : Out(1)
         At least one request.
@@ -32,7 +35,7 @@ class RoundRobin(wiring.Component):
             self._MustUse__used = True  # rejected, not forgotten: no UnusedElaboratable warning
             raise ValueError(f"RoundRobin count must be a positive integer, got {count!r}")
         self.count = count
-        super().__init__({"requests": In(count), "advance": In(1),
+        super().__init__({"requests": In(count), "advance": In(1), "hold": In(1),
                           "grant": Out(range(count)), "valid": Out(1)})
 
     def elaborate(self, platform):
@@ -51,8 +54,10 @@ class RoundRobin(wiring.Component):
             (lowest & sum(1 << i for i in range(count) if i >> bit & 1)).any()
             for bit in range(len(position))))
         winner = Signal(range(2 * count))
+        held, held_grant = Signal(), Signal(range(count))
         m.d.comb += [winner.eq(last + 1 + position),
-                     self.grant.eq(Mux(winner >= count, winner - count, winner))]
+                     self.grant.eq(Mux(held, held_grant, Mux(winner >= count, winner - count, winner)))]
+        m.d.sync += [held.eq(self.hold & self.valid & ~self.advance), held_grant.eq(self.grant)]
         with m.If(self.advance & self.valid):
             m.d.sync += last.eq(self.grant)
         return m

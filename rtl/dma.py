@@ -1,24 +1,29 @@
 """DMA engine: 2-D strided copies between HBM and the scratchpad."""
 
-from amaranth.hdl import Mux, Signal
-from amaranth.lib import data
+from amaranth.hdl import Mux, ResetInserter, Signal
+from amaranth.lib import fifo
 
+from tcloud.isa.cost import region_end
 from tcloud.isa.table import EngineClass, FaultCode
 
 from .decode import OPCODES
-from tcloud.isa.cost import region_end
-
 from .engine import Engine
-from .hbm import MAX_OUTSTANDING, port_words
+from .hbm import port_words
+
+STORE_BUFFER_BEATS = 4
+"""Scratchpad beats a store reads ahead of the HBM: covers the read latency, so a store sends a
+beat every cycle the HBM takes one."""
 
 
 class DmaEngine(Engine):
     """Executes ``dma.load`` and ``dma.store`` in beats of ``beat`` words.
 
     Both regions are bounds-checked before the first byte moves (the region read first is checked
-    first, as in the golden model). Loads keep up to :data:`~tcloud.rtl.hbm.MAX_OUTSTANDING` HBM
-    reads in flight and write each response beat to the scratchpad as it arrives; stores read a beat
-    from the scratchpad and send it while earlier writes are still being acknowledged.
+    first, as in the golden model). Either direction keeps up to ``ArchConfig.dma_outstanding`` HBM
+    requests in flight, enough to cover the bandwidth-delay product, and moves a beat per cycle:
+    loads write each response beat to the scratchpad as it arrives; stores read beats from the
+    scratchpad into a :data:`STORE_BUFFER_BEATS`-deep buffer and send them from there while earlier
+    writes are still being acknowledged.
     """
 
     engine_class = EngineClass.DMA
@@ -35,10 +40,14 @@ class DmaEngine(Engine):
         sram_ok = self.sram_fits(region_end(op.sram, op.rows, op.sram_stride, op.row_bytes))
         issue_row, issue_offset = Signal(12, name="issue_row"), Signal(14, name="issue_offset")
         done_row, done_offset = Signal(12, name="done_row"), Signal(14, name="done_offset")
-        issue_finished = Signal()
-        in_flight = Signal(range(MAX_OUTSTANDING + 1))
-        buffer = Signal(data.ArrayLayout(32, beat))
-        buffered = Signal()
+        read_row, read_offset = Signal(12, name="read_row"), Signal(14, name="read_offset")
+        issue_finished, read_finished = Signal(), Signal()
+        outstanding = self.config.dma_outstanding
+        in_flight = Signal(range(outstanding + 1))
+        reading = Signal()  # a scratchpad read was taken last cycle: its beat arrives now
+        flush = Signal()
+        m.submodules.store_buffer = store_buffer = ResetInserter(flush)(
+            fifo.SyncFIFO(width=32 * beat, depth=STORE_BUFFER_BEATS))
 
         def count_at(offset):
             return Mux(op.row_bytes - offset < beat, op.row_bytes - offset, beat)
@@ -55,14 +64,15 @@ class DmaEngine(Engine):
 
         issue_count, done_count = count_at(issue_offset), count_at(done_offset)
         hbm_at_issue = self.hbm_addr(op.hbm + issue_row * op.hbm_stride + issue_offset)
-        sram_at_issue = self.sram_addr(op.sram + issue_row * op.sram_stride + issue_offset)
+        sram_at_read = self.sram_addr(op.sram + read_row * op.sram_stride + read_offset)
         sram_at_done = self.sram_addr(op.sram + done_row * op.sram_stride + done_offset)
         last_done = (done_row + 1 == op.rows) & (done_offset + done_count >= op.row_bytes)
 
         with m.State("EXECUTE"):
             m.d.comb += self.busy.eq(1)
-            m.d.sync += [issue_row.eq(0), issue_offset.eq(0), done_row.eq(0), done_offset.eq(0),
-                         issue_finished.eq(0), in_flight.eq(0), buffered.eq(0)]
+            m.d.comb += flush.eq(1)
+            m.d.sync += [issue_row.eq(0), issue_offset.eq(0), done_row.eq(0), done_offset.eq(0), read_row.eq(0),
+                         read_offset.eq(0), issue_finished.eq(0), read_finished.eq(0), in_flight.eq(0), reading.eq(0)]
             with m.If(is_load & ~hbm_ok):
                 self.raise_fault(m, FaultCode.HBM_BOUNDS)
             with m.Elif(~sram_ok):
@@ -76,7 +86,7 @@ class DmaEngine(Engine):
 
         with m.State("DMA_LOAD"):
             m.d.comb += self.busy.eq(1)
-            issue = ~issue_finished & (in_flight < MAX_OUTSTANDING) & ~self._stop
+            issue = ~issue_finished & (in_flight < outstanding) & ~self._stop
             m.d.comb += [self.hbm.req.valid.eq(issue), self.hbm.req.payload.addr.eq(hbm_at_issue),
                          self.hbm.req.payload.count.eq(issue_count)]
             issued = issue & self.hbm.req.ready
@@ -99,17 +109,20 @@ class DmaEngine(Engine):
 
         with m.State("DMA_STORE"):
             m.d.comb += self.busy.eq(1)
-            read = ~issue_finished & ~buffered & (in_flight < MAX_OUTSTANDING) & ~self._stop
-            m.d.comb += [self.sram.valid.eq(read), self.sram.addr.eq(sram_at_issue)]
-            with m.If(self.sram.rvalid):
-                m.d.sync += [buffer.eq(self.sram.rdata.as_value()[:32 * beat]), buffered.eq(1)]
-            m.d.comb += [self.hbm.req.valid.eq(buffered), self.hbm.req.payload.write.eq(1),
-                         self.hbm.req.payload.addr.eq(hbm_at_issue), self.hbm.req.payload.count.eq(issue_count)]
-            for lane in range(beat):
-                m.d.comb += self.hbm.req.payload.wdata[lane].eq(buffer[lane])
-            sent = buffered & self.hbm.req.ready
+            room = store_buffer.level + reading < STORE_BUFFER_BEATS
+            read = ~read_finished & room & ~self._stop
+            m.d.comb += [self.sram.valid.eq(read), self.sram.addr.eq(sram_at_read)]
+            m.d.sync += reading.eq(read & self.sram.ready)
+            with m.If(read & self.sram.ready):
+                advance(read_row, read_offset, read_finished)
+            m.d.comb += [store_buffer.w_en.eq(reading), store_buffer.w_data.eq(self.sram.rdata.as_value()[:32 * beat])]
+            send = store_buffer.r_rdy & (in_flight < outstanding) & ~self._stop
+            m.d.comb += [self.hbm.req.valid.eq(send), self.hbm.req.payload.write.eq(1),
+                         self.hbm.req.payload.addr.eq(hbm_at_issue), self.hbm.req.payload.count.eq(issue_count),
+                         self.hbm.req.payload.wdata.as_value().eq(store_buffer.r_data)]
+            sent = send & self.hbm.req.ready
+            m.d.comb += store_buffer.r_en.eq(sent)
             with m.If(sent):
-                m.d.sync += buffered.eq(0)
                 advance(issue_row, issue_offset, issue_finished)
             m.d.comb += self.hbm.rsp.ready.eq(1)
             acked = self.hbm.rsp.valid
@@ -119,5 +132,5 @@ class DmaEngine(Engine):
                 advance(done_row, done_offset)
                 with m.If(last_done):
                     m.next = "NEXT"
-            with m.If(self._stop & (in_flight == 0) & ~buffered):
+            with m.If(self._stop & (in_flight == 0) & ~reading):
                 self.end_aborted(m)

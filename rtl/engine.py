@@ -28,7 +28,7 @@ from tcloud.isa.cost import INSTRUCTION_UNITS, instruction_units
 from tcloud.isa.table import BY_MNEMONIC, INSTRUCTION_BYTES, INSTRUCTIONS, FaultCode
 
 from .decode import INSTRUCTION_LAYOUT, OPCODES, add_decoder, member_name
-from .hbm import HBM_ADDR_BITS, MAX_OUTSTANDING, hbm_signature, port_words
+from .hbm import HBM_ADDR_BITS, hbm_signature, master_count, port_words
 from .scratchpad import WRITE_PORTS, sram_addr_bits, sram_port_signature
 
 INSTRUCTION_WORDS = INSTRUCTION_BYTES // 4
@@ -63,6 +63,34 @@ def dispatch_signature(config):
     }
 
 
+def _write_round(config):
+    """Cycles a scratchpad write may wait: one round of the write arbiters (every engine and the
+    scrubber)."""
+    return config.dma_count + config.me_count + config.ve_count + 1
+
+
+def data_round_trip(config, hbm_latency, requests):
+    """Worst-case cycles until the HBM has answered ``requests`` data requests of one master that it
+    took: behind every other data request in flight (``dma_outstanding`` per DMA engine and the
+    scrubber), each response possibly waiting for a scratchpad write and taking turns with an
+    instruction fetch."""
+    in_flight = (config.dma_count + 1) * config.dma_outstanding
+    return hbm_latency + 2 + (in_flight + requests) * (2 + _write_round(config))
+
+
+def fetch_round_trip(config, hbm_latency):
+    """Worst-case cycles from an engine's instruction fetch request to its response.
+
+    The arbiter grants each master in turn (at most one wait per master, each at most one beat of
+    bandwidth credit); fetches have their own queue in the HBM (:mod:`tcloud.rtl.hbm`), in which
+    the request may wait behind one fetch of every other engine and of the front end, each taking
+    turns with a data response that may wait for a scratchpad write.
+    """
+    beat_cycles = math.ceil(config.hbm_port_bytes / min(config.hbm_bytes_per_cycle, config.hbm_port_bytes))
+    fetchers = config.dma_count + config.me_count + config.ve_count + 1
+    return master_count(config) * beat_cycles + hbm_latency + 2 + fetchers * (2 + _write_round(config))
+
+
 def abort_bound(config, hbm_latency):
     """Worst-case cycles from ``abort`` rising to the engine's ``done``.
 
@@ -72,37 +100,26 @@ def abort_bound(config, hbm_latency):
     hbm_latency : int
         Cycles within which the HBM answers a request it accepted.
 
-    The slowest engine sets the bound: a DMA draining ``MAX_OUTSTANDING`` requests, an engine
-    waiting for an instruction fetch and a prefetch in flight, or a matrix engine finishing a
-    weight load (``me_rows`` rows) and draining its systolic array (``me_rows + me_cols``
-    cycles); every scratchpad write may wait one round of the write arbiters (one access per
-    engine and the scrubber).
+    The slowest engine sets the bound: a DMA draining ``dma_outstanding`` requests
+    (:func:`data_round_trip`), an engine waiting for an instruction fetch and a prefetch in flight
+    (:func:`fetch_round_trip`), or a matrix engine finishing a weight load (``me_rows`` rows) and
+    draining its systolic array (``me_rows + me_cols`` cycles); every scratchpad write may wait one
+    round of the write arbiters.
     """
-    round_trip = hbm_latency + 2
-    write_round = config.dma_count + config.me_count + config.ve_count + 1
-    dma = (MAX_OUTSTANDING + 2) * round_trip + write_round
-    me = 2 * round_trip + 2 * (config.me_rows + config.me_cols) + write_round
-    ve = 2 * round_trip + 5 * write_round
+    write_round = _write_round(config)
+    fetch = fetch_round_trip(config, hbm_latency)
+    dma = data_round_trip(config, hbm_latency, config.dma_outstanding) + write_round
+    me = 2 * fetch + 2 * (config.me_rows + config.me_cols) + write_round
+    ve = 2 * fetch + 5 * write_round
     return max(dma, me, ve) + 8
 
 
-def fetch_round_trip(config, hbm_latency):
-    """Worst-case cycles from an engine's HBM request to its response.
-
-    The arbiter grants each master in turn (at most one wait per master) and the HBM answers in
-    order, so the request may queue behind every request other masters can have in flight: up to
-    ``MAX_OUTSTANDING`` per DMA engine and for the scrubber, one per ME, VE and the front-end fetch.
-    """
-    masters = config.dma_count + config.me_count + config.ve_count + 2
-    in_flight = (config.dma_count + 1) * MAX_OUTSTANDING + config.me_count + config.ve_count + 1
-    return hbm_latency + 2 + masters + in_flight
-
-
 def reclaim_bound(config, hbm_latency, harvest_cost):
-    """Worst-case cycles an owner's ready uTOp waits for an engine another context harvested.
+    """Worst-case cycles an owner's ready uTOp waits for an ME or VE another context harvested.
 
-    Under the ``harvest`` policy only uTOps declaring at most ``harvest_cost`` work units
-    (:mod:`tcloud.isa.cost`) run on engines their context does not own, and the engine faults such a
+    Under the ``harvest`` policy (which never harvests DMA engines) only uTOps declaring at most
+    ``harvest_cost`` work units (:mod:`tcloud.isa.cost`) run on MEs and VEs their context does not
+    own, and the engine faults such a
     uTOp before it exceeds its declaration; once the owner has a ready uTOp no other context is
     dispatched to the engine. The owner therefore waits for at most the rest of one uTOp of
     ``harvest_cost`` units: its first instruction fetch, then per unit at most one cycle plus a
@@ -237,7 +254,8 @@ class Engine(wiring.Component):
                 with m.Else():
                     m.d.comb += [self.hbm.req.valid.eq(1), self.hbm.req.payload.addr.eq(self.hbm_addr(pc)),
                                  self.hbm.req.payload.count.eq(INSTRUCTION_WORDS),
-                                 self.hbm.req.payload.write.eq(0), self.hbm.req.payload.wdata.eq(0)]
+                                 self.hbm.req.payload.write.eq(0), self.hbm.req.payload.wdata.eq(0),
+                                 self.hbm.req.payload.fetch.eq(1)]
                     with m.If(self.hbm.req.ready):
                         m.next = "FETCH_WAIT"
             with m.State("FETCH_WAIT"):
@@ -332,7 +350,8 @@ class Engine(wiring.Component):
         with m.If(issue):
             m.d.comb += [self.hbm.req.valid.eq(1), self.hbm.req.payload.addr.eq(self.hbm_addr(pf_next)),
                          self.hbm.req.payload.count.eq(Mux(two_fit, 2 * INSTRUCTION_WORDS, INSTRUCTION_WORDS)),
-                         self.hbm.req.payload.write.eq(0), self.hbm.req.payload.wdata.eq(0)]
+                         self.hbm.req.payload.write.eq(0), self.hbm.req.payload.wdata.eq(0),
+                         self.hbm.req.payload.fetch.eq(1)]
             with m.If(self.hbm.req.ready):
                 count = Mux(two_fit, 2, 1)
                 m.d.sync += [pf_inflight.eq(1), pf_pair.eq(two_fit), pf_next.eq(pf_next + count * INSTRUCTION_WORDS),

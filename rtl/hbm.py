@@ -1,15 +1,36 @@
 """The HBM port: request/response streams and the arbiter that shares them between units.
 
-HBM itself lives outside the RTL (in each backend's memory model). The protocol:
+HBM itself lives outside the RTL (in each backend's memory model). The protocol, which every HBM
+model implements (:class:`tcloud.rtl.sim.HbmModel`, the Verilator harness, the cocotb responder):
 
-* a request carries a word address, a word count (1 .. ``port_words``), a write flag and, for
-  writes, the data (lane ``i`` is the word at ``addr + i``);
-* every request gets exactly one response, in request order: read data, or an acknowledgement for a
-  write once it is performed (so a uTOp that saw its acknowledgements has really written HBM).
+* a request carries a word address, a word count (1 .. ``port_words``), a write flag, for writes
+  the data (lane ``i`` is the word at ``addr + i``), a ``fetch`` flag marking instruction fetches,
+  and an ``id`` naming the master that sent it;
+* every request gets exactly one response carrying the request's ``id``: read data, or an
+  acknowledgement for a write once it is performed (so a uTOp that saw its acknowledgements has
+  really written HBM);
+* instruction fetches and data requests form two queues, each answered in request order; when
+  both have a response due, the queue not served last goes first (a response already offered stays
+  offered until taken). The memory controller's second class keeps an engine's instruction fetch
+  from queueing behind the DMA engines' data in flight (up to ``dma_outstanding`` beats each), which
+  would otherwise bound every instruction fetch by the whole data queue, and taking turns keeps
+  either class from starving the other;
+* the HBM accepts at most one request per cycle and at most ``ArchConfig.hbm_bytes_per_cycle``
+  bytes per cycle on average: a byte credit grows by that much each cycle up to two beats
+  (``2 × hbm_port_bytes``), ``req.ready`` needs a beat of credit and an accepted request spends
+  ``4 × count`` bytes; a request taken at the clock edge that ends cycle ``c`` is answered from
+  cycle ``c + 1 + hbm_latency``, or once the previous response was taken if that is later.
+
+Both streams follow the ``amaranth.lib.stream`` rules: once ``valid`` is high it stays high, with
+the payload unchanged, until ``ready`` takes it.
+
+Responses are routed by ``id``, so a master may keep as many requests in flight as it can track
+(the DMA engines keep up to ``ArchConfig.dma_outstanding``) and the arbiter needs no record of
+them: it is the tag the memory controller returns, as an AXI ID is.
 """
 
 from amaranth.hdl import Module
-from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arbiter import RoundRobin
@@ -22,17 +43,30 @@ def port_words(config):
     return config.hbm_port_bytes // 4
 
 
+def master_count(config):
+    """HBM masters of a pNPU: every engine (instruction fetch; DMA data too), the scheduler's
+    front-end fetch and the host's scrubber."""
+    return config.dma_count + config.me_count + config.ve_count + 2
+
+
+def id_bits(config):
+    """Width of the ``id`` tag."""
+    return max(1, (master_count(config) - 1).bit_length())
+
+
 def request_layout(config):
     return data.StructLayout({
         "addr": HBM_ADDR_BITS,
         "count": range(port_words(config) + 1),
         "write": 1,
         "wdata": data.ArrayLayout(32, port_words(config)),
+        "fetch": 1,
+        "id": id_bits(config),
     })
 
 
 def response_layout(config):
-    return data.StructLayout({"rdata": data.ArrayLayout(32, port_words(config))})
+    return data.StructLayout({"rdata": data.ArrayLayout(32, port_words(config)), "id": id_bits(config)})
 
 
 def hbm_signature(config):
@@ -43,16 +77,12 @@ def hbm_signature(config):
     })
 
 
-MAX_OUTSTANDING = 8
-"""Requests one master may have in flight (the DMA engines pipeline their reads)."""
-
-
 class HbmArbiter(wiring.Component):
-    """Share one HBM port between ``count`` masters, each with at most :data:`MAX_OUTSTANDING`
-    requests in flight.
+    """Share one HBM port between ``count`` masters.
 
-    Requests are granted round-robin; the index of each granted master enters a FIFO, and the
-    response at the head of the HBM's in-order response stream goes to the master at its head.
+    Requests are granted round-robin and tagged with the master's index; a grant offered to the HBM
+    holds until the HBM takes it, so the payload never changes under ``valid & ~ready``. Each
+    response goes to the master its ``id`` names.
     """
 
     def __init__(self, config, count):
@@ -68,19 +98,15 @@ class HbmArbiter(wiring.Component):
         m = Module()
         masters = [self.master(i) for i in range(self.count)]
         m.submodules.arbiter = arbiter = RoundRobin(self.count)
-        m.submodules.order = order = fifo.SyncFIFOBuffered(width=max(1, (self.count - 1).bit_length()),
-                                                           depth=self.count * MAX_OUTSTANDING)
         m.d.comb += [arbiter.requests[i].eq(p.req.valid) for i, p in enumerate(masters)]
-        m.d.comb += [self.hbm.req.valid.eq(arbiter.valid & order.w_rdy),
-                     order.w_data.eq(arbiter.grant),
-                     order.w_en.eq(self.hbm.req.valid & self.hbm.req.ready),
-                     arbiter.advance.eq(self.hbm.req.valid & self.hbm.req.ready)]
+        m.d.comb += [self.hbm.req.valid.eq(arbiter.valid),
+                     arbiter.advance.eq(self.hbm.req.valid & self.hbm.req.ready),
+                     arbiter.hold.eq(self.hbm.req.valid & ~self.hbm.req.ready)]
         for i, p in enumerate(masters):
             with m.If(arbiter.grant == i):
-                m.d.comb += [self.hbm.req.payload.eq(p.req.payload),
-                             p.req.ready.eq(self.hbm.req.ready & order.w_rdy)]
+                m.d.comb += [self.hbm.req.payload.eq(p.req.payload), self.hbm.req.payload.id.eq(i),
+                             p.req.ready.eq(self.hbm.req.ready)]
             m.d.comb += p.rsp.payload.eq(self.hbm.rsp.payload)
-            with m.If(order.r_rdy & (order.r_data == i)):
+            with m.If(self.hbm.rsp.payload.id == i):
                 m.d.comb += [p.rsp.valid.eq(self.hbm.rsp.valid), self.hbm.rsp.ready.eq(p.rsp.ready)]
-        m.d.comb += order.r_en.eq(self.hbm.rsp.valid & self.hbm.rsp.ready)
         return m

@@ -15,7 +15,7 @@ from tcloud.isa.table import INSTRUCTION_BYTES, ContextStatus, EngineClass
 from . import csr
 from .decode import INSTRUCTION_LAYOUT, OPCODES, add_decoder
 from .dma import DmaEngine
-from .hbm import HBM_ADDR_BITS, MAX_OUTSTANDING, HbmArbiter, hbm_signature, port_words
+from .hbm import HBM_ADDR_BITS, HbmArbiter, hbm_signature, master_count, port_words
 from .matrix_engine import MatrixEngine
 from .scheduler import COUNTER_NAMES, ContextTable, UtopScheduler
 from .scratchpad import Scratchpad
@@ -77,7 +77,7 @@ class PNPU(wiring.Component):
 
         second_ports = [engine for _, engine in self.engines if hasattr(engine, "weight_sram")]
         m.submodules.sram = sram = Scratchpad(cfg, ports=n_eng + len(second_ports) + 1)
-        m.submodules.hbm_arbiter = arbiter = HbmArbiter(cfg, count=n_eng + 2)
+        m.submodules.hbm_arbiter = arbiter = HbmArbiter(cfg, count=master_count(cfg))
         connect(m, arbiter.hbm, wiring.flipped(self.hbm))
         for e, (cls, engine) in enumerate(self.engines):
             m.submodules[f"{cls.name.lower()}{e}"] = engine
@@ -125,7 +125,7 @@ class PNPU(wiring.Component):
         scrub_ctx = Signal(range(n_ctx))
         scrub_addr = Signal(HBM_ADDR_BITS + 1)
         scrub_end = Signal(HBM_ADDR_BITS + 1)
-        scrub_pending = Signal(range(MAX_OUTSTANDING + 1))  # HBM writes not acknowledged yet
+        scrub_pending = Signal(range(cfg.dma_outstanding + 1))  # HBM writes not acknowledged yet
         doorbell = self.csr_we & (self.csr_addr == csr.GLOBAL["DOORBELL"]) & self.csr_wdata[0]
         for i in range(4):
             with m.If(self.csr_we & (self.csr_addr == csr.GLOBAL[f"CMD{i}"]) & ~cmd_busy):
@@ -206,7 +206,7 @@ class PNPU(wiring.Component):
                     m.d.sync += cmd_busy.eq(0)
                     m.d.comb += scheduler.clear.eq(1 << scrub_ctx)
                     m.next = "IDLE"
-                with m.Elif((scrub_addr < scrub_end) & (scrub_pending < MAX_OUTSTANDING)):
+                with m.Elif((scrub_addr < scrub_end) & (scrub_pending < cfg.dma_outstanding)):
                     m.d.comb += [scrub_hbm.req.valid.eq(1), scrub_hbm.req.payload.addr.eq(scrub_addr),
                                  scrub_hbm.req.payload.count.eq(beat), scrub_hbm.req.payload.write.eq(1),
                                  scrub_hbm.req.payload.wdata.eq(0)]

@@ -31,8 +31,8 @@ priority, watchdog budget). :class:`UtopScheduler` runs every RUNNING context at
 
 from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal
 
-from tcloud.isa.table import (NUM_TOKENS, TOKEN_MAX_COUNT, ContextStatus, EngineClass, FaultCode,
-                              Policy)
+from tcloud.isa.table import (HARVESTED_CLASSES, NUM_TOKENS, TOKEN_MAX_COUNT, ContextStatus, EngineClass,
+                              FaultCode, Policy)
 
 from .arbiter import RoundRobin
 from .decode import INSTRUCTION_LAYOUT, OPCODES, add_decoder
@@ -175,12 +175,17 @@ class UtopScheduler(Elaboratable):
         serving = Signal(n_ctx)   # the fetch unit has an instruction of context c in flight
         m.d.comb += fetch_rr.requests.eq(Cat(fetching))
         req, rsp = self.fetch.req, self.fetch.rsp
+        offered = Signal()  # a request offered last cycle and not taken: it stays, unchanged
+        offered_addr = Signal.like(req.payload.addr)
+        m.d.sync += [offered.eq(req.valid & ~req.ready), offered_addr.eq(req.payload.addr)]
+        m.d.comb += fetch_rr.hold.eq(req.valid & ~req.ready)
         with m.FSM(name="fetch"):
             with m.State("REQUEST"):
-                with m.If(fetch_rr.valid):
+                with m.If(fetch_rr.valid | offered):
                     m.d.comb += [req.valid.eq(1),
-                                 req.payload.addr.eq(table.hbm_base[fetch_rr.grant] + self.pc[fetch_rr.grant]),
-                                 req.payload.count.eq(INSTRUCTION_WORDS), req.payload.write.eq(0),
+                                 req.payload.addr.eq(Mux(offered, offered_addr,
+                                                         table.hbm_base[fetch_rr.grant] + self.pc[fetch_rr.grant])),
+                                 req.payload.count.eq(INSTRUCTION_WORDS), req.payload.write.eq(0), req.payload.fetch.eq(1),
                                  req.payload.wdata.eq(0)]
                     with m.If(req.ready):
                         m.d.comb += fetch_rr.advance.eq(1)
@@ -266,7 +271,7 @@ class UtopScheduler(Elaboratable):
                 ready[c] & starving[c] & (head[c].utop.cls == int(cls)) & (class_holder[cls] != c)
                 for c in range(n_ctx)).any())
 
-        # Harvest policy: only a uTOp that declares a cost within HARVEST_COST may run on an engine
+        # Harvest policy: only a uTOp that declares a cost within HARVEST_COST may run on an ME or VE
         # its context does not own; the declared cost bounds how long the owner can wait for it.
         harvestable = [Signal(name=f"ctx{c}_harvestable") for c in range(n_ctx)]
         for c in range(n_ctx):
@@ -289,7 +294,8 @@ class UtopScheduler(Elaboratable):
                 cls = classes[e]
                 by_policy = Array([
                     owns(c, e),
-                    owns(c, e) | (~owner_wants[e] & harvestable[c] & idle_enough[e]),
+                    owns(c, e) | (~owner_wants[e] & harvestable[c] & idle_enough[e]) if cls in HARVESTED_CLASSES
+                    else owns(c, e),
                     holder == c,
                     ((class_holder[cls] == c) & ~class_yields[cls]) | class_idle[cls] if cls in class_holder
                     else Const(1),

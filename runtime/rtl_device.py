@@ -91,8 +91,10 @@ class AmaranthDevice(CsrDevice):
     Parameters
     ----------
     config : ArchConfig or str
-    hbm_latency, hbm_jitter : int
-        HBM response latency in cycles and its random extra.
+    hbm_latency : int, optional
+        HBM response latency in cycles; default the configuration's ``hbm_latency``.
+    hbm_jitter : int
+        Random extra latency, 0 .. ``hbm_jitter`` cycles.
     hbm_accept_probability : float
         Below 1, the HBM randomly refuses requests (backpressure).
     seed : int
@@ -102,15 +104,15 @@ class AmaranthDevice(CsrDevice):
 
     name = "amaranth"
 
-    def __init__(self, config, *, hbm_latency=8, hbm_jitter=0, hbm_accept_probability=1.0, seed=0, vcd=None):
+    def __init__(self, config, *, hbm_latency=None, hbm_jitter=0, hbm_accept_probability=1.0, seed=0, vcd=None):
         from tcloud.rtl.pnpu import PNPU
         from tcloud.rtl.sim import HbmModel, SimulationThread
 
         self.config = get_config(config)
-        self.hbm_worst_latency = hbm_latency + hbm_jitter
         self.dut = PNPU(self.config)
-        self.hbm_model = HbmModel(self.config.hbm_bytes, latency=hbm_latency, jitter=hbm_jitter,
+        self.hbm_model = HbmModel(self.config, latency=hbm_latency, jitter=hbm_jitter,
                                   accept_probability=hbm_accept_probability, seed=seed)
+        self.hbm_worst_latency = self.hbm_model.latency + hbm_jitter
         self._sim = SimulationThread(self.dut, background=[self.hbm_model.serve(self.dut.hbm)],
                                      on_stop=[self._stop_hbm], vcd_path=vcd)
 

@@ -1,10 +1,12 @@
 // C harness around the Verilated pNPU: holds the HBM model and runs the clock freely.
-// Python drives it through the C ABI below (ctypes). The HBM model matches tcloud.rtl.sim.HbmModel
-// cycle for cycle: requests are accepted when ready, answered in order `latency` (+ jitter) cycles
-// later, and a write takes effect when its acknowledgement is delivered.
+// Python drives it through the C ABI below (ctypes). The HBM model implements the protocol of
+// tcloud.rtl.hbm and matches tcloud.rtl.sim.HbmModel cycle for cycle: requests are accepted one per
+// cycle within the bandwidth credit, answered `latency` (+ jitter) cycles later with their id
+// (instruction fetches and data each in order, the queues in turn when both are due), and a write takes effect when its acknowledgement is delivered. A request that changes or is
+// withdrawn before it was taken is a protocol error.
 //
-// Build-time defines: PORT_WORDS (32-bit words per HBM beat), COUNT_BITS (width of the request's
-// count field). Request payload layout: addr[0:30), count, write, wdata.
+// hbm_layout.h is generated at build time from the request/response layouts of tcloud.rtl.hbm
+// (field offsets and widths, words per beat); nothing of them is restated here.
 
 #include <algorithm>
 #include <cstdint>
@@ -13,20 +15,16 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "Vpnpu.h"
+#include "hbm_layout.h"
 #include "verilated.h"
 #if VM_TRACE
 #include "verilated_vcd_c.h"
 #endif
 
-#ifndef PORT_WORDS
-#error "PORT_WORDS must be defined"
-#endif
-#ifndef COUNT_BITS
-#error "COUNT_BITS must be defined"
-#endif
 
 // Verilator escapes "__" in port names as "___05F".
 #define HBM_REQ_VALID hbm___05Freq___05Fvalid
@@ -38,14 +36,14 @@
 
 namespace {
 
-constexpr unsigned kAddrBits = 30;
-
 struct Pending {
     uint64_t due;
     bool write;
     uint64_t addr;
     uint32_t count;
-    uint32_t data[PORT_WORDS];
+    uint32_t id;
+    bool fetch;
+    uint32_t data[kPortWords];
 };
 
 template <typename Wide>
@@ -58,15 +56,37 @@ uint64_t bits(const Wide& wide, unsigned low, unsigned width) {
     return value;
 }
 
+template <typename Wide>
+void set_bits(Wide& wide, unsigned low, unsigned width, uint64_t value) {
+    for (unsigned i = 0; i < width; ++i) {
+        unsigned bit = low + i;
+        uint32_t mask = 1u << (bit % 32);
+        wide[bit / 32] = ((value >> i) & 1u) ? (wide[bit / 32] | mask) : (wide[bit / 32] & ~mask);
+    }
+}
+
+template <typename Wide>
+bool same(const Wide& a, const Wide& b) {
+    for (unsigned i = 0; i < (kReqBits + 31) / 32; ++i)
+        if (a[i] != b[i]) return false;
+    return true;
+}
+
 struct Harness {
     std::unique_ptr<VerilatedContext> context;
     std::unique_ptr<Vpnpu> top;
     std::vector<uint8_t> hbm;
-    std::deque<Pending> pending;
+    std::deque<Pending> queues[2];  // data, fetch: each answered in order
+    int presented = -1;             // the queue whose head is offered as the response
+    int last = 0;                   // the queue served last: the other goes first when both are due
     uint64_t cycle = 0;
-    uint32_t latency = 8;
+    uint32_t latency = 0;
     uint32_t jitter = 0;
     double accept_probability = 1.0;
+    double bytes_per_cycle = kPortWords * 4;
+    double credit = 2 * kPortWords * 4;
+    bool offered = false;
+    std::remove_reference_t<decltype(Vpnpu::HBM_REQ_PAYLOAD)> offered_payload;
     std::mt19937_64 rng;
     std::string error;
 #if VM_TRACE
@@ -82,17 +102,22 @@ struct Harness {
     }
 
     bool step() {
-        bool accept = accept_probability >= 1.0 ||
-                      std::uniform_real_distribution<double>(0.0, 1.0)(rng) < accept_probability;
+        constexpr double kBeatBytes = kPortWords * 4;
+        credit = std::min(credit + bytes_per_cycle, 2 * kBeatBytes);
+        bool accept = credit >= kBeatBytes &&
+                      (accept_probability >= 1.0 ||
+                       std::uniform_real_distribution<double>(0.0, 1.0)(rng) < accept_probability);
         top->HBM_REQ_READY = accept;
-        bool presented = !pending.empty() && pending.front().due <= cycle;
-        top->HBM_RSP_VALID = presented;
-        if (presented && !pending.front().write) {
-            const Pending& head = pending.front();
-            for (unsigned i = 0; i < PORT_WORDS; ++i) {
+        for (int q : {1 - last, last})
+            if (presented < 0 && !queues[q].empty() && queues[q].front().due <= cycle) presented = q;
+        top->HBM_RSP_VALID = presented >= 0;
+        if (presented >= 0) {
+            const Pending& head = queues[presented].front();
+            set_bits(top->HBM_RSP_PAYLOAD, kRspIdLow, kIdBits, head.id);
+            for (unsigned i = 0; i < kPortWords && !head.write; ++i) {
                 uint32_t word = 0;
                 if (i < head.count) std::memcpy(&word, &hbm[(head.addr + i) * 4], 4);
-                top->HBM_RSP_PAYLOAD[i] = word;
+                set_bits(top->HBM_RSP_PAYLOAD, kRspRdataLow + 32 * i, 32, word);
             }
         }
         top->clk = 0;
@@ -100,33 +125,46 @@ struct Harness {
         dump();
         bool req_valid = top->HBM_REQ_VALID;
         bool rsp_ready = top->HBM_RSP_READY;
+        const auto& payload = top->HBM_REQ_PAYLOAD;
+        if (offered && (!req_valid || !same(payload, offered_payload))) {
+            error = std::string("cycle ") + std::to_string(cycle) + ": the HBM request stream " +
+                    (req_valid ? "changed its payload" : "dropped valid") + " before the request was taken";
+            return false;
+        }
+        offered = req_valid && !accept;
+        if (offered) offered_payload = payload;
         Pending request{};
         if (accept && req_valid) {
-            const auto& payload = top->HBM_REQ_PAYLOAD;
-            request.addr = bits(payload, 0, kAddrBits);
-            request.count = static_cast<uint32_t>(bits(payload, kAddrBits, COUNT_BITS));
-            request.write = bits(payload, kAddrBits + COUNT_BITS, 1) != 0;
-            for (unsigned i = 0; i < PORT_WORDS; ++i)
-                request.data[i] = static_cast<uint32_t>(bits(payload, kAddrBits + COUNT_BITS + 1 + 32 * i, 32));
+            request.addr = bits(payload, kReqAddrLow, kReqAddrBits);
+            request.count = static_cast<uint32_t>(bits(payload, kReqCountLow, kReqCountBits));
+            request.write = bits(payload, kReqWriteLow, 1) != 0;
+            request.fetch = bits(payload, kReqFetchLow, 1) != 0;
+            request.id = static_cast<uint32_t>(bits(payload, kReqIdLow, kIdBits));
+            for (unsigned i = 0; i < kPortWords; ++i)
+                request.data[i] = static_cast<uint32_t>(bits(payload, kReqWdataLow + 32 * i, 32));
         }
         top->clk = 1;
         top->eval();
         dump();
         ++cycle;
-        if (presented && rsp_ready) {
-            const Pending& head = pending.front();
+        if (presented >= 0 && rsp_ready) {
+            const Pending& head = queues[presented].front();
             if (head.write) std::memcpy(&hbm[head.addr * 4], head.data, 4ull * head.count);
-            pending.pop_front();
+            queues[presented].pop_front();
+            last = presented;
+            presented = -1;
         }
         if (accept && req_valid) {
             if ((request.addr + request.count) * 4 > hbm.size()) {
                 error = "HBM access beyond the modelled memory";
                 return false;
             }
+            credit -= 4.0 * request.count;
             uint64_t delay = latency;
             if (jitter) delay += std::uniform_int_distribution<uint64_t>(0, jitter)(rng);
-            request.due = std::max(cycle + delay, pending.empty() ? 0 : pending.back().due);
-            pending.push_back(request);
+            auto& queue = queues[request.fetch ? 1 : 0];
+            request.due = std::max(cycle + delay, queue.empty() ? 0 : queue.back().due);
+            queue.push_back(request);
         }
         return true;
     }
@@ -137,7 +175,7 @@ struct Harness {
 extern "C" {
 
 void* tc_create(uint64_t hbm_bytes, uint32_t latency, uint32_t jitter, double accept_probability,
-                uint64_t seed, const char* trace_path) {
+                double bytes_per_cycle, uint64_t seed, const char* trace_path) {
     auto* h = new Harness();
     h->context = std::make_unique<VerilatedContext>();
     h->top = std::make_unique<Vpnpu>(h->context.get());
@@ -145,6 +183,7 @@ void* tc_create(uint64_t hbm_bytes, uint32_t latency, uint32_t jitter, double ac
     h->latency = latency;
     h->jitter = jitter;
     h->accept_probability = accept_probability;
+    h->bytes_per_cycle = bytes_per_cycle;
     h->rng.seed(seed);
 #if VM_TRACE
     if (trace_path && *trace_path) {

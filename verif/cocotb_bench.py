@@ -20,9 +20,10 @@ from cocotb.triggers import ReadOnly, RisingEdge
 
 from tcloud.isa import ContextStatus, FaultCode
 from tcloud.rtl import csr
-from tcloud.rtl.hbm import port_words
+from amaranth.lib import data
 
-REQ_ADDR_BITS = 30
+from tcloud.rtl.hbm import port_words, request_layout, response_layout
+
 
 
 def random_pauses(rng, probability):
@@ -128,45 +129,43 @@ class HbmResponder(_Background):
         self.dut, self.config, self.rng = dut, config, rng
         self.memory = np.zeros(config.hbm_bytes, dtype=np.uint8)
         self.latency, self.pauses = latency, random_pauses(rng, pause_probability)
-        self.words = port_words(config)
-        self.count_bits = (self.words).bit_length()
+        self.request, self.response_id = request_layout(config), response_layout(config)["id"].offset
         self.log = logging.getLogger("tb.hbm")
-
-    def _decode(self, payload):
-        addr = payload & ((1 << REQ_ADDR_BITS) - 1)
-        count = (payload >> REQ_ADDR_BITS) & ((1 << self.count_bits) - 1)
-        write = (payload >> (REQ_ADDR_BITS + self.count_bits)) & 1
-        wdata = payload >> (REQ_ADDR_BITS + self.count_bits + 1)
-        return addr, count, bool(write), wdata
 
     async def _run(self):
         dut = self.dut
-        pending = deque()
+        queues, presented, last = (deque(), deque()), None, 0  # data, fetch: each in order, in turn when both due
         cycle = 0
         while True:
             accept = not next(self.pauses)
             dut.hbm__req__ready.value = accept
-            head = pending[0] if pending and pending[0][0] <= cycle else None
+            if presented is None:
+                due = [q for q in (1 - last, last) if queues[q] and queues[q][0][0] <= cycle]
+                presented = due[0] if due else None
+            head = queues[presented][0] if presented is not None else None
             dut.hbm__rsp__valid.value = head is not None
-            if head is not None and not head[1]:
-                data = self.memory[head[2] * 4:(head[2] + head[3]) * 4].view("<u4")
-                dut.hbm__rsp__payload.value = sum(int(w) << (32 * i) for i, w in enumerate(data))
+            if head is not None:
+                words = [] if head[1] else self.memory[head[2] * 4:(head[2] + head[3]) * 4].view("<u4")
+                dut.hbm__rsp__payload.value = (sum(int(w) << (32 * i) for i, w in enumerate(words))
+                                               | head[5] << self.response_id)
             await ReadOnly()
             valid, taken = int(dut.hbm__req__valid.value), int(dut.hbm__rsp__ready.value)
             payload = int(dut.hbm__req__payload.value) if valid and accept else 0
             await RisingEdge(dut.clk)
             cycle += 1
             if head is not None and taken:
-                pending.popleft()
+                queues[presented].popleft()
+                presented, last = None, presented
                 if head[1]:
                     words = [(head[4] >> (32 * i)) & 0xFFFFFFFF for i in range(head[3])]
                     self.memory[head[2] * 4:(head[2] + head[3]) * 4] = np.array(words, "<u4").view(np.uint8)
             if valid and accept:
-                addr, count, write, wdata = self._decode(payload)
+                request = data.Const(self.request, payload)
+                queue = queues[int(request.fetch)]
                 delay = int(self.rng.integers(self.latency[0], self.latency[1] + 1))
-                due = max(cycle + delay, pending[-1][0] if pending else 0)
-                pending.append((due, write, addr, count, wdata))
-
+                due = max(cycle + delay, queue[-1][0] if queue else 0)
+                queue.append((due, bool(request.write), int(request.addr), int(request.count),
+                              request.wdata.as_value().value, int(request.id)))
 
 class HbmMonitor(_Background):
     """Records HBM handshakes and checks the protocol."""
@@ -178,14 +177,12 @@ class HbmMonitor(_Background):
         self.log = logging.getLogger("tb.hbm_monitor")
 
     async def _run(self):
-        dut, words = self.dut, port_words(self.config)
-        count_bits = words.bit_length()
+        dut, words, layout = self.dut, port_words(self.config), request_layout(self.config)
         for _ in itertools.count():
             await ReadOnly()
             if int(dut.hbm__req__valid.value) and int(dut.hbm__req__ready.value):
-                payload = int(dut.hbm__req__payload.value)
-                addr = payload & ((1 << REQ_ADDR_BITS) - 1)
-                count = (payload >> REQ_ADDR_BITS) & ((1 << count_bits) - 1)
+                request = data.Const(layout, int(dut.hbm__req__payload.value))
+                addr, count = int(request.addr), int(request.count)
                 if not 1 <= count <= words:
                     self.errors.append(f"request with count {count}")
                 if (addr + count) * 4 > self.config.hbm_bytes:

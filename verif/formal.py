@@ -30,11 +30,11 @@ from amaranth.hdl._ast import Assign, Switch  # to find the scheduler's internal
 from amaranth.lib import wiring
 
 from tcloud.isa.config import get_config
-from tcloud.isa.table import NUM_TOKENS, EngineClass, Policy
+from tcloud.isa.table import HARVESTED_CLASSES, NUM_TOKENS, EngineClass, Policy
 from tcloud.rtl.decode import INSTRUCTION_LAYOUT
 from tcloud.rtl.dma import DmaEngine
 from tcloud.rtl.engine import Engine, dispatch_signature
-from tcloud.rtl.hbm import MAX_OUTSTANDING, hbm_signature, request_layout
+from tcloud.rtl.hbm import hbm_signature, request_layout
 from tcloud.rtl.matrix_engine import MatrixEngine
 from tcloud.rtl.scheduler import ContextTable, UtopScheduler
 from tcloud.rtl.scratchpad import sram_port_signature
@@ -211,12 +211,12 @@ def inside(addr, words, base, size):
 
 # --- 1. address isolation of the engines --------------------------------------------------------------
 
-def hbm_environment(m, hbm):
+def hbm_environment(m, hbm, config):
     """The HBM answers only requests it took, one response each (in order): a response never
     arrives while none is outstanding. Its data is free: the instruction stream is arbitrary.
 
     Returns the number of outstanding requests (a signal)."""
-    outstanding = Signal(range(2 * MAX_OUTSTANDING + 2), name="hbm_outstanding")
+    outstanding = Signal(range(2 * config.dma_outstanding + 2), name="hbm_outstanding")
     taken = hbm.req.valid & hbm.req.ready
     answered = hbm.rsp.valid & hbm.rsp.ready
     m.d.sync += outstanding.eq(outstanding + taken - answered)
@@ -274,7 +274,7 @@ class EngineIsolation(Elaboratable):
         m.d.comb += [Assume(engine.sram_base + engine.sram_size <= cfg.sram_bytes // 4),
                      Assume(engine.hbm_base + engine.hbm_size <= cfg.hbm_bytes // 4)]
 
-        outstanding = hbm_environment(m, engine.hbm)
+        outstanding = hbm_environment(m, engine.hbm, cfg)
         ports = [getattr(engine, name) for name in ("sram", "weight_sram") if hasattr(engine, name)]
         for i, port in enumerate(ports):
             sram_environment(m, port, f"sram{i}")
@@ -321,7 +321,7 @@ class CostEnforced(Elaboratable):
         m.submodules.engine = self.fragment
         m.d.comb += [Assume(engine.sram_base + engine.sram_size <= cfg.sram_bytes // 4),
                      Assume(engine.hbm_base + engine.hbm_size <= cfg.hbm_bytes // 4)]
-        hbm_environment(m, engine.hbm)
+        hbm_environment(m, engine.hbm, cfg)
         for i, name in enumerate(n for n in ("sram", "weight_sram") if hasattr(engine, n)):
             sram_environment(m, getattr(engine, name), f"sram{i}")
         declared, used = internal(self.fragment, "declared_cost"), internal(self.fragment, "used_cost")
@@ -564,8 +564,8 @@ def policy_allows(view, c, e):
     """The scheduling rule every dispatch must obey: may context ``c`` start a uTOp on engine ``e``?
 
     * ``STATIC``: only on an engine ``c`` owns;
-    * ``HARVEST``: on an engine ``c`` owns, or on one none of whose owners has a ready uTOp of its
-      class, for a uTOp that declares a cost of at most ``HARVEST_COST`` (and not zero): the
+    * ``HARVEST``: on an engine ``c`` owns, or on an ME or VE none of whose owners has a ready uTOp
+      of its class, for a uTOp that declares a cost of at most ``HARVEST_COST`` (and not zero): the
       condition the reclaim bound rests on;
     * ``TEMPORAL``: only while ``c`` holds the time slice;
     * ``OPERATOR``: on a DMA engine, or while ``c`` holds the engine's class, or when every engine
@@ -604,7 +604,8 @@ def policy_allows(view, c, e):
     cost = view.head[c].utop.cost
     declared_within = (cost != 0) & (cost <= view.scheduler.harvest_cost)
     return Mux(view.policy == Policy.STATIC, owned,
-               Mux(view.policy == Policy.HARVEST, owned | (~owner_waits & declared_within),
+               Mux(view.policy == Policy.HARVEST,
+                   owned | (~owner_waits & declared_within) if cls in HARVESTED_CLASSES else owned,
                    Mux(view.policy == Policy.TEMPORAL, view.holder == c, by_operator)))
 
 
@@ -633,7 +634,7 @@ class SchedulerPolicy(Elaboratable):
         dut, cfg = self.dut, self.config
         dut.add_to(m, "scheduler")
         dut.assert_in_range(m)
-        hbm_environment(m, dut.fetch)
+        hbm_environment(m, dut.fetch, cfg)
         engines = dut.engines
         head = [INSTRUCTION_LAYOUT(dut.internal(f"ctx{c}_head")) for c in range(cfg.contexts)]
         view = SchedulerView(
@@ -688,7 +689,7 @@ class FaultIsolation(Elaboratable):
         a, b, cfg, culprit = self.a, self.b, self.config, self.culprit
         a.add_to(m, "a")
         b.add_to(m, "b")
-        hbm_environment(m, a.fetch)
+        hbm_environment(m, a.fetch, cfg)
         m.d.comb += [theirs.eq(mine) for theirs, mine in zip(b.table_fields, a.table_fields)]
         m.d.comb += [theirs.eq(mine) for theirs, mine in zip(b.fetch_inputs, a.fetch_inputs)]
         for theirs, mine in zip(b.host, a.host):
