@@ -62,11 +62,11 @@ def test_programs_are_race_free_dags(config):
         with replay_hint(seed):
             image, inputs = random_program(config, seed)
             trace, outputs = golden_trace(config, image, inputs)
-            assert find_races(trace) == []
+            assert find_races(trace) == [], f"seed {seed}"
             stats += shape(trace)
             bare_trace, bare_outputs = golden_trace(config, unsynchronised(image), inputs)
-            assert np.array_equal(bare_outputs["Y"], outputs["Y"])
-            assert find_races(bare_trace), "the race checker must see the races synchronisation removes"
+            assert np.array_equal(bare_outputs["Y"], outputs["Y"]), f"seed {seed}"
+            assert find_races(bare_trace), f"seed {seed}: no race once synchronisation is removed"
     assert stats["waits counting several producers"] >= 0.05 * stats["waits"], stats
     assert stats["uTOps waiting on several tokens"] >= 0.03 * stats["utops"], stats
     assert stats["uTOps signalling several tokens"] >= 0.05 * stats["utops"], stats
@@ -93,7 +93,7 @@ def test_utops_of_one_context_overlap_in_time_on_the_rtl():
                 busy = sum(device.stats()["engine_busy_cycles"].values()) - busy
                 overlapping += busy > device.cycles - cycles
                 expected, _ = run_image(FunctionalDevice("tiny"), image, inputs)
-                assert np.array_equal(read_outputs(device, image)["Y"], expected["Y"])
+                assert np.array_equal(read_outputs(device, image)["Y"], expected["Y"]), f"seed {seed}"
     finally:
         device.close()
     assert overlapping >= 0.5 * RTL_PROGRAMS, f"{overlapping} of {RTL_PROGRAMS} programs overlap"

@@ -67,8 +67,8 @@ def test_random_programs_with_hbm_backpressure_are_bit_exact(backend):
                 image, inputs = random_program("tiny", seed)
                 expected, expected_info = golden_run(image, inputs)
                 outputs, info = run_image(device, image, inputs)
-                assert np.array_equal(outputs["Y"], expected["Y"])
-                assert info.counters == expected_info.counters
+                assert np.array_equal(outputs["Y"], expected["Y"]), f"seed {seed}"
+                assert info.counters == expected_info.counters, f"seed {seed}"
     finally:
         device.close()
 
