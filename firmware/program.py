@@ -48,6 +48,12 @@ class _Utop:
 class ProgramBuilder:
     """Accumulate uTOps and control instructions, then emit a code segment.
 
+    Parameters
+    ----------
+    rng : numpy.random.Generator, optional
+        For constrained-random tests: spread each uTOp's producers over a random number of wait
+        slots and give each group a random free token. The program stays correctly synchronised.
+
     Examples
     --------
     >>> b = ProgramBuilder()
@@ -57,8 +63,9 @@ class ProgramBuilder:
     5
     """
 
-    def __init__(self):
+    def __init__(self, rng=None):
         self._items = []  # _Utop or Instr (control)
+        self._rng = rng
 
     @property
     def utop_count(self):
@@ -144,13 +151,18 @@ class ProgramBuilder:
             if len(chunks) > _WAIT_SLOTS:
                 raise FirmwareError(f"uTOp #{index} depends on {len(live)} uTOps; at most "
                                     f"{_WAIT_SLOTS * _MAX_COUNT} fit its wait slots")
+            if self._rng is not None and live:
+                count = max(len(chunks), int(self._rng.integers(1, min(_WAIT_SLOTS, len(live)) + 1)))
+                shuffled = [int(d) for d in self._rng.permutation(live)]
+                chunks = [sorted(shuffled[i::count]) for i in range(count)]
             groups += [(chunk[0], index, chunk) for chunk in chunks]
         free_at = [-1] * NUM_TOKENS  # program index after which the token is free again
         for start, end, producers in sorted(groups):
-            token = next((t for t in range(NUM_TOKENS) if free_at[t] <= start), None)
-            if token is None:
+            free = [t for t in range(NUM_TOKENS) if free_at[t] <= start]
+            if not free:
                 raise FirmwareError(f"more than {NUM_TOKENS} dependency groups are live at uTOp "
                                     f"#{start}; add a fence or restructure the kernel")
+            token = free[0] if self._rng is None else free[int(self._rng.integers(0, len(free)))]
             free_at[token] = end
             for p in producers:
                 self._items[p].signal |= 1 << token

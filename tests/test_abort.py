@@ -16,6 +16,7 @@ from tcloud.runtime.hypervisor import Hypervisor, VNPUSpec
 from tcloud.runtime.rtl_device import AmaranthDevice
 from tcloud.runtime.verilator_device import VerilatorDevice
 from tcloud.verif import random_program
+from tcloud.verif.random_programs import replay_hint, seeds
 
 from conftest import utop
 
@@ -102,18 +103,18 @@ def test_kill_at_random_moments_of_random_programs_is_bounded_and_leaves_nothing
     latency, jitter = 6, 5
     device = VerilatorDevice("tiny", hbm_latency=latency, hbm_jitter=jitter, seed=3)
     device.command_poll_cycles = 1
-    rng = np.random.default_rng(13)
     try:
-        for seed in range(12 if os.environ.get("CI") else 40):
-            image, inputs = random_program("tiny", seed, utops=24)
-            load_image(device, image, inputs)
-            device.run(max_cycles=int(rng.integers(1, 1500)))
-            before = device.cycles
-            device.host(Instr("ctx.kill", ctx=0))
-            assert device.run(max_cycles=100_000)
-            bound = device.command_poll_cycles + abort_bound(device.config, latency + jitter)
-            assert device.cycles - before <= bound, f"seed {seed}"
-            assert_engines_come_back_clean(device)
+        for seed in seeds(12 if os.environ.get("CI") else 40):
+            with replay_hint(seed):
+                image, inputs = random_program("tiny", seed, utops=24)
+                load_image(device, image, inputs)
+                device.run(max_cycles=int(np.random.default_rng([13, seed]).integers(1, 1500)))
+                before = device.cycles
+                device.host(Instr("ctx.kill", ctx=0))
+                assert device.run(max_cycles=100_000)
+                bound = device.command_poll_cycles + abort_bound(device.config, latency + jitter)
+                assert device.cycles - before <= bound, f"seed {seed}"
+                assert_engines_come_back_clean(device)
     finally:
         device.close()
 

@@ -47,8 +47,9 @@ def verilator_on_path():
 @pytest.mark.parametrize("testcase", ["constrained_random_gemm", "random_programs", "multi_tenant"])
 def test_pnpu_cocotb(verilator_on_path, testcase):
     runner, build_dir = build("tiny")
+    seed = os.environ.get("TCLOUD_SEED", "3")
     results = runner.test(hdl_toplevel="pnpu", test_module="tcloud.verif.cocotb_pnpu", testcase=testcase,
                           build_dir=build_dir, test_dir=build_dir / testcase,
-                          extra_env={"TCLOUD_CONFIG": "tiny", "TCLOUD_CASES": CASES, "TCLOUD_SEED": "3"})
+                          extra_env={"TCLOUD_CONFIG": "tiny", "TCLOUD_CASES": CASES, "TCLOUD_SEED": seed})
     total, failed = get_results(results)
-    assert total == 1 and failed == 0
+    assert total == 1 and failed == 0, f"replay with TCLOUD_SEED={seed}"

@@ -160,3 +160,17 @@ def test_builder_groups_many_producers_into_wait_slots_and_fence_drops_deps():
     assert (headers[20]["count0"], headers[20]["count1"]) == (15, 5)
     assert headers[21]["count0"] == 0
     assert instrs[-1].mnemonic == "halt"
+
+
+def test_builder_with_an_rng_spreads_producers_over_random_wait_slots_and_tokens():
+    layouts, tokens = set(), set()
+    for seed in range(30):
+        builder = ProgramBuilder(rng=np.random.default_rng(seed))
+        fills = [builder.utop(EngineClass.VE, [Instr("ve.fill", dst=4 * i, n=1, value=i)]) for i in range(6)]
+        builder.utop(EngineClass.VE, [Instr("ve.redsum", dst=64, src=0, n=6)], deps=fills)
+        consumer = [i for i in decode_stream(builder.build()) if i.mnemonic == "utop"][-1]
+        waits = [(consumer[f"wait{s}"], consumer[f"count{s}"]) for s in range(3) if consumer[f"count{s}"]]
+        assert sum(count for _, count in waits) == 6
+        layouts.add(tuple(sorted(count for _, count in waits)))
+        tokens |= {token for token, _ in waits}
+    assert {(6,), (3, 3), (2, 2, 2)} <= layouts and len(tokens) > 8

@@ -16,6 +16,7 @@ from tcloud.runtime import DeviceFault, FunctionalDevice, Placement, load_image,
 from tcloud.runtime.rtl_device import AmaranthDevice
 from tcloud.runtime.verilator_device import VerilatorDevice
 from tcloud.verif import find_races, random_program
+from tcloud.verif.random_programs import replay_hint, seeds
 
 from conftest import utop
 
@@ -61,12 +62,13 @@ def test_gemm_images_are_bit_exact(device):
 def test_random_programs_with_hbm_backpressure_are_bit_exact(backend):
     device = RTL_BACKENDS[backend]("tiny", hbm_latency=5, hbm_jitter=4, hbm_accept_probability=0.6, seed=5)
     try:
-        for seed in range(RANDOM_PROGRAMS[backend]):
-            image, inputs = random_program("tiny", seed)
-            expected, expected_info = golden_run(image, inputs)
-            outputs, info = run_image(device, image, inputs)
-            assert np.array_equal(outputs["Y"], expected["Y"]), f"seed {seed}"
-            assert info.counters == expected_info.counters, f"seed {seed}"
+        for seed in seeds(RANDOM_PROGRAMS[backend]):
+            with replay_hint(seed):
+                image, inputs = random_program("tiny", seed)
+                expected, expected_info = golden_run(image, inputs)
+                outputs, info = run_image(device, image, inputs)
+                assert np.array_equal(outputs["Y"], expected["Y"]), f"seed {seed}"
+                assert info.counters == expected_info.counters, f"seed {seed}"
     finally:
         device.close()
 
