@@ -2,7 +2,9 @@
 
 All registers are 32 bits at byte offsets. Per-context registers repeat every
 :data:`CONTEXT_STRIDE` bytes from :data:`CONTEXT_BASE`; per-engine counters every 4 bytes from
-:data:`ENGINE_BASE` (engines numbered DMAs first, then MEs, then VEs).
+:data:`ENGINE_BASE` (engines numbered DMAs first, then MEs, then VEs). The map has room for the most
+contexts and engines any :class:`ArchConfig` may have, so an address means the same register on
+every pNPU.
 
 Host commands: write the four 32-bit words of a ``ctx.*`` instruction to ``CMD0``..``CMD3``
 (``CMD0`` holds bits 0..31) and write 1 to ``DOORBELL``. ``DOORBELL`` reads 1 while the command
@@ -12,13 +14,14 @@ runs (``ctx.scrub`` takes time); ``CMD_ERROR`` then holds a :class:`CommandError
 from dataclasses import dataclass
 from enum import IntEnum
 
+from tcloud.isa.config import LIMITS
 from tcloud.isa.cost import HARVEST_COST_DEFAULT
 from tcloud.isa.table import POLICY_DOCS, Policy
 
 ID_VALUE = 0x7C10D001
 CONTEXT_BASE = 0x100
-CONTEXT_STRIDE = 0x80
-ENGINE_BASE = 0x800
+MAX_CONTEXTS = LIMITS["contexts"][1]
+MAX_ENGINES = sum(LIMITS[count][1] for count in ("dma_count", "me_count", "ve_count"))
 
 
 class CommandError(IntEnum):
@@ -105,6 +108,10 @@ ENGINE_CSR_DOC = "Cycles the engine was busy (ENGINE_BASE + 4 × engine index)."
 
 GLOBAL = {c.name: c.offset for c in GLOBAL_CSRS}
 CONTEXT = {c.name: c.offset for c in CONTEXT_CSRS}
+CONTEXT_STRIDE = 1 << (max(CONTEXT.values()) + 3).bit_length()
+"""Bytes between two contexts' registers: the power of two that holds one context's."""
+ENGINE_BASE = CONTEXT_BASE + MAX_CONTEXTS * CONTEXT_STRIDE
+"""First engine counter, after the registers of :data:`MAX_CONTEXTS` contexts."""
 
 
 def context_csr(context, name):
@@ -115,6 +122,27 @@ def context_csr(context, name):
 def engine_csr(engine):
     """Byte offset of the busy-cycle counter of engine ``engine``."""
     return ENGINE_BASE + 4 * engine
+
+
+def _addresses():
+    """Every register of the largest pNPU: ``(name, address)`` pairs."""
+    yield from GLOBAL.items()
+    for context in range(MAX_CONTEXTS):
+        yield from ((f"ctx{context}.{name}", context_csr(context, name)) for name in CONTEXT)
+    yield from ((f"ENGINE_BUSY[{e}]", engine_csr(e)) for e in range(MAX_ENGINES))
+
+
+def _check_map():
+    owner = {}
+    for name, address in _addresses():
+        if address % 4 or address in owner:
+            raise AssertionError(f"CSR {name} at {address:#x} is misaligned or shared with {owner.get(address)}")
+        owner[address] = name
+    return max(owner).bit_length()
+
+
+ADDR_BITS = _check_map()
+"""Width of the pNPU's ``csr_addr``: enough for every register of the largest pNPU."""
 
 
 def csr_markdown():

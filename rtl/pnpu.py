@@ -57,7 +57,7 @@ class PNPU(wiring.Component):
         self.config = config
         self.engines = [(cls, factory(config)) for cls, factory, count in _ENGINE_TYPES
                         for _ in range(getattr(config, count))]
-        super().__init__({"csr_addr": In(12), "csr_wdata": In(32), "csr_we": In(1),
+        super().__init__({"csr_addr": In(csr.ADDR_BITS), "csr_wdata": In(32), "csr_we": In(1),
                           "csr_rdata": Out(32), "hbm": Out(hbm_signature(config)), "idle": Out(1),
                           "rst": In(1)})
 

@@ -8,7 +8,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from tcloud.firmware import Requant, gemm
-from tcloud.isa import (ConfigMismatchError, ContextStatus, EngineClass, FaultCode, HostCommandError, Instr,
+from tcloud.isa import (ConfigError, ConfigMismatchError, ContextStatus, EngineClass, FaultCode, HostCommandError, Instr,
                         encode_stream, get_config)
 from tcloud.rtl import csr
 from tcloud.rtl.pnpu import PNPU
@@ -188,6 +188,37 @@ def test_kill_then_scrub(device):
     assert device.run(max_cycles=100_000)
     assert device.context(0).status == ContextStatus.DONE
     assert not np.frombuffer(device.read_hbm(0x400, 0x400), np.uint8).any()
+
+
+def test_the_largest_context_table_and_engine_counters_have_distinct_csrs():
+    """16 contexts (the most the ctx field encodes) with 48 engines: no register shares an address
+    and all fit the address port; on the RTL, contexts 14 and 15 and the engine counters read back."""
+    cfg = get_config("tiny").replace(contexts=16)
+    with pytest.raises(ConfigError):
+        cfg.replace(contexts=17)
+    largest = cfg.replace(dma_count=16, me_count=16, ve_count=16)
+    engines = largest.dma_count + largest.me_count + largest.ve_count
+    addresses = (list(csr.GLOBAL.values()) + [csr.engine_csr(e) for e in range(engines)]
+                 + [csr.context_csr(c, name) for c in range(largest.contexts) for name in csr.CONTEXT])
+    assert len(set(addresses)) == len(addresses)
+    device, golden = AmaranthDevice(cfg), FunctionalDevice(cfg)
+    try:
+        assert max(addresses) < 1 << len(device.dut.csr_addr)
+        store = utop(EngineClass.DMA, [Instr("dma.store", sram=0, hbm=0x400, rows=1, row_bytes=0x40)])
+        for target in (device, golden):
+            for c in (14, 15):
+                target.host(Instr("ctx.budget", ctx=c, cycles=100_000 + c))
+                start_tenant(target, c, store * (c - 13), hbm_base=0x1000 * c, sram_base=0x400 * (c - 14))
+            assert target.run(max_cycles=100_000)
+        for c in (14, 15):
+            info = device.context(c)
+            assert (info.status, info.fault, info.fault_pc) == (ContextStatus.DONE, FaultCode.NONE, 0)
+            assert info.counters == golden.context(c).counters
+            assert device.csr_read(csr.context_csr(c, "BUDGET")) == 100_000 + c
+        busy = device.stats()["engine_busy_cycles"]
+        assert 0 < busy["dma0"] < device.cycles and busy["me0"] == busy["ve0"] == 0
+    finally:
+        device.close()
 
 
 def test_matmul_on_rtl_backends_reports_cycles_and_utilization(backend):
