@@ -10,9 +10,9 @@ from amaranth.hdl import Cat, ClockDomain, Module, Mux, ResetInserter, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out, connect
 
+from tcloud.isa import csr
 from tcloud.isa.table import INSTRUCTION_BYTES, ContextStatus, EngineClass
 
-from . import csr
 from .decode import INSTRUCTION_LAYOUT, OPCODES, add_decoder
 from .dma import DmaEngine
 from .hbm import HBM_ADDR_BITS, MAX_OUTSTANDING, HbmArbiter, hbm_signature, port_words
@@ -31,7 +31,7 @@ class PNPU(wiring.Component):
     Members
     -------
     csr_addr, csr_wdata, csr_we : In
-        Host register access (byte offsets of :mod:`tcloud.rtl.csr`); writes take effect at the
+        Host register access (byte offsets of :mod:`tcloud.isa.csr`); writes take effect at the
         clock edge, ``csr_rdata`` reflects ``csr_addr`` combinationally.
     csr_rdata : Out(32)
     hbm : Out(hbm_signature)

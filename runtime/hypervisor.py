@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from tcloud.isa import ContextStatus, Instr, ProgramImage, get_config, parse_policy
 from tcloud.isa.errors import ImageError, TcloudError
 from tcloud.rtl import harvest_cost_for, reclaim_bound
-from tcloud.rtl.csr import HARVEST_COST_RESET
+from tcloud.isa.csr import HARVEST_COST_RESET
 
 from .device import make_device
 from .execute import DeviceFault, HbmWindow, input_writes, program_writes, read_symbols

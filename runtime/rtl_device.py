@@ -3,7 +3,7 @@ Amaranth-simulator backend."""
 
 from tcloud.isa import ContextStatus, FaultCode, get_config, parse_policy
 from tcloud.isa.errors import HostCommandError
-from tcloud.rtl import csr
+from tcloud.isa import csr
 from tcloud.rtl.engine import COST_BITS
 
 from .device import ContextInfo, DeviceError, check_hbm_range

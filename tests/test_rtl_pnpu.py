@@ -10,7 +10,7 @@ from amaranth.sim import Simulator
 from tcloud.firmware import Requant, gemm
 from tcloud.isa import (ConfigError, ConfigMismatchError, ContextStatus, EngineClass, FaultCode, HostCommandError, Instr,
                         encode_stream, get_config)
-from tcloud.rtl import csr
+from tcloud.isa import csr
 from tcloud.rtl.pnpu import PNPU
 from tcloud.runtime import DeviceFault, FunctionalDevice, Placement, load_image, matmul, read_outputs, run_image
 from tcloud.runtime.rtl_device import AmaranthDevice

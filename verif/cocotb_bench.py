@@ -19,7 +19,7 @@ import numpy as np
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from tcloud.isa import ContextStatus, FaultCode
-from tcloud.rtl import csr
+from tcloud.isa import csr
 from tcloud.rtl.hbm import port_words
 
 REQ_ADDR_BITS = 30

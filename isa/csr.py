@@ -14,9 +14,9 @@ runs (``ctx.scrub`` takes time); ``CMD_ERROR`` then holds a :class:`CommandError
 from dataclasses import dataclass
 from enum import IntEnum
 
-from tcloud.isa.config import LIMITS
-from tcloud.isa.cost import HARVEST_COST_DEFAULT
-from tcloud.isa.table import POLICY_DOCS, Policy
+from .config import LIMITS
+from .cost import HARVEST_COST_DEFAULT
+from .table import POLICY_DOCS, Policy
 
 ID_VALUE = 0x7C10D001
 CONTEXT_BASE = 0x100
