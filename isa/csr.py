@@ -16,6 +16,7 @@ from enum import IntEnum
 
 from .config import LIMITS
 from .cost import HARVEST_COST_DEFAULT
+from .doc import markdown_paragraph
 from .table import POLICY_DOCS, Policy
 
 ID_VALUE = 0x7C10D001
@@ -38,11 +39,45 @@ class CommandError(IntEnum):
 
 @dataclass(frozen=True)
 class Csr:
+    """One 32-bit register: its name, byte offset, access (``R`` or ``RW``) and meaning."""
+
     name: str
     offset: int
     access: str
     doc: str
 
+
+@dataclass(frozen=True)
+class Counter:
+    """One per-context activity counter, cleared by ``ctx.scrub``.
+
+    Parameters
+    ----------
+    name : str
+        The RTL's name for it; upper-cased, its register (``_LO`` and ``_HI`` for a 64-bit counter).
+    report : tuple of str
+        Where :meth:`~tcloud.runtime.Device.context` reports it: ``("counters", "utops", "dma")``
+        is ``info.counters["utops"]["dma"]``.
+    doc : str
+    bits : int
+        32 or 64.
+    """
+
+    name: str
+    report: tuple
+    doc: str
+    bits: int = 32
+
+    @property
+    def registers(self):
+        """Its per-context register names, least significant word first."""
+        if self.bits == 32:
+            return (self.name.upper(),)
+        return tuple(f"{self.name.upper()}_{half}" for half in ("LO", "HI"))
+
+
+POLICY_RESET, QUANTUM_RESET, STARVATION_RESET, HARVEST_COST_RESET, HARVEST_GRACE_RESET = (
+    Policy.HARVEST, 1024, 256, HARVEST_COST_DEFAULT, 1024)
 
 GLOBAL_CSRS = (
     Csr("ID", 0x000, "R", f"Constant {ID_VALUE:#010x}."),
@@ -57,52 +92,90 @@ GLOBAL_CSRS = (
     Csr("CYCLES_LO", 0x030, "R", "Cycles since reset, low word."),
     Csr("CYCLES_HI", 0x034, "R", "Cycles since reset, high word."),
     Csr("RUNNING", 0x038, "R", "Bit c set while context c is RUNNING (or draining after a fault)."),
-    Csr("POLICY", 0x040, "RW", "Scheduling policy (tcloud.isa.Policy: 0 static, 1 harvest, 2 temporal, "
-        "3 operator); reset: harvest. Takes effect at the next dispatch."),
+    Csr("POLICY", 0x040, "RW", "Scheduling policy (tcloud.isa.Policy: "
+        + ", ".join(f"{int(p)} {p.name.lower()}" for p in Policy)
+        + f"); reset: {POLICY_RESET.name.lower()}. Takes effect at the next dispatch."),
     Csr("QUANTUM", 0x044, "RW", "Temporal policy: time slice in cycles per priority step (slice = "
-        "QUANTUM x (priority + 1)); reset 1024."),
+        f"QUANTUM x (priority + 1)); reset {QUANTUM_RESET}."),
     Csr("STARVATION", 0x048, "RW", "Cycles a ready uTOp waits before its context outranks every "
-        "non-starving one, whatever the priorities; reset 256."),
+        f"non-starving one, whatever the priorities; reset {STARVATION_RESET}."),
     Csr("HARVEST_COST", 0x04C, "RW", "Harvest policy: the largest cost (work units, tcloud.isa.cost) a "
         "uTOp may declare to run on an engine its context does not own; 0 disables harvesting. An owner "
-        "then waits at most tcloud.rtl.reclaim_bound cycles for its engine; reset "
-        f"{HARVEST_COST_DEFAULT}."),
+        f"then waits at most tcloud.rtl.reclaim_bound cycles for its engine; reset {HARVEST_COST_RESET}."),
     Csr("HARVEST_GRACE", 0x050, "RW", "Harvest policy: cycles an engine's owners must have left it idle (no "
         "ready uTOp of its class, nothing of theirs running on it) before another context may harvest it, so "
-        "an owner running a chain of uTOps keeps its engine through the gaps; reset 1024."),
+        f"an owner running a chain of uTOps keeps its engine through the gaps; reset {HARVEST_GRACE_RESET}."),
 )
 
-POLICY_RESET, QUANTUM_RESET, STARVATION_RESET, HARVEST_COST_RESET, HARVEST_GRACE_RESET = (
-    1, 1024, 256, HARVEST_COST_DEFAULT, 1024)
-
-CONTEXT_CSRS = (
-    Csr("STATUS", 0x00, "R", "ContextStatus."),
-    Csr("FAULT", 0x04, "R", "FaultCode."),
-    Csr("FAULT_PC", 0x08, "R", "Context-relative byte address of the faulting instruction."),
-    Csr("PC", 0x0C, "R", "Context-relative byte address of the next top-level instruction."),
-    Csr("UTOPS_DMA", 0x10, "R", "DMA uTOps retired."),
-    Csr("UTOPS_ME", 0x14, "R", "ME uTOps retired."),
-    Csr("UTOPS_VE", 0x18, "R", "VE uTOps retired."),
-    Csr("INSTRUCTIONS", 0x1C, "R", "Instructions decoded (headers, control and bodies)."),
-    Csr("HBM_READ", 0x20, "R", "Bytes DMA read from HBM."),
-    Csr("HBM_WRITE", 0x24, "R", "Bytes DMA wrote to HBM."),
-    Csr("MACS_LO", 0x28, "R", "Matrix multiply-accumulates, low word."),
-    Csr("MACS_HI", 0x2C, "R", "Matrix multiply-accumulates, high word."),
-    Csr("VE_ELEMENTS", 0x30, "R", "Vector elements processed."),
-    Csr("ACTIVE_CYCLES", 0x34, "R", "Cycles spent RUNNING (cumulative)."),
-    Csr("RUN_CYCLES", 0x38, "R", "Cycles since the last ctx.start while RUNNING: the latency of the "
-        "last run once it stopped; the watchdog compares it with the budget."),
-    Csr("ME_OWNED", 0x3C, "R", "Engine-cycles of this context's uTOps on MEs it owns."),
-    Csr("ME_HARVESTED", 0x40, "R", "Engine-cycles of this context's uTOps on MEs it does not own."),
-    Csr("VE_OWNED", 0x44, "R", "Engine-cycles of this context's uTOps on VEs it owns."),
-    Csr("VE_HARVESTED", 0x48, "R", "Engine-cycles of this context's uTOps on VEs it does not own."),
-    Csr("DMA_CYCLES", 0x4C, "R", "Engine-cycles of this context's uTOps on the (shared) DMA engines."),
-    Csr("RECLAIM_WAIT", 0x50, "R", "Cycles a ready uTOp waited while an engine the context owns ran a uTOp "
-        "of a context that does not own it (the price of being harvested; co-owners sharing an engine do "
-        "not count)."),
-    Csr("RECLAIM_MAX", 0x54, "R", "Longest single such wait, in cycles."),
-    Csr("BUDGET", 0x58, "R", "Watchdog budget (ctx.budget); 0 is unlimited."),
+COUNTERS = (
+    Counter("utops_dma", ("counters", "utops", "dma"), "DMA uTOps retired."),
+    Counter("utops_me", ("counters", "utops", "me"), "ME uTOps retired."),
+    Counter("utops_ve", ("counters", "utops", "ve"), "VE uTOps retired."),
+    Counter("instructions", ("counters", "instructions"), "Instructions decoded (headers, control and bodies)."),
+    Counter("hbm_read", ("counters", "hbm_bytes_read"), "Bytes DMA read from HBM."),
+    Counter("hbm_write", ("counters", "hbm_bytes_written"), "Bytes DMA wrote to HBM."),
+    Counter("macs", ("counters", "macs"), "Matrix multiply-accumulates.", bits=64),
+    Counter("ve_elements", ("counters", "ve_elements"), "Vector elements processed."),
+    Counter("active_cycles", ("timing", "active_cycles"), "Cycles spent RUNNING (cumulative)."),
+    Counter("run_cycles", ("timing", "run_cycles"), "Cycles since the last ctx.start while RUNNING: the "
+            "latency of the last run once it stopped; the watchdog compares it with the budget."),
+    Counter("me_owned", ("timing", "engine_cycles", "me_owned"),
+            "Engine-cycles of this context's uTOps on MEs it owns."),
+    Counter("me_harvested", ("timing", "engine_cycles", "me_harvested"),
+            "Engine-cycles of this context's uTOps on MEs it does not own."),
+    Counter("ve_owned", ("timing", "engine_cycles", "ve_owned"),
+            "Engine-cycles of this context's uTOps on VEs it owns."),
+    Counter("ve_harvested", ("timing", "engine_cycles", "ve_harvested"),
+            "Engine-cycles of this context's uTOps on VEs it does not own."),
+    Counter("dma_cycles", ("timing", "engine_cycles", "dma_cycles"),
+            "Engine-cycles of this context's uTOps on DMA engines."),
+    Counter("reclaim_wait", ("timing", "reclaim_wait_cycles"), "Cycles a ready uTOp waited while an engine "
+            "the context owns ran a uTOp of a context that does not own it (the price of being harvested; "
+            "co-owners sharing an engine do not count)."),
+    Counter("reclaim_max", ("timing", "reclaim_max_cycles"), "Longest single such wait, in cycles."),
 )
+"""The per-context counters: the RTL keeps them, the runtime reports them, the CSR map places them."""
+
+
+def _counter_csrs(counter):
+    if counter.bits == 32:
+        return [(counter.registers[0], counter.doc)]
+    return [(name, f"{counter.doc} {half} word.") for name, half in zip(counter.registers, ("Low", "High"))]
+
+
+CONTEXT_CSRS = tuple(Csr(name, 4 * i, "R", doc) for i, (name, doc) in enumerate([
+    ("STATUS", "ContextStatus."),
+    ("FAULT", "FaultCode."),
+    ("FAULT_PC", "Context-relative byte address of the faulting instruction."),
+    ("PC", "Context-relative byte address of the next top-level instruction."),
+    *(csr for counter in COUNTERS for csr in _counter_csrs(counter)),
+    ("BUDGET", "Watchdog budget (ctx.budget); 0 is unlimited."),
+]))
+"""Every context's registers, 4 bytes apart in this order."""
+
+
+def counter_report(words):
+    """The counters as :class:`~tcloud.runtime.ContextInfo` reports them.
+
+    Parameters
+    ----------
+    words : dict of str to int
+        The value of every counter register (:attr:`Counter.registers`).
+
+    Returns
+    -------
+    dict
+        ``{"counters": {...}, "timing": {...}}``, nested as :attr:`Counter.report` says.
+    """
+    report = {"counters": {}, "timing": {}}
+    for counter in COUNTERS:
+        *path, key = counter.report
+        node = report
+        for part in path:
+            node = node.setdefault(part, {})
+        node[key] = sum(words[name] << 32 * i for i, name in enumerate(counter.registers))
+    return report
+
 
 ENGINE_CSR_DOC = "Cycles the engine was busy (ENGINE_BASE + 4 × engine index)."
 
@@ -147,8 +220,10 @@ ADDR_BITS = _check_map()
 
 def csr_markdown():
     """The CSR map as Markdown (appended to ``tcloud isa doc``)."""
-    out = ["## Host CSRs", "", __doc__.split("\n\n", 1)[1].strip(), "",
-           "| register | offset | access | meaning |", "|---|---|---|---|"]
+    out = ["## Host CSRs", ""]
+    for paragraph in __doc__.split("\n\n")[1:]:
+        out += [markdown_paragraph(paragraph), ""]
+    out += ["| register | offset | access | meaning |", "|---|---|---|---|"]
     out += [f"| {c.name} | {c.offset:#05x} | {c.access} | {c.doc} |" for c in GLOBAL_CSRS]
     out += [f"| ctx*.{c.name} | {CONTEXT_BASE:#x} + {CONTEXT_STRIDE:#x}·ctx + {c.offset:#04x} | {c.access} "
             f"| {c.doc} |" for c in CONTEXT_CSRS]

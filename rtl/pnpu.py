@@ -17,7 +17,7 @@ from .decode import INSTRUCTION_LAYOUT, OPCODES, add_decoder
 from .dma import DmaEngine
 from .hbm import HBM_ADDR_BITS, MAX_OUTSTANDING, HbmArbiter, hbm_signature, port_words
 from .matrix_engine import MatrixEngine
-from .scheduler import COUNTER_NAMES, ContextTable, UtopScheduler
+from .scheduler import ContextTable, UtopScheduler
 from .scratchpad import Scratchpad
 from .vector_engine import VectorEngine
 
@@ -238,9 +238,12 @@ class PNPU(wiring.Component):
             reads[csr.GLOBAL[f"CMD{i}"]] = cmd_words[i]
         for c in range(n_ctx):
             values = {"STATUS": status[c], "FAULT": scheduler.fault[c], "FAULT_PC": scheduler.fault_pc[c] * 4,
-                      "PC": scheduler.pc[c] * 4, "MACS_LO": counters["macs"][c][:32],
-                      "MACS_HI": counters["macs"][c][32:], "BUDGET": table.budget[c]}
-            values.update({name.upper(): counters[name][c] for name in COUNTER_NAMES})
+                      "PC": scheduler.pc[c] * 4, "BUDGET": table.budget[c]}
+            for counter in csr.COUNTERS:
+                values.update({name: counters[counter.name][c].word_select(i, 32)
+                               for i, name in enumerate(counter.registers)})
+            if values.keys() != csr.CONTEXT.keys():
+                raise AssertionError(f"context registers without a value: {csr.CONTEXT.keys() - values.keys()}")
             for name, value in values.items():
                 reads[csr.context_csr(c, name)] = value
         for e in range(n_eng):
