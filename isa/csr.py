@@ -35,6 +35,19 @@ class CommandError(IntEnum):
     CONTEXT_RUNNING = 4
     WINDOW_OUT_OF_RANGE = 5
     NO_SUCH_ENGINE = 6
+    UNIMPLEMENTED = 7
+
+
+COMMAND_ERROR_DOCS = {
+    CommandError.OK: "The command ran.",
+    CommandError.NOT_A_HOST_COMMAND: "The opcode is not in the ISA table, or not a ctx.* command.",
+    CommandError.ILLEGAL_FIELD: "Reserved bits set, or a field below its minimum.",
+    CommandError.NO_SUCH_CONTEXT: "ctx is not below ArchConfig.contexts.",
+    CommandError.CONTEXT_RUNNING: "The context is RUNNING; ctx.kill is the only command it takes.",
+    CommandError.WINDOW_OUT_OF_RANGE: "The window (ctx.sram, ctx.hbm) ends beyond the physical scratchpad or HBM.",
+    CommandError.NO_SUCH_ENGINE: "ctx.engines names an engine this pNPU does not have.",
+    CommandError.UNIMPLEMENTED: "A ctx.* command of the ISA table that this pNPU does not execute.",
+}
 
 
 @dataclass(frozen=True)
@@ -228,8 +241,8 @@ def csr_markdown():
     out += [f"| ctx*.{c.name} | {CONTEXT_BASE:#x} + {CONTEXT_STRIDE:#x}·ctx + {c.offset:#04x} | {c.access} "
             f"| {c.doc} |" for c in CONTEXT_CSRS]
     out += [f"| ENGINE_BUSY[e] | {ENGINE_BASE:#x} + 4·e | R | {ENGINE_CSR_DOC} |", "",
-            "| CMD_ERROR | value |", "|---|---|"]
-    out += [f"| {e.name} | {int(e)} |" for e in CommandError]
+            "| CMD_ERROR | value | meaning |", "|---|---|---|"]
+    out += [f"| {e.name} | {int(e)} | {doc} |" for e, doc in COMMAND_ERROR_DOCS.items()]
     out += ["", "## Scheduling policies (POLICY)", "", "| policy | value | meaning |", "|---|---|---|"]
     out += [f"| {p.name.lower()} | {int(p)} | {POLICY_DOCS[p]} |" for p in Policy]
     return "\n".join(out) + "\n"

@@ -13,7 +13,7 @@ from amaranth.lib.wiring import In, Out, connect
 from tcloud.isa import csr
 from tcloud.isa.table import INSTRUCTION_BYTES, ContextStatus, EngineClass
 
-from .decode import INSTRUCTION_LAYOUT, OPCODES, add_decoder
+from .decode import HOST_CTX_BITS, INSTRUCTION_LAYOUT, OPCODES, add_decoder
 from .dma import DmaEngine
 from .hbm import HBM_ADDR_BITS, MAX_OUTSTANDING, HbmArbiter, hbm_signature, port_words
 from .matrix_engine import MatrixEngine
@@ -119,7 +119,7 @@ class PNPU(wiring.Component):
         cmd_decoder = add_decoder(m, "cmd_decoder", command)
         cmd_known, cmd_legal, cmd_engine = cmd_decoder.known, cmd_decoder.legal, cmd_decoder.engine
         cmd_op = command.as_value()[:8]
-        cmd_ctx = command.ctx_kill.ctx
+        cmd_ctx = command.as_value()[slice(*HOST_CTX_BITS)]
         cmd_error = Signal(8)
         cmd_busy = Signal()
         scrub_ctx = Signal(range(n_ctx))
@@ -180,10 +180,12 @@ class PNPU(wiring.Component):
                 with m.Elif(cmd_op == OPCODES["ctx.start"]):
                     m.d.comb += [scheduler.start.eq(1 << cmd_ctx), scheduler.start_pc.eq(command.ctx_start.pc)]
                     m.next = "IDLE"
-                with m.Else():  # ctx.scrub
+                with m.Elif(cmd_op == OPCODES["ctx.scrub"]):
                     m.d.sync += [cmd_busy.eq(1), scrub_ctx.eq(cmd_ctx), scrub_addr.eq(table.sram_base[cmd_ctx]),
                                  scrub_end.eq(table.sram_base[cmd_ctx] + table.sram_size[cmd_ctx])]
                     m.next = "SCRUB_SRAM"
+                with m.Else():
+                    reject(csr.CommandError.UNIMPLEMENTED)
             with m.State("SCRUB_SRAM"):
                 with m.If(scrub_addr >= scrub_end):
                     m.d.sync += [scrub_addr.eq(table.hbm_base[scrub_ctx]),

@@ -29,3 +29,10 @@ def test_the_counters_schema_declares_the_registers_the_rtl_counters_and_the_rep
     assert report["counters"]["utops"].keys() == Counters().utops.keys()
     assert report["counters"]["macs"] == words["MACS_HI"] << 32 | words["MACS_LO"]
     assert report["timing"]["engine_cycles"]["me_harvested"] == words["ME_HARVESTED"]
+
+
+def test_every_command_error_is_documented():
+    assert list(csr.COMMAND_ERROR_DOCS) == list(csr.CommandError)
+    text = csr.csr_markdown()
+    for error, doc in csr.COMMAND_ERROR_DOCS.items():
+        assert f"| {error.name} | {int(error)} | {doc} |" in text

@@ -2,15 +2,18 @@
 the scoreboard compares every output tensor and every per-context counter."""
 
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
 from tcloud.firmware import Requant, gemm
-from tcloud.isa import (ConfigError, ConfigMismatchError, ContextStatus, EngineClass, FaultCode, HostCommandError, Instr,
-                        encode_stream, get_config)
+from tcloud.isa import (ConfigError, ConfigMismatchError, ContextStatus, EngineClass, FaultCode, HostCommandError,
+                        Instr, encode_stream, get_config)
 from tcloud.isa import csr
+from tcloud.rtl import decode
+from tcloud.rtl.decode import OPCODES
 from tcloud.rtl.pnpu import PNPU
 from tcloud.runtime import DeviceFault, FunctionalDevice, Placement, load_image, matmul, read_outputs, run_image
 from tcloud.runtime.rtl_device import AmaranthDevice
@@ -168,6 +171,27 @@ def test_windows_may_end_exactly_at_the_end_of_memory(device):
 def test_host_command_errors(device, command, message):
     with pytest.raises(HostCommandError, match=message):
         device.host(command)
+
+
+def test_a_host_command_the_pnpu_does_not_implement_is_rejected(monkeypatch):
+    """A ``ctx.*`` opcode that the decoder knows (here: added to its ROM) but the host-command unit has
+    no case for is rejected, not run as another command (it used to run as ``ctx.scrub``)."""
+    opcode = next(op for op in range(0xF0, 0x100) if op not in OPCODES.values())
+    rom = list(decode.DECODE_ROM)
+    rom[opcode] = rom[OPCODES["ctx.scrub"]]
+    monkeypatch.setattr(decode, "DECODE_ROM", rom)
+    word = bytearray(Instr("ctx.scrub", ctx=0).encode())
+    word[0] = opcode
+    command = SimpleNamespace(mnemonic=f"opcode {opcode:#x}", encode=lambda: bytes(word))
+    device = AmaranthDevice("tiny")
+    try:
+        device.host(Instr("ctx.hbm", ctx=0, base=0, size=0x1000))
+        device.write_hbm(0x100, b"\xAB" * 64)
+        with pytest.raises(HostCommandError, match="UNIMPLEMENTED"):
+            device.host(command)
+        assert device.read_hbm(0x100, 64) == b"\xAB" * 64
+    finally:
+        device.close()
 
 
 def test_kill_then_scrub(device):
