@@ -4,7 +4,8 @@ All registers are 32 bits at byte offsets. Per-context registers repeat every
 :data:`CONTEXT_STRIDE` bytes from :data:`CONTEXT_BASE`; per-engine counters every 4 bytes from
 :data:`ENGINE_BASE` (engines numbered DMAs first, then MEs, then VEs). The map has room for the most
 contexts and engines any :class:`ArchConfig` may have, so an address means the same register on
-every pNPU.
+every pNPU. The per-context counters are those of :data:`COUNTERS`, which the RTL keeps and the
+runtime reports.
 
 Host commands: write the four 32-bit words of a ``ctx.*`` instruction to ``CMD0``..``CMD3``
 (``CMD0`` holds bits 0..31) and write 1 to ``DOORBELL``. ``DOORBELL`` reads 1 while the command
