@@ -408,7 +408,7 @@ def summarize(results, shared_dma=False):
 
 def conditions(runs, quick, shared_dma=False):
     from tcloud.rtl import abort_bound
-    from tcloud.rtl.csr import QUANTUM_RESET, STARVATION_RESET
+    from tcloud.isa.csr import QUANTUM_RESET, STARVATION_RESET
 
     cfg = get_config(CONFIG)
     return {**common_conditions(cfg, HBM_TIMING), "backend": BACKEND,

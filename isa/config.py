@@ -12,6 +12,24 @@ _NOT_FINGERPRINTED = ("name", "clock_mhz", "hbm_gbps", "hbm_latency", "dma_outst
 _KIB = 1024
 _MIB = 1024 * 1024
 
+LIMITS = {
+    "me_count": (1, _field_max("ctx.engines", "me_mask").bit_length()),
+    "me_rows": (1, _field_max("me.loadw", "k")),
+    "me_cols": (1, _field_max("me.loadw", "n")),
+    "ve_count": (1, _field_max("ctx.engines", "ve_mask").bit_length()),
+    "ve_lanes": (1, 4096),
+    "dma_count": (1, _field_max("ctx.engines", "dma_mask").bit_length()),
+    "sram_kib": (1, (_field_max("ctx.sram", "base") + 4) // _KIB),
+    "sram_banks": (1, 256),
+    "contexts": (1, _field_max("ctx.start", "ctx") + 1),
+    "hbm_mib": (1, (_field_max("ctx.hbm", "base") + 4) // _MIB),
+    "hbm_port_bytes": (4, 4096),
+    "hbm_latency": (1, 100_000),
+    "dma_outstanding": (1, 4096),
+}
+"""Legal range ``(low, high)`` of each integer field of :class:`ArchConfig`; most follow from the
+ISA's field widths (``contexts`` from the ``ctx`` field, engine counts from the ``ctx.engines`` masks)."""
+
 
 @dataclass(frozen=True)
 class ArchConfig:
@@ -73,22 +91,7 @@ class ArchConfig:
     dma_outstanding: int = 32
 
     def __post_init__(self):
-        limits = {
-            "me_count": (1, _field_max("ctx.engines", "me_mask").bit_length()),
-            "me_rows": (1, _field_max("me.loadw", "k")),
-            "me_cols": (1, _field_max("me.loadw", "n")),
-            "ve_count": (1, _field_max("ctx.engines", "ve_mask").bit_length()),
-            "ve_lanes": (1, 4096),
-            "dma_count": (1, _field_max("ctx.engines", "dma_mask").bit_length()),
-            "sram_kib": (1, (_field_max("ctx.sram", "base") + 4) // _KIB),
-            "sram_banks": (1, 256),
-            "contexts": (1, _field_max("ctx.start", "ctx") + 1),
-            "hbm_mib": (1, (_field_max("ctx.hbm", "base") + 4) // _MIB),
-            "hbm_port_bytes": (4, 4096),
-            "hbm_latency": (1, 100_000),
-            "dma_outstanding": (1, 4096),
-        }
-        for name, (low, high) in limits.items():
+        for name, (low, high) in LIMITS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"ArchConfig.{name} must be an int, got {value!r}")

@@ -8,6 +8,12 @@ from .table import (FAULT_DOCS, INSTRUCTION_BITS, INSTRUCTIONS, NUM_TOKENS, OPCO
                     TOKEN_MAX_COUNT, ContextStatus, EngineClass)
 
 
+def markdown_paragraph(text):
+    """One paragraph of a docstring as one line of Markdown: reStructuredText roles
+    (``:class:`~x.Y```) and literals become code spans."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"`\1`", " ".join(text.split())).replace("``", "`")
+
+
 def _range(field):
     return f"{field.min_value}..{field.max_value}"
 
@@ -38,9 +44,7 @@ def isa_markdown():
             scale = f" (×{f.scale})" if f.scale > 1 else ""
             out.append(f"| `{f.name}` | [{low}:{low + f.width}){scale} | {_range(f)} | {default} | {f.doc} |")
         out.append("")
-    prose = " ".join(cost.__doc__.split("\n\n")[1].split())
-    out += ["## Work units (the `cost` a uTOp declares)", "", re.sub(r":\w+:`([^`]+)`", r"`\1`", prose).replace("``", "`"),
-            "",
+    out += ["## Work units (the `cost` a uTOp declares)", "", markdown_paragraph(cost.__doc__.split("\n\n")[1]), "",
             "| body instruction | work units |", "|---|---|",
             f"| every instruction | {cost.INSTRUCTION_UNITS} (plus the following) |",
             "| `dma.load`, `dma.store` | rows × ⌈row_bytes / hbm_port_bytes⌉ |",

@@ -1,8 +1,8 @@
 """The TCloud instruction set as one declarative table.
 
 Everything else — the Python encoder/decoder, the assembler and disassembler, the golden model, the
-reference documentation and (later) the Amaranth decoder layouts — is derived from
-:data:`INSTRUCTIONS`. Nothing restates an opcode, a field width or a bit position.
+reference documentation and the RTL's instruction views and decode ROM (:mod:`tcloud.rtl.decode`) — is
+derived from :data:`INSTRUCTIONS`. Nothing restates an opcode, a field width or a bit position.
 
 Encoding rules
 --------------

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import tcloud.isa
 
-from . import arbiter, csr, decode, dma, engine, hbm, matrix_engine, pnpu, scratchpad, systolic, vector_alu  # noqa: F401
+from . import arbiter, decode, dma, engine, hbm, matrix_engine, pnpu, scratchpad, systolic, vector_alu  # noqa: F401
 from .engine import abort_bound, harvest_cost_for, reclaim_bound
 from .pnpu import PNPU
 

@@ -10,7 +10,7 @@ from amaranth.hdl import Cat, Module, signed, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from tcloud.isa.table import INSTRUCTION_BITS, INSTRUCTIONS, OPCODE_BITS
+from tcloud.isa.table import INSTRUCTION_BITS, INSTRUCTIONS, OPCODE_BITS, EngineClass
 
 
 def member_name(mnemonic):
@@ -33,6 +33,28 @@ INSTRUCTION_LAYOUT = data.UnionLayout(
 """All instructions as views of one 128-bit word (``view.me_loadw.k``, ``view.utop.cls``, ...)."""
 
 OPCODES = {spec.mnemonic: spec.opcode for spec in INSTRUCTIONS}
+
+
+def host_ctx_bits(instructions):
+    """Bits ``(low, high)`` of the ``ctx`` field of every host command in ``instructions``.
+
+    The pNPU's host-command unit reads the context before it knows the command, so every host
+    command must hold ``ctx`` in the same bits.
+
+    Raises
+    ------
+    AssertionError
+        If a host command has no ``ctx`` field or holds it in other bits than the rest.
+    """
+    places = {spec.mnemonic: next(((low, low + f.width) for f, low in spec.bit_offsets() if f.name == "ctx"), None)
+              for spec in instructions if spec.engine == EngineClass.HOST}
+    if None in places.values() or len(set(places.values())) != 1:
+        raise AssertionError(f"every host command must hold ctx in the same bits: {places}")
+    return next(iter(places.values()))
+
+
+HOST_CTX_BITS = host_ctx_bits(INSTRUCTIONS)
+"""Where every host command holds its context index."""
 
 
 def _field_minimums(spec):

@@ -10,14 +10,14 @@ from amaranth.hdl import Cat, ClockDomain, Module, Mux, ResetInserter, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out, connect
 
+from tcloud.isa import csr
 from tcloud.isa.table import INSTRUCTION_BYTES, ContextStatus, EngineClass
 
-from . import csr
-from .decode import INSTRUCTION_LAYOUT, OPCODES, add_decoder
+from .decode import HOST_CTX_BITS, INSTRUCTION_LAYOUT, OPCODES, add_decoder
 from .dma import DmaEngine
 from .hbm import HBM_ADDR_BITS, HbmArbiter, hbm_signature, master_count, port_words
 from .matrix_engine import MatrixEngine
-from .scheduler import COUNTER_NAMES, ContextTable, UtopScheduler
+from .scheduler import ContextTable, UtopScheduler
 from .scratchpad import Scratchpad
 from .vector_engine import VectorEngine
 
@@ -31,7 +31,7 @@ class PNPU(wiring.Component):
     Members
     -------
     csr_addr, csr_wdata, csr_we : In
-        Host register access (byte offsets of :mod:`tcloud.rtl.csr`); writes take effect at the
+        Host register access (byte offsets of :mod:`tcloud.isa.csr`); writes take effect at the
         clock edge, ``csr_rdata`` reflects ``csr_addr`` combinationally.
     csr_rdata : Out(32)
     hbm : Out(hbm_signature)
@@ -57,7 +57,7 @@ class PNPU(wiring.Component):
         self.config = config
         self.engines = [(cls, factory(config)) for cls, factory, count in _ENGINE_TYPES
                         for _ in range(getattr(config, count))]
-        super().__init__({"csr_addr": In(12), "csr_wdata": In(32), "csr_we": In(1),
+        super().__init__({"csr_addr": In(csr.ADDR_BITS), "csr_wdata": In(32), "csr_we": In(1),
                           "csr_rdata": Out(32), "hbm": Out(hbm_signature(config)), "idle": Out(1),
                           "rst": In(1)})
 
@@ -119,7 +119,7 @@ class PNPU(wiring.Component):
         cmd_decoder = add_decoder(m, "cmd_decoder", command)
         cmd_known, cmd_legal, cmd_engine = cmd_decoder.known, cmd_decoder.legal, cmd_decoder.engine
         cmd_op = command.as_value()[:8]
-        cmd_ctx = command.ctx_kill.ctx
+        cmd_ctx = command.as_value()[slice(*HOST_CTX_BITS)]
         cmd_error = Signal(8)
         cmd_busy = Signal()
         scrub_ctx = Signal(range(n_ctx))
@@ -180,10 +180,12 @@ class PNPU(wiring.Component):
                 with m.Elif(cmd_op == OPCODES["ctx.start"]):
                     m.d.comb += [scheduler.start.eq(1 << cmd_ctx), scheduler.start_pc.eq(command.ctx_start.pc)]
                     m.next = "IDLE"
-                with m.Else():  # ctx.scrub
+                with m.Elif(cmd_op == OPCODES["ctx.scrub"]):
                     m.d.sync += [cmd_busy.eq(1), scrub_ctx.eq(cmd_ctx), scrub_addr.eq(table.sram_base[cmd_ctx]),
                                  scrub_end.eq(table.sram_base[cmd_ctx] + table.sram_size[cmd_ctx])]
                     m.next = "SCRUB_SRAM"
+                with m.Else():
+                    reject(csr.CommandError.UNIMPLEMENTED)
             with m.State("SCRUB_SRAM"):
                 with m.If(scrub_addr >= scrub_end):
                     m.d.sync += [scrub_addr.eq(table.hbm_base[scrub_ctx]),
@@ -238,9 +240,12 @@ class PNPU(wiring.Component):
             reads[csr.GLOBAL[f"CMD{i}"]] = cmd_words[i]
         for c in range(n_ctx):
             values = {"STATUS": status[c], "FAULT": scheduler.fault[c], "FAULT_PC": scheduler.fault_pc[c] * 4,
-                      "PC": scheduler.pc[c] * 4, "MACS_LO": counters["macs"][c][:32],
-                      "MACS_HI": counters["macs"][c][32:], "BUDGET": table.budget[c]}
-            values.update({name.upper(): counters[name][c] for name in COUNTER_NAMES})
+                      "PC": scheduler.pc[c] * 4, "BUDGET": table.budget[c]}
+            for counter in csr.COUNTERS:
+                values.update({name: counters[counter.name][c].word_select(i, 32)
+                               for i, name in enumerate(counter.registers)})
+            if values.keys() != csr.CONTEXT.keys():
+                raise AssertionError(f"context registers without a value: {csr.CONTEXT.keys() - values.keys()}")
             for name, value in values.items():
                 reads[csr.context_csr(c, name)] = value
         for e in range(n_eng):

@@ -31,6 +31,7 @@ priority, watchdog budget). :class:`UtopScheduler` runs every RUNNING context at
 
 from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal
 
+from tcloud.isa.csr import COUNTERS
 from tcloud.isa.table import (HARVESTED_CLASSES, NUM_TOKENS, TOKEN_MAX_COUNT, ContextStatus, EngineClass,
                               FaultCode, Policy)
 
@@ -39,12 +40,6 @@ from .decode import INSTRUCTION_LAYOUT, OPCODES, add_decoder
 from .engine import COST_BITS, FAULT_BITS, INSTRUCTION_WORDS
 from .hbm import HBM_ADDR_BITS
 from .scratchpad import sram_addr_bits
-
-COUNTER_NAMES = ("utops_dma", "utops_me", "utops_ve", "instructions", "hbm_read", "hbm_write", "ve_elements",
-                 "active_cycles", "run_cycles", "me_owned", "me_harvested", "ve_owned", "ve_harvested",
-                 "dma_cycles", "reclaim_wait", "reclaim_max")
-"""32-bit per-context counters (``macs`` is 64 bits), cleared by ``ctx.scrub``."""
-
 
 class ContextTable:
     """Per-context configuration registers, written by the host-command unit.
@@ -112,7 +107,7 @@ class UtopScheduler(Elaboratable):
     status, pc, fault, fault_pc : Array of Signal
         Per-context run state (word-scaled pc).
     counters : dict of str to Array of Signal
-        :data:`COUNTER_NAMES` plus ``macs``.
+        One per :data:`tcloud.isa.csr.COUNTERS` entry, by its name.
     busy : Signal, output
         A context is running or a uTOp is in flight.
     """
@@ -133,8 +128,7 @@ class UtopScheduler(Elaboratable):
 
         self.status, self.pc = per_context(2, "status"), per_context(HBM_ADDR_BITS, "pc")
         self.fault, self.fault_pc = per_context(FAULT_BITS, "fault"), per_context(HBM_ADDR_BITS, "fault_pc")
-        self.counters = {name: per_context(32, name) for name in COUNTER_NAMES}
-        self.counters["macs"] = per_context(64, "macs")
+        self.counters = {counter.name: per_context(counter.bits, counter.name) for counter in COUNTERS}
         self.busy = Signal()
 
     def elaborate(self, platform):
@@ -505,6 +499,8 @@ class UtopScheduler(Elaboratable):
                 "dma_cycles": sum(mine[c][e] for e in class_index[EngineClass.DMA]),
                 "reclaim_wait": reclaim,
             }
+            if counters.keys() - increments.keys() != {"reclaim_max"}:
+                raise AssertionError(f"counters without an increment: {counters.keys() - increments.keys()}")
             for name, value in increments.items():
                 m.d.sync += counters[name].eq(counters[name] + value)
             m.d.sync += streak[c].eq(Mux(reclaim, streak[c] + 1, 0))

@@ -1,11 +1,15 @@
-"""Runtime: scripting calls, device backends and (later) the compiler and hypervisor."""
+"""Runtime: the scripting call (:func:`matmul`), the :class:`Device` protocol and its backends, the
+image loader, the hypervisor (:class:`Hypervisor`) and the ``tcloud`` command line."""
 
 from .api import InputError, matmul
 from .device import BACKENDS, ContextInfo, Device, DeviceError, FunctionalDevice, make_device
 from .execute import (DeviceFault, HbmWindow, HostAccessError, LoadPlan, Placement, RunLimitError, load_image,
                       plan_load, read_outputs, run_image)
+from .hypervisor import (VNPU, AllocationError, Bill, Hypervisor, PriceTable, Usage, VNPUSpec, VNPUSpecError,
+                         VNPUStateError)
 
 __all__ = ["matmul", "InputError", "Device", "FunctionalDevice", "ContextInfo", "DeviceError",
            "BACKENDS", "make_device", "DeviceFault", "RunLimitError", "HbmWindow",
            "HostAccessError", "Placement", "LoadPlan", "plan_load", "load_image",
-           "read_outputs", "run_image"]
+           "read_outputs", "run_image", "Hypervisor", "VNPU", "VNPUSpec", "Usage", "Bill", "PriceTable",
+           "AllocationError", "VNPUSpecError", "VNPUStateError"]

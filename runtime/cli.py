@@ -78,7 +78,7 @@ def _read_bytes(path):
 
 
 def cmd_isa_doc(args):
-    from tcloud.rtl.csr import csr_markdown
+    from tcloud.isa.csr import csr_markdown
 
     _write_text(isa_markdown() + "\n" + csr_markdown(), args.output)
 

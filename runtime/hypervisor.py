@@ -22,8 +22,7 @@ from dataclasses import dataclass, field, fields
 
 from tcloud.isa import ContextStatus, Instr, ProgramImage, get_config, parse_policy
 from tcloud.isa.errors import ImageError, TcloudError
-from tcloud.rtl import harvest_cost_for, reclaim_bound
-from tcloud.rtl.csr import HARVEST_COST_RESET
+from tcloud.isa.csr import HARVEST_COST_RESET
 
 from .device import make_device
 from .execute import DeviceFault, HbmWindow, input_writes, program_writes, read_symbols
@@ -325,6 +324,8 @@ class Hypervisor:
             raise ValueError(f"reclaim_cycles must be an integer number of cycles, got {reclaim_cycles!r}")
         if latency is None:
             return None
+        from tcloud.rtl import harvest_cost_for, reclaim_bound  # timed backends only: keeps the runtime free of Amaranth
+
         cost = HARVEST_COST_RESET if reclaim_cycles is None else harvest_cost_for(self.config, latency, reclaim_cycles)
         if cost == 0:
             raise ValueError(f"reclaim_cycles={reclaim_cycles} is below the shortest reclaim bound of config "

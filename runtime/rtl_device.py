@@ -3,14 +3,10 @@ Amaranth-simulator backend."""
 
 from tcloud.isa import ContextStatus, FaultCode, get_config, parse_policy
 from tcloud.isa.errors import HostCommandError
-from tcloud.rtl import csr
+from tcloud.isa import csr
 from tcloud.rtl.engine import COST_BITS
 
 from .device import ContextInfo, DeviceError, check_hbm_range
-
-
-ENGINE_CYCLE_COUNTERS = ("me_owned", "me_harvested", "ve_owned", "ve_harvested", "dma_cycles")
-"""Per-context engine-cycle counters, keys of ``ContextInfo.counters["engine_cycles"]``."""
 
 
 class CsrDevice:
@@ -52,23 +48,9 @@ class CsrDevice:
 
     def context(self, index):
         read = lambda name: self.csr_read(csr.context_csr(index, name))
-        counters = {
-            "utops": {"dma": read("UTOPS_DMA"), "me": read("UTOPS_ME"), "ve": read("UTOPS_VE")},
-            "instructions": read("INSTRUCTIONS"),
-            "hbm_bytes_read": read("HBM_READ"),
-            "hbm_bytes_written": read("HBM_WRITE"),
-            "macs": read("MACS_LO") | read("MACS_HI") << 32,
-            "ve_elements": read("VE_ELEMENTS"),
-        }
-        timing = {
-            "active_cycles": read("ACTIVE_CYCLES"),
-            "run_cycles": read("RUN_CYCLES"),
-            "engine_cycles": {name: read(name.upper()) for name in ENGINE_CYCLE_COUNTERS},
-            "reclaim_wait_cycles": read("RECLAIM_WAIT"),
-            "reclaim_max_cycles": read("RECLAIM_MAX"),
-        }
+        report = csr.counter_report({name: read(name) for counter in csr.COUNTERS for name in counter.registers})
         return ContextInfo(ContextStatus(read("STATUS")), FaultCode(read("FAULT")), read("FAULT_PC"), "",
-                           counters, timing)
+                           report["counters"], report["timing"])
 
     @property
     def cycles(self):

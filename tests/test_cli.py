@@ -1,5 +1,6 @@
 """The tcloud command line: every command, its --help, and its errors."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -38,6 +39,13 @@ def test_isa_doc_lists_every_instruction_and_fault(capsys):
         assert f"`{spec.mnemonic}`" in text
     for code in FaultCode:
         assert code.name in text
+
+
+def test_isa_doc_is_markdown_without_restructuredtext(capsys):
+    assert main(["isa", "doc"]) == 0
+    text = capsys.readouterr().out
+    assert "## Host CSRs" in text and "`CMD_ERROR`" in text
+    assert not re.search(r":\w+:`", text) and "``" not in text
 
 
 @pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.s")), ids=lambda p: p.name)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tcloud.isa import ContextStatus, EngineClass, FaultCode, Instr, encode_stream, get_config
-from tcloud.rtl import csr
+from tcloud.isa import csr
 from tcloud.runtime import FunctionalDevice
 from tcloud.runtime.rtl_device import AmaranthDevice
 from tcloud.runtime.verilator_device import VerilatorDevice

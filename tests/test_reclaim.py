@@ -11,7 +11,7 @@ from tcloud.firmware.program import ProgramBuilder
 from tcloud.isa import EngineClass, FaultCode, Instr, Machine, ProgramImage, encode_stream, get_config
 from tcloud.isa.cost import INSTRUCTION_UNITS, encoded_field, instruction_units, utop_units
 from tcloud.rtl import harvest_cost_for, reclaim_bound
-from tcloud.rtl.csr import HARVEST_COST_RESET, HARVEST_GRACE_RESET
+from tcloud.isa.csr import HARVEST_COST_RESET, HARVEST_GRACE_RESET
 from tcloud.runtime import DeviceFault
 from tcloud.runtime.hypervisor import Hypervisor, VNPUSpec
 from tcloud.runtime.rtl_device import AmaranthDevice

@@ -1,6 +1,7 @@
 """The Amaranth instruction views decode exactly what the Python decoder decodes."""
 
 import numpy as np
+import pytest
 from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
 from hypothesis import given, settings
@@ -8,8 +9,8 @@ from hypothesis import strategies as st
 
 from tcloud.isa import INSTRUCTIONS
 from tcloud.isa.encoding import DecodeError, Instr, decode
-from tcloud.isa.table import BY_OPCODE, INSTRUCTION_BITS, FaultCode
-from tcloud.rtl.decode import INSTRUCTION_LAYOUT, Decoder, member_name
+from tcloud.isa.table import BY_OPCODE, BY_MNEMONIC, INSTRUCTION_BITS, EngineClass, FaultCode, Field, InstructionSpec
+from tcloud.rtl.decode import INSTRUCTION_LAYOUT, Decoder, host_ctx_bits, member_name
 
 from test_isa_encoding import instructions
 
@@ -84,3 +85,14 @@ def test_decoder_agrees_with_the_python_decoder():
     assert sum(legal for _, legal, _ in expected) > len(INSTRUCTIONS) * 3
     assert sum(known and not legal for known, legal, _ in expected) > len(INSTRUCTIONS)
     assert seen == expected
+
+
+def test_every_host_command_keeps_ctx_where_the_host_command_unit_reads_it():
+    kill = BY_MNEMONIC["ctx.kill"]
+    low = dict((f.name, bit) for f, bit in kill.bit_offsets())["ctx"]
+    assert host_ctx_bits(INSTRUCTIONS) == (low, low + kill.field("ctx").width)
+    shifted = InstructionSpec("ctx.extra", 0xF8, EngineClass.HOST, (Field("flag", 1, "."), *kill.fields), ".")
+    without = InstructionSpec("ctx.extra", 0xF8, EngineClass.HOST, (), ".")
+    for extra in (shifted, without):
+        with pytest.raises(AssertionError, match="ctx.extra"):
+            host_ctx_bits(INSTRUCTIONS + (extra,))

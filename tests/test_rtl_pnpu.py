@@ -2,15 +2,18 @@
 the scoreboard compares every output tensor and every per-context counter."""
 
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
 from tcloud.firmware import Requant, gemm
-from tcloud.isa import (ConfigMismatchError, ContextStatus, EngineClass, FaultCode, HostCommandError, Instr,
-                        encode_stream, get_config)
-from tcloud.rtl import csr
+from tcloud.isa import (ConfigError, ConfigMismatchError, ContextStatus, EngineClass, FaultCode, HostCommandError,
+                        Instr, encode_stream, get_config)
+from tcloud.isa import csr
+from tcloud.rtl import decode
+from tcloud.rtl.decode import OPCODES
 from tcloud.rtl.pnpu import PNPU
 from tcloud.runtime import DeviceFault, FunctionalDevice, Placement, load_image, matmul, read_outputs, run_image
 from tcloud.runtime.rtl_device import AmaranthDevice
@@ -172,6 +175,27 @@ def test_host_command_errors(device, command, message):
         device.host(command)
 
 
+def test_a_host_command_the_pnpu_does_not_implement_is_rejected(monkeypatch):
+    """A ``ctx.*`` opcode that the decoder knows (here: added to its ROM) but the host-command unit has
+    no case for is rejected, not run as another command (it used to run as ``ctx.scrub``)."""
+    opcode = next(op for op in range(0xF0, 0x100) if op not in OPCODES.values())
+    rom = list(decode.DECODE_ROM)
+    rom[opcode] = rom[OPCODES["ctx.scrub"]]
+    monkeypatch.setattr(decode, "DECODE_ROM", rom)
+    word = bytearray(Instr("ctx.scrub", ctx=0).encode())
+    word[0] = opcode
+    command = SimpleNamespace(mnemonic=f"opcode {opcode:#x}", encode=lambda: bytes(word))
+    device = AmaranthDevice("tiny")
+    try:
+        device.host(Instr("ctx.hbm", ctx=0, base=0, size=0x1000))
+        device.write_hbm(0x100, b"\xAB" * 64)
+        with pytest.raises(HostCommandError, match="UNIMPLEMENTED"):
+            device.host(command)
+        assert device.read_hbm(0x100, 64) == b"\xAB" * 64
+    finally:
+        device.close()
+
+
 def test_kill_then_scrub(device):
     start_tenant(device, 0, [Instr("nop")] * 100 + [Instr("halt")], hbm_base=0x0, hbm_size=0x1000)
     device.run(max_cycles=200)
@@ -190,6 +214,37 @@ def test_kill_then_scrub(device):
     assert device.run(max_cycles=100_000)
     assert device.context(0).status == ContextStatus.DONE
     assert not np.frombuffer(device.read_hbm(0x400, 0x400), np.uint8).any()
+
+
+def test_the_largest_context_table_and_engine_counters_have_distinct_csrs():
+    """16 contexts (the most the ctx field encodes) with 48 engines: no register shares an address
+    and all fit the address port; on the RTL, contexts 14 and 15 and the engine counters read back."""
+    cfg = get_config("tiny").replace(contexts=16)
+    with pytest.raises(ConfigError):
+        cfg.replace(contexts=17)
+    largest = cfg.replace(dma_count=16, me_count=16, ve_count=16)
+    engines = largest.dma_count + largest.me_count + largest.ve_count
+    addresses = (list(csr.GLOBAL.values()) + [csr.engine_csr(e) for e in range(engines)]
+                 + [csr.context_csr(c, name) for c in range(largest.contexts) for name in csr.CONTEXT])
+    assert len(set(addresses)) == len(addresses)
+    device, golden = AmaranthDevice(cfg), FunctionalDevice(cfg)
+    try:
+        assert max(addresses) < 1 << len(device.dut.csr_addr)
+        store = utop(EngineClass.DMA, [Instr("dma.store", sram=0, hbm=0x400, rows=1, row_bytes=0x40)])
+        for target in (device, golden):
+            for c in (14, 15):
+                target.host(Instr("ctx.budget", ctx=c, cycles=100_000 + c))
+                start_tenant(target, c, store * (c - 13), hbm_base=0x1000 * c, sram_base=0x400 * (c - 14))
+            assert target.run(max_cycles=100_000)
+        for c in (14, 15):
+            info = device.context(c)
+            assert (info.status, info.fault, info.fault_pc) == (ContextStatus.DONE, FaultCode.NONE, 0)
+            assert info.counters == golden.context(c).counters
+            assert device.csr_read(csr.context_csr(c, "BUDGET")) == 100_000 + c
+        busy = device.stats()["engine_busy_cycles"]
+        assert 0 < busy["dma0"] < device.cycles and busy["me0"] == busy["ve0"] == 0
+    finally:
+        device.close()
 
 
 def test_matmul_on_rtl_backends_reports_cycles_and_utilization(backend):

@@ -39,7 +39,7 @@ from tcloud.isa import (AsmError, EngineClass, FaultCode, ImageError, Instr, Pol
                         Symbol, assemble, encode_stream, get_config)
 from tcloud.isa.cost import utop_units
 from tcloud.rtl import abort_bound
-from tcloud.rtl.csr import HARVEST_COST_RESET, STARVATION_RESET
+from tcloud.isa.csr import HARVEST_COST_RESET, STARVATION_RESET
 from tcloud.runtime import DeviceFault, HostAccessError
 from tcloud.runtime.hypervisor import Hypervisor, VNPUSpec
 

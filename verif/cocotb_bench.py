@@ -16,12 +16,10 @@ import logging
 from collections import deque
 
 import numpy as np
+from amaranth.lib import data
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from tcloud.isa import ContextStatus, FaultCode
-from tcloud.rtl import csr
-from amaranth.lib import data
-
+from tcloud.isa import ContextStatus, FaultCode, csr
 from tcloud.rtl.hbm import port_words, request_layout, response_layout
 
 
@@ -87,13 +85,8 @@ class HostDriver:
         read = lambda name: self.read(csr.context_csr(index, name))
         return {"status": ContextStatus(await read("STATUS")), "fault": FaultCode(await read("FAULT")),
                 "fault_pc": await read("FAULT_PC"),
-                "counters": {"utops": {"dma": await read("UTOPS_DMA"), "me": await read("UTOPS_ME"),
-                                       "ve": await read("UTOPS_VE")},
-                             "instructions": await read("INSTRUCTIONS"),
-                             "hbm_bytes_read": await read("HBM_READ"),
-                             "hbm_bytes_written": await read("HBM_WRITE"),
-                             "macs": await read("MACS_LO") | (await read("MACS_HI")) << 32,
-                             "ve_elements": await read("VE_ELEMENTS")}}
+                "counters": csr.counter_report({name: await read(name) for counter in csr.COUNTERS
+                                                for name in counter.registers})["counters"]}
 
 
 class _Background:

@@ -13,7 +13,7 @@ from cocotb.triggers import RisingEdge
 
 from tcloud.firmware import Requant, gemm
 from tcloud.isa import EngineClass, Instr, Policy, ProgramImage, encode_stream, get_config
-from tcloud.rtl import csr
+from tcloud.isa import csr
 from tcloud.runtime import FunctionalDevice, Placement, load_image, plan_load, run_image
 from tcloud.runtime.execute import HbmWindow, read_symbols
 from tcloud.verif.cocotb_bench import HbmMonitor, HbmResponder, HostDriver, Scoreboard
