@@ -21,17 +21,21 @@ from tcloud.runtime.verilator_device import VerilatorDevice
 
 from .common import conditions, write
 
-HBM_TIMING = {"hbm_latency": 8, "hbm_jitter": 0, "hbm_accept_probability": 1.0}
-"""The RTL backends' default HBM model, stated so the report records it."""
 
 
-def measure(cfg, m, k, n, max_utop_cost):
+def hbm_timing(cfg, latency=None):
+    """The HBM model a run uses (the preset's latency unless ``latency``), stated so reports record it."""
+    return {"hbm_latency": cfg.hbm_latency if latency is None else latency, "hbm_jitter": 0,
+            "hbm_accept_probability": 1.0, "hbm_bytes_per_cycle": cfg.hbm_bytes_per_cycle}
+
+
+def measure(cfg, m, k, n, max_utop_cost, latency=None):
     """Run one GEMM planned with ``max_utop_cost`` on Verilator; check it; return its figures."""
     rng = np.random.default_rng(0)
     inputs = {"A": rng.integers(-128, 128, (m, k), dtype=np.int8), "B": rng.integers(-128, 128, (k, n), dtype=np.int8)}
     plan = plan_gemm(cfg, m, k, n, max_utop_cost=max_utop_cost)
     image = gemm(cfg, m, k, n, plan=plan)
-    device = VerilatorDevice(cfg, **HBM_TIMING)
+    device = VerilatorDevice(cfg, hbm_latency=hbm_timing(cfg, latency)["hbm_latency"])
     image = load_image(device, image, inputs)
     before, start = device.stats(), time.perf_counter()
     assert device.run()
@@ -60,7 +64,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cfg = get_config(args.config)
     m, k, n = args.m, args.k, args.n
-    recorded = conditions(cfg, HBM_TIMING)  # before measuring: the sources may change meanwhile
+    recorded = conditions(cfg, hbm_timing(cfg))  # before measuring: the sources may change meanwhile
     harvestable = measure(cfg, m, k, n, HARVEST_COST_DEFAULT)
     unlimited = measure(cfg, m, k, n, None)
     report = {

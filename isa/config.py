@@ -20,7 +20,8 @@ LIMITS = {
     "ve_lanes": (1, 4096),
     "dma_count": (1, _field_max("ctx.engines", "dma_mask").bit_length()),
     "sram_kib": (1, (_field_max("ctx.sram", "base") + 4) // _KIB),
-    "sram_banks": (1, 256),
+    "sram_banks": (2, 256),
+    "sram_line_words": (1, 256),
     "contexts": (1, _field_max("ctx.start", "ctx") + 1),
     "hbm_mib": (1, (_field_max("ctx.hbm", "base") + 4) // _MIB),
     "hbm_port_bytes": (4, 4096),
@@ -50,8 +51,14 @@ class ArchConfig:
         Number of vector engines and int32 lanes each.
     dma_count : int
         DMA engines (shared by all contexts).
-    sram_kib, sram_banks : int
-        Scratchpad size and bank count (a power of two).
+    sram_kib : int
+        Scratchpad size.
+    sram_banks : int
+        Scratchpad banks (a power of two, at least 2): memories of ``sram_line_words``-word rows
+        with one read and one write port each; consecutive lines live in consecutive banks.
+    sram_line_words : int
+        Words per scratchpad line (a power of two): the width of a bank's row and of one access,
+        which may start at any word.
     contexts : int
         Hardware vNPU contexts.
     hbm_mib : int
@@ -82,6 +89,7 @@ class ArchConfig:
     dma_count: int = 1
     sram_kib: int = 16
     sram_banks: int = 4
+    sram_line_words: int = 4
     contexts: int = 2
     hbm_mib: int = 16
     hbm_port_bytes: int = 16
@@ -101,10 +109,14 @@ class ArchConfig:
             if getattr(self, name) % 4:
                 raise ConfigError(f"ArchConfig.{name}={getattr(self, name)!r} must be a multiple of 4: "
                                   f"tiles start on 4-byte scratchpad words")
-        for name in ("sram_banks", "hbm_port_bytes"):
+        for name in ("sram_banks", "sram_line_words", "hbm_port_bytes"):
             value = getattr(self, name)
             if value & (value - 1):
                 raise ConfigError(f"ArchConfig.{name}={value!r} must be a power of two")
+        line_bytes = 4 * self.sram_line_words * self.sram_banks
+        if self.sram_bytes % line_bytes:
+            raise ConfigError(f"ArchConfig.sram_kib={self.sram_kib!r} must hold a whole number of rows of every "
+                              f"bank ({self.sram_banks} banks of {4 * self.sram_line_words}-byte lines)")
         for name in ("hbm_gbps", "clock_mhz"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -161,15 +173,15 @@ class ArchConfig:
 
 PRESETS = {
     "tiny": ArchConfig(name="tiny", me_count=1, me_rows=4, me_cols=4, ve_count=1, ve_lanes=4,
-                       dma_count=1, sram_kib=16, sram_banks=4, contexts=2, hbm_mib=16,
+                       dma_count=1, sram_kib=16, sram_banks=4, sram_line_words=4, contexts=2, hbm_mib=16,
                        hbm_port_bytes=16, hbm_gbps=16.0, clock_mhz=1000.0, hbm_latency=16,
                        dma_outstanding=32),
     "small": ArchConfig(name="small", me_count=4, me_rows=8, me_cols=8, ve_count=2, ve_lanes=8,
-                        dma_count=2, sram_kib=256, sram_banks=8, contexts=4, hbm_mib=64,
+                        dma_count=2, sram_kib=256, sram_banks=16, sram_line_words=8, contexts=4, hbm_mib=64,
                         hbm_port_bytes=32, hbm_gbps=32.0, clock_mhz=1000.0, hbm_latency=120,
                         dma_outstanding=256),
     "tpu_like": ArchConfig(name="tpu_like", me_count=4, me_rows=128, me_cols=128, ve_count=2,
-                           ve_lanes=1024, dma_count=4, sram_kib=32 * 1024, sram_banks=32,
+                           ve_lanes=1024, dma_count=4, sram_kib=32 * 1024, sram_banks=64, sram_line_words=32,
                            contexts=8, hbm_mib=1024, hbm_port_bytes=1024, hbm_gbps=1200.0,
                            clock_mhz=1050.0, hbm_latency=126, dma_outstanding=256),
 }

@@ -10,13 +10,16 @@ class RoundRobin(wiring.Component):
 
     The requester after the last one granted has the highest priority, so a requester waits at most
     ``count - 1`` grants. Combinational from ``requests`` to ``grant``/``valid``; the rotation
-    happens at the clock edge when ``advance`` is high. A grant offered but not taken (``hold``)
-    stays the grant in the next cycle, whoever else requests, as a stream's payload must.
+    happens at the clock edge when ``advance`` is high. With ``holds``, a grant offered but not taken
+    (``hold``) stays the grant in the next cycle while its requester still requests, whoever else
+    does, as a stream's payload must.
 
     Parameters
     ----------
     count : int
         Number of requesters.
+    holds : bool
+        Add the ``hold`` input (an arbiter in front of a stream).
 
     Members
     -------
@@ -24,19 +27,21 @@ class RoundRobin(wiring.Component):
     advance : In(1)
         The grant was taken this cycle.
     hold : In(1)
-        The grant was offered and not taken this cycle: keep it.
+        Only with ``holds``: the grant was offered and not taken this cycle; keep it.
     grant : Out(range(count))
     valid : Out(1)
         At least one request.
     """
 
-    def __init__(self, count):
+    def __init__(self, count, holds=False):
         if not isinstance(count, int) or count < 1:
             self._MustUse__used = True  # rejected, not forgotten: no UnusedElaboratable warning
             raise ValueError(f"RoundRobin count must be a positive integer, got {count!r}")
-        self.count = count
-        super().__init__({"requests": In(count), "advance": In(1), "hold": In(1),
-                          "grant": Out(range(count)), "valid": Out(1)})
+        self.count, self.holds = count, holds
+        members = {"requests": In(count), "advance": In(1), "grant": Out(range(count)), "valid": Out(1)}
+        if holds:
+            members["hold"] = In(1)
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
@@ -54,10 +59,13 @@ class RoundRobin(wiring.Component):
             (lowest & sum(1 << i for i in range(count) if i >> bit & 1)).any()
             for bit in range(len(position))))
         winner = Signal(range(2 * count))
-        held, held_grant = Signal(), Signal(range(count))
-        m.d.comb += [winner.eq(last + 1 + position),
-                     self.grant.eq(Mux(held, held_grant, Mux(winner >= count, winner - count, winner)))]
-        m.d.sync += [held.eq(self.hold & self.valid & ~self.advance), held_grant.eq(self.grant)]
+        m.d.comb += winner.eq(last + 1 + position)
+        chosen = Mux(winner >= count, winner - count, winner)
+        if self.holds:
+            held, held_grant = Signal(), Signal(range(count))
+            m.d.sync += [held.eq(self.hold & self.valid & ~self.advance), held_grant.eq(self.grant)]
+            chosen = Mux(held & self.requests.bit_select(held_grant, 1), held_grant, chosen)
+        m.d.comb += self.grant.eq(chosen)
         with m.If(self.advance & self.valid):
             m.d.sync += last.eq(self.grant)
         return m

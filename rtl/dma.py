@@ -29,7 +29,7 @@ class DmaEngine(Engine):
     engine_class = EngineClass.DMA
 
     def __init__(self, config):
-        self.beat = min(port_words(config), config.sram_banks)
+        self.beat = min(port_words(config), config.sram_line_words)
         super().__init__(config)
 
     def execute(self, m, instr):
@@ -111,7 +111,8 @@ class DmaEngine(Engine):
             m.d.comb += self.busy.eq(1)
             room = store_buffer.level + reading < STORE_BUFFER_BEATS
             read = ~read_finished & room & ~self._stop
-            m.d.comb += [self.sram.valid.eq(read), self.sram.addr.eq(sram_at_read)]
+            m.d.comb += [self.sram.valid.eq(read), self.sram.addr.eq(sram_at_read),
+                         self.sram.words.eq(count_at(read_offset))]
             m.d.sync += reading.eq(read & self.sram.ready)
             with m.If(read & self.sram.ready):
                 advance(read_row, read_offset, read_finished)

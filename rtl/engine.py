@@ -29,7 +29,7 @@ from tcloud.isa.table import BY_MNEMONIC, INSTRUCTION_BYTES, INSTRUCTIONS, Fault
 
 from .decode import INSTRUCTION_LAYOUT, OPCODES, add_decoder, member_name
 from .hbm import HBM_ADDR_BITS, hbm_signature, master_count, port_words
-from .scratchpad import WRITE_PORTS, sram_addr_bits, sram_port_signature
+from .scratchpad import access_wait, sram_addr_bits, sram_port_signature
 
 INSTRUCTION_WORDS = INSTRUCTION_BYTES // 4
 FAULT_BITS = 4
@@ -63,10 +63,13 @@ def dispatch_signature(config):
     }
 
 
-def _write_round(config):
-    """Cycles a scratchpad write may wait: one round of the write arbiters (every engine and the
-    scrubber)."""
-    return config.dma_count + config.me_count + config.ve_count + 1
+def _access_round(config):
+    """Cycles a scratchpad access may take, waiting included: one cycle for every port that may
+    compete for its banks (reads: every engine and the MEs' weight loaders; writes: every engine and
+    the scrubber)."""
+    readers = config.dma_count + 2 * config.me_count + config.ve_count
+    writers = config.dma_count + config.me_count + config.ve_count + 1
+    return 1 + access_wait(max(readers, writers))
 
 
 def data_round_trip(config, hbm_latency, requests):
@@ -75,7 +78,7 @@ def data_round_trip(config, hbm_latency, requests):
     scrubber), each response possibly waiting for a scratchpad write and taking turns with an
     instruction fetch."""
     in_flight = (config.dma_count + 1) * config.dma_outstanding
-    return hbm_latency + 2 + (in_flight + requests) * (2 + _write_round(config))
+    return hbm_latency + 2 + (in_flight + requests) * (2 + _access_round(config))
 
 
 def fetch_round_trip(config, hbm_latency):
@@ -88,7 +91,7 @@ def fetch_round_trip(config, hbm_latency):
     """
     beat_cycles = math.ceil(config.hbm_port_bytes / min(config.hbm_bytes_per_cycle, config.hbm_port_bytes))
     fetchers = config.dma_count + config.me_count + config.ve_count + 1
-    return master_count(config) * beat_cycles + hbm_latency + 2 + fetchers * (2 + _write_round(config))
+    return master_count(config) * beat_cycles + hbm_latency + 2 + fetchers * (2 + _access_round(config))
 
 
 def abort_bound(config, hbm_latency):
@@ -103,14 +106,14 @@ def abort_bound(config, hbm_latency):
     The slowest engine sets the bound: a DMA draining ``dma_outstanding`` requests
     (:func:`data_round_trip`), an engine waiting for an instruction fetch and a prefetch in flight
     (:func:`fetch_round_trip`), or a matrix engine finishing a weight load (``me_rows`` rows) and
-    draining its systolic array (``me_rows + me_cols`` cycles); every scratchpad write may wait one
-    round of the write arbiters.
+    draining its systolic array (``me_rows + me_cols`` cycles); every scratchpad access may wait
+    for each port that competes for its banks.
     """
-    write_round = _write_round(config)
+    access = _access_round(config)
     fetch = fetch_round_trip(config, hbm_latency)
-    dma = data_round_trip(config, hbm_latency, config.dma_outstanding) + write_round
-    me = 2 * fetch + 2 * (config.me_rows + config.me_cols) + write_round
-    ve = 2 * fetch + 5 * write_round
+    dma = data_round_trip(config, hbm_latency, config.dma_outstanding) + access
+    me = 2 * fetch + 2 * (config.me_rows + config.me_cols) + access
+    ve = 2 * fetch + 5 * access
     return max(dma, me, ve) + 8
 
 
@@ -119,12 +122,11 @@ def reclaim_bound(config, hbm_latency, harvest_cost):
 
     Under the ``harvest`` policy (which never harvests DMA engines) only uTOps declaring at most
     ``harvest_cost`` work units (:mod:`tcloud.isa.cost`) run on MEs and VEs their context does not
-    own, and the engine faults such a
-    uTOp before it exceeds its declaration; once the owner has a ready uTOp no other context is
-    dispatched to the engine. The owner therefore waits for at most the rest of one uTOp of
-    ``harvest_cost`` units: its first instruction fetch, then per unit at most one cycle plus a
-    round of the scratchpad write arbiters (the slowest unit is a write) or an eighth of an
-    instruction fetch (an instruction costs :data:`~tcloud.isa.cost.INSTRUCTION_UNITS`), then the
+    own, and the engine faults such a uTOp before it exceeds its declaration; once the owner has a
+    ready uTOp no other context is dispatched to the engine. The owner therefore waits for at most
+    the rest of one uTOp of ``harvest_cost`` units: its first instruction fetch, then per unit at
+    most one cycle plus a scratchpad access's wait for its banks
+    (:func:`~tcloud.rtl.scratchpad.access_wait`) or an eighth of an instruction fetch (an instruction costs :data:`~tcloud.isa.cost.INSTRUCTION_UNITS`), then the
     matrix engine's array drain and the dispatch itself. Assumes each engine has one owner (the
     hypervisor never gives an engine to two contexts).
 
@@ -137,8 +139,7 @@ def reclaim_bound(config, hbm_latency, harvest_cost):
         The ``HARVEST_COST`` register.
     """
     fetch = fetch_round_trip(config, hbm_latency)
-    write_wait = -(-(config.dma_count + config.me_count + config.ve_count + 1) // WRITE_PORTS)
-    per_unit = max(1 + write_wait, (3 + fetch) / INSTRUCTION_UNITS)
+    per_unit = max(_access_round(config), (3 + fetch) / INSTRUCTION_UNITS)
     drain = config.me_rows + config.me_cols + 4
     return fetch + math.ceil(harvest_cost * per_unit) + drain + 4
 
@@ -230,6 +231,7 @@ class Engine(wiring.Component):
         pf_next = Signal(HBM_ADDR_BITS)  # context-relative word address of the next unfetched instruction
         pf_left = Signal(12)             # body instructions not fetched yet
         pf_inflight, pf_pair = Signal(), Signal()
+        pf_offered = Signal()  # a prefetch request offered and not taken yet: it stays offered
         pop = Signal()
         fetching = Signal()
         self._pf_ready, self._pf_word = buffered != 0, buf[0]
@@ -311,12 +313,12 @@ class Engine(wiring.Component):
                 m.next = "IDLE"
             with m.State("FAULT"):
                 m.d.comb += [self.busy.eq(1), self._ending.eq(1)]
-                with m.If(~pf_inflight & self.quiescent()):  # nothing in flight may outlive the uTOp
+                with m.If(~pf_inflight & ~pf_offered & self.quiescent()):  # nothing may outlive the uTOp
                     m.d.comb += self.done.eq(1)
                     m.d.sync += [buffered.eq(0), pf_left.eq(0)]
                     m.next = "IDLE"
         if self.prefetch:
-            self._prefetcher(m, buf, buffered, pf_next, pf_left, pf_inflight, pf_pair, pop, fetching)
+            self._prefetcher(m, buf, buffered, pf_next, pf_left, pf_inflight, pf_offered, pf_pair, pop, fetching)
         self.background(m)
         return m
 
@@ -338,15 +340,19 @@ class Engine(wiring.Component):
         :func:`~tcloud.isa.cost.instruction_units` (``ve_rows``, ``continues``)."""
         return {}
 
-    def _prefetcher(self, m, buf, buffered, pf_next, pf_left, pf_inflight, pf_pair, pop, fetching):
+    def _prefetcher(self, m, buf, buffered, pf_next, pf_left, pf_inflight, pf_offered, pf_pair, pop, fetching):
         """Keep up to two upcoming body instructions buffered: one HBM request at a time, for two
         instructions when a beat holds two and there is room, else for one."""
         pairs = port_words(self.config) >= 2 * INSTRUCTION_WORDS
+        offered = pf_offered
         one_fits = self.hbm_fits(pf_next + INSTRUCTION_WORDS)
         two_fit = (self.hbm_fits(pf_next + 2 * INSTRUCTION_WORDS) & (pf_left > 1) & (buffered == 0)
                    if pairs else 0)
-        issue = (~pf_inflight & ~fetching & (pf_left != 0) & (buffered < 2) & one_fits & ~self._stop
-                 & ~self._ending)
+        offered_pair = Signal(name="pf_offered_pair")
+        issue = offered | (~pf_inflight & ~fetching & (pf_left != 0) & (buffered < 2) & one_fits & ~self._stop
+                           & ~self._ending)
+        two_fit = Mux(offered, offered_pair, two_fit)  # an offered request stays as it was offered
+        m.d.sync += [offered.eq(issue & ~self.hbm.req.ready), offered_pair.eq(two_fit)]
         with m.If(issue):
             m.d.comb += [self.hbm.req.valid.eq(1), self.hbm.req.payload.addr.eq(self.hbm_addr(pf_next)),
                          self.hbm.req.payload.count.eq(Mux(two_fit, 2 * INSTRUCTION_WORDS, INSTRUCTION_WORDS)),

@@ -54,26 +54,35 @@ def id_bits(config):
     return max(1, (master_count(config) - 1).bit_length())
 
 
-def request_layout(config):
-    return data.StructLayout({
+def request_layout(config, tagged=True):
+    """A request; ``tagged``: with the ``id`` the arbiter adds (the last field, so a master's untagged
+    request is the low bits of the tagged one)."""
+    members = {
         "addr": HBM_ADDR_BITS,
         "count": range(port_words(config) + 1),
         "write": 1,
         "wdata": data.ArrayLayout(32, port_words(config)),
         "fetch": 1,
-        "id": id_bits(config),
-    })
+    }
+    if tagged:
+        members["id"] = id_bits(config)
+    return data.StructLayout(members)
 
 
-def response_layout(config):
-    return data.StructLayout({"rdata": data.ArrayLayout(32, port_words(config)), "id": id_bits(config)})
+def response_layout(config, tagged=True):
+    """A response; ``tagged``: with the ``id`` of its request (the last field)."""
+    members = {"rdata": data.ArrayLayout(32, port_words(config))}
+    if tagged:
+        members["id"] = id_bits(config)
+    return data.StructLayout(members)
 
 
-def hbm_signature(config):
-    """An HBM master: requests out, responses in."""
+def hbm_signature(config, tagged=False):
+    """An HBM port, seen from the master: requests out, responses in. A master's port is untagged;
+    the port between the arbiter and the HBM (the pNPU's ``hbm``) carries the ``id`` tag."""
     return wiring.Signature({
-        "req": Out(stream.Signature(request_layout(config))),
-        "rsp": In(stream.Signature(response_layout(config))),
+        "req": Out(stream.Signature(request_layout(config, tagged))),
+        "rsp": In(stream.Signature(response_layout(config, tagged))),
     })
 
 
@@ -88,7 +97,7 @@ class HbmArbiter(wiring.Component):
     def __init__(self, config, count):
         self.count = count
         members = {f"master{i}": In(hbm_signature(config)) for i in range(count)}
-        members["hbm"] = Out(hbm_signature(config))
+        members["hbm"] = Out(hbm_signature(config, tagged=True))
         super().__init__(members)
 
     def master(self, index):
@@ -97,16 +106,16 @@ class HbmArbiter(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         masters = [self.master(i) for i in range(self.count)]
-        m.submodules.arbiter = arbiter = RoundRobin(self.count)
+        m.submodules.arbiter = arbiter = RoundRobin(self.count, holds=True)
         m.d.comb += [arbiter.requests[i].eq(p.req.valid) for i, p in enumerate(masters)]
         m.d.comb += [self.hbm.req.valid.eq(arbiter.valid),
                      arbiter.advance.eq(self.hbm.req.valid & self.hbm.req.ready),
                      arbiter.hold.eq(self.hbm.req.valid & ~self.hbm.req.ready)]
         for i, p in enumerate(masters):
             with m.If(arbiter.grant == i):
-                m.d.comb += [self.hbm.req.payload.eq(p.req.payload), self.hbm.req.payload.id.eq(i),
-                             p.req.ready.eq(self.hbm.req.ready)]
-            m.d.comb += p.rsp.payload.eq(self.hbm.rsp.payload)
+                m.d.comb += [self.hbm.req.payload.as_value()[:len(p.req.payload.as_value())].eq(p.req.payload),
+                             self.hbm.req.payload.id.eq(i), p.req.ready.eq(self.hbm.req.ready)]
+            m.d.comb += p.rsp.payload.eq(self.hbm.rsp.payload.as_value()[:len(p.rsp.payload.as_value())])
             with m.If(self.hbm.rsp.payload.id == i):
                 m.d.comb += [p.rsp.valid.eq(self.hbm.rsp.valid), self.hbm.rsp.ready.eq(p.rsp.ready)]
         return m

@@ -47,11 +47,11 @@ class MatrixEngine(Engine):
     prefetch = True
 
     def __init__(self, config):
-        if config.me_cols > config.sram_banks or config.me_rows > 4 * config.sram_banks:
+        if config.me_cols > config.sram_line_words or config.me_rows > 4 * config.sram_line_words:
             self._MustUse__used = True  # rejected, not forgotten: no UnusedElaboratable warning
             raise ValueError(f"a {config.me_rows}x{config.me_cols} array needs rows of up to "
                              f"{config.me_cols} words per scratchpad access, which has "
-                             f"{config.sram_banks}")
+                             f"{config.sram_line_words} (ArchConfig.sram_line_words)")
         super().__init__(config)
 
     def extra_members(self, config):
@@ -170,7 +170,8 @@ class MatrixEngine(Engine):
         with m.State("ME_LOAD"):
             m.d.comb += self.busy.eq(1)
             with m.If(issued < k):
-                m.d.comb += [self.sram.valid.eq(1), self.sram.addr.eq(self.sram_addr(lw.w + issued * lw.w_stride))]
+                m.d.comb += [self.sram.valid.eq(1), self.sram.addr.eq(self.sram_addr(lw.w + issued * lw.w_stride)),
+                             self.sram.words.eq(_words(lw.n))]
                 with m.If(self.sram.ready):
                     m.d.sync += issued.eq(issued + 1)
             with m.If(self.sram.rvalid):
@@ -204,7 +205,8 @@ class MatrixEngine(Engine):
         with m.State("ME_PRELOAD"):
             m.d.comb += self.busy.eq(1)
             with m.If(issued < mm.m):
-                m.d.comb += [self.sram.valid.eq(1), self.sram.addr.eq(self.sram_addr(mm.out + issued * mm.out_stride))]
+                m.d.comb += [self.sram.valid.eq(1), self.sram.addr.eq(self.sram_addr(mm.out + issued * mm.out_stride)),
+                             self.sram.words.eq(n)]
                 with m.If(self.sram.ready):
                     m.d.sync += issued.eq(issued + 1)
             with m.If(self.sram.rvalid):
@@ -220,7 +222,8 @@ class MatrixEngine(Engine):
         with m.State("ME_STREAM"):
             m.d.comb += [self.busy.eq(1), self._fsm_streaming.eq(1)]
             with m.If(issued < mm.m):
-                m.d.comb += [self.sram.valid.eq(1), self.sram.addr.eq(self.sram_addr(mm.a + issued * mm.a_stride))]
+                m.d.comb += [self.sram.valid.eq(1), self.sram.addr.eq(self.sram_addr(mm.a + issued * mm.a_stride)),
+                             self.sram.words.eq(_words(k))]
                 with m.If(self.sram.ready):
                     m.d.sync += issued.eq(issued + 1)
             with m.If(self.sram.rvalid):
@@ -305,7 +308,7 @@ class MatrixEngine(Engine):
                          stride.eq(view.w_stride), issued.eq(0), written.eq(0)]
         with m.If(self._loader_busy):
             with m.If(issued < k):
-                m.d.comb += [port.valid.eq(1), port.addr.eq(self.sram_addr(w + issued * stride))]
+                m.d.comb += [port.valid.eq(1), port.addr.eq(self.sram_addr(w + issued * stride)), port.words.eq(_words(n))]
                 with m.If(port.ready):
                     m.d.sync += issued.eq(issued + 1)
             with m.If(port.rvalid):

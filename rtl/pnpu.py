@@ -58,7 +58,7 @@ class PNPU(wiring.Component):
         self.engines = [(cls, factory(config)) for cls, factory, count in _ENGINE_TYPES
                         for _ in range(getattr(config, count))]
         super().__init__({"csr_addr": In(csr.ADDR_BITS), "csr_wdata": In(32), "csr_we": In(1),
-                          "csr_rdata": Out(32), "hbm": Out(hbm_signature(config)), "idle": Out(1),
+                          "csr_rdata": Out(32), "hbm": Out(hbm_signature(config, tagged=True)), "idle": Out(1),
                           "rst": In(1)})
 
     def elaborate(self, platform):
@@ -194,10 +194,10 @@ class PNPU(wiring.Component):
                 with m.Else():
                     m.d.comb += [scrub_sram.valid.eq(1), scrub_sram.we.eq(1), scrub_sram.addr.eq(scrub_addr),
                                  scrub_sram.wdata.eq(0)]
-                    for lane in range(cfg.sram_banks):
+                    for lane in range(cfg.sram_line_words):
                         m.d.comb += scrub_sram.wmask[lane].eq(Mux(scrub_addr + lane < scrub_end, 0b1111, 0))
                     with m.If(scrub_sram.ready):
-                        m.d.sync += scrub_addr.eq(scrub_addr + cfg.sram_banks)
+                        m.d.sync += scrub_addr.eq(scrub_addr + cfg.sram_line_words)
             with m.State("SCRUB_HBM"):
                 left = scrub_end - scrub_addr
                 beat = Mux(left < port_words(cfg), left, port_words(cfg))
@@ -211,7 +211,7 @@ class PNPU(wiring.Component):
                 with m.Elif((scrub_addr < scrub_end) & (scrub_pending < cfg.dma_outstanding)):
                     m.d.comb += [scrub_hbm.req.valid.eq(1), scrub_hbm.req.payload.addr.eq(scrub_addr),
                                  scrub_hbm.req.payload.count.eq(beat), scrub_hbm.req.payload.write.eq(1),
-                                 scrub_hbm.req.payload.wdata.eq(0)]
+                                 scrub_hbm.req.payload.wdata.eq(0), scrub_hbm.req.payload.fetch.eq(0)]
                     with m.If(scrub_hbm.req.ready):
                         m.d.comb += issue.eq(1)
                         m.d.sync += scrub_addr.eq(scrub_addr + beat)

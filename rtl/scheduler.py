@@ -159,7 +159,7 @@ class UtopScheduler(Elaboratable):
             m.d.comb += over_budget[c].eq((table.budget[c] != 0) & (self.counters["run_cycles"][c] >= table.budget[c]))
 
         # --- shared fetch unit ---------------------------------------------------------------------
-        m.submodules.fetch_arbiter = fetch_rr = RoundRobin(n_ctx)
+        m.submodules.fetch_arbiter = fetch_rr = RoundRobin(n_ctx, holds=True)
         fetch_ctx = Signal(range(max(n_ctx, 2)))
         fetched_instr = Signal(INSTRUCTION_LAYOUT)
         decoder = add_decoder(m, "decoder", fetched_instr)
@@ -171,7 +171,9 @@ class UtopScheduler(Elaboratable):
         req, rsp = self.fetch.req, self.fetch.rsp
         offered = Signal()  # a request offered last cycle and not taken: it stays, unchanged
         offered_addr = Signal.like(req.payload.addr)
-        m.d.sync += [offered.eq(req.valid & ~req.ready), offered_addr.eq(req.payload.addr)]
+        offered_ctx = Signal.like(fetch_ctx)
+        m.d.sync += [offered.eq(req.valid & ~req.ready), offered_addr.eq(req.payload.addr),
+                     offered_ctx.eq(Mux(offered, offered_ctx, fetch_rr.grant))]
         m.d.comb += fetch_rr.hold.eq(req.valid & ~req.ready)
         with m.FSM(name="fetch"):
             with m.State("REQUEST"):
@@ -183,7 +185,7 @@ class UtopScheduler(Elaboratable):
                                  req.payload.wdata.eq(0)]
                     with m.If(req.ready):
                         m.d.comb += fetch_rr.advance.eq(1)
-                        m.d.sync += fetch_ctx.eq(fetch_rr.grant)
+                        m.d.sync += fetch_ctx.eq(Mux(offered, offered_ctx, fetch_rr.grant))
                         m.next = "RESPONSE"
             with m.State("RESPONSE"):
                 m.d.comb += [rsp.ready.eq(1), serving.eq(1 << fetch_ctx)]

@@ -31,10 +31,10 @@ class VectorEngine(Engine):
 
     def __init__(self, config):
         lanes = config.ve_lanes
-        if lanes % 4 or lanes > config.sram_banks:
+        if lanes % 4 or lanes > config.sram_line_words:
             self._MustUse__used = True  # rejected, not forgotten: no UnusedElaboratable warning
-            raise ValueError(f"ve_lanes={lanes} must be a multiple of 4 and at most sram_banks="
-                             f"{config.sram_banks} (one int32 chunk per scratchpad access)")
+            raise ValueError(f"ve_lanes={lanes} must be a multiple of 4 and at most sram_line_words="
+                             f"{config.sram_line_words} (one int32 chunk per scratchpad access)")
         super().__init__(config)
 
     def unit_state(self):
@@ -136,7 +136,8 @@ class VectorEngine(Engine):
 
         with m.State("VE_READ1"):
             m.d.comb += [self.busy.eq(1), self.sram.valid.eq(1),
-                         self.sram.addr.eq(chunk_addr(src1, src1_stride, src1_i8))]
+                         self.sram.addr.eq(chunk_addr(src1, src1_stride, src1_i8)),
+                         self.sram.words.eq(Mux(src1_i8, (count + 3) >> 2, count))]
             with m.If(self.sram.ready):
                 m.next = "VE_WAIT1"
         with m.State("VE_WAIT1"):
@@ -151,7 +152,8 @@ class VectorEngine(Engine):
                     m.next = "VE_APPLY"
         with m.State("VE_READ2"):
             m.d.comb += [self.busy.eq(1), self.sram.valid.eq(1),
-                         self.sram.addr.eq(chunk_addr(src2, src2_stride, src2_i8))]
+                         self.sram.addr.eq(chunk_addr(src2, src2_stride, src2_i8)),
+                         self.sram.words.eq(Mux(src2_i8, (count + 3) >> 2, count))]
             with m.If(self.sram.ready):
                 m.next = "VE_WAIT2"
         with m.State("VE_WAIT2"):

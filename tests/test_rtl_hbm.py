@@ -114,7 +114,7 @@ class _Driver(wiring.Component):
     """A bare HBM master port, driven by a testbench."""
 
     def __init__(self, config):
-        super().__init__({"hbm": Out(hbm_signature(config))})
+        super().__init__({"hbm": Out(hbm_signature(config, tagged=True))})
 
     def elaborate(self, platform):
         m = Module()

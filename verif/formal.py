@@ -241,7 +241,7 @@ class EngineIsolation(Elaboratable):
     * an HBM request covers ``[addr, addr + count)`` inside the HBM window;
     * a scratchpad access (``sram`` and, for a matrix engine, ``weight_sram``) addresses a word
       inside the scratchpad window, and a write enables only words inside it. (A read always
-      returns ``sram_banks`` words from ``addr``; the port does not say how many the engine uses.)
+      returns ``sram_line_words`` words from ``addr``; the port does not say how many the engine uses.)
 
     Assumed: the windows lie in physical memory (the host-command unit rejects others, see
     :mod:`tcloud.rtl.pnpu`) and the memories follow their protocols (:func:`hbm_environment`,
@@ -286,7 +286,7 @@ class EngineIsolation(Elaboratable):
         implies(m, req.valid, inside(req.payload.addr, req.payload.count, window["hbm_base"], window["hbm_size"]))
         for port in ports:
             implies(m, port.valid, inside(port.addr, 1, window["sram_base"], window["sram_size"]))
-            for word in range(cfg.sram_banks):
+            for word in range(cfg.sram_line_words):
                 implies(m, port.valid & port.we & (port.wmask[word] != 0),
                         inside(port.addr + word, 1, window["sram_base"], window["sram_size"]))
         return m
@@ -498,10 +498,12 @@ class SchedulerUnderProof:
         n = self.config.contexts
         registers = [self.internal(f"{cls.name.lower()}_holder") for cls in (EngineClass.ME, EngineClass.VE)]
         registers += [self.internal(f"engine{e}_ctx") for e in range(len(self.engines))]
-        registers += [self.internal("fetch_ctx"),
+        registers += [self.internal("fetch_ctx"), self.internal("offered_ctx"),
                       self.internal(source=submodule(self.fragment, "slice_arbiter").grant)]
         registers += [internal(sub, "last") for sub, sub_name, *_ in self.fragment.subfragments
                       if sub_name in ("fetch_arbiter", "slice_arbiter", "dispatch_arbiter")]
+        registers += [internal(sub, "held_grant") for sub, sub_name, *_ in self.fragment.subfragments
+                      if sub_name == "fetch_arbiter"]
         m.d.comb += [Assert(register < n) for register in registers]
 
 

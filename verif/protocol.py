@@ -6,7 +6,7 @@ records violations in :attr:`violations` (a test asserts the list is empty), so 
 every broken rule with its cycle instead of stopping at the first.
 """
 
-from amaranth.hdl import Value
+from amaranth.hdl import Const, Value
 
 
 class StreamChecker:
@@ -52,7 +52,7 @@ class HbmPortChecker:
     port : hbm_signature interface
     name : str
     per_id : bool
-        Count outstanding requests per ``id`` tag instead of in total.
+        Count outstanding requests per ``id`` tag instead of in total (a tagged port).
     """
 
     def __init__(self, port, name, per_id=False):
@@ -68,21 +68,21 @@ class HbmPortChecker:
     def processes(self):
         port, per_id = self.port, self.per_id
 
+        req_id = port.req.payload.id if per_id else Const(0)
+        rsp_id = port.rsp.payload.id if per_id else Const(0)
+
         async def pair(ctx):
             outstanding, cycle = {}, 0
-            async for _, _, req, req_id, rsp, rsp_id in ctx.tick().sample(
-                    port.req.valid & port.req.ready, port.req.payload.id,
-                    port.rsp.valid & port.rsp.ready, port.rsp.payload.id):
+            async for _, _, req, req_id_now, rsp, rsp_id_now in ctx.tick().sample(
+                    port.req.valid & port.req.ready, req_id, port.rsp.valid & port.rsp.ready, rsp_id):
                 if rsp:
-                    key = rsp_id if per_id else 0
-                    if outstanding.get(key, 0) == 0:
-                        self.pairing.append(f"{self.name}: cycle {cycle}: a response (id {rsp_id}) "
+                    if outstanding.get(rsp_id_now, 0) == 0:
+                        self.pairing.append(f"{self.name}: cycle {cycle}: a response (id {rsp_id_now}) "
                                             f"without an outstanding request")
                     else:
-                        outstanding[key] -= 1
+                        outstanding[rsp_id_now] -= 1
                 if req:
-                    key = req_id if per_id else 0
-                    outstanding[key] = outstanding.get(key, 0) + 1
+                    outstanding[req_id_now] = outstanding.get(req_id_now, 0) + 1
                 cycle += 1
         return [self.requests.process(), self.responses.process(), pair]
 
