@@ -2,6 +2,7 @@
 latency and backpressure, monitor feeding the scoreboard and the functional coverage, protocol
 checker), on the ``tiny`` and ``small`` configurations."""
 
+import json
 import os
 import re
 import xml.etree.ElementTree as ElementTree
@@ -13,13 +14,17 @@ from amaranth.lib import data
 from tcloud.isa import Policy, get_config
 from tcloud.rtl.hbm import request_layout
 from tcloud.rtl.pnpu import PNPU
+from tcloud.runtime import run_image
+from tcloud.runtime.verilator_device import VerilatorDevice
+from tcloud.runtime.verilator_device import _design_digest as design_digest  # the Verilator cache's key
 from tcloud.verif.functional_coverage import HBM_KINDS, STALLS, WAIT_SLOTS
+from tcloud.verif.hbm_spec import timing_programs
 
 from conftest import BUILD, cocotb_build
 
 CASES = {"tiny": "4" if os.environ.get("CI") else "8", "small": "2" if os.environ.get("CI") else "4"}
 TESTS = ["constrained_random_gemm", "random_programs", "multi_tenant", "wrong_write_is_caught_at_the_transaction",
-         "host_command_timeout", "coverage_report"]
+         "host_command_timeout", "spec_timing", "coverage_report"]
 
 KEY_BINS = {
     "tcloud.program.opcode": ["utop", "halt", "dma.load", "dma.store", "me.loadw", "me.matmul", "ve.fill"],
@@ -56,6 +61,16 @@ def prefetch_bug_only(config, message):
     return True
 
 
+def verilator_run_cycles(config):
+    """``RUN_CYCLES`` of each of :func:`timing_programs` on the Verilator backend (the C++ HBM model,
+    which the Amaranth backend's Python model matches cycle for cycle)."""
+    device = VerilatorDevice(config)
+    try:
+        return [run_image(device, image, inputs)[1].timing["run_cycles"] for image, inputs in timing_programs(config)]
+    finally:
+        device.close()
+
+
 def failed_tests(results):
     """Name -> failure message of the failed test cases in a cocotb ``results.xml``."""
     cases = ElementTree.parse(results).getroot().iter("testcase")
@@ -65,18 +80,19 @@ def failed_tests(results):
 
 @pytest.mark.parametrize("config", ["tiny", "small"])
 def test_pnpu_cocotb(verilator_on_path, config):
-    runner, build_dir = cocotb_build(PNPU(get_config(config)), "pnpu", BUILD / config)
+    runner, build_dir = cocotb_build(lambda: PNPU(get_config(config)), "pnpu", BUILD / config,
+                                     key=design_digest(get_config(config)))
     seed = os.environ.get("TCLOUD_SEED", "3")
     test_dir = build_dir / "run"
     coverage = test_dir / "coverage.yml"
-    results = test_dir / "results.xml"
-    for stale in (coverage, results):
+    results, timing = test_dir / "results.xml", test_dir / "timing.json"
+    for stale in (coverage, results, timing):
         stale.unlink(missing_ok=True)
     try:  # under pytest the runner exits on a failed test; the results file says which and why
         runner.test(hdl_toplevel="pnpu", test_module="tcloud.verif.cocotb_pnpu", build_dir=build_dir,
                     test_dir=test_dir, results_xml=str(results),
                     extra_env={"TCLOUD_CONFIG": config, "TCLOUD_CASES": CASES[config], "TCLOUD_SEED": seed,
-                               "TCLOUD_COVERAGE": str(coverage)})
+                               "TCLOUD_COVERAGE": str(coverage), "TCLOUD_TIMING": str(timing)})
     except SystemExit:
         assert results.exists(), "the simulation ended without results"
     cases = [case.get("name") for case in ElementTree.parse(results).getroot().iter("testcase")]
@@ -87,6 +103,8 @@ def test_pnpu_cocotb(verilator_on_path, config):
     report = yaml.safe_load(coverage.read_text())
     missing = {name: [b for b in bins if not report[name]["bins:_hits"].get(b)] for name, bins in KEY_BINS.items()}
     assert not any(missing.values()), f"key coverage bins missed: {missing}"
+    assert json.loads(timing.read_text()) == verilator_run_cycles(get_config(config)), \
+        "the cocotb responder (fixed latency, no pauses) and the C++ HBM model time the same programs differently"
     if failed:
         pytest.xfail(f"RTL bug: the engines' instruction prefetcher changes a waiting request's count "
                      f"(rtl/engine.py _prefetcher), in {', '.join(failed)}; everything else passed")

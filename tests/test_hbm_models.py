@@ -103,7 +103,7 @@ def test_model_follows_the_reference(config, model):
 
 def test_cocotb_responder_follows_the_reference(verilator_on_path, config):
     player = HbmPlayer(config, *spec_case(config)[:2])
-    runner, build_dir = cocotb_build(player, "hbm_player", BUILD / "hbm_player")
+    runner, build_dir = cocotb_build(lambda: player, "hbm_player", BUILD / "hbm_player")
     test_dir = build_dir / f"run-{config.hbm_gbps:g}"
     results = runner.test(hdl_toplevel="hbm_player", test_module="tcloud.verif.cocotb_hbm", build_dir=build_dir,
                           test_dir=test_dir, extra_env={"TCLOUD_CONFIG": config.name,

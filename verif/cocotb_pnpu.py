@@ -6,9 +6,11 @@ the functional coverage; the protocol checker watches both HBM streams. The last
 coverage report.
 
 Environment: ``TCLOUD_CONFIG`` (preset name), ``TCLOUD_CASES`` (number of random cases),
-``TCLOUD_SEED``, ``TCLOUD_COVERAGE`` (where the coverage report goes, default ``coverage.yml``).
+``TCLOUD_SEED``, ``TCLOUD_COVERAGE`` (where the coverage report goes, default ``coverage.yml``),
+``TCLOUD_TIMING`` (where :func:`spec_timing` writes its cycle counts, default ``timing.json``).
 """
 
+import json
 import os
 
 import cocotb
@@ -25,6 +27,7 @@ from tcloud.verif import functional_coverage
 from tcloud.verif.cocotb_bench import (GoldenDevice, HbmBus, HbmMonitor, HbmResponder, HostCommandTimeout,
                                        HostDriver, Scoreboard)
 from tcloud.verif.cocotb_protocol import HbmProtocolChecker
+from tcloud.verif.hbm_spec import timing_programs
 from tcloud.verif.random_programs import random_program
 
 CONFIG = get_config(os.environ.get("TCLOUD_CONFIG", "tiny"))
@@ -255,6 +258,23 @@ async def host_command_timeout(dut):
         raise AssertionError("a scrub that cannot complete returned instead of raising")
     for component in bench.components:
         component.stop()
+
+
+@cocotb.test()
+async def spec_timing(dut):
+    """The responder with the configured latency and no pauses on :func:`timing_programs`: writes each
+    program's ``RUN_CYCLES`` to ``TCLOUD_TIMING`` (JSON) for comparison with the other HBM models."""
+    bench = await Bench(dut, np.random.default_rng(SEED), latency=(CONFIG.hbm_latency,) * 2,
+                        pause_probability=0).start()
+    cycles = []
+    for image, inputs in timing_programs(CONFIG):
+        golden = golden_run(image, inputs)
+        (outputs, context), = await bench.run_tenants([(image, inputs, Placement())], [golden])
+        bench.score("timing program", image, Placement(), golden, outputs, context)
+        cycles.append(context["run_cycles"])
+    bench.finish()
+    with open(os.environ.get("TCLOUD_TIMING", "timing.json"), "w") as file:
+        json.dump(cycles, file)
 
 
 @cocotb.test()

@@ -258,3 +258,21 @@ def spec_case(config, seed=0, count=48):
     requests = random_requests(config, rng, count, words)
     ready = [bool(r) for r in rng.random(29) < 0.7] + [False] * config.hbm_latency
     return requests, ready, rng.integers(0, 1 << 32, words, dtype=np.uint64).astype(np.uint32)
+
+
+def timing_programs(config):
+    """Programs whose cycle counts compare HBM models end to end on a whole pNPU: a GEMM (DMA data
+    and instruction fetches) and two random programs, with their inputs.
+
+    Returns
+    -------
+    list of (ProgramImage, dict)
+    """
+    from tcloud.firmware import gemm
+    from tcloud.verif.random_programs import random_program
+
+    rng = np.random.default_rng(9)
+    m, k, n = config.me_rows + 1, 2 * config.me_rows + 3, config.me_cols - 1
+    programs = [(gemm(config, m, k, n), {"A": rng.integers(-128, 128, (m, k), dtype=np.int8),
+                                         "B": rng.integers(-128, 128, (k, n), dtype=np.int8)})]
+    return programs + [random_program(config, seed, utops=6) for seed in (100, 101)]
