@@ -4,7 +4,6 @@ responses) through :class:`tcloud.rtl.sim.HbmModel` (Amaranth simulator), the Ve
 C++ model and the cocotb responder, each compared cycle for cycle with
 :func:`tcloud.verif.hbm_spec.reference`, at the port's full bandwidth and below it."""
 
-import os
 
 import numpy as np
 import pytest

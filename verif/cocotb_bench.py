@@ -294,6 +294,7 @@ class HbmMonitor(_Background):
         self.log = logging.getLogger("tb.hbm_monitor")
 
     def subscribe(self, callback):
+        """Call ``callback(transaction)`` for every request from now on."""
         self.subscribers.append(callback)
 
     async def _run(self):

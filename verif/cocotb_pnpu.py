@@ -21,7 +21,7 @@ from cocotb.triggers import ClockCycles, RisingEdge
 from tcloud.firmware import Requant, gemm
 from tcloud.isa import EngineClass, Instr, Policy, ProgramImage, encode_stream, get_config
 from tcloud.rtl import csr
-from tcloud.runtime import Placement, load_image, plan_load, run_image
+from tcloud.runtime import Placement, load_image, plan_load
 from tcloud.runtime.execute import HbmWindow, read_symbols
 from tcloud.verif import functional_coverage
 from tcloud.verif.cocotb_bench import (GoldenDevice, HbmBus, HbmMonitor, HbmResponder, HostCommandTimeout,
