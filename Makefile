@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.golden_gemm
 	$(PY) -m benchmarks.verilator_build
 	$(PY) -m benchmarks.sim_speed
+	$(PY) -m benchmarks.hbm_bandwidth
 	$(PY) -m benchmarks.me_utilization
 	$(PY) -m benchmarks.multitenant_rtl --runs 8
 	$(PY) -m benchmarks.interference

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from .errors import ConfigError
 from .table import field_max as _field_max
 
-_NOT_FINGERPRINTED = ("name", "clock_mhz", "hbm_gbps", "hbm_latency", "dma_outstanding")
+_NOT_FINGERPRINTED = ("name", "clock_mhz", "hbm_gbps", "hbm_latency", "dma_outstanding", "fetch_depth")
 _KIB = 1024
 _MIB = 1024 * 1024
 
@@ -27,6 +27,7 @@ LIMITS = {
     "hbm_port_bytes": (4, 4096),
     "hbm_latency": (1, 100_000),
     "dma_outstanding": (1, 4096),
+    "fetch_depth": (1, 64),
 }
 """Legal range ``(low, high)`` of each integer field of :class:`ArchConfig`; most follow from the
 ISA's field widths (``contexts`` from the ``ctx`` field, engine counts from the ``ctx.engines`` masks)."""
@@ -78,6 +79,10 @@ class ArchConfig:
         HBM beats each DMA engine (and the scrubber) keeps in flight. One DMA reaches the full
         bandwidth only while ``dma_outstanding`` covers the bandwidth-delay product, about
         ``hbm_latency`` beats; the presets give it twice that.
+    fetch_depth : int
+        Body instructions each ME and VE fetches ahead of the one it executes (its prefetch buffer,
+        all of them in flight at once if need be): enough to hide the HBM latency at the rate the
+        engine consumes instructions.
     """
 
     name: str = "custom"
@@ -97,6 +102,7 @@ class ArchConfig:
     clock_mhz: float = 1000.0
     hbm_latency: int = 16
     dma_outstanding: int = 32
+    fetch_depth: int = 4
 
     def __post_init__(self):
         for name, (low, high) in LIMITS.items():
@@ -156,7 +162,7 @@ class ArchConfig:
 
     def fingerprint(self):
         """8 bytes identifying everything a program depends on (not the name, clock, HBM timing or
-        the DMA's request depth)."""
+        the depths of the DMA's requests and the engines' prefetch)."""
         data = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_FINGERPRINTED}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).digest()[:8]
 
@@ -175,15 +181,15 @@ PRESETS = {
     "tiny": ArchConfig(name="tiny", me_count=1, me_rows=4, me_cols=4, ve_count=1, ve_lanes=4,
                        dma_count=1, sram_kib=16, sram_banks=4, sram_line_words=4, contexts=2, hbm_mib=16,
                        hbm_port_bytes=16, hbm_gbps=16.0, clock_mhz=1000.0, hbm_latency=16,
-                       dma_outstanding=32),
+                       dma_outstanding=32, fetch_depth=4),
     "small": ArchConfig(name="small", me_count=4, me_rows=8, me_cols=8, ve_count=2, ve_lanes=8,
                         dma_count=2, sram_kib=256, sram_banks=16, sram_line_words=8, contexts=4, hbm_mib=64,
                         hbm_port_bytes=32, hbm_gbps=32.0, clock_mhz=1000.0, hbm_latency=120,
-                        dma_outstanding=256),
+                        dma_outstanding=256, fetch_depth=8),
     "tpu_like": ArchConfig(name="tpu_like", me_count=4, me_rows=128, me_cols=128, ve_count=2,
                            ve_lanes=1024, dma_count=4, sram_kib=32 * 1024, sram_banks=64, sram_line_words=32,
                            contexts=8, hbm_mib=1024, hbm_port_bytes=1024, hbm_gbps=1200.0,
-                           clock_mhz=1050.0, hbm_latency=126, dma_outstanding=256),
+                           clock_mhz=1050.0, hbm_latency=126, dma_outstanding=256, fetch_depth=8),
 }
 """Named configurations: ``tiny`` (Amaranth-sim unit tests), ``small`` (integration, Verilator,
 multi-tenant RTL experiments) and ``tpu_like`` (performance model only).

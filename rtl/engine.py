@@ -20,8 +20,8 @@ ends each instruction with ``m.next = "NEXT"`` or :meth:`Engine.raise_fault`.
 
 import math
 
-from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import wiring
+from amaranth.hdl import Const, Module, Mux, ResetInserter, Signal
+from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
 from tcloud.isa.cost import INSTRUCTION_UNITS, instruction_units
@@ -86,11 +86,12 @@ def fetch_round_trip(config, hbm_latency):
 
     The arbiter grants each master in turn (at most one wait per master, each at most one beat of
     bandwidth credit); fetches have their own queue in the HBM (:mod:`tcloud.rtl.hbm`), in which
-    the request may wait behind one fetch of every other engine and of the front end, each taking
-    turns with a data response that may wait for a scratchpad write.
+    the request may wait behind the fetches in flight of every other engine (``fetch_depth`` for an
+    ME or VE, one for a DMA engine) and of the front end, each taking turns with a data response
+    that may wait for a scratchpad write.
     """
     beat_cycles = math.ceil(config.hbm_port_bytes / min(config.hbm_bytes_per_cycle, config.hbm_port_bytes))
-    fetchers = config.dma_count + config.me_count + config.ve_count + 1
+    fetchers = config.dma_count + (config.me_count + config.ve_count) * config.fetch_depth + 1
     return master_count(config) * beat_cycles + hbm_latency + 2 + fetchers * (2 + _access_round(config))
 
 
@@ -225,16 +226,23 @@ class Engine(wiring.Component):
         instr = Signal(INSTRUCTION_LAYOUT)
         decoder = add_decoder(m, "decoder", instr)
         known, legal, engine = decoder.known, decoder.legal, decoder.engine
-        # Prefetch buffer: up to two upcoming body instructions, filled whenever there is room.
-        buf = [Signal(128, name="prefetch0"), Signal(128, name="prefetch1")]
-        buffered = Signal(range(3))
+        # Prefetch buffer: the next fetch_depth body instructions, requested whenever there is room.
+        depth = self.config.fetch_depth
+        flush = Signal()
+        buffer = ResetInserter(flush)(fifo.SyncFIFO(width=128, depth=depth)) if self.prefetch else None
         pf_next = Signal(HBM_ADDR_BITS)  # context-relative word address of the next unfetched instruction
         pf_left = Signal(12)             # body instructions not fetched yet
-        pf_inflight, pf_pair = Signal(), Signal()
+        pf_in_flight = Signal(range(depth + 1))  # requests taken, instructions not yet received
         pf_offered = Signal()  # a prefetch request offered and not taken yet: it stays offered
         pop = Signal()
         fetching = Signal()
-        self._pf_ready, self._pf_word = buffered != 0, buf[0]
+        if buffer is not None:
+            m.submodules.prefetch_buffer = buffer
+            self._pf_ready, self._pf_word = buffer.r_rdy, buffer.r_data
+            m.d.comb += buffer.r_en.eq(pop)
+        else:
+            self._pf_ready, self._pf_word = Const(0), Const(0, 128)
+        buffered, buf0 = self._pf_ready, self._pf_word
 
         m.d.comb += [self.fault.eq(self._fault), self.fault_pc.eq(pc), self.aborted.eq(self._aborted)]
         with m.FSM():
@@ -244,7 +252,7 @@ class Engine(wiring.Component):
                                  self._hbm_base.eq(self.hbm_base), self._hbm_size.eq(self.hbm_size),
                                  pc.eq(self.body_pc), remaining.eq(self.body_len),
                                  self._fault.eq(FaultCode.NONE), self._aborted.eq(0), pf_left.eq(0),
-                                 buffered.eq(0), declared.eq(self.cost), used.eq(0)]
+                                 declared.eq(self.cost), used.eq(0)]
                     self.on_start(m)
                     m.next = "FETCH"
             with m.State("FETCH"):
@@ -293,19 +301,20 @@ class Engine(wiring.Component):
                     self.end_aborted(m)
                 with m.Elif(remaining == 1):
                     m.next = "FINISH"
-                with m.Elif(buffered != 0):
+                with m.Elif(buffered):
                     m.d.comb += pop.eq(1)
-                    m.d.sync += instr.eq(buf[0])
+                    m.d.sync += instr.eq(buf0)
                     m.next = "DECODE"
-                with m.Elif(pf_inflight | ((pf_left != 0) & self.hbm_fits(pf_next + INSTRUCTION_WORDS))):
+                with m.Elif((pf_in_flight != 0) | pf_offered
+                            | ((pf_left != 0) & self.hbm_fits(pf_next + INSTRUCTION_WORDS))):
                     m.next = "PREFETCHED"  # the prefetcher delivers it; fetching it here too would race
                 with m.Else():
                     m.next = "FETCH"
             with m.State("PREFETCHED"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(buffered != 0):
+                with m.If(buffered):
                     m.d.comb += pop.eq(1)
-                    m.d.sync += instr.eq(buf[0])
+                    m.d.sync += instr.eq(buf0)
                     m.next = "DECODE"
             self.finish(m)
             with m.State("DONE"):
@@ -313,12 +322,12 @@ class Engine(wiring.Component):
                 m.next = "IDLE"
             with m.State("FAULT"):
                 m.d.comb += [self.busy.eq(1), self._ending.eq(1)]
-                with m.If(~pf_inflight & ~pf_offered & self.quiescent()):  # nothing may outlive the uTOp
-                    m.d.comb += self.done.eq(1)
-                    m.d.sync += [buffered.eq(0), pf_left.eq(0)]
+                with m.If((pf_in_flight == 0) & ~pf_offered & self.quiescent()):  # nothing may outlive the uTOp
+                    m.d.comb += [self.done.eq(1), flush.eq(1)]
+                    m.d.sync += pf_left.eq(0)
                     m.next = "IDLE"
-        if self.prefetch:
-            self._prefetcher(m, buf, buffered, pf_next, pf_left, pf_inflight, pf_offered, pf_pair, pop, fetching)
+        if buffer is not None:
+            self._prefetcher(m, buffer, pf_next, pf_left, pf_in_flight, pf_offered, fetching)
         self.background(m)
         return m
 
@@ -340,43 +349,26 @@ class Engine(wiring.Component):
         :func:`~tcloud.isa.cost.instruction_units` (``ve_rows``, ``continues``)."""
         return {}
 
-    def _prefetcher(self, m, buf, buffered, pf_next, pf_left, pf_inflight, pf_offered, pf_pair, pop, fetching):
-        """Keep up to two upcoming body instructions buffered: one HBM request at a time, for two
-        instructions when a beat holds two and there is room, else for one."""
-        pairs = port_words(self.config) >= 2 * INSTRUCTION_WORDS
-        offered = pf_offered
-        one_fits = self.hbm_fits(pf_next + INSTRUCTION_WORDS)
-        two_fit = (self.hbm_fits(pf_next + 2 * INSTRUCTION_WORDS) & (pf_left > 1) & (buffered == 0)
-                   if pairs else 0)
-        offered_pair = Signal(name="pf_offered_pair")
-        issue = offered | (~pf_inflight & ~fetching & (pf_left != 0) & (buffered < 2) & one_fits & ~self._stop
-                           & ~self._ending)
-        two_fit = Mux(offered, offered_pair, two_fit)  # an offered request stays as it was offered
-        m.d.sync += [offered.eq(issue & ~self.hbm.req.ready), offered_pair.eq(two_fit)]
+    def _prefetcher(self, m, buffer, pf_next, pf_left, pf_in_flight, offered, fetching):
+        """Keep up to ``fetch_depth`` upcoming body instructions buffered or requested: one request per
+        instruction, as many in flight as the buffer has room for."""
+        room = buffer.level + pf_in_flight < self.config.fetch_depth
+        issue = offered | (~fetching & (pf_left != 0) & room & self.hbm_fits(pf_next + INSTRUCTION_WORDS)
+                           & ~self._stop & ~self._ending)
+        taken = issue & self.hbm.req.ready
+        m.d.sync += offered.eq(issue & ~self.hbm.req.ready)  # an offered request stays as it was offered
         with m.If(issue):
             m.d.comb += [self.hbm.req.valid.eq(1), self.hbm.req.payload.addr.eq(self.hbm_addr(pf_next)),
-                         self.hbm.req.payload.count.eq(Mux(two_fit, 2 * INSTRUCTION_WORDS, INSTRUCTION_WORDS)),
+                         self.hbm.req.payload.count.eq(INSTRUCTION_WORDS),
                          self.hbm.req.payload.write.eq(0), self.hbm.req.payload.wdata.eq(0),
                          self.hbm.req.payload.fetch.eq(1)]
-            with m.If(self.hbm.req.ready):
-                count = Mux(two_fit, 2, 1)
-                m.d.sync += [pf_inflight.eq(1), pf_pair.eq(two_fit), pf_next.eq(pf_next + count * INSTRUCTION_WORDS),
-                             pf_left.eq(pf_left - count)]
-        push = pf_inflight & self.hbm.rsp.valid
-        with m.If(pf_inflight):
+        with m.If(taken):
+            m.d.sync += [pf_next.eq(pf_next + INSTRUCTION_WORDS), pf_left.eq(pf_left - 1)]
+        push = (pf_in_flight != 0) & self.hbm.rsp.valid
+        with m.If(pf_in_flight != 0):
             m.d.comb += self.hbm.rsp.ready.eq(1)
-        rdata = self.hbm.rsp.payload.rdata.as_value()
-        words = [rdata[:128], rdata[128:256] if pairs else rdata[:128]]
-        after_pop = buffered - pop
-        slot0, slot1 = Mux(pop, buf[1], buf[0]), buf[1]
-        with m.If(push):
-            m.d.sync += pf_inflight.eq(0)
-            with m.If(after_pop == 0):
-                m.d.sync += [buf[0].eq(words[0]), buf[1].eq(words[1]), buffered.eq(1 + pf_pair)]
-            with m.Else():
-                m.d.sync += [buf[0].eq(slot0), buf[1].eq(words[0]), buffered.eq(2)]
-        with m.Elif(pop):
-            m.d.sync += [buf[0].eq(slot0), buf[1].eq(slot1), buffered.eq(after_pop)]
+        m.d.comb += [buffer.w_en.eq(push), buffer.w_data.eq(self.hbm.rsp.payload.rdata.as_value()[:128])]
+        m.d.sync += pf_in_flight.eq(pf_in_flight + taken - push)
 
     def background(self, m):
         """Add logic that runs whatever state the FSM is in (called after the FSM)."""

@@ -24,11 +24,11 @@ TESTS = ["constrained_random_gemm", "random_programs", "multi_tenant", "wrong_wr
          "host_command_timeout", "spec_timing", "coverage_report"]
 
 KEY_BINS = {
-    "tcloud.program.opcode": ["utop", "halt", "dma.load", "dma.store", "me.loadw", "me.matmul", "ve.fill"],
-    "tcloud.context.policy": [p.name.lower() for p in Policy],
-    "tcloud.context.fault": ["none", "hbm_bounds", "sram_bounds"],
-    "tcloud.utop.tokens": [f"waits on {n}" for n in range(WAIT_SLOTS + 1)] + ["waits on 1 count>1"],
-    "tcloud.hbm.kind_x_backpressure": [str((kind, stall)) for kind in HBM_KINDS for stall in STALLS],
+    "coverage.program.opcode": ["utop", "halt", "dma.load", "dma.store", "me.loadw", "me.matmul", "ve.fill"],
+    "coverage.context.policy": [p.name.lower() for p in Policy],
+    "coverage.context.fault": ["none", "hbm_bounds", "sram_bounds"],
+    "coverage.utop.tokens": [f"waits on {n}" for n in range(WAIT_SLOTS + 1)] + ["waits on 1 count>1"],
+    "coverage.hbm.kind_x_backpressure": [str((kind, stall)) for kind in HBM_KINDS for stall in STALLS],
 }
 """Bins the cocotb run must cover: what its generators are built to reach (not every bin: no test
 kills a context or runs a watchdog, for instance)."""

@@ -12,7 +12,28 @@ def test_presets_match_the_documented_starting_points():
     assert (tpu.me_rows, tpu.me_cols, tpu.ve_lanes, tpu.sram_kib, tpu.contexts) == (128, 128, 1024, 32768, 8)
     assert tpu.hbm_gbps == 1200.0 and tpu.clock_mhz == 1050.0
     assert tpu.peak_tops == pytest.approx(2 * 4 * 128 * 128 * 1.05e9 / 1e12)
-    assert small.sram_bytes == 256 * 1024 and small.sram_bank_bytes == 32 * 1024
+    assert small.sram_bytes == 256 * 1024 and small.sram_bank_bytes == 16 * 1024
+    assert (small.hbm_latency, small.hbm_bytes_per_cycle, small.hbm_latency_ns) == (120, 32.0, 120.0)
+    assert tpu.hbm_latency_ns == pytest.approx(120.0)
+
+
+def test_hbm_timing_and_queue_depths_are_not_part_of_the_fingerprint():
+    small = PRESETS["small"]
+    timing = small.replace(hbm_latency=400, hbm_gbps=8.0, dma_outstanding=16, fetch_depth=2)
+    assert timing.fingerprint() == small.fingerprint()
+    assert small.replace(sram_banks=8).fingerprint() != small.fingerprint()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"sram_banks": 1}, r"sram_banks=1 is out of range \[2, 256\]"),
+    ({"sram_line_words": 3}, r"sram_line_words=3 must be a power of two"),
+    ({"sram_kib": 1, "sram_banks": 64, "sram_line_words": 8}, r"sram_kib=1 must hold a whole number of rows"),
+    ({"hbm_latency": 0}, r"hbm_latency=0 is out of range"),
+    ({"fetch_depth": 0}, r"fetch_depth=0 is out of range"),
+])
+def test_memory_system_fields_are_checked(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        PRESETS["tiny"].replace(**changes)
 
 
 def test_fingerprint_ignores_name_and_timing_but_not_structure():

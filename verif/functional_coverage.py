@@ -2,11 +2,11 @@
 
 Cover points and crosses (bins derived from the ISA table and :mod:`tcloud.rtl.hbm`):
 
-* ``tcloud.program``: every tenant opcode executed × the scheduling policy in force;
-* ``tcloud.context``: how each context ended (fault code, ``none`` for done) × the policy;
-* ``tcloud.utop``: each uTOp's engine class × its token pattern (how many distinct tokens it waits
+* ``coverage.program``: every tenant opcode executed × the scheduling policy in force;
+* ``coverage.context``: how each context ended (fault code, ``none`` for done) × the policy;
+* ``coverage.utop``: each uTOp's engine class × its token pattern (how many distinct tokens it waits
   on, 0 .. the header's wait slots, and whether one of them needs more than one signal);
-* ``tcloud.hbm``: each HBM request's kind (fetch, read, write) × whether the HBM stalled it.
+* ``coverage.hbm``: each HBM request's kind (fetch, read, write) × whether the HBM stalled it.
 
 :func:`sample_case` and :func:`sample_hbm` feed them; :func:`write_report` exports the database to
 YAML and logs every item with its uncovered bins.
@@ -32,11 +32,11 @@ def _cross(group, first, second):
     """A sampling function ``f(x, y)``: a cover point ``tcloud.<group>.<name>`` for each of ``first``
     and ``second`` (``(name, bins)``), and their cross ``tcloud.<group>.<first>_x_<second>``."""
     (x_name, x_bins), (y_name, y_bins) = first, second
-    points = [f"tcloud.{group}.{x_name}", f"tcloud.{group}.{y_name}"]
+    points = [f"coverage.{group}.{x_name}", f"coverage.{group}.{y_name}"]
 
     @CoverPoint(points[0], xf=lambda x, y: x, bins=x_bins)
     @CoverPoint(points[1], xf=lambda x, y: y, bins=y_bins)
-    @CoverCross(f"tcloud.{group}.{x_name}_x_{y_name}", items=points)
+    @CoverCross(f"coverage.{group}.{x_name}_x_{y_name}", items=points)
     def sample(x, y):
         pass
     return sample

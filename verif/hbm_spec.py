@@ -170,7 +170,8 @@ class HbmPlayer(wiring.Component):
         self.response_base = 1 << (count - 1).bit_length()
         address_bits = (self.response_base + (count << self.word_bits) - 1).bit_length()
         super().__init__({"csr_addr": In(address_bits), "csr_wdata": In(32), "csr_we": In(1),
-                          "csr_rdata": Out(32), "idle": Out(1), "hbm": Out(hbm_signature(config))})
+                          "csr_rdata": Out(32), "idle": Out(1),
+                          "hbm": Out(hbm_signature(config, tagged=True))})
 
     def accept_address(self, index):
         """Log address of the cycle request ``index`` was taken in."""
