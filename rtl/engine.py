@@ -301,13 +301,14 @@ class Engine(wiring.Component):
                     self.end_aborted(m)
                 with m.Elif(remaining == 1):
                     m.next = "FINISH"
-                with m.Elif(buffered):
-                    m.d.comb += pop.eq(1)
-                    m.d.sync += instr.eq(buf0)
-                    m.next = "DECODE"
-                with m.Elif((pf_in_flight != 0) | pf_offered
-                            | ((pf_left != 0) & self.hbm_fits(pf_next + INSTRUCTION_WORDS))):
-                    m.next = "PREFETCHED"  # the prefetcher delivers it; fetching it here too would race
+                if buffer is not None:
+                    with m.Elif(buffered):
+                        m.d.comb += pop.eq(1)
+                        m.d.sync += instr.eq(buf0)
+                        m.next = "DECODE"
+                    with m.Elif((pf_in_flight != 0) | pf_offered
+                                | ((pf_left != 0) & self.hbm_fits(pf_next + INSTRUCTION_WORDS))):
+                        m.next = "PREFETCHED"  # the prefetcher delivers it; fetching it here too would race
                 with m.Else():
                     m.next = "FETCH"
             with m.State("PREFETCHED"):

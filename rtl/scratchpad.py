@@ -2,8 +2,9 @@
 
 The scratchpad is ``sram_banks`` banks of ``sram_line_words``-word rows; line ``l`` (word addresses
 ``l·L .. l·L + L - 1``, ``L = sram_line_words``) is row ``l // sram_banks`` of bank
-``l % sram_banks``. Each bank is a simple dual-port memory (one read port, one write port: an SRAM
-macro or an FPGA block RAM in simple-dual-port mode) with byte write enables.
+``(l + l // sram_banks) % sram_banks`` (skewed interleaving, :func:`bank_of`). Each bank is a
+simple dual-port memory (one read port, one write port: an SRAM macro or an FPGA block RAM in
+simple-dual-port mode) with byte write enables.
 
 A requester's access covers up to ``L`` consecutive words at any word alignment, so it touches one
 line, or two consecutive lines, which lie in two different banks. Reads and writes are arbitrated
@@ -22,7 +23,7 @@ the host's scrubber (write-only): 13 requesters, up to 16 line reads and 16 line
 when they touch different banks.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -53,6 +54,16 @@ def sram_port_signature(config):
         "rvalid": In(1),
         "rdata": In(data.ArrayLayout(32, lanes)),
     })
+
+
+def bank_of(line, bank_bits):
+    """Bank of scratchpad line ``line`` (an int or a Value): consecutive lines go to consecutive
+    banks, and each further round of ``2 ** bank_bits`` lines starts one bank later (skewed
+    interleaving). A power-of-two stride of whole rounds, which a tile's rows have when its width is
+    a power of two, would otherwise put every row in one bank; skewed, they walk the banks. Two
+    consecutive lines are always in different banks (one or two apart)."""
+    skewed = line + (line >> bank_bits)
+    return skewed % (1 << bank_bits) if isinstance(line, int) else skewed[:bank_bits]
 
 
 def access_wait(requesters):
@@ -116,14 +127,15 @@ class Scratchpad(wiring.Component):
                          write.data.eq(wdata), write.en.eq(wmask)]
             bank_data.append(read.data)
 
-        # Line l of a read is in bank b0, line l + 1 in the next: one window of the banks, twice over.
-        window = Cat(*bank_data, *bank_data[:1])
         for i, p in enumerate(ports):
-            start = Signal(lane_bits + bank_bits, name=f"port{i}_read_start")
+            offset = Signal(max(1, lane_bits), name=f"port{i}_read_offset")
+            banks_read = [Signal(bank_bits, name=f"port{i}_read_bank{n}") for n in range(2)]
             m.d.sync += p.rvalid.eq(read_grant[i])
             with m.If(read_grant[i]):
-                m.d.sync += start.eq(Cat(requests[i]["offset"], requests[i]["bank0"]))
-            m.d.comb += p.rdata.eq(window.bit_select(start * 32, 32 * lanes))
+                m.d.sync += [offset.eq(requests[i]["offset"]), banks_read[0].eq(requests[i]["bank0"]),
+                             banks_read[1].eq(requests[i]["bank1"])]
+            lines = Cat(Array(bank_data)[banks_read[0]], Array(bank_data)[banks_read[1]])
+            m.d.comb += p.rdata.eq(lines.bit_select(offset * 32, 32 * lanes))
         return m
 
     def _decode(self, m, index, port, lane_bits, bank_bits):
@@ -137,9 +149,10 @@ class Scratchpad(wiring.Component):
         in_first = Signal(lanes, name=f"port{index}_first_line_lanes")  # lane + offset < lanes
         m.d.comb += in_first.eq(Const((1 << lanes) - 1, lanes) >> offset)
         need0, need1 = (used & in_first).any(), (used & ~in_first).any()
-        bank0 = line[:bank_bits]
+        bank0, bank1 = Signal(bank_bits, name=f"port{index}_bank0"), Signal(bank_bits, name=f"port{index}_bank1")
+        m.d.comb += [bank0.eq(bank_of(line, bank_bits)), bank1.eq(bank_of(line + 1, bank_bits))]
         bank_set = Signal(banks, name=f"port{index}_banks")
-        m.d.comb += bank_set.eq((need0 << bank0) | (need1 << (bank0 + 1)[:bank_bits]))
+        m.d.comb += bank_set.eq((need0 << bank0) | (need1 << bank1))
 
         def rotate(value, width):  # line position w holds lane (w - offset) mod lanes
             if not lane_bits:
@@ -151,7 +164,7 @@ class Scratchpad(wiring.Component):
         m.d.comb += first_words.eq(Const((1 << lanes) - 1, lanes) << offset)
         first_positions = Cat(first_words[w].replicate(4) for w in range(lanes))
         return {
-            "offset": offset, "bank0": bank0, "banks": bank_set,
+            "offset": offset, "bank0": bank0, "bank1": bank1, "banks": bank_set,
             "row0": line[bank_bits:], "row1": (line + 1)[bank_bits:],
             "wdata": rotate(port.wdata.as_value(), 32),
             "wmask0": byte_mask & first_positions, "wmask1": byte_mask & ~first_positions,

@@ -9,7 +9,7 @@ from amaranth.sim import Simulator
 
 from tcloud.isa import get_config
 from tcloud.rtl.arbiter import RoundRobin
-from tcloud.rtl.scratchpad import Scratchpad, access_wait
+from tcloud.rtl.scratchpad import Scratchpad, access_wait, bank_of
 
 
 def _run(dut, benches):
@@ -89,7 +89,7 @@ def test_a_request_waits_at_most_one_cycle_per_competing_port(kind):
         async def bench(ctx):
             ctx.set(port.valid, 1)
             ctx.set(port.we, kind == "write")
-            ctx.set(port.addr, 2 + index * cfg.sram_line_words * cfg.sram_banks)  # lines in banks 0 and 1
+            ctx.set(port.addr, 2 + index * cfg.sram_line_words * cfg.sram_banks ** 2)  # same two banks, other rows
             ctx.set(port.words, cfg.sram_line_words)
             for lane in range(cfg.sram_line_words):
                 ctx.set(port.wmask[lane], 0b1111)
@@ -186,6 +186,38 @@ def test_reads_of_one_line_share_the_bank():
             port = dut.port(i)
             ctx.set(port.valid, 1)
             ctx.set(port.addr, 16 + 2 * i)  # line 2, two words each
+            ctx.set(port.words, 2)
+        _, _, *ready = await ctx.tick().sample(*(dut.port(i).ready for i in range(4)))
+        readies.extend(ready)
+
+    _run(dut, [bench])
+    assert readies == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("config", ["tiny", "small"])
+def test_skewed_banks_keep_neighbours_apart_and_spread_power_of_two_strides(config):
+    cfg = get_config(config)
+    bits, banks = (cfg.sram_banks - 1).bit_length(), cfg.sram_banks
+    lines = cfg.sram_bytes // (4 * cfg.sram_line_words)
+    assert all(bank_of(line, bits) != bank_of(line + 1, bits) for line in range(lines - 1))
+    for line in range(0, lines, banks):  # each bank row holds every bank once
+        assert sorted(bank_of(line + i, bits) for i in range(banks)) == list(range(banks))
+    column = [bank_of(row * banks, bits) for row in range(banks)]  # a tile column, one round apart
+    assert sorted(column) == list(range(banks))
+
+
+def test_reads_down_a_power_of_two_stride_proceed_in_parallel():
+    """Four ports read rows 16 lines apart (a 512-byte-wide tile on small): different banks."""
+    cfg = get_config("small")
+    dut = Scratchpad(cfg, ports=4)
+    stride = cfg.sram_banks * cfg.sram_line_words
+    readies = []
+
+    async def bench(ctx):
+        for i in range(4):
+            port = dut.port(i)
+            ctx.set(port.valid, 1)
+            ctx.set(port.addr, i * stride)
             ctx.set(port.words, 2)
         _, _, *ready = await ctx.tick().sample(*(dut.port(i).ready for i in range(4)))
         readies.extend(ready)
