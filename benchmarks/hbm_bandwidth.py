@@ -77,12 +77,13 @@ def plot(report, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    for direction, marker in (("load", "o"), ("store", "s")):
+    for direction, marker, size in (("load", "o", 10), ("store", "s", 5)):  # sizes keep coinciding points visible
         points = [r for r in report["results"] if r["direction"] == direction]
+        style = {"marker": marker, "markersize": size, "markerfacecolor": "none" if direction == "load" else None}
         ax.plot([r["hbm_latency"] for r in points], [r["streaming_bytes_per_cycle"] for r in points],
-                marker=marker, label=f"{direction}, streaming")
+                label=f"{direction}, streaming", **style)
         ax.plot([r["hbm_latency"] for r in points], [r["end_to_end_bytes_per_cycle"] for r in points],
-                marker=marker, linestyle=":", label=f"{direction}, end to end ({report['large_bytes'] // 1024} KiB)")
+                linestyle=":", label=f"{direction}, end to end ({report['large_bytes'] // 1024} KiB)", **style)
     ax.axhline(report["configured_bytes_per_cycle"], color="grey", linestyle="--", label="configured bandwidth")
     ax.axvline(report["preset_hbm_latency"], color="grey", linestyle=":", label="preset latency")
     ax.set_xlabel("HBM latency (cycles)")

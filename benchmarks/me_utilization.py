@@ -23,6 +23,27 @@ from .common import conditions, write
 
 
 
+WHERE_THE_REST_GOES = (
+    "Each ME uTOp streams one A row per cycle through the array for mb rows per k tile, reading it from "
+    "the banked scratchpad, where it may wait for a bank another port holds (the DMA's loads and stores, "
+    "the other MEs' rows and weight loads, the write-back of accumulators); between k tiles a few cycles "
+    "go to instruction turnaround (the next loadw's weights were loaded into the idle bank during the "
+    "previous matmul). Once per uTOp the local accumulators are written back (mb rows) and, for later K "
+    "chunks, loaded first (mb reads), and the uTOp's header and first instruction cross the HBM "
+    "latency. The default plan keeps every ME uTOp within HARVEST_COST's reset value (so the harvest "
+    "policy may share it): shorter uTOps pay the write-back, load and fetch latency more often; "
+    "'unlimited_utops' is the same GEMM planned without that limit.")
+
+HISTORY = (
+    "Array fraction, unlimited uTOps. At an 8-cycle HBM with a register-file scratchpad (13 read "
+    "ports per bank): v1 (one row per round trip) 4.4%; streaming ME with local accumulators 63.3%; "
+    "background collector and prefetch 70.1%; two scratchpad write ports 73.2%; stores emitted a block "
+    "late 87.2%; weight loader and autonomous prefetch 89.8%; direct pop from the prefetch buffer 90.5%; "
+    "91.7% at d93067f. Realistic memory system, 120-cycle HBM: 1R1W banks behind a crossbar and a "
+    "2-instruction prefetcher 50.0%; read sharing 50.0%; fetch_depth-deep prefetch 69.2% (72.0% at an "
+    "8-cycle HBM: bank conflicts, not latency); skewed banks 88.9%.")
+
+
 def hbm_timing(cfg, latency=None):
     """The HBM model a run uses (the preset's latency unless ``latency``), stated so reports record it."""
     return {"hbm_latency": cfg.hbm_latency if latency is None else latency, "hbm_jitter": 0,
@@ -74,21 +95,8 @@ def main(argv=None):
         "unlimited_utops": unlimited,
         "harvestability_cost": round(harvestable["cycles"] / unlimited["cycles"], 3),
         "target_me_busy_fraction": 0.9,
-        "where_the_rest_goes": (
-            "Each ME uTOp streams one A row per cycle through the array for mb rows per k tile; between "
-            "k tiles about 8 cycles go to instruction turnaround (decode/execute of the prefetched "
-            "loadw, whose weights were already loaded into the idle bank during the previous matmul, "
-            "and of the next matmul). Once per uTOp the local accumulators are written back "
-            "(mb rows through the scratchpad's shared write ports, contended by the DMA loads) and, for "
-            "later K chunks, loaded first (mb reads). The rest is the pipeline fill of the first "
-            "chunk and the drain of the last block. The default plan keeps every ME uTOp within "
-            "HARVEST_COST's reset value (so the harvest policy may share it): shorter uTOps pay the "
-            "write-back and load of the accumulators more often; 'unlimited_utops' is the same GEMM "
-            "planned without that limit."),
-        "history": "v1 (one row per round trip) 4.4%; streaming ME with local accumulators 63.3%; "
-                   "background collector and prefetch 70.1%; two scratchpad write ports 73.2%; stores "
-                   "emitted a block late 87.2%; weight loader and autonomous prefetch 89.8%; direct "
-                   "pop from the prefetch buffer 90.5% (array fraction, unlimited uTOps)",
+        "where_the_rest_goes": WHERE_THE_REST_GOES,
+        "history": HISTORY,
     }
     write("me_utilization", report, args.out)
     for label, r in (("harvestable uTOps", harvestable), ("unlimited uTOps", unlimited)):
