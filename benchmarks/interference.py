@@ -251,7 +251,7 @@ def scenario(policy, victim, neighbour, runs, images, timeout_s, kill_after=KILL
             nb.load(images[neighbour])
             keeper = Neighbour(nb)
         with hv._lock:  # everything is queued before the driver clocks a cycle: only the kills depend on
-            start_cycle = hv.pnpus[0].device.cycles  # thread timing (resubmissions run in the driver thread)
+            start_cycle = hv.stats()[0]["cycles"]  # locked: the driver thread may be using the device
             if keeper is not None:
                 keeper.start()
             futures = [v.submit(inputs) for _ in range(WARMUP_RUNS + runs)]
@@ -281,7 +281,6 @@ def scenario(policy, victim, neighbour, runs, images, timeout_s, kill_after=KILL
             if out.keys() != expected.keys() or any(not np.array_equal(out[k], expected[k]) for k in expected):
                 wrong += 1
         usage = v.usage()
-        timing = hv.pnpus[0].device.context(v.context).timing
         latencies = [r.latency_cycles for r in v.runs][WARMUP_RUNS:]
         warmup = [r.latency_cycles for r in v.runs][:WARMUP_RUNS]
         neighbour_usage = nb.usage()
@@ -292,7 +291,7 @@ def scenario(policy, victim, neighbour, runs, images, timeout_s, kill_after=KILL
         "reclaim_wait_cycles": usage.reclaim_wait_cycles,
         "warmup_latencies": warmup,
         "reclaim_wait_per_run": round(usage.reclaim_wait_cycles / max(1, len(v.runs)), 1),
-        "reclaim_max_cycles": timing["reclaim_max_cycles"],
+        "reclaim_max_cycles": usage.reclaim_max_cycles,
         "victim_harvested_cycles": {"me": usage.me_harvested_cycles, "ve": usage.ve_harvested_cycles},
         "victim_dma_cycles_per_run": round(usage.dma_cycles / max(1, len(v.runs)), 1),
         "neighbour_harvested_cycles": {"me": neighbour_usage.me_harvested_cycles,
