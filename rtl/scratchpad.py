@@ -100,10 +100,10 @@ class Scratchpad(wiring.Component):
         ports = [self.port(i) for i in range(self.ports)]
 
         requests = [self._decode(m, i, p, lane_bits, bank_bits) for i, p in enumerate(ports)]
-        read_rows = [[Mux(r["bank0"] == b, r["row0"], r["row1"]) for b in range(banks)] for r in requests]
-        read_grant = self._allocate(m, "read", [p.valid & ~p.we for p in ports], [r["banks"] for r in requests],
-                                    read_rows)
-        write_grant = self._allocate(m, "write", [p.valid & p.we for p in ports], [r["banks"] for r in requests])
+        read_grant = self._allocate(m, "read", [p.valid & ~p.we for p in ports],
+                                    self._conflicts(m, "read", requests, share_lines=True))
+        write_grant = self._allocate(m, "write", [p.valid & p.we for p in ports],
+                                     self._conflicts(m, "write", requests, share_lines=False))
         for i, p in enumerate(ports):
             m.d.comb += p.ready.eq(read_grant[i] | write_grant[i])
 
@@ -165,44 +165,44 @@ class Scratchpad(wiring.Component):
         first_positions = Cat(first_words[w].replicate(4) for w in range(lanes))
         return {
             "offset": offset, "bank0": bank0, "bank1": bank1, "banks": bank_set,
+            "lines": (line, line + 1), "needs": (need0, need1),
             "row0": line[bank_bits:], "row1": (line + 1)[bank_bits:],
             "wdata": rotate(port.wdata.as_value(), 32),
             "wmask0": byte_mask & first_positions, "wmask1": byte_mask & ~first_positions,
         }
 
-    def _allocate(self, m, kind, wants, bank_sets, rows=None):
-        """Grant requests in a rotating order, each only if every bank it needs is still free — or,
-        given ``rows`` (``rows[i][b]``: the row requester ``i`` reads in bank ``b``), serves that same
-        row to a requester granted before (reads of one line share the bank's read). The next order
-        starts at the first requester refused."""
-        count, banks = len(wants), self.banks
+    def _conflicts(self, m, kind, requests, share_lines):
+        """``conflict[i][j]``: requests ``i`` and ``j`` cannot be served in the same cycle — they need a
+        common bank, and (given ``share_lines``) not for the same line, whose one read both share."""
+        count = len(requests)
+        conflict = [[None] * count for _ in range(count)]
+        for i in range(count):
+            for j in range(i + 1, count):
+                ri, rj = requests[i], requests[j]
+                if share_lines:
+                    clash = Cat(ri["needs"][a] & rj["needs"][b] & (ri[f"bank{a}"] == rj[f"bank{b}"])
+                                & (ri["lines"][a] != rj["lines"][b]) for a in range(2) for b in range(2)).any()
+                else:
+                    clash = (ri["banks"] & rj["banks"]).any()
+                pair = Signal(name=f"{kind}_conflict{i}_{j}")
+                m.d.comb += pair.eq(clash)
+                conflict[i][j] = conflict[j][i] = pair
+        return conflict
+
+    def _allocate(self, m, kind, wants, conflict):
+        """Grant requests in a rotating order, each only if it conflicts with none granted before
+        it (:meth:`_conflicts`). The next order starts at the first requester refused."""
+        count = len(wants)
         start = Signal(range(count), name=f"{kind}_start")
-        taken = Const(0, banks)
-        taken_rows = [Const(0, 1)] * banks
         grants = [Const(0, 1)] * count
         refused, first_refused = Const(0, 1), Const(0, range(count))
         for before_start in (False, True):
             for i in range(count):
-                step = f"{i}_{int(before_start)}"
                 eligible = wants[i] & ((i < start) if before_start else (i >= start))
-                if rows is None:
-                    free = (bank_sets[i] & taken) == 0
-                else:
-                    free = Cat(~bank_sets[i][b] | ~taken[b] | (taken_rows[b] == rows[i][b])
-                               for b in range(banks)).all()
-                ok = Signal(name=f"{kind}_ok{step}")
-                m.d.comb += ok.eq(eligible & free)
+                blocked = Cat(grants[j] & conflict[i][j] for j in range(count) if j != i).any()
+                ok = Signal(name=f"{kind}_ok{i}_{int(before_start)}")
+                m.d.comb += ok.eq(eligible & ~blocked)
                 grants[i] = grants[i] | ok
-                if rows is not None:
-                    new_rows = []
-                    for b in range(banks):
-                        row = Signal.like(rows[i][b], name=f"{kind}_row{b}_{step}")
-                        m.d.comb += row.eq(Mux(ok & bank_sets[i][b] & ~taken[b], rows[i][b], taken_rows[b]))
-                        new_rows.append(row)
-                    taken_rows = new_rows
-                new_taken = Signal(banks, name=f"{kind}_taken{step}")
-                m.d.comb += new_taken.eq(taken | Mux(ok, bank_sets[i], 0))
-                taken = new_taken
                 denied = eligible & ~ok
                 first_refused = Mux(denied & ~refused, i, first_refused)
                 refused = refused | denied
