@@ -18,7 +18,7 @@ from enum import IntEnum
 from .config import LIMITS
 from .cost import HARVEST_COST_DEFAULT
 from .doc import markdown_paragraph
-from .table import POLICY_DOCS, Policy
+from .table import BY_MNEMONIC, POLICY_DOCS, Policy
 
 ID_VALUE = 0x7C10D001
 CONTEXT_BASE = 0x100
@@ -59,6 +59,9 @@ class Csr:
     offset: int
     access: str
     doc: str
+    values: range | None = None
+    """For a configuration register: the values it accepts. A write of any other value is refused
+    (the register keeps its value and ``CONFIG_REFUSED`` says so)."""
 
 
 @dataclass(frozen=True)
@@ -108,17 +111,22 @@ GLOBAL_CSRS = (
     Csr("RUNNING", 0x038, "R", "Bit c set while context c is RUNNING (or draining after a fault)."),
     Csr("POLICY", 0x040, "RW", "Scheduling policy (tcloud.isa.Policy: "
         + ", ".join(f"{int(p)} {p.name.lower()}" for p in Policy)
-        + f"); reset: {POLICY_RESET.name.lower()}. Takes effect at the next dispatch."),
+        + f"); reset: {POLICY_RESET.name.lower()}. Takes effect at the next dispatch.", range(len(Policy))),
     Csr("QUANTUM", 0x044, "RW", "Temporal policy: time slice in cycles per priority step (slice = "
-        f"QUANTUM x (priority + 1)); reset {QUANTUM_RESET}."),
+        f"QUANTUM x (priority + 1)); reset {QUANTUM_RESET}.", range(1, 1 << 16)),
     Csr("STARVATION", 0x048, "RW", "Cycles a ready uTOp waits before its context outranks every "
-        f"non-starving one, whatever the priorities; reset {STARVATION_RESET}."),
+        f"non-starving one, whatever the priorities; reset {STARVATION_RESET}.", range(1, 1 << 16)),
     Csr("HARVEST_COST", 0x04C, "RW", "Harvest policy: the largest cost (work units, tcloud.isa.cost) a "
         "uTOp may declare to run on an engine its context does not own; 0 disables harvesting. An owner "
-        f"then waits at most tcloud.rtl.reclaim_bound cycles for its engine; reset {HARVEST_COST_RESET}."),
+        f"then waits at most tcloud.rtl.reclaim_bound cycles for its engine; reset {HARVEST_COST_RESET}.",
+        range(1 << BY_MNEMONIC["utop"].field("cost").width)),
     Csr("HARVEST_GRACE", 0x050, "RW", "Harvest policy: cycles an engine's owners must have left it idle (no "
         "ready uTOp of its class, nothing of theirs running on it) before another context may harvest it, so "
-        f"an owner running a chain of uTOps keeps its engine through the gaps; reset {HARVEST_GRACE_RESET}."),
+        f"an owner running a chain of uTOps keeps its engine through the gaps; reset {HARVEST_GRACE_RESET}.",
+        range(1 << 16)),
+    Csr("CONFIG_REFUSED", 0x054, "R", "1 if the last write to a configuration register (one with a range "
+        "below) was refused because the value is outside its range (the register kept its value); 0 if it "
+        "was taken."),
 )
 
 COUNTERS = (
@@ -194,6 +202,8 @@ def counter_report(words):
 ENGINE_CSR_DOC = "Cycles the engine was busy (ENGINE_BASE + 4 × engine index)."
 
 GLOBAL = {c.name: c.offset for c in GLOBAL_CSRS}
+CONFIG_CSRS = tuple(c for c in GLOBAL_CSRS if c.values is not None)
+"""The configuration registers: the host may write each within its ``values``."""
 CONTEXT = {c.name: c.offset for c in CONTEXT_CSRS}
 CONTEXT_STRIDE = 1 << (max(CONTEXT.values()) + 3).bit_length()
 """Bytes between two contexts' registers: the power of two that holds one context's."""
@@ -232,16 +242,49 @@ ADDR_BITS = _check_map()
 """Width of the pNPU's ``csr_addr``: enough for every register of the largest pNPU."""
 
 
+def config_writes(policy, **values):
+    """The configuration register writes that set ``policy`` and the given ``values`` (keyword
+    names: the registers' names in lower case; ``None`` leaves a register as it is), each checked
+    against its register's range as the pNPU checks it.
+
+    Returns
+    -------
+    list of (Csr, int)
+
+    Raises
+    ------
+    ValueError
+        Naming the first value the pNPU would refuse.
+    """
+    values = {"policy": int(policy), **values}
+    writes = []
+    for register in CONFIG_CSRS:
+        value = values.pop(register.name.lower(), None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value not in register.values:
+            raise ValueError(f"{register.name.lower()} must be an integer within {register.values.start}.."
+                             f"{register.values.stop - 1}, got {value!r}")
+        writes.append((register, value))
+    if values:
+        raise ValueError(f"no configuration register {sorted(values)[0]!r}")
+    return writes
+
+
+def _values(register):
+    return "" if register.values is None else f"{register.values.start}..{register.values.stop - 1}"
+
+
 def csr_markdown():
     """The CSR map as Markdown (appended to ``tcloud isa doc``)."""
     out = ["## Host CSRs", ""]
     for paragraph in __doc__.split("\n\n")[1:]:
         out += [markdown_paragraph(paragraph), ""]
-    out += ["| register | offset | access | meaning |", "|---|---|---|---|"]
-    out += [f"| {c.name} | {c.offset:#05x} | {c.access} | {c.doc} |" for c in GLOBAL_CSRS]
+    out += ["| register | offset | access | values | meaning |", "|---|---|---|---|---|"]
+    out += [f"| {c.name} | {c.offset:#05x} | {c.access} | {_values(c)} | {c.doc} |" for c in GLOBAL_CSRS]
     out += [f"| ctx*.{c.name} | {CONTEXT_BASE:#x} + {CONTEXT_STRIDE:#x}·ctx + {c.offset:#04x} | {c.access} "
-            f"| {c.doc} |" for c in CONTEXT_CSRS]
-    out += [f"| ENGINE_BUSY[e] | {ENGINE_BASE:#x} + 4·e | R | {ENGINE_CSR_DOC} |", "",
+            f"| | {c.doc} |" for c in CONTEXT_CSRS]
+    out += [f"| ENGINE_BUSY[e] | {ENGINE_BASE:#x} + 4·e | R | | {ENGINE_CSR_DOC} |", "",
             "| CMD_ERROR | value | meaning |", "|---|---|---|"]
     out += [f"| {e.name} | {int(e)} | {doc} |" for e, doc in COMMAND_ERROR_DOCS.items()]
     out += ["", "## Scheduling policies (POLICY)", "", "| policy | value | meaning |", "|---|---|---|"]

@@ -4,6 +4,9 @@ The sequencer dispatches a uTOp by pulsing ``start`` with the context-relative w
 length of its body and the context's windows. The engine fetches each body instruction from HBM
 (bounds-checked like every other access), decodes it, checks it belongs to its class and executes
 it; it ends with one ``done`` pulse carrying ``fault`` (``NONE`` on success) and ``fault_pc``.
+Matrix and vector engines prefetch: from dispatch on they keep the next ``fetch_depth`` body
+instructions requested or buffered, so a uTOp pays one HBM round trip before its first instruction
+and none between instructions whose work covers a round trip's share.
 
 While ``abort`` is high (the scheduler raises it when the context of the running uTOp is killed
 or over its watchdog budget) the engine stops at its next safe point instead of finishing the
@@ -28,7 +31,7 @@ from tcloud.isa.cost import INSTRUCTION_UNITS, instruction_units
 from tcloud.isa.table import BY_MNEMONIC, INSTRUCTION_BYTES, INSTRUCTIONS, FaultCode
 
 from .decode import INSTRUCTION_LAYOUT, OPCODES, add_decoder, member_name
-from .hbm import HBM_ADDR_BITS, hbm_signature, master_count, port_words
+from .hbm import HBM_ADDR_BITS, SLICE_ROUND_TRIP, hbm_signature, master_count, port_words
 from .scratchpad import access_wait, sram_addr_bits, sram_port_signature
 
 INSTRUCTION_WORDS = INSTRUCTION_BYTES // 4
@@ -78,7 +81,7 @@ def data_round_trip(config, hbm_latency, requests):
     scrubber), each response possibly waiting for a scratchpad write and taking turns with an
     instruction fetch."""
     in_flight = (config.dma_count + 1) * config.dma_outstanding
-    return hbm_latency + 2 + (in_flight + requests) * (2 + _access_round(config))
+    return hbm_latency + SLICE_ROUND_TRIP + 2 + (in_flight + requests) * (2 + _access_round(config))
 
 
 def fetch_round_trip(config, hbm_latency):
@@ -92,7 +95,8 @@ def fetch_round_trip(config, hbm_latency):
     """
     beat_cycles = math.ceil(config.hbm_port_bytes / min(config.hbm_bytes_per_cycle, config.hbm_port_bytes))
     fetchers = config.dma_count + (config.me_count + config.ve_count) * config.fetch_depth + 1
-    return master_count(config) * beat_cycles + hbm_latency + 2 + fetchers * (2 + _access_round(config))
+    return (master_count(config) * beat_cycles + hbm_latency + SLICE_ROUND_TRIP + 2
+            + fetchers * (2 + _access_round(config)))
 
 
 def abort_bound(config, hbm_latency):
@@ -127,9 +131,15 @@ def reclaim_bound(config, hbm_latency, harvest_cost):
     ready uTOp no other context is dispatched to the engine. The owner therefore waits for at most
     the rest of one uTOp of ``harvest_cost`` units: its first instruction fetch, then per unit at
     most one cycle plus a scratchpad access's wait for its banks
-    (:func:`~tcloud.rtl.scratchpad.access_wait`) or an eighth of an instruction fetch (an instruction costs :data:`~tcloud.isa.cost.INSTRUCTION_UNITS`), then the
-    matrix engine's array drain and the dispatch itself. Assumes each engine has one owner (the
-    hypervisor never gives an engine to two contexts).
+    (:func:`~tcloud.rtl.scratchpad.access_wait`), or a share of an instruction fetch: an instruction
+    costs at least :data:`~tcloud.isa.cost.INSTRUCTION_UNITS`, and the engine requests instruction
+    ``k + fetch_depth`` as soon as it takes instruction ``k`` from its prefetch buffer, so each
+    ``fetch_depth`` instructions wait for at most one fetch round trip (plus the three cycles from
+    the buffer to execution) on top of their own work — by induction on ``k``, instruction ``k``
+    starts within the first fetch plus, summed over the instructions before it, the larger of their
+    work and ``1 / fetch_depth`` of a round trip. Then the matrix engine's array drain and the
+    dispatch itself. Assumes each engine has one owner (the hypervisor never gives an engine to two
+    contexts).
 
     Parameters
     ----------
@@ -140,7 +150,7 @@ def reclaim_bound(config, hbm_latency, harvest_cost):
         The ``HARVEST_COST`` register.
     """
     fetch = fetch_round_trip(config, hbm_latency)
-    per_unit = max(_access_round(config), (3 + fetch) / INSTRUCTION_UNITS)
+    per_unit = max(_access_round(config), (3 + fetch) / (config.fetch_depth * INSTRUCTION_UNITS))
     drain = config.me_rows + config.me_cols + 4
     return fetch + math.ceil(harvest_cost * per_unit) + drain + 4
 
@@ -251,10 +261,20 @@ class Engine(wiring.Component):
                     m.d.sync += [self._sram_base.eq(self.sram_base), self._sram_size.eq(self.sram_size),
                                  self._hbm_base.eq(self.hbm_base), self._hbm_size.eq(self.hbm_size),
                                  pc.eq(self.body_pc), remaining.eq(self.body_len),
-                                 self._fault.eq(FaultCode.NONE), self._aborted.eq(0), pf_left.eq(0),
+                                 self._fault.eq(FaultCode.NONE), self._aborted.eq(0),
+                                 pf_next.eq(self.body_pc), pf_left.eq(self.body_len if self.prefetch else 0),
                                  declared.eq(self.cost), used.eq(0)]
                     self.on_start(m)
-                    m.next = "FETCH"
+                    m.next = "FIRST" if self.prefetch else "FETCH"
+            if self.prefetch:
+                with m.State("FIRST"):  # the prefetcher requests the body from its first instruction on
+                    m.d.comb += self.busy.eq(1)
+                    with m.If(self._stop):
+                        self.end_aborted(m)
+                    with m.Elif((pf_left != 0) & self.hbm_fits(pf_next + INSTRUCTION_WORDS)):
+                        m.next = "PREFETCHED"  # requested in this cycle, as in NEXT
+                    with m.Else():
+                        m.next = "FETCH"
             with m.State("FETCH"):
                 m.d.comb += [self.busy.eq(1), fetching.eq(1)]
                 with m.If(self._stop):

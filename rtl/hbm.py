@@ -24,18 +24,25 @@ model implements (:class:`tcloud.rtl.sim.HbmModel`, the Verilator harness, the c
 Both streams follow the ``amaranth.lib.stream`` rules: once ``valid`` is high it stays high, with
 the payload unchanged, until ``ready`` takes it.
 
+The pNPU registers its HBM port in both directions (:class:`HbmRegisterSlice`), as an SoC
+boundary is: a request leaves the cycle after the arbiter grants it and a response reaches its
+master the cycle after the HBM offers it, and no output of the port depends combinationally on an
+input.
+
 Responses are routed by ``id``, so a master may keep as many requests in flight as it can track
 (the DMA engines keep up to ``ArchConfig.dma_outstanding``) and the arbiter needs no record of
 them: it is the tag the memory controller returns, as an AXI ID is.
 """
 
 from amaranth.hdl import Module
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arbiter import RoundRobin
 
 HBM_ADDR_BITS = 30
+SLICE_ROUND_TRIP = 2
+"""Cycles the port's register slices add to a request's round trip (one each way)."""
 
 
 def port_words(config):
@@ -118,4 +125,27 @@ class HbmArbiter(wiring.Component):
             m.d.comb += p.rsp.payload.eq(self.hbm.rsp.payload.as_value()[:len(p.rsp.payload.as_value())])
             with m.If(self.hbm.rsp.payload.id == i):
                 m.d.comb += [p.rsp.valid.eq(self.hbm.rsp.valid), self.hbm.rsp.ready.eq(p.rsp.ready)]
+        return m
+
+
+class HbmRegisterSlice(wiring.Component):
+    """A register slice on each stream of a tagged HBM port: ``inner`` faces the arbiter, ``outer``
+    the HBM.
+
+    Each direction is a two-entry FIFO, so it passes one beat per cycle, adds one cycle, and its
+    ``ready`` is a register (a full slice refuses until it drains). The stream rules hold on both
+    sides: a FIFO keeps what it offers until it is taken.
+    """
+
+    def __init__(self, config):
+        super().__init__({"inner": In(hbm_signature(config, tagged=True)),
+                          "outer": Out(hbm_signature(config, tagged=True))})
+
+    def elaborate(self, platform):
+        m = Module()
+        for name, source, sink in (("request", self.inner.req, self.outer.req),
+                                   ("response", self.outer.rsp, self.inner.rsp)):
+            m.submodules[name] = queue = fifo.SyncFIFO(width=len(source.payload.as_value()), depth=2)
+            m.d.comb += [queue.w_en.eq(source.valid), queue.w_data.eq(source.payload), source.ready.eq(queue.w_rdy),
+                         sink.valid.eq(queue.r_rdy), sink.payload.eq(queue.r_data), queue.r_en.eq(sink.ready)]
         return m

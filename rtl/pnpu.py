@@ -15,7 +15,7 @@ from tcloud.isa.table import INSTRUCTION_BYTES, ContextStatus, EngineClass
 
 from .decode import HOST_CTX_BITS, INSTRUCTION_LAYOUT, OPCODES, add_decoder
 from .dma import DmaEngine
-from .hbm import HBM_ADDR_BITS, HbmArbiter, hbm_signature, master_count, port_words
+from .hbm import HBM_ADDR_BITS, HbmArbiter, HbmRegisterSlice, hbm_signature, master_count, port_words
 from .matrix_engine import MatrixEngine
 from .scheduler import ContextTable, UtopScheduler
 from .scratchpad import Scratchpad
@@ -78,7 +78,9 @@ class PNPU(wiring.Component):
         second_ports = [engine for _, engine in self.engines if hasattr(engine, "weight_sram")]
         m.submodules.sram = sram = Scratchpad(cfg, ports=n_eng + len(second_ports) + 1)
         m.submodules.hbm_arbiter = arbiter = HbmArbiter(cfg, count=master_count(cfg))
-        connect(m, arbiter.hbm, wiring.flipped(self.hbm))
+        m.submodules.hbm_slice = hbm_slice = HbmRegisterSlice(cfg)
+        connect(m, arbiter.hbm, hbm_slice.inner)
+        connect(m, hbm_slice.outer, wiring.flipped(self.hbm))
         for e, (cls, engine) in enumerate(self.engines):
             m.submodules[f"{cls.name.lower()}{e}"] = engine
             connect(m, engine.sram, sram.port(e))
@@ -100,10 +102,15 @@ class PNPU(wiring.Component):
         m.d.comb += [scheduler.policy.eq(policy), scheduler.quantum.eq(quantum),
                      scheduler.starvation.eq(starvation), scheduler.harvest_cost.eq(harvest_cost),
                      scheduler.harvest_grace.eq(harvest_grace)]
-        for name, register in (("POLICY", policy), ("QUANTUM", quantum), ("STARVATION", starvation),
-                               ("HARVEST_COST", harvest_cost), ("HARVEST_GRACE", harvest_grace)):
-            with m.If(self.csr_we & (self.csr_addr == csr.GLOBAL[name])):
-                m.d.sync += register.eq(self.csr_wdata)
+        config_refused = Signal()
+        registers = {"POLICY": policy, "QUANTUM": quantum, "STARVATION": starvation,
+                     "HARVEST_COST": harvest_cost, "HARVEST_GRACE": harvest_grace}
+        for register in csr.CONFIG_CSRS:
+            with m.If(self.csr_we & (self.csr_addr == register.offset)):
+                accepted = (self.csr_wdata >= register.values.start) & (self.csr_wdata < register.values.stop)
+                m.d.sync += config_refused.eq(~accepted)
+                with m.If(accepted):
+                    m.d.sync += registers[register.name].eq(self.csr_wdata)
 
         # --- cycle and engine counters --------------------------------------------------------------
         cycles = Signal(64)
@@ -230,12 +237,9 @@ class PNPU(wiring.Component):
             csr.GLOBAL["CYCLES_LO"]: cycles[:32],
             csr.GLOBAL["CYCLES_HI"]: cycles[32:],
             csr.GLOBAL["RUNNING"]: running,
-            csr.GLOBAL["POLICY"]: policy,
-            csr.GLOBAL["QUANTUM"]: quantum,
-            csr.GLOBAL["STARVATION"]: starvation,
-            csr.GLOBAL["HARVEST_COST"]: harvest_cost,
-            csr.GLOBAL["HARVEST_GRACE"]: harvest_grace,
+            csr.GLOBAL["CONFIG_REFUSED"]: config_refused,
         }
+        reads.update({register.offset: registers[register.name] for register in csr.CONFIG_CSRS})
         for i in range(4):
             reads[csr.GLOBAL[f"CMD{i}"]] = cmd_words[i]
         for c in range(n_ctx):

@@ -23,9 +23,16 @@ the host's scrubber (write-only): 13 requesters, up to 16 line reads and 16 line
 when they touch different banks.
 """
 
+import functools
+import operator
+
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
+
+
+def _or(values):
+    return functools.reduce(operator.or_, values)
 
 
 def sram_addr_bits(config):
@@ -112,19 +119,16 @@ class Scratchpad(wiring.Component):
             mem = memory.Memory(shape=32 * lanes, depth=self.depth, init=[])
             m.submodules[f"bank{b}"] = mem
             read, write = mem.read_port(), mem.write_port(granularity=8)
-            read_row, enable, write_row, wdata, wmask = 0, 0, 0, 0, 0
-            for i, r in enumerate(requests):
-                reads_here = read_grant[i] & r["banks"][b]
-                writes_here = write_grant[i] & r["banks"][b]
-                first = r["bank0"] == b
-                row = Mux(first, r["row0"], r["row1"])
-                read_row = read_row | Mux(reads_here, row, 0)
-                enable = enable | reads_here
-                write_row = write_row | Mux(writes_here, row, 0)
-                wdata = wdata | Mux(writes_here, r["wdata"], 0)
-                wmask = wmask | Mux(writes_here, Mux(first, r["wmask0"], r["wmask1"]), 0)
-            m.d.comb += [read.addr.eq(read_row), read.en.eq(enable), write.addr.eq(write_row),
-                         write.data.eq(wdata), write.en.eq(wmask)]
+            rows = [Mux(r["bank0"] == b, r["row0"], r["row1"]) for r in requests]
+            reads = [read_grant[i] & r["banks"][b] for i, r in enumerate(requests)]
+            writes = [write_grant[i] & r["banks"][b] for i, r in enumerate(requests)]
+            writer = Signal(range(len(requests)), name=f"bank{b}_writer")  # writes never share a bank
+            m.d.comb += writer.eq(_or(Mux(w, i, 0) for i, w in enumerate(writes)))
+            wmask = [Mux(r["bank0"] == b, r["wmask0"], r["wmask1"]) for r in requests]
+            m.d.comb += [read.addr.eq(_or(Mux(hit, row, 0) for hit, row in zip(reads, rows))),
+                         read.en.eq(Cat(reads).any()),
+                         write.addr.eq(Array(rows)[writer]), write.data.eq(Array(r["wdata"] for r in requests)[writer]),
+                         write.en.eq(Mux(Cat(writes).any(), Array(wmask)[writer], 0))]
             bank_data.append(read.data)
 
         for i, p in enumerate(ports):

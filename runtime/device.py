@@ -6,6 +6,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from tcloud.isa import ContextStatus, FaultCode, Instr, Machine, get_config, parse_policy
+from tcloud.isa import csr
 from tcloud.isa.errors import TcloudError
 
 
@@ -112,6 +113,8 @@ class FunctionalDevice:
         self.machine.host(command)
 
     def set_policy(self, policy, *, quantum=None, starvation=None, harvest_cost=None, harvest_grace=None):
+        csr.config_writes(parse_policy(policy), quantum=quantum, starvation=starvation, harvest_cost=harvest_cost,
+                          harvest_grace=harvest_grace)  # refuses what the pNPU refuses
         self.machine.policy = parse_policy(policy)  # the untimed model has no slices, aging or harvesting
 
     def run(self, max_cycles=None):

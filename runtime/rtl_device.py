@@ -4,7 +4,6 @@ Amaranth-simulator backend."""
 from tcloud.isa import ContextStatus, FaultCode, get_config, parse_policy
 from tcloud.isa.errors import HostCommandError
 from tcloud.isa import csr
-from tcloud.rtl.engine import COST_BITS
 
 from .device import ContextInfo, DeviceError, check_hbm_range
 
@@ -36,15 +35,11 @@ class CsrDevice:
         return self.run_until_idle(max_cycles)
 
     def set_policy(self, policy, *, quantum=None, starvation=None, harvest_cost=None, harvest_grace=None):
-        self.csr_write(csr.GLOBAL["POLICY"], int(parse_policy(policy)))
-        for name, value, low, high in (("QUANTUM", quantum, 1, (1 << 16) - 1),
-                                       ("STARVATION", starvation, 1, (1 << 16) - 1),
-                                       ("HARVEST_COST", harvest_cost, 0, (1 << COST_BITS) - 1),
-                                       ("HARVEST_GRACE", harvest_grace, 0, (1 << 16) - 1)):
-            if value is not None:
-                if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                    raise ValueError(f"{name.lower()} must be an integer within {low}..{high}, got {value!r}")
-                self.csr_write(csr.GLOBAL[name], value)
+        for register, value in csr.config_writes(parse_policy(policy), quantum=quantum, starvation=starvation,
+                                                 harvest_cost=harvest_cost, harvest_grace=harvest_grace):
+            self.csr_write(register.offset, value)
+            if self.csr_read(csr.GLOBAL["CONFIG_REFUSED"]):
+                raise DeviceError(f"the pNPU refused {register.name} = {value}")
 
     def context(self, index):
         read = lambda name: self.csr_read(csr.context_csr(index, name))

@@ -367,3 +367,31 @@ def test_reset_input_restores_reset_values_one_edge_later():
     assert seen["before"] == (3, 21)
     assert seen["registered"] == 3
     assert seen["after"] == (csr.POLICY_RESET, 0)
+
+
+@pytest.mark.parametrize("name, value", [("POLICY", 4), ("QUANTUM", 0), ("STARVATION", 0),
+                                         ("HARVEST_COST", 1 << 24), ("HARVEST_GRACE", 1 << 16), ("QUANTUM", 2**32 - 1)])
+def test_the_pnpu_refuses_a_configuration_value_outside_its_range(name, value):
+    """A 32-bit write into a narrower configuration register is refused whole (once, a QUANTUM of
+    0 wrapped the time slice to 2**25 - 1 cycles and a HARVEST_COST of 2**24 switched harvesting off)."""
+    device = AmaranthDevice("tiny")
+    address = csr.GLOBAL[name]
+    before = device.csr_read(address)
+    device.csr_write(address, value)
+    assert device.csr_read(csr.GLOBAL["CONFIG_REFUSED"]) == 1
+    assert device.csr_read(address) == before
+    register = next(r for r in csr.CONFIG_CSRS if r.name == name)
+    for accepted in (register.values.start, register.values.stop - 1):
+        device.csr_write(address, accepted)
+        assert device.csr_read(csr.GLOBAL["CONFIG_REFUSED"]) == 0
+        assert device.csr_read(address) == accepted
+    device.close()
+
+
+@pytest.mark.parametrize("backend", [FunctionalDevice, AmaranthDevice])
+@pytest.mark.parametrize("option, value", [("quantum", 0), ("starvation", 1 << 16), ("harvest_cost", -1),
+                                           ("harvest_grace", 1.5)])
+def test_every_backend_refuses_what_the_pnpu_refuses(backend, option, value):
+    device = backend("tiny")
+    with pytest.raises(ValueError, match=f"{option} must be an integer within"):
+        device.set_policy("harvest", **{option: value})
