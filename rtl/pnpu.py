@@ -79,8 +79,8 @@ class PNPU(wiring.Component):
         m.submodules.sram = sram = Scratchpad(cfg, ports=n_eng + len(second_ports) + 1)
         m.submodules.hbm_arbiter = arbiter = HbmArbiter(cfg, count=master_count(cfg))
         connect(m, arbiter.hbm, wiring.flipped(self.hbm))
-        for e, (cls, engine) in enumerate(self.engines):
-            m.submodules[f"{cls.name.lower()}{e}"] = engine
+        for e, ((_, engine), name) in enumerate(zip(self.engines, csr.engine_names(cfg), strict=True)):
+            m.submodules[name] = engine
             connect(m, engine.sram, sram.port(e))
             connect(m, engine.hbm, arbiter.master(e))
         for i, engine in enumerate(second_ports):
@@ -108,7 +108,7 @@ class PNPU(wiring.Component):
         # --- cycle and engine counters --------------------------------------------------------------
         cycles = Signal(64)
         m.d.sync += cycles.eq(cycles + 1)
-        busy_cycles = [Signal(32, name=f"engine{e}_busy") for e in range(n_eng)]
+        busy_cycles = [Signal(32, name=f"{name}_busy") for name in csr.engine_names(cfg)]
         for e, (_, engine) in enumerate(self.engines):
             m.d.sync += busy_cycles[e].eq(busy_cycles[e] + engine.busy)
 
