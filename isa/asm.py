@@ -131,6 +131,9 @@ def _split(text):
 def assemble_code(text, *, source=None):
     """Assemble instruction text (no directives) into a code segment.
 
+    Any instruction stream is accepted (fragments, test code): unlike :func:`assemble`, this checks
+    neither the uTOp structure nor a run.
+
     Raises
     ------
     AsmError
