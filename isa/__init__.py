@@ -7,9 +7,9 @@ derived from it.
 from .asm import assemble, assemble_code, disassemble, disassemble_code
 from .config import PRESETS, ArchConfig, get_config
 from .encoding import DecodeError, Instr, decode, decode_stream, encode, encode_stream
-from .errors import (AsmError, BadMagicError, ConfigError, ConfigMismatchError, CorruptImageError,
-                     EncodingError, HostCommandError, ImageError, TcloudError, TruncatedImageError,
-                     UnsupportedVersionError)
+from .errors import (AsmError, AsmWarning, BadMagicError, ConfigError, ConfigMismatchError,
+                     CorruptImageError, EncodingError, HostCommandError, ImageError, TcloudError,
+                     TruncatedImageError, UnsupportedVersionError)
 from .golden import Machine, requantize
 from .image import ProgramImage, Segment, Symbol
 from .table import (INSTRUCTIONS, NUM_TOKENS, POLICY_DOCS, ContextStatus, EngineClass, FaultCode,
@@ -23,7 +23,7 @@ __all__ = [
     "Machine", "requantize",
     "INSTRUCTIONS", "NUM_TOKENS", "InstructionSpec", "EngineClass", "FaultCode", "ContextStatus",
     "Policy", "POLICY_DOCS", "parse_policy",
-    "TcloudError", "ConfigError", "EncodingError", "AsmError", "ImageError", "BadMagicError",
-    "UnsupportedVersionError", "ConfigMismatchError", "TruncatedImageError", "CorruptImageError",
-    "HostCommandError",
+    "TcloudError", "ConfigError", "EncodingError", "AsmError", "AsmWarning", "ImageError",
+    "BadMagicError", "UnsupportedVersionError", "ConfigMismatchError", "TruncatedImageError",
+    "CorruptImageError", "HostCommandError",
 ]

@@ -25,17 +25,34 @@ Directives describe the rest of the program image::
     .output C i32 16x16 offset=0x400     # stride defaults to the row size rounded up to 4
     .data 0x1800 00010203                # a data segment: offset, then hex bytes
     .data+ 04050607                      # continues the previous segment
+
+Checks
+------
+:func:`assemble` refuses, with an :class:`AsmError` naming the line, a program the hardware could
+only fault on: a ``utop`` whose explicit ``len`` differs from the number of body instructions that
+follow it, a body instruction of another engine class than its header (or outside any uTOp), and a
+program without ``halt``. It then runs the program once in the golden model
+(:func:`tcloud.isa.golden.run_alone`) and issues an :class:`AsmWarning` at the line of the first
+fault that run takes — an address outside the ``.footprint``, a wait no earlier uTOp can satisfy,
+a tile larger than the array, a privileged instruction. That is a warning, not an error, because a
+program written to provoke a fault (a test of the hardware's isolation) is legitimate; the hardware
+check stays the last line of defence. The run needs the configuration, so it is skipped for a
+non-preset configuration given only by ``.fingerprint``. :func:`assemble_code` encodes any
+instruction stream (fragments, arbitrary test code) and checks none of this.
 """
 
 import re
+import warnings
 
 from .config import PRESETS, get_config
 from .encoding import Instr, decode_stream
-from .errors import AsmError, EncodingError, ImageError, TcloudError
+from .errors import AsmError, AsmWarning, EncodingError, HostCommandError, ImageError, TcloudError
+from .golden import run_alone
 from .image import ProgramImage, Segment, Symbol
-from .table import INSTRUCTION_BYTES, UTOP_CLASSES, WORD_BYTES, EngineClass, spec_for
+from .table import INSTRUCTION_BYTES, UTOP_CLASSES, WORD_BYTES, ContextStatus, EngineClass, FaultCode, spec_for
 
 _CLASS_NAMES = {c.name.lower(): int(c) for c in UTOP_CLASSES}
+_BOUNDS_FAULTS = (FaultCode.SRAM_BOUNDS, FaultCode.HBM_BOUNDS, FaultCode.FETCH_BOUNDS)
 _TOKEN = re.compile(r"t(\d+)$")
 
 
@@ -114,16 +131,21 @@ def _split(text):
 def assemble_code(text, *, source=None):
     """Assemble instruction text (no directives) into a code segment.
 
+    Any instruction stream is accepted (fragments, test code): unlike :func:`assemble`, this checks
+    neither the uTOp structure nor a run.
+
     Raises
     ------
     AsmError
         Naming the line of the first error.
     """
-    return _assemble(text, source=source, allow_directives=False)[0]
+    return _encode(_assemble(text, source=source, allow_directives=False)[0])
 
 
 def assemble(text, *, config=None, source=None):
     """Assemble a complete program (directives and code) into a :class:`ProgramImage`.
+
+    The program is checked as the module docstring says (Checks).
 
     Parameters
     ----------
@@ -133,18 +155,85 @@ def assemble(text, *, config=None, source=None):
         Target configuration; required unless the text has a ``.config`` directive (if both are
         given they must agree).
     source : str, optional
-        File name used in error messages.
+        File name used in error and warning messages.
 
     Raises
     ------
     AsmError
         Naming the line of the first error.
+
+    Warns
+    -----
+    AsmWarning
+        At the line where the program would fault when run.
     """
-    code, directives = _assemble(text, source=source, allow_directives=True)
-    return _build_image(code, directives, config, source)
+    listing, directives = _assemble(text, source=source, allow_directives=True)
+    image, config = _build_image(_encode(listing), directives, config, source)
+    _check_structure(listing, source)
+    if config is not None:
+        _check_run(image, config, [line for line, _ in listing], source)
+    return image
+
+
+def instruction_lines(text):
+    """Return the source line of each instruction of assembly ``text``, in program order.
+
+    ``lines[i]`` is the line of the instruction at ``entry + 16 * i`` of the assembled code.
+    """
+    return [line for line, tokens in _split(text) if not tokens[0].startswith(".")]
+
+
+def _encode(listing):
+    return b"".join(instr.encode() for _, instr in listing)
+
+
+def _check_structure(listing, source):
+    """Refuse uTOp bodies that do not match their headers, and a program without ``halt``."""
+    index = 0
+    while index < len(listing):
+        line, instr = listing[index]
+        index += 1
+        if instr.engine in UTOP_CLASSES:
+            raise AsmError(f"{instr.mnemonic} is outside a uTOp (body instructions follow a utop header)",
+                           line=line, source=source)
+        if instr.mnemonic != "utop":
+            continue
+        body = []
+        while index < len(listing) and listing[index][1].engine in UTOP_CLASSES:
+            body.append(listing[index])
+            index += 1
+        if instr["len"] != len(body):
+            raise AsmError(f"utop declares len={instr['len']} but {len(body)} body instruction(s) follow it "
+                           f"(leave len out to have it counted)", line=line, source=source)
+        cls = EngineClass(instr["cls"])
+        for body_line, body_instr in body:
+            if body_instr.engine != cls:
+                raise AsmError(f"{body_instr.mnemonic} is a {body_instr.engine.name} instruction in the "
+                               f"{cls.name} uTOp of line {line}", line=body_line, source=source)
+    if not any(instr.mnemonic == "halt" for _, instr in listing):
+        raise AsmError("the program has no halt: it would run off its end (add halt after the last uTOp)",
+                       line=listing[-1][0], source=source)
+
+
+def _check_run(image, config, lines, source):
+    """Warn at the line of the first fault the program takes in the golden model."""
+    try:
+        context = run_alone(image, config).contexts[0]
+    except HostCommandError as exc:
+        raise AsmError(f"the footprint (hbm={image.hbm_bytes:#x} sram={image.sram_bytes:#x}) does not fit "
+                       f"config {config.name!r}: {exc}", source=source) from None
+    if context.status != ContextStatus.FAULTED:
+        return
+    index = (context.fault_pc - image.entry) // INSTRUCTION_BYTES
+    line = lines[index] if 0 <= index < len(lines) else 0
+    footprint = (f" (.footprint hbm={image.hbm_bytes:#x} sram={image.sram_bytes:#x})"
+                 if context.fault in _BOUNDS_FAULTS else "")
+    warnings.warn_explicit(f"the program faults here with {context.fault.name} when run: "
+                           f"{context.fault_detail}{footprint}", AsmWarning, source or "<text>", line)
 
 
 def _assemble(text, *, source, allow_directives):
+    """Return ``[(line, Instr)]`` and the directives' state."""
     pending = []  # (line, spec, values)
     directives = {"symbols": [], "segments": []}
     for line, tokens in _split(text):
@@ -168,10 +257,10 @@ def _assemble(text, *, source, allow_directives):
                 raise AsmError("utop has no body instructions after it", line=line, source=source)
             values["len"] = body
         try:
-            instrs.append(Instr(spec, **values))
+            instrs.append((line, Instr(spec, **values)))
         except EncodingError as exc:
             raise AsmError(str(exc), line=line, source=source) from None
-    return b"".join(i.encode() for i in instrs), directives
+    return instrs, directives
 
 
 def _keywords(tokens, allowed, head, line, source):
@@ -266,11 +355,12 @@ def _build_image(code, state, config, source):
     hbm_bytes = state.get("hbm_bytes", -(-max(ends) // WORD_BYTES) * WORD_BYTES)
     sram_bytes = state.get("sram_bytes", config.sram_bytes if config is not None else 0)
     try:
-        return ProgramImage(fingerprint=fingerprint, config_name=name, code=code, entry=entry,
-                            hbm_bytes=hbm_bytes, sram_bytes=sram_bytes, segments=segments,
-                            symbols=list(state["symbols"]))
+        image = ProgramImage(fingerprint=fingerprint, config_name=name, code=code, entry=entry,
+                             hbm_bytes=hbm_bytes, sram_bytes=sram_bytes, segments=segments,
+                             symbols=list(state["symbols"]))
     except ImageError as exc:
         raise AsmError(str(exc), source=source) from None
+    return image, config
 
 
 def disassemble_code(code):
@@ -302,5 +392,5 @@ def disassemble(image):
     return "\n".join(out) + "\n" + disassemble_code(image.code)
 
 
-__all__ = ["assemble", "assemble_code", "disassemble", "disassemble_code", "format_instr",
+__all__ = ["assemble", "assemble_code", "instruction_lines", "disassemble", "disassemble_code", "format_instr",
            "INSTRUCTION_BYTES"]

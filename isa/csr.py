@@ -2,7 +2,9 @@
 
 All registers are 32 bits at byte offsets. Per-context registers repeat every
 :data:`CONTEXT_STRIDE` bytes from :data:`CONTEXT_BASE`; per-engine counters every 4 bytes from
-:data:`ENGINE_BASE` (engines numbered DMAs first, then MEs, then VEs). The map has room for the most
+:data:`ENGINE_BASE` (engines numbered DMAs first, then MEs, then VEs; each is named by its class and
+its index within the class, as the ``ctx.engines`` masks count: ``dma0``, ``me0``, ``ve0``, ...;
+:func:`tcloud.isa.csr.engine_names`). The map has room for the most
 contexts and engines any :class:`ArchConfig` may have, so an address means the same register on
 every pNPU. The per-context counters are those of :data:`COUNTERS`, which the RTL keeps and the
 runtime reports.
@@ -219,6 +221,26 @@ def context_csr(context, name):
 def engine_csr(engine):
     """Byte offset of the busy-cycle counter of engine ``engine``."""
     return ENGINE_BASE + 4 * engine
+
+
+def engine_names(config):
+    """Names of a pNPU's engines, in engine-index order.
+
+    Each engine is named by its class and its index within the class (bit ``i`` of a ``ctx.engines``
+    mask is engine ``i`` of that class): ``dma0, dma1, me0, ..., ve0, ...``. Engine ``e`` has the busy
+    counter ``ENGINE_BUSY[e]`` (:func:`engine_csr`); the runtime's ``engine_busy_cycles`` statistics
+    and the engines' instances in the generated Verilog (``core.me0``) carry these names.
+
+    Parameters
+    ----------
+    config : ArchConfig
+
+    Returns
+    -------
+    list of str
+    """
+    return ([f"dma{i}" for i in range(config.dma_count)] + [f"me{i}" for i in range(config.me_count)]
+            + [f"ve{i}" for i in range(config.ve_count)])
 
 
 def _addresses():

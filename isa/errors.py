@@ -34,9 +34,22 @@ class AsmError(TcloudError, ValueError):
         self.line = line
         self.source = source
         where = ""
-        if source is not None or line is not None:
-            where = f"{source or '<text>'}:{line if line is not None else '?'}: "
+        if line is not None:
+            where = f"{source or '<text>'}:{line}: "
+        elif source is not None:
+            where = f"{source}: "
         super().__init__(where + message)
+
+
+class AsmWarning(UserWarning):
+    """Assembly text that assembles but would fault when run (an address outside the
+    ``.footprint``, a wait no earlier uTOp can satisfy, ...).
+
+    The assembler issues it with :func:`warnings.warn_explicit` at the source file and line, so
+    Python prints ``file.s:LINE: AsmWarning: ...`` followed by the line itself. It is a warning, not an
+    :class:`AsmError`, because a program written to provoke a fault (a test of the hardware's
+    isolation) is legitimate.
+    """
 
 
 class ImageError(TcloudError, ValueError):

@@ -390,6 +390,39 @@ class _EngineState:
         self.dst_stride = self.src1_stride = self.src2_stride = 0
 
 
+def run_alone(image, config, *, trace=False):
+    """Run a program image alone in context 0 of a fresh golden model, every input zero.
+
+    No address, token count or branch of the ISA depends on data, so this run takes every fault
+    the program would take on any input, and its trace holds every access it would make.
+
+    Parameters
+    ----------
+    image : ProgramImage
+    config : ArchConfig or str
+    trace : bool
+        Record :attr:`Machine.trace` (for :func:`tcloud.verif.find_races`).
+
+    Returns
+    -------
+    Machine
+        After the run; ``machine.contexts[0]`` says how the program ended.
+
+    Raises
+    ------
+    HostCommandError
+        If the image's footprint does not fit the configuration's memories.
+    """
+    machine = Machine(config, trace=trace)
+    machine.host(Instr("ctx.hbm", ctx=0, base=0, size=image.hbm_bytes))
+    machine.host(Instr("ctx.sram", ctx=0, base=0, size=image.sram_bytes))
+    for offset, data in [(image.entry, image.code)] + [(s.offset, s.data) for s in image.segments]:
+        machine.hbm[offset:offset + len(data)] = np.frombuffer(data, dtype=np.uint8)
+    machine.host(Instr("ctx.start", ctx=0, pc=image.entry))
+    machine.run(max_steps=len(image.code) // INSTRUCTION_BYTES)
+    return machine
+
+
 def wrap_i32(values):
     """Wrap int64 values to int32 two's complement."""
     values = np.asarray(values, dtype=np.int64)
@@ -524,4 +557,5 @@ def _check_coverage():
 
 _check_coverage()
 
-__all__ = ["Machine", "Context", "Counters", "Window", "Access", "TraceEvent", "requantize", "wrap_i32"]
+__all__ = ["Machine", "Context", "Counters", "Window", "Access", "TraceEvent", "requantize", "run_alone",
+           "wrap_i32"]

@@ -309,14 +309,23 @@ _VE_UNARY_FIELDS = (
 )
 
 _VE_REDUCE_FIELDS = (
-    _sram("dst", "Destination: one int32 per row, rows dst_stride apart."),
-    _sram("src", "Source scratchpad address (rows src1_stride apart)."),
+    _sram("dst", "Destination: one int32 per row, rows ve.shape.dst_stride apart."),
+    _sram("src", "Source scratchpad address (rows ve.shape.src1_stride apart)."),
     _count("n", 16, "Elements per row."),
     _flag("src_i8", "Source holds int8 (else int32)."),
 )
 
-_VE_ROWS = ("Applies to each of the rows set by ve.shape (row r uses dst + r*dst_stride, "
-            "src1 + r*src1_stride, src2 + r*src2_stride).")
+_ROW_STRIDES = {"dst": "dst_stride", "src1": "src1_stride", "src": "src1_stride", "src2": "src2_stride"}
+"""The ``ve.shape`` stride that steps each address field of a VE instruction from row to row (the one
+source of a one-source instruction steps by ``src1_stride``)."""
+
+
+def _ve(mnemonic, opcode, fields, semantics):
+    """A VE instruction whose description ends with how its own address fields step from row to row."""
+    steps = [f"{f.name} + r·ve.shape.{_ROW_STRIDES[f.name]}" for f in fields if f.name in _ROW_STRIDES]
+    rows = ", ".join(steps[:-1]) + (" and " if len(steps) > 1 else "") + steps[-1]
+    return InstructionSpec(mnemonic, opcode, EngineClass.VE, fields,
+                           f"{semantics} Applies to each of the rows set by ve.shape: row r uses {rows}.")
 
 INSTRUCTIONS = (
     # --- control (top level) -------------------------------------------------------------------
@@ -375,21 +384,20 @@ INSTRUCTIONS = (
         _stride("src1_stride", 16, "Bytes between rows of the first source (0 broadcasts one row)."),
         _stride("src2_stride", 16, "Bytes between rows of the second source (0 broadcasts one row)."),
     ), "Sets the 2-D shape used by the rest of the uTOp (each uTOp starts with rows=1, strides 0)."),
-    InstructionSpec("ve.add", 0x31, EngineClass.VE, _VE_BINARY_FIELDS, "dst = src1 + src2. " + _VE_ROWS),
-    InstructionSpec("ve.sub", 0x32, EngineClass.VE, _VE_BINARY_FIELDS, "dst = src1 - src2. " + _VE_ROWS),
-    InstructionSpec("ve.mul", 0x33, EngineClass.VE, _VE_BINARY_FIELDS, "dst = src1 * src2. " + _VE_ROWS),
-    InstructionSpec("ve.max", 0x34, EngineClass.VE, _VE_BINARY_FIELDS, "dst = max(src1, src2). " + _VE_ROWS),
-    InstructionSpec("ve.min", 0x35, EngineClass.VE, _VE_BINARY_FIELDS, "dst = min(src1, src2). " + _VE_ROWS),
-    InstructionSpec("ve.relu", 0x38, EngineClass.VE, _VE_UNARY_FIELDS, "dst = max(src, 0). " + _VE_ROWS),
-    InstructionSpec("ve.copy", 0x39, EngineClass.VE, _VE_UNARY_FIELDS,
-                    "dst = src (int8 sign-extends, int32 to int8 saturates). " + _VE_ROWS),
-    InstructionSpec("ve.fill", 0x3A, EngineClass.VE, (
+    _ve("ve.add", 0x31, _VE_BINARY_FIELDS, "dst = src1 + src2."),
+    _ve("ve.sub", 0x32, _VE_BINARY_FIELDS, "dst = src1 - src2."),
+    _ve("ve.mul", 0x33, _VE_BINARY_FIELDS, "dst = src1 * src2."),
+    _ve("ve.max", 0x34, _VE_BINARY_FIELDS, "dst = max(src1, src2)."),
+    _ve("ve.min", 0x35, _VE_BINARY_FIELDS, "dst = min(src1, src2)."),
+    _ve("ve.relu", 0x38, _VE_UNARY_FIELDS, "dst = max(src, 0)."),
+    _ve("ve.copy", 0x39, _VE_UNARY_FIELDS, "dst = src (int8 sign-extends, int32 to int8 saturates)."),
+    _ve("ve.fill", 0x3A, (
         _sram("dst", "Destination scratchpad address."),
         _count("n", 16, "Elements per row."),
         Field("value", 32, "Value written (saturated when dst_i8).", signed=True, default=0),
         _flag("dst_i8", "Destination is int8 (else int32)."),
-    ), "dst = value. " + _VE_ROWS),
-    InstructionSpec("ve.requant", 0x3B, EngineClass.VE, (
+    ), "dst = value."),
+    _ve("ve.requant", 0x3B, (
         _sram("dst", "Destination scratchpad address."),
         _sram("src", "Source scratchpad address (int32)."),
         _count("n", 16, "Elements per row."),
@@ -398,12 +406,9 @@ INSTRUCTIONS = (
         Field("zp", 8, "Output zero point added after rounding.", signed=True, default=0),
         _flag("dst_i8", "Saturate to int8 (else to int32).", default=1),
     ), "dst = saturate(round_half_even(src*mult / 2^shift) + zp), computed exactly in 64 bits; "
-       "the same rule as ONNX QuantizeLinear. " + _VE_ROWS),
-    InstructionSpec("ve.redsum", 0x3C, EngineClass.VE, _VE_REDUCE_FIELDS,
-                    "dst[r] = sum of the n elements of row r (int32 wrap-around). "
-                    "Rows use src1_stride and dst_stride of ve.shape."),
-    InstructionSpec("ve.redmax", 0x3D, EngineClass.VE, _VE_REDUCE_FIELDS,
-                    "dst[r] = max of the n elements of row r. Rows use src1_stride and dst_stride."),
+       "the same rule as ONNX QuantizeLinear."),
+    _ve("ve.redsum", 0x3C, _VE_REDUCE_FIELDS, "dst[r] = sum of the n elements of row r (int32 wrap-around)."),
+    _ve("ve.redmax", 0x3D, _VE_REDUCE_FIELDS, "dst[r] = max of the n elements of row r."),
     # --- hypervisor (privileged) ---------------------------------------------------------------
     InstructionSpec("ctx.sram", 0xF0, EngineClass.HOST, (
         _CTX, _sram("base", "Physical scratchpad base."),

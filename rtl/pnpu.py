@@ -81,8 +81,8 @@ class PNPU(wiring.Component):
         m.submodules.hbm_slice = hbm_slice = HbmRegisterSlice(cfg)
         connect(m, arbiter.hbm, hbm_slice.inner)
         connect(m, hbm_slice.outer, wiring.flipped(self.hbm))
-        for e, (cls, engine) in enumerate(self.engines):
-            m.submodules[f"{cls.name.lower()}{e}"] = engine
+        for e, ((_, engine), name) in enumerate(zip(self.engines, csr.engine_names(cfg), strict=True)):
+            m.submodules[name] = engine
             connect(m, engine.sram, sram.port(e))
             connect(m, engine.hbm, arbiter.master(e))
         for i, engine in enumerate(second_ports):
@@ -115,7 +115,7 @@ class PNPU(wiring.Component):
         # --- cycle and engine counters --------------------------------------------------------------
         cycles = Signal(64)
         m.d.sync += cycles.eq(cycles + 1)
-        busy_cycles = [Signal(32, name=f"engine{e}_busy") for e in range(n_eng)]
+        busy_cycles = [Signal(32, name=f"{name}_busy") for name in csr.engine_names(cfg)]
         for e, (_, engine) in enumerate(self.engines):
             m.d.sync += busy_cycles[e].eq(busy_cycles[e] + engine.busy)
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from tcloud.firmware import Requant, gemm
 from tcloud.isa import PRESETS, Policy, ProgramImage, assemble, disassemble, get_config
+from tcloud.isa.asm import instruction_lines
 from tcloud.isa.doc import isa_markdown
 from tcloud.isa.errors import TcloudError
 
@@ -120,10 +121,33 @@ def cmd_asm(args):
     except OSError as exc:
         raise TcloudError(f"cannot read {args.source}: {exc.strerror}") from None
     image = assemble(text, config=args.config, source=args.source)
+    if not args.no_check:
+        _check_program(image, args.source, instruction_lines(text), "; --no-check writes the image anyway")
     output = args.output or str(Path(args.source).with_suffix(".tcimg"))
     write_file(output, image.to_bytes(), "image file")
     print(f"{output}: {len(image.code) // 16} instructions, {len(image.symbols)} symbols, "
           f"config {image.config_name}")
+
+
+def _check_program(image, source, lines, hint=""):
+    from tcloud.verif import check_program
+
+    if image.config_name not in PRESETS:
+        print(f"{source}: not checked: config {image.config_name!r} is not a preset", file=sys.stderr)
+        return
+    result = check_program(image, image.config_name)
+    findings = result.findings(source, lines)
+    if findings:
+        print("\n".join(findings), file=sys.stderr)
+        raise TcloudError(f"{source}: the check found {len(findings)} problem(s){hint}")
+    print(f"{source}: no races among {result.utops} uTOps, ends with halt")
+
+
+def cmd_check(args):
+    from tcloud.verif import read_program
+
+    image, lines = read_program(args.program, args.config)
+    _check_program(image, args.program, lines)
 
 
 def cmd_disasm(args):
@@ -289,7 +313,16 @@ def build_parser():
     asm.add_argument("source", help="assembly file")
     asm.add_argument("-o", "--output", help="image file (default: source with .tcimg)")
     asm.add_argument("--config", help="target preset (else the file's .config directive)")
+    asm.add_argument("--no-check", action="store_true", help="write the image without checking it for races and faults (tcloud check)")
     asm.set_defaults(func=cmd_asm)
+
+    chk = sub.add_parser("check", help="find races and faults in a program",
+                         description="Run a program image or assembly file in the golden model and report "
+                                     "uTOps that may run concurrently on the hardware and touch the same "
+                                     "bytes (a missing token wait), and any fault; exit 1 if there are any.")
+    chk.add_argument("program", help="program image (.tcimg) or assembly file")
+    chk.add_argument("--config", help="target preset (default: the program's)")
+    chk.set_defaults(func=cmd_check)
 
     dis = sub.add_parser("disasm", help="disassemble a program image",
                          description="Print a program image as assembly that `tcloud asm` rebuilds.")

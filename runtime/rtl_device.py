@@ -51,14 +51,9 @@ class CsrDevice:
     def cycles(self):
         return self.csr_read(csr.GLOBAL["CYCLES_LO"]) | self.csr_read(csr.GLOBAL["CYCLES_HI"]) << 32
 
-    def engine_names(self):
-        cfg = self.config
-        return ([f"dma{i}" for i in range(cfg.dma_count)] + [f"me{i}" for i in range(cfg.me_count)]
-                + [f"ve{i}" for i in range(cfg.ve_count)])
-
     def stats(self):
         """Cycles since reset and busy cycles per engine (counters are cumulative)."""
-        busy = {name: self.csr_read(csr.engine_csr(e)) for e, name in enumerate(self.engine_names())}
+        busy = {name: self.csr_read(csr.engine_csr(e)) for e, name in enumerate(csr.engine_names(self.config))}
         return {"backend": self.name, "cycles": self.cycles, "engine_busy_cycles": busy}
 
 

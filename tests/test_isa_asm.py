@@ -109,3 +109,62 @@ def test_every_engine_class_appears_in_examples():
         mnemonics |= {i.mnemonic for i in decode_stream(assemble(path.read_text()).code)}
     body_classes = {s.engine for s in INSTRUCTIONS if s.mnemonic in mnemonics}
     assert set(UTOP_CLASSES) <= body_classes
+
+
+# --- what the assembler refuses or warns about (issue 11, item 9) ---------------------------------------
+
+
+@pytest.mark.parametrize("body, message", [
+    ("utop cls=ve len=2\n  ve.fill dst=0 n=1\nhalt", r":2: utop declares len=2 but 1 body instruction\(s\) follow"),
+    ("utop cls=ve len=1\n  ve.fill dst=0 n=1\n  ve.fill dst=4 n=1\nhalt",
+     r":2: utop declares len=1 but 2 body instruction\(s\) follow"),
+    ("utop cls=me\n  me.loadw w=0 k=1 n=1\n  ve.fill dst=0 n=1\nhalt",
+     r":4: ve.fill is a VE instruction in the ME uTOp of line 2"),
+    ("nop\n  ve.fill dst=0 n=1\nhalt", r":3: ve.fill is outside a uTOp"),
+    ("utop cls=ve\n  ve.fill dst=0 n=1\n# the end", r":3: the program has no halt"),
+])
+def test_structure_the_hardware_would_fault_on_is_refused_at_its_line(body, message):
+    with pytest.raises(AsmError, match=message):
+        assemble(".config tiny\n" + body, source="p.s")
+
+
+def test_a_fault_when_run_is_a_warning_at_its_line_and_the_image_is_built():
+    from tcloud.isa.errors import AsmWarning
+
+    text = ".config tiny\n.footprint hbm=0x100 sram=0x40\nutop cls=ve\n  ve.fill dst=0x3c n=1\n  ve.fill dst=0x40 n=1\nhalt\n"
+    with pytest.warns(AsmWarning, match=r"SRAM_BOUNDS when run: sram access \[0x40, 0x44\).*sram=0x40") as caught:
+        image = assemble(text, source="p.s")
+    assert (caught[0].filename, caught[0].lineno) == ("p.s", 5)
+    assert len(decode_stream(image.code)) == 4
+    with pytest.warns(AsmWarning, match="TOKEN_DEADLOCK") as caught:
+        assemble(".config tiny\nnop\nutop cls=ve wait0=t3 count0=1\n  ve.fill dst=0 n=1\nhalt\n")
+    assert caught[0].lineno == 3
+
+
+def test_a_footprint_beyond_the_configuration_is_refused():
+    with pytest.raises(AsmError, match=r"footprint \(hbm=0x2000000 .*does not fit config 'tiny'"):
+        assemble(".config tiny\n.footprint hbm=0x2000000\nhalt\n")
+
+
+def test_examples_and_firmware_assemble_without_warnings():
+    import warnings
+
+    from tcloud.firmware import Requant, elementwise, gemm
+    from tcloud.verif import random_program
+
+    images = [gemm("tiny", 6, 10, 5, bias=True, requant=Requant(1 << 30, 36)), gemm("small", 40, 70, 50),
+              elementwise("small", 32, 64, passes=2)] + [random_program("tiny", seed)[0] for seed in range(5)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for path in EXAMPLES:
+            assemble(path.read_text(), source=str(path))
+        for image in images:
+            assert assemble(disassemble(image)).to_bytes() == image.to_bytes()
+
+
+def test_instruction_lines_give_each_instructions_source_line():
+    from tcloud.isa.asm import instruction_lines
+
+    text = ".config tiny\n# comment\nutop cls=ve\n\n  ve.fill dst=0 n=1  ; x\n.data 0x40 00\nhalt\n"
+    assert instruction_lines(text) == [3, 5, 7]
+    assert len(decode_stream(assemble(text).code)) == 3

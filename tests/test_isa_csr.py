@@ -36,3 +36,19 @@ def test_every_command_error_is_documented():
     text = csr.csr_markdown()
     for error, doc in csr.COMMAND_ERROR_DOCS.items():
         assert f"| {error.name} | {int(error)} | {doc} |" in text
+
+
+def test_engines_are_named_by_class_and_index_within_the_class():
+    small = get_config("small")
+    assert csr.engine_names(small) == ["dma0", "dma1", "me0", "me1", "me2", "me3", "ve0", "ve1"]
+    assert "`dma0`, `me0`, `ve0`" in csr.csr_markdown()
+
+
+def test_rtl_statistics_use_the_engine_names():
+    from tcloud.runtime.rtl_device import AmaranthDevice
+
+    device = AmaranthDevice("tiny")
+    try:
+        assert list(device.stats()["engine_busy_cycles"]) == csr.engine_names(device.config)
+    finally:
+        device.close()

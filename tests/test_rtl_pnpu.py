@@ -264,8 +264,10 @@ def test_image_for_another_config_is_rejected(device):
 
 def test_device_fault_is_raised_by_the_runtime(device):
     from tcloud.isa import assemble
+    from tcloud.isa.errors import AsmWarning
 
-    image = assemble(".config tiny\n.footprint hbm=0x100 sram=0x40\nutop cls=ve\n  ve.fill dst=0x40 n=1\nhalt\n")
+    with pytest.warns(AsmWarning, match="SRAM_BOUNDS"):
+        image = assemble(".config tiny\n.footprint hbm=0x100 sram=0x40\nutop cls=ve\n  ve.fill dst=0x40 n=1\nhalt\n")
     with pytest.raises(DeviceFault, match="SRAM_BOUNDS at pc 0x10"):
         run_image(device, image, {})
 

@@ -1,7 +1,11 @@
 """Generated Verilog of the RTL components passes Verilator's lint with the listed waivers."""
 
+import re
+
 import pytest
 
+from tcloud.isa import get_config
+from tcloud.isa.csr import engine_names
 from tcloud.rtl.decode import INSTRUCTION_LAYOUT
 from tcloud.rtl.systolic import SystolicArray
 from tcloud.rtl.vector_alu import VectorALU
@@ -42,3 +46,5 @@ def test_tcloud_verilog_writes_a_pnpu_that_lints_clean(config, tmp_path, capsys)
     text = output.read_text()
     assert "module pnpu(" in text and "input clk;" in text and "input rst;" in text
     assert "clean with waivers" in capsys.readouterr().out
+    instances = re.findall(r"^\s*\\pnpu\.core\.((?:dma|me|ve)\d+)\s+\1\s*\(", text, re.M)
+    assert sorted(instances) == sorted(engine_names(get_config(config)))  # me0.. as in stats, not me2..

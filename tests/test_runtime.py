@@ -5,6 +5,7 @@ import pytest
 
 from tcloud.firmware import Requant, gemm
 from tcloud.isa import ConfigError, ConfigMismatchError, FaultCode, ImageError, assemble
+from tcloud.isa.errors import AsmWarning
 from tcloud.runtime import (Device, DeviceError, DeviceFault, FunctionalDevice, InputError, RunLimitError,
                             matmul, run_image)
 
@@ -57,13 +58,14 @@ def test_functional_device_implements_the_protocol():
 
 
 def test_run_image_raises_device_fault_with_code_and_pc():
-    image = assemble("""
-        .config tiny
-        .footprint hbm=0x100 sram=0x40
-        utop cls=ve
-          ve.fill dst=0x40 n=1
-        halt
-    """)
+    with pytest.warns(AsmWarning, match="SRAM_BOUNDS"):  # the assembler sees it coming; the hardware stops it
+        image = assemble("""
+            .config tiny
+            .footprint hbm=0x100 sram=0x40
+            utop cls=ve
+              ve.fill dst=0x40 n=1
+            halt
+        """)
     with pytest.raises(DeviceFault, match=r"context 0 faulted with SRAM_BOUNDS at pc 0x10") as info:
         run_image(FunctionalDevice("tiny"), image, {})
     assert info.value.fault == FaultCode.SRAM_BOUNDS

@@ -64,3 +64,18 @@ def test_disjoint_interleaved_rows_do_not_conflict():
                                               Instr("ve.fill", dst=start, n=4, value=1)])
     assert find_races(trace_of(rows(0x0) + rows(0x10))) == []
     assert len(find_races(trace_of(rows(0x0) + rows(0x1C)))) == 1
+
+
+def test_check_program_runs_an_image_and_names_source_lines():
+    from tcloud.isa import assemble
+    from tcloud.isa.asm import instruction_lines
+    from tcloud.verif import check_program
+
+    text = (".config tiny\nutop cls=ve signal=t0\n  ve.fill dst=0x0 n=4\nutop cls=ve\n"
+            "  ve.copy dst=0x100 src=0x0 n=4\nhalt\n")
+    result = check_program(assemble(text))
+    assert result.utops == 2 and len(result.races) == 1
+    assert result.findings("p.s", instruction_lines(text)) == [
+        "p.s:4: read-after-write race with the uTOp at line 2 on sram byte 0x0: no token wait or fence orders them"]
+    fixed = text.replace("utop cls=ve\n", "utop cls=ve wait0=t0 count0=1\n")
+    assert check_program(assemble(fixed)).findings("p.s") == []

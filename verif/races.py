@@ -14,14 +14,21 @@ trace of the golden model (``Machine(trace=True)``):
    one writes it. Every conflicting pair must be ordered; each pair that is not is a :class:`Race`.
 
 Addresses in the trace are context-relative, so each context is checked on its own (isolation
-makes contexts independent).
+makes contexts independent). :func:`check_program` runs a program image to get its trace (what
+``tcloud check`` and ``tcloud asm`` do).
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from tcloud.isa.table import NUM_TOKENS
+from tcloud.isa import ContextStatus, ProgramImage, assemble, get_config
+from tcloud.isa.asm import instruction_lines
+from tcloud.isa.errors import TcloudError
+from tcloud.isa.golden import run_alone
+from tcloud.isa.image import MAGIC
+from tcloud.isa.table import INSTRUCTION_BYTES, NUM_TOKENS
 
 
 @dataclass(frozen=True)
@@ -147,3 +154,113 @@ def find_races(trace):
                 if found:
                     races.append(Race(context, utops[earlier].pc, second.pc, *found))
     return races
+
+
+@dataclass(frozen=True)
+class ProgramCheck:
+    """What :func:`check_program` found.
+
+    Attributes
+    ----------
+    races : list of Race
+    utops : int
+        uTOps the golden model ran (all of them unless the program faulted).
+    context : Context
+        The golden model's context 0 after the run: its ``status``, ``fault``, ``fault_pc`` and
+        ``fault_detail`` say how the program ended.
+    """
+
+    races: list
+    utops: int
+    context: object
+    entry: int
+
+    def findings(self, source, lines=None):
+        """One message per race, then one if the program faulted or did not reach ``halt``.
+
+        Parameters
+        ----------
+        source : str
+            File name the messages start with.
+        lines : list of int, optional
+            Source line of each instruction (:func:`tcloud.isa.asm.instruction_lines`); without
+            them the messages give context-relative pcs.
+
+        Returns
+        -------
+        list of str
+            Empty when the program is race-free and ends with ``halt``.
+        """
+        def line(pc):
+            index = (pc - self.entry) // INSTRUCTION_BYTES
+            return lines[index] if lines and 0 <= index < len(lines) else None
+
+        def where(pc):
+            return f"{source}:{line(pc)}" if line(pc) else f"{source}: pc {pc:#x}"
+
+        def what(pc):
+            return f"line {line(pc)}" if line(pc) else f"pc {pc:#x}"
+
+        out = [f"{where(race.second_pc)}: {race.kind} race with the uTOp at {what(race.first_pc)} on "
+               f"{race.space} byte {race.address:#x}: no token wait or fence orders them" for race in self.races]
+        if self.context.status == ContextStatus.FAULTED:
+            out.append(f"{where(self.context.fault_pc)}: the program faults with {self.context.fault.name}: "
+                       f"{self.context.fault_detail}")
+        elif self.context.status != ContextStatus.DONE:
+            out.append(f"{source}: the program runs off its end without reaching halt")
+        return out
+
+
+def check_program(image, config=None):
+    """Run ``image`` alone in the golden model with every input zero and find its races.
+
+    Addresses and token use do not depend on data, so the zero inputs show every access. A program
+    that faults is checked up to its fault.
+
+    Parameters
+    ----------
+    image : ProgramImage
+    config : ArchConfig or str, optional
+        Default: the preset the image names.
+
+    Returns
+    -------
+    ProgramCheck
+
+    Raises
+    ------
+    ConfigMismatchError
+        If the image was built for another configuration.
+    """
+    config = get_config(config or image.config_name)
+    image.check_config(config)
+    machine = run_alone(image, config, trace=True)
+    utops = sum(event.instr.mnemonic == "utop" for event in machine.trace)
+    return ProgramCheck(find_races(machine.trace), utops, machine.contexts[0], image.entry)
+
+
+def read_program(path, config=None):
+    """Read a program image (``.tcimg``) or assemble an assembly file, whichever ``path`` holds.
+
+    Returns
+    -------
+    image : ProgramImage
+    lines : list of int or None
+        For assembly, the source line of each instruction (:func:`tcloud.isa.asm.instruction_lines`).
+
+    Raises
+    ------
+    TcloudError
+        If the file cannot be read or is neither an image nor assembly text (or their own errors).
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise TcloudError(f"cannot read {path}: {exc.strerror}") from None
+    if data.startswith(MAGIC):
+        return ProgramImage.from_bytes(data, config and get_config(config)), None
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise TcloudError(f"{path} is neither a program image nor assembly text") from None
+    return assemble(text, config=config, source=str(path)), instruction_lines(text)
