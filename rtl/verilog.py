@@ -248,6 +248,10 @@ def _name_files_after_modules(verilog_text):
 def lint(verilog_text, top, *, waivers=LINT_WAIVERS, match_waivers=LINT_MATCH_WAIVERS, aliases=True):
     """Run ``verilator --lint-only -Wall`` on ``verilog_text`` and return a :class:`LintResult`.
 
+    Verilator cannot see a truncating ``.eq()`` (Amaranth emits it as an explicit slice, so
+    ``WIDTHTRUNC`` never fires); :func:`tcloud.verif.widths.truncating_assignments` checks those
+    in the Amaranth design instead.
+
     Parameters
     ----------
     verilog_text : str
