@@ -136,8 +136,8 @@ ALLOWED = (
             "self.hbm.req.payload.addr.eq(self.hbm_addr(pc))", "self.hbm.req.payload.addr.eq(self.hbm_addr(pf_next))"),
     *_allow("rtl/engine.py", _PC, "pf_next.eq(pc + INSTRUCTION_WORDS)", "pc.eq(pc + INSTRUCTION_WORDS)",
             "pf_next.eq(pf_next + INSTRUCTION_WORDS)"),
-    *_allow("rtl/engine.py", "Counts down instructions still to run: decremented only while it is >= 1 "
-            "(remaining == 1 ends the body; pf_left only while != 0).",
+    *_allow("rtl/engine.py", "Counts down instructions still to run: a body has len >= 1 (the ISA table's "
+            "minimum, checked by the decoder); remaining == 1 ends it and pf_left drops only while != 0.",
             "pf_left.eq(remaining - 1)", "remaining.eq(remaining - 1)", "pf_left.eq(pf_left - 1)"),
     *_allow("rtl/engine.py", "With a declared cost, used + units <= declared (else COST_EXCEEDED) fits; "
             "with none (0), used wraps but is read only when a cost is declared.", "used.eq(used + units)"),
