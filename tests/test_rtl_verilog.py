@@ -3,13 +3,16 @@
 import re
 
 import pytest
+from amaranth import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 
 from tcloud.isa import get_config
 from tcloud.isa.csr import engine_names
 from tcloud.rtl.decode import INSTRUCTION_LAYOUT
 from tcloud.rtl.systolic import SystolicArray
 from tcloud.rtl.vector_alu import VectorALU
-from tcloud.rtl.verilog import LINT_WAIVERS, lint, to_verilog
+from tcloud.rtl.verilog import LINT_MATCH_WAIVERS, LINT_WAIVERS, alias_wires, lint, to_verilog
 from tcloud.runtime.cli import main
 
 
@@ -26,6 +29,47 @@ def test_lint_is_clean_with_waivers(make, name):
 
 def test_every_waiver_has_a_reason():
     assert all(len(reason) > 20 for reason in LINT_WAIVERS.values())
+    assert all(len(waiver.reason) > 20 for waiver in LINT_MATCH_WAIVERS)
+
+
+def test_width_and_unused_rules_are_not_waived_project_wide():
+    assert not {"UNUSEDSIGNAL", "WIDTHTRUNC", "WIDTHEXPAND"} & set(LINT_WAIVERS)
+
+
+class CsrWithBugs(wiring.Component):
+    """A 32-bit CSR write into a 2-bit register, and an input nothing reads."""
+
+    wdata: In(32)
+    we: In(1)
+    spare: In(8)
+    mode: Out(2)
+
+    def elaborate(self, platform):
+        m = Module()
+        field = Signal(2)
+        with m.If(self.we):
+            m.d.sync += field.eq(self.wdata)
+        m.d.comb += self.mode.eq(field)
+        return m
+
+
+def test_lint_with_waivers_reports_a_truncating_csr_write_and_an_unused_input():
+    text = to_verilog(CsrWithBugs(), "csr_bugs")
+    assert alias_wires(text)["csr_bugs"] == ["field"]  # the register's Amaranth name is an alias wire
+    messages = lint(text, "csr_bugs").messages
+    assert any("UNUSEDSIGNAL: csr_bugs:" in m and "'wdata'[31:2]" in m for m in messages), messages
+    assert any("'spare'" in m for m in messages), messages
+    assert not any("'field'" in m for m in messages), messages
+    assert len(messages) == 3  # the two, and Verilator's summary
+
+
+@pytest.mark.parametrize("body, rule", [
+    ("input [31:0] a, output [1:0] b); assign b = a;", "WIDTHTRUNC"),
+    ("input [1:0] a, output [31:0] b); assign b = a;", "WIDTHEXPAND"),
+])
+def test_lint_with_waivers_reports_width_mismatch_on_assignment(body, rule):
+    result = lint(f"module top({body} endmodule\n", "top")
+    assert any(f"%Warning-{rule}: top:" in m for m in result.messages), result.messages
 
 
 def test_lint_reports_real_problems():
