@@ -39,8 +39,9 @@ def test_a_stale_entry_is_reported(pnpu_hits):
     assert stale_entries(hits, ALLOWED + (gone, moved)) == [gone, moved]
 
 
-@pytest.mark.xfail(strict=True, reason="RTL bugs the check found, listed in tcloud.verif.widths.KNOWN_BUGS")
-def test_known_width_bugs_are_fixed():
+def test_no_known_width_bug_is_left():
+    """The two the check found (a CSR write truncated into its register; QUANTUM = 0 wrapping the
+    time slice) are fixed: the pNPU refuses out-of-range configuration values."""
     assert KNOWN_BUGS == ()
 
 

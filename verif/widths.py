@@ -181,6 +181,9 @@ ALLOWED = (
             "size (+ one line or beat for the increments).",
             "scrub_sram.addr.eq(scrub_addr)", "scrub_addr.eq(scrub_addr + cfg.sram_line_words)",
             "scrub_hbm.req.payload.addr.eq(scrub_addr)", "scrub_addr.eq(scrub_addr + beat)"),
+    *_allow("rtl/pnpu.py", "Written only when the value lies in the register's range (tcloud.isa.csr.CONFIG_CSRS; "
+            "otherwise CONFIG_REFUSED), which the register's width holds.",
+            "registers[register.name].eq(self.csr_wdata)"),
     *_allow("rtl/pnpu.py", "beat = min(left, port words).", "scrub_hbm.req.payload.count.eq(beat)"),
     *_allow("rtl/pnpu.py", _IN_FLIGHT, "scrub_pending.eq(scrub_pending + issue - scrub_hbm.rsp.valid)"),
     # scheduler
@@ -189,6 +192,9 @@ ALLOWED = (
     *_allow("rtl/scheduler.py", _PC, "engine.body_pc.eq(winner_pc + INSTRUCTION_WORDS)",
             "pc.eq(pc + INSTRUCTION_WORDS)", "pc.eq(pc + INSTRUCTION_WORDS * (head[c].utop.len + 1))"),
     *_allow("rtl/scheduler.py", "Decremented only while != 0 (the Elif around it).", "slice_left.eq(slice_left - 1)"),
+    *_allow("rtl/scheduler.py", "QUANTUM >= 1 (its CSR refuses 0, tcloud.isa.csr.CONFIG_CSRS), so the slice "
+            "QUANTUM x (priority + 1) - 1 is >= 0 and fits slice_left, sized for the largest.",
+            "slice_left.eq(self.quantum * (table.priority[slice_rr.grant] + 1) - 1)"),
     *_allow("rtl/scheduler.py", "Saturating counters: incremented only while not all ones, or below 0xFFFF.",
             "owner_idle[e].eq(owner_idle[e] + 1)", "held.eq(held + 1)",
             "age[c].eq(Mux(ready[c] & ~won[c], Mux(age[c] == 0xFFFF, age[c], age[c] + 1), 0))"),
@@ -202,7 +208,7 @@ ALLOWED = (
     # scratchpad, systolic array, vector ALU and engine
     *_allow("rtl/scratchpad.py", "row1 = (line + 1)[bank_bits:] reaches the bank's row count only for the "
             "last line, where no access needs the next line (sram_fits); the row otherwise fits.",
-            "read.addr.eq(read_row)", "write.addr.eq(write_row)"),
+            "read.addr.eq(_or(Mux(hit, row, 0)", "write.addr.eq(Array(rows)[writer])"),
     *_allow("rtl/scratchpad.py", "A mask of the line positions >= offset: the bits shifted past the line are "
             "meant to go.", "first_words.eq(Const((1 << lanes) - 1, lanes) << offset)"),
     *_allow("rtl/systolic.py", _INT32, "psum.eq(above[c] + operand(r, c) * weight)"),
@@ -225,15 +231,7 @@ ALLOWED = (
 )
 """The intended truncations of ``PNPU`` on ``tiny`` and ``small``, each with its reason."""
 
-KNOWN_BUGS = (
-    *_allow("rtl/pnpu.py", "BUG: a host CSR write keeps the low bits of the 32-bit value without an error "
-            "(POLICY 2 bits, QUANTUM, STARVATION and HARVEST_GRACE 16, HARVEST_COST 24): QUANTUM = 65536 "
-            "becomes 0 and HARVEST_COST = 2^24 becomes 0 (harvesting off). isa/csr.py does not document "
-            "it; only the runtime's RtlDevice.set_policy range-checks.", "register.eq(self.csr_wdata)"),
-    *_allow("rtl/scheduler.py", "BUG: with QUANTUM = 0 (the CSR accepts it) the slice 0 * (priority + 1) - 1 "
-            "= -1 wraps to 2^25 - 1 cycles: the holder keeps every engine for 33 M cycles under temporal.",
-            "slice_left.eq(self.quantum * (table.priority[slice_rr.grant] + 1) - 1)"),
-)
+KNOWN_BUGS = ()
 """Truncations that lose meaningful bits, left for an RTL fix: accepted by the tests so that the
 check stays green meanwhile, and reported by ``python -m tcloud.verif.widths``."""
 
