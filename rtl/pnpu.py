@@ -107,7 +107,9 @@ class PNPU(wiring.Component):
                      "HARVEST_COST": harvest_cost, "HARVEST_GRACE": harvest_grace}
         for register in csr.CONFIG_CSRS:
             with m.If(self.csr_we & (self.csr_addr == register.offset)):
-                accepted = (self.csr_wdata >= register.values.start) & (self.csr_wdata < register.values.stop)
+                accepted = self.csr_wdata < register.values.stop
+                if register.values.start:
+                    accepted &= self.csr_wdata >= register.values.start
                 m.d.sync += config_refused.eq(~accepted)
                 with m.If(accepted):
                     m.d.sync += registers[register.name].eq(self.csr_wdata)
