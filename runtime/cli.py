@@ -16,51 +16,7 @@ from tcloud.isa.errors import TcloudError
 from .api import run_timing
 from .device import BACKENDS, make_device
 from .execute import load_image, read_outputs, run_image
-
-
-def output_file(path, what="output"):
-    """The one rule for every file a command writes: refuse a directory, create missing parent
-    directories, and turn any failure into a :class:`TcloudError` naming the path.
-
-    Returns
-    -------
-    Path
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise TcloudError(f"{what} {path} is a directory; give a file name")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TcloudError(f"cannot create the directory of {what} {path}: {exc.strerror}") from None
-    return path
-
-
-def output_dir(path, what="output directory"):
-    """Create ``path`` (and its parents) now, before any work, or raise :class:`TcloudError`."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise TcloudError(f"{what} {path} exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TcloudError(f"cannot create {what} {path}: {exc.strerror}") from None
-    if not os.access(path, os.W_OK):
-        raise TcloudError(f"{what} {path} is not writable")
-    return path
-
-
-def write_file(path, data, what="output"):
-    """Write ``data`` (str or bytes) to ``path`` under :func:`output_file`'s rule."""
-    path = output_file(path, what)
-    try:
-        if isinstance(data, str):
-            path.write_text(data)
-        else:
-            path.write_bytes(data)
-    except OSError as exc:
-        raise TcloudError(f"cannot write {what} {path}: {exc.strerror}") from None
-    return path
+from .files import load_npy, output_dir, output_file, read_bytes, read_text, write_file
 
 
 def _write_text(text, output):
@@ -68,13 +24,6 @@ def _write_text(text, output):
         write_file(output, text)
     else:
         sys.stdout.write(text)
-
-
-def _read_bytes(path):
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise TcloudError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def cmd_isa_doc(args):
@@ -115,10 +64,7 @@ def cmd_config(args):
 
 
 def cmd_asm(args):
-    try:
-        text = Path(args.source).read_text()
-    except OSError as exc:
-        raise TcloudError(f"cannot read {args.source}: {exc.strerror}") from None
+    text = read_text(args.source, "an assembly file")
     image = assemble(text, config=args.config, source=args.source)
     output = args.output or str(Path(args.source).with_suffix(".tcimg"))
     write_file(output, image.to_bytes(), "image file")
@@ -127,7 +73,7 @@ def cmd_asm(args):
 
 
 def cmd_disasm(args):
-    image = ProgramImage.from_bytes(_read_bytes(args.image))
+    image = ProgramImage.from_bytes(read_bytes(args.image))
     _write_text(disassemble(image), args.output)
 
 
@@ -148,10 +94,7 @@ def _parse_inputs(pairs, image, seed):
         name, sep, path = pair.partition("=")
         if not sep:
             raise TcloudError(f"--input expects NAME=FILE.npy, got {pair!r}")
-        try:
-            arrays[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise TcloudError(f"cannot load input {name!r} from {path}: {exc}") from None
+        arrays[name] = load_npy(path, f"input {name!r}:")
     for symbol in image.inputs:
         if symbol.name not in arrays:
             info = np.iinfo(np.int8 if symbol.dtype == "i8" else np.int16)
@@ -161,7 +104,7 @@ def _parse_inputs(pairs, image, seed):
 
 
 def cmd_run(args):
-    image = ProgramImage.from_bytes(_read_bytes(args.image))
+    image = ProgramImage.from_bytes(read_bytes(args.image))
     config = get_config(args.config or image.config_name)
     image.check_config(config)
     inputs = _parse_inputs(args.input, image, args.seed)
@@ -248,15 +191,24 @@ def cmd_vnpu(args):
         raise TcloudError("a tenant failed or did not match the golden model")
 
 
-def positive_int(text):
-    """argparse type: an integer >= 1."""
+def _int_at_least(text, low, kind):
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} is not {kind}")
     return value
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def seed_int(text):
+    """argparse type: a random seed, an integer >= 0."""
+    return _int_at_least(text, 0, "a valid seed (an integer >= 0)")
 
 
 def build_parser():
@@ -286,7 +238,7 @@ def build_parser():
 
     asm = sub.add_parser("asm", help="assemble a .s file into a program image",
                          description="Assemble TCloud assembly into a program image (.tcimg).")
-    asm.add_argument("source", help="assembly file")
+    asm.add_argument("source", help="an assembly file")
     asm.add_argument("-o", "--output", help="image file (default: source with .tcimg)")
     asm.add_argument("--config", help="target preset (else the file's .config directive)")
     asm.set_defaults(func=cmd_asm)
@@ -316,7 +268,7 @@ def build_parser():
                      help="input tensor (repeatable)")
     run.add_argument("--config", help="device preset (default: the image's config)")
     run.add_argument("--backend", default="functional", choices=list(BACKENDS))
-    run.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    run.add_argument("--seed", type=seed_int, default=0, help="seed for random inputs (>= 0)")
     run.add_argument("--save", metavar="DIR", help="save outputs as NAME.npy here")
     run.set_defaults(func=cmd_run)
 
@@ -328,7 +280,7 @@ def build_parser():
     demo.add_argument("--m", type=positive_int, default=96)
     demo.add_argument("--k", type=positive_int, default=200)
     demo.add_argument("--n", type=positive_int, default=72)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=seed_int, default=0)
     demo.add_argument("--policy", default="harvest", choices=[p.name.lower() for p in Policy],
                       help="scheduling policy of the multi-tenant part (which always uses the small preset)")
     demo.add_argument("--single", action="store_true", help="skip the multi-tenant part")

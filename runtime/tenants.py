@@ -29,11 +29,12 @@ import numpy as np
 import yaml
 
 from tcloud.firmware import elementwise, gemm
-from tcloud.isa import ProgramImage, assemble, get_config
+from tcloud.isa import PRESETS, Policy, ProgramImage, assemble, get_config
 from tcloud.isa.errors import TcloudError
 
-from .device import FunctionalDevice
+from .device import BACKENDS, FunctionalDevice
 from .execute import run_image
+from .files import read_bytes, read_text
 from .hypervisor import Hypervisor, VNPUSpec
 
 DEFAULT_SCENARIO = {
@@ -91,6 +92,13 @@ def check_scenario(data, where="scenario"):
     unknown = sorted(set(data) - _SCENARIO_KEYS)
     if unknown:
         raise ScenarioError(f"{where}: unknown key(s) {unknown}; known: {sorted(_SCENARIO_KEYS)}")
+    for key, names in (("config", list(PRESETS)), ("backend", list(BACKENDS)),
+                       ("policy", [p.name.lower() for p in Policy])):
+        if key in data and data[key] not in names:
+            raise ScenarioError(f"{where}: {key} must be one of {', '.join(names)}, got {data[key]!r}")
+    _check_int(data.get("pnpus", 1), 1, f"{where}: pnpus")
+    if not isinstance(data.get("oversubscribe", False), bool):
+        raise ScenarioError(f"{where}: oversubscribe must be true or false, got {data['oversubscribe']!r}")
     tenants = data.get("tenants")
     if not isinstance(tenants, list) or not tenants:
         raise ScenarioError(f"{where}: 'tenants' must be a non-empty list")
@@ -103,13 +111,20 @@ def check_scenario(data, where="scenario"):
             raise ScenarioError(f"{label}: unknown key(s) {unknown}; known: {sorted(_TENANT_KEYS)}")
         if "program" not in tenant:
             raise ScenarioError(f"{label}: 'program' is required")
-        runs = tenant.get("runs", 1)
-        if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-            raise ScenarioError(f"{label}: runs must be a positive integer, got {runs!r}")
+        if not isinstance(tenant.get("name", ""), str):
+            raise ScenarioError(f"{label}: name must be a string, got {tenant['name']!r}")
+        _check_int(tenant.get("runs", 1), 1, f"{label}: runs")
+        _check_int(tenant.get("seed", 0), 0, f"{label}: seed")
         try:
             VNPUSpec.from_dict(tenant.get("vnpu", {}))
         except TcloudError as exc:
             raise ScenarioError(f"{label} ({tenant.get('name', 'unnamed')}): {exc}") from None
+
+
+def _check_int(value, low, what):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        kind = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ScenarioError(f"{what} must be {kind}, got {value!r}")
 
 
 _GEMM = re.compile(r"gemm\s+(\d+)x(\d+)x(\d+)$")
@@ -133,8 +148,8 @@ def build_program(text, config, base=Path(".")):
         raise ScenarioError(f"program {text!r} is neither 'gemm MxKxN', 'elementwise RxC ...' nor a file "
                             f"(looked for {path})")
     if path.suffix == ".s":
-        return assemble(path.read_text(), config=config, source=str(path))
-    return ProgramImage.from_bytes(path.read_bytes(), config)
+        return assemble(read_text(path, "an assembly file"), config=config, source=str(path))
+    return ProgramImage.from_bytes(read_bytes(path), config)
 
 
 def random_inputs(image, rng):

@@ -189,3 +189,51 @@ def test_ctrl_c_exits_130_without_a_traceback(tmp_path):
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in err, err
+
+
+# --- errors that used to be tracebacks (issue 11, item 7), as a user runs them --------------------
+
+
+def scenario_text(top="", tenant=""):
+    """A valid one-tenant scenario on tiny/functional, with a line added at the top or to the tenant."""
+    return (f"config: tiny\nbackend: functional\n{top}\ntenants:\n  - name: a\n"
+            f"    vnpu: {{mes: 1, ves: 1, sram_kib: 4, hbm_mib: 1}}\n    program: gemm 4x4x4\n    {tenant}\n")
+
+
+@pytest.mark.parametrize("top, tenant, message", [
+    ("", "", None),  # the valid scenario runs
+    ("policy: fastest", "", "policy must be one of static, harvest, temporal, operator, got 'fastest'"),
+    ("policy: 7", "", "policy must be one of static, harvest, temporal, operator, got 7"),
+    ("policy: [1]", "", "policy must be one of static, harvest, temporal, operator, got [1]"),
+    ("pnpus: 0", "", "pnpus must be a positive integer, got 0"),
+    ("pnpus: two", "", "pnpus must be a positive integer, got 'two'"),
+    ("oversubscribe: maybe", "", "oversubscribe must be true or false, got 'maybe'"),
+    ("config: huge", "", "config must be one of tiny, small, tpu_like, got 'huge'"),
+    ("", "seed: -1", "tenant 0: seed must be an integer >= 0, got -1"),
+    ("", "seed: abc", "tenant 0: seed must be an integer >= 0, got 'abc'"),
+    ("", "name: [1]", "tenant 0: name must be a string, got [1]"),
+])
+def test_malformed_scenarios_are_clean_errors(top, tenant, message, tmp_path):
+    (tmp_path / "s.yaml").write_text(scenario_text(top, tenant))
+    result = tcloud("vnpu", "s.yaml", cwd=tmp_path)
+    assert "Traceback" not in result.stderr, result.stderr
+    if message is None:
+        assert result.returncode == 0 and "all match" in result.stdout, result.stderr
+    else:
+        assert result.returncode == 1, result.stdout
+        assert result.stderr.strip().splitlines()[-1] == f"tcloud: error: s.yaml: {message}"
+
+
+def test_bad_run_and_asm_inputs_are_clean_errors(tmp_path):
+    image = tmp_path / "v.tcimg"
+    assert tcloud("asm", str(EXAMPLES / "vector_tiny.s"), "-o", str(image)).returncode == 0
+    result = tcloud("run", str(image), "--seed", "-5")
+    assert result.returncode == 2 and "argument --seed: -5 is not a valid seed" in result.stderr
+    (tmp_path / "x.txt").write_text("1 2 3\n")
+    result = tcloud("run", str(image), "--input", f"X={tmp_path / 'x.txt'}")
+    assert result.returncode == 1 and "x.txt is not a .npy file" in result.stderr and "pickle" not in result.stderr
+    result = tcloud("run", str(image), "--save", "/proc/nope")
+    assert result.returncode == 1 and "cannot create --save directory /proc/nope" in result.stderr
+    (tmp_path / "bin.s").write_bytes(bytes(range(128, 256)))
+    result = tcloud("asm", str(tmp_path / "bin.s"))
+    assert result.returncode == 1 and "bin.s is not an assembly file (byte 0 is not UTF-8 text)" in result.stderr
