@@ -78,7 +78,9 @@ def cmd_disasm(args):
 
 
 def cmd_gemm(args):
-    requant = Requant(args.mult, args.shift, args.zp) if args.mult is not None else None
+    if args.mult is None and (args.shift is not None or args.zp is not None):
+        raise TcloudError("--shift and --zp configure the requantization, which --mult enables; give --mult too")
+    requant = Requant(args.mult, args.shift or 0, args.zp or 0) if args.mult is not None else None
     output_file(args.output, "image file")
     print(f"lowering GEMM {args.m}x{args.k}x{args.n} for {args.config!r} ...", file=sys.stderr, flush=True)
     image = gemm(args.config, args.m, args.k, args.n, bias=args.bias, requant=requant)
@@ -256,8 +258,8 @@ def build_parser():
     gem.add_argument("--config", default="small", choices=list(PRESETS))
     gem.add_argument("--bias", action="store_true", help="add an int32 bias input")
     gem.add_argument("--mult", type=int, help="requantization multiplier (enables int8 output)")
-    gem.add_argument("--shift", type=int, default=0, help="requantization shift")
-    gem.add_argument("--zp", type=int, default=0, help="requantization zero point")
+    gem.add_argument("--shift", type=int, help="requantization shift (default 0; needs --mult)")
+    gem.add_argument("--zp", type=int, help="requantization zero point (default 0; needs --mult)")
     gem.add_argument("-o", "--output", required=True, help="image file")
     gem.set_defaults(func=cmd_gemm)
 

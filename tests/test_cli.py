@@ -177,9 +177,9 @@ def test_a_closed_pipe_ends_quietly():
 
 
 def test_ctrl_c_exits_130_without_a_traceback(tmp_path):
-    """Interrupting a long command (lowering a 4096^3 GEMM takes over a minute)."""
-    process = subprocess.Popen([sys.executable, "-m", "tcloud.runtime.cli", "gemm", "--config", "small", "--m", "4096",
-                                "--k", "4096", "--n", "4096", "-o", str(tmp_path / "g.tcimg")],
+    """Interrupting a long command (lowering a 1024^3 GEMM takes several seconds)."""
+    process = subprocess.Popen([sys.executable, "-m", "tcloud.runtime.cli", "gemm", "--config", "small", "--m", "1024",
+                                "--k", "1024", "--n", "1024", "-o", str(tmp_path / "g.tcimg")],
                                stderr=subprocess.PIPE, text=True,
                                # as from a terminal: a shell's background job (CI) would ignore SIGINT
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -237,3 +237,28 @@ def test_bad_run_and_asm_inputs_are_clean_errors(tmp_path):
     (tmp_path / "bin.s").write_bytes(bytes(range(128, 256)))
     result = tcloud("asm", str(tmp_path / "bin.s"))
     assert result.returncode == 1 and "bin.s is not an assembly file (byte 0 is not UTF-8 text)" in result.stderr
+
+
+# --- GEMM images that cannot fit (issue 11, item 8) ------------------------------------------------
+
+
+def test_gemm_refuses_a_shape_the_hbm_cannot_hold_before_lowering_it(tmp_path):
+    start = time.perf_counter()
+    result = tcloud("gemm", "--config", "small", "--m", "4096", "--k", "4096", "--n", "4096", "-o", "g.tcimg",
+                    cwd=tmp_path)
+    assert result.returncode == 1 and not (tmp_path / "g.tcimg").exists()
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"tcloud: error: GEMM 4096x4096x4096 needs \d+\.\d MiB of HBM \(96\.0 MiB of operands and "
+                        r"result, \d+\.\d MiB of code\), but config 'small' has 64 MiB", last), last
+    assert time.perf_counter() - start < 15, "refused only after lowering"
+
+
+def test_gemm_requant_options_need_mult(tmp_path):
+    for option in ("--shift", "--zp"):
+        result = tcloud("gemm", "--m", "4", "--k", "4", "--n", "4", "--config", "tiny", option, "3", "-o", "g.tcimg",
+                        cwd=tmp_path)
+        assert result.returncode == 1 and "give --mult too" in result.stderr and not (tmp_path / "g.tcimg").exists()
+    result = tcloud("gemm", "--m", "4", "--k", "4", "--n", "4", "--config", "tiny", "--mult", "1073741824", "--shift",
+                    "38", "-o", "g.tcimg", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert ProgramImage.from_bytes((tmp_path / "g.tcimg").read_bytes()).symbol("C").dtype == "i8"
