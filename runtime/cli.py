@@ -1,6 +1,7 @@
 """The ``tcloud`` command line."""
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -185,12 +186,19 @@ def cmd_demo(args):
 
 
 def cmd_vnpu(args):
-    from .tenants import load_scenario, print_reports, run_scenario
+    from .tenants import load_scenario, print_reports, reports_json, run_scenario
 
     data, base = load_scenario(args.scenario)
-    reports, stats = run_scenario(data, base, backend=args.backend, policy=args.policy)
-    if not print_reports(reports, stats):
-        raise TcloudError("a tenant failed or did not match the golden model")
+    log = (lambda text: print(text, file=sys.stderr)) if args.json else print
+    reports, stats = run_scenario(data, base, backend=args.backend, policy=args.policy, log=log)
+    if args.json:
+        result = reports_json(reports, stats)
+        print(json.dumps(result, indent=2))
+        ok = result["ok"]
+    else:
+        ok = print_reports(reports, stats)
+    if not ok:
+        raise TcloudError("a tenant faulted, failed or did not match the golden model")
 
 
 def _int_at_least(text, low, kind):
@@ -296,6 +304,8 @@ def build_parser():
     vnpu.add_argument("scenario", help="scenario file (.yaml, .yml or .json)")
     vnpu.add_argument("--backend", choices=list(BACKENDS), help="override the scenario's backend")
     vnpu.add_argument("--policy", choices=[p.name.lower() for p in Policy], help="override the scenario's policy")
+    vnpu.add_argument("--json", action="store_true",
+                      help="print the results as JSON on stdout (progress goes to stderr)")
     vnpu.set_defaults(func=cmd_vnpu)
     return parser
 

@@ -20,12 +20,12 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
 
-from tcloud.isa import ContextStatus, Instr, ProgramImage, get_config, parse_policy
+from tcloud.isa import ContextStatus, EngineClass, Instr, Policy, ProgramImage, get_config, parse_policy
 from tcloud.isa.errors import ImageError, TcloudError
 from tcloud.isa.csr import HARVEST_COST_RESET
 
 from .device import make_device
-from .execute import DeviceFault, HbmWindow, input_writes, program_writes, read_symbols
+from .execute import DeviceFault, HbmWindow, engine_classes, input_writes, program_writes, read_symbols
 
 KIB, MIB = 1024, 1024 * 1024
 DRIVER_YIELD_SECONDS = 1e-4
@@ -592,7 +592,9 @@ class VNPU:
         Raises
         ------
         ImageError
-            An image built for another config, or one whose footprint exceeds the vNPU's windows.
+            An image built for another config, one whose footprint exceeds the vNPU's windows, or
+            one with uTOps of an engine class the vNPU has no engine of under the ``static`` and
+            ``harvest`` policies (where the hardware would fault them ``NO_ENGINE``).
         HostAccessError
             A piece of the image outside the vNPU's HBM window (checked on every host access).
         VNPUStateError
@@ -606,6 +608,15 @@ class VNPU:
             if need > have:
                 raise ImageError(f"the image needs {need} bytes of {what} but {self.name} has a "
                                  f"{have}-byte window; create the vNPU with a larger one")
+        if self._hv.policy in (Policy.STATIC, Policy.HARVEST):
+            masks = {EngineClass.ME: (self.me_mask, "mes"), EngineClass.VE: (self.ve_mask, "ves"),
+                     EngineClass.DMA: (self.dma_mask, "dmas")}
+            for cls in sorted(engine_classes(image)):
+                mask, field = masks[cls]
+                if not mask:
+                    raise ImageError(f"the program runs {cls.name} uTOps but {self.name} has no {cls.name} "
+                                     f"({field}={getattr(self.spec, field)}); under the "
+                                     f"{self._hv.policy.name.lower()} policy they would fault NO_ENGINE")
         with self._hv._lock:
             self._check_live()
             if self._running is not None or any(v is self for v, _, _ in self._hv._pending):

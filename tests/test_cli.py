@@ -1,5 +1,6 @@
 """The tcloud command line: every command, its --help, and its errors."""
 
+import json
 import re
 import signal
 import subprocess
@@ -262,3 +263,39 @@ def test_gemm_requant_options_need_mult(tmp_path):
                     "38", "-o", "g.tcimg", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert ProgramImage.from_bytes((tmp_path / "g.tcimg").read_bytes()).symbol("C").dtype == "i8"
+
+
+# --- tcloud vnpu: engine classes checked at load, faults reported as faults, JSON (issue 11, item 10)
+
+
+def test_vnpu_refuses_a_tenant_whose_spec_cannot_run_its_program(tmp_path):
+    (tmp_path / "s.yaml").write_text(scenario_text().replace("ves: 1", "ves: 0").replace("gemm 4x4x4",
+                                                                                         "elementwise 4x8"))
+    result = tcloud("vnpu", "s.yaml", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "tcloud: error: tenant 0 (a): the program runs VE uTOps but a has no VE (ves=0); under the harvest policy "
+        "they would fault NO_ENGINE")
+
+
+def test_vnpu_reports_a_fault_as_a_fault_and_as_json(tmp_path):
+    from tcloud.isa import EngineClass, Instr, encode_stream
+
+    code = encode_stream([Instr("utop", cls=int(EngineClass.VE), len=1), Instr("ve.fill", dst=0x10000, n=1),
+                          Instr("halt")])
+    (tmp_path / "bad.tcimg").write_bytes(ProgramImage.for_config("tiny", code, hbm_bytes=len(code),
+                                                                 sram_bytes=64).to_bytes())
+    (tmp_path / "s.yaml").write_text(scenario_text("oversubscribe: true") + "  - name: bad\n    vnpu: {mes: 0, ves: 1, sram_kib: 4, "
+                                                       "hbm_mib: 1}\n    program: bad.tcimg\n    runs: 2\n")
+    result = tcloud("vnpu", "s.yaml", cwd=tmp_path)
+    assert result.returncode == 1 and "MISMATCH" not in result.stdout, result.stdout
+    assert "run 0 FAULTED SRAM_BOUNDS: context 1 faulted with SRAM_BOUNDS" in result.stdout
+    assert "runs: 2, none completed" in result.stdout and "runs: 1, 1 completed; outputs vs golden model alone: " \
+                                                         "all match" in result.stdout
+    result = tcloud("vnpu", "s.yaml", "--json", cwd=tmp_path)
+    assert result.returncode == 1 and "tcloud: error: a tenant faulted" in result.stderr
+    report = json.loads(result.stdout)
+    good, bad = report["tenants"]
+    assert not report["ok"] and good["ok"] and good["matches_golden_model"] == [True] and not good["faults"]
+    assert not bad["ok"] and [f["fault"] for f in bad["faults"]] == ["SRAM_BOUNDS"] * 2
+    assert bad["bill"]["total"] >= 0 and bad["usage"]["runs"] == 0 and report["pnpus"] == [{"backend": "functional"}]
