@@ -14,8 +14,8 @@ from tcloud.isa import PRESETS, Policy, ProgramImage, assemble, disassemble, get
 from tcloud.isa.doc import isa_markdown
 from tcloud.isa.errors import TcloudError
 
-from .api import run_timing
-from .device import BACKENDS, make_device
+from .api import format_utilization, run_timing
+from .device import BACKENDS, FunctionalDevice, make_device
 from .execute import load_image, read_outputs, run_image
 from .files import load_npy, output_dir, output_file, read_bytes, read_text, write_file
 
@@ -113,15 +113,29 @@ def cmd_run(args):
     inputs = _parse_inputs(args.input, image, args.seed)
     save = output_dir(args.save, "--save directory") if args.save else None
     device = make_device(args.backend, config)
+    before = device.stats()
     outputs, info = run_image(device, image, inputs)
+    timing = run_timing(before, device.stats())
     print(f"context 0: {info.status.name}; counters {info.counters}")
+    if "cycles" in timing:
+        print(f"{timing['cycles']} cycles; engine busy: {format_utilization(timing['utilization'])} "
+              f"({format_utilization(timing['engine_utilization']).lower()})")
     for name, array in outputs.items():
         print(f"output {name}: {array.dtype} {array.shape}, checksum {int(array.astype(np.int64).sum())}")
+        if args.print_outputs:
+            with np.printoptions(threshold=array.size + 1, linewidth=120):
+                print(array)
         if save:
             try:
                 np.save(save / f"{name}.npy", array)
             except OSError as exc:
                 raise TcloudError(f"cannot write {save / name}.npy: {exc.strerror}") from None
+    if args.backend != FunctionalDevice.name:
+        expected = run_image(FunctionalDevice(config), image, inputs)[0]
+        wrong = [name for name in expected if not np.array_equal(outputs[name], expected[name])]
+        print(f"outputs vs golden model: {'MISMATCH in ' + ', '.join(wrong) if wrong else 'all match'}")
+        if wrong:
+            raise TcloudError(f"the {args.backend} backend's outputs {', '.join(wrong)} differ from the golden model's")
 
 
 def cmd_demo(args):
@@ -165,9 +179,8 @@ def cmd_demo(args):
     print(f"3. {args.backend} backend ran it in {seconds * 1e3:.1f} ms: {c['utops']} uTOps, "
           f"{c['macs']} MACs, {c['hbm_bytes_read']} B read, {c['hbm_bytes_written']} B written")
     if "cycles" in timing:
-        util = ", ".join(f"{cls.upper()} {value:.1%}" for cls, value in timing["utilization"].items())
         print(f"   {timing['cycles']} cycles ({timing['cycles'] / seconds / 1e3:.0f} k cycles/s simulated); "
-              f"engine busy: {util}; array efficiency "
+              f"engine busy: {format_utilization(timing['utilization'])}; array efficiency "
               f"{c['macs'] / (timing['cycles'] * cfg.me_macs_per_cycle):.1%} of peak")
     print(f"4. check against NumPy (round half to even): {'PASS' if match else 'FAIL'} "
           f"({outputs['C'].size} int8 values)")
@@ -235,7 +248,7 @@ def build_parser():
 
     ver = sub.add_parser("verilog", help="generate the pNPU's Verilog and lint it",
                          description="Generate the whole pNPU as Verilog and run verilator --lint-only on it.")
-    ver.add_argument("--config", default="small", choices=list(PRESETS))
+    ver.add_argument("--config", default="small", choices=list(PRESETS), help="preset (default: %(default)s)")
     ver.add_argument("-o", "--output", default="build/pnpu.v", help="Verilog file (default: build/pnpu.v)")
     ver.add_argument("--top", default="pnpu", help="top module name")
     ver.add_argument("--no-lint", action="store_true", help="skip the Verilator lint")
@@ -263,7 +276,7 @@ def build_parser():
                          description="Lower C = requant(A @ B + bias) to a program image.")
     for dim in ("m", "k", "n"):
         gem.add_argument(f"--{dim}", type=positive_int, required=True, help=f"GEMM dimension {dim.upper()}")
-    gem.add_argument("--config", default="small", choices=list(PRESETS))
+    gem.add_argument("--config", default="small", choices=list(PRESETS), help="target preset (default: %(default)s)")
     gem.add_argument("--bias", action="store_true", help="add an int32 bias input")
     gem.add_argument("--mult", type=int, help="requantization multiplier (enables int8 output)")
     gem.add_argument("--shift", type=int, help="requantization shift (default 0; needs --mult)")
@@ -277,7 +290,10 @@ def build_parser():
     run.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
                      help="input tensor (repeatable)")
     run.add_argument("--config", help="device preset (default: the image's config)")
-    run.add_argument("--backend", default="functional", choices=list(BACKENDS))
+    run.add_argument("--backend", default="functional", choices=list(BACKENDS),
+                     help="functional (the golden model, instant), amaranth or verilator (the RTL, with cycles, "
+                          "engine utilization and a check against the golden model; default: %(default)s)")
+    run.add_argument("--print-outputs", action="store_true", help="print every output array in full")
     run.add_argument("--seed", type=seed_int, default=0, help="seed for random inputs (>= 0)")
     run.add_argument("--save", metavar="DIR", help="save outputs as NAME.npy here")
     run.set_defaults(func=cmd_run)
@@ -285,12 +301,12 @@ def build_parser():
     demo = sub.add_parser("demo", help="GEMM through firmware, assembler, image and device",
                           description="Lower a GEMM, round-trip it through assembly text and the "
                                       "image format, run it and check it against NumPy.")
-    demo.add_argument("--config", default="small", choices=list(PRESETS))
-    demo.add_argument("--backend", default="verilator", choices=list(BACKENDS))
-    demo.add_argument("--m", type=positive_int, default=96)
-    demo.add_argument("--k", type=positive_int, default=200)
-    demo.add_argument("--n", type=positive_int, default=72)
-    demo.add_argument("--seed", type=seed_int, default=0)
+    demo.add_argument("--config", default="small", choices=list(PRESETS), help="preset (default: %(default)s)")
+    demo.add_argument("--backend", default="verilator", choices=list(BACKENDS), help="default: %(default)s")
+    demo.add_argument("--m", type=positive_int, default=96, help="GEMM rows of A (default: %(default)s)")
+    demo.add_argument("--k", type=positive_int, default=200, help="GEMM depth (default: %(default)s)")
+    demo.add_argument("--n", type=positive_int, default=72, help="GEMM columns of B (default: %(default)s)")
+    demo.add_argument("--seed", type=seed_int, default=0, help="seed of the random operands (default: %(default)s)")
     demo.add_argument("--policy", default="harvest", choices=[p.name.lower() for p in Policy],
                       help="scheduling policy of the multi-tenant part (which always uses the small preset)")
     demo.add_argument("--single", action="store_true", help="skip the multi-tenant part")

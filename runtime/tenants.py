@@ -32,7 +32,7 @@ from tcloud.firmware import elementwise, gemm
 from tcloud.isa import PRESETS, Policy, ProgramImage, assemble, get_config
 from tcloud.isa.errors import TcloudError
 
-from .api import run_timing
+from .api import format_utilization, run_timing
 from .device import BACKENDS, FunctionalDevice
 from .execute import DeviceFault, run_image
 from .files import read_bytes, read_text
@@ -259,8 +259,8 @@ def print_reports(reports, stats, log=print):
         log(f"  bill (credits):\n{report.bill}")
     for i, pnpu in enumerate(pnpu_timing(stats)):
         if pnpu.get("cycles"):
-            util = ", ".join(f"{cls.upper()} {value:.1%}" for cls, value in pnpu["utilization"].items())
-            log(f"\npNPU {i}: {pnpu['cycles']} cycles since reset; engine utilization {util}")
+            log(f"\npNPU {i}: {pnpu['cycles']} cycles since reset; engine utilization "
+                f"{format_utilization(pnpu['utilization'])}")
     return all(report.ok for report in reports)
 
 

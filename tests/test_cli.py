@@ -299,3 +299,28 @@ def test_vnpu_reports_a_fault_as_a_fault_and_as_json(tmp_path):
     assert not report["ok"] and good["ok"] and good["matches_golden_model"] == [True] and not good["faults"]
     assert not bad["ok"] and [f["fault"] for f in bad["faults"]] == ["SRAM_BOUNDS"] * 2
     assert bad["bill"]["total"] >= 0 and bad["usage"]["runs"] == 0 and report["pnpus"] == [{"backend": "functional"}]
+
+
+# --- tcloud run on the RTL: cycles, utilization, the golden-model check (issue 11, item 3) --------
+
+
+@pytest.mark.parametrize("backend", ["verilator", pytest.param("amaranth", marks=pytest.mark.slow)])
+def test_run_on_the_rtl_prints_cycles_utilization_and_the_golden_check(backend, tmp_path):
+    image = tmp_path / "g.tcimg"
+    assert tcloud("asm", str(EXAMPLES / "gemm_tiny.s"), "-o", str(image)).returncode == 0
+    result = tcloud("run", str(image), "--backend", backend, "--print-outputs", "--save", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^\d+ cycles; engine busy: DMA \d+\.\d%, ME \d+\.\d%, VE \d+\.\d% "
+                     r"\(dma0 \d+\.\d%, me0 \d+\.\d%, ve0 \d+\.\d%\)$", result.stdout, re.M), result.stdout
+    assert "outputs vs golden model: all match" in result.stdout
+    with np.printoptions(threshold=10**6, linewidth=120):
+        assert str(np.load(tmp_path / "out" / "C.npy")) in result.stdout
+
+
+def test_run_help_names_the_default_backend_and_functional_runs_print_no_cycles(tmp_path):
+    assert "default: functional" in " ".join(tcloud("run", "--help").stdout.split())
+    image = tmp_path / "g.tcimg"
+    assert tcloud("asm", str(EXAMPLES / "gemm_tiny.s"), "-o", str(image)).returncode == 0
+    result = tcloud("run", str(image))
+    assert result.returncode == 0 and "context 0: DONE" in result.stdout
+    assert "cycles" not in result.stdout and "golden model" not in result.stdout
