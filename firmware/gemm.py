@@ -181,7 +181,7 @@ def plan_gemm(config, m, k, n, *, bias=False, requant=False, max_utop_cost=HARVE
     return best[1]
 
 
-def gemm(config, m, k, n, *, bias=False, requant=None, plan=None, max_utop_cost=HARVEST_COST_DEFAULT):
+def gemm(config, m, k, n, *, bias=False, requant=None, plan=None, max_utop_cost=HARVEST_COST_DEFAULT, progress=None):
     """Lower a GEMM to a program image.
 
     Parameters
@@ -199,6 +199,9 @@ def gemm(config, m, k, n, *, bias=False, requant=None, plan=None, max_utop_cost=
     max_utop_cost : int or None
         Passed to :func:`plan_gemm`: the largest declared cost of an ME uTOp (default: the
         ``HARVEST_COST`` register's reset value, so the harvest policy may share its uTOps).
+    progress : callable, optional
+        Called now and then as ``progress(done, total)``: each instruction counts once when it is
+        lowered and once when it is encoded (for a progress bar; large shapes take minutes).
 
     Returns
     -------
@@ -225,7 +228,8 @@ def gemm(config, m, k, n, *, bias=False, requant=None, plan=None, max_utop_cost=
         raise FirmwareError(f"GEMM {m}x{k}x{n}: a row of A, B or C exceeds the largest DMA stride "
                             f"({hbm_stride_max} bytes)")
     off_a, off_b, off_bias, off_c, code_at = _hbm_layout(m, k, n, bias, out_item)
-    hbm_bytes = _up(code_at + INSTRUCTION_BYTES * _instruction_count(cfg, plan, bias, requant is not None), _ALIGN)
+    count = _instruction_count(cfg, plan, bias, requant is not None)
+    hbm_bytes = _up(code_at + INSTRUCTION_BYTES * count, _ALIGN)
     if hbm_bytes > cfg.hbm_bytes:
         raise FirmwareError(f"GEMM {m}x{k}x{n} needs {hbm_bytes / MIB:.1f} MiB of HBM ({code_at / MIB:.1f} MiB "
                             f"of operands and result, {(hbm_bytes - code_at) / MIB:.1f} MiB of code), but config "
@@ -314,10 +318,12 @@ def gemm(config, m, k, n, *, bias=False, requant=None, plan=None, max_utop_cost=
                     emit()
                 deferred.clear()
         deferred.append(lambda args=(bi, m0, n0, mrows, ncols, acc, last_me): finish_block(*args))
+        if progress is not None:
+            progress(prog.instructions, 2 * count)
     for emit in deferred:
         emit()
 
-    code = prog.build(cfg)
+    code = prog.build(cfg, progress=None if progress is None else lambda done: progress(count + done, 2 * count))
     symbols = [Symbol("A", "input", "i8", (m, k), off_a, stride_a),
                Symbol("B", "input", "i8", (k, n), off_b, stride_b)]
     if bias:

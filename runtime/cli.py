@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+import tcloud
 from tcloud.firmware import Requant, gemm
 from tcloud.isa import PRESETS, Policy, ProgramImage, assemble, disassemble, get_config
 from tcloud.isa.doc import isa_markdown
@@ -17,6 +18,7 @@ from tcloud.isa.errors import TcloudError
 from .api import format_utilization, run_timing
 from .device import BACKENDS, FunctionalDevice, make_device
 from .execute import load_image, read_outputs, run_image
+from .progress import Progress
 from .files import load_npy, output_dir, output_file, read_bytes, read_text, write_file
 
 
@@ -39,13 +41,14 @@ def cmd_verilog(args):
 
     cfg = get_config(args.config)
     output_file(args.output, "Verilog file")  # refuse a bad target before the long generation
-    print(f"generating Verilog for {cfg.name!r} (about a minute for small) ...", file=sys.stderr, flush=True)
-    text = to_verilog(PNPU(cfg), args.top)
+    with Progress(f"generating Verilog for {cfg.name!r} (about a minute for small)"):
+        text = to_verilog(PNPU(cfg), args.top)
     write_file(args.output, text, "Verilog file")
     print(f"{args.output}: pNPU for {cfg.name!r}, {len(text.splitlines())} lines, top module {args.top!r}")
     if args.no_lint:
         return
-    result = lint(text, args.top)
+    with Progress("verilator --lint-only -Wall"):
+        result = lint(text, args.top)
     print(f"verilator --lint-only -Wall: {'clean' if result.ok else 'FAILED'} with waivers "
           f"{', '.join(LINT_WAIVERS)} (reasons: tcloud.rtl.verilog.LINT_WAIVERS)")
     for message in result.messages[:20]:
@@ -83,8 +86,8 @@ def cmd_gemm(args):
         raise TcloudError("--shift and --zp configure the requantization, which --mult enables; give --mult too")
     requant = Requant(args.mult, args.shift or 0, args.zp or 0) if args.mult is not None else None
     output_file(args.output, "image file")
-    print(f"lowering GEMM {args.m}x{args.k}x{args.n} for {args.config!r} ...", file=sys.stderr, flush=True)
-    image = gemm(args.config, args.m, args.k, args.n, bias=args.bias, requant=requant)
+    with Progress(f"lowering GEMM {args.m}x{args.k}x{args.n} for {args.config!r}", unit="instr") as progress:
+        image = gemm(args.config, args.m, args.k, args.n, bias=args.bias, requant=requant, progress=progress.update)
     write_file(args.output, image.to_bytes(), "image file")
     print(f"{args.output}: GEMM {args.m}x{args.k}x{args.n} for {args.config}, "
           f"{len(image.code) // 16} instructions")
@@ -112,10 +115,16 @@ def cmd_run(args):
     image.check_config(config)
     inputs = _parse_inputs(args.input, image, args.seed)
     save = output_dir(args.save, "--save directory") if args.save else None
-    device = make_device(args.backend, config)
+    vcd = output_file(args.vcd, "waveform file") if args.vcd else None
+    device = make_device(args.backend, config, vcd=vcd)
     before = device.stats()
-    outputs, info = run_image(device, image, inputs)
-    timing = run_timing(before, device.stats())
+    try:
+        outputs, info = run_image(device, image, inputs)
+        timing = run_timing(before, device.stats())
+    finally:
+        if vcd:
+            device.close()  # completes the waveform, also of a run that faulted
+            print(f"waveform: {vcd}")
     print(f"context 0: {info.status.name}; counters {info.counters}")
     if "cycles" in timing:
         print(f"{timing['cycles']} cycles; engine busy: {format_utilization(timing['utilization'])} "
@@ -203,7 +212,11 @@ def cmd_vnpu(args):
 
     data, base = load_scenario(args.scenario)
     log = (lambda text: print(text, file=sys.stderr)) if args.json else print
-    reports, stats = run_scenario(data, base, backend=args.backend, policy=args.policy, log=log)
+    vcd = output_file(args.vcd, "waveform file") if args.vcd else None
+    reports, stats = run_scenario(data, base, backend=args.backend, policy=args.policy, log=log, vcd=vcd)
+    if vcd:
+        log(f"waveform: {vcd}" + (" (one file per pNPU: .pnpu<i> before the suffix)" if data.get("pnpus", 1) > 1
+                                  else ""))
     if args.json:
         result = reports_json(reports, stats)
         print(json.dumps(result, indent=2))
@@ -234,9 +247,14 @@ def seed_int(text):
     return _int_at_least(text, 0, "a valid seed (an integer >= 0)")
 
 
+WAVES_HELP = ("write a waveform of every signal (RTL backends; FST if FILE ends with .fst, Verilator only, "
+              "else VCD; open it with GTKWave or Surfer)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="tcloud", description="TCloud: hardware-assisted NPU "
                                      "virtualization — ISA tools, firmware and runtime.")
+    parser.add_argument("--version", action="version", version=f"tcloud {tcloud.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     isa = sub.add_parser("isa", help="ISA reference tools", description="ISA reference tools.")
@@ -294,6 +312,7 @@ def build_parser():
                      help="functional (the golden model, instant), amaranth or verilator (the RTL, with cycles, "
                           "engine utilization and a check against the golden model; default: %(default)s)")
     run.add_argument("--print-outputs", action="store_true", help="print every output array in full")
+    run.add_argument("--vcd", metavar="FILE", help=WAVES_HELP)
     run.add_argument("--seed", type=seed_int, default=0, help="seed for random inputs (>= 0)")
     run.add_argument("--save", metavar="DIR", help="save outputs as NAME.npy here")
     run.set_defaults(func=cmd_run)
@@ -320,6 +339,7 @@ def build_parser():
     vnpu.add_argument("scenario", help="scenario file (.yaml, .yml or .json)")
     vnpu.add_argument("--backend", choices=list(BACKENDS), help="override the scenario's backend")
     vnpu.add_argument("--policy", choices=[p.name.lower() for p in Policy], help="override the scenario's policy")
+    vnpu.add_argument("--vcd", metavar="FILE", help=WAVES_HELP)
     vnpu.add_argument("--json", action="store_true",
                       help="print the results as JSON on stdout (progress goes to stderr)")
     vnpu.set_defaults(func=cmd_vnpu)

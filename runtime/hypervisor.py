@@ -19,6 +19,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from tcloud.isa import ContextStatus, EngineClass, Instr, Policy, ProgramImage, get_config, parse_policy
 from tcloud.isa.errors import ImageError, TcloudError
@@ -281,6 +282,10 @@ class Hypervisor:
     harvest_grace : int, optional
         Under ``harvest``: cycles an engine's owners must have left it idle before it is harvested
         (the ``HARVEST_GRACE`` register; default: its reset value, 1,024).
+    vcd : path, optional
+        RTL backends: write each pNPU's waveform (see :func:`~tcloud.runtime.device.make_device`),
+        to ``vcd`` itself with one pNPU, else to ``<stem>.pnpu<i><suffix>``; complete after
+        :meth:`close`.
 
     Raises
     ------
@@ -290,7 +295,7 @@ class Hypervisor:
 
     def __init__(self, config="small", backend="verilator", policy="harvest", *, pnpus=1, oversubscribe=False,
                  prices=PriceTable(), poll_cycles=2048, hbm_timing=None, quantum=None, starvation=None,
-                 reclaim_cycles=None, harvest_grace=None):
+                 reclaim_cycles=None, harvest_grace=None, vcd=None):
         self.config = get_config(config)
         self.policy = parse_policy(policy)
         for name, value in (("pnpus", pnpus), ("poll_cycles", poll_cycles)):
@@ -301,7 +306,8 @@ class Hypervisor:
         self.pnpus = []
         self.reclaim_bound = None
         for index in range(pnpus):
-            device = make_device(backend, cfg, **(hbm_timing or {}))
+            waves = None if vcd is None or pnpus == 1 else Path(vcd).with_suffix(f".pnpu{index}{Path(vcd).suffix}")
+            device = make_device(backend, cfg, vcd=waves or vcd, **(hbm_timing or {}))
             harvest_cost = self._harvest_cost(device, reclaim_cycles)
             device.set_policy(self.policy, quantum=quantum, starvation=starvation, harvest_cost=harvest_cost,
                               harvest_grace=harvest_grace)

@@ -186,18 +186,19 @@ def random_inputs(image, rng):
                      else rng.integers(-(1 << 20), 1 << 20, s.shape, dtype=np.int32)) for s in image.inputs}
 
 
-def run_scenario(data, base=Path("."), *, backend=None, policy=None, log=print):
+def run_scenario(data, base=Path("."), *, backend=None, policy=None, log=print, vcd=None):
     """Run a scenario on one hypervisor and return ``(reports, pnpu stats)``.
 
     Tenants' runs are all submitted before any is awaited, so the tenants of a pNPU run
-    concurrently. ``backend`` and ``policy`` override the scenario's.
+    concurrently. ``backend`` and ``policy`` override the scenario's; ``vcd`` asks the RTL
+    backends for a waveform (see :class:`~tcloud.runtime.hypervisor.Hypervisor`).
     """
     check_scenario(data)
     config = get_config(data.get("config", "small"))
     tenants = data["tenants"]
     images = [build_program(t["program"], config, base) for t in tenants]
     with Hypervisor(config, backend or data.get("backend", "verilator"), policy or data.get("policy", "harvest"),
-                    pnpus=data.get("pnpus", 1), oversubscribe=data.get("oversubscribe", False)) as hv:
+                    pnpus=data.get("pnpus", 1), oversubscribe=data.get("oversubscribe", False), vcd=vcd) as hv:
         log(f"hypervisor: {len(hv.pnpus)} pNPU(s) of {config.name!r} on {hv.backend}, policy "
             f"{hv.policy.name.lower()}")
         vnpus, reports, jobs = [], [], []

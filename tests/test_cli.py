@@ -1,10 +1,15 @@
 """The tcloud command line: every command, its --help, and its errors."""
 
+import fcntl
+import io
 import json
+import os
 import re
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -13,6 +18,9 @@ import pytest
 
 from tcloud.isa import INSTRUCTIONS, FaultCode, ProgramImage
 from tcloud.runtime.cli import build_parser, main
+from tcloud.runtime import verilator_device
+from tcloud.runtime.progress import Progress
+from tcloud.runtime.verilator_device import fst_supported
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -110,7 +118,7 @@ def test_wrong_input_file_for_run(tmp_path, capsys):
 
 def test_console_script_demo_runs():
     for backend in ("functional", "verilator"):
-        result = subprocess.run([sys.executable, "-m", "tcloud.runtime.cli", "demo", "--config", "tiny",
+        result = subprocess.run([sys.executable, "-m", "tcloud", "demo", "--config", "tiny",
                                  "--backend", backend, "--m", "9", "--k", "11", "--n", "6"],
                                 capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
@@ -132,7 +140,7 @@ def test_bad_dimensions_are_usage_errors(argv, capsys):
 
 
 def tcloud(*argv, cwd=None, **kwargs):
-    return subprocess.run([sys.executable, "-m", "tcloud.runtime.cli", *argv], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tcloud", *argv], capture_output=True, text=True,
                           cwd=cwd, **kwargs)
 
 
@@ -170,7 +178,7 @@ def test_run_checks_its_save_directory_before_running(tmp_path):
 
 def test_a_closed_pipe_ends_quietly():
     """The reader is gone before tcloud writes (as `tcloud config | head` once it has its line)."""
-    process = subprocess.Popen([sys.executable, "-m", "tcloud.runtime.cli", "isa", "doc"], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "tcloud", "isa", "doc"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     process.stdout.close()
     err = process.stderr.read()
@@ -179,7 +187,7 @@ def test_a_closed_pipe_ends_quietly():
 
 def test_ctrl_c_exits_130_without_a_traceback(tmp_path):
     """Interrupting a long command (lowering a 1024^3 GEMM takes several seconds)."""
-    process = subprocess.Popen([sys.executable, "-m", "tcloud.runtime.cli", "gemm", "--config", "small", "--m", "1024",
+    process = subprocess.Popen([sys.executable, "-m", "tcloud", "gemm", "--config", "small", "--m", "1024",
                                 "--k", "1024", "--n", "1024", "-o", str(tmp_path / "g.tcimg")],
                                stderr=subprocess.PIPE, text=True,
                                # as from a terminal: a shell's background job (CI) would ignore SIGINT
@@ -324,3 +332,157 @@ def test_run_help_names_the_default_backend_and_functional_runs_print_no_cycles(
     result = tcloud("run", str(image))
     assert result.returncode == 0 and "context 0: DONE" in result.stdout
     assert "cycles" not in result.stdout and "golden model" not in result.stdout
+
+
+# --- waveforms (issue 11, item 4) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend, name", [
+    ("verilator", "waves/run.vcd"),
+    pytest.param("amaranth", "waves/run.vcd", marks=pytest.mark.slow),
+    pytest.param("verilator", "waves/run.fst", marks=pytest.mark.skipif(
+        not fst_supported(), reason="no lz4 headers for Verilator's FST writer")),
+])
+def test_run_writes_a_waveform(backend, name, tmp_path):
+    image = tmp_path / "g.tcimg"
+    assert tcloud("asm", str(EXAMPLES / "gemm_tiny.s"), "-o", str(image)).returncode == 0
+    result = tcloud("run", str(image), "--backend", backend, "--vcd", name, cwd=tmp_path)
+    assert result.returncode == 0 and f"waveform: {name}" in result.stdout, result.stderr
+    data = (tmp_path / name).read_bytes()
+    if name.endswith(".vcd"):  # complete: the header, then a time step for every one of the run's 1,113 cycles
+        assert b"$enddefinitions" in data and len(re.findall(rb"\n#\d+", data)) > 1113
+    else:
+        assert data[0] == 0 and len(data) > 10_000  # an FST header block first
+
+
+def test_waveform_errors_are_clean(tmp_path):
+    image = tmp_path / "g.tcimg"
+    assert tcloud("asm", str(EXAMPLES / "gemm_tiny.s"), "-o", str(image)).returncode == 0
+    for argv, message in ((["--vcd", "w.vcd"], "the functional backend has no signals to trace"),
+                          (["--backend", "amaranth", "--vcd", "w.fst"], "Amaranth's simulator writes VCD only"),
+                          (["--backend", "amaranth", "--vcd", "."], "waveform file . is a directory")):
+        result = tcloud("run", str(image), *argv, cwd=tmp_path)
+        assert result.returncode == 1 and message in result.stderr.splitlines()[-1], result.stderr
+
+
+def test_vnpu_writes_one_waveform_per_pnpu(tmp_path):
+    (tmp_path / "s.yaml").write_text(scenario_text("pnpus: 2").replace("functional", "verilator"))
+    result = tcloud("vnpu", "s.yaml", "--vcd", "w.vcd", cwd=tmp_path)
+    assert result.returncode == 0 and "all match" in result.stdout, result.stderr
+    for index in (0, 1):
+        assert b"$enddefinitions" in (tmp_path / f"w.pnpu{index}.vcd").read_bytes()
+
+
+@pytest.mark.slow
+def test_cocotb_benches_write_waves_when_asked(tmp_path):
+    from conftest import BUILD
+
+    for stale in BUILD.glob("hbm_player-*/run-*/dump.vcd"):
+        stale.unlink()
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             str(Path(__file__).with_name("test_hbm_models.py")), "-k",
+                             "test_cocotb_responder_follows_the_reference and not 3"],
+                            capture_output=True, text=True, env={**os.environ, "TCLOUD_WAVES": "1"})
+    assert result.returncode == 0, result.stdout[-3000:]
+    waves = list(BUILD.glob("hbm_player-*/run-*/dump.vcd"))
+    assert len(waves) == 1 and b"$enddefinitions" in waves[0].read_bytes()[:100_000]
+
+
+# --- conventions (issue 11, item 11) --------------------------------------------------------------
+
+
+def test_python_m_tcloud_and_version(tmp_path):
+    from importlib.metadata import version
+
+    for argv in ([sys.executable, "-m", "tcloud", "--version"], [Path(sys.executable).with_name("tcloud"), "--version"]):
+        result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)  # outside the source tree
+        assert result.returncode == 0 and result.stdout == f"tcloud {version('tcloud-npu')}\n", result.stderr
+
+
+def test_make_bench_writes_to_a_fresh_directory(tmp_path):
+    root = Path(__file__).parent.parent
+    dry = subprocess.run(["make", "-n", "bench"], cwd=root, capture_output=True, text=True).stdout
+    assert re.search(r"TCLOUD_BENCH_RESULTS=build/bench/\d{8}-\d{6} ", dry), dry
+    probe = "from benchmarks.common import write; write('probe', {})"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True,
+                            env={**os.environ, "TCLOUD_BENCH_RESULTS": str(tmp_path / "fresh")})
+    assert result.returncode == 0 and json.loads((tmp_path / "fresh/probe.json").read_text())["benchmark"] == "probe"
+
+
+def test_the_multitenant_plot_explains_its_dashed_line(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from benchmarks import multitenant_rtl
+    from benchmarks.common import COMMITTED
+
+    saved = json.loads((COMMITTED / "multitenant_rtl.json").read_text())
+    multitenant_rtl.plot(saved["results"], tmp_path / "p.png")
+    legend = plt.gcf().axes[2].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == ["target: no tenant slower than 1.1x alone"]
+    assert saved["targets"]["max_slowdown_vs_alone"] == multitenant_rtl.MAX_SLOWDOWN
+    plt.close("all")
+
+
+# --- progress on long work (issue 11, item 5) -----------------------------------------------------
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_draws_a_bar_on_a_terminal_and_two_lines_elsewhere():
+    terminal = Terminal()
+    with Progress("counting", unit="instr", stream=terminal) as progress:
+        for done in range(1, 4):
+            time.sleep(0.15)  # longer than tqdm's shortest interval between two draws
+            progress.update(done, 3)
+    assert "counting: 100%|" in terminal.getvalue() and "3.00/3.00" in terminal.getvalue(), terminal.getvalue()
+    assert terminal.getvalue().endswith("counting: done in 0.5 s\n")
+    terminal = Terminal()
+    with Progress("building", estimate=1.0, stream=terminal):
+        time.sleep(0.6)
+    assert re.search(r"building:  *\d+%\|.*\| 00:00 of about 1 s", terminal.getvalue()), terminal.getvalue()
+    log = io.StringIO()
+    with pytest.raises(KeyError), Progress("failing", estimate=90, stream=log):
+        raise KeyError
+    assert log.getvalue() == "failing (about 90 s) ...\n", "no 'done' line after a failure: the error stays last"
+
+
+def test_gemm_shows_its_progress(tmp_path):
+    result = tcloud("gemm", "--m", "64", "--k", "64", "--n", "64", "-o", "g.tcimg", cwd=tmp_path)
+    assert result.returncode == 0
+    assert re.fullmatch(r"lowering GEMM 64x64x64 for 'small' \.\.\.\nlowering GEMM 64x64x64 for 'small': done in "
+                        r"\d+\.\d s\n", result.stderr), result.stderr
+    main_fd, terminal_fd = os.openpty()  # as in a terminal of 100 columns: a bar counting instructions
+    fcntl.ioctl(terminal_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", "tcloud", "gemm", "--m", "512", "--k", "512", "--n", "256",
+                                "-o", "g.tcimg"], cwd=tmp_path, stderr=terminal_fd, stdout=subprocess.DEVNULL)
+    os.close(terminal_fd)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:  # the terminal closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(main_fd)
+    assert process.wait(timeout=120) == 0
+    text = b"".join(chunks).decode()
+    assert re.search(r"lowering GEMM 512x512x256 for 'small':  *\d+%\|.*\| [\d.]+k?/[\d.]+k \[.*instr/s\]", text), text
+
+
+def test_a_verilator_build_estimates_from_the_last_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("TCLOUD_CACHE", str(tmp_path))
+    assert verilator_device._last_build_seconds("tiny", False) is None
+    for name, seconds, age in (("tiny-aaa", "50.0", 100), ("tiny-bbb", "40.5", 10), ("tiny-trace-vcd-ccc", "70", 0),
+                               ("small-ddd", "99", 0)):
+        entry = tmp_path / "verilator" / name
+        entry.mkdir(parents=True)
+        (entry / verilator_device.BUILD_SECONDS).write_text(seconds)
+        os.utime(entry / verilator_device.BUILD_SECONDS, (time.time() - age,) * 2)
+    assert verilator_device._last_build_seconds("tiny", False) == 40.5
+    assert verilator_device._last_build_seconds("tiny", "vcd") == 70.0
