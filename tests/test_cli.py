@@ -116,6 +116,7 @@ def test_wrong_input_file_for_run(tmp_path, capsys):
     assert "input 'A' must have shape (2, 2)" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the multi-tenant part runs on the 'small' Verilator model (minutes to build when cold)
 def test_console_script_demo_runs():
     for backend in ("functional", "verilator"):
         result = subprocess.run([sys.executable, "-m", "tcloud", "demo", "--config", "tiny",
@@ -486,3 +487,13 @@ def test_a_verilator_build_estimates_from_the_last_one(tmp_path, monkeypatch):
         os.utime(entry / verilator_device.BUILD_SECONDS, (time.time() - age,) * 2)
     assert verilator_device._last_build_seconds("tiny", False) == 40.5
     assert verilator_device._last_build_seconds("tiny", "vcd") == 70.0
+
+
+def test_the_quick_subset_leaves_out_the_long_runs():
+    """`pytest -m "not slow"` (about 40 s on 2 cores with the Verilator models cached) skips the RTL
+    simulations, builds, proofs and benchmarks, and keeps the golden model, ISA, firmware and CLI."""
+    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not slow", "-p",
+                             "no:cacheprovider", str(Path(__file__).parent)], capture_output=True, text=True)
+    files = {line.split("::")[0].rsplit("/", 1)[-1] for line in result.stdout.splitlines() if "::" in line}
+    assert {"test_cocotb.py", "test_formal.py", "test_rtl_pnpu.py", "test_multitenant.py"}.isdisjoint(files)
+    assert {"test_cli.py", "test_golden_ops.py", "test_isa_asm.py", "test_hypervisor.py"} <= files

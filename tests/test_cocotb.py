@@ -19,6 +19,8 @@ from tcloud.verif.hbm_spec import timing_programs
 
 from conftest import BUILD, COCOTB_WAVES, cocotb_build
 
+pytestmark = pytest.mark.slow  # cocotb simulations of whole pNPUs: minutes
+
 CASES = {"tiny": "4" if os.environ.get("CI") else "8", "small": "2" if os.environ.get("CI") else "4"}
 TESTS = ["constrained_random_gemm", "random_programs", "multi_tenant", "wrong_write_is_caught_at_the_transaction",
          "host_command_timeout", "spec_timing", "coverage_report"]

@@ -73,6 +73,7 @@ def test_small_blocks_exercise_double_buffering_and_token_reuse():
     assert len({t for h in headers for t in range(16) if h["signal"] >> t & 1}) > 1
 
 
+@pytest.mark.slow
 def test_large_gemm():
     check_gemm("small", 512, 512, 512, bias=True, requant=Requant.from_scale(1 / 9000))
 

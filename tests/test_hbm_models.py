@@ -18,6 +18,8 @@ from tcloud.verif.hbm_spec import NORMAL, HbmPlayer, Request, port_gbps, referen
 
 from conftest import BUILD, COCOTB_WAVES, cocotb_build
 
+pytestmark = pytest.mark.slow  # HBM models against the reference, with a cocotb build
+
 TINY = get_config("tiny")
 PORT_GBPS = port_gbps(TINY)
 BANDWIDTHS = {"port": PORT_GBPS, "3/8 port": PORT_GBPS * 3 / 8}

@@ -8,6 +8,8 @@ from tcloud.rtl.vector_alu import VectorALU
 from tcloud.rtl.verilog import LINT_WAIVERS, lint, to_verilog
 from tcloud.runtime.cli import main
 
+pytestmark = pytest.mark.slow  # Verilog generation and lint of whole pNPUs
+
 
 @pytest.mark.parametrize("make, name", [
     (lambda: SystolicArray(8, 8), "systolic_array"),
