@@ -18,8 +18,8 @@ from tcloud.isa.errors import TcloudError
 from .api import format_utilization, run_timing
 from .device import BACKENDS, FunctionalDevice, make_device
 from .execute import load_image, read_outputs, run_image
-from .progress import Progress
 from .files import load_npy, output_dir, output_file, read_bytes, read_text, write_file
+from .progress import Progress
 
 
 def _write_text(text, output):
@@ -39,9 +39,11 @@ def cmd_verilog(args):
     from tcloud.rtl.pnpu import PNPU
     from tcloud.rtl.verilog import LINT_WAIVERS, lint, to_verilog
 
+    from .verilator_device import VERILOG_SECONDS, recorded_seconds
+
     cfg = get_config(args.config)
     output_file(args.output, "Verilog file")  # refuse a bad target before the long generation
-    with Progress(f"generating Verilog for {cfg.name!r} (about a minute for small)"):
+    with Progress(f"generating Verilog for {cfg.name!r}", estimate=recorded_seconds(cfg.name, VERILOG_SECONDS)):
         text = to_verilog(PNPU(cfg), args.top)
     write_file(args.output, text, "Verilog file")
     print(f"{args.output}: pNPU for {cfg.name!r}, {len(text.splitlines())} lines, top module {args.top!r}")
@@ -279,7 +281,7 @@ def build_parser():
 
     asm = sub.add_parser("asm", help="assemble a .s file into a program image",
                          description="Assemble TCloud assembly into a program image (.tcimg).")
-    asm.add_argument("source", help="an assembly file")
+    asm.add_argument("source", help="assembly file")
     asm.add_argument("-o", "--output", help="image file (default: source with .tcimg)")
     asm.add_argument("--config", help="target preset (else the file's .config directive)")
     asm.set_defaults(func=cmd_asm)

@@ -152,28 +152,41 @@ def build_model(config, *, trace=False, verbose=False, top=None):
         return library, False
     target.parent.mkdir(parents=True, exist_ok=True)
     what = f"building the Verilator model of {cfg.name!r}" + (f" with {trace.upper()} tracing" if trace else "")
-    with Progress(what, estimate=_last_build_seconds(cfg.name, trace)) as progress:
+    with Progress(what, estimate=recorded_seconds(cfg.name, BUILD_SECONDS, trace)) as progress:
+        records = {}
         if verilog is None:
             verilog = to_verilog(PNPU(cfg), TOP)
-        _compile(verilog, header, flags, target, verbose, what, progress)
+            records[VERILOG_SECONDS] = progress.seconds
+        _compile(verilog, header, flags, target, verbose, what, progress, records)
     return library, True
 
 
 BUILD_SECONDS = "build_seconds"
 """File of a cache entry holding how long it took to build (the estimate shown for the next build)."""
+VERILOG_SECONDS = "verilog_seconds"
+"""File of a cache entry holding how long generating its Verilog took (the estimate of ``tcloud verilog``)."""
 
 
-def _last_build_seconds(name, trace):
-    """Seconds the newest cached build of a configuration named ``name`` took, or ``None``."""
-    entries = [path for path in cache_dir().glob(f"{name}-*/{BUILD_SECONDS}")
-               if path.parent.name.startswith(f"{name}-trace-") == bool(trace)]
+def recorded_seconds(name, record, trace=None):
+    """The seconds in ``record`` of the newest cache entry of a configuration named ``name``, or ``None``.
+
+    Parameters
+    ----------
+    name : str
+    record : str
+        :data:`BUILD_SECONDS` or :data:`VERILOG_SECONDS`.
+    trace : bool or str, optional
+        Only entries with (truthy) or without (falsy) tracing; ``None``: any entry.
+    """
+    entries = [path for path in cache_dir().glob(f"{name}-*/{record}")
+               if trace is None or path.parent.name.startswith(f"{name}-trace-") == bool(trace)]
     try:
         return float(max(entries, key=lambda path: path.stat().st_mtime).read_text()) if entries else None
     except (OSError, ValueError):
         return None
 
 
-def _compile(verilog, header, flags, target, verbose, what, progress):
+def _compile(verilog, header, flags, target, verbose, what, progress, records):
     """Compile ``verilog`` with the harness into the cache entry ``target`` (renamed into place at once)."""
     with tempfile.TemporaryDirectory(prefix="build-", dir=target.parent) as tmp:
         work = Path(tmp)
@@ -191,7 +204,8 @@ def _compile(verilog, header, flags, target, verbose, what, progress):
         staged = work / "staged"
         staged.mkdir()
         shutil.copy(built, staged / LIBRARY)
-        (staged / BUILD_SECONDS).write_text(f"{progress.seconds:.1f}\n")
+        for record, seconds in {**records, BUILD_SECONDS: progress.seconds}.items():
+            (staged / record).write_text(f"{seconds:.1f}\n")
         try:
             os.rename(staged, target)
         except OSError:

@@ -476,17 +476,30 @@ def test_gemm_shows_its_progress(tmp_path):
     assert re.search(r"lowering GEMM 512x512x256 for 'small':  *\d+%\|.*\| [\d.]+k?/[\d.]+k \[.*instr/s\]", text), text
 
 
-def test_a_verilator_build_estimates_from_the_last_one(tmp_path, monkeypatch):
+def test_a_verilator_build_and_tcloud_verilog_estimate_from_the_newest_cache_entry(tmp_path, monkeypatch):
     monkeypatch.setenv("TCLOUD_CACHE", str(tmp_path))
-    assert verilator_device._last_build_seconds("tiny", False) is None
+    build, verilog = verilator_device.BUILD_SECONDS, verilator_device.VERILOG_SECONDS
+    assert verilator_device.recorded_seconds("tiny", build, False) is None
     for name, seconds, age in (("tiny-aaa", "50.0", 100), ("tiny-bbb", "40.5", 10), ("tiny-trace-vcd-ccc", "70", 0),
                                ("small-ddd", "99", 0)):
         entry = tmp_path / "verilator" / name
         entry.mkdir(parents=True)
-        (entry / verilator_device.BUILD_SECONDS).write_text(seconds)
-        os.utime(entry / verilator_device.BUILD_SECONDS, (time.time() - age,) * 2)
-    assert verilator_device._last_build_seconds("tiny", False) == 40.5
-    assert verilator_device._last_build_seconds("tiny", "vcd") == 70.0
+        for record in (build, verilog):
+            (entry / record).write_text(seconds)
+            os.utime(entry / record, (time.time() - age,) * 2)
+    assert verilator_device.recorded_seconds("tiny", build, False) == 40.5
+    assert verilator_device.recorded_seconds("tiny", build, "vcd") == 70.0
+    assert verilator_device.recorded_seconds("tiny", verilog) == 70.0  # the same Verilog, traced or not
+
+
+@pytest.mark.slow  # generates the Verilog of tiny
+def test_tcloud_verilog_announces_the_time_the_last_generation_took(tmp_path):
+    entry = tmp_path / "verilator" / "tiny-aaa"
+    entry.mkdir(parents=True)
+    (entry / verilator_device.VERILOG_SECONDS).write_text("70.0\n")
+    result = tcloud("verilog", "--config", "tiny", "--no-lint", "-o", str(tmp_path / "t.v"),
+                    env={**os.environ, "TCLOUD_CACHE": str(tmp_path)})
+    assert result.returncode == 0 and result.stderr.startswith("generating Verilog for 'tiny' (about 70 s) ...\n")
 
 
 def test_the_quick_subset_leaves_out_the_long_runs():
