@@ -1,6 +1,7 @@
 """The ``tcloud`` command line."""
 
 import argparse
+import importlib.metadata
 import json
 import os
 import sys
@@ -9,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-import tcloud
 from tcloud.firmware import Requant, gemm
 from tcloud.isa import PRESETS, Policy, ProgramImage, assemble, disassemble, get_config
 from tcloud.isa.doc import isa_markdown
@@ -253,10 +253,18 @@ WAVES_HELP = ("write a waveform of every signal (RTL backends; FST if FILE ends 
               "else VCD; open it with GTKWave or Surfer)")
 
 
+def version():
+    """The installed distribution's version (``tcloud-npu``)."""
+    try:
+        return importlib.metadata.version("tcloud-npu")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="tcloud", description="TCloud: hardware-assisted NPU "
                                      "virtualization — ISA tools, firmware and runtime.")
-    parser.add_argument("--version", action="version", version=f"tcloud {tcloud.__version__}")
+    parser.add_argument("--version", action="version", version=f"tcloud {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     isa = sub.add_parser("isa", help="ISA reference tools", description="ISA reference tools.")

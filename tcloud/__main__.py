@@ -1,4 +1,8 @@
-"""``python -m tcloud``: the ``tcloud`` command line."""
+"""``python -m tcloud``: the ``tcloud`` command line.
+
+``tcloud`` stays a namespace package (each room is a folder of its own, mapped to ``tcloud.<folder>``
+in pyproject.toml); this module is all that lives at its top.
+"""
 
 import sys
 
