@@ -294,8 +294,8 @@ def test_vnpu_reports_a_fault_as_a_fault_and_as_json(tmp_path):
                           Instr("halt")])
     (tmp_path / "bad.tcimg").write_bytes(ProgramImage.for_config("tiny", code, hbm_bytes=len(code),
                                                                  sram_bytes=64).to_bytes())
-    (tmp_path / "s.yaml").write_text(scenario_text("oversubscribe: true") + "  - name: bad\n    vnpu: {mes: 0, ves: 1, sram_kib: 4, "
-                                                       "hbm_mib: 1}\n    program: bad.tcimg\n    runs: 2\n")
+    bad = "  - name: bad\n    vnpu: {mes: 0, ves: 1, sram_kib: 4, hbm_mib: 1}\n    program: bad.tcimg\n    runs: 2\n"
+    (tmp_path / "s.yaml").write_text(scenario_text("oversubscribe: true") + bad)
     result = tcloud("vnpu", "s.yaml", cwd=tmp_path)
     assert result.returncode == 1 and "MISMATCH" not in result.stdout, result.stdout
     assert "run 0 FAULTED SRAM_BOUNDS: context 1 faulted with SRAM_BOUNDS" in result.stdout
@@ -395,7 +395,8 @@ def test_cocotb_benches_write_waves_when_asked(tmp_path):
 def test_python_m_tcloud_and_version(tmp_path):
     from importlib.metadata import version
 
-    for argv in ([sys.executable, "-m", "tcloud", "--version"], [Path(sys.executable).with_name("tcloud"), "--version"]):
+    for argv in ([sys.executable, "-m", "tcloud", "--version"],
+                 [Path(sys.executable).with_name("tcloud"), "--version"]):
         result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)  # outside the source tree
         assert result.returncode == 0 and result.stdout == f"tcloud {version('tcloud-npu')}\n", result.stderr
 
@@ -502,11 +503,13 @@ def test_tcloud_verilog_announces_the_time_the_last_generation_took(tmp_path):
     assert result.returncode == 0 and result.stderr.startswith("generating Verilog for 'tiny' (about 70 s) ...\n")
 
 
+@pytest.mark.slow  # collects the whole suite; the quick subset need not check itself
 def test_the_quick_subset_leaves_out_the_long_runs():
-    """`pytest -m "not slow"` (about 40 s on 2 cores with the Verilator models cached) skips the RTL
+    """`pytest -m "not slow"` (under a minute on 2 cores with the tiny Verilator model cached) skips the RTL
     simulations, builds, proofs and benchmarks, and keeps the golden model, ISA, firmware and CLI."""
     result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not slow", "-p",
                              "no:cacheprovider", str(Path(__file__).parent)], capture_output=True, text=True)
     files = {line.split("::")[0].rsplit("/", 1)[-1] for line in result.stdout.splitlines() if "::" in line}
-    assert {"test_cocotb.py", "test_formal.py", "test_rtl_pnpu.py", "test_multitenant.py"}.isdisjoint(files)
+    slow = {"test_cocotb.py", "test_formal.py", "test_rtl_pnpu.py", "test_multitenant.py", "test_me_hazards.py"}
+    assert slow.isdisjoint(files)
     assert {"test_cli.py", "test_golden_ops.py", "test_isa_asm.py", "test_hypervisor.py"} <= files
