@@ -19,15 +19,20 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# `make bench` writes to a fresh directory, so a run never overwrites the committed results;
+# `make bench BENCH_OUT=benchmarks/results` replaces them on purpose.
+ifndef BENCH_OUT
+BENCH_OUT := build/bench/$(shell date -u +%Y%m%d-%H%M%S)
+endif
+BENCHMARKS := golden_gemm verilator_build sim_speed hbm_bandwidth me_utilization "multitenant_rtl --runs 8" interference
+
 bench: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
-	$(PY) -m benchmarks.golden_gemm
-	$(PY) -m benchmarks.verilator_build
-	$(PY) -m benchmarks.sim_speed
-	$(PY) -m benchmarks.hbm_bandwidth
-	$(PY) -m benchmarks.me_utilization
-	$(PY) -m benchmarks.multitenant_rtl --runs 8
-	$(PY) -m benchmarks.interference
+	@echo "make bench: results go to $(BENCH_OUT) (benchmarks/results holds the committed ones)"
+	@set -- $(BENCHMARKS); step=0; for bench in "$$@"; do step=$$((step + 1)); \
+	    echo "[$$step/$$#] python -m benchmarks.$$bench  (started $$(date -u +%H:%M:%S) UTC)"; \
+	    TCLOUD_BENCH_RESULTS=$(BENCH_OUT) $(PY) -m benchmarks.$$bench || exit 1; done
+	@echo "make bench: done; results in $(BENCH_OUT)"
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .hypothesis

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).parent / "results"
+COMMITTED = Path(__file__).parent / "results"
+RESULTS = Path(os.environ.get("TCLOUD_BENCH_RESULTS") or COMMITTED)
+"""Where results go: ``$TCLOUD_BENCH_RESULTS`` (``make bench`` sets a fresh directory) or the
+committed ``benchmarks/results``."""
 
 
 def machine():
@@ -33,7 +36,7 @@ def conditions(config, hbm_timing):
 
 
 def write(name, report, out=None):
-    """Write ``report`` (a dict) as ``benchmarks/results/<name>.json`` (or ``out``) and return the path."""
+    """Write ``report`` (a dict) as ``<RESULTS>/<name>.json`` (or ``out``) and return the path."""
     path = Path(out) if out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"benchmark": name, **machine(), **report}, indent=2) + "\n")

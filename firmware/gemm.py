@@ -23,12 +23,13 @@ from tcloud.isa import Instr, ProgramImage, Symbol, get_config
 from tcloud.isa.encoding import check_field
 from tcloud.isa.cost import HARVEST_COST_DEFAULT, utop_units
 from tcloud.isa.errors import EncodingError
-from tcloud.isa.table import BY_MNEMONIC, WORD_BYTES, EngineClass
+from tcloud.isa.table import BY_MNEMONIC, INSTRUCTION_BYTES, WORD_BYTES, EngineClass
 from tcloud.isa.table import field_max as _field_max
 
 from .program import FirmwareError, ProgramBuilder
 
 _ALIGN = 64
+MIB = 1 << 20
 _TILE_OVERHEAD = 8
 """Cycles the planner charges per k tile of an ME uTOp besides streaming its rows: the turnaround of
 its two instructions (the weights load into the idle bank while the previous tile streams;
@@ -180,7 +181,7 @@ def plan_gemm(config, m, k, n, *, bias=False, requant=False, max_utop_cost=HARVE
     return best[1]
 
 
-def gemm(config, m, k, n, *, bias=False, requant=None, plan=None, max_utop_cost=HARVEST_COST_DEFAULT):
+def gemm(config, m, k, n, *, bias=False, requant=None, plan=None, max_utop_cost=HARVEST_COST_DEFAULT, progress=None):
     """Lower a GEMM to a program image.
 
     Parameters
@@ -198,6 +199,9 @@ def gemm(config, m, k, n, *, bias=False, requant=None, plan=None, max_utop_cost=
     max_utop_cost : int or None
         Passed to :func:`plan_gemm`: the largest declared cost of an ME uTOp (default: the
         ``HARVEST_COST`` register's reset value, so the harvest policy may share its uTOps).
+    progress : callable, optional
+        Called now and then as ``progress(done, total)``: each instruction counts once when it is
+        lowered and once when it is encoded (for a progress bar; large shapes take minutes).
 
     Returns
     -------
@@ -223,11 +227,13 @@ def gemm(config, m, k, n, *, bias=False, requant=None, plan=None, max_utop_cost=
     if max(stride_a, stride_b, stride_c) > hbm_stride_max:
         raise FirmwareError(f"GEMM {m}x{k}x{n}: a row of A, B or C exceeds the largest DMA stride "
                             f"({hbm_stride_max} bytes)")
-    off_a = 0
-    off_b = _up(off_a + m * stride_a, _ALIGN)
-    off_bias = _up(off_b + k * stride_b, _ALIGN)
-    off_c = _up(off_bias + (4 * n if bias else 0), _ALIGN)
-    code_at = _up(off_c + m * stride_c, _ALIGN)
+    off_a, off_b, off_bias, off_c, code_at = _hbm_layout(m, k, n, bias, out_item)
+    count = _instruction_count(cfg, plan, bias, requant is not None)
+    hbm_bytes = _up(code_at + INSTRUCTION_BYTES * count, _ALIGN)
+    if hbm_bytes > cfg.hbm_bytes:
+        raise FirmwareError(f"GEMM {m}x{k}x{n} needs {hbm_bytes / MIB:.1f} MiB of HBM ({code_at / MIB:.1f} MiB "
+                            f"of operands and result, {(hbm_bytes - code_at) / MIB:.1f} MiB of code), but config "
+                            f"{cfg.name!r} has {cfg.hbm_mib} MiB")
 
     buf_a = [0, mb * _up(kb, WORD_BYTES)]
     sa = _up(kb, WORD_BYTES)
@@ -312,14 +318,42 @@ def gemm(config, m, k, n, *, bias=False, requant=None, plan=None, max_utop_cost=
                     emit()
                 deferred.clear()
         deferred.append(lambda args=(bi, m0, n0, mrows, ncols, acc, last_me): finish_block(*args))
+        if progress is not None:
+            progress(prog.instructions, 2 * count)
     for emit in deferred:
         emit()
 
-    code = prog.build(cfg)
+    code = prog.build(cfg, progress=None if progress is None else lambda done: progress(count + done, 2 * count))
     symbols = [Symbol("A", "input", "i8", (m, k), off_a, stride_a),
                Symbol("B", "input", "i8", (k, n), off_b, stride_b)]
     if bias:
         symbols.append(Symbol("bias", "input", "i32", (n,), off_bias, 4 * n))
     symbols.append(Symbol("C", "output", out_dtype, (m, n), off_c, stride_c))
-    return ProgramImage.for_config(cfg, code, entry=code_at, hbm_bytes=_up(code_at + len(code), _ALIGN),
-                                   sram_bytes=plan.sram_bytes, symbols=symbols)
+    return ProgramImage.for_config(cfg, code, entry=code_at, hbm_bytes=hbm_bytes, sram_bytes=plan.sram_bytes,
+                                   symbols=symbols)
+
+
+def _hbm_layout(m, k, n, bias, out_item):
+    """HBM offsets of A, B, bias, C and the code in a GEMM image."""
+    off_a = 0
+    off_b = _up(off_a + m * _up(k, WORD_BYTES), _ALIGN)
+    off_bias = _up(off_b + k * _up(n, WORD_BYTES), _ALIGN)
+    off_c = _up(off_bias + (4 * n if bias else 0), _ALIGN)
+    return off_a, off_b, off_bias, off_c, _up(off_c + m * _up(n * out_item, WORD_BYTES), _ALIGN)
+
+
+def _sizes(total, block):
+    """Sizes of the blocks of ``block`` that cover ``total`` (the last may be shorter)."""
+    return [block] * (total // block) + ([total % block] if total % block else [])
+
+
+def _instruction_count(cfg, plan, bias, requant):
+    """Instructions :func:`gemm` emits for ``plan`` (headers included), counted without lowering: a
+    shape too large for the HBM is refused before the long part of the work."""
+    count = 0
+    for width in _sizes(plan.n, plan.nb):
+        tiles = math.ceil(width / cfg.me_cols)
+        for depth in _sizes(plan.k, plan.kb):
+            count += 3 + tiles * (1 + 2 * math.ceil(depth / cfg.me_rows))  # DMA uTOp (2 loads), ME uTOps
+        count += bias + (2 + bias + 2 * requant if bias or requant else 0) + 2  # bias load, VE uTOp, store
+    return math.ceil(plan.m / plan.mb) * count + 1  # halt

@@ -23,6 +23,8 @@ from tcloud.isa.table import BY_MNEMONIC, NUM_TOKENS, UTOP_CLASSES, EngineClass
 _MAX_COUNT = (1 << BY_MNEMONIC["utop"].field("count0").width) - 1
 _MAX_COST = BY_MNEMONIC["utop"].field("cost").max_value
 _WAIT_SLOTS = sum(1 for f in BY_MNEMONIC["utop"].fields if f.kind == "token")
+PROGRESS_STEP = 4096
+"""Instructions between two calls of a ``progress`` callback."""
 
 
 class FirmwareError(TcloudError, ValueError):
@@ -66,6 +68,8 @@ class ProgramBuilder:
     def __init__(self, rng=None):
         self._items = []  # _Utop or Instr (control)
         self._rng = rng
+        self.instructions = 0
+        """Instructions appended so far (headers included, the final ``halt`` not)."""
 
     @property
     def utop_count(self):
@@ -99,13 +103,15 @@ class ProgramBuilder:
         if deps and deps[-1] >= len(self._items):
             raise FirmwareError("a uTOp can only depend on uTOps emitted before it")
         self._items.append(_Utop(engine, list(body), deps))
+        self.instructions += 1 + len(body)
         return UtopRef(len(self._items) - 1)
 
     def fence(self):
         """Append a ``fence``: everything before it completes before anything after it starts."""
         self._items.append(Instr("fence"))
+        self.instructions += 1
 
-    def build(self, config=None):
+    def build(self, config=None, progress=None):
         """Assign tokens, append ``halt`` and return the encoded code segment.
 
         Parameters
@@ -114,6 +120,9 @@ class ProgramBuilder:
             When given, every uTOp header declares its exact cost (:func:`tcloud.isa.cost.utop_units`),
             which lets the ``harvest`` policy run it on engines its context does not own. A uTOp too
             large to declare (more than the ``cost`` field holds) stays undeclared.
+        progress : callable, optional
+            Called as ``progress(done)`` with the number of instructions encoded so far, every
+            :data:`PROGRESS_STEP` instructions or so.
 
         Raises
         ------
@@ -135,6 +144,8 @@ class ProgramBuilder:
             out.append(Instr("utop", cls=int(item.engine), len=len(item.body), signal=item.signal, cost=cost,
                              **waits))
             out.extend(item.body)
+            if progress is not None and len(out) // PROGRESS_STEP != (len(out) - len(item.body) - 1) // PROGRESS_STEP:
+                progress(len(out))
         out.append(Instr("halt"))
         return b"".join(i.encode() for i in out)
 

@@ -131,7 +131,8 @@ def _matmul_on_vnpu(vnpu, image, inputs, return_stats):
 
 
 def run_timing(before, after):
-    """Cycles and per-engine-class utilization between two ``Device.stats()`` snapshots.
+    """Cycles, busy cycles and utilization per engine and per engine class between two
+    ``Device.stats()`` snapshots.
 
     Backends without timing (``functional``) give only their name.
     """
@@ -143,8 +144,14 @@ def run_timing(before, after):
             for name in after["engine_busy_cycles"]}
     out["cycles"] = cycles
     out["engine_busy_cycles"] = busy
+    out["engine_utilization"] = {name: round(value / cycles, 4) if cycles else 0.0 for name, value in busy.items()}
     out["utilization"] = {}
     for cls in ("dma", "me", "ve"):
         names = [name for name in busy if name.rstrip("0123456789") == cls]
         out["utilization"][cls] = round(sum(busy[n] for n in names) / (cycles * len(names)), 4) if cycles else 0.0
     return out
+
+
+def format_utilization(utilization):
+    """``{"dma": 0.5, "me": 0.25}`` as ``"DMA 50.0%, ME 25.0%"`` (per class or per engine)."""
+    return ", ".join(f"{name.upper()} {value:.1%}" for name, value in utilization.items())

@@ -1,6 +1,8 @@
 """The ``tcloud`` command line."""
 
 import argparse
+import importlib.metadata
+import json
 import os
 import sys
 import time
@@ -14,54 +16,11 @@ from tcloud.isa.asm import instruction_lines
 from tcloud.isa.doc import isa_markdown
 from tcloud.isa.errors import TcloudError
 
-from .api import run_timing
-from .device import BACKENDS, make_device
+from .api import format_utilization, run_timing
+from .device import BACKENDS, FunctionalDevice, make_device
 from .execute import load_image, read_outputs, run_image
-
-
-def output_file(path, what="output"):
-    """The one rule for every file a command writes: refuse a directory, create missing parent
-    directories, and turn any failure into a :class:`TcloudError` naming the path.
-
-    Returns
-    -------
-    Path
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise TcloudError(f"{what} {path} is a directory; give a file name")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TcloudError(f"cannot create the directory of {what} {path}: {exc.strerror}") from None
-    return path
-
-
-def output_dir(path, what="output directory"):
-    """Create ``path`` (and its parents) now, before any work, or raise :class:`TcloudError`."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise TcloudError(f"{what} {path} exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TcloudError(f"cannot create {what} {path}: {exc.strerror}") from None
-    if not os.access(path, os.W_OK):
-        raise TcloudError(f"{what} {path} is not writable")
-    return path
-
-
-def write_file(path, data, what="output"):
-    """Write ``data`` (str or bytes) to ``path`` under :func:`output_file`'s rule."""
-    path = output_file(path, what)
-    try:
-        if isinstance(data, str):
-            path.write_text(data)
-        else:
-            path.write_bytes(data)
-    except OSError as exc:
-        raise TcloudError(f"cannot write {what} {path}: {exc.strerror}") from None
-    return path
+from .files import load_npy, output_dir, output_file, read_bytes, read_text, write_file
+from .progress import Progress
 
 
 def _write_text(text, output):
@@ -69,13 +28,6 @@ def _write_text(text, output):
         write_file(output, text)
     else:
         sys.stdout.write(text)
-
-
-def _read_bytes(path):
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise TcloudError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def cmd_isa_doc(args):
@@ -88,15 +40,18 @@ def cmd_verilog(args):
     from tcloud.rtl.pnpu import PNPU
     from tcloud.rtl.verilog import LINT_WAIVERS, lint, to_verilog
 
+    from .verilator_device import VERILOG_SECONDS, recorded_seconds
+
     cfg = get_config(args.config)
     output_file(args.output, "Verilog file")  # refuse a bad target before the long generation
-    print(f"generating Verilog for {cfg.name!r} (about a minute for small) ...", file=sys.stderr, flush=True)
-    text = to_verilog(PNPU(cfg), args.top)
+    with Progress(f"generating Verilog for {cfg.name!r}", estimate=recorded_seconds(cfg.name, VERILOG_SECONDS)):
+        text = to_verilog(PNPU(cfg), args.top)
     write_file(args.output, text, "Verilog file")
     print(f"{args.output}: pNPU for {cfg.name!r}, {len(text.splitlines())} lines, top module {args.top!r}")
     if args.no_lint:
         return
-    result = lint(text, args.top)
+    with Progress("verilator --lint-only -Wall"):
+        result = lint(text, args.top)
     print(f"verilator --lint-only -Wall: {'clean' if result.ok else 'FAILED'} with waivers "
           f"{', '.join(LINT_WAIVERS)} (reasons: tcloud.rtl.verilog.LINT_WAIVERS)")
     for message in result.messages[:20]:
@@ -116,10 +71,7 @@ def cmd_config(args):
 
 
 def cmd_asm(args):
-    try:
-        text = Path(args.source).read_text()
-    except OSError as exc:
-        raise TcloudError(f"cannot read {args.source}: {exc.strerror}") from None
+    text = read_text(args.source, "an assembly file")
     image = assemble(text, config=args.config, source=args.source)
     if not args.no_check:
         _check_program(image, args.source, instruction_lines(text), "; --no-check writes the image anyway")
@@ -151,15 +103,17 @@ def cmd_check(args):
 
 
 def cmd_disasm(args):
-    image = ProgramImage.from_bytes(_read_bytes(args.image))
+    image = ProgramImage.from_bytes(read_bytes(args.image))
     _write_text(disassemble(image), args.output)
 
 
 def cmd_gemm(args):
-    requant = Requant(args.mult, args.shift, args.zp) if args.mult is not None else None
+    if args.mult is None and (args.shift is not None or args.zp is not None):
+        raise TcloudError("--shift and --zp configure the requantization, which --mult enables; give --mult too")
+    requant = Requant(args.mult, args.shift or 0, args.zp or 0) if args.mult is not None else None
     output_file(args.output, "image file")
-    print(f"lowering GEMM {args.m}x{args.k}x{args.n} for {args.config!r} ...", file=sys.stderr, flush=True)
-    image = gemm(args.config, args.m, args.k, args.n, bias=args.bias, requant=requant)
+    with Progress(f"lowering GEMM {args.m}x{args.k}x{args.n} for {args.config!r}", unit="instr") as progress:
+        image = gemm(args.config, args.m, args.k, args.n, bias=args.bias, requant=requant, progress=progress.update)
     write_file(args.output, image.to_bytes(), "image file")
     print(f"{args.output}: GEMM {args.m}x{args.k}x{args.n} for {args.config}, "
           f"{len(image.code) // 16} instructions")
@@ -172,10 +126,7 @@ def _parse_inputs(pairs, image, seed):
         name, sep, path = pair.partition("=")
         if not sep:
             raise TcloudError(f"--input expects NAME=FILE.npy, got {pair!r}")
-        try:
-            arrays[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise TcloudError(f"cannot load input {name!r} from {path}: {exc}") from None
+        arrays[name] = load_npy(path, f"input {name!r}:")
     for symbol in image.inputs:
         if symbol.name not in arrays:
             info = np.iinfo(np.int8 if symbol.dtype == "i8" else np.int16)
@@ -185,21 +136,41 @@ def _parse_inputs(pairs, image, seed):
 
 
 def cmd_run(args):
-    image = ProgramImage.from_bytes(_read_bytes(args.image))
+    image = ProgramImage.from_bytes(read_bytes(args.image))
     config = get_config(args.config or image.config_name)
     image.check_config(config)
     inputs = _parse_inputs(args.input, image, args.seed)
     save = output_dir(args.save, "--save directory") if args.save else None
-    device = make_device(args.backend, config)
-    outputs, info = run_image(device, image, inputs)
+    vcd = output_file(args.vcd, "waveform file") if args.vcd else None
+    device = make_device(args.backend, config, vcd=vcd)
+    before = device.stats()
+    try:
+        outputs, info = run_image(device, image, inputs)
+        timing = run_timing(before, device.stats())
+    finally:
+        if vcd:
+            device.close()  # completes the waveform, also of a run that faulted
+            print(f"waveform: {vcd}")
     print(f"context 0: {info.status.name}; counters {info.counters}")
+    if "cycles" in timing:
+        print(f"{timing['cycles']} cycles; engine busy: {format_utilization(timing['utilization'])} "
+              f"({format_utilization(timing['engine_utilization']).lower()})")
     for name, array in outputs.items():
         print(f"output {name}: {array.dtype} {array.shape}, checksum {int(array.astype(np.int64).sum())}")
+        if args.print_outputs:
+            with np.printoptions(threshold=array.size + 1, linewidth=120):
+                print(array)
         if save:
             try:
                 np.save(save / f"{name}.npy", array)
             except OSError as exc:
                 raise TcloudError(f"cannot write {save / name}.npy: {exc.strerror}") from None
+    if args.backend != FunctionalDevice.name:
+        expected = run_image(FunctionalDevice(config), image, inputs)[0]
+        wrong = [name for name in expected if not np.array_equal(outputs[name], expected[name])]
+        print(f"outputs vs golden model: {'MISMATCH in ' + ', '.join(wrong) if wrong else 'all match'}")
+        if wrong:
+            raise TcloudError(f"the {args.backend} backend's outputs {', '.join(wrong)} differ from the golden model's")
 
 
 def cmd_demo(args):
@@ -243,9 +214,8 @@ def cmd_demo(args):
     print(f"3. {args.backend} backend ran it in {seconds * 1e3:.1f} ms: {c['utops']} uTOps, "
           f"{c['macs']} MACs, {c['hbm_bytes_read']} B read, {c['hbm_bytes_written']} B written")
     if "cycles" in timing:
-        util = ", ".join(f"{cls.upper()} {value:.1%}" for cls, value in timing["utilization"].items())
         print(f"   {timing['cycles']} cycles ({timing['cycles'] / seconds / 1e3:.0f} k cycles/s simulated); "
-              f"engine busy: {util}; array efficiency "
+              f"engine busy: {format_utilization(timing['utilization'])}; array efficiency "
               f"{c['macs'] / (timing['cycles'] * cfg.me_macs_per_cycle):.1%} of peak")
     print(f"4. check against NumPy (round half to even): {'PASS' if match else 'FAIL'} "
           f"({outputs['C'].size} int8 values)")
@@ -264,28 +234,61 @@ def cmd_demo(args):
 
 
 def cmd_vnpu(args):
-    from .tenants import load_scenario, print_reports, run_scenario
+    from .tenants import load_scenario, print_reports, reports_json, run_scenario
 
     data, base = load_scenario(args.scenario)
-    reports, stats = run_scenario(data, base, backend=args.backend, policy=args.policy)
-    if not print_reports(reports, stats):
-        raise TcloudError("a tenant failed or did not match the golden model")
+    log = (lambda text: print(text, file=sys.stderr)) if args.json else print
+    vcd = output_file(args.vcd, "waveform file") if args.vcd else None
+    reports, stats = run_scenario(data, base, backend=args.backend, policy=args.policy, log=log, vcd=vcd)
+    if vcd:
+        log(f"waveform: {vcd}" + (" (one file per pNPU: .pnpu<i> before the suffix)" if data.get("pnpus", 1) > 1
+                                  else ""))
+    if args.json:
+        result = reports_json(reports, stats)
+        print(json.dumps(result, indent=2))
+        ok = result["ok"]
+    else:
+        ok = print_reports(reports, stats)
+    if not ok:
+        raise TcloudError("a tenant faulted, failed or did not match the golden model")
 
 
-def positive_int(text):
-    """argparse type: an integer >= 1."""
+def _int_at_least(text, low, kind):
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} is not {kind}")
     return value
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def seed_int(text):
+    """argparse type: a random seed, an integer >= 0."""
+    return _int_at_least(text, 0, "a valid seed (an integer >= 0)")
+
+
+WAVES_HELP = ("write a waveform of every signal (RTL backends; FST if FILE ends with .fst, Verilator only, "
+              "else VCD; open it with GTKWave or Surfer)")
+
+
+def version():
+    """The installed distribution's version (``tcloud-npu``)."""
+    try:
+        return importlib.metadata.version("tcloud-npu")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="tcloud", description="TCloud: hardware-assisted NPU "
                                      "virtualization — ISA tools, firmware and runtime.")
+    parser.add_argument("--version", action="version", version=f"tcloud {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     isa = sub.add_parser("isa", help="ISA reference tools", description="ISA reference tools.")
@@ -297,7 +300,7 @@ def build_parser():
 
     ver = sub.add_parser("verilog", help="generate the pNPU's Verilog and lint it",
                          description="Generate the whole pNPU as Verilog and run verilator --lint-only on it.")
-    ver.add_argument("--config", default="small", choices=list(PRESETS))
+    ver.add_argument("--config", default="small", choices=list(PRESETS), help="preset (default: %(default)s)")
     ver.add_argument("-o", "--output", default="build/pnpu.v", help="Verilog file (default: build/pnpu.v)")
     ver.add_argument("--top", default="pnpu", help="top module name")
     ver.add_argument("--no-lint", action="store_true", help="skip the Verilator lint")
@@ -334,11 +337,11 @@ def build_parser():
                          description="Lower C = requant(A @ B + bias) to a program image.")
     for dim in ("m", "k", "n"):
         gem.add_argument(f"--{dim}", type=positive_int, required=True, help=f"GEMM dimension {dim.upper()}")
-    gem.add_argument("--config", default="small", choices=list(PRESETS))
+    gem.add_argument("--config", default="small", choices=list(PRESETS), help="target preset (default: %(default)s)")
     gem.add_argument("--bias", action="store_true", help="add an int32 bias input")
     gem.add_argument("--mult", type=int, help="requantization multiplier (enables int8 output)")
-    gem.add_argument("--shift", type=int, default=0, help="requantization shift")
-    gem.add_argument("--zp", type=int, default=0, help="requantization zero point")
+    gem.add_argument("--shift", type=int, help="requantization shift (default 0; needs --mult)")
+    gem.add_argument("--zp", type=int, help="requantization zero point (default 0; needs --mult)")
     gem.add_argument("-o", "--output", required=True, help="image file")
     gem.set_defaults(func=cmd_gemm)
 
@@ -348,20 +351,24 @@ def build_parser():
     run.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
                      help="input tensor (repeatable)")
     run.add_argument("--config", help="device preset (default: the image's config)")
-    run.add_argument("--backend", default="functional", choices=list(BACKENDS))
-    run.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    run.add_argument("--backend", default="functional", choices=list(BACKENDS),
+                     help="functional (the golden model, instant), amaranth or verilator (the RTL, with cycles, "
+                          "engine utilization and a check against the golden model; default: %(default)s)")
+    run.add_argument("--print-outputs", action="store_true", help="print every output array in full")
+    run.add_argument("--vcd", metavar="FILE", help=WAVES_HELP)
+    run.add_argument("--seed", type=seed_int, default=0, help="seed for random inputs (>= 0)")
     run.add_argument("--save", metavar="DIR", help="save outputs as NAME.npy here")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="GEMM through firmware, assembler, image and device",
                           description="Lower a GEMM, round-trip it through assembly text and the "
                                       "image format, run it and check it against NumPy.")
-    demo.add_argument("--config", default="small", choices=list(PRESETS))
-    demo.add_argument("--backend", default="verilator", choices=list(BACKENDS))
-    demo.add_argument("--m", type=positive_int, default=96)
-    demo.add_argument("--k", type=positive_int, default=200)
-    demo.add_argument("--n", type=positive_int, default=72)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--config", default="small", choices=list(PRESETS), help="preset (default: %(default)s)")
+    demo.add_argument("--backend", default="verilator", choices=list(BACKENDS), help="default: %(default)s")
+    demo.add_argument("--m", type=positive_int, default=96, help="GEMM rows of A (default: %(default)s)")
+    demo.add_argument("--k", type=positive_int, default=200, help="GEMM depth (default: %(default)s)")
+    demo.add_argument("--n", type=positive_int, default=72, help="GEMM columns of B (default: %(default)s)")
+    demo.add_argument("--seed", type=seed_int, default=0, help="seed of the random operands (default: %(default)s)")
     demo.add_argument("--policy", default="harvest", choices=[p.name.lower() for p in Policy],
                       help="scheduling policy of the multi-tenant part (which always uses the small preset)")
     demo.add_argument("--single", action="store_true", help="skip the multi-tenant part")
@@ -375,6 +382,9 @@ def build_parser():
     vnpu.add_argument("scenario", help="scenario file (.yaml, .yml or .json)")
     vnpu.add_argument("--backend", choices=list(BACKENDS), help="override the scenario's backend")
     vnpu.add_argument("--policy", choices=[p.name.lower() for p in Policy], help="override the scenario's policy")
+    vnpu.add_argument("--vcd", metavar="FILE", help=WAVES_HELP)
+    vnpu.add_argument("--json", action="store_true",
+                      help="print the results as JSON on stdout (progress goes to stderr)")
     vnpu.set_defaults(func=cmd_vnpu)
     return parser
 

@@ -2,9 +2,9 @@
 
 from dataclasses import dataclass
 
-from tcloud.isa import ContextStatus, FaultCode, Instr, ProgramImage
+from tcloud.isa import ContextStatus, DecodeError, EngineClass, FaultCode, Instr, ProgramImage, decode
 from tcloud.isa.errors import ImageError, TcloudError
-from tcloud.isa.table import FAULT_DOCS
+from tcloud.isa.table import FAULT_DOCS, INSTRUCTION_BYTES
 
 
 class DeviceFault(TcloudError):
@@ -75,6 +75,31 @@ class HbmWindow:
             raise HostAccessError(f"{what} [{offset:#x}, {offset + size:#x}) lies outside the context's "
                                   f"{self.size:#x}-byte HBM window")
         return self.base + offset
+
+
+def engine_classes(image):
+    """The engine classes of the uTOps ``image``'s program issues before its first ``halt``.
+
+    The walk follows the program as a context runs it (a ``utop`` header, then its body); it stops
+    at the first instruction that does not decode, where the hardware faults ``ILLEGAL`` anyway.
+
+    Returns
+    -------
+    set of EngineClass
+    """
+    classes, pc = set(), 0
+    while pc + INSTRUCTION_BYTES <= len(image.code):
+        try:
+            instr = decode(image.code[pc:pc + INSTRUCTION_BYTES])
+        except DecodeError:
+            break
+        if instr.mnemonic == "halt":
+            break
+        if instr.mnemonic == "utop":
+            classes.add(EngineClass(instr["cls"]))
+            pc += INSTRUCTION_BYTES * instr["len"]
+        pc += INSTRUCTION_BYTES
+    return classes
 
 
 def program_writes(window, image):

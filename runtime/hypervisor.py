@@ -19,13 +19,14 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
-from tcloud.isa import ContextStatus, Instr, ProgramImage, get_config, parse_policy
+from tcloud.isa import ContextStatus, EngineClass, Instr, Policy, ProgramImage, get_config, parse_policy
 from tcloud.isa.errors import ImageError, TcloudError
 from tcloud.isa.csr import HARVEST_COST_RESET
 
 from .device import make_device
-from .execute import DeviceFault, HbmWindow, input_writes, program_writes, read_symbols
+from .execute import DeviceFault, HbmWindow, engine_classes, input_writes, program_writes, read_symbols
 
 KIB, MIB = 1024, 1024 * 1024
 DRIVER_YIELD_SECONDS = 1e-4
@@ -281,6 +282,10 @@ class Hypervisor:
     harvest_grace : int, optional
         Under ``harvest``: cycles an engine's owners must have left it idle before it is harvested
         (the ``HARVEST_GRACE`` register; default: its reset value, 1,024).
+    vcd : path, optional
+        RTL backends: write each pNPU's waveform (see :func:`~tcloud.runtime.device.make_device`),
+        to ``vcd`` itself with one pNPU, else to ``<stem>.pnpu<i><suffix>``; complete after
+        :meth:`close`.
 
     Raises
     ------
@@ -290,7 +295,7 @@ class Hypervisor:
 
     def __init__(self, config="small", backend="verilator", policy="harvest", *, pnpus=1, oversubscribe=False,
                  prices=PriceTable(), poll_cycles=2048, hbm_timing=None, quantum=None, starvation=None,
-                 reclaim_cycles=None, harvest_grace=None):
+                 reclaim_cycles=None, harvest_grace=None, vcd=None):
         self.config = get_config(config)
         self.policy = parse_policy(policy)
         for name, value in (("pnpus", pnpus), ("poll_cycles", poll_cycles)):
@@ -301,7 +306,8 @@ class Hypervisor:
         self.pnpus = []
         self.reclaim_bound = None
         for index in range(pnpus):
-            device = make_device(backend, cfg, **(hbm_timing or {}))
+            waves = None if vcd is None or pnpus == 1 else Path(vcd).with_suffix(f".pnpu{index}{Path(vcd).suffix}")
+            device = make_device(backend, cfg, vcd=waves or vcd, **(hbm_timing or {}))
             harvest_cost = self._harvest_cost(device, reclaim_cycles)
             device.set_policy(self.policy, quantum=quantum, starvation=starvation, harvest_cost=harvest_cost,
                               harvest_grace=harvest_grace)
@@ -592,7 +598,9 @@ class VNPU:
         Raises
         ------
         ImageError
-            An image built for another config, or one whose footprint exceeds the vNPU's windows.
+            An image built for another config, one whose footprint exceeds the vNPU's windows, or
+            one with uTOps of an engine class the vNPU has no engine of under the ``static`` and
+            ``harvest`` policies (where the hardware would fault them ``NO_ENGINE``).
         HostAccessError
             A piece of the image outside the vNPU's HBM window (checked on every host access).
         VNPUStateError
@@ -606,6 +614,15 @@ class VNPU:
             if need > have:
                 raise ImageError(f"the image needs {need} bytes of {what} but {self.name} has a "
                                  f"{have}-byte window; create the vNPU with a larger one")
+        if self._hv.policy in (Policy.STATIC, Policy.HARVEST):
+            masks = {EngineClass.ME: (self.me_mask, "mes"), EngineClass.VE: (self.ve_mask, "ves"),
+                     EngineClass.DMA: (self.dma_mask, "dmas")}
+            for cls in sorted(engine_classes(image)):
+                mask, field = masks[cls]
+                if not mask:
+                    raise ImageError(f"the program runs {cls.name} uTOps but {self.name} has no {cls.name} "
+                                     f"({field}={getattr(self.spec, field)}); under the "
+                                     f"{self._hv.policy.name.lower()} policy they would fault NO_ENGINE")
         with self._hv._lock:
             self._check_live()
             if self._running is not None or any(v is self for v, _, _ in self._hv._pending):

@@ -22,18 +22,20 @@ image (``.tcimg``) or assembly file (``.s``), relative to the scenario file.
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from tcloud.firmware import elementwise, gemm
-from tcloud.isa import ProgramImage, assemble, get_config
+from tcloud.isa import PRESETS, Policy, ProgramImage, assemble, get_config
 from tcloud.isa.errors import TcloudError
 
-from .device import FunctionalDevice
-from .execute import run_image
+from .api import format_utilization, run_timing
+from .device import BACKENDS, FunctionalDevice
+from .execute import DeviceFault, run_image
+from .files import read_bytes, read_text
 from .hypervisor import Hypervisor, VNPUSpec
 
 DEFAULT_SCENARIO = {
@@ -59,14 +61,41 @@ class ScenarioError(TcloudError, ValueError):
 
 @dataclass
 class TenantReport:
+    """What one tenant's runs gave.
+
+    Attributes
+    ----------
+    verified : list of bool
+        For every run that completed: whether its outputs equal the golden model's.
+    faults : list of dict
+        For every run that faulted: ``run`` (its index), ``fault`` (the code's name), ``pc`` and
+        ``message``.
+    error : str
+        Any other failure of a run.
+    """
+
     name: str
     vnpu: str
     program: str
+    runs: int = 0
     latencies: list = field(default_factory=list)
     verified: list = field(default_factory=list)
+    faults: list = field(default_factory=list)
     usage: object = None
     bill: object = None
     error: str = ""
+
+    @property
+    def ok(self):
+        """Every run completed and matched the golden model."""
+        return len(self.verified) == self.runs and all(self.verified) and not self.faults and not self.error
+
+    def to_dict(self):
+        """The report as JSON-ready data (usage as counters, the bill as lines and total)."""
+        return {"name": self.name, "vnpu": self.vnpu, "program": self.program, "runs": self.runs, "ok": self.ok,
+                "latency_cycles": self.latencies, "matches_golden_model": self.verified, "faults": self.faults,
+                "error": self.error, "usage": asdict(self.usage) if self.usage else None,
+                "bill": asdict(self.bill) if self.bill else None}
 
 
 def load_scenario(path):
@@ -91,6 +120,13 @@ def check_scenario(data, where="scenario"):
     unknown = sorted(set(data) - _SCENARIO_KEYS)
     if unknown:
         raise ScenarioError(f"{where}: unknown key(s) {unknown}; known: {sorted(_SCENARIO_KEYS)}")
+    for key, names in (("config", list(PRESETS)), ("backend", list(BACKENDS)),
+                       ("policy", [p.name.lower() for p in Policy])):
+        if key in data and data[key] not in names:
+            raise ScenarioError(f"{where}: {key} must be one of {', '.join(names)}, got {data[key]!r}")
+    _check_int(data.get("pnpus", 1), 1, f"{where}: pnpus")
+    if not isinstance(data.get("oversubscribe", False), bool):
+        raise ScenarioError(f"{where}: oversubscribe must be true or false, got {data['oversubscribe']!r}")
     tenants = data.get("tenants")
     if not isinstance(tenants, list) or not tenants:
         raise ScenarioError(f"{where}: 'tenants' must be a non-empty list")
@@ -103,13 +139,20 @@ def check_scenario(data, where="scenario"):
             raise ScenarioError(f"{label}: unknown key(s) {unknown}; known: {sorted(_TENANT_KEYS)}")
         if "program" not in tenant:
             raise ScenarioError(f"{label}: 'program' is required")
-        runs = tenant.get("runs", 1)
-        if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-            raise ScenarioError(f"{label}: runs must be a positive integer, got {runs!r}")
+        if not isinstance(tenant.get("name", ""), str):
+            raise ScenarioError(f"{label}: name must be a string, got {tenant['name']!r}")
+        _check_int(tenant.get("runs", 1), 1, f"{label}: runs")
+        _check_int(tenant.get("seed", 0), 0, f"{label}: seed")
         try:
             VNPUSpec.from_dict(tenant.get("vnpu", {}))
         except TcloudError as exc:
             raise ScenarioError(f"{label} ({tenant.get('name', 'unnamed')}): {exc}") from None
+
+
+def _check_int(value, low, what):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        kind = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ScenarioError(f"{what} must be {kind}, got {value!r}")
 
 
 _GEMM = re.compile(r"gemm\s+(\d+)x(\d+)x(\d+)$")
@@ -133,8 +176,8 @@ def build_program(text, config, base=Path(".")):
         raise ScenarioError(f"program {text!r} is neither 'gemm MxKxN', 'elementwise RxC ...' nor a file "
                             f"(looked for {path})")
     if path.suffix == ".s":
-        return assemble(path.read_text(), config=config, source=str(path))
-    return ProgramImage.from_bytes(path.read_bytes(), config)
+        return assemble(read_text(path, "an assembly file"), config=config, source=str(path))
+    return ProgramImage.from_bytes(read_bytes(path), config)
 
 
 def random_inputs(image, rng):
@@ -143,18 +186,19 @@ def random_inputs(image, rng):
                      else rng.integers(-(1 << 20), 1 << 20, s.shape, dtype=np.int32)) for s in image.inputs}
 
 
-def run_scenario(data, base=Path("."), *, backend=None, policy=None, log=print):
+def run_scenario(data, base=Path("."), *, backend=None, policy=None, log=print, vcd=None):
     """Run a scenario on one hypervisor and return ``(reports, pnpu stats)``.
 
     Tenants' runs are all submitted before any is awaited, so the tenants of a pNPU run
-    concurrently. ``backend`` and ``policy`` override the scenario's.
+    concurrently. ``backend`` and ``policy`` override the scenario's; ``vcd`` asks the RTL
+    backends for a waveform (see :class:`~tcloud.runtime.hypervisor.Hypervisor`).
     """
     check_scenario(data)
     config = get_config(data.get("config", "small"))
     tenants = data["tenants"]
     images = [build_program(t["program"], config, base) for t in tenants]
     with Hypervisor(config, backend or data.get("backend", "verilator"), policy or data.get("policy", "harvest"),
-                    pnpus=data.get("pnpus", 1), oversubscribe=data.get("oversubscribe", False)) as hv:
+                    pnpus=data.get("pnpus", 1), oversubscribe=data.get("oversubscribe", False), vcd=vcd) as hv:
         log(f"hypervisor: {len(hv.pnpus)} pNPU(s) of {config.name!r} on {hv.backend}, policy "
             f"{hv.policy.name.lower()}")
         vnpus, reports, jobs = [], [], []
@@ -162,19 +206,22 @@ def run_scenario(data, base=Path("."), *, backend=None, policy=None, log=print):
             name = tenant.get("name", f"tenant{i}")
             try:
                 vnpu = hv.create_vnpu(VNPUSpec.from_dict(tenant.get("vnpu", {})), name=name)
+                vnpu.load(image)
             except TcloudError as exc:
                 raise type(exc)(f"tenant {i} ({name}): {exc}") from None
-            vnpu.load(image)
             log(f"  created {vnpu}; program: {tenant['program']}")
             vnpus.append(vnpu)
-            reports.append(TenantReport(vnpu.name, repr(vnpu), str(tenant["program"])))
+            reports.append(TenantReport(vnpu.name, repr(vnpu), str(tenant["program"]), tenant.get("runs", 1)))
             rng = np.random.default_rng(tenant.get("seed", i))
             jobs.append([random_inputs(image, rng) for _ in range(tenant.get("runs", 1))])
         futures = [[vnpu.submit(inputs) for inputs in runs] for vnpu, runs in zip(vnpus, jobs)]
         for vnpu, report, image, runs, pending in zip(vnpus, reports, images, jobs, futures):
-            for inputs, future in zip(runs, pending):
+            for run, (inputs, future) in enumerate(zip(runs, pending)):
                 try:
                     outputs = future.result()
+                except DeviceFault as exc:
+                    report.faults.append({"run": run, "fault": exc.fault.name, "pc": exc.pc, "message": str(exc)})
+                    continue
                 except TcloudError as exc:
                     report.error = str(exc)
                     continue
@@ -193,8 +240,14 @@ def print_reports(reports, stats, log=print):
         log(f"\n{report.name}: {report.program}")
         if report.error:
             log(f"  FAILED: {report.error}")
-        checks = "all match" if report.verified and all(report.verified) else "MISMATCH"
-        log(f"  runs: {len(report.verified)}; outputs vs golden model alone: {checks}")
+        for fault in report.faults:
+            log(f"  run {fault['run']} FAULTED {fault['fault']}: {fault['message']}")
+        if report.verified:
+            wrong = report.verified.count(False)
+            checks = "all match" if not wrong else f"MISMATCH in {wrong}"
+            log(f"  runs: {report.runs}, {len(report.verified)} completed; outputs vs golden model alone: {checks}")
+        else:
+            log(f"  runs: {report.runs}, none completed")
         if any(latency is not None for latency in report.latencies):
             log(f"  latency (cycles from start to halt): {', '.join(str(v) for v in report.latencies)}")
             active = max(usage.active_cycles, 1)
@@ -205,12 +258,21 @@ def print_reports(reports, stats, log=print):
             log(f"  waited {usage.reclaim_wait_cycles} cycles for owned engines that others had harvested")
         log(f"  moved {usage.hbm_bytes_read} B from and {usage.hbm_bytes_written} B to HBM; {usage.macs} MACs")
         log(f"  bill (credits):\n{report.bill}")
-    for i, pnpu in enumerate(stats):
-        if "cycles" in pnpu and pnpu["cycles"]:
-            busy = pnpu["engine_busy_cycles"]
-            by_class = {}
-            for name, value in busy.items():
-                by_class.setdefault(name.rstrip("0123456789"), []).append(value)
-            util = ", ".join(f"{cls.upper()} {sum(v) / (len(v) * pnpu['cycles']):.1%}" for cls, v in by_class.items())
-            log(f"\npNPU {i}: {pnpu['cycles']} cycles since reset; engine utilization {util}")
-    return all(r.verified and all(r.verified) and not r.error for r in reports)
+    for i, pnpu in enumerate(pnpu_timing(stats)):
+        if pnpu.get("cycles"):
+            log(f"\npNPU {i}: {pnpu['cycles']} cycles since reset; engine utilization "
+                f"{format_utilization(pnpu['utilization'])}")
+    return all(report.ok for report in reports)
+
+
+def pnpu_timing(stats):
+    """Per pNPU: cycles since reset, busy cycles per engine and utilization per engine class
+    (:func:`~tcloud.runtime.api.run_timing` from reset; only the backend's name when untimed)."""
+    return [run_timing({"cycles": 0, "engine_busy_cycles": dict.fromkeys(pnpu["engine_busy_cycles"], 0)}, pnpu)
+            if "cycles" in pnpu else run_timing(pnpu, pnpu) for pnpu in stats]
+
+
+def reports_json(reports, stats):
+    """What :func:`print_reports` prints, as JSON-ready data."""
+    return {"ok": all(report.ok for report in reports), "tenants": [report.to_dict() for report in reports],
+            "pnpus": pnpu_timing(stats)}

@@ -17,6 +17,7 @@ from tcloud.rtl.hbm import id_bits, port_words, request_layout, response_layout
 from tcloud.rtl.verilog import VerilatorError, to_verilog, verilator_env, verilator_root
 
 from .device import DeviceError, check_hbm_range
+from .progress import Progress
 from .rtl_device import CsrDevice
 
 HARNESS = Path(__file__).with_name("verilator_harness.cpp")
@@ -75,6 +76,20 @@ def hbm_layout_header(config):
     return "\n".join(lines) + "\n"
 
 
+FST_MISSING = ("FST waveforms need the lz4 headers and library, which this machine lacks (Debian/Ubuntu: "
+               "apt-get install liblz4-dev); write a .vcd instead")
+
+
+def fst_supported():
+    """Whether the C++ compiler finds ``lz4.h``, which Verilator's FST writer needs (VCD needs nothing)."""
+    try:
+        result = subprocess.run(["c++", "-fsyntax-only", "-x", "c++", "-"], input="#include <lz4.h>\n",
+                                capture_output=True, text=True, timeout=60)
+    except OSError:
+        return False
+    return result.returncode == 0
+
+
 _TIMING_ONLY = ("name", "hbm_latency", "hbm_gbps", "clock_mhz")
 """Configuration fields the generated Verilog does not depend on (the harness takes them at run time)."""
 
@@ -87,8 +102,9 @@ def build_model(config, *, trace=False, verbose=False, top=None):
     Parameters
     ----------
     config : ArchConfig or str
-    trace : bool
-        Build the VCD-tracing variant.
+    trace : bool or str
+        Build a tracing variant: ``"vcd"`` (or ``True``) or ``"fst"`` (see :func:`fst_supported`).
+        Each is a cache entry of its own; the default untraced model has no tracing code.
     verbose : bool
         Let Verilator and the compiler print to the terminal.
     top : amaranth.lib.wiring.Component, optional
@@ -108,6 +124,9 @@ def build_model(config, *, trace=False, verbose=False, top=None):
     from tcloud.rtl.pnpu import PNPU
 
     cfg = get_config(config)
+    trace = {False: False, True: "vcd", "vcd": "vcd", "fst": "fst"}[trace]
+    if trace == "fst" and not fst_supported():
+        raise VerilatorError(FST_MISSING)
     known = _BUILT.get((cfg, trace)) if top is None else None
     if known is not None and known.exists():
         return known, False
@@ -118,22 +137,57 @@ def build_model(config, *, trace=False, verbose=False, top=None):
              # The PyPI build leaves the precompiled-header include flag empty; supply it.
              "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include"]
     if trace:
-        flags.append("--trace")  # VCD: the FST writer of the PyPI build needs lz4 headers
+        flags.append("--trace-fst" if trace == "fst" else "--trace")
     flags += os.environ.get("TCLOUD_VERILATOR_FLAGS", "").split()
     header = hbm_layout_header(cfg)
     verilog = None if top is None else to_verilog(top, TOP)
     design = _design_digest(cfg) if top is None else hashlib.sha256(verilog.encode()).hexdigest()
     key = hashlib.sha256("\0".join([design, HARNESS.read_text(), header, _verilator_version(),
                                     *flags]).encode()).hexdigest()
-    target = cache_dir() / f"{cfg.name}-{'trace-' if trace else ''}{key[:20]}"
+    target = cache_dir() / f"{cfg.name}-{f'trace-{trace}-' if trace else ''}{key[:20]}"
     library = target / LIBRARY
     if top is None:
         _BUILT[(cfg, trace)] = library
     if library.exists():
         return library, False
     target.parent.mkdir(parents=True, exist_ok=True)
-    if verilog is None:
-        verilog = to_verilog(PNPU(cfg), TOP)
+    what = f"building the Verilator model of {cfg.name!r}" + (f" with {trace.upper()} tracing" if trace else "")
+    with Progress(what, estimate=recorded_seconds(cfg.name, BUILD_SECONDS, trace)) as progress:
+        records = {}
+        if verilog is None:
+            verilog = to_verilog(PNPU(cfg), TOP)
+            records[VERILOG_SECONDS] = progress.seconds
+        _compile(verilog, header, flags, target, verbose, what, progress, records)
+    return library, True
+
+
+BUILD_SECONDS = "build_seconds"
+"""File of a cache entry holding how long it took to build (the estimate shown for the next build)."""
+VERILOG_SECONDS = "verilog_seconds"
+"""File of a cache entry holding how long generating its Verilog took (the estimate of ``tcloud verilog``)."""
+
+
+def recorded_seconds(name, record, trace=None):
+    """The seconds in ``record`` of the newest cache entry of a configuration named ``name``, or ``None``.
+
+    Parameters
+    ----------
+    name : str
+    record : str
+        :data:`BUILD_SECONDS` or :data:`VERILOG_SECONDS`.
+    trace : bool or str, optional
+        Only entries with (truthy) or without (falsy) tracing; ``None``: any entry.
+    """
+    entries = [path for path in cache_dir().glob(f"{name}-*/{record}")
+               if trace is None or path.parent.name.startswith(f"{name}-trace-") == bool(trace)]
+    try:
+        return float(max(entries, key=lambda path: path.stat().st_mtime).read_text()) if entries else None
+    except (OSError, ValueError):
+        return None
+
+
+def _compile(verilog, header, flags, target, verbose, what, progress, records):
+    """Compile ``verilog`` with the harness into the cache entry ``target`` (renamed into place at once)."""
     with tempfile.TemporaryDirectory(prefix="build-", dir=target.parent) as tmp:
         work = Path(tmp)
         (work / f"{TOP}.v").write_text(verilog)
@@ -146,16 +200,17 @@ def build_model(config, *, trace=False, verbose=False, top=None):
         built = work / "obj" / LIBRARY
         if result.returncode or not built.exists():
             output = (result.stdout or "")[-3000:] + (result.stderr or "")[-3000:] if not verbose else ""
-            raise VerilatorError(f"building the Verilator model of {cfg.name!r} failed:\n{output}")
+            raise VerilatorError(f"{what} failed:\n{output}")
         staged = work / "staged"
         staged.mkdir()
         shutil.copy(built, staged / LIBRARY)
+        for record, seconds in {**records, BUILD_SECONDS: progress.seconds}.items():
+            (staged / record).write_text(f"{seconds:.1f}\n")
         try:
             os.rename(staged, target)
         except OSError:
-            if not library.exists():
+            if not (target / LIBRARY).exists():
                 raise
-    return library, True
 
 
 class VerilatorDevice(CsrDevice):
@@ -168,7 +223,8 @@ class VerilatorDevice(CsrDevice):
         HBM timing, as for :class:`~tcloud.runtime.rtl_device.AmaranthDevice` (with no jitter and no
         backpressure both backends see identical HBM timing).
     trace : path, optional
-        Write a VCD waveform here (builds a tracing variant of the model).
+        Write a waveform here: FST if the name ends with ``.fst``, else VCD (builds a tracing
+        variant of the model, cached apart from the untraced one).
     top : amaranth.lib.wiring.Component, optional
         Run this design in the pNPU's place (see :func:`build_model`).
     """
@@ -181,7 +237,8 @@ class VerilatorDevice(CsrDevice):
         hbm_latency = self.config.hbm_latency if hbm_latency is None else hbm_latency
         self.hbm_worst_latency = hbm_latency + hbm_jitter
         start = time.perf_counter()
-        path, self.built_now = build_model(self.config, trace=trace is not None, top=top)
+        kind = False if trace is None else "fst" if str(trace).endswith(".fst") else "vcd"
+        path, self.built_now = build_model(self.config, trace=kind, top=top)
         self.build_seconds = time.perf_counter() - start
         self._lib = lib = ctypes.CDLL(str(path))
         lib.tc_create.restype = ctypes.c_void_p

@@ -21,8 +21,12 @@
 #include "Vpnpu.h"
 #include "hbm_layout.h"
 #include "verilated.h"
-#if VM_TRACE
+#if VM_TRACE_FST
+#include "verilated_fst_c.h"
+using TraceWriter = VerilatedFstC;
+#elif VM_TRACE
 #include "verilated_vcd_c.h"
+using TraceWriter = VerilatedVcdC;
 #endif
 
 
@@ -90,7 +94,7 @@ struct Harness {
     std::mt19937_64 rng;
     std::string error;
 #if VM_TRACE
-    std::unique_ptr<VerilatedVcdC> trace;
+    std::unique_ptr<TraceWriter> trace;
 #endif
     uint64_t time = 0;
 
@@ -188,7 +192,7 @@ void* tc_create(uint64_t hbm_bytes, uint32_t latency, uint32_t jitter, double ac
 #if VM_TRACE
     if (trace_path && *trace_path) {
         h->context->traceEverOn(true);
-        h->trace = std::make_unique<VerilatedVcdC>();
+        h->trace = std::make_unique<TraceWriter>();
         h->top->trace(h->trace.get(), 99);
         h->trace->open(trace_path);
     }

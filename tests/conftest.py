@@ -12,6 +12,9 @@ BUILD = Path(__file__).resolve().parent.parent / "build" / "cocotb"
 COCOTB_BUILD_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "-CFLAGS", "-O0"]
 """Verilator options of the cocotb builds. The C++ is compiled unoptimised: a cocotb run spends its
 time in Python, and ``small`` then builds about four times faster."""
+COCOTB_WAVES = os.environ.get("TCLOUD_WAVES", "0") not in ("", "0")
+"""``TCLOUD_WAVES=1``: the cocotb benches build a tracing model (a build directory of its own) and write
+``dump.vcd`` in their run directory."""
 
 settings.register_profile("default", deadline=None, max_examples=100,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -81,7 +84,8 @@ def cocotb_build(design, name, build_dir, key=None):
     from tcloud.rtl.verilog import to_verilog
 
     verilog = None if key is not None else to_verilog(design(), name)
-    key = hashlib.sha256("\0".join([key or verilog, *COCOTB_BUILD_ARGS]).encode()).hexdigest()
+    key = hashlib.sha256("\0".join([key or verilog, *COCOTB_BUILD_ARGS, *(["waves"] if COCOTB_WAVES else [])])
+                         .encode()).hexdigest()
     build_dir = build_dir.with_name(f"{build_dir.name}-{key[:16]}")
     source = build_dir / f"{name}.v"
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +93,7 @@ def cocotb_build(design, name, build_dir, key=None):
         source.write_text(verilog or to_verilog(design(), name))
     runner = get_runner("verilator")
     runner.build(sources=[source], hdl_toplevel=name, build_dir=build_dir, always=False,
-                 build_args=COCOTB_BUILD_ARGS)
+                 build_args=COCOTB_BUILD_ARGS, waves=COCOTB_WAVES)
     return runner, build_dir
 
 

@@ -20,6 +20,8 @@ from tcloud.verif.random_programs import replay_hint, seeds
 
 from conftest import utop
 
+pytestmark = pytest.mark.slow  # kills and watchdogs on the RTL
+
 HBM_LATENCY = 8
 DEVICES = {"amaranth": AmaranthDevice, "verilator": VerilatorDevice}
 SMALL = get_config("small")

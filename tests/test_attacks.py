@@ -6,6 +6,8 @@ import pytest
 from tcloud.isa import EngineClass, FaultCode, Instr
 from tcloud.verif import attacks
 
+pytestmark = pytest.mark.slow  # the attack suite on the Verilator RTL
+
 CASES = [(a.name, backend, policy) for a in attacks.CATALOGUE for backend in attacks.BACKENDS
          for policy in attacks.POLICIES]
 

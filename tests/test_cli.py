@@ -1,9 +1,15 @@
 """The tcloud command line: every command, its --help, and its errors."""
 
+import fcntl
+import io
+import json
+import os
 import re
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -12,6 +18,9 @@ import pytest
 
 from tcloud.isa import INSTRUCTIONS, FaultCode, ProgramImage
 from tcloud.runtime.cli import build_parser, main
+from tcloud.runtime import verilator_device
+from tcloud.runtime.progress import Progress
+from tcloud.runtime.verilator_device import fst_supported
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -107,9 +116,10 @@ def test_wrong_input_file_for_run(tmp_path, capsys):
     assert "input 'A' must have shape (2, 2)" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the multi-tenant part runs on the 'small' Verilator model (minutes to build when cold)
 def test_console_script_demo_runs():
     for backend in ("functional", "verilator"):
-        result = subprocess.run([sys.executable, "-m", "tcloud.runtime.cli", "demo", "--config", "tiny",
+        result = subprocess.run([sys.executable, "-m", "tcloud", "demo", "--config", "tiny",
                                  "--backend", backend, "--m", "9", "--k", "11", "--n", "6"],
                                 capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
@@ -131,7 +141,7 @@ def test_bad_dimensions_are_usage_errors(argv, capsys):
 
 
 def tcloud(*argv, cwd=None, **kwargs):
-    return subprocess.run([sys.executable, "-m", "tcloud.runtime.cli", *argv], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tcloud", *argv], capture_output=True, text=True,
                           cwd=cwd, **kwargs)
 
 
@@ -169,7 +179,7 @@ def test_run_checks_its_save_directory_before_running(tmp_path):
 
 def test_a_closed_pipe_ends_quietly():
     """The reader is gone before tcloud writes (as `tcloud config | head` once it has its line)."""
-    process = subprocess.Popen([sys.executable, "-m", "tcloud.runtime.cli", "isa", "doc"], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "tcloud", "isa", "doc"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     process.stdout.close()
     err = process.stderr.read()
@@ -177,9 +187,9 @@ def test_a_closed_pipe_ends_quietly():
 
 
 def test_ctrl_c_exits_130_without_a_traceback(tmp_path):
-    """Interrupting a long command (lowering a 4096^3 GEMM takes over a minute)."""
-    process = subprocess.Popen([sys.executable, "-m", "tcloud.runtime.cli", "gemm", "--config", "small", "--m", "4096",
-                                "--k", "4096", "--n", "4096", "-o", str(tmp_path / "g.tcimg")],
+    """Interrupting a long command (lowering a 1024^3 GEMM takes several seconds)."""
+    process = subprocess.Popen([sys.executable, "-m", "tcloud", "gemm", "--config", "small", "--m", "1024",
+                                "--k", "1024", "--n", "1024", "-o", str(tmp_path / "g.tcimg")],
                                stderr=subprocess.PIPE, text=True,
                                # as from a terminal: a shell's background job (CI) would ignore SIGINT
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -189,3 +199,317 @@ def test_ctrl_c_exits_130_without_a_traceback(tmp_path):
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in err, err
+
+
+# --- errors that used to be tracebacks (issue 11, item 7), as a user runs them --------------------
+
+
+def scenario_text(top="", tenant=""):
+    """A valid one-tenant scenario on tiny/functional, with a line added at the top or to the tenant."""
+    return (f"config: tiny\nbackend: functional\n{top}\ntenants:\n  - name: a\n"
+            f"    vnpu: {{mes: 1, ves: 1, sram_kib: 4, hbm_mib: 1}}\n    program: gemm 4x4x4\n    {tenant}\n")
+
+
+@pytest.mark.parametrize("top, tenant, message", [
+    ("", "", None),  # the valid scenario runs
+    ("policy: fastest", "", "policy must be one of static, harvest, temporal, operator, got 'fastest'"),
+    ("policy: 7", "", "policy must be one of static, harvest, temporal, operator, got 7"),
+    ("policy: [1]", "", "policy must be one of static, harvest, temporal, operator, got [1]"),
+    ("pnpus: 0", "", "pnpus must be a positive integer, got 0"),
+    ("pnpus: two", "", "pnpus must be a positive integer, got 'two'"),
+    ("oversubscribe: maybe", "", "oversubscribe must be true or false, got 'maybe'"),
+    ("config: huge", "", "config must be one of tiny, small, tpu_like, got 'huge'"),
+    ("", "seed: -1", "tenant 0: seed must be an integer >= 0, got -1"),
+    ("", "seed: abc", "tenant 0: seed must be an integer >= 0, got 'abc'"),
+    ("", "name: [1]", "tenant 0: name must be a string, got [1]"),
+])
+def test_malformed_scenarios_are_clean_errors(top, tenant, message, tmp_path):
+    (tmp_path / "s.yaml").write_text(scenario_text(top, tenant))
+    result = tcloud("vnpu", "s.yaml", cwd=tmp_path)
+    assert "Traceback" not in result.stderr, result.stderr
+    if message is None:
+        assert result.returncode == 0 and "all match" in result.stdout, result.stderr
+    else:
+        assert result.returncode == 1, result.stdout
+        assert result.stderr.strip().splitlines()[-1] == f"tcloud: error: s.yaml: {message}"
+
+
+def test_bad_run_and_asm_inputs_are_clean_errors(tmp_path):
+    image = tmp_path / "v.tcimg"
+    assert tcloud("asm", str(EXAMPLES / "vector_tiny.s"), "-o", str(image)).returncode == 0
+    result = tcloud("run", str(image), "--seed", "-5")
+    assert result.returncode == 2 and "argument --seed: -5 is not a valid seed" in result.stderr
+    (tmp_path / "x.txt").write_text("1 2 3\n")
+    result = tcloud("run", str(image), "--input", f"X={tmp_path / 'x.txt'}")
+    assert result.returncode == 1 and "x.txt is not a .npy file" in result.stderr and "pickle" not in result.stderr
+    result = tcloud("run", str(image), "--save", "/proc/nope")
+    assert result.returncode == 1 and "cannot create --save directory /proc/nope" in result.stderr
+    (tmp_path / "bin.s").write_bytes(bytes(range(128, 256)))
+    result = tcloud("asm", str(tmp_path / "bin.s"))
+    assert result.returncode == 1 and "bin.s is not an assembly file (byte 0 is not UTF-8 text)" in result.stderr
+
+
+# --- GEMM images that cannot fit (issue 11, item 8) ------------------------------------------------
+
+
+def test_gemm_refuses_a_shape_the_hbm_cannot_hold_before_lowering_it(tmp_path):
+    start = time.perf_counter()
+    result = tcloud("gemm", "--config", "small", "--m", "4096", "--k", "4096", "--n", "4096", "-o", "g.tcimg",
+                    cwd=tmp_path)
+    assert result.returncode == 1 and not (tmp_path / "g.tcimg").exists()
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"tcloud: error: GEMM 4096x4096x4096 needs \d+\.\d MiB of HBM \(96\.0 MiB of operands and "
+                        r"result, \d+\.\d MiB of code\), but config 'small' has 64 MiB", last), last
+    assert time.perf_counter() - start < 15, "refused only after lowering"
+
+
+def test_gemm_requant_options_need_mult(tmp_path):
+    for option in ("--shift", "--zp"):
+        result = tcloud("gemm", "--m", "4", "--k", "4", "--n", "4", "--config", "tiny", option, "3", "-o", "g.tcimg",
+                        cwd=tmp_path)
+        assert result.returncode == 1 and "give --mult too" in result.stderr and not (tmp_path / "g.tcimg").exists()
+    result = tcloud("gemm", "--m", "4", "--k", "4", "--n", "4", "--config", "tiny", "--mult", "1073741824", "--shift",
+                    "38", "-o", "g.tcimg", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert ProgramImage.from_bytes((tmp_path / "g.tcimg").read_bytes()).symbol("C").dtype == "i8"
+
+
+# --- tcloud vnpu: engine classes checked at load, faults reported as faults, JSON (issue 11, item 10)
+
+
+def test_vnpu_refuses_a_tenant_whose_spec_cannot_run_its_program(tmp_path):
+    (tmp_path / "s.yaml").write_text(scenario_text().replace("ves: 1", "ves: 0").replace("gemm 4x4x4",
+                                                                                         "elementwise 4x8"))
+    result = tcloud("vnpu", "s.yaml", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "tcloud: error: tenant 0 (a): the program runs VE uTOps but a has no VE (ves=0); under the harvest policy "
+        "they would fault NO_ENGINE")
+
+
+def test_vnpu_reports_a_fault_as_a_fault_and_as_json(tmp_path):
+    from tcloud.isa import EngineClass, Instr, encode_stream
+
+    code = encode_stream([Instr("utop", cls=int(EngineClass.VE), len=1), Instr("ve.fill", dst=0x10000, n=1),
+                          Instr("halt")])
+    (tmp_path / "bad.tcimg").write_bytes(ProgramImage.for_config("tiny", code, hbm_bytes=len(code),
+                                                                 sram_bytes=64).to_bytes())
+    bad = "  - name: bad\n    vnpu: {mes: 0, ves: 1, sram_kib: 4, hbm_mib: 1}\n    program: bad.tcimg\n    runs: 2\n"
+    (tmp_path / "s.yaml").write_text(scenario_text("oversubscribe: true") + bad)
+    result = tcloud("vnpu", "s.yaml", cwd=tmp_path)
+    assert result.returncode == 1 and "MISMATCH" not in result.stdout, result.stdout
+    assert "run 0 FAULTED SRAM_BOUNDS: context 1 faulted with SRAM_BOUNDS" in result.stdout
+    assert "runs: 2, none completed" in result.stdout and "runs: 1, 1 completed; outputs vs golden model alone: " \
+                                                         "all match" in result.stdout
+    result = tcloud("vnpu", "s.yaml", "--json", cwd=tmp_path)
+    assert result.returncode == 1 and "tcloud: error: a tenant faulted" in result.stderr
+    report = json.loads(result.stdout)
+    good, bad = report["tenants"]
+    assert not report["ok"] and good["ok"] and good["matches_golden_model"] == [True] and not good["faults"]
+    assert not bad["ok"] and [f["fault"] for f in bad["faults"]] == ["SRAM_BOUNDS"] * 2
+    assert bad["bill"]["total"] >= 0 and bad["usage"]["runs"] == 0 and report["pnpus"] == [{"backend": "functional"}]
+
+
+# --- tcloud run on the RTL: cycles, utilization, the golden-model check (issue 11, item 3) --------
+
+
+@pytest.mark.parametrize("backend", ["verilator", pytest.param("amaranth", marks=pytest.mark.slow)])
+def test_run_on_the_rtl_prints_cycles_utilization_and_the_golden_check(backend, tmp_path):
+    image = tmp_path / "g.tcimg"
+    assert tcloud("asm", str(EXAMPLES / "gemm_tiny.s"), "-o", str(image)).returncode == 0
+    result = tcloud("run", str(image), "--backend", backend, "--print-outputs", "--save", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^\d+ cycles; engine busy: DMA \d+\.\d%, ME \d+\.\d%, VE \d+\.\d% "
+                     r"\(dma0 \d+\.\d%, me0 \d+\.\d%, ve0 \d+\.\d%\)$", result.stdout, re.M), result.stdout
+    assert "outputs vs golden model: all match" in result.stdout
+    with np.printoptions(threshold=10**6, linewidth=120):
+        assert str(np.load(tmp_path / "out" / "C.npy")) in result.stdout
+
+
+def test_run_help_names_the_default_backend_and_functional_runs_print_no_cycles(tmp_path):
+    assert "default: functional" in " ".join(tcloud("run", "--help").stdout.split())
+    image = tmp_path / "g.tcimg"
+    assert tcloud("asm", str(EXAMPLES / "gemm_tiny.s"), "-o", str(image)).returncode == 0
+    result = tcloud("run", str(image))
+    assert result.returncode == 0 and "context 0: DONE" in result.stdout
+    assert "cycles" not in result.stdout and "golden model" not in result.stdout
+
+
+# --- waveforms (issue 11, item 4) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend, name", [
+    ("verilator", "waves/run.vcd"),
+    pytest.param("amaranth", "waves/run.vcd", marks=pytest.mark.slow),
+    pytest.param("verilator", "waves/run.fst", marks=pytest.mark.skipif(
+        not fst_supported(), reason="no lz4 headers for Verilator's FST writer")),
+])
+def test_run_writes_a_waveform(backend, name, tmp_path):
+    image = tmp_path / "g.tcimg"
+    assert tcloud("asm", str(EXAMPLES / "gemm_tiny.s"), "-o", str(image)).returncode == 0
+    result = tcloud("run", str(image), "--backend", backend, "--vcd", name, cwd=tmp_path)
+    assert result.returncode == 0 and f"waveform: {name}" in result.stdout, result.stderr
+    data = (tmp_path / name).read_bytes()
+    if name.endswith(".vcd"):  # complete: the header, then a time step for every one of the run's 1,113 cycles
+        assert b"$enddefinitions" in data and len(re.findall(rb"\n#\d+", data)) > 1113
+    else:
+        assert data[0] == 0 and len(data) > 10_000  # an FST header block first
+
+
+def test_waveform_errors_are_clean(tmp_path):
+    image = tmp_path / "g.tcimg"
+    assert tcloud("asm", str(EXAMPLES / "gemm_tiny.s"), "-o", str(image)).returncode == 0
+    for argv, message in ((["--vcd", "w.vcd"], "the functional backend has no signals to trace"),
+                          (["--backend", "amaranth", "--vcd", "w.fst"], "Amaranth's simulator writes VCD only"),
+                          (["--backend", "amaranth", "--vcd", "."], "waveform file . is a directory")):
+        result = tcloud("run", str(image), *argv, cwd=tmp_path)
+        assert result.returncode == 1 and message in result.stderr.splitlines()[-1], result.stderr
+
+
+def test_vnpu_writes_one_waveform_per_pnpu(tmp_path):
+    (tmp_path / "s.yaml").write_text(scenario_text("pnpus: 2").replace("functional", "verilator"))
+    result = tcloud("vnpu", "s.yaml", "--vcd", "w.vcd", cwd=tmp_path)
+    assert result.returncode == 0 and "all match" in result.stdout, result.stderr
+    for index in (0, 1):
+        assert b"$enddefinitions" in (tmp_path / f"w.pnpu{index}.vcd").read_bytes()
+
+
+@pytest.mark.slow
+def test_cocotb_benches_write_waves_when_asked(tmp_path):
+    from conftest import BUILD
+
+    for stale in BUILD.glob("hbm_player-*/run-*/dump.vcd"):
+        stale.unlink()
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             str(Path(__file__).with_name("test_hbm_models.py")), "-k",
+                             "test_cocotb_responder_follows_the_reference and not 3"],
+                            capture_output=True, text=True, env={**os.environ, "TCLOUD_WAVES": "1"})
+    assert result.returncode == 0, result.stdout[-3000:]
+    waves = list(BUILD.glob("hbm_player-*/run-*/dump.vcd"))
+    assert len(waves) == 1 and b"$enddefinitions" in waves[0].read_bytes()[:100_000]
+
+
+# --- conventions (issue 11, item 11) --------------------------------------------------------------
+
+
+def test_python_m_tcloud_and_version(tmp_path):
+    from importlib.metadata import version
+
+    for argv in ([sys.executable, "-m", "tcloud", "--version"],
+                 [Path(sys.executable).with_name("tcloud"), "--version"]):
+        result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)  # outside the source tree
+        assert result.returncode == 0 and result.stdout == f"tcloud {version('tcloud-npu')}\n", result.stderr
+
+
+def test_make_bench_writes_to_a_fresh_directory(tmp_path):
+    root = Path(__file__).parent.parent
+    dry = subprocess.run(["make", "-n", "bench"], cwd=root, capture_output=True, text=True).stdout
+    assert re.search(r"TCLOUD_BENCH_RESULTS=build/bench/\d{8}-\d{6} ", dry), dry
+    probe = "from benchmarks.common import write; write('probe', {})"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True,
+                            env={**os.environ, "TCLOUD_BENCH_RESULTS": str(tmp_path / "fresh")})
+    assert result.returncode == 0 and json.loads((tmp_path / "fresh/probe.json").read_text())["benchmark"] == "probe"
+
+
+def test_the_multitenant_plot_explains_its_dashed_line(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from benchmarks import multitenant_rtl
+    from benchmarks.common import COMMITTED
+
+    saved = json.loads((COMMITTED / "multitenant_rtl.json").read_text())
+    multitenant_rtl.plot(saved["results"], tmp_path / "p.png")
+    legend = plt.gcf().axes[2].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == ["target: no tenant slower than 1.1x alone"]
+    assert saved["targets"]["max_slowdown_vs_alone"] == multitenant_rtl.MAX_SLOWDOWN
+    plt.close("all")
+
+
+# --- progress on long work (issue 11, item 5) -----------------------------------------------------
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_draws_a_bar_on_a_terminal_and_two_lines_elsewhere():
+    terminal = Terminal()
+    with Progress("counting", unit="instr", stream=terminal) as progress:
+        for done in range(1, 4):
+            time.sleep(0.15)  # longer than tqdm's shortest interval between two draws
+            progress.update(done, 3)
+    assert "counting: 100%|" in terminal.getvalue() and "3.00/3.00" in terminal.getvalue(), terminal.getvalue()
+    assert terminal.getvalue().endswith("counting: done in 0.5 s\n")
+    terminal = Terminal()
+    with Progress("building", estimate=1.0, stream=terminal):
+        time.sleep(0.6)
+    assert re.search(r"building:  *\d+%\|.*\| 00:00 of about 1 s", terminal.getvalue()), terminal.getvalue()
+    log = io.StringIO()
+    with pytest.raises(KeyError), Progress("failing", estimate=90, stream=log):
+        raise KeyError
+    assert log.getvalue() == "failing (about 90 s) ...\n", "no 'done' line after a failure: the error stays last"
+
+
+def test_gemm_shows_its_progress(tmp_path):
+    result = tcloud("gemm", "--m", "64", "--k", "64", "--n", "64", "-o", "g.tcimg", cwd=tmp_path)
+    assert result.returncode == 0
+    assert re.fullmatch(r"lowering GEMM 64x64x64 for 'small' \.\.\.\nlowering GEMM 64x64x64 for 'small': done in "
+                        r"\d+\.\d s\n", result.stderr), result.stderr
+    main_fd, terminal_fd = os.openpty()  # as in a terminal of 100 columns: a bar counting instructions
+    fcntl.ioctl(terminal_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", "tcloud", "gemm", "--m", "512", "--k", "512", "--n", "256",
+                                "-o", "g.tcimg"], cwd=tmp_path, stderr=terminal_fd, stdout=subprocess.DEVNULL)
+    os.close(terminal_fd)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:  # the terminal closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(main_fd)
+    assert process.wait(timeout=120) == 0
+    text = b"".join(chunks).decode()
+    assert re.search(r"lowering GEMM 512x512x256 for 'small':  *\d+%\|.*\| [\d.]+k?/[\d.]+k \[.*instr/s\]", text), text
+
+
+def test_a_verilator_build_and_tcloud_verilog_estimate_from_the_newest_cache_entry(tmp_path, monkeypatch):
+    monkeypatch.setenv("TCLOUD_CACHE", str(tmp_path))
+    build, verilog = verilator_device.BUILD_SECONDS, verilator_device.VERILOG_SECONDS
+    assert verilator_device.recorded_seconds("tiny", build, False) is None
+    for name, seconds, age in (("tiny-aaa", "50.0", 100), ("tiny-bbb", "40.5", 10), ("tiny-trace-vcd-ccc", "70", 0),
+                               ("small-ddd", "99", 0)):
+        entry = tmp_path / "verilator" / name
+        entry.mkdir(parents=True)
+        for record in (build, verilog):
+            (entry / record).write_text(seconds)
+            os.utime(entry / record, (time.time() - age,) * 2)
+    assert verilator_device.recorded_seconds("tiny", build, False) == 40.5
+    assert verilator_device.recorded_seconds("tiny", build, "vcd") == 70.0
+    assert verilator_device.recorded_seconds("tiny", verilog) == 70.0  # the same Verilog, traced or not
+
+
+@pytest.mark.slow  # generates the Verilog of tiny
+def test_tcloud_verilog_announces_the_time_the_last_generation_took(tmp_path):
+    entry = tmp_path / "verilator" / "tiny-aaa"
+    entry.mkdir(parents=True)
+    (entry / verilator_device.VERILOG_SECONDS).write_text("70.0\n")
+    result = tcloud("verilog", "--config", "tiny", "--no-lint", "-o", str(tmp_path / "t.v"),
+                    env={**os.environ, "TCLOUD_CACHE": str(tmp_path)})
+    assert result.returncode == 0 and result.stderr.startswith("generating Verilog for 'tiny' (about 70 s) ...\n")
+
+
+@pytest.mark.slow  # collects the whole suite; the quick subset need not check itself
+def test_the_quick_subset_leaves_out_the_long_runs():
+    """`pytest -m "not slow"` (under a minute on 2 cores with the tiny Verilator model cached) skips the RTL
+    simulations, builds, proofs and benchmarks, and keeps the golden model, ISA, firmware and CLI."""
+    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not slow", "-p",
+                             "no:cacheprovider", str(Path(__file__).parent)], capture_output=True, text=True)
+    files = {line.split("::")[0].rsplit("/", 1)[-1] for line in result.stdout.splitlines() if "::" in line}
+    slow = {"test_cocotb.py", "test_formal.py", "test_rtl_pnpu.py", "test_multitenant.py", "test_me_hazards.py"}
+    assert slow.isdisjoint(files)
+    assert {"test_cli.py", "test_golden_ops.py", "test_isa_asm.py", "test_hypervisor.py"} <= files

@@ -17,7 +17,9 @@ from tcloud.runtime.verilator_device import _design_digest as design_digest  # t
 from tcloud.verif.functional_coverage import HBM_KINDS, STALLS, WAIT_SLOTS
 from tcloud.verif.hbm_spec import timing_programs
 
-from conftest import BUILD, cocotb_build
+from conftest import BUILD, COCOTB_WAVES, cocotb_build
+
+pytestmark = pytest.mark.slow  # cocotb simulations of whole pNPUs: minutes
 
 CASES = {"tiny": "4" if os.environ.get("CI") else "8", "small": "2" if os.environ.get("CI") else "4"}
 TESTS = ["constrained_random_gemm", "random_programs", "multi_tenant", "wrong_write_is_caught_at_the_transaction",
@@ -63,7 +65,7 @@ def test_pnpu_cocotb(verilator_on_path, config):
         stale.unlink(missing_ok=True)
     try:  # under pytest the runner exits on a failed test; the results file says which and why
         runner.test(hdl_toplevel="pnpu", test_module="tcloud.verif.cocotb_pnpu", build_dir=build_dir,
-                    test_dir=test_dir, results_xml=str(results),
+                    test_dir=test_dir, results_xml=str(results), waves=COCOTB_WAVES,
                     extra_env={"TCLOUD_CONFIG": config, "TCLOUD_CASES": CASES[config], "TCLOUD_SEED": seed,
                                "TCLOUD_COVERAGE": str(coverage), "TCLOUD_TIMING": str(timing)})
     except SystemExit:

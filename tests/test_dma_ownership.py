@@ -13,6 +13,8 @@ from tcloud.runtime.hypervisor import AllocationError, Hypervisor, VNPUSpec
 
 from conftest import new_tenant, utop
 
+pytestmark = pytest.mark.slow  # DMA floods on the Verilator RTL
+
 DMA_LOAD = utop(EngineClass.DMA, [Instr("dma.load", sram=0, hbm=0, rows=1, row_bytes=16)])
 
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tcloud.firmware import FirmwareError, GemmPlan, ProgramBuilder, Requant, gemm, plan_gemm
-from tcloud.firmware.gemm import _sram_footprint, me_utop_cost
+from tcloud.firmware.gemm import _instruction_count, _sram_footprint, me_utop_cost
 from tcloud.isa.cost import HARVEST_COST_DEFAULT
 from tcloud.isa import EngineClass, Instr, decode_stream, get_config
 from tcloud.runtime import FunctionalDevice, run_image
@@ -73,6 +73,7 @@ def test_small_blocks_exercise_double_buffering_and_token_reuse():
     assert len({t for h in headers for t in range(16) if h["signal"] >> t & 1}) > 1
 
 
+@pytest.mark.slow
 def test_large_gemm():
     check_gemm("small", 512, 512, 512, bias=True, requant=Requant.from_scale(1 / 9000))
 
@@ -174,3 +175,24 @@ def test_builder_with_an_rng_spreads_producers_over_random_wait_slots_and_tokens
         layouts.add(tuple(sorted(count for _, count in waits)))
         tokens |= {token for token, _ in waits}
     assert {(6,), (3, 3), (2, 2, 2)} <= layouts and len(tokens) > 8
+
+
+
+@pytest.mark.parametrize("config", ["tiny", "small"])
+def test_the_footprint_counted_before_lowering_is_the_images(config):
+    for m, k, n in [(1, 1, 1), (5, 6, 7), (33, 70, 17), (64, 300, 100), (130, 33, 250)]:
+        for bias, requant in [(False, None), (True, None), (False, Requant(1 << 30, 38, 0)),
+                              (True, Requant(3, 2, 1))]:
+            image = gemm(config, m, k, n, bias=bias, requant=requant)
+            plan = plan_gemm(config, m, k, n, bias=bias, requant=requant is not None)
+            count = _instruction_count(get_config(config), plan, bias, requant is not None)
+            assert count == len(image.code) // 16, (m, k, n, bias, requant)
+
+
+def test_a_gemm_the_hbm_cannot_hold_is_refused_with_its_sizes():
+    config = get_config("tiny").replace(name="one-mib", hbm_mib=1)
+    rows = (1 << 20) // 64  # 64-byte rows of A: 1 MiB of operands before B, C and the code
+    with pytest.raises(FirmwareError, match=r"GEMM 16384x64x1 needs 1\.\d MiB of HBM \(1\.\d MiB of operands and "
+                                            r"result, 0\.\d MiB of code\), but config 'one-mib' has 1 MiB"):
+        gemm(config, rows, 64, 1)
+    assert gemm(config, rows // 4, 64, 1).hbm_bytes <= config.hbm_bytes

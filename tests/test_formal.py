@@ -15,6 +15,8 @@ from tcloud.isa.table import Policy
 from tcloud.rtl.dma import DmaEngine
 from tcloud.verif import formal
 
+pytestmark = pytest.mark.slow  # formal proofs: minutes
+
 
 class WideDma(DmaEngine):
     """A DMA engine whose bounds checks let an access end one word past the window."""

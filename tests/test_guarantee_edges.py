@@ -15,6 +15,8 @@ from tcloud.runtime.verilator_device import VerilatorDevice
 
 from conftest import utop
 
+pytestmark = pytest.mark.slow  # edge cases on both RTL backends
+
 BACKENDS = {"functional": FunctionalDevice, "amaranth": AmaranthDevice, "verilator": VerilatorDevice}
 RTL_BACKENDS = ("amaranth", "verilator")
 MAX_CYCLES = 200_000

@@ -16,7 +16,9 @@ from tcloud.rtl.sim import HbmModel
 from tcloud.runtime.verilator_device import VerilatorDevice
 from tcloud.verif.hbm_spec import NORMAL, HbmPlayer, Request, port_gbps, reference, spec_case
 
-from conftest import BUILD, cocotb_build
+from conftest import BUILD, COCOTB_WAVES, cocotb_build
+
+pytestmark = pytest.mark.slow  # HBM models against the reference, with a cocotb build
 
 TINY = get_config("tiny")
 PORT_GBPS = port_gbps(TINY)
@@ -105,6 +107,6 @@ def test_cocotb_responder_follows_the_reference(verilator_on_path, config):
     runner, build_dir = cocotb_build(lambda: player, "hbm_player", BUILD / "hbm_player")
     test_dir = build_dir / f"run-{config.hbm_gbps:g}"
     results = runner.test(hdl_toplevel="hbm_player", test_module="tcloud.verif.cocotb_hbm", build_dir=build_dir,
-                          test_dir=test_dir, extra_env={"TCLOUD_CONFIG": config.name,
+                          test_dir=test_dir, waves=COCOTB_WAVES, extra_env={"TCLOUD_CONFIG": config.name,
                                                         "TCLOUD_HBM_GBPS": repr(config.hbm_gbps)})
     assert get_results(results) == (5, 0)

@@ -230,3 +230,24 @@ def test_cli_vnpu_rejects_bad_scenarios(tmp_path, capsys, text, message):
     (tmp_path / "s.yaml").write_text(text)
     assert main(["vnpu", str(tmp_path / "s.yaml"), "--backend", "functional"]) == 1
     assert __import__("re").search(message, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("policy", ["static", "harvest"])
+def test_a_program_needing_an_engine_class_the_vnpu_lacks_is_refused_at_load(policy):
+    with Hypervisor("tiny", "functional", policy) as hv:
+        v = hv.create_vnpu(VNPUSpec(mes=1, ves=0, sram_kib=4, hbm_mib=1), name="novector")
+        with pytest.raises(ImageError, match=rf"the program runs VE uTOps but novector has no VE \(ves=0\); under "
+                                             rf"the {policy} policy they would fault NO_ENGINE"):
+            v.load(elementwise("tiny", 4, 8))
+        assert v.image is None
+        v.load(gemm("tiny", 4, 4, 4))  # DMA and ME uTOps only
+        assert v.run({"A": np.ones((4, 4), np.int8), "B": np.ones((4, 4), np.int8)})["C"].tolist() == [[4] * 4] * 4
+
+
+def test_policies_without_ownership_load_any_engine_class():
+    """Under temporal and operator the hardware runs a uTOp on any engine of its class: no refusal."""
+    with Hypervisor("tiny", "functional", "temporal") as hv:
+        v = hv.create_vnpu(VNPUSpec(mes=1, ves=0, sram_kib=4, hbm_mib=1))
+        v.load(elementwise("tiny", 4, 8))
+        x = {"X": np.arange(32, dtype=np.int32).reshape(4, 8), "Y": np.ones((4, 8), np.int32)}
+        assert np.array_equal(v.run(x)["Z"], elementwise_reference(x["X"], x["Y"], 1))

@@ -3,7 +3,11 @@ and neighbour runs, victims stay exact, and the report has the fields the full r
 
 import json
 
+import pytest
+
 from benchmarks import interference
+
+pytestmark = pytest.mark.slow  # a benchmark run on the Verilator RTL
 
 
 def test_interference_benchmark_quick(tmp_path):

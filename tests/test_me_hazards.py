@@ -11,6 +11,8 @@ from tcloud.runtime import FunctionalDevice, run_image
 from tcloud.runtime.rtl_device import AmaranthDevice
 from tcloud.runtime.verilator_device import VerilatorDevice
 
+pytestmark = pytest.mark.slow  # ME uTOps on both RTL backends
+
 CONFIG = get_config("tiny")
 K = N = CONFIG.me_rows
 AREA = 0x800

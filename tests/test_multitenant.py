@@ -15,6 +15,8 @@ from tcloud.verif.random_programs import random_program, replay_hint, seeds
 
 from conftest import utop
 
+pytestmark = pytest.mark.slow  # multi-tenant runs on the Verilator RTL
+
 POLICIES = [p.name.lower() for p in Policy]
 CI = bool(os.environ.get("CI"))
 

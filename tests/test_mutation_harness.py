@@ -9,6 +9,8 @@ import pytest
 
 from tcloud.verif import mutation
 
+pytestmark = pytest.mark.slow  # applies mutations in git worktrees
+
 
 def test_every_snippet_occurs_exactly_once_at_head():
     mutation.check_catalogue()  # raises CatalogueError naming every stale entry

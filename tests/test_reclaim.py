@@ -19,6 +19,8 @@ from tcloud.runtime.verilator_device import VerilatorDevice
 
 from conftest import new_tenant, utop
 
+pytestmark = pytest.mark.slow  # harvesting bounds measured on the RTL
+
 SMALL = get_config("small")
 TILE = dict(k=SMALL.me_rows, n=SMALL.me_cols, w_stride=SMALL.me_cols)
 

@@ -24,6 +24,8 @@ from tcloud.verif.random_programs import replay_hint, seeds
 
 from conftest import utop
 
+pytestmark = pytest.mark.slow  # whole-pNPU simulations, most in Amaranth's simulator
+
 RTL_BACKENDS = {"amaranth": AmaranthDevice, "verilator": VerilatorDevice}
 RANDOM_PROGRAMS = {"amaranth": 8 if os.environ.get("CI") else 16, "verilator": 40 if os.environ.get("CI") else 200}
 

@@ -11,6 +11,8 @@ from tcloud.isa import get_config
 from tcloud.rtl.arbiter import RoundRobin
 from tcloud.rtl.scratchpad import Scratchpad, access_wait, bank_of
 
+pytestmark = pytest.mark.slow  # long Amaranth simulations
+
 
 def _run(dut, benches):
     sim = Simulator(dut)

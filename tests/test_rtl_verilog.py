@@ -15,6 +15,8 @@ from tcloud.rtl.vector_alu import VectorALU
 from tcloud.rtl.verilog import LINT_MATCH_WAIVERS, LINT_WAIVERS, alias_wires, lint, to_verilog
 from tcloud.runtime.cli import main
 
+pytestmark = pytest.mark.slow  # Verilog generation and lint of whole pNPUs
+
 
 @pytest.mark.parametrize("make, name", [
     (lambda: SystolicArray(8, 8), "systolic_array"),
