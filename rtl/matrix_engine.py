@@ -4,6 +4,7 @@ from amaranth.hdl import Mux, Signal, signed
 from amaranth.lib import data, memory
 from amaranth.lib.wiring import Out
 
+from tcloud.isa.errors import ConfigError
 from tcloud.isa.table import BY_MNEMONIC, EngineClass, FaultCode
 
 from .decode import INSTRUCTION_LAYOUT, OPCODES, add_decoder
@@ -49,9 +50,9 @@ class MatrixEngine(Engine):
     def __init__(self, config):
         if config.me_cols > config.sram_line_words or config.me_rows > 4 * config.sram_line_words:
             self._MustUse__used = True  # rejected, not forgotten: no UnusedElaboratable warning
-            raise ValueError(f"a {config.me_rows}x{config.me_cols} array needs rows of up to "
-                             f"{config.me_cols} words per scratchpad access, which has "
-                             f"{config.sram_line_words} (ArchConfig.sram_line_words)")
+            raise ConfigError(f"a {config.me_rows}x{config.me_cols} array (me_rows, me_cols) needs rows of up "
+                              f"to {config.me_cols} words per scratchpad access, and sram_line_words is "
+                              f"{config.sram_line_words}")
         super().__init__(config)
 
     def extra_members(self, config):

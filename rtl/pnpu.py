@@ -11,6 +11,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out, connect
 
 from tcloud.isa import csr
+from tcloud.isa.errors import ConfigError
 from tcloud.isa.table import INSTRUCTION_BYTES, ContextStatus, EngineClass
 
 from .decode import HOST_CTX_BITS, INSTRUCTION_LAYOUT, OPCODES, add_decoder
@@ -23,6 +24,23 @@ from .vector_engine import VectorEngine
 
 _ENGINE_TYPES = ((EngineClass.DMA, DmaEngine, "dma_count"), (EngineClass.ME, MatrixEngine, "me_count"),
                  (EngineClass.VE, VectorEngine, "ve_count"))
+
+
+def _engines(config):
+    """The pNPU's engines as ``(class, engine)`` pairs; :class:`ConfigError` if ``config`` has no RTL."""
+    if config.hbm_port_bytes < INSTRUCTION_BYTES:
+        raise ConfigError(f"hbm_port_bytes={config.hbm_port_bytes} must be at least one instruction "
+                          f"({INSTRUCTION_BYTES} bytes)")
+    return [(cls, factory(config)) for cls, factory, count in _ENGINE_TYPES for _ in range(getattr(config, count))]
+
+
+def rtl_refusal(config):
+    """Why ``config`` has no RTL (the ``amaranth`` and ``verilator`` backends), or ``None`` if it has."""
+    try:
+        _engines(config)
+    except ConfigError as error:
+        return str(error)
+    return None
 
 
 class PNPU(wiring.Component):
@@ -50,13 +68,13 @@ class PNPU(wiring.Component):
     """The clock input of the ``sync`` domain the pNPU defines (see :func:`tcloud.rtl.verilog.to_verilog`)."""
 
     def __init__(self, config):
-        if config.hbm_port_bytes < INSTRUCTION_BYTES:
+        try:
+            self.engines = _engines(config)
+        except ConfigError as error:
             self._MustUse__used = True  # rejected, not forgotten: no UnusedElaboratable warning
-            raise ValueError(f"hbm_port_bytes={config.hbm_port_bytes} must be at least one instruction "
-                             f"({INSTRUCTION_BYTES} bytes)")
+            raise ConfigError(f"config {config.name!r} has no RTL (the amaranth and verilator backends, tcloud "
+                              f"verilog): {error}; the functional backend runs it") from None
         self.config = config
-        self.engines = [(cls, factory(config)) for cls, factory, count in _ENGINE_TYPES
-                        for _ in range(getattr(config, count))]
         super().__init__({"csr_addr": In(csr.ADDR_BITS), "csr_wdata": In(32), "csr_we": In(1),
                           "csr_rdata": Out(32), "hbm": Out(hbm_signature(config, tagged=True)), "idle": Out(1),
                           "rst": In(1)})

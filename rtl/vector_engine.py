@@ -3,6 +3,7 @@
 from amaranth.hdl import Mux, Signal, signed
 from amaranth.lib import data
 
+from tcloud.isa.errors import ConfigError
 from tcloud.isa.table import BY_MNEMONIC, EngineClass, FaultCode
 
 from .decode import OPCODES
@@ -33,8 +34,8 @@ class VectorEngine(Engine):
         lanes = config.ve_lanes
         if lanes % 4 or lanes > config.sram_line_words:
             self._MustUse__used = True  # rejected, not forgotten: no UnusedElaboratable warning
-            raise ValueError(f"ve_lanes={lanes} must be a multiple of 4 and at most sram_line_words="
-                             f"{config.sram_line_words} (one int32 chunk per scratchpad access)")
+            raise ConfigError(f"ve_lanes={lanes} must be a multiple of 4 and at most sram_line_words="
+                              f"{config.sram_line_words} (one int32 chunk per scratchpad access)")
         super().__init__(config)
 
     def unit_state(self):

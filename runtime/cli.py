@@ -15,6 +15,7 @@ from tcloud.isa import PRESETS, Policy, ProgramImage, assemble, disassemble, get
 from tcloud.isa.asm import instruction_lines
 from tcloud.isa.doc import isa_markdown
 from tcloud.isa.errors import TcloudError
+from tcloud.rtl.pnpu import rtl_refusal
 
 from .api import format_utilization, run_timing
 from .device import BACKENDS, FunctionalDevice, make_device
@@ -65,6 +66,8 @@ def cmd_config(args):
     for name in names:
         cfg = get_config(name)
         print(f"{cfg.name}: fingerprint {cfg.fingerprint().hex()}, peak {cfg.peak_tops:.3g} TOPS")
+        refusal = rtl_refusal(cfg)
+        print(f"  backends        {'functional only: ' + refusal if refusal else ', '.join(BACKENDS)}")
         for key, value in cfg.to_dict().items():
             if key != "name":
                 print(f"  {key:15} {value}")

@@ -513,3 +513,16 @@ def test_the_quick_subset_leaves_out_the_long_runs():
     slow = {"test_cocotb.py", "test_formal.py", "test_rtl_pnpu.py", "test_multitenant.py", "test_me_hazards.py"}
     assert slow.isdisjoint(files)
     assert {"test_cli.py", "test_golden_ops.py", "test_isa_asm.py", "test_hypervisor.py"} <= files
+
+
+def test_a_preset_without_rtl_says_so_and_which_backends_run_it(tmp_path):
+    """tpu_like's 128x128 MEs need 128-word scratchpad rows; its lines have 32 (issue 11 item 1)."""
+    shown = tcloud("config", "tpu_like")
+    assert shown.returncode == 0
+    assert "backends        functional only: a 128x128 array (me_rows, me_cols)" in shown.stdout
+    assert "backends        functional, amaranth, verilator" in tcloud("config", "small").stdout
+    for argv in (("verilog", "--config", "tpu_like", "-o", str(tmp_path / "p.v")), ("demo", "--config", "tpu_like")):
+        result = tcloud(*argv)
+        assert result.returncode == 1, argv
+        assert result.stderr.strip().splitlines()[-1].startswith("tcloud: error: config 'tpu_like' has no RTL")
+        assert "Traceback" not in result.stderr
