@@ -1,6 +1,7 @@
 """Performance interference: a victim tenant's latency next to hostile neighbours, per policy.
 
-On one ``small`` pNPU (Verilator RTL, default HBM timing) a *victim* vNPU and a *neighbour* vNPU
+On one ``small`` pNPU (Verilator RTL, the preset's HBM timing: ``small``'s 120-cycle latency at
+32 bytes per cycle, no jitter, no backpressure) a *victim* vNPU and a *neighbour* vNPU
 split the engines: each owns 2 of the 4 MEs, 1 of the 2 VEs and 1 of the 2 DMA engines
 (``VICTIM`` and ``NEIGHBOUR`` below; ``--shared-dma``: both share the two DMA engines, as every
 vNPU did before DMA engines could be owned); the HBM port is shared by everyone (no bandwidth
@@ -60,8 +61,9 @@ BACKEND = "verilator"
 POLICIES = ("static", "harvest", "temporal", "operator")
 NEIGHBOURS = ("alone", "long_utops", "at_the_limit", "dma_flood", "many_short", "faulting", "killed")
 HOSTILE = NEIGHBOURS[1:]
-HBM_LATENCY = 8
-"""The RTL backends' default HBM latency (cycles); no jitter, no backpressure."""
+HBM_LATENCY = get_config(CONFIG).hbm_latency
+"""The preset's HBM latency (cycles; 120 on ``small``), as every backend uses by default; no jitter, no
+backpressure."""
 HBM_TIMING = {"hbm_latency": HBM_LATENCY, "hbm_jitter": 0, "hbm_accept_probability": 1.0}
 POLL_CYCLES = 512
 """Hypervisor driver granularity: runs start and finish (and kills land) within this many cycles."""
@@ -71,6 +73,11 @@ steady state. The reclaim and DMA counters (cumulative in hardware) include them
 KILL_AFTER, QUICK_KILL_AFTER = 20_000, 5_000
 """The ``killed`` neighbour is killed after about this many active cycles of each run."""
 DEFAULT_RUNS, QUICK_RUNS = 32, 3
+TIMEOUT_S = 3600
+"""Wall seconds a scenario may take before its unfinished victim runs count as hung. At the preset
+HBM latency a victim next to the DMA flood under ``temporal`` takes several hundred thousand cycles
+per run, and the flood simulates at well under 100 k cycles/s on a busy 2-core machine: 600 s
+(enough at an 8-cycle HBM) could cut a healthy scenario short."""
 
 MIB, KIB = 1024 * 1024, 1024
 VICTIM = VNPUSpec(mes=2, ves=1, dmas=1, sram_kib=120, hbm_mib=2)
@@ -308,7 +315,7 @@ def scenario(policy, victim, neighbour, runs, images, timeout_s, kill_after=KILL
     return result
 
 
-def measure(runs, quick, policies=POLICIES, neighbours=NEIGHBOURS, timeout_s=600, shared_dma=False):
+def measure(runs, quick, policies=POLICIES, neighbours=NEIGHBOURS, timeout_s=TIMEOUT_S, shared_dma=False):
     images = neighbour_programs(quick)
     vics = victims(quick)
     results = {name: {} for name in vics}
@@ -424,7 +431,7 @@ def conditions(runs, quick, shared_dma=False):
                                         f"the HBM port and all {cfg.dma_count} DMA engines")}}
 
 
-def plot(results, path):
+def plot(results, path, shared_dma=False):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -463,8 +470,9 @@ def plot(results, path):
             ax.set_xlim(-0.5, len(policies) - 0.5)
             ax.grid(axis="y", which="major", alpha=0.3)
         top.legend(fontsize=7, ncol=2)
-    fig.suptitle("Victim next to hostile neighbours on one 'small' pNPU (Verilator RTL); "
-                 "victim and neighbour each own 2 MEs + 1 VE, DMA/HBM shared", fontsize=10)
+    dma = "both DMA engines and the HBM port shared" if shared_dma else "1 DMA engine each, the HBM port shared"
+    fig.suptitle(f"Victim next to hostile neighbours on one 'small' pNPU (Verilator RTL, {HBM_LATENCY}-cycle HBM); "
+                 f"victim and neighbour each own 2 MEs + 1 VE, {dma}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
@@ -518,7 +526,7 @@ def main(argv=None):
         "summary": summary,
         "wall_seconds": elapsed,
         "results": results}, args.out)
-    try_plot(plot, results, args.plot or str(RESULTS / f"{name}.png"))
+    try_plot(plot, results, args.plot or str(RESULTS / f"{name}.png"), args.shared_dma)
     return summary
 
 

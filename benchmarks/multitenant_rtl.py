@@ -1,4 +1,5 @@
-"""Pairs of tenants on one ``small`` pNPU in Verilator under the four scheduling policies.
+"""Pairs of tenants on one ``small`` pNPU in Verilator under the four scheduling policies, at the
+preset's HBM timing (120-cycle latency on ``small``).
 
 Tenants: ``me`` (ME-heavy int8 GEMM), ``ve`` (VE-heavy residual add+ReLU chain) and ``phased``
 (alternating phases of independent ME uTOps and VE uTOps; the pair runs one copy starting with an ME
@@ -42,7 +43,8 @@ from .common import RESULTS, conditions, try_plot, write
 CONFIG = get_config("small")
 POLICIES = ("static", "harvest", "temporal", "operator")
 BEST_STATIC = "best static"
-HBM_TIMING = {"hbm_latency": 8}
+HBM_TIMING = {"hbm_latency": CONFIG.hbm_latency, "hbm_jitter": 0, "hbm_accept_probability": 1.0}
+"""The preset's HBM timing (120-cycle latency on ``small``), stated so the report records it."""
 MAX_SLOWDOWN = 1.1
 """The target for every tenant's slowdown against running alone (the dashed line of the plot)."""
 HALF = VNPUSpec(mes=CONFIG.me_count // 2, ves=CONFIG.ve_count // 2, sram_kib=120, hbm_mib=2)
@@ -163,7 +165,7 @@ def worst_slowdown(result):
     return max((t["slowdown_vs_alone"] for t in result["tenants"] if t["slowdown_vs_alone"] is not None), default=0)
 
 
-def plot(results, path):
+def plot(results, path, hbm_latency=HBM_TIMING["hbm_latency"]):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -185,8 +187,8 @@ def plot(results, path):
                              label=f"target: no tenant slower than {MAX_SLOWDOWN}x alone")
     axes[0].legend(fontsize=8)
     axes[2].legend(handles=[target], fontsize=8, loc="upper left")
-    fig.suptitle(f"Two tenants on one 'small' pNPU (Verilator RTL), each owning {HALF.mes} MEs + {HALF.ves} VE "
-                 f"(best static: the best ownership split)")
+    fig.suptitle(f"Two tenants on one 'small' pNPU (Verilator RTL, {hbm_latency}-cycle HBM), each owning "
+                 f"{HALF.mes} MEs + {HALF.ves} VE (best static: the best ownership split)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
@@ -201,7 +203,8 @@ def main(argv=None):
     parser.add_argument("--replot", metavar="JSON", help="only redraw the plot from a saved result (no runs)")
     args = parser.parse_args(argv)
     if args.replot:
-        try_plot(plot, json.loads(Path(args.replot).read_text())["results"], args.plot)
+        saved = json.loads(Path(args.replot).read_text())
+        try_plot(plot, saved["results"], args.plot, saved["hbm_timing"]["hbm_latency"])
         return None
     images, alone, results = measure(args.runs, args.quick)
     mixed = results["mixed"]
