@@ -161,7 +161,8 @@ CATALOGUE = [
     _m("sram_bank_row_wrap", "rtl/scratchpad.py", '"row1": (line + 1)[bank_bits:]', '"row1": line[bank_bits:]',
        "an access crossing into the next line takes that line's row from the first line (wrong after bank "
        "sram_banks - 1)", SRAM),
-    _m("sram_shared_read_any_row", "rtl/scratchpad.py", "(taken_rows[b] == rows[i][b])", "(taken_rows[b] >= 0)",
+    _m("sram_shared_read_any_row", "rtl/scratchpad.py", "(ri[\"lines\"][a] != rj[\"lines\"][b])",
+       "Const(0, 1)",
        "reads of different rows of one bank share its read port", SRAM),
     _m("arbiter_wrap_off_by_one", "rtl/arbiter.py", "Mux(winner >= count, winner - count, winner)",
        "Mux(winner > count, winner - count, winner)", "round-robin grant does not wrap at count", SRAM),
