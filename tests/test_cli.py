@@ -412,7 +412,6 @@ def test_make_bench_writes_to_a_fresh_directory(tmp_path):
 
 
 def test_the_multitenant_plot_explains_its_dashed_line(tmp_path):
-    pytest.importorskip("matplotlib")
     import matplotlib.pyplot as plt
 
     from benchmarks import multitenant_rtl
