@@ -19,7 +19,7 @@ from tcloud.firmware import ProgramBuilder
 from tcloud.isa import EngineClass, Instr, ProgramImage, Symbol, get_config
 from tcloud.runtime import FunctionalDevice, run_image
 from tcloud.runtime.execute import load_image, read_outputs
-from tcloud.runtime.verilator_device import VerilatorDevice
+from tcloud.runtime.backends.verilator import VerilatorDevice
 
 from .common import RESULTS, conditions, try_plot, write
 

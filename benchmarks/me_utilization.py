@@ -17,7 +17,7 @@ from tcloud.isa import get_config
 from tcloud.isa.cost import HARVEST_COST_DEFAULT
 from tcloud.runtime import FunctionalDevice, load_image, read_outputs, run_image
 from tcloud.runtime.api import run_timing
-from tcloud.runtime.verilator_device import VerilatorDevice
+from tcloud.runtime.backends.verilator import VerilatorDevice
 
 from .common import conditions, write
 

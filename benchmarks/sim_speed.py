@@ -15,8 +15,8 @@ from tcloud.isa import get_config
 from tcloud.rtl.pnpu import PNPU
 from tcloud.rtl.verilog import to_verilog
 from tcloud.runtime import FunctionalDevice, run_image
-from tcloud.runtime.rtl_device import AmaranthDevice
-from tcloud.runtime.verilator_device import VerilatorDevice
+from tcloud.runtime.backends.amaranth import AmaranthDevice
+from tcloud.runtime.backends.verilator import VerilatorDevice
 
 from .common import conditions, per_config_args, write
 

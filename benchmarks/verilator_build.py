@@ -8,7 +8,7 @@ import os
 import tempfile
 import time
 
-from tcloud.runtime import verilator_device
+from tcloud.runtime.backends import verilator as verilator_device
 
 from .common import per_config_args, write
 

@@ -218,8 +218,6 @@ def gemm(config, m, k, n, *, bias=False, requant=None, plan=None, max_utop_cost=
     if requant is not None and not isinstance(requant, Requant):
         raise FirmwareError(f"requant must be a Requant, got {requant!r}")
     plan = plan or plan_gemm(cfg, m, k, n, bias=bias, requant=requant is not None, max_utop_cost=max_utop_cost)
-    rows, cols = cfg.me_rows, cfg.me_cols
-    mb, nb, kb = plan.mb, plan.nb, plan.kb
     out_dtype, out_item = ("i8", 1) if requant else ("i32", 4)
 
     stride_a, stride_b, stride_c = _up(k, WORD_BYTES), _up(n, WORD_BYTES), _up(n * out_item, WORD_BYTES)
@@ -235,6 +233,77 @@ def gemm(config, m, k, n, *, bias=False, requant=None, plan=None, max_utop_cost=
                             f"of operands and result, {(hbm_bytes - code_at) / MIB:.1f} MiB of code), but config "
                             f"{cfg.name!r} has {cfg.hbm_mib} MiB")
 
+    prog = ProgramBuilder()
+    emit_gemm(prog, cfg, plan, DenseMatrix(off_a, stride_a), DenseMatrix(off_b, stride_b),
+              DenseMatrix(off_c, stride_c, out_item), bias=DenseMatrix(off_bias, 0, 4) if bias else None,
+              requant=requant, progress=None if progress is None else lambda done: progress(done, 2 * count))
+    code = prog.build(cfg, progress=None if progress is None else lambda done: progress(count + done, 2 * count))
+    symbols = [Symbol("A", "input", "i8", (m, k), off_a, stride_a),
+               Symbol("B", "input", "i8", (k, n), off_b, stride_b)]
+    if bias:
+        symbols.append(Symbol("bias", "input", "i32", (n,), off_bias, 4 * n))
+    symbols.append(Symbol("C", "output", out_dtype, (m, n), off_c, stride_c))
+    return ProgramImage.for_config(cfg, code, entry=code_at, hbm_bytes=hbm_bytes, sram_bytes=plan.sram_bytes,
+                                   symbols=symbols)
+
+
+@dataclass(frozen=True)
+class DenseMatrix:
+    """A row-major matrix in HBM: element ``(r, c)`` at ``hbm + r * stride + c * item``.
+
+    :func:`emit_gemm` reads its operands and writes its result through ``load`` and ``store``; other
+    layouts (an im2col view of an activation, an output with a padded border) provide the same two
+    methods.
+    """
+
+    hbm: int
+    stride: int
+    item: int = 1
+
+    def _transfer(self, op, sram, sram_stride, r0, rows, c0, cols):
+        return [Instr(op, sram=sram, hbm=self.hbm + r0 * self.stride + c0 * self.item, rows=rows,
+                      row_bytes=_up(cols * self.item, WORD_BYTES), hbm_stride=self.stride, sram_stride=sram_stride)]
+
+    def load(self, sram, sram_stride, r0, rows, c0, cols):
+        """DMA instructions copying rows ``r0..r0+rows`` × columns ``c0..c0+cols`` to the scratchpad."""
+        return self._transfer("dma.load", sram, sram_stride, r0, rows, c0, cols)
+
+    def store(self, sram, sram_stride, r0, rows, c0, cols):
+        """DMA instructions copying that block from the scratchpad back to HBM."""
+        return self._transfer("dma.store", sram, sram_stride, r0, rows, c0, cols)
+
+
+def emit_gemm(prog, config, plan, a, b, c, *, bias=None, relu=False, requant=None, progress=None):
+    """Append the uTOps of ``C = requant(relu(A @ B + bias))`` to ``prog``.
+
+    Parameters
+    ----------
+    prog : ProgramBuilder
+    config : ArchConfig
+    plan : GemmPlan
+        Block sizes; its scratchpad footprint starts at scratchpad address 0.
+    a, b : DenseMatrix or a layout with the same ``load``
+        int8 ``A[m][k]`` and ``B[k][n]``.
+    c : DenseMatrix or a layout with the same ``store``
+        The result: int8 with ``requant``, else int32.
+    bias : DenseMatrix, optional
+        One int32 row of ``n`` values added to every row of the product.
+    relu : bool
+        Clamp the int32 sums at 0 before requantization (with a positive scale this is the
+        requantized ReLU: ``max(q, zero_point)``).
+    requant : Requant, optional
+    progress : callable, optional
+        Called as ``progress(instructions_emitted)`` once per output block.
+
+    Returns
+    -------
+    list of UtopRef
+        The stores of the output blocks (the uTOps a consumer of ``C`` depends on).
+    """
+    cfg = config
+    rows, cols = cfg.me_rows, cfg.me_cols
+    m, k, n, mb, nb, kb = plan.m, plan.k, plan.n, plan.mb, plan.nb, plan.kb
+    epilogue = bias is not None or relu or requant is not None
     buf_a = [0, mb * _up(kb, WORD_BYTES)]
     sa = _up(kb, WORD_BYTES)
     base = 2 * buf_a[1]
@@ -244,36 +313,35 @@ def gemm(config, m, k, n, *, bias=False, requant=None, plan=None, max_utop_cost=
     buf_acc = [base, base + mb * 4 * nb]
     base += 2 * mb * 4 * nb
     buf_bias = [base, base + 4 * nb]
-    if bias:
+    if bias is not None:
         base += 2 * 4 * nb
     s8 = _up(nb, WORD_BYTES)
     buf_out8 = [base, base + mb * s8]
-    if requant:
+    if requant is not None:
         base += 2 * mb * s8
     assert base == plan.sram_bytes
 
-    prog = ProgramBuilder()
     chunk_me = []  # ME uTOps of every K chunk, in global chunk order
     stores = []
 
     def finish_block(bi, m0, n0, mrows, ncols, acc, last_me):
         """Bias, requantization and the store of one output block."""
-        src, src_stride, row_bytes = acc, 4 * nb, 4 * ncols
+        src, src_stride = acc, 4 * nb
         store_deps = last_me
-        if bias or requant:
+        if epilogue:
             body = [Instr("ve.shape", rows=mrows, dst_stride=4 * nb, src1_stride=4 * nb, src2_stride=0)]
-            if bias:
+            if bias is not None:
                 body.append(Instr("ve.add", dst=acc, src1=acc, src2=buf_bias[bi % 2], n=ncols))
-            if requant:
+            if relu:
+                body.append(Instr("ve.relu", dst=acc, src=acc, n=ncols))
+            if requant is not None:
                 out8 = buf_out8[bi % 2]
                 body.append(Instr("ve.shape", rows=mrows, dst_stride=s8, src1_stride=4 * nb))
                 body.append(Instr("ve.requant", dst=out8, src=acc, n=ncols, mult=requant.multiplier,
                                   shift=requant.shift, zp=requant.zero_point))
-                src, src_stride, row_bytes = out8, s8, _up(ncols, WORD_BYTES)
+                src, src_stride = out8, s8
             store_deps = [prog.utop(EngineClass.VE, body, last_me)]
-        store = Instr("dma.store", sram=src, hbm=off_c + m0 * stride_c + n0 * out_item, rows=mrows,
-                      row_bytes=row_bytes, hbm_stride=stride_c, sram_stride=src_stride)
-        stores.append(prog.utop(EngineClass.DMA, [store], store_deps))
+        stores.append(prog.utop(EngineClass.DMA, c.store(src, src_stride, m0, mrows, n0, ncols), store_deps))
 
     deferred = []  # the previous block's post-processing and store, emitted one block late
     blocks = [(m0, n0) for m0 in range(0, m, mb) for n0 in range(0, n, nb)]
@@ -286,16 +354,10 @@ def gemm(config, m, k, n, *, bias=False, requant=None, plan=None, max_utop_cost=
             kdepth = min(kb, k - k0)
             g = len(chunk_me)
             s = g % 2
-            body = [
-                Instr("dma.load", sram=buf_a[s], hbm=off_a + m0 * stride_a + k0, rows=mrows,
-                      row_bytes=_up(kdepth, WORD_BYTES), hbm_stride=stride_a, sram_stride=sa),
-                Instr("dma.load", sram=buf_b[s], hbm=off_b + k0 * stride_b + n0, rows=kdepth,
-                      row_bytes=_up(ncols, WORD_BYTES), hbm_stride=stride_b, sram_stride=sb),
-            ]
+            body = a.load(buf_a[s], sa, m0, mrows, k0, kdepth) + b.load(buf_b[s], sb, k0, kdepth, n0, ncols)
             deps = list(chunk_me[g - 2]) if g >= 2 else []
-            if bias and ci == 0:
-                body.append(Instr("dma.load", sram=buf_bias[bi % 2], hbm=off_bias + 4 * n0, rows=1,
-                                  row_bytes=4 * ncols))
+            if bias is not None and ci == 0:
+                body += bias.load(buf_bias[bi % 2], 0, 0, 1, n0, ncols)
                 deps.append(prev_store)
             load = prog.utop(EngineClass.DMA, body, deps)
             refs = []
@@ -319,18 +381,10 @@ def gemm(config, m, k, n, *, bias=False, requant=None, plan=None, max_utop_cost=
                 deferred.clear()
         deferred.append(lambda args=(bi, m0, n0, mrows, ncols, acc, last_me): finish_block(*args))
         if progress is not None:
-            progress(prog.instructions, 2 * count)
+            progress(prog.instructions)
     for emit in deferred:
         emit()
-
-    code = prog.build(cfg, progress=None if progress is None else lambda done: progress(count + done, 2 * count))
-    symbols = [Symbol("A", "input", "i8", (m, k), off_a, stride_a),
-               Symbol("B", "input", "i8", (k, n), off_b, stride_b)]
-    if bias:
-        symbols.append(Symbol("bias", "input", "i32", (n,), off_bias, 4 * n))
-    symbols.append(Symbol("C", "output", out_dtype, (m, n), off_c, stride_c))
-    return ProgramImage.for_config(cfg, code, entry=code_at, hbm_bytes=hbm_bytes, sram_bytes=plan.sram_bytes,
-                                   symbols=symbols)
+    return stores
 
 
 def _hbm_layout(m, k, n, bias, out_item):

@@ -2,7 +2,7 @@
 image loader, the hypervisor (:class:`Hypervisor`) and the ``tcloud`` command line."""
 
 from .api import InputError, matmul
-from .device import BACKENDS, ContextInfo, Device, DeviceError, FunctionalDevice, make_device
+from .backends import BACKENDS, ContextInfo, Device, DeviceError, FunctionalDevice, make_device
 from .execute import (DeviceFault, HbmWindow, HostAccessError, LoadPlan, Placement, RunLimitError, load_image,
                       plan_load, read_outputs, run_image)
 from .hypervisor import (VNPU, AllocationError, Bill, Hypervisor, PriceTable, Usage, VNPUSpec, VNPUSpecError,

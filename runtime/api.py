@@ -6,7 +6,7 @@ from tcloud.firmware import Requant, gemm
 from tcloud.isa import decode_stream, get_config
 from tcloud.isa.errors import TcloudError
 
-from .device import make_device
+from .backends import make_device
 from .execute import RunLimitError, load_image, read_outputs
 
 
@@ -46,7 +46,7 @@ def matmul(a, b, *, bias=None, requant=None, config="small", backend="functional
     return_stats : bool
         Also return a dict of instruction, uTOp and traffic counts.
     vnpu : VNPU, optional
-        Run on this vNPU of a :class:`~tcloud.runtime.hypervisor.Hypervisor` (its config and
+        Run on this vNPU of a :class:`~tcloud.runtime.Hypervisor` (its config and
         backend apply; ``config`` and ``backend`` are ignored). The GEMM program replaces the
         program loaded in the vNPU. Statistics then include the run's latency in cycles.
 

@@ -18,7 +18,7 @@ from tcloud.isa.errors import TcloudError
 from tcloud.rtl.pnpu import rtl_refusal
 
 from .api import format_utilization, run_timing
-from .device import BACKENDS, FunctionalDevice, make_device
+from .backends import BACKENDS, FunctionalDevice, make_device
 from .execute import load_image, read_outputs, run_image
 from .files import load_npy, output_dir, output_file, read_bytes, read_text, write_file
 from .progress import Progress
@@ -41,7 +41,7 @@ def cmd_verilog(args):
     from tcloud.rtl.pnpu import PNPU
     from tcloud.rtl.verilog import LINT_WAIVERS, lint, to_verilog
 
-    from .verilator_device import VERILOG_SECONDS, recorded_seconds
+    from .backends.verilator import VERILOG_SECONDS, recorded_seconds
 
     cfg = get_config(args.config)
     output_file(args.output, "Verilog file")  # refuse a bad target before the long generation

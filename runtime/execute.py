@@ -1,4 +1,4 @@
-"""Load a program image into a context of any :class:`~tcloud.runtime.device.Device` and run it."""
+"""Load a program image into a context of any :class:`~tcloud.runtime.backends.Device` and run it."""
 
 from dataclasses import dataclass
 

@@ -33,7 +33,7 @@ from tcloud.isa import PRESETS, Policy, ProgramImage, assemble, get_config
 from tcloud.isa.errors import TcloudError
 
 from .api import format_utilization, run_timing
-from .device import BACKENDS, FunctionalDevice
+from .backends import BACKENDS, FunctionalDevice
 from .execute import DeviceFault, run_image
 from .files import read_bytes, read_text
 from .hypervisor import Hypervisor, VNPUSpec
@@ -191,7 +191,7 @@ def run_scenario(data, base=Path("."), *, backend=None, policy=None, log=print, 
 
     Tenants' runs are all submitted before any is awaited, so the tenants of a pNPU run
     concurrently. ``backend`` and ``policy`` override the scenario's; ``vcd`` asks the RTL
-    backends for a waveform (see :class:`~tcloud.runtime.hypervisor.Hypervisor`).
+    backends for a waveform (see :class:`~tcloud.runtime.Hypervisor`).
     """
     check_scenario(data)
     config = get_config(data.get("config", "small"))

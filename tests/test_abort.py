@@ -13,8 +13,8 @@ from tcloud.isa import ContextStatus, EngineClass, FaultCode, Instr, ProgramImag
 from tcloud.rtl import abort_bound
 from tcloud.runtime import DeviceFault, FunctionalDevice, Placement, load_image, read_outputs, run_image
 from tcloud.runtime.hypervisor import Hypervisor, VNPUSpec
-from tcloud.runtime.rtl_device import AmaranthDevice
-from tcloud.runtime.verilator_device import VerilatorDevice
+from tcloud.runtime.backends.amaranth import AmaranthDevice
+from tcloud.runtime.backends.verilator import VerilatorDevice
 from tcloud.verif import random_program
 from tcloud.verif.random_programs import replay_hint, seeds
 

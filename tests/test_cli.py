@@ -18,9 +18,9 @@ import pytest
 
 from tcloud.isa import INSTRUCTIONS, FaultCode, ProgramImage
 from tcloud.runtime.cli import build_parser, main
-from tcloud.runtime import verilator_device
+from tcloud.runtime.backends import verilator as verilator_device
 from tcloud.runtime.progress import Progress
-from tcloud.runtime.verilator_device import fst_supported
+from tcloud.runtime.backends.verilator import fst_supported
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

@@ -12,8 +12,8 @@ import yaml
 from tcloud.isa import Policy, get_config
 from tcloud.rtl.pnpu import PNPU
 from tcloud.runtime import run_image
-from tcloud.runtime.verilator_device import VerilatorDevice
-from tcloud.runtime.verilator_device import _design_digest as design_digest  # the Verilator cache's key
+from tcloud.runtime.backends.verilator import VerilatorDevice
+from tcloud.runtime.backends.verilator import _design_digest as design_digest  # the Verilator cache's key
 from tcloud.verif.functional_coverage import HBM_KINDS, STALLS, WAIT_SLOTS
 from tcloud.verif.hbm_spec import timing_programs
 

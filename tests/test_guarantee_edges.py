@@ -10,8 +10,8 @@ import pytest
 from tcloud.isa import ContextStatus, EngineClass, FaultCode, Instr, encode_stream, get_config
 from tcloud.isa import csr
 from tcloud.runtime import FunctionalDevice
-from tcloud.runtime.rtl_device import AmaranthDevice
-from tcloud.runtime.verilator_device import VerilatorDevice
+from tcloud.runtime.backends.amaranth import AmaranthDevice
+from tcloud.runtime.backends.verilator import VerilatorDevice
 
 from conftest import utop
 

@@ -13,7 +13,7 @@ from cocotb_tools.runner import get_results
 from tcloud.isa import get_config
 from tcloud.rtl.hbm import port_words
 from tcloud.rtl.sim import HbmModel
-from tcloud.runtime.verilator_device import VerilatorDevice
+from tcloud.runtime.backends.verilator import VerilatorDevice
 from tcloud.verif.hbm_spec import NORMAL, HbmPlayer, Request, port_gbps, reference, spec_case
 
 from conftest import BUILD, COCOTB_WAVES, cocotb_build

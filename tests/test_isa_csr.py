@@ -45,7 +45,7 @@ def test_engines_are_named_by_class_and_index_within_the_class():
 
 
 def test_rtl_statistics_use_the_engine_names():
-    from tcloud.runtime.rtl_device import AmaranthDevice
+    from tcloud.runtime.backends.amaranth import AmaranthDevice
 
     device = AmaranthDevice("tiny")
     try:

@@ -8,8 +8,8 @@ import pytest
 from tcloud.firmware import ProgramBuilder
 from tcloud.isa import EngineClass, Instr, ProgramImage, Symbol, get_config
 from tcloud.runtime import FunctionalDevice, run_image
-from tcloud.runtime.rtl_device import AmaranthDevice
-from tcloud.runtime.verilator_device import VerilatorDevice
+from tcloud.runtime.backends.amaranth import AmaranthDevice
+from tcloud.runtime.backends.verilator import VerilatorDevice
 
 pytestmark = pytest.mark.slow  # ME uTOps on both RTL backends
 

@@ -11,7 +11,7 @@ import pytest
 
 from tcloud.isa import Instr, decode_stream, encode_stream
 from tcloud.runtime import FunctionalDevice, plan_load, read_outputs, run_image
-from tcloud.runtime.verilator_device import VerilatorDevice
+from tcloud.runtime.backends.verilator import VerilatorDevice
 from tcloud.verif import find_races, happens_before
 from tcloud.verif.random_programs import random_program, replay_hint, seeds
 

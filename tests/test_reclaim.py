@@ -14,8 +14,8 @@ from tcloud.rtl import harvest_cost_for, reclaim_bound
 from tcloud.isa.csr import HARVEST_COST_RESET, HARVEST_GRACE_RESET
 from tcloud.runtime import DeviceFault
 from tcloud.runtime.hypervisor import Hypervisor, VNPUSpec
-from tcloud.runtime.rtl_device import AmaranthDevice
-from tcloud.runtime.verilator_device import VerilatorDevice
+from tcloud.runtime.backends.amaranth import AmaranthDevice
+from tcloud.runtime.backends.verilator import VerilatorDevice
 
 from conftest import new_tenant, utop
 

@@ -16,8 +16,8 @@ from tcloud.rtl import decode
 from tcloud.rtl.decode import OPCODES
 from tcloud.rtl.pnpu import PNPU
 from tcloud.runtime import DeviceFault, FunctionalDevice, Placement, load_image, matmul, read_outputs, run_image
-from tcloud.runtime.rtl_device import AmaranthDevice
-from tcloud.runtime.verilator_device import VerilatorDevice
+from tcloud.runtime.backends.amaranth import AmaranthDevice
+from tcloud.runtime.backends.verilator import VerilatorDevice
 from tcloud.verif import find_races, random_program
 from tcloud.verif.hbm_spec import port_gbps
 from tcloud.verif.random_programs import replay_hint, seeds

@@ -3,7 +3,7 @@
 A catalogue of single-point mutations (comparison off-by-ones, dropped ``+ 1``, swapped operands
 or fields, a dropped term of an ``&``/``|`` chain, a wrong width or constant) of the RTL
 (``rtl/``), the golden model (``isa/golden.py``) and the C++ Verilator harness
-(``runtime/verilator_harness.cpp``). Each entry names the exact source snippet it replaces (it must
+(``runtime/backends/verilator_harness.cpp``). Each entry names the exact source snippet it replaces (it must
 occur exactly once in the file at ``HEAD``: the harness fails loudly otherwise, so the catalogue
 cannot rot silently), what bug it models, and the fast tests that should notice it: golden-model
 tests, Amaranth-simulator tests on ``tiny``, Verilator tests only where nothing else covers the code.
@@ -250,15 +250,15 @@ CATALOGUE = [
        "(~owner_wants[e] & harvestable[c])", "an engine is harvested in any gap of its owner's chain",
        ("tests/test_reclaim.py::test_the_grace_period_keeps_an_owners_chain_on_its_engine",)),
     # --- C++ Verilator harness (only the Verilator tests run it) -------------------------------
-    _m("harness_write_drops_last_word", "runtime/verilator_harness.cpp",
+    _m("harness_write_drops_last_word", "runtime/backends/verilator_harness.cpp",
        "std::memcpy(&hbm[head.addr * 4], head.data, 4ull * head.count);",
        "std::memcpy(&hbm[head.addr * 4], head.data, 4ull * (head.count - 1));",
        "the HBM model drops the last word of every write", GEMM_VERILATOR),
-    _m("harness_response_one_cycle_late", "runtime/verilator_harness.cpp",
+    _m("harness_response_one_cycle_late", "runtime/backends/verilator_harness.cpp",
        "queues[q].front().due <= cycle", "queues[q].front().due < cycle",
        "the HBM model answers one cycle later than its latency (cycle counts drift from the Amaranth backend)",
        _pnpu("test_amaranth_and_verilator_agree_on_results_and_cycles")),
-    _m("harness_read_address_off_by_one", "runtime/verilator_harness.cpp",
+    _m("harness_read_address_off_by_one", "runtime/backends/verilator_harness.cpp",
        "std::memcpy(&word, &hbm[(head.addr + i) * 4], 4);", "std::memcpy(&word, &hbm[(head.addr + i + 1) * 4], 4);",
        "the HBM model answers a read with the words one address later", GEMM_VERILATOR),
 ]

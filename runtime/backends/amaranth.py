@@ -9,7 +9,7 @@ from .device import ContextInfo, DeviceError, check_hbm_range
 
 
 class CsrDevice:
-    """The :class:`~tcloud.runtime.device.Device` protocol on top of four primitives a backend
+    """The :class:`~tcloud.runtime.backends.Device` protocol on top of four primitives a backend
     provides: ``csr_write``, ``csr_read``, ``run_until_idle(max_cycles)`` and
     ``run_cycles(count)``, plus direct HBM access."""
 
