@@ -1,0 +1,1 @@
+"""Model compiler: ONNX models to TCloud uTOp programs for the int8 pNPU."""

@@ -1,0 +1,200 @@
+"""The compiler's model zoo: the committed digits models and the seeded ResNet/MobileNet/DLRM builders."""
+
+import logging
+
+import numpy as np
+import onnx
+import pytest
+
+ort = pytest.importorskip("onnxruntime")
+
+from tcloud.runtime.compiler.zoo import builders, digits  # noqa: E402
+
+# quantize_static logs a pre-processing hint and a QOperator-on-x64 performance hint on every call
+logging.getLogger().setLevel(logging.ERROR)
+
+
+def run(model, x):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def output_shape(model, batch):
+    return [d.dim_value or batch for d in model.graph.output[0].type.tensor_type.shape.dim]
+
+
+def input_batch(model, batch, seed=1):
+    shape = [d.dim_value or batch for d in model.graph.input[0].type.tensor_type.shape.dim]
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def domain_ops(model):
+    return {op for _, op in builders.op_types(model)}
+
+
+# ---------------------------------------------------------------- the committed digits models
+
+@pytest.mark.parametrize("name", digits.NAMES)
+def test_digits_accuracy_is_the_recorded_one(name):
+    model = digits.load(name)
+    onnx.checker.check_model(model)
+    x, y = digits.held_out(name)
+    assert digits.accuracy(model, x, y) == pytest.approx(digits.ACCURACY[name], abs=1e-12)
+
+
+def test_digits_int8_close_to_float():
+    for arch in ("mlp", "cnn"):
+        assert digits.ACCURACY[f"digits_{arch}"] >= 0.95
+        for fmt in ("qdq", "qop"):
+            assert digits.ACCURACY[f"digits_{arch}_{fmt}"] >= digits.ACCURACY[f"digits_{arch}"] - 0.01
+
+
+def test_digits_data_shapes():
+    x, y = digits.held_out("digits_cnn")
+    assert x.shape == (360, 1, 8, 8) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    assert sorted(set(y.tolist())) == list(range(10))
+    x_mlp, y_mlp = digits.held_out("digits_mlp_qop")
+    assert x_mlp.shape == (360, 64) and np.array_equal(x_mlp, x.reshape(360, 64))
+    assert np.array_equal(y, y_mlp)
+    assert digits.calibration("mlp").shape == (digits.CALIBRATION, 64)
+    with pytest.raises(KeyError):
+        digits.load("digits_rnn")
+
+
+@pytest.mark.parametrize("name", digits.NAMES)
+def test_digits_dynamic_batch(name):
+    model = digits.load(name)
+    x, _ = digits.held_out(name)
+    assert run(model, x[:1]).shape == (1, 10)
+    assert np.array_equal(run(model, x[:3]), run(model, x)[:3])
+
+
+def test_digits_quantized_formats():
+    """What each format is made of: the compiler's front end handles exactly these."""
+    for arch in ("mlp", "cnn"):
+        qdq, qop = (domain_ops(digits.load(f"digits_{arch}_{f}")) for f in ("qdq", "qop"))
+        assert {"QuantizeLinear", "DequantizeLinear", "Gemm"} <= qdq
+        assert not any(op.startswith("QLinear") or op == "QGemm" for op in qdq)
+        assert "Relu" not in qdq and "Relu" not in qop    # folded into the output quantization
+        assert {"QuantizeLinear", "DequantizeLinear", "QGemm"} <= qop
+    assert "QLinearConv" in domain_ops(digits.load("digits_cnn_qop"))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_digits_qdq_and_qop_agree(arch):
+    """onnxruntime's CPU provider runs both formats with the same int8 kernels: one reference."""
+    x, _ = digits.held_out(arch)
+    assert np.array_equal(run(digits.load(f"digits_{arch}_qdq"), x),
+                          run(digits.load(f"digits_{arch}_qop"), x))
+
+
+def test_cnn_trainer_gradients():
+    """The numpy CNN trainer's analytic gradients match central differences."""
+    rng = np.random.default_rng(1)
+    x, y = rng.random((3, 1, 8, 8)), np.array([1, 4, 7])
+    shapes = [(8, 1, 3, 3), (16, 8, 3, 3), (10, 256)]
+    params = [(rng.normal(0, 0.3, s), rng.normal(0, 0.1, s[0])) for s in shapes]
+    _, grads = digits._cnn_gradients(params, x, y)
+    for layer, grad in zip(params, grads):
+        for array, g in zip(layer, grad):
+            for _ in range(4):
+                i = tuple(rng.integers(0, n) for n in array.shape)
+                old = array[i]
+                array[i] = old + 1e-6
+                plus, _ = digits._cnn_gradients(params, x, y)
+                array[i] = old - 1e-6
+                minus, _ = digits._cnn_gradients(params, x, y)
+                array[i] = old
+                assert (plus - minus) / 2e-6 == pytest.approx(g[i], rel=1e-4, abs=1e-7)
+
+
+@pytest.mark.slow
+def test_digits_regenerate(tmp_path):
+    """Regeneration (about 15 s) reaches the recorded accuracies; same bytes on this machine."""
+    assert digits.build(tmp_path) == pytest.approx(digits.ACCURACY, abs=1e-12)
+    for name in digits.NAMES:
+        assert (tmp_path / f"{name}.onnx").read_bytes() == (digits.HERE / f"{name}.onnx").read_bytes()
+
+
+# ---------------------------------------------------------------- the builders
+
+SMALL = {
+    "resnet50_block": lambda: builders.resnet50_block(size=8),
+    "resnet50_block_stride2": lambda: builders.resnet50_block(channels=64, width=32, size=9, stride=2),
+    "mobilenetv2_block": lambda: builders.mobilenetv2_block(size=8),
+    "mobilenetv2_block_t1_stride2": lambda: builders.mobilenetv2_block(
+        channels=16, expansion=1, size=8, stride=2, out_channels=24),
+    "dlrm_mlp": builders.dlrm_mlp,
+}
+
+
+@pytest.mark.parametrize("fmt", [None, "qdq", "qop"])
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_builder_runs(name, fmt):
+    model = SMALL[name]()
+    onnx.checker.check_model(model, full_check=True)
+    quantized = model if fmt is None else builders.quantize(model, fmt)
+    onnx.checker.check_model(quantized)
+    for batch in (1, 2):
+        x = input_batch(model, batch)
+        y = run(quantized, x)
+        assert list(y.shape) == output_shape(model, batch)
+        if fmt is not None:   # int8 tracks float (calibrated on the same distribution)
+            reference = run(model, x)
+            error = np.linalg.norm(y - reference) / np.linalg.norm(reference)
+            assert error < 0.1, error
+
+
+def test_builders_are_seeded():
+    assert builders.resnet50_block(size=8).SerializeToString() == \
+        builders.resnet50_block(size=8).SerializeToString()
+    assert builders.dlrm_mlp(seed=1).SerializeToString() != builders.dlrm_mlp().SerializeToString()
+
+
+def test_quantize_leaves_its_argument_alone():
+    model = builders.dlrm_mlp()
+    before = model.SerializeToString()
+    builders.quantize(model, "qdq")
+    assert model.SerializeToString() == before
+    with pytest.raises(ValueError):
+        builders.quantize(model, "int4")
+
+
+def test_block_shapes_and_residuals():
+    assert builders.op_types(builders.resnet50_block()) == {("", "Add"): 1, ("", "Conv"): 3, ("", "Relu"): 3}
+    projected = builders.resnet50_block(channels=256, width=128, size=56, stride=2)
+    assert builders.op_types(projected)[("", "Conv")] == 4
+    assert output_shape(projected, 1) == [1, 512, 28, 28]
+    assert ("", "Add") not in builders.op_types(builders.mobilenetv2_block(stride=2))
+    depthwise = [n for n in builders.mobilenetv2_block().graph.node if n.op_type == "Conv"][1]
+    assert next(a.i for a in depthwise.attribute if a.name == "group") == 32 * 6
+    assert output_shape(builders.dlrm_mlp(), 4) == [4, 1]
+
+
+@pytest.mark.parametrize("build, nodes, params", [(builders.resnet50, 122, 25_530_472),
+                                                  (builders.mobilenetv2, 100, 3_487_816)])
+def test_full_network_structure(build, nodes, params):
+    """Node and parameter counts (torchvision's, less batch norm) and shape inference at 224 x 224."""
+    model = build()
+    assert len(model.graph.node) == nodes
+    assert sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.dims) == params
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    out = inferred.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in out] == ["N", 1000]
+
+
+def test_mobilenetv2_runs():
+    model = builders.mobilenetv2(image_size=64)
+    for batch in (1, 2):
+        assert run(model, input_batch(model, batch)).shape == (batch, 1000)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["qdq", "qop"])
+@pytest.mark.parametrize("build", [builders.resnet50, builders.mobilenetv2])
+def test_full_network_quantized(build, fmt):
+    """The real 224 x 224 networks, quantized (ResNet-50 takes about 15 s per format)."""
+    model = build()
+    quantized = builders.quantize(model, fmt, builders.random_samples(model, count=2))
+    x = input_batch(model, 2)
+    assert run(quantized, x).shape == (2, 1000)
