@@ -125,13 +125,14 @@ def me_utop_cost(config, mb, kb):
     return utop_units(body, config)
 
 
-def plan_gemm(config, m, k, n, *, bias=False, requant=False, max_utop_cost=HARVEST_COST_DEFAULT):
+def plan_gemm(config, m, k, n, *, bias=False, requant=False, max_utop_cost=HARVEST_COST_DEFAULT, sram_bytes=None):
     """Choose block sizes for ``C[m][n] = A[m][k] @ B[k][n]`` on ``config``.
 
     The plan minimises a simple estimate ``max(ME cycles, HBM cycles)`` over power-of-two block
     sizes that fit the scratchpad and the ISA's field limits, and whose ME uTOps cost at most
     ``max_utop_cost`` work units (:mod:`tcloud.isa.cost`; ``None``: no limit), so that the
-    ``harvest`` policy may run them on engines the tenant does not own.
+    ``harvest`` policy may run them on engines the tenant does not own. ``sram_bytes`` bounds the
+    footprint (default: the whole scratchpad).
 
     Raises
     ------
@@ -154,12 +155,13 @@ def plan_gemm(config, m, k, n, *, bias=False, requant=False, max_utop_cost=HARVE
     nb_opts = sorted({min(_up(n, cols), max_n // cols * cols, cols << i) for i in range(0, 12)})
     kb_opts = sorted({min(_up(k, rows), max_k // rows * rows, rows << i) for i in range(0, 12)})
     hbm_a, hbm_b = m * _up(k, WORD_BYTES), k * _up(n, WORD_BYTES)
+    budget = cfg.sram_bytes if sram_bytes is None else sram_bytes
     best = None
     for mb in mb_opts:
         for nb in nb_opts:
             for kb in kb_opts:
                 footprint = _sram_footprint(cfg, mb, nb, kb, bias, requant)
-                if footprint > cfg.sram_bytes:
+                if footprint > budget:
                     continue
                 if max_utop_cost is not None and me_utop_cost(cfg, mb, kb) > max_utop_cost:
                     continue
@@ -176,7 +178,7 @@ def plan_gemm(config, m, k, n, *, bias=False, requant=False, max_utop_cost=HARVE
                     best = (key, GemmPlan(m, k, n, mb, nb, kb, footprint, estimate))
     if best is None:
         limit = "" if max_utop_cost is None else f" with ME uTOps of at most {max_utop_cost} work units"
-        raise FirmwareError(f"no GEMM blocking of {m}x{k}x{n} fits the {cfg.sram_kib} KiB scratchpad "
+        raise FirmwareError(f"no GEMM blocking of {m}x{k}x{n} fits {budget // 1024} KiB of the scratchpad "
                             f"of config {cfg.name!r}{limit}")
     return best[1]
 

@@ -75,6 +75,19 @@ class ProgramBuilder:
     def utop_count(self):
         return sum(isinstance(item, _Utop) for item in self._items)
 
+    @property
+    def position(self):
+        """Items (uTOps and control instructions) appended so far: a mark for :meth:`utop_classes`."""
+        return len(self._items)
+
+    def utop_classes(self, start=0):
+        """uTOps per engine class name (``"DMA"``, ``"ME"``, ``"VE"``) appended since ``start``."""
+        counts = {cls.name: 0 for cls in UTOP_CLASSES}
+        for item in self._items[start:]:
+            if isinstance(item, _Utop):
+                counts[item.engine.name] += 1
+        return counts
+
     def utop(self, engine, body, deps=()):
         """Append a uTOp running ``body`` on an engine of class ``engine``.
 

@@ -20,6 +20,8 @@ Layout (all integers little-endian)::
     segments       n_segments × (offset I, length I, data)
     symbols        n_symbols × (name_len H, name, kind B, dtype B, ndim B, shape ndim×I,
                                 offset I, row_stride I)
+    metadata       metadata_len I, then that many bytes of UTF-8 text (version 2; version 1
+                   images end after the symbols and read with empty metadata)
 
 All addresses are context-relative: the image is placed at the start of the context's HBM window.
 """
@@ -35,7 +37,8 @@ from .errors import (BadMagicError, ConfigMismatchError, CorruptImageError, Imag
 from .table import INSTRUCTION_BYTES, WORD_BYTES
 
 MAGIC = b"TCNPUIMG"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _HEADER = struct.Struct("<8sHHI8s16sIIIIIII")
 HEADER_BYTES = _HEADER.size
 
@@ -209,6 +212,9 @@ class ProgramImage:
         Window sizes the program needs.
     segments : sequence of Segment
     symbols : sequence of Symbol
+    metadata : str
+        Free text the producer attaches (the model compiler stores JSON describing how to quantize
+        the inputs and dequantize the outputs); the loader does not interpret it.
 
     Raises
     ------
@@ -224,6 +230,7 @@ class ProgramImage:
     sram_bytes: int = 0
     segments: tuple = ()
     symbols: tuple = ()
+    metadata: str = ""
 
     def __post_init__(self):
         for name, kind in (("segments", Segment), ("symbols", Symbol)):
@@ -235,6 +242,8 @@ class ProgramImage:
         if not isinstance(self.code, (bytes, bytearray, memoryview)):
             raise ImageError(f"code must be bytes, got {type(self.code).__name__}")
         object.__setattr__(self, "code", bytes(self.code))
+        if not isinstance(self.metadata, str):
+            raise ImageError(f"metadata must be text, got {type(self.metadata).__name__}")
         self.validate()
 
     @classmethod
@@ -300,6 +309,8 @@ class ProgramImage:
             body += struct.pack("<BBB", _KIND_CODES[sym.kind], _DTYPE_CODES[sym.dtype], len(sym.shape))
             body += struct.pack(f"<{len(sym.shape)}I", *sym.shape)
             body += struct.pack("<II", sym.offset, sym.row_stride)
+        metadata = self.metadata.encode()
+        body += struct.pack("<I", len(metadata)) + metadata
         header = _HEADER.pack(MAGIC, FORMAT_VERSION, 0, zlib.crc32(body), self.fingerprint,
                               self.config_name.encode()[:16], self.hbm_bytes, self.sram_bytes,
                               self.entry, len(self.code), len(self.segments), len(self.symbols),
@@ -324,9 +335,9 @@ class ProgramImage:
             raise TruncatedImageError(f"image header needs {HEADER_BYTES} bytes, file has {len(data)}")
         (_, version, _, crc, fingerprint, name, hbm_bytes, sram_bytes, entry, code_bytes,
          n_segments, n_symbols, payload) = _HEADER.unpack_from(data)
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise UnsupportedVersionError(f"image format version {version}; this loader reads "
-                                          f"version {FORMAT_VERSION}")
+                                          f"versions {', '.join(map(str, READABLE_VERSIONS))}")
         if len(data) < HEADER_BYTES + payload:
             raise TruncatedImageError(f"image is truncated: header announces {HEADER_BYTES + payload} "
                                       f"bytes, file has {len(data)}")
@@ -354,8 +365,16 @@ class ProgramImage:
                                       row_stride))
             except ImageError as exc:
                 raise CorruptImageError(f"bad symbol: {exc}") from None
+        metadata = ""
+        if version >= 2:
+            (metadata_len,) = reader.unpack("<I", "metadata length")
+            try:
+                metadata = reader.take(metadata_len, "metadata").decode("utf-8")
+            except UnicodeDecodeError:
+                raise CorruptImageError("the image's metadata is not UTF-8 text") from None
         if reader.pos != len(data):
-            raise CorruptImageError(f"{len(data) - reader.pos} unexpected bytes after the last symbol")
+            raise CorruptImageError(f"{len(data) - reader.pos} unexpected bytes after the last "
+                                    f"{'symbol' if version < 2 else 'metadata'}")
         config_name = name.rstrip(b"\0").decode("utf-8", "replace")
         if config is not None and fingerprint != config.fingerprint():
             raise ConfigMismatchError(f"image was built for config {config_name!r} "
@@ -364,7 +383,7 @@ class ProgramImage:
         try:
             return cls(fingerprint=fingerprint, config_name=config_name, code=code, entry=entry,
                        hbm_bytes=hbm_bytes, sram_bytes=sram_bytes, segments=segments,
-                       symbols=symbols)
+                       symbols=symbols, metadata=metadata)
         except ImageError as exc:
             raise CorruptImageError(str(exc)) from None
 

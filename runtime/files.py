@@ -1,6 +1,7 @@
 """Reading and writing the files a user names: one rule for every command, and errors that name the path."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -41,16 +42,32 @@ def output_dir(path, what="output directory"):
 
 
 def write_file(path, data, what="output"):
-    """Write ``data`` (str or bytes) to ``path`` under :func:`output_file`'s rule."""
+    """Write ``data`` (str or bytes) to ``path`` under :func:`output_file`'s rule, atomically: into a
+    temporary file beside it, renamed over ``path`` once complete, so a failure or an interrupt never
+    leaves a half-written file (an existing file stays as it was)."""
     path = output_file(path, what)
+    payload = data.encode() if isinstance(data, str) else bytes(data)
     try:
-        if isinstance(data, str):
-            path.write_text(data)
-        else:
-            path.write_bytes(data)
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     except OSError as exc:
         raise TcloudError(f"cannot write {what} {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(payload)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; give it a new file's mode
+        os.replace(temporary, path)
+    except BaseException as exc:
+        Path(temporary).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise TcloudError(f"cannot write {what} {path}: {exc.strerror}") from None
+        raise
     return path
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_bytes(path):

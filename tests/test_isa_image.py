@@ -1,6 +1,8 @@
 """Program image container: round trip and every way a load can fail."""
 
+import dataclasses
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -78,3 +80,16 @@ def test_symbol_pack_unpack_pads_rows():
         sym.pack(np.zeros((3, 2), np.int8))
     with pytest.raises(ImageError, match="integer array"):
         sym.pack(np.zeros((2, 3), np.float32))
+
+
+def test_metadata_round_trips_and_version_1_images_still_load(image):
+    tagged = dataclasses.replace(image, metadata='{"model": "digits"}')
+    assert ProgramImage.from_bytes(tagged.to_bytes()).metadata == '{"model": "digits"}'
+    blob = bytearray(image.to_bytes()[:-4])  # a version-1 image: no metadata length after the symbols
+    struct.pack_into("<H", blob, 8, 1)
+    struct.pack_into("<I", blob, 12, zlib.crc32(blob[HEADER_BYTES:]))
+    struct.pack_into("<I", blob, HEADER_BYTES - 4, len(blob) - HEADER_BYTES)
+    old = ProgramImage.from_bytes(bytes(blob))
+    assert old.metadata == "" and old.code == image.code and old.symbols == image.symbols
+    with pytest.raises(ImageError, match="metadata must be text"):
+        dataclasses.replace(image, metadata=b"{}")

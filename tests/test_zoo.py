@@ -4,11 +4,11 @@ import logging
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
-ort = pytest.importorskip("onnxruntime")
-
-from tcloud.runtime.compiler.zoo import builders, digits  # noqa: E402
+from tcloud.runtime.compiler.quantize import quantize, random_samples
+from tcloud.runtime.compiler.zoo import builders, digits
 
 # quantize_static logs a pre-processing hint and a QOperator-on-x64 performance hint on every call
 logging.getLogger().setLevel(logging.ERROR)
@@ -133,7 +133,7 @@ SMALL = {
 def test_builder_runs(name, fmt):
     model = SMALL[name]()
     onnx.checker.check_model(model, full_check=True)
-    quantized = model if fmt is None else builders.quantize(model, fmt)
+    quantized = model if fmt is None else quantize(model, fmt)
     onnx.checker.check_model(quantized)
     for batch in (1, 2):
         x = input_batch(model, batch)
@@ -154,10 +154,10 @@ def test_builders_are_seeded():
 def test_quantize_leaves_its_argument_alone():
     model = builders.dlrm_mlp()
     before = model.SerializeToString()
-    builders.quantize(model, "qdq")
+    quantize(model, "qdq")
     assert model.SerializeToString() == before
     with pytest.raises(ValueError):
-        builders.quantize(model, "int4")
+        quantize(model, "int4")
 
 
 def test_block_shapes_and_residuals():
@@ -195,6 +195,6 @@ def test_mobilenetv2_runs():
 def test_full_network_quantized(build, fmt):
     """The real 224 x 224 networks, quantized (ResNet-50 takes about 15 s per format)."""
     model = build()
-    quantized = builders.quantize(model, fmt, builders.random_samples(model, count=2))
+    quantized = quantize(model, fmt, random_samples(model, count=2))
     x = input_batch(model, 2)
     assert run(quantized, x).shape == (2, 1000)

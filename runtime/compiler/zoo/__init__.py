@@ -5,5 +5,5 @@
   split (:func:`~tcloud.runtime.compiler.zoo.digits.load`,
   :func:`~tcloud.runtime.compiler.zoo.digits.held_out`);
 - :mod:`tcloud.runtime.compiler.zoo.builders`: ResNet-50, MobileNetV2 and a DLRM MLP tower (whole
-  or one block) with seeded random weights, and :func:`~tcloud.runtime.compiler.zoo.builders.quantize`.
+  or one block) with seeded random weights, and :func:`~tcloud.runtime.compiler.quantize.quantize`.
 """

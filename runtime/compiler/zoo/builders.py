@@ -13,11 +13,7 @@ the same model. Every model has a dynamic batch dimension ``N`` on its input and
   and weights, calibrated on given samples or on seeded random ones.
 """
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
@@ -356,97 +352,6 @@ def dlrm_mlp(bottom=(13, 512, 256, 64), top=(512, 256, 1), seed=0):
         x = dense(g, x, fin, fout, act="sigmoid" if last else "relu")
     return g.model([("dense", ["N", bottom[0]])], [(x, ["N", top[-1]])],
                    "DLRM-style MLP tower (bottom and top MLPs, no embeddings), random weights")
-
-
-# ---------------------------------------------------------------- quantization
-
-FORMATS = ("qdq", "qop")
-"""Quantized formats: ``"qdq"`` (QuantizeLinear/DequantizeLinear around float operators) and
-``"qop"`` (QOperator: ``QLinearConv``, ``QLinearMatMul``... operating on int8 tensors)."""
-
-
-def random_samples(model, count=8, seed=0):
-    """``count`` calibration feeds for ``model``: one dict per sample, batch 1, standard normal.
-
-    Parameters
-    ----------
-    model : onnx.ModelProto
-        A model whose inputs are float tensors with fixed non-batch dimensions.
-    count, seed : int
-        Number of samples and seed of their values.
-
-    Returns
-    -------
-    list of dict
-        ``{input name: float32 array of shape [1, ...]}`` for each sample.
-    """
-    rng = np.random.default_rng(seed)
-    shapes = {i.name: [d.dim_value or 1 for d in i.type.tensor_type.shape.dim]
-              for i in model.graph.input}
-    return [{name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
-            for _ in range(count)]
-
-
-class _Reader:
-    """The ``CalibrationDataReader`` protocol (``get_next``, ``rewind``) over a list of feeds."""
-
-    def __init__(self, feeds):
-        self.feeds = list(feeds)
-        self.position = 0
-
-    def get_next(self):
-        if self.position == len(self.feeds):
-            return None
-        self.position += 1
-        return self.feeds[self.position - 1]
-
-    def rewind(self):
-        self.position = 0
-
-
-def quantize(model, fmt="qdq", samples=None, per_channel=False):
-    """An int8 version of ``model`` by onnxruntime's ``quantize_static``.
-
-    Activations and weights are ``QInt8``, ranges calibrated by MinMax (asymmetric for the
-    activations, symmetric for the weights: onnxruntime's defaults), per tensor unless
-    ``per_channel``.
-
-    Parameters
-    ----------
-    model : onnx.ModelProto
-        A float model.
-    fmt : {"qdq", "qop"}
-        ``QuantFormat.QDQ`` or ``QuantFormat.QOperator``.
-    samples : numpy.ndarray or list of dict, optional
-        Calibration data: an array (fed whole to the model's only input) or a list of feeds.
-        Default: :func:`random_samples` ``(model)``.
-    per_channel : bool
-        Per-output-channel weight scales.
-
-    Returns
-    -------
-    onnx.ModelProto
-        The quantized model.
-    """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
-    formats = {"qdq": QuantFormat.QDQ, "qop": QuantFormat.QOperator}
-    if fmt not in formats:
-        raise ValueError(f"fmt must be one of {FORMATS}, not {fmt!r}")
-    if samples is None:
-        samples = random_samples(model)
-    elif isinstance(samples, np.ndarray):
-        samples = [{model.graph.input[0].name: samples.astype(np.float32)}]
-    with tempfile.TemporaryDirectory() as tmp:
-        # From a file, not the ModelProto: given a proto, quantize_static (onnxruntime 1.32)
-        # rewrites it in place to point its initializers at a temporary external-data file that
-        # it then deletes, which leaves the caller's model unusable.
-        source, out = Path(tmp) / "float.onnx", Path(tmp) / "quantized.onnx"
-        onnx.save(model, source)
-        quantize_static(source, out, _Reader(samples), quant_format=formats[fmt],
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        per_channel=per_channel)
-        return onnx.load(out)
 
 
 def op_types(model):

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from tcloud.runtime.compiler.zoo.builders import Graph, quantize
+from tcloud.runtime.compiler.quantize import quantize
+from tcloud.runtime.compiler.zoo.builders import Graph
 
 HERE = Path(__file__).resolve().parent / "digits"
 """Directory of the committed models and of ``digits.npz``."""

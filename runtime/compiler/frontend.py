@@ -1,0 +1,406 @@
+"""Front end: an int8 ONNX model (QDQ or QOperator) to the IR of :mod:`.ir`.
+
+QOperator nodes (``QLinearConv``, ``QLinearMatMul``, ``com.microsoft`` ``QGemm``) map one to one.
+QDQ models are folded: a ``DequantizeLinear`` of an initializer is a constant; one of an activation
+is a view of that quantized tensor; a float ``Conv``/``MatMul``/``Gemm`` on such views, followed by
+its ``QuantizeLinear``, becomes the same operator as its QOperator twin — which is also what
+onnxruntime's graph optimizer fuses it into. Requantization scales are computed in float32 in the
+order onnxruntime's kernels compute them (``fl(fl(x_scale · w_scale) / y_scale)``).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .ir import CompileError, DequantizeOutput, Flatten, Graph, Linear, QTensor, QuantizeInput, node_error
+
+_QTYPES = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8"}
+
+
+def load_model(model):
+    """An ``onnx.ModelProto`` from a path, bytes or a ModelProto (checked with ``onnx.checker``).
+
+    Raises
+    ------
+    CompileError
+        If the file is missing or is not a valid ONNX model.
+    """
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+    else:
+        try:
+            proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+        except FileNotFoundError:
+            raise CompileError(f"no such model file: {model}") from None
+        except Exception as exc:  # onnx raises DecodeError and others for a bad file
+            raise CompileError(f"{model} is not an ONNX model: {exc}") from None
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise CompileError(f"the model is not valid ONNX: {str(exc).splitlines()[0]}") from None
+    return proto
+
+
+@dataclass
+class _Const:
+    """An initializer, or a DequantizeLinear of one (``scale``/``zero_point`` then set)."""
+
+    values: np.ndarray
+    scale: np.ndarray = None
+    zero_point: np.ndarray = None
+
+
+@dataclass
+class _FloatView:
+    """The float output of a DequantizeLinear of an activation: a view of ``tensor``."""
+
+    tensor: QTensor
+
+
+@dataclass
+class _Pending:
+    """A float operator of a QDQ model waiting for the QuantizeLinear that defines its output."""
+
+    node: object
+    make: object  # callable(output QTensor) -> IR node
+
+
+def build_graph(model, batch=None):
+    """Lower an ONNX model to a :class:`~.ir.Graph`.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto, path or bytes
+    batch : int, optional
+        Size of a dynamic batch dimension (default 1; a model with a fixed batch keeps it).
+
+    Raises
+    ------
+    CompileError
+        For unsupported operators or attributes (naming the node), or a model that is not int8.
+    """
+    proto = load_model(model)
+    return _FrontEnd(proto, batch).graph
+
+
+class _FrontEnd:
+    def __init__(self, proto, batch):
+        self.graph = Graph()
+        self.values = {init.name: _Const(numpy_helper.to_array(init)) for init in proto.graph.initializer}
+        self.float_inputs = {}
+        for value in proto.graph.input:
+            if value.name in self.values:
+                continue
+            self.float_inputs[value.name] = self._input_shape(value, batch)
+        self.graph.inputs = dict(self.float_inputs)
+        self.graph.outputs = [value.name for value in proto.graph.output]
+        for node in proto.graph.node:
+            handler = getattr(self, f"_op_{node.op_type}", None)
+            if handler is None or node.domain not in ("", "ai.onnx", "com.microsoft"):
+                raise node_error(node, f"operator {node.domain + '.' if node.domain else ''}{node.op_type} "
+                                       f"is not supported")
+            handler(node, _attributes(node))
+        for name in self.graph.outputs:
+            if not any(isinstance(n, DequantizeOutput) and (n.float_output or n.output) == name
+                       for n in self.graph.nodes):
+                value = self.values.get(name)
+                if isinstance(value, QTensor):
+                    self.graph.nodes.append(DequantizeOutput(name, "Output", [name], name, None))
+                else:
+                    raise CompileError(f"model output {name!r} is not a quantized tensor the pNPU computes")
+
+    def _input_shape(self, value, batch):
+        kind = value.type.tensor_type
+        if kind.elem_type != onnx.TensorProto.FLOAT:
+            raise CompileError(f"model input {value.name!r} has element type "
+                               f"{onnx.TensorProto.DataType.Name(kind.elem_type)}; float inputs only")
+        dims = []
+        for i, dim in enumerate(kind.shape.dim):
+            if dim.HasField("dim_value"):
+                if i == 0 and batch is not None and dim.dim_value != batch:
+                    raise CompileError(f"model input {value.name!r} has a fixed batch of {dim.dim_value}, "
+                                       f"not {batch}")
+                dims.append(dim.dim_value)
+            elif i == 0:
+                dims.append(1 if batch is None else batch)
+            else:
+                raise CompileError(f"model input {value.name!r} has a dynamic dimension {i} "
+                                   f"({dim.dim_param!r}); only the batch may be dynamic")
+        self.graph.batch = dims[0]
+        return tuple(dims)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _const(self, node, name, what):
+        value = self.values.get(name)
+        if not isinstance(value, _Const):
+            raise node_error(node, f"{what} ({name!r}) must be a constant initializer")
+        return value.values
+
+    def _qtensor(self, node, name, what="input"):
+        value = self.values.get(name)
+        if not isinstance(value, QTensor):
+            raise node_error(node, f"{what} {name!r} is not a quantized activation")
+        return value
+
+    def _scalar_qparams(self, node, scale_name, zp_name, what):
+        scale = np.asarray(self._const(node, scale_name, f"{what} scale"), dtype=np.float32)
+        zp = np.asarray(self._const(node, zp_name, f"{what} zero point")) if zp_name else np.zeros((), np.uint8)
+        if scale.size != 1 or zp.size != 1:
+            raise node_error(node, f"{what} must be quantized per tensor (scale has {scale.size} values)")
+        if zp.dtype not in _QTYPES:
+            raise node_error(node, f"{what} zero point has type {zp.dtype}; int8 or uint8 only")
+        return np.float32(scale.reshape(())), int(zp.reshape(())), _QTYPES[zp.dtype]
+
+    def _define(self, node, name, shape, scale, zp, dtype):
+        tensor = QTensor(name, tuple(int(d) for d in shape), np.float32(scale), int(zp), dtype)
+        self.values[name] = tensor
+        self.graph.tensors[name] = tensor
+        return tensor
+
+    # --- edges ---------------------------------------------------------------------------------
+
+    def _op_QuantizeLinear(self, node, attrs):
+        source = node.input[0]
+        scale, zp, dtype = self._scalar_qparams(node, node.input[1], node.input[2] if len(node.input) > 2 else "",
+                                                "output")
+        if source in self.float_inputs:
+            tensor = self._define(node, node.output[0], self.float_inputs[source], scale, zp, dtype)
+            self.graph.nodes.append(QuantizeInput(node.name, node.op_type, [source], tensor.name))
+            return
+        pending = self.values.get(source)
+        if isinstance(pending, _Pending):
+            pending.make(node, node.output[0], scale, zp, dtype)
+            return
+        raise node_error(node, f"quantizes {source!r}, which is neither a model input nor the output of an "
+                               f"operator the compiler folds (Conv, MatMul, Gemm, Flatten, Reshape)")
+
+    def _op_DequantizeLinear(self, node, attrs):
+        source = node.input[0]
+        value = self.values.get(source)
+        if isinstance(value, _Const):
+            scale = np.asarray(self._const(node, node.input[1], "scale"), dtype=np.float32)
+            zp = (np.asarray(self._const(node, node.input[2], "zero point")) if len(node.input) > 2
+                  else np.zeros_like(value.values))
+            self.values[node.output[0]] = _Const(value.values, scale, zp)
+            return
+        tensor = self._qtensor(node, source)
+        scale, zp, dtype = self._scalar_qparams(node, node.input[1], node.input[2] if len(node.input) > 2 else "",
+                                                "input")
+        if (scale, zp, dtype) != (tensor.scale, tensor.zero_point, tensor.dtype):
+            raise node_error(node, f"dequantizes {source!r} with other parameters than it was quantized with")
+        if node.output[0] in self.graph.outputs:
+            self.graph.nodes.append(DequantizeOutput(node.name, node.op_type, [source], source, node.output[0]))
+        self.values[node.output[0]] = _FloatView(tensor)
+
+    # --- QOperator -----------------------------------------------------------------------------
+
+    def _op_QLinearConv(self, node, attrs):
+        x = self._qtensor(node, node.input[0])
+        self._check_input_qparams(node, x, node.input[1], node.input[2])
+        w, w_scale = self._weights(node, node.input[3], node.input[4], node.input[5])
+        y_scale, y_zp, y_dtype = self._scalar_qparams(node, node.input[6], node.input[7], "output")
+        bias = self._const(node, node.input[8], "bias") if len(node.input) > 8 and node.input[8] else None
+        self._conv(node, attrs, x, w, w_scale, bias, node.output[0], y_scale, y_zp, y_dtype)
+
+    def _op_QLinearMatMul(self, node, attrs):
+        x = self._qtensor(node, node.input[0])
+        self._check_input_qparams(node, x, node.input[1], node.input[2])
+        w, w_scale = self._weights(node, node.input[3], node.input[4], node.input[5], axis=1)
+        y_scale, y_zp, y_dtype = self._scalar_qparams(node, node.input[6], node.input[7], "output")
+        self._matmul(node, x, w, w_scale, None, node.output[0], y_scale, y_zp, y_dtype)
+
+    def _op_QGemm(self, node, attrs):
+        x = self._qtensor(node, node.input[0])
+        self._check_input_qparams(node, x, node.input[1], node.input[2])
+        self._check_gemm_attributes(node, attrs)
+        w, w_scale = self._weights(node, node.input[3], node.input[4], node.input[5],
+                                   axis=0 if attrs.get("transB", 0) else 1)
+        if attrs.get("transB", 0):
+            w = w.T
+        bias = self._const(node, node.input[6], "bias C") if len(node.input) > 6 and node.input[6] else None
+        if len(node.input) < 8 or not node.input[7]:
+            raise node_error(node, "a QGemm without y_scale returns float; only quantized outputs are supported")
+        y_scale, y_zp, y_dtype = self._scalar_qparams(node, node.input[7], node.input[8] if len(node.input) > 8
+                                                      else "", "output")
+        self._matmul(node, x, w, w_scale, bias, node.output[0], y_scale, y_zp, y_dtype)
+
+    # --- QDQ -----------------------------------------------------------------------------------
+
+    def _view(self, node, name):
+        value = self.values.get(name)
+        if not isinstance(value, _FloatView):
+            raise node_error(node, f"input {name!r} must come from a DequantizeLinear of an int8 activation "
+                                   f"(a QDQ model)")
+        return value.tensor
+
+    def _dq_const(self, node, name, what):
+        value = self.values.get(name)
+        if not isinstance(value, _Const) or value.scale is None:
+            raise node_error(node, f"{what} {name!r} must be a DequantizeLinear of an int8 initializer")
+        return value
+
+    def _qdq_weights(self, node, name, axis):
+        value = self._dq_const(node, name, "weight")
+        return self._check_weights(node, value.values, value.scale, value.zero_point, axis)
+
+    def _qdq_bias(self, node, name, x, w_scale):
+        if len(node.input) <= 2 or not node.input[2]:
+            return None
+        value = self._dq_const(node, name, "bias")
+        expected = np.float32(x.scale) * np.asarray(w_scale, np.float32)
+        if value.values.dtype != np.int32 or np.any(value.zero_point != 0) or not np.array_equal(
+                np.broadcast_to(value.scale, expected.shape), expected):
+            raise node_error(node, "bias must be int32 with zero point 0 and scale input_scale × weight_scale")
+        return value.values
+
+    def _op_Conv(self, node, attrs):
+        x = self._view(node, node.input[0])
+        w, w_scale = self._qdq_weights(node, node.input[1], axis=0)
+        bias = self._qdq_bias(node, node.input[2] if len(node.input) > 2 else "", x, w_scale)
+        self._pend(node, lambda q, out, s, zp, dt: self._conv(q, attrs, x, w, w_scale, bias, out, s, zp, dt))
+
+    def _op_MatMul(self, node, attrs):
+        x = self._view(node, node.input[0])
+        w, w_scale = self._qdq_weights(node, node.input[1], axis=1)
+        self._pend(node, lambda q, out, s, zp, dt: self._matmul(q, x, w, w_scale, None, out, s, zp, dt))
+
+    def _op_Gemm(self, node, attrs):
+        x = self._view(node, node.input[0])
+        self._check_gemm_attributes(node, attrs)
+        w, w_scale = self._qdq_weights(node, node.input[1], axis=0 if attrs.get("transB", 0) else 1)
+        if attrs.get("transB", 0):
+            w = w.T
+        bias = self._qdq_bias(node, node.input[2] if len(node.input) > 2 else "", x, w_scale)
+        self._pend(node, lambda q, out, s, zp, dt: self._matmul(q, x, w, w_scale, bias, out, s, zp, dt))
+
+    def _pend(self, node, make):
+        self.values[node.output[0]] = _Pending(node, lambda q, out, s, zp, dt: make(node, out, s, zp, dt))
+
+    def _op_Relu(self, node, attrs):
+        pending = self.values.get(node.input[0])
+        if not isinstance(pending, _Pending):
+            raise node_error(node, "a Relu is supported after a Conv, MatMul or Gemm (folded into its "
+                                   "requantization)")
+
+        def make(q, out, s, zp, dt, inner=pending):
+            inner.make(q, out, s, zp, dt)
+            self._last_linear(out).relu = True
+        self.values[node.output[0]] = _Pending(node, make)
+
+    def _last_linear(self, output):
+        node = self.graph.nodes[-1]
+        assert isinstance(node, Linear) and node.output == output
+        return node
+
+    # --- layout-only operators (both formats) ----------------------------------------------------
+
+    def _op_Flatten(self, node, attrs):
+        axis = attrs.get("axis", 1)
+        if axis != 1:
+            raise node_error(node, f"attribute axis={axis} is not supported (only 1)")
+        self._flatten(node)
+
+    def _op_Reshape(self, node, attrs):
+        source = self.values.get(node.input[0])
+        tensor = source.tensor if isinstance(source, _FloatView) else source
+        target = self._const(node, node.input[1], "shape")
+        if not isinstance(tensor, QTensor) or len(target) != 2 or target[0] not in (0, -1, tensor.shape[0]) \
+                or target[1] not in (-1, int(np.prod(tensor.shape[1:]))):
+            raise node_error(node, f"only a Reshape to [batch, -1] (a Flatten) is supported, got {list(target)}")
+        self._flatten(node)
+
+    def _flatten(self, node):
+        source = self.values.get(node.input[0])
+        if isinstance(source, QTensor):
+            self._emit_flatten(node, source, node.output[0])
+        elif isinstance(source, _FloatView):
+            self.values[node.output[0]] = _Pending(
+                node, lambda q, out, s, zp, dt: self._flatten_qdq(q, source.tensor, out, s, zp, dt))
+        else:
+            raise node_error(node, f"input {node.input[0]!r} is not a quantized activation")
+
+    def _flatten_qdq(self, node, source, out, scale, zp, dtype):
+        if (np.float32(scale), zp, dtype) != (source.scale, source.zero_point, source.dtype):
+            raise node_error(node, "a Flatten/Reshape must keep its input's quantization")
+        self._emit_flatten(node, source, out)
+
+    def _emit_flatten(self, node, source, out):
+        shape = (source.shape[0], int(np.prod(source.shape[1:])))
+        self._define(node, out, shape, source.scale, source.zero_point, source.dtype)
+        self.graph.nodes.append(Flatten(node.name, node.op_type, [source.name], out))
+
+    # --- the linear operators ------------------------------------------------------------------
+
+    def _check_input_qparams(self, node, x, scale_name, zp_name):
+        scale, zp, dtype = self._scalar_qparams(node, scale_name, zp_name, "input")
+        if (scale, zp, dtype) != (x.scale, x.zero_point, x.dtype):
+            raise node_error(node, f"input {x.name!r} is read with other quantization parameters than it "
+                                   f"was written with")
+
+    def _weights(self, node, w_name, scale_name, zp_name, axis=0):
+        w = self._const(node, w_name, "weight")
+        scale = self._const(node, scale_name, "weight scale")
+        zp = self._const(node, zp_name, "weight zero point")
+        return self._check_weights(node, w, scale, zp, axis)
+
+    def _check_weights(self, node, w, scale, zp, axis):
+        if w.dtype != np.int8:
+            raise node_error(node, f"weights have type {w.dtype}; int8 only")
+        if np.any(np.asarray(zp) != 0):
+            raise node_error(node, "attribute w_zero_point: only symmetric weights (zero point 0) are "
+                                   "supported, as onnxruntime's quantizer writes them")
+        scale = np.asarray(scale, dtype=np.float32)
+        channels = w.shape[axis]
+        if scale.size not in (1, channels):
+            raise node_error(node, f"weight scale has {scale.size} values for {channels} output channels")
+        return w, np.broadcast_to(scale.reshape(-1), (channels,)).astype(np.float32)
+
+    @staticmethod
+    def _check_gemm_attributes(node, attrs):
+        for name, allowed in (("transA", 0), ("alpha", 1.0), ("beta", 1.0)):
+            if attrs.get(name, allowed) != allowed:
+                raise node_error(node, f"attribute {name}={attrs[name]} is not supported (only {allowed})")
+
+    def _requant_scale(self, x, w_scale, y_scale):
+        """onnxruntime's order: ``fl(fl(x_scale · w_scale) / y_scale)`` in float32."""
+        return (np.float32(x.scale) * w_scale).astype(np.float32) / np.float32(y_scale)
+
+    def _conv(self, node, attrs, x, w, w_scale, bias, out, y_scale, y_zp, y_dtype):
+        if len(x.shape) != 4 or w.ndim != 4:
+            raise node_error(node, f"a 2-D convolution needs NCHW input, got shape {x.shape}")
+        group = attrs.get("group", 1)
+        if group != 1:
+            raise node_error(node, f"attribute group={group} is not supported yet (only 1)")
+        if any(d != 1 for d in attrs.get("dilations", (1, 1))):
+            raise node_error(node, f"attribute dilations={attrs['dilations']} is not supported (only 1)")
+        if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            raise node_error(node, f"attribute auto_pad={attrs['auto_pad']!r} is not supported (give pads)")
+        o, c, kh, kw = w.shape
+        if c != x.shape[1]:
+            raise node_error(node, f"weights expect {c} input channels, the input has {x.shape[1]}")
+        stride = tuple(attrs.get("strides", (1, 1)))
+        top, left, bottom, right = attrs.get("pads", (0, 0, 0, 0))
+        oh = (x.shape[2] + top + bottom - kh) // stride[0] + 1
+        ow = (x.shape[3] + left + right - kw) // stride[1] + 1
+        self._define(node, out, (x.shape[0], o, oh, ow), y_scale, y_zp, y_dtype)
+        self.graph.nodes.append(Linear(node.name, node.op_type, [x.name], out, weight=w,
+                                       bias=np.zeros(o, np.int32) if bias is None else bias.astype(np.int32),
+                                       scale=self._requant_scale(x, w_scale, y_scale), kernel=(kh, kw),
+                                       stride=stride, pads=(top, left, bottom, right)))
+
+    def _matmul(self, node, x, w, w_scale, bias, out, y_scale, y_zp, y_dtype):
+        if len(x.shape) != 2 or w.ndim != 2 or w.shape[0] != x.shape[1]:
+            raise node_error(node, f"a matrix product of {x.shape} and weights {w.shape} is not supported "
+                                   f"(2-D activations only)")
+        n = w.shape[1]
+        self._define(node, out, (x.shape[0], n), y_scale, y_zp, y_dtype)
+        self.graph.nodes.append(Linear(node.name, node.op_type, [x.name], out, weight=np.ascontiguousarray(w),
+                                       bias=np.zeros(n, np.int32) if bias is None else bias.astype(np.int32),
+                                       scale=self._requant_scale(x, w_scale, y_scale)))
+
+
+def _attributes(node):
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}

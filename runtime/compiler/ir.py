@@ -1,0 +1,143 @@
+"""The compiler's graph IR: quantized tensors and the operators between them, after QDQ folding.
+
+Both formats onnxruntime's quantizer writes become the same graph: every activation inside it is
+a :class:`QTensor` (int8 or uint8 with a scale and a zero point), every operator carries its
+integer weights and the per-channel fp32 requantization scales onnxruntime's kernels use, and the
+float world appears only at the edges (:class:`QuantizeInput`, :class:`DequantizeOutput`).
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tcloud.isa.errors import TcloudError
+
+
+class CompileError(TcloudError, ValueError):
+    """A model the compiler cannot lower; the message names the node, its op type and what is wrong."""
+
+
+def node_error(node, message):
+    """A :class:`CompileError` naming an ONNX node (``onnx.NodeProto``) or an IR :class:`Node`."""
+    name = getattr(node, "name", "") or "(unnamed)"
+    op = getattr(node, "op_type", None) or getattr(node, "op", "?")
+    return CompileError(f"node {name!r} ({op}): {message}")
+
+
+@dataclass(frozen=True)
+class QTensor:
+    """A quantized activation: ``real = scale · (q − zero_point)``.
+
+    Attributes
+    ----------
+    name : str
+    shape : tuple of int
+        The ONNX shape (NCHW for images) with the batch size filled in.
+    scale : numpy.float32
+    zero_point : int
+        In the tensor's own type (0..255 for ``uint8``).
+    dtype : str
+        ``"int8"`` or ``"uint8"``; the pNPU holds a ``uint8`` tensor as ``q − 128`` in int8.
+    """
+
+    name: str
+    shape: tuple
+    scale: np.float32
+    zero_point: int
+    dtype: str = "int8"
+
+    @property
+    def offset(self):
+        """What the pNPU subtracts from a uint8 value to hold it as int8 (0 for int8)."""
+        return 128 if self.dtype == "uint8" else 0
+
+    @property
+    def device_zero_point(self):
+        """The zero point of the int8 values the pNPU holds."""
+        return self.zero_point - self.offset
+
+    def same_quantization(self, other):
+        return (self.scale, self.zero_point, self.dtype) == (other.scale, other.zero_point, other.dtype)
+
+
+@dataclass
+class Node:
+    """An operator of the IR. ``name`` and ``op`` are the ONNX node's (for messages and layers)."""
+
+    name: str
+    op: str
+    inputs: list
+    output: str
+
+
+@dataclass
+class QuantizeInput(Node):
+    """A float model input quantized on the host exactly as ``QuantizeLinear`` does."""
+
+
+@dataclass
+class DequantizeOutput(Node):
+    """A model output dequantized on the host exactly as ``DequantizeLinear`` does (``float_output``
+    is ``None`` when the model returns the int8/uint8 tensor itself)."""
+
+    float_output: str = None
+
+
+@dataclass
+class Linear(Node):
+    """``y = requant(relu?(x ⊛ w + bias))`` with int32 accumulation: a convolution (``kernel`` set)
+    or a matrix product.
+
+    Attributes
+    ----------
+    weight : numpy.ndarray
+        int8; ``[O, C, KH, KW]`` for a convolution, ``[K, N]`` for a matrix product.
+    bias : numpy.ndarray
+        int32 ``[O]`` (zeros when the model has none).
+    scale : numpy.ndarray
+        float32 ``[O]``: the requantization scale per output channel, computed as onnxruntime's
+        kernel computes it.
+    kernel, stride, pads : tuple or None
+        Convolution geometry (``pads`` as ``(top, left, bottom, right)``).
+    relu : bool
+    """
+
+    weight: np.ndarray = None
+    bias: np.ndarray = None
+    scale: np.ndarray = None
+    kernel: tuple = None
+    stride: tuple = (1, 1)
+    pads: tuple = (0, 0, 0, 0)
+    relu: bool = False
+
+
+@dataclass
+class Flatten(Node):
+    """``[N, C, H, W] → [N, C·H·W]`` (or a Reshape to that shape): no data moves; the consumer
+    reads the producer's layout."""
+
+
+@dataclass
+class Graph:
+    """A model after the front end: tensors, operators in execution order, and the edges.
+
+    Attributes
+    ----------
+    tensors : dict
+        Name → :class:`QTensor`.
+    nodes : list of Node
+    inputs : dict
+        ONNX input name → its float shape (batch filled in), for the :class:`QuantizeInput` nodes.
+    outputs : list of str
+        ONNX output names in order.
+    batch : int
+    """
+
+    tensors: dict = field(default_factory=dict)
+    nodes: list = field(default_factory=list)
+    inputs: dict = field(default_factory=dict)
+    outputs: list = field(default_factory=list)
+    batch: int = 1
+
+    def consumers(self, name):
+        return [n for n in self.nodes if name in n.inputs]

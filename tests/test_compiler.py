@@ -1,0 +1,243 @@
+"""The model compiler: ONNX int8 models (QDQ and QOperator) compiled to uTOp programs whose outputs
+equal onnxruntime's, on every backend and on a vNPU."""
+
+import logging
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
+
+from tcloud.isa.errors import ImageError
+from tcloud.runtime import CompiledModel, CompileError, Hypervisor, InputError, VNPUSpec, compile
+from tcloud.runtime.compiler.quantize import quantize
+from tcloud.runtime.compiler.zoo import digits
+from tcloud.verif.races import check_program
+
+logging.getLogger().setLevel(logging.ERROR)  # quantize_static's hints on every call
+
+QUANTIZED = [name for name in digits.NAMES if name.endswith(("_qdq", "_qop"))]
+
+
+def onnxruntime_outputs(model, feeds):
+    """onnxruntime's CPU provider with int8 QDQ fusion allowed: on x86 it otherwise runs int8 QDQ
+    Conv/MatMul in float (DequantizeLinear → float op → QuantizeLinear), which no integer
+    datapath reproduces bit for bit; with it, QDQ runs the same integer kernels as QOperator."""
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.qdqisint8allowed", "1")
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+
+
+@pytest.mark.parametrize("name", QUANTIZED)
+def test_digits_models_equal_onnxruntime_on_the_held_out_split(name):
+    model = digits.load(name)
+    x, y = digits.held_out(name)
+    compiled = compile(model, "small", batch=len(x))
+    out = compiled.run({"input": x})["output"]
+    ref = onnxruntime_outputs(model, {"input": x})["output"]
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    assert np.array_equal(out, ref)
+    assert np.mean(out.argmax(axis=1) == y) == pytest.approx(digits.ACCURACY[name])
+
+
+def test_compiled_programs_are_race_free_and_report_their_layers():
+    compiled = compile(digits.load("digits_cnn_qop"), "small", batch=4)
+    check = check_program(compiled.image)
+    assert check.races == [] and check.utops > 0
+    kinds = [layer["op"] for layer in compiled.layers]
+    assert kinds == ["QLinearConv", "QLinearConv", "QGemm"]
+    first = compiled.layers[0]
+    assert first["gemm"] == [4 * 8 * 8, 9 * 4, 8]  # pixels × (3×3 taps × 4 padded channels) × 8 filters
+    assert first["macs"] == 4 * 8 * 8 * 8 * 1 * 3 * 3
+    assert first["utops"]["ME"] > 0 and first["utops"]["DMA"] > 0
+    starts = [layer["code"][0] for layer in compiled.layers]
+    assert starts == sorted(starts) and compiled.layers[-1]["code"][1] <= compiled.image.hbm_bytes
+
+
+def test_a_dynamic_batch_compiles_once_per_size():
+    compiled = compile(digits.load("digits_mlp_qop"), "small")
+    x, _ = digits.held_out("digits_mlp_qop")
+    assert compiled.batch == 1
+    for size in (3, 3, 1):
+        out = compiled.run({"input": x[:size]})["output"]
+        assert np.array_equal(out, onnxruntime_outputs(digits.load("digits_mlp_qop"), {"input": x[:size]})["output"])
+    assert sorted(compiled._batches) == [1, 3]
+
+
+def test_save_and_load_round_trip(tmp_path):
+    compiled = compile(digits.load("digits_cnn_qdq"), "small", batch=2)
+    path = compiled.save(tmp_path / "cnn.tcimg")
+    loaded = CompiledModel.load(path)
+    x, _ = digits.held_out("digits_cnn_qdq")
+    assert np.array_equal(loaded.run({"input": x[:2]})["output"], compiled.run({"input": x[:2]})["output"])
+    assert [p.name for p in tmp_path.iterdir()] == ["cnn.tcimg"]  # no temporary file left behind
+    with pytest.raises(InputError, match="compiled for batch 2, not 5"):
+        loaded.run({"input": x[:5]})
+
+
+def test_an_image_that_is_not_a_model_is_refused():
+    from tcloud.firmware import gemm
+
+    with pytest.raises(ImageError, match="not a compiled model"):
+        CompiledModel(gemm("small", 4, 4, 4))
+
+
+def test_bad_inputs_name_what_is_wrong():
+    compiled = compile(digits.load("digits_cnn_qop"), "small", batch=2)
+    x, _ = digits.held_out("digits_cnn_qop")
+    with pytest.raises(InputError, match=r"missing \['input'\]"):
+        compiled.run({"image": x[:2]})
+    with pytest.raises(InputError, match=r"shape \(2, 1, 8, 8\)"):
+        compiled.run({"input": x[:2, :, :4]})
+    with pytest.raises(InputError, match="numeric"):
+        compiled.run({"input": np.full((2, 1, 8, 8), "a")})
+
+
+# --- operators against onnxruntime ----------------------------------------------------------------
+
+def conv_model(rng, n, c, h, w, o, kernel, stride, pads, relu):
+    weight = helper.make_tensor("w", TensorProto.FLOAT, (o, c, kernel, kernel),
+                                rng.standard_normal((o, c, kernel, kernel)).astype(np.float32).ravel())
+    bias = helper.make_tensor("b", TensorProto.FLOAT, (o,), rng.standard_normal(o).astype(np.float32))
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["conv"], name="conv", kernel_shape=[kernel, kernel],
+                              strides=[stride, stride], pads=list(pads))]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["conv"], ["y"], name="relu"))
+    out = "y" if relu else "conv"
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, h, w])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], [weight, bias])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def gemm_model(rng, k, n, trans_b):
+    shape = (n, k) if trans_b else (k, n)
+    weight = helper.make_tensor("w", TensorProto.FLOAT, shape, rng.standard_normal(shape).astype(np.float32).ravel())
+    bias = helper.make_tensor("b", TensorProto.FLOAT, (n,), rng.standard_normal(n).astype(np.float32))
+    node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="gemm", transB=int(trans_b))
+    graph = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight, bias])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def check_against_onnxruntime(model, shape, fmt, rng, batch=2):
+    samples = [{"x": rng.standard_normal((1, *shape)).astype(np.float32)} for _ in range(4)]
+    quantized = quantize(model, fmt, samples)
+    x = rng.standard_normal((batch, *shape)).astype(np.float32) * 1.5
+    ref = next(iter(onnxruntime_outputs(quantized, {"x": x}).values()))
+    out = next(iter(compile(quantized, "small", batch=batch).run({"x": x}).values()))
+    assert out.shape == ref.shape
+    assert np.array_equal(out, ref), f"{int((out != ref).sum())} of {out.size} outputs differ"
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), c=st.integers(1, 6), o=st.integers(1, 12), h=st.integers(3, 8),
+       w=st.integers(3, 8), kernel=st.sampled_from([1, 3]), stride=st.integers(1, 2), pad=st.integers(0, 1),
+       relu=st.booleans(), fmt=st.sampled_from(["qdq", "qop"]))
+def test_conv_equals_onnxruntime(seed, c, o, h, w, kernel, stride, pad, relu, fmt):
+    rng = np.random.default_rng(seed)
+    pads = (pad, pad, pad, pad) if kernel > 1 else (0, 0, 0, 0)
+    check_against_onnxruntime(conv_model(rng, 2, c, h, w, o, kernel, stride, pads, relu), (c, h, w), fmt, rng)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 70), n=st.integers(1, 40), trans_b=st.booleans(),
+       fmt=st.sampled_from(["qdq", "qop"]), batch=st.integers(1, 5))
+def test_gemm_equals_onnxruntime(seed, k, n, trans_b, fmt, batch):
+    rng = np.random.default_rng(seed)
+    check_against_onnxruntime(gemm_model(rng, k, n, trans_b), (k,), fmt, rng, batch)
+
+
+def test_a_float_model_is_quantized_with_the_calibration_samples_given():
+    x, _ = digits.held_out("digits_cnn")
+    calibration = {"input": digits.calibration("digits_cnn")}
+    compiled = compile(digits.load("digits_cnn"), "small", calibration, batch=len(x))
+    _, y = digits.held_out("digits_cnn")
+    accuracy = np.mean(compiled.run({"input": x})["output"].argmax(axis=1) == y)
+    assert accuracy >= digits.ACCURACY["digits_cnn"] - 0.02
+    with pytest.warns(UserWarning, match="random inputs"):
+        compile(digits.load("digits_mlp"), "small")
+
+
+# --- refusals -----------------------------------------------------------------------------------
+
+def with_attribute(model, index, key, value):
+    """A copy of ``model`` whose node ``index`` has attribute ``key`` set to ``value``."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    node = model.graph.node[index]
+    kept = [a for a in node.attribute if a.name != key]
+    del node.attribute[:]
+    node.attribute.extend(kept + [helper.make_attribute(key, value)])
+    return model
+
+
+def test_unsupported_operators_and_attributes_name_the_node():
+    model = digits.load("digits_cnn_qop")
+    conv = next(i for i, n in enumerate(model.graph.node) if n.op_type == "QLinearConv")
+    with pytest.raises(CompileError, match=r"node '.*' \(QLinearConv\): attribute dilations=\[2, 2\]"):
+        compile(with_attribute(model, conv, "dilations", [2, 2]), "small")
+    unknown = onnx.ModelProto.FromString(model.SerializeToString())
+    unknown.graph.node[conv].op_type = "QLinearSoftmaxPlus"
+    with pytest.raises(CompileError, match="QLinearSoftmaxPlus"):
+        compile(unknown, "small")
+    weights = next(i for i in model.graph.initializer if i.name == "w_zero_point")
+    weights.CopyFrom(onnx.numpy_helper.from_array(np.array(3, np.int8), "w_zero_point"))
+    with pytest.raises(CompileError, match="w_zero_point: only symmetric weights"):
+        compile(model, "small")
+
+
+def test_a_model_too_large_for_the_configuration_names_the_sizes():
+    with pytest.raises(CompileError, match=r"needs \d+ bytes of HBM .* config 'tiny' has \d+"):
+        compile(digits.load("digits_cnn_qop"), "tiny", batch=4096)
+
+
+def test_a_missing_or_broken_file_is_a_compile_error(tmp_path):
+    with pytest.raises(CompileError, match="no such model file"):
+        compile(tmp_path / "missing.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"\x00\x01junk")
+    with pytest.raises(CompileError, match="not an ONNX model"):
+        compile(tmp_path / "junk.onnx")
+
+
+# --- on the RTL and next to other tenants ---------------------------------------------------------
+
+@pytest.mark.slow
+def test_digits_cnn_on_the_amaranth_rtl():
+    model = digits.load("digits_cnn_qop")
+    x, _ = digits.held_out("digits_cnn_qop")
+    out = compile(model, "tiny").run({"input": x[:1]}, backend="amaranth")["output"]
+    assert np.array_equal(out, onnxruntime_outputs(model, {"input": x[:1]})["output"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["digits_mlp_qdq", "digits_cnn_qop"])
+def test_digits_models_on_verilator_keep_onnxruntimes_accuracy(name):
+    model = digits.load(name)
+    x, y = digits.held_out(name)
+    size = 64 if name.startswith("digits_cnn") else len(x)
+    out = compile(model, "small", batch=size).run({"input": x[:size]}, backend="verilator")["output"]
+    ref = onnxruntime_outputs(model, {"input": x[:size]})["output"]
+    assert np.array_equal(out, ref)
+    assert np.mean(out.argmax(axis=1) == y[:size]) == np.mean(ref.argmax(axis=1) == y[:size])
+
+
+@pytest.mark.slow
+def test_a_compiled_model_on_a_vnpu_next_to_a_gemm_tenant_stays_exact():
+    from tcloud.firmware import gemm
+
+    model = digits.load("digits_cnn_qdq")
+    x, _ = digits.held_out("digits_cnn_qdq")
+    compiled = compile(model, "small", batch=8, sram_kib=128)
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(-128, 128, (64, 64), np.int8), rng.integers(-128, 128, (64, 64), np.int8)
+    with Hypervisor("small", backend="verilator", policy="harvest") as hv:
+        tenant = hv.create_vnpu(VNPUSpec(mes=2, ves=1, sram_kib=128, hbm_mib=4))
+        neighbour = hv.create_vnpu(VNPUSpec(mes=2, ves=1, sram_kib=128, hbm_mib=4))
+        neighbour.load(gemm("small", 64, 64, 64))
+        busy = neighbour.submit({"A": a, "B": b})
+        out = compiled.run({"input": x[:8]}, vnpu=tenant)["output"]
+        assert np.array_equal(busy.result()["C"], a.astype(np.int32) @ b.astype(np.int32))
+    assert np.array_equal(out, onnxruntime_outputs(model, {"input": x[:8]})["output"])
