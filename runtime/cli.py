@@ -122,14 +122,20 @@ def cmd_gemm(args):
           f"{len(image.code) // 16} instructions")
 
 
-def _parse_inputs(pairs, image, seed):
-    rng = np.random.default_rng(seed)
+def _input_files(pairs):
+    """The arrays of ``--input NAME=FILE.npy`` options, by name."""
     arrays = {}
     for pair in pairs:
         name, sep, path = pair.partition("=")
         if not sep:
             raise TcloudError(f"--input expects NAME=FILE.npy, got {pair!r}")
         arrays[name] = load_npy(path, f"input {name!r}:")
+    return arrays
+
+
+def _parse_inputs(pairs, image, seed):
+    rng = np.random.default_rng(seed)
+    arrays = _input_files(pairs)
     for symbol in image.inputs:
         if symbol.name not in arrays:
             info = np.iinfo(np.int8 if symbol.dtype == "i8" else np.int16)
@@ -142,6 +148,10 @@ def cmd_run(args):
     image = ProgramImage.from_bytes(read_bytes(args.image))
     config = get_config(args.config or image.config_name)
     image.check_config(config)
+    if image.metadata:
+        return _run_model(args, image)
+    if args.vnpu:
+        raise TcloudError("--vnpu runs compiled models (tcloud compile); run scenarios of programs with tcloud vnpu")
     inputs = _parse_inputs(args.input, image, args.seed)
     save = output_dir(args.save, "--save directory") if args.save else None
     vcd = output_file(args.vcd, "waveform file") if args.vcd else None
@@ -174,6 +184,113 @@ def cmd_run(args):
         print(f"outputs vs golden model: {'MISMATCH in ' + ', '.join(wrong) if wrong else 'all match'}")
         if wrong:
             raise TcloudError(f"the {args.backend} backend's outputs {', '.join(wrong)} differ from the golden model's")
+
+
+def _model_inputs(pairs, compiled, seed):
+    rng = np.random.default_rng(seed)
+    arrays = _input_files(pairs)
+    for spec in compiled.inputs:
+        if spec["name"] not in arrays:
+            arrays[spec["name"]] = rng.standard_normal(spec["shape"]).astype(np.float32)
+            print(f"input {spec['name']}: random float32 {tuple(spec['shape'])} (seed {seed})")
+    return arrays
+
+
+def _vnpu_spec(text, image):
+    """A VNPUSpec from ``mes=2,ves=1,...``; windows default to what ``image`` needs."""
+    from .hypervisor import VNPUSpec
+
+    values = {"sram_kib": max(1, -(-image.sram_bytes // 1024)), "hbm_mib": max(1, -(-image.hbm_bytes // (1 << 20)))}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise TcloudError(f"--vnpu expects KEY=VALUE pairs separated by commas, got {item!r}")
+        try:
+            values[key.strip()] = int(value)
+        except ValueError:
+            raise TcloudError(f"--vnpu {key.strip()} must be an integer, got {value!r}") from None
+    return VNPUSpec.from_dict(values)
+
+
+def _run_model(args, image):
+    from .compiler import CompiledModel
+
+    compiled = CompiledModel(image)
+    inputs = _model_inputs(args.input, compiled, args.seed)
+    save = output_dir(args.save, "--save directory") if args.save else None
+    if args.vnpu:
+        from .hypervisor import Hypervisor
+
+        spec = _vnpu_spec(args.vnpu, image)
+        with Hypervisor(compiled.config, backend=args.backend, policy="static") as hypervisor:
+            vnpu = hypervisor.create_vnpu(spec, name="model")
+            outputs = compiled.run(inputs, vnpu=vnpu)
+            usage = vnpu.usage()
+        print(f"vNPU {spec}: {usage.active_cycles} active cycles, ME {usage.me_owned_cycles} / VE "
+              f"{usage.ve_owned_cycles} / DMA {usage.dma_cycles} engine-cycles; bill {vnpu.bill().total:.6f}")
+    else:
+        outputs = compiled.run(inputs, backend=args.backend)
+    for name, array in outputs.items():
+        summary = f"output {name}: {array.dtype} {array.shape}"
+        if array.ndim == 2:
+            summary += f", argmax per sample {array.argmax(axis=1).tolist()[:16]}"
+        print(summary)
+        if args.print_outputs:
+            with np.printoptions(threshold=array.size + 1, linewidth=120):
+                print(array)
+        if save:
+            write_file(save / f"{name}.npy", _npy_bytes(array), "output")
+    if args.backend != FunctionalDevice.name or args.vnpu:
+        expected = compiled.run(inputs, backend=FunctionalDevice.name)
+        wrong = [name for name in expected if not np.array_equal(outputs[name], expected[name])]
+        print(f"outputs vs golden model: {'MISMATCH in ' + ', '.join(wrong) if wrong else 'all match'}")
+        if wrong:
+            raise TcloudError(f"the {args.backend} backend's outputs {', '.join(wrong)} differ from the golden model's")
+
+
+def _npy_bytes(array):
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def cmd_compile(args):
+    from .compiler import compile
+
+    output_file(args.output, "compiled model")  # refuse a bad target before the work
+    with Progress(f"compiling {args.model} for {args.config!r}"):
+        compiled = compile(args.model, args.config, args.calibration, batch=args.batch, sram_kib=args.sram_kib)
+    compiled.save(args.output)
+    image = compiled.image
+    print(f"{args.output}: {len(compiled.layers)} layers for {args.config!r}, batch {compiled.batch}; HBM "
+          f"{image.hbm_bytes:,} bytes, scratchpad {image.sram_bytes:,} bytes, code {len(image.code):,} bytes")
+    print(f"  {'layer':<28} {'op':<14} {'GEMM m x k x n':>20} {'MACs':>12}  uTOps DMA/ME/VE")
+    for layer in compiled.layers:
+        m, k, n = layer["gemm"]
+        u = layer["utops"]
+        print(f"  {layer['name'][:28]:<28} {layer['op'][:14]:<14} {f'{m} x {k} x {n}':>20} {layer['macs']:>12,}  "
+              f"{u['DMA']}/{u['ME']}/{u['VE']}")
+    for spec in compiled.inputs:
+        print(f"  input {spec['name']}: float {tuple(spec['shape'])} -> {spec['dtype']} (scale {spec['scale']:.6g}, "
+              f"zero point {spec['zero_point']})")
+
+
+def cmd_profile(args):
+    from .compiler import CompiledModel
+    from .compiler.profile import profile, profile_plot, profile_table
+
+    compiled = CompiledModel.load(args.model)
+    plot = output_file(args.plot, "profile plot") if args.plot else None
+    inputs = _model_inputs(args.input, compiled, args.seed)
+    with Progress(f"running {args.model} on {args.backend}"):
+        layers, total = profile(compiled, inputs, backend=args.backend, poll_cycles=args.poll_cycles)
+    for line in profile_table(layers, total):
+        print(line)
+    if plot:
+        profile_plot(layers, plot, f"{Path(args.model).name} on {compiled.config.name} ({args.backend})")
+        print(f"plot: {plot}")
 
 
 def cmd_demo(args):
@@ -361,7 +478,38 @@ def build_parser():
     run.add_argument("--vcd", metavar="FILE", help=WAVES_HELP)
     run.add_argument("--seed", type=seed_int, default=0, help="seed for random inputs (>= 0)")
     run.add_argument("--save", metavar="DIR", help="save outputs as NAME.npy here")
+    run.add_argument("--vnpu", metavar="KEY=VALUE,...",
+                     help="compiled models: run on a vNPU of this spec (e.g. mes=2,ves=1; windows default to "
+                          "what the model needs)")
     run.set_defaults(func=cmd_run)
+
+    comp = sub.add_parser("compile", help="compile an ONNX model to a program image",
+                          description="Compile an ONNX model (int8 QDQ or QOperator as onnxruntime's quantizer "
+                                      "writes it, or float, quantized here) into a program image whose outputs "
+                                      "equal onnxruntime's; run it with `tcloud run`.")
+    comp.add_argument("model", help="ONNX model (.onnx)")
+    comp.add_argument("-o", "--output", required=True, metavar="FILE.tcimg", help="compiled model")
+    comp.add_argument("--config", default="small", choices=list(PRESETS), help="preset (default: %(default)s)")
+    comp.add_argument("--calibration", metavar="SAMPLES.npz",
+                      help="float models: calibration samples, one array per model input (default: random, "
+                           "with a warning)")
+    comp.add_argument("--batch", type=positive_int, help="batch size for a dynamic batch dimension (default 1)")
+    comp.add_argument("--sram-kib", type=positive_int, help="scratchpad budget, e.g. a vNPU's window (default: all)")
+    comp.set_defaults(func=cmd_compile)
+
+    prof = sub.add_parser("profile", help="per-layer cycles and engine use of a compiled model",
+                          description="Run a compiled model once on an RTL backend and print each layer's "
+                                      "cycles, array efficiency and ME/VE/DMA busy fractions.")
+    prof.add_argument("model", help="compiled model (.tcimg from tcloud compile)")
+    prof.add_argument("--backend", default="verilator", choices=["verilator", "amaranth"],
+                      help="default: %(default)s")
+    prof.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                      help="input tensor (repeatable; default random)")
+    prof.add_argument("--seed", type=seed_int, default=0, help="seed for random inputs (>= 0)")
+    prof.add_argument("--poll-cycles", type=positive_int, default=64,
+                      help="timing resolution in cycles (default: %(default)s)")
+    prof.add_argument("--plot", metavar="FILE.png", help="also draw the profile as a PNG")
+    prof.set_defaults(func=cmd_profile)
 
     demo = sub.add_parser("demo", help="GEMM through firmware, assembler, image and device",
                           description="Lower a GEMM, round-trip it through assembly text and the "

@@ -241,3 +241,47 @@ def test_a_compiled_model_on_a_vnpu_next_to_a_gemm_tenant_stays_exact():
         out = compiled.run({"input": x[:8]}, vnpu=tenant)["output"]
         assert np.array_equal(busy.result()["C"], a.astype(np.int32) @ b.astype(np.int32))
     assert np.array_equal(out, onnxruntime_outputs(model, {"input": x[:8]})["output"])
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def tcloud(*argv, cwd):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "tcloud", *argv], capture_output=True, text=True, cwd=cwd)
+
+
+def test_compile_run_and_profile_from_the_command_line(tmp_path):
+    model = str(digits.HERE / "digits_cnn_qop.onnx")
+    x, _ = digits.held_out("digits_cnn_qop")
+    np.save(tmp_path / "x.npy", x[:2])
+    result = tcloud("compile", model, "-o", "cnn.tcimg", "--config", "tiny", "--batch", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "3 layers for 'tiny', batch 2" in result.stdout and "QLinearConv" in result.stdout
+    result = tcloud("run", "cnn.tcimg", "--input", "input=x.npy", "--save", "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    expected = onnxruntime_outputs(digits.load("digits_cnn_qop"), {"input": x[:2]})["output"]
+    assert np.array_equal(np.load(tmp_path / "out" / "output.npy"), expected)
+    result = tcloud("run", "cnn.tcimg", "--input", "input=x.npy", "--vnpu", "mes=1,ves=1", cwd=tmp_path)
+    assert result.returncode == 0 and "outputs vs golden model: all match" in result.stdout, result.stderr
+    result = tcloud("profile", "cnn.tcimg", "--input", "input=x.npy", "--plot", "p.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split()[0] for line in result.stdout.splitlines()[1:]]
+    assert rows == ["conv_quant", "conv_1_quant", "gemm_quant", "total", "plot:"]
+    assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+    result = tcloud("compile", str(tmp_path / "missing.onnx"), "-o", "m.tcimg", cwd=tmp_path)
+    assert result.returncode == 1 and "no such model file" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "m.tcimg").exists()
+    result = tcloud("run", "m.tcimg", "--vnpu", "mes=x", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    model = str(digits.HERE / "digits_mlp_qop.onnx")
+    assert tcloud("compile", model, "-o", "m.tcimg", cwd=tmp_path).returncode == 0
+    for argv, message in ((("run", "m.tcimg", "--vnpu", "mes=x"), "must be an integer"),
+                          (("run", "m.tcimg", "--vnpu", "cores=2"), "unknown vNPU spec field"),
+                          (("profile", "m.tcimg", "--backend", "functional"), "invalid choice")):
+        result = tcloud(*argv, cwd=tmp_path)
+        assert result.returncode in (1, 2) and message in result.stderr and "Traceback" not in result.stderr, argv
