@@ -151,6 +151,32 @@ def test_gemm_equals_onnxruntime(seed, k, n, trans_b, fmt, batch):
     check_against_onnxruntime(gemm_model(rng, k, n, trans_b), (k,), fmt, rng, batch)
 
 
+def pooling_model(rng, c, o, h, pool_pads, pool_stride):
+    """Conv → Relu → MaxPool → GlobalAveragePool → Flatten → Gemm: the head of a ResNet."""
+    def tensor(name, shape):
+        return helper.make_tensor(name, TensorProto.FLOAT, shape, rng.standard_normal(shape).astype(np.float32).ravel())
+
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[3, 3], pads=[pool_pads] * 4,
+                              strides=[pool_stride] * 2),
+             helper.make_node("GlobalAveragePool", ["p"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "w2", "b2"], ["y"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, h, h])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [tensor("w", (o, c, 3, 3)), tensor("b", (o,)), tensor("w2", (5, o)), tensor("b2", (5,))])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), c=st.integers(1, 5), o=st.integers(1, 20), h=st.integers(3, 12),
+       pool_pads=st.integers(0, 1), pool_stride=st.integers(1, 2), fmt=st.sampled_from(["qdq", "qop"]))
+def test_max_and_global_average_pooling_equal_onnxruntime(seed, c, o, h, pool_pads, pool_stride, fmt):
+    rng = np.random.default_rng(seed)
+    check_against_onnxruntime(pooling_model(rng, c, o, h, pool_pads, pool_stride), (c, h, h), fmt, rng, batch=3)
+
+
 def test_a_float_model_is_quantized_with_the_calibration_samples_given():
     x, _ = digits.held_out("digits_cnn")
     calibration = {"input": digits.calibration("digits_cnn")}

@@ -14,7 +14,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .ir import CompileError, DequantizeOutput, Flatten, Graph, Linear, QTensor, QuantizeInput, node_error
+from .ir import (CompileError, DequantizeOutput, Flatten, GlobalAveragePool, Graph, Linear, MaxPool, QTensor,
+                 QuantizeInput, node_error)
 
 _QTYPES = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8"}
 
@@ -313,24 +314,72 @@ class _FrontEnd:
         self._flatten(node)
 
     def _flatten(self, node):
-        source = self.values.get(node.input[0])
-        if isinstance(source, QTensor):
-            self._emit_flatten(node, source, node.output[0])
-        elif isinstance(source, _FloatView):
-            self.values[node.output[0]] = _Pending(
-                node, lambda q, out, s, zp, dt: self._flatten_qdq(q, source.tensor, out, s, zp, dt))
-        else:
-            raise node_error(node, f"input {node.input[0]!r} is not a quantized activation")
-
-    def _flatten_qdq(self, node, source, out, scale, zp, dtype):
-        if (np.float32(scale), zp, dtype) != (source.scale, source.zero_point, source.dtype):
-            raise node_error(node, "a Flatten/Reshape must keep its input's quantization")
-        self._emit_flatten(node, source, out)
+        def make(q, source, out, scale, zp, dtype):
+            if (np.float32(scale), zp, dtype) != (source.scale, source.zero_point, source.dtype):
+                raise node_error(node, "a Flatten/Reshape must keep its input's quantization")
+            self._emit_flatten(node, source, out)
+        self._layout_op(node, make)
 
     def _emit_flatten(self, node, source, out):
         shape = (source.shape[0], int(np.prod(source.shape[1:])))
         self._define(node, out, shape, source.scale, source.zero_point, source.dtype)
         self.graph.nodes.append(Flatten(node.name, node.op_type, [source.name], out))
+
+    # --- pooling -------------------------------------------------------------------------------
+
+    def _op_MaxPool(self, node, attrs):
+        for name, allowed in (("dilations", [1, 1]), ("ceil_mode", 0), ("storage_order", 0)):
+            if name in attrs and attrs[name] != allowed:
+                raise node_error(node, f"attribute {name}={attrs[name]} is not supported (only {allowed})")
+        if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            raise node_error(node, f"attribute auto_pad={attrs['auto_pad']!r} is not supported (give pads)")
+        if len(node.output) > 1:
+            raise node_error(node, "the Indices output is not supported")
+
+        def make(q, source, out, scale, zp, dtype):
+            if (np.float32(scale), zp, dtype) != (source.scale, source.zero_point, source.dtype):
+                raise node_error(node, "a MaxPool must keep its input's quantization")
+            kh, kw = attrs["kernel_shape"]
+            stride = tuple(attrs.get("strides", (1, 1)))
+            top, left, bottom, right = attrs.get("pads", (0, 0, 0, 0))
+            n, c, h, w = source.shape
+            shape = (n, c, (h + top + bottom - kh) // stride[0] + 1, (w + left + right - kw) // stride[1] + 1)
+            self._define(node, out, shape, scale, zp, dtype)
+            self.graph.nodes.append(MaxPool(node.name, node.op_type, [source.name], out, kernel=(kh, kw),
+                                            stride=stride, pads=(top, left, bottom, right)))
+        self._layout_op(node, make)
+
+    def _op_GlobalAveragePool(self, node, attrs):
+        x = self._view(node, node.input[0])
+        self._pend(node, lambda q, out, s, zp, dt: self._global_average(node, x, out, s, zp, dt))
+
+    def _op_QLinearGlobalAveragePool(self, node, attrs):
+        if attrs.get("channels_last", 0):
+            raise node_error(node, "attribute channels_last=1 is not supported (NCHW only)")
+        x = self._qtensor(node, node.input[0])
+        self._check_input_qparams(node, x, node.input[1], node.input[2])
+        y_scale, y_zp, y_dtype = self._scalar_qparams(node, node.input[3], node.input[4], "output")
+        self._global_average(node, x, node.output[0], y_scale, y_zp, y_dtype)
+
+    def _global_average(self, node, x, out, y_scale, y_zp, y_dtype):
+        if len(x.shape) != 4:
+            raise node_error(node, f"a global average pool needs NCHW input, got shape {x.shape}")
+        n, c, h, w = x.shape
+        scale = np.float32(x.scale) / (np.float32(y_scale) * np.float32(h * w))
+        self._define(node, out, (n, c, 1, 1), y_scale, y_zp, y_dtype)
+        self.graph.nodes.append(GlobalAveragePool(node.name, node.op_type, [x.name], out, scale=np.float32(scale)))
+
+    def _layout_op(self, node, make):
+        """An operator that keeps its input's quantization, in either format: applied now to an
+        int8 tensor (QOperator), or once its QuantizeLinear is seen (QDQ)."""
+        source = self.values.get(node.input[0])
+        if isinstance(source, QTensor):
+            make(node, source, node.output[0], source.scale, source.zero_point, source.dtype)
+        elif isinstance(source, _FloatView):
+            self.values[node.output[0]] = _Pending(node, lambda q, out, s, zp, dt: make(q, source.tensor, out, s, zp,
+                                                                                           dt))
+        else:
+            raise node_error(node, f"input {node.input[0]!r} is not a quantized activation")
 
     # --- the linear operators ------------------------------------------------------------------
 

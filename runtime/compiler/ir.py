@@ -112,6 +112,23 @@ class Linear(Node):
 
 
 @dataclass
+class MaxPool(Node):
+    """Max over ``kernel`` windows of an int8 NCHW tensor (quantization unchanged)."""
+
+    kernel: tuple = None
+    stride: tuple = (1, 1)
+    pads: tuple = (0, 0, 0, 0)
+
+
+@dataclass
+class GlobalAveragePool(Node):
+    """``[N, C, H, W] → [N, C, 1, 1]``: ``requant(Σx − z_x·H·W)`` with ``scale`` =
+    ``fl(x_scale / fl(y_scale · H·W))``, as onnxruntime's ``QLinearGlobalAveragePool``."""
+
+    scale: np.float32 = None
+
+
+@dataclass
 class Flatten(Node):
     """``[N, C, H, W] → [N, C·H·W]`` (or a Reshape to that shape): no data moves; the consumer
     reads the producer's layout."""

@@ -27,11 +27,13 @@ import numpy as np
 
 from tcloud.firmware import FirmwareError, ProgramBuilder
 from tcloud.firmware.conv import NHWC, Im2col, padded_channels
+from tcloud.firmware.pool import emit_maxpool
 from tcloud.firmware.gemm import DenseMatrix, Requant, emit_gemm, plan_gemm
 from tcloud.isa import ProgramImage, Segment, Symbol, get_config
 from tcloud.isa.table import INSTRUCTION_BYTES, WORD_BYTES
 
-from .ir import CompileError, DequantizeOutput, Flatten, Linear, QuantizeInput, node_error
+from .ir import (CompileError, DequantizeOutput, Flatten, GlobalAveragePool, Linear, MaxPool, QuantizeInput,
+                 node_error)
 
 _ALIGN = 64
 METADATA_FORMAT = "tcloud-model/1"
@@ -66,6 +68,7 @@ class Layout:
     feature_map: list = None
     hbm: int = None
     alias_of: str = None
+    fill: str = None
 
     @property
     def nhwc(self):
@@ -141,11 +144,12 @@ def lower(graph, config, *, sram_bytes=None, max_utop_cost=None):
     prog = ProgramBuilder()
     layers, sram_peak = [], 0
     for node in graph.nodes:
-        if not isinstance(node, Linear):
+        emit = _EMITTERS.get(type(node))
+        if emit is None:
             continue
         start, first = prog.position, prog.instructions
         try:
-            report = _emit_linear(prog, cfg, node, graph, layouts, constants[node.name], budget, max_utop_cost)
+            report = emit(prog, cfg, node, graph, layouts, constants.get(node.name), budget, max_utop_cost)
         except FirmwareError as exc:
             raise node_error(node, str(exc)) from None
         prog.fence()
@@ -188,7 +192,7 @@ def _layouts(graph):
             else:
                 layouts[node.output] = Layout("dense", source.shape, feature_map=source.feature_map,
                                               alias_of=node.inputs[0])
-        elif isinstance(node, (QuantizeInput, Linear)):
+        elif isinstance(node, (QuantizeInput, Linear, MaxPool, GlobalAveragePool)):
             shape = tensor.shape
             if len(shape) == 4:
                 layouts[node.output] = Layout("nhwc", (shape[0], shape[2], shape[3], padded_channels(shape[1])))
@@ -197,11 +201,23 @@ def _layouts(graph):
             else:
                 raise node_error(node, f"tensors of rank {len(shape)} are not supported (2 or 4)")
     for node in graph.nodes:
-        if isinstance(node, Linear) and node.kernel is not None:
-            source = layouts[node.inputs[0]]
-            if source.alias_of is not None:
-                raise node_error(node, "a convolution over a flattened tensor is not supported")
-            source.border = tuple(max(b, p) for b, p in zip(source.border, node.pads))
+        padded = (isinstance(node, Linear) and node.kernel is not None) or isinstance(node, MaxPool)
+        if not padded:
+            continue
+        source = layouts[node.inputs[0]]
+        if source.alias_of is not None or source.kind != "nhwc":
+            raise node_error(node, "a convolution or pooling over a flattened tensor is not supported")
+        if any(node.pads):
+            fill = "min" if isinstance(node, MaxPool) else "zero_point"
+            if source.fill not in (None, fill) and graph.tensors[node.inputs[0]].device_zero_point != -128:
+                raise node_error(node, f"{node.inputs[0]!r} is read by a padded convolution and a padded max "
+                                       f"pool, which need different borders (its zero point and -128)")
+            source.fill = fill
+        source.border = tuple(max(b, p) for b, p in zip(source.border, node.pads))
+    for node in graph.nodes:
+        if isinstance(node, GlobalAveragePool) and any(layouts[node.inputs[0]].border):
+            raise node_error(node, "a global average pool over a tensor that a padded operator also reads is not "
+                                   "supported")
     return layouts
 
 
@@ -237,18 +253,31 @@ def _weight_matrix(node, graph, layouts):
     return b.astype(np.int8), bias
 
 
+def _node_constants(node, graph, layouts):
+    """The constant arrays an operator reads from HBM, by name (``None``: it reads none)."""
+    if isinstance(node, Linear):
+        b, bias = _weight_matrix(node, graph, layouts)
+        return {"b": b, "bias": bias}
+    if isinstance(node, GlobalAveragePool):
+        _, height, width, channels = layouts[node.inputs[0]].shape
+        pixels = height * width
+        zero = graph.tensors[node.inputs[0]].device_zero_point
+        return {"ones": np.ones((1, _up(pixels, WORD_BYTES)), np.int8),
+                "bias": np.full(channels, -zero * pixels, np.int32)}
+    return None
+
+
 def _constants(graph, layouts, cfg):
-    """HBM offsets and bytes of every operator's constants: ``{node: {"b": (offset, bytes), ...}}``."""
+    """HBM offsets and arrays of every operator's constants: ``{node: {name: (offset, array)}}``."""
     constants, offset = {}, 0
     for node in graph.nodes:
-        if not isinstance(node, Linear):
+        arrays = _node_constants(node, graph, layouts)
+        if arrays is None:
             continue
-        b, bias = _weight_matrix(node, graph, layouts)
         entry = {}
-        for key, data in (("b", b.tobytes()), ("bias", bias.tobytes())):
-            entry[key] = (offset, data)
-            offset = _up(offset + len(data), _ALIGN)
-        entry["shape"] = b.shape
+        for key, array in arrays.items():
+            entry[key] = (offset, array)
+            offset = _up(offset + array.nbytes, _ALIGN)
         constants[node.name] = entry
     return constants, offset
 
@@ -284,9 +313,9 @@ def _plan_memory(graph, layouts, start):
 
 def _emit_linear(prog, cfg, node, graph, layouts, constants, budget, max_utop_cost):
     x, y = layouts[node.inputs[0]], layouts[node.output]
-    b_offset, _ = constants["b"]
+    b_offset, weights = constants["b"]
     bias_offset, _ = constants["bias"]
-    k, n = constants["shape"]
+    k, n = weights.shape
     if node.kernel is not None:
         a = Im2col(x.nhwc, node.kernel, node.stride, node.pads)
         c = y.nhwc
@@ -297,7 +326,7 @@ def _emit_linear(prog, cfg, node, graph, layouts, constants, budget, max_utop_co
         a = DenseMatrix(x.hbm, x.shape[1])
         c = DenseMatrix(y.hbm, y.shape[1])
         m = x.shape[0]
-    requant = _requant(node, graph.tensors[node.output])
+    requant = _requant(node, graph.tensors[node.output], node.scale)
     plan = plan_gemm(cfg, m, k, n, bias=True, requant=True, max_utop_cost=max_utop_cost, sram_bytes=budget)
     emit_gemm(prog, cfg, plan, a, DenseMatrix(b_offset, n), c, bias=DenseMatrix(bias_offset, 0, 4), relu=node.relu,
               requant=requant)
@@ -306,9 +335,34 @@ def _emit_linear(prog, cfg, node, graph, layouts, constants, budget, max_utop_co
                        ve_elements=m * n * (3 if node.relu else 2), sram_bytes=plan.sram_bytes)
 
 
-def _requant(node, y):
-    """The epilogue's requantization of ``node`` into ``y``."""
-    scales = np.unique(node.scale)
+def _emit_maxpool(prog, cfg, node, graph, layouts, constants, budget, max_utop_cost):
+    x, y = layouts[node.inputs[0]], layouts[node.output]
+    used = emit_maxpool(prog, x.nhwc, y.nhwc, node.kernel, node.stride, node.pads, budget)
+    out = graph.tensors[node.output].shape
+    elements = out[0] * out[2] * out[3] * y.shape[3] * node.kernel[0] * node.kernel[1]
+    return LayerReport(node.name, node.op, out, ve_elements=elements, sram_bytes=used)
+
+
+def _emit_global_average(prog, cfg, node, graph, layouts, constants, budget, max_utop_cost):
+    x, y = layouts[node.inputs[0]], layouts[node.output]
+    batch, height, width, channels = x.shape
+    ones_offset, ones = constants["ones"]
+    bias_offset, _ = constants["bias"]
+    pixels = height * width
+    requant = _requant(node, graph.tensors[node.output], np.array([node.scale], np.float32))
+    plan = plan_gemm(cfg, 1, pixels, channels, bias=True, requant=True, max_utop_cost=max_utop_cost,
+                     sram_bytes=budget)
+    for b in range(batch):
+        emit_gemm(prog, cfg, plan, DenseMatrix(ones_offset, ones.shape[1]),
+                  DenseMatrix(x.nhwc.pixel(b, 0, 0), channels), DenseMatrix(y.nhwc.pixel(b, 0, 0), channels),
+                  bias=DenseMatrix(bias_offset, 0, 4), requant=requant)
+    return LayerReport(node.name, node.op, graph.tensors[node.output].shape, gemm=(1, pixels, channels),
+                       macs=batch * pixels * channels, ve_elements=batch * channels * 2, sram_bytes=plan.sram_bytes)
+
+
+def _requant(node, y, scale):
+    """The epilogue's requantization of ``node`` into ``y`` by ``scale`` (one float32 per column)."""
+    scales = np.unique(scale)
     if scales.size != 1:
         raise node_error(node, "per-channel weight scales are not supported yet")
     return Requant.from_scale(float(scales[0]), y.device_zero_point)
@@ -316,12 +370,12 @@ def _requant(node, y):
 
 def _segments(graph, layouts, constants):
     for entry in constants.values():
-        for key in ("b", "bias"):
-            yield entry[key]
+        for offset, array in entry.values():
+            yield offset, array.tobytes()
     for name, layout in layouts.items():
         if layout.alias_of is None and any(layout.border) and not _is_input(graph, name):
-            zp = graph.tensors[name].device_zero_point
-            yield layout.hbm, np.full(layout.nbytes, zp, np.int8).tobytes()
+            value = -128 if layout.fill == "min" else graph.tensors[name].device_zero_point
+            yield layout.hbm, np.full(layout.nbytes, value, np.int8).tobytes()
 
 
 def _is_input(graph, name):
@@ -351,3 +405,7 @@ def _metadata(graph, layouts, layers):
     outputs.sort(key=lambda o: order.get(o["name"], len(order)))
     return {"format": METADATA_FORMAT, "batch": graph.batch, "inputs": inputs, "outputs": outputs,
             "layers": [layer.to_dict() for layer in layers]}
+
+
+_EMITTERS = {Linear: _emit_linear, MaxPool: _emit_maxpool, GlobalAveragePool: _emit_global_average}
+"""The lowering of each IR operator that runs on the pNPU (the others move no data)."""
