@@ -201,12 +201,16 @@ class HbmResponder(_Background):
         ``pause_probability=0`` times exactly as :class:`tcloud.rtl.sim.HbmModel` does.
     pause_probability : float
         Chance per cycle that ``req.ready`` is low although there is credit.
+    pauses : iterable of bool, optional
+        Instead of random pauses: ``True`` in each cycle ``req.ready`` is to be low although there is
+        credit (e.g. ``itertools.cycle`` of a pattern, for stalls of set lengths).
     """
 
-    def __init__(self, bus, config, rng, latency=(4, 12), pause_probability=0.3):
+    def __init__(self, bus, config, rng, latency=(4, 12), pause_probability=0.3, pauses=None):
         self.bus, self.config, self.rng = bus, config, rng
         self.memory = np.zeros(config.hbm_bytes, dtype=np.uint8)
-        self.latency, self.pauses = latency, random_pauses(rng, pause_probability)
+        self.latency = latency
+        self.pauses = iter(pauses) if pauses is not None else random_pauses(rng, pause_probability)
         self.log = logging.getLogger("tb.hbm")
 
     def words(self, addr, count):
@@ -408,12 +412,15 @@ class Scoreboard:
         if context["counters"] != expected_counters:
             self._fail(f"{name}: counters {context['counters']} != {expected_counters}")
 
-    def compare_fault(self, name, expected_fault, context):
-        """A case that must stop with ``expected_fault``."""
+    def compare_fault(self, name, expected_fault, expected_pc, context):
+        """A case that must stop with ``expected_fault`` at the context-relative ``expected_pc``."""
         self.cases += 1
         if context["status"] != ContextStatus.FAULTED or context["fault"] != expected_fault:
             self._fail(f"{name}: status {context['status'].name} fault {context['fault'].name}, "
                        f"expected FAULTED {expected_fault.name}")
+        elif context["fault_pc"] != expected_pc:
+            self._fail(f"{name}: {expected_fault.name} at pc {context['fault_pc']:#x}, the golden model's at "
+                       f"{expected_pc:#x}")
 
     def compare_memory(self, name, base, expected, actual):
         """Compare a window's bytes at physical ``base`` after a case."""

@@ -5,11 +5,18 @@ each HBM request to the scoreboard (writes checked against the golden model as t
 the functional coverage; the protocol checker watches both HBM streams. The last test writes the
 coverage report.
 
+The planted cases of :mod:`tcloud.verif.planted` reach what random cases rarely do: every fault
+code (and the host's ``ctx.kill`` and watchdog), every token pattern of every engine class and every
+HBM backpressure level; each is scored against the golden model like the random ones.
+
 Environment: ``TCLOUD_CONFIG`` (preset name), ``TCLOUD_CASES`` (number of random cases),
-``TCLOUD_SEED``, ``TCLOUD_COVERAGE`` (where the coverage report goes, default ``coverage.yml``),
-``TCLOUD_TIMING`` (where :func:`spec_timing` writes its cycle counts, default ``timing.json``).
+``TCLOUD_SEED``, ``TCLOUD_PLANTED`` (``all``, the default: every planted case under every policy;
+``once``: each once, see :func:`planted_rounds`), ``TCLOUD_COVERAGE`` (where the coverage report
+goes, default ``coverage.yml``), ``TCLOUD_TIMING`` (where :func:`spec_timing` writes its cycle
+counts, default ``timing.json``).
 """
 
+import itertools
 import json
 import os
 
@@ -19,7 +26,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
 from tcloud.firmware import Requant, gemm
-from tcloud.isa import EngineClass, Instr, Policy, ProgramImage, encode_stream, get_config
+from tcloud.isa import ContextStatus, EngineClass, Instr, Policy, ProgramImage, encode_stream, get_config
 from tcloud.isa import csr
 from tcloud.runtime import Placement, load_image, plan_load
 from tcloud.runtime.execute import HbmWindow, read_symbols
@@ -28,11 +35,13 @@ from tcloud.verif.cocotb_bench import (GoldenDevice, HbmBus, HbmMonitor, HbmResp
                                        HostDriver, Scoreboard)
 from tcloud.verif.cocotb_protocol import HbmProtocolChecker
 from tcloud.verif.hbm_spec import timing_programs
+from tcloud.verif.planted import WATCHDOG_BUDGET, fault_cases, run_golden, token_program
 from tcloud.verif.random_programs import random_program
 
 CONFIG = get_config(os.environ.get("TCLOUD_CONFIG", "tiny"))
 CASES = int(os.environ.get("TCLOUD_CASES", "6"))
 SEED = int(os.environ.get("TCLOUD_SEED", "1"))
+PLANTED = os.environ.get("TCLOUD_PLANTED", "all")
 RESET_CYCLES = 2  # rst is registered: high at one edge, reset values at the next
 
 
@@ -85,10 +94,11 @@ class Bench:
         await self.host.write(csr.GLOBAL["POLICY"], int(policy))
         self.policy = policy
 
-    async def run_tenants(self, tenants, goldens, timeout=2_000_000):
-        """Load every ``(image, inputs, placement)``, start them together, wait until the pNPU is idle,
-        and return ``[(outputs, context)]`` per tenant; the scoreboard expects the writes of
-        ``goldens`` (a :class:`GoldenDevice` per tenant, already run) and the scrubs."""
+    async def run_tenants(self, tenants, goldens, timeout=2_000_000, commands=(), during=None):
+        """Load every ``(image, inputs, placement)``, issue the host ``commands``, start the tenants
+        together, await ``during()`` (if given: what the host does while they run), wait until the
+        pNPU is idle, and return ``[(outputs, context)]`` per tenant; the scoreboard expects the
+        writes of ``goldens`` (a :class:`GoldenDevice` per tenant, already run) and the scrubs."""
         host, scoreboard = self.host, self.scoreboard
         plans = [plan_load(CONFIG, image, inputs, placement) for image, inputs, placement in tenants]
         scoreboard.new_case()
@@ -100,8 +110,12 @@ class Bench:
                 assert await host.command(command) == 0, command
             for address, data in plan.writes:
                 self.hbm.memory[address:address + len(data)] = np.frombuffer(data, np.uint8)
+        for command in commands:
+            assert await host.command(command) == 0, command
         for plan in plans:
             assert await host.command(plan.start) == 0
+        if during is not None:
+            await during()
         await host.wait_idle(timeout)
         results = []
         for plan, (image, _, placement) in zip(plans, tenants):
@@ -116,7 +130,7 @@ class Bench:
         expected = golden.context(placement.context)
         window = HbmWindow(placement.hbm_base, image.hbm_bytes)
         if expected.fault:
-            self.scoreboard.compare_fault(name, expected.fault, context)
+            self.scoreboard.compare_fault(name, expected.fault, expected.fault_pc, context)
         else:
             self.scoreboard.compare(name, read_symbols(golden.read_hbm, window, image.outputs), expected.counters,
                                     outputs, context)
@@ -125,8 +139,9 @@ class Bench:
         functional_coverage.sample_case(image, self.policy, context)
 
 
-def golden_run(image, inputs, placement=Placement()):
+def golden_run(image, inputs, placement=Placement(), policy=Policy.HARVEST):
     golden = GoldenDevice(CONFIG)
+    golden.set_policy(policy)
     load_image(golden, image, inputs, placement)
     golden.run()
     return golden
@@ -216,12 +231,116 @@ async def multi_tenant(dut):
                 names.append(f"random program {seed}")
             assert image.sram_bytes <= sram_share
             tenants.append((image, inputs, Placement(context=c, hbm_base=c << 20, sram_base=c * sram_share)))
-        goldens = [golden_run(*tenant) for tenant in tenants]
+        goldens = [golden_run(*tenant, policy=bench.policy) for tenant in tenants]
         results = await bench.run_tenants(tenants, goldens)
         for name, (image, _, placement), golden, (outputs, context) in zip(names, tenants, goldens, results):
             label = f"round {round_} ({bench.policy.name.lower()}) context {placement.context}: {name}"
             bench.score(label, image, placement, golden, outputs, context)
         dut._log.info("round %d under %s: %s", round_, bench.policy.name, ", ".join(names))
+    bench.finish()
+
+
+async def kill_at(host, context, pc, timeout=200_000):
+    """``ctx.kill`` ``context`` once its next top-level instruction is at ``pc`` (where it waits for a
+    long uTOp); give up if it stops first (the scoreboard reports how)."""
+    for _ in range(timeout):
+        if await host.read(csr.context_csr(context, "PC")) == pc:
+            assert await host.command(Instr("ctx.kill", ctx=context)) == 0
+            return
+        if ContextStatus(await host.read(csr.context_csr(context, "STATUS"))) != ContextStatus.RUNNING:
+            return
+    raise TimeoutError(f"context {context} did not reach pc {pc:#x} within {timeout} polls")
+
+
+async def run_planted(bench, cases, first_context, label):
+    """Run planted ``cases`` together, the first in ``first_context`` and the next ones in the contexts
+    after it; kill the kill case's context and give the watchdog case its budget; score them all."""
+    share = CONFIG.sram_bytes // CONFIG.contexts
+    contexts = [(first_context + i) % CONFIG.contexts for i in range(len(cases))]
+    placements = [Placement(context=c, hbm_base=c << 20, sram_base=c * share, **case.masks)
+                  for c, case in zip(contexts, cases)]
+    tenants = [(case.image, {}, placement) for case, placement in zip(cases, placements)]
+    goldens = [run_golden(case, GoldenDevice(CONFIG), placement, bench.policy) for case, placement in zip(cases, placements)]
+    budgets = [c for c, case in zip(contexts, cases) if case.host == "watchdog"]
+    kills = [(c, case.stop_at) for c, case in zip(contexts, cases) if case.host == "kill"]
+
+    async def during():
+        for context, pc in kills:
+            await kill_at(bench.host, context, pc)
+    results = await bench.run_tenants(tenants, goldens, commands=[Instr("ctx.budget", ctx=c, cycles=WATCHDOG_BUDGET)
+                                                                  for c in budgets], during=during)
+    for c in budgets:  # the budget outlives the run; the next tenant of the context has none
+        assert await bench.host.command(Instr("ctx.budget", ctx=c, cycles=0)) == 0
+    for case, (image, _, placement), golden, (outputs, context) in zip(cases, tenants, goldens, results):
+        bench.score(f"{label}, context {placement.context}: {case.name}", image, placement, golden, outputs, context)
+        bench.dut._log.info("%s, context %d: %s -> %s %s at %#x", label, placement.context, case.name,
+                            context["status"].name, context["fault"].name, context["fault_pc"])
+
+
+def planted_rounds():
+    """``(policy, cases, first context, label)`` of every round of :func:`planted_faults`: with
+    ``TCLOUD_PLANTED=all`` every planted case under every policy (the kill and watchdog cases' long
+    uTOps of another pair of engine classes under each); with ``once`` every case once, each round
+    under the next policy under which the golden model raises every planted fault of the round."""
+    classes, policies, n = [EngineClass.DMA, EngineClass.ME, EngineClass.VE], list(Policy), CONFIG.contexts
+    quick = [case for case in fault_cases(CONFIG) if not case.host]
+    chunks = [quick[r:r + n] for r in range(0, len(quick), n)]
+
+    def long_round(i):
+        return [next(case for case in fault_cases(CONFIG, classes[(i + j) % len(classes)]) if case.host == host)
+                for j, host in enumerate(("kill", "watchdog"))]
+
+    def raises(case, policy):
+        return run_golden(case, GoldenDevice(CONFIG), Placement(**case.masks), policy).context(0).fault == case.fault
+
+    rounds = []
+    if PLANTED == "all":
+        for i, policy in enumerate(policies):
+            rounds += [(policy, chunk, (i + r) % n) for r, chunk in enumerate(chunks)]
+            rounds.append((policy, long_round(i), i % n))
+    else:
+        for r, chunk in enumerate(chunks):
+            turn = policies[r % len(policies):] + policies[:r % len(policies)]
+            rounds.append((next(p for p in turn if all(raises(case, p) for case in chunk)), chunk, r % n))
+        rounds.append((policies[len(chunks) % len(policies)], long_round(0), 0))
+    return [(policy, cases, first, f"{policy.name.lower()} round {r}")
+            for r, (policy, cases, first) in enumerate(rounds)]
+
+
+@cocotb.test()
+async def planted_faults(dut):
+    """Every fault code the pNPU raises, planted (:func:`tcloud.verif.planted.fault_cases`), as many
+    tenants at a time as there are contexts, under the policies of :func:`planted_rounds`; last in
+    each policy, together, ``ctx.kill`` of a context whose next uTOp waits for a long uTOp and the
+    watchdog of another behind a fence. Fault code and fault PC (or outputs and counters) and memory
+    against the golden model. The HBM answers sooner and pauses less than in the random tests: the
+    planted programs mostly fetch instructions (the overflow's 256 uTOps most of all)."""
+    bench = await Bench(dut, np.random.default_rng(SEED), latency=(2, 6), pause_probability=0.1).start()
+    for policy, cases, first, label in planted_rounds():
+        if policy != bench.policy:
+            await bench.set_policy(policy)
+        await run_planted(bench, cases, first, label)
+    bench.finish()
+
+
+BACKPRESSURE = [False, True] + [False] + [True] * 3 + [False] + [True] * 8 + [False] + [True] * 20
+"""The planted HBM pauses (``True``: ``req.ready`` low): runs of 1, 3, 8 and 20 cycles in turn, one ready
+cycle between them, so back-to-back requests stall for every level of
+:data:`~tcloud.verif.functional_coverage.STALLS`."""
+
+
+@cocotb.test()
+async def token_patterns_under_backpressure(dut):
+    """A uTOp of every engine class with every token pattern
+    (:func:`tcloud.verif.planted.token_program`), its fetches, DMA loads and DMA stores under an HBM
+    that pauses by :data:`BACKPRESSURE`: every backpressure level for every request kind (under the
+    static policy)."""
+    bench = await Bench(dut, np.random.default_rng(SEED), pauses=itertools.cycle(BACKPRESSURE)).start()
+    await bench.set_policy(Policy.STATIC)
+    image, inputs = token_program(CONFIG, functional_coverage.WAIT_SLOTS)
+    golden = golden_run(image, inputs, policy=bench.policy)
+    (outputs, context), = await bench.run_tenants([(image, inputs, Placement())], [golden])
+    bench.score("token patterns", image, Placement(), golden, outputs, context)
     bench.finish()
 
 
