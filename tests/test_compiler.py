@@ -99,12 +99,12 @@ def test_bad_inputs_name_what_is_wrong():
 
 # --- operators against onnxruntime ----------------------------------------------------------------
 
-def conv_model(rng, n, c, h, w, o, kernel, stride, pads, relu):
-    weight = helper.make_tensor("w", TensorProto.FLOAT, (o, c, kernel, kernel),
-                                rng.standard_normal((o, c, kernel, kernel)).astype(np.float32).ravel())
+def conv_model(rng, n, c, h, w, o, kernel, stride, pads, relu, group=1):
+    weight = helper.make_tensor("w", TensorProto.FLOAT, (o, c // group, kernel, kernel),
+                                rng.standard_normal((o, c // group, kernel, kernel)).astype(np.float32).ravel())
     bias = helper.make_tensor("b", TensorProto.FLOAT, (o,), rng.standard_normal(o).astype(np.float32))
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["conv"], name="conv", kernel_shape=[kernel, kernel],
-                              strides=[stride, stride], pads=list(pads))]
+                              strides=[stride, stride], pads=list(pads), group=group)]
     if relu:
         nodes.append(helper.make_node("Relu", ["conv"], ["y"], name="relu"))
     out = "y" if relu else "conv"
@@ -141,6 +141,16 @@ def test_conv_equals_onnxruntime(seed, c, o, h, w, kernel, stride, pad, relu, fm
     rng = np.random.default_rng(seed)
     pads = (pad, pad, pad, pad) if kernel > 1 else (0, 0, 0, 0)
     check_against_onnxruntime(conv_model(rng, 2, c, h, w, o, kernel, stride, pads, relu), (c, h, w), fmt, rng)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), c=st.integers(2, 20), h=st.integers(3, 9), kernel=st.sampled_from([3, 5]),
+       stride=st.integers(1, 2), relu=st.booleans(), fmt=st.sampled_from(["qdq", "qop"]))
+def test_depthwise_conv_equals_onnxruntime(seed, c, h, kernel, stride, relu, fmt):
+    rng = np.random.default_rng(seed)
+    pads = (kernel // 2,) * 4
+    check_against_onnxruntime(conv_model(rng, 2, c, h, h, c, kernel, stride, pads, relu, group=c), (c, h, h), fmt,
+                              rng)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

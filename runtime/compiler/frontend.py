@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .ir import (CompileError, DequantizeOutput, Flatten, GlobalAveragePool, Graph, Linear, MaxPool, QTensor,
-                 QuantizeInput, node_error)
+from .ir import (CompileError, DepthwiseConv, DequantizeOutput, Flatten, GlobalAveragePool, Graph, Linear, MaxPool,
+                 QTensor, QuantizeInput, node_error)
 
 _QTYPES = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8"}
 
@@ -421,21 +421,24 @@ class _FrontEnd:
         if len(x.shape) != 4 or w.ndim != 4:
             raise node_error(node, f"a 2-D convolution needs NCHW input, got shape {x.shape}")
         group = attrs.get("group", 1)
-        if group != 1:
-            raise node_error(node, f"attribute group={group} is not supported yet (only 1)")
+        depthwise = group > 1 and group == x.shape[1] == w.shape[0] and w.shape[1] == 1
+        if group != 1 and not depthwise:
+            raise node_error(node, f"attribute group={group} is not supported (1, or depthwise: one filter per "
+                                   f"input channel)")
         if any(d != 1 for d in attrs.get("dilations", (1, 1))):
             raise node_error(node, f"attribute dilations={attrs['dilations']} is not supported (only 1)")
         if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             raise node_error(node, f"attribute auto_pad={attrs['auto_pad']!r} is not supported (give pads)")
         o, c, kh, kw = w.shape
-        if c != x.shape[1]:
+        if c * group != x.shape[1]:
             raise node_error(node, f"weights expect {c} input channels, the input has {x.shape[1]}")
         stride = tuple(attrs.get("strides", (1, 1)))
         top, left, bottom, right = attrs.get("pads", (0, 0, 0, 0))
         oh = (x.shape[2] + top + bottom - kh) // stride[0] + 1
         ow = (x.shape[3] + left + right - kw) // stride[1] + 1
         self._define(node, out, (x.shape[0], o, oh, ow), y_scale, y_zp, y_dtype)
-        self.graph.nodes.append(Linear(node.name, node.op_type, [x.name], out, weight=w,
+        kind = DepthwiseConv if depthwise else Linear
+        self.graph.nodes.append(kind(node.name, node.op_type, [x.name], out, weight=w,
                                        bias=np.zeros(o, np.int32) if bias is None else bias.astype(np.int32),
                                        scale=self._requant_scale(x, w_scale, y_scale), kernel=(kh, kw),
                                        stride=stride, pads=(top, left, bottom, right)))

@@ -112,6 +112,12 @@ class Linear(Node):
 
 
 @dataclass
+class DepthwiseConv(Linear):
+    """A convolution with one filter per channel (``group`` = channels): ``weight`` is
+    ``[C, 1, KH, KW]``. It runs on the vector engines."""
+
+
+@dataclass
 class MaxPool(Node):
     """Max over ``kernel`` windows of an int8 NCHW tensor (quantization unchanged)."""
 

@@ -27,13 +27,14 @@ import numpy as np
 
 from tcloud.firmware import FirmwareError, ProgramBuilder
 from tcloud.firmware.conv import NHWC, Im2col, padded_channels
+from tcloud.firmware.depthwise import emit_depthwise
 from tcloud.firmware.pool import emit_maxpool
 from tcloud.firmware.gemm import DenseMatrix, Requant, emit_gemm, plan_gemm
 from tcloud.isa import ProgramImage, Segment, Symbol, get_config
 from tcloud.isa.table import INSTRUCTION_BYTES, WORD_BYTES
 
-from .ir import (CompileError, DequantizeOutput, Flatten, GlobalAveragePool, Linear, MaxPool, QuantizeInput,
-                 node_error)
+from .ir import (CompileError, DepthwiseConv, DequantizeOutput, Flatten, GlobalAveragePool, Linear, MaxPool,
+                 QuantizeInput, node_error)
 
 _ALIGN = 64
 METADATA_FORMAT = "tcloud-model/1"
@@ -255,6 +256,8 @@ def _weight_matrix(node, graph, layouts):
 
 def _node_constants(node, graph, layouts):
     """The constant arrays an operator reads from HBM, by name (``None``: it reads none)."""
+    if isinstance(node, DepthwiseConv):
+        return _depthwise_constants(node, graph, layouts)
     if isinstance(node, Linear):
         b, bias = _weight_matrix(node, graph, layouts)
         return {"b": b, "bias": bias}
@@ -335,6 +338,32 @@ def _emit_linear(prog, cfg, node, graph, layouts, constants, budget, max_utop_co
                        ve_elements=m * n * (3 if node.relu else 2), sram_bytes=plan.sram_bytes)
 
 
+def _depthwise_constants(node, graph, layouts):
+    """Per-tap int32 weight rows ``[KH·KW, C]`` and the bias with the input zero point folded in."""
+    channels, _, kh, kw = node.weight.shape
+    cp = layouts[node.inputs[0]].shape[3]
+    w = node.weight.astype(np.int64).reshape(channels, kh * kw)
+    rows = np.zeros((kh * kw, cp), np.int32)
+    rows[:, :channels] = w.T
+    bias = np.zeros(cp, np.int64)
+    bias[:channels] = node.bias.astype(np.int64) - graph.tensors[node.inputs[0]].device_zero_point * w.sum(axis=1)
+    return {"weights": rows, "bias": ((bias + (1 << 31)) % (1 << 32) - (1 << 31)).astype(np.int32)}
+
+
+def _emit_depthwise(prog, cfg, node, graph, layouts, constants, budget, max_utop_cost):
+    x, y = layouts[node.inputs[0]], layouts[node.output]
+    w_offset, weights = constants["weights"]
+    bias_offset, _ = constants["bias"]
+    requant = _requant(node, graph.tensors[node.output], node.scale)
+    used = emit_depthwise(prog, x.nhwc, y.nhwc, DenseMatrix(w_offset, weights.shape[1] * 4, 4),
+                          DenseMatrix(bias_offset, 0, 4), node.kernel, node.stride, node.pads, requant, budget,
+                          relu=node.relu)
+    out = graph.tensors[node.output].shape
+    pixels = out[0] * out[2] * out[3]
+    return LayerReport(node.name, node.op, out, macs=pixels * int(np.prod(node.weight.shape)),
+                       ve_elements=pixels * y.shape[3] * (2 * weights.shape[0] + 2), sram_bytes=used)
+
+
 def _emit_maxpool(prog, cfg, node, graph, layouts, constants, budget, max_utop_cost):
     x, y = layouts[node.inputs[0]], layouts[node.output]
     used = emit_maxpool(prog, x.nhwc, y.nhwc, node.kernel, node.stride, node.pads, budget)
@@ -407,5 +436,6 @@ def _metadata(graph, layouts, layers):
             "layers": [layer.to_dict() for layer in layers]}
 
 
-_EMITTERS = {Linear: _emit_linear, MaxPool: _emit_maxpool, GlobalAveragePool: _emit_global_average}
+_EMITTERS = {Linear: _emit_linear, DepthwiseConv: _emit_depthwise, MaxPool: _emit_maxpool,
+             GlobalAveragePool: _emit_global_average}
 """The lowering of each IR operator that runs on the pNPU (the others move no data)."""
