@@ -274,6 +274,7 @@ def test_a_compiled_model_on_a_vnpu_next_to_a_gemm_tenant_stays_exact():
         neighbour = hv.create_vnpu(VNPUSpec(mes=2, ves=1, sram_kib=128, hbm_mib=4))
         neighbour.load(gemm("small", 64, 64, 64))
         busy = neighbour.submit({"A": a, "B": b})
+        tenant.load(compiled)
         out = compiled.run({"input": x[:8]}, vnpu=tenant)["output"]
         assert np.array_equal(busy.result()["C"], a.astype(np.int32) @ b.astype(np.int32))
     assert np.array_equal(out, onnxruntime_outputs(model, {"input": x[:8]})["output"])

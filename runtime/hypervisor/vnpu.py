@@ -95,6 +95,9 @@ class VNPU:
     def load(self, image):
         """Load a program image (its code and data segments) into the vNPU's HBM window.
 
+        ``image`` may also be a compiled model (:class:`~tcloud.runtime.CompiledModel`, anything
+        with an ``image`` attribute): run it with ``compiled.run(inputs, vnpu=this)``.
+
         Raises
         ------
         ImageError
@@ -106,6 +109,7 @@ class VNPU:
         VNPUStateError
             The vNPU is destroyed or a run is in flight.
         """
+        image = getattr(image, "image", image)
         if isinstance(image, (bytes, bytearray)):
             image = ProgramImage.from_bytes(image, self.config)
         image.check_config(self.config)
