@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tcloud.isa import ContextStatus, EngineClass, FaultCode, Instr, encode_stream, get_config
-from tcloud.isa import csr
+from tcloud.isa import csr, host_protocol
 from tcloud.runtime import FunctionalDevice
 from tcloud.runtime.backends.amaranth import AmaranthDevice
 from tcloud.runtime.backends.verilator import VerilatorDevice
@@ -447,16 +447,20 @@ class ClassMonitor:
 
     def host(self, command):
         """A host command issued one CSR write (one cycle) at a time, sampling every cycle."""
-        device, word = self.device, int.from_bytes(command.encode(), "little")
-        for i in range(4):
-            device.csr_write(csr.GLOBAL[f"CMD{i}"], (word >> (32 * i)) & 0xFFFFFFFF)
+        device = self.device
+
+        def write(address, value):
+            device.csr_write(address, value)
             self.sample()
-        device.csr_write(csr.GLOBAL["DOORBELL"], 1)
-        self.sample()
-        while device.csr_read(csr.GLOBAL["DOORBELL"]):
-            device.run_cycles(1)
-            self.sample()
-        assert device.csr_read(csr.GLOBAL["CMD_ERROR"]) == csr.CommandError.OK
+
+        def wait(cycles):
+            for _ in range(cycles):
+                device.run_cycles(1)
+                self.sample()
+            return cycles
+
+        operation = host_protocol.command(command, timeout=MAX_CYCLES, poll_cycles=1)
+        assert host_protocol.drive(operation, write, device.csr_read, wait) == csr.CommandError.OK
 
     def run(self):
         for _ in range(MAX_CYCLES):

@@ -3,7 +3,8 @@
 * :class:`HbmBus` finds an HBM port's streams by name prefix (``HbmBus(dut, "hbm", config)`` finds
   ``hbm__req__valid``, ``hbm__req__payload``, ...) and decodes/encodes their payloads with the
   layouts of :mod:`tcloud.rtl.hbm`.
-* :class:`HostDriver` drives the CSR host interface (commands, doorbell, status reads).
+* :class:`HostDriver` drives the CSR host interface (commands, doorbell, status reads) with the
+  transactions of :mod:`tcloud.isa.host_protocol`, as the runtime does.
 * :class:`HbmResponder` is the HBM bus-functional model of :mod:`tcloud.rtl.hbm`'s protocol: memory,
   bandwidth credit, random latency and extra backpressure from a pause generator on ``req.ready``.
 * :class:`HbmMonitor` turns every HBM request handshake into an :class:`HbmTransaction` and hands it
@@ -22,9 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from amaranth.lib import data
-from cocotb.triggers import ReadOnly, RisingEdge
+from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
-from tcloud.isa import ContextStatus, FaultCode, Machine, csr
+from tcloud.isa import ContextStatus, Machine, host_protocol
+from tcloud.isa.host_protocol import HostCommandTimeout  # noqa: F401 (the bench's callers import it from here)
 from tcloud.rtl.hbm import request_layout, response_layout
 from tcloud.runtime import FunctionalDevice
 
@@ -96,12 +98,21 @@ class HbmBus:
         self.clock = getattr(dut, clock)
 
 
-class HostCommandTimeout(TimeoutError):
-    """A host command did not complete (the doorbell stayed rung) within its timeout."""
-
-
 class HostDriver:
-    """Drives ``csr_addr``/``csr_wdata``/``csr_we`` and reads ``csr_rdata``."""
+    """Drives ``csr_addr``/``csr_wdata``/``csr_we`` and reads ``csr_rdata``.
+
+    A write or a read takes one clock cycle. :meth:`command`, :meth:`set_policy`, :meth:`context`,
+    :meth:`cycles` and :meth:`stats` issue the CSR transactions of :mod:`tcloud.isa.host_protocol`,
+    the same as the runtime's :class:`~tcloud.runtime.rtl_device.CsrDevice`.
+
+    Parameters
+    ----------
+    dut : cocotb handle
+        The pNPU, with ``clk``, ``idle`` and the CSR port.
+    """
+
+    poll_cycles = 1
+    """Cycles between two reads of ``DOORBELL`` while a command runs."""
 
     def __init__(self, dut):
         self.dut = dut
@@ -116,6 +127,7 @@ class HostDriver:
         self.dut.csr_we.value = 0
 
     async def write(self, address, value):
+        """Write a CSR (one cycle)."""
         self.dut.csr_addr.value = address
         self.dut.csr_wdata.value = value
         self.dut.csr_we.value = 1
@@ -123,32 +135,66 @@ class HostDriver:
         self.dut.csr_we.value = 0
 
     async def read(self, address):
+        """Read a CSR (one cycle): its value in the cycle the address is driven."""
         self.dut.csr_addr.value = address
         await ReadOnly()
         value = int(self.dut.csr_rdata.value)
         await RisingEdge(self.dut.clk)
         return value
 
+    async def wait(self, cycles):
+        """A :class:`~tcloud.isa.host_protocol.Wait`: ``cycles`` cycles between two status reads,
+        the first read's own cycle included; returns ``cycles``."""
+        if cycles > 1:
+            await ClockCycles(self.dut.clk, cycles - 1)
+        return cycles
+
+    async def _drive(self, operation):
+        return await host_protocol.drive_async(operation, self.write, self.read, self.wait)
+
     async def command(self, instr, timeout=1_000_000):
-        """Issue a ``ctx.*`` command and wait for it; return its :class:`CommandError`.
+        """Issue a ``ctx.*`` command and wait for it (:func:`tcloud.isa.host_protocol.command`).
+
+        Parameters
+        ----------
+        instr : tcloud.isa.Instr
+        timeout : int
+            Cycles to wait for the doorbell to clear.
+
+        Returns
+        -------
+        tcloud.isa.csr.CommandError
 
         Raises
         ------
         HostCommandTimeout
-            If the doorbell is still rung after ``timeout`` status reads (one a cycle).
+            If the doorbell is still rung after ``timeout`` cycles.
         """
-        word = int.from_bytes(instr.encode(), "little")
-        for i in range(4):
-            await self.write(csr.GLOBAL[f"CMD{i}"], (word >> (32 * i)) & 0xFFFFFFFF)
-        await self.write(csr.GLOBAL["DOORBELL"], 1)
-        for _ in range(timeout):
-            if not await self.read(csr.GLOBAL["DOORBELL"]):
-                break
-        else:
-            raise HostCommandTimeout(f"{instr.mnemonic} did not complete within {timeout} cycles")
-        error = csr.CommandError(await self.read(csr.GLOBAL["CMD_ERROR"]))
+        error = await self._drive(host_protocol.command(instr, timeout=timeout, poll_cycles=self.poll_cycles))
         self.log.debug("%s -> %s", instr.mnemonic, error.name)
         return error
+
+    async def set_policy(self, policy, **values):
+        """Program the scheduling policy and its parameters (:func:`tcloud.isa.host_protocol.set_policy`,
+        whose keywords ``values`` takes).
+
+        Raises
+        ------
+        ValueError
+            For a value outside its register's range.
+        tcloud.isa.host_protocol.ConfigRefused
+            If the pNPU refused a write all the same.
+        """
+        await self._drive(host_protocol.set_policy(policy, **values))
+
+    async def cycles(self):
+        """Cycles since reset."""
+        return await self._drive(host_protocol.cycles())
+
+    async def stats(self, config):
+        """Cycles since reset and busy cycles per engine of a pNPU of ``config``
+        (:func:`tcloud.isa.host_protocol.stats`)."""
+        return await self._drive(host_protocol.stats(config))
 
     async def wait_idle(self, timeout):
         for cycle in range(timeout):
@@ -160,11 +206,10 @@ class HostDriver:
         raise TimeoutError(f"the pNPU did not become idle within {timeout} cycles")
 
     async def context(self, index):
-        read = lambda name: self.read(csr.context_csr(index, name))
-        return {"status": ContextStatus(await read("STATUS")), "fault": FaultCode(await read("FAULT")),
-                "fault_pc": await read("FAULT_PC"), "run_cycles": await read("RUN_CYCLES"),
-                "counters": csr.counter_report({name: await read(name) for counter in csr.COUNTERS
-                                                for name in counter.registers})["counters"]}
+        """Context ``index``'s registers: :func:`tcloud.isa.host_protocol.context`'s dict (``status``,
+        ``fault``, ``fault_pc``, ``counters``, ``timing``) and ``run_cycles`` (``RUN_CYCLES``)."""
+        info = await self._drive(host_protocol.context(index))
+        return {**info, "run_cycles": info["timing"]["run_cycles"]}
 
 
 class _Background:

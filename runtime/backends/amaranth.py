@@ -1,9 +1,9 @@
 """Devices that run the pNPU RTL: the CSR-level driver shared by all RTL backends, and the
 Amaranth-simulator backend."""
 
-from tcloud.isa import ContextStatus, FaultCode, get_config, parse_policy
+from tcloud.isa import get_config, host_protocol
 from tcloud.isa.errors import HostCommandError
-from tcloud.isa import csr
+from tcloud.isa.csr import CommandError
 
 from .device import ContextInfo, DeviceError, check_hbm_range
 
@@ -11,50 +11,64 @@ from .device import ContextInfo, DeviceError, check_hbm_range
 class CsrDevice:
     """The :class:`~tcloud.runtime.backends.Device` protocol on top of four primitives a backend
     provides: ``csr_write``, ``csr_read``, ``run_until_idle(max_cycles)`` and
-    ``run_cycles(count)``, plus direct HBM access."""
+    ``run_cycles(count)``, plus direct HBM access.
+
+    The CSR transactions are :mod:`tcloud.isa.host_protocol`'s, which the cocotb testbench's
+    :class:`~tcloud.verif.cocotb_bench.HostDriver` issues too; this class steps them synchronously
+    (a read takes no cycle, a :class:`~tcloud.isa.host_protocol.Wait` runs ``run_cycles``) and raises
+    :class:`~tcloud.runtime.DeviceError` where the protocol raises a
+    :class:`~tcloud.isa.host_protocol.HostProtocolError`.
+    """
 
     command_timeout = 10_000_000
+    """Cycles a host command may take before :meth:`host` raises."""
     command_poll_cycles = 64
     """Cycles run between checks that a host command has completed."""
 
+    def _drive(self, operation):
+        try:
+            return host_protocol.drive(operation, self.csr_write, self.csr_read, self.run_cycles)
+        except host_protocol.HostProtocolError as error:
+            raise DeviceError(str(error)) from error
+
     def host(self, command):
-        word = int.from_bytes(command.encode(), "little")
-        for i in range(4):
-            self.csr_write(csr.GLOBAL[f"CMD{i}"], (word >> (32 * i)) & 0xFFFFFFFF)
-        self.csr_write(csr.GLOBAL["DOORBELL"], 1)
-        waited = 0
-        while self.csr_read(csr.GLOBAL["DOORBELL"]):
-            if waited > self.command_timeout:
-                raise DeviceError(f"{command.mnemonic} did not complete within {waited} cycles")
-            waited += self.run_cycles(self.command_poll_cycles)
-        error = csr.CommandError(self.csr_read(csr.GLOBAL["CMD_ERROR"]))
-        if error != csr.CommandError.OK:
+        """Execute one privileged ``ctx.*`` command.
+
+        Raises
+        ------
+        HostCommandError
+            If the pNPU rejected it (the message names the :class:`~tcloud.isa.csr.CommandError`).
+        DeviceError
+            If it did not complete within :attr:`command_timeout` cycles.
+        """
+        error = self._drive(host_protocol.command(command, timeout=self.command_timeout,
+                                                  poll_cycles=self.command_poll_cycles))
+        if error != CommandError.OK:
             raise HostCommandError(f"the pNPU rejected {command!r}: {error.name}")
 
     def run(self, max_cycles=None):
         return self.run_until_idle(max_cycles)
 
     def set_policy(self, policy, *, quantum=None, starvation=None, harvest_cost=None, harvest_grace=None):
-        for register, value in csr.config_writes(parse_policy(policy), quantum=quantum, starvation=starvation,
-                                                 harvest_cost=harvest_cost, harvest_grace=harvest_grace):
-            self.csr_write(register.offset, value)
-            if self.csr_read(csr.GLOBAL["CONFIG_REFUSED"]):
-                raise DeviceError(f"the pNPU refused {register.name} = {value}")
+        """Program the scheduling policy (:func:`tcloud.isa.host_protocol.set_policy`); raises
+        ``ValueError`` for a value outside its register's range, :class:`DeviceError` if the pNPU
+        refuses one all the same."""
+        self._drive(host_protocol.set_policy(policy, quantum=quantum, starvation=starvation,
+                                             harvest_cost=harvest_cost, harvest_grace=harvest_grace))
 
     def context(self, index):
-        read = lambda name: self.csr_read(csr.context_csr(index, name))
-        report = csr.counter_report({name: read(name) for counter in csr.COUNTERS for name in counter.registers})
-        return ContextInfo(ContextStatus(read("STATUS")), FaultCode(read("FAULT")), read("FAULT_PC"), "",
-                           report["counters"], report["timing"])
+        """The :class:`~tcloud.runtime.ContextInfo` of context ``index``, read from its CSRs."""
+        info = self._drive(host_protocol.context(index))
+        return ContextInfo(info["status"], info["fault"], info["fault_pc"], "", info["counters"], info["timing"])
 
     @property
     def cycles(self):
-        return self.csr_read(csr.GLOBAL["CYCLES_LO"]) | self.csr_read(csr.GLOBAL["CYCLES_HI"]) << 32
+        """Cycles since reset."""
+        return self._drive(host_protocol.cycles())
 
     def stats(self):
         """Cycles since reset and busy cycles per engine (counters are cumulative)."""
-        busy = {name: self.csr_read(csr.engine_csr(e)) for e, name in enumerate(csr.engine_names(self.config))}
-        return {"backend": self.name, "cycles": self.cycles, "engine_busy_cycles": busy}
+        return {"backend": self.name, **self._drive(host_protocol.stats(self.config))}
 
 
 class AmaranthDevice(CsrDevice):
