@@ -13,7 +13,7 @@ from tcloud.isa import ContextStatus, FaultCode, HostCommandError, Instr, Policy
 from tcloud.isa.host_protocol import (ConfigRefused, HostCommandTimeout, HostProtocolError, Read, Wait, Write,
                                       command, drive)
 from tcloud.runtime import DeviceError
-from tcloud.runtime.rtl_device import CsrDevice
+from tcloud.runtime.backends.amaranth import CsrDevice
 from tcloud.verif.cocotb_bench import HostDriver
 
 CONFIG = get_config("tiny")

@@ -36,7 +36,7 @@ import numpy as np
 
 from tcloud.firmware import gemm
 from tcloud.isa import (AsmError, EngineClass, FaultCode, ImageError, Instr, Policy, ProgramImage, Segment,
-                        Symbol, assemble, encode_stream, get_config)
+                        Symbol, assemble, encode_stream)
 from tcloud.isa.cost import utop_units
 from tcloud.rtl import abort_bound
 from tcloud.isa.csr import HARVEST_COST_RESET, STARVATION_RESET

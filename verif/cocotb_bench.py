@@ -26,7 +26,6 @@ from amaranth.lib import data
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
 from tcloud.isa import ContextStatus, Machine, host_protocol
-from tcloud.isa.host_protocol import HostCommandTimeout  # noqa: F401 (the bench's callers import it from here)
 from tcloud.rtl.hbm import request_layout, response_layout
 from tcloud.runtime import FunctionalDevice
 
@@ -103,7 +102,7 @@ class HostDriver:
 
     A write or a read takes one clock cycle. :meth:`command`, :meth:`set_policy`, :meth:`context`,
     :meth:`cycles` and :meth:`stats` issue the CSR transactions of :mod:`tcloud.isa.host_protocol`,
-    the same as the runtime's :class:`~tcloud.runtime.rtl_device.CsrDevice`.
+    the same as the runtime's :class:`~tcloud.runtime.backends.amaranth.CsrDevice`.
 
     Parameters
     ----------

@@ -30,9 +30,9 @@ from tcloud.isa import ContextStatus, EngineClass, Instr, Policy, ProgramImage, 
 from tcloud.isa import csr
 from tcloud.runtime import Placement, load_image, plan_load
 from tcloud.runtime.execute import HbmWindow, read_symbols
+from tcloud.isa.host_protocol import HostCommandTimeout
 from tcloud.verif import functional_coverage
-from tcloud.verif.cocotb_bench import (GoldenDevice, HbmBus, HbmMonitor, HbmResponder, HostCommandTimeout,
-                                       HostDriver, Scoreboard)
+from tcloud.verif.cocotb_bench import GoldenDevice, HbmBus, HbmMonitor, HbmResponder, HostDriver, Scoreboard
 from tcloud.verif.cocotb_protocol import HbmProtocolChecker
 from tcloud.verif.hbm_spec import timing_programs
 from tcloud.verif.planted import WATCHDOG_BUDGET, fault_cases, run_golden, token_program
@@ -91,7 +91,7 @@ class Bench:
             raise AssertionError("; ".join(errors))
 
     async def set_policy(self, policy):
-        await self.host.write(csr.GLOBAL["POLICY"], int(policy))
+        await self.host.set_policy(policy)  # raises if the pNPU refuses it, as the runtime does
         self.policy = policy
 
     async def run_tenants(self, tenants, goldens, timeout=2_000_000, commands=(), during=None):
