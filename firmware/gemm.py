@@ -91,6 +91,22 @@ class Requant:
 
 
 @dataclass(frozen=True)
+class ScaleRow:
+    """Requantization by one IEEE-754 binary32 scale per output column (``ve.requantf``):
+    ``saturate(round_half_even(fl32(fl32(x) · scale[j])) + zero_point)``, onnxruntime's arithmetic.
+
+    Attributes
+    ----------
+    scales : DenseMatrix
+        One row of ``n`` float32 words in HBM (``item`` 4).
+    zero_point : int
+    """
+
+    scales: object
+    zero_point: int = 0
+
+
+@dataclass(frozen=True)
 class GemmPlan:
     """Block sizes chosen for one GEMM and their scratchpad footprint."""
 
@@ -104,10 +120,9 @@ class GemmPlan:
     estimated_cycles: float
 
 
-def _sram_footprint(cfg, mb, nb, kb, bias, requant):
+def _sram_footprint(cfg, mb, nb, kb, bias, requant, scales=False):
     total = 2 * mb * _up(kb, WORD_BYTES) + 2 * kb * _up(nb, WORD_BYTES) + 2 * mb * 4 * nb
-    if bias:
-        total += 2 * 4 * nb
+    total += 2 * 4 * nb * (bool(bias) + bool(scales))
     if requant:
         total += 2 * mb * _up(nb, WORD_BYTES)
     return total
@@ -125,14 +140,16 @@ def me_utop_cost(config, mb, kb):
     return utop_units(body, config)
 
 
-def plan_gemm(config, m, k, n, *, bias=False, requant=False, max_utop_cost=HARVEST_COST_DEFAULT, sram_bytes=None):
+def plan_gemm(config, m, k, n, *, bias=False, requant=False, scales=False, max_utop_cost=HARVEST_COST_DEFAULT,
+              sram_bytes=None):
     """Choose block sizes for ``C[m][n] = A[m][k] @ B[k][n]`` on ``config``.
 
     The plan minimises a simple estimate ``max(ME cycles, HBM cycles)`` over power-of-two block
     sizes that fit the scratchpad and the ISA's field limits, and whose ME uTOps cost at most
     ``max_utop_cost`` work units (:mod:`tcloud.isa.cost`; ``None``: no limit), so that the
     ``harvest`` policy may run them on engines the tenant does not own. ``sram_bytes`` bounds the
-    footprint (default: the whole scratchpad).
+    footprint (default: the whole scratchpad). ``scales``: the requantization reads a row of
+    per-column scales (:class:`ScaleRow`).
 
     Raises
     ------
@@ -160,7 +177,7 @@ def plan_gemm(config, m, k, n, *, bias=False, requant=False, max_utop_cost=HARVE
     for mb in mb_opts:
         for nb in nb_opts:
             for kb in kb_opts:
-                footprint = _sram_footprint(cfg, mb, nb, kb, bias, requant)
+                footprint = _sram_footprint(cfg, mb, nb, kb, bias, requant, scales)
                 if footprint > budget:
                     continue
                 if max_utop_cost is not None and me_utop_cost(cfg, mb, kb) > max_utop_cost:
@@ -293,7 +310,9 @@ def emit_gemm(prog, config, plan, a, b, c, *, bias=None, relu=False, requant=Non
     relu : bool
         Clamp the int32 sums at 0 before requantization (with a positive scale this is the
         requantized ReLU: ``max(q, zero_point)``).
-    requant : Requant, optional
+    requant : Requant or ScaleRow, optional
+        Fixed-point (``ve.requant``) or per-column binary32 scales (``ve.requantf``); the plan must
+        have been made with ``scales=True`` for a :class:`ScaleRow`.
     progress : callable, optional
         Called as ``progress(instructions_emitted)`` once per output block.
 
@@ -317,6 +336,10 @@ def emit_gemm(prog, config, plan, a, b, c, *, bias=None, relu=False, requant=Non
     buf_bias = [base, base + 4 * nb]
     if bias is not None:
         base += 2 * 4 * nb
+    scale_row = isinstance(requant, ScaleRow)
+    buf_scale = [base, base + 4 * nb]
+    if scale_row:
+        base += 2 * 4 * nb
     s8 = _up(nb, WORD_BYTES)
     buf_out8 = [base, base + mb * s8]
     if requant is not None:
@@ -338,9 +361,13 @@ def emit_gemm(prog, config, plan, a, b, c, *, bias=None, relu=False, requant=Non
                 body.append(Instr("ve.relu", dst=acc, src=acc, n=ncols))
             if requant is not None:
                 out8 = buf_out8[bi % 2]
-                body.append(Instr("ve.shape", rows=mrows, dst_stride=s8, src1_stride=4 * nb))
-                body.append(Instr("ve.requant", dst=out8, src=acc, n=ncols, mult=requant.multiplier,
-                                  shift=requant.shift, zp=requant.zero_point))
+                body.append(Instr("ve.shape", rows=mrows, dst_stride=s8, src1_stride=4 * nb, src2_stride=0))
+                if scale_row:
+                    body.append(Instr("ve.requantf", dst=out8, src1=acc, src2=buf_scale[bi % 2], n=ncols,
+                                      zp=requant.zero_point))
+                else:
+                    body.append(Instr("ve.requant", dst=out8, src=acc, n=ncols, mult=requant.multiplier,
+                                      shift=requant.shift, zp=requant.zero_point))
                 src, src_stride = out8, s8
             store_deps = [prog.utop(EngineClass.VE, body, last_me)]
         stores.append(prog.utop(EngineClass.DMA, c.store(src, src_stride, m0, mrows, n0, ncols), store_deps))
@@ -358,8 +385,11 @@ def emit_gemm(prog, config, plan, a, b, c, *, bias=None, relu=False, requant=Non
             s = g % 2
             body = a.load(buf_a[s], sa, m0, mrows, k0, kdepth) + b.load(buf_b[s], sb, k0, kdepth, n0, ncols)
             deps = list(chunk_me[g - 2]) if g >= 2 else []
-            if bias is not None and ci == 0:
-                body += bias.load(buf_bias[bi % 2], 0, 0, 1, n0, ncols)
+            if ci == 0 and (bias is not None or scale_row):
+                if bias is not None:
+                    body += bias.load(buf_bias[bi % 2], 0, 0, 1, n0, ncols)
+                if scale_row:
+                    body += requant.scales.load(buf_scale[bi % 2], 0, 0, 1, n0, ncols)
                 deps.append(prev_store)
             load = prog.utop(EngineClass.DMA, body, deps)
             refs = []
