@@ -3,7 +3,7 @@
 Each operation of the host protocol is a generator that touches no hardware: it yields the bus
 transactions it needs, :class:`Write`, :class:`Read` and :class:`Wait`, is sent each one's result and
 returns the operation's result (sans-IO). A driver steps it with its own primitives: :func:`drive`
-with synchronous ones (the runtime's RTL backends, :class:`tcloud.runtime.rtl_device.CsrDevice`),
+with synchronous ones (the runtime's RTL backends, :class:`tcloud.runtime.backends.amaranth.CsrDevice`),
 :func:`drive_async` with coroutines (the cocotb testbench, :class:`tcloud.verif.cocotb_bench.HostDriver`).
 So both issue the same transactions for the same operation, and a protocol change is made here once::
 
