@@ -19,6 +19,8 @@ Tiles smaller than the array (M, N, K not multiples of its size) use the exact `
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from tcloud.isa import Instr, ProgramImage, Symbol, get_config
 from tcloud.isa.encoding import check_field
 from tcloud.isa.cost import HARVEST_COST_DEFAULT, utop_units
@@ -88,6 +90,70 @@ class Requant:
     @property
     def scale(self):
         return self.multiplier / (1 << self.shift)
+
+
+def requantf_scale_words(scales):
+    """The ``ve.requantf`` scale words of binary32 ``scales``: their bit patterns, as int32.
+
+    The instruction reads a scale word as the IEEE-754 binary32 value it is, so the word is the scale's
+    own bit pattern: store the returned array (one word per output column, a row of identical words
+    for a per-tensor scale) and broadcast it over rows with ``ve.shape`` ``src2_stride=0``.
+
+    Parameters
+    ----------
+    scales : array_like of numpy.float32
+        Requantization scales computed in binary32 as onnxruntime does (for QLinearConv/QLinearMatMul/
+        QGemm, ``np.float32(x_scale * w_scale) / y_scale`` per output channel). Other dtypes are
+        accepted only where every value converts to binary32 exactly.
+
+    Returns
+    -------
+    numpy.ndarray of int32
+
+    Raises
+    ------
+    FirmwareError
+        If a scale is not finite (the instruction defines those words, onnxruntime does not match them)
+        or is not exactly a binary32 value.
+    """
+    values = np.asarray(scales)
+    single = values.astype(np.float32)
+    if not np.all(np.isfinite(single)):
+        raise FirmwareError(f"requantization scales must be finite, got {values[~np.isfinite(single)][:4]}")
+    if values.dtype != np.float32 and not np.array_equal(single.astype(values.dtype), values):
+        raise FirmwareError("requantization scales must be binary32 values (compute them in np.float32 as "
+                            "onnxruntime does); rounding them here would change results")
+    return single.view(np.int32).copy()
+
+
+def requantf_reference(acc, scales, zero_point=0, dst_i8=True):
+    """What ``ve.requantf`` computes, in NumPy binary32 arithmetic as onnxruntime's CPU kernels do.
+
+    ``saturate(rint(np.float32(acc) * np.float32(scale)) + zero_point)``: the accumulator converts to
+    binary32, the product rounds to binary32, ``rint`` rounds half to even, and the zero point is added
+    after rounding (MLAS's requantization; clamping before or after rounding is the same for integer
+    bounds). :func:`tcloud.isa.golden.requantize_fp32` is the integer-only equivalent the hardware runs.
+
+    Parameters
+    ----------
+    acc : array_like of int
+        int32 accumulators.
+    scales : array_like of numpy.float32
+        Finite scales, broadcast with ``acc`` (per column: shape ``(n,)`` against ``(rows, n)``).
+    zero_point : int
+    dst_i8 : bool
+        Saturate to int8 (else to int32).
+
+    Returns
+    -------
+    numpy.ndarray of int64
+    """
+    with np.errstate(over="ignore"):  # a product beyond binary32 is inf, which saturates as it should
+        product = np.asarray(acc, np.int64).astype(np.int32).astype(np.float32) * np.asarray(scales, np.float32)
+    far = float(1 << 40)  # saturates like any larger magnitude (and like binary32 overflow to inf)
+    rounded = np.clip(np.rint(product).astype(np.float64), -far, far).astype(np.int64)
+    low, high = (-128, 127) if dst_i8 else (-(1 << 31), (1 << 31) - 1)
+    return np.clip(rounded + int(zero_point), low, high)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from .encoding import DecodeError, Instr, decode, decode_stream, encode, encode_
 from .errors import (AsmError, AsmWarning, BadMagicError, ConfigError, ConfigMismatchError,
                      CorruptImageError, EncodingError, HostCommandError, ImageError, TcloudError,
                      TruncatedImageError, UnsupportedVersionError)
-from .golden import Machine, requantize
+from .golden import Machine, requantize, requantize_fp32
 from .image import ProgramImage, Segment, Symbol
 from .table import (INSTRUCTIONS, NUM_TOKENS, POLICY_DOCS, ContextStatus, EngineClass, FaultCode,
                     InstructionSpec, Policy, parse_policy)
@@ -20,7 +20,7 @@ __all__ = [
     "Instr", "encode", "decode", "encode_stream", "decode_stream", "DecodeError",
     "assemble", "assemble_code", "disassemble", "disassemble_code",
     "ProgramImage", "Segment", "Symbol",
-    "Machine", "requantize",
+    "Machine", "requantize", "requantize_fp32",
     "INSTRUCTIONS", "NUM_TOKENS", "InstructionSpec", "EngineClass", "FaultCode", "ContextStatus",
     "Policy", "POLICY_DOCS", "parse_policy",
     "TcloudError", "ConfigError", "EncodingError", "AsmError", "AsmWarning", "ImageError",

@@ -26,7 +26,7 @@ INSTRUCTION_UNITS = 8
 share of the instruction fetch from HBM, which a prefetch hides only behind longer instructions."""
 
 VE_STEPS_PER_CHUNK = {
-    **{name: 5 for name in ("ve.add", "ve.sub", "ve.mul", "ve.max", "ve.min")},
+    **{name: 5 for name in ("ve.add", "ve.sub", "ve.mul", "ve.max", "ve.min", "ve.requantf")},
     "ve.relu": 3, "ve.copy": 3, "ve.requant": 3, "ve.fill": 1,
     "ve.redsum": 3, "ve.redmax": 3,
 }

@@ -18,7 +18,7 @@ Semantics that the RTL must match
   take its work units (:mod:`tcloud.isa.cost`) past it, before that instruction has any effect.
 * Integer rules: int8 sources are sign-extended; int32 results wrap (two's complement); results
   written as int8 saturate to [-128, 127]; ``ve.requant`` rounds half to even on the exact 64-bit
-  product.
+  product; ``ve.requantf`` rounds as binary32 arithmetic does (:func:`requantize_fp32`).
 * Rows of a 2-D access whose stride is smaller than the row are written in increasing row order
   (the last row wins). A VE instruction reads all its sources before writing; only in-place
   (dst == src) or disjoint operands are portable to the RTL.
@@ -33,8 +33,9 @@ from .config import get_config
 from .cost import UnitState
 from .encoding import DecodeError, Instr, decode
 from .errors import HostCommandError
-from .table import (INSTRUCTION_BYTES, NUM_TOKENS, TOKEN_MAX_COUNT, UTOP_CLASSES, ContextStatus,
-                    EngineClass, FaultCode, Policy, parse_policy)
+from .table import (INSTRUCTION_BYTES, NUM_TOKENS, SCALE_EXPONENT_BIAS, SCALE_EXPONENT_BITS,
+                    SCALE_FRACTION_BITS, TOKEN_MAX_COUNT, UTOP_CLASSES, ContextStatus, EngineClass, FaultCode,
+                    Policy, parse_policy)
 
 _I8 = (-128, 127)
 _I32 = (-(1 << 31), (1 << 31) - 1)
@@ -447,6 +448,81 @@ def requantize(values, mult, shift, zp, dst_i8=True):
     return np.clip(q + np.int64(zp), *(_I8 if dst_i8 else _I32))
 
 
+_FRACTION_BITS, _EXPONENT_BIAS = SCALE_FRACTION_BITS, SCALE_EXPONENT_BIAS
+_EXPONENT_MASK = (1 << SCALE_EXPONENT_BITS) - 1
+_SIGNIFICANT_BITS = _FRACTION_BITS + 1
+_FAR = 1 << 40
+"""A magnitude every saturation maps like any larger one: far beyond int32 plus any zero point."""
+
+
+def _bit_length(values):
+    """Bit length of each non-negative int64 below 2**62 (exact)."""
+    values = np.asarray(values, dtype=np.int64)
+    _, exponent = np.frexp(values.astype(np.float64))
+    exponent = exponent.astype(np.int64)
+    over = (exponent > 0) & ((values >> np.maximum(exponent - 1, 0)) == 0)  # float64 rounded up
+    return exponent - over
+
+
+def _shift_half_even(values, shift):
+    """``round_half_even(values / 2**shift)`` for non-negative int64 values below 2**62, shift >= 0."""
+    shift = np.minimum(np.asarray(shift, dtype=np.int64), 62)
+    q = values >> shift
+    r = values - (q << shift)
+    half = np.where(shift > 0, np.int64(1) << np.maximum(shift - 1, 0), 0)
+    return q + ((shift > 0) & ((r > half) | ((r == half) & ((q & 1) == 1))))
+
+
+def _round_significant(values):
+    """Non-negative int64 values rounded half to even to 24 significant bits (binary32 precision)."""
+    drop = np.maximum(_bit_length(values) - _SIGNIFICANT_BITS, 0)
+    return _shift_half_even(values, drop) << drop
+
+
+def requantize_fp32(values, scale_words, zp, dst_i8=True):
+    """Reference ``ve.requantf``: ``saturate(round_half_even(fl32(fl32(values) * scale)) + zp)``.
+
+    Computed in integers only, for every 32-bit scale word: ``a`` is ``|values|`` rounded to 24
+    significant bits (int32 to binary32), ``p`` is ``a`` times the scale's significand rounded to 24
+    significant bits (the binary32 product), and ``p * 2**exponent`` is rounded half to even; the sign
+    is that of ``values`` times that of the scale. Exponent field 0 (zero and subnormal scales) has no
+    hidden bit, as in IEEE 754; exponent field 255 (inf, NaN) continues the normal rule (scale
+    ``2**128 * (1 + fraction)``). Products beyond the binary32 range saturate like the infinity they
+    round to; products below it round to 0 either way.
+
+    Parameters
+    ----------
+    values : array_like of int
+        int32 accumulators.
+    scale_words : array_like of int
+        Bit patterns of the binary32 scales (``np.float32(s).view(np.uint32)``), broadcast with
+        ``values``.
+    zp : int
+        Zero point added after rounding.
+    dst_i8 : bool
+        Saturate to int8 (else to int32).
+
+    Returns
+    -------
+    numpy.ndarray of int64
+    """
+    values = np.asarray(values, dtype=np.int64)
+    words = np.asarray(scale_words, dtype=np.int64) & 0xFFFFFFFF
+    biased = (words >> _FRACTION_BITS) & _EXPONENT_MASK
+    significand = (words & ((1 << _FRACTION_BITS) - 1)) | np.where(biased > 0, 1 << _FRACTION_BITS, 0)
+    # scale = significand * 2**-shift; the subnormal exponent is that of biased exponent 1
+    shift = _EXPONENT_BIAS + _FRACTION_BITS - np.maximum(biased, 1)
+    a = _round_significant(np.abs(values))  # |int32| <= 2**31
+    p = _round_significant(a * significand)  # < 2**55
+    right = _shift_half_even(p, np.maximum(shift, 0))
+    left_by = np.clip(-shift, 0, 62)
+    beyond = (left_by > 40) | (p > (_FAR >> np.minimum(left_by, 40)))
+    left = np.where(beyond, np.where(p > 0, _FAR, 0), p << np.minimum(left_by, 40))
+    magnitude = np.where(shift >= 0, right, left)
+    negative = (values < 0) ^ ((words >> 31) == 1)
+    return np.clip(np.where(negative, -magnitude, magnitude) + np.int64(zp), *(_I8 if dst_i8 else _I32))
+
+
 def _dma(machine, ctx, engine, instr):
     rows, row_bytes = instr["rows"], instr["row_bytes"]
     if instr.mnemonic == "dma.load":
@@ -527,6 +603,15 @@ def _ve_requant(machine, ctx, engine, instr):
     ctx.counters.ve_elements += rows * n
 
 
+def _ve_requantf(machine, ctx, engine, instr):
+    n, rows = instr["n"], engine.rows
+    x = machine._read_elems(ctx, instr["src1"], rows, n, False, engine.src1_stride)
+    scales = machine._read_elems(ctx, instr["src2"], rows, n, False, engine.src2_stride)
+    y = requantize_fp32(x, scales, instr["zp"], instr["dst_i8"])
+    machine._write_elems(ctx, instr["dst"], engine.dst_stride, y, instr["dst_i8"])
+    ctx.counters.ve_elements += rows * n
+
+
 def _ve_reduce(machine, ctx, engine, instr):
     n, rows = instr["n"], engine.rows
     x = machine._read_elems(ctx, instr["src"], rows, n, instr["src_i8"], engine.src1_stride)
@@ -541,7 +626,7 @@ _EXECUTE = {
     "ve.shape": _ve_shape,
     **{name: _ve_binary for name in _BINARY},
     "ve.relu": _ve_unary, "ve.copy": _ve_unary,
-    "ve.fill": _ve_fill, "ve.requant": _ve_requant,
+    "ve.fill": _ve_fill, "ve.requant": _ve_requant, "ve.requantf": _ve_requantf,
     "ve.redsum": _ve_reduce, "ve.redmax": _ve_reduce,
 }
 
@@ -557,5 +642,5 @@ def _check_coverage():
 
 _check_coverage()
 
-__all__ = ["Machine", "Context", "Counters", "Window", "Access", "TraceEvent", "requantize", "run_alone",
-           "wrap_i32"]
+__all__ = ["Machine", "Context", "Counters", "Window", "Access", "TraceEvent", "requantize", "requantize_fp32",
+           "run_alone", "wrap_i32"]

@@ -38,6 +38,15 @@ TOKEN_MAX_COUNT = 255
 """Token counters saturate at this value; a signal beyond it faults with ``TOKEN_OVERFLOW``."""
 
 
+SCALE_FRACTION_BITS = 23
+"""Stored fraction bits of the IEEE-754 binary32 scale words ``ve.requantf`` reads (bits [0:23)); the
+significand has one more, the hidden bit."""
+SCALE_EXPONENT_BITS = 8
+"""Exponent bits of a binary32 scale word (bits [23:31)); bit 31 is the sign."""
+SCALE_EXPONENT_BIAS = 127
+"""Exponent bias of binary32: a normal scale is ``(1 + fraction / 2**23) * 2**(exponent - 127)``."""
+
+
 class EngineClass(IntEnum):
     """Which unit executes an instruction."""
 
@@ -407,6 +416,21 @@ INSTRUCTIONS = (
         _flag("dst_i8", "Saturate to int8 (else to int32).", default=1),
     ), "dst = saturate(round_half_even(src*mult / 2^shift) + zp), computed exactly in 64 bits; "
        "the same rule as ONNX QuantizeLinear."),
+    _ve("ve.requantf", 0x3E, (
+        _sram("dst", "Destination scratchpad address."),
+        _sram("src1", "Accumulators (int32)."),
+        _sram("src2", "Scales: one IEEE-754 binary32 word per element (bit pattern of the fp32 scale)."),
+        _count("n", 16, "Elements per row."),
+        Field("zp", 8, "Output zero point added after rounding.", signed=True, default=0),
+        _flag("dst_i8", "Saturate to int8 (else to int32).", default=1),
+    ), "dst = saturate(round_half_even(fl32(fl32(src1) * src2)) + zp) with src2 the binary32 scale and fl32 "
+       "rounding to binary32: onnxruntime's requantization (QLinearConv, QLinearMatMul, QGemm) bit for bit, "
+       "computed in integers on magnitudes (the signs of src1 and src2 set the sign): a = |src1| rounded to 24 "
+       "significant bits, p = a·M rounded to 24 significant bits, q = p / 2^(150 - E) rounded to an integer, "
+       "every rounding half to even, where M is the 24-bit significand (hidden bit included) and E the biased "
+       "exponent of the scale. Every word is defined: E = 0 (zero, subnormal) gives zp; E = 255 (inf, NaN) "
+       "continues the rule (a scale of 2^128·(1 + fraction)), so a nonzero src1 saturates. int8 results "
+       "saturate to [-128, 127]; for uint8 outputs take zp - 128 and flip bit 7 of the result."),
     _ve("ve.redsum", 0x3C, _VE_REDUCE_FIELDS, "dst[r] = sum of the n elements of row r (int32 wrap-around)."),
     _ve("ve.redmax", 0x3D, _VE_REDUCE_FIELDS, "dst[r] = max of the n elements of row r."),
     # --- hypervisor (privileged) ---------------------------------------------------------------

@@ -6,22 +6,29 @@ int8 when ``dst_i8``, else wrapped (add/sub/mul) or saturated (requant) to int32
 golden model.
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from tcloud.isa.table import BY_MNEMONIC, EngineClass
+from tcloud.isa.table import BY_MNEMONIC, SCALE_EXPONENT_BIAS, SCALE_EXPONENT_BITS, SCALE_FRACTION_BITS, EngineClass
 
 from .decode import OPCODES
 
 _REQUANT = BY_MNEMONIC["ve.requant"]
 ELEMENTWISE_OPS = ("ve.add", "ve.sub", "ve.mul", "ve.max", "ve.min", "ve.relu", "ve.copy", "ve.fill",
-                   "ve.requant")
+                   "ve.requant", "ve.requantf")
 """VE instructions the ALU evaluates lane by lane (``ve.fill`` passes its value in ``x``; the
 reductions use ``ve.add``/``ve.max`` on partial results)."""
 
 _INT8 = (-128, 127)
 _INT32 = (-(1 << 31), (1 << 31) - 1)
+_ACC_BITS = 32
+_SIG_BITS = SCALE_FRACTION_BITS + 1
+"""Significant bits of a binary32 value: ``ve.requantf`` rounds to this many twice."""
+_LEFT_MAX = _ACC_BITS - _SIG_BITS
+"""Largest left shift of the rounded product that can still fit int32; beyond it the result saturates."""
+_RIGHT_MAX = _SIG_BITS + 1
+"""A right shift this large rounds any rounded product (<= 2**24) to 0, as every larger one does."""
 
 
 def _clamp(m, value, low, high, shape):
@@ -53,6 +60,77 @@ def requantize_lane(m, x, mult, shift, zp, dst_i8):
     return result
 
 
+def _round_top(m, value, keep, name):
+    """``value`` (unsigned) rounded half to even to its top ``keep`` bits; the result has one bit more
+    (the rounding may carry out)."""
+    drop = len(value) - keep
+    top = value[drop:]
+    out = Signal(keep + 1, name=name)
+    m.d.comb += out.eq(top + (value[drop - 1] & ((value[:drop - 1] != 0) | top[0])))
+    return out
+
+
+def requantize_fp32_operands(m, x, lane):
+    """First half of ``ve.requantf`` on one lane: ``|x|`` rounded to 24 significant bits.
+
+    Returns ``(significand, leading_zeros)``: ``|x| ~ significand * 2**(8 - leading_zeros)`` with the
+    significand in ``[2**23, 2**24]`` (0 when ``x`` is 0). The caller multiplies it by the scale's
+    significand (sharing the lane's multiplier) and finishes with :func:`requantize_fp32_result`.
+    """
+    magnitude = Signal(_ACC_BITS, name=f"rqf_mag{lane}")
+    m.d.comb += magnitude.eq(Mux(x < 0, (-x)[:_ACC_BITS], x.as_unsigned()))
+    normal, zeros = magnitude, []
+    step = 1 << (_ACC_BITS.bit_length() - 2)
+    while step:  # normalise: shift left until bit 31 is set, counting the zeros shifted past
+        is_zero = Signal(name=f"rqf_lz{step}_{lane}")
+        shifted = Signal(_ACC_BITS, name=f"rqf_norm{step}_{lane}")
+        m.d.comb += [is_zero.eq(normal[_ACC_BITS - step:] == 0),
+                     shifted.eq(Mux(is_zero, Cat(Const(0, step), normal[:_ACC_BITS - step]), normal))]
+        zeros.append(is_zero)
+        normal, step = shifted, step >> 1
+    leading_zeros = Signal(len(zeros), name=f"rqf_lz{lane}")
+    m.d.comb += leading_zeros.eq(Cat(*reversed(zeros)))
+    return _round_top(m, normal, _SIG_BITS, f"rqf_a{lane}"), leading_zeros
+
+
+def scale_significand(word):
+    """The significand (hidden bit set) of a binary32 scale word (exponent 0 needs none: its result is 0)."""
+    return Cat(word[:SCALE_FRACTION_BITS], Const(1, 1))
+
+
+def requantize_fp32_result(m, product, leading_zeros, word, x_negative, zp, dst_i8, lane):
+    """Second half of ``ve.requantf``: round ``product`` (significands, < 2**48) to 24 significant bits,
+    scale it by the word's exponent with rounding half to even, sign it, add ``zp``, saturate."""
+    p = product[:2 * _SIG_BITS]
+    top = p[-1]  # both significands are normal: the product has 47 or 48 bits
+    high = _round_top(m, p, _SIG_BITS, f"rqf_ph{lane}")
+    low = _round_top(m, p[:-1], _SIG_BITS, f"rqf_pl{lane}")
+    rounded = Signal(_SIG_BITS + 1, name=f"rqf_p{lane}")
+    m.d.comb += rounded.eq(Mux(top, high, low))
+    exponent = word[SCALE_FRACTION_BITS:SCALE_FRACTION_BITS + SCALE_EXPONENT_BITS]
+    # |x| * scale ~ rounded * 2**-right with right = bias + fraction bits + 1 - 32 + lz - top - exponent
+    right_value = SCALE_EXPONENT_BIAS + SCALE_FRACTION_BITS + 1 - _ACC_BITS + leading_zeros - top - exponent
+    right = Signal(right_value.shape(), name=f"rqf_right{lane}")
+    m.d.comb += right.eq(right_value)
+    amount = Signal(range(_LEFT_MAX + _RIGHT_MAX + 1), name=f"rqf_shift{lane}")
+    m.d.comb += amount.eq(Mux(right > _RIGHT_MAX, _LEFT_MAX + _RIGHT_MAX,
+                              Mux(right < -_LEFT_MAX, 0, (right + _LEFT_MAX)[:len(amount)])))
+    shifted = Signal(_SIG_BITS + 1 + _LEFT_MAX + _RIGHT_MAX, name=f"rqf_shifted{lane}")
+    m.d.comb += shifted.eq(Cat(Const(0, _LEFT_MAX + _RIGHT_MAX), rounded) >> amount)
+    whole = shifted[_RIGHT_MAX:]
+    guard, sticky = shifted[_RIGHT_MAX - 1], shifted[:_RIGHT_MAX - 1] != 0
+    far = 1 << (_ACC_BITS + 1)  # saturates like any larger magnitude, whatever zp
+    magnitude = Signal(range(far + 1), name=f"rqf_q{lane}")
+    m.d.comb += magnitude.eq(Mux((right < -_LEFT_MAX) & (rounded != 0), far,
+                                 whole + (guard & (sticky | whole[0]))))
+    value = Signal(signed(len(magnitude) + 2), name=f"rqf_value{lane}")
+    m.d.comb += value.eq(Mux(x_negative ^ word[-1], -magnitude, magnitude) + zp)
+    result = Signal(signed(_ACC_BITS), name=f"rqf_result{lane}")
+    m.d.comb += result.eq(Mux(dst_i8, _clamp(m, value, *_INT8, value.shape()),
+                              _clamp(m, value, *_INT32, value.shape())))
+    return result
+
+
 class VectorALU(wiring.Component):
     """``lanes`` int32 lanes evaluating one VE opcode.
 
@@ -67,8 +145,10 @@ class VectorALU(wiring.Component):
         ISA opcode of the instruction (one of :data:`ELEMENTWISE_OPS`).
     x, y : In(lanes × signed(32))
         Operands (``src1``/``src``, ``src2``); ``ve.fill`` takes its value in ``x``.
-    mult, shift, zp : In
+    mult, shift : In
         ``ve.requant`` parameters.
+    zp : In
+        Zero point of ``ve.requant`` and ``ve.requantf`` (which takes its scale words in ``y``).
     dst_i8 : In(1)
         Saturate results to int8.
     result : Out(lanes × signed(32))
@@ -92,8 +172,16 @@ class VectorALU(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        is_requantf = self.opcode == OPCODES["ve.requantf"]
         for lane in range(self.lanes):
             x, y = self.x[lane], self.y[lane]
+            # one multiplier per lane: ve.mul's x*y, or ve.requantf's product of significands
+            significand, leading_zeros = requantize_fp32_operands(m, x, lane)
+            factor_x, factor_y = Signal(signed(32), name=f"mul_x{lane}"), Signal(signed(32), name=f"mul_y{lane}")
+            product = Signal(signed(64), name=f"product{lane}")
+            m.d.comb += [factor_x.eq(Mux(is_requantf, significand, x)),
+                         factor_y.eq(Mux(is_requantf, scale_significand(y), y)),
+                         product.eq(factor_x * factor_y)]
             wide = Signal(signed(64), name=f"wide{lane}")
             with m.Switch(self.opcode):
                 with m.Case(OPCODES["ve.add"]):
@@ -101,7 +189,7 @@ class VectorALU(wiring.Component):
                 with m.Case(OPCODES["ve.sub"]):
                     m.d.comb += wide.eq(x - y)
                 with m.Case(OPCODES["ve.mul"]):
-                    m.d.comb += wide.eq(x * y)
+                    m.d.comb += wide.eq(product)
                 with m.Case(OPCODES["ve.max"]):
                     m.d.comb += wide.eq(Mux(x > y, x, y))
                 with m.Case(OPCODES["ve.min"]):
@@ -115,7 +203,10 @@ class VectorALU(wiring.Component):
             saturated = _clamp(m, wide, *_INT8, signed(64))
             elementwise = Mux(self.dst_i8, saturated, wide[:32].as_signed())
             requant = requantize_lane(m, x, self.mult, self.shift, self.zp, self.dst_i8)
-            m.d.comb += self.result[lane].eq(Mux(self.opcode == OPCODES["ve.requant"], requant, elementwise))
+            requantf = requantize_fp32_result(m, product.as_unsigned(), leading_zeros, y, x < 0, self.zp, self.dst_i8,
+                                              lane)
+            m.d.comb += self.result[lane].eq(Mux(self.opcode == OPCODES["ve.requant"], requant,
+                                                 Mux(is_requantf, requantf, elementwise)))
         return m
 
 

@@ -74,7 +74,7 @@ class VectorEngine(Engine):
         line = self.sram.rdata.as_value()
         m.d.comb += [alu.opcode.eq(op), alu.x.eq(x), alu.y.eq(y), alu.dst_i8.eq(dst_i8),
                      alu.mult.eq(instr.ve_requant.mult), alu.shift.eq(instr.ve_requant.shift),
-                     alu.zp.eq(instr.ve_requant.zp)]
+                     alu.zp.eq(Mux(op == OPCODES["ve.requantf"], instr.ve_requantf.zp, instr.ve_requant.zp))]
 
         def region(addr, is_i8, stride, count):
             return region_end(addr, rows, stride, _row_words(count, is_i8))
@@ -114,6 +114,14 @@ class VectorEngine(Engine):
                     ok = (self.sram_fits(region(v.src, 0, src1_stride, v.n))
                           & self.sram_fits(region(v.dst, v.dst_i8, dst_stride, v.n)))
                     self._start_or_fault(m, ok, "VE_READ1")
+                with m.Case(OPCODES["ve.requantf"]):
+                    v = instr.ve_requantf
+                    m.d.sync += [dst.eq(v.dst), src1.eq(v.src1), src2.eq(v.src2), n.eq(v.n), src1_i8.eq(0),
+                                 src2_i8.eq(0), dst_i8.eq(v.dst_i8)]
+                    ok = (self.sram_fits(region(v.src1, 0, src1_stride, v.n))
+                          & self.sram_fits(region(v.src2, 0, src2_stride, v.n))
+                          & self.sram_fits(region(v.dst, v.dst_i8, dst_stride, v.n)))
+                    self._start_or_fault(m, ok, "VE_READ1")
                 with m.Case(*(OPCODES[name] for name in _REDUCE)):
                     v = instr.ve_redsum
                     m.d.sync += [dst.eq(v.dst), src1.eq(v.src), n.eq(v.n), src1_i8.eq(v.src_i8),
@@ -123,8 +131,8 @@ class VectorEngine(Engine):
                     self._start_or_fault(m, ok, "VE_READ1")
 
         is_reduce = (op == OPCODES["ve.redsum"]) | (op == OPCODES["ve.redmax"])
-        is_binary = op == OPCODES[_BINARY[0]]
-        for name in _BINARY[1:]:
+        is_binary = op == OPCODES["ve.requantf"]  # two sources: accumulators and scale words
+        for name in _BINARY:
             is_binary = is_binary | (op == OPCODES[name])
 
         def chunk_addr(base, stride, is_i8):

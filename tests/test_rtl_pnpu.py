@@ -10,7 +10,7 @@ from amaranth.sim import Simulator
 
 from tcloud.firmware import Requant, gemm
 from tcloud.isa import (ConfigError, ConfigMismatchError, ContextStatus, EngineClass, FaultCode, HostCommandError,
-                        Instr, encode_stream, get_config)
+                        Instr, assemble, encode_stream, get_config)
 from tcloud.isa import csr
 from tcloud.rtl import decode
 from tcloud.rtl.decode import OPCODES
@@ -304,6 +304,60 @@ def test_amaranth_and_verilator_agree_on_results_and_cycles(hbm_gbps):
     finally:
         amaranth.close()
         verilator.close()
+
+
+REQUANTF_PROGRAM = """
+.config tiny
+.footprint hbm=0x800 sram=0x400
+.entry 0x600
+.input A i32 3x18 offset=0x0
+.input S i32 18 offset=0x100
+.output Y i8 3x18 offset=0x200 stride=20
+.output Z i32 3x18 offset=0x300 stride=72
+utop cls=dma signal=t0
+  dma.load sram=0x0 hbm=0x0 rows=1 row_bytes=216
+  dma.load sram=0x100 hbm=0x100 rows=1 row_bytes=72
+utop cls=ve signal=t1 wait0=t0 count0=1
+  ve.shape rows=3 dst_stride=20 src1_stride=72 src2_stride=0
+  ve.requantf dst=0x200 src1=0x0 src2=0x100 n=18 zp=-5
+  ve.shape rows=3 dst_stride=72 src1_stride=72 src2_stride=0
+  ve.requantf dst=0x300 src1=0x0 src2=0x100 n=18 zp=7 dst_i8=0
+utop cls=dma wait0=t1 count0=1
+  dma.store sram=0x200 hbm=0x200 rows=1 row_bytes=60
+  dma.store sram=0x300 hbm=0x300 rows=1 row_bytes=216
+halt
+"""
+"""ve.requantf with a per-column scale row broadcast over three rows (src2_stride=0), to int8 and int32."""
+
+
+def requantf_inputs():
+    """Accumulators and scales at the corners of ve.requantf: binary32 ties, |acc| >= 2**24, extremes,
+    typical, huge, negative, zero, subnormal, infinite and NaN scales."""
+    rng = np.random.default_rng(17)
+    scales = np.array([0.5, 0.25, 1.5, 2.0 ** -20, 3.1e-3, 7.7e-5, 0.0, -0.0, 1e-45, 1.1754942e-38, np.inf, np.nan,
+                       -0.0123, 2.0 ** 23, 5.5e4, 3.4028235e38, 1.0, 0.047], np.float32)
+    acc = rng.integers(-(1 << 31), 1 << 31, (3, 18))
+    acc[0] = rng.integers(-300, 300, 18) * 2 + 1  # odd: x.5 ties at scale 0.5
+    acc[1, :6] = [-(1 << 31), (1 << 31) - 1, (1 << 24) + 1, -(1 << 24) - 3, 0, -1]
+    return {"A": acc.astype(np.int32), "S": scales.view(np.int32)}
+
+
+def test_requantf_matches_the_golden_model_with_equal_cycles_on_both_backends():
+    image = assemble(REQUANTF_PROGRAM)
+    inputs = requantf_inputs()
+    expected, expected_info = golden_run(image, inputs)
+    cycles = []
+    for backend in sorted(RTL_BACKENDS):
+        device = RTL_BACKENDS[backend]("tiny")
+        try:
+            outputs, info = run_image(device, image, inputs)
+            cycles.append(device.cycles)
+        finally:
+            device.close()
+        for name in ("Y", "Z"):
+            assert np.array_equal(outputs[name], expected[name]), (backend, name)
+        assert info.counters == expected_info.counters, backend
+    assert cycles[0] == cycles[1]
 
 
 def test_verilator_runs_a_gemm_on_the_small_config():

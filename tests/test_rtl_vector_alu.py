@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from tcloud.isa.golden import requantize, wrap_i32
+from tcloud.isa.golden import requantize, requantize_fp32, wrap_i32
 from tcloud.rtl.decode import OPCODES
 from tcloud.rtl.vector_alu import ELEMENTWISE_OPS, VectorALU
 
@@ -16,6 +16,8 @@ def golden(op, x, y, mult, shift, zp, dst_i8):
     x, y = np.asarray(x, np.int64), np.asarray(y, np.int64)
     if op == "ve.requant":
         return requantize(x, mult, shift, zp, dst_i8)
+    if op == "ve.requantf":
+        return requantize_fp32(x, y, zp, dst_i8)
     value = {"ve.add": x + y, "ve.sub": x - y, "ve.mul": x * y, "ve.max": np.maximum(x, y),
              "ve.min": np.minimum(x, y), "ve.relu": np.maximum(x, 0), "ve.copy": x, "ve.fill": x}[op]
     return np.clip(value, -128, 127) if dst_i8 else wrap_i32(value)
@@ -82,3 +84,47 @@ def test_requant_rounding_ties_and_saturation():
                        ("ve.requant", big, big, (1 << 31) - 1, 63, 0, 0)])
     assert got[0] == [I32[1], I32[0], I32[1], I32[0], (1 << 31) - 1, -(1 << 31) + 1, 0, 0]
     assert got[1] == golden("ve.requant", big, big, (1 << 31) - 1, 63, 0, 0).tolist()
+
+
+def scale_words(scales):
+    """Bit patterns of binary32 scales, as the signed int32 the ALU's y lanes hold."""
+    return np.asarray(scales, np.float32).view(np.int32).astype(np.int64)
+
+
+def requantf_cases(seed):
+    """Accumulators and scale words that reach every rounding step of ve.requantf: exact ties at the
+    final rounding, |acc| >= 2**24 (rounded on conversion), products that round twice, extremes,
+    tiny, huge, negative, zero, subnormal, infinite and NaN scales."""
+    rng = np.random.default_rng(seed)
+    specials = np.array([0.0, -0.0, 1e-45, 1.1754942e-38, np.inf, -np.inf, np.nan, 2.0 ** 30], np.float32)
+    cases = []
+    for i in range(48):
+        kind = i % 6
+        if kind == 0:  # ties: half-integers from small accumulators
+            x = rng.integers(-64, 64, LANES) * 2 + 1
+            scales = np.full(LANES, np.float32(0.5) * rng.choice([1, 3, 5]))
+        elif kind == 1:  # beyond 2**24: the int32 -> binary32 conversion rounds
+            x = rng.integers(1 << 24, 1 << 31, LANES) * rng.choice([-1, 1], LANES)
+            scales = np.exp2(rng.uniform(-31, -22, LANES)).astype(np.float32)
+        elif kind == 2:  # typical requantization scales, any accumulator
+            x = rng.integers(*I32, LANES, endpoint=True)
+            scales = np.exp(rng.uniform(-25, -2, LANES)).astype(np.float32)
+        elif kind == 3:  # small accumulators, scales near 1 and above: int32 results
+            x = rng.integers(-5000, 5000, LANES)
+            scales = np.exp(rng.uniform(-3, 20, LANES)).astype(np.float32) * rng.choice([-1, 1], LANES)
+        elif kind == 4:  # extremes and special scales
+            x = np.array([I32[0], I32[1], -1, 0, 1, (1 << 24) + 1, -(1 << 24) - 3, 3 << 23])
+            scales = rng.permutation(specials)
+        else:  # random words: every exponent, sign and fraction
+            x = rng.integers(*I32, LANES, endpoint=True)
+            words = rng.integers(*I32, LANES, endpoint=True)
+            cases.append(("ve.requantf", x, words, 0, 0, int(rng.integers(-128, 128)), i % 2))
+            continue
+        cases.append(("ve.requantf", x, scale_words(scales), 0, 0, int(rng.integers(-128, 128)), i % 2))
+    return cases
+
+
+def test_requantf_matches_golden_on_targeted_values():
+    cases = requantf_cases(seed=5)
+    for case, got in zip(cases, run_vectors(cases)):
+        assert got == golden(*case).tolist(), case

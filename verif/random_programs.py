@@ -132,11 +132,14 @@ class _Gen:
 
     def ve_instruction(self):
         lanes = self.cfg.ve_lanes
-        op = self.pick(_BINARY + ("ve.relu", "ve.copy", "ve.fill", "ve.requant", "ve.redsum", "ve.redmax"))
+        op = self.pick(_BINARY + ("ve.relu", "ve.copy", "ve.fill", "ve.requant", "ve.requantf", "ve.redsum",
+                                  "ve.redmax"))
         n = self.int(1, min(3 * lanes, SLOT_BYTES // 4))
         src1_i8, src2_i8, dst_i8 = (bool(self.int(0, 1)) for _ in range(3))
-        if op == "ve.requant":
+        if op in ("ve.requant", "ve.requantf"):
             src1_i8 = False
+        if op == "ve.requantf":
+            src2_i8 = False
         reduce = op in ("ve.redsum", "ve.redmax")
         src1_bytes = n * (1 if src1_i8 else 4)
         src2_bytes = n * (1 if src2_i8 else 4)
@@ -146,11 +149,19 @@ class _Gen:
             strides[2] = 0
         rows = self.rows_fitting([(dst_bytes, strides[0]), (src1_bytes, strides[1]), (src2_bytes, strides[2])])
         dst, src1, src2 = self.slots(3)
-        in_place = op in ("ve.relu", "ve.copy", "ve.requant") + _BINARY and self.int(0, 3) == 0
+        in_place = op in ("ve.relu", "ve.copy", "ve.requant", "ve.requantf") + _BINARY and self.int(0, 3) == 0
         if in_place and dst_bytes == src1_bytes and strides[0] == strides[1]:
             dst = src1
         shape = Instr("ve.shape", rows=rows, dst_stride=strides[0], src1_stride=strides[1], src2_stride=strides[2])
-        reads = {src1, src2} if op in _BINARY else set() if op == "ve.fill" else {src1}
+        reads = {src1, src2} if op in _BINARY + ("ve.requantf",) else set() if op == "ve.fill" else {src1}
+        writes = {dst}
+        prologue = []
+        if op == "ve.requantf" and self.int(0, 1):
+            # the input's random words are mostly scales far out of range: fill src2 with one in range
+            prologue = [Instr("ve.shape", rows=1),
+                        Instr("ve.fill", dst=src2, n=((rows - 1) * strides[2] + src2_bytes) // 4,
+                              value=self.scale_word(), dst_i8=0)]
+            writes.add(src2)
         if op in _BINARY:
             body = Instr(op, dst=dst, src1=src1, src2=src2, n=n, src1_i8=int(src1_i8), src2_i8=int(src2_i8),
                          dst_i8=int(dst_i8))
@@ -163,9 +174,19 @@ class _Gen:
             body = Instr(op, dst=dst, src=src1, n=n, mult=1 if tie else self.int(0, (1 << 31) - 1),
                          shift=self.int(1, 3) if tie else self.int(0, 63), zp=self.int(-128, 127),
                          dst_i8=int(dst_i8))
+        elif op == "ve.requantf":
+            body = Instr(op, dst=dst, src1=src1, src2=src2, n=n, zp=self.int(-128, 127), dst_i8=int(dst_i8))
         else:
             body = Instr(op, dst=dst, src=src1, n=n, src_i8=int(src1_i8))
-        return [shape, body], {_sram(s) for s in reads}, {_sram(dst)}
+        return prologue + [shape, body], {_sram(s) for s in reads}, {_sram(s) for s in writes}
+
+    def scale_word(self):
+        """A binary32 scale word as an int32: a typical requantization scale, or one that makes ties."""
+        if self.int(0, 2) == 0:
+            scale = np.float32(0.5 ** self.int(1, 4) * self.pick((1, 3, 5, 7)))
+        else:
+            scale = np.float32(np.exp2(self.rng.uniform(-24, 4)))
+        return int(np.float32(scale * self.pick((1, -1))).view(np.int32))
 
     def ve_utop(self):
         body, reads, writes = [], set(), set()

@@ -218,7 +218,8 @@ ALLOWED = (
             "lower_bits.eq((Const(1, 64) << below)[:64] - 1)"),
     *_allow("rtl/vector_alu.py", "Both arms are clamped to the int8 or int32 range (_clamp) before the "
             "32-bit result.", "result.eq(Mux(dst_i8, _clamp(m, shifted, *_INT8, signed(66)),",
-            "self.result[lane].eq(Mux(self.opcode == OPCODES[\"ve.requant\"], requant, elementwise))"),
+            "result.eq(Mux(dst_i8, _clamp(m, value, *_INT8, value.shape()),",
+            "self.result[lane].eq(Mux(self.opcode == OPCODES[\"ve.requant\"], requant,"),
     *_allow("rtl/vector_engine.py", "elem < n inside the row, so 0 <= n - elem and the Mux keeps it <= lanes.",
             "count.eq(Mux(n - elem < lanes, n - elem, lanes))"),
     *_allow("rtl/vector_engine.py", _SRAM_WINDOW, "self.sram.addr.eq(chunk_addr(src1, src1_stride, src1_i8))",
