@@ -28,7 +28,7 @@ def depthwise_footprint(channels, kernel, stride, out_width, rows):
     in_rows = (rows - 1) * stride[0] + kernel[0]
     in_width = (out_width - 1) * stride[1] + kernel[1]
     per_slot = in_rows * in_width * channels + 2 * out_width * 4 * channels + rows * out_width * channels
-    return (kernel[0] * kernel[1] + 1) * 4 * channels + 2 * per_slot
+    return (kernel[0] * kernel[1] + 2) * 4 * channels + 2 * per_slot
 
 
 def emit_depthwise(prog, source, dest, weights, bias, kernel, stride, pads, requant, sram_bytes, relu=False):
@@ -47,7 +47,8 @@ def emit_depthwise(prog, source, dest, weights, bias, kernel, stride, pads, requ
     kernel, stride : tuple of int
     pads : tuple of int
         ``(top, left, bottom, right)``.
-    requant : Requant
+    requant : ScaleRow
+        One binary32 scale per channel (``ve.requantf``) and the output zero point.
     sram_bytes : int
     relu : bool
 
@@ -79,13 +80,15 @@ def emit_depthwise(prog, source, dest, weights, bias, kernel, stride, pads, requ
     in_bytes = ((rows - 1) * sy + kh) * in_width * cp
     acc_bytes, out_bytes = ow * 4 * cp, rows * ow * cp
     w_buf, bias_buf = 0, taps * 4 * cp
-    base = bias_buf + 4 * cp
+    scale_buf = bias_buf + 4 * cp
+    base = scale_buf + 4 * cp
     slot_bytes = in_bytes + 2 * acc_bytes + out_bytes
     slots = []
     for slot in (0, 1):
         start = base + slot * slot_bytes
         slots.append((start, start + in_bytes, start + in_bytes + acc_bytes, start + in_bytes + 2 * acc_bytes))
-    params = prog.utop(EngineClass.DMA, weights.load(w_buf, 4 * cp, 0, taps, 0, cp) + bias.load(bias_buf, 0, 0, 1, 0, cp))
+    params = prog.utop(EngineClass.DMA, weights.load(w_buf, 4 * cp, 0, taps, 0, cp) + bias.load(bias_buf, 0, 0, 1, 0, cp)
+                       + requant.scales.load(scale_buf, 0, 0, 1, 0, cp))
     ves, stores = [], []
     blocks = [(b, oy0) for b in range(source.batch) for oy0 in range(0, oh, rows)]
     for index, (b, oy0) in enumerate(blocks):
@@ -111,9 +114,9 @@ def emit_depthwise(prog, source, dest, weights, bias, kernel, stride, pads, requ
                      Instr("ve.add", dst=acc, src1=acc, src2=bias_buf, n=cp)]
             if relu:
                 body.append(Instr("ve.relu", dst=acc, src=acc, n=cp))
-            body += [Instr("ve.shape", rows=ow, dst_stride=cp, src1_stride=4 * cp),
-                     Instr("ve.requant", dst=out_buf + r * ow * cp, src=acc, n=cp, mult=requant.multiplier,
-                           shift=requant.shift, zp=requant.zero_point)]
+            body += [Instr("ve.shape", rows=ow, dst_stride=cp, src1_stride=4 * cp, src2_stride=0),
+                     Instr("ve.requantf", dst=out_buf + r * ow * cp, src1=acc, src2=scale_buf, n=cp,
+                           zp=requant.zero_point)]
         ves.append(prog.utop(EngineClass.VE, body, [params, load] + ([stores[index - 2]] if index >= 2 else [])))
         stores.append(prog.utop(EngineClass.DMA, dest.store(out_buf, cp, (b * oh + oy0) * ow, block_rows * ow, 0, cp),
                                 [ves[-1]]))

@@ -123,9 +123,9 @@ def gemm_model(rng, k, n, trans_b):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def check_against_onnxruntime(model, shape, fmt, rng, batch=2):
+def check_against_onnxruntime(model, shape, fmt, rng, batch=2, per_channel=False):
     samples = [{"x": rng.standard_normal((1, *shape)).astype(np.float32)} for _ in range(4)]
-    quantized = quantize(model, fmt, samples)
+    quantized = quantize(model, fmt, samples, per_channel=per_channel)
     x = rng.standard_normal((batch, *shape)).astype(np.float32) * 1.5
     ref = next(iter(onnxruntime_outputs(quantized, {"x": x}).values()))
     out = next(iter(compile(quantized, "small", batch=batch).run({"x": x}).values()))
@@ -136,29 +136,30 @@ def check_against_onnxruntime(model, shape, fmt, rng, batch=2):
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), c=st.integers(1, 6), o=st.integers(1, 12), h=st.integers(3, 8),
        w=st.integers(3, 8), kernel=st.sampled_from([1, 3]), stride=st.integers(1, 2), pad=st.integers(0, 1),
-       relu=st.booleans(), fmt=st.sampled_from(["qdq", "qop"]))
-def test_conv_equals_onnxruntime(seed, c, o, h, w, kernel, stride, pad, relu, fmt):
+       relu=st.booleans(), fmt=st.sampled_from(["qdq", "qop"]), per_channel=st.booleans())
+def test_conv_equals_onnxruntime(seed, c, o, h, w, kernel, stride, pad, relu, fmt, per_channel):
     rng = np.random.default_rng(seed)
     pads = (pad, pad, pad, pad) if kernel > 1 else (0, 0, 0, 0)
-    check_against_onnxruntime(conv_model(rng, 2, c, h, w, o, kernel, stride, pads, relu), (c, h, w), fmt, rng)
+    check_against_onnxruntime(conv_model(rng, 2, c, h, w, o, kernel, stride, pads, relu), (c, h, w), fmt, rng,
+                              per_channel=per_channel)
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), c=st.integers(2, 20), h=st.integers(3, 9), kernel=st.sampled_from([3, 5]),
-       stride=st.integers(1, 2), relu=st.booleans(), fmt=st.sampled_from(["qdq", "qop"]))
-def test_depthwise_conv_equals_onnxruntime(seed, c, h, kernel, stride, relu, fmt):
+       stride=st.integers(1, 2), relu=st.booleans(), fmt=st.sampled_from(["qdq", "qop"]), per_channel=st.booleans())
+def test_depthwise_conv_equals_onnxruntime(seed, c, h, kernel, stride, relu, fmt, per_channel):
     rng = np.random.default_rng(seed)
     pads = (kernel // 2,) * 4
     check_against_onnxruntime(conv_model(rng, 2, c, h, h, c, kernel, stride, pads, relu, group=c), (c, h, h), fmt,
-                              rng)
+                              rng, per_channel=per_channel)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 70), n=st.integers(1, 40), trans_b=st.booleans(),
-       fmt=st.sampled_from(["qdq", "qop"]), batch=st.integers(1, 5))
-def test_gemm_equals_onnxruntime(seed, k, n, trans_b, fmt, batch):
+       fmt=st.sampled_from(["qdq", "qop"]), batch=st.integers(1, 5), per_channel=st.booleans())
+def test_gemm_equals_onnxruntime(seed, k, n, trans_b, fmt, batch, per_channel):
     rng = np.random.default_rng(seed)
-    check_against_onnxruntime(gemm_model(rng, k, n, trans_b), (k,), fmt, rng, batch)
+    check_against_onnxruntime(gemm_model(rng, k, n, trans_b), (k,), fmt, rng, batch, per_channel)
 
 
 def pooling_model(rng, c, o, h, pool_pads, pool_stride):

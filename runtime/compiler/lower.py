@@ -29,7 +29,7 @@ from tcloud.firmware import FirmwareError, ProgramBuilder
 from tcloud.firmware.conv import NHWC, Im2col, padded_channels
 from tcloud.firmware.depthwise import emit_depthwise
 from tcloud.firmware.pool import emit_maxpool
-from tcloud.firmware.gemm import DenseMatrix, Requant, emit_gemm, plan_gemm
+from tcloud.firmware.gemm import DenseMatrix, ScaleRow, emit_gemm, plan_gemm, requantf_scale_words
 from tcloud.isa import ProgramImage, Segment, Symbol, get_config
 from tcloud.isa.table import INSTRUCTION_BYTES, WORD_BYTES
 
@@ -260,14 +260,22 @@ def _node_constants(node, graph, layouts):
         return _depthwise_constants(node, graph, layouts)
     if isinstance(node, Linear):
         b, bias = _weight_matrix(node, graph, layouts)
-        return {"b": b, "bias": bias}
+        return {"b": b, "bias": bias, "scales": _scale_words(node.scale, b.shape[1])}
     if isinstance(node, GlobalAveragePool):
         _, height, width, channels = layouts[node.inputs[0]].shape
         pixels = height * width
         zero = graph.tensors[node.inputs[0]].device_zero_point
         return {"ones": np.ones((1, _up(pixels, WORD_BYTES)), np.int8),
-                "bias": np.full(channels, -zero * pixels, np.int32)}
+                "bias": np.full(channels, -zero * pixels, np.int32),
+                "scales": _scale_words(np.full(channels, node.scale, np.float32), channels)}
     return None
+
+
+def _scale_words(scale, columns):
+    """The ``ve.requantf`` scale row for ``columns`` outputs (padding columns get scale 0: the zero point)."""
+    row = np.zeros(columns, np.float32)
+    row[:len(scale)] = scale
+    return requantf_scale_words(row)
 
 
 def _constants(graph, layouts, cfg):
@@ -329,8 +337,9 @@ def _emit_linear(prog, cfg, node, graph, layouts, constants, budget, max_utop_co
         a = DenseMatrix(x.hbm, x.shape[1])
         c = DenseMatrix(y.hbm, y.shape[1])
         m = x.shape[0]
-    requant = _requant(node, graph.tensors[node.output], node.scale)
-    plan = plan_gemm(cfg, m, k, n, bias=True, requant=True, max_utop_cost=max_utop_cost, sram_bytes=budget)
+    requant = _scale_row(graph.tensors[node.output], constants)
+    plan = plan_gemm(cfg, m, k, n, bias=True, requant=True, scales=True, max_utop_cost=max_utop_cost,
+                     sram_bytes=budget)
     emit_gemm(prog, cfg, plan, a, DenseMatrix(b_offset, n), c, bias=DenseMatrix(bias_offset, 0, 4), relu=node.relu,
               requant=requant)
     macs = m * int(np.prod(node.weight.shape))  # per output row: O·C·KH·KW (convolution) or K·N
@@ -347,14 +356,15 @@ def _depthwise_constants(node, graph, layouts):
     rows[:, :channels] = w.T
     bias = np.zeros(cp, np.int64)
     bias[:channels] = node.bias.astype(np.int64) - graph.tensors[node.inputs[0]].device_zero_point * w.sum(axis=1)
-    return {"weights": rows, "bias": ((bias + (1 << 31)) % (1 << 32) - (1 << 31)).astype(np.int32)}
+    return {"weights": rows, "bias": ((bias + (1 << 31)) % (1 << 32) - (1 << 31)).astype(np.int32),
+            "scales": _scale_words(node.scale, cp)}
 
 
 def _emit_depthwise(prog, cfg, node, graph, layouts, constants, budget, max_utop_cost):
     x, y = layouts[node.inputs[0]], layouts[node.output]
     w_offset, weights = constants["weights"]
     bias_offset, _ = constants["bias"]
-    requant = _requant(node, graph.tensors[node.output], node.scale)
+    requant = _scale_row(graph.tensors[node.output], constants)
     used = emit_depthwise(prog, x.nhwc, y.nhwc, DenseMatrix(w_offset, weights.shape[1] * 4, 4),
                           DenseMatrix(bias_offset, 0, 4), node.kernel, node.stride, node.pads, requant, budget,
                           relu=node.relu)
@@ -378,8 +388,8 @@ def _emit_global_average(prog, cfg, node, graph, layouts, constants, budget, max
     ones_offset, ones = constants["ones"]
     bias_offset, _ = constants["bias"]
     pixels = height * width
-    requant = _requant(node, graph.tensors[node.output], np.array([node.scale], np.float32))
-    plan = plan_gemm(cfg, 1, pixels, channels, bias=True, requant=True, max_utop_cost=max_utop_cost,
+    requant = _scale_row(graph.tensors[node.output], constants)
+    plan = plan_gemm(cfg, 1, pixels, channels, bias=True, requant=True, scales=True, max_utop_cost=max_utop_cost,
                      sram_bytes=budget)
     for b in range(batch):
         emit_gemm(prog, cfg, plan, DenseMatrix(ones_offset, ones.shape[1]),
@@ -389,12 +399,10 @@ def _emit_global_average(prog, cfg, node, graph, layouts, constants, budget, max
                        macs=batch * pixels * channels, ve_elements=batch * channels * 2, sram_bytes=plan.sram_bytes)
 
 
-def _requant(node, y, scale):
-    """The epilogue's requantization of ``node`` into ``y`` by ``scale`` (one float32 per column)."""
-    scales = np.unique(scale)
-    if scales.size != 1:
-        raise node_error(node, "per-channel weight scales are not supported yet")
-    return Requant.from_scale(float(scales[0]), y.device_zero_point)
+def _scale_row(y, constants):
+    """The epilogue's requantization into ``y``: the operator's binary32 scale row (``ve.requantf``)."""
+    offset, _ = constants["scales"]
+    return ScaleRow(DenseMatrix(offset, 0, 4), y.device_zero_point)
 
 
 def _segments(graph, layouts, constants):
