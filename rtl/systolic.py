@@ -109,8 +109,12 @@ class SystolicArray(wiring.Component):
             for c in range(cols):
                 word = Mux(bank_of(r + c), weights[r][1], weights[r][0])
                 weight = word[8 * c:8 * c + 8].as_signed()
+                # The factors sign-extended to ACC_BITS, and the product taken modulo 2 ** ACC_BITS: the
+                # same sum as above[c] + operand * weight, in the word width a simulator computes in.
+                factors = [Signal(signed(ACC_BITS), name=f"{kind}_{r}_{c}") for kind in ("a", "w")]
+                m.d.comb += [factors[0].eq(operand(r, c)), factors[1].eq(weight)]
                 psum = Signal(signed(ACC_BITS), name=f"psum_{r}_{c}", reset_less=True)
-                m.d.sync += psum.eq(above[c] + operand(r, c) * weight)
+                m.d.sync += psum.eq(above[c] + (factors[0] * factors[1])[:ACC_BITS].as_signed())
                 above[c] = psum
 
         # De-skew: column c finishes c cycles after column 0; delay it by cols-1-c.

@@ -148,6 +148,57 @@ def to_verilog(component, name):
     return verilog.convert(component, name=name, ports=ports)
 
 
+_NAME = r"(?:\\\S+ |[A-Za-z_][\w$]*)"
+_LANE_WRITE = (r"    if \((?P<en>" + _NAME + r")\[(?P<lane>\d+)\]\)\n"
+               r"      (?P<mem>" + _NAME + r")\[(?P<addr>[^\n]*?)\]\[(?P<hi>\d+):(?P<lo>\d+)\] <= "
+               r"(?P<data>" + _NAME + r")\[(?P<data_hi>\d+):(?P<data_lo>\d+)\];\n")
+_LANE_WRITES = re.compile(r"  always @\(posedge (?P<clk>" + _NAME + r")\) begin\n"
+                          r"(?P<body>(?:" + _LANE_WRITE + r")+)  end\n")
+
+
+def merge_lane_writes(verilog_text):
+    """Rewrite each memory write port with lane (byte) enables as one masked write of the whole word.
+
+    Yosys writes such a port as one non-blocking assignment per lane
+    (``if (en[i]) mem[addr][8i+7:8i] <= data[8i+7:8i];``), and Verilator gives each its own
+    delayed-assignment state (flag, value, address), cleared, set and committed every cycle: for
+    the scratchpad, 16 banks × 32 lanes per cycle. The rewrite
+    ``if (|en) mem[addr] <= (mem[addr] & ~mask) | (data & mask)``, ``mask`` the enables widened to
+    their lanes, is the same Verilog: the right-hand side reads the word before this clock edge's
+    writes, so the lanes not enabled keep their bits, as they do with per-lane writes. The design
+    (an SRAM with lane write enables) is unchanged; only the Verilator model uses this text
+    (``tcloud verilog`` writes Yosys's own).
+
+    Only blocks that are exactly one port's lanes ``0 .. n-1`` in order, each lane the same width
+    and writing the same bits of ``data``, are rewritten; anything else is left as it is.
+
+    Returns
+    -------
+    str, int
+        The text and how many write ports were rewritten.
+    """
+    merged = 0
+
+    def rewrite(block):
+        nonlocal merged
+        lanes = list(re.finditer(_LANE_WRITE, block["body"]))
+        first = lanes[0]
+        width = int(first["hi"]) - int(first["lo"]) + 1
+        one_port = all((m["en"], m["mem"], m["addr"], m["data"]) == (first["en"], first["mem"], first["addr"],
+                                                                       first["data"]) for m in lanes)
+        in_order = all((int(m["lane"]), int(m["lo"]), int(m["hi"]), m["data_lo"], m["data_hi"])
+                       == (i, i * width, i * width + width - 1, m["lo"], m["hi"]) for i, m in enumerate(lanes))
+        if len(lanes) < 2 or not one_port or not in_order:
+            return block[0]
+        merged += 1
+        en, word = first["en"], f"{first['mem']}[{first['addr']}]"
+        mask = "{" + ", ".join(f"{{{width}{{{en}[{i}]}}}}" for i in reversed(range(len(lanes)))) + "}"
+        return (f"  always @(posedge {block['clk']}) begin\n    if (|{en})\n"
+                f"      {word} <= ({word} & ~{mask}) | ({first['data']} & {mask});\n  end\n")
+
+    return _LANE_WRITES.sub(rewrite, verilog_text), merged
+
+
 @dataclass(frozen=True)
 class LintResult:
     """Outcome of :func:`lint`: the messages Verilator printed (none when clean)."""

@@ -3,8 +3,8 @@
 import re
 
 import pytest
-from amaranth import Module, Signal
-from amaranth.lib import wiring
+from amaranth import Cat, Module, Signal
+from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from tcloud.isa import get_config
@@ -12,7 +12,7 @@ from tcloud.isa.csr import engine_names
 from tcloud.rtl.decode import INSTRUCTION_LAYOUT
 from tcloud.rtl.systolic import SystolicArray
 from tcloud.rtl.vector_alu import VectorALU
-from tcloud.rtl.verilog import LINT_MATCH_WAIVERS, LINT_WAIVERS, alias_wires, lint, to_verilog
+from tcloud.rtl.verilog import LINT_MATCH_WAIVERS, LINT_WAIVERS, alias_wires, lint, merge_lane_writes, to_verilog
 from tcloud.runtime.cli import main
 
 pytestmark = pytest.mark.slow  # Verilog generation and lint of whole pNPUs
@@ -94,3 +94,37 @@ def test_tcloud_verilog_writes_a_pnpu_that_lints_clean(config, tmp_path, capsys)
     assert "clean with waivers" in capsys.readouterr().out
     instances = re.findall(r"^\s*\\pnpu\.core\.((?:dma|me|ve)\d+)\s+\1\s*\(", text, re.M)
     assert sorted(instances) == sorted(engine_names(get_config(config)))  # me0.. as in stats, not me2..
+
+
+class TwoMemories(wiring.Component):
+    """A memory with byte write enables and one written a whole word at a time."""
+
+    addr: In(4)
+    wdata: In(32)
+    lanes: In(4)
+    we: In(1)
+    rdata: Out(64)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.lanes = by_lane = memory.Memory(shape=32, depth=16, init=[])
+        m.submodules.words = by_word = memory.Memory(shape=32, depth=16, init=[])
+        for mem, enable in ((by_lane, self.lanes), (by_word, self.we)):
+            write, read = mem.write_port(granularity=8 if mem is by_lane else None), mem.read_port()
+            m.d.comb += [write.addr.eq(self.addr), write.data.eq(self.wdata), write.en.eq(enable),
+                         read.addr.eq(self.addr)]
+        m.d.comb += self.rdata.eq(Cat(by_lane.read_port(domain="comb").data, by_word.read_port(domain="comb").data))
+        return m
+
+
+def test_merge_lane_writes_makes_one_masked_write_of_a_lane_enabled_port():
+    text = to_verilog(TwoMemories(), "two_memories")
+    assert len(re.findall(r"\]\[\d+:\d+\] <=", text)) == 4  # Yosys: one write per byte lane
+    merged, count = merge_lane_writes(text)
+    assert count == 1
+    assert not re.findall(r"\]\[\d+:\d+\] <=", merged)
+    mask = "{{8{lanes[3]}}, {8{lanes[2]}}, {8{lanes[1]}}, {8{lanes[0]}}}"
+    word = re.search(r"(\S+ \[addr\]) <= \(", merged)[1]  # the lane memory's row
+    assert f"if (|lanes)\n      {word} <= ({word} & ~{mask}) | (wdata & {mask});" in merged
+    assert merge_lane_writes(merged) == (merged, 0)
+    assert lint(merged, "two_memories").messages == lint(text, "two_memories").messages  # no new warnings

@@ -211,7 +211,7 @@ ALLOWED = (
             "read.addr.eq(_or(Mux(hit, row, 0)", "write.addr.eq(Array(rows)[writer])"),
     *_allow("rtl/scratchpad.py", "A mask of the line positions >= offset: the bits shifted past the line are "
             "meant to go.", "first_words.eq(Const((1 << lanes) - 1, lanes) << offset)"),
-    *_allow("rtl/systolic.py", _INT32, "psum.eq(above[c] + operand(r, c) * weight)"),
+    *_allow("rtl/systolic.py", _INT32, "psum.eq(above[c] + (factors[0] * factors[1])[:ACC_BITS].as_signed())"),
     *_allow("rtl/vector_alu.py", "For shift = 0, -1 wraps to 63; every use of below is masked by shift != 0.",
             "below.eq(shift - 1)"),
     *_allow("rtl/vector_alu.py", "below <= 63, so 1 << below is >= 1 and the mask >= 0 fits 64 bits.",

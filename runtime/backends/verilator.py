@@ -14,7 +14,7 @@ from amaranth.hdl import Shape
 
 from tcloud.isa import get_config
 from tcloud.rtl.hbm import id_bits, port_words, request_layout, response_layout
-from tcloud.rtl.verilog import VerilatorError, to_verilog, verilator_env, verilator_root
+from tcloud.rtl.verilog import VerilatorError, merge_lane_writes, to_verilog, verilator_env, verilator_root
 
 from .device import DeviceError, check_hbm_range
 from ..progress import Progress
@@ -130,7 +130,7 @@ def build_model(config, *, trace=False, verbose=False, top=None):
     known = _BUILT.get((cfg, trace)) if top is None else None
     if known is not None and known.exists():
         return known, False
-    cflags = ["-fPIC", "-O2"]
+    cflags = ["-fPIC", "-O3"]  # gcc -O3: 7% faster than -O2 on the small model (interleaved runs)
     flags = ["--cc", "--exe", "--build", "-j", "2", "--top-module", TOP, "-Wno-fatal", "-Wno-lint", "-Wno-style",
              "--x-assign", "fast", "--x-initial", "fast", "-O3",
              *(part for flag in cflags for part in ("-CFLAGS", flag)), "-LDFLAGS", "-shared", "-o", LIBRARY,
@@ -140,7 +140,7 @@ def build_model(config, *, trace=False, verbose=False, top=None):
         flags.append("--trace-fst" if trace == "fst" else "--trace")
     flags += os.environ.get("TCLOUD_VERILATOR_FLAGS", "").split()
     header = hbm_layout_header(cfg)
-    verilog = None if top is None else to_verilog(top, TOP)
+    verilog = None if top is None else _model_verilog(top)
     design = _design_digest(cfg) if top is None else hashlib.sha256(verilog.encode()).hexdigest()
     key = hashlib.sha256("\0".join([design, HARNESS.read_text(), header, _verilator_version(),
                                     *flags]).encode()).hexdigest()
@@ -155,10 +155,17 @@ def build_model(config, *, trace=False, verbose=False, top=None):
     with Progress(what, estimate=recorded_seconds(cfg.name, BUILD_SECONDS, trace)) as progress:
         records = {}
         if verilog is None:
-            verilog = to_verilog(PNPU(cfg), TOP)
+            verilog = _model_verilog(PNPU(cfg))
             records[VERILOG_SECONDS] = progress.seconds
         _compile(verilog, header, flags, target, verbose, what, progress, records)
     return library, True
+
+
+def _model_verilog(design):
+    """The Verilog Verilator compiles: the design's, with lane-enabled memory writes merged into
+    whole-word masked writes (:func:`tcloud.rtl.verilog.merge_lane_writes`), which Verilator
+    simulates much faster."""
+    return merge_lane_writes(to_verilog(design, TOP))[0]
 
 
 BUILD_SECONDS = "build_seconds"

@@ -50,22 +50,27 @@ struct Pending {
     uint32_t data[kPortWords];
 };
 
+// Bit fields of a Verilated wide signal, a 32-bit word at a time (fields are at most 64 bits wide).
 template <typename Wide>
 uint64_t bits(const Wide& wide, unsigned low, unsigned width) {
     uint64_t value = 0;
-    for (unsigned i = 0; i < width; ++i) {
-        unsigned bit = low + i;
-        value |= static_cast<uint64_t>((wide[bit / 32] >> (bit % 32)) & 1u) << i;
+    for (unsigned done = 0; done < width;) {
+        unsigned bit = low + done, shift = bit % 32, take = std::min(32 - shift, width - done);
+        uint64_t chunk = static_cast<uint64_t>(wide[bit / 32]) >> shift;
+        value |= (chunk & ((uint64_t{1} << take) - 1)) << done;
+        done += take;
     }
     return value;
 }
 
 template <typename Wide>
 void set_bits(Wide& wide, unsigned low, unsigned width, uint64_t value) {
-    for (unsigned i = 0; i < width; ++i) {
-        unsigned bit = low + i;
-        uint32_t mask = 1u << (bit % 32);
-        wide[bit / 32] = ((value >> i) & 1u) ? (wide[bit / 32] | mask) : (wide[bit / 32] & ~mask);
+    for (unsigned done = 0; done < width;) {
+        unsigned bit = low + done, shift = bit % 32, take = std::min(32 - shift, width - done);
+        uint32_t mask = static_cast<uint32_t>(((uint64_t{1} << take) - 1) << shift);
+        uint32_t chunk = static_cast<uint32_t>((value >> done) << shift);
+        wide[bit / 32] = (wide[bit / 32] & ~mask) | (chunk & mask);
+        done += take;
     }
 }
 
