@@ -123,9 +123,9 @@ def gemm_model(rng, k, n, trans_b):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def check_against_onnxruntime(model, shape, fmt, rng, batch=2, per_channel=False):
+def check_against_onnxruntime(model, shape, fmt, rng, batch=2, per_channel=False, activations="int8"):
     samples = [{"x": rng.standard_normal((1, *shape)).astype(np.float32)} for _ in range(4)]
-    quantized = quantize(model, fmt, samples, per_channel=per_channel)
+    quantized = quantize(model, fmt, samples, per_channel=per_channel, activations=activations)
     x = rng.standard_normal((batch, *shape)).astype(np.float32) * 1.5
     ref = next(iter(onnxruntime_outputs(quantized, {"x": x}).values()))
     out = next(iter(compile(quantized, "small", batch=batch).run({"x": x}).values()))
@@ -182,10 +182,12 @@ def pooling_model(rng, c, o, h, pool_pads, pool_stride):
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), c=st.integers(1, 5), o=st.integers(1, 20), h=st.integers(3, 12),
-       pool_pads=st.integers(0, 1), pool_stride=st.integers(1, 2), fmt=st.sampled_from(["qdq", "qop"]))
-def test_max_and_global_average_pooling_equal_onnxruntime(seed, c, o, h, pool_pads, pool_stride, fmt):
+       pool_pads=st.integers(0, 1), pool_stride=st.integers(1, 2), fmt=st.sampled_from(["qdq", "qop"]),
+       activations=st.sampled_from(["int8", "uint8"]))
+def test_max_and_global_average_pooling_equal_onnxruntime(seed, c, o, h, pool_pads, pool_stride, fmt, activations):
     rng = np.random.default_rng(seed)
-    check_against_onnxruntime(pooling_model(rng, c, o, h, pool_pads, pool_stride), (c, h, h), fmt, rng, batch=3)
+    check_against_onnxruntime(pooling_model(rng, c, o, h, pool_pads, pool_stride), (c, h, h), fmt, rng, batch=3,
+                              per_channel=True, activations=activations)
 
 
 def test_a_float_model_is_quantized_with_the_calibration_samples_given():

@@ -50,12 +50,12 @@ class _Reader:
         self.position = 0
 
 
-def quantize(model, fmt="qdq", samples=None, per_channel=False):
+def quantize(model, fmt="qdq", samples=None, per_channel=False, activations="int8"):
     """An int8 version of ``model`` by onnxruntime's ``quantize_static``.
 
-    Activations and weights are ``QInt8``, ranges calibrated by MinMax (asymmetric for the
-    activations, symmetric for the weights: onnxruntime's defaults), per tensor unless
-    ``per_channel``.
+    Weights are ``QInt8``, activations ``QInt8`` or ``QUInt8`` (``activations``), ranges
+    calibrated by MinMax (asymmetric for the activations, symmetric for the weights: onnxruntime's
+    defaults), per tensor unless ``per_channel``.
 
     Parameters
     ----------
@@ -68,6 +68,8 @@ def quantize(model, fmt="qdq", samples=None, per_channel=False):
         Default: :func:`random_samples` ``(model)``.
     per_channel : bool
         Per-output-channel weight scales.
+    activations : {"int8", "uint8"}
+        Type of the quantized activations.
 
     Returns
     -------
@@ -90,6 +92,7 @@ def quantize(model, fmt="qdq", samples=None, per_channel=False):
         source, out = Path(tmp) / "float.onnx", Path(tmp) / "quantized.onnx"
         onnx.save(model, source)
         quantize_static(source, out, _Reader(samples), quant_format=formats[fmt],
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        activation_type={"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[activations],
+                        weight_type=QuantType.QInt8,
                         per_channel=per_channel)
         return onnx.load(out)
