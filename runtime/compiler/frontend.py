@@ -14,8 +14,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .ir import (CompileError, DepthwiseConv, DequantizeOutput, Flatten, GlobalAveragePool, Graph, Linear, MaxPool,
-                 QTensor, QuantizeInput, node_error)
+from .ir import (CompileError, DepthwiseConv, DequantizeOutput, Flatten, GlobalAveragePool, Graph, Linear, Lookup,
+                 MaxPool, QTensor, QuantizeInput, node_error)
+from .tables import FLOAT_UNARY, QLINEAR_UNARY, unary_table
 
 _QTYPES = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8"}
 
@@ -99,6 +100,10 @@ class _FrontEnd:
         self.graph.outputs = [value.name for value in proto.graph.output]
         for node in proto.graph.node:
             handler = getattr(self, f"_op_{node.op_type}", None)
+            if handler is None and node.op_type in FLOAT_UNARY:
+                handler = self._unary
+            elif handler is None and node.op_type in QLINEAR_UNARY:
+                handler = self._qlinear_unary
             if handler is None or node.domain not in ("", "ai.onnx", "com.microsoft"):
                 raise node_error(node, f"operator {node.domain + '.' if node.domain else ''}{node.op_type} "
                                        f"is not supported")
@@ -283,8 +288,7 @@ class _FrontEnd:
     def _op_Relu(self, node, attrs):
         pending = self.values.get(node.input[0])
         if not isinstance(pending, _Pending):
-            raise node_error(node, "a Relu is supported after a Conv, MatMul or Gemm (folded into its "
-                                   "requantization)")
+            return self._unary(node, attrs)
 
         def make(q, out, s, zp, dt, inner=pending):
             inner.make(q, out, s, zp, dt)
@@ -324,6 +328,28 @@ class _FrontEnd:
         shape = (source.shape[0], int(np.prod(source.shape[1:])))
         self._define(node, out, shape, source.scale, source.zero_point, source.dtype)
         self.graph.nodes.append(Flatten(node.name, node.op_type, [source.name], out))
+
+    # --- unary operators as tables -------------------------------------------------------------
+
+    def _unary(self, node, attrs):
+        """A float unary operator of a QDQ model: a table once its QuantizeLinear is seen."""
+        x = self._view(node, node.input[0])
+        constants = [(name, self._const(node, name, "input")) for name in node.input[1:] if name]
+
+        def make(q, out, scale, zp, dtype):
+            y = self._define(node, out, x.shape, scale, zp, dtype)
+            table = unary_table(node.op_type, attrs, x, y, constants)
+            self.graph.nodes.append(Lookup(node.name, node.op_type, [x.name], out, table=table))
+        self.values[node.output[0]] = _Pending(node, make)
+
+    def _qlinear_unary(self, node, attrs):
+        x = self._qtensor(node, node.input[0])
+        self._check_input_qparams(node, x, node.input[1], node.input[2])
+        scale, zp, dtype = self._scalar_qparams(node, node.input[3], node.input[4] if len(node.input) > 4 else "",
+                                                "output")
+        y = self._define(node, node.output[0], x.shape, scale, zp, dtype)
+        table = unary_table(node.op_type, attrs, x, y)
+        self.graph.nodes.append(Lookup(node.name, node.op_type, [x.name], y.name, table=table))
 
     # --- pooling -------------------------------------------------------------------------------
 

@@ -118,6 +118,13 @@ class DepthwiseConv(Linear):
 
 
 @dataclass
+class Lookup(Node):
+    """A quantized unary operator as a 256-entry table of output codes (see :mod:`.tables`)."""
+
+    table: np.ndarray = None
+
+
+@dataclass
 class MaxPool(Node):
     """Max over ``kernel`` windows of an int8 NCHW tensor (quantization unchanged)."""
 
