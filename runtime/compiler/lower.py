@@ -201,6 +201,8 @@ def _layouts(graph):
                 layouts[node.output] = Layout("dense", (shape[0], _up(shape[1], WORD_BYTES)))
             else:
                 raise node_error(node, f"tensors of rank {len(shape)} are not supported (2 or 4)")
+        elif not isinstance(node, DequantizeOutput):
+            raise node_error(node, "the compiler reads this operator but cannot lower it to the pNPU yet")
     for node in graph.nodes:
         padded = (isinstance(node, Linear) and node.kernel is not None) or isinstance(node, MaxPool)
         if not padded:
