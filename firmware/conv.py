@@ -79,6 +79,9 @@ class NHWC:
     def store(self, sram, sram_stride, r0, rows, c0, cols):
         """``dma.store`` instructions writing GEMM rows ``r0..r0+rows`` (interior pixels in
         row-major order), channels ``c0..c0+cols``."""
+        if not any(self.border):  # interior pixels are contiguous: one transfer
+            return [Instr("dma.store", sram=sram, hbm=self.hbm + r0 * self.channels + c0, rows=rows,
+                          row_bytes=padded_channels(cols), hbm_stride=self.channels, sram_stride=sram_stride)]
         out = []
         for first, b, y, x, length in pixel_runs(r0, rows, self.height, self.width):
             out.append(Instr("dma.store", sram=sram + first * sram_stride, hbm=self.pixel(b, y, x) + c0,
@@ -136,6 +139,10 @@ class Im2col:
     def load(self, sram, sram_stride, r0, rows, k0, depth):
         """``dma.load`` instructions gathering rows ``r0..r0+rows``, columns ``k0..k0+depth``."""
         src, (kh, kw), (sy, sx) = self.source, self.kernel, self.stride
+        if (kh, kw, sy, sx) == (1, 1, 1, 1) and not any(self.pads) and not any(src.border):
+            # a pointwise convolution reads the activation itself as A: one transfer
+            return [Instr("dma.load", sram=sram, hbm=src.hbm + r0 * src.channels + k0, rows=rows, row_bytes=depth,
+                          hbm_stride=src.channels, sram_stride=sram_stride)]
         tap_row = kw * src.channels
         out = []
         for ky in range(kh):
