@@ -187,8 +187,9 @@ class GemmPlan:
 
 
 def _sram_footprint(cfg, mb, nb, kb, bias, requant, scales=False):
+    """Scratchpad bytes of a plan (the bias goes straight into the accumulators: no buffer)."""
     total = 2 * mb * _up(kb, WORD_BYTES) + 2 * kb * _up(nb, WORD_BYTES) + 2 * mb * 4 * nb
-    total += 2 * 4 * nb * (bool(bias) + bool(scales))
+    total += 2 * 4 * nb * bool(scales)
     if requant:
         total += 2 * mb * _up(nb, WORD_BYTES)
     return total
@@ -390,7 +391,7 @@ def emit_gemm(prog, config, plan, a, b, c, *, bias=None, relu=False, requant=Non
     cfg = config
     rows, cols = cfg.me_rows, cfg.me_cols
     m, k, n, mb, nb, kb = plan.m, plan.k, plan.n, plan.mb, plan.nb, plan.kb
-    epilogue = bias is not None or relu or requant is not None
+    epilogue = relu or requant is not None
     buf_a = [0, mb * _up(kb, WORD_BYTES)]
     sa = _up(kb, WORD_BYTES)
     base = 2 * buf_a[1]
@@ -399,9 +400,6 @@ def emit_gemm(prog, config, plan, a, b, c, *, bias=None, relu=False, requant=Non
     base += 2 * kb * sb
     buf_acc = [base, base + mb * 4 * nb]
     base += 2 * mb * 4 * nb
-    buf_bias = [base, base + 4 * nb]
-    if bias is not None:
-        base += 2 * 4 * nb
     scale_row = isinstance(requant, ScaleRow)
     buf_scale = [base, base + 4 * nb]
     if scale_row:
@@ -420,11 +418,10 @@ def emit_gemm(prog, config, plan, a, b, c, *, bias=None, relu=False, requant=Non
         src, src_stride = acc, 4 * nb
         store_deps = last_me
         if epilogue:
-            body = [Instr("ve.shape", rows=mrows, dst_stride=4 * nb, src1_stride=4 * nb, src2_stride=0)]
-            if bias is not None:
-                body.append(Instr("ve.add", dst=acc, src1=acc, src2=buf_bias[bi % 2], n=ncols))
+            body = []
             if relu:
-                body.append(Instr("ve.relu", dst=acc, src=acc, n=ncols))
+                body += [Instr("ve.shape", rows=mrows, dst_stride=4 * nb, src1_stride=4 * nb, src2_stride=0),
+                         Instr("ve.relu", dst=acc, src=acc, n=ncols)]
             if requant is not None:
                 out8 = buf_out8[bi % 2]
                 body.append(Instr("ve.shape", rows=mrows, dst_stride=s8, src1_stride=4 * nb, src2_stride=0))
@@ -452,8 +449,8 @@ def emit_gemm(prog, config, plan, a, b, c, *, bias=None, relu=False, requant=Non
             body = a.load(buf_a[s], sa, m0, mrows, k0, kdepth) + b.load(buf_b[s], sb, k0, kdepth, n0, ncols)
             deps = list(chunk_me[g - 2]) if g >= 2 else []
             if ci == 0 and (bias is not None or scale_row):
-                if bias is not None:
-                    body += bias.load(buf_bias[bi % 2], 0, 0, 1, n0, ncols)
+                if bias is not None:  # the bias row, once per accumulator row: the MEs accumulate onto it
+                    body += bias.load(acc, 4 * nb, 0, mrows, n0, ncols)
                 if scale_row:
                     body += requant.scales.load(buf_scale[bi % 2], 0, 0, 1, n0, ncols)
                 deps.append(prev_store)
@@ -466,7 +463,7 @@ def emit_gemm(prog, config, plan, a, b, c, *, bias=None, relu=False, requant=Non
                     body.append(Instr("me.loadw", w=buf_b[s] + t0 * sb + c0, k=min(rows, kdepth - t0),
                                       n=width, w_stride=sb))
                     body.append(Instr("me.matmul", a=buf_a[s] + t0, out=acc + 4 * c0, m=mrows,
-                                      a_stride=sa, out_stride=4 * nb, acc=int(ci > 0 or t0 > 0)))
+                                      a_stride=sa, out_stride=4 * nb, acc=int(ci > 0 or t0 > 0 or bias is not None)))
                 deps = [load, last_me[j]] + ([prev_store] if ci == 0 else [])
                 last_me[j] = prog.utop(EngineClass.ME, body, deps)
                 refs.append(last_me[j])
@@ -507,5 +504,5 @@ def _instruction_count(cfg, plan, bias, requant):
         tiles = math.ceil(width / cfg.me_cols)
         for depth in _sizes(plan.k, plan.kb):
             count += 3 + tiles * (1 + 2 * math.ceil(depth / cfg.me_rows))  # DMA uTOp (2 loads), ME uTOps
-        count += bias + (2 + bias + 2 * requant if bias or requant else 0) + 2  # bias load, VE uTOp, store
+        count += bias + (3 if requant else 0) + 2  # bias load, VE uTOp (header, shape, requant), store
     return math.ceil(plan.m / plan.mb) * count + 1  # halt
