@@ -15,7 +15,7 @@ elements. The formula works on plain integers (the golden model, the assembler) 
 values (the engines' decoders) alike, so both evaluate the same expression.
 """
 
-from .table import BY_MNEMONIC
+from .table import BY_MNEMONIC, LUT_BYTES, WORD_BYTES
 
 HARVEST_COST_DEFAULT = 2048
 """Reset value of the ``HARVEST_COST`` register, and the cost the firmware keeps its harvestable
@@ -33,7 +33,27 @@ VE_STEPS_PER_CHUNK = {
 """Vector-engine steps per chunk of ``ve_lanes`` elements: reads of each source, then the write
 (``ve.fill`` writes only; reductions accumulate instead of writing, and write once per row)."""
 
+VE_STEPS_PER_CHUNK["ve.lut"] = VE_STEPS_PER_CHUNK["ve.relu"]
+"""``ve.lut`` streams like the other one-source ops (read, wait, write); its lookup is combinational,
+in the cycle of the write."""
+
+LUT_WORDS = LUT_BYTES // WORD_BYTES
+"""Words of a ``ve.lutload`` table."""
+VE_STEPS_PER_LUT_READ = 2
+"""Vector-engine steps per scratchpad read of a ``ve.lutload``: the request, then the data."""
+
 _REDUCTIONS = ("ve.redsum", "ve.redmax")
+
+
+def lut_read_words(config):
+    """Words per scratchpad read of a ``ve.lutload``: a whole line (at most the table; both are powers
+    of two, so the reads cover the table exactly)."""
+    return min(config.sram_line_words, LUT_WORDS)
+
+
+def lutload_units(config):
+    """Work units of ``ve.lutload``: its instruction, then one read per :func:`lut_read_words`."""
+    return INSTRUCTION_UNITS + VE_STEPS_PER_LUT_READ * (LUT_WORDS // lut_read_words(config))
 
 
 def _ceil_div(value, divisor):
@@ -71,6 +91,8 @@ def instruction_units(mnemonic, field, config, ve_rows=1, continues=0):
         return INSTRUCTION_UNITS + field("m") * (1 + (1 - continues) * (1 + field("acc")))
     if mnemonic == "ve.shape":
         return INSTRUCTION_UNITS
+    if mnemonic == "ve.lutload":
+        return lutload_units(config)
     chunks = _ceil_div(field("n"), config.ve_lanes)
     per_row = chunks * VE_STEPS_PER_CHUNK[mnemonic] + (1 if mnemonic in _REDUCTIONS else 0)
     return INSTRUCTION_UNITS + ve_rows * per_row

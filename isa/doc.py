@@ -51,7 +51,9 @@ def isa_markdown():
             "| `me.loadw` | me_rows |",
             "| `me.matmul` | m if it continues the uTOp's output region (same out, out_stride, m and n as "
             "the previous matmul, whose region nothing has read since), else m × (2 + acc) |",
-            "| `ve.shape` | 0 |"]
+            "| `ve.shape` | 0 |",
+            f"| `ve.lutload` | {cost.VE_STEPS_PER_LUT_READ} × {cost.LUT_WORDS} / min(sram_line_words, "
+            f"{cost.LUT_WORDS}) (one read of a line at a time) |"]
     for name, steps in cost.VE_STEPS_PER_CHUNK.items():
         extra = " + rows" if name in ("ve.redsum", "ve.redmax") else ""
         out.append(f"| `{name}` | rows × ⌈n / ve_lanes⌉ × {steps}{extra} |")

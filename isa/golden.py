@@ -33,7 +33,7 @@ from .config import get_config
 from .cost import UnitState
 from .encoding import DecodeError, Instr, decode
 from .errors import HostCommandError
-from .table import (INSTRUCTION_BYTES, NUM_TOKENS, SCALE_EXPONENT_BIAS, SCALE_EXPONENT_BITS,
+from .table import (INSTRUCTION_BYTES, LUT_BYTES, NUM_TOKENS, SCALE_EXPONENT_BIAS, SCALE_EXPONENT_BITS,
                     SCALE_FRACTION_BITS, TOKEN_MAX_COUNT, UTOP_CLASSES, ContextStatus, EngineClass, FaultCode,
                     Policy, parse_policy)
 
@@ -387,6 +387,7 @@ class _EngineState:
 
     def __init__(self):
         self.weights = None
+        self.lut = None
         self.rows = 1
         self.dst_stride = self.src1_stride = self.src2_stride = 0
 
@@ -620,6 +621,25 @@ def _ve_reduce(machine, ctx, engine, instr):
     ctx.counters.ve_elements += rows * n
 
 
+def _ve_lutload(machine, ctx, engine, instr):
+    engine.lut = machine.read(ctx, "sram", instr["src"], 1, LUT_BYTES, 0)[0].view(np.int8).astype(np.int64)
+
+
+def lookup(table, values):
+    """Reference ``ve.lut``: ``table[value as unsigned byte]`` for int8 ``values`` (any integer array:
+    only its low byte indexes the int8 ``table``)."""
+    return np.asarray(table, dtype=np.int64)[np.asarray(values, dtype=np.int64) & (LUT_BYTES - 1)]
+
+
+def _ve_lut(machine, ctx, engine, instr):
+    if engine.lut is None:
+        raise _Fault(FaultCode.VE_STATE, "ve.lut before ve.lutload in this uTOp")
+    n, rows = instr["n"], engine.rows
+    x = machine._read_elems(ctx, instr["src"], rows, n, True, engine.src1_stride)
+    machine._write_elems(ctx, instr["dst"], engine.dst_stride, lookup(engine.lut, x), True)
+    ctx.counters.ve_elements += rows * n
+
+
 _EXECUTE = {
     "dma.load": _dma, "dma.store": _dma,
     "me.loadw": _me_loadw, "me.matmul": _me_matmul,
@@ -628,6 +648,7 @@ _EXECUTE = {
     "ve.relu": _ve_unary, "ve.copy": _ve_unary,
     "ve.fill": _ve_fill, "ve.requant": _ve_requant, "ve.requantf": _ve_requantf,
     "ve.redsum": _ve_reduce, "ve.redmax": _ve_reduce,
+    "ve.lutload": _ve_lutload, "ve.lut": _ve_lut,
 }
 
 
@@ -642,5 +663,5 @@ def _check_coverage():
 
 _check_coverage()
 
-__all__ = ["Machine", "Context", "Counters", "Window", "Access", "TraceEvent", "requantize", "requantize_fp32",
-           "run_alone", "wrap_i32"]
+__all__ = ["Machine", "Context", "Counters", "Window", "Access", "TraceEvent", "lookup", "requantize",
+           "requantize_fp32", "run_alone", "wrap_i32"]

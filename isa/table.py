@@ -36,6 +36,10 @@ WORD_BYTES = 4
 NUM_TOKENS = 16
 TOKEN_MAX_COUNT = 255
 """Token counters saturate at this value; a signal beyond it faults with ``TOKEN_OVERFLOW``."""
+LUT_INDEX_BITS = 8
+"""``ve.lut`` indexes its table with an int8 element read as an unsigned byte."""
+LUT_BYTES = 1 << LUT_INDEX_BITS
+"""Size of a ``ve.lutload`` table: one int8 output for each of the 256 int8 inputs."""
 
 
 SCALE_FRACTION_BITS = 23
@@ -79,6 +83,7 @@ class FaultCode(IntEnum):
     WATCHDOG = 12
     NO_ENGINE = 13
     COST_EXCEEDED = 14
+    VE_STATE = 15
 
 
 FAULT_DOCS = {
@@ -102,6 +107,7 @@ FAULT_DOCS = {
     "the context owns no engine (ctx.engines).",
     FaultCode.COST_EXCEEDED: "A uTOp that declared a cost ran a body instruction that would take its "
     "work units past it (the instruction has no effect).",
+    FaultCode.VE_STATE: "ve.lut without a preceding ve.lutload in the same uTOp.",
 }
 
 
@@ -433,6 +439,16 @@ INSTRUCTIONS = (
        "saturate to [-128, 127]; for uint8 outputs take zp - 128 and flip bit 7 of the result."),
     _ve("ve.redsum", 0x3C, _VE_REDUCE_FIELDS, "dst[r] = sum of the n elements of row r (int32 wrap-around)."),
     _ve("ve.redmax", 0x3D, _VE_REDUCE_FIELDS, "dst[r] = max of the n elements of row r."),
+    InstructionSpec("ve.lutload", 0x40, EngineClass.VE, (
+        _sram("src", f"Scratchpad address of the {LUT_BYTES}-byte int8 table."),
+    ), f"Loads a {LUT_BYTES}-byte table (byte i is the output for input byte i) into the engine for the rest of "
+       "the uTOp; reads one table whatever ve.shape says."),
+    _ve("ve.lut", 0x41, (
+        _sram("dst", "Destination scratchpad address (int8)."),
+        _sram("src", "Source scratchpad address (int8)."),
+        _count("n", 16, "Elements per row."),
+    ), "dst = table[src as unsigned byte] on int8 elements, with the table of the last ve.lutload in this "
+       "uTOp (any int8 unary function of one operand: quantized sigmoid, tanh, leaky ReLU, ...)."),
     # --- hypervisor (privileged) ---------------------------------------------------------------
     InstructionSpec("ctx.sram", 0xF0, EngineClass.HOST, (
         _CTX, _sram("base", "Physical scratchpad base."),

@@ -10,15 +10,17 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from tcloud.isa.table import BY_MNEMONIC, SCALE_EXPONENT_BIAS, SCALE_EXPONENT_BITS, SCALE_FRACTION_BITS, EngineClass
+from tcloud.isa.table import (BY_MNEMONIC, LUT_BYTES, LUT_INDEX_BITS, SCALE_EXPONENT_BIAS, SCALE_EXPONENT_BITS,
+                              SCALE_FRACTION_BITS, EngineClass)
 
 from .decode import OPCODES
 
 _REQUANT = BY_MNEMONIC["ve.requant"]
 ELEMENTWISE_OPS = ("ve.add", "ve.sub", "ve.mul", "ve.max", "ve.min", "ve.relu", "ve.copy", "ve.fill",
-                   "ve.requant", "ve.requantf")
+                   "ve.requant", "ve.requantf", "ve.lut")
 """VE instructions the ALU evaluates lane by lane (``ve.fill`` passes its value in ``x``; the
-reductions use ``ve.add``/``ve.max`` on partial results)."""
+reductions use ``ve.add``/``ve.max`` on partial results; ``ve.lut`` looks the low byte of ``x`` up
+in ``table``)."""
 
 _INT8 = (-128, 127)
 _INT32 = (-(1 << 31), (1 << 31) - 1)
@@ -149,6 +151,9 @@ class VectorALU(wiring.Component):
         ``ve.requant`` parameters.
     zp : In
         Zero point of ``ve.requant`` and ``ve.requantf`` (which takes its scale words in ``y``).
+    table : In(LUT_BYTES × 8)
+        ``ve.lut``'s table (byte ``i``: the int8 result for an input whose low byte is ``i``); each lane
+        selects its byte with a ``LUT_BYTES``:1 byte multiplexer.
     dst_i8 : In(1)
         Saturate results to int8.
     result : Out(lanes × signed(32))
@@ -167,6 +172,7 @@ class VectorALU(wiring.Component):
             "shift": In(unsigned(_REQUANT.field("shift").width)),
             "zp": In(signed(_REQUANT.field("zp").width)),
             "dst_i8": In(1),
+            "table": In(data.ArrayLayout(8, LUT_BYTES)),
             "result": Out(data.ArrayLayout(signed(32), lanes)),
         })
 
@@ -198,6 +204,8 @@ class VectorALU(wiring.Component):
                     m.d.comb += wide.eq(Mux(x > 0, x, 0))
                 with m.Case(OPCODES["ve.copy"], OPCODES["ve.fill"]):
                     m.d.comb += wide.eq(x)
+                with m.Case(OPCODES["ve.lut"]):
+                    m.d.comb += wide.eq(self.table[x[:LUT_INDEX_BITS]].as_signed())
                 with m.Default():
                     m.d.comb += wide.eq(0)
             saturated = _clamp(m, wide, *_INT8, signed(64))

@@ -1,13 +1,13 @@
 """Vector engine: VE instructions over ``rows × n`` elements, ``ve_lanes`` at a time."""
 
-from amaranth.hdl import Mux, Signal, signed
+from amaranth.hdl import Cat, Mux, Signal, signed
 from amaranth.lib import data
 
 from tcloud.isa.errors import ConfigError
-from tcloud.isa.table import BY_MNEMONIC, EngineClass, FaultCode
+from tcloud.isa.table import BY_MNEMONIC, LUT_BYTES, EngineClass, FaultCode
 
 from .decode import OPCODES
-from tcloud.isa.cost import region_end
+from tcloud.isa.cost import LUT_WORDS, lut_read_words, region_end
 
 from .engine import Engine
 from .vector_alu import VectorALU
@@ -25,7 +25,12 @@ def _row_words(n, is_i8):
 class VectorEngine(Engine):
     """Executes VE uTOps: for each row set by ``ve.shape`` and each chunk of ``ve_lanes`` elements,
     read the sources, evaluate :class:`~tcloud.rtl.vector_alu.VectorALU`, write the destination
-    (int8 results with byte enables), or accumulate a row reduction."""
+    (int8 results with byte enables), or accumulate a row reduction.
+
+    ``ve.lutload`` shifts its table into a ``LUT_BYTES``-byte register one scratchpad read of
+    :func:`~tcloud.isa.cost.lut_read_words` words at a time; a flag cleared at every dispatch says a
+    table was loaded in this uTOp (``ve.lut`` without it faults with ``VE_STATE``), so no table
+    outlives its uTOp."""
 
     engine_class = EngineClass.VE
     prefetch = True
@@ -43,13 +48,15 @@ class VectorEngine(Engine):
 
     def on_start(self, m):
         m.d.sync += [self._rows.eq(1), self._strides[0].eq(0), self._strides[1].eq(0),
-                     self._strides[2].eq(0)]
+                     self._strides[2].eq(0), self._lut_loaded.eq(0)]
 
     def elaborate(self, platform):
         field = BY_MNEMONIC["ve.shape"].field
         self._rows = Signal(field("rows").width, init=1)
         self._strides = [Signal(field(name).width, name=f"shape_{name}")
                          for name in ("dst_stride", "src1_stride", "src2_stride")]
+        self._lut = Signal(8 * LUT_BYTES, name="lut")
+        self._lut_loaded = Signal(name="lut_loaded")
         m = super().elaborate(platform)
         m.submodules.alu = self._alu
         return m
@@ -74,7 +81,8 @@ class VectorEngine(Engine):
         line = self.sram.rdata.as_value()
         m.d.comb += [alu.opcode.eq(op), alu.x.eq(x), alu.y.eq(y), alu.dst_i8.eq(dst_i8),
                      alu.mult.eq(instr.ve_requant.mult), alu.shift.eq(instr.ve_requant.shift),
-                     alu.zp.eq(Mux(op == OPCODES["ve.requantf"], instr.ve_requantf.zp, instr.ve_requant.zp))]
+                     alu.zp.eq(Mux(op == OPCODES["ve.requantf"], instr.ve_requantf.zp, instr.ve_requant.zp)),
+                     alu.table.eq(self._lut)]
 
         def region(addr, is_i8, stride, count):
             return region_end(addr, rows, stride, _row_words(count, is_i8))
@@ -129,6 +137,19 @@ class VectorEngine(Engine):
                     ok = (self.sram_fits(region(v.src, v.src_i8, src1_stride, v.n))
                           & self.sram_fits(region_end(v.dst, rows, dst_stride, 1)))
                     self._start_or_fault(m, ok, "VE_READ1")
+                with m.Case(OPCODES["ve.lutload"]):
+                    m.d.sync += src1.eq(instr.ve_lutload.src)
+                    self._start_or_fault(m, self.sram_fits(region_end(instr.ve_lutload.src, 1, 0, LUT_WORDS)),
+                                         "VE_LUT_READ")
+                with m.Case(OPCODES["ve.lut"]):
+                    v = instr.ve_lut
+                    m.d.sync += [dst.eq(v.dst), src1.eq(v.src), n.eq(v.n), src1_i8.eq(1), dst_i8.eq(1)]
+                    ok = (self.sram_fits(region(v.src, 1, src1_stride, v.n))
+                          & self.sram_fits(region(v.dst, 1, dst_stride, v.n)))
+                    with m.If(~self._lut_loaded):
+                        self.raise_fault(m, FaultCode.VE_STATE)
+                    with m.Else():
+                        self._start_or_fault(m, ok, "VE_READ1")
 
         is_reduce = (op == OPCODES["ve.redsum"]) | (op == OPCODES["ve.redmax"])
         is_binary = op == OPCODES["ve.requantf"]  # two sources: accumulators and scale words
@@ -222,6 +243,30 @@ class VectorEngine(Engine):
                     m.d.sync += row.eq(row + 1)
                     m.next = "VE_READ1"
             self._abort_point(m)
+
+        self._lut_load(m, src1, elem, line)
+
+    def _lut_load(self, m, src, elem, line):
+        """``ve.lutload``: read the table a line at a time (``elem`` counts its words), shifting each
+        read in at the top of the table register, so the last read ends at the top and the first at
+        the bottom; abortable between reads."""
+        chunk = lut_read_words(self.config)
+        with m.State("VE_LUT_READ"):
+            m.d.comb += [self.busy.eq(1), self.sram.valid.eq(1), self.sram.addr.eq(self.sram_addr(src + elem)),
+                         self.sram.words.eq(chunk)]
+            with m.If(self.sram.ready):
+                m.next = "VE_LUT_WAIT"
+        with m.State("VE_LUT_WAIT"):
+            m.d.comb += self.busy.eq(1)
+            with m.If(self.sram.rvalid):
+                m.d.sync += self._lut.eq(Cat(self._lut[32 * chunk:], line[:32 * chunk]))
+                with m.If(elem + chunk >= LUT_WORDS):
+                    m.d.sync += self._lut_loaded.eq(1)
+                    m.next = "NEXT"
+                with m.Else():
+                    m.d.sync += elem.eq(elem + chunk)
+                    m.next = "VE_LUT_READ"
+                    self._abort_point(m)
 
     def _abort_point(self, m):
         """Stop after the current chunk when the uTOp is aborted (a write in flight is harmless)."""

@@ -29,7 +29,7 @@ TESTS = ["constrained_random_gemm", "random_programs", "multi_tenant", "planted_
 
 KEY_BINS = {
     "coverage.program.opcode": ["utop", "halt", "nop", "fence", "dma.load", "dma.store", "me.loadw", "me.matmul",
-                                "ve.fill"],
+                                "ve.fill", "ve.lutload", "ve.lut"],
     "coverage.context.policy": [p.name.lower() for p in Policy],
     "coverage.utop.class_x_tokens": [str((cls.name.lower(), tokens)) for cls in UTOP_CLASSES
                                      for tokens in TOKEN_PATTERNS],

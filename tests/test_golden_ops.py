@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tcloud.isa import ContextStatus, EngineClass, FaultCode, Instr, requantize
+from tcloud.isa import ContextStatus, EngineClass, FaultCode, Instr, Machine, encode_stream, requantize
+from tcloud.isa.table import LUT_BYTES
 
 from conftest import new_tenant, utop
 
@@ -224,3 +225,60 @@ def test_same_token_in_two_wait_slots_adds_up(tenant):
     tenant.load(program)
     tenant.machine.run()
     assert tenant.state.fault == FaultCode.TOKEN_DEADLOCK
+
+
+# --- table lookup ----------------------------------------------------------------------------------
+
+
+@given(rows=st.integers(1, 4), n=st.integers(1, 40), src_stride=st.sampled_from([0, 40, 64]),
+       in_place=st.booleans(), reload=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_lut_matches_numpy_indexing(rows, n, src_stride, in_place, reload, seed):
+    """dst[r][i] = table[src[r][i] as unsigned byte], per row of ve.shape (a zero source stride
+    broadcasts one row), in place as well; a second ve.lutload replaces the table for what follows."""
+    tenant = new_tenant()
+    rng = np.random.default_rng(seed)
+    tables = rng.integers(-128, 128, (2, LUT_BYTES)).astype(np.int8)
+    x = rng.integers(-128, 128, (rows, n)).astype(np.int8)
+    x.flat[:3] = [-128, -1, 127][:x.size]
+    dst, dst_stride = (0x0, src_stride) if in_place and src_stride else (0x2000, 44)
+    sources = {0x1000: tables[0], 0x1100: tables[1]}
+    sources.update({r * src_stride: x[r] for r in range(rows if src_stride else 1)})
+    body = [Instr("ve.lutload", src=0x1000), Instr("ve.lutload", src=0x1100)][:1 + reload]
+    body += [Instr("ve.shape", rows=rows, dst_stride=dst_stride, src1_stride=src_stride),
+             Instr("ve.lut", dst=dst, src=0x0, n=n)]
+    run_ve(tenant, body, sources)
+    rows_read = x[:1].repeat(rows, axis=0) if src_stride == 0 else x
+    expected = [[int(tables[int(reload)][v & 0xFF]) for v in row.tolist()] for row in rows_read]
+    got = [tenant.read_sram(dst + r * dst_stride, n, np.int8).tolist() for r in range(rows)]
+    assert got == expected
+    assert tenant.state.counters.ve_elements == rows * n
+
+
+@pytest.mark.parametrize("program, pc", [
+    ([Instr("ve.lut", dst=0x100, src=0, n=4)], 1),
+    ([Instr("ve.fill", dst=0x100, n=1, value=5), Instr("ve.lut", dst=0x100, src=0, n=4)], 2),
+], ids=["no_lutload", "after_other_work"])
+def test_lut_without_a_table_in_its_utop_faults(tenant, program, pc):
+    tenant.load(utop(EngineClass.VE, program) + [Instr("halt")])
+    tenant.machine.run()
+    assert (tenant.state.fault, tenant.state.fault_pc) == (FaultCode.VE_STATE, tenant.code_at + pc * 16)
+
+
+def test_a_lut_table_does_not_outlive_its_utop(tenant):
+    tenant.load(utop(EngineClass.VE, [Instr("ve.lutload", src=0x0), Instr("ve.lut", dst=0x200, src=0, n=1)])
+                + utop(EngineClass.VE, [Instr("ve.lut", dst=0x300, src=0, n=1)]) + [Instr("halt")])
+    tenant.machine.run()
+    assert (tenant.state.fault, tenant.state.fault_pc) == (FaultCode.VE_STATE, tenant.code_at + 4 * 16)
+
+
+def test_lutload_reads_a_whole_table_inside_the_window():
+    machine = Machine("tiny")
+    machine.host(Instr("ctx.hbm", ctx=0, base=0, size=0x1000))
+    machine.host(Instr("ctx.sram", ctx=0, base=0, size=0x200))
+    code = encode_stream(utop(EngineClass.VE, [Instr("ve.lutload", src=0x100)])
+                         + utop(EngineClass.VE, [Instr("ve.lutload", src=0x104)]) + [Instr("halt")])
+    machine.hbm[0x800:0x800 + len(code)] = np.frombuffer(code, np.uint8)
+    machine.host(Instr("ctx.start", ctx=0, pc=0x800))
+    machine.run()
+    ctx = machine.contexts[0]
+    assert (ctx.fault, ctx.fault_pc) == (FaultCode.SRAM_BOUNDS, 0x800 + 3 * 16)  # the first one fits exactly

@@ -99,6 +99,14 @@ FAULTS = {
     "store_outside_both_windows": (utop(EngineClass.DMA, [Instr("dma.store", sram=0x3F8, hbm=0xFF8, rows=1,
                                                                 row_bytes=16)]), FaultCode.SRAM_BOUNDS),
     "matmul_without_weights": (utop(EngineClass.ME, [Instr("me.matmul", a=0, out=0x40, m=1)]), FaultCode.ME_STATE),
+    "lut_without_lutload": (utop(EngineClass.VE, [Instr("ve.fill", dst=0x40, n=1),
+                                                  Instr("ve.lut", dst=0x40, src=0, n=1)]), FaultCode.VE_STATE),
+    "lut_table_of_an_earlier_utop": (utop(EngineClass.VE, [Instr("ve.lutload", src=0)])
+                                     + utop(EngineClass.VE, [Instr("ve.lut", dst=0x40, src=0, n=1)]), FaultCode.VE_STATE),
+    "lutload_past_the_window": (utop(EngineClass.VE, [Instr("ve.lutload", src=0x300),
+                                                      Instr("ve.lutload", src=0x304)]), FaultCode.SRAM_BOUNDS),
+    "lut_past_the_window": (utop(EngineClass.VE, [Instr("ve.lutload", src=0),
+                                                  Instr("ve.lut", dst=0x3FC, src=0, n=5)]), FaultCode.SRAM_BOUNDS),
     "token_deadlock": (ve(wait0=3, count0=1), FaultCode.TOKEN_DEADLOCK),
     "token_overflow": (ve(signal=1) * 256, FaultCode.TOKEN_OVERFLOW),
     "runs_off_its_window": ([Instr("nop")] * 8, FaultCode.FETCH_BOUNDS),
@@ -138,6 +146,57 @@ def test_fault_code_and_pc_match_the_golden_model(device, name):
     info, expected = device.context(1), golden.context(1)
     assert (info.status, info.fault) == (ContextStatus.FAULTED, code)
     assert (info.fault, info.fault_pc) == (expected.fault, expected.fault_pc)
+
+
+def lut_program(body_op="ve.lut"):
+    """Tables and int8 sources loaded by DMA, then a VE uTOp of lookups (several shapes, a broadcast
+    row, in place, a second table replacing the first; ``body_op="ve.relu"`` has the same shapes),
+    stored back to HBM at 0x400."""
+    def op(**fields):
+        return Instr("ve.relu", src_i8=1, dst_i8=1, **fields) if body_op == "ve.relu" else Instr(body_op, **fields)
+    body = [Instr("ve.lutload", src=0x100), Instr("ve.shape", rows=3, dst_stride=20, src1_stride=16),
+            op(dst=0x300, src=0x0, n=13), Instr("ve.lutload", src=0x200),
+            Instr("ve.shape", rows=2, dst_stride=36, src1_stride=0), op(dst=0x340, src=0x10, n=9),
+            Instr("ve.shape", rows=1), op(dst=0x20, src=0x20, n=16), op(dst=0x3A0, src=0x40, n=64)]
+    return (utop(EngineClass.DMA, [Instr("dma.load", sram=0, hbm=0, rows=1, row_bytes=0x300)], signal=1)
+            + utop(EngineClass.VE, body, wait0=0, count0=1, signal=2)
+            + utop(EngineClass.DMA, [Instr("dma.store", sram=0, hbm=0x400, rows=1, row_bytes=0x400)], wait0=1, count0=1))
+
+
+def run_lut_program(target, program, data):
+    target.write_hbm(0x4000, data)
+    start_tenant(target, 1, program, hbm_base=0x4000, sram_base=0x400)
+    busy = sum(target.stats()["engine_busy_cycles"].values()) if hasattr(target, "cycles") else 0
+    assert target.run(max_cycles=500_000)
+    busy = sum(target.stats()["engine_busy_cycles"].values()) - busy if hasattr(target, "cycles") else 0
+    return target.read_hbm(0x4400, 0x400), target.context(1), busy
+
+
+def test_lut_tables_are_bit_exact_on_both_backends_and_stream_like_relu():
+    """Random tables and sources: both RTL backends write what the golden model writes, count alike and
+    take the same cycles; and the lookups take exactly the cycles of int8 ReLUs of the same shapes."""
+    rng = np.random.default_rng(21)
+    data = rng.integers(0, 256, 0x300, dtype=np.uint8).tobytes()
+    expected, golden_info, _ = run_lut_program(FunctionalDevice("tiny"), lut_program(), data)
+    assert golden_info.status == ContextStatus.DONE, golden_info.detail
+    table = np.frombuffer(data[0x100:0x200], np.int8)
+    sources = np.frombuffer(data[:0x10], np.uint8)
+    assert np.frombuffer(expected[0x300:0x30D], np.int8).tolist() == table[sources[:13]].tolist()
+    cycles = {}
+    for name, backend in RTL_BACKENDS.items():
+        busy = {}
+        for op in ("ve.lut", "ve.relu"):
+            dev = backend("tiny")
+            try:
+                got, info, busy[op] = run_lut_program(dev, lut_program(op), data)
+            finally:
+                dev.close()
+            if op == "ve.lut":
+                assert got == expected, name
+                assert (info.status, info.counters) == (ContextStatus.DONE, golden_info.counters), name
+        assert busy["ve.lut"] == busy["ve.relu"], name
+        cycles[name] = busy["ve.lut"]
+    assert cycles["amaranth"] == cycles["verilator"], cycles
 
 
 def test_attacker_faults_alone_and_the_victim_is_exact(device):

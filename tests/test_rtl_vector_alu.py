@@ -4,12 +4,15 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from tcloud.isa.golden import requantize, requantize_fp32, wrap_i32
+from tcloud.isa.golden import lookup, requantize, requantize_fp32, wrap_i32
+from tcloud.isa.table import LUT_BYTES
 from tcloud.rtl.decode import OPCODES
 from tcloud.rtl.vector_alu import ELEMENTWISE_OPS, VectorALU
 
 LANES = 8
 I32 = (-(1 << 31), (1 << 31) - 1)
+TABLE = np.random.default_rng(99).integers(-128, 128, LUT_BYTES)
+"""``ve.lut``'s table in every case (the other ops must ignore it)."""
 
 
 def golden(op, x, y, mult, shift, zp, dst_i8):
@@ -18,17 +21,22 @@ def golden(op, x, y, mult, shift, zp, dst_i8):
         return requantize(x, mult, shift, zp, dst_i8)
     if op == "ve.requantf":
         return requantize_fp32(x, y, zp, dst_i8)
+    if op == "ve.lut":
+        return lookup(TABLE, x)
     value = {"ve.add": x + y, "ve.sub": x - y, "ve.mul": x * y, "ve.max": np.maximum(x, y),
              "ve.min": np.minimum(x, y), "ve.relu": np.maximum(x, 0), "ve.copy": x, "ve.fill": x}[op]
     return np.clip(value, -128, 127) if dst_i8 else wrap_i32(value)
 
 
-def run_vectors(cases):
-    """Evaluate each (op, x, y, mult, shift, zp, dst_i8) case on the ALU; return the results."""
+def run_vectors(cases, table=TABLE):
+    """Evaluate each (op, x, y, mult, shift, zp, dst_i8) case on the ALU with ``ve.lut`` table ``table``;
+    return the results."""
     dut = VectorALU(LANES)
     results = []
 
     async def bench(ctx):
+        for index, value in enumerate(table):
+            ctx.set(dut.table[index], int(value) & 0xFF)
         for op, x, y, mult, shift, zp, dst_i8 in cases:
             ctx.set(dut.opcode, OPCODES[op])
             for lane in range(LANES):
@@ -128,3 +136,14 @@ def test_requantf_matches_golden_on_targeted_values():
     cases = requantf_cases(seed=5)
     for case, got in zip(cases, run_vectors(cases)):
         assert got == golden(*case).tolist(), case
+
+
+def test_lut_reads_every_entry_by_the_low_byte_of_each_lane():
+    """Every one of the table's entries reaches a lane, indexed by the source byte as unsigned (int8
+    sources arrive sign-extended: -1 selects entry 255), under either dst_i8."""
+    inputs = np.arange(-128, 128)
+    cases = [("ve.lut", inputs[i:i + LANES], inputs[i:i + LANES], 0, 0, 0, i // LANES % 2)
+             for i in range(0, len(inputs), LANES)]
+    got = np.concatenate(run_vectors(cases))
+    assert got.tolist() == TABLE[inputs & 0xFF].tolist()
+    assert got.tolist() != TABLE.tolist(), "a table indexed by the signed value would pass only by chance"

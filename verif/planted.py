@@ -104,7 +104,8 @@ def every_opcode(config):
     unary = [Instr("ve.relu", dst=0x1A0, src=0, n=8, src_i8=1), Instr("ve.copy", dst=0x1C0, src=0x20, n=8, src_i8=1),
              Instr("ve.requant", dst=0x1E0, src=0, n=8, mult=3 << 20, shift=24, zp=-2),
              Instr("ve.redsum", dst=0x200, src=0, n=32, src_i8=1), Instr("ve.redmax", dst=0x220, src=0, n=32, src_i8=1),
-             Instr("ve.fill", dst=0x240, n=8, value=-7)]
+             Instr("ve.fill", dst=0x240, n=8, value=-7),
+             Instr("ve.lutload", src=0x100), Instr("ve.lut", dst=0x260, src=0, n=8)]  # table: the results above
     program = utop(EngineClass.DMA, [Instr("dma.load", sram=0, hbm=data, rows=1, row_bytes=0x40)], signal=1)
     program += utop(EngineClass.VE, [Instr("ve.shape", rows=1, dst_stride=0, src1_stride=0, src2_stride=0)]
                     + binary + unary, wait0=0, count0=1, signal=2)
@@ -165,6 +166,8 @@ def fault_cases(config, long_class=EngineClass.ME):
                 image(config, ve(signal=1 << (NUM_TOKENS - 1)) * (TOKEN_MAX_COUNT + 1))),
         Planted("me.matmul without me.loadw", FaultCode.ME_STATE,
                 image(config, utop(EngineClass.ME, [Instr("me.matmul", a=0, out=0x40, m=1)]))),
+        Planted("ve.lut without ve.lutload", FaultCode.VE_STATE,
+                image(config, utop(EngineClass.VE, [Instr("ve.lut", dst=0x40, src=0, n=1)]))),
         Planted("VE uTOp of a context that owns no VE", FaultCode.NO_ENGINE,
                 image(config, utop(EngineClass.DMA, [Instr("dma.load", sram=0, hbm=0, rows=1, row_bytes=16)])
                       + ve()), masks={"ve_mask": 0}),

@@ -29,6 +29,7 @@ import numpy as np
 
 from tcloud.firmware import ProgramBuilder
 from tcloud.isa import EngineClass, Instr, ProgramImage, Symbol, get_config
+from tcloud.isa.table import LUT_BYTES
 
 SLOT_BYTES = 128
 SLOTS = 8
@@ -133,13 +134,15 @@ class _Gen:
     def ve_instruction(self):
         lanes = self.cfg.ve_lanes
         op = self.pick(_BINARY + ("ve.relu", "ve.copy", "ve.fill", "ve.requant", "ve.requantf", "ve.redsum",
-                                  "ve.redmax"))
+                                  "ve.redmax", "ve.lut"))
         n = self.int(1, min(3 * lanes, SLOT_BYTES // 4))
         src1_i8, src2_i8, dst_i8 = (bool(self.int(0, 1)) for _ in range(3))
         if op in ("ve.requant", "ve.requantf"):
             src1_i8 = False
         if op == "ve.requantf":
             src2_i8 = False
+        if op == "ve.lut":
+            src1_i8 = dst_i8 = True
         reduce = op in ("ve.redsum", "ve.redmax")
         src1_bytes = n * (1 if src1_i8 else 4)
         src2_bytes = n * (1 if src2_i8 else 4)
@@ -149,7 +152,7 @@ class _Gen:
             strides[2] = 0
         rows = self.rows_fitting([(dst_bytes, strides[0]), (src1_bytes, strides[1]), (src2_bytes, strides[2])])
         dst, src1, src2 = self.slots(3)
-        in_place = op in ("ve.relu", "ve.copy", "ve.requant", "ve.requantf") + _BINARY and self.int(0, 3) == 0
+        in_place = op in ("ve.relu", "ve.copy", "ve.requant", "ve.requantf", "ve.lut") + _BINARY and self.int(0, 3) == 0
         if in_place and dst_bytes == src1_bytes and strides[0] == strides[1]:
             dst = src1
         shape = Instr("ve.shape", rows=rows, dst_stride=strides[0], src1_stride=strides[1], src2_stride=strides[2])
@@ -169,6 +172,8 @@ class _Gen:
             body = Instr(op, dst=dst, src=src1, n=n, src_i8=int(src1_i8), dst_i8=int(dst_i8))
         elif op == "ve.fill":
             body = Instr(op, dst=dst, n=n, value=self.int(-(1 << 31), (1 << 31) - 1), dst_i8=int(dst_i8))
+        elif op == "ve.lut":
+            body = Instr(op, dst=dst, src=src1, n=n)
         elif op == "ve.requant":
             tie = self.int(0, 2) == 0
             body = Instr(op, dst=dst, src=src1, n=n, mult=1 if tie else self.int(0, (1 << 31) - 1),
@@ -188,10 +193,23 @@ class _Gen:
             scale = np.float32(np.exp2(self.rng.uniform(-24, 4)))
         return int(np.float32(scale * self.pick((1, -1))).view(np.int32))
 
+    def lut_table(self):
+        """A ``ve.lutload`` of a random table: whatever the consecutive slots it spans hold (random
+        input or earlier results); returns it and the slots it reads."""
+        span = -(-LUT_BYTES // SLOT_BYTES)
+        first = self.int(0, SLOTS - span)
+        return Instr("ve.lutload", src=first * SLOT_BYTES), {_sram((first + i) * SLOT_BYTES) for i in range(span)}
+
     def ve_utop(self):
         body, reads, writes = [], set(), set()
+        loaded = False
         for _ in range(self.int(1, 3)):
             part, r, w = self.ve_instruction()
+            if part[-1].mnemonic == "ve.lut" and (not loaded or self.int(0, 2) == 0):
+                load, table = self.lut_table()  # else the table of an earlier ve.lutload of this uTOp
+                part.insert(self.int(0, 1), load)
+                r |= table
+                loaded = True
             body += part
             reads |= r
             writes |= w

@@ -228,6 +228,9 @@ ALLOWED = (
             "self.sram.addr.eq(self.sram_addr(dst + row * dst_stride))"),
     *_allow("rtl/vector_engine.py", "Advanced only while elem + lanes < n (or row + 1 < rows): fits the field.",
             "elem.eq(elem + lanes)", "row.eq(row + 1)"),
+    *_allow("rtl/vector_engine.py", _SRAM_WINDOW, "self.sram.addr.eq(self.sram_addr(src + elem))"),
+    *_allow("rtl/vector_engine.py", "A ve.lutload's word count: advanced only while elem + chunk < LUT_WORDS.",
+            "elem.eq(elem + chunk)"),
     *_allow("rtl/vector_engine.py", _INT32, "acc[lane].eq(Mux(elem == 0, item, combined))"),
 )
 """The intended truncations of ``PNPU`` on ``tiny`` and ``small``, each with its reason."""
