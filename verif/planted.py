@@ -105,7 +105,8 @@ def every_opcode(config):
              Instr("ve.requant", dst=0x1E0, src=0, n=8, mult=3 << 20, shift=24, zp=-2),
              Instr("ve.redsum", dst=0x200, src=0, n=32, src_i8=1), Instr("ve.redmax", dst=0x220, src=0, n=32, src_i8=1),
              Instr("ve.fill", dst=0x240, n=8, value=-7),
-             Instr("ve.lutload", src=0x100), Instr("ve.lut", dst=0x260, src=0, n=8)]  # table: the results above
+             Instr("ve.lutload", src=0x100), Instr("ve.lut", dst=0x260, src=0, n=8),  # table: the results above
+             Instr("ve.requantf", dst=0x280, src1=0, src2=0x20, n=8)]  # scale words: the loaded bytes
     program = utop(EngineClass.DMA, [Instr("dma.load", sram=0, hbm=data, rows=1, row_bytes=0x40)], signal=1)
     program += utop(EngineClass.VE, [Instr("ve.shape", rows=1, dst_stride=0, src1_stride=0, src2_stride=0)]
                     + binary + unary, wait0=0, count0=1, signal=2)
@@ -113,9 +114,9 @@ def every_opcode(config):
                                      Instr("me.matmul", a=0x20, out=0x300, m=2, a_stride=4, out_stride=8)],
                     wait0=1, count0=1)
     program += [Instr("nop"), Instr("fence")]
-    program += utop(EngineClass.DMA, [Instr("dma.store", sram=0x100, hbm=out, rows=1, row_bytes=0x180)])
-    return image(config, program, segments=[Segment(data, bytes(range(100, 164)))],
-                 symbols=[Symbol("Y", "output", "i32", (0x60,), out, 0x180)])
+    program += utop(EngineClass.DMA, [Instr("dma.store", sram=0x100, hbm=out, rows=1, row_bytes=0x1A0)])
+    return image(config, program, hbm_bytes=out + 0x1A0, segments=[Segment(data, bytes(range(100, 164)))],
+                 symbols=[Symbol("Y", "output", "i32", (0x68,), out, 0x1A0)])
 
 
 def fault_cases(config, long_class=EngineClass.ME):
