@@ -76,18 +76,23 @@ class NHWC:
         return self.hbm + ((b * self.padded_height + y + self.border[0]) * self.padded_width
                            + x + self.border[1]) * self.channels
 
+    def _transfer(self, op, sram, sram_stride, r0, rows, c0, cols):
+        if not any(self.border):  # interior pixels are contiguous: one transfer
+            return [Instr(op, sram=sram, hbm=self.hbm + r0 * self.channels + c0, rows=rows,
+                          row_bytes=padded_channels(cols), hbm_stride=self.channels, sram_stride=sram_stride)]
+        return [Instr(op, sram=sram + first * sram_stride, hbm=self.pixel(b, y, x) + c0, rows=length,
+                      row_bytes=padded_channels(cols), hbm_stride=self.channels, sram_stride=sram_stride)
+                for first, b, y, x, length in pixel_runs(r0, rows, self.height, self.width)]
+
+    def load(self, sram, sram_stride, r0, rows, c0, cols):
+        """``dma.load`` instructions reading interior pixels ``r0..r0+rows`` (row-major),
+        channels ``c0..c0+cols``, one pixel per scratchpad row."""
+        return self._transfer("dma.load", sram, sram_stride, r0, rows, c0, cols)
+
     def store(self, sram, sram_stride, r0, rows, c0, cols):
         """``dma.store`` instructions writing GEMM rows ``r0..r0+rows`` (interior pixels in
         row-major order), channels ``c0..c0+cols``."""
-        if not any(self.border):  # interior pixels are contiguous: one transfer
-            return [Instr("dma.store", sram=sram, hbm=self.hbm + r0 * self.channels + c0, rows=rows,
-                          row_bytes=padded_channels(cols), hbm_stride=self.channels, sram_stride=sram_stride)]
-        out = []
-        for first, b, y, x, length in pixel_runs(r0, rows, self.height, self.width):
-            out.append(Instr("dma.store", sram=sram + first * sram_stride, hbm=self.pixel(b, y, x) + c0,
-                             rows=length, row_bytes=padded_channels(cols), hbm_stride=self.channels,
-                             sram_stride=sram_stride))
-        return out
+        return self._transfer("dma.store", sram, sram_stride, r0, rows, c0, cols)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from tcloud.isa.errors import EncodingError
 from tcloud.isa.table import BY_MNEMONIC, INSTRUCTION_BYTES, WORD_BYTES, EngineClass
 from tcloud.isa.table import field_max as _field_max
 
-from .program import FirmwareError, ProgramBuilder
+from .program import MAX_DEPENDENCIES, FirmwareError, ProgramBuilder
 
 _ALIGN = 64
 MIB = 1 << 20
@@ -236,7 +236,10 @@ def plan_gemm(config, m, k, n, *, bias=False, requant=False, scales=False, max_u
     max_n = min(_field_max("dma.load", "row_bytes") // 4, _field_max("ve.add", "n"))
     max_k = min(_field_max("dma.load", "rows"), _field_max("dma.load", "row_bytes"))
     mb_opts = sorted({min(m, max_m, 1 << i) for i in range(4, 13)})
-    nb_opts = sorted({min(_up(n, cols), max_n // cols * cols, cols << i) for i in range(0, 12)})
+    # a block's epilogue and the next loads wait for every column tile (plus a store): one wait slot's
+    # worth keeps the live dependency groups within the tokens
+    max_tiles = MAX_DEPENDENCIES // 3 - 1
+    nb_opts = sorted({min(_up(n, cols), max_n // cols * cols, max_tiles * cols, cols << i) for i in range(0, 12)})
     kb_opts = sorted({min(_up(k, rows), max_k // rows * rows, rows << i) for i in range(0, 12)})
     hbm_a, hbm_b = m * _up(k, WORD_BYTES), k * _up(n, WORD_BYTES)
     budget = cfg.sram_bytes if sram_bytes is None else sram_bytes

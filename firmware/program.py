@@ -23,6 +23,8 @@ from tcloud.isa.table import BY_MNEMONIC, NUM_TOKENS, UTOP_CLASSES, EngineClass
 _MAX_COUNT = (1 << BY_MNEMONIC["utop"].field("count0").width) - 1
 _MAX_COST = BY_MNEMONIC["utop"].field("cost").max_value
 _WAIT_SLOTS = sum(1 for f in BY_MNEMONIC["utop"].fields if f.kind == "token")
+MAX_DEPENDENCIES = _WAIT_SLOTS * _MAX_COUNT
+"""The most uTOps one uTOp may depend on (since the last fence): its wait slots times their count."""
 PROGRESS_STEP = 4096
 """Instructions between two calls of a ``progress`` callback."""
 

@@ -190,6 +190,43 @@ def test_max_and_global_average_pooling_equal_onnxruntime(seed, c, o, h, pool_pa
                               per_channel=True, activations=activations)
 
 
+def unary_model(rng, features, op, **attributes):
+    """Gemm → a float unary operator → Gemm (the quantizer brackets the operator with Q/DQ or maps it to
+    QLinear*; one it does not quantize stays float between a DequantizeLinear and a QuantizeLinear)."""
+    def weight(name):
+        return helper.make_tensor(name, TensorProto.FLOAT, (features, features),
+                                  rng.standard_normal((features, features)).astype(np.float32).ravel())
+
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["g"], name="gemm"),
+             helper.make_node(op, ["g"], ["u"], name="unary", **attributes),
+             helper.make_node("Gemm", ["u", "w2"], ["y"], name="gemm2")]
+    graph = helper.make_graph(nodes, "unary", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", features])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight("w"), weight("w2")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), features=st.integers(1, 40),
+       op=st.sampled_from([("Sigmoid", {}), ("Tanh", {}), ("LeakyRelu", {"alpha": 0.1}), ("HardSigmoid", {})]),
+       fmt=st.sampled_from(["qdq", "qop"]), activations=st.sampled_from(["int8", "uint8"]))
+def test_unary_operators_as_tables_equal_onnxruntime(seed, features, op, fmt, activations):
+    rng = np.random.default_rng(seed)
+    check_against_onnxruntime(unary_model(rng, features, op[0], **op[1]), (features,), fmt, rng, batch=3,
+                              activations=activations)
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qop"])
+def test_the_dlrm_tower_equals_onnxruntime(fmt):
+    from tcloud.runtime.compiler.zoo import builders
+
+    model = quantize(builders.dlrm_mlp(), fmt)
+    x = np.random.default_rng(0).standard_normal((8, 13)).astype(np.float32)
+    compiled = compile(model, "small", batch=8)
+    assert [layer["op"] for layer in compiled.layers][-1] in ("Sigmoid", "QLinearSigmoid")
+    ref = next(iter(onnxruntime_outputs(model, {"dense": x}).values()))
+    assert np.array_equal(next(iter(compiled.run({"dense": x}).values())), ref)
+
+
 def test_a_float_model_is_quantized_with_the_calibration_samples_given():
     x, _ = digits.held_out("digits_cnn")
     calibration = {"input": digits.calibration("digits_cnn")}

@@ -28,12 +28,13 @@ import numpy as np
 from tcloud.firmware import FirmwareError, ProgramBuilder
 from tcloud.firmware.conv import NHWC, Im2col, padded_channels
 from tcloud.firmware.depthwise import emit_depthwise
+from tcloud.firmware.lookup import emit_lookup
 from tcloud.firmware.pool import emit_maxpool
 from tcloud.firmware.gemm import DenseMatrix, ScaleRow, emit_gemm, plan_gemm, requantf_scale_words
 from tcloud.isa import ProgramImage, Segment, Symbol, get_config
 from tcloud.isa.table import INSTRUCTION_BYTES, WORD_BYTES
 
-from .ir import (CompileError, DepthwiseConv, DequantizeOutput, Flatten, GlobalAveragePool, Linear, MaxPool,
+from .ir import (CompileError, DepthwiseConv, DequantizeOutput, Flatten, GlobalAveragePool, Linear, Lookup, MaxPool,
                  QuantizeInput, node_error)
 
 _ALIGN = 64
@@ -159,7 +160,10 @@ def lower(graph, config, *, sram_bytes=None, max_utop_cost=None):
         sram_peak = max(sram_peak, report.sram_bytes)
         layers.append(report)
     code_at = _up(arena_end, _ALIGN)
-    code = prog.build(cfg)
+    try:
+        code = prog.build(cfg)
+    except FirmwareError as exc:
+        raise CompileError(f"the program cannot be synchronised: {exc}") from None
     hbm_bytes = _up(code_at + len(code), _ALIGN)
     if hbm_bytes > cfg.hbm_bytes:
         raise CompileError(f"the model needs {hbm_bytes} bytes of HBM ({const_bytes} of constants, "
@@ -193,7 +197,10 @@ def _layouts(graph):
             else:
                 layouts[node.output] = Layout("dense", source.shape, feature_map=source.feature_map,
                                               alias_of=node.inputs[0])
-        elif isinstance(node, (QuantizeInput, Linear, MaxPool, GlobalAveragePool)):
+        elif isinstance(node, Lookup) and layouts[node.inputs[0]].kind == "dense":
+            source = layouts[node.inputs[0]]
+            layouts[node.output] = Layout("dense", source.shape, feature_map=source.feature_map)
+        elif isinstance(node, (QuantizeInput, Linear, MaxPool, GlobalAveragePool, Lookup)):
             shape = tensor.shape
             if len(shape) == 4:
                 layouts[node.output] = Layout("nhwc", (shape[0], shape[2], shape[3], padded_channels(shape[1])))
@@ -263,6 +270,8 @@ def _node_constants(node, graph, layouts):
     if isinstance(node, Linear):
         b, bias = _weight_matrix(node, graph, layouts)
         return {"b": b, "bias": bias, "scales": _scale_words(node.scale, b.shape[1])}
+    if isinstance(node, Lookup):
+        return {"table": node.table.astype(np.int8)}
     if isinstance(node, GlobalAveragePool):
         _, height, width, channels = layouts[node.inputs[0]].shape
         pixels = height * width
@@ -376,6 +385,19 @@ def _emit_depthwise(prog, cfg, node, graph, layouts, constants, budget, max_utop
                        ve_elements=pixels * y.shape[3] * (2 * weights.shape[0] + 2), sram_bytes=used)
 
 
+def _emit_lookup(prog, cfg, node, graph, layouts, constants, budget, max_utop_cost):
+    x, y = layouts[node.inputs[0]], layouts[node.output]
+    if x.kind == "nhwc":
+        source, dest = x.nhwc, y.nhwc
+        rows, cols = x.shape[0] * x.shape[1] * x.shape[2], x.shape[3]
+    else:
+        source, dest = DenseMatrix(x.hbm, x.shape[1]), DenseMatrix(y.hbm, y.shape[1])
+        rows, cols = x.shape
+    table_offset, _ = constants["table"]
+    used = emit_lookup(prog, source, dest, rows, cols, DenseMatrix(table_offset, 0), budget)
+    return LayerReport(node.name, node.op, graph.tensors[node.output].shape, ve_elements=rows * cols, sram_bytes=used)
+
+
 def _emit_maxpool(prog, cfg, node, graph, layouts, constants, budget, max_utop_cost):
     x, y = layouts[node.inputs[0]], layouts[node.output]
     used = emit_maxpool(prog, x.nhwc, y.nhwc, node.kernel, node.stride, node.pads, budget)
@@ -447,5 +469,5 @@ def _metadata(graph, layouts, layers):
 
 
 _EMITTERS = {Linear: _emit_linear, DepthwiseConv: _emit_depthwise, MaxPool: _emit_maxpool,
-             GlobalAveragePool: _emit_global_average}
+             GlobalAveragePool: _emit_global_average, Lookup: _emit_lookup}
 """The lowering of each IR operator that runs on the pNPU (the others move no data)."""

@@ -1,0 +1,53 @@
+"""Table lookup over an int8 tensor on the vector engines (a quantized unary operator).
+
+The 256-byte table is copied into the scratchpad once; then, block by block, a DMA uTOp brings rows
+of the tensor in, a VE uTOp loads the table into the engine (``ve.lutload``; a table lives only for
+its uTOp) and maps the block in place (``ve.lut``), and a DMA uTOp stores it. Buffers are
+double-buffered.
+"""
+
+from tcloud.isa import EngineClass, Instr
+from tcloud.isa.table import LUT_BYTES, field_max
+
+from .program import FirmwareError
+
+_MAX_ROWS = min(field_max("ve.shape", "rows"), field_max("dma.load", "rows"))
+
+
+def emit_lookup(prog, source, dest, rows, cols, table, sram_bytes):
+    """Append ``dest = table[source]`` (elementwise, int8) to ``prog``.
+
+    Parameters
+    ----------
+    prog : ProgramBuilder
+    source, dest : layouts with ``load`` / ``store`` (``DenseMatrix``, ``NHWC``)
+        ``rows`` rows of ``cols`` int8 values.
+    rows, cols : int
+    table : DenseMatrix
+        The 256 output bytes, indexed by the input byte.
+    sram_bytes : int
+
+    Returns
+    -------
+    int
+        The scratchpad bytes used.
+    """
+    stride = -(-cols // 4) * 4
+    block = min(rows, _MAX_ROWS, max(1, (sram_bytes - LUT_BYTES) // (2 * stride)))
+    used = LUT_BYTES + 2 * block * stride
+    if used > sram_bytes:
+        raise FirmwareError(f"a table lookup over rows of {cols} bytes needs {used} bytes of scratchpad, the "
+                            f"budget is {sram_bytes}")
+    buffers = [LUT_BYTES, LUT_BYTES + block * stride]
+    setup = prog.utop(EngineClass.DMA, table.load(0, 0, 0, 1, 0, LUT_BYTES))
+    ves, stores = [], []
+    for index, r0 in enumerate(range(0, rows, block)):
+        count, buf = min(block, rows - r0), buffers[index % 2]
+        load = prog.utop(EngineClass.DMA, source.load(buf, stride, r0, count, 0, cols),
+                         [stores[index - 2]] if index >= 2 else [])
+        ves.append(prog.utop(EngineClass.VE, [
+            Instr("ve.lutload", src=0),
+            Instr("ve.shape", rows=count, dst_stride=stride, src1_stride=stride, src2_stride=0),
+            Instr("ve.lut", dst=buf, src=buf, n=cols)], [setup, load]))
+        stores.append(prog.utop(EngineClass.DMA, dest.store(buf, stride, r0, count, 0, cols), [ves[-1]]))
+    return used
