@@ -270,6 +270,16 @@ def test_a_model_too_large_for_the_configuration_names_the_sizes():
         compile(digits.load("digits_cnn_qop"), "tiny", batch=4096)
 
 
+def test_bad_options_and_calibration_files_are_compile_errors(tmp_path):
+    with pytest.raises(CompileError, match="batch must be a positive integer, got 0"):
+        compile(digits.load("digits_mlp_qop"), "small", batch=0)
+    with pytest.raises(CompileError, match="cannot read calibration samples"):
+        compile(digits.load("digits_mlp"), "small", tmp_path / "missing.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(CompileError, match="cannot read calibration samples"):
+        compile(digits.load("digits_mlp"), "small", tmp_path / "junk.npz")
+
+
 def test_a_missing_or_broken_file_is_a_compile_error(tmp_path):
     with pytest.raises(CompileError, match="no such model file"):
         compile(tmp_path / "missing.onnx")

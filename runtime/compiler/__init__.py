@@ -52,6 +52,9 @@ def compile(model, config="small", calibration=None, *, batch=None, sram_kib=Non
         An unsupported operator or attribute (naming the node), or a model too large for the
         configuration (naming the tensor and the sizes).
     """
+    for name, value in (("batch", batch), ("sram_kib", sram_kib), ("max_utop_cost", max_utop_cost)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise CompileError(f"{name} must be a positive integer, got {value!r}")
     proto = load_model(model)
     if not _is_quantized(proto):
         proto = quantize_model(proto, calibration)
@@ -93,7 +96,14 @@ def quantize_model(model, calibration=None):
         warnings.warn("no calibration samples given: quantizing with random inputs; pass calibration= "
                       "(or --calibration samples.npz) for a model that keeps its accuracy", stacklevel=2)
         return quantize(proto, "qdq")
-    data = dict(np.load(calibration)) if isinstance(calibration, (str, Path)) else dict(calibration)
+    if isinstance(calibration, (str, Path)):
+        try:
+            with np.load(calibration, allow_pickle=False) as archive:
+                data = dict(archive)
+        except (OSError, ValueError) as exc:
+            raise CompileError(f"cannot read calibration samples {calibration}: {exc}") from None
+    else:
+        data = dict(calibration)
     names = [value.name for value in proto.graph.input if value.name not in {i.name for i in proto.graph.initializer}]
     missing = sorted(set(names) - set(data))
     if missing:
