@@ -164,7 +164,7 @@ def _fp32_exponent(word):
 
 def _fp32_significand(word):
     """The 24-bit significand of a binary32 word, 0 when the exponent field is 0 (zero, subnormal)."""
-    return Cat(word[:SCALE_FRACTION_BITS], _fp32_exponent(word) != 0)
+    return Mux(_fp32_exponent(word) != 0, Cat(word[:SCALE_FRACTION_BITS], Const(1, 1)), 0)
 
 
 def fma_factor(m, x, src1_kind, lane):

@@ -122,6 +122,11 @@ def test_golden_fma_targeted_ties_and_exponent_extremes():
             for r in (word(1.0), word(-0.5), word(2.0 ** -100), word(2.0 ** 96)):
                 cases.append((FmaSource.INT32, x, r, 0))
                 cases.append((FmaSource.INT32, -x, r, word(2.0 ** -60)))
+    for x in (I32[1], -1234567891, 987654321):  # a 55-bit product one place below its minus-power-of-two addend
+        for r in (word(1.0 - 2.0 ** -24), word(0.7853982), word(-1.2345678e-5)):
+            exact = Fraction(x) * value_of(r)
+            top = Fraction(2) ** (abs(exact).numerator.bit_length() - abs(exact).denominator.bit_length() + 1)
+            cases.append((FmaSource.INT32, x, r, round_to_word(-top if exact > 0 else top)))
     for e in (1, 2, 3, 126, 127, 253, 254, 255):
         for c in (0, word(1.0), word(-(2.0 ** 100)), 0x7F7FFFFF, 0xFF7FFFFF, 0x00800001, 0x80FFFFFF):
             cases.append((FmaSource.FP32, e << 23 | 0x7FFFFF, word(1.5), c))

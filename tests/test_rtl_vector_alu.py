@@ -174,7 +174,7 @@ def fma_cases(seed, count):
     cases = []
     for i in range(count):
         kind, result = FmaSource(i % 4), FmaResult((i // 4) % 4)
-        style = (i // 16) % 5
+        style = (i // 16) % 6
         if kind == FmaSource.FP32:
             x = f32(rng.normal(0, 100, LANES)) if style else rng.integers(0, 1 << 32, LANES)
         elif kind == FmaSource.INT32:
@@ -192,12 +192,31 @@ def fma_cases(seed, count):
                   else (x & 0xFF if kind == FmaSource.UINT8 else x).astype(np.float64))
             prod = xv * np.float64(np.uint32(r).view(np.float32))
             c = (f32(-prod) ^ rng.integers(0, 4, LANES)) & 0xFFFFFFFF
+            # or minus the power of two just above |product|: a product of many bits one place below the
+            # addend's top cancels all but its low bits, which a narrow alignment frame would lose
+            with np.errstate(divide="ignore"):
+                power = -np.sign(prod) * np.exp2(np.ceil(np.log2(np.abs(prod))))
+            c = np.where(np.arange(LANES) % 2 == 1, f32(power), c)
         elif style == 3:  # special words
             c = rng.permutation(specials)
-        else:  # half-integers near zero: ties of the integer rounding
+        elif style == 4:  # half-integers near zero: ties of the integer rounding
             c = f32(rng.integers(-300, 300, LANES) + 0.5)
             r = 0
+        else:  # products exactly halfway between binary32 neighbours: a tiny addend's sign decides (sticky)
+            if kind == FmaSource.INT32:
+                bits = rng.integers(25, 32, LANES)
+                x = (1 << (bits - 1)) + (rng.integers(0, 1 << 10, LANES) << (bits - 24)) + (1 << (bits - 25))
+                x = x * rng.choice([-1, 1], LANES)
+                r = int(f32(rng.choice([1.0, 0.125, -4.0])))
+            elif kind == FmaSource.FP32:
+                x = f32(1.0 + (2 * rng.integers(0, 1 << 20, LANES) + 1) * 2.0 ** -23)
+                r = int(f32(1.5))
+            c = f32(rng.choice([-1, 1], LANES) * np.exp2(rng.integers(-60, -30, LANES).astype(np.float64)))
         cases.append((x, c, r, kind, result))
+    # results at the edge of the normal range: 2**-127 (flushed), 2**-126, and 3 * 2**-127 (kept)
+    edge = np.array([0x80800000, 0x80C00000, 0x80400000, 0x00800000, 0x80A00000, 0x80900000, 0, 0x7F7FFFFF])
+    cases += [(np.ones(LANES, np.int64), edge, 0x00C00000, FmaSource.INT8, FmaResult.FP32),
+              (np.full(LANES, 2, np.int64), edge, 0x7F000000, FmaSource.INT32, FmaResult.FP32)]
     return cases
 
 
