@@ -29,9 +29,13 @@ VE_STEPS_PER_CHUNK = {
     **{name: 5 for name in ("ve.add", "ve.sub", "ve.mul", "ve.max", "ve.min", "ve.requantf")},
     "ve.relu": 3, "ve.copy": 3, "ve.requant": 3, "ve.fill": 1,
     "ve.redsum": 3, "ve.redmax": 3,
+    "ve.fma": 5,
 }
 """Vector-engine steps per chunk of ``ve_lanes`` elements: reads of each source, then the write
-(``ve.fill`` writes only; reductions accumulate instead of writing, and write once per row)."""
+(``ve.fill`` writes only; reductions accumulate instead of writing, and write once per row). ``ve.fma``
+with ``src2_zero`` skips the second source's read and its wait: :data:`FMA_NO_ADDEND_STEPS` fewer."""
+
+FMA_NO_ADDEND_STEPS = VE_STEPS_PER_CHUNK["ve.fma"] - VE_STEPS_PER_CHUNK["ve.copy"]
 
 VE_STEPS_PER_CHUNK["ve.lut"] = VE_STEPS_PER_CHUNK["ve.relu"]
 """``ve.lut`` streams like the other one-source ops (read, wait, write); its lookup is combinational,
@@ -89,12 +93,15 @@ def instruction_units(mnemonic, field, config, ve_rows=1, continues=0):
     if mnemonic == "me.matmul":
         # stream; a new region also writes back, and loads first when accumulating
         return INSTRUCTION_UNITS + field("m") * (1 + (1 - continues) * (1 + field("acc")))
-    if mnemonic == "ve.shape":
+    if mnemonic in ("ve.shape", "ve.setf"):
         return INSTRUCTION_UNITS
     if mnemonic == "ve.lutload":
         return lutload_units(config)
     chunks = _ceil_div(field("n"), config.ve_lanes)
-    per_row = chunks * VE_STEPS_PER_CHUNK[mnemonic] + (1 if mnemonic in _REDUCTIONS else 0)
+    steps = VE_STEPS_PER_CHUNK[mnemonic]
+    if mnemonic == "ve.fma":
+        steps = steps - FMA_NO_ADDEND_STEPS * field("src2_zero")
+    per_row = chunks * steps + (1 if mnemonic in _REDUCTIONS else 0)
     return INSTRUCTION_UNITS + ve_rows * per_row
 
 

@@ -33,9 +33,10 @@ from .config import get_config
 from .cost import UnitState
 from .encoding import DecodeError, Instr, decode
 from .errors import HostCommandError
-from .table import (INSTRUCTION_BYTES, LUT_BYTES, NUM_TOKENS, SCALE_EXPONENT_BIAS, SCALE_EXPONENT_BITS,
+from .table import (FMA_BYTE_RESULTS, FMA_BYTE_SOURCES, INSTRUCTION_BYTES, LUT_BYTES, NUM_TOKENS, SCALE_EXPONENT_BIAS,
+                    SCALE_EXPONENT_BITS,
                     SCALE_FRACTION_BITS, TOKEN_MAX_COUNT, UTOP_CLASSES, ContextStatus, EngineClass, FaultCode,
-                    Policy, parse_policy)
+                    FmaResult, FmaSource, Policy, parse_policy)
 
 _I8 = (-128, 127)
 _I32 = (-(1 << 31), (1 << 31) - 1)
@@ -390,6 +391,8 @@ class _EngineState:
         self.lut = None
         self.rows = 1
         self.dst_stride = self.src1_stride = self.src2_stride = 0
+        self.fma_multiplier = 0
+        """Bit pattern of ``ve.fma``'s binary32 multiplier R (``ve.setf``); +0.0 until set."""
 
 
 def run_alone(image, config, *, trace=False):
@@ -524,6 +527,132 @@ def requantize_fp32(values, scale_words, zp, dst_i8=True):
     return np.clip(np.where(negative, -magnitude, magnitude) + np.int64(zp), *(_I8 if dst_i8 else _I32))
 
 
+_WORD_BITS = 32
+_SIGN_BIT = _WORD_BITS - 1
+_INF_EXPONENT = _EXPONENT_MASK
+_FRAME_BITS = 62
+"""``ve.fma`` adds its product and addend as integers in a frame of this many bits below the larger
+operand's top bit (both magnitudes then stay below 2**62, their sum below 2**63)."""
+
+
+def _bit_length63(values):
+    """Bit length of each non-negative int64 (any, up to 2**63 - 1; exact)."""
+    values = np.asarray(values, dtype=np.int64)
+    _, exponent = np.frexp(values.astype(np.float64))
+    exponent = exponent.astype(np.int64)
+    over = (exponent > 0) & ((values >> np.clip(exponent - 1, 0, 63)) == 0)  # float64 rounded up
+    return exponent - over
+
+
+def fp32_fields(words):
+    """``(negative, significand, exponent)`` of binary32 bit patterns as ``ve.fma`` reads them: the word
+    is ``±significand · 2**exponent``; exponent field 0 reads as zero, 255 as a normal number."""
+    words = np.asarray(words, dtype=np.int64) & ((1 << _WORD_BITS) - 1)
+    biased = (words >> _FRACTION_BITS) & _EXPONENT_MASK
+    significand = np.where(biased > 0, (words & ((1 << _FRACTION_BITS) - 1)) | (1 << _FRACTION_BITS), 0)
+    return (words >> _SIGN_BIT) == 1, significand, biased - (_EXPONENT_BIAS + _FRACTION_BITS)
+
+
+def _align(negative, magnitude, exponent, low):
+    """``floor(±magnitude · 2**(exponent - low))`` and whether it dropped nonzero bits (magnitude < 2**56)."""
+    signed = np.where(negative, -magnitude, magnitude)
+    left = exponent - low
+    right = np.minimum(np.maximum(-left, 0), 63)
+    shifted = np.where(left >= 0, signed << np.clip(left, 0, 63), signed >> right)
+    lost = (magnitude & ((np.int64(1) << np.minimum(right, _FRAME_BITS)) - 1)) != 0
+    return shifted, lost
+
+
+def fma_fp32(x, x_kind, r_word, c_words):
+    """Reference ``ve.fma`` binary32 result: ``fl32(x · R + C)`` rounded once, half to even.
+
+    Exact, in int64 only: the product of the significands (< 2**55) and the addend's significand
+    are aligned in a 62-bit frame under the larger top bit; bits the smaller operand loses below
+    the frame only matter as a sticky bit, because an operand that loses bits lies at least 2**5
+    below the other, so the sum keeps at least 60 significant bits above them (the 24 kept plus
+    guard, far more than round-half-even needs). Special words as the ISA table says (exponent
+    field 0 reads as zero, 255 as a normal number; results below 2**-126 flush to +0, results
+    of 2**128 and more become ±inf; a zero result is +0).
+
+    Parameters
+    ----------
+    x : array_like of int
+        src1 elements: integers (int8, uint8, int32 kinds) or binary32 bit patterns (FP32 kind).
+    x_kind : FmaSource
+    r_word : int
+        Bit pattern of the multiplier R (``ve.setf``).
+    c_words : array_like of int
+        Bit patterns of the addends, broadcast with ``x`` (0 for ``src2_zero``).
+
+    Returns
+    -------
+    numpy.ndarray of int64
+        Binary32 bit patterns (0 .. 2**32 - 1).
+    """
+    x = np.asarray(x, dtype=np.int64)
+    if FmaSource(x_kind) == FmaSource.FP32:
+        x_negative, x_magnitude, x_exponent = fp32_fields(x)
+    else:
+        x_negative, x_magnitude, x_exponent = x < 0, np.abs(x), np.zeros_like(x)
+    r_negative, r_magnitude, r_exponent = fp32_fields(r_word)
+    c_negative, c_magnitude, c_exponent = fp32_fields(c_words)
+    x_magnitude, c_magnitude = np.broadcast_arrays(x_magnitude, c_magnitude)
+    p_magnitude = x_magnitude * r_magnitude  # <= 2**31 * (2**24 - 1) < 2**55
+    p_exponent = x_exponent + r_exponent
+    p_negative = x_negative ^ r_negative
+    p_top = np.where(p_magnitude > 0, p_exponent + _bit_length63(p_magnitude), np.iinfo(np.int64).min // 2)
+    c_top = np.where(c_magnitude > 0, c_exponent + _SIGNIFICANT_BITS, np.iinfo(np.int64).min // 2)
+    low = np.maximum(p_top, c_top) - _FRAME_BITS
+    p_frame, p_lost = _align(p_negative, p_magnitude, p_exponent, low)
+    c_frame, c_lost = _align(c_negative, c_magnitude, c_exponent, low)
+    total = p_frame + c_frame  # floor of the exact sum in units of 2**low; inexact iff a part was lost
+    inexact = p_lost | c_lost
+    negative = total < 0
+    magnitude = np.where(negative, -total - inexact, total)  # floor of |exact sum|
+    length = _bit_length63(magnitude)
+    drop = np.maximum(length - _SIGNIFICANT_BITS, 0)
+    kept = magnitude >> drop
+    guard = np.where(drop > 0, (magnitude >> np.maximum(drop - 1, 0)) & 1, 0) == 1
+    below = ((magnitude & ((np.int64(1) << np.maximum(drop - 1, 0)) - 1)) != 0) | inexact
+    kept = kept + (guard & (below | ((kept & 1) == 1)))
+    carry = kept >> _SIGNIFICANT_BITS
+    kept, drop = kept >> carry, drop + carry
+    # normalise exact short results (drop 0, fewer than 24 bits) to a 24-bit significand
+    up = np.maximum(_SIGNIFICANT_BITS - _bit_length63(kept), 0)
+    kept = kept << up
+    biased = low + drop - up + _EXPONENT_BIAS + _FRACTION_BITS
+    sign = negative.astype(np.int64) << _SIGN_BIT
+    normal = sign | (np.clip(biased, 0, _INF_EXPONENT) << _FRACTION_BITS) | (kept & ((1 << _FRACTION_BITS) - 1))
+    infinity = sign | (_INF_EXPONENT << _FRACTION_BITS)
+    return np.where((kept == 0) | (biased <= 0), 0, np.where(biased >= _INF_EXPONENT, infinity, normal))
+
+
+_ACC_BITS_FAR = _FAR.bit_length() - _SIGNIFICANT_BITS
+"""Left shift of a 24-bit significand beyond which every integer result saturates like _FAR."""
+
+
+_FMA_RANGES = {FmaResult.INT8: _I8, FmaResult.UINT8: (0, 255), FmaResult.INT32: _I32}
+
+
+def fp32_to_int(words, result_kind):
+    """``ve.fma``'s integer results: ``round_half_even`` of binary32 words (as :func:`fma_fp32` writes
+    them: normal, +0 or ±inf), saturated to the range of ``result_kind``."""
+    negative, significand, exponent = fp32_fields(words)
+    right = _shift_half_even(significand, np.maximum(-exponent, 0))
+    beyond = exponent > _ACC_BITS_FAR
+    left = np.where(beyond, np.where(significand > 0, _FAR, 0),
+                    significand << np.clip(exponent, 0, _ACC_BITS_FAR))
+    magnitude = np.minimum(np.where(exponent >= 0, left, right), _FAR)
+    return np.clip(np.where(negative, -magnitude, magnitude), *_FMA_RANGES[FmaResult(result_kind)])
+
+
+def ve_fma(x, x_kind, r_word, c_words, result_kind):
+    """Reference ``ve.fma`` on element values: binary32 words (as int64 0 .. 2**32 - 1) for
+    ``FmaResult.FP32``, else the saturated integers (uint8 results as 0 .. 255)."""
+    words = fma_fp32(x, x_kind, r_word, c_words)
+    return words if FmaResult(result_kind) == FmaResult.FP32 else fp32_to_int(words, result_kind)
+
+
 def _dma(machine, ctx, engine, instr):
     rows, row_bytes = instr["rows"], instr["row_bytes"]
     if instr.mnemonic == "dma.load":
@@ -640,6 +769,28 @@ def _ve_lut(machine, ctx, engine, instr):
     ctx.counters.ve_elements += rows * n
 
 
+def _ve_setf(machine, ctx, engine, instr):
+    engine.fma_multiplier = instr["value"] & ((1 << _WORD_BITS) - 1)
+
+
+def _ve_fma(machine, ctx, engine, instr):
+    n, rows = instr["n"], engine.rows
+    x_kind, result_kind = FmaSource(instr["src1_kind"]), FmaResult(instr["dst_kind"])
+    x = machine._read_elems(ctx, instr["src1"], rows, n, x_kind in FMA_BYTE_SOURCES, engine.src1_stride)
+    if x_kind == FmaSource.UINT8:
+        x = x & 0xFF
+    if instr["src2_zero"]:
+        c = np.zeros_like(x)
+    else:
+        c = machine._read_elems(ctx, instr["src2"], rows, n, False, engine.src2_stride)
+    y = ve_fma(x, x_kind, engine.fma_multiplier, c, result_kind)
+    byte_result = result_kind in FMA_BYTE_RESULTS
+    if result_kind == FmaResult.UINT8:
+        y = np.where(y > _I8[1], y - 256, y)  # the uint8 byte, as the int8 value with the same bits
+    machine._write_elems(ctx, instr["dst"], engine.dst_stride, y, byte_result)
+    ctx.counters.ve_elements += rows * n
+
+
 _EXECUTE = {
     "dma.load": _dma, "dma.store": _dma,
     "me.loadw": _me_loadw, "me.matmul": _me_matmul,
@@ -649,6 +800,7 @@ _EXECUTE = {
     "ve.fill": _ve_fill, "ve.requant": _ve_requant, "ve.requantf": _ve_requantf,
     "ve.redsum": _ve_reduce, "ve.redmax": _ve_reduce,
     "ve.lutload": _ve_lutload, "ve.lut": _ve_lut,
+    "ve.setf": _ve_setf, "ve.fma": _ve_fma,
 }
 
 
@@ -664,4 +816,4 @@ def _check_coverage():
 _check_coverage()
 
 __all__ = ["Machine", "Context", "Counters", "Window", "Access", "TraceEvent", "lookup", "requantize",
-           "requantize_fp32", "run_alone", "wrap_i32"]
+           "requantize_fp32", "fma_fp32", "fp32_fields", "fp32_to_int", "ve_fma", "run_alone", "wrap_i32"]

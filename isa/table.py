@@ -51,6 +51,36 @@ SCALE_EXPONENT_BIAS = 127
 """Exponent bias of binary32: a normal scale is ``(1 + fraction / 2**23) * 2**(exponent - 127)``."""
 
 
+class FmaSource(IntEnum):
+    """What ``ve.fma``'s ``src1_kind`` field reads from src1: an exact integer or a binary32 word."""
+
+    INT8 = 0
+    """int8 bytes, sign-extended."""
+    UINT8 = 1
+    """uint8 bytes (0..255): raw uint8 tensors, no zero-point shift."""
+    INT32 = 2
+    """int32 words, exact (no rounding to binary32 before the multiply)."""
+    FP32 = 3
+    """binary32 words (bit patterns)."""
+
+
+class FmaResult(IntEnum):
+    """What ``ve.fma``'s ``dst_kind`` field writes: the binary32 result, or it rounded to an integer."""
+
+    FP32 = 0
+    """The binary32 bit pattern, one word per element."""
+    INT8 = 1
+    """round_half_even of the binary32 result, saturated to [-128, 127], one byte per element."""
+    UINT8 = 2
+    """round_half_even of the binary32 result, saturated to [0, 255], one byte per element."""
+    INT32 = 3
+    """round_half_even of the binary32 result, saturated to int32, one word per element."""
+
+
+FMA_BYTE_SOURCES = (FmaSource.INT8, FmaSource.UINT8)
+FMA_BYTE_RESULTS = (FmaResult.INT8, FmaResult.UINT8)
+
+
 class EngineClass(IntEnum):
     """Which unit executes an instruction."""
 
@@ -437,6 +467,32 @@ INSTRUCTIONS = (
        "exponent of the scale. Every word is defined: E = 0 (zero, subnormal) gives zp; E = 255 (inf, NaN) "
        "continues the rule (a scale of 2^128·(1 + fraction)), so a nonzero src1 saturates. int8 results "
        "saturate to [-128, 127]; for uint8 outputs take zp - 128 and flip bit 7 of the result."),
+    InstructionSpec("ve.setf", 0x42, EngineClass.VE, (
+        Field("value", 32, "IEEE-754 binary32 bit pattern of the multiplier R.", default=0, kind="int"),
+    ), "Sets the binary32 multiplier R of every following ve.fma for the rest of the uTOp (each uTOp "
+       "starts with R = +0.0, bit pattern 0)."),
+    _ve("ve.fma", 0x43, (
+        _sram("dst", "Destination scratchpad address."),
+        _sram("src1", "Multiplicand X (kind src1_kind)."),
+        _sram("src2", "Addend C: one binary32 word per element (ignored when src2_zero)."),
+        _count("n", 16, "Elements per row."),
+        Field("src1_kind", 2, "src1 holds int8 (0), uint8 (1), int32 (2) or binary32 words (3).", default=0),
+        _flag("src2_zero", "No addend: C = +0.0 and src2 is not read."),
+        Field("dst_kind", 2, "dst gets binary32 words (0) or the rounded integer saturated to int8 (1), "
+              "uint8 (2) or int32 (3).", default=0),
+    ), "v = fl32(X·R + C), the fused multiply-add rounded once (half to even) to binary32, with R from "
+       "ve.setf; dst_kind 0 writes v's bit pattern, dst_kind 1-3 write round_half_even(v) saturated "
+       "(so int outputs are rounded twice: to binary32, then to an integer, as onnxruntime's "
+       "QLinearAdd). Integer X (int8, uint8, int32) is exact, not first rounded to binary32. Binary32 "
+       "operands with exponent field 0 (zero, subnormal) read as zero; exponent field 255 (inf, NaN) "
+       "is not special: the word reads as 2^128·(1 + fraction/2^23) with its sign. A result whose "
+       "rounded magnitude is below 2^-126 is written as +0.0 (subnormal results flush to zero; a zero "
+       "result is always +0.0), one of 2^128 or more as ±inf (exponent 255, fraction 0), which the "
+       "integer kinds saturate. Int8 data with scales of magnitude at least 2^-100 never reach "
+       "either: X·R + C is a multiple of 2^(min(eR, eC) - 23), so a nonzero result is normal. "
+       "QLinearAdd: ve.setf rBC, ve.fma t = b·rBC + K; ve.setf rAC, ve.fma y = a·rAC + t to int8/uint8. "
+       "QLinearMul: p = (a - zA)·(b - zB) as int32; ve.setf r, ve.fma x = p·r + 0; ve.setf 1.0, "
+       "ve.fma y = x·1.0 + zC (a broadcast row) to int8/uint8."),
     _ve("ve.redsum", 0x3C, _VE_REDUCE_FIELDS, "dst[r] = sum of the n elements of row r (int32 wrap-around)."),
     _ve("ve.redmax", 0x3D, _VE_REDUCE_FIELDS, "dst[r] = max of the n elements of row r."),
     InstructionSpec("ve.lutload", 0x40, EngineClass.VE, (

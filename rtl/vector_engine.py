@@ -4,7 +4,7 @@ from amaranth.hdl import Cat, Mux, Signal, signed
 from amaranth.lib import data
 
 from tcloud.isa.errors import ConfigError
-from tcloud.isa.table import BY_MNEMONIC, LUT_BYTES, EngineClass, FaultCode
+from tcloud.isa.table import FMA_BYTE_RESULTS, FMA_BYTE_SOURCES, BY_MNEMONIC, LUT_BYTES, EngineClass, FaultCode
 
 from .decode import OPCODES
 from tcloud.isa.cost import LUT_WORDS, lut_read_words, region_end
@@ -16,6 +16,14 @@ _BINARY = ("ve.add", "ve.sub", "ve.mul", "ve.max", "ve.min")
 _UNARY = ("ve.relu", "ve.copy")
 _REDUCE = ("ve.redsum", "ve.redmax")
 _INT32_MIN = -(1 << 31)
+
+
+def _any_of(value, choices):
+    """Whether ``value`` equals one of the integer ``choices``."""
+    result = value == choices[0]
+    for choice in choices[1:]:
+        result = result | (value == choice)
+    return result
 
 
 def _row_words(n, is_i8):
@@ -48,7 +56,7 @@ class VectorEngine(Engine):
 
     def on_start(self, m):
         m.d.sync += [self._rows.eq(1), self._strides[0].eq(0), self._strides[1].eq(0),
-                     self._strides[2].eq(0), self._lut_loaded.eq(0)]
+                     self._strides[2].eq(0), self._lut_loaded.eq(0), self._fma_r.eq(0)]
 
     def elaborate(self, platform):
         field = BY_MNEMONIC["ve.shape"].field
@@ -57,6 +65,7 @@ class VectorEngine(Engine):
                          for name in ("dst_stride", "src1_stride", "src2_stride")]
         self._lut = Signal(8 * LUT_BYTES, name="lut")
         self._lut_loaded = Signal(name="lut_loaded")
+        self._fma_r = Signal(BY_MNEMONIC["ve.setf"].field("value").width, name="fma_r")
         m = super().elaborate(platform)
         m.submodules.alu = self._alu
         return m
@@ -82,7 +91,8 @@ class VectorEngine(Engine):
         m.d.comb += [alu.opcode.eq(op), alu.x.eq(x), alu.y.eq(y), alu.dst_i8.eq(dst_i8),
                      alu.mult.eq(instr.ve_requant.mult), alu.shift.eq(instr.ve_requant.shift),
                      alu.zp.eq(Mux(op == OPCODES["ve.requantf"], instr.ve_requantf.zp, instr.ve_requant.zp)),
-                     alu.table.eq(self._lut)]
+                     alu.table.eq(self._lut), alu.fma_r.eq(self._fma_r), alu.fma_src1.eq(instr.ve_fma.src1_kind),
+                     alu.fma_dst.eq(instr.ve_fma.dst_kind)]
 
         def region(addr, is_i8, stride, count):
             return region_end(addr, rows, stride, _row_words(count, is_i8))
@@ -130,6 +140,21 @@ class VectorEngine(Engine):
                           & self.sram_fits(region(v.src2, 0, src2_stride, v.n))
                           & self.sram_fits(region(v.dst, v.dst_i8, dst_stride, v.n)))
                     self._start_or_fault(m, ok, "VE_READ1")
+                with m.Case(OPCODES["ve.setf"]):
+                    m.d.sync += self._fma_r.eq(instr.ve_setf.value)
+                    m.next = "NEXT"
+                with m.Case(OPCODES["ve.fma"]):
+                    v = instr.ve_fma
+                    byte_source = _any_of(v.src1_kind, FMA_BYTE_SOURCES)
+                    byte_result = _any_of(v.dst_kind, FMA_BYTE_RESULTS)
+                    m.d.sync += [dst.eq(v.dst), src1.eq(v.src1), src2.eq(v.src2), n.eq(v.n),
+                                 src1_i8.eq(byte_source), src2_i8.eq(0), dst_i8.eq(byte_result)]
+                    with m.If(v.src2_zero):  # no addend: +0.0, and src2 is not read
+                        m.d.sync += [y[lane].eq(0) for lane in range(lanes)]
+                    ok = (self.sram_fits(region(v.src1, byte_source, src1_stride, v.n))
+                          & (v.src2_zero | self.sram_fits(region(v.src2, 0, src2_stride, v.n)))
+                          & self.sram_fits(region(v.dst, byte_result, dst_stride, v.n)))
+                    self._start_or_fault(m, ok, "VE_READ1")
                 with m.Case(*(OPCODES[name] for name in _REDUCE)):
                     v = instr.ve_redsum
                     m.d.sync += [dst.eq(v.dst), src1.eq(v.src), n.eq(v.n), src1_i8.eq(v.src_i8),
@@ -153,6 +178,7 @@ class VectorEngine(Engine):
 
         is_reduce = (op == OPCODES["ve.redsum"]) | (op == OPCODES["ve.redmax"])
         is_binary = op == OPCODES["ve.requantf"]  # two sources: accumulators and scale words
+        is_binary = is_binary | ((op == OPCODES["ve.fma"]) & ~instr.ve_fma.src2_zero)  # and an addend
         for name in _BINARY:
             is_binary = is_binary | (op == OPCODES[name])
 

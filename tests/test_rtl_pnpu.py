@@ -401,9 +401,9 @@ def requantf_inputs():
     return {"A": acc.astype(np.int32), "S": scales.view(np.int32)}
 
 
-def test_requantf_matches_the_golden_model_with_equal_cycles_on_both_backends():
-    image = assemble(REQUANTF_PROGRAM)
-    inputs = requantf_inputs()
+def assert_both_backends_match_the_golden_model(image, inputs):
+    """Every output and counter of ``image`` on both RTL backends (tiny) equals the golden model's, and
+    the two backends take the same cycles; returns the golden outputs."""
     expected, expected_info = golden_run(image, inputs)
     cycles = []
     for backend in sorted(RTL_BACKENDS):
@@ -413,10 +413,15 @@ def test_requantf_matches_the_golden_model_with_equal_cycles_on_both_backends():
             cycles.append(device.cycles)
         finally:
             device.close()
-        for name in ("Y", "Z"):
+        for name in expected:
             assert np.array_equal(outputs[name], expected[name]), (backend, name)
         assert info.counters == expected_info.counters, backend
     assert cycles[0] == cycles[1]
+    return expected
+
+
+def test_requantf_matches_the_golden_model_with_equal_cycles_on_both_backends():
+    assert_both_backends_match_the_golden_model(assemble(REQUANTF_PROGRAM), requantf_inputs())
 
 
 def test_verilator_runs_a_gemm_on_the_small_config():
@@ -512,3 +517,56 @@ def test_every_backend_refuses_what_the_pnpu_refuses(backend, option, value):
     device = backend("tiny")
     with pytest.raises(ValueError, match=f"{option} must be an integer within"):
         device.set_policy("harvest", **{option: value})
+
+
+FMA_PROGRAM = """
+.config tiny
+.footprint hbm=0x800 sram=0x400
+.entry 0x600
+.input A i8 2x20 offset=0x0
+.input W i32 20 offset=0x40
+.input X i32 20 offset=0xa0
+.output T i32 2x20 offset=0x100 stride=80
+.output Y i8 2x20 offset=0x1a0 stride=20
+.output U i8 2x20 offset=0x1d0 stride=20
+.output Z i32 20 offset=0x200
+.output V i32 20 offset=0x260
+utop cls=dma signal=t0
+  dma.load sram=0x0 hbm=0x0 rows=1 row_bytes=240
+utop cls=ve signal=t1 wait0=t0 count0=1
+  ve.shape rows=2 dst_stride=80 src1_stride=20 src2_stride=0
+  ve.setf value=0x3f000010
+  ve.fma dst=0x100 src1=0x0 src2=0x40 n=20 src1_kind=0 dst_kind=0
+  ve.shape rows=2 dst_stride=20 src1_stride=80 src2_stride=0
+  ve.setf value=0xbebe0ded
+  ve.fma dst=0x1a0 src1=0x100 src2=0x40 n=20 src1_kind=3 dst_kind=1
+  ve.shape rows=2 dst_stride=20 src1_stride=20 src2_stride=0
+  ve.setf value=0x3f000010
+  ve.fma dst=0x1d0 src1=0x0 src2=0x0 n=20 src1_kind=1 src2_zero=1 dst_kind=2
+  ve.shape rows=1
+  ve.setf value=0x3c000000
+  ve.fma dst=0x200 src1=0xa0 src2=0x40 n=20 src1_kind=2 dst_kind=3
+utop cls=ve signal=t2 wait0=t1 count0=1
+  ve.fma dst=0x260 src1=0xa0 src2=0x40 n=20 src1_kind=2 dst_kind=0
+utop cls=dma wait0=t2 count0=1
+  dma.store sram=0x100 hbm=0x100 rows=1 row_bytes=464
+halt
+"""
+"""ve.setf / ve.fma: every src1 kind (int8, binary32 words, uint8, int32) and dst kind (binary32, int8,
+uint8, int32), a broadcast addend row, no addend, and R back to +0.0 in a new uTOp."""
+
+
+def fma_inputs():
+    """Bytes, binary32 addends (ties at k + 1/2 with the first R, special words) and int32 extremes."""
+    rng = np.random.default_rng(23)
+    addends = np.concatenate([rng.integers(-100, 100, 8) + 0.5, rng.normal(0, 30, 6),
+                              [0.0, -0.0, 1e-45, np.inf, np.nan, 3.4e38]]).astype(np.float32)
+    x = rng.integers(-(1 << 31), 1 << 31, 20)
+    x[:6] = [-(1 << 31), (1 << 31) - 1, 0, 1, -1, (1 << 24) + 1]
+    return {"A": rng.integers(-128, 128, (2, 20)).astype(np.int8), "W": addends.view(np.int32),
+            "X": x.astype(np.int32)}
+
+
+def test_fma_matches_the_golden_model_with_equal_cycles_on_both_backends():
+    expected = assert_both_backends_match_the_golden_model(assemble(FMA_PROGRAM), fma_inputs())
+    assert len(set(expected["Y"].flat)) > 10 and len(set(expected["U"].flat)) > 10

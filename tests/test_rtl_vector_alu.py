@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from tcloud.isa.golden import lookup, requantize, requantize_fp32, wrap_i32
-from tcloud.isa.table import LUT_BYTES
+from tcloud.isa.golden import lookup, requantize, requantize_fp32, ve_fma, wrap_i32
+from tcloud.isa.table import LUT_BYTES, FmaResult, FmaSource
 from tcloud.rtl.decode import OPCODES
 from tcloud.rtl.vector_alu import ELEMENTWISE_OPS, VectorALU
 
@@ -75,7 +75,7 @@ def random_cases(op, count, seed):
     return cases
 
 
-@pytest.mark.parametrize("op", ELEMENTWISE_OPS)
+@pytest.mark.parametrize("op", [op for op in ELEMENTWISE_OPS if op != "ve.fma"])  # ve.fma: below
 def test_matches_golden(op):
     cases = random_cases(op, 40, seed=len(op) * 7 + OPCODES[op])
     for case, got in zip(cases, run_vectors(cases)):
@@ -147,3 +147,98 @@ def test_lut_reads_every_entry_by_the_low_byte_of_each_lane():
     got = np.concatenate(run_vectors(cases))
     assert got.tolist() == TABLE[inputs & 0xFF].tolist()
     assert got.tolist() != TABLE.tolist(), "a table indexed by the signed value would pass only by chance"
+
+
+def run_fma(cases):
+    """Evaluate ve.fma cases (x lanes, addend words, R word, src1_kind, dst_kind) on the ALU."""
+    dut = VectorALU(LANES)
+    results = []
+
+    async def bench(ctx):
+        ctx.set(dut.opcode, OPCODES["ve.fma"])
+        for x, c, r, kind, result in cases:
+            for lane in range(LANES):
+                ctx.set(dut.x[lane], int(x[lane]))
+                ctx.set(dut.y[lane], int(np.int64(c[lane]).astype(np.uint32).view(np.int32)))
+            ctx.set(dut.fma_r, int(r))
+            ctx.set(dut.fma_src1, int(kind))
+            ctx.set(dut.fma_dst, int(result))
+            results.append([ctx.get(dut.result[lane]) for lane in range(LANES)])
+
+    sim = Simulator(dut)
+    sim.add_testbench(bench)
+    sim.run()
+    return results
+
+
+def fma_golden(x, c, r, kind, result):
+    """The golden model's ve.fma on ALU lanes: byte sources arrive sign-extended (uint8: the low byte
+    counts); binary32 words come back as the signed int32 with the same bits."""
+    x = np.asarray(x, np.int64)
+    if kind == FmaSource.UINT8:
+        x = x & 0xFF
+    out = ve_fma(x, kind, r, np.asarray(c, np.int64), result)
+    return wrap_i32(out) if result == FmaResult.FP32 else out
+
+
+def fma_cases(seed, count):
+    """Random and targeted operands for every src1/dst kind: cancellation, ties at 24 bits and at the
+    integer rounding, extremes of the exponent (flush, overflow), special words."""
+    rng = np.random.default_rng(seed)
+    def f32(values):
+        with np.errstate(over="ignore"):  # products beyond binary32 become inf words: fine as addends
+            return np.asarray(values, np.float32).view(np.uint32).astype(np.int64)
+    specials = np.array([0, 0x80000000, 0x00000001, 0x00800000, 0x7F7FFFFF, 0x7F800000, 0xFFC00000, 0x3F800000])
+    cases = []
+    for i in range(count):
+        kind, result = FmaSource(i % 4), FmaResult((i // 4) % 4)
+        style = (i // 16) % 6
+        if kind == FmaSource.FP32:
+            x = f32(rng.normal(0, 100, LANES)) if style else rng.integers(0, 1 << 32, LANES)
+        elif kind == FmaSource.INT32:
+            x = rng.integers(*I32, LANES, endpoint=True) if style % 2 else rng.integers(-(1 << 16), 1 << 16, LANES)
+        else:
+            x = rng.integers(-128, 128, LANES)
+        r = int(f32(rng.choice([1.0, 0.5 + 2.0 ** -20, -0.3712, 2.0 ** -100, 3.0e38])) if style < 3
+                else rng.integers(0, 1 << 32))
+        if style == 0:  # random words
+            c = rng.integers(0, 1 << 32, LANES)
+        elif style == 1:  # typical: small binary32 addends
+            c = f32(rng.normal(0, 50, LANES))
+        elif style == 2:  # cancellation: the addend is minus the product rounded, give or take an ulp
+            xv = (np.asarray(x, np.uint32).view(np.float32).astype(np.float64) if kind == FmaSource.FP32
+                  else (x & 0xFF if kind == FmaSource.UINT8 else x).astype(np.float64))
+            prod = xv * np.float64(np.uint32(r).view(np.float32))
+            c = (f32(-prod) ^ rng.integers(0, 4, LANES)) & 0xFFFFFFFF
+            # or minus the power of two just above |product|: a product of many bits one place below the
+            # addend's top cancels all but its low bits, which a narrow alignment frame would lose
+            with np.errstate(divide="ignore"):
+                power = -np.sign(prod) * np.exp2(np.ceil(np.log2(np.abs(prod))))
+            c = np.where(np.arange(LANES) % 2 == 1, f32(power), c)
+        elif style == 3:  # special words
+            c = rng.permutation(specials)
+        elif style == 4:  # half-integers near zero: ties of the integer rounding
+            c = f32(rng.integers(-300, 300, LANES) + 0.5)
+            r = 0
+        else:  # products exactly halfway between binary32 neighbours: a tiny addend's sign decides (sticky)
+            if kind == FmaSource.INT32:
+                bits = rng.integers(25, 32, LANES)
+                x = (1 << (bits - 1)) + (rng.integers(0, 1 << 10, LANES) << (bits - 24)) + (1 << (bits - 25))
+                x = x * rng.choice([-1, 1], LANES)
+                r = int(f32(rng.choice([1.0, 0.125, -4.0])))
+            elif kind == FmaSource.FP32:
+                x = f32(1.0 + (2 * rng.integers(0, 1 << 20, LANES) + 1) * 2.0 ** -23)
+                r = int(f32(1.5))
+            c = f32(rng.choice([-1, 1], LANES) * np.exp2(rng.integers(-60, -30, LANES).astype(np.float64)))
+        cases.append((x, c, r, kind, result))
+    # results at the edge of the normal range: 2**-127 (flushed), 2**-126, and 3 * 2**-127 (kept)
+    edge = np.array([0x80800000, 0x80C00000, 0x80400000, 0x00800000, 0x80A00000, 0x80900000, 0, 0x7F7FFFFF])
+    cases += [(np.ones(LANES, np.int64), edge, 0x00C00000, FmaSource.INT8, FmaResult.FP32),
+              (np.full(LANES, 2, np.int64), edge, 0x7F000000, FmaSource.INT32, FmaResult.FP32)]
+    return cases
+
+
+def test_fma_matches_golden():
+    cases = fma_cases(seed=11, count=160)
+    for case, got in zip(cases, run_fma(cases)):
+        assert got == fma_golden(*case).tolist(), (case[3], case[4], hex(case[2]))

@@ -29,7 +29,7 @@ import numpy as np
 
 from tcloud.firmware import ProgramBuilder
 from tcloud.isa import EngineClass, Instr, ProgramImage, Symbol, get_config
-from tcloud.isa.table import LUT_BYTES
+from tcloud.isa.table import FMA_BYTE_RESULTS, FMA_BYTE_SOURCES, LUT_BYTES, FmaResult, FmaSource
 
 SLOT_BYTES = 128
 SLOTS = 8
@@ -134,9 +134,12 @@ class _Gen:
     def ve_instruction(self):
         lanes = self.cfg.ve_lanes
         op = self.pick(_BINARY + ("ve.relu", "ve.copy", "ve.fill", "ve.requant", "ve.requantf", "ve.redsum",
-                                  "ve.redmax", "ve.lut"))
+                                  "ve.redmax", "ve.lut", "ve.fma"))
         n = self.int(1, min(3 * lanes, SLOT_BYTES // 4))
         src1_i8, src2_i8, dst_i8 = (bool(self.int(0, 1)) for _ in range(3))
+        if op == "ve.fma":
+            src1_kind, dst_kind, src2_zero = FmaSource(self.int(0, 3)), FmaResult(self.int(0, 3)), self.int(0, 3) == 0
+            src1_i8, src2_i8, dst_i8 = src1_kind in FMA_BYTE_SOURCES, False, dst_kind in FMA_BYTE_RESULTS
         if op in ("ve.requant", "ve.requantf"):
             src1_i8 = False
         if op == "ve.requantf":
@@ -152,11 +155,13 @@ class _Gen:
             strides[2] = 0
         rows = self.rows_fitting([(dst_bytes, strides[0]), (src1_bytes, strides[1]), (src2_bytes, strides[2])])
         dst, src1, src2 = self.slots(3)
-        in_place = op in ("ve.relu", "ve.copy", "ve.requant", "ve.requantf", "ve.lut") + _BINARY and self.int(0, 3) == 0
+        in_place = (op in ("ve.relu", "ve.copy", "ve.requant", "ve.requantf", "ve.lut", "ve.fma") + _BINARY
+                    and self.int(0, 3) == 0)
         if in_place and dst_bytes == src1_bytes and strides[0] == strides[1]:
             dst = src1
         shape = Instr("ve.shape", rows=rows, dst_stride=strides[0], src1_stride=strides[1], src2_stride=strides[2])
-        reads = {src1, src2} if op in _BINARY + ("ve.requantf",) else set() if op == "ve.fill" else {src1}
+        two_sources = op in _BINARY + ("ve.requantf",) or (op == "ve.fma" and not src2_zero)
+        reads = {src1, src2} if two_sources else set() if op == "ve.fill" else {src1}
         writes = {dst}
         prologue = []
         if op == "ve.requantf" and self.int(0, 1):
@@ -181,6 +186,12 @@ class _Gen:
                          dst_i8=int(dst_i8))
         elif op == "ve.requantf":
             body = Instr(op, dst=dst, src1=src1, src2=src2, n=n, zp=self.int(-128, 127), dst_i8=int(dst_i8))
+        elif op == "ve.fma":
+            body = Instr(op, dst=dst, src1=src1, src2=src2, n=n, src1_kind=int(src1_kind), src2_zero=int(src2_zero),
+                         dst_kind=int(dst_kind))
+            if self.int(0, 3):  # else R stays that of an earlier ve.setf in the uTOp, or +0.0
+                word = self.scale_word() if self.int(0, 1) else self.int(0, (1 << 32) - 1)
+                prologue.append(Instr("ve.setf", value=word & 0xFFFFFFFF))
         else:
             body = Instr(op, dst=dst, src=src1, n=n, src_i8=int(src1_i8))
         return prologue + [shape, body], {_sram(s) for s in reads}, {_sram(s) for s in writes}

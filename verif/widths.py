@@ -220,6 +220,12 @@ ALLOWED = (
             "32-bit result.", "result.eq(Mux(dst_i8, _clamp(m, shifted, *_INT8, signed(66)),",
             "result.eq(Mux(dst_i8, _clamp(m, value, *_INT8, value.shape()),",
             "self.result[lane].eq(Mux(self.opcode == OPCODES[\"ve.requant\"], requant,"),
+    *_allow("rtl/vector_alu.py", "ve.fma: every arm is the 32-bit binary32 word or clamped to int8, uint8 or "
+            "int32 (_clamp) before the 32-bit result.",
+            "m.d.comb += result.eq(Mux(dst_kind == FmaResult.FP32, word.as_signed(),"),
+    *_allow("rtl/vector_alu.py", "ve.fma: big and the aligned small are below 2^_FMA_FRAME, so their sum and "
+            "the magnitude of their difference fit _FMA_FRAME + 1 bits.",
+            "m.d.comb += [magnitude.eq(Mux(subtract, Mux(difference < 0, -difference, difference), big + small_floor)),"),
     *_allow("rtl/vector_engine.py", "elem < n inside the row, so 0 <= n - elem and the Mux keeps it <= lanes.",
             "count.eq(Mux(n - elem < lanes, n - elem, lanes))"),
     *_allow("rtl/vector_engine.py", _SRAM_WINDOW, "self.sram.addr.eq(chunk_addr(src1, src1_stride, src1_i8))",
