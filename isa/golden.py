@@ -34,7 +34,7 @@ from .cost import UnitState
 from .encoding import DecodeError, Instr, decode
 from .errors import HostCommandError
 from .table import (FMA_BYTE_RESULTS, FMA_BYTE_SOURCES, INSTRUCTION_BYTES, LUT_BYTES, NUM_TOKENS, SCALE_EXPONENT_BIAS,
-                    SCALE_EXPONENT_BITS,
+                    SCALE_EXPONENT_BITS, UINT8_OFFSET,
                     SCALE_FRACTION_BITS, TOKEN_MAX_COUNT, UTOP_CLASSES, ContextStatus, EngineClass, FaultCode,
                     FmaResult, FmaSource, Policy, parse_policy)
 
@@ -778,7 +778,7 @@ def _ve_fma(machine, ctx, engine, instr):
     x_kind, result_kind = FmaSource(instr["src1_kind"]), FmaResult(instr["dst_kind"])
     x = machine._read_elems(ctx, instr["src1"], rows, n, x_kind in FMA_BYTE_SOURCES, engine.src1_stride)
     if x_kind == FmaSource.UINT8:
-        x = x & 0xFF
+        x = x + UINT8_OFFSET
     if instr["src2_zero"]:
         c = np.zeros_like(x)
     else:
@@ -786,7 +786,7 @@ def _ve_fma(machine, ctx, engine, instr):
     y = ve_fma(x, x_kind, engine.fma_multiplier, c, result_kind)
     byte_result = result_kind in FMA_BYTE_RESULTS
     if result_kind == FmaResult.UINT8:
-        y = np.where(y > _I8[1], y - 256, y)  # the uint8 byte, as the int8 value with the same bits
+        y = y - UINT8_OFFSET
     machine._write_elems(ctx, instr["dst"], engine.dst_stride, y, byte_result)
     ctx.counters.ve_elements += rows * n
 

@@ -57,7 +57,7 @@ class FmaSource(IntEnum):
     INT8 = 0
     """int8 bytes, sign-extended."""
     UINT8 = 1
-    """uint8 bytes (0..255): raw uint8 tensors, no zero-point shift."""
+    """uint8 values as the pNPU holds them: ``q − 128`` in an int8 byte; X is ``byte + 128 = q`` (0..255)."""
     INT32 = 2
     """int32 words, exact (no rounding to binary32 before the multiply)."""
     FP32 = 3
@@ -72,13 +72,18 @@ class FmaResult(IntEnum):
     INT8 = 1
     """round_half_even of the binary32 result, saturated to [-128, 127], one byte per element."""
     UINT8 = 2
-    """round_half_even of the binary32 result, saturated to [0, 255], one byte per element."""
+    """round_half_even of the binary32 result, saturated to [0, 255], written as the pNPU holds uint8
+    values: ``q − 128`` in one int8 byte per element."""
     INT32 = 3
     """round_half_even of the binary32 result, saturated to int32, one word per element."""
 
 
 FMA_BYTE_SOURCES = (FmaSource.INT8, FmaSource.UINT8)
 FMA_BYTE_RESULTS = (FmaResult.INT8, FmaResult.UINT8)
+
+UINT8_OFFSET = 128
+"""The pNPU holds a uint8 value ``q`` as the int8 byte ``q − UINT8_OFFSET`` (bit 7 flipped), so int8 and
+uint8 tensors share every int8 instruction."""
 
 
 class EngineClass(IntEnum):
@@ -476,10 +481,11 @@ INSTRUCTIONS = (
         _sram("src1", "Multiplicand X (kind src1_kind)."),
         _sram("src2", "Addend C: one binary32 word per element (ignored when src2_zero)."),
         _count("n", 16, "Elements per row."),
-        Field("src1_kind", 2, "src1 holds int8 (0), uint8 (1), int32 (2) or binary32 words (3).", default=0),
+        Field("src1_kind", 2, "src1 holds int8 (0), uint8 held as q - 128 in int8 (1; X = q), int32 (2) "
+              "or binary32 words (3).", default=0),
         _flag("src2_zero", "No addend: C = +0.0 and src2 is not read."),
         Field("dst_kind", 2, "dst gets binary32 words (0) or the rounded integer saturated to int8 (1), "
-              "uint8 (2) or int32 (3).", default=0),
+              "uint8 (2; written as q - 128 in int8) or int32 (3).", default=0),
     ), "v = fl32(X·R + C), the fused multiply-add rounded once (half to even) to binary32, with R from "
        "ve.setf; dst_kind 0 writes v's bit pattern, dst_kind 1-3 write round_half_even(v) saturated "
        "(so int outputs are rounded twice: to binary32, then to an integer, as onnxruntime's "

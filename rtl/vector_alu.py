@@ -11,7 +11,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from tcloud.isa.table import (BY_MNEMONIC, LUT_BYTES, LUT_INDEX_BITS, SCALE_EXPONENT_BIAS, SCALE_EXPONENT_BITS,
-                              SCALE_FRACTION_BITS, EngineClass, FmaResult, FmaSource)
+                              SCALE_FRACTION_BITS, UINT8_OFFSET, EngineClass, FmaResult, FmaSource)
 
 from .decode import OPCODES
 
@@ -170,12 +170,12 @@ def _fp32_significand(word):
 
 def fma_factor(m, x, src1_kind, lane):
     """``ve.fma``'s multiplicand for the lane multiplier: the integer (int8 sign-extended by the engine,
-    uint8 its low byte, int32 as is) or the signed significand of a binary32 word; and its exponent."""
+    uint8 its low byte with bit 7 flipped: ``byte + 128``, int32 as is) or the signed significand of a binary32 word; and its exponent."""
     factor = Signal(signed(_ACC_BITS), name=f"fma_x{lane}")
     significand = _fp32_significand(x)
     is_fp32 = src1_kind == FmaSource.FP32
     m.d.comb += factor.eq(Mux(is_fp32, Mux(x[-1], -significand, significand),
-                              Mux(src1_kind == FmaSource.UINT8, x[:8], x)))
+                              Mux(src1_kind == FmaSource.UINT8, x[:8] ^ UINT8_OFFSET, x)))
     exponent = Signal(signed(SCALE_EXPONENT_BITS + 3), name=f"fma_xe{lane}")
     m.d.comb += exponent.eq(Mux(is_fp32, _fp32_exponent(x) - (SCALE_EXPONENT_BIAS + SCALE_FRACTION_BITS), 0))
     return factor, exponent
@@ -263,7 +263,7 @@ def fma_result(m, product, x_exponent, r_word, c_word, dst_kind, lane):
     result = Signal(signed(_ACC_BITS), name=f"fma_result{lane}")
     m.d.comb += result.eq(Mux(dst_kind == FmaResult.FP32, word.as_signed(),
                               Mux(dst_kind == FmaResult.INT8, _clamp(m, value, *_INT8, value.shape()),
-                                  Mux(dst_kind == FmaResult.UINT8, _clamp(m, value, *_UINT8, value.shape()),
+                                  Mux(dst_kind == FmaResult.UINT8, _clamp(m, value, *_UINT8, value.shape()) - UINT8_OFFSET,
                                       _clamp(m, value, *_INT32, value.shape())))))
     return result
 

@@ -15,7 +15,7 @@ from tcloud.isa import EngineClass, Instr
 from tcloud.isa.config import get_config
 from tcloud.isa.cost import VE_STEPS_PER_CHUNK, encoded_field, instruction_units
 from tcloud.isa.golden import fma_fp32, fp32_to_int, ve_fma
-from tcloud.isa.table import FmaResult, FmaSource
+from tcloud.isa.table import UINT8_OFFSET, FmaResult, FmaSource
 
 from conftest import new_tenant
 from test_golden_ops import run_ve
@@ -191,7 +191,7 @@ def test_machine_fma_kinds_strides_and_uTOp_scoped_multiplier():
         elif kind == FmaSource.INT32:
             x = rng.integers(*I32, (rows, n)).astype(np.int32)
         else:
-            x = rng.integers(0, 256, (rows, n)).astype(np.uint8 if kind == FmaSource.UINT8 else np.int8)
+            x = rng.integers(-128, 128, (rows, n)).astype(np.int8)  # uint8: the device byte q - 128
         for result in FmaResult:
             for zero in (0, 1):
                 tenant = new_tenant()
@@ -202,10 +202,11 @@ def test_machine_fma_kinds_strides_and_uTOp_scoped_multiplier():
                         Instr("ve.fma", dst=0x2000, src1=0, src2=0x1000, n=n, src1_kind=int(kind),
                               src2_zero=zero, dst_kind=int(result))]
                 run_ve(tenant, body, sources)
-                dtype = {FmaResult.FP32: np.uint32, FmaResult.INT8: np.int8, FmaResult.UINT8: np.uint8,
+                dtype = {FmaResult.FP32: np.uint32, FmaResult.INT8: np.int8, FmaResult.UINT8: np.int8,
                          FmaResult.INT32: np.int32}[result]
                 got = np.stack([tenant.read_sram(0x2000 + i * stride, n, dtype) for i in range(rows)]).astype(np.int64)
-                xs = x.astype(np.int64)
+                got += UINT8_OFFSET if result == FmaResult.UINT8 else 0
+                xs = x.astype(np.int64) + (UINT8_OFFSET if kind == FmaSource.UINT8 else 0)
                 c = np.zeros((rows, n), np.int64) if zero else np.broadcast_to(addend.astype(np.int64), (rows, n))
                 want = [[reference(int(xs[i, j]), kind, r, int(c[i, j])) for j in range(n)] for i in range(rows)]
                 if result != FmaResult.FP32:
@@ -255,15 +256,23 @@ def qlinear_add_constants(sa, za, sb, zb, sc, zc):
     return word(rac), word(rbc), int(k[0])
 
 
+def _device(values):
+    """int8 or uint8 values as the pNPU holds them (uint8 as q - 128 in int8)."""
+    shift = UINT8_OFFSET if values.dtype == np.uint8 else 0
+    return (values.astype(np.int16) - shift).astype(np.int8)
+
+
 def _tcloud_blocks(a, b, rows_per_run, program):
-    """Run ``program(rows, a_at, b_at, ...)`` on blocks of rows of a and b; return the output bytes."""
+    """Run ``program(rows, a_at, b_at, ...)`` on blocks of rows of a and b (as the pNPU holds them);
+    return the output values in a's dtype."""
     out = []
     for start in range(0, a.shape[0], rows_per_run):
         tenant = new_tenant("small")
-        body, sources, dst = program(a[start:start + rows_per_run], b[start:start + rows_per_run])
+        body, sources, dst = program(_device(a[start:start + rows_per_run]), _device(b[start:start + rows_per_run]))
         run_ve(tenant, body, sources)
         rows, n = a[start:start + rows_per_run].shape
-        out.append(tenant.read_sram(dst, rows * n, a.dtype).reshape(rows, n))
+        held = tenant.read_sram(dst, rows * n, np.int8).reshape(rows, n).astype(np.int16)
+        out.append((held + (UINT8_OFFSET if a.dtype == np.uint8 else 0)).astype(a.dtype))
     return np.concatenate(out)
 
 

@@ -5,7 +5,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from tcloud.isa.golden import lookup, requantize, requantize_fp32, ve_fma, wrap_i32
-from tcloud.isa.table import LUT_BYTES, FmaResult, FmaSource
+from tcloud.isa.table import LUT_BYTES, UINT8_OFFSET, FmaResult, FmaSource
 from tcloud.rtl.decode import OPCODES
 from tcloud.rtl.vector_alu import ELEMENTWISE_OPS, VectorALU
 
@@ -172,12 +172,15 @@ def run_fma(cases):
 
 
 def fma_golden(x, c, r, kind, result):
-    """The golden model's ve.fma on ALU lanes: byte sources arrive sign-extended (uint8: the low byte
-    counts); binary32 words come back as the signed int32 with the same bits."""
+    """The golden model's ve.fma on ALU lanes: byte sources arrive sign-extended (uint8 as the pNPU
+    holds it: q - 128); binary32 words come back as the signed int32 with the same bits, uint8 results
+    as q - 128."""
     x = np.asarray(x, np.int64)
     if kind == FmaSource.UINT8:
-        x = x & 0xFF
+        x = x + UINT8_OFFSET
     out = ve_fma(x, kind, r, np.asarray(c, np.int64), result)
+    if result == FmaResult.UINT8:
+        out = out - UINT8_OFFSET
     return wrap_i32(out) if result == FmaResult.FP32 else out
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tcloud.isa.errors import TcloudError
+from tcloud.isa.table import UINT8_OFFSET
 
 
 class CompileError(TcloudError, ValueError):
@@ -49,7 +50,7 @@ class QTensor:
     @property
     def offset(self):
         """What the pNPU subtracts from a uint8 value to hold it as int8 (0 for int8)."""
-        return 128 if self.dtype == "uint8" else 0
+        return UINT8_OFFSET if self.dtype == "uint8" else 0
 
     @property
     def device_zero_point(self):

@@ -12,6 +12,7 @@ import numpy as np
 
 from tcloud.isa import ProgramImage, get_config
 from tcloud.isa.errors import ImageError
+from tcloud.isa.table import UINT8_OFFSET
 
 from ..api import InputError
 from ..backends import make_device
@@ -36,7 +37,7 @@ def dequantize(q, scale, zero_point):
 
 def to_device(q, tensor):
     """The rows the pNPU holds for the logical int8/uint8 tensor ``q`` (NCHW or ``[N, F]``)."""
-    layout, offset = tensor["layout"], 128 if tensor["dtype"] == "uint8" else 0
+    layout, offset = tensor["layout"], UINT8_OFFSET if tensor["dtype"] == "uint8" else 0
     values = (q.astype(np.int16) - offset).astype(np.int8)
     zero = np.int8(tensor["zero_point"] - offset)
     if layout["kind"] == "nhwc":
@@ -53,7 +54,7 @@ def to_device(q, tensor):
 
 def from_device(rows, tensor):
     """Inverse of :func:`to_device`: the logical tensor in its own dtype."""
-    layout, offset = tensor["layout"], 128 if tensor["dtype"] == "uint8" else 0
+    layout, offset = tensor["layout"], UINT8_OFFSET if tensor["dtype"] == "uint8" else 0
     shape = tensor["shape"]
     if layout["kind"] == "nhwc":
         batch, height, width, channels = layout["shape"]
