@@ -7,8 +7,11 @@ with token waits and signals that are correct under the ISA's rules:
 * a token is a counting semaphore: a producer increments it when it completes, a consumer waits
   until it holds ``count`` signals and consumes them when it issues.
 
-Every consumer gets one token per group of at most 15 producers (a wait slot's count is 4 bits);
-the token is live from the first producer's issue to the consumer's issue. Live ranges that never
+A dependency that another dependency already implies (a producer of a producer, since a uTOp
+issues only after its own producers completed) is dropped first, so a kernel may name everything
+a uTOp needs — weights loaded once at the start, say — without keeping a token live across the
+whole kernel. Every consumer then gets one token per group of at most 15 producers (a wait slot's
+count is 4 bits); the token is live from the first producer's issue to the consumer's issue. Live ranges that never
 overlap share a token (interval colouring over program order), which is safe because no signal
 can be pending on a token when a new group starts using it.
 """
@@ -167,12 +170,20 @@ class ProgramBuilder:
     def _assign_tokens(self):
         last_fence = -1
         groups = []  # (start, end, producers, consumer)
+        ancestors = {}  # uTOp index → bit mask (bit i - last_fence - 1) of the uTOps it waits for, transitively
         for index, item in enumerate(self._items):
             if isinstance(item, Instr):
                 last_fence = index
+                ancestors.clear()
                 continue
             item.signal, item.waits = 0, []
             live = [d for d in item.deps if d > last_fence]
+            implied = 0
+            for d in live:
+                implied |= ancestors[d]
+            direct = sum(1 << (d - last_fence - 1) for d in live)
+            ancestors[index] = implied | direct
+            live = [d for d in live if not implied >> (d - last_fence - 1) & 1]
             chunks = [live[i:i + _MAX_COUNT] for i in range(0, len(live), _MAX_COUNT)]
             if len(chunks) > _WAIT_SLOTS:
                 raise FirmwareError(f"uTOp #{index} depends on {len(live)} uTOps; at most "
