@@ -215,6 +215,128 @@ def test_unary_operators_as_tables_equal_onnxruntime(seed, features, op, fmt, ac
                               activations=activations)
 
 
+def binary_model(rng, op, c, h, operand):
+    """Two convolutions of ``x`` (a padded 3x3 and a 1x1: their outputs have different scales) combined by
+    ``op`` (Add or Mul) into the model's output, or one convolution combined with a constant of
+    ``operand``'s shape (h = 0: Gemms over ``[N, c]`` instead)."""
+    def tensor(name, shape):
+        values = np.asarray(rng.standard_normal(shape), np.float32)
+        return helper.make_tensor(name, TensorProto.FLOAT, shape, values.ravel())
+
+    image = h > 0
+    if image:
+        first = helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+        second = helper.make_node("Conv", ["x", "w2"], ["b"], name="conv2", kernel_shape=[1, 1])
+        weights = [tensor("w1", (c, c, 3, 3)), tensor("w2", (c, c, 1, 1))]
+        x_shape = ["N", c, h, h]
+    else:
+        first, second = (helper.make_node("Gemm", ["x", w], [out], name=name) for w, out, name in
+                         (("w1", "a", "gemm1"), ("w2", "b", "gemm2")))
+        weights = [tensor("w1", (c, c)), tensor("w2", (c, c))]
+        x_shape = ["N", c]
+    nodes = [first]
+    if operand is None:
+        nodes.append(second)
+    else:
+        weights[-1] = tensor("b", operand)
+    nodes.append(helper.make_node(op, ["a", "b"], ["y"], name=op.lower()))
+    graph = helper.make_graph(nodes, "binary", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), op=st.sampled_from(["Add", "Mul"]), c=st.integers(1, 24),
+       h=st.sampled_from([0, 5, 9]), operand=st.sampled_from(["tensor", "scalar", "channel"]),
+       fmt=st.sampled_from(["qdq", "qop"]), activations=st.sampled_from(["int8", "uint8"]))
+def test_add_and_mul_equal_onnxruntime(seed, op, c, h, operand, fmt, activations):
+    """Residual Add and Mul of two activations with different scales, and by a per-tensor or per-channel
+    constant, in both formats and both activation types (onnxruntime's QLinearAdd/QLinearMul arithmetic,
+    binary32 included, through ve.fma)."""
+    rng = np.random.default_rng(seed)
+    shape = {"tensor": None, "scalar": (), "channel": (c, 1, 1) if h else (c,)}[operand]
+    check_against_onnxruntime(binary_model(rng, op, c, h, shape), (c, h, h) if h else (c,), fmt, rng, batch=4,
+                              activations=activations)
+
+
+def qlinear_pair_model(op, sa, za, sb, zb, sc, zc, dtype):
+    """``QLinear{op}(Q(a), Q(b))`` returning the int8/uint8 codes, for inputs of shape [256, 256]."""
+    kind = TensorProto.UINT8 if dtype == np.uint8 else TensorProto.INT8
+    const = lambda name, value, kind=TensorProto.FLOAT: helper.make_tensor(name, kind, (), [value])  # noqa: E731
+    nodes = [helper.make_node("QuantizeLinear", ["a", "sa", "za"], ["aq"], name="qa"),
+             helper.make_node("QuantizeLinear", ["b", "sb", "zb"], ["bq"], name="qb"),
+             helper.make_node(f"QLinear{op}", ["aq", "sa", "za", "bq", "sb", "zb", "sc", "zc"], ["c"], name="op",
+                              domain="com.microsoft")]
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [256, 256]) for name in ("a", "b")]
+    initializers = [const("sa", sa), const("za", za, kind), const("sb", sb), const("zb", zb, kind), const("sc", sc),
+                    const("zc", zc, kind)]
+    graph = helper.make_graph(nodes, "pairs", inputs, [helper.make_tensor_value_info("c", kind, [256, 256])],
+                              initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+@pytest.mark.parametrize("op", ["Add", "Mul"])
+def test_qlinear_add_and_mul_equal_onnxruntime_on_every_pair_of_codes(op, dtype):
+    """All 65,536 input pairs under parameters where binary32 sums and products land on rounding ties
+    (from test_fma): the compiled model's codes equal onnxruntime's."""
+    from test_fma import _ADD_TIES, _MUL_TIES
+
+    info = np.iinfo(dtype)
+    codes = np.arange(info.min, info.max + 1)
+    for sa, za, sb, zb, sc, zc in (_ADD_TIES if op == "Add" else _MUL_TIES):
+        shift = 128 if dtype == np.uint8 else 0
+        za, zb, zc = za + shift, zb + shift, zc + shift
+        model = qlinear_pair_model(op, sa, za, sb, zb, sc, zc, dtype)
+        feeds = {"a": ((codes[:, None] - za) * np.float32(sa)).astype(np.float32).repeat(256, 1),
+                 "b": ((codes[None, :] - zb) * np.float32(sb)).astype(np.float32).repeat(256, 0)}
+        ref = onnxruntime_outputs(model, feeds)["c"]
+        assert len(np.unique(ref)) > 50
+        assert np.array_equal(compile(model, "small", batch=256).run(feeds)["c"], ref)
+
+
+def float_constant_model(op, constant, dtype=TensorProto.INT8):
+    """A hand-written QDQ model: ``Q(op(DQ(Q(x)), constant))`` with a float constant the quantizer would
+    have quantized; onnxruntime computes the operator in float."""
+    zero = helper.make_tensor("z", dtype, (), [3])
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xf"], name="dq"),
+             helper.make_node(op, ["k", "xf"], ["yf"], name="op"),
+             helper.make_node("QuantizeLinear", ["yf", "s2", "z"], ["yq"], name="q2"),
+             helper.make_node("DequantizeLinear", ["yq", "s2", "z"], ["y"], name="dq2")]
+    initializers = [helper.make_tensor("s", TensorProto.FLOAT, (), [0.043]), zero,
+                    helper.make_tensor("s2", TensorProto.FLOAT, (), [0.061]),
+                    onnx.numpy_helper.from_array(np.asarray(constant, np.float32), "k")]
+    graph = helper.make_graph(nodes, "float_constant", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 7])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("op", ["Add", "Mul"])
+def test_a_float_scalar_operand_becomes_a_table_and_a_float_vector_is_refused(op):
+    x = np.random.default_rng(4).standard_normal((3, 7)).astype(np.float32) * 4
+    model = float_constant_model(op, 1.37)
+    compiled = compile(model, "small", batch=3)
+    assert [layer["op"] for layer in compiled.layers] == [op]
+    assert np.array_equal(compiled.run({"x": x})["y"], onnxruntime_outputs(model, {"x": x})["y"])
+    with pytest.raises(CompileError, match=rf"node 'op' \({op}\): a float constant of shape \[7\]"):
+        compile(float_constant_model(op, np.linspace(0.5, 2, 7)), "small")
+
+
+def test_an_add_onnxruntime_would_not_fuse_or_that_misreads_an_input_is_refused():
+    model = quantize(binary_model(np.random.default_rng(0), "Add", 4, 5, None), "qop")
+    add = next(i for i, n in enumerate(model.graph.node) if n.op_type == "QLinearAdd")
+    misread = onnx.ModelProto.FromString(model.SerializeToString())
+    misread.graph.node[add].input[3] = misread.graph.node[0].output[0]  # x quantized, read with conv2's scale
+    with pytest.raises(CompileError, match=r"\(QLinearAdd\): input .* other quantization parameters"):
+        compile(misread, "small")
+    mixed = onnx.ModelProto.FromString(model.SerializeToString())
+    zero = next(i for i in mixed.graph.initializer if i.name == mixed.graph.node[add].input[7])
+    zero.CopyFrom(onnx.numpy_helper.from_array(np.array(128, np.uint8), zero.name))
+    with pytest.raises(CompileError, match=r"\(QLinearAdd\): inputs and output of types int8, int8 and uint8"):
+        compile(mixed, "small")
+
+
 @pytest.mark.parametrize("fmt", ["qdq", "qop"])
 def test_the_dlrm_tower_equals_onnxruntime(fmt):
     from tcloud.runtime.compiler.zoo import builders

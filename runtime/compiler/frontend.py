@@ -1,11 +1,15 @@
 """Front end: an int8 ONNX model (QDQ or QOperator) to the IR of :mod:`.ir`.
 
-QOperator nodes (``QLinearConv``, ``QLinearMatMul``, ``com.microsoft`` ``QGemm``) map one to one.
+QOperator nodes (``QLinearConv``, ``QLinearMatMul``, ``com.microsoft`` ``QGemm``, ``QLinearAdd``,
+``QLinearMul``) map one to one.
 QDQ models are folded: a ``DequantizeLinear`` of an initializer is a constant; one of an activation
 is a view of that quantized tensor; a float ``Conv``/``MatMul``/``Gemm`` on such views, followed by
 its ``QuantizeLinear``, becomes the same operator as its QOperator twin — which is also what
 onnxruntime's graph optimizer fuses it into. Requantization scales are computed in float32 in the
-order onnxruntime's kernels compute them (``fl(fl(x_scale · w_scale) / y_scale)``).
+order onnxruntime's kernels compute them (``fl(fl(x_scale · w_scale) / y_scale)``). An ``Add`` or
+``Mul`` of two such views (or of a view and a quantized constant, per tensor or per channel) is
+onnxruntime's ``QLinearAdd`` / ``QLinearMul``; with a float scalar constant onnxruntime computes it
+in float, which, as for the unary operators, becomes a 256-entry table.
 """
 
 from dataclasses import dataclass
@@ -14,8 +18,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .ir import (CompileError, DepthwiseConv, DequantizeOutput, Flatten, GlobalAveragePool, Graph, Linear, Lookup,
-                 MaxPool, QTensor, QuantizeInput, node_error)
+from .ir import (CompileError, DepthwiseConv, DequantizeOutput, Elementwise, Flatten, GlobalAveragePool, Graph, Linear,
+                 Lookup, MaxPool, QTensor, QuantizeInput, node_error)
 from .tables import FLOAT_UNARY, QLINEAR_UNARY, unary_table
 
 _QTYPES = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8"}
@@ -350,6 +354,105 @@ class _FrontEnd:
         y = self._define(node, node.output[0], x.shape, scale, zp, dtype)
         table = unary_table(node.op_type, attrs, x, y)
         self.graph.nodes.append(Lookup(node.name, node.op_type, [x.name], y.name, table=table))
+
+    # --- Add and Mul (both formats) -------------------------------------------------------------
+
+    def _op_QLinearAdd(self, node, attrs):
+        self._qlinear_binary(node, "add")
+
+    def _op_QLinearMul(self, node, attrs):
+        self._qlinear_binary(node, "mul")
+
+    def _qlinear_binary(self, node, kind):
+        operands = []
+        for data, scale_name, zp_name in (node.input[0:3], node.input[3:6]):
+            value = self.values.get(data)
+            if isinstance(value, QTensor):
+                self._check_input_qparams(node, value, scale_name, zp_name)
+                operands.append(value)
+            elif isinstance(value, _Const):
+                values = value.values
+                scale, zp, _ = self._scalar_qparams(node, scale_name, zp_name, "constant input")
+                operands.append(_Const(values, np.float32(scale), np.asarray(zp, values.dtype)))
+            else:
+                raise node_error(node, f"input {data!r} is neither a quantized activation nor a constant initializer")
+        y_scale, y_zp, y_dtype = self._scalar_qparams(node, node.input[6], node.input[7] if len(node.input) > 7
+                                                      else "", "output")
+        self._binary(node, kind, *operands, node.output[0], y_scale, y_zp, y_dtype)
+
+    def _op_Add(self, node, attrs):
+        self._qdq_binary(node, attrs, "add")
+
+    def _op_Mul(self, node, attrs):
+        self._qdq_binary(node, attrs, "mul")
+
+    def _qdq_binary(self, node, attrs, kind):
+        values = [self.values.get(name) for name in node.input]
+        if any(isinstance(v, _Const) and v.scale is None for v in values):
+            return self._float_constant_binary(node, attrs, values)
+        operands = []
+        for name, value in zip(node.input, values):
+            if isinstance(value, _FloatView):
+                operands.append(value.tensor)
+            elif isinstance(value, _Const):
+                operands.append(value)
+            else:
+                raise node_error(node, f"input {name!r} must come from a DequantizeLinear (a QDQ model)")
+        self._pend(node, lambda q, out, s, zp, dt: self._binary(q, kind, *operands, out, s, zp, dt))
+
+    def _float_constant_binary(self, node, attrs, values):
+        """``DequantizeLinear → Add/Mul(float scalar) → QuantizeLinear``: onnxruntime computes it in float,
+        a function of the one input code, so it becomes a table like the unary operators."""
+        if [isinstance(v, _FloatView) for v in values].count(True) != 1:
+            raise node_error(node, "needs one quantized activation and one float constant")
+        constant = next(v for v in values if isinstance(v, _Const))
+        if constant.values.size != 1:
+            raise node_error(node, f"a float constant of shape {list(constant.values.shape)} (not a scalar) is "
+                                   f"computed in float per element by onnxruntime; quantize it (QDQ) instead")
+        if isinstance(values[0], _Const):
+            swapped = onnx.NodeProto()
+            swapped.CopyFrom(node)
+            swapped.input[:] = list(reversed(node.input))
+            node = swapped
+        self._unary(node, attrs)
+
+    def _binary(self, node, kind, a, b, out, y_scale, y_zp, y_dtype):
+        if isinstance(a, _Const):
+            a, b = b, a
+        if not isinstance(a, QTensor):
+            raise node_error(node, "both inputs are constants; fold them before compiling")
+        if isinstance(b, _Const):
+            b_dtype = _QTYPES.get(np.asarray(b.values).dtype)
+            constant = self._channel_constant(node, a, b)
+            quant = (np.float32(np.asarray(b.scale).reshape(())), int(np.asarray(b.zero_point).reshape(())), b_dtype)
+            inputs = [a.name]
+        else:
+            if b.shape != a.shape:
+                raise node_error(node, f"inputs of shapes {list(a.shape)} and {list(b.shape)}: broadcasting between "
+                                       f"two activations is not supported")
+            b_dtype, constant, quant, inputs = b.dtype, None, None, [a.name, b.name]
+        if not a.dtype == b_dtype == y_dtype:
+            raise node_error(node, f"inputs and output of types {a.dtype}, {b_dtype} and {y_dtype}: onnxruntime "
+                                   f"computes mixed types in float; one type only")
+        self._define(node, out, a.shape, y_scale, y_zp, y_dtype)
+        self.graph.nodes.append(Elementwise(node.name, node.op_type, inputs, out, kind=kind, constant=constant,
+                                            constant_quant=quant))
+
+    def _channel_constant(self, node, a, b):
+        """A constant operand as one code per channel (axis 1 of ``a``)."""
+        values = np.asarray(b.values)
+        if np.asarray(b.scale).size != 1 or np.asarray(b.zero_point).size != 1:
+            raise node_error(node, "a constant input must be quantized per tensor")
+        if values.dtype not in _QTYPES:
+            raise node_error(node, f"a constant input of type {values.dtype}; int8 or uint8 only")
+        channels = a.shape[1]
+        per_channel = (channels,) + (1,) * (len(a.shape) - 2)
+        if values.size == 1:
+            return np.full(channels, values.reshape(()))
+        if values.shape in (per_channel, (1,) + per_channel):
+            return values.reshape(channels)
+        raise node_error(node, f"a constant of shape {list(values.shape)} does not broadcast per channel over "
+                               f"an input of shape {list(a.shape)} (scalar or {list(per_channel)} only)")
 
     # --- pooling -------------------------------------------------------------------------------
 

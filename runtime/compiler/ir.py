@@ -126,6 +126,27 @@ class Lookup(Node):
 
 
 @dataclass
+class Elementwise(Node):
+    """``y = a + b`` (``kind="add"``) or ``y = a · b`` (``"mul"``) of quantized tensors, as onnxruntime's
+    ``QLinearAdd`` / ``QLinearMul`` compute them (see :mod:`tcloud.firmware.binary`).
+
+    ``inputs`` holds ``a`` and, unless ``constant`` is set, ``b`` (same shape as ``a``).
+
+    Attributes
+    ----------
+    kind : str
+    constant : numpy.ndarray, optional
+        ``b``'s codes per channel (axis 1 of ``a``), in ``b``'s own type, when ``b`` is a constant.
+    constant_quant : tuple, optional
+        ``(scale, zero_point, dtype)`` of the constant ``b``.
+    """
+
+    kind: str = "add"
+    constant: np.ndarray = None
+    constant_quant: tuple = None
+
+
+@dataclass
 class MaxPool(Node):
     """Max over ``kernel`` windows of an int8 NCHW tensor (quantization unchanged)."""
 

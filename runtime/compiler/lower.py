@@ -17,7 +17,9 @@ Kernels
     Every :class:`~.ir.Linear` is one :func:`~tcloud.firmware.gemm.emit_gemm`: a convolution reads
     its input through :class:`~tcloud.firmware.conv.Im2col` (gathered by the DMA) and writes NHWC;
     the bias, the input zero point (``−z_x · Σw``, folded into the bias), ReLU and the
-    requantization run in the GEMM's epilogue on the vector engines.
+    requantization run in the GEMM's epilogue on the vector engines. An
+    :class:`~.ir.Elementwise` Add or Mul runs on the vector engines with onnxruntime's binary32
+    arithmetic (:mod:`tcloud.firmware.binary`), reading both inputs in their own layouts.
 """
 
 import json
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tcloud.firmware import FirmwareError, ProgramBuilder
+from tcloud.firmware.binary import BinaryOperand, QLinearBinary, emit_binary
 from tcloud.firmware.conv import NHWC, Im2col, padded_channels
 from tcloud.firmware.depthwise import emit_depthwise
 from tcloud.firmware.lookup import emit_lookup
@@ -34,8 +37,8 @@ from tcloud.firmware.gemm import DenseMatrix, ScaleRow, emit_gemm, plan_gemm, re
 from tcloud.isa import ProgramImage, Segment, Symbol, get_config
 from tcloud.isa.table import INSTRUCTION_BYTES, WORD_BYTES
 
-from .ir import (CompileError, DepthwiseConv, DequantizeOutput, Flatten, GlobalAveragePool, Linear, Lookup, MaxPool,
-                 QuantizeInput, node_error)
+from .ir import (CompileError, DepthwiseConv, DequantizeOutput, Elementwise, Flatten, GlobalAveragePool, Linear, Lookup,
+                 MaxPool, QuantizeInput, node_error)
 
 _ALIGN = 64
 METADATA_FORMAT = "tcloud-model/1"
@@ -197,10 +200,10 @@ def _layouts(graph):
             else:
                 layouts[node.output] = Layout("dense", source.shape, feature_map=source.feature_map,
                                               alias_of=node.inputs[0])
-        elif isinstance(node, Lookup) and layouts[node.inputs[0]].kind == "dense":
+        elif isinstance(node, (Lookup, Elementwise)) and layouts[node.inputs[0]].kind == "dense":
             source = layouts[node.inputs[0]]
             layouts[node.output] = Layout("dense", source.shape, feature_map=source.feature_map)
-        elif isinstance(node, (QuantizeInput, Linear, MaxPool, GlobalAveragePool, Lookup)):
+        elif isinstance(node, (QuantizeInput, Linear, MaxPool, GlobalAveragePool, Lookup, Elementwise)):
             shape = tensor.shape
             if len(shape) == 4:
                 layouts[node.output] = Layout("nhwc", (shape[0], shape[2], shape[3], padded_channels(shape[1])))
@@ -210,6 +213,11 @@ def _layouts(graph):
                 raise node_error(node, f"tensors of rank {len(shape)} are not supported (2 or 4)")
         elif not isinstance(node, DequantizeOutput):
             raise node_error(node, "the compiler reads this operator but cannot lower it to the pNPU yet")
+        if isinstance(node, Elementwise) and len(node.inputs) == 2:
+            a, b = (layouts[name] for name in node.inputs)
+            if (a.kind, a.shape, a.feature_map) != (b.kind, b.shape, b.feature_map):
+                raise node_error(node, f"inputs {node.inputs[0]!r} and {node.inputs[1]!r} lie in different "
+                                       f"layouts ({a.describe()} and {b.describe()})")
     for node in graph.nodes:
         padded = (isinstance(node, Linear) and node.kernel is not None) or isinstance(node, MaxPool)
         if not padded:
@@ -272,6 +280,8 @@ def _node_constants(node, graph, layouts):
         return {"b": b, "bias": bias, "scales": _scale_words(node.scale, b.shape[1])}
     if isinstance(node, Lookup):
         return {"table": node.table.astype(np.int8)}
+    if isinstance(node, Elementwise):
+        return {"rows": _binary_spec(node, graph).constant_rows(layouts[node.output].shape[-1])}
     if isinstance(node, GlobalAveragePool):
         _, height, width, channels = layouts[node.inputs[0]].shape
         pixels = height * width
@@ -423,6 +433,33 @@ def _emit_global_average(prog, cfg, node, graph, layouts, constants, budget, max
                        macs=batch * pixels * channels, ve_elements=batch * channels * 2, sram_bytes=plan.sram_bytes)
 
 
+def _binary_spec(node, graph):
+    def operand(tensor):
+        return BinaryOperand(tensor.scale, tensor.zero_point, tensor.dtype)
+
+    tensors = [graph.tensors[name] for name in node.inputs]
+    b = operand(tensors[1]) if node.constant is None else BinaryOperand(*node.constant_quant)
+    return QLinearBinary(node.kind, operand(tensors[0]), b, operand(graph.tensors[node.output]), node.constant)
+
+
+def _emit_elementwise(prog, cfg, node, graph, layouts, constants, budget, max_utop_cost):
+    a, y = layouts[node.inputs[0]], layouts[node.output]
+    b = layouts[node.inputs[1]] if len(node.inputs) == 2 else None
+    if a.kind == "nhwc":
+        operands = [a.nhwc, b.nhwc if b else None, y.nhwc]
+        rows, cols = a.shape[0] * a.shape[1] * a.shape[2], a.shape[3]
+    else:
+        operands = [DenseMatrix(a.hbm, a.shape[1]), DenseMatrix(b.hbm, b.shape[1]) if b else None,
+                    DenseMatrix(y.hbm, y.shape[1])]
+        rows, cols = a.shape
+    rows_offset, _ = constants["rows"]
+    used = emit_binary(prog, _binary_spec(node, graph), *operands, rows, cols,
+                       DenseMatrix(rows_offset, WORD_BYTES * cols), budget)
+    passes = {"add": 1, "mul": 4}[node.kind] + (b is not None)
+    return LayerReport(node.name, node.op, graph.tensors[node.output].shape, ve_elements=rows * cols * passes,
+                       sram_bytes=used)
+
+
 def _scale_row(y, constants):
     """The epilogue's requantization into ``y``: the operator's binary32 scale row (``ve.requantf``)."""
     offset, _ = constants["scales"]
@@ -469,5 +506,5 @@ def _metadata(graph, layouts, layers):
 
 
 _EMITTERS = {Linear: _emit_linear, DepthwiseConv: _emit_depthwise, MaxPool: _emit_maxpool,
-             GlobalAveragePool: _emit_global_average, Lookup: _emit_lookup}
+             GlobalAveragePool: _emit_global_average, Lookup: _emit_lookup, Elementwise: _emit_elementwise}
 """The lowering of each IR operator that runs on the pNPU (the others move no data)."""
