@@ -2,7 +2,8 @@
 
 The 256-byte table is copied into the scratchpad once; then, block by block, a DMA uTOp brings rows
 of the tensor in, a VE uTOp loads the table into the engine (``ve.lutload``; a table lives only for
-its uTOp) and maps the block in place (``ve.lut``), and a DMA uTOp stores it. Buffers are
+its uTOp) and maps the block in place (``ve.lut``), and a DMA uTOp stores it, optionally into
+columns further right (a Concat's input). Without a table the blocks are only copied. Buffers are
 double-buffered.
 """
 
@@ -14,8 +15,8 @@ from .program import FirmwareError
 _MAX_ROWS = min(field_max("ve.shape", "rows"), field_max("dma.load", "rows"))
 
 
-def emit_lookup(prog, source, dest, rows, cols, table, sram_bytes):
-    """Append ``dest = table[source]`` (elementwise, int8) to ``prog``.
+def emit_lookup(prog, source, dest, rows, cols, table, sram_bytes, column=0):
+    """Append ``dest[:, column:column + cols] = table[source]`` (elementwise, int8) to ``prog``.
 
     Parameters
     ----------
@@ -23,9 +24,11 @@ def emit_lookup(prog, source, dest, rows, cols, table, sram_bytes):
     source, dest : layouts with ``load`` / ``store`` (``DenseMatrix``, ``NHWC``)
         ``rows`` rows of ``cols`` int8 values.
     rows, cols : int
-    table : DenseMatrix
-        The 256 output bytes, indexed by the input byte.
+    table : DenseMatrix or None
+        The 256 output bytes, indexed by the input byte; ``None``: a plain copy (DMA only).
     sram_bytes : int
+    column : int
+        First column of ``dest`` written (a multiple of ``WORD_BYTES``).
 
     Returns
     -------
@@ -33,21 +36,23 @@ def emit_lookup(prog, source, dest, rows, cols, table, sram_bytes):
         The scratchpad bytes used.
     """
     stride = -(-cols // 4) * 4
-    block = min(rows, _MAX_ROWS, max(1, (sram_bytes - LUT_BYTES) // (2 * stride)))
-    used = LUT_BYTES + 2 * block * stride
+    lut_bytes = 0 if table is None else LUT_BYTES
+    block = min(rows, _MAX_ROWS, max(1, (sram_bytes - lut_bytes) // (2 * stride)))
+    used = lut_bytes + 2 * block * stride
     if used > sram_bytes:
         raise FirmwareError(f"a table lookup over rows of {cols} bytes needs {used} bytes of scratchpad, the "
                             f"budget is {sram_bytes}")
-    buffers = [LUT_BYTES, LUT_BYTES + block * stride]
-    setup = prog.utop(EngineClass.DMA, table.load(0, 0, 0, 1, 0, LUT_BYTES))
-    ves, stores = [], []
+    buffers = [lut_bytes, lut_bytes + block * stride]
+    setup = None if table is None else prog.utop(EngineClass.DMA, table.load(0, 0, 0, 1, 0, LUT_BYTES))
+    stores = []
     for index, r0 in enumerate(range(0, rows, block)):
         count, buf = min(block, rows - r0), buffers[index % 2]
-        load = prog.utop(EngineClass.DMA, source.load(buf, stride, r0, count, 0, cols),
-                         [stores[index - 2]] if index >= 2 else [])
-        ves.append(prog.utop(EngineClass.VE, [
-            Instr("ve.lutload", src=0),
-            Instr("ve.shape", rows=count, dst_stride=stride, src1_stride=stride, src2_stride=0),
-            Instr("ve.lut", dst=buf, src=buf, n=cols)], [setup, load]))
-        stores.append(prog.utop(EngineClass.DMA, dest.store(buf, stride, r0, count, 0, cols), [ves[-1]]))
+        ready = prog.utop(EngineClass.DMA, source.load(buf, stride, r0, count, 0, cols),
+                          [stores[index - 2]] if index >= 2 else [])
+        if table is not None:
+            ready = prog.utop(EngineClass.VE, [
+                Instr("ve.lutload", src=0),
+                Instr("ve.shape", rows=count, dst_stride=stride, src1_stride=stride, src2_stride=0),
+                Instr("ve.lut", dst=buf, src=buf, n=cols)], [setup, ready])
+        stores.append(prog.utop(EngineClass.DMA, dest.store(buf, stride, r0, count, column, cols), [ready]))
     return used

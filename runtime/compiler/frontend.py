@@ -18,9 +18,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .ir import (CompileError, DepthwiseConv, DequantizeOutput, Elementwise, Flatten, GlobalAveragePool, Graph, Linear,
-                 Lookup, MaxPool, QTensor, QuantizeInput, node_error)
-from .tables import FLOAT_UNARY, QLINEAR_UNARY, unary_table
+from .ir import (AveragePool, CompileError, Concat, DepthwiseConv, DequantizeOutput, Elementwise, Flatten,
+                 GlobalAveragePool, Graph, Linear, Lookup, MatrixTranspose, MaxPool, QTensor, QuantizeInput, Transpose,
+                 node_error)
+from .tables import FLOAT_UNARY, QLINEAR_UNARY, concat_tables, unary_table
 
 _QTYPES = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8"}
 
@@ -581,6 +582,91 @@ class _FrontEnd:
         self.graph.nodes.append(Linear(node.name, node.op_type, [x.name], out, weight=np.ascontiguousarray(w),
                                        bias=np.zeros(n, np.int32) if bias is None else bias.astype(np.int32),
                                        scale=self._requant_scale(x, w_scale, y_scale)))
+
+    # --- Concat, AveragePool, Transpose ----------------------------------------------------------
+
+    def _op_Concat(self, node, attrs):
+        inputs = [self._view(node, name) for name in node.input]
+        self._pend(node, lambda q, out, s, zp, dt: self._concat(node, attrs, inputs, out, s, zp, dt, qdq=True))
+
+    def _op_QLinearConcat(self, node, attrs):
+        if len(node.input) < 5 or (len(node.input) - 2) % 3:
+            raise node_error(node, f"has {len(node.input)} inputs; expected y_scale, y_zero_point and a (tensor, "
+                                   f"scale, zero point) triple per input")
+        y_scale, y_zp, y_dtype = self._scalar_qparams(node, node.input[0], node.input[1], "output")
+        inputs = []
+        for index in range(2, len(node.input), 3):
+            x = self._qtensor(node, node.input[index])
+            self._check_input_qparams(node, x, node.input[index + 1], node.input[index + 2])
+            inputs.append(x)
+        self._concat(node, attrs, inputs, node.output[0], y_scale, y_zp, y_dtype, qdq=False)
+
+    def _concat(self, node, attrs, inputs, out, y_scale, y_zp, y_dtype, qdq):
+        rank = len(inputs[0].shape)
+        axis = attrs.get("axis", 1)
+        if rank not in (2, 4) or axis not in (1, 1 - rank):
+            raise node_error(node, f"attribute axis={axis} is not supported for rank-{rank} tensors (only the "
+                                   f"channels of NCHW or the features of [N, F]: axis 1)")
+        for x in inputs:
+            if len(x.shape) != rank or x.shape[:1] + x.shape[2:] != inputs[0].shape[:1] + inputs[0].shape[2:]:
+                raise node_error(node, f"input {x.name!r} of shape {x.shape} does not match {inputs[0].shape} "
+                                       f"outside axis 1")
+        shape = (inputs[0].shape[0], sum(x.shape[1] for x in inputs)) + inputs[0].shape[2:]
+        y = self._define(node, out, shape, y_scale, y_zp, y_dtype)
+        self.graph.nodes.append(Concat(node.name, node.op_type, [x.name for x in inputs], out,
+                                       tables=concat_tables(inputs, y, qdq)))
+
+    def _op_AveragePool(self, node, attrs):
+        x = self._view(node, node.input[0])
+        self._pend(node, lambda q, out, s, zp, dt: self._average_pool(node, attrs, x, out, s, zp, dt))
+
+    def _op_QLinearAveragePool(self, node, attrs):
+        if attrs.get("channels_last", 0):
+            raise node_error(node, "attribute channels_last=1 is not supported (NCHW only)")
+        x = self._qtensor(node, node.input[0])
+        self._check_input_qparams(node, x, node.input[1], node.input[2] if len(node.input) > 2 else "")
+        y_scale, y_zp, y_dtype = self._scalar_qparams(node, node.input[3], node.input[4] if len(node.input) > 4
+                                                      else "", "output")
+        self._average_pool(node, attrs, x, node.output[0], y_scale, y_zp, y_dtype)
+
+    def _average_pool(self, node, attrs, x, out, y_scale, y_zp, y_dtype):
+        if len(x.shape) != 4 or len(attrs.get("kernel_shape", ())) != 2:
+            raise node_error(node, f"only 2-D average pooling of NCHW tensors is supported, got input shape "
+                                   f"{x.shape} and kernel_shape={attrs.get('kernel_shape')}")
+        for name, allowed in (("dilations", [1, 1]), ("ceil_mode", 0)):
+            if name in attrs and attrs[name] != allowed:
+                raise node_error(node, f"attribute {name}={attrs[name]} is not supported (only {allowed})")
+        if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            raise node_error(node, f"attribute auto_pad={attrs['auto_pad']!r} is not supported (give pads)")
+        kernel = tuple(attrs["kernel_shape"])
+        stride = tuple(attrs.get("strides", (1, 1)))
+        pads = tuple(attrs.get("pads", (0, 0, 0, 0)))
+        n, c, h, w = x.shape
+        if kernel == (h, w) and not any(pads):
+            return self._global_average(node, x, out, y_scale, y_zp, y_dtype)  # onnxruntime's kernel does too
+        ratio = np.float32(x.scale) / np.float32(y_scale)
+        if not all(2.0 ** -40 <= s <= 2.0 ** 40 for s in (x.scale, y_scale)) or ratio > 2.0 ** 22:
+            raise node_error(node, f"scales x_scale={x.scale} and y_scale={y_scale} are outside the range where the "
+                                   f"vector engine's binary32 arithmetic matches onnxruntime's (2^-40 .. 2^40, "
+                                   f"x_scale / y_scale ≤ 2^22)")
+        shape = (n, c, (h + pads[0] + pads[2] - kernel[0]) // stride[0] + 1,
+                 (w + pads[1] + pads[3] - kernel[1]) // stride[1] + 1)
+        self._define(node, out, shape, y_scale, y_zp, y_dtype)
+        self.graph.nodes.append(AveragePool(node.name, node.op_type, [x.name], out, kernel=kernel, stride=stride,
+                                            pads=pads, count_include_pad=bool(attrs.get("count_include_pad", 0))))
+
+    def _op_Transpose(self, node, attrs):
+        def make(q, source, out, scale, zp, dtype):
+            if (np.float32(scale), zp, dtype) != (source.scale, source.zero_point, source.dtype):
+                raise node_error(node, "a Transpose must keep its input's quantization")
+            perm = tuple(attrs.get("perm", range(len(source.shape) - 1, -1, -1)))
+            if sorted(perm) != list(range(len(source.shape))):
+                raise node_error(node, f"attribute perm={list(perm)} is not a permutation of the {len(source.shape)} "
+                                       f"axes")
+            self._define(node, out, tuple(source.shape[i] for i in perm), scale, zp, dtype)
+            kind = MatrixTranspose if perm == (1, 0) else Transpose
+            self.graph.nodes.append(kind(node.name, node.op_type, [source.name], out, perm=perm))
+        self._layout_op(node, make)
 
 
 def _attributes(node):

@@ -193,3 +193,41 @@ class Graph:
 
     def consumers(self, name):
         return [n for n in self.nodes if name in n.inputs]
+
+
+@dataclass
+class Concat(Node):
+    """Inputs joined along the channels of NCHW tensors or the features of ``[N, F]`` ones.
+
+    Attributes
+    ----------
+    tables : list
+        Per input: ``None`` when its codes are the output's (a copy), else the 256-entry table of
+        :func:`~.tables.concat_tables` that maps them into the output's quantization.
+    """
+
+    tables: list = None
+
+
+@dataclass
+class AveragePool(Node):
+    """Average over ``kernel`` windows of an NCHW tensor, in onnxruntime's binary32 arithmetic
+    (``QLinearAveragePool``; see :mod:`tcloud.firmware.avgpool`)."""
+
+    kernel: tuple = None
+    stride: tuple = (1, 1)
+    pads: tuple = (0, 0, 0, 0)
+    count_include_pad: bool = False
+
+
+@dataclass
+class Transpose(Node):
+    """A permutation of the axes that keeps the batch first: no data moves; the result is read as
+    the producer's bytes with a feature map (only a Flatten may read a transposed NCHW tensor)."""
+
+    perm: tuple = None
+
+
+@dataclass
+class MatrixTranspose(Transpose):
+    """``[N, F] → [F, N]`` (``perm = (1, 0)``): the bytes move (see :mod:`tcloud.firmware.transpose`)."""

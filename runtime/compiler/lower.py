@@ -6,7 +6,9 @@ Layouts
     needs, holding the zero point (written once by a data segment; stores fill only the interior).
     A 2-D activation is a row-major ``[batch, features]`` matrix with rows padded to a DMA word. A
     Flatten moves no data: its output is the producer's bytes read as ``[batch, H·W·C]``, and the
-    consumer's weight rows are permuted to that order at compile time.
+    consumer's weight rows are permuted to that order at compile time. A Transpose that keeps the
+    batch first moves no data either (a feature map, read by a Flatten); a Concat writes each input
+    at its channel or feature offset of the output.
 Memory plan
     HBM: constants (weights, folded biases, requantization parameters), then the activations, then
     the code. Activations whose lifetimes (first writer to last reader, in operator order) do not
@@ -28,17 +30,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tcloud.firmware import FirmwareError, ProgramBuilder
+from tcloud.firmware.avgpool import avgpool_zero_points, emit_avgpool
 from tcloud.firmware.binary import BinaryOperand, QLinearBinary, emit_binary
 from tcloud.firmware.conv import NHWC, Im2col, padded_channels
 from tcloud.firmware.depthwise import emit_depthwise
 from tcloud.firmware.lookup import emit_lookup
 from tcloud.firmware.pool import emit_maxpool
+from tcloud.firmware.transpose import emit_transpose
 from tcloud.firmware.gemm import DenseMatrix, ScaleRow, emit_gemm, plan_gemm, requantf_scale_words
 from tcloud.isa import ProgramImage, Segment, Symbol, get_config
-from tcloud.isa.table import INSTRUCTION_BYTES, WORD_BYTES
+from tcloud.isa.table import INSTRUCTION_BYTES, WORD_BYTES, FmaResult
 
-from .ir import (CompileError, DepthwiseConv, DequantizeOutput, Elementwise, Flatten, GlobalAveragePool, Linear, Lookup,
-                 MaxPool, QuantizeInput, node_error)
+from .ir import (AveragePool, CompileError, Concat, DepthwiseConv, DequantizeOutput, Elementwise, Flatten,
+                 GlobalAveragePool, Linear, Lookup, MatrixTranspose, MaxPool, QuantizeInput, Transpose, node_error)
 
 _ALIGN = 64
 METADATA_FORMAT = "tcloud-model/1"
@@ -200,6 +204,13 @@ def _layouts(graph):
             else:
                 layouts[node.output] = Layout("dense", source.shape, feature_map=source.feature_map,
                                               alias_of=node.inputs[0])
+        elif isinstance(node, Concat):
+            layouts[node.output] = _concat_layout(node, graph, layouts)
+        elif isinstance(node, Transpose):
+            layouts[node.output] = _transpose_layout(node, graph, layouts)
+        elif isinstance(node, AveragePool):
+            n, c, h, w = tensor.shape
+            layouts[node.output] = Layout("nhwc", (n, h, w, padded_channels(c)))
         elif isinstance(node, (Lookup, Elementwise)) and layouts[node.inputs[0]].kind == "dense":
             source = layouts[node.inputs[0]]
             layouts[node.output] = Layout("dense", source.shape, feature_map=source.feature_map)
@@ -219,7 +230,7 @@ def _layouts(graph):
                 raise node_error(node, f"inputs {node.inputs[0]!r} and {node.inputs[1]!r} lie in different "
                                        f"layouts ({a.describe()} and {b.describe()})")
     for node in graph.nodes:
-        padded = (isinstance(node, Linear) and node.kernel is not None) or isinstance(node, MaxPool)
+        padded = (isinstance(node, Linear) and node.kernel is not None) or isinstance(node, (MaxPool, AveragePool))
         if not padded:
             continue
         source = layouts[node.inputs[0]]
@@ -237,6 +248,62 @@ def _layouts(graph):
             raise node_error(node, "a global average pool over a tensor that a padded operator also reads is not "
                                    "supported")
     return layouts
+
+
+def _concat_layout(node, graph, layouts):
+    """NCHW inputs fill consecutive channels of the output's pixels, so each but the last must end on
+    a DMA word; ``[N, F]`` inputs lie side by side with their padding, which the feature map skips."""
+    sources = [layouts[name] for name in node.inputs]
+    if sources[0].kind == "nhwc" or len(graph.tensors[node.output].shape) == 4:
+        offset = 0
+        for name, source in zip(node.inputs, sources):
+            channels = graph.tensors[name].shape[1]
+            if source.kind != "nhwc":
+                raise node_error(node, f"input {name!r} is not an NHWC activation (a flattened or transposed "
+                                       f"tensor cannot be joined along channels)")
+            if offset % WORD_BYTES:
+                raise node_error(node, f"input {name!r} would start at output channel {offset}, which is not a "
+                                       f"multiple of {WORD_BYTES} (the DMA moves whole {WORD_BYTES}-byte words); "
+                                       f"channel counts {[graph.tensors[i].shape[1] for i in node.inputs]}")
+            offset += channels
+        n, c, h, w = graph.tensors[node.output].shape
+        return Layout("nhwc", (n, h, w, padded_channels(c)))
+    feature_map, width = [], 0
+    for name, source in zip(node.inputs, sources):
+        features = graph.tensors[name].shape[1]
+        columns = np.arange(features) if source.feature_map is None else np.asarray(source.feature_map)
+        feature_map += [int(column) + width for column in columns]
+        width += source.shape[1]
+    identity = feature_map == list(range(len(feature_map)))
+    return Layout("dense", (sources[0].shape[0], width), feature_map=None if identity else feature_map)
+
+
+def _transpose_layout(node, graph, layouts):
+    """A transpose that keeps the batch first is a new feature order over the producer's bytes."""
+    perm, source = node.perm, layouts[node.inputs[0]]
+    shape = graph.tensors[node.inputs[0]].shape
+    if isinstance(node, MatrixTranspose):
+        return Layout("dense", (shape[1], _up(shape[0], WORD_BYTES)))
+    if perm[0] != 0:
+        raise node_error(node, f"attribute perm={list(perm)} moves the batch axis of a rank-{len(perm)} tensor; "
+                               f"only [N, F] → [F, N] (perm=[1, 0]) moves data")
+    if len(perm) > 2 and any(not isinstance(c, Flatten) for c in graph.consumers(node.output)):
+        raise node_error(node, f"attribute perm={list(perm)}: a transposed rank-{len(perm)} tensor is supported "
+                               f"only when a Flatten (or a Reshape to [batch, -1]) reads it")
+    if source.kind == "nhwc":
+        if any(source.border):
+            raise node_error(node, "transposing a tensor that a padded operator also reads is not supported")
+        _, height, width, padded = source.shape
+        c, y, x = np.meshgrid(np.arange(shape[1]), np.arange(height), np.arange(width), indexing="ij")
+        columns = (y * width + x) * padded + c
+        physical = (source.shape[0], height * width * padded)
+    else:
+        columns = np.arange(shape[1]) if source.feature_map is None else np.asarray(source.feature_map)
+        columns = columns.reshape(shape[1:])
+        physical = source.shape
+    feature_map = columns.transpose([axis - 1 for axis in perm[1:]]).ravel().tolist()
+    identity = feature_map == list(range(len(feature_map)))
+    return Layout("dense", physical, feature_map=None if identity else feature_map, alias_of=node.inputs[0])
 
 
 def _root(layouts, name):
@@ -282,6 +349,13 @@ def _node_constants(node, graph, layouts):
         return {"table": node.table.astype(np.int8)}
     if isinstance(node, Elementwise):
         return {"rows": _binary_spec(node, graph).constant_rows(layouts[node.output].shape[-1])}
+    if isinstance(node, Concat):
+        return {f"table{i}": table for i, table in enumerate(node.tables) if table is not None} or None
+    if isinstance(node, AveragePool):
+        x, y = graph.tensors[node.inputs[0]], graph.tensors[node.output]
+        out_width = graph.tensors[node.output].shape[3]
+        return {"zero_points": avgpool_zero_points(x.device_zero_point, y.zero_point, layouts[node.inputs[0]].shape[3],
+                                                   node.kernel, node.stride, out_width)}
     if isinstance(node, GlobalAveragePool):
         _, height, width, channels = layouts[node.inputs[0]].shape
         pixels = height * width
@@ -460,6 +534,50 @@ def _emit_elementwise(prog, cfg, node, graph, layouts, constants, budget, max_ut
                        sram_bytes=used)
 
 
+def _emit_concat(prog, cfg, node, graph, layouts, constants, budget, max_utop_cost):
+    y = layouts[node.output]
+    used, elements, offset = 0, 0, 0
+    for index, name in enumerate(node.inputs):
+        x = layouts[name]
+        if index:
+            prog.fence()  # the inputs reuse the same scratchpad buffers
+        table = constants.get(f"table{index}") if constants else None
+        table = None if table is None else DenseMatrix(table[0], 0)
+        if y.kind == "nhwc":
+            rows, cols = x.shape[0] * x.shape[1] * x.shape[2], x.shape[3]
+            used = max(used, emit_lookup(prog, x.nhwc, y.nhwc, rows, cols, table, budget, column=offset))
+            offset += graph.tensors[name].shape[1]
+        else:
+            rows, cols = x.shape
+            used = max(used, emit_lookup(prog, DenseMatrix(x.hbm, cols), DenseMatrix(y.hbm, y.shape[1]), rows, cols,
+                                         table, budget, column=offset))
+            offset += cols
+        elements += rows * cols if table is not None else 0
+    return LayerReport(node.name, node.op, graph.tensors[node.output].shape, ve_elements=elements, sram_bytes=used)
+
+
+def _emit_average_pool(prog, cfg, node, graph, layouts, constants, budget, max_utop_cost):
+    x, y = layouts[node.inputs[0]], layouts[node.output]
+    source, out = graph.tensors[node.inputs[0]], graph.tensors[node.output]
+    zero_offset, _ = constants["zero_points"]
+    kind = FmaResult.UINT8 if out.dtype == "uint8" else FmaResult.INT8
+    used = emit_avgpool(prog, x.nhwc, y.nhwc, node.kernel, node.stride, node.pads, node.count_include_pad,
+                        source.scale, out.scale, DenseMatrix(zero_offset, 4 * x.shape[3], 4), kind, budget)
+    pixels = out.shape[0] * out.shape[2] * out.shape[3]
+    return LayerReport(node.name, node.op, out.shape, ve_elements=pixels * y.shape[3] * node.kernel[0] * node.kernel[1],
+                       sram_bytes=used)
+
+
+def _emit_matrix_transpose(prog, cfg, node, graph, layouts, constants, budget, max_utop_cost):
+    x, y = layouts[node.inputs[0]], layouts[node.output]
+    features = graph.tensors[node.inputs[0]].shape[1]
+    columns = range(features) if x.feature_map is None else x.feature_map
+    used = emit_transpose(prog, DenseMatrix(x.hbm, x.shape[1]), DenseMatrix(y.hbm, y.shape[1]), x.shape[0], x.shape[1],
+                          columns, budget)
+    return LayerReport(node.name, node.op, graph.tensors[node.output].shape, ve_elements=3 * x.shape[0] * features,
+                       sram_bytes=used)
+
+
 def _scale_row(y, constants):
     """The epilogue's requantization into ``y``: the operator's binary32 scale row (``ve.requantf``)."""
     offset, _ = constants["scales"]
@@ -506,5 +624,6 @@ def _metadata(graph, layouts, layers):
 
 
 _EMITTERS = {Linear: _emit_linear, DepthwiseConv: _emit_depthwise, MaxPool: _emit_maxpool,
-             GlobalAveragePool: _emit_global_average, Lookup: _emit_lookup, Elementwise: _emit_elementwise}
+             GlobalAveragePool: _emit_global_average, Lookup: _emit_lookup, Elementwise: _emit_elementwise,
+             Concat: _emit_concat, AveragePool: _emit_average_pool, MatrixTranspose: _emit_matrix_transpose}
 """The lowering of each IR operator that runs on the pNPU (the others move no data)."""

@@ -1,4 +1,4 @@
-"""Lookup tables for quantized unary operators, computed by onnxruntime itself.
+"""Lookup tables for quantized unary operators (and Concat's inputs), computed by onnxruntime itself.
 
 A quantized unary operator (``QLinearSigmoid``, ``QLinearLeakyRelu``, or ``DequantizeLinear → Tanh
 → QuantizeLinear`` in a QDQ model) maps each of the 256 input codes to one output code, whatever
@@ -28,14 +28,14 @@ def _codes(dtype):
     return np.arange(info.min, info.max + 1).astype(_NUMPY[dtype])
 
 
-def _run(graph, opsets, dtype):
+def _run(graph, opsets, dtype, feeds=None):
     model = helper.make_model(graph, opset_imports=opsets)
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.add_session_config_entry("session.qdqisint8allowed", "1")  # as the exactness tests run the model
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": _codes(dtype)})[0]
+    return session.run(None, {"x": _codes(dtype)} if feeds is None else feeds)[0]
 
 
 def unary_table(op_type, attributes, x, y, constants=()):
@@ -77,7 +77,62 @@ def unary_table(op_type, attributes, x, y, constants=()):
                  helper.make_node("QuantizeLinear", ["yf", "ys", "yz"], ["y"])]
         opsets = [helper.make_opsetid("", 17)]
     out = _run(helper.make_graph(nodes, "unary", inputs, outputs, initializers), opsets, x.dtype)
+    return _device_table(out, x, y)
+
+
+def _device_table(out, x, y):
+    """The table indexed by the input bytes the pNPU holds, of the output codes ``out`` onnxruntime
+    gave for the input codes ``_codes(x.dtype)``."""
     codes = _codes(x.dtype).astype(np.int16) - x.offset  # input codes as the pNPU holds them
     table = np.zeros(256, np.int8)
     table[codes.astype(np.uint8)] = (out.astype(np.int16) - y.offset).astype(np.int8)
     return table
+
+
+def concat_tables(inputs, y, qdq):
+    """Per input of a quantized Concat, the 256-entry table of its output codes, or ``None`` for an
+    input whose codes pass unchanged (onnxruntime's ``QLinearConcat`` copies those).
+
+    onnxruntime's ``QLinearConcat`` (which its graph optimizer also makes of a QDQ Concat) maps each
+    input through a table of its own, so the compiler runs the operator itself, once, on a model
+    with the same inputs, each fed all its 256 codes along axis 0.
+
+    Parameters
+    ----------
+    inputs : list of QTensor
+    y : QTensor
+        The output's quantization.
+    qdq : bool
+        Build the model as ``DequantizeLinear``s → ``Concat`` → ``QuantizeLinear`` (a QDQ model),
+        else as one ``com.microsoft`` ``QLinearConcat``.
+
+    Returns
+    -------
+    list
+        int8 ``[256]`` tables as :func:`unary_table` returns them, or ``None``.
+    """
+    def scalar(name, value, kind):
+        return helper.make_tensor(name, kind, (), [value])
+
+    names = [f"x{i}" for i in range(len(inputs))]
+    values = [helper.make_tensor_value_info(name, _ELEMENT[x.dtype], [256]) for name, x in zip(names, inputs)]
+    initializers = [scalar("ys", float(y.scale), TensorProto.FLOAT), scalar("yz", y.zero_point, _ELEMENT[y.dtype])]
+    for name, x in zip(names, inputs):
+        initializers += [scalar(f"{name}s", float(x.scale), TensorProto.FLOAT),
+                         scalar(f"{name}z", x.zero_point, _ELEMENT[x.dtype])]
+    if qdq:
+        nodes = [helper.make_node("DequantizeLinear", [name, f"{name}s", f"{name}z"], [f"{name}f"]) for name in names]
+        nodes += [helper.make_node("Concat", [f"{name}f" for name in names], ["yf"], axis=0),
+                  helper.make_node("QuantizeLinear", ["yf", "ys", "yz"], ["y"])]
+        opsets = [helper.make_opsetid("", 17)]
+    else:
+        nodes = [helper.make_node("QLinearConcat", ["ys", "yz"] + [f"{name}{part}" for name in names
+                                                                    for part in ("", "s", "z")],
+                                  ["y"], domain="com.microsoft", axis=0)]
+        opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    outputs = [helper.make_tensor_value_info("y", _ELEMENT[y.dtype], [256 * len(inputs)])]
+    out = _run(helper.make_graph(nodes, "concat", values, outputs, initializers), opsets, None,
+               {name: _codes(x.dtype) for name, x in zip(names, inputs)})
+    tables = [_device_table(out[256 * i:256 * (i + 1)], x, y) for i, x in enumerate(inputs)]
+    identity = np.arange(256).astype(np.uint8).view(np.int8)
+    return [None if np.array_equal(table, identity) else table for table in tables]
