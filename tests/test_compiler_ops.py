@@ -268,3 +268,41 @@ def test_a_small_scratchpad_splits_concat_and_pooling_into_race_free_blocks(fmt)
     pool = next(value for key, value in utops.items() if "AveragePool" in key)
     assert pool["VE"] > 2 and check_program(compiled.image).races == []
     assert np.array_equal(compiled.run({"x": x})["y"], onnxruntime_outputs(model, {"x": x})["y"])
+
+
+# --- on the RTL -----------------------------------------------------------------------------------
+
+def _rtl_models():
+    from test_compiler import binary_model
+
+    from tcloud.runtime.compiler.zoo import builders
+
+    rng = np.random.default_rng(5)
+    return {
+        "residual_add_uint8": (builders.resnet50_block(channels=16, width=4, size=5), "qdq", "uint8"),
+        "mul_by_channel_constant": (binary_model(rng, "Mul", 6, 5, (6, 1, 1)), "qop", "int8"),
+        "mul_of_two_activations": (binary_model(rng, "Mul", 5, 0, None), "qdq", "uint8"),
+        "concat_with_tables": (concat_image_model(rng, 4, [4, 8], True, False), "qdq", "int8"),
+        "average_pool": (average_pool_model(rng, 3, 5, 6, 6, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                                            count_include_pad=0), "qop", "uint8"),
+        "matrix_transpose": (transpose_features_model(rng, 5, 7, (1, 0), batch=3), "qdq", "int8"),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(_rtl_models()))
+def test_the_vector_engine_kernels_on_verilator_equal_onnxruntime(name):
+    """Add/Mul (ve.fma), Concat (tables), AveragePool (binary32 division) and the matrix transpose,
+    compiled for `small` and run on the Verilator RTL."""
+    model, fmt, activations = _rtl_models()[name]
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    shape, calibration_batch = dims[1:], dims[0] or 1
+    rng = np.random.default_rng(6)
+    samples = [{model.graph.input[0].name: rng.standard_normal([calibration_batch, *shape]).astype(np.float32)}
+               for _ in range(4)]
+    quantized = quantize(model, fmt, samples, activations=activations)
+    x = rng.standard_normal([3, *shape]).astype(np.float32) * 1.5
+    ref = next(iter(onnxruntime_outputs(quantized, {model.graph.input[0].name: x}).values()))
+    compiled = compile(quantized, "small", batch=3)
+    out = next(iter(compiled.run({model.graph.input[0].name: x}, backend="verilator").values()))
+    assert np.array_equal(out, ref)

@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from tcloud.runtime import compile
 from tcloud.runtime.compiler.quantize import quantize, random_samples
 from tcloud.runtime.compiler.zoo import builders, digits
 
@@ -198,3 +199,49 @@ def test_full_network_quantized(build, fmt):
     quantized = quantize(model, fmt, random_samples(model, count=2))
     x = input_batch(model, 2)
     assert run(quantized, x).shape == (2, 1000)
+
+
+# ---------------------------------------------------------------- compiled, against onnxruntime
+
+def onnxruntime_int8(model, x):
+    """onnxruntime as the compiler's exactness tests run it (int8 QDQ fusion allowed)."""
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.qdqisint8allowed", "1")
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def assert_compiled_equals_onnxruntime(model, fmt, batch, samples=2):
+    quantized = quantize(model, fmt, random_samples(model, count=samples))
+    compiled = compile(quantized, "small", batch=batch)
+    x = input_batch(model, batch)
+    got = next(iter(compiled.run({model.graph.input[0].name: x}).values()))
+    assert np.array_equal(got, onnxruntime_int8(quantized, x))
+    return compiled
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qop"])
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_builders_compile_and_equal_onnxruntime(name, fmt):
+    """Every block (residual Add, depthwise, projection shortcut) and the DLRM tower, batch 2."""
+    compiled = assert_compiled_equals_onnxruntime(SMALL[name](), fmt, batch=2)
+    for layer in compiled.layers:
+        assert layer["macs"] + layer["ve_elements"] > 0 and sum(layer["utops"].values()) > 0, layer
+    if name.startswith("resnet50_block"):
+        assert sum(layer["op"] in ("Add", "QLinearAdd") for layer in compiled.layers) == 1
+
+
+@pytest.mark.parametrize("build, fmt", [(builders.resnet50, "qdq"), (builders.mobilenetv2, "qop")])
+def test_full_networks_compile_and_equal_onnxruntime_at_32_pixels(build, fmt):
+    """All 53 convolutions, 16 residual Adds, pooling and the classifier of ResNet-50 (MobileNetV2: 52
+    convolutions, 17 of them depthwise, and 10 Adds), at a 32 x 32 input so the functional run stays short."""
+    compiled = assert_compiled_equals_onnxruntime(build(image_size=32, classes=10), fmt, batch=1)
+    adds = sum(layer["op"] in ("Add", "QLinearAdd") for layer in compiled.layers)
+    assert adds == (16 if build is builders.resnet50 else 10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("build", [builders.resnet50, builders.mobilenetv2])
+def test_full_networks_at_224_pixels_compile_and_equal_onnxruntime(build):
+    """The real networks (ResNet-50: 25 s to compile, 45 s on the functional backend)."""
+    assert_compiled_equals_onnxruntime(build(), "qdq", batch=1, samples=1)
