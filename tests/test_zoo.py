@@ -9,7 +9,7 @@ import pytest
 
 from tcloud.runtime import compile
 from tcloud.runtime.compiler.quantize import quantize, random_samples
-from tcloud.runtime.compiler.zoo import builders, digits
+from tcloud.runtime.compiler.zoo import builders, digits, transformers
 
 # quantize_static logs a pre-processing hint and a QOperator-on-x64 performance hint on every call
 logging.getLogger().setLevel(logging.ERROR)
@@ -245,3 +245,58 @@ def test_full_networks_compile_and_equal_onnxruntime_at_32_pixels(build, fmt):
 def test_full_networks_at_224_pixels_compile_and_equal_onnxruntime(build):
     """The real networks (ResNet-50: 25 s to compile, 45 s on the functional backend)."""
     assert_compiled_equals_onnxruntime(build(), "qdq", batch=1, samples=1)
+
+
+# ---------------------------------------------------------------- Transformers and recommenders
+
+TRANSFORMERS = {
+    "bert_tiny": lambda: transformers.bert_encoder(),
+    "decoder_block": lambda: transformers.decoder_block(),
+    "dlrm": lambda: transformers.dlrm(),
+    "ncf": lambda: transformers.ncf(),
+}
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qop"])
+@pytest.mark.parametrize("name", sorted(TRANSFORMERS))
+def test_transformer_and_recommender_builders_run_and_quantize(name, fmt):
+    """Each builder is valid ONNX, runs with a dynamic batch, and onnxruntime's int8 version tracks the
+    float model (random weights, calibrated on 32 random samples: within 10 % relative error, the
+    DLRM within 25 %: its random top MLP amplifies the int8 error of the interactions)."""
+    model = TRANSFORMERS[name]()
+    onnx.checker.check_model(model, full_check=True)
+    quantized = quantize(model, fmt, random_samples(model, count=32))
+    for batch in (1, 3):
+        feeds = {k: np.repeat(v, batch, axis=0) for k, v in random_samples(model, 1, seed=5)[0].items()}
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        reference = session.run(None, feeds)[0]
+        y = ort.InferenceSession(quantized.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        assert y.shape == reference.shape and y.shape[0] == batch
+        assert np.linalg.norm(y - reference) / np.linalg.norm(reference) < (0.25 if name == "dlrm" else 0.1)
+
+
+def test_random_ids_are_valid_rows_of_every_table():
+    samples = random_samples(transformers.dlrm(tables=(7, 1000)), count=50)
+    ids = np.concatenate([s["sparse"] for s in samples])
+    assert ids.dtype == np.int64 and ids.min() >= 0 and ids.max() == 6
+
+
+def test_bert_shapes():
+    tiny = transformers.bert_encoder(seq=8)
+    assert builders.op_types(tiny)[("", "LayerNormalization")] == 1 + 2 * transformers.BERT_TINY.layers
+    assert builders.op_types(tiny)[("", "Softmax")] == transformers.BERT_TINY.layers
+    with pytest.raises(ValueError, match="sequence length 65"):
+        transformers.bert_encoder(seq=65)
+
+
+@pytest.mark.slow
+def test_bert_base_has_bert_base_parameters():
+    """12 layers of hidden 768: 85 M encoder weights plus 23.8 M of embeddings (no token types, no pooler)."""
+    shape, seq = transformers.BERT_BASE, 128
+    model = transformers.bert_encoder(transformers.BERT_BASE, seq=seq)
+    h, f = shape.hidden, shape.ffn
+    per_layer = 4 * (h * h + h) + (h * f + f) + (f * h + h) + 2 * 2 * h
+    scalars = 4  # per layer: GELU's √2, 1 and 1/2, attention's √d
+    expected = shape.vocab * h + seq * h + 2 * h + shape.layers * (per_layer + scalars)
+    floats = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
+    assert sum(int(np.prod(t.dims)) for t in floats) == expected

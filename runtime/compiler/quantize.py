@@ -12,25 +12,33 @@ FORMATS = ("qdq", "qop")
 
 
 def random_samples(model, count=8, seed=0):
-    """``count`` calibration feeds for ``model``: one dict per sample, batch 1, standard normal.
+    """``count`` calibration feeds for ``model``: one dict per sample, batch 1.
+
+    Float inputs are standard normal; integer inputs (token or row ids) are uniform over the rows
+    of the smallest table a ``Gather`` reads, so every id is valid for every table.
 
     Parameters
     ----------
     model : onnx.ModelProto
-        A model whose inputs are float tensors with fixed non-batch dimensions.
+        A model whose inputs have fixed non-batch dimensions.
     count, seed : int
         Number of samples and seed of their values.
 
     Returns
     -------
     list of dict
-        ``{input name: float32 array of shape [1, ...]}`` for each sample.
+        ``{input name: array of shape [1, ...]}`` for each sample (float32, or int64 ids).
     """
     rng = np.random.default_rng(seed)
-    shapes = {i.name: [d.dim_value or 1 for d in i.type.tensor_type.shape.dim]
-              for i in model.graph.input}
-    return [{name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
-            for _ in range(count)]
+    tables = {node.input[0] for node in model.graph.node if node.op_type == "Gather"}
+    rows = min((init.dims[0] for init in model.graph.initializer if init.name in tables and init.dims), default=1)
+    inputs = {i.name: ([d.dim_value or 1 for d in i.type.tensor_type.shape.dim],
+                       i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT) for i in model.graph.input}
+
+    def sample(shape, is_float):
+        return rng.standard_normal(shape).astype(np.float32) if is_float else rng.integers(0, rows, shape)
+
+    return [{name: sample(*spec) for name, spec in inputs.items()} for _ in range(count)]
 
 
 class _Reader:
