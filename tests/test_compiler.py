@@ -301,7 +301,7 @@ def float_constant_model(op, constant, dtype=TensorProto.INT8):
     zero = helper.make_tensor("z", dtype, (), [3])
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
              helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xf"], name="dq"),
-             helper.make_node(op, ["k", "xf"], ["yf"], name="op"),
+             helper.make_node(op, ["k", "xf"] if op in ("Add", "Mul") else ["xf", "k"], ["yf"], name="op"),
              helper.make_node("QuantizeLinear", ["yf", "s2", "z"], ["yq"], name="q2"),
              helper.make_node("DequantizeLinear", ["yq", "s2", "z"], ["y"], name="dq2")]
     initializers = [helper.make_tensor("s", TensorProto.FLOAT, (), [0.043]), zero,
@@ -312,7 +312,7 @@ def float_constant_model(op, constant, dtype=TensorProto.INT8):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("op", ["Add", "Mul"])
+@pytest.mark.parametrize("op", ["Add", "Mul", "Sub", "Div"])
 def test_a_float_scalar_operand_becomes_a_table_and_a_float_vector_is_refused(op):
     x = np.random.default_rng(4).standard_normal((3, 7)).astype(np.float32) * 4
     model = float_constant_model(op, 1.37)
@@ -335,6 +335,46 @@ def test_an_add_onnxruntime_would_not_fuse_or_that_misreads_an_input_is_refused(
     zero.CopyFrom(onnx.numpy_helper.from_array(np.array(128, np.uint8), zero.name))
     with pytest.raises(CompileError, match=r"\(QLinearAdd\): inputs and output of types int8, int8 and uint8"):
         compile(mixed, "small")
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), seq=st.integers(1, 9), hidden=st.sampled_from([8, 20, 32]),
+       fmt=st.sampled_from(["qdq", "qop"]), activations=st.sampled_from(["int8", "uint8"]))
+def test_a_transformer_feed_forward_equals_onnxruntime(seed, seq, hidden, fmt, activations):
+    """``x + (GELU(x·W1 + b1))·W2 + b2`` over ``[N, S, H]``: rank-3 matrix products, bias Adds along the
+    last axis, GELU as the exporter writes it (``Div → Erf`` between two QuantizeLinear: one table,
+    then QLinearAdd of 1, QLinearMul by x and by 1/2)."""
+    from tcloud.runtime.compiler.zoo import transformers
+    from tcloud.runtime.compiler.zoo.builders import Graph
+
+    g = Graph("ffn", seed)
+    z = g.op("Add", ["input", transformers.feed_forward(g, "input", hidden, 2 * hidden)], name="residual")
+    model = g.model([("input", ["N", seq, hidden])], [(z, ["N", seq, hidden])])
+    rng = np.random.default_rng(seed)
+    samples = [{"input": rng.standard_normal((1, seq, hidden)).astype(np.float32)} for _ in range(4)]
+    quantized = quantize(model, fmt, samples, activations=activations)
+    x = rng.standard_normal((3, seq, hidden)).astype(np.float32)
+    compiled = compile(quantized, "small", batch=3)
+    assert "Div→Erf" in [layer["op"] for layer in compiled.layers]
+    assert np.array_equal(compiled.run({"input": x})["output"], onnxruntime_outputs(quantized, {"input": x})["output"])
+
+
+@pytest.mark.parametrize("hidden", [8, 6])
+def test_a_flatten_of_a_sequence_equals_onnxruntime(hidden):
+    """[N, 4, hidden] → Flatten → Gemm: the rows stay where they are (6 features: padded to 8 bytes, so
+    the consumer reads them through a feature map)."""
+    from tcloud.runtime.compiler.zoo import transformers
+    from tcloud.runtime.compiler.zoo.builders import Graph
+
+    rng = np.random.default_rng(hidden)
+    g = Graph("flatten_sequence", hidden)
+    flat = g.op("Flatten", [transformers.linear(g, "input", 5, hidden)])
+    y = g.gemm(flat, rng.standard_normal((3, 4 * hidden)).astype(np.float32), np.zeros(3, np.float32))
+    model = g.model([("input", ["N", 4, 5])], [(y, ["N", 3])])
+    quantized = quantize(model, "qdq", [{"input": rng.standard_normal((1, 4, 5)).astype(np.float32)} for _ in range(4)])
+    x = rng.standard_normal((2, 4, 5)).astype(np.float32)
+    out = compile(quantized, "small", batch=2).run({"input": x})["output"]
+    assert np.array_equal(out, onnxruntime_outputs(quantized, {"input": x})["output"])
 
 
 @pytest.mark.parametrize("fmt", ["qdq", "qop"])

@@ -21,7 +21,7 @@ from onnx import numpy_helper
 from .ir import (AveragePool, CompileError, Concat, DepthwiseConv, DequantizeOutput, Elementwise, Flatten,
                  GlobalAveragePool, Graph, Linear, Lookup, MatrixTranspose, MaxPool, QTensor, QuantizeInput, Transpose,
                  node_error)
-from .tables import FLOAT_UNARY, QLINEAR_UNARY, concat_tables, unary_table
+from .tables import FLOAT_UNARY, QLINEAR_UNARY, chain_table, concat_tables, unary_table
 
 _QTYPES = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8"}
 
@@ -72,6 +72,8 @@ class _Pending:
 
     node: object
     make: object  # callable(output QTensor) -> IR node
+    function: tuple = None
+    """For a chain of float unary operators: ``(input QTensor, [(op_type, attributes, constants)...])``."""
 
 
 def build_graph(model, batch=None):
@@ -292,7 +294,7 @@ class _FrontEnd:
 
     def _op_Relu(self, node, attrs):
         pending = self.values.get(node.input[0])
-        if not isinstance(pending, _Pending):
+        if not isinstance(pending, _Pending) or pending.function is not None:
             return self._unary(node, attrs)
 
         def make(q, out, s, zp, dt, inner=pending):
@@ -337,15 +339,22 @@ class _FrontEnd:
     # --- unary operators as tables -------------------------------------------------------------
 
     def _unary(self, node, attrs):
-        """A float unary operator of a QDQ model: a table once its QuantizeLinear is seen."""
-        x = self._view(node, node.input[0])
+        """A float unary operator of a QDQ model, or the next one of a chain of them (GELU's ``Div →
+        Erf``): a function of one int8 input code, so a table once the QuantizeLinear is seen."""
+        source = self.values.get(node.input[0])
+        if isinstance(source, _Pending) and source.function is not None:
+            x, chain = source.function
+        else:
+            x, chain = self._view(node, node.input[0]), []
         constants = [(name, self._const(node, name, "input")) for name in node.input[1:] if name]
+        chain = chain + [(node.op_type, attrs, constants)]
+        op = "→".join(op_type for op_type, _, _ in chain)
 
         def make(q, out, scale, zp, dtype):
             y = self._define(node, out, x.shape, scale, zp, dtype)
-            table = unary_table(node.op_type, attrs, x, y, constants)
-            self.graph.nodes.append(Lookup(node.name, node.op_type, [x.name], out, table=table))
-        self.values[node.output[0]] = _Pending(node, make)
+            table = chain_table(chain, x, y)
+            self.graph.nodes.append(Lookup(node.name, op, [x.name], out, table=table))
+        self.values[node.output[0]] = _Pending(node, make, (x, chain))
 
     def _qlinear_unary(self, node, attrs):
         x = self._qtensor(node, node.input[0])
@@ -387,6 +396,12 @@ class _FrontEnd:
     def _op_Mul(self, node, attrs):
         self._qdq_binary(node, attrs, "mul")
 
+    def _op_Sub(self, node, attrs):
+        self._float_constant_binary(node, attrs, [self.values.get(name) for name in node.input])
+
+    def _op_Div(self, node, attrs):
+        self._float_constant_binary(node, attrs, [self.values.get(name) for name in node.input])
+
     def _qdq_binary(self, node, attrs, kind):
         values = [self.values.get(name) for name in node.input]
         if any(isinstance(v, _Const) and v.scale is None for v in values):
@@ -404,13 +419,18 @@ class _FrontEnd:
     def _float_constant_binary(self, node, attrs, values):
         """``DequantizeLinear → Add/Mul(float scalar) → QuantizeLinear``: onnxruntime computes it in float,
         a function of the one input code, so it becomes a table like the unary operators."""
-        if [isinstance(v, _FloatView) for v in values].count(True) != 1:
+        if [isinstance(v, (_FloatView, _Pending)) for v in values].count(True) != 1:
             raise node_error(node, "needs one quantized activation and one float constant")
         constant = next(v for v in values if isinstance(v, _Const))
+        if constant.scale is not None:
+            raise node_error(node, "only a float constant operand is supported (onnxruntime has no quantized "
+                                   f"{node.op_type})")
         if constant.values.size != 1:
             raise node_error(node, f"a float constant of shape {list(constant.values.shape)} (not a scalar) is "
                                    f"computed in float per element by onnxruntime; quantize it (QDQ) instead")
         if isinstance(values[0], _Const):
+            if node.op_type not in ("Add", "Mul"):
+                raise node_error(node, "a constant first operand is only supported for Add and Mul")
             swapped = onnx.NodeProto()
             swapped.CopyFrom(node)
             swapped.input[:] = list(reversed(node.input))
@@ -440,17 +460,17 @@ class _FrontEnd:
                                             constant_quant=quant))
 
     def _channel_constant(self, node, a, b):
-        """A constant operand as one code per channel (axis 1 of ``a``)."""
+        """A constant operand as one code per channel: axis 1 of an NCHW ``a``, else its last axis."""
         values = np.asarray(b.values)
         if np.asarray(b.scale).size != 1 or np.asarray(b.zero_point).size != 1:
             raise node_error(node, "a constant input must be quantized per tensor")
         if values.dtype not in _QTYPES:
             raise node_error(node, f"a constant input of type {values.dtype}; int8 or uint8 only")
-        channels = a.shape[1]
-        per_channel = (channels,) + (1,) * (len(a.shape) - 2)
+        channels = a.shape[1] if len(a.shape) == 4 else a.shape[-1]
+        per_channel = (channels,) + (1,) * (len(a.shape) - 2) if len(a.shape) == 4 else (channels,)
         if values.size == 1:
             return np.full(channels, values.reshape(()))
-        if values.shape in (per_channel, (1,) + per_channel):
+        if values.shape[-len(per_channel):] == per_channel and values.size == channels:
             return values.reshape(channels)
         raise node_error(node, f"a constant of shape {list(values.shape)} does not broadcast per channel over "
                                f"an input of shape {list(a.shape)} (scalar or {list(per_channel)} only)")
@@ -574,11 +594,11 @@ class _FrontEnd:
                                        stride=stride, pads=(top, left, bottom, right)))
 
     def _matmul(self, node, x, w, w_scale, bias, out, y_scale, y_zp, y_dtype):
-        if len(x.shape) != 2 or w.ndim != 2 or w.shape[0] != x.shape[1]:
+        if len(x.shape) not in (2, 3) or w.ndim != 2 or w.shape[0] != x.shape[-1]:
             raise node_error(node, f"a matrix product of {x.shape} and weights {w.shape} is not supported "
-                                   f"(2-D activations only)")
+                                   f"(activations [N, K] or [N, S, K] times constant weights [K, M])")
         n = w.shape[1]
-        self._define(node, out, (x.shape[0], n), y_scale, y_zp, y_dtype)
+        self._define(node, out, x.shape[:-1] + (n,), y_scale, y_zp, y_dtype)
         self.graph.nodes.append(Linear(node.name, node.op_type, [x.name], out, weight=np.ascontiguousarray(w),
                                        bias=np.zeros(n, np.int32) if bias is None else bias.astype(np.int32),
                                        scale=self._requant_scale(x, w_scale, y_scale)))

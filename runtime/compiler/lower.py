@@ -201,6 +201,14 @@ def _layouts(graph):
                 feature_map = [(y * w + x) * c + ch for ch in range(channels) for y in range(h) for x in range(w)]
                 layouts[node.output] = Layout("dense", (b, h * w * c), feature_map=feature_map,
                                               alias_of=node.inputs[0])
+            elif len(graph.tensors[node.inputs[0]].shape) == 3:
+                _, rows, features = graph.tensors[node.inputs[0]].shape
+                stride = source.shape[1]
+                columns = source.feature_map or range(features)
+                feature_map = [r * stride + f for r in range(rows) for f in columns]
+                layouts[node.output] = Layout("dense", (source.shape[0] // rows, rows * stride),
+                                              feature_map=None if feature_map == list(range(rows * stride)) else
+                                              feature_map, alias_of=node.inputs[0])
             else:
                 layouts[node.output] = Layout("dense", source.shape, feature_map=source.feature_map,
                                               alias_of=node.inputs[0])
@@ -218,10 +226,10 @@ def _layouts(graph):
             shape = tensor.shape
             if len(shape) == 4:
                 layouts[node.output] = Layout("nhwc", (shape[0], shape[2], shape[3], padded_channels(shape[1])))
-            elif len(shape) == 2:
-                layouts[node.output] = Layout("dense", (shape[0], _up(shape[1], WORD_BYTES)))
+            elif len(shape) in (2, 3):
+                layouts[node.output] = Layout("dense", (int(np.prod(shape[:-1])), _up(shape[-1], WORD_BYTES)))
             else:
-                raise node_error(node, f"tensors of rank {len(shape)} are not supported (2 or 4)")
+                raise node_error(node, f"tensors of rank {len(shape)} are not supported (2, 3 or 4)")
         elif not isinstance(node, DequantizeOutput):
             raise node_error(node, "the compiler reads this operator but cannot lower it to the pNPU yet")
         if isinstance(node, Elementwise) and len(node.inputs) == 2:

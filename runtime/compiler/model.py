@@ -36,7 +36,7 @@ def dequantize(q, scale, zero_point):
 
 
 def to_device(q, tensor):
-    """The rows the pNPU holds for the logical int8/uint8 tensor ``q`` (NCHW or ``[N, F]``)."""
+    """The rows the pNPU holds for the logical int8/uint8 tensor ``q`` (NCHW, ``[N, F]`` or ``[N, S, F]``)."""
     layout, offset = tensor["layout"], UINT8_OFFSET if tensor["dtype"] == "uint8" else 0
     values = (q.astype(np.int16) - offset).astype(np.int8)
     zero = np.int8(tensor["zero_point"] - offset)
@@ -47,8 +47,8 @@ def to_device(q, tensor):
         rows[:, top:top + height, left:left + width, :q.shape[1]] = values.transpose(0, 2, 3, 1)
         return rows.reshape(-1, channels)
     rows = np.zeros(layout["shape"], np.int8)
-    columns = layout["feature_map"] if layout["feature_map"] is not None else np.arange(q.shape[1])
-    rows[:, columns] = values
+    columns = layout["feature_map"] if layout["feature_map"] is not None else np.arange(q.shape[-1])
+    rows[:, columns] = values.reshape(-1, q.shape[-1])
     return rows
 
 
@@ -62,8 +62,8 @@ def from_device(rows, tensor):
         pixels = rows.reshape(batch, height + top + bottom, width + left + right, channels)
         values = pixels[:, top:top + height, left:left + width, :shape[1]].transpose(0, 3, 1, 2)
     else:
-        columns = layout["feature_map"] if layout["feature_map"] is not None else np.arange(shape[1])
-        values = rows[:, columns]
+        columns = layout["feature_map"] if layout["feature_map"] is not None else np.arange(shape[-1])
+        values = rows[:, columns].reshape(shape)
     return (values.astype(np.int16) + offset).astype(_DTYPES[tensor["dtype"]])
 
 

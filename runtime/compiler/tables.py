@@ -58,26 +58,56 @@ def unary_table(op_type, attributes, x, y, constants=()):
         int8 ``[256]``: entry ``code & 0xFF`` holds the output for input ``code``, both as the
         pNPU holds them (uint8 codes offset by 128).
     """
+    if op_type in QLINEAR_UNARY:
+        domain, _ = QLINEAR_UNARY[op_type]
+        initializers = _quantization_constants(x, y)
+        nodes = [helper.make_node(op_type, ["x", "xs", "xz", "ys", "yz"], ["y"], domain=domain, **attributes)]
+        opsets = [helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)]
+        return _table(nodes, initializers, opsets, x, y)
+    return chain_table([(op_type, attributes, constants)], x, y)
+
+
+def chain_table(chain, x, y):
+    """The 256 output codes of ``QuantizeLinear(f(DequantizeLinear(x)))`` for a chain of float operators
+    ``f`` (each reading the previous one's output first, then its constants), e.g. GELU's
+    ``Div → Erf → Add``.
+
+    Parameters
+    ----------
+    chain : sequence of (op_type, attributes, constants)
+        ``constants`` as in :func:`unary_table`.
+    x, y : QTensor
+
+    Returns
+    -------
+    numpy.ndarray
+        As :func:`unary_table`.
+    """
+    initializers = _quantization_constants(x, y)
+    nodes, source = [helper.make_node("DequantizeLinear", ["x", "xs", "xz"], ["f0"])], "f0"
+    for index, (op_type, attributes, constants) in enumerate(chain):
+        extra = []
+        for name, value in constants:
+            extra.append(f"c{index}_{name}")
+            initializers.append(onnx.numpy_helper.from_array(np.asarray(value), extra[-1]))
+        nodes.append(helper.make_node(op_type, [source, *extra], [f"f{index + 1}"], **attributes))
+        source = f"f{index + 1}"
+    nodes.append(helper.make_node("QuantizeLinear", [source, "ys", "yz"], ["y"]))
+    return _table(nodes, initializers, [helper.make_opsetid("", 17)], x, y)
+
+
+def _quantization_constants(x, y):
     def scalar(name, value, kind):
         return helper.make_tensor(name, kind, (), [value])
 
+    return [scalar("xs", float(x.scale), TensorProto.FLOAT), scalar("xz", x.zero_point, _ELEMENT[x.dtype]),
+            scalar("ys", float(y.scale), TensorProto.FLOAT), scalar("yz", y.zero_point, _ELEMENT[y.dtype])]
+
+
+def _table(nodes, initializers, opsets, x, y):
     inputs = [helper.make_tensor_value_info("x", _ELEMENT[x.dtype], [256])]
     outputs = [helper.make_tensor_value_info("y", _ELEMENT[y.dtype], [256])]
-    initializers = [scalar("xs", float(x.scale), TensorProto.FLOAT), scalar("xz", x.zero_point, _ELEMENT[x.dtype]),
-                    scalar("ys", float(y.scale), TensorProto.FLOAT), scalar("yz", y.zero_point, _ELEMENT[y.dtype])]
-    if op_type in QLINEAR_UNARY:
-        domain, _ = QLINEAR_UNARY[op_type]
-        nodes = [helper.make_node(op_type, ["x", "xs", "xz", "ys", "yz"], ["y"], domain=domain, **attributes)]
-        opsets = [helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)]
-    else:
-        extra = [name for name, _ in constants]
-        initializers += [onnx.numpy_helper.from_array(np.asarray(value), name) for name, value in constants]
-        nodes = [helper.make_node("DequantizeLinear", ["x", "xs", "xz"], ["xf"]),
-                 helper.make_node(op_type, ["xf", *extra], ["yf"], **attributes),
-                 helper.make_node("QuantizeLinear", ["yf", "ys", "yz"], ["y"])]
-        opsets = [helper.make_opsetid("", 17)]
-    out = _run(helper.make_graph(nodes, "unary", inputs, outputs, initializers), opsets, x.dtype)
-    return _device_table(out, x, y)
+    return _device_table(_run(helper.make_graph(nodes, "unary", inputs, outputs, initializers), opsets, x.dtype), x, y)
 
 
 def _device_table(out, x, y):
