@@ -359,6 +359,43 @@ def test_a_transformer_feed_forward_equals_onnxruntime(seed, seq, hidden, fmt, a
     assert np.array_equal(compiled.run({"input": x})["output"], onnxruntime_outputs(quantized, {"input": x})["output"])
 
 
+def attention_model(seed, seq, heads, head_width, softmax=False):
+    from tcloud.runtime.compiler.zoo import transformers
+    from tcloud.runtime.compiler.zoo.builders import Graph
+
+    hidden = heads * head_width
+    g = Graph("attention", seed)
+    y = transformers.attention(g, "input", hidden, heads, seq, softmax=softmax)
+    return g.model([("input", ["N", seq, hidden])], [(y, ["N", seq, hidden])])
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), seq=st.sampled_from([4, 8, 12]), heads=st.integers(1, 3),
+       head_width=st.sampled_from([4, 8, 16]), batch=st.integers(1, 3), fmt=st.sampled_from(["qdq", "qop"]),
+       activations=st.sampled_from(["int8", "uint8"]))
+def test_attention_matrix_products_equal_onnxruntime(seed, seq, heads, head_width, batch, fmt, activations):
+    """Q·Kᵀ and scores·V per head, of two activations with their zero points (QLinearMatMul), heads split
+    and merged by Reshape/Transpose views (Kᵀ transposed once on a VE; P·V written straight into the
+    merged matrix); race-free."""
+    model = attention_model(seed, seq, heads, head_width)
+    rng = np.random.default_rng(seed)
+    hidden = heads * head_width
+    samples = [{"input": rng.standard_normal((1, seq, hidden)).astype(np.float32)} for _ in range(4)]
+    quantized = quantize(model, fmt, samples, activations=activations)
+    x = rng.standard_normal((batch, seq, hidden)).astype(np.float32)
+    compiled = compile(quantized, "small", batch=batch)
+    assert sum(layer["op"] in ("MatMul", "QLinearMatMul") for layer in compiled.layers) == 6
+    assert np.array_equal(compiled.run({"input": x})["output"], onnxruntime_outputs(quantized, {"input": x})["output"])
+    assert check_program(compiled.image).races == []
+
+
+def test_a_matrix_product_of_activations_over_a_depth_not_in_words_is_refused():
+    quantized = quantize(attention_model(0, 6, 1, 8), "qdq")
+    with pytest.raises(CompileError, match=r"\(MatMul\): a matrix product of two activations needs a depth that is a "
+                                           r"multiple of 4, not 6"):
+        compile(quantized, "small")
+
+
 @pytest.mark.parametrize("hidden", [8, 6])
 def test_a_flatten_of_a_sequence_equals_onnxruntime(hidden):
     """[N, 4, hidden] → Flatten → Gemm: the rows stay where they are (6 features: padded to 8 bytes, so

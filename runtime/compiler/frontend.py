@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .ir import (AveragePool, CompileError, Concat, DepthwiseConv, DequantizeOutput, Elementwise, Flatten,
-                 GlobalAveragePool, Graph, Linear, Lookup, MatrixTranspose, MaxPool, QTensor, QuantizeInput, Transpose,
-                 node_error)
+from .ir import (ActivationMatMul, AveragePool, CompileError, Concat, DepthwiseConv, DequantizeOutput, Elementwise,
+                 Flatten, GlobalAveragePool, Graph, Linear, Lookup, MatrixTranspose, MaxPool, QTensor, QuantizeInput,
+                 Reshape, Transpose, node_error)
 from .tables import FLOAT_UNARY, QLINEAR_UNARY, chain_table, concat_tables, unary_table
 
 _QTYPES = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8"}
@@ -221,6 +221,11 @@ class _FrontEnd:
     def _op_QLinearMatMul(self, node, attrs):
         x = self._qtensor(node, node.input[0])
         self._check_input_qparams(node, x, node.input[1], node.input[2])
+        if isinstance(self.values.get(node.input[3]), QTensor):
+            b = self._qtensor(node, node.input[3])
+            self._check_input_qparams(node, b, node.input[4], node.input[5])
+            y_scale, y_zp, y_dtype = self._scalar_qparams(node, node.input[6], node.input[7], "output")
+            return self._activation_matmul(node, x, b, node.output[0], y_scale, y_zp, y_dtype)
         w, w_scale = self._weights(node, node.input[3], node.input[4], node.input[5], axis=1)
         y_scale, y_zp, y_dtype = self._scalar_qparams(node, node.input[6], node.input[7], "output")
         self._matmul(node, x, w, w_scale, None, node.output[0], y_scale, y_zp, y_dtype)
@@ -277,6 +282,9 @@ class _FrontEnd:
 
     def _op_MatMul(self, node, attrs):
         x = self._view(node, node.input[0])
+        if isinstance(self.values.get(node.input[1]), _FloatView):
+            b = self._view(node, node.input[1])
+            return self._pend(node, lambda q, out, s, zp, dt: self._activation_matmul(q, x, b, out, s, zp, dt))
         w, w_scale = self._qdq_weights(node, node.input[1], axis=1)
         self._pend(node, lambda q, out, s, zp, dt: self._matmul(q, x, w, w_scale, None, out, s, zp, dt))
 
@@ -318,11 +326,34 @@ class _FrontEnd:
     def _op_Reshape(self, node, attrs):
         source = self.values.get(node.input[0])
         tensor = source.tensor if isinstance(source, _FloatView) else source
-        target = self._const(node, node.input[1], "shape")
-        if not isinstance(tensor, QTensor) or len(target) != 2 or target[0] not in (0, -1, tensor.shape[0]) \
-                or target[1] not in (-1, int(np.prod(tensor.shape[1:]))):
-            raise node_error(node, f"only a Reshape to [batch, -1] (a Flatten) is supported, got {list(target)}")
-        self._flatten(node)
+        target = [int(d) for d in self._const(node, node.input[1], "shape")]
+        if not isinstance(tensor, QTensor):
+            raise node_error(node, f"input {node.input[0]!r} is not a quantized activation")
+        if len(target) == 2 and target[0] in (0, -1, tensor.shape[0]) \
+                and target[1] in (-1, int(np.prod(tensor.shape[1:]))):
+            return self._flatten(node)
+        shape = self._reshaped(node, tensor.shape, target, attrs)
+
+        def make(q, source, out, scale, zp, dtype):
+            if (np.float32(scale), zp, dtype) != (source.scale, source.zero_point, source.dtype):
+                raise node_error(node, "a Reshape must keep its input's quantization")
+            self._define(node, out, shape, scale, zp, dtype)
+            self.graph.nodes.append(Reshape(node.name, node.op_type, [source.name], out, shape=shape))
+        self._layout_op(node, make)
+
+    @staticmethod
+    def _reshaped(node, shape, target, attrs):
+        """ONNX Reshape's output shape (0 copies a dimension unless allowzero, -1 is inferred)."""
+        if attrs.get("allowzero", 0):
+            raise node_error(node, "attribute allowzero=1 is not supported")
+        dims = [shape[i] if d == 0 else d for i, d in enumerate(target)]
+        if dims.count(-1) > 1:
+            raise node_error(node, f"shape {target} has more than one -1")
+        total, known = int(np.prod(shape)), int(np.prod([d for d in dims if d != -1]))
+        dims = [total // known if d == -1 else d for d in dims]
+        if int(np.prod(dims)) != total or dims[0] != shape[0]:
+            raise node_error(node, f"shape {target} does not fit {list(shape)} with the batch first")
+        return tuple(dims)
 
     def _flatten(self, node):
         def make(q, source, out, scale, zp, dtype):
@@ -602,6 +633,17 @@ class _FrontEnd:
         self.graph.nodes.append(Linear(node.name, node.op_type, [x.name], out, weight=np.ascontiguousarray(w),
                                        bias=np.zeros(n, np.int32) if bias is None else bias.astype(np.int32),
                                        scale=self._requant_scale(x, w_scale, y_scale)))
+
+    def _activation_matmul(self, node, a, b, out, y_scale, y_zp, y_dtype):
+        if len(a.shape) != len(b.shape) or len(a.shape) not in (2, 3, 4) or a.shape[:-2] != b.shape[:-2] \
+                or a.shape[-1] != b.shape[-2]:
+            raise node_error(node, f"a matrix product of activations of shapes {list(a.shape)} and {list(b.shape)} "
+                                   f"is not supported (equal leading dimensions, [.., M, K] × [.., K, N])")
+        if not a.dtype == b.dtype == y_dtype:
+            raise node_error(node, f"inputs and output of types {a.dtype}, {b.dtype} and {y_dtype}; one type only")
+        self._define(node, out, a.shape[:-1] + b.shape[-1:], y_scale, y_zp, y_dtype)
+        scale = self._requant_scale(a, np.float32(b.scale), y_scale)
+        self.graph.nodes.append(ActivationMatMul(node.name, node.op_type, [a.name, b.name], out, scale=scale))
 
     # --- Concat, AveragePool, Transpose ----------------------------------------------------------
 

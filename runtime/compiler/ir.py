@@ -126,6 +126,23 @@ class Lookup(Node):
 
 
 @dataclass
+class ActivationMatMul(Node):
+    """``y = requant(Σ_k (a − z_a)(b − z_b))`` of two activations ``a [..., M, K]`` and ``b [..., K, N]``
+    with equal leading dimensions, as onnxruntime's ``QLinearMatMul`` (``scale`` =
+    ``fl(fl(a_scale · b_scale) / y_scale)``); on the MEs (see :mod:`tcloud.firmware.matmul`)."""
+
+    scale: np.float32 = None
+
+
+@dataclass
+class Reshape(Node):
+    """A new shape over the same elements in the same order: no data moves (the layouts of
+    sequences are views: see :func:`~.lower.view_terms`)."""
+
+    shape: tuple = None
+
+
+@dataclass
 class Elementwise(Node):
     """``y = a + b`` (``kind="add"``) or ``y = a · b`` (``"mul"``) of quantized tensors, as onnxruntime's
     ``QLinearAdd`` / ``QLinearMul`` compute them (see :mod:`tcloud.firmware.binary`).

@@ -35,14 +35,16 @@ from tcloud.firmware.binary import BinaryOperand, QLinearBinary, emit_binary
 from tcloud.firmware.conv import NHWC, Im2col, padded_channels
 from tcloud.firmware.depthwise import emit_depthwise
 from tcloud.firmware.lookup import emit_lookup
+from tcloud.firmware.matmul import int8_parts, zero_point_operands
 from tcloud.firmware.pool import emit_maxpool
 from tcloud.firmware.transpose import emit_transpose
 from tcloud.firmware.gemm import DenseMatrix, ScaleRow, emit_gemm, plan_gemm, requantf_scale_words
 from tcloud.isa import ProgramImage, Segment, Symbol, get_config
 from tcloud.isa.table import INSTRUCTION_BYTES, WORD_BYTES, FmaResult
 
-from .ir import (AveragePool, CompileError, Concat, DepthwiseConv, DequantizeOutput, Elementwise, Flatten,
-                 GlobalAveragePool, Linear, Lookup, MatrixTranspose, MaxPool, QuantizeInput, Transpose, node_error)
+from .ir import (ActivationMatMul, AveragePool, CompileError, Concat, DepthwiseConv, DequantizeOutput, Elementwise,
+                 Flatten, GlobalAveragePool, Linear, Lookup, MatrixTranspose, MaxPool, QuantizeInput, Reshape, Transpose,
+                 node_error)
 
 _ALIGN = 64
 METADATA_FORMAT = "tcloud-model/1"
@@ -78,6 +80,9 @@ class Layout:
     hbm: int = None
     alias_of: str = None
     fill: str = None
+    view: tuple = None
+    """Dense sequences only: ``(row_terms, col_terms)``, the physical row and byte column of logical
+    element ``i`` being ``Σ i_j·row_terms[j]`` and ``Σ i_j·col_terms[j]`` (see :func:`view_terms`)."""
 
     @property
     def nhwc(self):
@@ -214,6 +219,13 @@ def _layouts(graph):
                                               alias_of=node.inputs[0])
         elif isinstance(node, Concat):
             layouts[node.output] = _concat_layout(node, graph, layouts)
+        elif isinstance(node, (Reshape, Transpose)) and _is_sequence(graph, layouts, node.inputs[0]):
+            layouts[node.output] = _view_layout(node, graph, layouts)
+        elif isinstance(node, ActivationMatMul):
+            layouts[node.output] = _matmul_output_layout(node, graph)
+            _transposed_operands(node, graph, layouts)
+        elif isinstance(node, Reshape):
+            raise node_error(node, "a Reshape of an NCHW tensor is supported only as a Flatten ([batch, -1])")
         elif isinstance(node, Transpose):
             layouts[node.output] = _transpose_layout(node, graph, layouts)
         elif isinstance(node, AveragePool):
@@ -252,10 +264,105 @@ def _layouts(graph):
             source.fill = fill
         source.border = tuple(max(b, p) for b, p in zip(source.border, node.pads))
     for node in graph.nodes:
+        if isinstance(node, (Reshape, Transpose, ActivationMatMul)):
+            continue
+        for name in node.inputs:
+            layout = layouts.get(name)
+            if layout is not None and layout.view is not None and not _plain_view(graph.tensors[name].shape, layout):
+                raise node_error(node, f"reads {name!r}, a view of another tensor's elements in another order "
+                                       f"(a transposed or head-split sequence); only matrix products read those")
         if isinstance(node, GlobalAveragePool) and any(layouts[node.inputs[0]].border):
             raise node_error(node, "a global average pool over a tensor that a padded operator also reads is not "
                                    "supported")
     return layouts
+
+
+def view_terms(shape):
+    """The view of a sequence ``[d0, .., dk]`` stored as ``[d0·..·d(k-1), dk]`` rows: ``(row_terms,
+    col_terms)`` with row-major row terms over all axes but the last, which is the column."""
+    row_terms = [int(np.prod(shape[j + 1:-1])) for j in range(len(shape) - 1)] + [0]
+    return tuple(row_terms), tuple([0] * (len(shape) - 1) + [1])
+
+
+def _is_sequence(graph, layouts, name):
+    layout = layouts[name]
+    return layout.kind == "dense" and (layout.view is not None or len(graph.tensors[name].shape) == 3)
+
+
+def _terms(graph, layouts, name):
+    layout = layouts[name]
+    return layout.view if layout.view is not None else view_terms(graph.tensors[name].shape)
+
+
+def _plain_view(shape, layout):
+    """Whether a view reads its stored matrix as the plain rows of ``shape`` (axes of size 1 aside)."""
+    kept = [j for j, d in enumerate(shape) if d > 1]
+    same = all(layout.view[k][j] == view_terms(shape)[k][j] for k in (0, 1) for j in kept)
+    return same and layout.shape[0] == int(np.prod(shape[:-1]))
+
+
+def _view_layout(node, graph, layouts):
+    """A Reshape or Transpose of a sequence: the same bytes under new view terms."""
+    source = layouts[node.inputs[0]]
+    old_shape, new_shape = graph.tensors[node.inputs[0]].shape, graph.tensors[node.output].shape
+    rows, cols = (np.asarray(t) for t in _terms(graph, layouts, node.inputs[0]))
+    if isinstance(node, Transpose):
+        perm = list(node.perm)
+        return Layout("dense", source.shape, alias_of=node.inputs[0],
+                      view=(tuple(int(t) for t in rows[perm]), tuple(int(t) for t in cols[perm])))
+    unit = [np.unravel_index(int(np.prod(new_shape[j + 1:])), old_shape) if new_shape[j] > 1 else (0,) * len(old_shape)
+            for j in range(len(new_shape))]
+    new_rows = tuple(int(np.dot(index, rows)) for index in unit)
+    new_cols = tuple(int(np.dot(index, cols)) for index in unit)
+    total = int(np.prod(new_shape))
+    linear = np.unique(np.concatenate([np.random.default_rng(0).integers(0, total, min(total, 1 << 16)),
+                                       [0, total - 1]]))  # a sample: exhaustive would be 10^8 indices for BERT
+    every = np.array(np.unravel_index(linear, new_shape))
+    old = np.array(np.unravel_index(linear, old_shape))
+    if not (np.array_equal(np.dot(new_rows, every), np.dot(rows, old))
+            and np.array_equal(np.dot(new_cols, every), np.dot(cols, old))):
+        raise node_error(node, f"reshaping {list(old_shape)} to {list(new_shape)} mixes rows and columns of the "
+                               f"stored matrix; not supported")
+    return Layout("dense", source.shape, alias_of=node.inputs[0], view=(new_rows, new_cols))
+
+
+def _matmul_output_layout(node, graph):
+    """Rows ``[.., M]`` × ``N`` columns; a rank-4 product whose only reader transposes the head and
+    sequence axes (attention's ``P·V`` before the heads merge) is written head by head into the
+    columns of a ``[batch·M, heads·N]`` matrix, so the transpose and the merge move no data."""
+    shape = graph.tensors[node.output].shape
+    readers = graph.consumers(node.output)
+    if len(shape) == 4 and shape[-1] % WORD_BYTES == 0 and len(readers) == 1 \
+            and isinstance(readers[0], Transpose) and tuple(readers[0].perm) == (0, 2, 1, 3):
+        batch, heads, m, n = shape
+        return Layout("dense", (batch * m, heads * n), view=((m, 0, 1, 0), (0, n, 0, 1)))
+    return Layout("dense", (int(np.prod(shape[:-1])), _up(shape[-1], WORD_BYTES)), view=view_terms(shape))
+
+
+def _orientation(terms):
+    """``"normal"`` if the last two axes are rows and byte columns, ``"transposed"`` if the other way round."""
+    rows, cols = terms
+    if rows[-1] == 0 and cols[-1] == 1 and cols[-2] == 0 and rows[-2] > 0:
+        return "normal"
+    if rows[-2] == 0 and cols[-2] == 1 and cols[-1] == 0 and rows[-1] > 0:
+        return "transposed"
+    return None
+
+
+def _transposed_operands(node, graph, layouts):
+    """An operand stored the other way round (``Kᵀ`` of attention) is transposed into a scratch matrix
+    first (the whole stored matrix, once): its layout is registered as ``<node>/<operand>ᵀ``."""
+    for name in node.inputs:
+        terms = _terms(graph, layouts, name)
+        orientation = _orientation(terms)
+        if orientation is None:
+            raise node_error(node, f"operand {name!r} is a view whose last two axes are not the rows and columns "
+                                   f"of a stored matrix")
+        if orientation == "transposed":
+            root = _root(layouts, name)
+            stored = graph.tensors[root].shape
+            rows, cols = int(np.prod(stored[:-1])), stored[-1]
+            layouts[f"{node.name}/{name}ᵀ"] = Layout("dense", (cols, _up(rows, WORD_BYTES)), view=terms[::-1])
 
 
 def _concat_layout(node, graph, layouts):
@@ -314,6 +421,12 @@ def _transpose_layout(node, graph, layouts):
     return Layout("dense", physical, feature_map=None if identity else feature_map, alias_of=node.inputs[0])
 
 
+def _scratch(node, layouts):
+    """Matrices an operator writes and reads only itself (transposed operands)."""
+    prefix = f"{node.name}/"
+    return [name for name in layouts if name.startswith(prefix)]
+
+
 def _root(layouts, name):
     while layouts[name].alias_of is not None:
         name = layouts[name].alias_of
@@ -357,6 +470,15 @@ def _node_constants(node, graph, layouts):
         return {"table": node.table.astype(np.int8)}
     if isinstance(node, Elementwise):
         return {"rows": _binary_spec(node, graph).constant_rows(layouts[node.output].shape[-1])}
+    if isinstance(node, ActivationMatMul):
+        a, b = (graph.tensors[name] for name in node.inputs)
+        depth, n = a.shape[-1], b.shape[-1]
+        width = max(_up(depth, WORD_BYTES), _up(n, WORD_BYTES))
+        values = set(int8_parts(-a.device_zero_point)) | set(int8_parts(-b.device_zero_point))
+        arrays = {f"const{v}": np.full((1, width), v, np.int8) for v in sorted(values)}
+        arrays["bias"] = np.full(_up(n, WORD_BYTES), depth * a.device_zero_point * b.device_zero_point, np.int32)
+        arrays["scales"] = _scale_words(np.full(n, node.scale, np.float32), _up(n, WORD_BYTES))
+        return arrays
     if isinstance(node, Concat):
         return {f"table{i}": table for i, table in enumerate(node.tables) if table is not None} or None
     if isinstance(node, AveragePool):
@@ -400,7 +522,7 @@ def _plan_memory(graph, layouts, start):
     """Give every activation an HBM address at or after ``start``; return the end of the arena."""
     order = {}
     for index, node in enumerate(graph.nodes):
-        for name in [node.output] + list(node.inputs):
+        for name in [node.output] + list(node.inputs) + _scratch(node, layouts):
             if name in layouts:
                 root = _root(layouts, name)
                 first, last = order.get(root, (index, index))
@@ -586,6 +708,56 @@ def _emit_matrix_transpose(prog, cfg, node, graph, layouts, constants, budget, m
                        sram_bytes=used)
 
 
+def _block(layout, terms, index, stride):
+    """The matrix of leading index ``index`` of an operand or result in its stored matrix."""
+    rows, cols = terms
+    row0 = sum(i * t for i, t in zip(index, rows))
+    col0 = sum(i * t for i, t in zip(index, cols))
+    return DenseMatrix(layout.hbm + row0 * stride + col0, rows[-2] * stride)
+
+
+def _emit_activation_matmul(prog, cfg, node, graph, layouts, constants, budget, max_utop_cost):
+    a_name, b_name = node.inputs
+    a, b, y = (graph.tensors[name] for name in (a_name, b_name, node.output))
+    operands = []
+    for name in node.inputs:
+        scratch = f"{node.name}/{name}ᵀ"
+        if scratch in layouts:
+            source, stored = layouts[_root(layouts, name)], graph.tensors[_root(layouts, name)].shape
+            target = layouts[scratch]
+            rows = int(np.prod(stored[:-1]))
+            emit_transpose(prog, DenseMatrix(source.hbm, source.shape[1]), DenseMatrix(target.hbm, target.shape[1]),
+                           rows, source.shape[1], range(stored[-1]), budget)
+            prog.fence()
+            operands.append((target, target.view))
+        else:
+            layout = layouts[name]
+            operands.append((layout, _terms(graph, layouts, name)))
+    depth, n, m = a.shape[-1], b.shape[-1], a.shape[-2]
+    plan = None
+    out_layout = layouts[node.output]
+    out_terms = _terms(graph, layouts, node.output)
+    requant = _scale_row(y, constants)
+    bias_offset, _ = constants["bias"]
+    leading = y.shape[:-2]
+    for count, index in enumerate(np.ndindex(*leading)):
+        (a_layout, a_terms), (b_layout, b_terms) = operands
+        a_block = _block(a_layout, a_terms, index, a_layout.shape[1])
+        b_block = _block(b_layout, b_terms, index, b_layout.shape[1])
+        c_block = _block(out_layout, out_terms, index, out_layout.shape[1])
+        ext_a, ext_b, ext_depth, _ = zero_point_operands(
+            a_block, b_block, depth, a.device_zero_point, b.device_zero_point, lambda v: constants[f"const{v}"][0])
+        if plan is None:
+            plan = plan_gemm(cfg, m, ext_depth, n, bias=True, requant=True, scales=True,
+                             max_utop_cost=max_utop_cost, sram_bytes=budget)
+        if count:
+            prog.fence()  # the blocks share the plan's scratchpad buffers
+        emit_gemm(prog, cfg, plan, ext_a, ext_b, c_block, bias=DenseMatrix(bias_offset, 0, 4), requant=requant)
+    blocks = int(np.prod(leading)) if leading else 1
+    return LayerReport(node.name, node.op, y.shape, gemm=(m, plan.k, n), macs=blocks * m * depth * n,
+                       ve_elements=blocks * m * n * 2, sram_bytes=plan.sram_bytes)
+
+
 def _scale_row(y, constants):
     """The epilogue's requantization into ``y``: the operator's binary32 scale row (``ve.requantf``)."""
     offset, _ = constants["scales"]
@@ -633,5 +805,6 @@ def _metadata(graph, layouts, layers):
 
 _EMITTERS = {Linear: _emit_linear, DepthwiseConv: _emit_depthwise, MaxPool: _emit_maxpool,
              GlobalAveragePool: _emit_global_average, Lookup: _emit_lookup, Elementwise: _emit_elementwise,
-             Concat: _emit_concat, AveragePool: _emit_average_pool, MatrixTranspose: _emit_matrix_transpose}
+             Concat: _emit_concat, AveragePool: _emit_average_pool, MatrixTranspose: _emit_matrix_transpose,
+             ActivationMatMul: _emit_activation_matmul}
 """The lowering of each IR operator that runs on the pNPU (the others move no data)."""

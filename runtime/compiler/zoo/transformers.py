@@ -72,9 +72,10 @@ def gelu(g, x):
     return g.op("Mul", [g.op("Mul", [x, one], name="mul"), g.const("half", np.float32(0.5))], name="mul")
 
 
-def attention(g, x, hidden, heads, seq, mask=None):
+def attention(g, x, hidden, heads, seq, mask=None, softmax=True):
     """Multi-head self-attention of ``x`` ``[N, seq, hidden]``: ``softmax(Q·Kᵀ / √d + mask)·V`` per
-    head, then the output projection. ``mask`` (``[seq, seq]``, added to the scores) may be ``None``."""
+    head, then the output projection. ``mask`` (``[seq, seq]``, added to the scores) may be ``None``;
+    ``softmax=False`` leaves the scores unnormalised (to test the matrix products alone)."""
     head = hidden // heads
     split = g.const("heads_shape", np.array([0, seq, heads, head], np.int64))
     q, k, v = (g.op("Reshape", [linear(g, x, hidden, hidden), split], name=f"{n}_heads") for n in "qkv")
@@ -85,7 +86,7 @@ def attention(g, x, hidden, heads, seq, mask=None):
     scores = g.op("Div", [scores, g.const("sqrt_d", np.float32(math.sqrt(head)))], name="scale")
     if mask is not None:
         scores = g.op("Add", [scores, g.const("mask", mask)], name="mask")
-    probs = g.op("Softmax", [scores], name="softmax", axis=-1)
+    probs = g.op("Softmax", [scores], name="softmax", axis=-1) if softmax else scores
     context = g.op("MatMul", [probs, v], name="context")
     context = g.op("Transpose", [context], name="context_t", perm=[0, 2, 1, 3])
     context = g.op("Reshape", [context, g.const("merge_shape", np.array([0, seq, hidden], np.int64))],
