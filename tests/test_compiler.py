@@ -128,9 +128,11 @@ def check_against_onnxruntime(model, shape, fmt, rng, batch=2, per_channel=False
     quantized = quantize(model, fmt, samples, per_channel=per_channel, activations=activations)
     x = rng.standard_normal((batch, *shape)).astype(np.float32) * 1.5
     ref = next(iter(onnxruntime_outputs(quantized, {"x": x}).values()))
-    out = next(iter(compile(quantized, "small", batch=batch).run({"x": x}).values()))
+    compiled = compile(quantized, "small", batch=batch)
+    out = next(iter(compiled.run({"x": x}).values()))
     assert out.shape == ref.shape
     assert np.array_equal(out, ref), f"{int((out != ref).sum())} of {out.size} outputs differ"
+    assert check_program(compiled.image).races == []
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -630,6 +630,8 @@ def _emit_global_average(prog, cfg, node, graph, layouts, constants, budget, max
     plan = plan_gemm(cfg, 1, pixels, channels, bias=True, requant=True, scales=True, max_utop_cost=max_utop_cost,
                      sram_bytes=budget)
     for b in range(batch):
+        if b:
+            prog.fence()  # the images share the plan's scratchpad buffers
         emit_gemm(prog, cfg, plan, DenseMatrix(ones_offset, ones.shape[1]),
                   DenseMatrix(x.nhwc.pixel(b, 0, 0), channels), DenseMatrix(y.nhwc.pixel(b, 0, 0), channels),
                   bias=DenseMatrix(bias_offset, 0, 4), requant=requant)
