@@ -27,6 +27,7 @@ from tcloud.isa import EngineClass, Instr
 from tcloud.isa.golden import fma_fp32
 from tcloud.isa.table import FmaResult, FmaSource, WORD_BYTES, field_max
 
+from .gemm import DenseMatrix
 from .program import FirmwareError
 
 _MAX_ROWS = min(field_max("ve.shape", "rows"), field_max("dma.load", "rows"))
@@ -97,6 +98,34 @@ class QLinearBinary:
         row = np.full(cols, self.b.zero_point, np.int64)  # padding channels: b = zB
         row[:len(self.constant)] = np.asarray(self.constant, np.int64)
         return row
+
+
+@dataclass(frozen=True)
+class PeriodicMatrix:
+    """A constant ``[period, cols]`` matrix read as the rows of a taller one: row ``r`` is row
+    ``r mod period`` (a mask ``[S, S]`` added to every head's scores, for example).
+
+    Parameters
+    ----------
+    hbm : int
+    stride : int
+        Bytes between rows.
+    period : int
+    """
+
+    hbm: int
+    stride: int
+    period: int
+
+    def load(self, sram, sram_stride, r0, rows, c0, cols):
+        """``dma.load`` instructions for rows ``r0..r0+rows``, columns ``c0..c0+cols``."""
+        out, r = [], r0
+        while r < r0 + rows:
+            count = min(self.period - r % self.period, r0 + rows - r)
+            out += DenseMatrix(self.hbm, self.stride).load(sram + (r - r0) * sram_stride, sram_stride,
+                                                           r % self.period, count, c0, cols)
+            r += count
+        return out
 
 
 def _words(rows):

@@ -361,25 +361,27 @@ def test_a_transformer_feed_forward_equals_onnxruntime(seed, seq, hidden, fmt, a
     assert np.array_equal(compiled.run({"input": x})["output"], onnxruntime_outputs(quantized, {"input": x})["output"])
 
 
-def attention_model(seed, seq, heads, head_width, softmax=False):
+def attention_model(seed, seq, heads, head_width, softmax=False, masked=False):
     from tcloud.runtime.compiler.zoo import transformers
     from tcloud.runtime.compiler.zoo.builders import Graph
 
     hidden = heads * head_width
     g = Graph("attention", seed)
-    y = transformers.attention(g, "input", hidden, heads, seq, softmax=softmax)
+    mask = np.triu(np.full((seq, seq), -transformers.MASKED, np.float32), k=1) if masked else None
+    y = transformers.attention(g, "input", hidden, heads, seq, mask=mask, softmax=softmax)
     return g.model([("input", ["N", seq, hidden])], [(y, ["N", seq, hidden])])
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), seq=st.sampled_from([4, 8, 12]), heads=st.integers(1, 3),
-       head_width=st.sampled_from([4, 8, 16]), batch=st.integers(1, 3), fmt=st.sampled_from(["qdq", "qop"]),
-       activations=st.sampled_from(["int8", "uint8"]))
-def test_attention_matrix_products_equal_onnxruntime(seed, seq, heads, head_width, batch, fmt, activations):
+       head_width=st.sampled_from([4, 8, 16]), batch=st.integers(1, 3), masked=st.booleans(),
+       fmt=st.sampled_from(["qdq", "qop"]), activations=st.sampled_from(["int8", "uint8"]))
+def test_attention_matrix_products_equal_onnxruntime(seed, seq, heads, head_width, batch, masked, fmt, activations):
     """Q·Kᵀ and scores·V per head, of two activations with their zero points (QLinearMatMul), heads split
     and merged by Reshape/Transpose views (Kᵀ transposed once on a VE; P·V written straight into the
-    merged matrix); race-free."""
-    model = attention_model(seed, seq, heads, head_width)
+    merged matrix), and a causal mask added to every head's scores (a constant [S, S] read with a
+    period of S rows); race-free."""
+    model = attention_model(seed, seq, heads, head_width, masked=masked)
     rng = np.random.default_rng(seed)
     hidden = heads * head_width
     samples = [{"input": rng.standard_normal((1, seq, hidden)).astype(np.float32)} for _ in range(4)]

@@ -473,9 +473,11 @@ class _FrontEnd:
             a, b = b, a
         if not isinstance(a, QTensor):
             raise node_error(node, "both inputs are constants; fold them before compiling")
+        matrix = None
         if isinstance(b, _Const):
             b_dtype = _QTYPES.get(np.asarray(b.values).dtype)
-            constant = self._channel_constant(node, a, b)
+            matrix = self._matrix_constant(a, b)
+            constant = None if matrix is not None else self._channel_constant(node, a, b)
             quant = (np.float32(np.asarray(b.scale).reshape(())), int(np.asarray(b.zero_point).reshape(())), b_dtype)
             inputs = [a.name]
         else:
@@ -488,7 +490,19 @@ class _FrontEnd:
                                    f"computes mixed types in float; one type only")
         self._define(node, out, a.shape, y_scale, y_zp, y_dtype)
         self.graph.nodes.append(Elementwise(node.name, node.op_type, inputs, out, kind=kind, constant=constant,
-                                            constant_quant=quant))
+                                            constant_quant=quant, constant_matrix=matrix))
+
+    @staticmethod
+    def _matrix_constant(a, b):
+        """A constant over the last k ≥ 2 axes of a sequence ``a`` (rank 3 or 4) as ``[period, features]``
+        codes, else ``None``."""
+        values = np.asarray(b.values)
+        shape = values.shape
+        while shape and shape[0] == 1:
+            shape = shape[1:]
+        if len(a.shape) < 3 or len(shape) < 2 or tuple(a.shape[-len(shape):]) != shape:
+            return None
+        return values.reshape(-1, shape[-1])
 
     def _channel_constant(self, node, a, b):
         """A constant operand as one code per channel: axis 1 of an NCHW ``a``, else its last axis."""

@@ -161,6 +161,9 @@ class Elementwise(Node):
     kind: str = "add"
     constant: np.ndarray = None
     constant_quant: tuple = None
+    constant_matrix: np.ndarray = None
+    """``b``'s codes ``[period, features]`` when ``b`` is a constant over the last two or more axes of a
+    sequence (row ``r`` of ``a``'s stored matrix meets row ``r mod period``); ``inputs`` holds ``a`` only."""
 
 
 @dataclass

@@ -31,7 +31,7 @@ import numpy as np
 
 from tcloud.firmware import FirmwareError, ProgramBuilder
 from tcloud.firmware.avgpool import avgpool_zero_points, emit_avgpool
-from tcloud.firmware.binary import BinaryOperand, QLinearBinary, emit_binary
+from tcloud.firmware.binary import BinaryOperand, PeriodicMatrix, QLinearBinary, emit_binary
 from tcloud.firmware.conv import NHWC, Im2col, padded_channels
 from tcloud.firmware.depthwise import emit_depthwise
 from tcloud.firmware.lookup import emit_lookup
@@ -40,7 +40,7 @@ from tcloud.firmware.pool import emit_maxpool
 from tcloud.firmware.transpose import emit_transpose
 from tcloud.firmware.gemm import DenseMatrix, ScaleRow, emit_gemm, plan_gemm, requantf_scale_words
 from tcloud.isa import ProgramImage, Segment, Symbol, get_config
-from tcloud.isa.table import INSTRUCTION_BYTES, WORD_BYTES, FmaResult
+from tcloud.isa.table import INSTRUCTION_BYTES, UINT8_OFFSET, WORD_BYTES, FmaResult
 
 from .ir import (ActivationMatMul, AveragePool, CompileError, Concat, DepthwiseConv, DequantizeOutput, Elementwise,
                  Flatten, GlobalAveragePool, Linear, Lookup, MatrixTranspose, MaxPool, QuantizeInput, Reshape, Transpose,
@@ -469,7 +469,15 @@ def _node_constants(node, graph, layouts):
     if isinstance(node, Lookup):
         return {"table": node.table.astype(np.int8)}
     if isinstance(node, Elementwise):
-        return {"rows": _binary_spec(node, graph).constant_rows(layouts[node.output].shape[-1])}
+        cols = layouts[node.output].shape[-1]
+        arrays = {"rows": _binary_spec(node, graph).constant_rows(cols)}
+        if node.constant_matrix is not None:
+            period, features = node.constant_matrix.shape
+            offset = UINT8_OFFSET if node.constant_quant[2] == "uint8" else 0
+            matrix = np.zeros((period, cols), np.int8)
+            matrix[:, :features] = node.constant_matrix.astype(np.int16) - offset
+            arrays["b_matrix"] = matrix
+        return arrays
     if isinstance(node, ActivationMatMul):
         a, b = (graph.tensors[name] for name in node.inputs)
         depth, n = a.shape[-1], b.shape[-1]
@@ -644,7 +652,7 @@ def _binary_spec(node, graph):
         return BinaryOperand(tensor.scale, tensor.zero_point, tensor.dtype)
 
     tensors = [graph.tensors[name] for name in node.inputs]
-    b = operand(tensors[1]) if node.constant is None else BinaryOperand(*node.constant_quant)
+    b = operand(tensors[1]) if node.constant_quant is None else BinaryOperand(*node.constant_quant)
     return QLinearBinary(node.kind, operand(tensors[0]), b, operand(graph.tensors[node.output]), node.constant)
 
 
@@ -655,13 +663,17 @@ def _emit_elementwise(prog, cfg, node, graph, layouts, constants, budget, max_ut
         operands = [a.nhwc, b.nhwc if b else None, y.nhwc]
         rows, cols = a.shape[0] * a.shape[1] * a.shape[2], a.shape[3]
     else:
-        operands = [DenseMatrix(a.hbm, a.shape[1]), DenseMatrix(b.hbm, b.shape[1]) if b else None,
-                    DenseMatrix(y.hbm, y.shape[1])]
         rows, cols = a.shape
+        if "b_matrix" in constants:
+            matrix_offset, matrix = constants["b_matrix"]
+            b_operand = PeriodicMatrix(matrix_offset, cols, matrix.shape[0])
+        else:
+            b_operand = DenseMatrix(b.hbm, b.shape[1]) if b else None
+        operands = [DenseMatrix(a.hbm, a.shape[1]), b_operand, DenseMatrix(y.hbm, y.shape[1])]
     rows_offset, _ = constants["rows"]
     used = emit_binary(prog, _binary_spec(node, graph), *operands, rows, cols,
                        DenseMatrix(rows_offset, WORD_BYTES * cols), budget)
-    passes = {"add": 1, "mul": 4}[node.kind] + (b is not None)
+    passes = {"add": 1, "mul": 4}[node.kind] + (operands[1] is not None)
     return LayerReport(node.name, node.op, graph.tensors[node.output].shape, ve_elements=rows * cols * passes,
                        sram_bytes=used)
 
