@@ -266,15 +266,43 @@ def cmd_compile(args):
     image = compiled.image
     print(f"{args.output}: {len(compiled.layers)} layers for {args.config!r}, batch {compiled.batch}; HBM "
           f"{image.hbm_bytes:,} bytes, scratchpad {image.sram_bytes:,} bytes, code {len(image.code):,} bytes")
-    print(f"  {'layer':<28} {'op':<14} {'GEMM m x k x n':>20} {'MACs':>12}  uTOps DMA/ME/VE")
+    print(f"  {'layer':<28} {'op':<14} {'GEMM m x k x n':>20} {'MACs':>12} {'VE elements':>12}  uTOps DMA/ME/VE")
     for layer in compiled.layers:
-        m, k, n = layer["gemm"]
+        gemm = " x ".join(str(d) for d in layer["gemm"]) if layer["gemm"] else "-"
         u = layer["utops"]
-        print(f"  {layer['name'][:28]:<28} {layer['op'][:14]:<14} {f'{m} x {k} x {n}':>20} {layer['macs']:>12,}  "
-              f"{u['DMA']}/{u['ME']}/{u['VE']}")
+        print(f"  {layer['name'][:28]:<28} {layer['op'][:14]:<14} {gemm:>20} {layer['macs']:>12,} "
+              f"{layer['ve_elements']:>12,}  {u['DMA']}/{u['ME']}/{u['VE']}")
     for spec in compiled.inputs:
         print(f"  input {spec['name']}: float {tuple(spec['shape'])} -> {spec['dtype']} (scale {spec['scale']:.6g}, "
               f"zero point {spec['zero_point']})")
+
+
+def cmd_zoo(args):
+    from .compiler import zoo
+
+    if args.zoo_command == "list":
+        for name, builder in zoo.BUILDERS.items():
+            summary = (builder.__doc__ or "").strip().splitlines()[0]
+            settings = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                                for k, v in zoo.options(name).items())
+            print(f"{name:<18} {summary}\n{'':<18} {settings}")
+        return
+    path = output_file(args.output, "model")
+    try:
+        model = zoo.build(args.name, args.set)
+    except ValueError as exc:
+        raise TcloudError(str(exc)) from None
+    if args.quantize:
+        from .compiler.quantize import quantize, random_samples
+
+        with Progress(f"quantizing {args.name} ({args.quantize}, {args.activations} activations)"):
+            model = quantize(model, args.quantize, random_samples(model, count=args.samples),
+                             activations=args.activations)
+    write_file(path, model.SerializeToString())
+    print(f"{path}: {args.name}, {len(model.graph.node)} nodes, "
+          f"{'float' if not args.quantize else args.quantize + ' int8'}; inputs "
+          + ", ".join(f"{i.name} {[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]}"
+                      for i in model.graph.input))
 
 
 def cmd_profile(args):
@@ -496,6 +524,22 @@ def build_parser():
     comp.add_argument("--batch", type=positive_int, help="batch size for a dynamic batch dimension (default 1)")
     comp.add_argument("--sram-kib", type=positive_int, help="scratchpad budget, e.g. a vNPU's window (default: all)")
     comp.set_defaults(func=cmd_compile)
+
+    zoo = sub.add_parser("zoo", help="models to compile: list the builders, export one as ONNX",
+                         description="The zoo's model builders (seeded random weights): list them, or write "
+                                     "one as an ONNX file, float or quantized by onnxruntime.")
+    zoo_sub = zoo.add_subparsers(dest="zoo_command", required=True, metavar="SUBCOMMAND")
+    zoo_sub.add_parser("list", help="the builders and their options")
+    export = zoo_sub.add_parser("export", help="write one model as ONNX")
+    export.add_argument("name", help="builder (see tcloud zoo list)")
+    export.add_argument("-o", "--output", required=True, metavar="FILE.onnx")
+    export.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="builder option (repeatable), e.g. --set size=28 --set shape=base")
+    export.add_argument("--quantize", choices=["qdq", "qop"], help="quantize with onnxruntime (default: float)")
+    export.add_argument("--activations", choices=["int8", "uint8"], default="int8", help="default: %(default)s")
+    export.add_argument("--samples", type=positive_int, default=8,
+                        help="random calibration samples (default: %(default)s)")
+    zoo.set_defaults(func=cmd_zoo)
 
     prof = sub.add_parser("profile", help="per-layer cycles and engine use of a compiled model",
                           description="Run a compiled model once on an RTL backend and print each layer's "

@@ -562,6 +562,28 @@ def test_compile_run_and_profile_from_the_command_line(tmp_path):
     assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_a_zoo_model_from_the_command_line(tmp_path):
+    """tcloud zoo export → compile (a table of GEMM and VE layers) → profile (the residual Add on the VEs)."""
+    result = tcloud("zoo", "list", cwd=tmp_path)
+    assert result.returncode == 0 and "bert_encoder" in result.stdout and "shape=tiny" in result.stdout
+    result = tcloud("zoo", "export", "resnet50_block", "-o", "block.onnx", "--set", "channels=16", "--set", "width=4",
+                    "--set", "size=4", "--quantize", "qdq", cwd=tmp_path)
+    assert result.returncode == 0 and "WARNING" not in result.stderr, result.stderr
+    result = tcloud("compile", "block.onnx", "-o", "block.tcimg", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    add = next(line.split() for line in result.stdout.splitlines() if line.split()[:2] == ["add", "Add"])
+    assert add[2] == "-" and add[4] == "512"  # no GEMM; 16 pixels x 16 channels, two ve.fma passes
+    result = tcloud("profile", "block.tcimg", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("layer"))
+    assert [line.split()[0] for line in lines[header + 1:]] == ["conv", "conv_1", "conv_2", "add", "total"]
+    for bad, message in ((["nope"], "no model 'nope' in the zoo"), (["ncf", "--set", "users=many"], "users must be "
+                                                                                                     "an integer")):
+        result = tcloud("zoo", "export", *bad, "-o", "x.onnx", cwd=tmp_path)
+        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
 def test_command_line_errors_are_one_line(tmp_path):
     result = tcloud("compile", str(tmp_path / "missing.onnx"), "-o", "m.tcimg", cwd=tmp_path)
     assert result.returncode == 1 and "no such model file" in result.stderr and "Traceback" not in result.stderr

@@ -1,5 +1,6 @@
 """onnxruntime's static quantizer, wrapped: float models become the int8 models the compiler reads."""
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -99,8 +100,13 @@ def quantize(model, fmt="qdq", samples=None, per_channel=False, activations="int
         # it then deletes, which leaves the caller's model unusable.
         source, out = Path(tmp) / "float.onnx", Path(tmp) / "quantized.onnx"
         onnx.save(model, source)
-        quantize_static(source, out, _Reader(samples), quant_format=formats[fmt],
-                        activation_type={"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[activations],
-                        weight_type=QuantType.QInt8,
-                        per_channel=per_channel)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(max(level, logging.ERROR))  # quantize_static's pre-processing and x64 hints, on every call
+        try:
+            quantize_static(source, out, _Reader(samples), quant_format=formats[fmt],
+                            activation_type={"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[activations],
+                            weight_type=QuantType.QInt8, per_channel=per_channel)
+        finally:
+            root.setLevel(level)
         return onnx.load(out)
