@@ -400,6 +400,45 @@ def test_a_matrix_product_of_activations_over_a_depth_not_in_words_is_refused():
         compile(quantized, "small")
 
 
+def interaction_model(seed, vectors, width):
+    """DLRM's feature interaction over ``vectors`` Gemm outputs of ``width``: Unsqueeze, Concat along
+    axis 1, ``Z = X·Xᵀ`` per sample, Reshape to ``[N, F·F]``, Gather of the strictly lower triangle,
+    Concat with the dense input, Gemm."""
+    from tcloud.runtime.compiler.zoo.builders import Graph
+
+    rng = np.random.default_rng(seed)
+    g = Graph("interaction", seed)
+    stacked = []
+    for _ in range(vectors):
+        v = g.gemm("input", rng.standard_normal((width, 6)).astype(np.float32), np.zeros(width, np.float32))
+        stacked.append(g.op("Unsqueeze", [v, g.const("axis1", np.array([1], np.int64))], name="unsqueeze"))
+    x = g.op("Concat", stacked, name="stack", axis=1)
+    dots = g.op("MatMul", [x, g.op("Transpose", [x], name="stack_t", perm=[0, 2, 1])], name="interact")
+    flat = g.op("Reshape", [dots, g.const("flat", np.array([0, vectors * vectors], np.int64))], name="flat")
+    lower = [i * vectors + j for i in range(vectors) for j in range(i)]
+    pairs = g.op("Gather", [flat, g.const("lower", np.array(lower, np.int64))], name="pairs", axis=1)
+    joined = g.op("Concat", ["input", pairs], name="join", axis=1)
+    y = g.gemm(joined, rng.standard_normal((3, 6 + len(lower))).astype(np.float32), np.zeros(3, np.float32))
+    return g.model([("input", ["N", 6])], [(y, ["N", 3])])
+
+
+@pytest.mark.parametrize("activations", ["int8", "uint8"])
+@pytest.mark.parametrize("fmt", ["qdq", "qop"])
+@pytest.mark.parametrize("vectors, width", [(4, 8), (3, 12)])
+def test_the_dlrm_interaction_equals_onnxruntime(vectors, width, fmt, activations):
+    """Batched dot products of the stacked vectors (Kᵀ of attention's kind: a transposed view), the
+    lower triangle as a feature map (QOperator: a float Gather between DequantizeLinear and
+    QuantizeLinear, so a requantization table), joined with the dense features."""
+    model = interaction_model(vectors, vectors, width)
+    rng = np.random.default_rng(width)
+    quantized = quantize(model, fmt, [{"input": rng.standard_normal((1, 6)).astype(np.float32)} for _ in range(8)],
+                         activations=activations)
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    compiled = compile(quantized, "small", batch=5)
+    assert np.array_equal(compiled.run({"input": x})["output"], onnxruntime_outputs(quantized, {"input": x})["output"])
+    assert check_program(compiled.image).races == []
+
+
 @pytest.mark.parametrize("hidden", [8, 6])
 def test_a_flatten_of_a_sequence_equals_onnxruntime(hidden):
     """[N, 4, hidden] → Flatten → Gemm: the rows stay where they are (6 features: padded to 8 bytes, so

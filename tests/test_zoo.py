@@ -281,7 +281,7 @@ def test_transformer_and_recommender_builders_run_and_quantize(name, fmt):
 
 def test_random_ids_are_valid_rows_of_every_table():
     samples = random_samples(transformers.dlrm(tables=(7, 1000)), count=50)
-    ids = np.concatenate([s["sparse"] for s in samples])
+    ids = np.concatenate([s["sparse_1"] for s in samples])
     assert ids.dtype == np.int64 and ids.min() >= 0 and ids.max() == 6
 
 

@@ -19,8 +19,8 @@ import onnx
 from onnx import numpy_helper
 
 from .ir import (ActivationMatMul, AveragePool, CompileError, Concat, DepthwiseConv, DequantizeOutput, Elementwise,
-                 Flatten, GlobalAveragePool, Graph, Linear, Lookup, MatrixTranspose, MaxPool, QTensor, QuantizeInput,
-                 Reshape, Transpose, node_error)
+                 Flatten, GatherColumns, GlobalAveragePool, Graph, Linear, Lookup, MatrixTranspose, MaxPool, QTensor,
+                 QuantizeInput, Reshape, Transpose, node_error)
 from .tables import FLOAT_UNARY, QLINEAR_UNARY, chain_table, concat_tables, unary_table
 
 _QTYPES = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8"}
@@ -332,13 +332,56 @@ class _FrontEnd:
         if len(target) == 2 and target[0] in (0, -1, tensor.shape[0]) \
                 and target[1] in (-1, int(np.prod(tensor.shape[1:]))):
             return self._flatten(node)
-        shape = self._reshaped(node, tensor.shape, target, attrs)
+        self._reshape(node, self._reshaped(node, tensor.shape, target, attrs))
 
+    def _op_Unsqueeze(self, node, attrs):
+        source = self.values.get(node.input[0])
+        tensor = source.tensor if isinstance(source, _FloatView) else source
+        if not isinstance(tensor, QTensor):
+            raise node_error(node, f"input {node.input[0]!r} is not a quantized activation")
+        axes = attrs.get("axes") if len(node.input) < 2 else self._const(node, node.input[1], "axes")
+        rank = len(tensor.shape) + len(axes)
+        shape = list(tensor.shape)
+        for axis in sorted(int(a) % rank for a in axes):
+            shape.insert(axis, 1)
+        if shape[0] != tensor.shape[0]:
+            raise node_error(node, f"attribute axes={list(axes)} moves the batch axis")
+        self._reshape(node, tuple(shape))
+
+    def _reshape(self, node, shape):
         def make(q, source, out, scale, zp, dtype):
             if (np.float32(scale), zp, dtype) != (source.scale, source.zero_point, source.dtype):
-                raise node_error(node, "a Reshape must keep its input's quantization")
+                raise node_error(node, f"a {node.op_type} must keep its input's quantization")
             self._define(node, out, shape, scale, zp, dtype)
             self.graph.nodes.append(Reshape(node.name, node.op_type, [source.name], out, shape=shape))
+        self._layout_op(node, make)
+
+    def _op_Gather(self, node, attrs):
+        source = self.values.get(node.input[0])
+        tensor = source.tensor if isinstance(source, _FloatView) else source
+        indices = self.values.get(node.input[1])
+        if not isinstance(tensor, QTensor) or not isinstance(indices, _Const):
+            raise node_error(node, "only a Gather of an activation's features by constant indices is supported")
+        axis = attrs.get("axis", 0)
+        if len(tensor.shape) != 2 or axis not in (1, -1) or indices.values.ndim != 1:
+            raise node_error(node, f"attribute axis={axis}: only features of [N, F] by a 1-D index vector are "
+                                   f"supported (input shape {list(tensor.shape)})")
+        features = tensor.shape[1]
+        picked = tuple(int(i) % features for i in indices.values)
+        if any(not -features <= int(i) < features for i in indices.values):
+            raise node_error(node, f"indices outside 0..{features - 1}")
+
+        def make(q, source, out, scale, zp, dtype):
+            shape = (source.shape[0], len(picked))
+            requantized = (np.float32(scale), zp, dtype) != (source.scale, source.zero_point, source.dtype)
+            gathered = f"{out}/gathered" if requantized else out
+            self._define(node, gathered, shape, source.scale, source.zero_point, source.dtype)
+            self.graph.nodes.append(GatherColumns(node.name, node.op_type, [source.name], gathered, indices=picked))
+            if requantized:  # a float Gather between DequantizeLinear and QuantizeLinear: a table per code
+                x = self.graph.tensors[gathered]
+                y = self._define(node, out, shape, scale, zp, dtype)
+                self.graph.nodes.append(Lookup(node.name, "Gather→QuantizeLinear", [gathered], out,
+                                               table=chain_table([], x, y)))
         self._layout_op(node, make)
 
     @staticmethod
@@ -679,18 +722,21 @@ class _FrontEnd:
 
     def _concat(self, node, attrs, inputs, out, y_scale, y_zp, y_dtype, qdq):
         rank = len(inputs[0].shape)
-        axis = attrs.get("axis", 1)
-        if rank not in (2, 4) or axis not in (1, 1 - rank):
-            raise node_error(node, f"attribute axis={axis} is not supported for rank-{rank} tensors (only the "
-                                   f"channels of NCHW or the features of [N, F]: axis 1)")
+        axis = attrs.get("axis", 1) % rank
+        if rank not in (2, 3, 4) or axis == 0 or (rank == 4 and axis != 1):
+            raise node_error(node, f"attribute axis={attrs.get('axis', 1)} is not supported for rank-{rank} tensors "
+                                   f"(the channels of NCHW, the features of [N, F], either axis of [N, S, F])")
         for x in inputs:
-            if len(x.shape) != rank or x.shape[:1] + x.shape[2:] != inputs[0].shape[:1] + inputs[0].shape[2:]:
+            if len(x.shape) != rank or x.shape[:axis] + x.shape[axis + 1:] != \
+                    inputs[0].shape[:axis] + inputs[0].shape[axis + 1:]:
                 raise node_error(node, f"input {x.name!r} of shape {x.shape} does not match {inputs[0].shape} "
-                                       f"outside axis 1")
-        shape = (inputs[0].shape[0], sum(x.shape[1] for x in inputs)) + inputs[0].shape[2:]
+                                       f"outside axis {axis}")
+        shape = list(inputs[0].shape)
+        shape[axis] = sum(x.shape[axis] for x in inputs)
+        shape = tuple(shape)
         y = self._define(node, out, shape, y_scale, y_zp, y_dtype)
         self.graph.nodes.append(Concat(node.name, node.op_type, [x.name for x in inputs], out,
-                                       tables=concat_tables(inputs, y, qdq)))
+                                       tables=concat_tables(inputs, y, qdq), axis=axis))
 
     def _op_AveragePool(self, node, attrs):
         x = self._view(node, node.input[0])

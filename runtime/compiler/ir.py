@@ -143,6 +143,15 @@ class Reshape(Node):
 
 
 @dataclass
+class GatherColumns(Node):
+    """``y[:, j] = x[:, indices[j]]`` of an ``[N, F]`` activation (ONNX Gather on axis 1 with constant
+    indices, e.g. DLRM's lower triangle of the interactions): no data moves, the consumer reads the
+    producer's bytes through a feature map."""
+
+    indices: tuple = None
+
+
+@dataclass
 class Elementwise(Node):
     """``y = a + b`` (``kind="add"``) or ``y = a · b`` (``"mul"``) of quantized tensors, as onnxruntime's
     ``QLinearAdd`` / ``QLinearMul`` compute them (see :mod:`tcloud.firmware.binary`).
@@ -224,9 +233,12 @@ class Concat(Node):
     tables : list
         Per input: ``None`` when its codes are the output's (a copy), else the 256-entry table of
         :func:`~.tables.concat_tables` that maps them into the output's quantization.
+    axis : int
+        1, or 2 for the features of ``[N, S, F]`` (axis 1 of a rank-3 tensor joins rows).
     """
 
     tables: list = None
+    axis: int = 1
 
 
 @dataclass

@@ -43,8 +43,8 @@ from tcloud.isa import ProgramImage, Segment, Symbol, get_config
 from tcloud.isa.table import INSTRUCTION_BYTES, UINT8_OFFSET, WORD_BYTES, FmaResult
 
 from .ir import (ActivationMatMul, AveragePool, CompileError, Concat, DepthwiseConv, DequantizeOutput, Elementwise,
-                 Flatten, GlobalAveragePool, Linear, Lookup, MatrixTranspose, MaxPool, QuantizeInput, Reshape, Transpose,
-                 node_error)
+                 Flatten, GatherColumns, GlobalAveragePool, Linear, Lookup, MatrixTranspose, MaxPool, QuantizeInput,
+                 Reshape, Transpose, node_error)
 
 _ALIGN = 64
 METADATA_FORMAT = "tcloud-model/1"
@@ -219,7 +219,13 @@ def _layouts(graph):
                                               alias_of=node.inputs[0])
         elif isinstance(node, Concat):
             layouts[node.output] = _concat_layout(node, graph, layouts)
-        elif isinstance(node, (Reshape, Transpose)) and _is_sequence(graph, layouts, node.inputs[0]):
+        elif isinstance(node, GatherColumns):
+            source = layouts[node.inputs[0]]
+            columns = source.feature_map or list(range(graph.tensors[node.inputs[0]].shape[1]))
+            layouts[node.output] = Layout("dense", source.shape, feature_map=[columns[i] for i in node.indices],
+                                          alias_of=node.inputs[0])
+        elif isinstance(node, (Reshape, Transpose)) and not isinstance(node, MatrixTranspose) \
+                and _is_sequence(graph, layouts, node.inputs[0], isinstance(node, Reshape)):
             layouts[node.output] = _view_layout(node, graph, layouts)
         elif isinstance(node, ActivationMatMul):
             layouts[node.output] = _matmul_output_layout(node, graph)
@@ -284,9 +290,14 @@ def view_terms(shape):
     return tuple(row_terms), tuple([0] * (len(shape) - 1) + [1])
 
 
-def _is_sequence(graph, layouts, name):
+def _is_sequence(graph, layouts, name, reshape=False):
+    """Whether ``name`` is a matrix of rows whose Reshape/Transpose is a view: a sequence (rank 3 or
+    a view), or for a Reshape any dense ``[N, F]`` without a feature map."""
     layout = layouts[name]
-    return layout.kind == "dense" and (layout.view is not None or len(graph.tensors[name].shape) == 3)
+    if layout.kind != "dense":
+        return False
+    rank = len(graph.tensors[name].shape)
+    return layout.view is not None or rank == 3 or (reshape and rank == 2 and layout.feature_map is None)
 
 
 def _terms(graph, layouts, name):
@@ -350,25 +361,31 @@ def _orientation(terms):
 
 
 def _transposed_operands(node, graph, layouts):
-    """An operand stored the other way round (``Kᵀ`` of attention) is transposed into a scratch matrix
-    first (the whole stored matrix, once): its layout is registered as ``<node>/<operand>ᵀ``."""
+    """An operand stored the other way round (``Kᵀ`` of attention, ``Xᵀ`` of DLRM's interaction) is
+    transposed block by block into a scratch matrix first, each block ``[K, N]`` on word-aligned rows;
+    the scratch is registered as ``<node>/<operand>ᵀ`` with plain block-major terms."""
     for name in node.inputs:
-        terms = _terms(graph, layouts, name)
-        orientation = _orientation(terms)
+        orientation = _orientation(_terms(graph, layouts, name))
         if orientation is None:
             raise node_error(node, f"operand {name!r} is a view whose last two axes are not the rows and columns "
                                    f"of a stored matrix")
         if orientation == "transposed":
-            root = _root(layouts, name)
-            stored = graph.tensors[root].shape
-            rows, cols = int(np.prod(stored[:-1])), stored[-1]
-            layouts[f"{node.name}/{name}ᵀ"] = Layout("dense", (cols, _up(rows, WORD_BYTES)), view=terms[::-1])
+            shape = graph.tensors[name].shape
+            layouts[f"{node.name}/{name}ᵀ"] = Layout("dense", (int(np.prod(shape[:-1])), _up(shape[-1], WORD_BYTES)),
+                                                     view=view_terms(shape))
 
 
 def _concat_layout(node, graph, layouts):
     """NCHW inputs fill consecutive channels of the output's pixels, so each but the last must end on
     a DMA word; ``[N, F]`` inputs lie side by side with their padding, which the feature map skips."""
     sources = [layouts[name] for name in node.inputs]
+    shape = graph.tensors[node.output].shape
+    if len(shape) == 3 and node.axis == 1:  # [N, k_i, F] inputs: rows of each batch one after another
+        for name, source in zip(node.inputs, sources):
+            if source.feature_map is not None or (source.view is not None and
+                                                  not _plain_view(graph.tensors[name].shape, source)):
+                raise node_error(node, f"input {name!r} is a view or has a feature map; join stored rows only")
+        return Layout("dense", (shape[0] * shape[1], _up(shape[2], WORD_BYTES)), view=view_terms(shape))
     if sources[0].kind == "nhwc" or len(graph.tensors[node.output].shape) == 4:
         offset = 0
         for name, source in zip(node.inputs, sources):
@@ -385,7 +402,7 @@ def _concat_layout(node, graph, layouts):
         return Layout("nhwc", (n, h, w, padded_channels(c)))
     feature_map, width = [], 0
     for name, source in zip(node.inputs, sources):
-        features = graph.tensors[name].shape[1]
+        features = graph.tensors[name].shape[-1]
         columns = np.arange(features) if source.feature_map is None else np.asarray(source.feature_map)
         feature_map += [int(column) + width for column in columns]
         width += source.shape[1]
@@ -691,6 +708,18 @@ def _emit_concat(prog, cfg, node, graph, layouts, constants, budget, max_utop_co
             rows, cols = x.shape[0] * x.shape[1] * x.shape[2], x.shape[3]
             used = max(used, emit_lookup(prog, x.nhwc, y.nhwc, rows, cols, table, budget, column=offset))
             offset += graph.tensors[name].shape[1]
+        elif node.axis == 1 and len(graph.tensors[node.output].shape) == 3:
+            batch, joined, _ = graph.tensors[node.output].shape
+            rows, cols = x.shape
+            count = graph.tensors[name].shape[1]
+            for b in range(batch if count > 1 else 1):  # one input row per batch: one strided copy
+                if b:
+                    prog.fence()
+                first = (b * joined + offset) * y.shape[1]
+                source = DenseMatrix(x.hbm + b * count * cols, cols)
+                dest = DenseMatrix(y.hbm + first, y.shape[1] * (joined if count == 1 else 1))
+                used = max(used, emit_lookup(prog, source, dest, rows if count == 1 else count, cols, table, budget))
+            offset += count
         else:
             rows, cols = x.shape
             used = max(used, emit_lookup(prog, DenseMatrix(x.hbm, cols), DenseMatrix(y.hbm, y.shape[1]), rows, cols,
@@ -733,27 +762,31 @@ def _block(layout, terms, index, stride):
 def _emit_activation_matmul(prog, cfg, node, graph, layouts, constants, budget, max_utop_cost):
     a_name, b_name = node.inputs
     a, b, y = (graph.tensors[name] for name in (a_name, b_name, node.output))
-    operands = []
+    operands, used = [], 0
+    leading = y.shape[:-2]
     for name in node.inputs:
         scratch = f"{node.name}/{name}ᵀ"
         if scratch in layouts:
-            source, stored = layouts[_root(layouts, name)], graph.tensors[_root(layouts, name)].shape
-            target = layouts[scratch]
-            rows = int(np.prod(stored[:-1]))
-            emit_transpose(prog, DenseMatrix(source.hbm, source.shape[1]), DenseMatrix(target.hbm, target.shape[1]),
-                           rows, source.shape[1], range(stored[-1]), budget)
+            source, target = layouts[name], layouts[scratch]
+            rows_terms, cols_terms = _terms(graph, layouts, name)
+            k, n_logical = graph.tensors[name].shape[-2:]
+            for count, index in enumerate(np.ndindex(*leading)):
+                if count:
+                    prog.fence()  # the blocks share the transpose's scratchpad buffers
+                block = _block(source, (rows_terms[:-2] + (rows_terms[-1], 0), cols_terms[:-2] + (0, 1)), index,
+                               source.shape[1])
+                dest = _block(target, target.view, index, target.shape[1])
+                used = max(used, emit_transpose(prog, block, dest, n_logical, _up(k, WORD_BYTES), range(k), budget))
             prog.fence()
             operands.append((target, target.view))
         else:
-            layout = layouts[name]
-            operands.append((layout, _terms(graph, layouts, name)))
+            operands.append((layouts[name], _terms(graph, layouts, name)))
     depth, n, m = a.shape[-1], b.shape[-1], a.shape[-2]
     plan = None
     out_layout = layouts[node.output]
     out_terms = _terms(graph, layouts, node.output)
     requant = _scale_row(y, constants)
     bias_offset, _ = constants["bias"]
-    leading = y.shape[:-2]
     for count, index in enumerate(np.ndindex(*leading)):
         (a_layout, a_terms), (b_layout, b_terms) = operands
         a_block = _block(a_layout, a_terms, index, a_layout.shape[1])
@@ -769,7 +802,7 @@ def _emit_activation_matmul(prog, cfg, node, graph, layouts, constants, budget, 
         emit_gemm(prog, cfg, plan, ext_a, ext_b, c_block, bias=DenseMatrix(bias_offset, 0, 4), requant=requant)
     blocks = int(np.prod(leading)) if leading else 1
     return LayerReport(node.name, node.op, y.shape, gemm=(m, plan.k, n), macs=blocks * m * depth * n,
-                       ve_elements=blocks * m * n * 2, sram_bytes=plan.sram_bytes)
+                       ve_elements=blocks * m * n * 2, sram_bytes=max(plan.sram_bytes, used))
 
 
 def _scale_row(y, constants):

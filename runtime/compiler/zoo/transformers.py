@@ -165,8 +165,8 @@ def dlrm(tables=(1000, 1000, 500, 200), dim=16, bottom=(13, 64, 16), top=(64, 32
     products of all ``len(tables) + 1`` vectors (the strictly lower triangle), then the top MLP with
     a ``Sigmoid``.
 
-    Inputs ``dense`` float ``[N, bottom[0]]`` and ``sparse`` int64 ``[N, len(tables)]`` (one row index
-    per table); output ``[N, 1]``.
+    Inputs ``dense`` float ``[N, bottom[0]]`` and ``sparse_0``, ``sparse_1``, ... int64 ``[N]`` (one row
+    index per table, as a per-table embedding bag of one id); output ``[N, 1]``.
 
     Parameters
     ----------
@@ -184,9 +184,9 @@ def dlrm(tables=(1000, 1000, 500, 200), dim=16, bottom=(13, 64, 16), top=(64, 32
     dense = _mlp(g, "dense", bottom)
     vectors = [g.op("Unsqueeze", [dense, g.const("axis1", np.array([1], np.int64))], name="unsqueeze")]
     for t, rows in enumerate(tables):
-        index = g.op("Gather", ["sparse", g.const("column", np.array([t], np.int64))], name="sparse_column", axis=1)
-        vectors.append(g.op("Gather", [g.const("table", _weight(g, rows, dim, scale=0.5)), index], name="embed",
-                            axis=0))
+        embedded = g.op("Gather", [g.const("table", _weight(g, rows, dim, scale=0.5)), f"sparse_{t}"], name="embed",
+                        axis=0)
+        vectors.append(g.op("Unsqueeze", [embedded, g.const("axis1", np.array([1], np.int64))], name="unsqueeze"))
     features = len(vectors)
     stacked = g.op("Concat", vectors, name="stack", axis=1)  # [N, F, dim]
     dots = g.op("MatMul", [stacked, g.op("Transpose", [stacked], name="stack_t", perm=[0, 2, 1])],
@@ -198,9 +198,11 @@ def dlrm(tables=(1000, 1000, 500, 200), dim=16, bottom=(13, 64, 16), top=(64, 32
     joined = g.op("Concat", [dense, pairs], name="join", axis=1)
     widths = (dim + len(lower),) + tuple(top)
     y = _mlp(g, joined, widths, last_activation="Sigmoid")
-    model = g.model([("dense", ["N", bottom[0]]), ("sparse", ["N", len(tables)])], [(y, ["N", top[-1]])],
+    sparse = [(f"sparse_{t}", ["N"]) for t in range(len(tables))]
+    model = g.model([("dense", ["N", bottom[0]])] + sparse, [(y, ["N", top[-1]])],
                     f"DLRM ({len(tables)} embedding tables of width {dim}), random weights")
-    model.graph.input[1].type.tensor_type.elem_type = 7  # INT64 row indices
+    for value in model.graph.input[1:]:
+        value.type.tensor_type.elem_type = 7  # INT64 row indices
     return model
 
 
