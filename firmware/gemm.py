@@ -288,7 +288,8 @@ def plan_gemm(config, m, k, n, *, bias=False, requant=False, scales=False, max_u
                 # first: they hold the bias or the previous chunk's sums), after its first fetch
                 me_utop = per * (math.ceil(kb / rows) * (mb + _TILE_OVERHEAD) + 2 * mb) + latency
                 me_cycles = steps * math.ceil(utops / cfg.me_count) * me_utop
-                ve_cycles = blocks * (math.ceil(mb / cfg.ve_count) * math.ceil(nb / cfg.ve_lanes) * ve_steps + latency)
+                epilogue = math.ceil(mb / cfg.ve_count) * math.ceil(nb / cfg.ve_lanes) * ve_steps + latency
+                ve_cycles = blocks * epilogue
                 # the front end fetches each uTOp header from HBM before it issues the uTOp; with three
                 # buffers, it also waits for a store per block
                 block_utops = (bias or scales) + (cfg.ve_count if requant else 0) + 1
@@ -305,8 +306,10 @@ def plan_gemm(config, m, k, n, *, bias=False, requant=False, scales=False, max_u
                                      + (mb * _up(kb, WORD_BYTES) + kb * _up(nb, WORD_BYTES)) / cfg.hbm_port_bytes)
                 transfers = steps * (a_transfers[mb, kb] + 1) + blocks * (bias + scales + 1)
                 dma_cycles = (transfer * transfers + traffic / cfg.hbm_port_bytes) / cfg.dma_count
-                estimate = max(me_cycles, ve_cycles, issue_cycles, ab_cycles, dma_cycles,
-                               traffic / cfg.hbm_bytes_per_cycle)
+                # the pipeline fills with the first step's loads and drains with the last epilogue and store
+                fill = ab_cycles / steps + epilogue + transfer + mb * _up(nb, WORD_BYTES) / cfg.hbm_port_bytes
+                estimate = fill + max(me_cycles, ve_cycles, issue_cycles, ab_cycles, dma_cycles,
+                                      traffic / cfg.hbm_bytes_per_cycle)
                 key = (estimate, -acc_buffers, footprint)
                 if best is None or key < best[0]:
                     best = (key, GemmPlan(m, k, n, mb, nb, kb, footprint, estimate, per, acc_buffers))
