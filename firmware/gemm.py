@@ -47,6 +47,9 @@ _DMA_ROUND_TRIPS = 2.6
 """HBM latencies a DMA instruction costs the planner besides its beats: its fetch (DMA engines do not
 prefetch), its first response and its share of the queue at the HBM (measured: about 315 cycles per
 instruction on ``small``, 120 cycles of latency, in a convolution's loads and stores)."""
+SPLIT_LOAD_TRANSFERS = 8
+"""A step's A and B loads of at least this many DMA instructions are spread over the DMA engines: each
+instruction costs a few HBM latencies (:data:`_DMA_ROUND_TRIPS`), far more than issuing a uTOp more."""
 MAX_STEP_ME_UTOPS = 4
 """ME uTOps per K chunk at most (a uTOp computes several column tiles when there are more): with
 eight, the schedule of :func:`emit_gemm` keeps more dependency groups live than there are tokens."""
@@ -58,6 +61,11 @@ one before drains the fourth. With three, the next bias load waits for that stor
 
 def _up(value, multiple):
     return -(-value // multiple) * multiple
+
+
+def _load_utops(cfg, transfers):
+    """DMA uTOps a step's ``transfers`` A and B load instructions are spread over."""
+    return min(cfg.dma_count, transfers) if transfers >= SPLIT_LOAD_TRANSFERS else 1
 
 
 @dataclass(frozen=True)
@@ -303,7 +311,8 @@ def plan_gemm(config, m, k, n, *, bias=False, requant=False, scales=False, max_u
                 # block also the bias and scale loads and the store
                 transfer = _DMA_ROUND_TRIPS * latency
                 ab_cycles = steps * (transfer * (a_transfers[mb, kb] + 1)
-                                     + (mb * _up(kb, WORD_BYTES) + kb * _up(nb, WORD_BYTES)) / cfg.hbm_port_bytes)
+                                     + (mb * _up(kb, WORD_BYTES) + kb * _up(nb, WORD_BYTES)) / cfg.hbm_port_bytes
+                                     ) / _load_utops(cfg, a_transfers[mb, kb] + 1)
                 transfers = steps * (a_transfers[mb, kb] + 1) + blocks * (bias + scales + 1)
                 dma_cycles = (transfer * transfers + traffic / cfg.hbm_port_bytes) / cfg.dma_count
                 # the pipeline fills with the first step's loads and drains with the last epilogue and store
@@ -470,11 +479,14 @@ def emit_gemm(prog, config, plan, a, b, c, *, bias=None, relu=False, requant=Non
         return stores[bi - plan.acc_buffers] if bi >= plan.acc_buffers else None
 
     def emit_load(g):
-        """The DMA uTOp loading the A and B chunks of step ``g``."""
+        """The DMA uTOps loading the A and B chunks of step ``g``: one, or one per DMA engine when
+        there are many transfers (an im2col gather)."""
         bi, ci, k0, kdepth = steps[g]
         m0, n0, mrows, ncols = blocks[bi]
         body = a.load(buf_a[g % 2], sa, m0, mrows, k0, kdepth) + b.load(buf_b[g % 2], sb, k0, kdepth, n0, ncols)
-        loads.append([prog.utop(EngineClass.DMA, body, me[g - 2] if g >= 2 else [])])
+        size = -(-len(body) // _load_utops(cfg, len(body)))
+        loads.append([prog.utop(EngineClass.DMA, body[i:i + size], me[g - 2] if g >= 2 else [])
+                      for i in range(0, len(body), size)])
 
     def emit_bias_load(g):
         """With a block's first chunk, a DMA uTOp (the other DMA engine can run it beside the A and B
