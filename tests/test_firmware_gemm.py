@@ -196,3 +196,31 @@ def test_a_gemm_the_hbm_cannot_hold_is_refused_with_its_sizes():
                                             r"result, 0\.\d MiB of code\), but config 'one-mib' has 1 MiB"):
         gemm(config, rows, 64, 1)
     assert gemm(config, rows // 4, 64, 1).hbm_bytes <= config.hbm_bytes
+
+
+@pytest.mark.parametrize("config, shape, blocks", [
+    ("tiny", (20, 24, 40), dict(mb=8, nb=16, kb=8, tiles_per_utop=2, acc_buffers=3)),
+    ("small", (70, 40, 100), dict(mb=16, nb=64, kb=16, tiles_per_utop=2, acc_buffers=4)),
+])
+def test_me_utops_over_several_column_tiles_with_three_or_four_accumulator_buffers(config, shape, blocks):
+    """Forced plans whose ME uTOps compute two column tiles each, with three or four accumulator
+    buffers, several K chunks and ragged edges, stay exact and race-free."""
+    cfg = get_config(config)
+    footprint = _sram_footprint(cfg, blocks["mb"], blocks["nb"], blocks["kb"], True, True,
+                                acc_buffers=blocks["acc_buffers"])
+    plan = GemmPlan(*shape, sram_bytes=footprint, estimated_cycles=0, **blocks)
+    image, _ = check_gemm(config, *shape, bias=True, requant=Requant(1 << 30, 40), plan=plan)
+    me = [i for i in decode_stream(image.code) if i.mnemonic == "utop" and i["cls"] == EngineClass.ME]
+    assert max(i["len"] for i in me) == 2 * 2 * (blocks["kb"] // cfg.me_rows)  # two tiles of loadw/matmul pairs
+
+
+def test_me_utops_over_several_column_tiles_declare_the_planned_cost():
+    """Without a cost limit the planner groups column tiles into longer ME uTOps; a limit that one
+    tile fits but two do not keeps them apart. Either way the uTOps declare what the planner counted."""
+    cfg = get_config("small")
+    for limit, tiles in ((None, 2), (8000, 1)):
+        plan = plan_gemm(cfg, 512, 256, 256, bias=True, requant=True, max_utop_cost=limit)
+        assert plan.tiles_per_utop == tiles
+        image = gemm(cfg, 512, 256, 256, bias=True, requant=Requant(1 << 30, 44), plan=plan)
+        costs = [i["cost"] for i in decode_stream(image.code) if i.mnemonic == "utop" and i["cls"] == EngineClass.ME]
+        assert max(costs) == me_utop_cost(cfg, plan.mb, plan.kb, tiles) <= (limit or max(costs))
