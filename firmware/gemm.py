@@ -303,7 +303,8 @@ def plan_gemm(config, m, k, n, *, bias=False, requant=False, scales=False, max_u
                 block_utops = (bias or scales) + (cfg.ve_count if requant else 0) + 1
                 issue_cycles = latency * (steps * (1 + utops) + blocks * block_utops)
                 if acc_buffers < ACC_BUFFERS:
-                    issue_cycles += blocks * (2 * latency + mb * math.ceil(nb * (1 if requant else 4) / cfg.hbm_port_bytes))
+                    store_beats = mb * math.ceil(nb * (1 if requant else 4) / cfg.hbm_port_bytes)
+                    issue_cycles += blocks * (2 * latency + store_beats)
                 traffic = hbm_a * math.ceil(n / nb) + hbm_b * math.ceil(m / mb) + m * n * 4
                 if (mb, kb) not in a_transfers:
                     a_transfers[mb, kb] = 1 if a is None else len(a.load(0, _up(kb, WORD_BYTES), 0, mb, 0, kb))
@@ -455,6 +456,7 @@ def emit_gemm(prog, config, plan, a, b, c, *, bias=None, relu=False, requant=Non
     m, k, n, mb, nb, kb = plan.m, plan.k, plan.n, plan.mb, plan.nb, plan.kb
     epilogue = relu or requant is not None
     scale_row = isinstance(requant, ScaleRow)
+    bias_load = bias is not None or scale_row  # a block's first chunk loads its bias or scale row
     sa, sb, s8 = _up(kb, WORD_BYTES), _up(nb, WORD_BYTES), _up(nb, WORD_BYTES)
     buf_a = [0, mb * sa]
     base = 2 * buf_a[1]
@@ -493,7 +495,7 @@ def emit_gemm(prog, config, plan, a, b, c, *, bias=None, relu=False, requant=Non
         loads) loading the block's bias, onto which the MEs accumulate, and its scale row."""
         bi, ci, _, _ = steps[g]
         m0, n0, mrows, ncols = blocks[bi]
-        if ci > 0 or (bias is None and not scale_row):
+        if ci > 0 or not bias_load:
             return
         body = []
         if bias is not None:
@@ -518,8 +520,8 @@ def emit_gemm(prog, config, plan, a, b, c, *, bias=None, relu=False, requant=Non
                                       n=min(cols, ncols - c0), w_stride=sb))
                     body.append(Instr("me.matmul", a=buf_a[g % 2] + t0, out=acc + 4 * c0, m=mrows, a_stride=sa,
                                       out_stride=4 * nb, acc=int(ci > 0 or t0 > 0 or bias is not None)))
-            # the first chunk overwrites the accumulators: a bias load already waited for their store
-            deps = loads[g] + [me[g - 1][u] if ci > 0 else None if len(loads[g]) > 1 else freed(bi)]
+            # the first chunk writes the accumulators, free once their store is (a bias load waited for it)
+            deps = loads[g] + [me[g - 1][u] if ci > 0 else None if bias_load else freed(bi)]
             refs.append(prog.utop(EngineClass.ME, body, deps))
         me.append(refs)
 
@@ -541,8 +543,8 @@ def emit_gemm(prog, config, plan, a, b, c, *, bias=None, relu=False, requant=Non
             if requant is not None:
                 body.append(Instr("ve.shape", rows=rs, dst_stride=s8, src1_stride=4 * nb, src2_stride=0))
                 if scale_row:
-                    body.append(Instr("ve.requantf", dst=o_r, src1=a_r, src2=buf_scale[bi % plan.acc_buffers], n=ncols,
-                                      zp=requant.zero_point))
+                    body.append(Instr("ve.requantf", dst=o_r, src1=a_r, src2=buf_scale[bi % plan.acc_buffers],
+                                      n=ncols, zp=requant.zero_point))
                 else:
                     body.append(Instr("ve.requant", dst=o_r, src=a_r, n=ncols, mult=requant.multiplier,
                                       shift=requant.shift, zp=requant.zero_point))
@@ -551,7 +553,8 @@ def emit_gemm(prog, config, plan, a, b, c, *, bias=None, relu=False, requant=Non
 
     def emit_store(bi, deps):
         m0, n0, mrows, ncols = blocks[bi]
-        src, src_stride = (buf_acc[bi % plan.acc_buffers], 4 * nb) if requant is None else (buf_out8[bi % plan.acc_buffers], s8)
+        buf = bi % plan.acc_buffers
+        src, src_stride = (buf_acc[buf], 4 * nb) if requant is None else (buf_out8[buf], s8)
         stores.append(prog.utop(EngineClass.DMA, c.store(src, src_stride, m0, mrows, n0, ncols), deps))
 
     # uTOps issue in program order, each once the one before it has issued, so each is emitted where
