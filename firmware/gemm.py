@@ -7,15 +7,22 @@ Schedule
 --------
 The output is computed in blocks of ``mb × nb`` int32 accumulators held in the scratchpad; K is
 streamed in chunks of ``kb``. For each chunk one DMA uTOp loads the A and B chunks into one of two
-buffer sets (double buffering), then one ME uTOp per ``me_cols``-wide column tile runs
-``me.loadw``/``me.matmul`` pairs over the chunk's ``me_rows``-deep k tiles. The column tiles are
-independent, so the hardware spreads them over all matrix engines. After the last chunk an optional
-VE uTOp adds the bias and requantizes, and a DMA uTOp stores the block. Accumulator and output
-buffers are double-buffered too, so the store of one block overlaps the next block's compute.
+buffer sets (double buffering), then up to four ME uTOps, each over one or more ``me_cols``-wide
+column tiles, run ``me.loadw``/``me.matmul`` pairs over the chunk's ``me_rows``-deep k tiles. The
+column tiles are independent, so the hardware spreads them over all matrix engines. A block's
+first chunk has a second DMA uTOp, on the other DMA engine, that loads its bias into the
+accumulators (the MEs accumulate onto it) and its scale row. After the last chunk one VE uTOp per
+vector engine, each over a share of the rows, applies ReLU and requantizes, and a DMA uTOp stores
+the block. Accumulator and output buffers come in three or four (:data:`ACC_BUFFERS`), so that
+a block's epilogue and store, and the next block's bias load, overlap the MEs. uTOps issue in
+program order, one per HBM round trip of the front end's header fetch, so :func:`emit_gemm` emits
+each where its dependencies are about to be met, and :func:`plan_gemm` charges that issue time,
+the VE and DMA time as well as the MEs'.
 Tiles smaller than the array (M, N, K not multiples of its size) use the exact ``k`` and ``n`` of
 ``me.loadw``: no padding reaches the arithmetic.
 """
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -23,12 +30,12 @@ import numpy as np
 
 from tcloud.isa import Instr, ProgramImage, Symbol, get_config
 from tcloud.isa.encoding import check_field
-from tcloud.isa.cost import HARVEST_COST_DEFAULT, utop_units
+from tcloud.isa.cost import HARVEST_COST_DEFAULT, VE_STEPS_PER_CHUNK, utop_units
 from tcloud.isa.errors import EncodingError
 from tcloud.isa.table import BY_MNEMONIC, INSTRUCTION_BYTES, WORD_BYTES, EngineClass
 from tcloud.isa.table import field_max as _field_max
 
-from .program import MAX_DEPENDENCIES, FirmwareError, ProgramBuilder
+from .program import FirmwareError, ProgramBuilder
 
 _ALIGN = 64
 MIB = 1 << 20
@@ -36,10 +43,29 @@ _TILE_OVERHEAD = 8
 """Cycles the planner charges per k tile of an ME uTOp besides streaming its rows: the turnaround of
 its two instructions (the weights load into the idle bank while the previous tile streams;
 measured by ``benchmarks/me_utilization``)."""
+_DMA_ROUND_TRIPS = 2.6
+"""HBM latencies a DMA instruction costs the planner besides its beats: its fetch (DMA engines do not
+prefetch), its first response and its share of the queue at the HBM (measured: about 315 cycles per
+instruction on ``small``, 120 cycles of latency, in a convolution's loads and stores)."""
+SPLIT_LOAD_TRANSFERS = 8
+"""A step's A and B loads of at least this many DMA instructions are spread over the DMA engines: each
+instruction costs a few HBM latencies (:data:`_DMA_ROUND_TRIPS`), far more than issuing a uTOp more."""
+MAX_STEP_ME_UTOPS = 4
+"""ME uTOps per K chunk at most (a uTOp computes several column tiles when there are more): with
+eight, the schedule of :func:`emit_gemm` keeps more dependency groups live than there are tokens."""
+ACC_BUFFERS = 4
+"""Accumulator (and scale and int8 output) buffers a plan prefers: while one block computes, the next
+block's bias loads into another, the previous block's epilogue runs on a third and the store of the
+one before drains the fourth. With three, the next bias load waits for that store."""
 
 
 def _up(value, multiple):
     return -(-value // multiple) * multiple
+
+
+def _load_utops(cfg, transfers):
+    """DMA uTOps a step's ``transfers`` A and B load instructions are spread over."""
+    return min(cfg.dma_count, transfers) if transfers >= SPLIT_LOAD_TRANSFERS else 1
 
 
 @dataclass(frozen=True)
@@ -184,39 +210,48 @@ class GemmPlan:
     kb: int
     sram_bytes: int
     estimated_cycles: float
+    tiles_per_utop: int = 1
+    """Column tiles one ME uTOp computes, one after another (fewer, longer uTOps)."""
+    acc_buffers: int = ACC_BUFFERS
+    """Accumulator, scale and output buffers (3 or 4, see :data:`ACC_BUFFERS`)."""
 
 
-def _sram_footprint(cfg, mb, nb, kb, bias, requant, scales=False):
+def _sram_footprint(cfg, mb, nb, kb, bias, requant, scales=False, acc_buffers=ACC_BUFFERS):
     """Scratchpad bytes of a plan (the bias goes straight into the accumulators: no buffer)."""
-    total = 2 * mb * _up(kb, WORD_BYTES) + 2 * kb * _up(nb, WORD_BYTES) + 2 * mb * 4 * nb
-    total += 2 * 4 * nb * bool(scales)
+    total = 2 * mb * _up(kb, WORD_BYTES) + 2 * kb * _up(nb, WORD_BYTES) + acc_buffers * mb * 4 * nb
+    total += acc_buffers * 4 * nb * bool(scales)
     if requant:
-        total += 2 * mb * _up(nb, WORD_BYTES)
+        total += acc_buffers * mb * _up(nb, WORD_BYTES)
     return total
 
 
-def me_utop_cost(config, mb, kb):
-    """Declared cost of the largest ME uTOp of a plan: ``kb`` deep (in array-deep tiles) over ``mb``
-    rows, accumulating into a region loaded from the previous K chunk."""
+def me_utop_cost(config, mb, kb, tiles=1):
+    """Declared cost of the largest ME uTOp of a plan: ``tiles`` column tiles, each ``kb`` deep (in
+    array-deep tiles) over ``mb`` rows, accumulating into a region loaded from the previous K chunk."""
     rows, cols = config.me_rows, config.me_cols
     a_stride = _up(kb, WORD_BYTES)
     body = []
-    for t0 in range(0, kb, rows):
-        body += [Instr("me.loadw", w=0, k=min(rows, kb - t0), n=cols, w_stride=cols),
-                 Instr("me.matmul", a=t0, out=mb * a_stride, m=mb, a_stride=a_stride, out_stride=4 * cols, acc=1)]
+    for j in range(tiles):
+        for t0 in range(0, kb, rows):
+            body += [Instr("me.loadw", w=4 * cols * j, k=min(rows, kb - t0), n=cols, w_stride=cols * tiles),
+                     Instr("me.matmul", a=t0, out=mb * a_stride + 4 * cols * j, m=mb, a_stride=a_stride,
+                           out_stride=4 * cols * tiles, acc=1)]
     return utop_units(body, config)
 
 
 def plan_gemm(config, m, k, n, *, bias=False, requant=False, scales=False, max_utop_cost=HARVEST_COST_DEFAULT,
-              sram_bytes=None):
+              sram_bytes=None, a=None):
     """Choose block sizes for ``C[m][n] = A[m][k] @ B[k][n]`` on ``config``.
 
-    The plan minimises a simple estimate ``max(ME cycles, HBM cycles)`` over power-of-two block
+    The plan minimises an estimate of the busiest of the matrix engines, the vector engines (the
+    requantization), the DMA engines (a round trip per DMA instruction, then a beat per cycle), the
+    front end (an HBM round trip per uTOp header) and the HBM's bandwidth, over power-of-two block
     sizes that fit the scratchpad and the ISA's field limits, and whose ME uTOps cost at most
     ``max_utop_cost`` work units (:mod:`tcloud.isa.cost`; ``None``: no limit), so that the
     ``harvest`` policy may run them on engines the tenant does not own. ``sram_bytes`` bounds the
     footprint (default: the whole scratchpad). ``scales``: the requantization reads a row of
-    per-column scales (:class:`ScaleRow`).
+    per-column scales (:class:`ScaleRow`). ``a``: the layout :func:`emit_gemm` will read A through
+    (default: a dense matrix), whose ``load`` says how many DMA instructions a block of A takes.
 
     Raises
     ------
@@ -236,33 +271,58 @@ def plan_gemm(config, m, k, n, *, bias=False, requant=False, scales=False, max_u
     max_n = min(_field_max("dma.load", "row_bytes") // 4, _field_max("ve.add", "n"))
     max_k = min(_field_max("dma.load", "rows"), _field_max("dma.load", "row_bytes"))
     mb_opts = sorted({min(m, max_m, 1 << i) for i in range(4, 13)})
-    # a block's epilogue and the next loads wait for every column tile (plus a store): one wait slot's
-    # worth keeps the live dependency groups within the tokens
-    max_tiles = MAX_DEPENDENCIES // 3 - 1
-    nb_opts = sorted({min(_up(n, cols), max_n // cols * cols, max_tiles * cols, cols << i) for i in range(0, 12)})
+    nb_opts = sorted({min(_up(n, cols), max_n // cols * cols, cols << i) for i in range(0, 12)})
     kb_opts = sorted({min(_up(k, rows), max_k // rows * rows, rows << i) for i in range(0, 12)})
     hbm_a, hbm_b = m * _up(k, WORD_BYTES), k * _up(n, WORD_BYTES)
     budget = cfg.sram_bytes if sram_bytes is None else sram_bytes
+    latency = cfg.hbm_latency
+    a_transfers = {}  # DMA instructions loading an mb x kb block of A
+    ve_steps = (VE_STEPS_PER_CHUNK["ve.requantf"] if scales else VE_STEPS_PER_CHUNK["ve.requant"]) if requant else 0
     best = None
     for mb in mb_opts:
         for nb in nb_opts:
-            for kb in kb_opts:
-                footprint = _sram_footprint(cfg, mb, nb, kb, bias, requant, scales)
+            col_tiles = math.ceil(nb / cols)
+            per = math.ceil(col_tiles / min(cfg.me_count, MAX_STEP_ME_UTOPS))
+            utops = math.ceil(col_tiles / per)
+            for kb, acc_buffers in itertools.product(kb_opts, (ACC_BUFFERS, 3)):
+                footprint = _sram_footprint(cfg, mb, nb, kb, bias, requant, scales, acc_buffers)
                 if footprint > budget:
                     continue
-                if max_utop_cost is not None and me_utop_cost(cfg, mb, kb) > max_utop_cost:
+                if max_utop_cost is not None and me_utop_cost(cfg, mb, kb, per) > max_utop_cost:
                     continue
                 blocks = math.ceil(m / mb) * math.ceil(n / nb)
-                col_tiles = math.ceil(nb / cols)
-                # per k tile: stream mb rows; per uTOp: write the accumulators back and, for later
-                # K chunks, load them first (about 2*mb scratchpad row accesses)
-                utop_rows = math.ceil(kb / rows) * (mb + _TILE_OVERHEAD) + 2 * mb
-                me_cycles = (blocks * math.ceil(k / kb) * math.ceil(col_tiles / cfg.me_count) * utop_rows)
+                steps = blocks * math.ceil(k / kb)
+                # an ME uTOp streams mb rows per k tile and writes its accumulators back (loading them
+                # first: they hold the bias or the previous chunk's sums), after its first fetch
+                me_utop = per * (math.ceil(kb / rows) * (mb + _TILE_OVERHEAD) + 2 * mb) + latency
+                me_cycles = steps * math.ceil(utops / cfg.me_count) * me_utop
+                epilogue = math.ceil(mb / cfg.ve_count) * math.ceil(nb / cfg.ve_lanes) * ve_steps + latency
+                ve_cycles = blocks * epilogue
+                # the front end fetches each uTOp header from HBM before it issues the uTOp; with three
+                # buffers, it also waits for a store per block
+                block_utops = (bias or scales) + (cfg.ve_count if requant else 0) + 1
+                issue_cycles = latency * (steps * (1 + utops) + blocks * block_utops)
+                if acc_buffers < ACC_BUFFERS:
+                    store_beats = mb * math.ceil(nb * (1 if requant else 4) / cfg.hbm_port_bytes)
+                    issue_cycles += blocks * (2 * latency + store_beats)
                 traffic = hbm_a * math.ceil(n / nb) + hbm_b * math.ceil(m / mb) + m * n * 4
-                estimate = max(me_cycles, traffic / cfg.hbm_bytes_per_cycle)
-                key = (estimate, footprint)
+                if (mb, kb) not in a_transfers:
+                    a_transfers[mb, kb] = 1 if a is None else len(a.load(0, _up(kb, WORD_BYTES), 0, mb, 0, kb))
+                # per step the A and B loads, on one DMA engine while the previous step computes; per
+                # block also the bias and scale loads and the store
+                transfer = _DMA_ROUND_TRIPS * latency
+                ab_cycles = steps * (transfer * (a_transfers[mb, kb] + 1)
+                                     + (mb * _up(kb, WORD_BYTES) + kb * _up(nb, WORD_BYTES)) / cfg.hbm_port_bytes
+                                     ) / _load_utops(cfg, a_transfers[mb, kb] + 1)
+                transfers = steps * (a_transfers[mb, kb] + 1) + blocks * (bias + scales + 1)
+                dma_cycles = (transfer * transfers + traffic / cfg.hbm_port_bytes) / cfg.dma_count
+                # the pipeline fills with the first step's loads and drains with the last epilogue and store
+                fill = ab_cycles / steps + epilogue + transfer + mb * _up(nb, WORD_BYTES) / cfg.hbm_port_bytes
+                estimate = fill + max(me_cycles, ve_cycles, issue_cycles, ab_cycles, dma_cycles,
+                                      traffic / cfg.hbm_bytes_per_cycle)
+                key = (estimate, -acc_buffers, footprint)
                 if best is None or key < best[0]:
-                    best = (key, GemmPlan(m, k, n, mb, nb, kb, footprint, estimate))
+                    best = (key, GemmPlan(m, k, n, mb, nb, kb, footprint, estimate, per, acc_buffers))
     if best is None:
         limit = "" if max_utop_cost is None else f" with ME uTOps of at most {max_utop_cost} work units"
         raise FirmwareError(f"no GEMM blocking of {m}x{k}x{n} fits {budget // 1024} KiB of the scratchpad "
@@ -395,93 +455,136 @@ def emit_gemm(prog, config, plan, a, b, c, *, bias=None, relu=False, requant=Non
     rows, cols = cfg.me_rows, cfg.me_cols
     m, k, n, mb, nb, kb = plan.m, plan.k, plan.n, plan.mb, plan.nb, plan.kb
     epilogue = relu or requant is not None
-    buf_a = [0, mb * _up(kb, WORD_BYTES)]
-    sa = _up(kb, WORD_BYTES)
+    scale_row = isinstance(requant, ScaleRow)
+    bias_load = bias is not None or scale_row  # a block's first chunk loads its bias or scale row
+    sa, sb, s8 = _up(kb, WORD_BYTES), _up(nb, WORD_BYTES), _up(nb, WORD_BYTES)
+    buf_a = [0, mb * sa]
     base = 2 * buf_a[1]
-    sb = _up(nb, WORD_BYTES)
     buf_b = [base, base + kb * sb]
     base += 2 * kb * sb
-    buf_acc = [base, base + mb * 4 * nb]
-    base += 2 * mb * 4 * nb
-    scale_row = isinstance(requant, ScaleRow)
-    buf_scale = [base, base + 4 * nb]
+    buf_acc = [base + i * mb * 4 * nb for i in range(plan.acc_buffers)]
+    base += plan.acc_buffers * mb * 4 * nb
+    buf_scale = [base + i * 4 * nb for i in range(plan.acc_buffers)]
     if scale_row:
-        base += 2 * 4 * nb
-    s8 = _up(nb, WORD_BYTES)
-    buf_out8 = [base, base + mb * s8]
+        base += plan.acc_buffers * 4 * nb
+    buf_out8 = [base + i * mb * s8 for i in range(plan.acc_buffers)]
     if requant is not None:
-        base += 2 * mb * s8
+        base += plan.acc_buffers * mb * s8
     assert base == plan.sram_bytes
 
-    chunk_me = []  # ME uTOps of every K chunk, in global chunk order
-    stores = []
+    blocks = [(m0, n0, min(mb, m - m0), min(nb, n - n0)) for m0 in range(0, m, mb) for n0 in range(0, n, nb)]
+    steps = [(bi, ci, k0, min(kb, k - k0)) for bi in range(len(blocks)) for ci, k0 in enumerate(range(0, k, kb))]
+    loads, me, stores = [], [], []  # per step, per step (one uTOp per column tile), per block
 
-    def finish_block(bi, m0, n0, mrows, ncols, acc, last_me):
-        """Bias, requantization and the store of one output block."""
-        src, src_stride = acc, 4 * nb
-        store_deps = last_me
-        if epilogue:
+    def freed(bi):
+        """The store after which block ``bi`` may reuse its accumulator, scale and output buffers."""
+        return stores[bi - plan.acc_buffers] if bi >= plan.acc_buffers else None
+
+    def emit_load(g):
+        """The DMA uTOps loading the A and B chunks of step ``g``: one, or one per DMA engine when
+        there are many transfers (an im2col gather)."""
+        bi, ci, k0, kdepth = steps[g]
+        m0, n0, mrows, ncols = blocks[bi]
+        body = a.load(buf_a[g % 2], sa, m0, mrows, k0, kdepth) + b.load(buf_b[g % 2], sb, k0, kdepth, n0, ncols)
+        size = -(-len(body) // _load_utops(cfg, len(body)))
+        loads.append([prog.utop(EngineClass.DMA, body[i:i + size], me[g - 2] if g >= 2 else [])
+                      for i in range(0, len(body), size)])
+
+    def emit_bias_load(g):
+        """With a block's first chunk, a DMA uTOp (the other DMA engine can run it beside the A and B
+        loads) loading the block's bias, onto which the MEs accumulate, and its scale row."""
+        bi, ci, _, _ = steps[g]
+        m0, n0, mrows, ncols = blocks[bi]
+        if ci > 0 or not bias_load:
+            return
+        body = []
+        if bias is not None:
+            body += bias.load(buf_acc[bi % plan.acc_buffers], 4 * nb, 0, mrows, n0, ncols)
+        if scale_row:
+            body += requant.scales.load(buf_scale[bi % plan.acc_buffers], 0, 0, 1, n0, ncols)
+        loads[g].append(prog.utop(EngineClass.DMA, body, [freed(bi)]))
+
+    def emit_me(g):
+        """The ME uTOps of step ``g``, each over ``plan.tiles_per_utop`` column tiles, accumulating onto
+        the previous chunk's."""
+        bi, ci, k0, kdepth = steps[g]
+        m0, n0, mrows, ncols = blocks[bi]
+        acc = buf_acc[bi % plan.acc_buffers]
+        tiles = list(range(0, ncols, cols))
+        refs = []
+        for u, first in enumerate(range(0, len(tiles), plan.tiles_per_utop)):
             body = []
-            if relu:
-                body += [Instr("ve.shape", rows=mrows, dst_stride=4 * nb, src1_stride=4 * nb, src2_stride=0),
-                         Instr("ve.relu", dst=acc, src=acc, n=ncols)]
-            if requant is not None:
-                out8 = buf_out8[bi % 2]
-                body.append(Instr("ve.shape", rows=mrows, dst_stride=s8, src1_stride=4 * nb, src2_stride=0))
-                if scale_row:
-                    body.append(Instr("ve.requantf", dst=out8, src1=acc, src2=buf_scale[bi % 2], n=ncols,
-                                      zp=requant.zero_point))
-                else:
-                    body.append(Instr("ve.requant", dst=out8, src=acc, n=ncols, mult=requant.multiplier,
-                                      shift=requant.shift, zp=requant.zero_point))
-                src, src_stride = out8, s8
-            store_deps = [prog.utop(EngineClass.VE, body, last_me)]
-        stores.append(prog.utop(EngineClass.DMA, c.store(src, src_stride, m0, mrows, n0, ncols), store_deps))
-
-    deferred = []  # the previous block's post-processing and store, emitted one block late
-    blocks = [(m0, n0) for m0 in range(0, m, mb) for n0 in range(0, n, nb)]
-    for bi, (m0, n0) in enumerate(blocks):
-        mrows, ncols = min(mb, m - m0), min(nb, n - n0)
-        acc = buf_acc[bi % 2]
-        prev_store = stores[bi - 2] if bi >= 2 else None
-        last_me = [None] * math.ceil(ncols / cols)
-        for ci, k0 in enumerate(range(0, k, kb)):
-            kdepth = min(kb, k - k0)
-            g = len(chunk_me)
-            s = g % 2
-            body = a.load(buf_a[s], sa, m0, mrows, k0, kdepth) + b.load(buf_b[s], sb, k0, kdepth, n0, ncols)
-            deps = list(chunk_me[g - 2]) if g >= 2 else []
-            if ci == 0 and (bias is not None or scale_row):
-                if bias is not None:  # the bias row, once per accumulator row: the MEs accumulate onto it
-                    body += bias.load(acc, 4 * nb, 0, mrows, n0, ncols)
-                if scale_row:
-                    body += requant.scales.load(buf_scale[bi % 2], 0, 0, 1, n0, ncols)
-                deps.append(prev_store)
-            load = prog.utop(EngineClass.DMA, body, deps)
-            refs = []
-            for j, c0 in enumerate(range(0, ncols, cols)):
-                width = min(cols, ncols - c0)
-                body = []
+            for c0 in tiles[first:first + plan.tiles_per_utop]:
                 for t0 in range(0, kdepth, rows):
-                    body.append(Instr("me.loadw", w=buf_b[s] + t0 * sb + c0, k=min(rows, kdepth - t0),
-                                      n=width, w_stride=sb))
-                    body.append(Instr("me.matmul", a=buf_a[s] + t0, out=acc + 4 * c0, m=mrows,
-                                      a_stride=sa, out_stride=4 * nb, acc=int(ci > 0 or t0 > 0 or bias is not None)))
-                deps = [load, last_me[j]] + ([prev_store] if ci == 0 else [])
-                last_me[j] = prog.utop(EngineClass.ME, body, deps)
-                refs.append(last_me[j])
-            chunk_me.append(refs)
-            if ci == 0:
-                # uTOps issue in program order: the previous block's store waits for its last MEs, so
-                # emitting it only now keeps it from holding back this block's first load.
-                for emit in deferred:
-                    emit()
-                deferred.clear()
-        deferred.append(lambda args=(bi, m0, n0, mrows, ncols, acc, last_me): finish_block(*args))
-        if progress is not None:
-            progress(prog.instructions)
-    for emit in deferred:
-        emit()
+                    body.append(Instr("me.loadw", w=buf_b[g % 2] + t0 * sb + c0, k=min(rows, kdepth - t0),
+                                      n=min(cols, ncols - c0), w_stride=sb))
+                    body.append(Instr("me.matmul", a=buf_a[g % 2] + t0, out=acc + 4 * c0, m=mrows, a_stride=sa,
+                                      out_stride=4 * nb, acc=int(ci > 0 or t0 > 0 or bias is not None)))
+            # the first chunk writes the accumulators, free once their store is (a bias load waited for it)
+            deps = loads[g] + [me[g - 1][u] if ci > 0 else None if bias_load else freed(bi)]
+            refs.append(prog.utop(EngineClass.ME, body, deps))
+        me.append(refs)
+
+    def emit_epilogue(bi, last_me):
+        """ReLU and requantization of one output block, its rows split over the vector engines; the
+        uTOps its store waits for."""
+        m0, n0, mrows, ncols = blocks[bi]
+        if not epilogue:
+            return last_me
+        acc, out8 = buf_acc[bi % plan.acc_buffers], buf_out8[bi % plan.acc_buffers]
+        part = -(-mrows // cfg.ve_count)
+        refs = []
+        for r0 in range(0, mrows, part):
+            body, rs = [], min(part, mrows - r0)
+            a_r, o_r = acc + r0 * 4 * nb, out8 + r0 * s8
+            if relu:
+                body += [Instr("ve.shape", rows=rs, dst_stride=4 * nb, src1_stride=4 * nb, src2_stride=0),
+                         Instr("ve.relu", dst=a_r, src=a_r, n=ncols)]
+            if requant is not None:
+                body.append(Instr("ve.shape", rows=rs, dst_stride=s8, src1_stride=4 * nb, src2_stride=0))
+                if scale_row:
+                    body.append(Instr("ve.requantf", dst=o_r, src1=a_r, src2=buf_scale[bi % plan.acc_buffers],
+                                      n=ncols, zp=requant.zero_point))
+                else:
+                    body.append(Instr("ve.requant", dst=o_r, src=a_r, n=ncols, mult=requant.multiplier,
+                                      shift=requant.shift, zp=requant.zero_point))
+            refs.append(prog.utop(EngineClass.VE, body, last_me))
+        return refs
+
+    def emit_store(bi, deps):
+        m0, n0, mrows, ncols = blocks[bi]
+        buf = bi % plan.acc_buffers
+        src, src_stride = (buf_acc[buf], 4 * nb) if requant is None else (buf_out8[buf], s8)
+        stores.append(prog.utop(EngineClass.DMA, c.store(src, src_stride, m0, mrows, n0, ncols), deps))
+
+    # uTOps issue in program order, each once the one before it has issued, so each is emitted where
+    # its dependencies are about to be met: a step's MEs, then the next step's A and B (their buffers
+    # are free once the previous step's MEs are, as they must be for these to start), the epilogue of
+    # the previous block and the store of the one before, whose waits overlap the MEs. The next
+    # block's bias goes with its A and B when it waits for an older store (four buffers), else after
+    # the store it waits for.
+    epilogues = {}
+    emit_load(0)
+    emit_bias_load(0)
+    for g, (bi, ci, _, _) in enumerate(steps):
+        emit_me(g)
+        if g + 1 < len(steps):
+            emit_load(g + 1)
+            if plan.acc_buffers > 3:
+                emit_bias_load(g + 1)
+        if ci == 0 and bi >= 1:
+            epilogues[bi - 1] = emit_epilogue(bi - 1, me[g - 1])
+        if ci == 0 and bi >= 2:
+            emit_store(bi - 2, epilogues.pop(bi - 2))
+            if progress is not None:
+                progress(prog.instructions)
+        if g + 1 < len(steps) and plan.acc_buffers == 3:
+            emit_bias_load(g + 1)
+    epilogues[len(blocks) - 1] = emit_epilogue(len(blocks) - 1, me[-1])
+    for bi in sorted(epilogues):
+        emit_store(bi, epilogues.pop(bi))
+    if progress is not None:
+        progress(prog.instructions)
     return stores
 
 
@@ -502,10 +605,12 @@ def _sizes(total, block):
 def _instruction_count(cfg, plan, bias, requant):
     """Instructions :func:`gemm` emits for ``plan`` (headers included), counted without lowering: a
     shape too large for the HBM is refused before the long part of the work."""
-    count = 0
-    for width in _sizes(plan.n, plan.nb):
-        tiles = math.ceil(width / cfg.me_cols)
-        for depth in _sizes(plan.k, plan.kb):
-            count += 3 + tiles * (1 + 2 * math.ceil(depth / cfg.me_rows))  # DMA uTOp (2 loads), ME uTOps
-        count += bias + (3 if requant else 0) + 2  # bias load, VE uTOp (header, shape, requant), store
-    return math.ceil(plan.m / plan.mb) * count + 1  # halt
+    count = 1  # halt
+    for height in _sizes(plan.m, plan.mb):
+        ve_utops = math.ceil(height / math.ceil(height / cfg.ve_count))
+        for width in _sizes(plan.n, plan.nb):
+            tiles = math.ceil(width / cfg.me_cols)
+            for depth in _sizes(plan.k, plan.kb):  # DMA uTOp (2 loads), ME uTOps
+                count += 3 + math.ceil(tiles / plan.tiles_per_utop) + 2 * tiles * math.ceil(depth / cfg.me_rows)
+            count += 2 * bias + 3 * ve_utops * bool(requant) + 2  # bias uTOp, VE uTOps (header, shape, requant), store
+    return count

@@ -636,3 +636,13 @@ def test_command_line_errors_are_one_line(tmp_path):
                           (("profile", "m.tcimg", "--backend", "functional"), "invalid choice")):
         result = tcloud(*argv, cwd=tmp_path)
         assert result.returncode in (1, 2) and message in result.stderr and "Traceback" not in result.stderr, argv
+
+
+def test_a_thin_convolution_gathers_its_im2col_rows_on_both_dma_engines_exactly():
+    """Many small im2col transfers per block: the A loads split over the DMA engines, race-free."""
+    rng = np.random.default_rng(7)
+    model = conv_model(rng, 2, 3, 16, 16, 8, 3, 1, (1, 1, 1, 1), True)
+    check_against_onnxruntime(model, (3, 16, 16), "qdq", rng, batch=4)
+    samples = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(4)]
+    compiled = compile(quantize(model, "qdq", samples), "small", batch=4)
+    assert check_program(compiled.image).races == []

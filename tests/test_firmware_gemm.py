@@ -68,7 +68,7 @@ def test_small_blocks_exercise_double_buffering_and_token_reuse():
     footprint = _sram_footprint(get_config("tiny"), 8, 8, 8, True, True)
     forced = GemmPlan(20, 24, 16, mb=8, nb=8, kb=8, sram_bytes=footprint, estimated_cycles=0)
     image, info = check_gemm("tiny", 20, 24, 16, bias=True, requant=Requant(1 << 30, 40), plan=forced)
-    assert info.counters["utops"]["dma"] == 3 * 2 * 3 + 3 * 2  # loads per chunk + one store per block
+    assert info.counters["utops"]["dma"] == 3 * 2 * 3 + 2 * 3 * 2  # loads per chunk + a bias load and a store per block
     headers = [i for i in decode_stream(image.code) if i.mnemonic == "utop"]
     assert len({t for h in headers for t in range(16) if h["signal"] >> t & 1}) > 1
 
@@ -196,3 +196,67 @@ def test_a_gemm_the_hbm_cannot_hold_is_refused_with_its_sizes():
                                             r"result, 0\.\d MiB of code\), but config 'one-mib' has 1 MiB"):
         gemm(config, rows, 64, 1)
     assert gemm(config, rows // 4, 64, 1).hbm_bytes <= config.hbm_bytes
+
+
+@pytest.mark.parametrize("config, shape, blocks", [
+    ("tiny", (20, 24, 40), dict(mb=8, nb=16, kb=8, tiles_per_utop=2, acc_buffers=3)),
+    ("small", (70, 40, 100), dict(mb=16, nb=64, kb=16, tiles_per_utop=2, acc_buffers=4)),
+])
+def test_me_utops_over_several_column_tiles_with_three_or_four_accumulator_buffers(config, shape, blocks):
+    """Forced plans whose ME uTOps compute two column tiles each, with three or four accumulator
+    buffers, several K chunks and ragged edges, stay exact and race-free."""
+    cfg = get_config(config)
+    footprint = _sram_footprint(cfg, blocks["mb"], blocks["nb"], blocks["kb"], True, True,
+                                acc_buffers=blocks["acc_buffers"])
+    plan = GemmPlan(*shape, sram_bytes=footprint, estimated_cycles=0, **blocks)
+    image, _ = check_gemm(config, *shape, bias=True, requant=Requant(1 << 30, 40), plan=plan)
+    me = [i for i in decode_stream(image.code) if i.mnemonic == "utop" and i["cls"] == EngineClass.ME]
+    assert max(i["len"] for i in me) == 2 * 2 * (blocks["kb"] // cfg.me_rows)  # two tiles of loadw/matmul pairs
+
+
+def test_me_utops_over_several_column_tiles_declare_the_planned_cost():
+    """Without a cost limit the planner groups column tiles into longer ME uTOps; a limit that one
+    tile fits but two do not keeps them apart. Either way the uTOps declare what the planner counted."""
+    cfg = get_config("small")
+    for limit, tiles in ((None, 2), (8000, 1)):
+        plan = plan_gemm(cfg, 512, 256, 256, bias=True, requant=True, max_utop_cost=limit)
+        assert plan.tiles_per_utop == tiles
+        image = gemm(cfg, 512, 256, 256, bias=True, requant=Requant(1 << 30, 44), plan=plan)
+        costs = [i["cost"] for i in decode_stream(image.code) if i.mnemonic == "utop" and i["cls"] == EngineClass.ME]
+        assert max(costs) == me_utop_cost(cfg, plan.mb, plan.kb, tiles) <= (limit or max(costs))
+
+
+def test_an_im2col_gemm_without_bias_splits_its_loads_and_stays_race_free():
+    """Many im2col transfers split a step's A and B loads over the DMA engines; with no bias load the
+    first chunk's MEs wait for the store that frees their accumulators themselves."""
+    from tcloud.firmware.conv import NHWC, Im2col
+    from tcloud.firmware.gemm import DenseMatrix, _load_utops, emit_gemm
+    from tcloud.isa import ProgramImage, Symbol
+
+    cfg = get_config("small")
+    batch, h, w, ch, n = 2, 12, 12, 4, 16
+    source = NHWC(0, batch, h, w, ch, (1, 1, 1, 1))
+    a = Im2col(source, (3, 3), (1, 1), (1, 1, 1, 1))
+    m, k = a.rows, a.depth
+    plan = plan_gemm(cfg, m, k, n, max_utop_cost=None, a=a)
+    assert _load_utops(cfg, len(a.load(0, 0, 0, plan.mb, 0, plan.kb)) + 1) == cfg.dma_count
+    b_at, c_at = 2048, 4096
+    code_at = c_at + m * n * 4
+    prog = ProgramBuilder()
+    emit_gemm(prog, cfg, plan, a, DenseMatrix(b_at, n), DenseMatrix(c_at, 4 * n, 4))
+    code = prog.build(cfg)
+    image = ProgramImage.for_config(cfg, code, entry=code_at, hbm_bytes=code_at + len(code),
+                                    sram_bytes=plan.sram_bytes, symbols=[
+                                        Symbol("X", "input", "i8", (source.nbytes // ch, ch), 0, ch),
+                                        Symbol("B", "input", "i8", (k, n), b_at, n),
+                                        Symbol("C", "output", "i32", (m, n), c_at, 4 * n)])
+    rng = np.random.default_rng(3)
+    x = np.zeros((batch, h + 2, w + 2, ch), np.int8)
+    x[:, 1:-1, 1:-1] = rng.integers(-128, 128, (batch, h, w, ch), dtype=np.int8)
+    b = rng.integers(-128, 128, (k, n), dtype=np.int8)
+    device = FunctionalDevice(cfg, trace=True)
+    outputs, _ = run_image(device, image, {"X": x.reshape(-1, ch), "B": b})
+    cols = np.stack([x[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=3)
+    expected = cols.reshape(m, k).astype(np.int64) @ b.astype(np.int64)
+    assert outputs["C"].tolist() == expected.tolist()
+    assert find_races(device.machine.trace) == []

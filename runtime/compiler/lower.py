@@ -589,7 +589,7 @@ def _emit_linear(prog, cfg, node, graph, layouts, constants, budget, max_utop_co
         m = x.shape[0]
     requant = _scale_row(graph.tensors[node.output], constants)
     plan = plan_gemm(cfg, m, k, n, bias=True, requant=True, scales=True, max_utop_cost=max_utop_cost,
-                     sram_bytes=budget)
+                     sram_bytes=budget, a=a)
     emit_gemm(prog, cfg, plan, a, DenseMatrix(b_offset, n), c, bias=DenseMatrix(bias_offset, 0, 4), relu=node.relu,
               requant=requant)
     macs = m * int(np.prod(node.weight.shape))  # per output row: O·C·KH·KW (convolution) or K·N
