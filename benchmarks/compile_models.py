@@ -5,10 +5,9 @@ stage-1 bottleneck block and of its stem (each layer a one-operator model built 
 ``conv_bn`` and quantized by onnxruntime; the block as a whole needs ``Add``, which the compiler
 does not lower yet). Every run's outputs are checked against the golden model. Target: every
 conv/GEMM layer with at least 64 output channels reaches 70 % array efficiency (MACs over
-``me_count × rows × cols`` per cycle). A layer's cycles are its own: :func:`profile` also charges the
-host's context setup (``ctx.scrub`` clears the model's whole HBM window before it starts) to a
-model's first layer, so that is measured apart and subtracted (``setup_cycles``; ``cycles`` and
-``array_efficiency`` keep the profile's numbers). Busy fractions are over the layer's own cycles.
+``me_count × rows × cols`` per cycle). A layer's cycles are its own: the host's context setup
+(``ctx.scrub`` clears the model's whole HBM window before it starts) is reported apart
+(``setup_cycles``). Busy fractions are over the layer's cycles.
 Writes ``compile_models.json`` and ``compile_models.png``.
 ``python -m benchmarks.compile_models [--config small] [--repeats 3]``.
 """
@@ -22,9 +21,7 @@ import numpy as np
 
 from tcloud.isa import get_config
 from tcloud.runtime import compile
-from tcloud.runtime.backends import make_device
 from tcloud.runtime.compiler.profile import profile
-from tcloud.runtime.execute import plan_load
 from tcloud.runtime.compiler.quantize import quantize, random_samples
 from tcloud.runtime.compiler.zoo import digits
 from tcloud.runtime.compiler.zoo.builders import Graph, conv_bn
@@ -78,21 +75,6 @@ def models(config):
     return out
 
 
-def setup_cycles(compiled, inputs):
-    """Cycles the host's commands take before the model starts (configuring and scrubbing the
-    context: ``ctx.scrub`` clears the whole HBM window). :func:`profile` charges them to the first
-    layer, since it reads the counters from before the model is loaded."""
-    device = make_device("verilator", compiled.config)
-    try:
-        plan = plan_load(compiled.config, compiled.image, compiled.device_inputs(inputs))
-        start = device.stats()["cycles"]
-        for command in plan.setup:
-            device.host(command)
-        return device.stats()["cycles"] - start
-    finally:
-        device.close()
-
-
 def measure(config, repeats):
     cfg = get_config(config)
     results = []
@@ -106,19 +88,13 @@ def measure(config, repeats):
         layers, total = profile(compiled, inputs, backend="verilator")
         actual = compiled.run(inputs, backend="verilator")
         assert all(np.array_equal(actual[k], expected[k]) for k in expected), f"{name}: Verilator != golden model"
-        setup = setup_cycles(compiled, inputs)
-        peak = cfg.me_count * cfg.me_rows * cfg.me_cols
+        setup = total["setup_cycles"]
         rows = []
-        for i, (layer, planned) in enumerate(zip(layers, compiled.layers)):
+        for layer, planned in zip(layers, compiled.layers):
             channels = planned["output_shape"][1]
-            own = layer.cycles - (setup if i == 0 else 0)
-            efficiency = layer.macs / (peak * own)
-            busy = {cls: round(value * layer.cycles / own, 4) for cls, value in layer.utilization.items()}
-            rows.append({**layer.to_dict(), "setup_cycles": setup if i == 0 else 0, "layer_cycles": own,
-                         "layer_array_efficiency": round(efficiency, 4), "layer_utilization": busy,
-                         "output_channels": channels,
-                         "gemm": planned["gemm"], "held_to_target": planned["gemm"] is not None and channels >= WIDE,
-                         "meets_target": efficiency >= TARGET})
+            rows.append({**layer.to_dict(), "output_channels": channels, "gemm": planned["gemm"],
+                         "held_to_target": planned["gemm"] is not None and channels >= WIDE,
+                         "meets_target": layer.array_efficiency >= TARGET})
         results.append({"model": name, "batch": batch, "compile_seconds_median": round(statistics.median(seconds), 3),
                         "compile_seconds": [round(s, 3) for s in seconds], "cycles": total["cycles"],
                         "setup_cycles": setup, "utilization": total["utilization"], "layers": rows})
@@ -126,10 +102,9 @@ def measure(config, repeats):
               f"({setup:,} of them configuring and scrubbing the context)")
         for row in rows:
             flag = "" if not row["held_to_target"] else (" (target met)" if row["meets_target"] else " (BELOW target)")
-            busy = ", ".join(f"{cls.upper()} {value:.0%}" for cls, value in row["layer_utilization"].items())
-            print(f"  {row['name']:<28} {row['op']:<18} {row['layer_cycles']:>10,} cycles  array "
-                  f"{row['layer_array_efficiency']:6.1%} (with the setup {row['array_efficiency']:6.1%}; busy "
-                  f"{busy}){flag}")
+            busy = ", ".join(f"{cls.upper()} {value:.0%}" for cls, value in row["utilization"].items())
+            print(f"  {row['name']:<28} {row['op']:<18} {row['cycles']:>10,} cycles  array "
+                  f"{row['array_efficiency']:6.1%} (busy {busy}){flag}")
     return results
 
 
@@ -145,7 +120,7 @@ def plot(results, path):
             if row["gemm"] is None:
                 continue
             names.append(f"{result['model']}: {row['name']}")
-            values.append(row["layer_array_efficiency"])
+            values.append(row["array_efficiency"])
             colours.append("tab:blue" if row["held_to_target"] else "tab:gray")
     fig, ax = plt.subplots(figsize=(9, 0.35 * len(names) + 1.5))
     ax.barh(names, values, color=colours)

@@ -597,7 +597,7 @@ def test_compile_run_and_profile_from_the_command_line(tmp_path):
     result = tcloud("profile", "cnn.tcimg", "--input", "input=x.npy", "--plot", "p.png", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = [line.split()[0] for line in result.stdout.splitlines()[1:]]
-    assert rows == ["conv_quant", "conv_1_quant", "gemm_quant", "total", "plot:"]
+    assert rows == ["conv_quant", "conv_1_quant", "gemm_quant", "total", "(context", "plot:"]
     assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
 
 
@@ -616,7 +616,7 @@ def test_a_zoo_model_from_the_command_line(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("layer"))
-    assert [line.split()[0] for line in lines[header + 1:]] == ["conv", "conv_1", "conv_2", "add", "total"]
+    assert [line.split()[0] for line in lines[header + 1:]] == ["conv", "conv_1", "conv_2", "add", "total", "(context"]
     for bad, message in ((["nope"], "no model 'nope' in the zoo"), (["ncf", "--set", "users=many"], "users must be "
                                                                                                      "an integer")):
         result = tcloud("zoo", "export", *bad, "-o", "x.onnx", cwd=tmp_path)
