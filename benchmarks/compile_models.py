@@ -99,7 +99,7 @@ def measure(config, repeats):
                         "compile_seconds": [round(s, 3) for s in seconds], "cycles": total["cycles"],
                         "setup_cycles": setup, "utilization": total["utilization"], "layers": rows})
         print(f"{name}: compiled in {statistics.median(seconds):.2f} s, {total['cycles']:,} cycles "
-              f"({setup:,} of them configuring and scrubbing the context)")
+              f"after {setup:,} configuring and scrubbing the context")
         for row in rows:
             flag = "" if not row["held_to_target"] else (" (target met)" if row["meets_target"] else " (BELOW target)")
             busy = ", ".join(f"{cls.upper()} {value:.0%}" for cls, value in row["utilization"].items())
