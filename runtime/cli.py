@@ -187,12 +187,13 @@ def cmd_run(args):
 
 
 def _model_inputs(pairs, compiled, seed):
-    rng = np.random.default_rng(seed)
     arrays = _input_files(pairs)
+    random = compiled.random_inputs(seed)
     for spec in compiled.inputs:
         if spec["name"] not in arrays:
-            arrays[spec["name"]] = rng.standard_normal(spec["shape"]).astype(np.float32)
-            print(f"input {spec['name']}: random float32 {tuple(spec['shape'])} (seed {seed})")
+            arrays[spec["name"]] = random[spec["name"]]
+            kind = f"ids below {spec['bound']}" if spec.get("ids") else "float32"
+            print(f"input {spec['name']}: random {kind} {tuple(spec['shape'])} (seed {seed})")
     return arrays
 
 

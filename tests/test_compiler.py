@@ -164,6 +164,23 @@ def test_gemm_equals_onnxruntime(seed, k, n, trans_b, fmt, batch, per_channel):
     check_against_onnxruntime(gemm_model(rng, k, n, trans_b), (k,), fmt, rng, batch, per_channel)
 
 
+@pytest.mark.parametrize("fmt", ["qdq", "qop"])
+def test_gemm_with_trans_a_equals_onnxruntime(fmt):
+    """``transA=1``: the activation [K, M] is transposed on a VE first (the batch is the reduction)."""
+    rng = np.random.default_rng(7)
+    weight = helper.make_tensor("w", TensorProto.FLOAT, (5, 3), rng.standard_normal((5, 3)).astype(np.float32).ravel())
+    bias = helper.make_tensor("b", TensorProto.FLOAT, (3,), rng.standard_normal(3).astype(np.float32))
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="gemm", transA=1)], "gemm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [7, 3])], [weight, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    quantized = quantize(model, fmt, [{"x": rng.standard_normal((5, 7)).astype(np.float32)} for _ in range(4)])
+    x = rng.standard_normal((5, 7)).astype(np.float32)
+    compiled = compile(quantized, "small", batch=5)
+    assert [layer["op"] for layer in compiled.layers][0] == "Transpose"
+    assert np.array_equal(compiled.run({"x": x})["y"], onnxruntime_outputs(quantized, {"x": x})["y"])
+
+
 def pooling_model(rng, c, o, h, pool_pads, pool_stride):
     """Conv → Relu → MaxPool → GlobalAveragePool → Flatten → Gemm: the head of a ResNet."""
     def tensor(name, shape):
@@ -439,6 +456,35 @@ def test_the_dlrm_interaction_equals_onnxruntime(vectors, width, fmt, activation
     assert check_program(compiled.image).races == []
 
 
+@pytest.mark.parametrize("op, keepdims", [("ReduceMean", 0), ("ReduceMean", 1), ("ReduceSum", 0), ("ReduceSum", 1)])
+@pytest.mark.parametrize("fmt", ["qdq", "qop"])
+def test_pooling_over_tokens_is_within_one_step_of_onnxruntime(op, keepdims, fmt):
+    """ReduceMean/ReduceSum over the sequence (onnxruntime's quantizer leaves them float; the compiler sums
+    the codes exactly and requantizes once), then a Reshape and a Gemm: the issue's bar for operators
+    onnxruntime computes in float (≥ 99.9 % within 1 step, none beyond 2)."""
+    from tcloud.runtime.compiler.zoo import transformers
+    from tcloud.runtime.compiler.zoo.builders import Graph
+
+    rng = np.random.default_rng(keepdims)
+    g = Graph("tokens", 0)
+    hidden = transformers.linear(g, "input", 12, 20)
+    if op == "ReduceSum":
+        y = g.op(op, [hidden, g.const("axes", np.array([1], np.int64))], name="reduce", keepdims=keepdims)
+    else:
+        y = g.op(op, [hidden], name="reduce", keepdims=keepdims, axes=[1])
+    if keepdims:
+        y = g.op("Reshape", [y, g.const("flat", np.array([0, 20], np.int64))], name="flat")
+    y = g.gemm(y, rng.standard_normal((5, 20)).astype(np.float32), np.zeros(5, np.float32))
+    model = g.model([("input", ["N", 9, 12])], [(y, ["N", 5])])
+    quantized = quantize(model, fmt, [{"input": rng.standard_normal((1, 9, 12)).astype(np.float32)} for _ in range(8)])
+    x = rng.standard_normal((64, 9, 12)).astype(np.float32)
+    compiled = compile(quantized, "small", batch=64)
+    assert any(layer["op"] == op for layer in compiled.layers)
+    steps = np.abs(compiled.run({"input": x})["output"].astype(np.float64)
+                   - onnxruntime_outputs(quantized, {"input": x})["output"]) / compiled.outputs[0]["scale"]
+    assert np.mean(steps <= 1 + 1e-6) >= 0.999 and steps.max() <= 2 + 1e-6
+
+
 @pytest.mark.parametrize("hidden", [8, 6])
 def test_a_flatten_of_a_sequence_equals_onnxruntime(hidden):
     """[N, 4, hidden] → Flatten → Gemm: the rows stay where they are (6 features: padded to 8 bytes, so
@@ -508,7 +554,8 @@ def test_unsupported_operators_and_attributes_name_the_node():
 
 
 def test_a_model_too_large_for_the_configuration_names_the_sizes():
-    with pytest.raises(CompileError, match=r"needs \d+ bytes of HBM .* config 'tiny' has \d+"):
+    with pytest.raises(CompileError, match=r"needs \d+ bytes of HBM .* config 'tiny' has \d+; the largest activation "
+                                           r"is '.+' \(\d+ bytes\), the largest constant the b of 'gemm_quant' "):
         compile(digits.load("digits_cnn_qop"), "tiny", batch=4096)
 
 

@@ -19,8 +19,9 @@ import onnx
 from onnx import numpy_helper
 
 from .ir import (ActivationMatMul, AveragePool, CompileError, Concat, DepthwiseConv, DequantizeOutput, Elementwise,
-                 Flatten, GatherColumns, GlobalAveragePool, Graph, Linear, Lookup, MatrixTranspose, MaxPool, QTensor,
-                 QuantizeInput, Reshape, Transpose, node_error)
+                 Embedding, Flatten, GatherColumns, GlobalAveragePool, Graph, IdsInput, LayerNorm, Linear, Lookup,
+                 MatrixTranspose, MaxPool, QTensor, QuantizeInput, Reshape, SequenceReduce, Softmax, Transpose,
+                 node_error)
 from .tables import FLOAT_UNARY, QLINEAR_UNARY, chain_table, concat_tables, unary_table
 
 _QTYPES = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8"}
@@ -67,6 +68,14 @@ class _FloatView:
 
 
 @dataclass
+class _Ids:
+    """An integer model input: row ids for embedding Gathers."""
+
+    name: str
+    shape: tuple
+
+
+@dataclass
 class _Pending:
     """A float operator of a QDQ model waiting for the QuantizeLinear that defines its output."""
 
@@ -74,6 +83,8 @@ class _Pending:
     make: object  # callable(output QTensor) -> IR node
     function: tuple = None
     """For a chain of float unary operators: ``(input QTensor, [(op_type, attributes, constants)...])``."""
+    shape: tuple = None
+    """The output's shape, where a layout operator may follow before the QuantizeLinear."""
 
 
 def build_graph(model, batch=None):
@@ -98,11 +109,16 @@ class _FrontEnd:
     def __init__(self, proto, batch):
         self.graph = Graph()
         self.values = {init.name: _Const(numpy_helper.to_array(init)) for init in proto.graph.initializer}
+        self.nodes = list(proto.graph.node)
         self.float_inputs = {}
         for value in proto.graph.input:
             if value.name in self.values:
                 continue
-            self.float_inputs[value.name] = self._input_shape(value, batch)
+            shape = self._input_shape(value, batch)
+            if value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+                self.float_inputs[value.name] = shape
+            else:
+                self.values[value.name] = _Ids(value.name, shape)
         self.graph.inputs = dict(self.float_inputs)
         self.graph.outputs = [value.name for value in proto.graph.output]
         for node in proto.graph.node:
@@ -126,9 +142,10 @@ class _FrontEnd:
 
     def _input_shape(self, value, batch):
         kind = value.type.tensor_type
-        if kind.elem_type != onnx.TensorProto.FLOAT:
+        if kind.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.INT64, onnx.TensorProto.INT32):
             raise CompileError(f"model input {value.name!r} has element type "
-                               f"{onnx.TensorProto.DataType.Name(kind.elem_type)}; float inputs only")
+                               f"{onnx.TensorProto.DataType.Name(kind.elem_type)}; float inputs, or int64/int32 "
+                               f"ids of embedding tables, only")
         dims = []
         for i, dim in enumerate(kind.shape.dim):
             if dim.HasField("dim_value"):
@@ -187,6 +204,10 @@ class _FrontEnd:
         if isinstance(pending, _Pending):
             pending.make(node, node.output[0], scale, zp, dtype)
             return
+        if isinstance(pending, _FloatView) and (scale, zp, dtype) == (pending.tensor.scale, pending.tensor.zero_point,
+                                                                       pending.tensor.dtype):
+            self.values[node.output[0]] = pending.tensor  # quantizing a dequantized tensor again: itself
+            return
         raise node_error(node, f"quantizes {source!r}, which is neither a model input nor the output of an "
                                f"operator the compiler folds (Conv, MatMul, Gemm, Flatten, Reshape)")
 
@@ -243,7 +264,8 @@ class _FrontEnd:
             raise node_error(node, "a QGemm without y_scale returns float; only quantized outputs are supported")
         y_scale, y_zp, y_dtype = self._scalar_qparams(node, node.input[7], node.input[8] if len(node.input) > 8
                                                       else "", "output")
-        self._matmul(node, x, w, w_scale, bias, node.output[0], y_scale, y_zp, y_dtype)
+        self._matmul(node, self._transposed_a(node, attrs, x), w, w_scale, bias, node.output[0], y_scale, y_zp,
+                     y_dtype)
 
     # --- QDQ -----------------------------------------------------------------------------------
 
@@ -295,10 +317,19 @@ class _FrontEnd:
         if attrs.get("transB", 0):
             w = w.T
         bias = self._qdq_bias(node, node.input[2] if len(node.input) > 2 else "", x, w_scale)
-        self._pend(node, lambda q, out, s, zp, dt: self._matmul(q, x, w, w_scale, bias, out, s, zp, dt))
+        self._pend(node, lambda q, out, s, zp, dt: self._matmul(q, self._transposed_a(q, attrs, x), w, w_scale, bias,
+                                                                out, s, zp, dt))
 
-    def _pend(self, node, make):
-        self.values[node.output[0]] = _Pending(node, lambda q, out, s, zp, dt: make(node, out, s, zp, dt))
+    def _pend(self, node, make, shape=None):
+        self.values[node.output[0]] = _Pending(node, lambda q, out, s, zp, dt: make(node, out, s, zp, dt), shape=shape)
+
+    @staticmethod
+    def _pending_shape(node, pending):
+        """A stand-in tensor with the shape of a pending float operator's output (for shape arithmetic)."""
+        if pending.shape is None:
+            raise node_error(node, f"input {node.input[0]!r} is a float result whose shape the compiler does not "
+                                   f"track here; quantize it first")
+        return QTensor(node.input[0], pending.shape, np.float32(1), 0)
 
     def _op_Relu(self, node, attrs):
         pending = self.values.get(node.input[0])
@@ -312,7 +343,9 @@ class _FrontEnd:
 
     def _last_linear(self, output):
         node = self.graph.nodes[-1]
-        assert isinstance(node, Linear) and node.output == output
+        if not isinstance(node, Linear) or node.output != output:
+            raise node_error(node, "a Relu straight after this operator (no QuantizeLinear between) is computed in "
+                                   "float by onnxruntime; only convolutions and matrix products fold it")
         return node
 
     # --- layout-only operators (both formats) ----------------------------------------------------
@@ -327,6 +360,8 @@ class _FrontEnd:
         source = self.values.get(node.input[0])
         tensor = source.tensor if isinstance(source, _FloatView) else source
         target = [int(d) for d in self._const(node, node.input[1], "shape")]
+        if isinstance(source, _Pending):
+            tensor = self._pending_shape(node, source)
         if not isinstance(tensor, QTensor):
             raise node_error(node, f"input {node.input[0]!r} is not a quantized activation")
         if len(target) == 2 and target[0] in (0, -1, tensor.shape[0]) \
@@ -360,6 +395,8 @@ class _FrontEnd:
         source = self.values.get(node.input[0])
         tensor = source.tensor if isinstance(source, _FloatView) else source
         indices = self.values.get(node.input[1])
+        if isinstance(indices, _Ids):
+            return self._embedding(node, attrs, source, indices)
         if not isinstance(tensor, QTensor) or not isinstance(indices, _Const):
             raise node_error(node, "only a Gather of an activation's features by constant indices is supported")
         axis = attrs.get("axis", 0)
@@ -383,6 +420,42 @@ class _FrontEnd:
                 self.graph.nodes.append(Lookup(node.name, "Gather→QuantizeLinear", [gathered], out,
                                                table=chain_table([], x, y)))
         self._layout_op(node, make)
+
+    def _embedding(self, node, attrs, table, ids):
+        if attrs.get("axis", 0) != 0:
+            raise node_error(node, f"attribute axis={attrs['axis']}: an embedding Gathers rows (axis 0)")
+        if not isinstance(table, _Const) or table.values.ndim != 2 or table.values.dtype not in _QTYPES:
+            raise node_error(node, f"the table {node.input[0]!r} must be a constant int8/uint8 matrix (a quantized "
+                                   f"embedding table)")
+        if table.scale is not None:  # QDQ: a DequantizeLinear of the table
+            if np.asarray(table.scale).size != 1 or np.asarray(table.zero_point).size != 1:
+                raise node_error(node, "the table must be quantized per tensor")
+            scale, zp = np.float32(np.asarray(table.scale).reshape(())), int(np.asarray(table.zero_point).reshape(()))
+        else:  # QOperator: the int8 table's scale and zero point follow the Gather's output where it is read
+            scale, zp, _ = self._scalar_qparams(node, *self._read_qparams(node, node.output[0]), "table")
+        rows = table.values.shape[0]
+        existing = next((n for n in self.graph.nodes if isinstance(n, IdsInput) and n.output == ids.name), None)
+        if existing is None:
+            self.graph.nodes.append(IdsInput(ids.name, "Input", [ids.name], ids.name, shape=ids.shape, bound=rows))
+        else:
+            existing.bound = min(existing.bound, rows)
+        y = self._define(node, node.output[0], ids.shape + table.values.shape[1:], scale, zp,
+                         _QTYPES[table.values.dtype])
+        self.graph.nodes.append(Embedding(node.name, node.op_type, [ids.name], y.name, table=table.values))
+        if table.scale is not None:
+            self.values[node.output[0]] = _FloatView(y)
+
+    def _read_qparams(self, node, name):
+        """The (scale, zero point) input names with which the first reader of ``name`` reads it: QOperator
+        nodes and DequantizeLinear take ``(x, x_scale, x_zero_point)`` side by side."""
+        for reader in self.nodes:
+            if name in reader.input:
+                position = list(reader.input).index(name)
+                if len(reader.input) > position + 2 and (reader.op_type.startswith(("QLinear", "QGemm"))
+                                                         or reader.op_type == "DequantizeLinear"):
+                    return reader.input[position + 1], reader.input[position + 2]
+                break
+        raise node_error(node, f"no quantized reader of {name!r} says its scale and zero point")
 
     @staticmethod
     def _reshaped(node, shape, target, attrs):
@@ -563,6 +636,48 @@ class _FrontEnd:
         raise node_error(node, f"a constant of shape {list(values.shape)} does not broadcast per channel over "
                                f"an input of shape {list(a.shape)} (scalar or {list(per_channel)} only)")
 
+    # --- Softmax and LayerNormalization ----------------------------------------------------------
+
+    def _op_Softmax(self, node, attrs):
+        x = self._view(node, node.input[0])
+        self._check_last_axis(node, attrs.get("axis", -1), x)
+        self._pend(node, lambda q, out, s, zp, dt: self._softmax(q, x, out, s, zp, dt))
+
+    def _op_QLinearSoftmax(self, node, attrs):
+        x = self._qtensor(node, node.input[0])
+        self._check_input_qparams(node, x, node.input[1], node.input[2] if len(node.input) > 2 else "")
+        self._check_last_axis(node, attrs.get("axis", -1), x)
+        y_scale, y_zp, y_dtype = self._scalar_qparams(node, node.input[3], node.input[4] if len(node.input) > 4
+                                                      else "", "output")
+        self._softmax(node, x, node.output[0], y_scale, y_zp, y_dtype)
+
+    def _softmax(self, node, x, out, y_scale, y_zp, y_dtype):
+        self._define(node, out, x.shape, y_scale, y_zp, y_dtype)
+        self.graph.nodes.append(Softmax(node.name, node.op_type, [x.name], out))
+
+    def _op_LayerNormalization(self, node, attrs):
+        x = self._view(node, node.input[0])
+        self._check_last_axis(node, attrs.get("axis", -1), x)
+        if attrs.get("stash_type", 1) != 1 or len(node.output) > 1:
+            raise node_error(node, "only the normalised output, computed in float32 (stash_type=1), is supported")
+        features = x.shape[-1]
+        gamma = np.asarray(self._const(node, node.input[1], "scale"), np.float32)
+        beta = (np.asarray(self._const(node, node.input[2], "bias"), np.float32) if len(node.input) > 2 and
+                node.input[2] else np.zeros(features, np.float32))
+        if gamma.size != features or beta.size != features:
+            raise node_error(node, f"scale and bias must have {features} values (one per feature)")
+
+        def make(q, out, scale, zp, dtype):
+            self._define(node, out, x.shape, scale, zp, dtype)
+            self.graph.nodes.append(LayerNorm(node.name, node.op_type, [x.name], out, gamma=gamma.reshape(-1),
+                                              beta=beta.reshape(-1), epsilon=float(attrs.get("epsilon", 1e-5))))
+        self._pend(node, make)
+
+    @staticmethod
+    def _check_last_axis(node, axis, x):
+        if axis not in (-1, len(x.shape) - 1):
+            raise node_error(node, f"attribute axis={axis} is not supported (only the last axis)")
+
     # --- pooling -------------------------------------------------------------------------------
 
     def _op_MaxPool(self, node, attrs):
@@ -587,6 +702,31 @@ class _FrontEnd:
                                             stride=stride, pads=(top, left, bottom, right)))
         self._layout_op(node, make)
 
+    def _op_ReduceMean(self, node, attrs):
+        self._reduce_sequence(node, attrs, mean=True)
+
+    def _op_ReduceSum(self, node, attrs):
+        self._reduce_sequence(node, attrs, mean=False)
+
+    def _reduce_sequence(self, node, attrs, mean):
+        x = self._view(node, node.input[0])
+        axes = attrs.get("axes") if len(node.input) < 2 or not node.input[1] else \
+            self._const(node, node.input[1], "axes")
+        if axes is None or len(x.shape) != 3 or [int(a) % 3 for a in axes] != [1]:
+            raise node_error(node, f"attribute axes={None if axes is None else list(axes)}: only the sequence axis "
+                                   f"(1) of [N, S, F] is supported (input shape {list(x.shape)})")
+        if attrs.get("noop_with_empty_axes", 0):
+            raise node_error(node, "attribute noop_with_empty_axes=1 is not supported")
+        n, s, f = x.shape
+        shape = (n, 1, f) if attrs.get("keepdims", 1) else (n, f)
+
+        def make(q, out, y_scale, y_zp, y_dtype):
+            divisor = np.float32(y_scale) * np.float32(s) if mean else np.float32(y_scale)
+            self._define(node, out, shape, y_scale, y_zp, y_dtype)
+            self.graph.nodes.append(SequenceReduce(node.name, node.op_type, [x.name], out,
+                                                   scale=np.float32(np.float32(x.scale) / divisor)))
+        self._pend(node, make, shape)
+
     def _op_GlobalAveragePool(self, node, attrs):
         x = self._view(node, node.input[0])
         self._pend(node, lambda q, out, s, zp, dt: self._global_average(node, x, out, s, zp, dt))
@@ -609,13 +749,19 @@ class _FrontEnd:
 
     def _layout_op(self, node, make):
         """An operator that keeps its input's quantization, in either format: applied now to an
-        int8 tensor (QOperator), or once its QuantizeLinear is seen (QDQ)."""
+        int8 tensor (QOperator), or once its QuantizeLinear is seen (QDQ, or a float operator such
+        as ReduceMean whose output only the QuantizeLinear after this one quantizes)."""
         source = self.values.get(node.input[0])
         if isinstance(source, QTensor):
             make(node, source, node.output[0], source.scale, source.zero_point, source.dtype)
         elif isinstance(source, _FloatView):
             self.values[node.output[0]] = _Pending(node, lambda q, out, s, zp, dt: make(q, source.tensor, out, s, zp,
                                                                                            dt))
+        elif isinstance(source, _Pending) and source.function is None:
+            def chained(q, out, s, zp, dt):
+                source.make(q, node.input[0], s, zp, dt)  # the float operator, quantized as this one's output
+                make(q, self.graph.tensors[node.input[0]], out, s, zp, dt)
+            self.values[node.output[0]] = _Pending(node, chained)
         else:
             raise node_error(node, f"input {node.input[0]!r} is not a quantized activation")
 
@@ -647,9 +793,19 @@ class _FrontEnd:
 
     @staticmethod
     def _check_gemm_attributes(node, attrs):
-        for name, allowed in (("transA", 0), ("alpha", 1.0), ("beta", 1.0)):
+        for name, allowed in (("alpha", 1.0), ("beta", 1.0)):
             if attrs.get(name, allowed) != allowed:
                 raise node_error(node, f"attribute {name}={attrs[name]} is not supported (only {allowed})")
+
+    def _transposed_a(self, node, attrs, x):
+        """A Gemm's ``A`` (``transA=1``: ``x`` transposed on a VE first, same quantization)."""
+        if not attrs.get("transA", 0):
+            return x
+        if len(x.shape) != 2:
+            raise node_error(node, f"attribute transA=1 needs a 2-D input, got shape {list(x.shape)}")
+        transposed = self._define(node, f"{node.output[0]}/Aᵀ", x.shape[::-1], x.scale, x.zero_point, x.dtype)
+        self.graph.nodes.append(MatrixTranspose(node.name, "Transpose", [x.name], transposed.name, perm=(1, 0)))
+        return transposed
 
     def _requant_scale(self, x, w_scale, y_scale):
         """onnxruntime's order: ``fl(fl(x_scale · w_scale) / y_scale)`` in float32."""

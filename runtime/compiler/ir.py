@@ -85,6 +85,24 @@ class DequantizeOutput(Node):
 
 
 @dataclass
+class IdsInput(Node):
+    """An integer model input of row ids (the indices of embedding Gathers): the host checks that
+    every id is in ``0 .. bound - 1`` (``bound``: rows of the smallest table it indexes) and writes
+    them as int32."""
+
+    shape: tuple = None
+    bound: int = None
+
+
+@dataclass
+class Embedding(Node):
+    """``y[..., :] = table[ids[...], :]``: rows of a constant int8/uint8 table gathered by
+    ``dma.gather`` (``inputs`` holds the ids); the output keeps the table's quantization."""
+
+    table: np.ndarray = None
+
+
+@dataclass
 class Linear(Node):
     """``y = requant(relu?(x ⊛ w + bias))`` with int32 accumulation: a convolution (``kernel`` set)
     or a matrix product.
@@ -152,6 +170,23 @@ class GatherColumns(Node):
 
 
 @dataclass
+class Softmax(Node):
+    """Softmax over the last axis of an int8 tensor into int8 (onnxruntime computes it in float, as
+    ``QLinearSoftmax`` or between a DequantizeLinear and a QuantizeLinear); on the vector engines
+    with ``ve.fma``/``ve.fmav`` (see :mod:`tcloud.firmware.nonlinear`)."""
+
+
+@dataclass
+class LayerNorm(Node):
+    """``LayerNormalization`` over the last axis (float in onnxruntime, between a DequantizeLinear and
+    a QuantizeLinear), with float32 ``gamma`` and ``beta`` per feature."""
+
+    gamma: np.ndarray = None
+    beta: np.ndarray = None
+    epsilon: float = 1e-5
+
+
+@dataclass
 class Elementwise(Node):
     """``y = a + b`` (``kind="add"``) or ``y = a · b`` (``"mul"``) of quantized tensors, as onnxruntime's
     ``QLinearAdd`` / ``QLinearMul`` compute them (see :mod:`tcloud.firmware.binary`).
@@ -190,6 +225,14 @@ class GlobalAveragePool(Node):
     ``fl(x_scale / fl(y_scale · H·W))``, as onnxruntime's ``QLinearGlobalAveragePool``."""
 
     scale: np.float32 = None
+
+
+@dataclass
+class SequenceReduce(GlobalAveragePool):
+    """``[N, S, F] → [N, F]`` (or ``[N, 1, F]``): ``ReduceSum`` or ``ReduceMean`` over the sequence,
+    ``requant(Σx − z_x·S)`` with ``scale`` = ``fl(x_scale / y_scale)`` (sum) or
+    ``fl(x_scale / fl(y_scale · S))`` (mean). onnxruntime computes it in float; the integer sum is
+    exact, so the result is within one step of it."""
 
 
 @dataclass

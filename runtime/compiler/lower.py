@@ -34,6 +34,7 @@ from tcloud.firmware.avgpool import avgpool_zero_points, emit_avgpool
 from tcloud.firmware.binary import BinaryOperand, PeriodicMatrix, QLinearBinary, emit_binary
 from tcloud.firmware.conv import NHWC, Im2col, padded_channels
 from tcloud.firmware.depthwise import emit_depthwise
+from tcloud.firmware.embedding import emit_gather
 from tcloud.firmware.lookup import emit_lookup
 from tcloud.firmware.matmul import int8_parts, zero_point_operands
 from tcloud.firmware.pool import emit_maxpool
@@ -43,8 +44,8 @@ from tcloud.isa import ProgramImage, Segment, Symbol, get_config
 from tcloud.isa.table import INSTRUCTION_BYTES, UINT8_OFFSET, WORD_BYTES, FmaResult
 
 from .ir import (ActivationMatMul, AveragePool, CompileError, Concat, DepthwiseConv, DequantizeOutput, Elementwise,
-                 Flatten, GatherColumns, GlobalAveragePool, Linear, Lookup, MatrixTranspose, MaxPool, QuantizeInput,
-                 Reshape, Transpose, node_error)
+                 Embedding, Flatten, GatherColumns, GlobalAveragePool, IdsInput, Linear, Lookup, MatrixTranspose, MaxPool,
+                 QuantizeInput, Reshape, SequenceReduce, Transpose, node_error)
 
 _ALIGN = 64
 METADATA_FORMAT = "tcloud-model/1"
@@ -61,7 +62,7 @@ class Layout:
     Attributes
     ----------
     kind : str
-        ``"nhwc"`` or ``"dense"``.
+        ``"nhwc"``, ``"dense"`` or ``"ids"`` (int32 row ids, ``shape = (count,)``).
     shape : tuple
         ``(batch, height, width, padded channels)`` or ``(batch, padded features)``.
     border : tuple
@@ -91,10 +92,15 @@ class Layout:
 
     @property
     def nbytes(self):
+        if self.kind == "ids":
+            return WORD_BYTES * self.shape[0]
         return self.nhwc.nbytes if self.kind == "nhwc" else self.shape[0] * self.shape[1]
 
     def symbol(self, name, kind):
-        """The image symbol the host reads or writes: one row per pixel (NHWC) or per sample."""
+        """The image symbol the host reads or writes: one row per pixel (NHWC) or per sample, or the
+        int32 ids."""
+        if self.kind == "ids":
+            return Symbol(name, kind, "i32", self.shape, self.hbm, self.nbytes)
         if self.kind == "nhwc":
             b, h, w, c = self.shape
             rows = b * (h + self.border[0] + self.border[2]) * (w + self.border[1] + self.border[3])
@@ -178,9 +184,17 @@ def lower(graph, config, *, sram_bytes=None, max_utop_cost=None):
         raise CompileError(f"the program cannot be synchronised: {exc}") from None
     hbm_bytes = _up(code_at + len(code), _ALIGN)
     if hbm_bytes > cfg.hbm_bytes:
+        tensor, layout = max(((name, layout) for name, layout in layouts.items() if layout.alias_of is None),
+                             key=lambda item: item[1].nbytes)
+        node, key, array = max(((node, key, array) for node, entry in constants.items()
+                                for key, (_, array) in entry.items()), key=lambda item: item[2].nbytes,
+                               default=(None, None, np.zeros(0)))
+        largest = f"the largest activation is {tensor!r} ({layout.nbytes} bytes)"
+        if node is not None:
+            largest += f", the largest constant the {key} of {node!r} ({array.nbytes} bytes)"
         raise CompileError(f"the model needs {hbm_bytes} bytes of HBM ({const_bytes} of constants, "
                            f"{arena_end - const_bytes} of activations, {len(code)} of code); config "
-                           f"{cfg.name!r} has {cfg.hbm_bytes}")
+                           f"{cfg.name!r} has {cfg.hbm_bytes}; {largest}")
     for layer in layers:
         layer.code = tuple(code_at + INSTRUCTION_BYTES * i for i in layer.code)
     segments = [Segment(offset, data) for offset, data in _segments(graph, layouts, constants)]
@@ -219,6 +233,12 @@ def _layouts(graph):
                                               alias_of=node.inputs[0])
         elif isinstance(node, Concat):
             layouts[node.output] = _concat_layout(node, graph, layouts)
+        elif isinstance(node, IdsInput):
+            layouts[node.output] = Layout("ids", (int(np.prod(node.shape)),))
+        elif isinstance(node, Embedding):
+            shape = tensor.shape
+            layouts[node.output] = Layout("dense", (int(np.prod(shape[:-1])), _up(shape[-1], WORD_BYTES)),
+                                          view=view_terms(shape) if len(shape) == 3 else None)
         elif isinstance(node, GatherColumns):
             source = layouts[node.inputs[0]]
             columns = source.feature_map or list(range(graph.tensors[node.inputs[0]].shape[1]))
@@ -495,6 +515,12 @@ def _node_constants(node, graph, layouts):
             matrix[:, :features] = node.constant_matrix.astype(np.int16) - offset
             arrays["b_matrix"] = matrix
         return arrays
+    if isinstance(node, Embedding):
+        rows, features = node.table.shape
+        offset = UINT8_OFFSET if graph.tensors[node.output].dtype == "uint8" else 0
+        table = np.zeros((rows, _up(features, WORD_BYTES)), np.int8)
+        table[:, :features] = node.table.astype(np.int16) - offset
+        return {"table": table}
     if isinstance(node, ActivationMatMul):
         a, b = (graph.tensors[name] for name in node.inputs)
         depth, n = a.shape[-1], b.shape[-1]
@@ -512,8 +538,7 @@ def _node_constants(node, graph, layouts):
         return {"zero_points": avgpool_zero_points(x.device_zero_point, y.zero_point, layouts[node.inputs[0]].shape[3],
                                                    node.kernel, node.stride, out_width)}
     if isinstance(node, GlobalAveragePool):
-        _, height, width, channels = layouts[node.inputs[0]].shape
-        pixels = height * width
+        pixels, channels = _pooled_extent(graph, layouts, node.inputs[0])
         zero = graph.tensors[node.inputs[0]].device_zero_point
         return {"ones": np.ones((1, _up(pixels, WORD_BYTES)), np.int8),
                 "bias": np.full(channels, -zero * pixels, np.int32),
@@ -552,7 +577,8 @@ def _plan_memory(graph, layouts, start):
                 root = _root(layouts, name)
                 first, last = order.get(root, (index, index))
                 order[root] = (min(first, index), max(last, index))
-    pinned = {_root(layouts, n.output) for n in graph.nodes if isinstance(n, (QuantizeInput, DequantizeOutput))}
+    pinned = {_root(layouts, n.output) for n in graph.nodes
+              if isinstance(n, (QuantizeInput, IdsInput, DequantizeOutput))}
     placed, end = [], start  # (offset, size, first, last)
     for name, (first, last) in sorted(order.items(), key=lambda item: item[1]):
         layout = layouts[name]
@@ -645,20 +671,34 @@ def _emit_maxpool(prog, cfg, node, graph, layouts, constants, budget, max_utop_c
     return LayerReport(node.name, node.op, out, ve_elements=elements, sram_bytes=used)
 
 
+def _pooled_extent(graph, layouts, name):
+    """``(rows pooled per sample, padded channels)`` of a global pool's input: the pixels of an NHWC
+    image or the rows of a sequence."""
+    x = layouts[name]
+    if x.kind == "nhwc":
+        _, height, width, channels = x.shape
+        return height * width, channels
+    return graph.tensors[name].shape[1], x.shape[1]
+
+
 def _emit_global_average(prog, cfg, node, graph, layouts, constants, budget, max_utop_cost):
     x, y = layouts[node.inputs[0]], layouts[node.output]
-    batch, height, width, channels = x.shape
+    batch = graph.tensors[node.inputs[0]].shape[0]
+    pixels, channels = _pooled_extent(graph, layouts, node.inputs[0])
     ones_offset, ones = constants["ones"]
     bias_offset, _ = constants["bias"]
-    pixels = height * width
     requant = _scale_row(graph.tensors[node.output], constants)
     plan = plan_gemm(cfg, 1, pixels, channels, bias=True, requant=True, scales=True, max_utop_cost=max_utop_cost,
                      sram_bytes=budget)
     for b in range(batch):
         if b:
             prog.fence()  # the images share the plan's scratchpad buffers
-        emit_gemm(prog, cfg, plan, DenseMatrix(ones_offset, ones.shape[1]),
-                  DenseMatrix(x.nhwc.pixel(b, 0, 0), channels), DenseMatrix(y.nhwc.pixel(b, 0, 0), channels),
+        if x.kind == "nhwc":
+            source, dest = DenseMatrix(x.nhwc.pixel(b, 0, 0), channels), DenseMatrix(y.nhwc.pixel(b, 0, 0), channels)
+        else:
+            source, dest = DenseMatrix(x.hbm + b * pixels * channels, channels), DenseMatrix(y.hbm + b * y.shape[1],
+                                                                                             y.shape[1])
+        emit_gemm(prog, cfg, plan, DenseMatrix(ones_offset, ones.shape[1]), source, dest,
                   bias=DenseMatrix(bias_offset, 0, 4), requant=requant)
     return LayerReport(node.name, node.op, graph.tensors[node.output].shape, gemm=(1, pixels, channels),
                        macs=batch * pixels * channels, ve_elements=batch * channels * 2, sram_bytes=plan.sram_bytes)
@@ -751,6 +791,14 @@ def _emit_matrix_transpose(prog, cfg, node, graph, layouts, constants, budget, m
                        sram_bytes=used)
 
 
+def _emit_embedding(prog, cfg, node, graph, layouts, constants, budget, max_utop_cost):
+    ids, y = layouts[node.inputs[0]], layouts[node.output]
+    table_offset, table = constants["table"]
+    used = emit_gather(prog, DenseMatrix(ids.hbm, WORD_BYTES), table_offset, table.shape[1],
+                       DenseMatrix(y.hbm, y.shape[1]), ids.shape[0], budget)
+    return LayerReport(node.name, node.op, graph.tensors[node.output].shape, sram_bytes=used)
+
+
 def _block(layout, terms, index, stride):
     """The matrix of leading index ``index`` of an operand or result in its stored matrix."""
     rows, cols = terms
@@ -830,6 +878,8 @@ def _symbols(graph, layouts):
     for node in graph.nodes:
         if isinstance(node, QuantizeInput):
             symbols.append(layouts[node.output].symbol(node.inputs[0], "input"))
+        elif isinstance(node, IdsInput):
+            symbols.append(layouts[node.output].symbol(node.output, "input"))
         elif isinstance(node, DequantizeOutput):
             symbols.append(layouts[node.inputs[0]].symbol(node.float_output or node.output, "output"))
     return symbols
@@ -841,7 +891,10 @@ def _metadata(graph, layouts, layers):
         return {"tensor": name, "shape": list(t.shape), "scale": float(t.scale), "zero_point": t.zero_point,
                 "dtype": t.dtype, "layout": layouts[name].describe()}
 
-    inputs = [{"name": n.inputs[0], **tensor(n.output)} for n in graph.nodes if isinstance(n, QuantizeInput)]
+    inputs = [{"name": n.inputs[0], **tensor(n.output)} if isinstance(n, QuantizeInput) else
+              {"name": n.output, "ids": True, "shape": list(n.shape), "bound": n.bound, "dtype": "int32",
+               "layout": layouts[n.output].describe()}
+              for n in graph.nodes if isinstance(n, (QuantizeInput, IdsInput))]
     outputs = [{"name": n.float_output or n.output, "dequantize": n.float_output is not None, **tensor(n.inputs[0])}
                for n in graph.nodes if isinstance(n, DequantizeOutput)]
     order = {name: i for i, name in enumerate(graph.outputs)}
@@ -853,5 +906,6 @@ def _metadata(graph, layouts, layers):
 _EMITTERS = {Linear: _emit_linear, DepthwiseConv: _emit_depthwise, MaxPool: _emit_maxpool,
              GlobalAveragePool: _emit_global_average, Lookup: _emit_lookup, Elementwise: _emit_elementwise,
              Concat: _emit_concat, AveragePool: _emit_average_pool, MatrixTranspose: _emit_matrix_transpose,
-             ActivationMatMul: _emit_activation_matmul}
+             ActivationMatMul: _emit_activation_matmul, Embedding: _emit_embedding,
+             SequenceReduce: _emit_global_average}
 """The lowering of each IR operator that runs on the pNPU (the others move no data)."""

@@ -142,12 +142,27 @@ class CompiledModel:
         rows = {}
         for spec in self.inputs:
             x = np.asarray(inputs[spec["name"]])
-            if x.dtype.kind not in "fiu":
-                raise InputError(f"input {spec['name']!r} must be numeric, got dtype {x.dtype}")
+            if x.dtype.kind not in ("iu" if spec.get("ids") else "fiu"):
+                raise InputError(f"input {spec['name']!r} must be {'integer ids' if spec.get('ids') else 'numeric'}, "
+                                 f"got dtype {x.dtype}")
             if x.shape != tuple(spec["shape"]):
                 raise InputError(f"input {spec['name']!r} must have shape {tuple(spec['shape'])}, got {x.shape}")
-            rows[spec["name"]] = to_device(quantize(x, spec["scale"], spec["zero_point"], spec["dtype"]), spec)
+            if spec.get("ids"):
+                bad = (x < 0) | (x >= spec["bound"])
+                if bad.any():
+                    raise InputError(f"input {spec['name']!r}: id {int(x[bad][0])} is outside 0 .. {spec['bound'] - 1} "
+                                     f"(the rows of the smallest table it indexes)")
+                rows[spec["name"]] = x.astype(np.int32).reshape(-1)
+            else:
+                rows[spec["name"]] = to_device(quantize(x, spec["scale"], spec["zero_point"], spec["dtype"]), spec)
         return rows
+
+    def random_inputs(self, seed=0):
+        """Seeded inputs for every model input: standard-normal float32, or ids uniform over the rows
+        their tables have."""
+        rng = np.random.default_rng(seed)
+        return {spec["name"]: rng.integers(0, spec["bound"], spec["shape"]) if spec.get("ids") else
+                rng.standard_normal(spec["shape"]).astype(np.float32) for spec in self.inputs}
 
     def host_outputs(self, rows):
         """The model's outputs (float32 after ``DequantizeLinear``, else int8/uint8) from the image's."""

@@ -9,8 +9,6 @@ charges each interval to the operators whose code ``PC`` passed; times are exact
 import io
 from dataclasses import dataclass
 
-import numpy as np
-
 from tcloud.isa import csr
 
 from ..api import InputError, run_timing
@@ -74,8 +72,7 @@ def profile(compiled, inputs=None, *, backend="verilator", poll_cycles=64, seed=
     if backend not in TIMED_BACKENDS:
         raise InputError(f"profiling needs a timed backend ({', '.join(TIMED_BACKENDS)}), not {backend!r}")
     if inputs is None:
-        rng = np.random.default_rng(seed)
-        inputs = {spec["name"]: rng.standard_normal(spec["shape"]).astype(np.float32) for spec in compiled.inputs}
+        inputs = compiled.random_inputs(seed)
     device = make_device(backend, compiled.config, **hbm_timing)
     try:
         return _profile(device, compiled, inputs, poll_cycles, max_cycles)
