@@ -24,17 +24,13 @@ import numpy as np
 from tcloud.isa import EngineClass, Instr
 from tcloud.isa.table import FmaResult, FmaSource, field_max
 
+from .binary import fp32_word
 from .pool import emit_window_blocks, window_block_rows
 from .program import FirmwareError
 
 _MAX_BODY = field_max("utop", "len")
 _MAX_ROW_BYTES = min(field_max("ve.shape", "dst_stride"), 4 * field_max("ve.fma", "n"))
 _CORRECTIONS = 2
-
-
-def float_word(value):
-    """The IEEE-754 binary32 bit pattern of ``value`` as a non-negative int (a ``ve.setf`` value)."""
-    return int(np.float32(value).view(np.uint32))
 
 
 def divisor_runs(out_width, width, kernel, stride, pad_left, count_include_pad):
@@ -70,12 +66,12 @@ def fp32_division(dst, numerator, residual, divisor, n):
     list of Instr
         They leave ``R`` (``ve.setf``) at ``fl(1 / divisor)``.
     """
-    reciprocal = float_word(np.float32(1) / np.float32(divisor))
+    reciprocal = fp32_word(np.float32(1) / np.float32(divisor))
     body = [Instr("ve.setf", value=reciprocal),
             Instr("ve.fma", dst=dst, src1=numerator, src2=0, n=n, src1_kind=FmaSource.FP32, src2_zero=1,
                   dst_kind=FmaResult.FP32)]
     for _ in range(_CORRECTIONS):
-        body += [Instr("ve.setf", value=float_word(-np.float32(divisor))),
+        body += [Instr("ve.setf", value=fp32_word(-np.float32(divisor))),
                  Instr("ve.fma", dst=residual, src1=dst, src2=numerator, n=n, src1_kind=FmaSource.FP32,
                        dst_kind=FmaResult.FP32),
                  Instr("ve.setf", value=reciprocal),
@@ -171,12 +167,12 @@ def emit_avgpool(prog, source, dest, kernel, stride, pads, count_include_pad, x_
                 Instr("ve.sub", dst=words, src1=in_buf, src2=zero_in, n=in_width * cp, src1_i8=1),
                 Instr("ve.shape", rows=need, dst_stride=in_width * word_pixel, src1_stride=in_width * word_pixel,
                       src2_stride=0),
-                Instr("ve.setf", value=float_word(x_scale)),
+                Instr("ve.setf", value=fp32_word(x_scale)),
                 Instr("ve.fma", dst=words, src1=words, src2=0, n=in_width * cp, src1_kind=FmaSource.INT32,
                       src2_zero=1, dst_kind=FmaResult.FP32)]
         for r in range(block_rows):
             tap = lambda ky, kx, r=r: words + ((r * sy + ky) * in_width + kx) * word_pixel  # noqa: E731
-            body += [Instr("ve.setf", value=float_word(1.0)),
+            body += [Instr("ve.setf", value=fp32_word(1.0)),
                      Instr("ve.shape", rows=ow, dst_stride=word_pixel, src1_stride=sx * word_pixel,
                            src2_stride=word_pixel),
                      Instr("ve.fma", dst=sums, src1=tap(0, 0), src2=0, n=cp, src1_kind=FmaSource.FP32, src2_zero=1,
@@ -193,7 +189,7 @@ def emit_avgpool(prog, source, dest, kernel, stride, pads, count_include_pad, x_
             body.append(Instr("ve.shape", rows=ow, dst_stride=word_pixel, src1_stride=word_pixel,
                               src2_stride=word_pixel))
             body += fp32_division(sums, quotients, residuals, y_scale, cp)
-            body += [Instr("ve.setf", value=float_word(1.0)),
+            body += [Instr("ve.setf", value=fp32_word(1.0)),
                      Instr("ve.shape", rows=ow, dst_stride=pixel, src1_stride=word_pixel, src2_stride=0),
                      Instr("ve.fma", dst=out_buf + r * ow * cp, src1=sums, src2=zero_out, n=cp,
                            src1_kind=FmaSource.FP32, dst_kind=y_kind)]

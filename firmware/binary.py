@@ -57,8 +57,9 @@ class QLinearBinary:
     op : str
     a, b, y : BinaryOperand
     constant : numpy.ndarray, optional
-        ``b``'s codes (in its own type) per channel when ``b`` is a constant; ``None`` when ``b``
-        is a tensor of the same shape as ``a``.
+        ``b``'s codes (in its own type), one per stored column, when ``b`` is a constant along the
+        columns; ``None`` when ``b`` is read as rows (a tensor of ``a``'s shape, or a constant matrix
+        through :class:`PeriodicMatrix`).
     """
 
     op: str
@@ -152,8 +153,8 @@ def emit_binary(prog, spec, a, b, dest, rows, cols, constants, sram_bytes):
     ----------
     prog : ProgramBuilder
     spec : QLinearBinary
-    a, b, dest : layouts with ``load`` / ``store`` (``DenseMatrix``, ``NHWC``)
-        ``b`` is ``None`` when ``spec.constant`` is set.
+    a, b, dest : layouts with ``load`` / ``store`` (``DenseMatrix``, ``NHWC``, ``PeriodicMatrix`` for ``b``)
+        ``b`` is ``None`` exactly when ``spec.constant`` is set.
     rows, cols : int
         ``cols`` is a multiple of ``WORD_BYTES`` (padded channels).
     constants : DenseMatrix
@@ -170,6 +171,8 @@ def emit_binary(prog, spec, a, b, dest, rows, cols, constants, sram_bytes):
     FirmwareError
         If one row's buffers exceed the budget.
     """
+    if (b is None) != (spec.constant is not None):
+        raise FirmwareError("a quantized binary operator needs either a tensor b or a constant b, not both or neither")
     const_rows = len(spec.constant_rows(cols))
     const_bytes = const_rows * WORD_BYTES * cols
     per_row = _row_bytes(spec, cols)

@@ -72,7 +72,7 @@ def zero_point_operands(a, b, depth, a_zero, b_zero, constant_rows):
     Returns
     -------
     tuple
-        ``(A_ext, B_ext, depth_ext, bias)``, ``bias = K·a_zero·b_zero``.
+        ``(A_ext, B_ext, depth_ext)``; the GEMM's bias is :func:`zero_point_bias`.
 
     Raises
     ------
@@ -89,5 +89,9 @@ def zero_point_operands(a, b, depth, a_zero, b_zero, constant_rows):
     for value in int8_parts(-a_zero):
         a_parts.append((depth, DenseMatrix(constant_rows(value), 0)))
         b_parts.append((depth, b))
-    return (Stack(tuple(a_parts), along_rows=False), Stack(tuple(b_parts), along_rows=True), depth * len(a_parts),
-            depth * a_zero * b_zero)
+    return Stack(tuple(a_parts), along_rows=False), Stack(tuple(b_parts), along_rows=True), depth * len(a_parts)
+
+
+def zero_point_bias(depth, a_zero, b_zero):
+    """The bias every output of :func:`zero_point_operands`' product needs: ``K·a_zero·b_zero``."""
+    return depth * a_zero * b_zero

@@ -169,7 +169,7 @@ class ProgramBuilder:
 
     def _assign_tokens(self):
         last_fence = -1
-        groups = []  # (start, end, producers, consumer)
+        groups = []  # (first producer, consumer, producers)
         ancestors = {}  # uTOp index → bit mask (bit i - last_fence - 1) of the uTOps it waits for, transitively
         for index, item in enumerate(self._items):
             if isinstance(item, Instr):

@@ -338,14 +338,14 @@ class _FrontEnd:
 
         def make(q, out, s, zp, dt, inner=pending):
             inner.make(q, out, s, zp, dt)
-            self._last_linear(out).relu = True
+            self._last_linear(out, node).relu = True
         self.values[node.output[0]] = _Pending(node, make)
 
-    def _last_linear(self, output):
+    def _last_linear(self, output, relu):
         node = self.graph.nodes[-1]
         if not isinstance(node, Linear) or node.output != output:
-            raise node_error(node, "a Relu straight after this operator (no QuantizeLinear between) is computed in "
-                                   "float by onnxruntime; only convolutions and matrix products fold it")
+            raise node_error(relu, f"follows {node.op} {node.name!r} with no QuantizeLinear between, which "
+                                   f"onnxruntime computes in float; only convolutions and matrix products fold a Relu")
         return node
 
     # --- layout-only operators (both formats) ----------------------------------------------------
@@ -462,6 +462,8 @@ class _FrontEnd:
         """ONNX Reshape's output shape (0 copies a dimension unless allowzero, -1 is inferred)."""
         if attrs.get("allowzero", 0):
             raise node_error(node, "attribute allowzero=1 is not supported")
+        if any(d == 0 and i >= len(shape) for i, d in enumerate(target)):
+            raise node_error(node, f"shape {target} copies (0) a dimension past the input's rank {len(shape)}")
         dims = [shape[i] if d == 0 else d for i, d in enumerate(target)]
         if dims.count(-1) > 1:
             raise node_error(node, f"shape {target} has more than one -1")
@@ -589,30 +591,35 @@ class _FrontEnd:
             a, b = b, a
         if not isinstance(a, QTensor):
             raise node_error(node, "both inputs are constants; fold them before compiling")
-        matrix = None
+        constant = axis = matrix = quant = None
         if isinstance(b, _Const):
-            b_dtype = _QTYPES.get(np.asarray(b.values).dtype)
-            matrix = self._matrix_constant(a, b)
-            constant = None if matrix is not None else self._channel_constant(node, a, b)
+            values = np.asarray(b.values)
+            if values.dtype not in _QTYPES:
+                raise node_error(node, f"a constant input of type {values.dtype}; int8 or uint8 only")
+            if np.asarray(b.scale).size != 1 or np.asarray(b.zero_point).size != 1:
+                raise node_error(node, "a constant input must be quantized per tensor")
+            b_dtype = _QTYPES[values.dtype]
             quant = (np.float32(np.asarray(b.scale).reshape(())), int(np.asarray(b.zero_point).reshape(())), b_dtype)
+            matrix = self._matrix_constant(a, values)
+            if matrix is None:
+                constant, axis = self._channel_constant(node, a, values)
             inputs = [a.name]
         else:
             if b.shape != a.shape:
                 raise node_error(node, f"inputs of shapes {list(a.shape)} and {list(b.shape)}: broadcasting between "
                                        f"two activations is not supported")
-            b_dtype, constant, quant, inputs = b.dtype, None, None, [a.name, b.name]
+            b_dtype, inputs = b.dtype, [a.name, b.name]
         if not a.dtype == b_dtype == y_dtype:
             raise node_error(node, f"inputs and output of types {a.dtype}, {b_dtype} and {y_dtype}: onnxruntime "
                                    f"computes mixed types in float; one type only")
         self._define(node, out, a.shape, y_scale, y_zp, y_dtype)
         self.graph.nodes.append(Elementwise(node.name, node.op_type, inputs, out, kind=kind, constant=constant,
-                                            constant_quant=quant, constant_matrix=matrix))
+                                            constant_axis=axis, constant_quant=quant, constant_matrix=matrix))
 
     @staticmethod
-    def _matrix_constant(a, b):
-        """A constant over the last k ≥ 2 axes of a sequence ``a`` (rank 3 or 4) as ``[period, features]``
-        codes, else ``None``."""
-        values = np.asarray(b.values)
+    def _matrix_constant(a, values):
+        """A constant over the last k ≥ 2 axes of a rank-3/4 ``a`` as ``[period, features]`` codes, else
+        ``None`` (the lowering accepts it only for sequences, not NCHW images)."""
         shape = values.shape
         while shape and shape[0] == 1:
             shape = shape[1:]
@@ -620,21 +627,25 @@ class _FrontEnd:
             return None
         return values.reshape(-1, shape[-1])
 
-    def _channel_constant(self, node, a, b):
-        """A constant operand as one code per channel: axis 1 of an NCHW ``a``, else its last axis."""
-        values = np.asarray(b.values)
-        if np.asarray(b.scale).size != 1 or np.asarray(b.zero_point).size != 1:
-            raise node_error(node, "a constant input must be quantized per tensor")
-        if values.dtype not in _QTYPES:
-            raise node_error(node, f"a constant input of type {values.dtype}; int8 or uint8 only")
-        channels = a.shape[1] if len(a.shape) == 4 else a.shape[-1]
-        per_channel = (channels,) + (1,) * (len(a.shape) - 2) if len(a.shape) == 4 else (channels,)
+    @staticmethod
+    def _channel_constant(node, a, values):
+        """A constant as ``(codes, axis)``: one code (``axis`` None) or one per index of axis 1 of a
+        rank-4 ``a`` or of its last axis (the lowering checks the axis against the layout)."""
         if values.size == 1:
-            return np.full(channels, values.reshape(()))
-        if values.shape[-len(per_channel):] == per_channel and values.size == channels:
-            return values.reshape(channels)
-        raise node_error(node, f"a constant of shape {list(values.shape)} does not broadcast per channel over "
-                               f"an input of shape {list(a.shape)} (scalar or {list(per_channel)} only)")
+            return values.reshape(1), None
+        rank = len(a.shape)
+        for axis in ((1, -1) if rank == 4 else (-1,)):
+            count = a.shape[axis]
+            expected = [1] * rank
+            expected[axis] = count
+            squeezed = list(values.shape)
+            while len(squeezed) < rank:
+                squeezed.insert(0, 1)
+            if squeezed == expected:
+                return values.reshape(count), axis
+        raise node_error(node, f"a constant of shape {list(values.shape)} does not broadcast along one axis of an "
+                               f"input of shape {list(a.shape)} (a scalar, one value per channel, or per feature of "
+                               f"the last axis)")
 
     # --- Softmax and LayerNormalization ----------------------------------------------------------
 

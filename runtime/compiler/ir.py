@@ -150,6 +150,8 @@ class ActivationMatMul(Node):
     ``fl(fl(a_scale · b_scale) / y_scale)``); on the MEs (see :mod:`tcloud.firmware.matmul`)."""
 
     scale: np.float32 = None
+    scratch: list = field(default_factory=list)
+    """Names of the matrices the lowering transposes operands into (``<node>/<operand>ᵀ``)."""
 
 
 @dataclass
@@ -197,13 +199,16 @@ class Elementwise(Node):
     ----------
     kind : str
     constant : numpy.ndarray, optional
-        ``b``'s codes per channel (axis 1 of ``a``), in ``b``'s own type, when ``b`` is a constant.
+        ``b``'s codes when ``b`` is a constant along one axis of ``a`` (``constant_axis``: 1 for the
+        channels of NCHW, -1 for the last axis), or a single code (``constant_axis`` None), in ``b``'s
+        own type.
     constant_quant : tuple, optional
         ``(scale, zero_point, dtype)`` of the constant ``b``.
     """
 
     kind: str = "add"
     constant: np.ndarray = None
+    constant_axis: int = None
     constant_quant: tuple = None
     constant_matrix: np.ndarray = None
     """``b``'s codes ``[period, features]`` when ``b`` is a constant over the last two or more axes of a

@@ -36,11 +36,12 @@ from tcloud.firmware.conv import NHWC, Im2col, padded_channels
 from tcloud.firmware.depthwise import emit_depthwise
 from tcloud.firmware.embedding import emit_gather
 from tcloud.firmware.lookup import emit_lookup
-from tcloud.firmware.matmul import int8_parts, zero_point_operands
+from tcloud.firmware.matmul import int8_parts, zero_point_bias, zero_point_operands
 from tcloud.firmware.pool import emit_maxpool
 from tcloud.firmware.transpose import emit_transpose
 from tcloud.firmware.gemm import DenseMatrix, ScaleRow, emit_gemm, plan_gemm, requantf_scale_words
 from tcloud.isa import ProgramImage, Segment, Symbol, get_config
+from tcloud.isa.errors import EncodingError
 from tcloud.isa.table import INSTRUCTION_BYTES, UINT8_OFFSET, WORD_BYTES, FmaResult
 
 from .ir import (ActivationMatMul, AveragePool, CompileError, Concat, DepthwiseConv, DequantizeOutput, Elementwise,
@@ -64,14 +65,21 @@ class Layout:
     kind : str
         ``"nhwc"``, ``"dense"`` or ``"ids"`` (int32 row ids, ``shape = (count,)``).
     shape : tuple
-        ``(batch, height, width, padded channels)`` or ``(batch, padded features)``.
+        ``(batch, height, width, padded channels)``, or the stored matrix ``(rows, padded columns)``
+        (``[N, F]``: a row per sample; a sequence ``[N, S, F]``: a row per token), or ``(count,)``.
     border : tuple
         NHWC only: ``(top, left, bottom, right)`` pixels.
     feature_map : list of int, optional
         Dense only: physical column of each logical feature (``None``: the identity), for the
-        output of a Flatten of an NHWC tensor.
+        output of a Flatten of an NHWC tensor, a Concat with padding, a Gather of features.
     hbm : int
         Context-relative address, set by the memory plan.
+    alias_of : str, optional
+        The tensor whose bytes these are (a Flatten, Reshape, Transpose or Gather of features).
+    fill : str, optional
+        NHWC with a border: ``"zero_point"`` (convolution padding) or ``"min"`` (max-pool padding).
+    view : tuple, optional
+        Dense sequences only: ``(row_terms, col_terms)`` (see below).
     """
 
     kind: str
@@ -182,6 +190,8 @@ def lower(graph, config, *, sram_bytes=None, max_utop_cost=None):
         code = prog.build(cfg)
     except FirmwareError as exc:
         raise CompileError(f"the program cannot be synchronised: {exc}") from None
+    except EncodingError as exc:  # a kernel asked for what the ISA cannot encode: a compiler gap, named
+        raise CompileError(f"the program cannot be encoded ({exc}); please report the model") from None
     hbm_bytes = _up(code_at + len(code), _ALIGN)
     if hbm_bytes > cfg.hbm_bytes:
         tensor, layout = max(((name, layout) for name, layout in layouts.items() if layout.alias_of is None),
@@ -200,7 +210,8 @@ def lower(graph, config, *, sram_bytes=None, max_utop_cost=None):
     segments = [Segment(offset, data) for offset, data in _segments(graph, layouts, constants)]
     symbols = _symbols(graph, layouts)
     metadata = _metadata(graph, layouts, layers)
-    image = ProgramImage.for_config(cfg, code, entry=code_at, hbm_bytes=hbm_bytes, sram_bytes=max(sram_peak, 1),
+    sram_bytes = _up(max(sram_peak, WORD_BYTES), WORD_BYTES)
+    image = ProgramImage.for_config(cfg, code, entry=code_at, hbm_bytes=hbm_bytes, sram_bytes=sram_bytes,
                                     segments=segments, symbols=symbols, metadata=json.dumps(metadata))
     return image, layers
 
@@ -220,8 +231,12 @@ def _layouts(graph):
                 feature_map = [(y * w + x) * c + ch for ch in range(channels) for y in range(h) for x in range(w)]
                 layouts[node.output] = Layout("dense", (b, h * w * c), feature_map=feature_map,
                                               alias_of=node.inputs[0])
-            elif len(graph.tensors[node.inputs[0]].shape) == 3:
-                _, rows, features = graph.tensors[node.inputs[0]].shape
+            elif _is_sequence(graph, layouts, node.inputs[0]):
+                shape = graph.tensors[node.inputs[0]].shape
+                if source.view is not None and not _plain_view(shape, source):
+                    raise node_error(node, f"flattening {node.inputs[0]!r}, a transposed or head-split view, is not "
+                                           f"supported")
+                rows, features = int(np.prod(shape[1:-1])), shape[-1]
                 stride = source.shape[1]
                 columns = source.feature_map or range(features)
                 feature_map = [r * stride + f for r in range(rows) for f in columns]
@@ -270,11 +285,8 @@ def _layouts(graph):
                 raise node_error(node, f"tensors of rank {len(shape)} are not supported (2, 3 or 4)")
         elif not isinstance(node, DequantizeOutput):
             raise node_error(node, "the compiler reads this operator but cannot lower it to the pNPU yet")
-        if isinstance(node, Elementwise) and len(node.inputs) == 2:
-            a, b = (layouts[name] for name in node.inputs)
-            if (a.kind, a.shape, a.feature_map) != (b.kind, b.shape, b.feature_map):
-                raise node_error(node, f"inputs {node.inputs[0]!r} and {node.inputs[1]!r} lie in different "
-                                       f"layouts ({a.describe()} and {b.describe()})")
+        if isinstance(node, Elementwise):
+            _check_elementwise_layouts(node, graph, layouts)
     for node in graph.nodes:
         padded = (isinstance(node, Linear) and node.kernel is not None) or isinstance(node, (MaxPool, AveragePool))
         if not padded:
@@ -303,9 +315,38 @@ def _layouts(graph):
     return layouts
 
 
+def _check_elementwise_layouts(node, graph, layouts):
+    """Both inputs in the same layout; a constant along the axis the layout stores in its columns."""
+    a = layouts[node.inputs[0]]
+    if len(node.inputs) == 2:
+        b = layouts[node.inputs[1]]
+        if (a.kind, a.shape, a.feature_map, a.view) != (b.kind, b.shape, b.feature_map, b.view):
+            raise node_error(node, f"inputs {node.inputs[0]!r} and {node.inputs[1]!r} lie in different "
+                                   f"layouts ({a.describe()} and {b.describe()})")
+    columns_axis = 1 if a.kind == "nhwc" else -1
+    if node.constant_axis not in (None, columns_axis) or (node.constant_matrix is not None and a.kind == "nhwc"):
+        raise node_error(node, f"a constant along axis {node.constant_axis if node.constant_matrix is None else -2} "
+                               f"of {list(graph.tensors[node.inputs[0]].shape)}: the stored rows hold axis "
+                               f"{columns_axis} of this tensor in their columns, and only a constant along that axis "
+                               f"(or over the last axes of a sequence) is supported")
+
+
 def view_terms(shape):
-    """The view of a sequence ``[d0, .., dk]`` stored as ``[d0·..·d(k-1), dk]`` rows: ``(row_terms,
-    col_terms)`` with row-major row terms over all axes but the last, which is the column."""
+    """The plain view of a tensor stored as rows: all axes but the last make the row, row-major.
+
+    Logical element ``i`` of a view lies in stored row ``Σ i_j·row_terms[j]`` and byte column
+    ``Σ i_j·col_terms[j]``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``[d0, .., dk]``, stored as ``[d0·..·d(k-1), dk]``.
+
+    Returns
+    -------
+    tuple
+        ``(row_terms, col_terms)``.
+    """
     row_terms = [int(np.prod(shape[j + 1:-1])) for j in range(len(shape) - 1)] + [0]
     return tuple(row_terms), tuple([0] * (len(shape) - 1) + [1])
 
@@ -314,10 +355,13 @@ def _is_sequence(graph, layouts, name, reshape=False):
     """Whether ``name`` is a matrix of rows whose Reshape/Transpose is a view: a sequence (rank 3 or
     a view), or for a Reshape any dense ``[N, F]`` without a feature map."""
     layout = layouts[name]
-    if layout.kind != "dense":
+    shape = graph.tensors[name].shape
+    if layout.kind != "dense" or layout.feature_map is not None:
         return False
-    rank = len(graph.tensors[name].shape)
-    return layout.view is not None or rank == 3 or (reshape and rank == 2 and layout.feature_map is None)
+    if layout.view is not None:
+        return True
+    rows_per_token = layout.shape[0] == int(np.prod(shape[:-1]))  # not an NCHW tensor flattened per sample
+    return rows_per_token and (len(shape) >= 3 or reshape)
 
 
 def _terms(graph, layouts, name):
@@ -341,20 +385,58 @@ def _view_layout(node, graph, layouts):
         perm = list(node.perm)
         return Layout("dense", source.shape, alias_of=node.inputs[0],
                       view=(tuple(int(t) for t in rows[perm]), tuple(int(t) for t in cols[perm])))
-    unit = [np.unravel_index(int(np.prod(new_shape[j + 1:])), old_shape) if new_shape[j] > 1 else (0,) * len(old_shape)
-            for j in range(len(new_shape))]
-    new_rows = tuple(int(np.dot(index, rows)) for index in unit)
-    new_cols = tuple(int(np.dot(index, cols)) for index in unit)
-    total = int(np.prod(new_shape))
-    linear = np.unique(np.concatenate([np.random.default_rng(0).integers(0, total, min(total, 1 << 16)),
-                                       [0, total - 1]]))  # a sample: exhaustive would be 10^8 indices for BERT
-    every = np.array(np.unravel_index(linear, new_shape))
-    old = np.array(np.unravel_index(linear, old_shape))
-    if not (np.array_equal(np.dot(new_rows, every), np.dot(rows, old))
-            and np.array_equal(np.dot(new_cols, every), np.dot(cols, old))):
+    terms = reshape_terms(old_shape, list(zip(rows.tolist(), cols.tolist())), new_shape)
+    if terms is None:
         raise node_error(node, f"reshaping {list(old_shape)} to {list(new_shape)} mixes rows and columns of the "
                                f"stored matrix; not supported")
-    return Layout("dense", source.shape, alias_of=node.inputs[0], view=(new_rows, new_cols))
+    return Layout("dense", source.shape, alias_of=node.inputs[0],
+                  view=(tuple(r for r, _ in terms), tuple(c for _, c in terms)))
+
+
+def reshape_terms(old_shape, old_terms, new_shape):
+    """The view terms of a Reshape, exactly, or ``None`` when no affine view exists.
+
+    A Reshape keeps the row-major order of the elements, so it splits and merges runs of axes: each
+    run of old axes and the run of new axes with the same element count form a group. The old axes
+    of a group (those longer than 1) must nest (each one's term the next one's times its length),
+    so the group is one strided axis; the new axes of the group split that axis.
+
+    Parameters
+    ----------
+    old_shape, new_shape : tuple of int
+    old_terms : list of (int, int)
+        ``(row term, column term)`` of each old axis.
+
+    Returns
+    -------
+    list of (int, int) or None
+    """
+    new_terms, i, j = [], 0, 0
+    while j < len(new_shape) or i < len(old_shape):
+        group_old, group_new, count_old, count_new = [], [], 1, 1
+        while True:
+            if count_old <= count_new and i < len(old_shape) and (count_old < count_new or not group_old
+                                                                  or old_shape[i] == 1):
+                group_old.append(i)
+                count_old *= old_shape[i]
+                i += 1
+            elif j < len(new_shape) and (count_new < count_old or not group_new or new_shape[j] == 1):
+                group_new.append(j)
+                count_new *= new_shape[j]
+                j += 1
+            else:
+                break
+        if count_old != count_new:
+            return None
+        long_axes = [a for a in group_old if old_shape[a] > 1]
+        for outer, inner in zip(long_axes, long_axes[1:]):
+            if old_terms[outer] != tuple(old_shape[inner] * t for t in old_terms[inner]):
+                return None
+        unit = old_terms[long_axes[-1]] if long_axes else (0, 0)
+        for position, axis in enumerate(group_new):
+            step = int(np.prod([new_shape[k] for k in group_new[position + 1:]]))
+            new_terms.append((0, 0) if new_shape[axis] == 1 else (unit[0] * step, unit[1] * step))
+    return new_terms if len(new_terms) == len(new_shape) else None
 
 
 def _matmul_output_layout(node, graph):
@@ -384,6 +466,15 @@ def _transposed_operands(node, graph, layouts):
     """An operand stored the other way round (``Kᵀ`` of attention, ``Xᵀ`` of DLRM's interaction) is
     transposed block by block into a scratch matrix first, each block ``[K, N]`` on word-aligned rows;
     the scratch is registered as ``<node>/<operand>ᵀ`` with plain block-major terms."""
+    for name in node.inputs + [node.output]:
+        if layouts[name].feature_map is not None:
+            raise node_error(node, f"operand {name!r} is read through a feature map (its stored columns include "
+                                   f"padding or are reordered); a matrix product needs plain rows")
+        rows, cols = _terms(graph, layouts, name)
+        if any(term % WORD_BYTES for term in cols[:-2]):
+            raise node_error(node, f"the blocks of {name!r} start at byte columns {list(cols[:-2])} × index, not "
+                                   f"on {WORD_BYTES}-byte words (e.g. attention heads of a width that is not a "
+                                   f"multiple of {WORD_BYTES})")
     for name in node.inputs:
         orientation = _orientation(_terms(graph, layouts, name))
         if orientation is None:
@@ -391,8 +482,10 @@ def _transposed_operands(node, graph, layouts):
                                    f"of a stored matrix")
         if orientation == "transposed":
             shape = graph.tensors[name].shape
-            layouts[f"{node.name}/{name}ᵀ"] = Layout("dense", (int(np.prod(shape[:-1])), _up(shape[-1], WORD_BYTES)),
-                                                     view=view_terms(shape))
+            scratch = f"{node.name}/{name}ᵀ"
+            layouts[scratch] = Layout("dense", (int(np.prod(shape[:-1])), _up(shape[-1], WORD_BYTES)),
+                                      view=view_terms(shape))
+            node.scratch.append(scratch)
 
 
 def _concat_layout(node, graph, layouts):
@@ -460,8 +553,7 @@ def _transpose_layout(node, graph, layouts):
 
 def _scratch(node, layouts):
     """Matrices an operator writes and reads only itself (transposed operands)."""
-    prefix = f"{node.name}/"
-    return [name for name in layouts if name.startswith(prefix)]
+    return list(getattr(node, "scratch", ()))
 
 
 def _root(layouts, name):
@@ -507,12 +599,11 @@ def _node_constants(node, graph, layouts):
         return {"table": node.table.astype(np.int8)}
     if isinstance(node, Elementwise):
         cols = layouts[node.output].shape[-1]
-        arrays = {"rows": _binary_spec(node, graph).constant_rows(cols)}
+        arrays = {"rows": _binary_spec(node, graph, layouts).constant_rows(cols)}
         if node.constant_matrix is not None:
-            period, features = node.constant_matrix.shape
             offset = UINT8_OFFSET if node.constant_quant[2] == "uint8" else 0
-            matrix = np.zeros((period, cols), np.int8)
-            matrix[:, :features] = node.constant_matrix.astype(np.int16) - offset
+            matrix = np.zeros((node.constant_matrix.shape[0], cols), np.int8)
+            matrix[:, _physical_columns(graph, layouts, node.inputs[0])] = node.constant_matrix.astype(np.int16) - offset
             arrays["b_matrix"] = matrix
         return arrays
     if isinstance(node, Embedding):
@@ -527,7 +618,8 @@ def _node_constants(node, graph, layouts):
         width = max(_up(depth, WORD_BYTES), _up(n, WORD_BYTES))
         values = set(int8_parts(-a.device_zero_point)) | set(int8_parts(-b.device_zero_point))
         arrays = {f"const{v}": np.full((1, width), v, np.int8) for v in sorted(values)}
-        arrays["bias"] = np.full(_up(n, WORD_BYTES), depth * a.device_zero_point * b.device_zero_point, np.int32)
+        arrays["bias"] = np.full(_up(n, WORD_BYTES), zero_point_bias(depth, a.device_zero_point, b.device_zero_point),
+                                 np.int32)
         arrays["scales"] = _scale_words(np.full(n, node.scale, np.float32), _up(n, WORD_BYTES))
         return arrays
     if isinstance(node, Concat):
@@ -704,13 +796,33 @@ def _emit_global_average(prog, cfg, node, graph, layouts, constants, budget, max
                        macs=batch * pixels * channels, ve_elements=batch * channels * 2, sram_bytes=plan.sram_bytes)
 
 
-def _binary_spec(node, graph):
+def _physical_columns(graph, layouts, name):
+    """The stored column (byte) of each logical channel or feature of ``name``."""
+    layout = layouts[name]
+    if layout.kind == "dense" and layout.feature_map is not None:
+        return list(layout.feature_map)
+    shape = graph.tensors[name].shape
+    return list(range(shape[1] if layout.kind == "nhwc" else shape[-1]))
+
+
+def _binary_spec(node, graph, layouts):
     def operand(tensor):
         return BinaryOperand(tensor.scale, tensor.zero_point, tensor.dtype)
 
     tensors = [graph.tensors[name] for name in node.inputs]
     b = operand(tensors[1]) if node.constant_quant is None else BinaryOperand(*node.constant_quant)
-    return QLinearBinary(node.kind, operand(tensors[0]), b, operand(graph.tensors[node.output]), node.constant)
+    constant = None
+    if node.constant is not None:  # one code per stored column: padding columns get b's zero point
+        constant = np.full(layouts[node.output].shape[-1], b.zero_point, np.int64)
+        if node.constant_axis is None:
+            constant[:] = node.constant[0]
+        else:
+            columns = _physical_columns(graph, layouts, node.inputs[0])
+            constant[columns] = node.constant
+            if not np.array_equal(constant[columns], node.constant):
+                raise node_error(node, "a constant along features that share a stored column (a repeated Gather "
+                                       "index) with different values is not supported")
+    return QLinearBinary(node.kind, operand(tensors[0]), b, operand(graph.tensors[node.output]), constant)
 
 
 def _emit_elementwise(prog, cfg, node, graph, layouts, constants, budget, max_utop_cost):
@@ -728,7 +840,7 @@ def _emit_elementwise(prog, cfg, node, graph, layouts, constants, budget, max_ut
             b_operand = DenseMatrix(b.hbm, b.shape[1]) if b else None
         operands = [DenseMatrix(a.hbm, a.shape[1]), b_operand, DenseMatrix(y.hbm, y.shape[1])]
     rows_offset, _ = constants["rows"]
-    used = emit_binary(prog, _binary_spec(node, graph), *operands, rows, cols,
+    used = emit_binary(prog, _binary_spec(node, graph, layouts), *operands, rows, cols,
                        DenseMatrix(rows_offset, WORD_BYTES * cols), budget)
     passes = {"add": 1, "mul": 4}[node.kind] + (operands[1] is not None)
     return LayerReport(node.name, node.op, graph.tensors[node.output].shape, ve_elements=rows * cols * passes,
@@ -814,7 +926,7 @@ def _emit_activation_matmul(prog, cfg, node, graph, layouts, constants, budget, 
     leading = y.shape[:-2]
     for name in node.inputs:
         scratch = f"{node.name}/{name}ᵀ"
-        if scratch in layouts:
+        if scratch in node.scratch:
             source, target = layouts[name], layouts[scratch]
             rows_terms, cols_terms = _terms(graph, layouts, name)
             k, n_logical = graph.tensors[name].shape[-2:]
@@ -840,7 +952,7 @@ def _emit_activation_matmul(prog, cfg, node, graph, layouts, constants, budget, 
         a_block = _block(a_layout, a_terms, index, a_layout.shape[1])
         b_block = _block(b_layout, b_terms, index, b_layout.shape[1])
         c_block = _block(out_layout, out_terms, index, out_layout.shape[1])
-        ext_a, ext_b, ext_depth, _ = zero_point_operands(
+        ext_a, ext_b, ext_depth = zero_point_operands(
             a_block, b_block, depth, a.device_zero_point, b.device_zero_point, lambda v: constants[f"const{v}"][0])
         if plan is None:
             plan = plan_gemm(cfg, m, ext_depth, n, bias=True, requant=True, scales=True,

@@ -96,12 +96,18 @@ def chain_table(chain, x, y):
     return _table(nodes, initializers, [helper.make_opsetid("", 17)], x, y)
 
 
-def _quantization_constants(x, y):
-    def scalar(name, value, kind):
-        return helper.make_tensor(name, kind, (), [value])
+def _scalar(name, value, kind):
+    return helper.make_tensor(name, kind, (), [value])
 
-    return [scalar("xs", float(x.scale), TensorProto.FLOAT), scalar("xz", x.zero_point, _ELEMENT[x.dtype]),
-            scalar("ys", float(y.scale), TensorProto.FLOAT), scalar("yz", y.zero_point, _ELEMENT[y.dtype])]
+
+def _quantization(prefix, tensor):
+    """The scale and zero-point initializers ``<prefix>s`` and ``<prefix>z`` of ``tensor``."""
+    return [_scalar(f"{prefix}s", float(tensor.scale), TensorProto.FLOAT),
+            _scalar(f"{prefix}z", tensor.zero_point, _ELEMENT[tensor.dtype])]
+
+
+def _quantization_constants(x, y):
+    return _quantization("x", x) + _quantization("y", y)
 
 
 def _table(nodes, initializers, opsets, x, y):
@@ -141,15 +147,11 @@ def concat_tables(inputs, y, qdq):
     list
         int8 ``[256]`` tables as :func:`unary_table` returns them, or ``None``.
     """
-    def scalar(name, value, kind):
-        return helper.make_tensor(name, kind, (), [value])
-
     names = [f"x{i}" for i in range(len(inputs))]
     values = [helper.make_tensor_value_info(name, _ELEMENT[x.dtype], [256]) for name, x in zip(names, inputs)]
-    initializers = [scalar("ys", float(y.scale), TensorProto.FLOAT), scalar("yz", y.zero_point, _ELEMENT[y.dtype])]
+    initializers = _quantization("y", y)
     for name, x in zip(names, inputs):
-        initializers += [scalar(f"{name}s", float(x.scale), TensorProto.FLOAT),
-                         scalar(f"{name}z", x.zero_point, _ELEMENT[x.dtype])]
+        initializers += _quantization(name, x)
     if qdq:
         nodes = [helper.make_node("DequantizeLinear", [name, f"{name}s", f"{name}z"], [f"{name}f"]) for name in names]
         nodes += [helper.make_node("Concat", [f"{name}f" for name in names], ["yf"], axis=0),
