@@ -626,3 +626,18 @@ def test_fmav_and_src2_row_match_the_golden_model_with_equal_cycles_on_both_back
     a = fmav_inputs()["A"].astype(np.int64)
     assert np.array_equal(expected["T"], a - np.array([[-100], [1 << 30]]))
 
+
+def test_softmax_and_layernorm_kernels_match_the_golden_model_with_equal_cycles_on_both_backends():
+    """tcloud.firmware.nonlinear on both RTL backends: rows of 10 codes (not a whole number of words or
+    lanes), one of them constant."""
+    from tcloud.firmware.nonlinear import layernorm_reference, layernorm_rows, softmax_reference, softmax_rows
+
+    rng = np.random.default_rng(8)
+    q = rng.integers(-128, 128, (3, 10)).astype(np.int8)
+    q[1] = -7
+    softmax = assert_both_backends_match_the_golden_model(softmax_rows("tiny", 3, 10, 0.1, 1 / 256, -128), {"X": q})
+    assert np.array_equal(softmax["Y"], softmax_reference(q, 0.1, 1 / 256, -128))
+    gamma, beta = rng.normal(1, 0.3, 10), rng.normal(0, 0.3, 10)
+    norm = assert_both_backends_match_the_golden_model(layernorm_rows("tiny", 3, 10, 0.05, gamma, beta, 1e-5, 0.02, 3),
+                                                       {"X": q})
+    assert np.array_equal(norm["Y"], layernorm_reference(q, 0.05, gamma, beta, 1e-5, 0.02, 3))
