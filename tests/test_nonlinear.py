@@ -85,7 +85,7 @@ def test_src2_row_reads_one_element_per_row_within_the_window():
 
 
 def test_newton_reciprocal_and_inverse_square_root_are_within_a_few_ulps():
-    """The kernels' reciprocal (4 Newton steps) and 1/sqrt (3 steps) over binary32 values of every binade
+    """The kernels' reciprocal and 1/sqrt (3 Newton steps each) over binary32 values of every binade
     they meet: within 4 units in the last place of the correctly rounded results."""
     rng = np.random.default_rng(5)
     v = np.exp2(rng.uniform(-60, 60, 20000)).astype(np.float32)
