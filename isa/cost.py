@@ -29,11 +29,13 @@ VE_STEPS_PER_CHUNK = {
     **{name: 5 for name in ("ve.add", "ve.sub", "ve.mul", "ve.max", "ve.min", "ve.requantf")},
     "ve.relu": 3, "ve.copy": 3, "ve.requant": 3, "ve.fill": 1,
     "ve.redsum": 3, "ve.redmax": 3,
-    "ve.fma": 5,
+    "ve.fma": 5, "ve.fmav": 5,
 }
 """Vector-engine steps per chunk of ``ve_lanes`` elements: reads of each source, then the write
 (``ve.fill`` writes only; reductions accumulate instead of writing, and write once per row). ``ve.fma``
-with ``src2_zero`` skips the second source's read and its wait: :data:`FMA_NO_ADDEND_STEPS` fewer."""
+with ``src2_zero`` skips the second source's read and its wait: :data:`FMA_NO_ADDEND_STEPS` fewer; ``ve.fmav``
+always reads its multiplier row. ``ve.shape.src2_row`` changes no cost: the row's element is read again
+for every chunk."""
 
 FMA_NO_ADDEND_STEPS = VE_STEPS_PER_CHUNK["ve.fma"] - VE_STEPS_PER_CHUNK["ve.copy"]
 

@@ -391,8 +391,10 @@ class _EngineState:
         self.lut = None
         self.rows = 1
         self.dst_stride = self.src1_stride = self.src2_stride = 0
+        self.src2_row = 0
         self.fma_multiplier = 0
-        """Bit pattern of ``ve.fma``'s binary32 multiplier R (``ve.setf``); +0.0 until set."""
+        """Bit pattern of the binary32 scalar R (``ve.setf``: ``ve.fma``'s multiplier, ``ve.fmav``'s addend);
+        +0.0 until set."""
 
 
 def run_alone(image, config, *, trace=False):
@@ -579,8 +581,9 @@ def fma_fp32(x, x_kind, r_word, c_words):
     x : array_like of int
         src1 elements: integers (int8, uint8, int32 kinds) or binary32 bit patterns (FP32 kind).
     x_kind : FmaSource
-    r_word : int
-        Bit pattern of the multiplier R (``ve.setf``).
+    r_word : int or array_like of int
+        Bit pattern of the multiplier R (``ve.setf``), or per-element multipliers (``ve.fmav``'s Y)
+        broadcast with ``x``.
     c_words : array_like of int
         Bit patterns of the addends, broadcast with ``x`` (0 for ``src2_zero``).
 
@@ -694,6 +697,16 @@ def _ve_shape(machine, ctx, engine, instr):
     engine.dst_stride = instr["dst_stride"]
     engine.src1_stride = instr["src1_stride"]
     engine.src2_stride = instr["src2_stride"]
+    engine.src2_row = instr["src2_row"]
+
+
+def _read_src2(machine, ctx, engine, addr, n, is_i8):
+    """The ``rows × n`` second source of a two-source VE instruction: one element per row, repeated
+    across the row, when ``ve.shape.src2_row`` is set."""
+    if engine.src2_row:
+        column = machine._read_elems(ctx, addr, engine.rows, 1, is_i8, engine.src2_stride)
+        return np.repeat(column, n, axis=1)
+    return machine._read_elems(ctx, addr, engine.rows, n, is_i8, engine.src2_stride)
 
 
 _BINARY = {"ve.add": np.add, "ve.sub": np.subtract, "ve.mul": np.multiply,
@@ -703,7 +716,7 @@ _BINARY = {"ve.add": np.add, "ve.sub": np.subtract, "ve.mul": np.multiply,
 def _ve_binary(machine, ctx, engine, instr):
     n, rows = instr["n"], engine.rows
     x = machine._read_elems(ctx, instr["src1"], rows, n, instr["src1_i8"], engine.src1_stride)
-    y = machine._read_elems(ctx, instr["src2"], rows, n, instr["src2_i8"], engine.src2_stride)
+    y = _read_src2(machine, ctx, engine, instr["src2"], n, instr["src2_i8"])
     machine._write_elems(ctx, instr["dst"], engine.dst_stride, _BINARY[instr.mnemonic](x, y),
                          instr["dst_i8"])
     ctx.counters.ve_elements += rows * n
@@ -736,7 +749,7 @@ def _ve_requant(machine, ctx, engine, instr):
 def _ve_requantf(machine, ctx, engine, instr):
     n, rows = instr["n"], engine.rows
     x = machine._read_elems(ctx, instr["src1"], rows, n, False, engine.src1_stride)
-    scales = machine._read_elems(ctx, instr["src2"], rows, n, False, engine.src2_stride)
+    scales = _read_src2(machine, ctx, engine, instr["src2"], n, False)
     y = requantize_fp32(x, scales, instr["zp"], instr["dst_i8"])
     machine._write_elems(ctx, instr["dst"], engine.dst_stride, y, instr["dst_i8"])
     ctx.counters.ve_elements += rows * n
@@ -774,21 +787,45 @@ def _ve_setf(machine, ctx, engine, instr):
 
 
 def _ve_fma(machine, ctx, engine, instr):
-    n, rows = instr["n"], engine.rows
-    x_kind, result_kind = FmaSource(instr["src1_kind"]), FmaResult(instr["dst_kind"])
-    x = machine._read_elems(ctx, instr["src1"], rows, n, x_kind in FMA_BYTE_SOURCES, engine.src1_stride)
-    if x_kind == FmaSource.UINT8:
-        x = x + UINT8_OFFSET
+    x, x_kind = _read_fma_x(machine, ctx, engine, instr)
+    result_kind = FmaResult(instr["dst_kind"])
     if instr["src2_zero"]:
         c = np.zeros_like(x)
     else:
-        c = machine._read_elems(ctx, instr["src2"], rows, n, False, engine.src2_stride)
+        c = _read_src2(machine, ctx, engine, instr["src2"], instr["n"], False)
     y = ve_fma(x, x_kind, engine.fma_multiplier, c, result_kind)
-    byte_result = result_kind in FMA_BYTE_RESULTS
+    _write_fma(machine, ctx, engine, instr, y, result_kind)
+
+
+def _read_fma_x(machine, ctx, engine, instr):
+    """``ve.fma``/``ve.fmav``'s multiplicand X (uint8 as ``q``) and its kind."""
+    x_kind = FmaSource(instr["src1_kind"])
+    x = machine._read_elems(ctx, instr["src1"], engine.rows, instr["n"], x_kind in FMA_BYTE_SOURCES,
+                            engine.src1_stride)
+    return (x + UINT8_OFFSET if x_kind == FmaSource.UINT8 else x), x_kind
+
+
+def _write_fma(machine, ctx, engine, instr, y, result_kind):
+    """Write ``ve.fma``/``ve.fmav`` results (uint8 as ``q - 128`` bytes) and count the elements."""
     if result_kind == FmaResult.UINT8:
         y = y - UINT8_OFFSET
-    machine._write_elems(ctx, instr["dst"], engine.dst_stride, y, byte_result)
-    ctx.counters.ve_elements += rows * n
+    machine._write_elems(ctx, instr["dst"], engine.dst_stride, y, result_kind in FMA_BYTE_RESULTS)
+    ctx.counters.ve_elements += engine.rows * instr["n"]
+
+
+def ve_fmav(x, x_kind, y_words, r_word, result_kind):
+    """Reference ``ve.fmav`` on element values: ``fl32(x · y + R)``, i.e. :func:`ve_fma` with the
+    multiplier ``y_words`` (bit patterns, broadcast with ``x``) per element and the scalar ``R`` as addend."""
+    x, y_words = np.broadcast_arrays(np.asarray(x, dtype=np.int64), np.asarray(y_words, dtype=np.int64))
+    return ve_fma(x, x_kind, y_words, np.full(x.shape, r_word & 0xFFFFFFFF, dtype=np.int64), result_kind)
+
+
+def _ve_fmav(machine, ctx, engine, instr):
+    x, x_kind = _read_fma_x(machine, ctx, engine, instr)
+    y_words = _read_src2(machine, ctx, engine, instr["src2"], instr["n"], False)
+    result_kind = FmaResult(instr["dst_kind"])
+    _write_fma(machine, ctx, engine, instr, ve_fmav(x, x_kind, y_words, engine.fma_multiplier, result_kind),
+               result_kind)
 
 
 _EXECUTE = {
@@ -800,7 +837,7 @@ _EXECUTE = {
     "ve.fill": _ve_fill, "ve.requant": _ve_requant, "ve.requantf": _ve_requantf,
     "ve.redsum": _ve_reduce, "ve.redmax": _ve_reduce,
     "ve.lutload": _ve_lutload, "ve.lut": _ve_lut,
-    "ve.setf": _ve_setf, "ve.fma": _ve_fma,
+    "ve.setf": _ve_setf, "ve.fma": _ve_fma, "ve.fmav": _ve_fmav,
 }
 
 
@@ -816,4 +853,4 @@ def _check_coverage():
 _check_coverage()
 
 __all__ = ["Machine", "Context", "Counters", "Window", "Access", "TraceEvent", "lookup", "requantize",
-           "requantize_fp32", "fma_fp32", "fp32_fields", "fp32_to_int", "ve_fma", "run_alone", "wrap_i32"]
+           "requantize_fp32", "fma_fp32", "fp32_fields", "fp32_to_int", "ve_fma", "ve_fmav", "run_alone", "wrap_i32"]

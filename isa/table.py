@@ -365,6 +365,11 @@ _VE_REDUCE_FIELDS = (
     _flag("src_i8", "Source holds int8 (else int32)."),
 )
 
+_FMA_SRC1_KIND = Field("src1_kind", 2, "src1 holds int8 (0), uint8 held as q - 128 in int8 (1; X = q), int32 (2) "
+                       "or binary32 words (3).", default=0)
+_FMA_DST_KIND = Field("dst_kind", 2, "dst gets binary32 words (0) or the rounded integer saturated to int8 (1), "
+                      "uint8 (2; written as q - 128 in int8) or int32 (3).", default=0)
+
 _ROW_STRIDES = {"dst": "dst_stride", "src1": "src1_stride", "src": "src1_stride", "src2": "src2_stride"}
 """The ``ve.shape`` stride that steps each address field of a VE instruction from row to row (the one
 source of a one-source instruction steps by ``src1_stride``)."""
@@ -433,7 +438,13 @@ INSTRUCTIONS = (
         _stride("dst_stride", 16, "Bytes between destination rows."),
         _stride("src1_stride", 16, "Bytes between rows of the first source (0 broadcasts one row)."),
         _stride("src2_stride", 16, "Bytes between rows of the second source (0 broadcasts one row)."),
-    ), "Sets the 2-D shape used by the rest of the uTOp (each uTOp starts with rows=1, strides 0)."),
+        _flag("src2_row", "The second source of the two-source instructions (ve.add, ve.sub, ve.mul, ve.max, "
+              "ve.min, ve.requantf, ve.fma, ve.fmav) holds one element per row: row r reads one element, at the "
+              "second source's address plus r·src2_stride, and uses it for all its n elements (with src2_stride 0, one scalar for "
+              "every element). A per-row scalar such as a row's max, mean or reciprocal sum then needs no "
+              "copy across the row."),
+    ), "Sets the 2-D shape used by the rest of the uTOp (each uTOp starts with rows=1, strides 0, "
+       "src2_row 0)."),
     _ve("ve.add", 0x31, _VE_BINARY_FIELDS, "dst = src1 + src2."),
     _ve("ve.sub", 0x32, _VE_BINARY_FIELDS, "dst = src1 - src2."),
     _ve("ve.mul", 0x33, _VE_BINARY_FIELDS, "dst = src1 * src2."),
@@ -474,18 +485,16 @@ INSTRUCTIONS = (
        "saturate to [-128, 127]; for uint8 outputs take zp - 128 and flip bit 7 of the result."),
     InstructionSpec("ve.setf", 0x42, EngineClass.VE, (
         Field("value", 32, "IEEE-754 binary32 bit pattern of the multiplier R.", default=0, kind="int"),
-    ), "Sets the binary32 multiplier R of every following ve.fma for the rest of the uTOp (each uTOp "
-       "starts with R = +0.0, bit pattern 0)."),
+    ), "Sets the binary32 scalar R for the rest of the uTOp: the multiplier of every following ve.fma and "
+       "the addend of every following ve.fmav (each uTOp starts with R = +0.0, bit pattern 0)."),
     _ve("ve.fma", 0x43, (
         _sram("dst", "Destination scratchpad address."),
         _sram("src1", "Multiplicand X (kind src1_kind)."),
         _sram("src2", "Addend C: one binary32 word per element (ignored when src2_zero)."),
         _count("n", 16, "Elements per row."),
-        Field("src1_kind", 2, "src1 holds int8 (0), uint8 held as q - 128 in int8 (1; X = q), int32 (2) "
-              "or binary32 words (3).", default=0),
+        _FMA_SRC1_KIND,
         _flag("src2_zero", "No addend: C = +0.0 and src2 is not read."),
-        Field("dst_kind", 2, "dst gets binary32 words (0) or the rounded integer saturated to int8 (1), "
-              "uint8 (2; written as q - 128 in int8) or int32 (3).", default=0),
+        _FMA_DST_KIND,
     ), "v = fl32(X·R + C), the fused multiply-add rounded once (half to even) to binary32, with R from "
        "ve.setf; dst_kind 0 writes v's bit pattern, dst_kind 1-3 write round_half_even(v) saturated "
        "(so int outputs are rounded twice: to binary32, then to an integer, as onnxruntime's "
@@ -499,6 +508,19 @@ INSTRUCTIONS = (
        "QLinearAdd: ve.setf rBC, ve.fma t = b·rBC + K; ve.setf rAC, ve.fma y = a·rAC + t to int8/uint8. "
        "QLinearMul: p = (a - zA)·(b - zB) as int32; ve.setf r, ve.fma x = p·r + 0; ve.setf 1.0, "
        "ve.fma y = x·1.0 + zC (a broadcast row) to int8/uint8."),
+    _ve("ve.fmav", 0x44, (
+        _sram("dst", "Destination scratchpad address."),
+        _sram("src1", "Multiplicand X (kind src1_kind)."),
+        _sram("src2", "Multiplier Y: one binary32 word per element (one per row with ve.shape.src2_row)."),
+        _count("n", 16, "Elements per row."),
+        _FMA_SRC1_KIND,
+        _FMA_DST_KIND,
+    ), "v = fl32(X·Y + R): ve.fma with the roles of R and src2 swapped, an element-by-element product "
+       "plus the scalar R of ve.setf as addend (R = +0.0 gives the rounded product fl32(X·Y)), rounded "
+       "once; operands, special words and result kinds exactly as ve.fma. With ve.fma and ve.shape.src2_row "
+       "it evaluates polynomials by Horner's rule (p = fl32(p·f + c_k)) and Newton iterations for a "
+       "reciprocal (y = fl32(y·fl32(-v·y + 2))) or an inverse square root, which softmax and layer "
+       "normalization need (tcloud.firmware.nonlinear)."),
     _ve("ve.redsum", 0x3C, _VE_REDUCE_FIELDS, "dst[r] = sum of the n elements of row r (int32 wrap-around)."),
     _ve("ve.redmax", 0x3D, _VE_REDUCE_FIELDS, "dst[r] = max of the n elements of row r."),
     InstructionSpec("ve.lutload", 0x40, EngineClass.VE, (

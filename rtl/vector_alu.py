@@ -18,7 +18,7 @@ from .decode import OPCODES
 _REQUANT = BY_MNEMONIC["ve.requant"]
 _FMA = BY_MNEMONIC["ve.fma"]
 ELEMENTWISE_OPS = ("ve.add", "ve.sub", "ve.mul", "ve.max", "ve.min", "ve.relu", "ve.copy", "ve.fill",
-                   "ve.requant", "ve.requantf", "ve.lut", "ve.fma")
+                   "ve.requant", "ve.requantf", "ve.lut", "ve.fma", "ve.fmav")
 """VE instructions the ALU evaluates lane by lane (``ve.fill`` passes its value in ``x``; the
 reductions use ``ve.add``/``ve.max`` on partial results; ``ve.lut`` looks the low byte of ``x`` up
 in ``table``)."""
@@ -292,8 +292,9 @@ class VectorALU(wiring.Component):
     dst_i8 : In(1)
         Saturate results to int8.
     fma_r, fma_src1, fma_dst : In
-        ``ve.fma``'s multiplier word (``ve.setf``), ``src1_kind`` and ``dst_kind`` (its addend words
-        come in ``y``, zero when ``src2_zero``).
+        The binary32 scalar R (``ve.setf``), ``src1_kind`` and ``dst_kind`` of ``ve.fma`` (R multiplies; its
+        addend words come in ``y``, zero when ``src2_zero``) and ``ve.fmav`` (its multiplier words come in
+        ``y``; R is added): the two share one datapath, the opcode swapping R and ``y``.
     result : Out(lanes × signed(32))
     """
 
@@ -320,17 +321,23 @@ class VectorALU(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         is_requantf = self.opcode == OPCODES["ve.requantf"]
-        is_fma = self.opcode == OPCODES["ve.fma"]
+        is_fmav = self.opcode == OPCODES["ve.fmav"]
+        is_fma = (self.opcode == OPCODES["ve.fma"]) | is_fmav
         for lane in range(self.lanes):
             x, y = self.x[lane], self.y[lane]
+            # ve.fma multiplies by R and adds y; ve.fmav multiplies by y and adds R
+            fma_multiplier = Signal(_WORD_BITS, name=f"fma_m{lane}")
+            fma_addend = Signal(_WORD_BITS, name=f"fma_c{lane}")
+            word = y.as_unsigned()
+            m.d.comb += [fma_multiplier.eq(Mux(is_fmav, word, self.fma_r)), fma_addend.eq(Mux(is_fmav, self.fma_r, word))]
             # one multiplier per lane: ve.mul's x*y, ve.requantf's product of significands, or ve.fma's
-            # multiplicand times R's significand
+            # and ve.fmav's multiplicand times the multiplier word's significand
             significand, leading_zeros = requantize_fp32_operands(m, x, lane)
             fma_x, fma_x_exponent = fma_factor(m, x, self.fma_src1, lane)
             factor_x, factor_y = Signal(signed(32), name=f"mul_x{lane}"), Signal(signed(32), name=f"mul_y{lane}")
             product = Signal(signed(64), name=f"product{lane}")
             m.d.comb += [factor_x.eq(Mux(is_fma, fma_x, Mux(is_requantf, significand, x))),
-                         factor_y.eq(Mux(is_fma, _fp32_significand(self.fma_r),
+                         factor_y.eq(Mux(is_fma, _fp32_significand(fma_multiplier),
                                          Mux(is_requantf, scale_significand(y), y))),
                          product.eq(factor_x * factor_y)]
             wide = Signal(signed(64), name=f"wide{lane}")
@@ -358,7 +365,7 @@ class VectorALU(wiring.Component):
             requant = requantize_lane(m, x, self.mult, self.shift, self.zp, self.dst_i8)
             requantf = requantize_fp32_result(m, product.as_unsigned(), leading_zeros, y, x < 0, self.zp, self.dst_i8,
                                               lane)
-            fma = fma_result(m, product, fma_x_exponent, self.fma_r, y, self.fma_dst, lane)
+            fma = fma_result(m, product, fma_x_exponent, fma_multiplier, fma_addend, self.fma_dst, lane)
             m.d.comb += self.result[lane].eq(Mux(self.opcode == OPCODES["ve.requant"], requant,
                                                  Mux(is_requantf, requantf, Mux(is_fma, fma, elementwise))))
         return m

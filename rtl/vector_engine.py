@@ -56,13 +56,14 @@ class VectorEngine(Engine):
 
     def on_start(self, m):
         m.d.sync += [self._rows.eq(1), self._strides[0].eq(0), self._strides[1].eq(0),
-                     self._strides[2].eq(0), self._lut_loaded.eq(0), self._fma_r.eq(0)]
+                     self._strides[2].eq(0), self._src2_row.eq(0), self._lut_loaded.eq(0), self._fma_r.eq(0)]
 
     def elaborate(self, platform):
         field = BY_MNEMONIC["ve.shape"].field
         self._rows = Signal(field("rows").width, init=1)
         self._strides = [Signal(field(name).width, name=f"shape_{name}")
                          for name in ("dst_stride", "src1_stride", "src2_stride")]
+        self._src2_row = Signal(name="shape_src2_row")
         self._lut = Signal(8 * LUT_BYTES, name="lut")
         self._lut_loaded = Signal(name="lut_loaded")
         self._fma_r = Signal(BY_MNEMONIC["ve.setf"].field("value").width, name="fma_r")
@@ -74,7 +75,7 @@ class VectorEngine(Engine):
         lanes = self.config.ve_lanes
         self._alu = alu = VectorALU(lanes)
         opcode = instr.as_value()[:8]
-        rows, (dst_stride, src1_stride, src2_stride) = self._rows, self._strides
+        rows, (dst_stride, src1_stride, src2_stride), src2_row = self._rows, self._strides, self._src2_row
         op = Signal(8)
         dst, src1, src2 = Signal(24), Signal(24), Signal(24)
         n = Signal(16)
@@ -92,10 +93,14 @@ class VectorEngine(Engine):
                      alu.mult.eq(instr.ve_requant.mult), alu.shift.eq(instr.ve_requant.shift),
                      alu.zp.eq(Mux(op == OPCODES["ve.requantf"], instr.ve_requantf.zp, instr.ve_requant.zp)),
                      alu.table.eq(self._lut), alu.fma_r.eq(self._fma_r), alu.fma_src1.eq(instr.ve_fma.src1_kind),
-                     alu.fma_dst.eq(instr.ve_fma.dst_kind)]
+                     alu.fma_dst.eq(Mux(op == OPCODES["ve.fmav"], instr.ve_fmav.dst_kind, instr.ve_fma.dst_kind))]
 
         def region(addr, is_i8, stride, count):
             return region_end(addr, rows, stride, _row_words(count, is_i8))
+
+        def src2_region(addr, is_i8, count):
+            """The second source's region: one element per row with ve.shape.src2_row."""
+            return region(addr, is_i8, src2_stride, Mux(src2_row, 1, count))
 
         with m.State("EXECUTE"):
             m.d.comb += self.busy.eq(1)
@@ -104,14 +109,15 @@ class VectorEngine(Engine):
                 with m.Case(OPCODES["ve.shape"]):
                     shape = instr.ve_shape
                     m.d.sync += [rows.eq(shape.rows), dst_stride.eq(shape.dst_stride),
-                                 src1_stride.eq(shape.src1_stride), src2_stride.eq(shape.src2_stride)]
+                                 src1_stride.eq(shape.src1_stride), src2_stride.eq(shape.src2_stride),
+                                 src2_row.eq(shape.src2_row)]
                     m.next = "NEXT"
                 with m.Case(*(OPCODES[name] for name in _BINARY)):
                     v = instr.ve_add
                     m.d.sync += [dst.eq(v.dst), src1.eq(v.src1), src2.eq(v.src2), n.eq(v.n),
                                  src1_i8.eq(v.src1_i8), src2_i8.eq(v.src2_i8), dst_i8.eq(v.dst_i8)]
                     ok = (self.sram_fits(region(v.src1, v.src1_i8, src1_stride, v.n))
-                          & self.sram_fits(region(v.src2, v.src2_i8, src2_stride, v.n))
+                          & self.sram_fits(src2_region(v.src2, v.src2_i8, v.n))
                           & self.sram_fits(region(v.dst, v.dst_i8, dst_stride, v.n)))
                     self._start_or_fault(m, ok, "VE_READ1")
                 with m.Case(*(OPCODES[name] for name in _UNARY)):
@@ -137,22 +143,24 @@ class VectorEngine(Engine):
                     m.d.sync += [dst.eq(v.dst), src1.eq(v.src1), src2.eq(v.src2), n.eq(v.n), src1_i8.eq(0),
                                  src2_i8.eq(0), dst_i8.eq(v.dst_i8)]
                     ok = (self.sram_fits(region(v.src1, 0, src1_stride, v.n))
-                          & self.sram_fits(region(v.src2, 0, src2_stride, v.n))
+                          & self.sram_fits(src2_region(v.src2, 0, v.n))
                           & self.sram_fits(region(v.dst, v.dst_i8, dst_stride, v.n)))
                     self._start_or_fault(m, ok, "VE_READ1")
                 with m.Case(OPCODES["ve.setf"]):
                     m.d.sync += self._fma_r.eq(instr.ve_setf.value)
                     m.next = "NEXT"
-                with m.Case(OPCODES["ve.fma"]):
-                    v = instr.ve_fma
+                with m.Case(OPCODES["ve.fma"], OPCODES["ve.fmav"]):
+                    v = instr.ve_fma  # ve.fmav: the same fields up to src1_kind, always reads src2
+                    no_addend = (opcode == OPCODES["ve.fma"]) & v.src2_zero
+                    dst_kind = Mux(opcode == OPCODES["ve.fmav"], instr.ve_fmav.dst_kind, v.dst_kind)
                     byte_source = _any_of(v.src1_kind, FMA_BYTE_SOURCES)
-                    byte_result = _any_of(v.dst_kind, FMA_BYTE_RESULTS)
+                    byte_result = _any_of(dst_kind, FMA_BYTE_RESULTS)
                     m.d.sync += [dst.eq(v.dst), src1.eq(v.src1), src2.eq(v.src2), n.eq(v.n),
                                  src1_i8.eq(byte_source), src2_i8.eq(0), dst_i8.eq(byte_result)]
-                    with m.If(v.src2_zero):  # no addend: +0.0, and src2 is not read
+                    with m.If(no_addend):  # no addend: +0.0, and src2 is not read
                         m.d.sync += [y[lane].eq(0) for lane in range(lanes)]
                     ok = (self.sram_fits(region(v.src1, byte_source, src1_stride, v.n))
-                          & (v.src2_zero | self.sram_fits(region(v.src2, 0, src2_stride, v.n)))
+                          & (no_addend | self.sram_fits(src2_region(v.src2, 0, v.n)))
                           & self.sram_fits(region(v.dst, byte_result, dst_stride, v.n)))
                     self._start_or_fault(m, ok, "VE_READ1")
                 with m.Case(*(OPCODES[name] for name in _REDUCE)):
@@ -179,16 +187,19 @@ class VectorEngine(Engine):
         is_reduce = (op == OPCODES["ve.redsum"]) | (op == OPCODES["ve.redmax"])
         is_binary = op == OPCODES["ve.requantf"]  # two sources: accumulators and scale words
         is_binary = is_binary | ((op == OPCODES["ve.fma"]) & ~instr.ve_fma.src2_zero)  # and an addend
+        is_binary = is_binary | (op == OPCODES["ve.fmav"])  # and multipliers
         for name in _BINARY:
             is_binary = is_binary | (op == OPCODES[name])
 
-        def chunk_addr(base, stride, is_i8):
-            return self.sram_addr(base + row * stride + Mux(is_i8, elem >> 2, elem))
+        def chunk_addr(base, stride, is_i8, per_row=0):
+            return self.sram_addr(base + row * stride + Mux(per_row, 0, Mux(is_i8, elem >> 2, elem)))
 
-        def capture(target, is_i8):
+        def capture(target, is_i8, per_row=0):
             for lane in range(lanes):
-                m.d.sync += target[lane].eq(Mux(is_i8, line[8 * lane:8 * lane + 8].as_signed(),
-                                                line[32 * lane:32 * lane + 32].as_signed()))
+                byte, word = line[8 * lane:8 * lane + 8], line[32 * lane:32 * lane + 32]
+                if lane:  # with per_row, the row's one element goes to every lane
+                    byte, word = Mux(per_row, line[:8], byte), Mux(per_row, line[:32], word)
+                m.d.sync += target[lane].eq(Mux(is_i8, byte.as_signed(), word.as_signed()))
 
         with m.State("VE_READ1"):
             m.d.comb += [self.busy.eq(1), self.sram.valid.eq(1),
@@ -208,14 +219,14 @@ class VectorEngine(Engine):
                     m.next = "VE_APPLY"
         with m.State("VE_READ2"):
             m.d.comb += [self.busy.eq(1), self.sram.valid.eq(1),
-                         self.sram.addr.eq(chunk_addr(src2, src2_stride, src2_i8)),
-                         self.sram.words.eq(Mux(src2_i8, (count + 3) >> 2, count))]
+                         self.sram.addr.eq(chunk_addr(src2, src2_stride, src2_i8, src2_row)),
+                         self.sram.words.eq(Mux(src2_row, 1, Mux(src2_i8, (count + 3) >> 2, count)))]
             with m.If(self.sram.ready):
                 m.next = "VE_WAIT2"
         with m.State("VE_WAIT2"):
             m.d.comb += self.busy.eq(1)
             with m.If(self.sram.rvalid):
-                capture(y, src2_i8)
+                capture(y, src2_i8, src2_row)
                 m.next = "VE_APPLY"
 
         with m.State("VE_APPLY"):

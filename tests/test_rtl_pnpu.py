@@ -570,3 +570,74 @@ def fma_inputs():
 def test_fma_matches_the_golden_model_with_equal_cycles_on_both_backends():
     expected = assert_both_backends_match_the_golden_model(assemble(FMA_PROGRAM), fma_inputs())
     assert len(set(expected["Y"].flat)) > 10 and len(set(expected["U"].flat)) > 10
+
+
+FMAV_PROGRAM = """
+.config tiny
+.footprint hbm=0x800 sram=0x400
+.entry 0x600
+.input A i8 2x20 offset=0x0
+.input W i32 20 offset=0x40
+.input X i32 20 offset=0xa0
+.input P i32 2 offset=0xf0
+.output T i32 2x20 offset=0x100 stride=80
+.output Y i8 2x20 offset=0x1a0 stride=20
+.output U i8 2x20 offset=0x1d0 stride=20
+.output Z i32 20 offset=0x200
+.output V i32 20 offset=0x260
+.output M i32 2x20 offset=0x2c0 stride=80
+utop cls=dma signal=t0
+  dma.load sram=0x0 hbm=0x0 rows=1 row_bytes=248
+utop cls=ve signal=t1 wait0=t0 count0=1
+  ve.shape rows=2 dst_stride=80 src1_stride=20 src2_stride=4 src2_row=1
+  ve.sub dst=0x100 src1=0x0 src2=0xf0 n=20 src1_i8=1 src2_i8=0 dst_i8=0
+  ve.shape rows=2 dst_stride=20 src1_stride=20 src2_stride=4 src2_row=1
+  ve.setf value=0x3f000010
+  ve.fma dst=0x1a0 src1=0x0 src2=0x40 n=20 src1_kind=0 dst_kind=1
+  ve.shape rows=2 dst_stride=20 src1_stride=20 src2_stride=0
+  ve.setf value=0x3fc00000
+  ve.fmav dst=0x1d0 src1=0x0 src2=0x40 n=20 src1_kind=1 dst_kind=2
+  ve.shape rows=1 src2_row=1
+  ve.fmav dst=0x200 src1=0xa0 src2=0x48 n=20 src1_kind=2 dst_kind=3
+  ve.shape rows=2 dst_stride=80 src1_stride=0 src2_stride=20 src2_row=1
+  ve.max dst=0x2c0 src1=0xa0 src2=0x0 n=20 src1_i8=0 src2_i8=1 dst_i8=0
+utop cls=ve signal=t2 wait0=t1 count0=1
+  ve.fma dst=0x260 src1=0xa0 src2=0x40 n=20 src1_kind=2 dst_kind=0
+utop cls=dma wait0=t2 count0=1
+  dma.store sram=0x100 hbm=0x100 rows=1 row_bytes=608
+halt
+"""
+"""ve.shape.src2_row (an int32 and an int8 element per row for ve.sub and ve.max, a per-row addend for
+ve.fma, one scalar multiplier for ve.fmav) and ve.fmav with per-element multipliers broadcast down the
+rows; a new uTOp starts with src2_row 0 (its ve.fma reads a whole addend row)."""
+
+
+def fmav_inputs():
+    """Bytes, binary32 multipliers/addends (ties with the R above, special words), int32 extremes and
+    two per-row int32 words."""
+    inputs = fma_inputs()
+    inputs["P"] = np.array([-100, 1 << 30], dtype=np.int32)
+    return inputs
+
+
+def test_fmav_and_src2_row_match_the_golden_model_with_equal_cycles_on_both_backends():
+    expected = assert_both_backends_match_the_golden_model(assemble(FMAV_PROGRAM), fmav_inputs())
+    assert len(set(expected["Y"].flat)) > 10 and len(set(expected["V"].flat)) > 10
+    a = fmav_inputs()["A"].astype(np.int64)
+    assert np.array_equal(expected["T"], a - np.array([[-100], [1 << 30]]))
+
+
+def test_softmax_and_layernorm_kernels_match_the_golden_model_with_equal_cycles_on_both_backends():
+    """tcloud.firmware.nonlinear on both RTL backends: rows of 10 codes (not a whole number of words or
+    lanes), one of them constant."""
+    from tcloud.firmware.nonlinear import layernorm_reference, layernorm_rows, softmax_reference, softmax_rows
+
+    rng = np.random.default_rng(8)
+    q = rng.integers(-128, 128, (3, 10)).astype(np.int8)
+    q[1] = -7
+    softmax = assert_both_backends_match_the_golden_model(softmax_rows("tiny", 3, 10, 0.1, 1 / 256, -128), {"X": q})
+    assert np.array_equal(softmax["Y"], softmax_reference(q, 0.1, 1 / 256, -128))
+    gamma, beta = rng.normal(1, 0.3, 10), rng.normal(0, 0.3, 10)
+    norm = assert_both_backends_match_the_golden_model(layernorm_rows("tiny", 3, 10, 0.05, gamma, beta, 1e-5, 0.02, 3),
+                                                       {"X": q})
+    assert np.array_equal(norm["Y"], layernorm_reference(q, 0.05, gamma, beta, 1e-5, 0.02, 3))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from tcloud.isa.golden import lookup, requantize, requantize_fp32, ve_fma, wrap_i32
+from tcloud.isa.golden import lookup, requantize, requantize_fp32, ve_fma, ve_fmav, wrap_i32
 from tcloud.isa.table import LUT_BYTES, UINT8_OFFSET, FmaResult, FmaSource
 from tcloud.rtl.decode import OPCODES
 from tcloud.rtl.vector_alu import ELEMENTWISE_OPS, VectorALU
@@ -75,7 +75,7 @@ def random_cases(op, count, seed):
     return cases
 
 
-@pytest.mark.parametrize("op", [op for op in ELEMENTWISE_OPS if op != "ve.fma"])  # ve.fma: below
+@pytest.mark.parametrize("op", [op for op in ELEMENTWISE_OPS if op not in ("ve.fma", "ve.fmav")])  # fma: below
 def test_matches_golden(op):
     cases = random_cases(op, 40, seed=len(op) * 7 + OPCODES[op])
     for case, got in zip(cases, run_vectors(cases)):
@@ -149,13 +149,14 @@ def test_lut_reads_every_entry_by_the_low_byte_of_each_lane():
     assert got.tolist() != TABLE.tolist(), "a table indexed by the signed value would pass only by chance"
 
 
-def run_fma(cases):
-    """Evaluate ve.fma cases (x lanes, addend words, R word, src1_kind, dst_kind) on the ALU."""
+def run_fma(cases, op="ve.fma"):
+    """Evaluate ve.fma cases (x lanes, addend words, R word, src1_kind, dst_kind) on the ALU; for
+    ``op="ve.fmav"`` the words in y are the multipliers and R the addend."""
     dut = VectorALU(LANES)
     results = []
 
     async def bench(ctx):
-        ctx.set(dut.opcode, OPCODES["ve.fma"])
+        ctx.set(dut.opcode, OPCODES[op])
         for x, c, r, kind, result in cases:
             for lane in range(LANES):
                 ctx.set(dut.x[lane], int(x[lane]))
@@ -171,14 +172,17 @@ def run_fma(cases):
     return results
 
 
-def fma_golden(x, c, r, kind, result):
-    """The golden model's ve.fma on ALU lanes: byte sources arrive sign-extended (uint8 as the pNPU
-    holds it: q - 128); binary32 words come back as the signed int32 with the same bits, uint8 results
-    as q - 128."""
+def fma_golden(x, c, r, kind, result, op="ve.fma"):
+    """The golden model's ve.fma (or ve.fmav: ``c`` the multipliers, ``r`` the addend) on ALU lanes:
+    byte sources arrive sign-extended (uint8 as the pNPU holds it: q - 128); binary32 words come back as
+    the signed int32 with the same bits, uint8 results as q - 128."""
     x = np.asarray(x, np.int64)
     if kind == FmaSource.UINT8:
         x = x + UINT8_OFFSET
-    out = ve_fma(x, kind, r, np.asarray(c, np.int64), result)
+    if op == "ve.fmav":
+        out = ve_fmav(x, kind, np.asarray(c, np.int64) & 0xFFFFFFFF, r, result)
+    else:
+        out = ve_fma(x, kind, r, np.asarray(c, np.int64), result)
     if result == FmaResult.UINT8:
         out = out - UINT8_OFFSET
     return wrap_i32(out) if result == FmaResult.FP32 else out
@@ -245,3 +249,35 @@ def test_fma_matches_golden():
     cases = fma_cases(seed=11, count=160)
     for case, got in zip(cases, run_fma(cases)):
         assert got == fma_golden(*case).tolist(), (case[3], case[4], hex(case[2]))
+
+
+def fmav_cases(seed, count):
+    """ve.fmav operands (x lanes, multiplier words, addend R, kinds): the ve.fma cases with their lanes'
+    words as multipliers and one of them, or the ve.fma multiplier, as the addend; and cancellations,
+    products within an ulp or two of -R."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for x, c, r, kind, result in fma_cases(seed, count):
+        addend = int(c[rng.integers(0, LANES)]) & 0xFFFFFFFF if rng.integers(0, 2) else r
+        cases.append((x, c, addend, kind, result))
+    for i in range(count // 4):
+        kind, result = FmaSource(i % 4), FmaResult((i // 4) % 4)
+        x = rng.integers(-128, 128, LANES) if kind in (FmaSource.INT8, FmaSource.UINT8) else (
+            rng.integers(-(1 << 20), 1 << 20, LANES))
+        xv = (x & 0xFF if kind == FmaSource.UINT8 else x).astype(np.float64)
+        if kind == FmaSource.FP32:
+            xv = rng.normal(0, 10, LANES).astype(np.float32)
+            x = xv.view(np.uint32).astype(np.int64)
+        addend = np.float32(rng.normal(0, 1000))
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            y = np.nan_to_num(-np.float64(addend) / xv).astype(np.float32)
+        y = (y.view(np.uint32).astype(np.int64) ^ rng.integers(0, 4, LANES)) & 0xFFFFFFFF
+        cases.append((x, y, int(addend.view(np.uint32)), kind, result))
+    return cases
+
+
+def test_fmav_matches_golden():
+    """ve.fmav shares ve.fma's datapath with R and the y words swapped."""
+    cases = fmav_cases(seed=23, count=96)
+    for case, got in zip(cases, run_fma(cases, "ve.fmav")):
+        assert got == fma_golden(*case, op="ve.fmav").tolist(), (case[3], case[4], hex(case[2]))

@@ -108,7 +108,9 @@ def every_opcode(config):
              Instr("ve.lutload", src=0x100), Instr("ve.lut", dst=0x260, src=0, n=8),  # table: the results above
              Instr("ve.requantf", dst=0x280, src1=0, src2=0x20, n=8),  # scale words: the loaded bytes
              Instr("ve.setf", value=0x3FC00000),  # 1.5
-             Instr("ve.fma", dst=0x290, src1=0, src2=0, n=8, src1_kind=0, src2_zero=1, dst_kind=1)]
+             Instr("ve.fma", dst=0x290, src1=0, src2=0, n=8, src1_kind=0, src2_zero=1, dst_kind=1),
+             Instr("ve.shape", rows=1, src2_row=1),  # multiplier: the one word at 0x20, in every lane
+             Instr("ve.fmav", dst=0x298, src1=0, src2=0x20, n=8, src1_kind=0, dst_kind=1)]
     program = utop(EngineClass.DMA, [Instr("dma.load", sram=0, hbm=data, rows=1, row_bytes=0x40)], signal=1)
     program += utop(EngineClass.VE, [Instr("ve.shape", rows=1, dst_stride=0, src1_stride=0, src2_stride=0)]
                     + binary + unary, wait0=0, count0=1, signal=2)

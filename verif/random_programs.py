@@ -134,11 +134,12 @@ class _Gen:
     def ve_instruction(self):
         lanes = self.cfg.ve_lanes
         op = self.pick(_BINARY + ("ve.relu", "ve.copy", "ve.fill", "ve.requant", "ve.requantf", "ve.redsum",
-                                  "ve.redmax", "ve.lut", "ve.fma"))
+                                  "ve.redmax", "ve.lut", "ve.fma", "ve.fmav"))
         n = self.int(1, min(3 * lanes, SLOT_BYTES // 4))
         src1_i8, src2_i8, dst_i8 = (bool(self.int(0, 1)) for _ in range(3))
-        if op == "ve.fma":
-            src1_kind, dst_kind, src2_zero = FmaSource(self.int(0, 3)), FmaResult(self.int(0, 3)), self.int(0, 3) == 0
+        if op in ("ve.fma", "ve.fmav"):
+            src1_kind, dst_kind = FmaSource(self.int(0, 3)), FmaResult(self.int(0, 3))
+            src2_zero = op == "ve.fma" and self.int(0, 3) == 0
             src1_i8, src2_i8, dst_i8 = src1_kind in FMA_BYTE_SOURCES, False, dst_kind in FMA_BYTE_RESULTS
         if op in ("ve.requant", "ve.requantf"):
             src1_i8 = False
@@ -147,20 +148,22 @@ class _Gen:
         if op == "ve.lut":
             src1_i8 = dst_i8 = True
         reduce = op in ("ve.redsum", "ve.redmax")
+        two_sources = op in _BINARY + ("ve.requantf", "ve.fmav") or (op == "ve.fma" and not src2_zero)
+        src2_row = int(two_sources and self.int(0, 3) == 0)  # src2: one element per row
         src1_bytes = n * (1 if src1_i8 else 4)
-        src2_bytes = n * (1 if src2_i8 else 4)
+        src2_bytes = (1 if src2_row else n) * (1 if src2_i8 else 4)
         dst_bytes = 4 if reduce else n * (1 if dst_i8 else 4)
         strides = [_up4(b) + 4 * self.int(0, 2) for b in (dst_bytes, src1_bytes, src2_bytes)]
         if self.int(0, 3) == 0:
             strides[2] = 0
         rows = self.rows_fitting([(dst_bytes, strides[0]), (src1_bytes, strides[1]), (src2_bytes, strides[2])])
         dst, src1, src2 = self.slots(3)
-        in_place = (op in ("ve.relu", "ve.copy", "ve.requant", "ve.requantf", "ve.lut", "ve.fma") + _BINARY
+        in_place = (op in ("ve.relu", "ve.copy", "ve.requant", "ve.requantf", "ve.lut", "ve.fma", "ve.fmav") + _BINARY
                     and self.int(0, 3) == 0)
         if in_place and dst_bytes == src1_bytes and strides[0] == strides[1]:
             dst = src1
-        shape = Instr("ve.shape", rows=rows, dst_stride=strides[0], src1_stride=strides[1], src2_stride=strides[2])
-        two_sources = op in _BINARY + ("ve.requantf",) or (op == "ve.fma" and not src2_zero)
+        shape = Instr("ve.shape", rows=rows, dst_stride=strides[0], src1_stride=strides[1], src2_stride=strides[2],
+                      src2_row=src2_row)
         reads = {src1, src2} if two_sources else set() if op == "ve.fill" else {src1}
         writes = {dst}
         prologue = []
@@ -186,9 +189,9 @@ class _Gen:
                          dst_i8=int(dst_i8))
         elif op == "ve.requantf":
             body = Instr(op, dst=dst, src1=src1, src2=src2, n=n, zp=self.int(-128, 127), dst_i8=int(dst_i8))
-        elif op == "ve.fma":
-            body = Instr(op, dst=dst, src1=src1, src2=src2, n=n, src1_kind=int(src1_kind), src2_zero=int(src2_zero),
-                         dst_kind=int(dst_kind))
+        elif op in ("ve.fma", "ve.fmav"):
+            zero = {"src2_zero": int(src2_zero)} if op == "ve.fma" else {}
+            body = Instr(op, dst=dst, src1=src1, src2=src2, n=n, src1_kind=int(src1_kind), dst_kind=int(dst_kind), **zero)
             if self.int(0, 3):  # else R stays that of an earlier ve.setf in the uTOp, or +0.0
                 word = self.scale_word() if self.int(0, 1) else self.int(0, (1 << 32) - 1)
                 prologue.append(Instr("ve.setf", value=word & 0xFFFFFFFF))

@@ -229,7 +229,7 @@ ALLOWED = (
     *_allow("rtl/vector_engine.py", "elem < n inside the row, so 0 <= n - elem and the Mux keeps it <= lanes.",
             "count.eq(Mux(n - elem < lanes, n - elem, lanes))"),
     *_allow("rtl/vector_engine.py", _SRAM_WINDOW, "self.sram.addr.eq(chunk_addr(src1, src1_stride, src1_i8))",
-            "self.sram.addr.eq(chunk_addr(src2, src2_stride, src2_i8))",
+            "self.sram.addr.eq(chunk_addr(src2, src2_stride, src2_i8, src2_row))",
             "self.sram.addr.eq(chunk_addr(dst, dst_stride, dst_i8))",
             "self.sram.addr.eq(self.sram_addr(dst + row * dst_stride))"),
     *_allow("rtl/vector_engine.py", "Advanced only while elem + lanes < n (or row + 1 < rows): fits the field.",
