@@ -627,3 +627,36 @@ def test_gather_matches_the_golden_model_with_equal_cycles_on_both_backends():
     flat = table.view(np.uint8).reshape(-1)
     assert [rows[8 + r, 20:28].tolist() for r in range(4)] == [flat[8 + 8 * i:16 + 8 * i].tolist()
                                                                for i in indices[4:8]]
+
+
+def test_a_racing_rewrite_of_the_indices_never_reads_outside_the_window(device):
+    """A tenant's own unsynchronised VE uTOp rewrites the last index of a running gather to the first row
+    past the HBM window, where another tenant's secret lies, at a range of moments: before the first
+    pass reads it (HBM_BOUNDS, nothing copied), between the passes (HBM_BOUNDS from the second pass's
+    check, the rows before it copied) or after both (the old row). The secret is never read."""
+    count, bad = 200, 0x1000 // 16
+    secret = bytes(range(200, 216))
+    outcomes = set()
+    for delay in range(1, 60, 6):
+        racer = [Instr("ve.shape", rows=delay), Instr("ve.add", dst=0xE00, src1=0xE00, src2=0xE00, n=16),
+                 Instr("ve.shape", rows=1), Instr("ve.fill", dst=4 * (count - 1), n=1, value=bad)]
+        program = (utop(EngineClass.VE, [Instr("ve.fill", dst=0, n=count, value=3)], signal=1)
+                   + utop(EngineClass.DMA, [Instr("dma.gather", sram=0xC00, hbm=0, idx=0, rows=count, row_bytes=16)],
+                          wait0=0, count0=1, signal=2)
+                   + utop(EngineClass.VE, racer)
+                   + utop(EngineClass.DMA, [Instr("dma.store", sram=0xC00, hbm=0x700, rows=1, row_bytes=16)],
+                          wait0=1, count0=1))
+        device.write_hbm(0x4000, bytes(range(256)) * 4)
+        device.write_hbm(0x5000, secret)
+        start_tenant(device, 1, program, hbm_base=0x4000, sram_size=0x1000)
+        read_before = device.context(1).counters["hbm_bytes_read"]
+        assert device.run(max_cycles=200_000)
+        info = device.context(1)
+        copied = info.counters["hbm_bytes_read"] - read_before
+        if info.status == ContextStatus.DONE:
+            assert device.read_hbm(0x4700, 16) == bytes(range(48, 64)), delay  # row 3, as the golden model
+            outcomes.add("after both passes")
+        else:
+            assert (info.fault, copied) in ((FaultCode.HBM_BOUNDS, 0), (FaultCode.HBM_BOUNDS, 16 * (count - 1)))
+            outcomes.add("between the passes" if copied else "before the first pass")
+    assert outcomes == {"before the first pass", "between the passes", "after both passes"}
