@@ -48,6 +48,10 @@ LUT_WORDS = LUT_BYTES // WORD_BYTES
 VE_STEPS_PER_LUT_READ = 2
 """Vector-engine steps per scratchpad read of a ``ve.lutload``: the request, then the data."""
 
+GATHER_INDEX_UNITS = 2 * 2
+"""Units per row of a ``dma.gather`` on top of its HBM beats: its index is read from the scratchpad
+twice (once to check every index before any byte moves, once to copy the row), request and data each."""
+
 _REDUCTIONS = ("ve.redsum", "ve.redmax")
 
 
@@ -87,9 +91,10 @@ def instruction_units(mnemonic, field, config, ve_rows=1, continues=0):
     -------
     int or Amaranth value
     """
-    if mnemonic in ("dma.load", "dma.store"):
+    if mnemonic in ("dma.load", "dma.store", "dma.gather"):
         beat_words = config.hbm_port_bytes // 4
-        return INSTRUCTION_UNITS + field("rows") * _ceil_div(field("row_bytes"), beat_words)
+        per_row = _ceil_div(field("row_bytes"), beat_words) + (GATHER_INDEX_UNITS if mnemonic == "dma.gather" else 0)
+        return INSTRUCTION_UNITS + field("rows") * per_row
     if mnemonic == "me.loadw":
         return INSTRUCTION_UNITS + config.me_rows
     if mnemonic == "me.matmul":

@@ -48,6 +48,8 @@ def isa_markdown():
             "| body instruction | work units |", "|---|---|",
             f"| every instruction | {cost.INSTRUCTION_UNITS} (plus the following) |",
             "| `dma.load`, `dma.store` | rows × ⌈row_bytes / hbm_port_bytes⌉ |",
+            f"| `dma.gather` | rows × (⌈row_bytes / hbm_port_bytes⌉ + {cost.GATHER_INDEX_UNITS}) (each index read "
+            "twice: checked, then copied) |",
             "| `me.loadw` | me_rows |",
             "| `me.matmul` | m if it continues the uTOp's output region (same out, out_stride, m and n as "
             "the previous matmul, whose region nothing has read since), else m × (2 + acc) |",

@@ -30,7 +30,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .config import get_config
-from .cost import UnitState
+from .cost import UnitState, overlap
 from .encoding import DecodeError, Instr, decode
 from .errors import HostCommandError
 from .table import (FMA_BYTE_RESULTS, FMA_BYTE_SOURCES, INSTRUCTION_BYTES, LUT_BYTES, NUM_TOKENS, SCALE_EXPONENT_BIAS,
@@ -400,8 +400,9 @@ class _EngineState:
 def run_alone(image, config, *, trace=False):
     """Run a program image alone in context 0 of a fresh golden model, every input zero.
 
-    No address, token count or branch of the ISA depends on data, so this run takes every fault
-    the program would take on any input, and its trace holds every access it would make.
+    No address, token count or branch of the ISA depends on data but the HBM rows a ``dma.gather``
+    selects (with zero indices, its first row), so this run takes every fault the program would take
+    on any input, and its trace holds every access it would make, except for those rows.
 
     Parameters
     ----------
@@ -668,6 +669,23 @@ def _dma(machine, ctx, engine, instr):
         ctx.counters.hbm_bytes_written += data.size
 
 
+def _dma_gather(machine, ctx, engine, instr):
+    rows, row_bytes, table = instr["rows"], instr["row_bytes"], instr["hbm"]
+    indices = machine.read(ctx, "sram", instr["idx"], 1, 4 * rows, 0)[0].view("<i4").astype(np.int64)
+    machine._region(ctx, "sram", instr["sram"], rows, row_bytes, instr["sram_stride"])
+    if overlap(instr["idx"], instr["idx"] + 4 * rows, instr["sram"],
+               instr["sram"] + (rows - 1) * instr["sram_stride"] + row_bytes):
+        raise _Fault(FaultCode.ILLEGAL_FIELD, "dma.gather writes rows over its own index vector")
+    for r, i in enumerate(indices.tolist()):
+        if i < 0 or table + (i + 1) * row_bytes > ctx.hbm.size:
+            raise _Fault(FaultCode.HBM_BOUNDS, f"dma.gather index {i} (row {r}) selects HBM bytes "
+                                               f"[{table + i * row_bytes:#x}, {table + (i + 1) * row_bytes:#x}) "
+                                               f"outside the {ctx.hbm.size:#x}-byte window")
+    data = np.concatenate([machine.read(ctx, "hbm", table + i * row_bytes, 1, row_bytes, 0) for i in indices.tolist()])
+    machine.write(ctx, "sram", instr["sram"], instr["sram_stride"], data)
+    ctx.counters.hbm_bytes_read += data.size
+
+
 def _me_loadw(machine, ctx, engine, instr):
     k, n = instr["k"], instr["n"]
     cfg = machine.config
@@ -829,7 +847,7 @@ def _ve_fmav(machine, ctx, engine, instr):
 
 
 _EXECUTE = {
-    "dma.load": _dma, "dma.store": _dma,
+    "dma.load": _dma, "dma.store": _dma, "dma.gather": _dma_gather,
     "me.loadw": _me_loadw, "me.matmul": _me_matmul,
     "ve.shape": _ve_shape,
     **{name: _ve_binary for name in _BINARY},

@@ -416,6 +416,19 @@ INSTRUCTIONS = (
                     "Copies rows × row_bytes from HBM to the scratchpad (2-D strided)."),
     InstructionSpec("dma.store", 0x11, EngineClass.DMA, _DMA_FIELDS,
                     "Copies rows × row_bytes from the scratchpad to HBM (2-D strided)."),
+    InstructionSpec("dma.gather", 0x12, EngineClass.DMA, (
+        *_DMA_FIELDS[:4],
+        _sram("idx", "Scratchpad address of the rows int32 indices (context-relative)."),
+        _DMA_FIELDS[5],
+    ), "Copies the table rows an index vector selects from HBM to the scratchpad (an embedding lookup): "
+       "for r in 0..rows-1, with i the int32 at idx + 4·r, copies row_bytes bytes from hbm + i·row_bytes "
+       "to sram + r·sram_stride. The table is dense (rows row_bytes apart): with the indices, the sram, hbm, "
+       "rows and row_bytes fields of dma.load (in its bits) fill the 128-bit word, leaving no room for an "
+       "HBM stride. Every index is checked before any byte is written, in this order: the index vector "
+       "[idx, idx + 4·rows) and the destination [sram, sram + (rows-1)·sram_stride + row_bytes) lie in the "
+       "scratchpad window (else SRAM_BOUNDS); the two do not overlap (else ILLEGAL_FIELD: a row written "
+       "must not change an index); each index i, in row order, has 0 ≤ i and its row [hbm + i·row_bytes, "
+       "hbm + (i + 1)·row_bytes) inside the HBM window, computed without wrapping (else HBM_BOUNDS)."),
     # --- matrix engine -------------------------------------------------------------------------
     InstructionSpec("me.loadw", 0x20, EngineClass.ME, (
         _sram("w", "Scratchpad address of the int8 weight tile W[k][n]."),

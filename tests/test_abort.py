@@ -99,6 +99,34 @@ def test_kill_aborts_a_long_utop_within_the_bound(device, cls):
     assert_engines_come_back_clean(device)
 
 
+LONG_GATHER = (utop(EngineClass.VE, [Instr("ve.fill", dst=0, n=100, value=0)], signal=1)
+               + utop(EngineClass.DMA, [Instr("dma.gather", sram=0x1000, hbm=0, idx=0, rows=100, row_bytes=0x100)] * 40,
+                      wait0=0, count0=1))
+"""Gathers of row 0, each first checking its 100 indices (on tiny, about cycles 45 to 145 of the run),
+then copying."""
+
+
+@pytest.mark.parametrize("stop, at", [("watchdog", 100), ("watchdog", 600), ("kill", 100), ("kill", 700)],
+                         ids=["watchdog-checking", "watchdog-copying", "kill-checking", "kill-copying"])
+def test_a_long_gather_stops_within_the_bound(device, stop, at):
+    """Stopped while checking its indices or while copying rows, a gather ends within abort_bound and
+    leaves the engine clean."""
+    start(device, LONG_GATHER, budget=at if stop == "watchdog" else 0)
+    if stop == "kill":
+        assert not device.run(max_cycles=at)
+        before = device.cycles
+        device.host(Instr("ctx.kill", ctx=0))
+        assert device.run(max_cycles=50_000)
+        assert device.cycles - before <= device.command_poll_cycles + abort_bound(device.config, HBM_LATENCY)
+    else:
+        assert device.run(max_cycles=50_000)
+        assert 0 <= device.context(0).timing["run_cycles"] - at <= abort_bound(device.config, HBM_LATENCY)
+    info = device.context(0)
+    assert (info.status, info.fault) == (ContextStatus.FAULTED, FaultCode.KILLED if stop == "kill" else FaultCode.WATCHDOG)
+    assert info.counters["utops"]["dma"] == 0
+    assert_engines_come_back_clean(device)
+
+
 def test_kill_at_random_moments_of_random_programs_is_bounded_and_leaves_nothing_behind():
     """Random DMA/ME/VE programs under HBM jitter, killed at a random cycle: the context stops within
     the bound, and the next tenant on the same engines is exact."""

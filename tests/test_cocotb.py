@@ -28,8 +28,8 @@ TESTS = ["constrained_random_gemm", "random_programs", "multi_tenant", "planted_
          "spec_timing", "coverage_report"]
 
 KEY_BINS = {
-    "coverage.program.opcode": ["utop", "halt", "nop", "fence", "dma.load", "dma.store", "me.loadw", "me.matmul",
-                                "ve.fill", "ve.lutload", "ve.lut"],
+    "coverage.program.opcode": ["utop", "halt", "nop", "fence", "dma.load", "dma.store", "dma.gather", "me.loadw",
+                                "me.matmul", "ve.fill", "ve.lutload", "ve.lut"],
     "coverage.context.policy": [p.name.lower() for p in Policy],
     "coverage.utop.class_x_tokens": [str((cls.name.lower(), tokens)) for cls in UTOP_CLASSES
                                      for tokens in TOKEN_PATTERNS],

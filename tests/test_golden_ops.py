@@ -4,11 +4,13 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from tcloud.firmware.gather import embedding_lookup, gather_reference
 from tcloud.isa import ContextStatus, EngineClass, FaultCode, Instr, Machine, encode_stream, requantize
 from tcloud.isa.table import LUT_BYTES
+from tcloud.runtime import FunctionalDevice, run_image
 
 from conftest import new_tenant, utop
 
@@ -282,3 +284,90 @@ def test_lutload_reads_a_whole_table_inside_the_window():
     machine.run()
     ctx = machine.contexts[0]
     assert (ctx.fault, ctx.fault_pc) == (FaultCode.SRAM_BOUNDS, 0x800 + 3 * 16)  # the first one fits exactly
+
+
+# --- gather ------------------------------------------------------------------------------------------
+
+
+def run_gather(tenant, table, indices, *, row_bytes, table_at=0x100, idx=0x2000, dst=0x3000, sram_stride=None):
+    """Place ``table`` in HBM and ``indices`` (int32) in the scratchpad, run one ``dma.gather``."""
+    tenant.write_hbm(table_at, table)
+    tenant.write_sram(idx, np.asarray(indices, dtype="<i4"))
+    tenant.load(utop(EngineClass.DMA, [Instr("dma.gather", sram=dst, hbm=table_at, idx=idx, rows=len(indices),
+                                             row_bytes=row_bytes, sram_stride=sram_stride or row_bytes)])
+                + [Instr("halt")])
+    tenant.machine.run()
+    return tenant.state
+
+
+@given(table_rows=st.integers(1, 40), words=st.integers(1, 9), count=st.integers(1, 50), pad=st.integers(0, 3),
+       seed=st.integers(0, 2**32 - 1))
+def test_gather_matches_numpy_indexing(table_rows, words, count, pad, seed):
+    """Row r of the destination (sram_stride apart) is table[indices[r]]; the bytes between rows stay;
+    the HBM bytes read are counted."""
+    tenant = new_tenant()
+    rng = np.random.default_rng(seed)
+    row_bytes, sram_stride = 4 * words, 4 * (words + pad)
+    table = rng.integers(-128, 128, (table_rows, row_bytes), dtype=np.int8)
+    indices = rng.integers(0, table_rows, count).astype(np.int32)
+    tenant.write_sram(0x3000, np.full(count * sram_stride, 0x55, np.uint8))
+    state = run_gather(tenant, table, indices, row_bytes=row_bytes, sram_stride=sram_stride)
+    assert state.status == ContextStatus.DONE, state.fault_detail
+    got = tenant.read_sram(0x3000, count * sram_stride, np.int8).reshape(count, sram_stride)
+    assert np.array_equal(got[:, :row_bytes], gather_reference(table, indices))
+    assert (got[:, row_bytes:].view(np.uint8) == 0x55).all()
+    assert state.counters.hbm_bytes_read == count * row_bytes
+
+
+@given(bad=st.one_of(st.integers(-(1 << 31), -1), st.integers(0x10000 // 16 - 0x100 // 16, (1 << 31) - 1)),
+       position=st.integers(0, 5), seed=st.integers(0, 2**32 - 1))
+def test_a_gather_index_outside_the_hbm_window_faults_before_writing(bad, position, seed):
+    """A negative index, or one whose row reaches past the HBM window (the table starts at 0x100 of a
+    0x10000-byte window, rows of 16 bytes), faults HBM_BOUNDS at the gather; no row is written, not
+    even those of the good indices before it."""
+    tenant = new_tenant()
+    rng = np.random.default_rng(seed)
+    indices = rng.integers(0, 100, 6).astype(np.int64)
+    indices[position] = bad
+    state = run_gather(tenant, rng.integers(-128, 128, (100, 16), dtype=np.int8), indices.astype(np.int32),
+                       row_bytes=16)
+    assert (state.fault, state.fault_pc) == (FaultCode.HBM_BOUNDS, tenant.code_at + 16)
+    assert not tenant.read_sram(0x3000, 6 * 16, np.uint8).any()
+    assert state.counters.hbm_bytes_read == 0
+
+
+def test_a_gather_index_may_select_the_last_row_of_the_window(tenant):
+    last = (0x10000 - 0x100) // 16 - 1
+    state = run_gather(tenant, np.zeros((1, 16), np.int8), [last, 0], row_bytes=16)
+    assert state.status == ContextStatus.DONE, state.fault_detail
+
+
+@pytest.mark.parametrize("fields, code", [
+    ({"idx": 0x3FFC, "rows": 2}, FaultCode.SRAM_BOUNDS),  # the index vector leaves the scratchpad window
+    ({"sram": 0x3FF0, "rows": 2}, FaultCode.SRAM_BOUNDS),  # so do the rows
+    ({"sram": 0x1FF0, "rows": 2}, FaultCode.ILLEGAL_FIELD),  # the second row would overwrite the indices
+    ({"sram": 0x1FF0, "sram_stride": 0x20}, FaultCode.ILLEGAL_FIELD),  # the indices between the rows
+], ids=["indices_outside", "rows_outside", "rows_over_the_indices", "indices_within_the_rows_extent"])
+def test_gather_scratchpad_faults(fields, code):
+    tenant = new_tenant()
+    instr = {"sram": 0x3000, "hbm": 0, "idx": 0x2000, "rows": 2, "row_bytes": 16, "sram_stride": 16, **fields}
+    tenant.load(utop(EngineClass.DMA, [Instr("dma.gather", **instr)]) + [Instr("halt")])
+    tenant.machine.run()
+    assert (tenant.state.fault, tenant.state.fault_pc) == (code, tenant.code_at + 16)
+
+
+@given(table_rows=st.integers(1, 50), words=st.integers(1, 12), count=st.integers(1, 60),
+       sram_bytes=st.sampled_from([0x80, 0x200, 0x4000]), seed=st.integers(0, 2**32 - 1))
+def test_the_embedding_lookup_program_matches_numpy(table_rows, words, count, sram_bytes, seed):
+    """firmware.gather's program (blocks of indices double-buffered through the scratchpad budget) on the
+    golden model returns table[indices]."""
+    row_bytes = 4 * words
+    assume(sram_bytes >= 2 * (row_bytes + 4))
+    rng = np.random.default_rng(seed)
+    table = rng.integers(-128, 128, (table_rows, row_bytes), dtype=np.int8)
+    indices = rng.integers(0, table_rows, count).astype(np.int32)
+    outputs, info = run_image(FunctionalDevice("tiny"), embedding_lookup("tiny", table_rows, row_bytes, count,
+                                                                         sram_bytes=sram_bytes),
+                              {"T": table, "I": indices})
+    assert info.status == ContextStatus.DONE, info.detail
+    assert np.array_equal(outputs["Y"], gather_reference(table, indices))

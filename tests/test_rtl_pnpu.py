@@ -9,6 +9,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from tcloud.firmware import Requant, gemm
+from tcloud.firmware.gather import embedding_lookup, gather_reference
 from tcloud.isa import (ConfigError, ConfigMismatchError, ContextStatus, EngineClass, FaultCode, HostCommandError,
                         Instr, assemble, encode_stream, get_config)
 from tcloud.isa import csr
@@ -83,6 +84,14 @@ def ve(dst=0, n=1, **header):
     return utop(EngineClass.VE, [Instr("ve.fill", dst=dst, n=n)], **header)
 
 
+def gather(indices, *, idx=0x100, rows=None, sram=0, row_bytes=16):
+    """A VE uTOp writing int32 ``indices`` at ``idx``, then a DMA uTOp gathering the rows they select."""
+    fills = [Instr("ve.fill", dst=idx + 4 * r, n=1, value=i) for r, i in enumerate(indices) if idx + 4 * r < 0x400]
+    return (utop(EngineClass.VE, fills, signal=1)
+            + utop(EngineClass.DMA, [Instr("dma.gather", sram=sram, hbm=0, idx=idx, rows=rows or len(indices),
+                                           row_bytes=row_bytes, sram_stride=row_bytes)], wait0=0, count0=1))
+
+
 FAULTS = {
     "illegal_opcode": (bytes([0xEE]) + bytes(15), FaultCode.ILLEGAL_OPCODE),
     "reserved_bits": (bytes(Instr("halt").encode()[:15]) + b"\x80", FaultCode.ILLEGAL_FIELD),
@@ -107,6 +116,14 @@ FAULTS = {
                                                       Instr("ve.lutload", src=0x304)]), FaultCode.SRAM_BOUNDS),
     "lut_past_the_window": (utop(EngineClass.VE, [Instr("ve.lutload", src=0),
                                                   Instr("ve.lut", dst=0x3FC, src=0, n=5)]), FaultCode.SRAM_BOUNDS),
+    "gather_negative_index": (gather([-1]), FaultCode.HBM_BOUNDS),
+    "gather_most_negative_index": (gather([-(1 << 31)]), FaultCode.HBM_BOUNDS),  # row 0 without its sign bit
+    "gather_index_past_the_window": (gather([255, 0, 256]), FaultCode.HBM_BOUNDS),  # row 255 ends at 0x1000
+    "gather_index_wrapping_the_address": (gather([3, 1 << 28]), FaultCode.HBM_BOUNDS),  # 2**28 rows: 2**32 bytes
+    "gather_largest_index": (gather([(1 << 31) - 1]), FaultCode.HBM_BOUNDS),
+    "gather_indices_past_the_scratchpad": (gather([0], idx=0x3FC, rows=2), FaultCode.SRAM_BOUNDS),
+    "gather_rows_past_the_scratchpad": (gather([0, 1], sram=0x3F0), FaultCode.SRAM_BOUNDS),
+    "gather_over_its_indices": (gather([0, 1], sram=0xF8), FaultCode.ILLEGAL_FIELD),
     "token_deadlock": (ve(wait0=3, count0=1), FaultCode.TOKEN_DEADLOCK),
     "token_overflow": (ve(signal=1) * 256, FaultCode.TOKEN_OVERFLOW),
     "runs_off_its_window": ([Instr("nop")] * 8, FaultCode.FETCH_BOUNDS),
@@ -641,3 +658,76 @@ def test_softmax_and_layernorm_kernels_match_the_golden_model_with_equal_cycles_
     norm = assert_both_backends_match_the_golden_model(layernorm_rows("tiny", 3, 10, 0.05, gamma, beta, 1e-5, 0.02, 3),
                                                        {"X": q})
     assert np.array_equal(norm["Y"], layernorm_reference(q, 0.05, gamma, beta, 1e-5, 0.02, 3))
+
+
+GATHER_PROGRAM = """
+.config tiny
+.footprint hbm=0x800 sram=0x400
+.entry 0x400
+.input T i8 16x20 offset=0x0
+.input I i32 12 offset=0x180
+.output Y i32 12x8 offset=0x200
+utop cls=dma signal=t0
+  dma.load sram=0x0 hbm=0x180 rows=1 row_bytes=48
+utop cls=dma signal=t1 wait0=t0 count0=1
+  dma.gather sram=0x40 hbm=0x0 idx=0x0 rows=12 row_bytes=20 sram_stride=32
+  dma.gather sram=0x154 hbm=0x8 idx=0x10 rows=4 row_bytes=8 sram_stride=32
+utop cls=dma wait0=t1 count0=1
+  dma.store sram=0x40 hbm=0x200 rows=1 row_bytes=384
+halt
+"""
+
+
+def test_gather_matches_the_golden_model_with_equal_cycles_on_both_backends():
+    """Embedding lookups of several shapes (rows of one beat and several, partial last beats, repeated and
+    edge indices, blocks double-buffered through a small scratchpad), and two gathers in one uTOp with a
+    destination stride wider than the row and a table starting mid-row."""
+    rng = np.random.default_rng(31)
+    for table_rows, row_bytes, count, sram_bytes in ((9, 4, 5, 0x400), (16, 12, 23, 0x100), (40, 36, 30, 0x400)):
+        image = embedding_lookup("tiny", table_rows, row_bytes, count, sram_bytes=sram_bytes)
+        table = rng.integers(-128, 128, (table_rows, row_bytes), dtype=np.int8)
+        indices = rng.integers(0, table_rows, count).astype(np.int32)
+        indices[:3] = [table_rows - 1, 0, table_rows - 1]
+        expected = assert_both_backends_match_the_golden_model(image, {"T": table, "I": indices})
+        assert np.array_equal(expected["Y"], gather_reference(table, indices))
+    table = rng.integers(-128, 128, (16, 20), dtype=np.int8)
+    indices = rng.integers(0, 16, 12).astype(np.int32)
+    expected = assert_both_backends_match_the_golden_model(assemble(GATHER_PROGRAM), {"T": table, "I": indices})
+    rows = expected["Y"].view(np.uint8).reshape(12, 32)
+    assert np.array_equal(rows[:, :20], table.view(np.uint8)[indices])
+    flat = table.view(np.uint8).reshape(-1)
+    assert [rows[8 + r, 20:28].tolist() for r in range(4)] == [flat[8 + 8 * i:16 + 8 * i].tolist()
+                                                               for i in indices[4:8]]
+
+
+def test_a_racing_rewrite_of_the_indices_never_reads_outside_the_window(device):
+    """A tenant's own unsynchronised VE uTOp rewrites the last index of a running gather to the first row
+    past the HBM window, where another tenant's secret lies, at a range of moments: before the first
+    pass reads it (HBM_BOUNDS, nothing copied), between the passes (HBM_BOUNDS from the second pass's
+    check, the rows before it copied) or after both (the old row). The secret is never read."""
+    count, bad = 200, 0x1000 // 16
+    secret = bytes(range(200, 216))
+    outcomes = set()
+    for delay in range(1, 60, 6):
+        racer = [Instr("ve.shape", rows=delay), Instr("ve.add", dst=0xE00, src1=0xE00, src2=0xE00, n=16),
+                 Instr("ve.shape", rows=1), Instr("ve.fill", dst=4 * (count - 1), n=1, value=bad)]
+        program = (utop(EngineClass.VE, [Instr("ve.fill", dst=0, n=count, value=3)], signal=1)
+                   + utop(EngineClass.DMA, [Instr("dma.gather", sram=0xC00, hbm=0, idx=0, rows=count, row_bytes=16)],
+                          wait0=0, count0=1, signal=2)
+                   + utop(EngineClass.VE, racer)
+                   + utop(EngineClass.DMA, [Instr("dma.store", sram=0xC00, hbm=0x700, rows=1, row_bytes=16)],
+                          wait0=1, count0=1))
+        device.write_hbm(0x4000, bytes(range(256)) * 4)
+        device.write_hbm(0x5000, secret)
+        start_tenant(device, 1, program, hbm_base=0x4000, sram_size=0x1000)
+        read_before = device.context(1).counters["hbm_bytes_read"]
+        assert device.run(max_cycles=200_000)
+        info = device.context(1)
+        copied = info.counters["hbm_bytes_read"] - read_before
+        if info.status == ContextStatus.DONE:
+            assert device.read_hbm(0x4700, 16) == bytes(range(48, 64)), delay  # row 3, as the golden model
+            outcomes.add("after both passes")
+        else:
+            assert (info.fault, copied) in ((FaultCode.HBM_BOUNDS, 0), (FaultCode.HBM_BOUNDS, 16 * (count - 1)))
+            outcomes.add("between the passes" if copied else "before the first pass")
+    assert outcomes == {"before the first pass", "between the passes", "after both passes"}

@@ -16,6 +16,8 @@ Guarantees checked (issue 14's items and the classes that held before it):
   policy (5);
 * the golden model and the RTL agree on uTOps reading their own output region (6);
 * address edges, privileged and illegal instructions, token deadlocks, declared-cost lies;
+* gather indices crafted to read past the tenant's HBM window (past its end, before its start, wrapping
+  the address arithmetic);
 * leftover state (a new tenant on the old windows reads zeros), image and assembler fuzzing.
 
 Timed guarantees need a cycle-accurate backend; on the golden model they are reported as not
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tcloud.firmware import gemm
+from tcloud.firmware.gather import embedding_lookup, gather_reference
 from tcloud.isa import (AsmError, EngineClass, FaultCode, ImageError, Instr, Policy, ProgramImage, Segment,
                         Symbol, assemble, encode_stream)
 from tcloud.isa.cost import utop_units
@@ -237,6 +240,30 @@ def _own_output_region(hv, start_victim):
     return "a matmul reading the region the previous one wrote sees it (as the golden model)"
 
 
+GATHER_TABLE = (32, 64)
+"""Rows and bytes per row of the attacker's own embedding table (at the start of its HBM window)."""
+
+
+def _gather_crafted_indices(hv, start_victim):
+    attacker = hv.create_vnpu(ATTACKER, name="attacker")
+    rows, row_bytes = GATHER_TABLE
+    attacker.load(embedding_lookup(CONFIG, rows, row_bytes, 4, sram_bytes=0x1000))
+    table = np.random.default_rng(16).integers(-128, 128, GATHER_TABLE, dtype=np.int8)
+    start_victim()
+    good = np.array([rows - 1, 0, 7, 7], np.int32)
+    if not np.array_equal(attacker.run({"T": table, "I": good})["Y"], gather_reference(table, good)):
+        raise Broken("a gather of the attacker's own rows returned other bytes")
+    window_rows = (ATTACKER.hbm_mib << 20) // row_bytes
+    crafted = {"the first row past its window": window_rows, "the row before its window": -1,
+               "the far end of the address space": -(1 << 31), "a row at 2**32 bytes (a wrapped address)": 1 << 26,
+               "the largest index": (1 << 31) - 1}
+    details = []
+    for what, index in crafted.items():
+        indices = np.array([0, 1, index, 2], np.int32)
+        details.append(f"{what}: " + _expect_fault(attacker.submit({"T": table, "I": indices}), FaultCode.HBM_BOUNDS))
+    return "own rows exact; " + "; ".join(details)
+
+
 def _leftover_state(hv, start_victim):
     first = hv.create_vnpu(ATTACKER, name="previous")
     first.load(_image(_utop(EngineClass.VE, [Instr("ve.fill", dst=0, n=4096, value=-1)])
@@ -322,6 +349,8 @@ CATALOGUE = (
                              FaultCode.TOKEN_DEADLOCK)),
     Attack("cost_lie", "a uTOp cannot run past the cost it declared",
            _faulting_program(_utop(EngineClass.ME, REVIEWED_BODY, cost=2048), FaultCode.COST_EXCEEDED)),
+    Attack("gather_crafted_indices", "every index of a gather is checked against the HBM window",
+           _gather_crafted_indices),
     Attack("leftover_state", "destroy scrubs the windows before they are reused", _leftover_state),
     Attack("image_fuzz", "corrupted images raise ImageError, nothing else", _image_fuzz),
     Attack("assembler_fuzz", "random assembly raises AsmError, nothing else", _assembler_fuzz),

@@ -97,7 +97,8 @@ def long_utop(config, cls, **header):
 
 def every_opcode(config):
     """A program that runs every tenant opcode and completes (one ``ve.*`` of each kind, on bytes a DMA
-    load brought in, each to its own destination, stored to the output ``Y`` behind a fence)."""
+    load brought in, each to its own destination, and a gather of rows of those bytes, stored to the
+    output ``Y`` behind a fence)."""
     data, out = 0x200, 0x280
     binary = [Instr(op, dst=0x100 + 0x20 * i, src1=0, src2=0x20, n=8, src1_i8=1, src2_i8=1)
               for i, op in enumerate(("ve.add", "ve.sub", "ve.mul", "ve.max", "ve.min"))]
@@ -110,7 +111,8 @@ def every_opcode(config):
              Instr("ve.setf", value=0x3FC00000),  # 1.5
              Instr("ve.fma", dst=0x290, src1=0, src2=0, n=8, src1_kind=0, src2_zero=1, dst_kind=1),
              Instr("ve.shape", rows=1, src2_row=1),  # multiplier: the one word at 0x20, in every lane
-             Instr("ve.fmav", dst=0x298, src1=0, src2=0x20, n=8, src1_kind=0, dst_kind=1)]
+             Instr("ve.fmav", dst=0x298, src1=0, src2=0x20, n=8, src1_kind=0, dst_kind=1),
+             Instr("ve.fill", dst=0x2A0, n=1, value=3), Instr("ve.fill", dst=0x2A4, n=1, value=1)]  # gather indices
     program = utop(EngineClass.DMA, [Instr("dma.load", sram=0, hbm=data, rows=1, row_bytes=0x40)], signal=1)
     program += utop(EngineClass.VE, [Instr("ve.shape", rows=1, dst_stride=0, src1_stride=0, src2_stride=0)]
                     + binary + unary, wait0=0, count0=1, signal=2)
@@ -118,9 +120,11 @@ def every_opcode(config):
                                      Instr("me.matmul", a=0x20, out=0x300, m=2, a_stride=4, out_stride=8)],
                     wait0=1, count0=1)
     program += [Instr("nop"), Instr("fence")]
-    program += utop(EngineClass.DMA, [Instr("dma.store", sram=0x100, hbm=out, rows=1, row_bytes=0x1A0)])
-    return image(config, program, hbm_bytes=out + 0x1A0, segments=[Segment(data, bytes(range(100, 164)))],
-                 symbols=[Symbol("Y", "output", "i32", (0x68,), out, 0x1A0)])
+    program += utop(EngineClass.DMA, [Instr("dma.gather", sram=0x2B0, hbm=data, idx=0x2A0, rows=2, row_bytes=0x10,
+                                                 sram_stride=0x10),
+                                      Instr("dma.store", sram=0x100, hbm=out, rows=1, row_bytes=0x1D0)])
+    return image(config, program, hbm_bytes=out + 0x1D0, segments=[Segment(data, bytes(range(100, 164)))],
+                 symbols=[Symbol("Y", "output", "i32", (0x74,), out, 0x1D0)])
 
 
 def fault_cases(config, long_class=EngineClass.ME):
@@ -163,6 +167,10 @@ def fault_cases(config, long_class=EngineClass.ME):
                 image(config, ve(n=64, signal=1)
                       + utop(EngineClass.DMA, [Instr("dma.store", sram=0, hbm=HBM_BYTES - 0x100, rows=9, row_bytes=0x20,
                                                      hbm_stride=0x20)], wait0=0, count0=1))),
+        Planted("dma.gather of a row past the HBM window", FaultCode.HBM_BOUNDS,
+                image(config, utop(EngineClass.VE, [Instr("ve.fill", dst=0, n=1, value=HBM_BYTES // 16)], signal=1)
+                      + utop(EngineClass.DMA, [Instr("dma.gather", sram=0x40, hbm=0, idx=0, rows=1, row_bytes=16)],
+                             wait0=0, count0=1))),
         Planted("program runs off the end of its window", FaultCode.FETCH_BOUNDS,
                 image(config, ve() + [Instr("nop")] * 3, halt=False, hbm_bytes=None)),
         Planted("uTOp waits for a token nothing signals", FaultCode.TOKEN_DEADLOCK,

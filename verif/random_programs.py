@@ -1,8 +1,8 @@
 """Constrained-random, DAG-shaped uTOp programs for checking RTL against the golden model.
 
 A generated program loads an input tensor into a scratchpad area of fixed slots, runs random DMA,
-ME and VE uTOps on them, and stores the whole area back to HBM, so comparing the output tensor
-compares everything the program computed. Every operand stays inside one slot (so no instruction
+ME and VE uTOps on them (and DMA gathers of input rows by indices a VE uTOp wrote), and stores the
+whole area back to HBM, so comparing the output tensor compares everything the program computed. Every operand stays inside one slot (so no instruction
 partially overlaps its own operands, which the ISA leaves undefined; ME uTOps may read, later in
 the same uTOp, what one of their matmuls wrote). DMA uTOps also store slots to, and load them from,
 HBM scratch slots that are part of the output.
@@ -287,6 +287,21 @@ class _Gen:
             body.append(instr)
         self.add(EngineClass.DMA, body, reads, writes)
 
+    def gather_utop(self, input_offset):
+        """A VE uTOp filling part of a slot with random indices of rows of a table in the input, then a
+        DMA uTOp gathering those rows into another slot."""
+        row_bytes = 4 * self.int(1, 8)
+        sram_stride = row_bytes + 4 * self.int(0, 2)
+        rows = self.rows_fitting([(row_bytes, sram_stride)])
+        table = 4 * self.int(0, 8)
+        table_rows = (AREA - table) // row_bytes
+        indices, dst = self.slots(2)
+        idx = indices + 4 * self.int(0, SLOT_BYTES // 4 - rows)
+        fills = [Instr("ve.fill", dst=idx + 4 * r, n=1, value=self.int(0, table_rows - 1)) for r in range(rows)]
+        self.add(EngineClass.VE, fills, set(), {_sram(indices)})
+        self.add(EngineClass.DMA, [Instr("dma.gather", sram=dst, hbm=input_offset + table, idx=idx, rows=rows,
+                                         row_bytes=row_bytes, sram_stride=sram_stride)], {_sram(indices)}, {_sram(dst)})
+
 
 def random_program(config, seed, *, utops=12):
     """Return ``(image, inputs)``: a random race-free DAG-shaped program and its random input.
@@ -319,11 +334,13 @@ def random_program(config, seed, *, utops=12):
         gen.add(EngineClass.DMA, [Instr("dma.store", sram=slot, hbm=hbm_scratch + scratch * SLOT_BYTES, rows=1,
                                         row_bytes=SLOT_BYTES)], {_sram(slot)}, {("hbm", scratch)})
     for _ in range(utops):
-        kind = gen.pick(("ve", "ve", "me", "dma"))
+        kind = gen.pick(("ve", "ve", "me", "dma", "gather"))
         if kind == "ve":
             gen.ve_utop()
         elif kind == "me":
             gen.me_utop()
+        elif kind == "gather":
+            gen.gather_utop(in_offset)
         else:
             gen.dma_utop(in_offset)
     gen.add(EngineClass.DMA, [Instr("dma.store", sram=0, hbm=out_offset, rows=1, row_bytes=AREA)],
