@@ -99,7 +99,7 @@ def every_opcode(config):
     """A program that runs every tenant opcode and completes (one ``ve.*`` of each kind, on bytes a DMA
     load brought in, each to its own destination, and a gather of rows of those bytes, stored to the
     output ``Y`` behind a fence)."""
-    data, out = 0x200, 0x280
+    data, out = 0x400, 0x480  # past the code
     binary = [Instr(op, dst=0x100 + 0x20 * i, src1=0, src2=0x20, n=8, src1_i8=1, src2_i8=1)
               for i, op in enumerate(("ve.add", "ve.sub", "ve.mul", "ve.max", "ve.min"))]
     unary = [Instr("ve.relu", dst=0x1A0, src=0, n=8, src_i8=1), Instr("ve.copy", dst=0x1C0, src=0x20, n=8, src_i8=1),
