@@ -46,6 +46,7 @@ from tcloud.isa.golden import requantize, requantize_fp32, ve_fma, ve_fmav, wrap
 from tcloud.isa.table import LUT_BYTES, FmaResult, FmaSource, field_max
 
 from .binary import fp32_word
+from .gemm import DenseMatrix
 from .program import FirmwareError, ProgramBuilder
 
 _MAX_ROWS = min(field_max("ve.shape", "rows"), field_max("dma.load", "rows"))
@@ -207,48 +208,82 @@ class _Scratch:
         return start
 
 
-def _rows_kernel(kernel, config, rows, n, row_words, columns, body, setup_bytes=b"", gamma_beta=None):
-    """Program image: for each block of rows, DMA the int8 rows in, run ``body`` on them in one VE uTOp
-    and DMA them out. ``row_words`` and ``columns`` are the word buffers per element and per row the
-    body needs; ``gamma_beta`` (two word rows) is loaded into the scratchpad once."""
-    cfg = get_config(config)
+def emit_rows(prog, kernel, source, dest, rows, n, row_words, columns, body, sram_bytes, vectors=None):
+    """Append a row kernel to ``prog``: for each block of rows, DMA the int8 rows in, run ``body`` on them in
+    one VE uTOp and DMA them out.
+
+    Parameters
+    ----------
+    prog : ProgramBuilder
+    kernel : str
+        Its name, for messages.
+    source, dest : layouts with ``load`` / ``store`` (``DenseMatrix``)
+        ``rows`` rows of ``n`` int8 codes.
+    rows, n : int
+    row_words, columns : int
+        Word buffers the body needs per element and per row.
+    body : callable
+        ``body(rows, n, row_stride, x, words, cols, scalars)`` → VE instructions.
+    sram_bytes : int
+        Scratchpad budget from address 0.
+    vectors : DenseMatrix, optional
+        Two rows of ``n`` binary32 words (gamma, beta) side by side, loaded once.
+
+    Returns
+    -------
+    int
+        The scratchpad bytes used.
+
+    Raises
+    ------
+    FirmwareError
+        Bad sizes, or a row that does not fit the budget.
+    """
     _check_shape(kernel, rows, n)
     stride = _up4(n)
-    fixed = (2 * _WORD * n if gamma_beta is not None else 0) + 2 * _WORD
+    fixed = (2 * _WORD * n if vectors is not None else 0) + 2 * _WORD
     per_row = stride + row_words * _WORD * n + columns * _WORD
-    block = min(rows, _MAX_ROWS, (cfg.sram_bytes - fixed) // per_row)
+    block = min(rows, _MAX_ROWS, (sram_bytes - fixed) // per_row)
     if block < 1:
-        raise FirmwareError(f"{kernel}: a row of {n} elements needs {fixed + per_row} bytes of scratchpad, "
-                            f"{cfg.name!r} has {cfg.sram_bytes}")
+        raise FirmwareError(f"{kernel}: a row of {n} elements needs {fixed + per_row} bytes of scratchpad, the "
+                            f"budget is {sram_bytes}")
     sram = _Scratch()
     x_buf = sram.take(block * stride)
     words = [sram.take(block * _WORD * n) for _ in range(row_words)]
     cols = [sram.take(block * _WORD) for _ in range(columns)]
     scalars = [sram.take(_WORD) for _ in range(2)]
-    x_at, y_at = 0, _up4(rows * stride)
-    data_at = 2 * y_at
-    prog = ProgramBuilder()
-    segments, table = [], None
-    if gamma_beta is not None:
-        vectors = sram.take(2 * _WORD * n)
-        segments = [Segment(data_at, np.concatenate(gamma_beta).astype("<u4").tobytes())]
-        table = prog.utop(EngineClass.DMA, [Instr("dma.load", sram=vectors, hbm=data_at, rows=1,
-                                                  row_bytes=2 * _WORD * n)])
-        scalars.append(vectors)
-    code_at = data_at + _up4(2 * _WORD * n if gamma_beta is not None else 0)
+    table = None
+    if vectors is not None:
+        scalars.append(sram.take(2 * _WORD * n))
+        table = prog.utop(EngineClass.DMA, vectors.load(scalars[-1], 0, 0, 1, 0, 2 * _WORD * n))
     store = None
     for r0 in range(0, rows, block):
         count = min(block, rows - r0)
-        load = prog.utop(EngineClass.DMA, [Instr("dma.load", sram=x_buf, hbm=x_at + r0 * stride, rows=count,
-                                                 row_bytes=stride, hbm_stride=stride, sram_stride=stride)], [store])
+        load = prog.utop(EngineClass.DMA, source.load(x_buf, stride, r0, count, 0, n), [store])
         compute = prog.utop(EngineClass.VE, body(count, n, stride, x_buf, words, cols, scalars), [load, table])
-        store = prog.utop(EngineClass.DMA, [Instr("dma.store", sram=x_buf, hbm=y_at + r0 * stride, rows=count,
-                                                  row_bytes=stride, hbm_stride=stride, sram_stride=stride)],
-                          [compute])
+        store = prog.utop(EngineClass.DMA, dest.store(x_buf, stride, r0, count, 0, n), [compute])
+    return sram.end
+
+
+def _rows_image(kernel, config, rows, n, row_words, columns, body, gamma_beta=None):
+    """Program image of :func:`emit_rows` over input ``X`` and output ``Y`` (``gamma_beta``: the vectors)."""
+    cfg = get_config(config)
+    _check_shape(kernel, rows, n)
+    stride = _up4(n)
+    x_at, y_at = 0, _up4(rows * stride)
+    data_at = 2 * y_at
+    segments, vectors = [], None
+    if gamma_beta is not None:
+        segments = [Segment(data_at, np.concatenate(gamma_beta).astype("<u4").tobytes())]
+        vectors = DenseMatrix(data_at, 0)
+    code_at = data_at + _up4(2 * _WORD * n if gamma_beta is not None else 0)
+    prog = ProgramBuilder()
+    used = emit_rows(prog, kernel, DenseMatrix(x_at, stride), DenseMatrix(y_at, stride), rows, n, row_words, columns,
+                     body, cfg.sram_bytes, vectors)
     code = prog.build(cfg)
     symbols = [Symbol("X", "input", "i8", (rows, n), x_at, stride), Symbol("Y", "output", "i8", (rows, n), y_at, stride)]
     return ProgramImage.for_config(cfg, code, entry=code_at, hbm_bytes=_up4(code_at + len(code)),
-                                   sram_bytes=sram.end, symbols=symbols, segments=segments)
+                                   sram_bytes=used, symbols=symbols, segments=segments)
 
 
 def _shape(rows, dst=0, src1=0, src2=0, src2_row=0):
@@ -291,8 +326,19 @@ def softmax_rows(config, rows, n, x_scale, y_scale, y_zero_point):
     FirmwareError
         Non-positive sizes or scales, or a row that does not fit the scratchpad.
     """
-    c = SoftmaxConstants.of(n, x_scale, y_scale)
+    return _rows_image("softmax", config, rows, n, 3, 6, _softmax_body(SoftmaxConstants.of(n, x_scale, y_scale),
+                                                                        y_zero_point))
 
+
+def emit_softmax(prog, source, dest, rows, n, x_scale, y_scale, y_zero_point, sram_bytes):
+    """Append the int8 softmax of each row (:func:`softmax_reference`) to ``prog``; ``source``/``dest``
+    hold ``rows`` rows of ``n`` codes (a uint8 output passes its zero point minus 128). Returns the
+    scratchpad bytes used."""
+    body = _softmax_body(SoftmaxConstants.of(n, x_scale, y_scale), y_zero_point)
+    return emit_rows(prog, "softmax", source, dest, rows, n, 3, 6, body, sram_bytes)
+
+
+def _softmax_body(c, y_zero_point):
     def body(r, n, sx, x, words, cols, scalars):
         d, t, k = words
         row_max, total, minus_v, g, step, guess = cols
@@ -322,7 +368,7 @@ def softmax_rows(config, rows, n, x_scale, y_scale, y_zero_point):
         return out + [_shape(r, sx, wide, _WORD, src2_row=1),
                       Instr("ve.requantf", dst=x, src1=k, src2=g, n=n, zp=y_zero_point, dst_i8=1)]
 
-    return _rows_kernel("softmax", config, rows, n, 3, 6, body)
+    return body
 
 
 def layernorm_rows(config, rows, n, x_scale, gamma, beta, epsilon, y_scale, y_zero_point):
@@ -353,7 +399,19 @@ def layernorm_rows(config, rows, n, x_scale, gamma, beta, epsilon, y_scale, y_ze
         Non-positive sizes, scales or epsilon, or a row that does not fit the scratchpad.
     """
     c = LayerNormConstants.of(n, x_scale, gamma, beta, epsilon, y_scale, y_zero_point)
+    return _rows_image("layernorm", config, rows, n, 2, 11, _layernorm_body(c), gamma_beta=(c.gamma, c.beta))
 
+
+def emit_layernorm(prog, source, dest, rows, n, constants, vectors, sram_bytes):
+    """Append int8 LayerNormalization of each row (:func:`layernorm_reference`) to ``prog``.
+
+    ``constants`` is :class:`LayerNormConstants`; ``vectors`` the HBM row of its ``gamma`` then ``beta``
+    words (``np.concatenate((c.gamma, c.beta))`` as ``<u4``). Returns the scratchpad bytes used."""
+    return emit_rows(prog, "layernorm", source, dest, rows, n, 2, 11, _layernorm_body(constants), sram_bytes,
+                     vectors)
+
+
+def _layernorm_body(c):
     def body(r, n, sx, x, words, cols, scalars):
         u, v = words
         s1, centre, a1, a2, minus_s1, w, half, g, minus_half, step, guess = cols
@@ -382,4 +440,4 @@ def layernorm_rows(config, rows, n, x_scale, gamma, beta, epsilon, y_scale, y_ze
                       _shape(r, wide, wide, 0), _fmav(v, v, vectors, n),
                       _shape(r, sx, wide, 0), _setf(_ONE), _fma(x, v, _FP32, n, FmaResult.INT8, src2=vectors + wide)]
 
-    return _rows_kernel("layernorm", config, rows, n, 2, 11, body, gamma_beta=(c.gamma, c.beta))
+    return body

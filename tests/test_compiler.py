@@ -482,7 +482,49 @@ def test_pooling_over_tokens_is_within_one_step_of_onnxruntime(op, keepdims, fmt
     assert any(layer["op"] == op for layer in compiled.layers)
     steps = np.abs(compiled.run({"input": x})["output"].astype(np.float64)
                    - onnxruntime_outputs(quantized, {"input": x})["output"]) / compiled.outputs[0]["scale"]
-    assert np.mean(steps <= 1 + 1e-6) >= 0.999 and steps.max() <= 2 + 1e-6
+    assert np.mean(steps <= 1 + 1e-3) >= 0.999 and steps.max() <= 2 + 1e-3  # steps in float32 arithmetic
+
+
+def normalisation_model(op, features):
+    """``[N, 8, 16]`` → linear → ``op`` over the last axis (the model's output)."""
+    from tcloud.runtime.compiler.zoo import transformers
+    from tcloud.runtime.compiler.zoo.builders import Graph
+
+    g = Graph(op, 0)
+    hidden = transformers.linear(g, "input", 16, features)
+    if op == "Softmax":
+        y = g.op("Softmax", [hidden], axis=-1)
+    elif op == "LayerNormalization":
+        y = transformers.layer_norm(g, hidden, features)
+    else:  # attention scores: X·Xᵀ / 4, softmax
+        scores = g.op("MatMul", [hidden, g.op("Transpose", [hidden], perm=[0, 2, 1])])
+        y = g.op("Softmax", [g.op("Div", [scores, g.const("d", np.float32(4))])], axis=-1)
+        features = 8
+    return g.model([("input", ["N", 8, 16])], [(y, ["N", 8, features])])
+
+
+@pytest.mark.parametrize("activations", ["int8", "uint8"])
+@pytest.mark.parametrize("fmt", ["qdq", "qop"])
+@pytest.mark.parametrize("op, features", [("Softmax", 16), ("Softmax", 64), ("LayerNormalization", 16),
+                                          ("LayerNormalization", 64), ("attention", 16)])
+def test_softmax_and_layernorm_meet_the_bar_against_onnxruntime(op, features, fmt, activations):
+    """Operators onnxruntime computes in float inside int8 models (QLinearSoftmax or DequantizeLinear →
+    Softmax/LayerNormalization → QuantizeLinear), on the VEs in binary32 (ve.fma/ve.fmav): ≥ 99.9 % of the
+    int8 outputs within one step of onnxruntime's, none beyond two."""
+    model = normalisation_model(op, features)
+    rng = np.random.default_rng(features)
+    quantized = quantize(model, fmt, [{"input": rng.standard_normal((1, 8, 16)).astype(np.float32)} for _ in range(16)],
+                         activations=activations)
+    if fmt == "qop" and op == "LayerNormalization":  # the QOperator quantizer leaves a final LayerNormalization float
+        with pytest.raises(CompileError, match=r"\(LayerNormalization\): its output, model output 'output', is float"):
+            compile(quantized, "small", batch=64)
+        return
+    compiled = compile(quantized, "small", batch=64)
+    feeds = compiled.random_inputs(seed=5)
+    steps = np.abs(compiled.run(feeds)["output"].astype(np.float64)
+                   - onnxruntime_outputs(quantized, feeds)["output"]) / compiled.outputs[0]["scale"]
+    assert np.mean(steps <= 1 + 1e-3) >= 0.999 and steps.max() <= 2 + 1e-3  # steps in float32 arithmetic
+    assert check_program(compiled.image).races == []
 
 
 @pytest.mark.parametrize("hidden", [8, 6])

@@ -246,7 +246,7 @@ def test_harvesting_speeds_up_an_me_heavy_tenant_next_to_a_vector_tenant():
     results = {}
     for policy in ("static", "harvest"):
         with Hypervisor("small", "verilator", policy) as hv:
-            me_heavy = hv.create_vnpu(VNPUSpec(mes=1, ves=1), name="gemm")
+            me_heavy = hv.create_vnpu(VNPUSpec(mes=1, ves=1, sram_kib=128), name="gemm")  # the plan takes 72 KiB
             ve_heavy = hv.create_vnpu(VNPUSpec(mes=3, ves=1), name="vector")
             me_heavy.load(gemm_work[0])
             ve_heavy.load(vector_work[0])

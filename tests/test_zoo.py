@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from tcloud.runtime import compile
+from tcloud.runtime import InputError, compile
 from tcloud.runtime.compiler.quantize import quantize, random_samples
 from tcloud.runtime.compiler.zoo import builders, digits, transformers
 from tcloud.verif.races import check_program
@@ -204,11 +204,15 @@ def test_full_network_quantized(build, fmt):
 
 # ---------------------------------------------------------------- compiled, against onnxruntime
 
-def onnxruntime_int8(model, x):
+def _int8_options():
     """onnxruntime as the compiler's exactness tests run it (int8 QDQ fusion allowed)."""
     options = ort.SessionOptions()
     options.add_session_config_entry("session.qdqisint8allowed", "1")
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return options
+
+
+def onnxruntime_int8(model, x):
+    session = ort.InferenceSession(model.SerializeToString(), _int8_options(), providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
@@ -304,3 +308,60 @@ def test_bert_base_has_bert_base_parameters():
     expected = shape.vocab * h + seq * h + 2 * h + shape.layers * (per_layer + scalars)
     floats = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
     assert sum(int(np.prod(t.dims)) for t in floats) == expected
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qop"])
+@pytest.mark.parametrize("name", ["ncf", "dlrm"])
+def test_recommenders_compile_and_equal_onnxruntime(name, fmt):
+    """Embedding lookups by dma.gather (ids checked on the host, rows in hardware), NCF's GMF product and
+    MLP, DLRM's interaction and MLPs: bit for bit."""
+    model = {"ncf": lambda: transformers.ncf(users=50, items=60),
+             "dlrm": lambda: transformers.dlrm(tables=(30, 40, 20, 10))}[name]()
+    quantized = quantize(model, fmt, random_samples(model, count=16))
+    compiled = compile(quantized, "small", batch=8)
+    feeds = compiled.random_inputs(seed=3)
+    session = ort.InferenceSession(quantized.SerializeToString(), _int8_options(), providers=["CPUExecutionProvider"])
+    assert np.array_equal(compiled.run(feeds)["output"], session.run(None, feeds)[0])
+    assert sum(layer["op"] == "Gather" for layer in compiled.layers) == 4
+    assert check_program(compiled.image).races == []
+    bad = dict(feeds)
+    first = next(spec for spec in compiled.inputs if spec.get("ids"))
+    bad[first["name"]] = np.full(first["shape"], first["bound"])
+    with pytest.raises(InputError, match=rf"input '{first['name']}': id {first['bound']} is outside"):
+        compiled.run(bad)
+
+
+@pytest.mark.parametrize("name", ["bert_tiny", "decoder_block"])
+def test_transformers_compile_and_track_onnxruntime(name):
+    """Embeddings (BERT), attention (heads as views, causal mask for the decoder), softmax and layer norm
+    on the VEs, GELU as tables, residuals: every operator is within one step of onnxruntime (see
+    test_compiler), but the one-step differences of softmax (onnxruntime's QLinearSoftmax has its own
+    table method) compound over the layers. Measured at 32 samples: BERT-tiny 87 % of the hidden outputs
+    within one step, 98 % within two, the argmax over the hidden features agreeing on 97.5 % of tokens;
+    the decoder block 98 % / 100 % / 97.3 %. The issue's end-to-end bar (99 % argmax agreement) is not
+    met; these floors keep it from getting worse."""
+    model = TRANSFORMERS[name]()
+    quantized = quantize(model, "qdq", random_samples(model, count=32))
+    compiled = compile(quantized, "small", batch=32)
+    feeds = compiled.random_inputs(seed=5)
+    session = ort.InferenceSession(quantized.SerializeToString(), _int8_options(), providers=["CPUExecutionProvider"])
+    reference = session.run(None, feeds)[0]
+    got = compiled.run(feeds)["output"]
+    steps = np.abs(got.astype(np.float64) - reference) / compiled.outputs[0]["scale"]
+    assert np.mean(steps <= 2 + 1e-3) >= 0.97 and steps.max() <= 6 + 1e-3
+    assert np.mean(got.argmax(-1) == reference.argmax(-1)) >= 0.96
+    assert check_program(compiled.image).races == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bert_tiny", "dlrm"])
+def test_a_bert_layer_and_a_dlrm_on_verilator_equal_the_golden_model(name):
+    """The RTL runs the compiled models (dma.gather, ve.fmav, src2_row, activation matrix products) exactly
+    as the golden model does."""
+    model = (transformers.bert_encoder(transformers.BertShape(1, 32, 2, 64, 100, 16), seq=8) if name == "bert_tiny"
+             else transformers.dlrm(tables=(30, 40, 20, 10)))
+    compiled = compile(quantize(model, "qdq", random_samples(model, count=8)), "small", batch=2)
+    feeds = compiled.random_inputs(seed=2)
+    expected = compiled.run(feeds)
+    actual = compiled.run(feeds, backend="verilator")
+    assert all(np.array_equal(actual[k], expected[k]) for k in expected)

@@ -25,6 +25,8 @@ from .ir import (ActivationMatMul, AveragePool, CompileError, Concat, DepthwiseC
 from .tables import FLOAT_UNARY, QLINEAR_UNARY, chain_table, concat_tables, unary_table
 
 _QTYPES = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8"}
+_LAYOUT_OPS = ("Unsqueeze", "Squeeze", "Reshape", "Flatten", "Transpose")
+"""Operators that move int8 codes without changing their quantization."""
 
 
 def load_model(model):
@@ -137,6 +139,9 @@ class _FrontEnd:
                 value = self.values.get(name)
                 if isinstance(value, QTensor):
                     self.graph.nodes.append(DequantizeOutput(name, "Output", [name], name, None))
+                elif isinstance(value, _Pending):
+                    raise node_error(value.node, f"its output, model output {name!r}, is float: the quantizer left "
+                                                 f"this operator unquantized and the pNPU computes int8 tensors only")
                 else:
                     raise CompileError(f"model output {name!r} is not a quantized tensor the pNPU computes")
 
@@ -168,6 +173,15 @@ class _FrontEnd:
         if not isinstance(value, _Const):
             raise node_error(node, f"{what} ({name!r}) must be a constant initializer")
         return value.values
+
+    def _float_const(self, node, name, what):
+        """A float constant: an initializer, or a DequantizeLinear of one computed as onnxruntime does
+        (``float32(q − zero_point) · scale``)."""
+        value = self.values.get(name)
+        if isinstance(value, _Const) and value.scale is not None:
+            zero = np.asarray(value.zero_point).astype(np.int32)
+            return ((value.values.astype(np.int32) - zero).astype(np.float32) * np.asarray(value.scale, np.float32))
+        return np.asarray(self._const(node, name, what), np.float32)
 
     def _qtensor(self, node, name, what="input"):
         value = self.values.get(name)
@@ -447,13 +461,16 @@ class _FrontEnd:
 
     def _read_qparams(self, node, name):
         """The (scale, zero point) input names with which the first reader of ``name`` reads it: QOperator
-        nodes and DequantizeLinear take ``(x, x_scale, x_zero_point)`` side by side."""
+        nodes and DequantizeLinear take ``(x, x_scale, x_zero_point)`` side by side; layout operators
+        (Unsqueeze, Reshape, ...) pass the question on to their own reader."""
         for reader in self.nodes:
             if name in reader.input:
                 position = list(reader.input).index(name)
                 if len(reader.input) > position + 2 and (reader.op_type.startswith(("QLinear", "QGemm"))
                                                          or reader.op_type == "DequantizeLinear"):
                     return reader.input[position + 1], reader.input[position + 2]
+                if reader.op_type in _LAYOUT_OPS and position == 0:
+                    return self._read_qparams(node, reader.output[0])
                 break
         raise node_error(node, f"no quantized reader of {name!r} says its scale and zero point")
 
@@ -495,7 +512,9 @@ class _FrontEnd:
             x, chain = source.function
         else:
             x, chain = self._view(node, node.input[0]), []
-        constants = [(name, self._const(node, name, "input")) for name in node.input[1:] if name]
+        constants = [(name, self._float_const(node, name, "input") if isinstance(self.values.get(name), _Const)
+                      and self.values[name].scale is not None else self._const(node, name, "input"))
+                     for name in node.input[1:] if name]
         chain = chain + [(node.op_type, attrs, constants)]
         op = "→".join(op_type for op_type, _, _ in chain)
 
@@ -672,9 +691,9 @@ class _FrontEnd:
         if attrs.get("stash_type", 1) != 1 or len(node.output) > 1:
             raise node_error(node, "only the normalised output, computed in float32 (stash_type=1), is supported")
         features = x.shape[-1]
-        gamma = np.asarray(self._const(node, node.input[1], "scale"), np.float32)
-        beta = (np.asarray(self._const(node, node.input[2], "bias"), np.float32) if len(node.input) > 2 and
-                node.input[2] else np.zeros(features, np.float32))
+        gamma = self._float_const(node, node.input[1], "scale")
+        beta = (self._float_const(node, node.input[2], "bias") if len(node.input) > 2 and node.input[2]
+                else np.zeros(features, np.float32))
         if gamma.size != features or beta.size != features:
             raise node_error(node, f"scale and bias must have {features} values (one per feature)")
 

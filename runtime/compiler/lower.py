@@ -34,8 +34,9 @@ from tcloud.firmware.avgpool import avgpool_zero_points, emit_avgpool
 from tcloud.firmware.binary import BinaryOperand, PeriodicMatrix, QLinearBinary, emit_binary
 from tcloud.firmware.conv import NHWC, Im2col, padded_channels
 from tcloud.firmware.depthwise import emit_depthwise
-from tcloud.firmware.embedding import emit_gather
+from tcloud.firmware.gather import EmbeddingTable, emit_gather
 from tcloud.firmware.lookup import emit_lookup
+from tcloud.firmware.nonlinear import LayerNormConstants, emit_layernorm, emit_softmax
 from tcloud.firmware.matmul import int8_parts, zero_point_bias, zero_point_operands
 from tcloud.firmware.pool import emit_maxpool
 from tcloud.firmware.transpose import emit_transpose
@@ -45,8 +46,8 @@ from tcloud.isa.errors import EncodingError
 from tcloud.isa.table import INSTRUCTION_BYTES, UINT8_OFFSET, WORD_BYTES, FmaResult
 
 from .ir import (ActivationMatMul, AveragePool, CompileError, Concat, DepthwiseConv, DequantizeOutput, Elementwise,
-                 Embedding, Flatten, GatherColumns, GlobalAveragePool, IdsInput, Linear, Lookup, MatrixTranspose, MaxPool,
-                 QuantizeInput, Reshape, SequenceReduce, Transpose, node_error)
+                 Embedding, Flatten, GatherColumns, GlobalAveragePool, IdsInput, LayerNorm, Linear, Lookup,
+                 MatrixTranspose, MaxPool, QuantizeInput, Reshape, SequenceReduce, Softmax, Transpose, node_error)
 
 _ALIGN = 64
 METADATA_FORMAT = "tcloud-model/1"
@@ -272,6 +273,12 @@ def _layouts(graph):
         elif isinstance(node, AveragePool):
             n, c, h, w = tensor.shape
             layouts[node.output] = Layout("nhwc", (n, h, w, padded_channels(c)))
+        elif isinstance(node, (Softmax, LayerNorm)):
+            source = layouts[node.inputs[0]]
+            if source.kind != "dense" or source.feature_map is not None:
+                raise node_error(node, f"normalises the last axis of {node.inputs[0]!r}, which is not stored as "
+                                       f"plain rows (an NCHW image or a tensor with a feature map)")
+            layouts[node.output] = Layout("dense", source.shape)
         elif isinstance(node, (Lookup, Elementwise)) and layouts[node.inputs[0]].kind == "dense":
             source = layouts[node.inputs[0]]
             layouts[node.output] = Layout("dense", source.shape, feature_map=source.feature_map)
@@ -606,6 +613,9 @@ def _node_constants(node, graph, layouts):
             matrix[:, _physical_columns(graph, layouts, node.inputs[0])] = node.constant_matrix.astype(np.int16) - offset
             arrays["b_matrix"] = matrix
         return arrays
+    if isinstance(node, LayerNorm):
+        c = _layernorm_constants(node, graph)
+        return {"vectors": np.concatenate((c.gamma, c.beta)).astype("<u4")}
     if isinstance(node, Embedding):
         rows, features = node.table.shape
         offset = UINT8_OFFSET if graph.tensors[node.output].dtype == "uint8" else 0
@@ -903,12 +913,39 @@ def _emit_matrix_transpose(prog, cfg, node, graph, layouts, constants, budget, m
                        sram_bytes=used)
 
 
+def _layernorm_constants(node, graph):
+    x, y = graph.tensors[node.inputs[0]], graph.tensors[node.output]
+    try:
+        return LayerNormConstants.of(x.shape[-1], x.scale, node.gamma, node.beta, node.epsilon, y.scale,
+                                     y.device_zero_point)
+    except FirmwareError as exc:
+        raise node_error(node, str(exc)) from None
+
+
+def _emit_normalisation(prog, cfg, node, graph, layouts, constants, budget, max_utop_cost):
+    x, y = layouts[node.inputs[0]], layouts[node.output]
+    tensor, out = graph.tensors[node.inputs[0]], graph.tensors[node.output]
+    rows, n = x.shape[0], tensor.shape[-1]
+    source, dest = DenseMatrix(x.hbm, x.shape[1]), DenseMatrix(y.hbm, y.shape[1])
+    if isinstance(node, Softmax):
+        used = emit_softmax(prog, source, dest, rows, n, tensor.scale, out.scale, out.device_zero_point, budget)
+    else:
+        offset, _ = constants["vectors"]
+        used = emit_layernorm(prog, source, dest, rows, n, _layernorm_constants(node, graph), DenseMatrix(offset, 0),
+                              budget)
+    return LayerReport(node.name, node.op, out.shape, ve_elements=rows * n * (24 if isinstance(node, Softmax) else 12),
+                       sram_bytes=used)
+
+
 def _emit_embedding(prog, cfg, node, graph, layouts, constants, budget, max_utop_cost):
     ids, y = layouts[node.inputs[0]], layouts[node.output]
     table_offset, table = constants["table"]
-    used = emit_gather(prog, DenseMatrix(ids.hbm, WORD_BYTES), table_offset, table.shape[1],
-                       DenseMatrix(y.hbm, y.shape[1]), ids.shape[0], budget)
-    return LayerReport(node.name, node.op, graph.tensors[node.output].shape, sram_bytes=used)
+    count = ids.shape[0]
+    emit_gather(prog, EmbeddingTable(table_offset, *table.shape), ids.hbm, DenseMatrix(y.hbm, y.shape[1]), count,
+                budget)
+    block = min(count, budget // (2 * (table.shape[1] + WORD_BYTES)))
+    return LayerReport(node.name, node.op, graph.tensors[node.output].shape,
+                       sram_bytes=2 * block * (table.shape[1] + WORD_BYTES))
 
 
 def _block(layout, terms, index, stride):
@@ -1019,5 +1056,5 @@ _EMITTERS = {Linear: _emit_linear, DepthwiseConv: _emit_depthwise, MaxPool: _emi
              GlobalAveragePool: _emit_global_average, Lookup: _emit_lookup, Elementwise: _emit_elementwise,
              Concat: _emit_concat, AveragePool: _emit_average_pool, MatrixTranspose: _emit_matrix_transpose,
              ActivationMatMul: _emit_activation_matmul, Embedding: _emit_embedding,
-             SequenceReduce: _emit_global_average}
+             SequenceReduce: _emit_global_average, Softmax: _emit_normalisation, LayerNorm: _emit_normalisation}
 """The lowering of each IR operator that runs on the pNPU (the others move no data)."""
