@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tcloud.isa import EngineClass, Instr
+from tcloud.isa import Instr
 from tcloud.isa.config import get_config
 from tcloud.isa.cost import VE_STEPS_PER_CHUNK, encoded_field, instruction_units
 from tcloud.isa.golden import fma_fp32, fp32_to_int, ve_fma
@@ -220,8 +220,7 @@ def test_machine_fma_kinds_strides_and_uTOp_scoped_multiplier():
 
 # --- onnxruntime ------------------------------------------------------------------------------------
 
-ort = pytest.importorskip("onnxruntime")
-onnx = pytest.importorskip("onnx")
+import onnxruntime as ort  # noqa: E402  (a main dependency: a missing one must fail, not skip)
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 _ONNX_TYPES = {np.int8: TensorProto.INT8, np.uint8: TensorProto.UINT8}
