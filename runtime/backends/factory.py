@@ -17,11 +17,18 @@ def _verilator(config, vcd=None, **timing):
     return VerilatorDevice(config, trace=vcd, **timing)
 
 
-BACKENDS = {"functional": FunctionalDevice, "amaranth": _amaranth, "verilator": _verilator}
-"""Backend name → device factory: ``functional`` (golden model), ``amaranth`` (RTL in Amaranth's
-simulator) and ``verilator`` (RTL compiled with Verilator)."""
+def _perf(config, **timing):
+    from .perf import PerfDevice
+    return PerfDevice(config, **timing)
 
-TIMED_BACKENDS = ("amaranth", "verilator")
+
+BACKENDS = {"functional": FunctionalDevice, "amaranth": _amaranth, "verilator": _verilator, "perf": _perf}
+"""Backend name → device factory: ``functional`` (golden model), ``amaranth`` (RTL in Amaranth's
+simulator), ``verilator`` (RTL compiled with Verilator) and ``perf`` (the uTOp-level performance
+model, :class:`~tcloud.runtime.backends.perf.PerfDevice`)."""
+
+TIMED_BACKENDS = ("amaranth", "verilator", "perf")
+WAVEFORM_BACKENDS = ("amaranth", "verilator")
 
 
 def make_device(backend, config, *, vcd=None, **hbm_timing):
@@ -35,7 +42,8 @@ def make_device(backend, config, *, vcd=None, **hbm_timing):
         For the RTL backends: write a waveform of every signal here (FST if the name ends with
         ``.fst``, on ``verilator`` only; else VCD). The file is complete once the device is closed.
     **hbm_timing
-        For the RTL backends: ``hbm_latency``, ``hbm_jitter``, ``hbm_accept_probability``, ``seed``.
+        For the timed backends: ``hbm_latency``, ``hbm_jitter``, ``hbm_accept_probability``, ``seed``;
+        ``perf`` also takes ``data`` (``False``: timing only, no data computed).
 
     Raises
     ------
@@ -51,7 +59,7 @@ def make_device(backend, config, *, vcd=None, **hbm_timing):
                           f"{', '.join(TIMED_BACKENDS)}")
     if vcd is None:
         return factory(config, **hbm_timing)
-    if backend not in TIMED_BACKENDS:
+    if backend not in WAVEFORM_BACKENDS:
         raise DeviceError(f"the {backend} backend has no signals to trace; waveforms come from "
-                          f"{' and '.join(TIMED_BACKENDS)}")
+                          f"{' and '.join(WAVEFORM_BACKENDS)}")
     return factory(config, vcd=vcd, **hbm_timing)
