@@ -207,7 +207,7 @@ class PerfDevice:
         self.policy = Policy(csr.POLICY_RESET)
         self.quantum, self.starvation = csr.QUANTUM_RESET, csr.STARVATION_RESET
         self.harvest_cost, self.harvest_grace = csr.HARVEST_COST_RESET, csr.HARVEST_GRACE_RESET
-        self._holder, self._slice_end = 0, 0
+        self._holder, self._slice_end = cfg.contexts - 1, 0  # the slice arbiter grants context 0 first
         self._class_holder = {EngineClass.ME: 0, EngineClass.VE: 0}
         self._class_since = {EngineClass.ME: 0, EngineClass.VE: 0}
         self.utops_dispatched = 0
@@ -675,6 +675,8 @@ class PerfDevice:
                 elif self._owns_none(ctx, ctx.head.cls):
                     self._front_fault(ctx, time, FaultCode.NO_ENGINE, f"{ctx.head.cls.name} uTOp, but the context "
                                                                        f"owns no {ctx.head.cls.name}")
+        if self.policy == Policy.TEMPORAL:
+            self._temporal_slice(time)
         if self._dispatched_at != time:
             if self._dispatch(time):
                 self._dispatched_at = time
@@ -711,8 +713,6 @@ class PerfDevice:
             for engine in self.engines:
                 if engine.cls in HARVESTED_CLASSES and any(self._owns(ctx, engine) for ctx in wants[engine.cls]):
                     engine.owner_active = max(engine.owner_active, time + 1)
-        if policy == Policy.TEMPORAL:
-            self._temporal_slice(time)
         options = {}
         wake = None
         for ctx in ready:
@@ -722,7 +722,7 @@ class PerfDevice:
             elif later is not None:
                 wake = later if wake is None else min(wake, later)
         if wake is not None:
-            self._push(wake, "_on_wake")
+            self._push(max(wake, time + 1), "_on_wake")
         if not options:
             self._reclaim_wait(ready, time)
             return False
@@ -764,18 +764,24 @@ class PerfDevice:
                 ctx._reclaim_counted = (ctx.pc, ctx.epoch)
 
     def _temporal_slice(self, time):
-        running = [ctx for ctx in self.contexts if ctx.status == ContextStatus.RUNNING]
-        holder = self.contexts[self._holder]
-        if running and (time >= self._slice_end or holder.status != ContextStatus.RUNNING):
-            n = len(self.contexts)
+        """Advance the ``temporal`` slices to ``time``: whenever a slice ends (or its holder stops
+        running) the next running context, round-robin, holds the pNPU for QUANTUM x (priority + 1)."""
+        n = len(self.contexts)
+        while True:
+            running = [ctx for ctx in self.contexts if ctx.status == ContextStatus.RUNNING]
+            if not running:
+                return
+            holder = self.contexts[self._holder]
+            if self._slice_end > time and holder.status == ContextStatus.RUNNING:
+                break
+            at = self._slice_end if holder.status == ContextStatus.RUNNING else time
             for step in range(1, n + 1):
                 candidate = self.contexts[(self._holder + step) % n]
                 if candidate.status == ContextStatus.RUNNING:
                     break
             self._holder = candidate.index
-            self._slice_end = time + self.quantum * (self.machine.contexts[candidate.index].priority + 1)
-        if running:
-            self._push(max(self._slice_end, time + 1), "_on_wake")
+            self._slice_end = at + self.quantum * (self.machine.contexts[candidate.index].priority + 1)
+        self._push(self._slice_end, "_on_wake")
 
     def _allowed(self, ctx, wants, time):
         """Free engines ``ctx``'s head may be dispatched to now, and when to look again if none."""

@@ -1,0 +1,309 @@
+"""The ``perf`` backend against the Verilator RTL: cycle errors over a corpus, and its speed.
+
+Corpus (``small`` unless noted; every case runs on both backends, whose outputs must agree):
+
+* firmware kernels over shapes: GEMMs (with bias and requantization), elementwise chains, embedding
+  lookups (``dma.gather``);
+* compiled models: the digits CNN and MLP (int8 QDQ) and ResNet-50 / MobileNetV2 layers that fit
+  ``small`` (each a one-operator model from the zoo's builders, quantized by onnxruntime);
+* DAG-shaped constrained-random programs (:func:`tcloud.verif.random_programs.random_program`) on
+  ``tiny`` and ``small``;
+* multi-tenant runs: 2-4 tenants (GEMMs, elementwise chains, random programs) on one ``small``
+  pNPU under each policy, with a random HBM latency.
+
+Metrics: single-tenant cases compare a context's ``run_cycles`` (``ctx.start`` to ``halt``);
+multi-tenant cases compare every tenant's ``run_cycles``; both also record each engine class's busy
+cycles. Targets (issue 15): single-tenant error median <= 1 %, worst <= 3 %; multi-tenant per-tenant
+latency error median <= 2 %, worst <= 5 %.
+
+Speed: simulated cycles per wall second of the perf model (timing + data, and timing only) against
+Verilator on the same ``small`` programs (median of 3), and the wall time of a ResNet-50 (batch 32)
+and of a BERT-base layer stack on ``tpu_like`` in timing-only mode.
+
+Writes ``benchmarks/results/perf_validation.json`` and ``perf_validation.png`` (error CDFs).
+``python -m benchmarks.perf_validation [--quick] [--no-speed]``
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+from tcloud.firmware import elementwise, gemm
+from tcloud.firmware.gather import embedding_lookup
+from tcloud.firmware.gemm import Requant
+from tcloud.isa import Instr, get_config
+from tcloud.runtime.backends import make_device
+from tcloud.runtime.execute import Placement, load_image, plan_load, read_outputs
+from tcloud.runtime.tenants import random_inputs
+from tcloud.verif.random_programs import random_program
+
+from .common import RESULTS, conditions, try_plot, write
+
+TARGETS = {"single_median": 1.0, "single_worst": 3.0, "multi_median": 2.0, "multi_worst": 5.0}
+"""Error targets in percent (issue 15)."""
+POLICIES = ("static", "harvest", "temporal", "operator")
+CLASSES = ("dma", "me", "ve")
+
+
+def kernel_cases(quick):
+    """``(name, config, image, inputs)`` of firmware kernels over shapes."""
+    rng = np.random.default_rng(1)
+    shapes = [(8, 8, 8), (16, 32, 24), (64, 64, 64), (96, 128, 96), (17, 40, 33)]
+    if not quick:
+        shapes += [(128, 256, 128), (256, 64, 32), (24, 200, 72), (200, 24, 200), (256, 256, 256)]
+    cases = []
+    for m, k, n in shapes:
+        cases.append((f"gemm {m}x{k}x{n}", "small", gemm("small", m, k, n)))
+    cases.append(("gemm 64x96x64 bias+requant", "small", gemm("small", 64, 96, 64, bias=True,
+                                                              requant=Requant(1 << 20, 24, 3))))
+    cases.append(("gemm 12x16x12 tiny", "tiny", gemm("tiny", 12, 16, 12)))
+    elementwise_shapes = [(24, 64, 4, 256), (32, 64, 1, None)]
+    if not quick:
+        elementwise_shapes += [(48, 128, 4, 512), (16, 16, 8, 64), (64, 200, 2, 1024)]
+    for rows, cols, passes, block in elementwise_shapes:
+        cases.append((f"elementwise {rows}x{cols} passes={passes} block={block}", "small",
+                      elementwise("small", rows, cols, passes=passes, block_elements=block)))
+    lookups = [(64, 64, 32)] if quick else [(64, 64, 32), (512, 128, 100)]
+    for table_rows, row_bytes, count in lookups:
+        cases.append((f"embedding_lookup {table_rows}x{row_bytes} count={count}", "small",
+                      embedding_lookup("small", table_rows, row_bytes, count)))
+    return [(name, config, image, random_inputs(image, rng)) for name, config, image in cases]
+
+
+def random_cases(quick):
+    count = 4 if quick else 16
+    cases = []
+    for config in ("tiny", "small"):
+        for seed in range(count):
+            image, inputs = random_program(config, seed, utops=24)
+            cases.append((f"random {config} seed={seed}", config, image, inputs))
+    return cases
+
+
+def model_cases(quick):
+    """Compiled models: the digits CNN and MLP, and ResNet-50 / MobileNetV2 layers that fit ``small``."""
+    from tcloud.runtime import compile
+    from tcloud.runtime.compiler.quantize import quantize, random_samples
+    from tcloud.runtime.compiler.zoo import digits
+    from tcloud.runtime.compiler.zoo.builders import Graph, conv_bn
+
+    rng = np.random.default_rng(2)
+    cases = []
+    for name, batch in (("digits_mlp_qdq", 16 if quick else 64), ("digits_cnn_qdq", 2 if quick else 8)):
+        x, _ = digits.held_out(name)
+        compiled = compile(digits.load(name), "small", batch=batch)
+        cases.append((f"{name} batch {batch}", "small", compiled.image, compiled.device_inputs({"input": x[:batch]})))
+    layers = [("resnet50 reduce 1x1", 64, 32, 1, 1, 14, 1), ("resnet50 conv3x3", 32, 32, 3, 1, 14, 1),
+              ("mobilenetv2 depthwise 3x3", 32, 32, 3, 1, 14, 32)]
+    if not quick:
+        layers += [("resnet50 expand 1x1", 32, 128, 1, 1, 14, 1), ("resnet50 stem 7x7/2", 3, 16, 7, 2, 32, 1),
+                   ("mobilenetv2 project 1x1", 96, 24, 1, 1, 14, 1)]
+    for name, cin, cout, kernel, stride, size, group in layers:
+        g = Graph(name.replace(" ", "_"), 0)
+        y = conv_bn(g, "input", cin, cout, kernel, stride, group=group)
+        out = (size + 2 * (kernel // 2) - kernel) // stride + 1
+        model = g.model([("input", ["N", cin, size, size])], [(y, ["N", cout, out, out])], name)
+        compiled = compile(quantize(model, "qdq", random_samples(model, count=2)), "small", batch=1)
+        x = rng.standard_normal((1, cin, size, size)).astype(np.float32)
+        cases.append((f"{name} {cin}->{cout} @{size}", "small", compiled.image, compiled.device_inputs({"input": x})))
+    return cases
+
+
+def _engine_classes(before, after):
+    busy = {}
+    for name, value in after["engine_busy_cycles"].items():
+        cls = name.rstrip("0123456789")
+        busy[cls] = busy.get(cls, 0) + value - before["engine_busy_cycles"][name]
+    return busy
+
+
+def run_single(backend, config, image, inputs, hbm_latency=None):
+    """Run one program alone; return its run cycles, busy cycles per class, outputs and wall seconds."""
+    timing = {} if hbm_latency is None else {"hbm_latency": hbm_latency}
+    device = make_device(backend, config, **timing)
+    image = load_image(device, image, inputs)
+    before = device.stats()
+    start = time.perf_counter()
+    device.run()
+    seconds = time.perf_counter() - start
+    after = device.stats()
+    outputs = read_outputs(device, image)
+    info = device.context(0)
+    close = getattr(device, "close", None)
+    if close:
+        close()
+    return {"cycles": info.timing["run_cycles"], "busy": _engine_classes(before, after), "outputs": outputs,
+            "seconds": seconds}
+
+
+def error_percent(model, truth):
+    return 100.0 * (model - truth) / truth if truth else 0.0
+
+
+def compare_single(name, config, image, inputs):
+    rtl = run_single("verilator", config, image, inputs)
+    perf = run_single("perf", config, image, inputs)
+    for key, value in rtl["outputs"].items():
+        if not np.array_equal(value, perf["outputs"][key]):
+            raise AssertionError(f"{name}: perf output {key} differs from Verilator's")
+    return {"name": name, "config": config, "rtl_cycles": rtl["cycles"], "perf_cycles": perf["cycles"],
+            "error_percent": round(error_percent(perf["cycles"], rtl["cycles"]), 3),
+            "busy_rtl": rtl["busy"], "busy_perf": perf["busy"],
+            "busy_error_percent": {cls: round(error_percent(perf["busy"][cls], rtl["busy"][cls]), 3)
+                                   for cls in CLASSES if rtl["busy"].get(cls)}}
+
+
+def tenant_images(rng, quick):
+    """A pool of tenant programs for ``small``."""
+    pool = [("gemm 64x96x64", gemm("small", 64, 96, 64)), ("gemm 32x64x48", gemm("small", 32, 64, 48)),
+            ("elementwise 24x64 p4", elementwise("small", 24, 64, passes=4, block_elements=256)),
+            ("elementwise 16x32 p2", elementwise("small", 16, 32, passes=2, block_elements=128))]
+    if not quick:
+        pool += [("gemm 96x128x96", gemm("small", 96, 128, 96)),
+                 ("elementwise 48x128 p4", elementwise("small", 48, 128, passes=4, block_elements=512))]
+    for seed in range(2 if quick else 4):
+        image, _ = random_program("small", 100 + seed, utops=24)
+        pool.append((f"random seed={100 + seed}", image))
+    return pool
+
+
+def multi_scenarios(quick, seed=3):
+    """``(name, policy, hbm_latency, tenants)``; a tenant is ``(program name, image, inputs, mes, ves, priority)``."""
+    rng = np.random.default_rng(seed)
+    pool = tenant_images(rng, quick)
+    cfg = get_config("small")
+    scenarios = []
+    per_policy = 2 if quick else 6
+    for policy in POLICIES:
+        for i in range(per_policy):
+            count = int(rng.integers(2, 5))
+            latency = int(rng.integers(60, 200))
+            picks = rng.choice(len(pool), size=count, replace=True)
+            tenants = []
+            for j, pick in enumerate(picks):
+                name, image = pool[pick]
+                mes = [1, 2, 1, 0][j] if count > 2 else (2 if j == 0 else 2)
+                ves = 1 if (count <= 2 or j < 2) else 0
+                tenants.append((name, image, random_inputs(image, rng), mes, ves, int(rng.integers(0, 3))))
+            scenarios.append((f"{policy} x{count} L={latency} #{i}", policy, latency, tenants))
+    return scenarios
+
+
+def _masks(config, tenants):
+    """Engine ownership: tenants split the MEs and VEs in order (one may own none of a class) and
+    share the DMA engines."""
+    me_next = ve_next = 0
+    masks = []
+    for _, _, _, mes, ves, _ in tenants:
+        me = ((1 << mes) - 1) << me_next if me_next + mes <= config.me_count else 0
+        ve = ((1 << ves) - 1) << ve_next if ve_next + ves <= config.ve_count else 0
+        me_next, ve_next = me_next + mes, ve_next + ves
+        masks.append({"me_mask": me, "ve_mask": ve, "dma_mask": (1 << config.dma_count) - 1})
+    return masks
+
+
+def run_multi(backend, scenario):
+    name, policy, latency, tenants = scenario
+    cfg = get_config("small")
+    device = make_device(backend, cfg, hbm_latency=latency)
+    device.set_policy(policy)
+    masks = _masks(cfg, tenants)
+    sram_each = cfg.sram_bytes // len(tenants) // 4096 * 4096
+    hbm_each = cfg.hbm_bytes // len(tenants) // 65536 * 65536
+    loaded = []
+    starts = []
+    for index, ((tname, image, inputs, mes, ves, priority), mask) in enumerate(zip(tenants, masks)):
+        placement = Placement(context=index, hbm_base=index * hbm_each, sram_base=index * sram_each)
+        plan = plan_load(cfg, image, inputs, placement)
+        for command in plan.setup:
+            if command.mnemonic == "ctx.engines":
+                command = Instr("ctx.engines", ctx=index, **_usable(image, mask, policy))
+            device.host(command)
+        device.host(Instr("ctx.prio", ctx=index, priority=priority))
+        for address, data in plan.writes:
+            device.write_hbm(address, data)
+        loaded.append((plan, placement))
+        starts.append(plan.start)
+    for start in starts:
+        device.host(start)
+    before = device.stats()
+    device.run()
+    after = device.stats()
+    out = []
+    for index, (plan, placement) in enumerate(loaded):
+        info = device.context(index)
+        outputs = read_outputs(device, plan.image, placement)
+        out.append((info.timing["run_cycles"], outputs))
+    close = getattr(device, "close", None)
+    if close:
+        close()
+    return out, _engine_classes(before, after)
+
+
+def _usable(image, mask, policy):
+    """Under ``static``/``harvest`` a tenant must own an engine of each class it uses: give a tenant
+    that owns none of a class it needs the last engine of that class (shared ownership, as the
+    hypervisor's oversubscription does)."""
+    from tcloud.isa import EngineClass, decode_stream
+    cfg = get_config("small")
+    used = {EngineClass(i["cls"]) for i in decode_stream(image.code) if i.mnemonic == "utop"}
+    mask = dict(mask)
+    if policy in ("static", "harvest"):
+        if EngineClass.ME in used and not mask["me_mask"]:
+            mask["me_mask"] = 1 << (cfg.me_count - 1)
+        if EngineClass.VE in used and not mask["ve_mask"]:
+            mask["ve_mask"] = 1 << (cfg.ve_count - 1)
+    return mask
+
+
+def compare_multi(scenario):
+    rtl, rtl_busy = run_multi("verilator", scenario)
+    perf, perf_busy = run_multi("perf", scenario)
+    tenants = []
+    for (tname, *_), (rtl_cycles, rtl_out), (perf_cycles, perf_out) in zip(scenario[3], rtl, perf):
+        for key, value in rtl_out.items():
+            if not np.array_equal(value, perf_out[key]):
+                raise AssertionError(f"{scenario[0]} {tname}: perf output {key} differs from Verilator's")
+        tenants.append({"program": tname, "rtl_cycles": rtl_cycles, "perf_cycles": perf_cycles,
+                        "error_percent": round(error_percent(perf_cycles, rtl_cycles), 3)})
+    return {"name": scenario[0], "policy": scenario[1], "hbm_latency": scenario[2], "tenants": tenants,
+            "busy_rtl": rtl_busy, "busy_perf": perf_busy}
+
+
+def summarize(errors):
+    values = sorted(abs(e) for e in errors)
+    return {"count": len(values), "median_abs_percent": round(statistics.median(values), 3) if values else None,
+            "p90_abs_percent": round(values[int(0.9 * (len(values) - 1))], 3) if values else None,
+            "worst_abs_percent": round(values[-1], 3) if values else None}
+
+
+def single_corpus(quick):
+    return kernel_cases(quick) + random_cases(quick) + model_cases(quick)
+
+
+def validate(quick):
+    single = [compare_single(*case) for case in single_corpus(quick)]
+    multi = [compare_multi(scenario) for scenario in multi_scenarios(quick)]
+    return single, multi
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-speed", action="store_true")
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
+    single, multi = validate(args.quick)
+    for r in single:
+        print(f"{r['name']:<50} rtl {r['rtl_cycles']:>9} perf {r['perf_cycles']:>9} {r['error_percent']:+7.2f}%")
+    for r in multi:
+        print(r["name"], " ".join(f"{t['error_percent']:+.2f}%" for t in r["tenants"]))
+    print("single", summarize([r["error_percent"] for r in single]))
+    print("multi", summarize([t["error_percent"] for r in multi for t in r["tenants"]]))
+
+
+if __name__ == "__main__":
+    main()
