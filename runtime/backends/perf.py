@@ -538,7 +538,10 @@ class PerfDevice:
         ctx.inflight += 1
         self.utops_dispatched += 1
         if utop.phases is None:
-            engine.end = time + 1 + utop.busy
+            sharing = sum(1 for other in self.engines if other.ctx is not None and other is not engine
+                          and other.cls != EngineClass.DMA) + len(self._flows)
+            extra = math.ceil(timing.SHARED_ACCESS_CYCLES * utop.length * sharing)
+            engine.end = time + 1 + utop.busy + extra
             self._push(engine.end, "_on_engine_done", (engine.index, engine.token, False))
         else:
             engine.phase = 0
@@ -562,7 +565,9 @@ class PerfDevice:
             return
         phase = engine.utop[0].phases[engine.phase]
         self._update_flows(time)
-        work = timing.transfer_cycles(self.config, self.latency, phase) * self.beat_stretch
+        fetching = sum(other.utop[0].length / other.utop[0].busy for other in self.engines
+                       if other.ctx is not None and other.cls != EngineClass.DMA)
+        work = timing.transfer_cycles(self.config, self.latency, phase) * self.beat_stretch * (1 + fetching)
         self._flows[index] = max(work, 1e-9)
         self._reschedule_flows(time)
 

@@ -34,7 +34,7 @@ DMA engines (no prefetch)
 
 from dataclasses import dataclass
 
-from tcloud.isa.cost import INSTRUCTION_UNITS, GATHER_INDEX_UNITS, UnitState, overlap, region_end, words
+from tcloud.isa.cost import INSTRUCTION_UNITS, UnitState, overlap, region_end, words
 from tcloud.isa.table import BY_MNEMONIC
 
 FETCH_READY = 5
@@ -57,6 +57,17 @@ DMA_STORE_EXTRA = 2
 """A store reads the scratchpad into its buffer before its first request."""
 DMA_UTOP_EXTRA = 2
 """A DMA uTOp's dispatch and DONE cycles beyond its instructions."""
+SHARED_ACCESS_CYCLES = 0.24
+"""Cycles a matrix or vector engine loses per body instruction to each other engine running at the same
+time (an ME or VE, or a DMA transfer): its instruction fetches take turns in the HBM arbiter and its
+streams wait for scratchpad banks another engine holds. Measured, not derived: four identical ME
+uTOps of 16 instructions started together each take 11 cycles longer on the RTL than one alone, two
+take 4 longer."""
+GATHER_ROW_CYCLES = 3
+"""Cycles per row of a ``dma.gather`` beyond its beats: its index read in the checking pass, and its
+index read again (request, data) before its row's requests in the copying pass."""
+GATHER_EXTRA = 2
+"""The checking pass's last read latency and the turn between the passes."""
 HOST_COMMAND_WRITES = 5
 """CSR writes of one host command (``CMD0..3``, ``DOORBELL``), a cycle each."""
 
@@ -211,8 +222,7 @@ def dma_phases(config, latency, body):
         if instr.mnemonic == "dma.store":
             after += DMA_STORE_EXTRA
         elif instr.mnemonic == "dma.gather":  # the checking pass, then an index read per row
-            before += rows + latency // 4
-            beats += rows * GATHER_INDEX_UNITS // 2
+            before += GATHER_ROW_CYCLES * rows + GATHER_EXTRA
         phases.append(DmaPhase(before, beats, rows * row_bytes, after))
     return phases
 
