@@ -70,7 +70,13 @@ def kernel_cases(quick):
     for table_rows, row_bytes, count in lookups:
         cases.append((f"embedding_lookup {table_rows}x{row_bytes} count={count}", "small",
                       embedding_lookup("small", table_rows, row_bytes, count)))
-    return [(name, config, image, random_inputs(image, rng)) for name, config, image in cases]
+    out = []
+    for name, config, image in cases:
+        inputs = random_inputs(image, rng)
+        if name.startswith("embedding_lookup"):  # indices into the table
+            inputs["I"] = rng.integers(0, inputs["T"].shape[0], inputs["I"].shape).astype(np.int32)
+        out.append((name, config, image, inputs))
+    return out
 
 
 def random_cases(quick):
