@@ -1,0 +1,155 @@
+"""The ``perf`` backend: the Device protocol, data exactness, timing-only mode, faults, and its cycle
+counts against the Verilator RTL on a subset of ``benchmarks/perf_validation``'s corpus (smaller
+when ``CI`` is set). Error bounds are the issue's targets."""
+
+import os
+import statistics
+
+import numpy as np
+import pytest
+
+from benchmarks import perf_validation as pv
+from tcloud.firmware import elementwise, gemm
+from tcloud.isa import ContextStatus, EngineClass, FaultCode, Instr, ProgramImage, encode_stream
+from tcloud.runtime import DeviceError, FunctionalDevice, make_device, run_image
+from tcloud.runtime.backends import BACKENDS, TIMED_BACKENDS
+from tcloud.runtime.backends.perf import PerfDevice
+from tcloud.runtime.execute import DeviceFault, load_image
+from tcloud.runtime.hypervisor import Hypervisor, VNPUSpec
+from tcloud.runtime.tenants import random_inputs
+
+from conftest import utop
+
+CI = bool(os.environ.get("CI"))
+
+
+def test_perf_is_a_timed_backend():
+    assert "perf" in BACKENDS and "perf" in TIMED_BACKENDS
+    device = make_device("perf", "small", hbm_latency=90, hbm_jitter=10)
+    assert isinstance(device, PerfDevice) and device.hbm_worst_latency == 100
+    with pytest.raises(DeviceError, match="no signals to trace"):
+        make_device("perf", "small", vcd="x.vcd")
+    with pytest.raises(DeviceError, match="hbm_latency"):
+        make_device("perf", "small", hbm_latency=0)
+
+
+def test_outputs_and_counters_equal_the_golden_model():
+    image = gemm("small", 40, 72, 24, bias=True)
+    inputs = random_inputs(image, np.random.default_rng(0))
+    expected, golden = run_image(FunctionalDevice("small"), image, inputs)
+    outputs, info = run_image(make_device("perf", "small"), image, inputs)
+    assert np.array_equal(outputs["C"], expected["C"])
+    assert info.counters == golden.counters
+    assert info.status == ContextStatus.DONE and info.timing["run_cycles"] > 0
+
+
+def test_timing_only_gives_the_same_cycles_and_counters():
+    image = elementwise("small", 24, 64, passes=3, block_elements=256)
+    inputs = random_inputs(image, np.random.default_rng(1))
+    _, with_data = run_image(make_device("perf", "small"), image, inputs)
+    device = make_device("perf", "small", data=False)
+    load_image(device, image, inputs)
+    assert device.run()
+    timing_only = device.context(0)
+    assert timing_only.status == ContextStatus.DONE
+    assert timing_only.timing == with_data.timing
+    assert timing_only.counters == with_data.counters
+
+
+def test_stats_and_run_limits_behave_like_the_rtl_backends():
+    image = gemm("small", 64, 64, 64)
+    device = make_device("perf", "small")
+    load_image(device, image, random_inputs(image, np.random.default_rng(2)))
+    start = device.stats()["cycles"]
+    assert not device.run(500)  # still running after 500 cycles
+    assert device.stats()["cycles"] == start + 500
+    assert device.context(0).status == ContextStatus.RUNNING
+    assert device.run()
+    stats = device.stats()
+    info = device.context(0)
+    assert sum(v for k, v in stats["engine_busy_cycles"].items() if k.startswith("me")) == (
+        info.timing["engine_cycles"]["me_owned"] + info.timing["engine_cycles"]["me_harvested"])
+    # the context started during load_image's last host command, which waits a doorbell poll
+    assert 0 < info.timing["run_cycles"] - (stats["cycles"] - start) <= PerfDevice.command_poll_cycles
+
+
+def test_a_bad_access_faults_only_its_context():
+    bad = utop(EngineClass.DMA, [Instr("dma.load", sram=0, hbm=1 << 22, rows=1, row_bytes=16)])
+    device = make_device("perf", "small")
+    with pytest.raises(DeviceFault, match="HBM_BOUNDS"):
+        run_image(device, pv_program(bad), {})
+
+
+def pv_program(instructions):
+    code = encode_stream([*instructions, Instr("halt")])
+    return ProgramImage.for_config("small", code, entry=0, hbm_bytes=4096, sram_bytes=4096)
+
+
+def test_kill_and_watchdog_stop_a_context_within_a_bound():
+    image = gemm("small", 128, 256, 128)
+    inputs = random_inputs(image, np.random.default_rng(3))
+    device = make_device("perf", "small")
+    load_image(device, image, inputs)
+    device.run(2000)
+    device.host(Instr("ctx.kill", ctx=0))
+    device.run(5000)
+    info = device.context(0)
+    assert info.status == ContextStatus.FAULTED and info.fault == FaultCode.KILLED
+    device = make_device("perf", "small")
+    device.host(Instr("ctx.budget", ctx=0, cycles=3000))
+    load_image(device, image, inputs)
+    assert device.run()
+    info = device.context(0)
+    assert info.fault == FaultCode.WATCHDOG and 3000 <= info.timing["run_cycles"] < 3000 + 1000
+
+
+def test_the_hypervisor_bills_perf_runs():
+    rng = np.random.default_rng(4)
+    a, b = rng.integers(-128, 128, (48, 64), dtype=np.int8), rng.integers(-128, 128, (64, 40), dtype=np.int8)
+    from tcloud.runtime import matmul
+    with Hypervisor("small", "perf", "harvest", hbm_timing={"hbm_latency": 100}) as hv:
+        v = hv.create_vnpu(VNPUSpec(mes=1, ves=1), name="solo")
+        result, stats = matmul(a, b, vnpu=v, return_stats=True)
+        usage = v.usage()
+    assert np.array_equal(result, a.astype(np.int32) @ b.astype(np.int32))
+    assert stats["cycles"] > 0 and usage.me_owned_cycles > 0 and usage.me_harvested_cycles > 0
+    assert usage.macs == 48 * 64 * 40
+
+
+def test_profile_runs_on_perf():
+    from tcloud.runtime import compile
+    from tcloud.runtime.compiler.profile import profile
+    from tcloud.runtime.compiler.zoo import digits
+    compiled = compile(digits.load("digits_mlp_qdq"), "small", batch=8)
+    x, _ = digits.held_out("digits_mlp_qdq")
+    layers, total = profile(compiled, {"input": x[:8]}, backend="perf")
+    assert len(layers) == len(compiled.layers) and total["cycles"] == sum(layer.cycles for layer in layers)
+
+
+def _single_subset():
+    kernels = pv.kernel_cases(quick=True)
+    randoms = pv.random_cases(quick=True)
+    if CI:
+        return kernels[::3] + randoms[::4]
+    return kernels + randoms + pv.model_cases(quick=True)
+
+
+@pytest.mark.slow
+def test_single_tenant_cycles_match_the_rtl():
+    results = [pv.compare_single(*case) for case in _single_subset()]  # also checks outputs agree
+    errors = [abs(r["error_percent"]) for r in results]
+    worst = max(results, key=lambda r: abs(r["error_percent"]))
+    assert statistics.median(errors) <= pv.TARGETS["single_median"], results
+    assert max(errors) <= pv.TARGETS["single_worst"], worst
+
+
+@pytest.mark.slow
+def test_multi_tenant_latencies_match_the_rtl_under_every_policy():
+    scenarios = pv.multi_scenarios(quick=True)
+    if CI:
+        scenarios = scenarios[::2]
+    results = [pv.compare_multi(scenario) for scenario in scenarios]
+    assert {r["policy"] for r in results} == set(pv.POLICIES)
+    errors = [abs(t["error_percent"]) for r in results for t in r["tenants"]]
+    assert statistics.median(errors) <= pv.TARGETS["multi_median"], results
+    assert max(errors) <= pv.TARGETS["multi_worst"], results
