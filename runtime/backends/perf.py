@@ -93,6 +93,12 @@ def _activity(cls, body):
             "hbm_bytes_written": written, "macs": macs, "ve_elements": elements}
 
 
+_UTOP_CACHE = {}
+"""``(config, latency)`` → uTOp encoding → :class:`_Utop`: decoded uTOps and their timing, shared by every
+device of a process (a sweep runs the same programs many times)."""
+_CACHE_LIMIT = 200_000
+
+
 class _Context:
     """Timing state of one hardware context."""
 
@@ -196,7 +202,7 @@ class PerfDevice:
         self.now = 0
         self._events = []
         self._sequence = 0
-        self._cache = {}
+        self._cache = _UTOP_CACHE.setdefault((cfg, self.latency), {})
         self._fetch_free = 0
         self._fetch_last = -1
         self._dispatch_last = -1
@@ -451,7 +457,7 @@ class PerfDevice:
         if header["cls"] not in [int(cls) for cls in _CLASSES]:
             raise DeviceError(f"uTOp header of class {header['cls']} at {ctx.pc:#x}")
         utop = _Utop(header, body, self.config, self.latency, fault)
-        if len(self._cache) > 200_000:
+        if len(self._cache) > _CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = utop
         return utop
