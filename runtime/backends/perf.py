@@ -48,7 +48,7 @@ class _Utop:
 
     __slots__ = ("cls", "length", "signal", "need", "cost", "busy", "phases", "counters", "fault")
 
-    def __init__(self, header, body, config, latency, fault):
+    def __init__(self, header, body, config, latency, jitter, fault):
         self.cls = EngineClass(header["cls"])
         self.length = header["len"]
         self.signal = header["signal"]
@@ -62,7 +62,7 @@ class _Utop:
         self.fault = fault
         self.phases = None
         if self.cls == EngineClass.DMA:
-            self.phases = timing.dma_phases(config, latency, body)
+            self.phases = timing.dma_phases(config, latency, body, jitter)
             self.busy = None
         elif self.cls == EngineClass.ME:
             self.busy = max(1, math.ceil(timing.me_busy(config, latency, body)))
@@ -189,7 +189,8 @@ class PerfDevice:
         if not 0 < hbm_accept_probability <= 1:
             raise DeviceError(f"hbm_accept_probability must be in (0, 1], got {hbm_accept_probability!r}")
         self.hbm_worst_latency = latency + hbm_jitter
-        self.latency = latency + hbm_jitter / 2
+        self.latency = latency + hbm_jitter * timing.JITTER_SHARE
+        self.jitter = hbm_jitter
         self.beat_stretch = 1 / hbm_accept_probability
         self.data = data
         self.machine = Machine(cfg)
@@ -202,7 +203,7 @@ class PerfDevice:
         self.now = 0
         self._events = []
         self._sequence = 0
-        self._cache = _UTOP_CACHE.setdefault((cfg, self.latency), {})
+        self._cache = _UTOP_CACHE.setdefault((cfg, self.latency, self.jitter), {})
         self._fetch_free = 0
         self._fetch_last = -1
         self._dispatch_last = -1
@@ -456,7 +457,7 @@ class PerfDevice:
             body.append(instr)
         if header["cls"] not in [int(cls) for cls in _CLASSES]:
             raise DeviceError(f"uTOp header of class {header['cls']} at {ctx.pc:#x}")
-        utop = _Utop(header, body, self.config, self.latency, fault)
+        utop = _Utop(header, body, self.config, self.latency, self.jitter, fault)
         if len(self._cache) > _CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = utop
