@@ -97,6 +97,8 @@ _UTOP_CACHE = {}
 """``(config, latency)`` → uTOp encoding → :class:`_Utop`: decoded uTOps and their timing, shared by every
 device of a process (a sweep runs the same programs many times)."""
 _CACHE_LIMIT = 200_000
+_WORDS = {}
+"""Encoded instruction → decoded :class:`~tcloud.isa.Instr` (decoding is the cost of a cold uTOp)."""
 
 
 class _Context:
@@ -104,6 +106,7 @@ class _Context:
 
     def __init__(self, index):
         self.index = index
+        self.masks = {}
         self.status = ContextStatus.IDLE
         self.state = "idle"
         self.pc = 0
@@ -218,6 +221,7 @@ class PerfDevice:
         self._class_holder = {EngineClass.ME: 0, EngineClass.VE: 0}
         self._class_since = {EngineClass.ME: 0, EngineClass.VE: 0}
         self.utops_dispatched = 0
+        self._running = []
 
     # --- the Device protocol ---------------------------------------------------------------------
 
@@ -325,14 +329,14 @@ class PerfDevice:
         heapq.heappush(self._events, (time, self._sequence, kind, payload))
 
     def _busy(self):
-        return any(ctx.status == ContextStatus.RUNNING for ctx in self.contexts)
+        return bool(self._running)
 
     def _advance(self, limit):
         """Process events up to ``limit`` (``None``: until no context runs); ``now`` ends at the limit
         or at the cycle the last context stopped."""
         events = self._events
         while True:
-            if not self._busy() and not any(e.ctx is not None for e in self.engines):
+            if not self._running:
                 if limit is not None and limit > self.now:
                     self.now = limit
                 return
@@ -353,7 +357,9 @@ class PerfDevice:
 
     def _start(self, ctx, gctx):
         ctx.epoch += 1
+        ctx.masks = {EngineClass.DMA: gctx.dma_mask, EngineClass.ME: gctx.me_mask, EngineClass.VE: gctx.ve_mask}
         ctx.status = ContextStatus.RUNNING
+        self._running = [c for c in self.contexts if c.status == ContextStatus.RUNNING]
         ctx.state = "fetch"
         ctx.pc = gctx.pc
         ctx.tokens = [0] * NUM_TOKENS
@@ -444,10 +450,16 @@ class PerfDevice:
 
     def _decode_utop(self, ctx, header, key):
         body, fault = [], None
+        words = _WORDS
         for i in range(header["len"]):
             word = key[INSTRUCTION_BYTES * (i + 1):INSTRUCTION_BYTES * (i + 2)]
             try:
-                instr = decode(word)
+                instr = words.get(word)
+                if instr is None:
+                    instr = decode(word)
+                    if len(words) > _CACHE_LIMIT:
+                        words.clear()
+                    words[word] = instr
             except DecodeError as error:
                 fault = (error.fault, INSTRUCTION_BYTES * (i + 1), str(error))
                 break
@@ -648,14 +660,10 @@ class PerfDevice:
     # --- the scheduler ---------------------------------------------------------------------------
 
     def _owns(self, ctx, engine):
-        gctx = self.machine.contexts[ctx.index]
-        mask = {EngineClass.DMA: gctx.dma_mask, EngineClass.ME: gctx.me_mask, EngineClass.VE: gctx.ve_mask}[engine.cls]
-        return bool(mask >> engine.slot & 1)
+        return bool(ctx.masks[engine.cls] >> engine.slot & 1)
 
     def _owns_none(self, ctx, cls):
-        gctx = self.machine.contexts[ctx.index]
-        mask = {EngineClass.DMA: gctx.dma_mask, EngineClass.ME: gctx.me_mask, EngineClass.VE: gctx.ve_mask}[cls]
-        return mask == 0 and self.policy in (Policy.STATIC, Policy.HARVEST)
+        return ctx.masks[cls] == 0 and self.policy in (Policy.STATIC, Policy.HARVEST)
 
     def _enough(self, ctx):
         tokens = ctx.tokens
@@ -664,39 +672,47 @@ class PerfDevice:
     def _settle(self, time):
         """Everything the RTL does in cycle ``time`` once the events of that cycle are in: front ends
         finishing halts, fences and stops, one dispatch, the fetch unit's next grant."""
-        for ctx in self.contexts:
-            if ctx.status != ContextStatus.RUNNING:
+        issuing = False
+        fetching = False
+        for ctx in tuple(self._running):
+            state = ctx.state
+            if state == "fetch":
+                fetching = True
+            elif state == "fetching":
                 continue
-            if ctx.state == "stopping" and ctx.inflight == 0:
+            elif state == "stopping" and ctx.inflight == 0:
                 self._finish(ctx, max(time, ctx.last_end), ContextStatus.FAULTED)
-            elif ctx.state == "halt" and ctx.inflight == 0 and ctx.issue_from <= time:
+            elif state == "halt" and ctx.inflight == 0 and ctx.issue_from <= time:
                 self._golden_step(ctx) if self.data else None
                 self._count_top(ctx)
                 ctx.pc += INSTRUCTION_BYTES
                 self._finish(ctx, max(time, ctx.last_end), ContextStatus.DONE)
-            elif ctx.state == "fence" and ctx.inflight == 0 and ctx.issue_from <= time:
+            elif state == "fence" and ctx.inflight == 0 and ctx.issue_from <= time:
                 self._golden_step(ctx)
                 self._count_top(ctx)
                 ctx.pc += INSTRUCTION_BYTES
                 ctx.state = "fetch"
                 ctx.want_from = time + 1
                 self._push(time + 1, "_on_wake")
-            elif ctx.state == "issue" and ctx.issue_from <= time:
-                if ctx.head.need and not self._enough(ctx) and ctx.inflight == 0:
+            elif state == "issue" and ctx.issue_from <= time:
+                issuing = True
+                if ctx.head.need and ctx.inflight == 0 and not self._enough(ctx):
                     self._front_fault(ctx, time, FaultCode.TOKEN_DEADLOCK, "uTOp waits for signals nothing will send")
                 elif self._owns_none(ctx, ctx.head.cls):
                     self._front_fault(ctx, time, FaultCode.NO_ENGINE, f"{ctx.head.cls.name} uTOp, but the context "
                                                                        f"owns no {ctx.head.cls.name}")
         if self.policy == Policy.TEMPORAL:
             self._temporal_slice(time)
-        if self._dispatched_at != time:
+        if issuing and self._dispatched_at != time:
             if self._dispatch(time):
                 self._dispatched_at = time
                 self._push(time + 1, "_on_wake")
-        self._fetch_grant(time)
+        if fetching or any(ctx.state == "fetch" for ctx in self._running):
+            self._fetch_grant(time)
 
     def _finish(self, ctx, time, status):
         ctx.status = status
+        self._running.remove(ctx)
         ctx.state = "idle"
         ctx.end = time
         ctx.active_before += time - ctx.start
@@ -713,7 +729,7 @@ class PerfDevice:
 
     def _dispatch(self, time):
         """Dispatch at most one ready uTOp at ``time``; return whether one was."""
-        ready = [ctx for ctx in self.contexts if self._ready(ctx, time)]
+        ready = [ctx for ctx in self._running if self._ready(ctx, time)]
         if not ready:
             return False
         for ctx in ready:
