@@ -416,7 +416,9 @@ class PerfDevice:
         base = gctx.hbm.base + ctx.pc
         word = self.machine.hbm[base:base + INSTRUCTION_BYTES].tobytes()
         try:
-            instr = decode(word)
+            instr = _WORDS.get(word)
+            if instr is None:
+                instr = _WORDS[word] = decode(word)
         except DecodeError as error:
             self._front_fault(ctx, time, error.fault, str(error))
             return
@@ -704,9 +706,11 @@ class PerfDevice:
         if self.policy == Policy.TEMPORAL:
             self._temporal_slice(time)
         if issuing and self._dispatched_at != time:
-            if self._dispatch(time):
+            dispatched, others = self._dispatch(time)
+            if dispatched:
                 self._dispatched_at = time
-                self._push(time + 1, "_on_wake")
+                if others:
+                    self._push(time + 1, "_on_wake")
         if fetching or any(ctx.state == "fetch" for ctx in self._running):
             self._fetch_grant(time)
 
@@ -728,10 +732,11 @@ class PerfDevice:
                 and ctx.stop is None and self._enough(ctx) and not self._owns_none(ctx, ctx.head.cls))
 
     def _dispatch(self, time):
-        """Dispatch at most one ready uTOp at ``time``; return whether one was."""
+        """Dispatch at most one ready uTOp at ``time``; return whether one was and whether other
+        contexts were ready too."""
         ready = [ctx for ctx in self._running if self._ready(ctx, time)]
         if not ready:
-            return False
+            return False, False
         for ctx in ready:
             if ctx.ready_since is None:
                 ctx.ready_since = time
@@ -753,7 +758,7 @@ class PerfDevice:
             self._push(max(wake, time + 1), "_on_wake")
         if not options:
             self._reclaim_wait(ready, time)
-            return False
+            return False, True
         rank = {index: (time - self.contexts[index].ready_since >= self.starvation,
                         self.machine.contexts[index].priority) for index in options}
         best = max(rank.values())
@@ -772,7 +777,7 @@ class PerfDevice:
         if policy == Policy.OPERATOR and cls in self._class_holder and self._class_holder[cls] != index:
             self._class_holder[cls], self._class_since[cls] = index, time + 1
         self._dispatch_to(ctx, engine, time)
-        return True
+        return True, len(ready) > 1
 
     def _reclaim_wait(self, waiting, time):
         """Count, for owners waiting while an engine they own runs a harvested uTOp, the wait (the
