@@ -62,7 +62,7 @@ class _Utop:
         self.fault = fault
         self.phases = None
         if self.cls == EngineClass.DMA:
-            self.phases = timing.dma_phases(config, latency, body, jitter)
+            self.phases = timing.dma_phases(config, latency - timing.JITTER_SHARE * jitter, body, jitter)
             self.busy = None
         elif self.cls == EngineClass.ME:
             self.busy = max(1, math.ceil(timing.me_busy(config, latency, body)))
@@ -194,6 +194,7 @@ class PerfDevice:
         self.hbm_worst_latency = latency + hbm_jitter
         self.latency = latency + hbm_jitter * timing.JITTER_SHARE
         self.jitter = hbm_jitter
+        self.front_latency = latency + hbm_jitter * timing.FRONT_JITTER_SHARE
         self.beat_stretch = 1 / hbm_accept_probability
         self.data = data
         self.machine = Machine(cfg)
@@ -397,7 +398,7 @@ class PerfDevice:
                     continue
                 self._fetch_last = ctx.index
                 ctx.state = "fetching"
-                done = time + self.latency + timing.FETCH_READY
+                done = time + self.front_latency + timing.FETCH_READY
                 done = math.ceil(done)
                 self._fetch_free = done + 1
                 self._push(done, "_on_fetched", (ctx.index, ctx.epoch))

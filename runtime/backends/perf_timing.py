@@ -69,6 +69,10 @@ isolated request waits ``J / 2`` on average and one in a stream the latest of th
 about ``J``; instruction fetches mostly come in streams (prefetch, the front end behind the engines'
 fetches), so the model uses ``hbm_latency + JITTER_SHARE x J``. Measured on the multi-tenant corpus
 (0.5 under-estimated latencies by 2-3 %, 1.0 over-estimated them by about 2 %)."""
+FRONT_JITTER_SHARE = 0.5
+"""The front end's fetch unit has one request in flight at a time, so its fetches see the mean jitter,
+``J / 2``. (Measured: 0.75 put multi-tenant latencies 4-7 % high where the shared fetch unit is the
+bottleneck; 0.5 leaves them within 3 %, and single-tenant programs with jitter within 1.5 %.)"""
 GATHER_ROW_CYCLES = 3
 """Cycles per row of a ``dma.gather`` beyond its beats: its index read in the checking pass, and its
 index read again (request, data) before its row's requests in the copying pass."""
@@ -219,16 +223,17 @@ def me_busy(config, latency, body):
 def dma_phases(config, latency, body, jitter=0):
     """The :class:`DmaPhase` of each instruction of a DMA uTOp (see the module docstring).
 
-    ``latency`` is the effective latency of one request (:data:`JITTER_SHARE`); with ``jitter`` (each
-    request 0 .. ``jitter`` cycles late, answered in order) a transfer's last response waits for the
-    latest of its many, ``jitter`` cycles late."""
+    ``latency`` is the HBM latency without jitter. With ``jitter`` (each request 0 .. ``jitter``
+    cycles late, answered in order) the instruction's own fetch, a lone request, waits ``jitter / 2``
+    more on average, and a transfer's last response the latest of its ``n`` beats',
+    ``jitter x n / (n + 1)`` on average."""
     beat_bytes = 4 * min(config.hbm_port_bytes // 4, config.sram_line_words)
     phases = []
     for instr in body:
         rows, row_bytes = instr["rows"], instr["row_bytes"]
         beats = rows * -(-row_bytes // beat_bytes)
-        before = latency + DMA_FETCH
-        after = latency + (1 - JITTER_SHARE) * jitter + DMA_DRAIN
+        before = latency + jitter / 2 + DMA_FETCH
+        after = latency + jitter * beats / (beats + 1) + DMA_DRAIN
         if instr.mnemonic == "dma.store":
             after += DMA_STORE_EXTRA
         elif instr.mnemonic == "dma.gather":  # the checking pass, then an index read per row
