@@ -318,7 +318,8 @@ def why(row):
     cls, worst = max(busy.items(), key=lambda item: abs(item[1]), default=("", 0.0))
     reasons = []
     if row.get("hbm_jitter"):
-        reasons.append(f"the RTL's HBM adds 0-{row['hbm_jitter']} random cycles per request, the model their mean")
+        reasons.append(f"the RTL's HBM adds 0-{row['hbm_jitter']} random cycles per request, the model their "
+                       f"expected effect (JITTER_SHARE)")
     if cls in ("me", "ve") and abs(worst) >= 1:
         reasons.append(f"{cls.upper()} busy {worst:+.1f} %: scratchpad bank conflicts and instruction fetches waiting "
                        f"in the HBM arbiter are charged statistically (SHARED_ACCESS_CYCLES per instruction and "
@@ -371,14 +372,14 @@ SPEED_PROGRAMS = (("gemm 256x256x256", lambda: gemm("small", 256, 256, 256)),
 def _timed(backend, image, inputs, **options):
     device = make_device(backend, "small", **options)
     load_image(device, image, inputs)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     device.run()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     cycles = device.context(0).timing["run_cycles"]
     close = getattr(device, "close", None)
     if close:
         close()
-    return cycles, seconds
+    return cycles, seconds, cpu_seconds
 
 
 def speed(repeats=3):
@@ -398,10 +399,13 @@ def speed(repeats=3):
             cycles = runs[0][0]
             row["cycles"] = cycles
             row[f"{label}_cold_cycles_per_second"] = round(cycles / runs[0][1])
-            row[f"{label}_cycles_per_second"] = round(cycles / statistics.median(s for _, s in runs[1:]))
+            row[f"{label}_cycles_per_second"] = round(cycles / statistics.median(s for _, s, _ in runs[1:]))
+            row[f"{label}_cycles_per_cpu_second"] = round(cycles / statistics.median(c for _, _, c in runs[1:]))
         for label in ("perf_timing_only", "perf_data"):
             row[f"{label}_over_verilator"] = round(row[f"{label}_cycles_per_second"]
                                                    / row["verilator_cycles_per_second"], 1)
+            row[f"{label}_cpu_over_verilator"] = round(row[f"{label}_cycles_per_cpu_second"]
+                                                       / row["verilator_cycles_per_cpu_second"], 1)
             row[f"{label}_cold_over_verilator"] = round(row[f"{label}_cold_cycles_per_second"]
                                                         / row["verilator_cycles_per_second"], 1)
         rows.append(row)
@@ -523,7 +527,8 @@ def main(argv=None):
     if not args.no_speed:
         print("speed (same small programs, median of 3):")
         report["speed"] = speed()
-        for key in ("perf_timing_only_over_verilator", "perf_data_over_verilator"):
+        for key in ("perf_timing_only_over_verilator", "perf_data_over_verilator", "perf_timing_only_cpu_over_verilator",
+                    "perf_data_cpu_over_verilator", "perf_timing_only_cold_over_verilator"):
             summary[f"median_{key}"] = statistics.median(r[key] for r in report["speed"])
         print("large models on tpu_like, timing only:")
         report["large_models"] = large_models(bert_layers=args.bert_layers)

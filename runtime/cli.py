@@ -434,6 +434,15 @@ def version():
         return "unknown (not installed)"
 
 
+def cmd_sweep(args):
+    from .sweep import load_spec, run_sweep
+
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise TcloudError(f"--num-cpus must be at least 1, got {args.num_cpus}")
+    spec = load_spec(args.spec)
+    run_sweep(spec, args.out, address=args.address, num_cpus=args.num_cpus)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="tcloud", description="TCloud: hardware-assisted NPU "
                                      "virtualization — ISA tools, firmware and runtime.")
@@ -582,6 +591,16 @@ def build_parser():
     vnpu.add_argument("--json", action="store_true",
                       help="print the results as JSON on stdout (progress goes to stderr)")
     vnpu.set_defaults(func=cmd_vnpu)
+
+    sweep = sub.add_parser("sweep", help="sweep models x configs x policies x tenants x loads on Ray",
+                           description="Run every point of a sweep spec (YAML/JSON: models, configs, policies, "
+                                       "tenants, loads; optional hbm_latency, data, poll_cycles) on the perf "
+                                       "backend as Ray tasks, and write sweep.csv and sweep.png.")
+    sweep.add_argument("spec", help="sweep spec (.yaml, .yml or .json)")
+    sweep.add_argument("--out", default="build/sweep", help="output directory (default: %(default)s)")
+    sweep.add_argument("--address", help="join this Ray cluster (default: start a local Ray)")
+    sweep.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    sweep.set_defaults(func=cmd_sweep)
     return parser
 
 

@@ -1,0 +1,75 @@
+"""``tcloud sweep``: spec checking with errors that name the field, and a small sweep on a local Ray
+with 2 CPUs writing its CSV table and plot."""
+
+import csv
+
+import pytest
+
+from tcloud.runtime.cli import main
+from tcloud.runtime.sweep import COLUMNS, SweepError, check_spec, points
+
+SPEC = """
+models: [gemm 32x32x32, elementwise 8x32 passes=2 block=64]
+configs: [small]
+policies: [static, harvest]
+tenants: [1, 2]
+loads: [2]
+hbm_latency: [100]
+"""
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"policies": ["fastest"]}, "policies: unknown policy 'fastest'"),
+    ({"configs": ["huge"]}, "configs: unknown preset 'huge'"),
+    ({"tenants": [0]}, "tenants must be positive integers, got 0"),
+    ({"tenants": [9]}, "9 tenants, but a pNPU of small has 4 contexts"),
+    ({"loads": ["many"]}, "loads must be positive integers, got 'many'"),
+    ({"hbm_latency": [-5]}, "hbm_latency must be positive integers"),
+    ({"models": ["gemm 8x8"]}, "models: 'gemm 8x8' on small"),
+    ({"colour": "red"}, "unknown field(s) colour"),
+    ({"data": "yes"}, "data must be true or false"),
+])
+def test_bad_fields_are_named(change, message):
+    spec = {"models": ["gemm 8x8x8"], "configs": ["small"], "policies": ["static"], "tenants": [1], "loads": [1],
+            **change}
+    with pytest.raises(SweepError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_spec(spec)
+
+
+def test_missing_fields_and_points():
+    with pytest.raises(SweepError, match="missing field.*loads"):
+        check_spec({"models": ["gemm 8x8x8"], "configs": ["small"], "policies": ["static"], "tenants": [1]})
+    spec = check_spec({"models": ["gemm 8x8x8"], "configs": ["small", "tiny"], "policies": ["static", "harvest"],
+                       "tenants": [1, 2], "loads": 1})
+    assert len(points(spec)) == 2 * 2 * 2
+
+
+def test_cli_reports_a_bad_spec_without_a_traceback(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("models: [gemm 8x8x8]\nconfigs: [small]\npolicies: [static]\ntenants: [1]\nloads: [0]\n")
+    assert main(["sweep", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "loads must be positive integers, got 0" in err and "Traceback" not in err
+    path.write_text("models: [gemm\n")
+    assert main(["sweep", str(path)]) == 1
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_small_sweep_on_a_local_ray(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    out = tmp_path / "out"
+    assert main(["sweep", str(spec), "--out", str(out), "--num-cpus", "2"]) == 0
+    with open(out / "sweep.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 * 2 * 2 and set(rows[0]) == set(COLUMNS)
+    assert (out / "sweep.png").stat().st_size > 0
+    for row in rows:
+        assert int(row["jobs"]) == 2 * int(row["tenants"]) and int(row["hbm_latency"]) == 100
+        assert float(row["jobs_per_mcycle"]) > 0 and 0 < float(row["me_utilization"]) + float(row["ve_utilization"])
+    by = {(r["model"], r["policy"], r["tenants"]): r for r in rows}
+    # two tenants sharing one pNPU finish more jobs per cycle than one alone, and each waits longer
+    for model in ("gemm 32x32x32", "elementwise 8x32 passes=2 block=64"):
+        one, two = by[(model, "harvest", "1")], by[(model, "harvest", "2")]
+        assert float(two["jobs_per_mcycle"]) > float(one["jobs_per_mcycle"])
