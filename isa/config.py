@@ -190,9 +190,18 @@ PRESETS = {
                            ve_lanes=1024, dma_count=4, sram_kib=32 * 1024, sram_banks=64, sram_line_words=32,
                            contexts=8, hbm_mib=1024, hbm_port_bytes=1024, hbm_gbps=1200.0,
                            clock_mhz=1050.0, hbm_latency=126, dma_outstanding=256, fetch_depth=8),
+    "tpu_v4_like": ArchConfig(name="tpu_v4_like", me_count=8, me_rows=128, me_cols=128, ve_count=4,
+                              ve_lanes=1024, dma_count=4, sram_kib=32 * 1024, sram_banks=64, sram_line_words=32,
+                              contexts=8, hbm_mib=4096, hbm_port_bytes=1024, hbm_gbps=1200.0,
+                              clock_mhz=1050.0, hbm_latency=126, dma_outstanding=256, fetch_depth=8),
 }
 """Named configurations: ``tiny`` (Amaranth-sim unit tests), ``small`` (integration, Verilator,
-multi-tenant RTL experiments) and ``tpu_like`` (performance model only).
+multi-tenant RTL experiments), ``tpu_like`` and ``tpu_v4_like`` (performance model only).
+
+``tpu_v4_like`` is one TPUv4 chip as a pNPU: 8 matrix engines of 128 x 128 (its two cores' four MXUs
+each), 4 vector engines, 1.2 TB/s of HBM at 1.05 GHz. The ISA's fields bound the rest: the
+``ctx.sram`` window field reaches 64 MiB (the chip's 16 MiB of vector memory fits; its 128 MiB
+common memory would not), and ``ctx.hbm`` 4 GiB (of the chip's 32 GiB).
 
 HBM timing: ``small`` and ``tpu_like`` answer after 120 ns (120 cycles at 1 GHz, 126 at 1.05 GHz),
 inside the 100–150 ns that HBM2/HBM2e reach under load from an accelerator (controller, PHY and DRAM

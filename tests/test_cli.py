@@ -218,7 +218,7 @@ def scenario_text(top="", tenant=""):
     ("pnpus: 0", "", "pnpus must be a positive integer, got 0"),
     ("pnpus: two", "", "pnpus must be a positive integer, got 'two'"),
     ("oversubscribe: maybe", "", "oversubscribe must be true or false, got 'maybe'"),
-    ("config: huge", "", "config must be one of tiny, small, tpu_like, got 'huge'"),
+    ("config: huge", "", "config must be one of tiny, small, tpu_like, tpu_v4_like, got 'huge'"),
     ("", "seed: -1", "tenant 0: seed must be an integer >= 0, got -1"),
     ("", "seed: abc", "tenant 0: seed must be an integer >= 0, got 'abc'"),
     ("", "name: [1]", "tenant 0: name must be a string, got [1]"),

@@ -62,7 +62,7 @@ def test_get_config():
     assert get_config("small") is PRESETS["small"]
     cfg = ArchConfig()
     assert get_config(cfg) is cfg
-    with pytest.raises(ConfigError, match="unknown config 'huge'; presets are tiny, small, tpu_like"):
+    with pytest.raises(ConfigError, match="unknown config 'huge'; presets are tiny, small, tpu_like, tpu_v4_like"):
         get_config("huge")
     with pytest.raises(ConfigError, match="no field"):
         cfg.replace(colour="red")

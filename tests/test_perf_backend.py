@@ -153,3 +153,21 @@ def test_multi_tenant_latencies_match_the_rtl_under_every_policy():
     errors = [abs(t["error_percent"]) for r in results for t in r["tenants"]]
     assert statistics.median(errors) <= pv.TARGETS["multi_median"], results
     assert max(errors) <= pv.TARGETS["multi_worst"], results
+
+
+@pytest.mark.parametrize("config", ["tpu_like", "tpu_v4_like"])
+def test_tpu_presets_run_compiled_models(config):
+    from tcloud.runtime import compile
+    from tcloud.runtime.compiler.zoo import digits
+    compiled = compile(digits.load("digits_mlp_qdq"), config, batch=32)
+    x, _ = digits.held_out("digits_mlp_qdq")
+    inputs = compiled.device_inputs({"input": x[:32]})
+    expected, golden = run_image(FunctionalDevice(config), compiled.image, inputs)
+    outputs, with_data = run_image(make_device("perf", config), compiled.image, inputs)
+    assert all(np.array_equal(outputs[k], expected[k]) for k in expected)
+    device = make_device("perf", config, data=False)
+    load_image(device, compiled.image, inputs)
+    assert device.run()
+    timing_only = device.context(0)
+    assert timing_only.status == ContextStatus.DONE and timing_only.counters == golden.counters
+    assert timing_only.timing == with_data.timing and timing_only.timing["run_cycles"] > 0

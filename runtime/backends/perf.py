@@ -698,8 +698,9 @@ class PerfDevice:
                 ctx.want_from = time + 1
                 self._push(time + 1, "_on_wake")
             elif state == "issue" and ctx.issue_from <= time:
-                issuing = True
-                if ctx.head.need and ctx.inflight == 0 and not self._enough(ctx):
+                enough = not ctx.head.need or self._enough(ctx)
+                issuing = issuing or (enough and ctx.stop is None)
+                if not enough and ctx.inflight == 0:
                     self._front_fault(ctx, time, FaultCode.TOKEN_DEADLOCK, "uTOp waits for signals nothing will send")
                 elif self._owns_none(ctx, ctx.head.cls):
                     self._front_fault(ctx, time, FaultCode.NO_ENGINE, f"{ctx.head.cls.name} uTOp, but the context "
