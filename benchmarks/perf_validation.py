@@ -25,7 +25,6 @@ Writes ``benchmarks/results/perf_validation.json`` and ``perf_validation.png`` (
 """
 
 import argparse
-import os
 import statistics
 import time
 
@@ -386,7 +385,6 @@ def speed(repeats=3):
     """Simulated cycles per wall second on the same ``small`` programs: Verilator, perf with data and
     perf timing only (the first perf run of a program in a process decodes its uTOps: ``cold``; the
     median of ``repeats`` later runs: ``warm``)."""
-    from .common import machine  # noqa: F401  (recorded with the report)
     rng = np.random.default_rng(5)
     rows = []
     for name, build in SPEED_PROGRAMS:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from tcloud.isa import PRESETS, EngineClass, Instr, Policy, decode_stream, get_config
+from tcloud.isa import PRESETS, Instr, Policy, get_config
 from tcloud.isa.errors import TcloudError
 
 from .files import read_text

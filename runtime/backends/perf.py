@@ -125,6 +125,7 @@ class _Context:
         self.epoch = 0
         self.timing = {name: 0 for name in _ENGINE_CYCLES}
         self.reclaim_wait = self.reclaim_max = 0
+        self.reclaim_counted = None  # (pc, epoch) of the head whose reclaim wait was counted
         self.counters = _empty_counters()
 
 
@@ -686,7 +687,7 @@ class PerfDevice:
             elif state == "stopping" and ctx.inflight == 0:
                 self._finish(ctx, max(time, ctx.last_end), ContextStatus.FAULTED)
             elif state == "halt" and ctx.inflight == 0 and ctx.issue_from <= time:
-                self._golden_step(ctx) if self.data else None
+                self._golden_step(ctx)
                 self._count_top(ctx)
                 ctx.pc += INSTRUCTION_BYTES
                 self._finish(ctx, max(time, ctx.last_end), ContextStatus.DONE)
@@ -787,7 +788,7 @@ class PerfDevice:
         if self.policy != Policy.HARVEST:
             return
         for ctx in waiting:
-            if getattr(ctx, "_reclaim_counted", None) == (ctx.pc, ctx.epoch):
+            if ctx.reclaim_counted == (ctx.pc, ctx.epoch):
                 continue
             ends = [engine.end for engine in self.by_class[ctx.head.cls]
                     if engine.ctx is not None and not engine.owned and self._owns(ctx, engine)
@@ -796,7 +797,7 @@ class PerfDevice:
                 wait = max(0, min(ends) - time)
                 ctx.reclaim_wait += wait
                 ctx.reclaim_max = max(ctx.reclaim_max, wait)
-                ctx._reclaim_counted = (ctx.pc, ctx.epoch)
+                ctx.reclaim_counted = (ctx.pc, ctx.epoch)
 
     def _temporal_slice(self, time):
         """Advance the ``temporal`` slices to ``time``: whenever a slice ends (or its holder stops
