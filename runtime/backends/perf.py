@@ -224,6 +224,8 @@ class PerfDevice:
         self._class_since = {EngineClass.ME: 0, EngineClass.VE: 0}
         self.utops_dispatched = 0
         self._running = []
+        self._handlers = {name: getattr(self, name) for name in (
+            "_on_wake", "_on_fetched", "_on_engine_done", "_on_dma_transfer", "_on_flows", "_on_budget")}
 
     # --- the Device protocol ---------------------------------------------------------------------
 
@@ -328,7 +330,7 @@ class PerfDevice:
 
     def _push(self, time, kind, payload=None):
         self._sequence += 1
-        heapq.heappush(self._events, (time, self._sequence, kind, payload))
+        heapq.heappush(self._events, (time, self._sequence, self._handlers[kind], payload))
 
     def _busy(self):
         return bool(self._running)
@@ -351,8 +353,8 @@ class PerfDevice:
                 return
             self.now = time
             while events and events[0][0] == time:
-                _, _, kind, payload = heapq.heappop(events)
-                getattr(self, kind)(time, payload)
+                _, _, handler, payload = heapq.heappop(events)
+                handler(time, payload)
             self._settle(time)
 
     # --- front ends ------------------------------------------------------------------------------
