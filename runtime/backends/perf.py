@@ -403,7 +403,7 @@ class PerfDevice:
                 ctx.state = "fetching"
                 done = time + self.front_latency + timing.FETCH_READY
                 done = math.ceil(done)
-                self._fetch_free = done + 1
+                self._fetch_free = done  # the unit takes the next request in the decoding cycle
                 self._push(done, "_on_fetched", (ctx.index, ctx.epoch))
                 return
 
@@ -698,8 +698,8 @@ class PerfDevice:
                 self._count_top(ctx)
                 ctx.pc += INSTRUCTION_BYTES
                 ctx.state = "fetch"
-                ctx.want_from = time + 1
-                self._push(time + 1, "_on_wake")
+                ctx.want_from = time
+                fetching = True
             elif state == "issue" and ctx.issue_from <= time:
                 enough = not ctx.head.need or self._enough(ctx)
                 issuing = issuing or (enough and ctx.stop is None)
