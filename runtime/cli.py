@@ -67,7 +67,8 @@ def cmd_config(args):
         cfg = get_config(name)
         print(f"{cfg.name}: fingerprint {cfg.fingerprint().hex()}, peak {cfg.peak_tops:.3g} TOPS")
         refusal = rtl_refusal(cfg)
-        print(f"  backends        {'functional only: ' + refusal if refusal else ', '.join(BACKENDS)}")
+        without_rtl = [name for name in BACKENDS if name not in ("amaranth", "verilator")]
+        print(f"  backends        {', '.join(without_rtl) + ' (no RTL: ' + refusal + ')' if refusal else ', '.join(BACKENDS)}")
         for key, value in cfg.to_dict().items():
             if key != "name":
                 print(f"  {key:15} {value}")

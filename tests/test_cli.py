@@ -518,8 +518,8 @@ def test_a_preset_without_rtl_says_so_and_which_backends_run_it(tmp_path):
     """tpu_like's 128x128 MEs need 128-word scratchpad rows; its lines have 32 (issue 11 item 1)."""
     shown = tcloud("config", "tpu_like")
     assert shown.returncode == 0
-    assert "backends        functional only: a 128x128 array (me_rows, me_cols)" in shown.stdout
-    assert "backends        functional, amaranth, verilator" in tcloud("config", "small").stdout
+    assert "backends        functional, perf (no RTL: a 128x128 array (me_rows, me_cols)" in shown.stdout
+    assert "backends        functional, amaranth, verilator, perf" in tcloud("config", "small").stdout
     for argv in (("verilog", "--config", "tpu_like", "-o", str(tmp_path / "p.v")), ("demo", "--config", "tpu_like")):
         result = tcloud(*argv)
         assert result.returncode == 1, argv
