@@ -11,13 +11,15 @@ from tcloud.isa import ContextStatus, EngineClass, FaultCode, Instr, encode_stre
 from tcloud.isa import csr, host_protocol
 from tcloud.runtime import FunctionalDevice
 from tcloud.runtime.backends.amaranth import AmaranthDevice
+from tcloud.runtime.backends.perf import PerfDevice
 from tcloud.runtime.backends.verilator import VerilatorDevice
 
 from conftest import utop
 
 pytestmark = pytest.mark.slow  # edge cases on both RTL backends
 
-BACKENDS = {"functional": FunctionalDevice, "amaranth": AmaranthDevice, "verilator": VerilatorDevice}
+BACKENDS = {"functional": FunctionalDevice, "amaranth": AmaranthDevice, "verilator": VerilatorDevice,
+            "perf": PerfDevice}
 RTL_BACKENDS = ("amaranth", "verilator")
 MAX_CYCLES = 200_000
 GUARD = 16
@@ -35,7 +37,8 @@ def close(device):
 
 @pytest.fixture(scope="module", params=sorted(BACKENDS))
 def device(request):
-    """One ``tiny`` device per backend, shared by the tests of this module (each configures what it uses)."""
+    """One ``tiny`` device per backend, shared by the tests of this module (each configures what it uses);
+    the performance model keeps the same guarantees as the RTL it models."""
     dev = BACKENDS[request.param]("tiny")
     yield dev
     close(dev)
