@@ -29,7 +29,13 @@ DMA engines (no prefetch)
     cycle while the HBM accepts them (``dma_outstanding`` in flight), and the instruction ends when
     the last response is written (``L`` + :data:`DMA_DRAIN`, two more for a store's buffer). The
     beats are the HBM's shared resource: concurrent transfers share its request slots and byte
-    credit (processor sharing, in :class:`tcloud.runtime.backends.perf.PerfDevice`).
+    credit (processor sharing, in :class:`tcloud.runtime.backends.perf.PerfDevice`), and the
+    instruction fetches of running MEs and VEs take turns with their responses.
+
+What the event loop does not simulate cycle by cycle (scratchpad bank conflicts, fetches waiting in
+the HBM arbiter) is charged per instruction and concurrent engine (:data:`SHARED_ACCESS_CYCLES`),
+and HBM jitter by its expected effect (:data:`JITTER_SHARE`, :data:`FRONT_JITTER_SHARE`). Those three
+constants are measured on the RTL, not derived from it; each says how.
 """
 
 from dataclasses import dataclass
