@@ -105,6 +105,27 @@ class SoftmaxConstants:
         return cls(int(a.view(np.uint32)), d_min, fp32_word(2.0 ** m), fp32_word(-y_scale))
 
 
+def onnxruntime_softmax_scale(y_scale):
+    """The output scale onnxruntime's ``QLinearSoftmax`` really applies: ``1 / floor(1 / y_scale)``.
+
+    Its CPU kernel multiplies each exponential by ``floor(1.0f / y_scale)`` (binary32) before dividing by
+    the row's sum, so an output scale of 1/255 (the quantizer's choice for int8 QDQ, which onnxruntime
+    runs as ``QLinearSoftmax`` once int8 QDQ fusion is allowed) becomes 1/254: binary32 ``1/255`` is a
+    little above 1/255, its reciprocal a little below 255. The compiler passes this scale to
+    :func:`emit_softmax` so the pNPU computes what onnxruntime computes.
+
+    Raises
+    ------
+    FirmwareError
+        If ``y_scale`` is not positive or ``1 / y_scale`` is below 1.
+    """
+    multiplier = math.floor(np.float32(1.0) / np.float32(y_scale)) if y_scale > 0 else 0
+    if multiplier < 1:
+        raise FirmwareError(f"softmax: output scale {y_scale!r} leaves onnxruntime no output step "
+                            f"(floor(1 / y_scale) = {multiplier})")
+    return 1.0 / multiplier
+
+
 def softmax_reference(q, x_scale, y_scale, y_zero_point):
     """What :func:`softmax_rows` computes: int8 softmax of each row of ``q`` (rows × n int8 codes)."""
     q = np.asarray(q, dtype=np.int64)

@@ -510,7 +510,8 @@ def normalisation_model(op, features):
 def test_softmax_and_layernorm_meet_the_bar_against_onnxruntime(op, features, fmt, activations):
     """Operators onnxruntime computes in float inside int8 models (QLinearSoftmax or DequantizeLinear →
     Softmax/LayerNormalization → QuantizeLinear), on the VEs in binary32 (ve.fma/ve.fmav): ≥ 99.9 % of the
-    int8 outputs within one step of onnxruntime's, none beyond two."""
+    int8 outputs within one step of onnxruntime's, none beyond two; softmax equals it on ≥ 99.9 % (the
+    compiler applies QLinearSoftmax's floor(1/y_scale) multiplier)."""
     model = normalisation_model(op, features)
     rng = np.random.default_rng(features)
     quantized = quantize(model, fmt, [{"input": rng.standard_normal((1, 8, 16)).astype(np.float32)} for _ in range(16)],
@@ -524,6 +525,8 @@ def test_softmax_and_layernorm_meet_the_bar_against_onnxruntime(op, features, fm
     steps = np.abs(compiled.run(feeds)["output"].astype(np.float64)
                    - onnxruntime_outputs(quantized, feeds)["output"]) / compiled.outputs[0]["scale"]
     assert np.mean(steps <= 1 + 1e-3) >= 0.999 and steps.max() <= 2 + 1e-3  # steps in float32 arithmetic
+    if op != "LayerNormalization":
+        assert np.mean(steps <= 1e-3) >= 0.999
     assert check_program(compiled.image).races == []
 
 
