@@ -231,7 +231,10 @@ class _Scratch:
 
 def emit_rows(prog, kernel, source, dest, rows, n, row_words, columns, body, sram_bytes, vectors=None):
     """Append a row kernel to ``prog``: for each block of rows, DMA the int8 rows in, run ``body`` on them in
-    one VE uTOp and DMA them out.
+    one VE uTOp and DMA them out. Blocks alternate between two sets of buffers (when two fit), so one
+    block's transfers overlap another's computation and two vector engines can work at once; even rows that
+    fit one block are split in two for that. uTOps issue in program order, so a block's store is emitted
+    after the next block's load and computation: it would otherwise hold them back until it could issue.
 
     Parameters
     ----------
@@ -262,28 +265,53 @@ def emit_rows(prog, kernel, source, dest, rows, n, row_words, columns, body, sra
     """
     _check_shape(kernel, rows, n)
     stride = _up4(n)
-    fixed = (2 * _WORD * n if vectors is not None else 0) + 2 * _WORD
+    shared = 2 * _WORD * n if vectors is not None else 0
     per_row = stride + row_words * _WORD * n + columns * _WORD
-    block = min(rows, _MAX_ROWS, (sram_bytes - fixed) // per_row)
+    sets = 2 if rows > 1 and sram_bytes - shared - 2 * _SET_WORDS * _WORD >= 2 * per_row else 1
+    block = min(-(-rows // sets), _MAX_ROWS, (sram_bytes - shared - sets * _SET_WORDS * _WORD) // (sets * per_row))
     if block < 1:
-        raise FirmwareError(f"{kernel}: a row of {n} elements needs {fixed + per_row} bytes of scratchpad, the "
-                            f"budget is {sram_bytes}")
+        raise FirmwareError(f"{kernel}: a row of {n} elements needs {shared + _SET_WORDS * _WORD + per_row} bytes of "
+                            f"scratchpad, the budget is {sram_bytes}")
     sram = _Scratch()
-    x_buf = sram.take(block * stride)
-    words = [sram.take(block * _WORD * n) for _ in range(row_words)]
-    cols = [sram.take(block * _WORD) for _ in range(columns)]
-    scalars = [sram.take(_WORD) for _ in range(2)]
-    table = None
+    buffers = [_RowBuffers.take(sram, block, stride, n, row_words, columns) for _ in range(sets)]
+    table = gamma_beta = None
     if vectors is not None:
-        scalars.append(sram.take(2 * _WORD * n))
-        table = prog.utop(EngineClass.DMA, vectors.load(scalars[-1], 0, 0, 1, 0, 2 * _WORD * n))
-    store = None
-    for r0 in range(0, rows, block):
-        count = min(block, rows - r0)
-        load = prog.utop(EngineClass.DMA, source.load(x_buf, stride, r0, count, 0, n), [store])
-        compute = prog.utop(EngineClass.VE, body(count, n, stride, x_buf, words, cols, scalars), [load, table])
-        store = prog.utop(EngineClass.DMA, dest.store(x_buf, stride, r0, count, 0, n), [compute])
+        gamma_beta = sram.take(shared)
+        table = prog.utop(EngineClass.DMA, vectors.load(gamma_beta, 0, 0, 1, 0, shared))
+    def store(buf, r0, count, compute):
+        return prog.utop(EngineClass.DMA, dest.store(buf.x, stride, r0, count, 0, n), [compute])
+
+    stores, pending = [None] * sets, []
+    for index, r0 in enumerate(range(0, rows, block)):
+        count, buf = min(block, rows - r0), buffers[index % sets]
+        if len(pending) == sets:
+            stores[index % sets] = store(*pending.pop(0))
+        scalars = buf.scalars + ([gamma_beta] if gamma_beta is not None else [])
+        load = prog.utop(EngineClass.DMA, source.load(buf.x, stride, r0, count, 0, n), [stores[index % sets]])
+        compute = prog.utop(EngineClass.VE, body(count, n, stride, buf.x, buf.words, buf.cols, scalars), [load, table])
+        pending.append((buf, r0, count, compute))
+    for block_args in pending:
+        store(*block_args)
     return sram.end
+
+
+_SET_WORDS = 2
+"""Scalar words of each buffer set (constants a body fills in)."""
+
+
+@dataclass(frozen=True)
+class _RowBuffers:
+    """The scratchpad of one block of :func:`emit_rows`: the int8 rows, word buffers, per-row words, scalars."""
+
+    x: int
+    words: list
+    cols: list
+    scalars: list
+
+    @classmethod
+    def take(cls, sram, block, stride, n, row_words, columns):
+        return cls(sram.take(block * stride), [sram.take(block * _WORD * n) for _ in range(row_words)],
+                   [sram.take(block * _WORD) for _ in range(columns)], [sram.take(_WORD) for _ in range(_SET_WORDS)])
 
 
 def _rows_image(kernel, config, rows, n, row_words, columns, body, gamma_beta=None):
