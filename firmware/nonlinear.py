@@ -47,7 +47,7 @@ from tcloud.isa.table import LUT_BYTES, FmaResult, FmaSource, field_max
 
 from .binary import fp32_word
 from .gemm import DenseMatrix
-from .program import FirmwareError, ProgramBuilder
+from .program import DeferredStores, FirmwareError, ProgramBuilder
 
 _MAX_ROWS = min(field_max("ve.shape", "rows"), field_max("dma.load", "rows"))
 _WORD = 4
@@ -233,8 +233,7 @@ def emit_rows(prog, kernel, source, dest, rows, n, row_words, columns, body, sra
     """Append a row kernel to ``prog``: for each block of rows, DMA the int8 rows in, run ``body`` on them in
     one VE uTOp and DMA them out. Blocks alternate between two sets of buffers (when two fit), so one
     block's transfers overlap another's computation and two vector engines can work at once; even rows that
-    fit one block are split in two for that. uTOps issue in program order, so a block's store is emitted
-    after the next block's load and computation: it would otherwise hold them back until it could issue.
+    fit one block are split in two for that (:class:`~tcloud.firmware.program.DeferredStores`).
 
     Parameters
     ----------
@@ -278,20 +277,14 @@ def emit_rows(prog, kernel, source, dest, rows, n, row_words, columns, body, sra
     if vectors is not None:
         gamma_beta = sram.take(shared)
         table = prog.utop(EngineClass.DMA, vectors.load(gamma_beta, 0, 0, 1, 0, shared))
-    def store(buf, r0, count, compute):
-        return prog.utop(EngineClass.DMA, dest.store(buf.x, stride, r0, count, 0, n), [compute])
-
-    stores, pending = [None] * sets, []
+    stores = DeferredStores(prog, sets)
     for index, r0 in enumerate(range(0, rows, block)):
         count, buf = min(block, rows - r0), buffers[index % sets]
-        if len(pending) == sets:
-            stores[index % sets] = store(*pending.pop(0))
         scalars = buf.scalars + ([gamma_beta] if gamma_beta is not None else [])
-        load = prog.utop(EngineClass.DMA, source.load(buf.x, stride, r0, count, 0, n), [stores[index % sets]])
+        load = prog.utop(EngineClass.DMA, source.load(buf.x, stride, r0, count, 0, n), [stores.reuse(index)])
         compute = prog.utop(EngineClass.VE, body(count, n, stride, buf.x, buf.words, buf.cols, scalars), [load, table])
-        pending.append((buf, r0, count, compute))
-    for block_args in pending:
-        store(*block_args)
+        stores.add(dest.store(buf.x, stride, r0, count, 0, n), [compute])
+    stores.flush()
     return sram.end
 
 

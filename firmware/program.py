@@ -204,3 +204,49 @@ class ProgramBuilder:
             for p in producers:
                 self._items[p].signal |= 1 << token
             self._items[end].waits.append((token, len(producers)))
+
+
+class DeferredStores:
+    """The store uTOps of a double-buffered block loop, each appended one block late.
+
+    uTOps issue in program order, so a block's store appended right after its computation would hold the
+    next block's load and computation back until that computation had ended: the blocks would run one
+    after the other. Appended after the next block's uTOps instead, two blocks are in flight (on two
+    engines of a class, or a transfer beside a computation).
+
+    Parameters
+    ----------
+    prog : ProgramBuilder
+    sets : int
+        Buffer sets the loop alternates between: block ``i`` reuses the buffers of block ``i - sets``.
+    """
+
+    def __init__(self, prog, sets=2):
+        self._prog, self._sets = prog, sets
+        self._pending = None
+        self.stores = []
+        """The appended store uTOps, in block order (complete after :meth:`flush`)."""
+
+    def reuse(self, index):
+        """The store block ``index`` waits for before reusing the buffers of block ``index - sets``
+        (``None`` for the first blocks); appended now if it was still queued."""
+        if index < self._sets:
+            return None
+        if len(self.stores) <= index - self._sets:
+            self._append()
+        return self.stores[index - self._sets]
+
+    def add(self, body, deps):
+        """Queue the store of the current block (DMA ``body`` after ``deps``), appending the previous one."""
+        self._append()
+        self._pending = (body, deps)
+
+    def flush(self):
+        """Append the last queued store; returns :attr:`stores`."""
+        self._append()
+        return self.stores
+
+    def _append(self):
+        if self._pending is not None:
+            self.stores.append(self._prog.utop(EngineClass.DMA, *self._pending))
+            self._pending = None
