@@ -10,7 +10,7 @@ import numpy as np
 from tcloud.isa import EngineClass, Instr, ProgramImage, Symbol, get_config
 from tcloud.isa.table import field_max
 
-from .program import DeferredStores, FirmwareError, ProgramBuilder
+from .program import FirmwareError, ProgramBuilder
 
 _ALIGN = 64
 
@@ -70,22 +70,23 @@ def elementwise(config, rows, cols, *, passes=1, block_elements=None):
     buffers = [(0, slot), (2 * slot, 3 * slot)]  # (x, y) per double-buffer slot
 
     prog = ProgramBuilder()
-    computes, stores = [], DeferredStores(prog)
+    loads, computes, stores = [], [], []
     for b, start in enumerate(range(0, total, block)):
         count = min(block, total - start)
         x_buf, y_buf = buffers[b % 2]
-        load = prog.utop(EngineClass.DMA, [
+        reuse = [computes[b - 2], stores[b - 2]] if b >= 2 else []
+        loads.append(prog.utop(EngineClass.DMA, [
             Instr("dma.load", sram=x_buf, hbm=off_x + 4 * start, rows=1, row_bytes=4 * count),
-            Instr("dma.load", sram=y_buf, hbm=off_y + 4 * start, rows=1, row_bytes=4 * count)],
-            deps=[computes[b - 2] if b >= 2 else None, stores.reuse(b)])
+            Instr("dma.load", sram=y_buf, hbm=off_y + 4 * start, rows=1, row_bytes=4 * count)], deps=reuse))
+        if b >= 1:
+            stores.append(_store(prog, computes[b - 1], *_block_at(b - 1, block, total, buffers, off_z)))
         body = []
         for _ in range(passes):
             body += [Instr("ve.add", dst=x_buf, src1=x_buf, src2=y_buf, n=count),
                      Instr("ve.relu", dst=x_buf, src=x_buf, n=count)]
-        computes.append(prog.utop(EngineClass.VE, body, deps=[load]))
-        stores.add([Instr("dma.store", sram=x_buf, hbm=off_z + 4 * start, rows=1, row_bytes=4 * count)],
-                   [computes[-1]])
-    stores.flush()
+        computes.append(prog.utop(EngineClass.VE, body, deps=[loads[b]]))
+    last = len(computes) - 1
+    stores.append(_store(prog, computes[last], *_block_at(last, block, total, buffers, off_z)))
     code = prog.build(cfg)
     symbols = [Symbol("X", "input", "i32", (rows, cols), off_x, 4 * cols),
                Symbol("Y", "input", "i32", (rows, cols), off_y, 4 * cols),
@@ -93,3 +94,12 @@ def elementwise(config, rows, cols, *, passes=1, block_elements=None):
     return ProgramImage.for_config(cfg, code, entry=code_at, hbm_bytes=_up(code_at + len(code), _ALIGN),
                                    sram_bytes=4 * slot, symbols=symbols)
 
+
+def _block_at(b, block, total, buffers, off_z):
+    start = b * block
+    return buffers[b % 2][0], off_z + 4 * start, min(block, total - start)
+
+
+def _store(prog, compute, x_buf, hbm, count):
+    return prog.utop(EngineClass.DMA, [Instr("dma.store", sram=x_buf, hbm=hbm, rows=1, row_bytes=4 * count)],
+                     deps=[compute])
