@@ -109,17 +109,19 @@ def onnxruntime_softmax_scale(y_scale):
     """The output scale onnxruntime's ``QLinearSoftmax`` really applies: ``1 / floor(1 / y_scale)``.
 
     Its CPU kernel multiplies each exponential by ``floor(1.0f / y_scale)`` (binary32) before dividing by
-    the row's sum, so an output scale of 1/255 (the quantizer's choice for int8 QDQ, which onnxruntime
-    runs as ``QLinearSoftmax`` once int8 QDQ fusion is allowed) becomes 1/254: binary32 ``1/255`` is a
+    the row's sum, so an output scale of 1/255 (the quantizer's choice for QDQ models, which onnxruntime
+    runs as ``QLinearSoftmax`` too) becomes 1/254: binary32 ``1/255`` is a
     little above 1/255, its reciprocal a little below 255. The compiler passes this scale to
     :func:`emit_softmax` so the pNPU computes what onnxruntime computes.
 
     Raises
     ------
     FirmwareError
-        If ``y_scale`` is not positive or ``1 / y_scale`` is below 1.
+        If ``y_scale`` is not positive, ``1 / y_scale`` is below 1, or it overflows binary32.
     """
-    multiplier = math.floor(np.float32(1.0) / np.float32(y_scale)) if y_scale > 0 else 0
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        reciprocal = np.float32(1.0) / np.float32(y_scale)
+    multiplier = math.floor(reciprocal) if np.isfinite(reciprocal) and reciprocal > 0 else 0
     if multiplier < 1:
         raise FirmwareError(f"softmax: output scale {y_scale!r} leaves onnxruntime no output step "
                             f"(floor(1 / y_scale) = {multiplier})")
@@ -233,7 +235,8 @@ def emit_rows(prog, kernel, source, dest, rows, n, row_words, columns, body, sra
     """Append a row kernel to ``prog``: for each block of rows, DMA the int8 rows in, run ``body`` on them in
     one VE uTOp and DMA them out. Blocks alternate between two sets of buffers (when two fit), so one
     block's transfers overlap another's computation and two vector engines can work at once; even rows that
-    fit one block are split in two for that (:class:`~tcloud.firmware.program.DeferredStores`).
+    fit one block are split in two for that. Stores are appended one block late
+    (:class:`~tcloud.firmware.program.DeferredStores`).
 
     Parameters
     ----------

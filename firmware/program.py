@@ -212,7 +212,8 @@ class DeferredStores:
     uTOps issue in program order, so a block's store appended right after its computation would hold the
     next block's load and computation back until that computation had ended: the blocks would run one
     after the other. Appended after the next block's uTOps instead, two blocks are in flight (on two
-    engines of a class, or a transfer beside a computation).
+    engines of a class, or a transfer beside a computation). With one buffer set, the next block's load
+    needs the store first, so :meth:`reuse` appends it there: the blocks stay in order.
 
     Parameters
     ----------

@@ -45,5 +45,5 @@ def test_one_source_ops_name_their_source_and_its_stride():
 def test_the_readme_lists_every_instruction_as_the_table_generates_it():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     begin, end = readme.index(README_BEGIN) + len(README_BEGIN), readme.index(README_END)
-    assert readme[begin:end].strip() == opcode_table().strip(), "README's opcode table is stale: regenerate it"
+    assert readme[begin:end].strip() == opcode_table().strip(), "README's opcode table is stale: paste tcloud.isa.doc.opcode_table()"
     assert all(f"`{spec.mnemonic}`" in readme[begin:end] for spec in INSTRUCTIONS)

@@ -197,3 +197,9 @@ def test_the_softmax_scale_is_the_multiplier_onnxruntime_applies(y_scale, multip
 def test_a_softmax_scale_without_an_output_step_is_refused(y_scale):
     with pytest.raises(FirmwareError, match="no output step"):
         onnxruntime_softmax_scale(y_scale)
+
+
+def test_a_softmax_scale_whose_reciprocal_overflows_binary32_is_refused():
+    for y_scale in (1e-39, 1e-46):
+        with pytest.raises(FirmwareError, match="no output step"):
+            onnxruntime_softmax_scale(y_scale)
