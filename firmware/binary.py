@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tcloud.isa import EngineClass, Instr
-from tcloud.isa.golden import fma_fp32
+from tcloud.isa.golden import fma_fp32, ve_fma, wrap_i32
 from tcloud.isa.table import FmaResult, FmaSource, WORD_BYTES, field_max
 
 from .gemm import DenseMatrix
@@ -94,6 +94,27 @@ class QLinearBinary:
                  else self._constant_row(cols) - self.b.zero_point)
         return _words([np.full(cols, fp32_word(-self.a.zero_point), np.int64), b_row,
                        np.full(cols, fp32_word(self.y.zero_point), np.int64)])
+
+    def reference(self, a, b=None):
+        """What :func:`emit_binary` computes, on codes in their own types (uint8 as 0 .. 255).
+
+        ``a`` and ``b`` broadcast together; without ``b`` the operator's constant is used (one value:
+        ``constant`` must then hold a single code). Returns ``y``'s codes."""
+        a = np.asarray(a, np.int64)
+        a_kind, b_kind, y_kind = _KINDS[self.a.dtype][0], _KINDS[self.b.dtype][0], _KINDS[self.y.dtype][1]
+        if (b is None) == (self.constant is None):
+            raise FirmwareError("reference: give b exactly when the operator has no constant")
+        rows = np.asarray(self.constant_rows(1), np.int64)[:, 0] & 0xFFFFFFFF
+        if self.op == "add":
+            rac, rbc = map(fp32_word, self.multipliers())
+            addend = rows[0] if b is None else ve_fma(np.asarray(b, np.int64), b_kind, rbc, rows[0], FmaResult.FP32)
+            return ve_fma(a, a_kind, rac, addend, y_kind)
+        one = fp32_word(1.0)
+        da = ve_fma(a, a_kind, one, rows[0], FmaResult.INT32)
+        db = (wrap_i32(rows[1]) if b is None
+              else ve_fma(np.asarray(b, np.int64), b_kind, one, rows[1], FmaResult.INT32))
+        x = ve_fma(wrap_i32(da * db), FmaSource.INT32, fp32_word(self.multipliers()[0]), 0, FmaResult.FP32)
+        return ve_fma(x, FmaSource.FP32, one, rows[2], y_kind)
 
     def _constant_row(self, cols):
         row = np.full(cols, self.b.zero_point, np.int64)  # padding channels: b = zB
