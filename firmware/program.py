@@ -75,6 +75,8 @@ class ProgramBuilder:
         self._rng = rng
         self.instructions = 0
         """Instructions appended so far (headers included, the final ``halt`` not)."""
+        self.inserted_fences = 0
+        """Fences :meth:`build` inserted because more dependency groups than tokens would be live."""
 
     @property
     def utop_count(self):
@@ -145,9 +147,25 @@ class ProgramBuilder:
         Raises
         ------
         FirmwareError
-            If more than 16 dependency groups would be live at once.
+            If a uTOp depends on more uTOps than its wait slots hold.
+
+        Notes
+        -----
+        Where more dependency groups would be live at once than a context has tokens, a ``fence`` is
+        inserted just before the uTOp that would open one more (just after it, if a fence already
+        precedes it): the dependencies that span the fence become implied by it, so every live group
+        closes. The program only loses overlap there; :attr:`inserted_fences` counts them.
         """
-        self._assign_tokens()
+        for _ in range(len(self._items) + 1):
+            try:
+                self._assign_tokens()
+                break
+            except _TokenPressure as pressure:
+                after_fence = pressure.start > 0 and isinstance(self._items[pressure.start - 1], Instr)
+                self._insert_fence(pressure.start + 1 if after_fence else pressure.start)
+        else:
+            raise FirmwareError(f"the dependencies cannot be given {NUM_TOKENS} tokens even with a fence between "
+                                f"every two uTOps")
         config = get_config(config) if config is not None else None
         out = []
         for item in self._items:
@@ -166,6 +184,14 @@ class ProgramBuilder:
                 progress(len(out))
         out.append(Instr("halt"))
         return b"".join(i.encode() for i in out)
+
+    def _insert_fence(self, position):
+        self._items.insert(position, Instr("fence"))
+        self.instructions += 1
+        self.inserted_fences += 1
+        for item in self._items:
+            if isinstance(item, _Utop):
+                item.deps = [d + (d >= position) for d in item.deps]
 
     def _assign_tokens(self):
         last_fence = -1
@@ -197,13 +223,20 @@ class ProgramBuilder:
         for start, end, producers in sorted(groups):
             free = [t for t in range(NUM_TOKENS) if free_at[t] <= start]
             if not free:
-                raise FirmwareError(f"more than {NUM_TOKENS} dependency groups are live at uTOp "
-                                    f"#{start}; add a fence or restructure the kernel")
+                raise _TokenPressure(start)
             token = free[0] if self._rng is None else free[int(self._rng.integers(0, len(free)))]
             free_at[token] = end
             for p in producers:
                 self._items[p].signal |= 1 << token
             self._items[end].waits.append((token, len(producers)))
+
+
+class _TokenPressure(Exception):
+    """More dependency groups than tokens would be live at the uTOp ``start``."""
+
+    def __init__(self, start):
+        super().__init__(start)
+        self.start = start
 
 
 class DeferredStores:
