@@ -709,6 +709,10 @@ def test_a_zoo_model_from_the_command_line(tmp_path):
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("layer"))
     assert [line.split()[0] for line in lines[header + 1:]] == ["conv", "conv_1", "conv_2", "add", "total", "(context"]
+    assert tcloud("zoo", "export", "ncf", "--set", "users=20", "--set", "items=30", "-o", "ncf.onnx", "--quantize",
+                  "qdq", cwd=tmp_path).returncode == 0
+    result = tcloud("compile", "ncf.onnx", "-o", "ncf.tcimg", cwd=tmp_path)  # inputs of ids, not floats
+    assert result.returncode == 0 and "input user: int64 ids (1,) in 0 .. 19" in result.stdout, result.stderr
     for bad, message in ((["nope"], "no model 'nope' in the zoo"), (["ncf", "--set", "users=many"], "users must be "
                                                                                                      "an integer")):
         result = tcloud("zoo", "export", *bad, "-o", "x.onnx", cwd=tmp_path)
