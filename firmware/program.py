@@ -156,16 +156,7 @@ class ProgramBuilder:
         precedes it): the dependencies that span the fence become implied by it, so every live group
         closes. The program only loses overlap there; :attr:`inserted_fences` counts them.
         """
-        for _ in range(len(self._items) + 1):
-            try:
-                self._assign_tokens()
-                break
-            except _TokenPressure as pressure:
-                after_fence = pressure.start > 0 and isinstance(self._items[pressure.start - 1], Instr)
-                self._insert_fence(pressure.start + 1 if after_fence else pressure.start)
-        else:
-            raise FirmwareError(f"the dependencies cannot be given {NUM_TOKENS} tokens even with a fence between "
-                                f"every two uTOps")
+        self._assign_tokens()
         config = get_config(config) if config is not None else None
         out = []
         for item in self._items:
@@ -194,14 +185,26 @@ class ProgramBuilder:
                 item.deps = [d + (d >= position) for d in item.deps]
 
     def _assign_tokens(self):
-        last_fence = -1
+        """Give every dependency group a token, one stretch between fences at a time (no group spans a
+        fence), inserting a fence where a stretch would need more tokens than a context has."""
+        start = 0
+        while start < len(self._items):
+            end = next((i for i in range(start, len(self._items)) if isinstance(self._items[i], Instr)),
+                       len(self._items))
+            try:
+                self._assign_stretch(start, end)
+            except _TokenPressure as pressure:
+                after_fence = pressure.start > 0 and isinstance(self._items[pressure.start - 1], Instr)
+                self._insert_fence(pressure.start + 1 if after_fence else pressure.start)
+                continue
+            start = end + 1
+
+    def _assign_stretch(self, first, end):
+        last_fence = first - 1
         groups = []  # (first producer, consumer, producers)
         ancestors = {}  # uTOp index → bit mask (bit i - last_fence - 1) of the uTOps it waits for, transitively
-        for index, item in enumerate(self._items):
-            if isinstance(item, Instr):
-                last_fence = index
-                ancestors.clear()
-                continue
+        for index in range(first, end):
+            item = self._items[index]
             item.signal, item.waits = 0, []
             live = [d for d in item.deps if d > last_fence]
             implied = 0
