@@ -15,8 +15,8 @@ reproduce it bit for bit:
 A constant ``b`` (one value per channel, broadcast over pixels) is folded on the host with the same
 arithmetic (:func:`~tcloud.isa.golden.fma_fp32`): Add reads the row ``fl(b·rBC + K)``, Mul the int32
 row ``b − zB``. Block by block, a DMA uTOp loads rows of ``a`` (and ``b``), one VE uTOp computes the
-block in place into ``a``'s buffer, and a DMA uTOp stores it; buffers are double-buffered and the
-constant rows are loaded once.
+block in place into ``a``'s buffer, and a DMA uTOp stores it; buffers are double-buffered (rows that would
+fit one block make two, so two VEs can share them) and the constant rows are loaded once.
 """
 
 from dataclasses import dataclass
@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from tcloud.isa import EngineClass, Instr
-from tcloud.isa.golden import fma_fp32
+from tcloud.isa.golden import fma_fp32, ve_fma, wrap_i32
 from tcloud.isa.table import FmaResult, FmaSource, WORD_BYTES, field_max
 
 from .gemm import DenseMatrix
-from .program import FirmwareError
+from .program import DeferredStores, FirmwareError
 
 _MAX_ROWS = min(field_max("ve.shape", "rows"), field_max("dma.load", "rows"))
 _KINDS = {"int8": (FmaSource.INT8, FmaResult.INT8), "uint8": (FmaSource.UINT8, FmaResult.UINT8)}
@@ -94,6 +94,27 @@ class QLinearBinary:
                  else self._constant_row(cols) - self.b.zero_point)
         return _words([np.full(cols, fp32_word(-self.a.zero_point), np.int64), b_row,
                        np.full(cols, fp32_word(self.y.zero_point), np.int64)])
+
+    def reference(self, a, b=None):
+        """What :func:`emit_binary` computes, on codes in their own types (uint8 as 0 .. 255).
+
+        ``a`` and ``b`` broadcast together; without ``b`` the operator's constant is used (one value:
+        ``constant`` must then hold a single code). Returns ``y``'s codes."""
+        a = np.asarray(a, np.int64)
+        a_kind, b_kind, y_kind = _KINDS[self.a.dtype][0], _KINDS[self.b.dtype][0], _KINDS[self.y.dtype][1]
+        if (b is None) == (self.constant is None):
+            raise FirmwareError("reference: give b exactly when the operator has no constant")
+        rows = np.asarray(self.constant_rows(1), np.int64)[:, 0] & 0xFFFFFFFF
+        if self.op == "add":
+            rac, rbc = map(fp32_word, self.multipliers())
+            addend = rows[0] if b is None else ve_fma(np.asarray(b, np.int64), b_kind, rbc, rows[0], FmaResult.FP32)
+            return ve_fma(a, a_kind, rac, addend, y_kind)
+        one = fp32_word(1.0)
+        da = ve_fma(a, a_kind, one, rows[0], FmaResult.INT32)
+        db = (wrap_i32(rows[1]) if b is None
+              else ve_fma(np.asarray(b, np.int64), b_kind, one, rows[1], FmaResult.INT32))
+        x = ve_fma(wrap_i32(da * db), FmaSource.INT32, fp32_word(self.multipliers()[0]), 0, FmaResult.FP32)
+        return ve_fma(x, FmaSource.FP32, one, rows[2], y_kind)
 
     def _constant_row(self, cols):
         row = np.full(cols, self.b.zero_point, np.int64)  # padding channels: b = zB
@@ -176,22 +197,22 @@ def emit_binary(prog, spec, a, b, dest, rows, cols, constants, sram_bytes):
     const_rows = len(spec.constant_rows(cols))
     const_bytes = const_rows * WORD_BYTES * cols
     per_row = _row_bytes(spec, cols)
-    block = min(rows, _MAX_ROWS, max(1, (sram_bytes - const_bytes) // (2 * per_row)))
+    block = min(-(-rows // 2), _MAX_ROWS, max(1, (sram_bytes - const_bytes) // (2 * per_row)))
     used = binary_footprint(spec, cols, block)
     if used > sram_bytes:
         raise FirmwareError(f"a quantized {spec.op} over rows of {cols} bytes needs {used} bytes of scratchpad, "
                             f"the budget is {sram_bytes}")
     setup = prog.utop(EngineClass.DMA, constants.load(0, WORD_BYTES * cols, 0, const_rows, 0, WORD_BYTES * cols))
-    ves, stores = [], []
+    stores = DeferredStores(prog)
     for index, r0 in enumerate(range(0, rows, block)):
         count = min(block, rows - r0)
         base = const_bytes + (index % 2) * block * per_row
         buffers = _buffers(spec, base, block, cols)
         body = [] if b is None else b.load(buffers["b"], cols, r0, count, 0, cols)
-        load = prog.utop(EngineClass.DMA, a.load(buffers["a"], cols, r0, count, 0, cols) + body,
-                         [stores[index - 2]] if index >= 2 else [])
-        ves.append(prog.utop(EngineClass.VE, _ve_body(spec, buffers, count, cols), [setup, load]))
-        stores.append(prog.utop(EngineClass.DMA, dest.store(buffers["a"], cols, r0, count, 0, cols), [ves[-1]]))
+        load = prog.utop(EngineClass.DMA, a.load(buffers["a"], cols, r0, count, 0, cols) + body, [stores.reuse(index)])
+        compute = prog.utop(EngineClass.VE, _ve_body(spec, buffers, count, cols), [setup, load])
+        stores.add(dest.store(buffers["a"], cols, r0, count, 0, cols), [compute])
+    stores.flush()
     return used
 
 

@@ -13,7 +13,7 @@ loaded once. Buffers are double-buffered.
 from tcloud.isa import EngineClass, Instr
 from tcloud.isa.table import field_max
 
-from .program import FirmwareError
+from .program import DeferredStores, FirmwareError
 
 _MAX_BODY = field_max("utop", "len")
 _MAX_DMA_ROWS = field_max("dma.load", "rows")
@@ -89,7 +89,7 @@ def emit_depthwise(prog, source, dest, weights, bias, kernel, stride, pads, requ
         slots.append((start, start + in_bytes, start + in_bytes + acc_bytes, start + in_bytes + 2 * acc_bytes))
     params = prog.utop(EngineClass.DMA, weights.load(w_buf, 4 * cp, 0, taps, 0, cp) + bias.load(bias_buf, 0, 0, 1, 0, cp)
                        + requant.scales.load(scale_buf, 0, 0, 1, 0, cp))
-    ves, stores = [], []
+    ves, stores = [], DeferredStores(prog)
     blocks = [(b, oy0) for b in range(source.batch) for oy0 in range(0, oh, rows)]
     for index, (b, oy0) in enumerate(blocks):
         block_rows = min(rows, oh - oy0)
@@ -117,7 +117,7 @@ def emit_depthwise(prog, source, dest, weights, bias, kernel, stride, pads, requ
             body += [Instr("ve.shape", rows=ow, dst_stride=cp, src1_stride=4 * cp, src2_stride=0),
                      Instr("ve.requantf", dst=out_buf + r * ow * cp, src1=acc, src2=scale_buf, n=cp,
                            zp=requant.zero_point)]
-        ves.append(prog.utop(EngineClass.VE, body, [params, load] + ([stores[index - 2]] if index >= 2 else [])))
-        stores.append(prog.utop(EngineClass.DMA, dest.store(out_buf, cp, (b * oh + oy0) * ow, block_rows * ow, 0, cp),
-                                [ves[-1]]))
+        ves.append(prog.utop(EngineClass.VE, body, [params, load, stores.reuse(index)]))
+        stores.add(dest.store(out_buf, cp, (b * oh + oy0) * ow, block_rows * ow, 0, cp), [ves[-1]])
+    stores.flush()
     return footprint

@@ -16,7 +16,7 @@ from tcloud.isa import EngineClass, Instr, ProgramImage, Symbol, get_config
 from tcloud.isa.table import WORD_BYTES, field_max
 
 from .gemm import DenseMatrix
-from .program import FirmwareError, ProgramBuilder
+from .program import DeferredStores, FirmwareError, ProgramBuilder
 
 _MAX_ROWS = field_max("dma.gather", "rows")
 _ALIGN = 64
@@ -99,16 +99,15 @@ def emit_gather(prog, table, indices, dest, count, sram_bytes, deps=()):
         raise FirmwareError(f"gathering rows of {table.row_bytes} bytes needs {2 * per_row} bytes of scratchpad, "
                             f"the budget is {sram_bytes}")
     buffers = [0, block * per_row]
-    stores = []
+    stores = DeferredStores(prog)
     for index, r0 in enumerate(range(0, count, block)):
         rows, idx = min(block, count - r0), buffers[index % 2]
         rows_at = idx + block * WORD_BYTES
         body = [Instr("dma.load", sram=idx, hbm=indices + WORD_BYTES * r0, rows=1, row_bytes=WORD_BYTES * rows)]
         body += table.gather(rows_at, table.row_bytes, idx, rows)
-        ready = prog.utop(EngineClass.DMA, body, list(deps) + ([stores[index - 2]] if index >= 2 else []))
-        stores.append(prog.utop(EngineClass.DMA, dest.store(rows_at, table.row_bytes, r0, rows, 0, table.row_bytes),
-                                [ready]))
-    return stores
+        ready = prog.utop(EngineClass.DMA, body, list(deps) + [stores.reuse(index)])
+        stores.add(dest.store(rows_at, table.row_bytes, r0, rows, 0, table.row_bytes), [ready])
+    return stores.flush()
 
 
 def embedding_lookup(config, table_rows, row_bytes, count, *, sram_bytes=None):

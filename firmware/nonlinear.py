@@ -47,7 +47,7 @@ from tcloud.isa.table import LUT_BYTES, FmaResult, FmaSource, field_max
 
 from .binary import fp32_word
 from .gemm import DenseMatrix
-from .program import FirmwareError, ProgramBuilder
+from .program import DeferredStores, FirmwareError, ProgramBuilder
 
 _MAX_ROWS = min(field_max("ve.shape", "rows"), field_max("dma.load", "rows"))
 _WORD = 4
@@ -103,6 +103,29 @@ class SoftmaxConstants:
         d_min = -min(255, math.floor(-EXP_MIN_EXPONENT / float(a)))
         m = 30 - math.ceil(math.log2(n))
         return cls(int(a.view(np.uint32)), d_min, fp32_word(2.0 ** m), fp32_word(-y_scale))
+
+
+def onnxruntime_softmax_scale(y_scale):
+    """The output scale onnxruntime's ``QLinearSoftmax`` really applies: ``1 / floor(1 / y_scale)``.
+
+    Its CPU kernel multiplies each exponential by ``floor(1.0f / y_scale)`` (binary32) before dividing by
+    the row's sum, so an output scale of 1/255 (the quantizer's choice for QDQ models, which onnxruntime
+    runs as ``QLinearSoftmax`` too) becomes 1/254: binary32 ``1/255`` is a
+    little above 1/255, its reciprocal a little below 255. The compiler passes this scale to
+    :func:`emit_softmax` so the pNPU computes what onnxruntime computes.
+
+    Raises
+    ------
+    FirmwareError
+        If ``y_scale`` is not positive, ``1 / y_scale`` is below 1, or it overflows binary32.
+    """
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        reciprocal = np.float32(1.0) / np.float32(y_scale)
+    multiplier = math.floor(reciprocal) if np.isfinite(reciprocal) and reciprocal > 0 else 0
+    if multiplier < 1:
+        raise FirmwareError(f"softmax: output scale {y_scale!r} leaves onnxruntime no output step "
+                            f"(floor(1 / y_scale) = {multiplier})")
+    return 1.0 / multiplier
 
 
 def softmax_reference(q, x_scale, y_scale, y_zero_point):
@@ -210,7 +233,10 @@ class _Scratch:
 
 def emit_rows(prog, kernel, source, dest, rows, n, row_words, columns, body, sram_bytes, vectors=None):
     """Append a row kernel to ``prog``: for each block of rows, DMA the int8 rows in, run ``body`` on them in
-    one VE uTOp and DMA them out.
+    one VE uTOp and DMA them out. Blocks alternate between two sets of buffers (when two fit), so one
+    block's transfers overlap another's computation and two vector engines can work at once; even rows that
+    fit one block are split in two for that. Stores are appended one block late
+    (:class:`~tcloud.firmware.program.DeferredStores`).
 
     Parameters
     ----------
@@ -241,28 +267,47 @@ def emit_rows(prog, kernel, source, dest, rows, n, row_words, columns, body, sra
     """
     _check_shape(kernel, rows, n)
     stride = _up4(n)
-    fixed = (2 * _WORD * n if vectors is not None else 0) + 2 * _WORD
+    shared = 2 * _WORD * n if vectors is not None else 0
     per_row = stride + row_words * _WORD * n + columns * _WORD
-    block = min(rows, _MAX_ROWS, (sram_bytes - fixed) // per_row)
+    sets = 2 if rows > 1 and sram_bytes - shared - 2 * _SET_WORDS * _WORD >= 2 * per_row else 1
+    block = min(-(-rows // sets), _MAX_ROWS, (sram_bytes - shared - sets * _SET_WORDS * _WORD) // (sets * per_row))
     if block < 1:
-        raise FirmwareError(f"{kernel}: a row of {n} elements needs {fixed + per_row} bytes of scratchpad, the "
-                            f"budget is {sram_bytes}")
+        raise FirmwareError(f"{kernel}: a row of {n} elements needs {shared + _SET_WORDS * _WORD + per_row} bytes of "
+                            f"scratchpad, the budget is {sram_bytes}")
     sram = _Scratch()
-    x_buf = sram.take(block * stride)
-    words = [sram.take(block * _WORD * n) for _ in range(row_words)]
-    cols = [sram.take(block * _WORD) for _ in range(columns)]
-    scalars = [sram.take(_WORD) for _ in range(2)]
-    table = None
+    buffers = [_RowBuffers.take(sram, block, stride, n, row_words, columns) for _ in range(sets)]
+    table = gamma_beta = None
     if vectors is not None:
-        scalars.append(sram.take(2 * _WORD * n))
-        table = prog.utop(EngineClass.DMA, vectors.load(scalars[-1], 0, 0, 1, 0, 2 * _WORD * n))
-    store = None
-    for r0 in range(0, rows, block):
-        count = min(block, rows - r0)
-        load = prog.utop(EngineClass.DMA, source.load(x_buf, stride, r0, count, 0, n), [store])
-        compute = prog.utop(EngineClass.VE, body(count, n, stride, x_buf, words, cols, scalars), [load, table])
-        store = prog.utop(EngineClass.DMA, dest.store(x_buf, stride, r0, count, 0, n), [compute])
+        gamma_beta = sram.take(shared)
+        table = prog.utop(EngineClass.DMA, vectors.load(gamma_beta, 0, 0, 1, 0, shared))
+    stores = DeferredStores(prog, sets)
+    for index, r0 in enumerate(range(0, rows, block)):
+        count, buf = min(block, rows - r0), buffers[index % sets]
+        scalars = buf.scalars + ([gamma_beta] if gamma_beta is not None else [])
+        load = prog.utop(EngineClass.DMA, source.load(buf.x, stride, r0, count, 0, n), [stores.reuse(index)])
+        compute = prog.utop(EngineClass.VE, body(count, n, stride, buf.x, buf.words, buf.cols, scalars), [load, table])
+        stores.add(dest.store(buf.x, stride, r0, count, 0, n), [compute])
+    stores.flush()
     return sram.end
+
+
+_SET_WORDS = 2
+"""Scalar words of each buffer set (constants a body fills in)."""
+
+
+@dataclass(frozen=True)
+class _RowBuffers:
+    """The scratchpad of one block of :func:`emit_rows`: the int8 rows, word buffers, per-row words, scalars."""
+
+    x: int
+    words: list
+    cols: list
+    scalars: list
+
+    @classmethod
+    def take(cls, sram, block, stride, n, row_words, columns):
+        return cls(sram.take(block * stride), [sram.take(block * _WORD * n) for _ in range(row_words)],
+                   [sram.take(block * _WORD) for _ in range(columns)], [sram.take(_WORD) for _ in range(_SET_WORDS)])
 
 
 def _rows_image(kernel, config, rows, n, row_words, columns, body, gamma_beta=None):

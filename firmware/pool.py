@@ -12,7 +12,7 @@ overlap.
 from tcloud.isa import EngineClass, Instr
 from tcloud.isa.table import field_max
 
-from .program import FirmwareError
+from .program import DeferredStores, FirmwareError
 
 _MAX_DMA_ROWS = field_max("dma.load", "rows")
 
@@ -119,7 +119,7 @@ def emit_window_blocks(prog, source, dest, kernel, stride, pads, rows, slots, bl
     cp, oh, ow = source.channels, dest.height, dest.width
     (kh, kw), (sy, sx) = kernel, stride
     in_width = (ow - 1) * sx + kw
-    ves, stores = [], []
+    ves, stores = [], DeferredStores(prog)
     blocks = [(b, oy0) for b in range(source.batch) for oy0 in range(0, oh, rows)]
     for index, (b, oy0) in enumerate(blocks):
         block_rows = min(rows, oh - oy0)
@@ -129,6 +129,6 @@ def emit_window_blocks(prog, source, dest, kernel, stride, pads, rows, slots, bl
             rows=(block_rows - 1) * sy + kh, row_bytes=in_width * cp, hbm_stride=source.padded_width * cp,
             sram_stride=in_width * cp)], [ves[index - 2]] if index >= 2 else [])
         ves.append(prog.utop(EngineClass.VE, block_body(slot, oy0, block_rows),
-                             list(setup) + [load] + ([stores[index - 2]] if index >= 2 else [])))
-        stores.append(prog.utop(EngineClass.DMA, dest.store(slot[1], cp, (b * oh + oy0) * ow, block_rows * ow, 0, cp),
-                                [ves[-1]]))
+                             list(setup) + [load, stores.reuse(index)]))
+        stores.add(dest.store(slot[1], cp, (b * oh + oy0) * ow, block_rows * ow, 0, cp), [ves[-1]])
+    stores.flush()

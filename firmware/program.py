@@ -75,6 +75,8 @@ class ProgramBuilder:
         self._rng = rng
         self.instructions = 0
         """Instructions appended so far (headers included, the final ``halt`` not)."""
+        self.inserted_fences = 0
+        """Fences :meth:`build` inserted because more dependency groups than tokens would be live."""
 
     @property
     def utop_count(self):
@@ -145,7 +147,14 @@ class ProgramBuilder:
         Raises
         ------
         FirmwareError
-            If more than 16 dependency groups would be live at once.
+            If a uTOp depends on more uTOps than its wait slots hold.
+
+        Notes
+        -----
+        Where more dependency groups would be live at once than a context has tokens, a ``fence`` is
+        inserted just before the uTOp that would open one more (just after it, if a fence already
+        precedes it): the dependencies that span the fence become implied by it, so every live group
+        closes. The program only loses overlap there; :attr:`inserted_fences` counts them.
         """
         self._assign_tokens()
         config = get_config(config) if config is not None else None
@@ -167,15 +176,35 @@ class ProgramBuilder:
         out.append(Instr("halt"))
         return b"".join(i.encode() for i in out)
 
+    def _insert_fence(self, position):
+        self._items.insert(position, Instr("fence"))
+        self.instructions += 1
+        self.inserted_fences += 1
+        for item in self._items:
+            if isinstance(item, _Utop):
+                item.deps = [d + (d >= position) for d in item.deps]
+
     def _assign_tokens(self):
-        last_fence = -1
+        """Give every dependency group a token, one stretch between fences at a time (no group spans a
+        fence), inserting a fence where a stretch would need more tokens than a context has."""
+        start = 0
+        while start < len(self._items):
+            end = next((i for i in range(start, len(self._items)) if isinstance(self._items[i], Instr)),
+                       len(self._items))
+            try:
+                self._assign_stretch(start, end)
+            except _TokenPressure as pressure:
+                after_fence = pressure.start > 0 and isinstance(self._items[pressure.start - 1], Instr)
+                self._insert_fence(pressure.start + 1 if after_fence else pressure.start)
+                continue
+            start = end + 1
+
+    def _assign_stretch(self, first, end):
+        last_fence = first - 1
         groups = []  # (first producer, consumer, producers)
         ancestors = {}  # uTOp index → bit mask (bit i - last_fence - 1) of the uTOps it waits for, transitively
-        for index, item in enumerate(self._items):
-            if isinstance(item, Instr):
-                last_fence = index
-                ancestors.clear()
-                continue
+        for index in range(first, end):
+            item = self._items[index]
             item.signal, item.waits = 0, []
             live = [d for d in item.deps if d > last_fence]
             implied = 0
@@ -197,10 +226,64 @@ class ProgramBuilder:
         for start, end, producers in sorted(groups):
             free = [t for t in range(NUM_TOKENS) if free_at[t] <= start]
             if not free:
-                raise FirmwareError(f"more than {NUM_TOKENS} dependency groups are live at uTOp "
-                                    f"#{start}; add a fence or restructure the kernel")
+                raise _TokenPressure(start)
             token = free[0] if self._rng is None else free[int(self._rng.integers(0, len(free)))]
             free_at[token] = end
             for p in producers:
                 self._items[p].signal |= 1 << token
             self._items[end].waits.append((token, len(producers)))
+
+
+class _TokenPressure(Exception):
+    """More dependency groups than tokens would be live at the uTOp ``start``."""
+
+    def __init__(self, start):
+        super().__init__(start)
+        self.start = start
+
+
+class DeferredStores:
+    """The store uTOps of a double-buffered block loop, each appended one block late.
+
+    uTOps issue in program order, so a block's store appended right after its computation would hold the
+    next block's load and computation back until that computation had ended: the blocks would run one
+    after the other. Appended after the next block's uTOps instead, two blocks are in flight (on two
+    engines of a class, or a transfer beside a computation). With one buffer set, the next block's load
+    needs the store first, so :meth:`reuse` appends it there: the blocks stay in order.
+
+    Parameters
+    ----------
+    prog : ProgramBuilder
+    sets : int
+        Buffer sets the loop alternates between: block ``i`` reuses the buffers of block ``i - sets``.
+    """
+
+    def __init__(self, prog, sets=2):
+        self._prog, self._sets = prog, sets
+        self._pending = None
+        self.stores = []
+        """The appended store uTOps, in block order (complete after :meth:`flush`)."""
+
+    def reuse(self, index):
+        """The store block ``index`` waits for before reusing the buffers of block ``index - sets``
+        (``None`` for the first blocks); appended now if it was still queued."""
+        if index < self._sets:
+            return None
+        if len(self.stores) <= index - self._sets:
+            self._append()
+        return self.stores[index - self._sets]
+
+    def add(self, body, deps):
+        """Queue the store of the current block (DMA ``body`` after ``deps``), appending the previous one."""
+        self._append()
+        self._pending = (body, deps)
+
+    def flush(self):
+        """Append the last queued store; returns :attr:`stores`."""
+        self._append()
+        return self.stores
+
+    def _append(self):
+        if self._pending is not None:
+            self.stores.append(self._prog.utop(EngineClass.DMA, *self._pending))
+            self._pending = None

@@ -50,8 +50,7 @@ class Instr:
 
     def __init__(self, mnemonic, /, **values):
         spec = mnemonic if isinstance(mnemonic, InstructionSpec) else spec_for(mnemonic)
-        known = {f.name for f in spec.fields}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - spec.field_names)
         if unknown:
             raise EncodingError(f"{spec.mnemonic}: unknown field(s) {', '.join(unknown)}; "
                                 f"fields are {', '.join(f.name for f in spec.fields) or '(none)'}")

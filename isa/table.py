@@ -25,6 +25,7 @@ through the command queue; in a tenant program they fault with ``PRIVILEGED``.
 """
 
 from dataclasses import dataclass
+from functools import cached_property
 from enum import IntEnum
 
 from .errors import EncodingError
@@ -253,13 +254,13 @@ class Field:
     def encoded_max(self):
         return (1 << (self.width - 1)) - 1 if self.signed else (1 << self.width) - 1
 
-    @property
+    @cached_property
     def min_value(self):
         """Smallest legal value."""
         low = self.encoded_min * self.scale
         return low if self.minimum is None else max(low, self.minimum)
 
-    @property
+    @cached_property
     def max_value(self):
         """Largest legal value."""
         return self.encoded_max * self.scale
@@ -298,11 +299,21 @@ class InstructionSpec:
                             f"{', '.join(f.name for f in self.fields) or '(none)'}")
 
     def bit_offsets(self):
-        """Yield ``(field, low_bit)`` pairs in encoding order."""
-        low = OPCODE_BITS
+        """``(field, low_bit)`` pairs in encoding order."""
+        return self._bit_offsets
+
+    @cached_property
+    def _bit_offsets(self):
+        offsets, low = [], OPCODE_BITS
         for f in self.fields:
-            yield f, low
+            offsets.append((f, low))
             low += f.width
+        return tuple(offsets)
+
+    @cached_property
+    def field_names(self):
+        """The names of the fields, as a set."""
+        return frozenset(f.name for f in self.fields)
 
     @property
     def used_bits(self):

@@ -275,8 +275,12 @@ def cmd_compile(args):
         print(f"  {layer['name'][:28]:<28} {layer['op'][:14]:<14} {gemm:>20} {layer['macs']:>12,} "
               f"{layer['ve_elements']:>12,}  {u['DMA']}/{u['ME']}/{u['VE']}")
     for spec in compiled.inputs:
-        print(f"  input {spec['name']}: float {tuple(spec['shape'])} -> {spec['dtype']} (scale {spec['scale']:.6g}, "
-              f"zero point {spec['zero_point']})")
+        if spec.get("ids"):
+            print(f"  input {spec['name']}: int64 ids {tuple(spec['shape'])} in 0 .. {spec['bound'] - 1} (checked on "
+                  f"the host)")
+        else:
+            print(f"  input {spec['name']}: float {tuple(spec['shape'])} -> {spec['dtype']} (scale "
+                  f"{spec['scale']:.6g}, zero point {spec['zero_point']})")
 
 
 def cmd_zoo(args):

@@ -361,8 +361,8 @@ def test_an_add_onnxruntime_would_not_fuse_or_that_misreads_an_input_is_refused(
        fmt=st.sampled_from(["qdq", "qop"]), activations=st.sampled_from(["int8", "uint8"]))
 def test_a_transformer_feed_forward_equals_onnxruntime(seed, seq, hidden, fmt, activations):
     """``x + (GELU(x·W1 + b1))·W2 + b2`` over ``[N, S, H]``: rank-3 matrix products, bias Adds along the
-    last axis, GELU as the exporter writes it (``Div → Erf`` between two QuantizeLinear: one table,
-    then QLinearAdd of 1, QLinearMul by x and by 1/2)."""
+    last axis, GELU as the exporter writes it (``Div → Erf`` between two QuantizeLinear, then QLinearAdd
+    of 1, QLinearMul by x and by 1/2: a function of x's code, folded into one table)."""
     from tcloud.runtime.compiler.zoo import transformers
     from tcloud.runtime.compiler.zoo.builders import Graph
 
@@ -374,7 +374,7 @@ def test_a_transformer_feed_forward_equals_onnxruntime(seed, seq, hidden, fmt, a
     quantized = quantize(model, fmt, samples, activations=activations)
     x = rng.standard_normal((3, seq, hidden)).astype(np.float32)
     compiled = compile(quantized, "small", batch=3)
-    assert "Div→Erf" in [layer["op"] for layer in compiled.layers]
+    assert any(layer["op"].startswith("Div→Erf→") and layer["op"].count("Mul") == 2 for layer in compiled.layers)
     assert np.array_equal(compiled.run({"input": x})["output"], onnxruntime_outputs(quantized, {"input": x})["output"])
 
 
@@ -510,7 +510,8 @@ def normalisation_model(op, features):
 def test_softmax_and_layernorm_meet_the_bar_against_onnxruntime(op, features, fmt, activations):
     """Operators onnxruntime computes in float inside int8 models (QLinearSoftmax or DequantizeLinear →
     Softmax/LayerNormalization → QuantizeLinear), on the VEs in binary32 (ve.fma/ve.fmav): ≥ 99.9 % of the
-    int8 outputs within one step of onnxruntime's, none beyond two."""
+    int8 outputs within one step of onnxruntime's, none beyond two; softmax equals it on ≥ 99.9 % (the
+    compiler applies QLinearSoftmax's floor(1/y_scale) multiplier)."""
     model = normalisation_model(op, features)
     rng = np.random.default_rng(features)
     quantized = quantize(model, fmt, [{"input": rng.standard_normal((1, 8, 16)).astype(np.float32)} for _ in range(16)],
@@ -524,6 +525,8 @@ def test_softmax_and_layernorm_meet_the_bar_against_onnxruntime(op, features, fm
     steps = np.abs(compiled.run(feeds)["output"].astype(np.float64)
                    - onnxruntime_outputs(quantized, feeds)["output"]) / compiled.outputs[0]["scale"]
     assert np.mean(steps <= 1 + 1e-3) >= 0.999 and steps.max() <= 2 + 1e-3  # steps in float32 arithmetic
+    if op != "LayerNormalization":
+        assert np.mean(steps <= 1e-3) >= 0.999
     assert check_program(compiled.image).races == []
 
 
@@ -706,6 +709,10 @@ def test_a_zoo_model_from_the_command_line(tmp_path):
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("layer"))
     assert [line.split()[0] for line in lines[header + 1:]] == ["conv", "conv_1", "conv_2", "add", "total", "(context"]
+    assert tcloud("zoo", "export", "ncf", "--set", "users=20", "--set", "items=30", "-o", "ncf.onnx", "--quantize",
+                  "qdq", cwd=tmp_path).returncode == 0
+    result = tcloud("compile", "ncf.onnx", "-o", "ncf.tcimg", cwd=tmp_path)  # inputs of ids, not floats
+    assert result.returncode == 0 and "input user: int64 ids (1,) in 0 .. 19" in result.stdout, result.stderr
     for bad, message in ((["nope"], "no model 'nope' in the zoo"), (["ncf", "--set", "users=many"], "users must be "
                                                                                                      "an integer")):
         result = tcloud("zoo", "export", *bad, "-o", "x.onnx", cwd=tmp_path)
@@ -735,3 +742,34 @@ def test_a_thin_convolution_gathers_its_im2col_rows_on_both_dma_engines_exactly(
     samples = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(4)]
     compiled = compile(quantize(model, "qdq", samples), "small", batch=4)
     assert check_program(compiled.image).races == []
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qop"])
+@pytest.mark.parametrize("activations", ["int8", "uint8"])
+def test_an_elementwise_region_of_one_tensor_becomes_one_table(fmt, activations):
+    """GELU as exporters write it (Erf chain, Add of 1, Mul by x, Mul by 0.5: a function of x's code) is one
+    lookup, bit for bit as onnxruntime; a Mul of two different tensors and an Add of one value per
+    feature stay operators, and an intermediate the model also outputs is still computed."""
+    from tcloud.runtime.compiler.zoo import transformers
+    from tcloud.runtime.compiler.zoo.builders import Graph
+
+    g = Graph("regions", 3)
+    x = transformers.linear(g, "input", 8, 16)
+    other = transformers.linear(g, "input", 8, 16)
+    erf = g.op("Erf", [g.op("Div", [x, g.const("sqrt2", np.float32(np.sqrt(2)))], name="div")])
+    shifted = g.op("Add", [erf, g.const("one", np.float32(1))], name="add")
+    gelu = g.op("Mul", [g.op("Mul", [x, shifted], name="mul"), g.const("half", np.float32(0.5))], name="mul")
+    both = g.op("Mul", [gelu, other], name="mul")
+    model = g.model([("input", ["N", 4, 8])], [(both, ["N", 4, 16]), (shifted, ["N", 4, 16])])
+    rng = np.random.default_rng(3)
+    quantized = quantize(model, fmt, [{"input": rng.standard_normal((1, 4, 8)).astype(np.float32)} for _ in range(8)],
+                         activations=activations)
+    compiled = compile(quantized, "small", batch=16)
+    ops = [layer["op"] for layer in compiled.layers]
+    assert sum("Erf" in op and op.count("Mul") == 2 for op in ops) == 1, ops  # the GELU, from x
+    assert sum("Erf" in op and "Mul" not in op for op in ops) == 1, ops  # the output `shifted`
+    assert sum(op in ("Mul", "QLinearMul") for op in ops) == 1, ops  # gelu · other
+    assert sum(op in ("Add", "QLinearAdd") for op in ops) == 2, ops  # the biases: one value per feature
+    x = rng.standard_normal((16, 4, 8)).astype(np.float32)
+    got, want = compiled.run({"input": x}), onnxruntime_outputs(quantized, {"input": x})
+    assert all(np.array_equal(got[name], want[name]) for name in want)

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from tcloud.firmware.binary import BinaryOperand, QLinearBinary
 from tcloud.isa import Instr
 from tcloud.isa.config import get_config
 from tcloud.isa.cost import VE_STEPS_PER_CHUNK, encoded_field, instruction_units
@@ -397,3 +398,21 @@ def test_other_roundings_would_differ_from_onnxruntime(dtype):
         rint_mul += int((np.clip(np.rint(p.astype(F32) * r) + zc, info.min, info.max) != want).sum())
     assert exact_add > 0 and fused_mul > 0 and rint_mul > 0
     assert no_fma > 0 or dtype == np.int8
+
+
+@pytest.mark.parametrize("op", ["QLinearAdd", "QLinearMul"])
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+def test_the_binary_reference_matches_onnxruntime_on_all_pairs(op, dtype):
+    """QLinearBinary.reference (the compiler folds elementwise regions of one tensor into a table with
+    it) is the kernel's arithmetic: every pair, tensor b and constant b, on the tie-prone sets."""
+    a, b = _all_pairs(dtype)
+    mul = op == "QLinearMul"
+    name = "uint8" if dtype == np.uint8 else "int8"
+    for sa, za, sb, zb, sc, zc in _parameter_sets(dtype, 2, 11 + mul + 2 * (dtype == np.uint8), mul):
+        want = onnxruntime_qlinear(op, a, b, sa, za, sb, zb, sc, zc, dtype).astype(np.int64)
+        operands = [BinaryOperand(float(s), int(z), name) for s, z in ((sa, za), (sb, zb), (sc, zc))]
+        spec = QLinearBinary("mul" if mul else "add", *operands)
+        assert np.array_equal(spec.reference(a, b), want), (sa, za, sb, zb, sc, zc)
+        for column in (0, 77, 255):
+            constant = QLinearBinary(spec.op, *operands, constant=np.array([int(b[0, column])]))
+            assert np.array_equal(constant.reference(a[:, column]), want[:, column])

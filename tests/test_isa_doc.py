@@ -1,11 +1,12 @@
 """The generated ISA reference describes each instruction by its own fields (issue 11, item 12)."""
 
 import re
+from pathlib import Path
 
 import pytest
 
 from tcloud.isa import INSTRUCTIONS
-from tcloud.isa.doc import isa_markdown
+from tcloud.isa.doc import README_BEGIN, README_END, isa_markdown, opcode_table
 from tcloud.isa.table import BY_MNEMONIC
 
 FIELD_NAMES = {f.name for spec in INSTRUCTIONS for f in spec.fields}
@@ -39,3 +40,10 @@ def test_one_source_ops_name_their_source_and_its_stride():
     text = isa_markdown()
     relu = next(line for line in text.splitlines() if line.startswith("| `ve.relu`"))
     assert "src + r·ve.shape.src1_stride" in relu and "src1 +" not in relu
+
+
+def test_the_readme_lists_every_instruction_as_the_table_generates_it():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    begin, end = readme.index(README_BEGIN) + len(README_BEGIN), readme.index(README_END)
+    assert readme[begin:end].strip() == opcode_table().strip(), "README's opcode table is stale: paste tcloud.isa.doc.opcode_table()"
+    assert all(f"`{spec.mnemonic}`" in readme[begin:end] for spec in INSTRUCTIONS)

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tcloud.firmware.nonlinear import (gelu_table, layernorm_reference, layernorm_rows, reciprocal_of_negated, rsqrt,
-                                       softmax_reference, softmax_rows)
+from tcloud.firmware import FirmwareError
+from tcloud.firmware.nonlinear import (gelu_table, layernorm_reference, layernorm_rows, onnxruntime_softmax_scale,
+                                       reciprocal_of_negated, rsqrt, softmax_reference, softmax_rows)
 from tcloud.isa import Instr
 from tcloud.isa.golden import requantize_fp32, ve_fma, ve_fmav, wrap_i32
 from tcloud.isa.table import FmaResult, FmaSource
@@ -184,3 +185,21 @@ if __name__ == "__main__":
     print("| operator | case | outputs | within 1 LSB | max LSB |\n|---|---|---|---|---|")
     for operator, case, size, within, worst in error_table():
         print(f"| {operator} | {case} | {size} | {100 * within:.3f} % | {int(worst)} |")
+
+
+@pytest.mark.parametrize("y_scale, multiplier", [(1 / 255, 254), (1 / 256, 256), (0.5, 2), (1.0, 1)])
+def test_the_softmax_scale_is_the_multiplier_onnxruntime_applies(y_scale, multiplier):
+    """QLinearSoftmax multiplies by floor(1.0f / y_scale): binary32 1/255 is above 1/255, so 254."""
+    assert onnxruntime_softmax_scale(y_scale) == 1 / multiplier
+
+
+@pytest.mark.parametrize("y_scale", [0.0, -0.1, 2.0, float("nan")])
+def test_a_softmax_scale_without_an_output_step_is_refused(y_scale):
+    with pytest.raises(FirmwareError, match="no output step"):
+        onnxruntime_softmax_scale(y_scale)
+
+
+def test_a_softmax_scale_whose_reciprocal_overflows_binary32_is_refused():
+    for y_scale in (1e-39, 1e-46):
+        with pytest.raises(FirmwareError, match="no output step"):
+            onnxruntime_softmax_scale(y_scale)

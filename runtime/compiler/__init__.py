@@ -1,7 +1,8 @@
 """The model compiler: int8 ONNX models (QDQ or QOperator, or float models quantized with
 onnxruntime) to uTOp programs whose outputs equal onnxruntime's.
 
-Stages: :mod:`.frontend` (ONNX → the IR of :mod:`.ir`, folding QDQ pairs), :mod:`.lower` (layouts,
+Stages: :mod:`.frontend` (ONNX → the IR of :mod:`.ir`, folding QDQ pairs), :mod:`.fuse` (elementwise
+regions of one tensor → one table), :mod:`.lower` (layouts,
 memory plan, kernels of :mod:`tcloud.firmware` → one program image) and :mod:`.model` (the
 :class:`CompiledModel` and the host's work at the model's edges). :mod:`.zoo` holds the models the
 tests and benchmarks use.
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .frontend import build_graph, load_model
+from .fuse import fold_code_functions
 from .ir import CompileError
 from .lower import lower
 from .model import CompiledModel
@@ -61,7 +63,7 @@ def compile(model, config="small", calibration=None, *, batch=None, sram_kib=Non
     options = {"sram_bytes": None if sram_kib is None else sram_kib * 1024, "max_utop_cost": max_utop_cost}
 
     def build(size):
-        image, _ = lower(build_graph(proto, size), config, **options)
+        image, _ = lower(fold_code_functions(build_graph(proto, size)), config, **options)
         return CompiledModel(image, recompile=build)
 
     return build(batch)

@@ -36,7 +36,7 @@ from tcloud.firmware.conv import NHWC, Im2col, padded_channels
 from tcloud.firmware.depthwise import emit_depthwise
 from tcloud.firmware.gather import EmbeddingTable, emit_gather
 from tcloud.firmware.lookup import emit_lookup
-from tcloud.firmware.nonlinear import LayerNormConstants, emit_layernorm, emit_softmax
+from tcloud.firmware.nonlinear import LayerNormConstants, emit_layernorm, emit_softmax, onnxruntime_softmax_scale
 from tcloud.firmware.matmul import int8_parts, zero_point_bias, zero_point_operands
 from tcloud.firmware.pool import emit_maxpool
 from tcloud.firmware.transpose import emit_transpose
@@ -928,7 +928,11 @@ def _emit_normalisation(prog, cfg, node, graph, layouts, constants, budget, max_
     rows, n = x.shape[0], tensor.shape[-1]
     source, dest = DenseMatrix(x.hbm, x.shape[1]), DenseMatrix(y.hbm, y.shape[1])
     if isinstance(node, Softmax):
-        used = emit_softmax(prog, source, dest, rows, n, tensor.scale, out.scale, out.device_zero_point, budget)
+        try:
+            y_scale = onnxruntime_softmax_scale(out.scale)
+        except FirmwareError as exc:
+            raise node_error(node, str(exc)) from None
+        used = emit_softmax(prog, source, dest, rows, n, tensor.scale, y_scale, out.device_zero_point, budget)
     else:
         offset, _ = constants["vectors"]
         used = emit_layernorm(prog, source, dest, rows, n, _layernorm_constants(node, graph), DenseMatrix(offset, 0),
