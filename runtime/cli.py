@@ -382,6 +382,13 @@ def cmd_demo(args):
         raise TcloudError("demo check failed: a tenant did not match the golden model")
 
 
+def cmd_cluster(args):
+    """``tcloud cluster ...``: handed whole to the cluster layer (:mod:`tcloud.cluster.cli`)."""
+    from tcloud.cluster.cli import main as cluster_main
+
+    cluster_main(args.cluster_args)
+
+
 def cmd_vnpu(args):
     from .tenants import load_scenario, print_reports, reports_json, run_scenario
 
@@ -582,6 +589,11 @@ def build_parser():
     vnpu.add_argument("--json", action="store_true",
                       help="print the results as JSON on stdout (progress goes to stderr)")
     vnpu.set_defaults(func=cmd_vnpu)
+
+    cluster = sub.add_parser("cluster", help="serve many models on many pNPUs: simulate, table, train",
+                             add_help=False, prefix_chars="\0")
+    cluster.add_argument("cluster_args", nargs=argparse.REMAINDER)
+    cluster.set_defaults(func=cmd_cluster)
     return parser
 
 
