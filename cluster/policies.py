@@ -112,8 +112,8 @@ class Nexus(Policy):
 
     name = "nexus"
 
-    def __init__(self, epoch=5, headroom=1.15, smoothing=0.5):
-        self.epoch, self.headroom, self.smoothing = epoch, headroom, smoothing
+    def __init__(self, epoch=2, headroom=1.15, smoothing=0.5, fill=True):
+        self.epoch, self.headroom, self.smoothing, self.fill = epoch, headroom, smoothing, fill
 
     def reset(self, context):
         self.context, self.ticks = context, 0
@@ -136,15 +136,17 @@ class Nexus(Policy):
         for m, options in enumerate(self.options):
             demand = self.rate[m] * self.headroom
             best = max(options, key=lambda o: (o[4] / max(o[1] / whole.mes, o[2] / whole.ves), -o[1]))
-            whole = int(demand // best[4])
-            labels = [best[0]] * whole
-            rest = demand - whole * best[4]
+            count = int(demand // best[4])
+            labels = [best[0]] * count
+            rest = demand - count * best[4]
             if rest > 0 or not labels:
                 small = [o for o in options if o[4] >= rest]
                 labels.append(min(small, key=lambda o: (o[1] + o[2], o[1]))[0] if small else best[0])
             replicas[m] = labels
             batch[m] = {o[0]: o[3] for o in options}
         replicas = self.fit(replicas, me_total, ve_total)
+        if self.fill:
+            self.grow(replicas, me_total, ve_total)
         return Plan(replicas=replicas, batch=batch, delay={m: 0.0 for m in replicas})
 
     def fit(self, replicas, me_total, ve_total):
@@ -162,6 +164,25 @@ class Nexus(Policy):
             removed = replicas[m].pop()
             mes, ves = mes - cost[removed][0], ves - cost[removed][1]
         return replicas
+
+    def grow(self, replicas, me_total, ve_total):
+        """Spend the engines left on more replicas of each model's best shape, the model with the
+        highest demand over planned throughput first (a serving cluster's spare capacity absorbs
+        bursts instead of idling)."""
+        best = {m: max(o, key=lambda x: x[4]) for m, o in enumerate(self.options)}
+        thr = {m: {o[0]: o[4] for o in options} for m, options in enumerate(self.options)}
+        shape = {s.label: s for s in self.context.shapes}
+        mes = sum(shape[l].mes for ls in replicas.values() for l in ls)
+        ves = sum(shape[l].ves for ls in replicas.values() for l in ls)
+        capacity = {m: sum(thr[m][l] for l in ls) for m, ls in replicas.items()}
+        while True:
+            m = max(replicas, key=lambda k: self.rate[k] / capacity[k])
+            label = best[m][0]
+            if mes + shape[label].mes > me_total or ves + shape[label].ves > ve_total:
+                return replicas
+            replicas[m].append(label)
+            capacity[m] += thr[m][label]
+            mes, ves = mes + shape[label].mes, ves + shape[label].ves
 
     def decide(self, observation):
         self.rate = (1 - self.smoothing) * self.rate + self.smoothing * observation["arrival_rate"]

@@ -63,6 +63,7 @@ class ModelGroup:
         self.batch = np.empty(0, dtype=np.int64)
         self.delay = 0.0
         self.chunk = 64
+        self.horizon = None
         self.hist = np.zeros(len(EDGES) + 1, dtype=np.int64)
         self.reset_stats()
         self.arrived = self.served = self.good = self.dropped = 0
@@ -78,77 +79,99 @@ class ModelGroup:
     def shape_curves(self):
         return np.array([self.curves[r.shape.label] for r in self.replicas]).reshape(len(self.replicas), -1)
 
-    def run(self, t1, horizon0=None):
+    def run(self, t1):
         """Serve the queue with the replicas until ``t1``."""
         if not self.replicas:
             return
         lat = self.shape_curves()
-        rows = np.arange(len(self.replicas))
-        free, caps, queue = self.free, self.batch, self.queue
-        full_time = lat[rows, caps]
-        horizon = horizon0 or 8 * float(full_time.max())
+        full_time = lat[np.arange(len(self.replicas)), self.batch]
+        if self.horizon is None:
+            self.horizon = 8 * float(full_time.max())
         uniform = self.delay == 0 and len({r.shape.label for r in self.replicas}) == 1
+        light = True
         while True:
-            active = np.flatnonzero(free < t1)
+            active = np.flatnonzero(self.free < t1)
             if not active.size:
                 break
-            if uniform and self.head < queue.size and self._unqueued(lat[0, 1], t1):
+            if uniform and light and self.head < self.queue.size and self._unqueued(lat[0, 1]):
                 continue
-            t_min = free[active].min()
-            limit = min(t1, t_min + horizon)
-            count = np.clip(np.ceil((limit - free[active]) / full_time[active]).astype(np.int64), 1, None)
+            limit = min(t1, float(self.free[active].min()) + self.horizon)
+            count = np.clip(np.ceil((limit - self.free[active]) / full_time[active]).astype(np.int64), 1, None)
             rep = np.repeat(active, count)
             ordinal = np.arange(rep.size) - np.repeat(np.cumsum(count) - count, count)
-            start = free[rep] + ordinal * full_time[rep]
+            start = self.free[rep] + ordinal * full_time[rep]
+            slots = self._scan(rep, start, lat, t1)
+            last = np.append(rep[1:] != rep[:-1], True)
+            assumed = np.where(last, limit, np.append(start[1:], limit))
+            moved = np.where(last, slots["next"] < limit, slots["next"] != assumed)
+            changed = ~slots["take"] & ~slots["idle"]  # a replica that waits for a fuller batch
             order = np.lexsort((rep, start))
-            rep, ordinal, start = rep[order], ordinal[order], start[order]
-            b = caps[rep]
-            arrived = np.searchsorted(queue, start, side="right")
-            prefix = np.cumsum(b)
-            taken = prefix + np.minimum(np.minimum.accumulate(arrived - prefix), self.head)
-            before = np.concatenate(([self.head], taken[:-1]))
-            n = taken - before
-            partial = n < b
-            nxt = start + lat[rep, n]
-            idle = n == 0
-            nxt[idle] = np.where(before[idle] < queue.size, queue[np.minimum(before[idle], queue.size - 1)], t1)
-            waits = np.zeros(rep.size, dtype=bool)
-            if self.delay > 0:
-                oldest = queue[np.minimum(before, queue.size - 1)] if queue.size else np.full(rep.size, np.inf)
-                waits = partial & ~idle & (start < oldest + self.delay)
-                if waits.any():
-                    w = np.flatnonzero(waits)
-                    fill = before[w] + b[w] - 1
-                    full_at = np.where(fill < queue.size, queue[np.minimum(fill, queue.size - 1)], np.inf)
-                    nxt[w] = np.minimum(full_at, oldest[w] + self.delay)
-            # the slots are exact up to the first one whose assumption (a full batch) failed, and
-            # after it only those starting before that replica's next event
-            cut = np.where(partial, nxt, np.inf)
-            bound = np.concatenate(([np.inf], np.minimum.accumulate(cut)[:-1]))
-            first_partial = np.full(len(self.replicas), np.iinfo(np.int64).max)
-            np.minimum.at(first_partial, rep[partial], ordinal[partial])
-            bad = (start >= bound) | (ordinal > first_partial[rep])
-            if waits.any():
-                bad[np.flatnonzero(waits)[0] + 1:] = True
-            stop = int(np.argmax(bad)) if bad.any() else rep.size
-            horizon = horizon * 2 if stop == rep.size else max(horizon / 2, float(full_time.min()))
-            rep, start, n, nxt, before, taken = rep[:stop], start[:stop], n[:stop], nxt[:stop], before[:stop], taken[:stop]
-            if waits[stop - 1]:
-                n = n.copy()
-                n[-1] = 0
-                taken = taken.copy()
-                taken[-1] = before[-1]
-            end_head = int(taken[-1])
-            if end_head > self.head:
-                done = np.repeat(nxt, n) - queue[self.head:end_head]
-                self._record(done)
-                service = lat[rep, n]
-                np.add.at(self.i_busy, rep, service)
-                np.maximum.at(self.i_max_service, rep, service)
-                self.head = end_head
-            np.maximum.at(free, rep, nxt)
+            stop = self._apply(rep[order], ordinal[order], start[order], slots["n"][order], slots["next"][order],
+                               changed[order], moved[order], assumed[order], lat)
+            light = not slots["n"][order][0]
+            self.horizon = self.horizon * 2 if stop == rep.size else max(self.horizon / 2, float(full_time.min()))
 
-    def _unqueued(self, service, t1):
+    def _scan(self, rep, start, lat, t1):
+        """Requests taken by each slot (``rep``, ``start``) assuming every slot starts a batch, the
+        slot's own decision (``take``: start a batch rather than wait; ``idle``: nothing waiting),
+        its batch size and its replica's next event; arrays in the slots' order."""
+        queue, head = self.queue, self.head
+        order = np.lexsort((rep, start))
+        r, s = rep[order], start[order]
+        cap = self.batch[r]
+        b = cap
+        arrived = np.searchsorted(queue, s, side="right")
+        prefix = np.cumsum(b)
+        taken = prefix + np.minimum(np.minimum.accumulate(arrived - prefix), head)
+        before = np.concatenate(([head], taken[:-1]))
+        last = queue.size - 1
+        oldest = queue[np.minimum(before, last)] if queue.size else np.full(r.size, np.inf)
+        waiting = arrived - before
+        decide = (waiting >= cap) | (self.delay == 0) | (s >= oldest + self.delay)
+        decide &= waiting > 0
+        n = np.where(decide, np.minimum(cap, waiting), 0)
+        nxt = s + lat[r, n]
+        idle = waiting <= 0
+        nxt[idle] = np.where(before[idle] <= last, oldest[idle], t1)
+        wait = ~decide & ~idle
+        if wait.any():
+            fill = before[wait] + cap[wait] - 1
+            full_at = np.where(fill <= last, queue[np.minimum(fill, last)] if queue.size else np.inf, np.inf)
+            nxt[wait] = np.minimum(full_at, oldest[wait] + self.delay)
+        out = {"take": decide, "next": nxt, "n": n, "idle": idle}
+        back = np.empty_like(order)
+        back[order] = np.arange(order.size)
+        return {k: v[back] for k, v in out.items()}
+
+    def _apply(self, rep, ordinal, start, n, nxt, changed, moved, assumed, lat):
+        """Apply the exact prefix of a round's slots (in time order) and return its length.
+
+        A slot is exact when every slot before it is. A slot whose decision (start a batch or wait)
+        was assumed wrongly is still exact itself, but the scan gave the slots after it the wrong
+        requests: it ends the prefix. After a slot whose replica's next event was assumed wrongly,
+        only slots of other replicas that start before both the true and the assumed event stay
+        exact."""
+        bound = np.where(moved, np.minimum(nxt, assumed), np.inf)
+        bound = np.concatenate(([np.inf], np.minimum.accumulate(bound)[:-1]))
+        first_moved = np.full(len(self.replicas), np.iinfo(np.int64).max)
+        np.minimum.at(first_moved, rep[moved], ordinal[moved])
+        bad = (start >= bound) | (ordinal > first_moved[rep])
+        if changed.any():
+            bad[np.argmax(changed) + 1:] = True
+        stop = int(np.argmax(bad)) if bad.any() else rep.size
+        rep, n, nxt = rep[:stop], n[:stop], nxt[:stop]
+        served = int(n.sum())
+        if served:
+            end_head = self.head + served
+            self._record(np.repeat(nxt, n) - self.queue[self.head:end_head])
+            service = lat[rep, n]
+            np.add.at(self.i_busy, rep, service)
+            np.maximum.at(self.i_max_service, rep, service)
+            self.head = end_head
+        np.maximum.at(self.free, rep, nxt)
+        return stop
+
+    def _unqueued(self, service):
         """Serve at once, alone, the waiting requests that find a free replica on arrival (the light
         regime, where slots would advance one request at a time). Only for replicas of one shape
         without a queue delay: then which replica serves does not matter, and the free times after
@@ -359,35 +382,36 @@ class Simulator:
         later), then set batch caps and delays."""
         if plan is None:
             return
-        for m, labels in plan.replicas.items():
-            group = self.groups[m]
-            want = list(labels)
-            keep, extra = [], []
+        wanted = {}
+        for m, labels in plan.replicas.items():  # every removal first, so that additions can use the room
+            group, want = self.groups[m], list(labels)
+            keep = []
             for replica in group.replicas:
                 if replica.shape.label in want:
                     want.remove(replica.shape.label)
                     keep.append(replica)
                 else:
-                    extra.append(replica)
-            for replica in extra:
-                self.cluster.remove(replica)
-            free = [group.free[i] for i, r in enumerate(group.replicas) if r in keep]
-            batch = [group.batch[i] for i, r in enumerate(group.replicas) if r in keep]
+                    self.cluster.remove(replica)
+            index = {id(r): i for i, r in enumerate(group.replicas)}
+            group.free = np.array([group.free[index[id(r)]] for r in keep], dtype=float)
+            group.batch = np.array([group.batch[index[id(r)]] for r in keep], dtype=np.int64)
+            group.replicas = keep
+            wanted[m] = want
+        for m, want in wanted.items():
+            group = self.groups[m]
+            added = []
             for label in want:
                 if label not in self.shape_by_label:
                     raise ClusterError(f"policy {self.policy.name}: unknown vNPU shape {label!r}")
                 try:
-                    keep.append(self.cluster.place(m, self.shape_by_label[label]))
+                    added.append(self.cluster.place(m, self.shape_by_label[label]))
                 except ClusterError as exc:
                     if initial:
                         raise ClusterError(f"model {self.context.models[m].name!r}: {exc}") from None
                     self.refused += 1
-                    continue
-                free.append(self.now)
-                batch.append(batch[0] if batch else 1)
-            group.replicas = keep
-            group.free = np.array(free, dtype=float)
-            group.batch = np.array(batch, dtype=np.int64)
+            group.replicas = group.replicas + added
+            group.free = np.concatenate((group.free, np.full(len(added), self.now)))
+            group.batch = np.concatenate((group.batch, np.full(len(added), group.batch[0] if group.batch.size else 1)))
             group.reset_stats()
         for m, caps in plan.batch.items():
             group = self.groups[m]
