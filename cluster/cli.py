@@ -34,6 +34,8 @@ def build_parser():
     sim.add_argument("--load", type=float, default=0.8, help="offered load as a fraction of capacity (default 0.8)")
     sim.add_argument("--duration", type=float, default=60.0, help="simulated seconds (default 60)")
     sim.add_argument("--interval", type=float, default=1.0, help="seconds between policy decisions (default 1)")
+    sim.add_argument("--warmup", type=float, default=0.0,
+                     help="simulated seconds before the measured ones (adaptive policies settle; default 0)")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--config", default="small", help="pNPU configuration of the service-time table")
     sim.add_argument("--backend", default=DEFAULT_BACKEND, help="timed backend of the service-time table")
@@ -64,7 +66,7 @@ def _positive_int(text):
 
 
 def run_simulation(nodes, pnpus_per_node, policy, trace, load, duration, seed=0, interval=1.0, config="small",
-                   backend=None, table=None, models=None, progress=None):
+                   backend=None, table=None, models=None, progress=None, warmup=0.0):
     """Build everything and simulate; return ``(results, simulator, wall seconds)``.
 
     Parameters mirror ``tcloud cluster simulate``; ``policy`` is a name or a
@@ -86,14 +88,14 @@ def run_simulation(nodes, pnpus_per_node, policy, trace, load, duration, seed=0,
     context = make_context(models, table, nodes * pnpus_per_node, load, interval)
     if isinstance(policy, str):
         policy = make_rl_policy() if policy == "rl" else make_policy(policy)
-    arrivals = Arrivals(make_trace(trace, models, duration, seed), context.rates, seed)
+    arrivals = Arrivals(make_trace(trace, models, warmup + duration, seed), context.rates, seed)
     started = time.perf_counter()
     sim = Simulator(context, cluster, policy, arrivals)
-    results = sim.run(duration, progress)
+    results = sim.run(duration, progress, warmup)
     wall = time.perf_counter() - started
     results["setup"] = {"nodes": nodes, "pnpus_per_node": pnpus_per_node, "policy": policy.name,
                         "trace": str(trace), "load": load, "duration": duration, "seed": seed,
-                        "interval": interval, "config": table.config, "backend": table.backend,
+                        "interval": interval, "warmup": warmup, "config": table.config, "backend": table.backend,
                         "offered_rate": float(context.rates.sum()), "wall_seconds": wall}
     return results, sim, wall
 
@@ -114,7 +116,7 @@ def cmd_simulate(args):
                   f"{args.load}", unit="s") as bar:
         results, sim, wall = run_simulation(args.nodes, args.pnpus_per_node, args.policy, args.trace, args.load,
                                             args.duration, args.seed, args.interval, args.config, args.backend,
-                                            args.table, progress=bar.update)
+                                            args.table, progress=bar.update, warmup=args.warmup)
     print(summary(results))
     if out:
         out.write_text(json.dumps(results, indent=1, default=float) + "\n")

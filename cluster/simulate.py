@@ -68,6 +68,7 @@ class ModelGroup:
         self.reset_stats()
         self.arrived = self.served = self.good = self.dropped = 0
         self.busy_engine_seconds = 0.0
+        self.batches = 0
 
     def reset_stats(self):
         """Counters of the current control interval (what a policy observes)."""
@@ -161,6 +162,7 @@ class ModelGroup:
         stop = int(np.argmax(bad)) if bad.any() else rep.size
         rep, n, nxt = rep[:stop], n[:stop], nxt[:stop]
         served = int(n.sum())
+        self.batches += int(np.count_nonzero(n))
         if served:
             end_head = self.head + served
             self._record(np.repeat(nxt, n) - self.queue[self.head:end_head])
@@ -187,6 +189,7 @@ class ModelGroup:
         if stop == 0:
             return False
         served = queue[:stop]
+        self.batches += stop
         self._record(np.full(stop, service))
         last = served[-1]
         ends = served + service
@@ -370,7 +373,7 @@ class Simulator:
         self.shed_factor = shed_factor
         self.groups = [ModelGroup(i, slo, curves, context.max_batch)
                        for i, (slo, curves) in enumerate(zip(context.slos, context.curves))]
-        self.now = 0.0
+        self.now = self.start = 0.0
         self.refused = 0
         self.cost = 0.0
         self.timeline = []
@@ -466,18 +469,29 @@ class Simulator:
             group.reset_stats()
         self.apply(plan)
 
-    def run(self, duration, progress=None):
-        """Simulate ``duration`` seconds; return :meth:`results`. ``progress(now, duration)``."""
-        steps = int(round(duration / self.context.interval))
-        for _ in range(steps):
+    def run(self, duration, progress=None, warmup=0.0):
+        """Simulate ``warmup`` + ``duration`` seconds and return :meth:`results` of the last
+        ``duration`` (the warm-up lets adaptive policies settle). ``progress(now, total)``."""
+        total = warmup + duration
+        for _ in range(int(round(warmup / self.context.interval))):
             self.step()
             if progress:
-                progress(self.now, duration)
+                progress(self.now, total)
+        self.start = self.now
+        self.cost = 0.0
+        for g in self.groups:
+            g.hist[:] = 0
+            g.arrived = g.served = g.good = g.dropped = g.batches = 0
+            g.busy_engine_seconds = 0.0
+        for _ in range(int(round(duration / self.context.interval))):
+            self.step()
+            if progress:
+                progress(self.now, total)
         return self.results()
 
     def results(self):
         """Overall and per-model metrics (requests/s, seconds, fractions, price units)."""
-        t = max(self.now, 1e-12)
+        t = max(self.now - self.start, 1e-12)
         per_model = {}
         for model, g, slo in zip(self.context.models, self.groups, self.context.slos):
             per_model[model.name] = _metrics(g.arrived, g.served, g.good, g.dropped, g.hist, t, slo)
@@ -490,6 +504,7 @@ class Simulator:
         overall["cost"] = self.cost
         overall["cost_per_1000"] = 1000 * self.cost / served if served else float("inf")
         overall["refused_placements"] = self.refused
+        overall["batches"] = sum(g.batches for g in self.groups)
         for model, g in zip(self.context.models, self.groups):
             per_model[model.name]["utilization"] = g.busy_engine_seconds / (self.cluster.total_mes * t)
         return {"overall": overall, "models": per_model}
