@@ -50,6 +50,17 @@ def build_parser():
     tab.add_argument("--cpus", type=_positive_int, default=None, help="Ray CPUs (default: all)")
     tab.add_argument("--out", metavar="FILE", help="where to write it (default: the shipped table's path)")
     tab.set_defaults(func=cmd_table)
+    tra = csub.add_parser("train", help="train the RL policy (skrl PPO on JAX, rollouts on Ray workers)")
+    tra.add_argument("--dir", default="build/cluster-rl", help="checkpoints and weights (default build/cluster-rl)")
+    tra.add_argument("--timesteps", type=_positive_int, default=300, help="steps per worker (default 300)")
+    tra.add_argument("--envs", type=_positive_int, default=2, help="Ray workers, one environment each (default 2)")
+    tra.add_argument("--checkpoint-every", type=_positive_int, default=30)
+    tra.add_argument("--interval", type=float, default=0.1, help="simulated seconds per step (default 0.1)")
+    tra.add_argument("--episode-steps", type=_positive_int, default=20)
+    tra.add_argument("--seed", type=int, default=0)
+    tra.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --dir")
+    tra.add_argument("--ship", action="store_true", help="copy the trained weights over the shipped policy")
+    tra.set_defaults(func=cmd_train)
     return cluster
 
 
@@ -87,7 +98,7 @@ def run_simulation(nodes, pnpus_per_node, policy, trace, load, duration, seed=0,
     cluster = Cluster(nodes, pnpus_per_node, table.config)
     context = make_context(models, table, nodes * pnpus_per_node, load, interval)
     if isinstance(policy, str):
-        policy = make_rl_policy() if policy == "rl" else make_policy(policy)
+        policy = make_policy(policy)
     arrivals = Arrivals(make_trace(trace, models, warmup + duration, seed), context.rates, seed)
     started = time.perf_counter()
     sim = Simulator(context, cluster, policy, arrivals)
@@ -98,15 +109,6 @@ def run_simulation(nodes, pnpus_per_node, policy, trace, load, duration, seed=0,
                         "interval": interval, "warmup": warmup, "config": table.config, "backend": table.backend,
                         "offered_rate": float(context.rates.sum()), "wall_seconds": wall}
     return results, sim, wall
-
-
-def make_rl_policy():
-    """The shipped RL policy (NumPy only)."""
-    try:
-        from .rl import ShippedPolicy
-    except ImportError:
-        raise ClusterError("the RL policy is not available in this build (cluster/rl.py is missing)") from None
-    return ShippedPolicy()
 
 
 def cmd_simulate(args):
@@ -184,6 +186,29 @@ def cmd_table(args):
     table.save(out)
     print(f"{out}: {len(table.entries)} entries ({len(table.models)} models x {len(table.shapes)} shapes x "
           f"batches {table.batches})")
+
+
+def cmd_train(args):
+    import shutil
+
+    try:
+        import skrl  # noqa: F401
+    except ImportError:
+        raise ClusterError("training needs skrl with JAX: pip install 'tcloud-npu[rl]'") from None
+    from .rl import WEIGHTS
+    from .rl_train import train
+
+    directory = output_dir(args.dir, "training directory")
+    with Progress(f"training the RL policy ({args.envs} Ray workers)", unit="step") as bar:
+        state = train(directory, args.timesteps, args.envs, args.checkpoint_every, args.seed, resume=not args.fresh,
+                      progress=bar.update, interval=args.interval, steps=args.episode_steps)
+    print(f"{state['done']} steps per worker in {state['seconds']:.0f} s "
+          f"({state['done'] * args.envs / max(state['seconds'], 1e-9):.2f} environment steps/s); mean reward per "
+          f"segment: {', '.join(f'{r:.3f}' for r in state['rewards'] if r is not None)}")
+    print(f"weights: {state['weights']}")
+    if args.ship:
+        shutil.copyfile(state["weights"], WEIGHTS)
+        print(f"shipped: {WEIGHTS}")
 
 
 def main(argv):

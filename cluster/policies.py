@@ -193,11 +193,15 @@ class Nexus(Policy):
 
 
 POLICIES = {"static": Static, "clipper": Clipper, "triton": Triton, "nexus": Nexus}
-"""Policy name → class (the RL policy is added by :mod:`.rl` when present)."""
+"""The baselines: name → class (``rl`` is :class:`~.rl.ShippedPolicy`)."""
 
 
 def make_policy(name, **options):
-    """An instance of policy ``name``; :class:`ClusterError` naming the known ones."""
+    """An instance of policy ``name`` (a baseline or ``rl``); :class:`ClusterError` naming the known ones."""
+    if name == "rl":
+        from .rl import ShippedPolicy
+
+        return ShippedPolicy(**options)
     if name not in POLICIES:
-        raise ClusterError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
+        raise ClusterError(f"unknown policy {name!r}; choose one of {', '.join([*POLICIES, 'rl'])}")
     return POLICIES[name](**options)

@@ -87,15 +87,20 @@ def compare(simulator, duration, arrivals):
     Returns
     -------
     list of dict
-        Per model: ``throughput`` and ``p99`` of both (``batch``, ``request``) and their relative
-        differences.
+        Per model: ``throughput`` and ``p99`` of both (``batch``, ``request``), their relative
+        differences, and the wall seconds of each simulation (of all models).
     """
     from .simulate import EDGES
 
     groups = [{"curves": [g.curves[r.shape.label] for r in g.replicas], "batch": g.batch.copy(), "delay": g.delay,
                "slo": g.slo} for g in simulator.groups]
+    import time
+
+    started = time.perf_counter()
     results = simulator.run(duration)
+    batch_wall = time.perf_counter() - started
     reference = simulate_requests(groups, arrivals, duration, simulator.context.interval, simulator.shed_factor)
+    request_wall = time.perf_counter() - started - batch_wall
     out = []
     for model, ref in zip(simulator.context.models, reference):
         mine = results["models"][model.name]
@@ -103,7 +108,8 @@ def compare(simulator, duration, arrivals):
         p99 = float(np.quantile(latencies, 0.99, method="inverted_cdf")) if latencies.size else float("nan")
         row = {"model": model.name, "batch_throughput": mine["throughput"],
                "request_throughput": ref["latencies"].size / duration, "batch_p99": mine["p99"], "request_p99": p99,
-               "histogram_resolution": float(EDGES[1] / EDGES[0] - 1)}
+               "histogram_resolution": float(EDGES[1] / EDGES[0] - 1), "batch_wall_seconds": batch_wall,
+               "request_wall_seconds": request_wall}
         row["throughput_error"] = abs(row["batch_throughput"] / row["request_throughput"] - 1)
         row["p99_error"] = abs(row["batch_p99"] / row["request_p99"] - 1) if np.isfinite(p99) else float(
             np.isfinite(row["batch_p99"]))

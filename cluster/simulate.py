@@ -1,10 +1,11 @@
 """Batch-granularity simulation of the cluster in virtual time.
 
-Why not one event per batch (SimPy or a heap): a saturated cluster of 1000 pNPUs completes 10⁵–10⁶
-batches per simulated second (several thousand replicas, batch times of 0.1–10 ms), so ten simulated
-minutes are 10⁸ events; SimPy handles about 10⁵ events per second in CPython, a bare heap about 10⁶:
-minutes to hours, over the 2-minute target. SimPy is used instead for the per-request reference
-simulation (:mod:`.reference`) that validates this one at small scale.
+Why not one event per batch (SimPy or a heap): counted first, a saturated cluster of 1000 pNPUs
+completes 10⁵–10⁶ batches per simulated second (several thousand replicas, batch times of
+0.01–10 ms; with the ``small`` table's six models about 10⁶), so ten simulated minutes are 10⁸–10⁹
+events, each a Python generator resumption in SimPy (microseconds): hours, against a 2-minute
+target. SimPy serves instead as the per-request reference (:mod:`.reference`) that validates this
+simulator at small scale.
 
 How this one works: each model has one FIFO queue and a group of replicas (vNPUs). Within a control
 interval, every replica's next batches are laid out as *slots* assuming full batches; all slots of a
@@ -54,8 +55,8 @@ class Plan:
 class ModelGroup:
     """One model's queue and replicas (see the module docstring)."""
 
-    def __init__(self, index, slo, curves, max_batch):
-        self.index, self.slo, self.curves, self.max_batch = index, slo, curves, max_batch
+    def __init__(self, index, slo, curves):
+        self.index, self.slo, self.curves = index, slo, curves
         self.queue = np.empty(0)
         self.head = 0
         self.replicas = []
@@ -371,7 +372,7 @@ class Simulator:
     def __init__(self, context, cluster, policy, arrivals, shed_factor=2.0):
         self.context, self.cluster, self.policy, self.arrivals = context, cluster, policy, arrivals
         self.shed_factor = shed_factor
-        self.groups = [ModelGroup(i, slo, curves, context.max_batch)
+        self.groups = [ModelGroup(i, slo, curves)
                        for i, (slo, curves) in enumerate(zip(context.slos, context.curves))]
         self.now = self.start = 0.0
         self.refused = 0
@@ -457,7 +458,7 @@ class Simulator:
             group.shed(t1 - self.shed_factor * group.slo)
             self.cost += dt * sum(self.context.prices[r.shape.label] for r in group.replicas)
         self.now = t1
-        obs = self.observe()
+        obs = self.observe_last = self.observe()
         self.timeline.append({"time": t1, "replicas": [len(r) for r in obs["replicas"]],
                               "batch": [float(b.mean()) if b.size else 0.0 for b in obs["batch"]],
                               "arrival_rate": obs["arrival_rate"].tolist(), "served": obs["served"].tolist(),

@@ -274,3 +274,60 @@ def test_cli_errors_are_messages_not_tracebacks(capsys, args, message):
     assert tcloud(["cluster", "simulate", "--nodes", "2", "--duration", "1", *args]) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+# --- the RL policy -----------------------------------------------------------------------------------
+
+def test_the_environment_follows_the_gymnasium_api():
+    from tcloud.cluster.rl_train import ClusterEnv
+
+    env = ClusterEnv(interval=0.05, steps=2, seed=3)
+    obs, info = env.reset(seed=3)
+    assert env.observation_space.contains(obs) and info["trace"] in ("poisson", "mmpp", "diurnal")
+    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    assert env.observation_space.contains(obs) and isinstance(reward, float) and not terminated and not truncated
+    assert -1 <= reward <= 1 and 0 <= info["good"] <= 1.0 + 1e-9
+    *_, truncated, _ = env.step(np.zeros(env.action_space.shape))
+    assert truncated
+
+
+def test_actions_scale_replicas_within_the_cluster_and_batches_within_the_slo(table):
+    from tcloud.cluster.rl import decode, model_options
+    from tcloud.cluster.simulate import make_context
+
+    context = make_context(DEFAULT_MODELS, table, 8, 0.5)
+    options = model_options(context)
+    observation = {"replicas": [[o[0]] * 2 for o in options]}
+    grow = decode(np.ones(12), observation, context, options)
+    ves = sum(context.shapes[[s.label for s in context.shapes].index(l)].ves for ls in grow.replicas.values() for l in ls)
+    assert ves <= 2 * 8
+    assert all(grow.batch[m] == o[2] for m, o in enumerate(options))
+    shrink = decode(-np.ones(12), observation, context, options)
+    assert all(len(ls) == 1 for ls in shrink.replicas.values()) and all(b == 1 for b in shrink.batch.values())
+    for (label, b, bmax), curves, slo in zip(options, context.curves, context.slos):
+        assert curves[label][bmax] <= slo and 2 * curves[label][b] <= slo
+
+
+def test_a_short_training_run_on_two_ray_workers_resumes_and_exports(tmp_path, table):
+    from tcloud.cluster.rl import ShippedPolicy
+    from tcloud.cluster.rl_train import train
+
+    options = {"envs": 2, "checkpoint_every": 1, "interval": 0.05, "steps": 2}
+    first = train(tmp_path, timesteps=2, **options)
+    assert first["done"] == 2 and len(first["rewards"]) == 2
+    again = train(tmp_path, timesteps=3, **options)  # resumes from the checkpoint of step 2
+    assert again["done"] == 3 and again["rewards"][:2] == first["rewards"]
+    policy = ShippedPolicy(again["weights"])
+    assert [w.shape for w, _ in policy.layers] == [(49, 64), (64, 64), (64, 12)]
+    result, _ = _simulator(table, DEFAULT_MODELS, policy, "poisson", 0.5, 1.0, pnpus=8)[0].run(1.0), None
+    assert result["overall"]["throughput"] > 0
+
+
+def test_the_shipped_policy_is_the_default_rl_policy(tmp_path):
+    from tcloud.cluster.policies import make_policy
+    from tcloud.cluster.rl import WEIGHTS, ShippedPolicy
+
+    assert WEIGHTS.exists() and isinstance(make_policy("rl"), ShippedPolicy)
+    out = tmp_path / "rl.json"
+    assert tcloud(["cluster", "simulate", "--nodes", "2", "--policy", "rl", "--duration", "1", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["setup"]["policy"] == "rl"
