@@ -21,6 +21,7 @@ scan, and the result is the same schedule as the per-request simulation (the tes
 Latencies are computed per request (vectorised) into log-spaced histograms.
 """
 
+import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +56,12 @@ class Plan:
 class ModelGroup:
     """One model's queue and replicas (see the module docstring)."""
 
+    SEQUENTIAL_BATCHES = 4096
+    """Events simulated one at a time when a round of slots made little progress."""
+    SLOTS_WORTH_A_ROUND = 256
+    """A round that applies fewer slots than this (or a quarter of its slots) costs more than
+    simulating those batches one at a time (a few microseconds each)."""
+
     def __init__(self, index, slo, curves):
         self.index, self.slo, self.curves = index, slo, curves
         self.queue = np.empty(0)
@@ -65,6 +72,7 @@ class ModelGroup:
         self.delay = 0.0
         self.chunk = 64
         self.horizon = None
+        self._arrivals = None
         self.hist = np.zeros(len(EDGES) + 1, dtype=np.int64)
         self.reset_stats()
         self.arrived = self.served = self.good = self.dropped = 0
@@ -90,12 +98,17 @@ class ModelGroup:
         if self.horizon is None:
             self.horizon = 8 * float(full_time.max())
         uniform = self.delay == 0 and len({r.shape.label for r in self.replicas}) == 1
-        light = True
+        light, sequential = True, 0
+        self._arrivals = None  # the queue as a list, for _sequential (built once per call)
         while True:
             active = np.flatnonzero(self.free < t1)
             if not active.size:
                 break
             if uniform and light and self.head < self.queue.size and self._unqueued(lat[0, 1]):
+                continue
+            if sequential:
+                self._sequential(t1, lat, sequential)
+                sequential = 0
                 continue
             limit = min(t1, float(self.free[active].min()) + self.horizon)
             count = np.clip(np.ceil((limit - self.free[active]) / full_time[active]).astype(np.int64), 1, None)
@@ -112,6 +125,8 @@ class ModelGroup:
                                changed[order], moved[order], assumed[order], lat)
             light = not slots["n"][order][0]
             self.horizon = self.horizon * 2 if stop == rep.size else max(self.horizon / 2, float(full_time.min()))
+            if stop < min(rep.size // 4, self.SLOTS_WORTH_A_ROUND):
+                sequential = self.SEQUENTIAL_BATCHES  # slots advance too little: a stretch batch by batch
 
     def _scan(self, rep, start, lat, t1):
         """Requests taken by each slot (``rep``, ``start``) assuming every slot starts a batch, the
@@ -144,6 +159,70 @@ class ModelGroup:
         back = np.empty_like(order)
         back[order] = np.arange(order.size)
         return {k: v[back] for k, v in out.items()}
+
+    def _sequential(self, t1, lat, batches):
+        """Up to ``batches`` events (batches or waits) one at a time, earliest replica first (ties:
+        lowest index, as the slots are ordered), for the stretches where few of a round's slots are
+        exact (many replicas, short partial batches and idle gaps). Idle replicas wait in a pool;
+        the next arrival wakes the lowest-numbered one."""
+        import heapq
+
+        queue = self.queue
+        if self._arrivals is None:
+            self._arrivals = queue.tolist()
+        arrivals = self._arrivals
+        size, head = len(arrivals), self.head
+        busy, idle = [], []
+        for r, f in enumerate(self.free.tolist()):
+            if f < t1:
+                if bisect.bisect_right(arrivals, f, head) > head or f == t1:
+                    busy.append((f, r))
+                else:
+                    idle.append(r)
+        heapq.heapify(busy)
+        heapq.heapify(idle)
+        caps, delay = self.batch.tolist(), self.delay
+        ends, counts, reps = [], [], []
+        for _ in range(batches):
+            arrival = arrivals[head] if head < size else t1
+            if idle and (not busy or arrival < busy[0][0]):
+                if arrival >= t1:
+                    break
+                f, r = arrival, heapq.heappop(idle)
+            elif busy:
+                f, r = heapq.heappop(busy)
+            else:
+                break
+            waiting = bisect.bisect_right(arrivals, f, head) - head
+            cap = caps[r]
+            if waiting <= 0:
+                heapq.heappush(idle, r)
+                self.free[r] = f
+                continue
+            if delay > 0 and waiting < cap and f < arrivals[head] + delay:
+                fill = head + cap - 1
+                nxt = min(arrivals[fill] if fill < size else float("inf"), arrivals[head] + delay)
+            else:
+                n = min(cap, waiting)
+                nxt = f + lat[r, n]
+                ends.append(nxt)
+                counts.append(n)
+                reps.append(r)
+                head += n
+            self.free[r] = nxt
+            if nxt < t1:
+                heapq.heappush(busy, (nxt, r))
+        wake = arrivals[head] if head < size else t1
+        for r in idle:
+            self.free[r] = max(self.free[r], wake)
+        if counts:
+            counts, reps = np.array(counts), np.array(reps)
+            self._record(np.repeat(ends, counts) - queue[self.head:head])
+            service = lat[reps, counts]
+            np.add.at(self.i_busy, reps, service)
+            np.maximum.at(self.i_max_service, reps, service)
+            self.batches += counts.size
+            self.head = head
 
     def _apply(self, rep, ordinal, start, n, nxt, changed, moved, assumed, lat):
         """Apply the exact prefix of a round's slots (in time order) and return its length.
