@@ -387,6 +387,13 @@ def cmd_demo(args):
         raise TcloudError("demo check failed: a tenant did not match the golden model")
 
 
+def cmd_cluster(args):
+    """``tcloud cluster ...``: handed whole to the cluster layer (:mod:`tcloud.cluster.cli`)."""
+    from tcloud.cluster.cli import main as cluster_main
+
+    cluster_main(args.cluster_args)
+
+
 def cmd_vnpu(args):
     from .tenants import load_scenario, print_reports, reports_json, run_scenario
 
@@ -606,6 +613,11 @@ def build_parser():
     sweep.add_argument("--address", help="join this Ray cluster (default: start a local Ray)")
     sweep.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     sweep.set_defaults(func=cmd_sweep)
+
+    cluster = sub.add_parser("cluster", help="serve many models on many pNPUs: simulate, table, train",
+                             add_help=False, prefix_chars="\0")
+    cluster.add_argument("cluster_args", nargs=argparse.REMAINDER)
+    cluster.set_defaults(func=cmd_cluster)
     return parser
 
 

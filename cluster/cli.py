@@ -1,0 +1,217 @@
+"""``tcloud cluster simulate|table|train``: the cluster layer's command line.
+
+``tcloud cluster ARGS`` calls :func:`main` with ``ARGS``; the commands raise
+:class:`~tcloud.isa.errors.TcloudError` for bad input, which ``tcloud`` prints without a traceback.
+"""
+
+import json
+import time
+from pathlib import Path
+
+from tcloud.runtime.files import output_dir, output_file
+from tcloud.runtime.progress import Progress
+
+from .workload import TRACES, ClusterError
+
+
+def build_parser():
+    """The parser of ``tcloud cluster``."""
+    import argparse
+
+    from .policies import POLICIES
+    from .service import DEFAULT_BACKEND
+
+    cluster = argparse.ArgumentParser(prog="tcloud cluster",
+                                      description="Serve many models on many pNPUs (simulated in virtual time).")
+    csub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="SUBCOMMAND")
+    sim = csub.add_parser("simulate", help="simulate a policy on a trace and report throughput, SLO attainment, "
+                          "latency, utilization and cost")
+    sim.add_argument("--nodes", type=_positive_int, default=250)
+    sim.add_argument("--pnpus-per-node", type=_positive_int, default=4)
+    sim.add_argument("--policy", choices=sorted({*POLICIES, "rl"}), default="static")
+    sim.add_argument("--trace", default="poisson", metavar="{" + ",".join(TRACES) + ",PATH}",
+                     help="arrival trace, or an Azure Functions 2019 per-minute invocation-count CSV")
+    sim.add_argument("--load", type=float, default=0.8, help="offered load as a fraction of capacity (default 0.8)")
+    sim.add_argument("--duration", type=float, default=60.0, help="simulated seconds (default 60)")
+    sim.add_argument("--interval", type=float, default=1.0, help="seconds between policy decisions (default 1)")
+    sim.add_argument("--warmup", type=float, default=0.0,
+                     help="simulated seconds before the measured ones (adaptive policies settle; default 0)")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--config", default="small", help="pNPU configuration of the service-time table")
+    sim.add_argument("--backend", default=DEFAULT_BACKEND, help="timed backend of the service-time table")
+    sim.add_argument("--table", metavar="FILE", help="service-time table (default: the shipped one)")
+    sim.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    sim.add_argument("--plot", metavar="DIR", help="write plots (allocation and throughput over time)")
+    sim.set_defaults(func=cmd_simulate)
+    tab = csub.add_parser("table", help="measure the service-time table (Ray tasks) and write it")
+    tab.add_argument("--config", default="small")
+    tab.add_argument("--backend", default=DEFAULT_BACKEND)
+    tab.add_argument("--batches", type=_positive_int, nargs="+", default=None)
+    tab.add_argument("--cpus", type=_positive_int, default=None, help="Ray CPUs (default: all)")
+    tab.add_argument("--out", metavar="FILE", help="where to write it (default: the shipped table's path)")
+    tab.set_defaults(func=cmd_table)
+    tra = csub.add_parser("train", help="train the RL policy (skrl PPO on JAX, rollouts on Ray workers)")
+    tra.add_argument("--dir", default="build/cluster-rl", help="checkpoints and weights (default build/cluster-rl)")
+    tra.add_argument("--timesteps", type=_positive_int, default=300, help="steps per worker (default 300)")
+    tra.add_argument("--envs", type=_positive_int, default=2, help="Ray workers, one environment each (default 2)")
+    tra.add_argument("--checkpoint-every", type=_positive_int, default=30)
+    tra.add_argument("--interval", type=float, default=0.1, help="simulated seconds per step (default 0.1)")
+    tra.add_argument("--episode-steps", type=_positive_int, default=20)
+    tra.add_argument("--seed", type=int, default=0)
+    tra.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --dir")
+    tra.add_argument("--ship", action="store_true", help="copy the trained weights over the shipped policy")
+    tra.set_defaults(func=cmd_train)
+    return cluster
+
+
+def _positive_int(text):
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def run_simulation(nodes, pnpus_per_node, policy, trace, load, duration, seed=0, interval=1.0, config="small",
+                   backend=None, table=None, models=None, progress=None, warmup=0.0):
+    """Build everything and simulate; return ``(results, simulator, wall seconds)``.
+
+    Parameters mirror ``tcloud cluster simulate``; ``policy`` is a name or a
+    :class:`~.policies.Policy`; ``table`` a :class:`~.service.ServiceTable`, a path or ``None``.
+    """
+    from .placement import Cluster
+    from .policies import make_policy
+    from .service import DEFAULT_BACKEND, ServiceTable, load_table
+    from .simulate import Simulator, make_context
+    from .workload import DEFAULT_MODELS, Arrivals, make_trace
+
+    for name, value in (("duration", duration), ("interval", interval)):
+        if not value > 0:
+            raise ClusterError(f"--{name} must be positive, got {value!r}")
+    models = tuple(models or DEFAULT_MODELS)
+    if not isinstance(table, ServiceTable):
+        table = load_table(models, config, backend or DEFAULT_BACKEND, path=table, build=False)
+    cluster = Cluster(nodes, pnpus_per_node, table.config)
+    context = make_context(models, table, nodes * pnpus_per_node, load, interval)
+    if isinstance(policy, str):
+        policy = make_policy(policy)
+    arrivals = Arrivals(make_trace(trace, models, warmup + duration, seed), context.rates, seed)
+    started = time.perf_counter()
+    sim = Simulator(context, cluster, policy, arrivals)
+    results = sim.run(duration, progress, warmup)
+    wall = time.perf_counter() - started
+    results["setup"] = {"nodes": nodes, "pnpus_per_node": pnpus_per_node, "policy": policy.name,
+                        "trace": str(trace), "load": load, "duration": duration, "seed": seed,
+                        "interval": interval, "warmup": warmup, "config": table.config, "backend": table.backend,
+                        "offered_rate": float(context.rates.sum()), "wall_seconds": wall}
+    return results, sim, wall
+
+
+def cmd_simulate(args):
+    out = output_file(args.json, "results") if args.json else None
+    plots = output_dir(args.plot, "plot directory") if args.plot else None
+    with Progress(f"simulating {args.nodes}x{args.pnpus_per_node} pNPUs, {args.policy}, {args.trace}, load "
+                  f"{args.load}", unit="s") as bar:
+        results, sim, wall = run_simulation(args.nodes, args.pnpus_per_node, args.policy, args.trace, args.load,
+                                            args.duration, args.seed, args.interval, args.config, args.backend,
+                                            args.table, progress=bar.update, warmup=args.warmup)
+    print(summary(results))
+    if out:
+        out.write_text(json.dumps(results, indent=1, default=float) + "\n")
+        print(f"results: {out}")
+    if plots:
+        for path in plot_timeline(sim, plots):
+            print(f"plot: {path}")
+
+
+def summary(results):
+    """The results as a text table."""
+    setup = results["setup"]
+    lines = [f"{setup['policy']} on {setup['nodes']}x{setup['pnpus_per_node']} {setup['config']} pNPUs "
+             f"({setup['backend']} service times), {setup['trace']} at load {setup['load']}: "
+             f"{setup['duration']:g} s simulated in {setup['wall_seconds']:.1f} s",
+             f"{'model':<20} {'offered/s':>11} {'thru/s':>11} {'good/s':>11} {'SLO att':>8} {'p50 ms':>8} "
+             f"{'p99 ms':>8} {'SLO ms':>7} {'util':>6}"]
+    for name, m in [*results["models"].items(), ("overall", results["overall"])]:
+        slo = f"{m['slo'] * 1e3:7.3f}" if "slo" in m else f"{'':>7}"
+        lines.append(f"{name:<20} {m['offered']:>11,.0f} {m['throughput']:>11,.0f} {m['goodput']:>11,.0f} "
+                     f"{m['slo_attainment']:>8.2%} {m['p50'] * 1e3:>8.3f} {m['p99'] * 1e3:>8.3f} {slo} "
+                     f"{m['utilization']:>6.1%}")
+    o = results["overall"]
+    lines.append(f"cost {o['cost']:.4g} ({o['cost_per_1000']:.4g} per 1,000 inferences); "
+                 f"{o['refused_placements']} placement(s) refused")
+    return "\n".join(lines)
+
+
+def plot_timeline(sim, directory):
+    """Replicas per model and goodput over time (PNG files in ``directory``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = [m.name for m in sim.context.models]
+    t = np.array([e["time"] for e in sim.timeline])
+    fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
+    for i, name in enumerate(names):
+        axes[0].plot(t, [e["replicas"][i] for e in sim.timeline], label=name)
+        axes[1].plot(t, [e["batch"][i] for e in sim.timeline], label=name)
+        axes[2].plot(t, [e["good"][i] / max(e["arrival_rate"][i] * sim.context.interval, 1) for e in sim.timeline],
+                     label=name)
+    axes[0].set_ylabel("replicas (vNPUs)")
+    axes[1].set_ylabel("mean batch cap")
+    axes[2].set_ylabel("good / arrived")
+    axes[2].set_xlabel("simulated seconds")
+    axes[0].legend(fontsize=7, ncol=2)
+    axes[0].set_title(f"{sim.policy.name}: allocation over time")
+    fig.tight_layout()
+    path = Path(directory) / f"allocation_{sim.policy.name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def cmd_table(args):
+    from .service import DEFAULT_BATCHES, build_table, default_path
+
+    out = output_file(args.out or default_path(args.config, args.backend), "service-time table")
+    with Progress(f"measuring the service-time table on {args.config}/{args.backend}", unit="entry") as bar:
+        table = build_table(config=args.config, backend=args.backend, batches=tuple(args.batches or DEFAULT_BATCHES),
+                            num_cpus=args.cpus, progress=bar.update)
+    table.save(out)
+    print(f"{out}: {len(table.entries)} entries ({len(table.models)} models x {len(table.shapes)} shapes x "
+          f"batches {table.batches})")
+
+
+def cmd_train(args):
+    import shutil
+
+    try:
+        import skrl  # noqa: F401
+    except ImportError:
+        raise ClusterError("training needs skrl with JAX: pip install 'tcloud-npu[rl]'") from None
+    from .rl import WEIGHTS
+    from .rl_train import train
+
+    directory = output_dir(args.dir, "training directory")
+    with Progress(f"training the RL policy ({args.envs} Ray workers)", unit="step") as bar:
+        state = train(directory, args.timesteps, args.envs, args.checkpoint_every, args.seed, resume=not args.fresh,
+                      progress=bar.update, interval=args.interval, steps=args.episode_steps)
+    print(f"{state['done']} steps per worker in {state['seconds']:.0f} s "
+          f"({state['done'] * args.envs / max(state['seconds'], 1e-9):.2f} environment steps/s); mean reward per "
+          f"segment: {', '.join(f'{r:.3f}' for r in state['rewards'] if r is not None)}")
+    print(f"weights: {state['weights']}")
+    if args.ship:
+        shutil.copyfile(state["weights"], WEIGHTS)
+        print(f"shipped: {WEIGHTS}")
+
+
+def main(argv):
+    """Run ``tcloud cluster`` with the arguments ``argv`` (after ``cluster``)."""
+    args = build_parser().parse_args(argv)
+    args.func(args)

@@ -1,0 +1,113 @@
+"""The cluster's pNPUs and the vNPUs placed on them, with the hypervisor's allocator.
+
+Every pNPU is the allocator's own :class:`~tcloud.runtime.hypervisor.allocator.PNPUState` (without
+a device): :meth:`Cluster.place` asks :func:`~tcloud.runtime.hypervisor.allocator.fit` exactly as
+:meth:`Hypervisor.create_vnpu <tcloud.runtime.hypervisor.Hypervisor.create_vnpu>` does (no
+oversubscription), so a placement the hypervisor would refuse is refused here, with its reasons.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tcloud.isa import get_config
+from tcloud.runtime.hypervisor.allocator import FreeList, PNPUState, fit, release, reserve
+
+from .workload import ClusterError
+
+
+@dataclass(eq=False)
+class Replica:
+    """A vNPU serving one model: what the allocator reserved (``_pnpu``, ``_grant``) and its spec."""
+
+    model: int
+    shape: object
+    spec: object
+    _pnpu: object = field(repr=False)
+    _grant: object = field(repr=False)
+
+    @property
+    def pnpu(self):
+        return self._pnpu.index
+
+
+def check_fits(config, shape):
+    """Raise :class:`ClusterError` with the allocator's reasons if ``shape`` does not fit an empty
+    pNPU of ``config``."""
+    cfg = get_config(config)
+    reasons = []
+    if fit(_empty(cfg, 0), shape.spec(), cfg, False, reasons) is None:
+        raise ClusterError(f"vNPU shape {shape.label} ({shape.spec()}) does not fit a {cfg.name} pNPU: "
+                           + "; ".join(reasons))
+
+
+def _empty(cfg, index):
+    return PNPUState(index, None, list(range(cfg.contexts)), [set() for _ in range(cfg.me_count)],
+                     [set() for _ in range(cfg.ve_count)], [set() for _ in range(cfg.dma_count)],
+                     FreeList(cfg.sram_bytes), FreeList(cfg.hbm_bytes))
+
+
+class Cluster:
+    """``nodes`` × ``pnpus_per_node`` pNPUs of ``config`` and the replicas placed on them.
+
+    Parameters
+    ----------
+    nodes, pnpus_per_node : int
+    config : str
+    """
+
+    def __init__(self, nodes=250, pnpus_per_node=4, config="small"):
+        for name, value in (("nodes", nodes), ("pnpus_per_node", pnpus_per_node)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ClusterError(f"{name} must be a positive integer, got {value!r}")
+        self.config = get_config(config)
+        self.nodes, self.pnpus_per_node = nodes, pnpus_per_node
+        self.pnpus = [_empty(self.config, i) for i in range(nodes * pnpus_per_node)]
+        self.free_mes = np.full(len(self.pnpus), self.config.me_count)
+        self.free_ves = np.full(len(self.pnpus), self.config.ve_count)
+        self.free_contexts = np.full(len(self.pnpus), self.config.contexts)
+        self.replicas = []
+
+    def place(self, model, shape):
+        """Create a replica of ``model`` (index) with ``shape`` on the first pNPU that fits it.
+
+        Raises
+        ------
+        ClusterError
+            No pNPU can host it; the message gives the allocator's reasons for the nearest one.
+        """
+        spec = shape.spec()
+        ok = (self.free_mes >= spec.mes) & (self.free_ves >= spec.ves) & (self.free_contexts >= 1)
+        reasons = []
+        for index in np.flatnonzero(ok):
+            grant = fit(self.pnpus[index], spec, self.config, False, reasons)
+            if grant is not None:
+                replica = Replica(model, shape, spec, self.pnpus[index], grant)
+                reserve(grant, spec, replica)
+                self._account(index, spec, -1)
+                self.replicas.append(replica)
+                return replica
+        if not reasons:
+            fit(self.pnpus[int(np.argmax(self.free_mes + self.free_ves))], spec, self.config, False, reasons)
+        raise ClusterError(f"allocation does not fit: no pNPU of {len(self.pnpus)} can host a vNPU of shape "
+                           f"{shape.label} ({reasons[0] if reasons else 'no free engines'})")
+
+    def remove(self, replica):
+        """Free ``replica``'s resources."""
+        release(replica)
+        self._account(replica.pnpu, replica.spec, +1)
+        self.replicas.remove(replica)
+
+    def _account(self, index, spec, sign):
+        self.free_mes[index] += sign * spec.mes
+        self.free_ves[index] += sign * spec.ves
+        self.free_contexts[index] += sign
+
+    @property
+    def total_mes(self):
+        return len(self.pnpus) * self.config.me_count
+
+    def engines_used(self):
+        """(MEs, VEs) reserved by replicas."""
+        return int(self.total_mes - self.free_mes.sum()), int(len(self.pnpus) * self.config.ve_count
+                                                              - self.free_ves.sum())

@@ -1,0 +1,283 @@
+"""Service times: latency(model, batch, vNPU shape, co-tenant policy), measured once and cached.
+
+Each entry compiles the zoo model for the pNPU configuration at that batch size with the shape's
+scratchpad window, creates a vNPU of that :class:`~tcloud.runtime.hypervisor.VNPUSpec` on a
+:class:`~tcloud.runtime.hypervisor.Hypervisor` running the co-tenant scheduling policy on a timed
+backend, runs the model once and reads the context's active cycles: the hypervisor's own semantics,
+so a shape the allocator refuses is refused here too. Entries run as Ray tasks in parallel; the table
+is a JSON file keyed by everything it depends on; other batch sizes are interpolated linearly
+between the measured ones.
+
+The backend defaults to ``perf`` (the performance model, the only one that can time ``tpu_like``)
+when the runtime has it, else ``verilator``: :data:`DEFAULT_BACKEND`.
+"""
+
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tcloud.isa import get_config
+from tcloud.runtime.backends import TIMED_BACKENDS
+
+from .workload import DEFAULT_MODELS, ClusterError
+
+DEFAULT_BACKEND = "perf" if "perf" in TIMED_BACKENDS else "verilator"
+DEFAULT_BATCHES = (1, 2, 4, 8, 16)
+DEFAULT_POLICIES = ("static",)
+SHIPPED = Path(__file__).with_name("data")
+"""Committed tables (``service-<config>-<backend>.json``), made by ``tcloud cluster table``."""
+
+
+@dataclass(frozen=True, order=True)
+class Shape:
+    """A vNPU shape: engines and windows of a :class:`~tcloud.runtime.hypervisor.VNPUSpec`.
+
+    ``label`` is ``m<MEs>v<VEs>``."""
+
+    mes: int
+    ves: int
+    sram_kib: int
+    hbm_mib: int
+
+    @property
+    def label(self):
+        return f"m{self.mes}v{self.ves}"
+
+    def spec(self):
+        from tcloud.runtime.hypervisor import VNPUSpec
+
+        return VNPUSpec(mes=self.mes, ves=self.ves, sram_kib=self.sram_kib, hbm_mib=self.hbm_mib)
+
+
+def standard_shapes(config):
+    """The shapes sold on ``config``: (1 ME, 1 VE), (2, 1) and the whole pNPU, each with the
+    scratchpad and HBM share of its MEs. Every one fits an empty pNPU (checked by the allocator)."""
+    cfg = get_config(config)
+    out = []
+    for mes, ves in ((1, 1), (2, 1), (cfg.me_count, cfg.ve_count)):
+        mes, ves = min(mes, cfg.me_count), min(ves, cfg.ve_count)
+        shape = Shape(mes, ves, cfg.sram_kib * mes // cfg.me_count, cfg.hbm_mib * mes // cfg.me_count)
+        if shape not in out:
+            out.append(shape)
+    from .placement import check_fits
+
+    for shape in out:
+        check_fits(cfg, shape)
+    return tuple(out)
+
+
+def measure(model, config, batch, shape, policy="static", backend=DEFAULT_BACKEND, seed=0):
+    """Cycles of one batch of ``model`` on a vNPU of ``shape`` alone on a pNPU of ``config``.
+
+    Parameters
+    ----------
+    model : ModelSpec
+    config : str
+    batch : int
+    shape : Shape
+    policy : str
+        The pNPU's scheduling policy (what co-tenants may take from or lend to the vNPU).
+    backend : str
+        A timed backend.
+
+    Returns
+    -------
+    int
+        Active cycles of the context for the run.
+
+    Raises
+    ------
+    ClusterError
+        The compiled model does not fit the shape's HBM window.
+    """
+    from tcloud.runtime.compiler import compile
+    from tcloud.runtime.hypervisor import Hypervisor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random calibration samples: the timing does not depend on them
+        compiled = compile(model.build(), config, batch=batch, sram_kib=shape.sram_kib)
+    need = -(-compiled.image.hbm_bytes // (1 << 20))
+    if need > shape.hbm_mib:
+        raise ClusterError(f"model {model.name!r} at batch {batch} needs {need} MiB of HBM; shape {shape.label} has "
+                           f"{shape.hbm_mib} MiB")
+    with Hypervisor(config, backend=backend, policy=policy) as hypervisor:
+        vnpu = hypervisor.create_vnpu(shape.spec(), name=model.name)
+        compiled.run(compiled.random_inputs(seed), vnpu=vnpu)
+        return vnpu.usage().active_cycles
+
+
+def _measure_task(model, config, batch, shape, policy, backend):
+    return measure(model, config, batch, shape, policy, backend)
+
+
+class ServiceTable:
+    """Measured batch latencies, interpolated over batch size.
+
+    Parameters
+    ----------
+    config : str
+    backend : str
+    entries : dict
+        ``(model, shape label, policy, batch) -> cycles``.
+    shapes : sequence of Shape
+    clock_mhz : float
+    """
+
+    def __init__(self, config, backend, entries, shapes, clock_mhz, models=()):
+        self.config, self.backend, self.entries = config, backend, dict(entries)
+        self.shapes, self.clock_mhz, self.models = tuple(shapes), clock_mhz, tuple(models)
+
+    @property
+    def batches(self):
+        return sorted({key[3] for key in self.entries})
+
+    @property
+    def max_batch(self):
+        return self.batches[-1]
+
+    def shape(self, label):
+        """The :class:`Shape` called ``label``."""
+        for shape in self.shapes:
+            if shape.label == label:
+                return shape
+        raise ClusterError(f"no vNPU shape {label!r} in the table; it has {', '.join(s.label for s in self.shapes)}")
+
+    def curve(self, model, label, policy="static"):
+        """Seconds per batch for batch sizes ``0..max_batch`` (index = batch size; entry 0 is 0),
+        linear between the measured batch sizes.
+
+        Raises
+        ------
+        ClusterError
+            The table has no entry for ``model`` on shape ``label`` under ``policy``.
+        """
+        points = sorted((b, c) for (m, s, p, b), c in self.entries.items() if (m, s, p) == (model, label, policy))
+        if not points:
+            raise ClusterError(f"the service-time table ({self.config}, {self.backend}) has no entry for model "
+                               f"{model!r} on shape {label!r} with co-tenant policy {policy!r}")
+        b, c = np.array(points, dtype=float).T
+        sizes = np.arange(self.max_batch + 1)
+        out = np.interp(sizes, b, c) / (self.clock_mhz * 1e6)
+        out[0] = 0.0
+        return out
+
+    def latency(self, model, batch, label, policy="static"):
+        """Seconds for one batch of ``batch`` requests (interpolated)."""
+        if not 1 <= batch <= self.max_batch:
+            raise ClusterError(f"batch {batch} is outside the table's 1..{self.max_batch}")
+        return float(self.curve(model, label, policy)[batch])
+
+    def to_dict(self):
+        return {"config": self.config, "backend": self.backend, "clock_mhz": self.clock_mhz,
+                "shapes": [asdict(s) for s in self.shapes], "models": [asdict(m) for m in self.models],
+                "entries": [{"model": m, "shape": s, "policy": p, "batch": b, "cycles": c}
+                            for (m, s, p, b), c in sorted(self.entries.items())]}
+
+    def save(self, path):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path):
+        """Read a table written by :meth:`save`; :class:`ClusterError` naming the file and field."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except OSError as exc:
+            raise ClusterError(f"cannot read service-time table {path}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise ClusterError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
+        from .workload import ModelSpec
+
+        try:
+            shapes = [Shape(**s) for s in data["shapes"]]
+            models = [ModelSpec(**{**m, "settings": tuple(m["settings"])}) for m in data.get("models", [])]
+            entries = {(e["model"], e["shape"], e["policy"], int(e["batch"])): int(e["cycles"]) for e in data["entries"]}
+            return cls(data["config"], data["backend"], entries, shapes, float(data["clock_mhz"]), models)
+        except KeyError as exc:
+            raise ClusterError(f"{path}: missing field {exc.args[0]!r}") from None
+        except TypeError as exc:
+            raise ClusterError(f"{path}: bad field ({exc})") from None
+
+
+def default_path(config, backend):
+    return SHIPPED / f"service-{config}-{backend}.json"
+
+
+def build_table(models=DEFAULT_MODELS, config="small", backend=DEFAULT_BACKEND, batches=DEFAULT_BATCHES,
+                shapes=None, policies=DEFAULT_POLICIES, num_cpus=None, progress=None):
+    """Measure every entry as a Ray task and return the :class:`ServiceTable`.
+
+    Parameters
+    ----------
+    models : sequence of ModelSpec
+    config, backend : str
+    batches : sequence of int
+    shapes : sequence of Shape, optional
+        Default :func:`standard_shapes`.
+    policies : sequence of str
+        Co-tenant scheduling policies.
+    num_cpus : int, optional
+        CPUs for a local Ray instance (ignored when Ray is already initialised).
+    progress : callable, optional
+        ``progress(done, total)`` after each entry.
+    """
+    import ray
+
+    cfg = get_config(config)
+    shapes = tuple(shapes or standard_shapes(config))
+    jobs = [(m, b, s, p) for m in models for s in shapes for p in policies for b in batches]
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    try:
+        task = ray.remote(num_cpus=1)(_measure_task)
+        pending = {task.remote(m, config, b, s, p, backend): (m.name, s.label, p, b) for m, b, s, p in jobs}
+        entries, total = {}, len(pending)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                try:
+                    entries[pending.pop(ref)] = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    cause = exc.as_instanceof_cause()
+                    if isinstance(cause, ClusterError):
+                        raise ClusterError(str(cause).splitlines()[-1]) from None
+                    raise
+            if progress:
+                progress(len(entries), total)
+    finally:
+        if started:
+            ray.shutdown()
+    return ServiceTable(config, backend, entries, shapes, cfg.clock_mhz, models)
+
+
+def load_table(models=DEFAULT_MODELS, config="small", backend=DEFAULT_BACKEND, path=None, build=True, **options):
+    """The table for ``models`` on ``config``/``backend``: from ``path`` (default the shipped one),
+    rebuilt with :func:`build_table` when it lacks a model (or ``build`` is False: a
+    :class:`ClusterError`)."""
+    path = Path(path) if path else default_path(config, backend)
+    if path.exists():
+        table = ServiceTable.load(path)
+        have = {key[0] for key in table.entries}
+        missing = [m.name for m in models if m.name not in have]
+        if not missing and (table.config, table.backend) == (config, backend):
+            return table
+        if not build:
+            raise ClusterError(f"{path}: no entries for model(s) {', '.join(missing)} on {config}/{backend}; "
+                               f"run `tcloud cluster table`")
+    elif not build:
+        raise ClusterError(f"no service-time table at {path}; run `tcloud cluster table`")
+    started = time.time()
+    table = build_table(models, config, backend, **options)
+    table.save(path)
+    table.build_seconds = time.time() - started
+    return table

@@ -1,0 +1,333 @@
+"""The cluster layer: workload and traces, placement, the batch simulator against the per-request
+reference, policies, metrics and the command line."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tcloud.cluster.placement import Cluster, check_fits
+from tcloud.cluster.service import Shape, ServiceTable, load_table
+from tcloud.cluster.workload import (AZURE_SAMPLE, DEFAULT_MODELS, Arrivals, ClusterError, ModelSpec, make_trace,
+                                     read_azure)
+from tcloud.runtime.cli import main as tcloud
+
+
+@pytest.fixture(scope="module")
+def table():
+    return load_table(build=False)
+
+
+# --- workload and traces -------------------------------------------------------------------------
+
+def test_unknown_model_and_bad_fields_are_named():
+    with pytest.raises(ClusterError, match="field builder: no model 'resnet9000'"):
+        ModelSpec("x", "resnet9000")
+    with pytest.raises(ClusterError, match="field settings: 'depth=3'"):
+        ModelSpec("x", "dlrm_mlp", ("depth=3",))
+    with pytest.raises(ClusterError, match="field slo_factor must be a positive number"):
+        ModelSpec("x", "ncf", slo_factor=0)
+
+
+@pytest.mark.parametrize("kind", ["poisson", "mmpp", "diurnal", str(AZURE_SAMPLE)])
+def test_traces_have_mean_one_and_differ_in_shape(kind):
+    trace = make_trace(kind, DEFAULT_MODELS, 60, seed=1)
+    assert trace.multipliers.shape == (6, 600)
+    assert trace.multipliers.mean() == pytest.approx(1, rel=0.35)
+    spread = trace.multipliers.std()
+    assert (spread == 0) == (kind == "poisson")
+
+
+def test_azure_sample_is_read_busiest_first():
+    counts = read_azure(AZURE_SAMPLE)
+    assert counts.shape == (8, 60) and counts.min() >= 0
+    trace = make_trace(str(AZURE_SAMPLE), DEFAULT_MODELS[:2], 120, seconds_per_minute=1.0)
+    busiest = counts[np.argsort(-counts.sum(axis=1))[0]]
+    assert trace.at(0, 5.05) == pytest.approx(busiest[5] / busiest[:60].mean(), rel=1e-9)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "empty file"),
+    ("Owner,HashApp,HashFunction,Trigger,1\n", ":1: header must start with HashOwner"),
+    ("HashOwner,HashApp,HashFunction,Trigger,1,3\n", ":1: column 6 must be minute 2"),
+    ("HashOwner,HashApp,HashFunction,Trigger,1,2\na,b,c,http,4\n", ":2: 5 fields, the header has 6"),
+    ("HashOwner,HashApp,HashFunction,Trigger,1,2\na,b,c,http,4,5\na,b,d,http,x,5\n",
+     r":3: field '1' \(column 5\) must be a non-negative integer, got 'x'"),
+    ("HashOwner,HashApp,HashFunction,Trigger,1,2\na,b,c,http,0,0\n", "no function has any invocation"),
+])
+def test_malformed_azure_files_name_file_line_and_field(tmp_path, text, message):
+    path = tmp_path / "trace.csv"
+    path.write_text(text)
+    with pytest.raises(ClusterError, match=message) as info:
+        make_trace(str(path), DEFAULT_MODELS[:1], 10)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_trace_kind():
+    with pytest.raises(ClusterError, match="neither one of poisson, mmpp, diurnal nor an existing file"):
+        make_trace("bursty", DEFAULT_MODELS, 10)
+
+
+def test_arrivals_do_not_depend_on_the_window_length():
+    trace = make_trace("mmpp", DEFAULT_MODELS[:2], 4, seed=3)
+    whole = Arrivals(trace, [1000, 300], seed=5).until(4.0)
+    pieces = Arrivals(trace, [1000, 300], seed=5)
+    parts = [pieces.until(t) for t in (1.0, 2.0, 3.0, 4.0)]
+    for m in range(2):
+        assert np.array_equal(whole[m], np.concatenate([p[m] for p in parts]))
+        assert np.all(np.diff(whole[m]) >= 0)
+    assert whole[0].size == pytest.approx(4000 * trace.multipliers[0, :40].mean(), rel=0.1)
+
+
+# --- placement with the hypervisor's allocator -----------------------------------------------------
+
+def test_placement_follows_the_allocator():
+    cluster = Cluster(1, 2, "small")
+    half = Shape(2, 1, 128, 32)
+    for _ in range(4):
+        cluster.place(0, half)
+    assert cluster.engines_used() == (8, 4)
+    with pytest.raises(ClusterError, match="allocation does not fit.*0 free MEs"):
+        cluster.place(0, Shape(1, 1, 16, 4))
+    cluster.remove(cluster.replicas[0])
+    assert cluster.place(1, Shape(1, 1, 16, 4)).pnpu == 0
+
+
+def test_a_shape_larger_than_a_pnpu_is_refused_with_the_allocators_reason():
+    with pytest.raises(ClusterError, match=r"does not fit a small pNPU: pNPU 0: 4 free MEs \(asked 5\)"):
+        check_fits("small", Shape(5, 1, 64, 16))
+    with pytest.raises(ClusterError, match="largest free scratchpad window 256 KiB"):
+        check_fits("small", Shape(1, 1, 512, 16))
+
+
+# --- service-time table --------------------------------------------------------------------------
+
+def test_shipped_table_covers_the_default_models(table):
+    assert {m.name for m in DEFAULT_MODELS} == {key[0] for key in table.entries}
+    assert [s.label for s in table.shapes] == ["m1v1", "m2v1", "m4v2"]
+    assert table.batches == [1, 2, 4, 8, 16]
+
+
+@pytest.mark.parametrize("model, batch, label", [("ncf", 1, "m1v1"), ("resnet50_block", 2, "m2v1"),
+                                                 ("dlrm_mlp", 4, "m4v2")])
+def test_table_entries_match_fresh_runs(table, model, batch, label):
+    from tcloud.cluster.service import measure
+    from tcloud.cluster.workload import model_by_name
+
+    fresh = measure(model_by_name(DEFAULT_MODELS, model), table.config, batch, table.shape(label),
+                    backend=table.backend)
+    assert table.entries[(model, label, "static", batch)] == fresh
+
+
+def test_interpolation_is_linear_between_measured_batches(table):
+    curve = table.curve("bert_tiny", "m2v1")
+    assert curve[0] == 0 and np.all(np.diff(curve) >= 0)
+    assert curve[3] == pytest.approx((curve[2] + curve[4]) / 2)
+    assert curve[4] == table.entries[("bert_tiny", "m2v1", "static", 4)] / (table.clock_mhz * 1e6)
+    with pytest.raises(ClusterError, match="no entry for model 'gpt'"):
+        table.curve("gpt", "m2v1")
+
+
+def test_table_builds_on_ray_with_two_cpus(table, tmp_path):
+    from tcloud.cluster.service import build_table
+    from tcloud.cluster.workload import model_by_name
+
+    seen = []
+    small = build_table([model_by_name(DEFAULT_MODELS, "ncf")], "small", table.backend, batches=(1, 2),
+                        shapes=table.shapes[:2], num_cpus=2, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (4, 4)
+    for key, cycles in small.entries.items():
+        assert table.entries[key] == cycles
+    again = ServiceTable.load(small.save(tmp_path / "t.json"))
+    assert again.entries == small.entries and again.shapes == small.shapes
+
+
+def test_a_corrupt_table_file_is_named(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text('{"config": "small"')
+    with pytest.raises(ClusterError, match="t.json:1: not JSON"):
+        ServiceTable.load(path)
+    path.write_text('{"config": "small", "backend": "verilator", "clock_mhz": 1000, "shapes": []}')
+    with pytest.raises(ClusterError, match="missing field 'entries'"):
+        ServiceTable.load(path)
+
+
+# --- the batch simulator against the per-request reference -----------------------------------------
+
+def _simulator(table, models, policy, trace, load, duration, pnpus=4, seed=2):
+    from tcloud.cluster.policies import make_policy
+    from tcloud.cluster.simulate import Simulator, make_context
+
+    context = make_context(models, table, pnpus, load)
+    shape = make_trace(trace, models, duration, seed)
+    sim = Simulator(context, Cluster(1, pnpus), make_policy(policy) if isinstance(policy, str) else policy,
+                    Arrivals(shape, context.rates, seed))
+    return sim, Arrivals(shape, context.rates, seed).until(duration)
+
+
+@pytest.mark.parametrize("names, policy, trace, load", [
+    (("ncf", "resnet50_block"), "static", "poisson", 0.9),
+    (("dlrm_mlp", "mobilenetv2_block", "resnet50_block"), "triton", "mmpp", 0.6),
+])
+def test_batch_simulation_matches_the_per_request_simulation(table, names, policy, trace, load):
+    from tcloud.cluster.reference import compare
+    from tcloud.cluster.workload import model_by_name
+
+    sim, arrivals = _simulator(table, [model_by_name(DEFAULT_MODELS, n) for n in names], policy, trace, load, 2.0)
+    assert any(len(g.replicas) > 1 for g in sim.groups)
+    for row in compare(sim, 2.0, arrivals):
+        assert row["request_throughput"] > 5000
+        assert row["throughput_error"] < 0.02, row
+        assert row["p99_error"] < 0.02, row
+
+
+def test_an_impossible_slo_names_the_model_and_field(table):
+    from tcloud.cluster.simulate import make_context
+
+    tight = ModelSpec("ncf", "ncf", slo_factor=0.5)
+    with pytest.raises(ClusterError, match="model 'ncf': impossible SLO: field slo_factor=0.5 gives 7.2 us, below "
+                                           "its fastest batch-1 latency 14.4 us"):
+        make_context([tight], table, 4, 0.5)
+
+
+def test_an_allocation_that_does_not_fit_is_refused(table):
+    with pytest.raises(ClusterError, match="allocation does not fit: 6 models need at least one replica each, the "
+                                           "cluster holds 2"):
+        _simulator(table, DEFAULT_MODELS, "static", "poisson", 0.5, 1.0, pnpus=1)
+
+
+# --- policies and metrics --------------------------------------------------------------------------
+
+THREE = ("dlrm_mlp", "resnet50_block", "decoder_block")
+
+
+def _run(table, policy, load, trace="poisson", duration=4.0, pnpus=8):
+    from tcloud.cluster.workload import model_by_name
+
+    sim, _ = _simulator(table, [model_by_name(DEFAULT_MODELS, n) for n in THREE], policy, trace, load, duration, pnpus)
+    return sim.run(duration), sim
+
+
+def test_static_meets_the_slo_at_low_load_and_not_when_overloaded(table):
+    low, _ = _run(table, "static", 0.3)
+    assert low["overall"]["slo_attainment"] > 0.99
+    assert low["overall"]["throughput"] == pytest.approx(low["overall"]["offered"], rel=0.02)
+    high, _ = _run(table, "static", 2.0)
+    assert high["overall"]["slo_attainment"] < 0.8 and high["overall"]["dropped"] > 0
+    assert high["overall"]["utilization"] > low["overall"]["utilization"]
+    for m in high["models"].values():
+        assert m["p50"] <= m["p99"]
+    assert low["overall"]["cost"] == pytest.approx(high["overall"]["cost"])
+    assert low["overall"]["cost_per_1000"] > high["overall"]["cost_per_1000"]
+
+
+def test_clipper_grows_batches_additively_and_backs_off(table):
+    _, sim = _run(table, "clipper", 2.0, duration=8.0)
+    batches = np.array([e["batch"] for e in sim.timeline])
+    assert np.all(batches[0] == 1) and np.all(batches[1] == 2) and np.all(batches[-1] > batches[0])
+    assert (np.diff(batches, axis=0) < 0).any()  # a multiplicative decrease happened
+    for g in sim.groups:
+        assert 1 <= g.batch.min() and g.batch.max() <= sim.context.max_batch
+
+
+def test_triton_waits_for_fuller_batches(table):
+    static, s_sim = _run(table, "static", 0.3)
+    triton, t_sim = _run(table, "triton", 0.3)
+    assert triton["overall"]["p50"] > static["overall"]["p50"]
+    assert triton["overall"]["utilization"] < static["overall"]["utilization"]
+
+
+def test_nexus_replans_with_the_measured_rate(table):
+    _, sim = _run(table, "nexus", 0.6, trace="diurnal", duration=8.0)
+    counts = np.array([e["replicas"] for e in sim.timeline])
+    assert (counts.max(axis=0) > counts.min(axis=0)).any()
+    steady, sim = _run(table, "nexus", 0.8, duration=6.0)
+    assert steady["overall"]["slo_attainment"] > 0.99
+    used = {r.shape.label for g in sim.groups for r in g.replicas}
+    assert used <= {"m1v1", "m2v1", "m4v2"}
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+def test_cli_simulate_writes_json(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert tcloud(["cluster", "simulate", "--nodes", "2", "--pnpus-per-node", "4", "--policy", "triton",
+                   "--trace", str(AZURE_SAMPLE), "--load", "0.3", "--duration", "2", "--seed", "1",
+                   "--json", str(out), "--plot", str(tmp_path / "plots")]) == 0
+    results = json.loads(out.read_text())
+    for part in [results["overall"], *results["models"].values()]:
+        for key in ("throughput", "goodput", "slo_attainment", "p50", "p99", "utilization"):
+            assert key in part
+    assert {"cost", "cost_per_1000"} <= set(results["overall"])
+    assert results["setup"]["policy"] == "triton" and len(results["models"]) == 6
+    assert (tmp_path / "plots" / "allocation_triton.png").stat().st_size > 1000
+    assert "SLO att" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trace", "no/such.csv"], "trace 'no/such.csv' is neither one of poisson, mmpp, diurnal nor an existing file"),
+    (["--load", "-1"], "--load must be a positive fraction of capacity"),
+    (["--nodes", "1", "--pnpus-per-node", "1"], "allocation does not fit"),
+    (["--table", "missing.json"], "no service-time table at missing.json"),
+])
+def test_cli_errors_are_messages_not_tracebacks(capsys, args, message):
+    assert tcloud(["cluster", "simulate", "--nodes", "2", "--duration", "1", *args]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+# --- the RL policy -----------------------------------------------------------------------------------
+
+def test_the_environment_follows_the_gymnasium_api():
+    from tcloud.cluster.rl_train import ClusterEnv
+
+    env = ClusterEnv(interval=0.05, steps=2, seed=3)
+    obs, info = env.reset(seed=3)
+    assert env.observation_space.contains(obs) and info["trace"] in ("poisson", "mmpp", "diurnal")
+    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    assert env.observation_space.contains(obs) and isinstance(reward, float) and not terminated and not truncated
+    assert -1 <= reward <= 1 and 0 <= info["good"] <= 1.0 + 1e-9
+    *_, truncated, _ = env.step(np.zeros(env.action_space.shape))
+    assert truncated
+
+
+def test_actions_scale_replicas_within_the_cluster_and_batches_within_the_slo(table):
+    from tcloud.cluster.rl import decode, model_options
+    from tcloud.cluster.simulate import make_context
+
+    context = make_context(DEFAULT_MODELS, table, 8, 0.5)
+    options = model_options(context)
+    observation = {"replicas": [[o[0]] * 2 for o in options]}
+    grow = decode(np.ones(12), observation, context, options)
+    ves = sum(context.shapes[[s.label for s in context.shapes].index(l)].ves for ls in grow.replicas.values() for l in ls)
+    assert ves <= 2 * 8
+    assert all(grow.batch[m] == o[2] for m, o in enumerate(options))
+    shrink = decode(-np.ones(12), observation, context, options)
+    assert all(len(ls) == 1 for ls in shrink.replicas.values()) and all(b == 1 for b in shrink.batch.values())
+    for (label, b, bmax), curves, slo in zip(options, context.curves, context.slos):
+        assert curves[label][bmax] <= slo and 2 * curves[label][b] <= slo
+
+
+def test_a_short_training_run_on_two_ray_workers_resumes_and_exports(tmp_path, table):
+    from tcloud.cluster.rl import ShippedPolicy
+    from tcloud.cluster.rl_train import train
+
+    options = {"envs": 2, "checkpoint_every": 1, "interval": 0.05, "steps": 2}
+    first = train(tmp_path, timesteps=2, **options)
+    assert first["done"] == 2 and len(first["rewards"]) == 2
+    again = train(tmp_path, timesteps=3, **options)  # resumes from the checkpoint of step 2
+    assert again["done"] == 3 and again["rewards"][:2] == first["rewards"]
+    policy = ShippedPolicy(again["weights"])
+    assert [w.shape for w, _ in policy.layers] == [(49, 64), (64, 64), (64, 12)]
+    result, _ = _simulator(table, DEFAULT_MODELS, policy, "poisson", 0.5, 1.0, pnpus=8)[0].run(1.0), None
+    assert result["overall"]["throughput"] > 0
+
+
+def test_the_shipped_policy_is_the_default_rl_policy(tmp_path):
+    from tcloud.cluster.policies import make_policy
+    from tcloud.cluster.rl import WEIGHTS, ShippedPolicy
+
+    assert WEIGHTS.exists() and isinstance(make_policy("rl"), ShippedPolicy)
+    out = tmp_path / "rl.json"
+    assert tcloud(["cluster", "simulate", "--nodes", "2", "--policy", "rl", "--duration", "1", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["setup"]["policy"] == "rl"
