@@ -171,3 +171,26 @@ def test_tpu_presets_run_compiled_models(config):
     timing_only = device.context(0)
     assert timing_only.status == ContextStatus.DONE and timing_only.counters == golden.counters
     assert timing_only.timing == with_data.timing and timing_only.timing["run_cycles"] > 0
+
+
+@pytest.mark.parametrize("data", [True, False])
+def test_a_front_end_fault_faults_its_context_alone_as_on_the_rtl(data):
+    """A privileged instruction, a body instruction outside a uTOp and an undecodable word fault the tenant
+    with the RTL's status, code and PC; the other context's program still runs to its end."""
+    programs = {"privileged": (encode_stream([Instr("ctx.kill", ctx=1), Instr("halt")]), FaultCode.PRIVILEGED),
+                "wrong class": (encode_stream([Instr("ve.fill", dst=0, n=4, value=1), Instr("halt")]),
+                                FaultCode.WRONG_CLASS),
+                "bad word": (b"\xff" * 16 + encode_stream([Instr("halt")]), FaultCode.ILLEGAL_OPCODE)}
+    victim = encode_stream([*utop(EngineClass.VE, [Instr("ve.fill", dst=0, n=8, value=3)]), Instr("halt")])
+    for label, (code, fault) in programs.items():
+        device = make_device("perf", "small", data=data)
+        for ctx, program in ((0, code), (1, victim)):
+            device.host(Instr("ctx.hbm", ctx=ctx, base=0x10000 * ctx, size=0x10000))
+            device.host(Instr("ctx.sram", ctx=ctx, base=0x1000 * ctx, size=0x1000))
+            device.host(Instr("ctx.engines", ctx=ctx, me_mask=1 << ctx, ve_mask=1 << ctx, dma_mask=1 << ctx))
+            device.write_hbm(0x10000 * ctx + 0x100, program)
+            device.host(Instr("ctx.start", ctx=ctx, pc=0x100))
+        assert device.run(100_000), label
+        attacker, other = device.context(0), device.context(1)
+        assert (attacker.status, attacker.fault, attacker.fault_pc) == (ContextStatus.FAULTED, fault, 0x100), label
+        assert other.status == ContextStatus.DONE, label

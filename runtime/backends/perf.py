@@ -507,6 +507,7 @@ class PerfDevice:
         if not self.data and code in (FaultCode.PRIVILEGED, FaultCode.WRONG_CLASS):
             ctx.counters["instructions"] += 1
         self._stop(ctx, time, *fault)
+        ctx.state = "stopping"  # the front end found the fault, so no fetch is in flight
 
     def _stop(self, ctx, time, code, pc, detail):
         """Stop issuing; the context reports FAULTED once its in-flight uTOps have ended (the earliest
