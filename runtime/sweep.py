@@ -89,7 +89,7 @@ def check_spec(data, where="spec", base=Path(".")):
         raise SweepError(f"{where}: missing field(s) {', '.join(missing)}")
     spec = {key: _list(data, key, where) for key in _REQUIRED}
     for config in spec["configs"]:
-        if config not in PRESETS:
+        if not isinstance(config, str) or config not in PRESETS:
             raise SweepError(f"{where}: configs: unknown preset {config!r}; presets are {', '.join(PRESETS)}")
     for policy in spec["policies"]:
         if str(policy).upper() not in Policy.__members__:

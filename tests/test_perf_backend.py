@@ -194,3 +194,17 @@ def test_a_front_end_fault_faults_its_context_alone_as_on_the_rtl(data):
         attacker, other = device.context(0), device.context(1)
         assert (attacker.status, attacker.fault, attacker.fault_pc) == (ContextStatus.FAULTED, fault, 0x100), label
         assert other.status == ContextStatus.DONE, label
+
+
+def test_a_run_ends_when_no_context_runs_as_on_the_rtl():
+    """run(max_cycles) on an idle device, or past a program's end, does not advance time to the limit."""
+    device = make_device("perf", "small")
+    device.run(1000)
+    assert device.stats()["cycles"] <= 1
+    device.host(Instr("ctx.hbm", ctx=0, base=0, size=0x10000))
+    device.host(Instr("ctx.sram", ctx=0, base=0, size=0x1000))
+    device.write_hbm(0x100, encode_stream([*utop(EngineClass.VE, [Instr("ve.fill", dst=0, n=8, value=3)]),
+                                           Instr("halt")]))
+    device.host(Instr("ctx.start", ctx=0, pc=0x100))
+    assert device.run(2_000_000)
+    assert device.stats()["cycles"] < 10_000

@@ -21,6 +21,7 @@ hbm_latency: [100]
 @pytest.mark.parametrize("change, message", [
     ({"policies": ["fastest"]}, "policies: unknown policy 'fastest'"),
     ({"configs": ["huge"]}, "configs: unknown preset 'huge'"),
+    ({"configs": [["small"]]}, r"configs: unknown preset \['small'\]"),
     ({"tenants": [0]}, "tenants must be positive integers, got 0"),
     ({"tenants": [9]}, "9 tenants, but a pNPU of small has 4 contexts"),
     ({"loads": ["many"]}, "loads must be positive integers, got 'many'"),

@@ -340,9 +340,7 @@ class PerfDevice:
         or at the cycle the last context stopped."""
         events = self._events
         while True:
-            if not self._running:
-                if limit is not None and limit > self.now:
-                    self.now = limit
+            if not self._running:  # as the RTL backends: a run ends when no context runs
                 return
             if not events:
                 raise DeviceError("perf model deadlock: contexts are running but no event is pending "
