@@ -522,7 +522,8 @@ def main(argv=None):
         print(f"worst: {row['name']} {row['error_percent']:+.2f} %: {row['why']}")
     report = {"targets_percent": TARGETS, "summary": summary, "worst_cases": worst,
               **conditions(get_config("small"), {"hbm_latency": "preset (single tenant); 60-199 random (multi-tenant)",
-                                                 "hbm_jitter": 0, "hbm_accept_probability": 1.0}),
+                                                 "hbm_jitter": "0 (single tenant); 0, 8 or 24 (multi-tenant, per case)",
+                                                 "hbm_accept_probability": 1.0}),
               "single_tenant": single, "multi_tenant": multi}
     if not args.no_speed:
         print("speed (same small programs, median of 3):")

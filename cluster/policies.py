@@ -17,20 +17,22 @@ observation dict of :meth:`~.simulate.Simulator.observe`; ``None`` keeps everyth
   vNPU shapes), scaled down to the cluster's engines when over-subscribed.
 """
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from .simulate import Plan, best_batch
 from .workload import ClusterError
 
 
-class Policy:
+class Policy(ABC):
     """Base class: ``name``, :meth:`reset`, :meth:`decide`."""
 
     name = "policy"
 
+    @abstractmethod
     def reset(self, context):
         """The allocation and batch sizes to start with."""
-        raise NotImplementedError
 
     def decide(self, observation):
         """Changes after an interval (``None``: none)."""

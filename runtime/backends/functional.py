@@ -8,7 +8,20 @@ from tcloud.isa import csr
 from .device import ContextInfo, check_hbm_range
 
 
-class FunctionalDevice:
+class GoldenMemory:
+    """HBM access of a backend that keeps its memory in a golden :class:`~tcloud.isa.Machine`
+    (``self.machine``), checked against the device's HBM (``self.config``)."""
+
+    def write_hbm(self, address, data):
+        check_hbm_range(self.config, address, len(data))
+        self.machine.hbm[address:address + len(data)] = np.frombuffer(bytes(data), dtype=np.uint8)
+
+    def read_hbm(self, address, size):
+        check_hbm_range(self.config, address, size)
+        return self.machine.hbm[address:address + size].tobytes()
+
+
+class FunctionalDevice(GoldenMemory):
     """The golden model behind the :class:`Device` protocol (instant, no timing).
 
     Parameters
@@ -23,14 +36,6 @@ class FunctionalDevice:
     def __init__(self, config, *, trace=False):
         self.config = get_config(config)
         self.machine = Machine(self.config, trace=trace)
-
-    def write_hbm(self, address, data):
-        check_hbm_range(self.config, address, len(data))
-        self.machine.hbm[address:address + len(data)] = np.frombuffer(bytes(data), dtype=np.uint8)
-
-    def read_hbm(self, address, size):
-        check_hbm_range(self.config, address, size)
-        return self.machine.hbm[address:address + size].tobytes()
 
     def host(self, command):
         self.machine.host(command)

@@ -27,15 +27,14 @@ the front end sees (decoding, tokens, engines) are reported, which makes TPU-sca
 import heapq
 import math
 
-import numpy as np
-
 from tcloud.isa import ContextStatus, DecodeError, EngineClass, FaultCode, Machine, decode, get_config, parse_policy
 from tcloud.isa import csr
 from tcloud.isa.errors import HostCommandError
 from tcloud.isa.table import HARVESTED_CLASSES, INSTRUCTION_BYTES, NUM_TOKENS, TOKEN_MAX_COUNT, Policy
 
 from . import perf_timing as timing
-from .device import ContextInfo, DeviceError, check_hbm_range
+from .device import ContextInfo, DeviceError
+from .functional import GoldenMemory
 
 _CLASSES = (EngineClass.DMA, EngineClass.ME, EngineClass.VE)
 _VE_COUNTED = frozenset({"ve.add", "ve.sub", "ve.mul", "ve.max", "ve.min", "ve.relu", "ve.copy", "ve.fill",
@@ -152,7 +151,7 @@ class _Engine:
         self.harvested_until = 0
 
 
-class PerfDevice:
+class PerfDevice(GoldenMemory):
     """The performance model behind the :class:`~tcloud.runtime.backends.Device` protocol.
 
     Parameters
@@ -233,14 +232,6 @@ class PerfDevice:
     def cycles(self):
         """Virtual cycles since the device was created."""
         return int(self.now)
-
-    def write_hbm(self, address, data):
-        check_hbm_range(self.config, address, len(data))
-        self.machine.hbm[address:address + len(data)] = np.frombuffer(bytes(data), dtype=np.uint8)
-
-    def read_hbm(self, address, size):
-        check_hbm_range(self.config, address, size)
-        return self.machine.hbm[address:address + size].tobytes()
 
     def set_policy(self, policy, *, quantum=None, starvation=None, harvest_cost=None, harvest_grace=None):
         """Choose the scheduling policy and its registers (the values the RTL accepts; ``ValueError``
@@ -539,7 +530,7 @@ class PerfDevice:
             self._abandon(ctx, FaultCode.WATCHDOG, "over its watchdog budget")
 
     def _on_wake(self, time, payload):
-        pass
+        """A wake-up does nothing itself: :meth:`_advance` settles every context after each cycle's events."""
 
     # --- engines ---------------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ constants are measured on the RTL, not derived from it; each says how.
 from dataclasses import dataclass
 
 from tcloud.isa.cost import INSTRUCTION_UNITS, UnitState, overlap, region_end, words
-from tcloud.isa.table import BY_MNEMONIC
+from tcloud.isa.table import BY_MNEMONIC, INSTRUCTION_BITS
 
 FETCH_READY = 5
 """Cycles from an engine's instruction request to the instruction's DECODE, beyond the HBM latency:
@@ -84,8 +84,9 @@ GATHER_ROW_CYCLES = 3
 index read again (request, data) before its row's requests in the copying pass."""
 GATHER_EXTRA = 2
 """The checking pass's last read latency and the turn between the passes."""
-HOST_COMMAND_WRITES = 5
-"""CSR writes of one host command (``CMD0..3``, ``DOORBELL``), a cycle each."""
+HOST_COMMAND_WRITES = INSTRUCTION_BITS // 32 + 1
+"""CSR writes of one host command (the instruction's 32-bit words to ``CMD0..3``, then ``DOORBELL``),
+a cycle each."""
 
 
 @dataclass(frozen=True)
