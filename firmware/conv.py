@@ -14,9 +14,11 @@ involved. :class:`NHWC` also stores a GEMM result (rows = pixels) into the inter
 from dataclasses import dataclass
 
 from tcloud.isa import Instr
-from tcloud.isa.table import WORD_BYTES
+from tcloud.isa.table import WORD_BYTES, field_max
 
 from .program import FirmwareError
+
+_MAX_TRANSFER_ROWS = min(field_max("dma.load", "rows"), field_max("dma.store", "rows"))
 
 
 def padded_channels(channels):
@@ -32,7 +34,7 @@ def pixel_runs(r0, rows, height, width):
     while r < r0 + rows:
         image_row, x = divmod(r, width)
         b, y = divmod(image_row, height)
-        length = min(width - x, r0 + rows - r)
+        length = min(width - x, r0 + rows - r, _MAX_TRANSFER_ROWS)
         yield r - r0, b, y, x, length
         r += length
 
@@ -77,9 +79,11 @@ class NHWC:
                            + x + self.border[1]) * self.channels
 
     def _transfer(self, op, sram, sram_stride, r0, rows, c0, cols):
-        if not any(self.border):  # interior pixels are contiguous: one transfer
-            return [Instr(op, sram=sram, hbm=self.hbm + r0 * self.channels + c0, rows=rows,
-                          row_bytes=padded_channels(cols), hbm_stride=self.channels, sram_stride=sram_stride)]
+        if not any(self.border):  # interior pixels are contiguous: as few transfers as the rows field allows
+            return [Instr(op, sram=sram + first * sram_stride, hbm=self.hbm + (r0 + first) * self.channels + c0,
+                          rows=min(_MAX_TRANSFER_ROWS, rows - first), row_bytes=padded_channels(cols),
+                          hbm_stride=self.channels, sram_stride=sram_stride)
+                    for first in range(0, rows, _MAX_TRANSFER_ROWS)]
         return [Instr(op, sram=sram + first * sram_stride, hbm=self.pixel(b, y, x) + c0, rows=length,
                       row_bytes=padded_channels(cols), hbm_stride=self.channels, sram_stride=sram_stride)
                 for first, b, y, x, length in pixel_runs(r0, rows, self.height, self.width)]

@@ -123,12 +123,12 @@ def gemm_model(rng, k, n, trans_b):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def check_against_onnxruntime(model, shape, fmt, rng, batch=2, per_channel=False, activations="int8"):
+def check_against_onnxruntime(model, shape, fmt, rng, batch=2, per_channel=False, activations="int8", config="small"):
     samples = [{"x": rng.standard_normal((1, *shape)).astype(np.float32)} for _ in range(4)]
     quantized = quantize(model, fmt, samples, per_channel=per_channel, activations=activations)
     x = rng.standard_normal((batch, *shape)).astype(np.float32) * 1.5
     ref = next(iter(onnxruntime_outputs(quantized, {"x": x}).values()))
-    compiled = compile(quantized, "small", batch=batch)
+    compiled = compile(quantized, config, batch=batch)
     out = next(iter(compiled.run({"x": x}).values()))
     assert out.shape == ref.shape
     assert np.array_equal(out, ref), f"{int((out != ref).sum())} of {out.size} outputs differ"
@@ -154,6 +154,25 @@ def test_depthwise_conv_equals_onnxruntime(seed, c, h, kernel, stride, relu, fmt
     pads = (kernel // 2,) * 4
     check_against_onnxruntime(conv_model(rng, 2, c, h, h, c, kernel, stride, pads, relu, group=c), (c, h, h), fmt,
                               rng, per_channel=per_channel)
+
+
+def test_a_depthwise_block_over_4095_pixels_is_stored_in_several_transfers():
+    """On ``tpu_like`` a depthwise block holds 2 × 72 × 72 output pixels, more than a ``dma.store``'s rows
+    field takes (MobileNetV2 at 224 × 224 did not compile)."""
+    rng = np.random.default_rng(3)
+    check_against_onnxruntime(conv_model(rng, 2, 4, 72, 72, 4, 3, 1, (1, 1, 1, 1), True, group=4), (4, 72, 72), "qdq",
+                              rng, config="tpu_like")
+
+
+def test_a_kernel_the_isa_cannot_encode_is_a_compile_error_naming_the_node(monkeypatch):
+    import tcloud.firmware.conv
+
+    monkeypatch.setattr(tcloud.firmware.conv, "_MAX_TRANSFER_ROWS", 1 << 20)
+    rng = np.random.default_rng(3)
+    samples = [{"x": rng.standard_normal((1, 4, 72, 72)).astype(np.float32)} for _ in range(2)]
+    quantized = quantize(conv_model(rng, 2, 4, 72, 72, 4, 3, 1, (1, 1, 1, 1), False, group=4), "qdq", samples)
+    with pytest.raises(CompileError, match=r"node 'conv' \(.*cannot be encoded.*dma.store.*rows"):
+        compile(quantized, "tpu_like", batch=2)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

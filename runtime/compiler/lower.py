@@ -181,6 +181,8 @@ def lower(graph, config, *, sram_bytes=None, max_utop_cost=None):
             report = emit(prog, cfg, node, graph, layouts, constants.get(node.name), budget, max_utop_cost)
         except FirmwareError as exc:
             raise node_error(node, str(exc)) from None
+        except EncodingError as exc:  # a kernel asked for what the ISA cannot encode: a compiler gap, named
+            raise node_error(node, f"the kernel cannot be encoded ({exc}); please report the model") from None
         prog.fence()
         report.utops = prog.utop_classes(start)
         report.code = (first, prog.instructions)
