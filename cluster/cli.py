@@ -52,13 +52,21 @@ def build_parser():
     tab.set_defaults(func=cmd_table)
     tra = csub.add_parser("train", help="train the RL policy (skrl PPO on JAX, rollouts on Ray workers)")
     tra.add_argument("--dir", default="build/cluster-rl", help="checkpoints and weights (default build/cluster-rl)")
-    tra.add_argument("--timesteps", type=_positive_int, default=300, help="steps per worker (default 300)")
+    tra.add_argument("--timesteps", type=_positive_int, default=40960,
+                     help="environment steps per worker (default 40960)")
     tra.add_argument("--envs", type=_positive_int, default=2, help="Ray workers, one environment each (default 2)")
-    tra.add_argument("--checkpoint-every", type=_positive_int, default=30)
-    tra.add_argument("--interval", type=float, default=0.1, help="simulated seconds per step (default 0.1)")
-    tra.add_argument("--episode-steps", type=_positive_int, default=20)
+    tra.add_argument("--rollouts", type=_positive_int, default=128, help="steps per worker between PPO updates")
+    tra.add_argument("--checkpoint-every", type=_positive_int, default=512,
+                     help="steps per worker between checkpoints, a multiple of --rollouts (default 512)")
+    tra.add_argument("--nodes", type=_positive_int, default=4, help="training cluster (default 4 x 4 pNPUs)")
+    tra.add_argument("--pnpus-per-node", type=_positive_int, default=4)
+    tra.add_argument("--interval", type=float, default=0.005, help="simulated seconds per step (default 0.005)")
+    tra.add_argument("--episode-steps", type=_positive_int, default=32)
+    tra.add_argument("--config", default="small", help="pNPU configuration of the service-time table")
+    tra.add_argument("--table", metavar="FILE", help="service-time table (default: the shipped one)")
     tra.add_argument("--seed", type=int, default=0)
     tra.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --dir")
+    tra.add_argument("--curve", metavar="OUT.json", help="write the learning curve (JSON and a PNG beside it)")
     tra.add_argument("--ship", action="store_true", help="copy the trained weights over the shipped policy")
     tra.set_defaults(func=cmd_train)
     return cluster
@@ -199,12 +207,21 @@ def cmd_train(args):
     from .rl_train import train
 
     directory = output_dir(args.dir, "training directory")
+    env = {"nodes": args.nodes, "pnpus_per_node": args.pnpus_per_node, "interval": args.interval,
+           "steps": args.episode_steps, "config": args.config}
+    if args.table:
+        env["table"] = args.table
     with Progress(f"training the RL policy ({args.envs} Ray workers)", unit="step") as bar:
         state = train(directory, args.timesteps, args.envs, args.checkpoint_every, args.seed, resume=not args.fresh,
-                      progress=bar.update, interval=args.interval, steps=args.episode_steps)
-    print(f"{state['done']} steps per worker in {state['seconds']:.0f} s "
-          f"({state['done'] * args.envs / max(state['seconds'], 1e-9):.2f} environment steps/s); mean reward per "
-          f"segment: {', '.join(f'{r:.3f}' for r in state['rewards'] if r is not None)}")
+                      progress=bar.update, rollouts=args.rollouts, **env)
+    print(f"{state['done'] * args.envs} environment steps in {state['seconds']:.0f} s "
+          f"({state['done'] * args.envs / max(state['seconds'], 1e-9):.1f} steps/s); mean reward of the first and "
+          f"last segments: {state['rewards'][0]:.3f}, {state['rewards'][-1]:.3f}")
+    if args.curve:
+        from .rl_train import write_curve
+
+        for path in write_curve(state, args.curve):
+            print(f"learning curve: {path}")
     print(f"weights: {state['weights']}")
     if args.ship:
         shutil.copyfile(state["weights"], WEIGHTS)

@@ -21,21 +21,30 @@ import gymnasium
 import numpy as np
 
 from .policies import Policy
-from .rl import PER_MODEL, decode, features, initial_plan, model_options
+from .rl import ACTIONS, GLOBAL, PER_MODEL, decode, features, initial_plan, model_options, observation_size
+from .workload import ClusterError
 
 
 class _Driven(Policy):
-    """The policy inside :class:`ClusterEnv`: starts as :func:`initial_plan`; the environment's
-    actions make the later plans."""
+    """The policy inside :class:`ClusterEnv`: starts as :func:`~.rl.initial_plan`; the
+    environment's actions make the later plans."""
 
     name = "rl"
 
     def reset(self, context):
         return initial_plan(context)
 
+    def decide(self, observation):
+        return None
+
 
 class ClusterEnv(gymnasium.Env):
     """A gymnasium environment: one step is one control interval of a small simulated cluster.
+
+    The observation and action are :func:`~.rl.features` and :func:`~.rl.decode`'s, scale-free, so
+    that the policy trained here runs on any cluster size. Reward per interval: the requests served
+    within SLO over those that arrived, minus ``cost_weight`` × the pay-as-you-go price of the
+    vNPUs held over the price of the whole cluster.
 
     Parameters
     ----------
@@ -48,21 +57,40 @@ class ClusterEnv(gymnasium.Env):
         Each episode draws its load uniformly from this range and its trace from poisson, mmpp and
         diurnal.
     cost_weight : float
+    config : str
+        pNPU configuration of the shipped service-time table.
+    table : path, optional
+        Service-time table (default: the shipped one for ``config``); the environment serves the
+        models it was measured for.
     seed : int
     """
 
-    def __init__(self, nodes=2, pnpus_per_node=4, interval=0.25, steps=16, loads=(0.3, 1.1), cost_weight=0.2,
-                 seed=0):
-        from .service import load_table
-        from .workload import DEFAULT_MODELS
+    def __init__(self, nodes=4, pnpus_per_node=4, interval=0.005, steps=32, loads=(0.3, 1.1), cost_weight=0.1,
+                 config="small", table=None, seed=0):
+        from .service import DEFAULT_BACKEND, ServiceTable, default_path
 
-        self.models, self.table = DEFAULT_MODELS, load_table(build=False)
+        if not (isinstance(interval, (int, float)) and interval > 0):
+            raise ClusterError(f"interval must be positive, got {interval!r}")
+        if not (isinstance(cost_weight, (int, float)) and cost_weight >= 0):
+            raise ClusterError(f"cost_weight must be non-negative, got {cost_weight!r}")
+        if not (isinstance(steps, int) and steps >= 1):
+            raise ClusterError(f"episode steps must be a positive integer, got {steps!r}")
+        if not (len(loads) == 2 and 0 < loads[0] <= loads[1]):
+            raise ClusterError(f"loads must be a range (low, high) of positive fractions, got {loads!r}")
+        path = Path(table) if table else default_path(config, DEFAULT_BACKEND)
+        if not path.exists():
+            raise ClusterError(f"no service-time table at {path}; run `tcloud cluster table`")
+        self.table = ServiceTable.load(path)
+        self.models = self.table.models
+        if not self.models:
+            raise ClusterError(f"{path}: the table names no models (field 'models')")
         self.nodes, self.pnpus_per_node, self.interval, self.steps = nodes, pnpus_per_node, interval, steps
         self.loads, self.cost_weight = loads, cost_weight
         self.rng = np.random.default_rng(seed)
-        size = len(self.models) * PER_MODEL + 1
+        size = observation_size(len(self.models))
         self.observation_space = gymnasium.spaces.Box(-10, 10, (size,), np.float32)
-        self.action_space = gymnasium.spaces.Box(-1, 1, (2 * len(self.models),), np.float32)
+        self.action_space = gymnasium.spaces.Box(-1, 1, (ACTIONS * len(self.models),), np.float32)
+        self.contexts = {}
 
     def reset(self, seed=None, options=None):
         from .placement import Cluster
@@ -77,11 +105,12 @@ class ClusterEnv(gymnasium.Env):
         pnpus = self.nodes * self.pnpus_per_node
         self.context = make_context(self.models, self.table, pnpus, load, self.interval)
         self.options = model_options(self.context)
+        whole = self.context.shapes[-1]
+        self.price_total = self.context.prices[whole.label] * pnpus
         duration = self.interval * (self.steps + 1)
         arrivals = Arrivals(make_trace(trace, self.models, duration, episode_seed), self.context.rates, episode_seed)
         self.sim = Simulator(self.context, Cluster(self.nodes, self.pnpus_per_node, self.table.config), _Driven(),
                              arrivals)
-        self.sim.policy.decide = lambda observation: None
         self.t = 0
         self.sim.step()
         self.observation = self.sim.observe_last
@@ -90,14 +119,13 @@ class ClusterEnv(gymnasium.Env):
     def step(self, action):
         self.sim.apply(decode(action, self.observation, self.context, self.options))
         self.sim.step()
-        self.observation = self.sim.observe_last
+        self.observation = obs = self.sim.observe_last
         self.t += 1
-        offered = max(float(self.observation["arrival_rate"].sum()) * self.interval, 1.0)
-        good = float(self.observation["good"].sum()) / offered
-        whole = self.context.shapes[-1]
-        held = 1 - self.observation["free_ves"] / (whole.ves * self.context.pnpus)
+        offered = max(float(obs["arrival_rate"].sum()) * self.interval, 1.0)
+        good = min(float(obs["good"].sum()) / offered, 1.0)
+        held = sum(self.context.prices[r] for labels in obs["replicas"] for r in labels) / self.price_total
         reward = good - self.cost_weight * held
-        return (features(self.observation, self.context, self.options), float(reward), False, self.t >= self.steps,
+        return (features(obs, self.context, self.options), float(reward), False, self.t >= self.steps,
                 {"good": good, "held": held})
 
 
@@ -156,7 +184,48 @@ class RayVectorEnv(gymnasium.vector.VectorEnv):
             self._ray.kill(worker)
 
 
-def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=True, progress=None, **env_options):
+HIDDEN = (64, 64)
+"""Hidden layer widths of the shared per-model policy network."""
+
+
+def shared_policy_model(observation_space, action_space, device, initial_log_std=-0.7):
+    """The skrl Gaussian policy whose mean is the shared per-model network of
+    :class:`~.rl.NumpyPolicy` (Flax dense layers ``layer_0``, ``layer_1``, ...; one log standard
+    deviation per action number)."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+    from skrl.models.jax import GaussianMixin, Model
+
+    models = (observation_space.shape[0] - GLOBAL) // PER_MODEL
+
+    class SharedGaussian(GaussianMixin, Model):
+        def __init__(self, observation_space, action_space, device=None, **kwargs):
+            Model.__init__(self, observation_space=observation_space, action_space=action_space, device=device,
+                           **kwargs)
+            GaussianMixin.__init__(self, clip_actions=True, clip_log_std=True, min_log_std=-5, max_log_std=1,
+                                   reduction="sum", role="policy")
+
+        def setup(self):
+            self.layer_stack = [nn.Dense(width, name=f"layer_{i}") for i, width in enumerate((*HIDDEN, ACTIONS))]
+            self.log_std_parameter = self.param("log_std_parameter",
+                                                lambda _: jnp.full(models * ACTIONS, initial_log_std))
+
+        def __call__(self, inputs, role=""):
+            x = inputs["observations"]
+            own = x[:, :models * PER_MODEL].reshape(x.shape[0], models, PER_MODEL)
+            cluster = jnp.broadcast_to(x[:, None, models * PER_MODEL:], (x.shape[0], models, GLOBAL))
+            h = jnp.concatenate([own, cluster], axis=-1)
+            for i, layer in enumerate(self.layer_stack):
+                h = layer(h)
+                if i < len(self.layer_stack) - 1:
+                    h = jnp.tanh(h)
+            return h.reshape(x.shape[0], models * ACTIONS), {"log_std": self.log_std_parameter}
+
+    return SharedGaussian(observation_space=observation_space, action_space=action_space, device=device)
+
+
+def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=True, progress=None, rollouts=32,
+          learning_rate=3e-4, **env_options):
     """Train the RL policy with skrl's PPO (JAX) on ``envs`` Ray workers.
 
     Parameters
@@ -166,40 +235,64 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
     timesteps : int
         Environment steps per worker in total.
     checkpoint_every : int
-        Steps between two checkpoints; an interrupted run resumes from the last one (``resume``).
+        Steps per worker between two checkpoints (a multiple of ``rollouts``); an interrupted run
+        resumes from the last one (``resume``).
+    rollouts : int
+        Steps per worker between two PPO updates.
     progress : callable, optional
         ``progress(done, total)``.
+    **env_options
+        Keyword arguments of :class:`ClusterEnv`.
 
     Returns
     -------
     dict
-        ``timesteps`` done, wall ``seconds``, mean reward of each segment and the weights path.
+        ``done`` steps per worker, ``envs``, wall ``seconds``, and per segment between two
+        checkpoints the environment steps so far (``steps``, all workers), the mean reward and the
+        mean fraction served within SLO (``rewards``, ``good``); the exported ``weights`` path.
+
+    Raises
+    ------
+    ClusterError
+        A bad count, or a checkpoint in ``directory`` from a run with other settings.
     """
     from skrl import config as skrl_config
     from skrl.agents.jax.ppo import PPO, PPO_CFG
     from skrl.envs.wrappers.jax import wrap_env
     from skrl.memories.jax import RandomMemory
+    from skrl.resources.preprocessors.jax import RunningStandardScaler
     from skrl.trainers.jax import SequentialTrainer
-    from skrl.utils.model_instantiators.jax import deterministic_model, gaussian_model
+    from skrl.utils.model_instantiators.jax import deterministic_model
 
+    for name, value in (("timesteps", timesteps), ("envs", envs), ("checkpoint_every", checkpoint_every),
+                        ("rollouts", rollouts)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ClusterError(f"{name} must be a positive integer, got {value!r}")
+    if checkpoint_every % rollouts:
+        raise ClusterError(f"checkpoint_every ({checkpoint_every}) must be a multiple of rollouts ({rollouts})")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state_path, checkpoint = directory / "progress.json", directory / "checkpoint.pickle"
-    state = json.loads(state_path.read_text()) if resume and state_path.exists() else {"done": 0, "rewards": [],
-                                                                                        "seconds": 0.0}
+    settings = {"envs": envs, "rollouts": rollouts, "learning_rate": learning_rate,
+                "env": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(env_options.items())}}
+    state = {"done": 0, "steps": [], "rewards": [], "good": [], "seconds": 0.0, "settings": settings}
+    if resume and state_path.exists():
+        state = json.loads(state_path.read_text())
+        if state.get("settings") != settings:
+            raise ClusterError(f"{state_path}: the checkpoint was trained with {state.get('settings')}, not "
+                               f"{settings}; pass the same options, or start afresh")
     skrl_config.jax.key = seed
-    env = wrap_env(RayVectorEnv(envs, seed=seed + state["done"], **env_options), wrapper="gymnasium")
+    env = wrap_env(RayVectorEnv(envs, seed=seed + 7919 * state["done"], **env_options), wrapper="gymnasium")
     network = [{"name": "net", "input": "OBSERVATIONS", "layers": [64, 64], "activations": "tanh"}]
-    models = {"policy": gaussian_model(observation_space=env.observation_space, action_space=env.action_space,
-                                       device=env.device, clip_actions=True, initial_log_std=-0.5, network=network,
-                                       output="ACTIONS"),
+    models = {"policy": shared_policy_model(env.observation_space, env.action_space, env.device),
               "value": deterministic_model(observation_space=env.observation_space, action_space=env.action_space,
                                            device=env.device, network=network, output="ONE")}
     for role, model in models.items():
         model.init_state_dict(role=role)
-    rollouts = 16
     memory = RandomMemory(memory_size=rollouts, num_envs=env.num_envs, device=env.device)
-    cfg = PPO_CFG(rollouts=rollouts, learning_epochs=4, mini_batches=2, learning_rate=3e-4, entropy_loss_scale=0.0)
+    cfg = PPO_CFG(rollouts=rollouts, learning_epochs=6, mini_batches=4, learning_rate=learning_rate,
+                  discount_factor=0.8, entropy_loss_scale=0.0, value_preprocessor=RunningStandardScaler,
+                  value_preprocessor_kwargs={"size": 1, "device": env.device})
     cfg.experiment.directory = str(directory)
     cfg.experiment.write_interval = 0
     cfg.experiment.checkpoint_interval = 0
@@ -207,16 +300,17 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
                 action_space=env.action_space, device=env.device, cfg=cfg)
     if resume and checkpoint.exists():
         agent.load(str(checkpoint))
+    original = env.step
     try:
         while state["done"] < timesteps:
             segment = min(checkpoint_every, timesteps - state["done"])
             started = time.perf_counter()
-            rewards = []
-            original = env.step
+            rewards, good = [], []
 
             def recording(actions):
                 out = original(actions)
                 rewards.append(float(np.mean(np.asarray(out[1]))))
+                good.append(float(np.mean(out[4]["good"])))
                 return out
 
             env.step = recording
@@ -227,21 +321,27 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
             env.step = original
             agent.save(str(checkpoint))
             state["done"] += segment
-            state["rewards"].append(float(np.mean(rewards)) if rewards else None)
+            state["steps"].append(state["done"] * envs)
+            state["rewards"].append(float(np.mean(rewards)))
+            state["good"].append(float(np.mean(good)))
             state["seconds"] += time.perf_counter() - started
+            export(models["policy"], directory / "rl_policy.npz")
             state_path.write_text(json.dumps(state, indent=1))
             if progress:
                 progress(state["done"], timesteps)
     finally:
+        env.step = original
         env.close()
+    state["envs"] = envs
     state["weights"] = str(export(models["policy"], directory / "rl_policy.npz"))
     return state
 
 
 def export(policy, path):
-    """Write ``policy``'s dense layers (the Gaussian mean) as ``w0, b0, w1, b1, ...`` in ``path``."""
-    params = policy.state_dict.params["params"]["net_container"]
-    names = sorted(params, key=lambda k: int(k.split("_")[-1]))
+    """Write the shared network of ``policy`` (:func:`shared_policy_model`; the Gaussian mean) as
+    ``w0, b0, w1, b1, ...`` in ``path``, the format :class:`~.rl.ShippedPolicy` reads."""
+    params = policy.state_dict.params["params"]
+    names = sorted((k for k in params if k.startswith("layer_")), key=lambda k: int(k.split("_")[-1]))
     arrays = {}
     for i, name in enumerate(names):
         arrays[f"w{i}"] = np.asarray(params[name]["kernel"], dtype=np.float32)
@@ -250,3 +350,29 @@ def export(policy, path):
     with path.open("wb") as handle:
         np.savez(handle, **arrays)
     return path
+
+
+def write_curve(state, path):
+    """Write the learning curve of :func:`train`'s ``state`` as JSON at ``path`` and a PNG beside it
+    (mean reward and fraction within SLO per segment against environment steps); return both paths."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = ("steps", "rewards", "good", "seconds", "done", "envs", "settings")
+    path.write_text(json.dumps({k: state[k] for k in keys if k in state}, indent=1) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(state["steps"], state["rewards"], label="reward (within SLO − cost)")
+    ax.plot(state["steps"], state["good"], label="fraction within SLO")
+    ax.set_xlabel("environment steps (all workers)")
+    ax.set_ylabel("mean per step")
+    ax.set_title(f"RL training: skrl PPO, {state.get('envs', '?')} Ray workers, {state['seconds'] / 60:.0f} min")
+    ax.legend()
+    fig.tight_layout()
+    png = path.with_suffix(".png")
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return [path, png]
