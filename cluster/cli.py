@@ -67,6 +67,8 @@ def build_parser():
     tra.add_argument("--seed", type=int, default=0)
     tra.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --dir")
     tra.add_argument("--curve", metavar="OUT.json", help="write the learning curve (JSON and a PNG beside it)")
+    tra.add_argument("--curve-episodes", type=_positive_int, default=6,
+                     help="episodes each snapshot and baseline is scored on for the curve (default 6)")
     tra.add_argument("--ship", action="store_true", help="copy the trained weights over the shipped policy")
     tra.set_defaults(func=cmd_train)
     return cluster
@@ -218,9 +220,11 @@ def cmd_train(args):
           f"({state['done'] * args.envs / max(state['seconds'], 1e-9):.1f} steps/s); mean reward of the first and "
           f"last segments: {state['rewards'][0]:.3f}, {state['rewards'][-1]:.3f}")
     if args.curve:
-        from .rl_train import write_curve
+        from .rl_train import learning_curve, write_curve
 
-        for path in write_curve(state, args.curve):
+        with Progress("scoring the snapshots and the baselines on the same episodes", unit="policy") as bar:
+            evaluation = learning_curve(directory, state, episodes=args.curve_episodes, progress=bar.update)
+        for path in write_curve(state, args.curve, evaluation):
             print(f"learning curve: {path}")
     print(f"weights: {state['weights']}")
     if args.ship:

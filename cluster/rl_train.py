@@ -62,11 +62,14 @@ class ClusterEnv(gymnasium.Env):
     table : path, optional
         Service-time table (default: the shipped one for ``config``); the environment serves the
         models it was measured for.
+    burst_intervals : (float, float)
+        MMPP mean sojourns in the high and low state, in intervals (as the benchmark's 2 s and 8 s
+        at 1-s intervals), but at least twice the trace's rate grid (``2 × RATE_STEP`` × each).
     seed : int
     """
 
     def __init__(self, nodes=4, pnpus_per_node=4, interval=0.005, steps=32, loads=(0.3, 1.1), cost_weight=0.1,
-                 config="small", table=None, seed=0):
+                 config="small", table=None, burst_intervals=(2, 8), seed=0):
         from .service import DEFAULT_BACKEND, ServiceTable, default_path
 
         if not (isinstance(interval, (int, float)) and interval > 0):
@@ -85,7 +88,7 @@ class ClusterEnv(gymnasium.Env):
         if not self.models:
             raise ClusterError(f"{path}: the table names no models (field 'models')")
         self.nodes, self.pnpus_per_node, self.interval, self.steps = nodes, pnpus_per_node, interval, steps
-        self.loads, self.cost_weight = loads, cost_weight
+        self.loads, self.cost_weight, self.burst_intervals = loads, cost_weight, burst_intervals
         self.rng = np.random.default_rng(seed)
         size = observation_size(len(self.models))
         self.observation_space = gymnasium.spaces.Box(-10, 10, (size,), np.float32)
@@ -95,7 +98,7 @@ class ClusterEnv(gymnasium.Env):
     def reset(self, seed=None, options=None):
         from .placement import Cluster
         from .simulate import Simulator, make_context
-        from .workload import Arrivals, make_trace
+        from .workload import RATE_STEP, Arrivals, make_trace
 
         if seed is not None:
             self.rng = np.random.default_rng(seed)
@@ -108,7 +111,9 @@ class ClusterEnv(gymnasium.Env):
         whole = self.context.shapes[-1]
         self.price_total = self.context.prices[whole.label] * pnpus
         duration = self.interval * (self.steps + 1)
-        arrivals = Arrivals(make_trace(trace, self.models, duration, episode_seed), self.context.rates, episode_seed)
+        high_s, low_s = (max(k * self.interval, k * 2 * RATE_STEP) for k in self.burst_intervals)
+        shape = make_trace(trace, self.models, duration, episode_seed, high_s=high_s, low_s=low_s)
+        arrivals = Arrivals(shape, self.context.rates, episode_seed)
         self.sim = Simulator(self.context, Cluster(self.nodes, self.pnpus_per_node, self.table.config), _Driven(),
                              arrivals)
         self.t = 0
@@ -117,7 +122,11 @@ class ClusterEnv(gymnasium.Env):
         return features(self.observation, self.context, self.options), {"load": load, "trace": trace}
 
     def step(self, action):
-        self.sim.apply(decode(action, self.observation, self.context, self.options))
+        return self.advance(decode(action, self.observation, self.context, self.options))
+
+    def advance(self, plan):
+        """One step with a :class:`~.simulate.Plan` instead of an action (to score other policies)."""
+        self.sim.apply(plan)
         self.sim.step()
         self.observation = obs = self.sim.observe_last
         self.t += 1
@@ -127,6 +136,25 @@ class ClusterEnv(gymnasium.Env):
         reward = good - self.cost_weight * held
         return (features(obs, self.context, self.options), float(reward), False, self.t >= self.steps,
                 {"good": good, "held": held})
+
+
+def evaluate(policy, episodes=8, seed=1000, **env_options):
+    """Mean reward and fraction within SLO per step of ``policy`` (a :class:`~.policies.Policy`, or
+    ``None`` for :func:`~.rl.initial_plan` throughout) over ``episodes`` episodes of
+    :class:`ClusterEnv` (seeds ``seed``, ``seed + 1``, ...): the same episodes for every policy, so
+    the learned one is scored next to the baselines in its own environment."""
+    env = ClusterEnv(**env_options)
+    rewards, good = [], []
+    for episode in range(episodes):
+        env.reset(seed=seed + episode)
+        if policy is not None:
+            env.sim.apply(policy.reset(env.context))
+        for _ in range(env.steps):
+            plan = policy.decide(env.observation) if policy is not None else None
+            _, reward, _, _, info = env.advance(plan)
+            rewards.append(reward)
+            good.append(info["good"])
+    return {"reward": float(np.mean(rewards)), "good": float(np.mean(good))}
 
 
 class RayVectorEnv(gymnasium.vector.VectorEnv):
@@ -231,7 +259,8 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
     Parameters
     ----------
     directory : path
-        Where checkpoints (``checkpoint.pickle`` + ``progress.json``) and the exported weights go.
+        Where checkpoints (``checkpoint.pickle`` + ``progress.json``) and the exported weights go
+        (``rl_policy.npz``, and ``snapshots/rl_policy_<steps>.npz`` after each segment).
     timesteps : int
         Environment steps per worker in total.
     checkpoint_every : int
@@ -326,6 +355,8 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
             state["good"].append(float(np.mean(good)))
             state["seconds"] += time.perf_counter() - started
             export(models["policy"], directory / "rl_policy.npz")
+            (directory / "snapshots").mkdir(exist_ok=True)
+            export(models["policy"], directory / "snapshots" / f"rl_policy_{state['done'] * envs}.npz")
             state_path.write_text(json.dumps(state, indent=1))
             if progress:
                 progress(state["done"], timesteps)
@@ -352,25 +383,70 @@ def export(policy, path):
     return path
 
 
-def write_curve(state, path):
-    """Write the learning curve of :func:`train`'s ``state`` as JSON at ``path`` and a PNG beside it
-    (mean reward and fraction within SLO per segment against environment steps); return both paths."""
+def learning_curve(directory, state, episodes=6, points=12, baselines=("static", "clipper", "triton", "nexus"),
+                   progress=None):
+    """Score the policy snapshots of a :func:`train` run in ``directory`` (at most ``points`` of
+    them, evenly spaced, the last included) and the baselines with :func:`evaluate` on the same
+    ``episodes`` episodes of the run's environment; the policies act deterministically.
+
+    Returns
+    -------
+    dict
+        ``steps``, ``reward`` and ``good`` of the snapshots, and ``baselines``: name → result.
+    """
+    from .policies import make_policy
+    from .rl import ShippedPolicy
+
+    env = {k: tuple(v) if isinstance(v, list) else v for k, v in state["settings"]["env"].items()}
+    found = sorted((int(p.stem.rsplit("_", 1)[-1]), p) for p in (Path(directory) / "snapshots").glob("rl_policy_*.npz"))
+    if len(found) > points:
+        keep = {round(i * (len(found) - 1) / (points - 1)) for i in range(points)}
+        found = [f for i, f in enumerate(found) if i in keep]
+    out = {"episodes": episodes, "steps": [], "reward": [], "good": [], "baselines": {}}
+    total = len(found) + len(baselines)
+    for steps, path in found:
+        score = evaluate(ShippedPolicy(path), episodes, **env)
+        out["steps"].append(steps)
+        out["reward"].append(score["reward"])
+        out["good"].append(score["good"])
+        if progress:
+            progress(len(out["steps"]), total)
+    for name in baselines:
+        out["baselines"][name] = evaluate(make_policy(name), episodes, **env)
+        if progress:
+            progress(len(out["steps"]) + len(out["baselines"]), total)
+    return out
+
+
+def write_curve(state, path, evaluation=None):
+    """Write the learning curve of :func:`train`'s ``state`` (and :func:`learning_curve`'s
+    ``evaluation``) as JSON at ``path`` and a PNG beside it: mean reward per segment against
+    environment steps, the snapshots' deterministic reward and the baselines' on the same episodes;
+    return both paths."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = ("steps", "rewards", "good", "seconds", "done", "envs", "settings")
-    path.write_text(json.dumps({k: state[k] for k in keys if k in state}, indent=1) + "\n")
+    data = {k: state[k] for k in keys if k in state}
+    if evaluation:
+        data["evaluation"] = evaluation
+    path.write_text(json.dumps(data, indent=1) + "\n")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(state["steps"], state["rewards"], label="reward (within SLO − cost)")
-    ax.plot(state["steps"], state["good"], label="fraction within SLO")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(state["steps"], state["rewards"], color="tab:blue", alpha=0.5, label="training reward (sampled actions)")
+    if evaluation:
+        ax.plot(evaluation["steps"], evaluation["reward"], color="tab:blue", marker="o",
+                label=f"RL, mean action ({evaluation['episodes']} fixed episodes)")
+        for (name, score), color in zip(evaluation["baselines"].items(), ("grey", "tab:orange", "tab:green",
+                                                                           "tab:red", "tab:purple")):
+            ax.axhline(score["reward"], color=color, linestyle="--", label=f"{name} (same episodes)")
     ax.set_xlabel("environment steps (all workers)")
-    ax.set_ylabel("mean per step")
+    ax.set_ylabel("reward per step (within SLO − cost)")
     ax.set_title(f"RL training: skrl PPO, {state.get('envs', '?')} Ray workers, {state['seconds'] / 60:.0f} min")
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     png = path.with_suffix(".png")
     fig.savefig(png, dpi=110)

@@ -204,10 +204,14 @@ def test_training_on_two_ray_workers_resumes_from_its_checkpoint_and_writes_the_
     assert first["done"] == 4 and first["steps"] == [4, 8] and len(first["rewards"]) == 2
     assert (tmp_path / "run" / "checkpoint.pickle").exists()
     curve = tmp_path / "curve.json"
-    assert tcloud([*common, "--timesteps", "6", "--curve", str(curve)]) == 0  # resumes at step 4
+    assert tcloud([*common, "--timesteps", "6", "--curve", str(curve), "--curve-episodes", "1"]) == 0  # resumes
     again = json.loads(curve.read_text())
     assert again["steps"] == [4, 8, 12] and again["rewards"][:2] == first["rewards"]
     assert curve.with_suffix(".png").stat().st_size > 1000
+    scored = again["evaluation"]
+    assert scored["steps"] == [4, 8, 12] and len(scored["reward"]) == 3
+    assert set(scored["baselines"]) == {"static", "clipper", "triton", "nexus"}
+    assert all(-1 <= r["reward"] <= 1 for r in scored["baselines"].values())
     policy = ShippedPolicy(tmp_path / "run" / "rl_policy.npz")
     assert [w.shape for w, _ in policy.layers] == [(15, 64), (64, 64), (64, 3)]
     assert "environment steps" in capsys.readouterr().out
