@@ -62,6 +62,10 @@ def build_parser():
     tra.add_argument("--pnpus-per-node", type=_positive_int, default=4)
     tra.add_argument("--interval", type=float, default=0.005, help="simulated seconds per step (default 0.005)")
     tra.add_argument("--episode-steps", type=_positive_int, default=32)
+    tra.add_argument("--loads", type=float, nargs=2, default=(0.3, 1.1), metavar=("LOW", "HIGH"),
+                     help="each episode's load is drawn from this range (default 0.3 1.1)")
+    tra.add_argument("--cost-weight", type=float, default=0.1,
+                     help="reward = fraction within SLO - this x the share of the cluster's price held (default 0.1)")
     tra.add_argument("--config", default="small", help="pNPU configuration of the service-time table")
     tra.add_argument("--table", metavar="FILE", help="service-time table (default: the shipped one)")
     tra.add_argument("--seed", type=int, default=0)
@@ -210,7 +214,8 @@ def cmd_train(args):
 
     directory = output_dir(args.dir, "training directory")
     env = {"nodes": args.nodes, "pnpus_per_node": args.pnpus_per_node, "interval": args.interval,
-           "steps": args.episode_steps, "config": args.config}
+           "steps": args.episode_steps, "config": args.config, "loads": tuple(args.loads),
+           "cost_weight": args.cost_weight}
     if args.table:
         env["table"] = args.table
     with Progress(f"training the RL policy ({args.envs} Ray workers)", unit="step") as bar:
