@@ -191,15 +191,15 @@ def plot_timeline(sim, directory):
 
 
 def cmd_table(args):
-    from .service import DEFAULT_BATCHES, build_table, default_path
+    from .service import build_table, default_path
 
     out = output_file(args.out or default_path(args.config, args.backend), "service-time table")
     with Progress(f"measuring the service-time table on {args.config}/{args.backend}", unit="entry") as bar:
-        table = build_table(config=args.config, backend=args.backend, batches=tuple(args.batches or DEFAULT_BATCHES),
+        table = build_table(config=args.config, backend=args.backend, batches=tuple(args.batches or ()) or None,
                             num_cpus=args.cpus, progress=bar.update)
     table.save(out)
     print(f"{out}: {len(table.entries)} entries ({len(table.models)} models x {len(table.shapes)} shapes x "
-          f"batches {table.batches})")
+          f"batches {table.batches}) in {table.build_seconds:.0f} s")
 
 
 def cmd_train(args):

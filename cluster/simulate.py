@@ -163,8 +163,17 @@ class ModelGroup:
     def _sequential(self, t1, lat, batches):
         """Up to ``batches`` events (batches or waits) one at a time, earliest replica first (ties:
         lowest index, as the slots are ordered), for the stretches where few of a round's slots are
-        exact (many replicas, short partial batches and idle gaps). Idle replicas wait in a pool;
-        the next arrival wakes the lowest-numbered one."""
+        exact (many replicas, short partial batches and idle gaps).
+
+        Free replicas wait in a pool behind the model's one batcher, as in Triton's dynamic batcher
+        (one per model, dispatching to whichever instance is free): the batcher forms the next batch
+        when it is due (at once when the queue holds a full batch or without a queue delay; else
+        when the queue fills to the cap or its oldest request has waited the delay) and hands it to
+        the lowest-numbered free replica. With a queue delay this is one event per batch; a batcher
+        per replica, each waiting for its own fuller batch, is one event per free replica per
+        arrival (what made Triton-style runs at 250 × 4 pNPUs not finish). The schedule is the
+        same: the replicas waiting on their own would all be woken at the due time, and the
+        lowest-numbered would take the batch."""
         import heapq
 
         queue = self.queue
@@ -172,6 +181,7 @@ class ModelGroup:
             self._arrivals = queue.tolist()
         arrivals = self._arrivals
         size, head = len(arrivals), self.head
+        caps, delay = self.batch.tolist(), self.delay
         busy, idle = [], []
         for r, f in enumerate(self.free.tolist()):
             if f < t1:
@@ -181,40 +191,34 @@ class ModelGroup:
                     idle.append(r)
         heapq.heapify(busy)
         heapq.heapify(idle)
-        caps, delay = self.batch.tolist(), self.delay
         ends, counts, reps = [], [], []
         for _ in range(batches):
-            arrival = arrivals[head] if head < size else t1
-            if idle and (not busy or arrival < busy[0][0]):
-                if arrival >= t1:
+            due = self._due(arrivals, head, caps[idle[0]], t1) if idle else t1
+            if idle and (not busy or due < busy[0][0]):
+                if due >= t1:
                     break
-                f, r = arrival, heapq.heappop(idle)
+                f, r = due, heapq.heappop(idle)
             elif busy:
                 f, r = heapq.heappop(busy)
             else:
                 break
             waiting = bisect.bisect_right(arrivals, f, head) - head
             cap = caps[r]
-            if waiting <= 0:
-                heapq.heappush(idle, r)
+            if waiting <= 0 or (delay > 0 and waiting < cap and f < arrivals[head] + delay):
+                heapq.heappush(idle, r)  # free: the batcher hands it the next batch when due
                 self.free[r] = f
                 continue
-            if delay > 0 and waiting < cap and f < arrivals[head] + delay:
-                fill = head + cap - 1
-                nxt = min(arrivals[fill] if fill < size else float("inf"), arrivals[head] + delay)
-            else:
-                n = min(cap, waiting)
-                nxt = f + lat[r, n]
-                ends.append(nxt)
-                counts.append(n)
-                reps.append(r)
-                head += n
+            n = min(cap, waiting)
+            nxt = f + lat[r, n]
+            ends.append(nxt)
+            counts.append(n)
+            reps.append(r)
+            head += n
             self.free[r] = nxt
             if nxt < t1:
                 heapq.heappush(busy, (nxt, r))
-        wake = arrivals[head] if head < size else t1
         for r in idle:
-            self.free[r] = max(self.free[r], wake)
+            self.free[r] = max(self.free[r], self._due(arrivals, head, caps[r], t1))
         if counts:
             counts, reps = np.array(counts), np.array(reps)
             self._record(np.repeat(ends, counts) - queue[self.head:head])
@@ -223,6 +227,17 @@ class ModelGroup:
             np.maximum.at(self.i_max_service, reps, service)
             self.batches += counts.size
             self.head = head
+
+    def _due(self, arrivals, head, cap, t1):
+        """When the batcher forms the next batch for a free replica of batch cap ``cap``: the next
+        arrival without a queue delay; with one, when the queue holds ``cap`` requests or its oldest
+        has waited the delay (``t1`` if no request is queued)."""
+        if head >= len(arrivals):
+            return t1
+        if self.delay <= 0:
+            return arrivals[head]
+        fill = head + cap - 1
+        return min(arrivals[fill] if fill < len(arrivals) else float("inf"), arrivals[head] + self.delay)
 
     def _apply(self, rep, ordinal, start, n, nxt, changed, moved, assumed, lat):
         """Apply the exact prefix of a round's slots (in time order) and return its length.

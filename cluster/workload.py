@@ -99,6 +99,29 @@ DEFAULT_MODELS = (
 the service-time table runs on the ``small`` configuration's Verilator model in seconds."""
 
 
+TPU_MODELS = (
+    ModelSpec("resnet50", "resnet50", slo_factor=10.0),
+    ModelSpec("mobilenetv2", "mobilenetv2", ("image_size=112",), slo_factor=10.0),
+    ModelSpec("bert_base", "bert_encoder", ("shape=base", "seq=128"), slo_factor=10.0),
+    ModelSpec("dlrm", "dlrm", slo_factor=10.0),
+    ModelSpec("ncf", "ncf", slo_factor=10.0),
+    ModelSpec("dlrm_mlp", "dlrm_mlp", slo_factor=10.0),
+)
+"""Six full-size models for the ``tpu_like`` configuration: ResNet-50 (224 × 224), MobileNetV2
+(112 × 112: at 224 the compiler emits a ``dma.store`` of more rows than the ISA's 4095), BERT-base
+(12 layers, hidden 768, 128 tokens), DLRM with embeddings, NCF and the MLPerf DLRM MLP towers; the
+SLO of each is 10 × its solo batch-1 latency on a whole pNPU."""
+
+MODEL_SETS = {"small": DEFAULT_MODELS, "tpu_like": TPU_MODELS}
+"""Configuration → the models its service-time table is built for (:func:`default_models`)."""
+
+
+def default_models(config):
+    """The models served on ``config`` by default: :data:`TPU_MODELS` on ``tpu_like``, else
+    :data:`DEFAULT_MODELS`."""
+    return MODEL_SETS.get(config, DEFAULT_MODELS)
+
+
 def model_by_name(models, name):
     """The :class:`ModelSpec` called ``name`` in ``models``; :class:`ClusterError` naming the known ones."""
     for model in models:

@@ -119,6 +119,29 @@ def test_table_entries_match_fresh_runs(table, model, batch, label):
     assert table.entries[(model, label, "static", batch)] == fresh
 
 
+def test_shipped_tpu_like_table_covers_the_full_size_models():
+    from tcloud.cluster.workload import TPU_MODELS, default_models
+
+    tpu = load_table(config="tpu_like", build=False)
+    assert default_models("tpu_like") == TPU_MODELS and tpu.models == TPU_MODELS
+    assert {m.name for m in TPU_MODELS} == {key[0] for key in tpu.entries}
+    assert tpu.batches == [1, 2, 4, 8, 16, 32] and tpu.timing_only and tpu.backend == "perf"
+    assert len(tpu.entries) == len(TPU_MODELS) * len(tpu.shapes) * len(tpu.batches)
+
+
+@pytest.mark.parametrize("model, batch, label", [("ncf", 32, "m1v1"), ("dlrm", 8, "m2v1"), ("dlrm_mlp", 1, "m4v2")])
+def test_tpu_like_entries_match_fresh_timing_only_perf_runs(model, batch, label):
+    """The full-size CNNs and BERT-base take seconds to minutes per entry; the recommenders stand
+    in for them (same code path: compile, place the vNPU, run on perf without data)."""
+    from tcloud.cluster.service import measure
+    from tcloud.cluster.workload import TPU_MODELS, model_by_name
+
+    tpu = load_table(config="tpu_like", build=False)
+    fresh = measure(model_by_name(TPU_MODELS, model), "tpu_like", batch, tpu.shape(label), backend="perf",
+                    timing_only=True)
+    assert tpu.entries[(model, label, "static", batch)] == fresh
+
+
 def test_interpolation_is_linear_between_measured_batches(table):
     curve = table.curve("bert_tiny", "m2v1")
     assert curve[0] == 0 and np.all(np.diff(curve) >= 0)
