@@ -1,130 +1,174 @@
-"""The shipped RL policy against the baselines at the cluster benchmark's settings, over several seeds.
+"""The shipped RL policy against the baselines at the cluster benchmark's settings, over seeds.
 
-For each seed, :func:`benchmarks.cluster_policies.sweep` (the same runs as ``cluster_policies``) of
-every policy at every load, and :func:`benchmarks.cluster_policies.sustained` per policy: the highest
-throughput among the loads it serves with >= 99 % SLO attainment. Reported: each policy's median
-over the seeds, RL's ratio to static and to the best baseline, and what bounds any policy here: the
-cluster's throughput when every vNPU runs the best shape at the largest batch whose service time is
-within the SLO, all engines busy, over static's capacity (the load unit), so the target ratios can
-be judged against what the service-time table allows. Also the learning curve of the shipped
-policy's training run (``--curve``), if given.
+A policy *sustains* a load on a seed when at least 99 % of the requests meet their SLO; its figure
+for a trace is the median over seeds of the highest throughput it sustains (as in
+``benchmarks/cluster_policies.py``). Runs go through :func:`tcloud.cluster.cli.run_simulation`, the
+code ``tcloud cluster simulate`` and the benchmark use.
 
-Usage: ``python -m benchmarks.cluster_rl [--seeds 0 1 2] [--loads ...] [--jobs 2]``.
+To fit a 2-core machine, the loads of each (policy, trace, seed) run from the highest down and stop
+at the first one sustained: when a load is sustained its throughput is the offered rate, so no lower
+load can give a higher figure, and the result is the one of running every load. Baseline rows can
+be taken from the benchmark's JSON (``--baselines``, same settings) instead of re-running them.
+
+Also reported: what bounds any policy here, the cluster's throughput when every vNPU runs the best
+shape at the largest batch whose service time is within the SLO with all engines busy, over
+static's capacity (the load unit), so the target ratios can be judged against what the service-time
+table allows; and the learning curve of the shipped policy's training run (``--curve``).
+
+Usage: ``python -m benchmarks.cluster_rl [--policies rl static ...] [--baselines JSON] [--jobs 2]``.
 """
 
 import argparse
 import json
 import statistics
+import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 from benchmarks.common import RESULTS, try_plot, write
 
-POLICIES = ("static", "clipper", "triton", "nexus", "rl")
+LOADS = (0.6, 0.8, 0.9, 1.0, 1.1)
+TRACES = ("poisson", "mmpp")
+SEEDS = (0, 1, 2)
 
 
-def capacity_bound(config="small", table=None):
+def capacity_bound(config="tpu_like", table=None):
     """Per model and overall: throughput per pNPU at the best (shape, batch) with service time
     within the SLO, over static's (reference shape, batch with 2 × latency within the SLO)."""
     from tcloud.cluster.policies import Static
     from tcloud.cluster.service import DEFAULT_BACKEND, ServiceTable, default_path
-    from tcloud.cluster.simulate import best_batch, make_context
+    from tcloud.cluster.simulate import make_context
 
     table = ServiceTable.load(table or default_path(config, DEFAULT_BACKEND))
     context = make_context(table.models, table, 1000, 1.0)
     static = Static()
-    plan = static.reset(context)
-    ref = plan.replicas[0][0]
+    ref = static.reset(context).replicas[0][0]
     models, need_static, need_best = {}, 0.0, 0.0
     for model, curves, slo, rate, b in zip(table.models, context.curves, context.slos, context.rates, static.batch):
         mine = context.per_pnpu[ref] * b / curves[ref][b]
         best = max((context.per_pnpu[s.label] * k / curves[s.label][k], s.label, k) for s in context.shapes
                    for k in range(1, context.max_batch + 1) if curves[s.label][k] <= slo)
-        models[model.name] = {"static": {"shape": ref, "batch": b, "per_pnpu": mine},
-                              "best": {"shape": best[1], "batch": best[2], "per_pnpu": best[0],
-                                       "batch_within_half_slo": best_batch(curves[best[1]], slo)},
-                              "ratio": best[0] / mine}
+        models[model.name] = {"static": {"shape": ref, "batch": int(b), "per_pnpu": float(mine)},
+                              "best": {"shape": best[1], "batch": int(best[2]), "per_pnpu": float(best[0])},
+                              "ratio": float(best[0] / mine)}
         need_static += rate / mine
         need_best += rate / best[0]
-    return {"models": models, "ratio": need_static / need_best, "max_batch": context.max_batch}
+    return {"models": models, "ratio": float(need_static / need_best), "max_batch": int(context.max_batch)}
 
 
-def _one_seed(args):
-    from benchmarks.cluster_policies import sweep, sustained
+def _descend(job):
+    """Run the loads of one (policy, trace, seed) from the highest down to the first sustained."""
+    from tcloud.cluster.cli import run_simulation
+    from tcloud.cluster.service import DEFAULT_BACKEND, ServiceTable, default_path
 
-    policies, loads, nodes, pnpus, duration, trace, seed, warmup = args
-    rows = sweep(policies, loads, nodes, pnpus, duration, trace, seed, warmup)
-    return seed, rows, sustained(rows, policies)
+    policy, trace, seed, loads, args = job
+    table = ServiceTable.load(args["table"] or default_path(args["config"], DEFAULT_BACKEND))
+    rows = []
+    for load in sorted(loads, reverse=True):
+        started = time.perf_counter()
+        results, sim, _ = run_simulation(args["nodes"], args["pnpus_per_node"], policy, trace, load, args["duration"],
+                                         seed, table=table, models=table.models, warmup=args["warmup"])
+        o = results["overall"]
+        rows.append({"policy": policy, "trace": trace, "load": load, "seed": seed,
+                     **{k: o[k] for k in ("offered", "throughput", "goodput", "slo_attainment", "p99", "utilization",
+                                          "cost_per_1000", "dropped")},
+                     "wall_seconds": time.perf_counter() - started,
+                     "models": {k: {f: v[f] for f in ("throughput", "slo_attainment", "p99", "slo")}
+                                for k, v in results["models"].items()},
+                     "mean_replicas": [sum(e["replicas"][m] for e in sim.timeline) / len(sim.timeline)
+                                       for m in range(len(table.models))],
+                     "mean_batch": [sum(e["batch"][m] for e in sim.timeline) / len(sim.timeline)
+                                    for m in range(len(table.models))]})
+        print(f"{policy:<8} {trace:<8} load {load:4.2f} seed {seed}: {o['throughput']:>10,.0f} req/s, attainment "
+              f"{o['slo_attainment']:.2%} ({rows[-1]['wall_seconds']:.0f} s wall)", flush=True)
+        if o["slo_attainment"] >= 0.99:
+            break
+    return rows
+
+
+def sustained(rows, policy, trace, seeds):
+    """Median over ``seeds`` of the highest throughput sustained (0 when none), and per seed."""
+    per_seed = []
+    for seed in seeds:
+        ok = [r["throughput"] for r in rows if (r["policy"], r["trace"], r["seed"]) == (policy, trace, seed)
+              and r["slo_attainment"] >= 0.99]
+        per_seed.append(max(ok, default=0.0))
+    return {"throughput": statistics.median(per_seed), "per_seed": per_seed}
 
 
 def main(argv=None):
-    from benchmarks.cluster_policies import LOADS
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="tpu_like")
+    parser.add_argument("--table", help="service-time table (default: the shipped one of --config)")
     parser.add_argument("--nodes", type=int, default=250)
     parser.add_argument("--pnpus-per-node", type=int, default=4)
-    parser.add_argument("--policies", nargs="+", default=list(POLICIES))
+    parser.add_argument("--policies", nargs="+", default=["rl"])
+    parser.add_argument("--traces", nargs="+", default=list(TRACES))
     parser.add_argument("--loads", type=float, nargs="+", default=list(LOADS))
-    parser.add_argument("--duration", type=float, default=2.0)
-    parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--trace", default="poisson")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=2, help="seeds run in parallel processes")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel processes")
+    parser.add_argument("--baselines", help="the benchmark's JSON whose rows (same settings) stand for the "
+                                            "policies not run here")
     parser.add_argument("--curve", help="learning-curve JSON of the shipped policy's training run")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
-    from tcloud.cluster.service import load_table
-
-    table = load_table(build=False)
-    jobs = [(args.policies, args.loads, args.nodes, args.pnpus_per_node, args.duration, args.trace, s, args.warmup)
-            for s in args.seeds]
+    settings = {"config": args.config, "table": args.table, "nodes": args.nodes,
+                "pnpus_per_node": args.pnpus_per_node, "duration": args.duration, "warmup": args.warmup}
+    jobs = [(p, t, s, args.loads, settings) for p in args.policies for t in args.traces for s in args.seeds]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        done = sorted(pool.map(_one_seed, jobs))
-    per_seed = {seed: best for seed, _, best in done}
-    median = {p: statistics.median(per_seed[s][p]["throughput"] for s in args.seeds) for p in args.policies}
-    baselines = [p for p in args.policies if p not in ("rl", "static")]
-    best_baseline = max(baselines, key=lambda p: median[p]) if baselines else None
-    report = {"setup": {"nodes": args.nodes, "pnpus_per_node": args.pnpus_per_node, "trace": args.trace,
-                        "duration": args.duration, "warmup": args.warmup, "loads": args.loads, "seeds": args.seeds,
-                        "config": table.config, "backend": table.backend,
-                        "models": [m.name for m in table.models]},
-              "median_sustained_throughput": median,
-              "sustained_per_seed": {str(s): v for s, v in per_seed.items()},
-              "capacity_bound": capacity_bound(table.config)}
-    if "rl" in median and "static" in median:
-        report["rl_over_static"] = median["rl"] / median["static"] if median["static"] else None
-    if "rl" in median and best_baseline:
-        report["best_baseline"] = best_baseline
-        report["rl_over_best_baseline"] = median["rl"] / median[best_baseline] if median[best_baseline] else None
+        rows = [r for part in pool.map(_descend, jobs) for r in part]
+    policies = list(args.policies)
+    if args.baselines:
+        theirs = json.loads(Path(args.baselines).read_text())
+        for row in theirs.get("runs", []):
+            if row.get("policy") not in args.policies and "trace" in row and "seed" in row:
+                rows.append({**row, "from": args.baselines})
+        policies += sorted({r["policy"] for r in rows} - set(policies))
+    figures = {p: {t: sustained(rows, p, t, args.seeds) for t in args.traces} for p in policies}
+    report = {"setup": {**settings, "traces": args.traces, "loads": args.loads, "seeds": args.seeds,
+                        "baselines_from": args.baselines},
+              "sustained": figures, "capacity_bound": capacity_bound(args.config, args.table)}
+    if "rl" in figures:
+        ratios = {}
+        for trace in args.traces:
+            rl = figures["rl"][trace]["throughput"]
+            static = figures.get("static", {}).get(trace, {}).get("throughput")
+            others = {p: figures[p][trace]["throughput"] for p in figures if p not in ("rl", "static")}
+            best = max(others, key=others.get) if others else None
+            ratios[trace] = {"rl_over_static": rl / static if static else None, "best_baseline": best,
+                             "rl_over_best_baseline": rl / others[best] if best and others[best] else None}
+        report["ratios"] = ratios
     if args.curve:
-        report["learning_curve"] = json.loads(open(args.curve).read())
-    report["runs"] = {str(seed): rows for seed, rows, _ in done}
+        report["learning_curve"] = json.loads(Path(args.curve).read_text())
+    report["runs"] = rows
     write("cluster_rl", report, args.out)
-    out = args.out.replace(".json", ".png") if args.out else RESULTS / "cluster_rl.png"
-    try_plot(plot, done, args.policies, out)
+    print(json.dumps({"sustained": {p: {t: v["throughput"] for t, v in f.items()} for p, f in figures.items()},
+                      "ratios": report.get("ratios"), "bound": report["capacity_bound"]["ratio"]}, indent=1))
+    out = Path(args.out).with_suffix(".png") if args.out else RESULTS / "cluster_rl.png"
+    try_plot(plot, rows, policies, args.traces, out)
 
 
-def plot(done, policies, path):
-    """Goodput and SLO attainment against load, median over the seeds, one line per policy."""
+def plot(rows, policies, traces, path):
+    """Attainment against load per policy (median over seeds of the loads run)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
-    for policy in policies:
-        loads = sorted({r["load"] for _, rows, _ in done for r in rows if r["policy"] == policy})
-        good = [statistics.median(r["goodput"] for _, rows, _ in done for r in rows
-                                  if r["policy"] == policy and r["load"] == load) for load in loads]
-        att = [statistics.median(r["slo_attainment"] for _, rows, _ in done for r in rows
-                                 if r["policy"] == policy and r["load"] == load) for load in loads]
-        top.plot(loads, [g / 1e6 for g in good], marker="o", label=policy)
-        bottom.plot(loads, [100 * a for a in att], marker="o", label=policy)
-    bottom.axhline(99, color="grey", linestyle=":")
-    top.set_ylabel("goodput (M requests/s within SLO)")
-    bottom.set_ylabel("SLO attainment (%)")
-    bottom.set_xlabel("offered load (fraction of capacity)")
-    top.legend()
-    top.set_title(f"RL against the baselines (median of {len(done)} seeds)")
+    fig, axes = plt.subplots(1, len(traces), figsize=(6 * len(traces), 4), squeeze=False)
+    for ax, trace in zip(axes[0], traces):
+        for policy in policies:
+            mine = [r for r in rows if (r["policy"], r["trace"]) == (policy, trace)]
+            loads = sorted({r["load"] for r in mine})
+            att = [statistics.median(r["slo_attainment"] for r in mine if r["load"] == load) for load in loads]
+            ax.plot(loads, [100 * a for a in att], marker="o", label=policy)
+        ax.axhline(99, color="grey", linestyle=":")
+        ax.set_title(f"{trace}: SLO attainment (median of seeds)")
+        ax.set_xlabel("offered load (fraction of capacity)")
+        ax.set_ylabel("SLO attainment (%)")
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
