@@ -101,13 +101,15 @@ def run_simulation(nodes, pnpus_per_node, policy, trace, load, duration, seed=0,
     from .policies import make_policy
     from .service import DEFAULT_BACKEND, ServiceTable, load_table
     from .simulate import Simulator, make_context
-    from .workload import DEFAULT_MODELS, Arrivals, make_trace
+    from .workload import Arrivals, default_models, make_trace
 
     for name, value in (("duration", duration), ("interval", interval)):
         if not value > 0:
             raise ClusterError(f"--{name} must be positive, got {value!r}")
-    models = tuple(models or DEFAULT_MODELS)
-    if not isinstance(table, ServiceTable):
+    if isinstance(table, ServiceTable):
+        models = tuple(models or table.models or default_models(table.config))
+    else:
+        models = tuple(models or default_models(config))
         table = load_table(models, config, backend or DEFAULT_BACKEND, path=table, build=False)
     cluster = Cluster(nodes, pnpus_per_node, table.config)
     context = make_context(models, table, nodes * pnpus_per_node, load, interval)

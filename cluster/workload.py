@@ -281,6 +281,15 @@ def write_azure_sample(path, functions=8, minutes=60, seed=0):
                              f"{rng.integers(1 << 60):016x}", ("http", "queue", "timer", "event")[f % 4], *counts])
 
 
+def sorted_uniform(rng, low, high, count):
+    """``count`` sorted uniform samples in ``[low, high)``: the order statistics as normalised
+    cumulative sums of exponential gaps (linear time; sorting uniforms costs ``log count`` more)."""
+    if count == 0:
+        return np.empty(0)
+    gaps = np.cumsum(rng.standard_exponential(count + 1))
+    return low + (high - low) * (gaps[:-1] / gaps[-1])
+
+
 class Arrivals:
     """Poisson arrival times of each model, produced window by window in time order.
 
@@ -309,7 +318,7 @@ class Arrivals:
             for m, rng in enumerate(self.rngs):
                 lam = self.rates[m] * self.trace.at(m, t) * (step_end - t)
                 k = rng.poisson(lam)
-                out[m].append(np.sort(rng.uniform(t, step_end, k)))
+                out[m].append(sorted_uniform(rng, t, step_end, k))
             t = step_end
         self.now = t1
         return [np.concatenate(parts) if parts else np.empty(0) for parts in out]
