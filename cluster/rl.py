@@ -168,6 +168,11 @@ def decode(action, observation, context, options):
     scale = min(1.0, whole.mes * context.pnpus / need_mes, whole.ves * context.pnpus / need_ves)
     if scale < 1:
         counts = np.maximum(1, np.floor(counts * scale).astype(int))
+        me_cost = np.array([shape[label].mes for label in labels])
+        ve_cost = np.array([shape[label].ves for label in labels])
+        while (counts @ me_cost > whole.mes * context.pnpus or counts @ ve_cost > whole.ves * context.pnpus) \
+                and counts.max() > 1:  # the floor of one replica each can overshoot
+            counts[np.argmax(counts)] -= 1
     return Plan(replicas={m: [label] * int(k) for m, (label, k) in enumerate(zip(labels, counts))},
                 batch=dict(enumerate(batches)), delay={m: 0.0 for m in range(len(options))})
 

@@ -81,6 +81,14 @@ def test_actions_add_remove_and_resize_vnpus_within_the_cluster_and_the_slo(tabl
         assert sum(shape[l].ves for ls in plan.replicas.values() for l in ls) <= context.shapes[-1].ves * 8
         assert all(len(ls) >= 1 for ls in plan.replicas.values())
     assert sum(map(len, more.replicas.values())) > sum(map(len, less.replicas.values()))
+    big = make_context(DEFAULT_MODELS, table, 1000, 1.0)
+    rng = np.random.default_rng(0)
+    skewed = big.rates * np.array([40, 1e-6, 1e-6, 1e-6, 1e-6, 1e-6])  # one model wants twice the cluster
+    for i in range(20):  # oversubscribed: scaled down to the cluster exactly, nothing left to be refused
+        rates = skewed if i % 2 else big.rates * 2
+        plan = decode(rng.uniform(-1, 1, 18) + [1, 0, 0] * 6, {"arrival_rate": rates}, big, model_options(big))
+        assert sum(shape[l].ves for ls in plan.replicas.values() for l in ls) <= 2 * 1000
+        assert sum(shape[l].mes for ls in plan.replicas.values() for l in ls) <= 4 * 1000
     with pytest.raises(ClusterError, match="the RL action has 12 numbers; 6 models need 18"):
         decode(np.zeros(12), observation, context, options)
 
