@@ -22,6 +22,7 @@ installed in 25 s on the 2-core machine) and no PyTorch.
 """
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -180,6 +181,9 @@ class RayVectorEnv(gymnasium.vector.VectorEnv):
         import ray
 
         if not ray.is_initialized():
+            # Ray runs workers at nice 15 by default; here they do the training's main work (the
+            # rollouts), so they run at the driver's priority unless the caller set it.
+            os.environ.setdefault("RAY_worker_niceness", "0")
             ray.init(num_cpus=count, include_dashboard=False, log_to_driver=False, configure_logging=False)
 
         @ray.remote(num_cpus=1)
