@@ -58,7 +58,8 @@ def build_parser():
     tra.add_argument("--rollouts", type=_positive_int, default=128, help="steps per worker between PPO updates")
     tra.add_argument("--checkpoint-every", type=_positive_int, default=512,
                      help="steps per worker between checkpoints, a multiple of --rollouts (default 512)")
-    tra.add_argument("--nodes", type=_positive_int, default=4, help="training cluster (default 4 x 4 pNPUs)")
+    tra.add_argument("--nodes", type=_positive_int, nargs="+", default=[4],
+                     help="nodes of the training cluster; several: each episode draws one (default 4, x 4 pNPUs)")
     tra.add_argument("--pnpus-per-node", type=_positive_int, default=4)
     tra.add_argument("--interval", type=float, default=0.005, help="simulated seconds per step (default 0.005)")
     tra.add_argument("--episode-steps", type=_positive_int, default=32)
@@ -215,7 +216,8 @@ def cmd_train(args):
     from .rl_train import train
 
     directory = output_dir(args.dir, "training directory")
-    env = {"nodes": args.nodes, "pnpus_per_node": args.pnpus_per_node, "interval": args.interval,
+    nodes = args.nodes[0] if len(args.nodes) == 1 else tuple(args.nodes)
+    env = {"nodes": nodes, "pnpus_per_node": args.pnpus_per_node, "interval": args.interval,
            "steps": args.episode_steps, "config": args.config, "loads": tuple(args.loads),
            "cost_weight": args.cost_weight}
     if args.table:

@@ -10,7 +10,9 @@ to those that need many only on a large one.
   queue over the SLO budget (log), arrival rate over the replicas' capacity, SLO slack
   (1 − p99/SLO), busy fraction, share of the cluster's price held, batch cap over its
   SLO-feasible maximum, fraction of the interval's arrivals served within SLO, arrival rate over
-  the provisioned one, mean replica size (MEs over a whole pNPU's), and three constants of the
+  the provisioned one, mean replica size (MEs over a whole pNPU's), the relative Poisson noise of
+  its arrivals within one SLO, ``1 / sqrt(1 + rate × SLO)`` (the one feature that tells a small
+  cluster from a large one, and tends to 0 as it grows), and three constants of the
   model: the largest batch within the SLO over the table's largest, the throughput gained by
   batching (log ratio, batch ``b_max`` over batch 1, over log of the largest batch) and the
   batch-1 speed-up of a whole pNPU over the smallest shape. For the cluster (:data:`GLOBAL`):
@@ -42,7 +44,7 @@ from .simulate import Plan
 from .workload import ClusterError
 
 WEIGHTS = Path(__file__).with_name("data") / "rl_policy.npz"
-PER_MODEL = 12
+PER_MODEL = 13
 """Observation features per model (plus :data:`GLOBAL` for the whole cluster)."""
 GLOBAL = 3
 ACTIONS = 3
@@ -130,7 +132,8 @@ def features(observation, context, options):
                      min(float(caps.mean()) / bmax, 1.0) if caps.size else 0.0,
                      min(observation["good"][m] / max(rate * dt, 1.0), 1.0),
                      min(rate / max(context.rates[m], 1.0), 4.0),
-                     float(np.mean([mes[r] for r in replicas])) / whole.mes if replicas else 0.0, *fixed[m]])
+                     float(np.mean([mes[r] for r in replicas])) / whole.mes if replicas else 0.0,
+                     1 / np.sqrt(1 + rate * slo), *fixed[m]])
     total_mes, total_ves = whole.mes * context.pnpus, whole.ves * context.pnpus
     extra = [observation["free_mes"] / total_mes, observation["free_ves"] / total_ves,
              min(demand_over_capacity(observation["arrival_rate"], context, options), 4.0)]

@@ -57,7 +57,10 @@ class ClusterEnv(gymnasium.Env):
 
     Parameters
     ----------
-    nodes, pnpus_per_node : int
+    nodes : int or sequence of int
+        Nodes of the training cluster; a sequence: each episode draws one of them (so the policy
+        sees the statistics of several cluster sizes).
+    pnpus_per_node : int
     interval : float
         Simulated seconds per step.
     steps : int
@@ -96,7 +99,10 @@ class ClusterEnv(gymnasium.Env):
         self.models = self.table.models
         if not self.models:
             raise ClusterError(f"{path}: the table names no models (field 'models')")
-        self.nodes, self.pnpus_per_node, self.interval, self.steps = nodes, pnpus_per_node, interval, steps
+        self.nodes = tuple(nodes) if isinstance(nodes, (list, tuple)) else (nodes,)
+        if not self.nodes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.nodes):
+            raise ClusterError(f"nodes must be positive integers, got {nodes!r}")
+        self.pnpus_per_node, self.interval, self.steps = pnpus_per_node, interval, steps
         self.loads, self.cost_weight, self.burst_intervals = loads, cost_weight, burst_intervals
         self.rng = np.random.default_rng(seed)
         size = observation_size(len(self.models))
@@ -114,7 +120,8 @@ class ClusterEnv(gymnasium.Env):
         load = float(self.rng.uniform(*self.loads))
         trace = str(self.rng.choice(["poisson", "mmpp", "diurnal"]))
         episode_seed = int(self.rng.integers(1 << 30))
-        pnpus = self.nodes * self.pnpus_per_node
+        nodes = int(self.rng.choice(self.nodes))
+        pnpus = nodes * self.pnpus_per_node
         self.context = make_context(self.models, self.table, pnpus, load, self.interval)
         self.options = model_options(self.context)
         whole = self.context.shapes[-1]
@@ -123,12 +130,13 @@ class ClusterEnv(gymnasium.Env):
         high_s, low_s = (max(k * self.interval, k * 2 * RATE_STEP) for k in self.burst_intervals)
         shape = make_trace(trace, self.models, duration, episode_seed, high_s=high_s, low_s=low_s)
         arrivals = Arrivals(shape, self.context.rates, episode_seed)
-        self.sim = Simulator(self.context, Cluster(self.nodes, self.pnpus_per_node, self.table.config), _Driven(),
+        self.sim = Simulator(self.context, Cluster(nodes, self.pnpus_per_node, self.table.config), _Driven(),
                              arrivals)
         self.t = 0
         self.sim.step()
         self.observation = self.sim.observe_last
-        return features(self.observation, self.context, self.options), {"load": load, "trace": trace}
+        return features(self.observation, self.context, self.options), {"load": load, "trace": trace,
+                                                                         "pnpus": pnpus}
 
     def step(self, action):
         return self.advance(decode(action, self.observation, self.context, self.options))

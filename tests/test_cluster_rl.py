@@ -36,12 +36,14 @@ def test_the_environment_follows_the_gymnasium_api():
     env = ClusterEnv(interval=0.01, steps=2, seed=3)
     obs, info = env.reset(seed=3)
     assert env.observation_space.contains(obs) and info["trace"] in ("poisson", "mmpp", "diurnal")
-    assert obs.shape == (6 * 12 + 3,) and env.action_space.shape == (18,)
+    assert obs.shape == (6 * 13 + 3,) and env.action_space.shape == (18,)
     obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
     assert env.observation_space.contains(obs) and isinstance(reward, float) and not terminated and not truncated
     assert -1 <= reward <= 1 and 0 <= info["good"] <= 1 and 0 < info["held"] <= 1
     *_, truncated, _ = env.step(np.zeros(env.action_space.shape))
     assert truncated
+    mixed = ClusterEnv(nodes=(2, 4), interval=0.01, steps=1, seed=0)
+    assert {mixed.reset(seed=s)[1]["pnpus"] for s in range(8)} == {8, 16}
 
 
 def test_more_headroom_holds_more_vnpus_and_costs_reward():
@@ -94,8 +96,9 @@ def test_actions_add_remove_and_resize_vnpus_within_the_cluster_and_the_slo(tabl
 
 
 def test_observations_do_not_depend_on_the_cluster_size(table):
-    """What lets a policy trained on 16 pNPUs run on 1000: a cluster k times larger with k times the
-    replicas, requests and free engines is observed as the same vector."""
+    """What lets a policy trained on 16-128 pNPUs run on 1000: a cluster k times larger with k times
+    the replicas, requests and free engines is observed as the same vector, but for the arrivals'
+    relative noise, which shrinks as 1 / sqrt(rate)."""
     from tcloud.cluster.policies import Static
     from tcloud.cluster.rl import features, model_options
     from tcloud.cluster.simulate import make_context
@@ -111,8 +114,14 @@ def test_observations_do_not_depend_on_the_cluster_size(table):
     for key in ("arrival_rate", "queue", "good"):
         scaled[key] = obs[key] * k
     small = features(obs, sim.context, model_options(sim.context))
-    assert np.allclose(small, features(scaled, large, model_options(large)), rtol=1e-5, atol=1e-6)
-    assert np.abs(small).max() <= 4 and small[1::12].max() > 0  # order 1, and the load is seen
+    big = features(scaled, large, model_options(large))
+    noise = np.zeros(small.size, dtype=bool)
+    noise[9:6 * 13:13] = True
+    assert np.allclose(small[~noise], big[~noise], rtol=1e-5, atol=1e-6)
+    rate_slo = obs["arrival_rate"] * sim.context.slos
+    assert np.allclose(small[noise], 1 / np.sqrt(1 + rate_slo), rtol=1e-5)
+    assert np.allclose(big[noise], 1 / np.sqrt(1 + k * rate_slo), rtol=1e-5)
+    assert np.abs(small).max() <= 4 and small[1::13].max() > 0  # order 1, and the load is seen
 
 
 # --- the NumPy policy ------------------------------------------------------------------------------
@@ -156,7 +165,7 @@ def test_bad_weight_files_and_mismatched_workloads_are_named(tmp_path, table):
     wide = tmp_path / "wide.npz"
     np.savez(wide, w0=np.zeros((20, 4)), b0=np.zeros(4), w1=np.zeros((4, 3)), b1=np.zeros(3))
     with pytest.raises(ClusterError, match="wide.npz: the RL policy network takes 20 inputs and gives 3 outputs; this "
-                                           "code expects 15 and 3"):
+                                           "code expects 16 and 3"):
         ShippedPolicy(wide)
 
 
@@ -221,7 +230,7 @@ def test_training_on_two_ray_workers_resumes_from_its_checkpoint_and_writes_the_
     assert set(scored["baselines"]) == {"static", "clipper", "triton", "nexus"}
     assert all(-1 <= r["reward"] <= 1 for r in scored["baselines"].values())
     policy = ShippedPolicy(tmp_path / "run" / "rl_policy.npz")
-    assert [w.shape for w, _ in policy.layers] == [(15, 64), (64, 64), (64, 3)]
+    assert [w.shape for w, _ in policy.layers] == [(16, 64), (64, 64), (64, 3)]
     assert "environment steps" in capsys.readouterr().out
     with pytest.raises(ClusterError, match="the checkpoint was trained with"):
         from tcloud.cluster.rl_train import train
@@ -243,6 +252,7 @@ def test_bad_training_settings_are_named(tmp_path, options, message):
 
 @pytest.mark.parametrize("options, message", [
     ({"interval": 0}, "interval must be positive, got 0"),
+    ({"nodes": (4, 0)}, r"nodes must be positive integers, got \(4, 0\)"),
     ({"steps": 0}, "episode steps must be a positive integer"),
     ({"loads": (0.9, 0.2)}, "loads must be a range"),
     ({"cost_weight": -1}, "cost_weight must be non-negative"),
