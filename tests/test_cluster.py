@@ -142,6 +142,25 @@ def test_tpu_like_entries_match_fresh_timing_only_perf_runs(model, batch, label)
     assert tpu.entries[(model, label, "static", batch)] == fresh
 
 
+def test_a_simulation_on_tpu_like_serves_its_full_size_models():
+    from tcloud.cluster.cli import run_simulation
+    from tcloud.cluster.workload import TPU_MODELS
+
+    results, sim, _ = run_simulation(1, 4, "static", "poisson", 0.3, 2.0, config="tpu_like")
+    assert list(results["models"]) == [m.name for m in TPU_MODELS]
+    assert results["overall"]["throughput"] == pytest.approx(results["overall"]["offered"], rel=0.02)
+    assert {r.shape.label for g in sim.groups for r in g.replicas} == {"m2v1"}
+
+
+def test_timing_only_needs_the_perf_backend():
+    from tcloud.cluster.service import measure
+    from tcloud.cluster.workload import TPU_MODELS
+
+    tpu = load_table(config="tpu_like", build=False)
+    with pytest.raises(ClusterError, match="timing-only measurement needs the perf backend, not 'verilator'"):
+        measure(TPU_MODELS[4], "tpu_like", 1, tpu.shapes[0], backend="verilator", timing_only=True)
+
+
 def test_interpolation_is_linear_between_measured_batches(table):
     curve = table.curve("bert_tiny", "m2v1")
     assert curve[0] == 0 and np.all(np.diff(curve) >= 0)
