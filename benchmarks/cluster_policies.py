@@ -137,7 +137,7 @@ def main(argv=None):
     parser.add_argument("--traces", nargs="+", default=list(TRACES))
     parser.add_argument("--loads", type=float, nargs="+", help="the same loads for every trace (default: per trace)")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--duration", type=float, default=10.0, help="measured simulated seconds per run")
+    parser.add_argument("--duration", type=float, default=20.0, help="measured simulated seconds per run")
     parser.add_argument("--warmup", type=float, default=5.0, help="simulated seconds before the measured ones")
     parser.add_argument("--merge", action="store_true",
                         help="keep the rows of other policies from the existing JSON (same setup)")
