@@ -25,9 +25,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS, try_plot, write
 
-LOADS = (0.6, 0.8, 0.9, 1.0, 1.1)
-TRACES = ("poisson", "mmpp")
-SEEDS = (0, 1, 2)
+from benchmarks.cluster_policies import LOADS, SEEDS, TRACES  # the benchmark's settings
 
 
 def capacity_bound(config="tpu_like", table=None):
@@ -100,9 +98,9 @@ def main(argv=None):
     parser.add_argument("--pnpus-per-node", type=int, default=4)
     parser.add_argument("--policies", nargs="+", default=["rl"])
     parser.add_argument("--traces", nargs="+", default=list(TRACES))
-    parser.add_argument("--loads", type=float, nargs="+", default=list(LOADS))
+    parser.add_argument("--loads", type=float, nargs="+", help="default: the benchmark's loads of each trace")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel processes")
     parser.add_argument("--baselines", help="the benchmark's JSON whose rows (same settings) stand for the "
@@ -113,7 +111,8 @@ def main(argv=None):
     settings = {"config": args.config, "table": args.table, "nodes": args.nodes,
                 "pnpus_per_node": args.pnpus_per_node, "duration": args.duration, "warmup": args.warmup}
     bound = capacity_bound(args.config, args.table)
-    jobs = [(p, t, s, args.loads, settings) for p in args.policies for t in args.traces for s in args.seeds]
+    jobs = [(p, t, s, args.loads or LOADS.get(t, LOADS["poisson"]), settings)
+            for p in args.policies for t in args.traces for s in args.seeds]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = [r for part in pool.map(_runs, jobs) for r in part]
     policies = list(args.policies)
@@ -124,7 +123,8 @@ def main(argv=None):
                 rows.append({**row, "from": args.baselines})
         policies += sorted({r["policy"] for r in rows} - set(policies))
     figures = {p: {t: sustained(rows, p, t, args.seeds) for t in args.traces} for p in policies}
-    report = {"setup": {**settings, "traces": args.traces, "loads": args.loads,
+    loads = {t: args.loads or LOADS.get(t, LOADS["poisson"]) for t in args.traces}
+    report = {"setup": {**settings, "traces": args.traces, "loads": loads,
                         "seeds": args.seeds, "baselines_from": args.baselines},
               "sustained": figures, "capacity_bound": bound}
     if "rl" in figures:
