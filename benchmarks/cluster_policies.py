@@ -1,96 +1,127 @@
 """Cluster serving policies side by side: the highest throughput each sustains at >= 99 % SLO attainment.
 
-For each policy and offered load (a fraction of the cluster's capacity, see
-:func:`tcloud.cluster.simulate.make_context`), ``tcloud cluster simulate`` on ``--nodes`` ×
-``--pnpus-per-node`` pNPUs serving the six default zoo models; a policy *sustains* a load when at
-least 99 % of the requests meet their SLO. Also measured: the simulator's speed (simulated seconds,
-batches and requests per wall second, from the same runs) and its agreement with the per-request
-SimPy simulation at small scale.
+For each policy, trace, offered load (a fraction of the cluster's capacity, see
+:func:`tcloud.cluster.simulate.make_context`) and seed, ``tcloud cluster simulate`` on ``--nodes`` ×
+``--pnpus-per-node`` pNPUs of ``--config`` serving that configuration's default models
+(:func:`tcloud.cluster.workload.default_models`: the six full-size zoo models on ``tpu_like``). A
+policy *sustains* a load on a seed when at least 99 % of the requests meet their SLO; its figure
+for a trace is the median over seeds of the highest throughput it sustains. Also measured: the
+simulator's agreement with the per-request SimPy simulation at small scale.
 
-Service times come from the shipped table (``small`` configuration, Verilator) until the ``perf``
-backend can time ``tpu_like``: the JSON says which.
+``--policies rl --merge`` re-runs only the RL policy and keeps the other policies' rows of the
+existing JSON (same setup), so a retrained policy is benchmarked in minutes.
 """
 
 import argparse
+import json
+import statistics
 import time
+from pathlib import Path
 
-from benchmarks.common import machine, try_plot, write  # noqa: F401  (machine is part of write's report)
+from benchmarks.cluster_speed import commit
+from benchmarks.common import RESULTS, try_plot, write
 
-POLICIES = ("static", "clipper", "triton", "nexus")
-LOADS = (0.5, 0.7, 0.85, 1.0)
+POLICIES = ("static", "clipper", "triton", "nexus", "rl")
+TRACES = ("poisson", "mmpp")
+LOADS = {"poisson": (0.8, 0.9, 0.95, 1.0, 1.05), "mmpp": (0.3, 0.4, 0.5, 0.6, 0.7)}
+"""Offered loads per trace (fractions of capacity), around where the policies stop meeting 99 %:
+MMPP's bursts of 2.5 × the mean rate for 2 s in 10 s overload a cluster provisioned for the mean."""
+SEEDS = (0, 1, 2)
+ROW_FIELDS = ("offered", "throughput", "goodput", "slo_attainment", "p50", "p99", "utilization", "cost_per_1000",
+              "dropped", "batches")
 
 
-def sweep(policies, loads, nodes, pnpus, duration, trace, seed, warmup):
+def run(policy, trace, load, seed, args, table):
     from tcloud.cluster.cli import run_simulation
 
-    rows = []
-    for policy in policies:
-        for load in loads:
-            started = time.perf_counter()
-            results, _, wall = run_simulation(nodes, pnpus, policy, trace, load, duration, seed, warmup=warmup)
-            o = results["overall"]
-            rows.append({"policy": policy, "load": load, "offered": o["offered"], "throughput": o["throughput"],
-                         "goodput": o["goodput"], "slo_attainment": o["slo_attainment"], "p50": o["p50"],
-                         "p99": o["p99"], "utilization": o["utilization"], "cost_per_1000": o["cost_per_1000"],
-                         "batches": o["batches"], "wall_seconds": wall,
-                         "models": {k: {f: v[f] for f in ("throughput", "goodput", "slo_attainment", "p99")}
-                                    for k, v in results["models"].items()}})
-            print(f"{policy:<8} load {load:4.2f}: {o['throughput']:>12,.0f} req/s, attainment {o['slo_attainment']:.2%}, "
-                  f"p99 {o['p99'] * 1e3:.3f} ms, {o['batches'] / duration:,.0f} batches/s simulated in "
-                  f"{time.perf_counter() - started:.0f} s", flush=True)
-    return rows
+    results, _, wall = run_simulation(args.nodes, args.pnpus_per_node, policy, trace, load, args.duration, seed,
+                                      config=args.config, table=table, warmup=args.warmup)
+    o = results["overall"]
+    row = {"policy": policy, "trace": trace, "load": load, "seed": seed, **{f: o[f] for f in ROW_FIELDS},
+           "wall_seconds": wall,
+           "models": {k: {f: v[f] for f in ("throughput", "goodput", "slo_attainment", "p99", "slo")}
+                      for k, v in results["models"].items()}}
+    print(f"{policy:<8} {trace:<8} load {load:4.2f} seed {seed}: {o['throughput']:>10,.0f} req/s, attainment "
+          f"{o['slo_attainment']:.2%}, p99 {o['p99'] * 1e3:8.2f} ms, {wall:5.1f} s wall", flush=True)
+    return row
 
 
-def sustained(rows, policies):
-    """Per policy: the highest throughput among the loads it serves with >= 99 % attainment."""
+def sustained(rows, policies, traces, seeds):
+    """Per policy and trace: the median over seeds of the highest throughput served with >= 99 %
+    attainment (0 when no load is), and the loads that gave it."""
     out = {}
     for policy in policies:
-        ok = [r for r in rows if r["policy"] == policy and r["slo_attainment"] >= 0.99]
-        best = max(ok, key=lambda r: r["throughput"], default=None)
-        out[policy] = {"throughput": best["throughput"] if best else 0.0, "load": best["load"] if best else None}
+        for trace in traces:
+            best = []
+            for seed in seeds:
+                ok = [r for r in rows if (r["policy"], r["trace"], r["seed"]) == (policy, trace, seed)
+                      and r["slo_attainment"] >= 0.99]
+                top = max(ok, key=lambda r: r["throughput"], default=None)
+                best.append((top["throughput"], top["load"]) if top else (0.0, None))
+            if any(r["policy"] == policy and r["trace"] == trace for r in rows):
+                out.setdefault(policy, {})[trace] = {
+                    "throughput": statistics.median(b[0] for b in best), "loads": [b[1] for b in best],
+                    "per_seed": [b[0] for b in best]}
     return out
 
 
-def validation(duration=2.0):
-    """The batch simulator against the per-request one (4 pNPUs, two model mixes)."""
+def medians(rows):
+    """Per (policy, trace, load): the medians over seeds of throughput, attainment and p99."""
+    keys = sorted({(r["policy"], r["trace"], r["load"]) for r in rows})
+    out = []
+    for policy, trace, load in keys:
+        mine = [r for r in rows if (r["policy"], r["trace"], r["load"]) == (policy, trace, load)]
+        out.append({"policy": policy, "trace": trace, "load": load, "seeds": len(mine),
+                    **{f: statistics.median(r[f] for r in mine)
+                       for f in ("offered", "throughput", "goodput", "slo_attainment", "p99", "utilization")}})
+    return out
+
+
+def validation(config, duration=2.0):
+    """The batch simulator against the per-request one (4 pNPUs, two model mixes of ``config``)."""
     from tcloud.cluster.placement import Cluster
     from tcloud.cluster.policies import make_policy
     from tcloud.cluster.reference import compare
     from tcloud.cluster.service import load_table
     from tcloud.cluster.simulate import Simulator, make_context
-    from tcloud.cluster.workload import DEFAULT_MODELS, Arrivals, make_trace, model_by_name
+    from tcloud.cluster.workload import Arrivals, default_models, make_trace
 
-    table = load_table(build=False)
+    table = load_table(config=config, build=False)
+    models = default_models(config)
     out = []
-    for names, policy, trace, load in ((("ncf", "resnet50_block"), "static", "poisson", 0.9),
-                                       (("dlrm_mlp", "mobilenetv2_block", "resnet50_block"), "triton", "mmpp", 0.6)):
-        models = [model_by_name(DEFAULT_MODELS, n) for n in names]
-        context = make_context(models, table, 4, load)
-        shape = make_trace(trace, models, duration, 2)
-        sim = Simulator(context, Cluster(1, 4), make_policy(policy), Arrivals(shape, context.rates, 2))
+    for picked, policy, trace, load in (((0, 4), "static", "poisson", 0.9), ((1, 3, 5), "triton", "mmpp", 0.6)):
+        chosen = [models[i] for i in picked]
+        context = make_context(chosen, table, 4, load)
+        shape = make_trace(trace, chosen, duration, 2)
+        sim = Simulator(context, Cluster(1, 4, config), make_policy(policy), Arrivals(shape, context.rates, 2))
         for row in compare(sim, duration, Arrivals(shape, context.rates, 2).until(duration)):
             out.append({"policy": policy, "trace": trace, "load": load, **row})
     return out
 
 
-def plot(rows, policies, path):
+def plot(summary, policies, traces, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
-    for policy in policies:
-        mine = [r for r in rows if r["policy"] == policy]
-        loads = [r["load"] for r in mine]
-        top.plot(loads, [r["goodput"] / 1e6 for r in mine], marker="o", label=policy)
-        bottom.plot(loads, [100 * r["slo_attainment"] for r in mine], marker="o", label=policy)
-    bottom.axhline(99, color="grey", linestyle=":")
-    top.set_ylabel("goodput (M requests/s within SLO)")
-    bottom.set_ylabel("SLO attainment (%)")
-    bottom.set_xlabel("offered load (fraction of capacity)")
-    top.legend()
-    top.set_title("cluster policies")
+    fig, axes = plt.subplots(2, len(traces), figsize=(6 * len(traces), 7), sharex=True, squeeze=False)
+    for column, trace in enumerate(traces):
+        top, bottom = axes[0][column], axes[1][column]
+        for policy in policies:
+            mine = [r for r in summary if r["policy"] == policy and r["trace"] == trace]
+            if not mine:
+                continue
+            loads = [r["load"] for r in mine]
+            top.plot(loads, [r["goodput"] / 1e3 for r in mine], marker="o", label=policy)
+            bottom.plot(loads, [100 * r["slo_attainment"] for r in mine], marker="o", label=policy)
+        bottom.axhline(99, color="grey", linestyle=":")
+        top.set_title(f"{trace} arrivals (median of seeds)")
+        top.set_ylabel("goodput (k requests/s within SLO)")
+        bottom.set_ylabel("SLO attainment (%)")
+        bottom.set_xlabel("offered load (fraction of capacity)")
+        bottom.set_ylim(max(0, bottom.get_ylim()[0]), 100.5)
+        top.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -99,44 +130,60 @@ def plot(rows, policies, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="tpu_like")
     parser.add_argument("--nodes", type=int, default=250)
     parser.add_argument("--pnpus-per-node", type=int, default=4)
     parser.add_argument("--policies", nargs="+", default=list(POLICIES))
-    parser.add_argument("--loads", type=float, nargs="+", default=list(LOADS))
-    parser.add_argument("--duration", type=float, default=2.0, help="measured simulated seconds per run")
-    parser.add_argument("--warmup", type=float, default=2.0, help="simulated seconds before the measured ones")
-    parser.add_argument("--trace", default="poisson")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--traces", nargs="+", default=list(TRACES))
+    parser.add_argument("--loads", type=float, nargs="+", help="the same loads for every trace (default: per trace)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--duration", type=float, default=20.0, help="measured simulated seconds per run")
+    parser.add_argument("--warmup", type=float, default=5.0, help="simulated seconds before the measured ones")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of other policies from the existing JSON (same setup)")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     from tcloud.cluster.service import load_table
 
-    table = load_table(build=False)
-    rows = sweep(args.policies, args.loads, args.nodes, args.pnpus_per_node, args.duration, args.trace, args.seed,
-                 args.warmup)
-    best = sustained(rows, args.policies)
-    static = best.get("static", {}).get("throughput") or float("nan")
-    simulated = args.duration + args.warmup
-    speed = {"simulated_seconds_per_wall_second": sum(simulated for _ in rows) / sum(r["wall_seconds"] for r in rows),
-             "batches_per_wall_second": sum(r["batches"] * simulated / args.duration for r in rows)
-             / sum(r["wall_seconds"] for r in rows),
-             "requests_per_wall_second": sum(r["throughput"] * simulated for r in rows)
-             / sum(r["wall_seconds"] for r in rows)}
-    saturated = [r for r in rows if r["load"] == max(args.loads)]
-    speed["ten_minutes_saturated_wall_seconds_estimate"] = 600 * sum(r["wall_seconds"] for r in saturated) / (
-        simulated * len(saturated))
-    speed["batches_per_simulated_second_saturated"] = sum(r["batches"] for r in saturated) / (args.duration * len(saturated))
-    report = {"setup": {"nodes": args.nodes, "pnpus_per_node": args.pnpus_per_node, "trace": args.trace,
-                        "duration": args.duration, "warmup": args.warmup, "seed": args.seed, "config": table.config,
-                        "backend": table.backend, "models": [m.name for m in table.models]},
-              "sustained": best,
-              "relative_to_static": {p: v["throughput"] / static for p, v in best.items()},
-              "speed": speed, "validation": validation(), "runs": rows}
-    write("cluster_policies", report, args.out)
-    out = args.out.replace(".json", ".png") if args.out else None
-    from benchmarks.common import RESULTS
+    table = load_table(config=args.config, build=False)
+    setup = {"config": table.config, "backend": table.backend, "timing_only": table.timing_only,
+             "nodes": args.nodes, "pnpus_per_node": args.pnpus_per_node, "duration": args.duration,
+             "warmup": args.warmup, "interval": 1.0, "models": [m.name for m in table.models],
+             "slos_ms": None}
+    path = Path(args.out) if args.out else RESULTS / "cluster_policies.json"
+    kept, policies, traces, seeds = [], list(args.policies), list(args.traces), list(args.seeds)
+    if args.merge and path.exists():
+        old = json.loads(path.read_text())
+        same = {k: old["setup"].get(k) for k in ("config", "nodes", "pnpus_per_node", "duration", "warmup")}
+        if same != {k: setup[k] for k in same}:
+            raise SystemExit(f"{path}: --merge needs the same setup, the file has {same}")
+        kept = [r for r in old["runs"] if r["policy"] not in args.policies]
+        policies = [p for p in old["setup"]["policies"] if p not in args.policies] + policies
+        traces, seeds = old["setup"]["traces"], old["setup"]["seeds"]
+    started = time.perf_counter()
+    rows = [run(p, t, load, seed, args, table) for p in args.policies for t in traces
+            for load in (args.loads or LOADS.get(t, LOADS["poisson"])) for seed in seeds]
+    rows = kept + rows
+    from tcloud.cluster.simulate import make_context
 
-    try_plot(plot, rows, args.policies, out or RESULTS / "cluster_policies.png")
+    context = make_context(table.models, table, args.nodes * args.pnpus_per_node, 1.0)
+    setup.update(policies=policies, traces=traces, seeds=seeds, loads=sorted({r["load"] for r in rows}),
+                 slos_ms={m.name: float(s) * 1e3 for m, s in zip(table.models, context.slos)},
+                 capacity_requests_per_second=float(context.rates.sum()), **commit())
+    best = sustained(rows, policies, traces, seeds)
+    relative = {}
+    for trace in traces:
+        static = best.get("static", {}).get(trace, {}).get("throughput") or float("nan")
+        baselines = [best[p][trace]["throughput"] for p in ("clipper", "triton", "nexus") if p in best]
+        relative[trace] = {p: {"vs_static": best[p][trace]["throughput"] / static,
+                               "vs_best_baseline": best[p][trace]["throughput"] / max(baselines)
+                               if baselines and max(baselines) > 0 else float("nan")} for p in best}
+    summary = medians(rows)
+    report = {"setup": setup, "sustained": best, "relative": relative, "medians": summary,
+              "validation": validation(args.config), "sweep_wall_seconds": time.perf_counter() - started,
+              "runs": rows}
+    write("cluster_policies", report, args.out)
+    try_plot(plot, summary, policies, traces, path.with_suffix(".png"))
 
 
 if __name__ == "__main__":

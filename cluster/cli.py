@@ -52,13 +52,28 @@ def build_parser():
     tab.set_defaults(func=cmd_table)
     tra = csub.add_parser("train", help="train the RL policy (skrl PPO on JAX, rollouts on Ray workers)")
     tra.add_argument("--dir", default="build/cluster-rl", help="checkpoints and weights (default build/cluster-rl)")
-    tra.add_argument("--timesteps", type=_positive_int, default=300, help="steps per worker (default 300)")
+    tra.add_argument("--timesteps", type=_positive_int, default=40960,
+                     help="environment steps per worker (default 40960)")
     tra.add_argument("--envs", type=_positive_int, default=2, help="Ray workers, one environment each (default 2)")
-    tra.add_argument("--checkpoint-every", type=_positive_int, default=30)
-    tra.add_argument("--interval", type=float, default=0.1, help="simulated seconds per step (default 0.1)")
-    tra.add_argument("--episode-steps", type=_positive_int, default=20)
+    tra.add_argument("--rollouts", type=_positive_int, default=128, help="steps per worker between PPO updates")
+    tra.add_argument("--checkpoint-every", type=_positive_int, default=512,
+                     help="steps per worker between checkpoints, a multiple of --rollouts (default 512)")
+    tra.add_argument("--nodes", type=_positive_int, nargs="+", default=[4],
+                     help="nodes of the training cluster; several: each episode draws one (default 4, x 4 pNPUs)")
+    tra.add_argument("--pnpus-per-node", type=_positive_int, default=4)
+    tra.add_argument("--interval", type=float, default=0.005, help="simulated seconds per step (default 0.005)")
+    tra.add_argument("--episode-steps", type=_positive_int, default=32)
+    tra.add_argument("--loads", type=float, nargs=2, default=(0.3, 1.1), metavar=("LOW", "HIGH"),
+                     help="each episode's load is drawn from this range (default 0.3 1.1)")
+    tra.add_argument("--cost-weight", type=float, default=0.1,
+                     help="reward = fraction within SLO - this x the share of the cluster's price held (default 0.1)")
+    tra.add_argument("--config", default="small", help="pNPU configuration of the service-time table")
+    tra.add_argument("--table", metavar="FILE", help="service-time table (default: the shipped one)")
     tra.add_argument("--seed", type=int, default=0)
     tra.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --dir")
+    tra.add_argument("--curve", metavar="OUT.json", help="write the learning curve (JSON and a PNG beside it)")
+    tra.add_argument("--curve-episodes", type=_positive_int, default=6,
+                     help="episodes each snapshot and baseline is scored on for the curve (default 6)")
     tra.add_argument("--ship", action="store_true", help="copy the trained weights over the shipped policy")
     tra.set_defaults(func=cmd_train)
     return cluster
@@ -87,13 +102,15 @@ def run_simulation(nodes, pnpus_per_node, policy, trace, load, duration, seed=0,
     from .policies import make_policy
     from .service import DEFAULT_BACKEND, ServiceTable, load_table
     from .simulate import Simulator, make_context
-    from .workload import DEFAULT_MODELS, Arrivals, make_trace
+    from .workload import Arrivals, default_models, make_trace
 
     for name, value in (("duration", duration), ("interval", interval)):
         if not value > 0:
             raise ClusterError(f"--{name} must be positive, got {value!r}")
-    models = tuple(models or DEFAULT_MODELS)
-    if not isinstance(table, ServiceTable):
+    if isinstance(table, ServiceTable):
+        models = tuple(models or table.models or default_models(table.config))
+    else:
+        models = tuple(models or default_models(config))
         table = load_table(models, config, backend or DEFAULT_BACKEND, path=table, build=False)
     cluster = Cluster(nodes, pnpus_per_node, table.config)
     context = make_context(models, table, nodes * pnpus_per_node, load, interval)
@@ -177,15 +194,15 @@ def plot_timeline(sim, directory):
 
 
 def cmd_table(args):
-    from .service import DEFAULT_BATCHES, build_table, default_path
+    from .service import build_table, default_path
 
     out = output_file(args.out or default_path(args.config, args.backend), "service-time table")
     with Progress(f"measuring the service-time table on {args.config}/{args.backend}", unit="entry") as bar:
-        table = build_table(config=args.config, backend=args.backend, batches=tuple(args.batches or DEFAULT_BATCHES),
+        table = build_table(config=args.config, backend=args.backend, batches=tuple(args.batches or ()) or None,
                             num_cpus=args.cpus, progress=bar.update)
     table.save(out)
     print(f"{out}: {len(table.entries)} entries ({len(table.models)} models x {len(table.shapes)} shapes x "
-          f"batches {table.batches})")
+          f"batches {table.batches}) in {table.build_seconds:.0f} s")
 
 
 def cmd_train(args):
@@ -199,12 +216,25 @@ def cmd_train(args):
     from .rl_train import train
 
     directory = output_dir(args.dir, "training directory")
+    nodes = args.nodes[0] if len(args.nodes) == 1 else tuple(args.nodes)
+    env = {"nodes": nodes, "pnpus_per_node": args.pnpus_per_node, "interval": args.interval,
+           "steps": args.episode_steps, "config": args.config, "loads": tuple(args.loads),
+           "cost_weight": args.cost_weight}
+    if args.table:
+        env["table"] = args.table
     with Progress(f"training the RL policy ({args.envs} Ray workers)", unit="step") as bar:
         state = train(directory, args.timesteps, args.envs, args.checkpoint_every, args.seed, resume=not args.fresh,
-                      progress=bar.update, interval=args.interval, steps=args.episode_steps)
-    print(f"{state['done']} steps per worker in {state['seconds']:.0f} s "
-          f"({state['done'] * args.envs / max(state['seconds'], 1e-9):.2f} environment steps/s); mean reward per "
-          f"segment: {', '.join(f'{r:.3f}' for r in state['rewards'] if r is not None)}")
+                      progress=bar.update, rollouts=args.rollouts, **env)
+    print(f"{state['done'] * args.envs} environment steps in {state['seconds']:.0f} s "
+          f"({state['done'] * args.envs / max(state['seconds'], 1e-9):.1f} steps/s); mean reward of the first and "
+          f"last segments: {state['rewards'][0]:.3f}, {state['rewards'][-1]:.3f}")
+    if args.curve:
+        from .rl_train import learning_curve, write_curve
+
+        with Progress("scoring the snapshots and the baselines on the same episodes", unit="policy") as bar:
+            evaluation = learning_curve(directory, state, episodes=args.curve_episodes, progress=bar.update)
+        for path in write_curve(state, args.curve, evaluation):
+            print(f"learning curve: {path}")
     print(f"weights: {state['weights']}")
     if args.ship:
         shutil.copyfile(state["weights"], WEIGHTS)

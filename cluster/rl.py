@@ -1,12 +1,35 @@
 """The RL policy, run with NumPy alone: observation features, action decoding and the shipped network.
 
-* :func:`features` — what the agent observes after each interval, per model: queue over SLO budget,
-  arrival rate over the replicas' capacity, SLO slack (1 − p99/SLO), busy fraction, share of the
-  cluster's engines, batch cap over its SLO-feasible maximum, fraction served within SLO, and rate
-  over the provisioned one; plus the free share of the cluster's vector engines.
-* :func:`decode` — the action (two numbers in [-1, 1] per model) as a :class:`~.simulate.Plan`:
-  scale the model's replicas by ``2 ** (a0 / 2)`` (add or remove vNPUs of its most
-  engine-efficient shape) and set its batch cap to ``1 + (a1 + 1) / 2 × (b_max − 1)``.
+One small network is shared by every model: it reads one model's features next to the cluster's
+and outputs that model's three action numbers. So the policy serves any number of models, and
+what it learns on the models that need many replicas on the small training cluster carries over
+to those that need many only on a large one.
+
+* :func:`features` — what the agent observes after each interval, all scale-free (ratios and
+  fractions, so that a policy trained on 16 pNPUs runs on 1000). Per model (:data:`PER_MODEL`):
+  queue over the SLO budget (log), arrival rate over the replicas' capacity, SLO slack
+  (1 − p99/SLO), busy fraction, share of the cluster's price held, batch cap over its
+  SLO-feasible maximum, fraction of the interval's arrivals served within SLO, arrival rate over
+  the provisioned one, mean replica size (MEs over a whole pNPU's), the relative Poisson noise of
+  its arrivals within one SLO, ``1 / sqrt(1 + rate × SLO)`` (the one feature that tells a small
+  cluster from a large one, and tends to 0 as it grows), and three constants of the
+  model: the largest batch within the SLO over the table's largest, the throughput gained by
+  batching (log ratio, batch ``b_max`` over batch 1, over log of the largest batch) and the
+  batch-1 speed-up of a whole pNPU over the smallest shape. For the cluster (:data:`GLOBAL`):
+  free shares of its MEs and VEs, and the measured demand over the cluster's capacity at the
+  reference shape.
+* :func:`decode` — the action, three numbers in [-1, 1] per model, as a :class:`~.simulate.Plan`:
+
+  - ``a0``: capacity as a multiple ``2 ** (2 * a0)`` (¼ to 4) of the model's measured arrival rate;
+  - ``a1``: the vNPU shape, one of the table's shapes (``a1`` split into equal ranges, smallest
+    shape first): all the model's replicas take it, so a change of ``a1`` resizes its vNPUs;
+  - ``a2``: the batch cap, ``1 + (a2 + 1) / 2 × (b_max − 1)`` with ``b_max`` the largest batch
+    whose latency on that shape is within the SLO.
+
+  The replica count is the capacity over one replica's throughput at that shape and batch (at
+  least one); when the cluster's MEs or VEs do not suffice, all counts are scaled down
+  proportionally (at least one each). Adding, removing and resizing vNPUs are thus one action,
+  and the simulator places them with the hypervisor's allocator (refusals are counted).
 * :class:`ShippedPolicy` — the committed weights (:data:`WEIGHTS`), trained by
   :mod:`.rl_train` (``tcloud cluster train``).
 """
@@ -16,100 +39,184 @@ from pathlib import Path
 import numpy as np
 
 from .policies import Policy, Static
-from .simulate import Plan, best_batch
+from .simulate import best_batch
+from .simulate import Plan
 from .workload import ClusterError
 
 WEIGHTS = Path(__file__).with_name("data") / "rl_policy.npz"
-PER_MODEL = 8
+PER_MODEL = 13
+"""Observation features per model (plus :data:`GLOBAL` for the whole cluster)."""
+GLOBAL = 3
+ACTIONS = 3
+"""Action numbers per model."""
+MAX_HEADROOM_LOG2 = 2.0
+
+
+def observation_size(models):
+    """Length of the observation vector for ``models`` models."""
+    return models * PER_MODEL + GLOBAL
+
+
+def per_model(x, models):
+    """Split observation vectors ``x`` (``[..., observation_size]``) into the shared network's
+    inputs: ``[..., models, PER_MODEL + GLOBAL]`` (each model's features, then the cluster's)."""
+    x = np.asarray(x)
+    own = x[..., :models * PER_MODEL].reshape(*x.shape[:-1], models, PER_MODEL)
+    shared = np.broadcast_to(x[..., None, models * PER_MODEL:], (*x.shape[:-1], models, GLOBAL))
+    return np.concatenate([own, shared], axis=-1)
 
 
 def model_options(context):
-    """Per model: (shape label, its batch for ``2 × latency <= SLO``, max batch within the SLO)."""
+    """Per model and shape label: ``(batch with 2 × latency <= SLO, largest batch with latency <=
+    SLO, throughput per replica at each batch 0..max_batch)``; shapes where even batch 1 misses the
+    SLO are left out."""
     out = []
     for curves, slo in zip(context.curves, context.slos):
-        scored = []
+        found = {}
         for shape in context.shapes:
-            b = best_batch(curves[shape.label], slo)
-            if b:
-                whole = context.shapes[-1]
-                share = max(shape.mes / whole.mes, shape.ves / whole.ves)
-                scored.append((b / curves[shape.label][b] / share, shape.label, b))
-        _, label, b = max(scored)
-        out.append((label, b, max(best_batch(curves[label], slo, divisor=1.0), 1)))
+            curve = curves[shape.label]
+            bmax = best_batch(curve, slo, divisor=1.0)
+            if bmax:
+                thr = np.zeros_like(curve)
+                thr[1:] = np.arange(1, curve.size) / curve[1:]
+                found[shape.label] = (max(best_batch(curve, slo), 1), bmax, thr)
+        out.append(found)
     return out
 
 
+def constants(context, options):
+    """The three per-model constants of :func:`features` (``[models, 3]``)."""
+    out = []
+    smallest, whole = context.shapes[0].label, context.shapes[-1].label
+    for m, found in enumerate(options):
+        label = max(found, key=lambda l: found[l][2][found[l][1]])
+        _, bmax, thr = found[label]
+        curves = context.curves[m]
+        out.append([bmax / context.max_batch, np.log(thr[bmax] / thr[1]) / np.log(context.max_batch),
+                    min(curves[smallest][1] / curves[whole][1] - 1, 4.0)])
+    return np.array(out, dtype=np.float32)
+
+
+def demand_over_capacity(rates, context, options):
+    """Measured demand over the cluster's capacity when every model runs on the reference shape
+    (the second) at its batch with ``2 × latency <= SLO``: how oversubscribed the cluster is."""
+    ref = context.shapes[1] if len(context.shapes) > 1 else context.shapes[0]
+    slots = context.per_pnpu[ref.label] * context.pnpus
+    need = 0.0
+    for rate, found, curves, slo in zip(rates, options, context.curves, context.slos):
+        b = max(best_batch(curves[ref.label], slo), 1)
+        need += rate / (b / curves[ref.label][b])
+    return need / slots
+
+
 def features(observation, context, options):
-    """The observation vector (``len(models) * 8 + 1`` numbers, all of order 1)."""
+    """The observation vector (:func:`observation_size` numbers, all of order 1, float32)."""
     rows = []
     whole = context.shapes[-1]
-    ves_total = whole.ves * context.pnpus
-    shape_ves = {s.label: s.ves for s in context.shapes}
+    price_total = context.prices[whole.label] * context.pnpus
+    mes = {s.label: s.mes for s in context.shapes}
     dt = context.interval
-    for m, (label, _, bmax) in enumerate(options):
+    fixed = constants(context, options)
+    for m in range(len(context.models)):
         curves, slo = context.curves[m], context.slos[m]
         caps, replicas = observation["batch"][m], observation["replicas"][m]
         capacity = sum(int(b) / curves[r][int(b)] for r, b in zip(replicas, caps))
+        bmax = max((options[m][r][1] for r in set(replicas) if r in options[m]), default=context.max_batch)
         rate = observation["arrival_rate"][m]
         p99 = observation["p99"][m]
         slack = 1.0 if np.isnan(p99) else float(np.clip(1 - p99 / slo, -1, 1))
         busy = observation["busy"][m]
         rows.append([np.log1p(observation["queue"][m] / max(rate * slo, 1.0)),
-                     min(rate / max(capacity, 1.0), 4.0), slack, float(busy.mean()) if busy.size else 0.0,
-                     sum(shape_ves[r] for r in replicas) / ves_total,
-                     float(caps.mean()) / bmax if caps.size else 0.0,
-                     observation["good"][m] / max(rate * dt, 1.0),
-                     min(rate / max(context.rates[m], 1.0), 4.0)])
-    return np.append(np.array(rows, dtype=np.float32).ravel(), observation["free_ves"] / ves_total).astype(np.float32)
+                     min(rate / max(capacity, 1.0), 4.0), slack, min(float(busy.mean()), 1.0) if busy.size else 0.0,
+                     sum(context.prices[r] for r in replicas) / price_total,
+                     min(float(caps.mean()) / bmax, 1.0) if caps.size else 0.0,
+                     min(observation["good"][m] / max(rate * dt, 1.0), 1.0),
+                     min(rate / max(context.rates[m], 1.0), 4.0),
+                     float(np.mean([mes[r] for r in replicas])) / whole.mes if replicas else 0.0,
+                     1 / np.sqrt(1 + rate * slo), *fixed[m]])
+    total_mes, total_ves = whole.mes * context.pnpus, whole.ves * context.pnpus
+    extra = [observation["free_mes"] / total_mes, observation["free_ves"] / total_ves,
+             min(demand_over_capacity(observation["arrival_rate"], context, options), 4.0)]
+    return np.append(np.array(rows, dtype=np.float32).ravel(), extra).astype(np.float32)
 
 
 def decode(action, observation, context, options):
-    """The :class:`~.simulate.Plan` for ``action`` (see the module docstring)."""
-    action = np.clip(np.asarray(action, dtype=float).reshape(len(options), 2), -1, 1)
-    whole = context.shapes[-1]
+    """The :class:`~.simulate.Plan` for ``action`` (see the module docstring).
+
+    Raises
+    ------
+    ClusterError
+        ``action`` does not hold :data:`ACTIONS` numbers per model.
+    """
+    action = np.asarray(action, dtype=float)
+    if action.size != ACTIONS * len(options):
+        raise ClusterError(f"the RL action has {action.size} numbers; {len(options)} models need "
+                           f"{ACTIONS * len(options)}")
+    action = np.clip(np.nan_to_num(action.reshape(len(options), ACTIONS)), -1, 1)
     shape = {s.label: s for s in context.shapes}
-    counts = []
-    for m, (label, _, _) in enumerate(options):
-        now = max(len(observation["replicas"][m]), 1)
-        counts.append(max(1, int(round(now * 2 ** (action[m, 0] / 2)))))
+    labels, counts, batches = [], [], []
+    for m, found in enumerate(options):
+        usable = [s.label for s in context.shapes if s.label in found]
+        label = usable[min(int((action[m, 1] + 1) / 2 * len(usable)), len(usable) - 1)]
+        _, bmax, thr = found[label]
+        batch = int(round(1 + (action[m, 2] + 1) / 2 * (bmax - 1)))
+        demand = observation["arrival_rate"][m] * 2 ** (MAX_HEADROOM_LOG2 * action[m, 0])
+        labels.append(label)
+        batches.append(batch)
+        counts.append(max(1, int(np.ceil(demand / thr[batch]))))
     counts = np.array(counts)
-    ves = np.array([shape[label].ves for label, _, _ in options])
-    mes = np.array([shape[label].mes for label, _, _ in options])
-    while (counts @ ves > whole.ves * context.pnpus or counts @ mes > whole.mes * context.pnpus) and counts.max() > 1:
-        counts[np.argmax(counts * ves)] -= 1
-    replicas, batch = {}, {}
-    for m, (label, _, bmax) in enumerate(options):
-        replicas[m] = [label] * int(counts[m])
-        batch[m] = int(round(1 + (action[m, 1] + 1) / 2 * (bmax - 1)))
-    return Plan(replicas=replicas, batch=batch, delay={m: 0.0 for m in replicas})
+    need_mes = counts @ np.array([shape[label].mes for label in labels])
+    need_ves = counts @ np.array([shape[label].ves for label in labels])
+    whole = context.shapes[-1]
+    scale = min(1.0, whole.mes * context.pnpus / need_mes, whole.ves * context.pnpus / need_ves)
+    if scale < 1:
+        counts = np.maximum(1, np.floor(counts * scale).astype(int))
+        me_cost = np.array([shape[label].mes for label in labels])
+        ve_cost = np.array([shape[label].ves for label in labels])
+        while (counts @ me_cost > whole.mes * context.pnpus or counts @ ve_cost > whole.ves * context.pnpus) \
+                and counts.max() > 1:  # the floor of one replica each can overshoot
+            counts[np.argmax(counts)] -= 1
+    return Plan(replicas={m: [label] * int(k) for m, (label, k) in enumerate(zip(labels, counts))},
+                batch=dict(enumerate(batches)), delay={m: 0.0 for m in range(len(options))})
 
 
 class NumpyPolicy(Policy):
-    """A policy network of dense ``tanh`` layers run with NumPy (the mean action, no sampling).
+    """The shared per-model network of dense ``tanh`` layers, run with NumPy (the mean action, no
+    sampling): each model's :data:`PER_MODEL` features and the :data:`GLOBAL` ones in, that
+    model's :data:`ACTIONS` numbers out.
 
     Parameters
     ----------
     layers : list of (weight, bias)
+        ``weight`` is ``[inputs, outputs]``; the last layer is linear.
+
+    Raises
+    ------
+    ClusterError
+        The layers do not take ``PER_MODEL + GLOBAL`` inputs or give ``ACTIONS`` outputs.
     """
 
     name = "rl"
 
     def __init__(self, layers):
+        if layers[0][0].shape[0] != PER_MODEL + GLOBAL or layers[-1][0].shape[1] != ACTIONS:
+            raise ClusterError(f"the RL policy network takes {layers[0][0].shape[0]} inputs and gives "
+                               f"{layers[-1][0].shape[1]} outputs; this code expects {PER_MODEL + GLOBAL} and "
+                               f"{ACTIONS} (retrain with `tcloud cluster train`)")
         self.layers = layers
 
     def act(self, x):
+        """The action (``ACTIONS`` numbers per model, flat) for the observation vector ``x``."""
+        models = (np.shape(x)[-1] - GLOBAL) // PER_MODEL
+        h = per_model(x, models)
         for i, (w, b) in enumerate(self.layers):
-            x = x @ w + b
+            h = h @ w + b
             if i < len(self.layers) - 1:
-                x = np.tanh(x)
-        return x
+                h = np.tanh(h)
+        return h.reshape(*np.shape(x)[:-1], models * ACTIONS)
 
     def reset(self, context):
         self.context, self.options = context, model_options(context)
-        expected = self.layers[0][0].shape[0]
-        if expected != len(context.models) * PER_MODEL + 1:
-            raise ClusterError(f"the RL policy was trained for {(expected - 1) // PER_MODEL} models, the workload has "
-                               f"{len(context.models)}")
         return initial_plan(context)
 
     def decide(self, observation):
@@ -118,23 +225,32 @@ class NumpyPolicy(Policy):
 
 
 class ShippedPolicy(NumpyPolicy):
-    """The committed RL policy (:data:`WEIGHTS`)."""
+    """The committed RL policy (:data:`WEIGHTS`), or the weights in ``path``.
+
+    Raises
+    ------
+    ClusterError
+        No file at ``path``, or not a weight file (``w0, b0, w1, b1, ...``).
+    """
 
     def __init__(self, path=WEIGHTS):
         path = Path(path)
         if not path.exists():
             raise ClusterError(f"no trained RL policy at {path}; run `tcloud cluster train`")
-        with np.load(path) as data:
-            count = len([k for k in data.files if k.startswith("w")])
-            super().__init__([(data[f"w{i}"], data[f"b{i}"]) for i in range(count)])
+        try:
+            with np.load(path) as data:
+                count = len([k for k in data.files if k.startswith("w")])
+                layers = [(data[f"w{i}"], data[f"b{i}"]) for i in range(count)]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ClusterError(f"{path}: not an RL policy weight file ({exc})") from None
+        if not layers or any(w.ndim != 2 or b.shape != (w.shape[1],) for w, b in layers):
+            raise ClusterError(f"{path}: not an RL policy weight file (expected dense layers w0, b0, w1, b1, ...)")
+        try:
+            super().__init__(layers)
+        except ClusterError as exc:
+            raise ClusterError(f"{path}: {exc}") from None
 
 
 def initial_plan(context):
-    """Static's replica counts on each model's most engine-efficient shape, at its SLO batch."""
-    options = model_options(context)
-    plan = Static().reset(context)
-    plan.replicas = {m: [options[m][0]] * len(labels) for m, labels in plan.replicas.items()}
-    plan.batch = {m: o[1] for m, o in enumerate(options)}
-    return plan
-
-
+    """Static's plan: the first interval runs before the policy has observed anything."""
+    return Static().reset(context)

@@ -1,12 +1,20 @@
 """Training the RL policy: a gymnasium environment, Ray rollout workers and skrl's PPO (JAX).
 
 * :class:`ClusterEnv` — a gymnasium environment around :class:`~.simulate.Simulator` on a small
-  cluster; one step is one control interval; reward per interval: requests served within SLO over
-  requests offered, minus ``cost_weight`` × the share of the cluster's engines held (pay-as-you-go).
+  cluster (default 4 × 4 pNPUs); one step is one control interval; reward per interval: requests
+  served within SLO over requests arrived, minus ``cost_weight`` × the pay-as-you-go price of the
+  vNPUs held over the whole cluster's. The observation and action (:mod:`.rl`) are scale-free, so
+  the policy trained here runs on 250 × 4 pNPUs. Where a step's time goes (measured on
+  ``tpu_like``, 16 pNPUs, 0.25-s steps): 93 % simulating the interval's batches, 5 % applying the
+  plan (placement), 2 % observation and action. A step is fast because the interval holds few
+  requests (16 pNPUs × 0.25 s), not because anything is approximated.
 * :class:`RayVectorEnv` — several :class:`ClusterEnv` in Ray actors behind gymnasium's vector API
   (autoreset), so rollouts run on Ray workers.
-* :func:`train` — skrl PPO, checkpointed and resumable; :func:`export` writes the policy's mean
+* :func:`train` — skrl PPO, checkpointed and resumable; the policy is
+  :func:`shared_policy_model` (one network applied to each model); :func:`export` writes its mean
   network as an ``.npz`` that :class:`~.rl.ShippedPolicy` runs with NumPy alone.
+* :func:`evaluate` and :func:`learning_curve` score snapshots and baselines on the same episodes;
+  :func:`write_curve` plots them.
 
 Why skrl with JAX: stable-baselines3 and sbx-rl depend on PyTorch, whose default wheel pulls CUDA
 libraries (gigabytes); ``skrl[jax]`` added 534 MB to this project's environment (1,097 → 1,631 MB,
@@ -14,6 +22,7 @@ installed in 25 s on the 2-core machine) and no PyTorch.
 """
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -21,25 +30,37 @@ import gymnasium
 import numpy as np
 
 from .policies import Policy
-from .rl import PER_MODEL, decode, features, initial_plan, model_options
+from .rl import ACTIONS, GLOBAL, PER_MODEL, decode, features, initial_plan, model_options, observation_size
+from .workload import ClusterError
 
 
 class _Driven(Policy):
-    """The policy inside :class:`ClusterEnv`: starts as :func:`initial_plan`; the environment's
-    actions make the later plans."""
+    """The policy inside :class:`ClusterEnv`: starts as :func:`~.rl.initial_plan`; the
+    environment's actions make the later plans."""
 
     name = "rl"
 
     def reset(self, context):
         return initial_plan(context)
 
+    def decide(self, observation):
+        return None
+
 
 class ClusterEnv(gymnasium.Env):
     """A gymnasium environment: one step is one control interval of a small simulated cluster.
 
+    The observation and action are :func:`~.rl.features` and :func:`~.rl.decode`'s, scale-free, so
+    that the policy trained here runs on any cluster size. Reward per interval: the requests served
+    within SLO over those that arrived, minus ``cost_weight`` × the pay-as-you-go price of the
+    vNPUs held over the price of the whole cluster.
+
     Parameters
     ----------
-    nodes, pnpus_per_node : int
+    nodes : int or sequence of int
+        Nodes of the training cluster; a sequence: each episode draws one of them (so the policy
+        sees the statistics of several cluster sizes).
+    pnpus_per_node : int
     interval : float
         Simulated seconds per step.
     steps : int
@@ -48,57 +69,109 @@ class ClusterEnv(gymnasium.Env):
         Each episode draws its load uniformly from this range and its trace from poisson, mmpp and
         diurnal.
     cost_weight : float
+    config : str
+        pNPU configuration of the shipped service-time table.
+    table : path, optional
+        Service-time table (default: the shipped one for ``config``); the environment serves the
+        models it was measured for.
+    burst_intervals : (float, float)
+        MMPP mean sojourns in the high and low state, in intervals (as the benchmark's 2 s and 8 s
+        at 1-s intervals), but at least twice the trace's rate grid (``2 × RATE_STEP`` × each).
     seed : int
     """
 
-    def __init__(self, nodes=2, pnpus_per_node=4, interval=0.25, steps=16, loads=(0.3, 1.1), cost_weight=0.2,
-                 seed=0):
-        from .service import load_table
-        from .workload import DEFAULT_MODELS
+    def __init__(self, nodes=4, pnpus_per_node=4, interval=0.005, steps=32, loads=(0.3, 1.1), cost_weight=0.1,
+                 config="small", table=None, burst_intervals=(2, 8), seed=0):
+        from .service import DEFAULT_BACKEND, ServiceTable, default_path
 
-        self.models, self.table = DEFAULT_MODELS, load_table(build=False)
-        self.nodes, self.pnpus_per_node, self.interval, self.steps = nodes, pnpus_per_node, interval, steps
-        self.loads, self.cost_weight = loads, cost_weight
+        if not (isinstance(interval, (int, float)) and interval > 0):
+            raise ClusterError(f"interval must be positive, got {interval!r}")
+        if not (isinstance(cost_weight, (int, float)) and cost_weight >= 0):
+            raise ClusterError(f"cost_weight must be non-negative, got {cost_weight!r}")
+        if not (isinstance(steps, int) and steps >= 1):
+            raise ClusterError(f"episode steps must be a positive integer, got {steps!r}")
+        if not (len(loads) == 2 and 0 < loads[0] <= loads[1]):
+            raise ClusterError(f"loads must be a range (low, high) of positive fractions, got {loads!r}")
+        path = Path(table) if table else default_path(config, DEFAULT_BACKEND)
+        if not path.exists():
+            raise ClusterError(f"no service-time table at {path}; run `tcloud cluster table`")
+        self.table = ServiceTable.load(path)
+        self.models = self.table.models
+        if not self.models:
+            raise ClusterError(f"{path}: the table names no models (field 'models')")
+        self.nodes = tuple(nodes) if isinstance(nodes, (list, tuple)) else (nodes,)
+        if not self.nodes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.nodes):
+            raise ClusterError(f"nodes must be positive integers, got {nodes!r}")
+        self.pnpus_per_node, self.interval, self.steps = pnpus_per_node, interval, steps
+        self.loads, self.cost_weight, self.burst_intervals = loads, cost_weight, burst_intervals
         self.rng = np.random.default_rng(seed)
-        size = len(self.models) * PER_MODEL + 1
+        size = observation_size(len(self.models))
         self.observation_space = gymnasium.spaces.Box(-10, 10, (size,), np.float32)
-        self.action_space = gymnasium.spaces.Box(-1, 1, (2 * len(self.models),), np.float32)
+        self.action_space = gymnasium.spaces.Box(-1, 1, (ACTIONS * len(self.models),), np.float32)
+        self.contexts = {}
 
     def reset(self, seed=None, options=None):
         from .placement import Cluster
         from .simulate import Simulator, make_context
-        from .workload import Arrivals, make_trace
+        from .workload import RATE_STEP, Arrivals, make_trace
 
         if seed is not None:
             self.rng = np.random.default_rng(seed)
         load = float(self.rng.uniform(*self.loads))
         trace = str(self.rng.choice(["poisson", "mmpp", "diurnal"]))
         episode_seed = int(self.rng.integers(1 << 30))
-        pnpus = self.nodes * self.pnpus_per_node
+        nodes = int(self.rng.choice(self.nodes))
+        pnpus = nodes * self.pnpus_per_node
         self.context = make_context(self.models, self.table, pnpus, load, self.interval)
         self.options = model_options(self.context)
+        whole = self.context.shapes[-1]
+        self.price_total = self.context.prices[whole.label] * pnpus
         duration = self.interval * (self.steps + 1)
-        arrivals = Arrivals(make_trace(trace, self.models, duration, episode_seed), self.context.rates, episode_seed)
-        self.sim = Simulator(self.context, Cluster(self.nodes, self.pnpus_per_node, self.table.config), _Driven(),
+        high_s, low_s = (max(k * self.interval, k * 2 * RATE_STEP) for k in self.burst_intervals)
+        shape = make_trace(trace, self.models, duration, episode_seed, high_s=high_s, low_s=low_s)
+        arrivals = Arrivals(shape, self.context.rates, episode_seed)
+        self.sim = Simulator(self.context, Cluster(nodes, self.pnpus_per_node, self.table.config), _Driven(),
                              arrivals)
-        self.sim.policy.decide = lambda observation: None
         self.t = 0
         self.sim.step()
         self.observation = self.sim.observe_last
-        return features(self.observation, self.context, self.options), {"load": load, "trace": trace}
+        return features(self.observation, self.context, self.options), {"load": load, "trace": trace,
+                                                                         "pnpus": pnpus}
 
     def step(self, action):
-        self.sim.apply(decode(action, self.observation, self.context, self.options))
+        return self.advance(decode(action, self.observation, self.context, self.options))
+
+    def advance(self, plan):
+        """One step with a :class:`~.simulate.Plan` instead of an action (to score other policies)."""
+        self.sim.apply(plan)
         self.sim.step()
-        self.observation = self.sim.observe_last
+        self.observation = obs = self.sim.observe_last
         self.t += 1
-        offered = max(float(self.observation["arrival_rate"].sum()) * self.interval, 1.0)
-        good = float(self.observation["good"].sum()) / offered
-        whole = self.context.shapes[-1]
-        held = 1 - self.observation["free_ves"] / (whole.ves * self.context.pnpus)
+        offered = max(float(obs["arrival_rate"].sum()) * self.interval, 1.0)
+        good = min(float(obs["good"].sum()) / offered, 1.0)
+        held = sum(self.context.prices[r] for labels in obs["replicas"] for r in labels) / self.price_total
         reward = good - self.cost_weight * held
-        return (features(self.observation, self.context, self.options), float(reward), False, self.t >= self.steps,
+        return (features(obs, self.context, self.options), float(reward), False, self.t >= self.steps,
                 {"good": good, "held": held})
+
+
+def evaluate(policy, episodes=8, seed=1000, **env_options):
+    """Mean reward and fraction within SLO per step of ``policy`` (a :class:`~.policies.Policy`, or
+    ``None`` for :func:`~.rl.initial_plan` throughout) over ``episodes`` episodes of
+    :class:`ClusterEnv` (seeds ``seed``, ``seed + 1``, ...): the same episodes for every policy, so
+    the learned one is scored next to the baselines in its own environment."""
+    env = ClusterEnv(**env_options)
+    rewards, good = [], []
+    for episode in range(episodes):
+        env.reset(seed=seed + episode)
+        if policy is not None:
+            env.sim.apply(policy.reset(env.context))
+        for _ in range(env.steps):
+            plan = policy.decide(env.observation) if policy is not None else None
+            _, reward, _, _, info = env.advance(plan)
+            rewards.append(reward)
+            good.append(info["good"])
+    return {"reward": float(np.mean(rewards)), "good": float(np.mean(good))}
 
 
 class RayVectorEnv(gymnasium.vector.VectorEnv):
@@ -116,6 +189,9 @@ class RayVectorEnv(gymnasium.vector.VectorEnv):
         import ray
 
         if not ray.is_initialized():
+            # Ray runs workers at nice 15 by default; here they do the training's main work (the
+            # rollouts), so they run at the driver's priority unless the caller set it.
+            os.environ.setdefault("RAY_worker_niceness", "0")
             ray.init(num_cpus=count, include_dashboard=False, log_to_driver=False, configure_logging=False)
 
         @ray.remote(num_cpus=1)
@@ -156,50 +232,116 @@ class RayVectorEnv(gymnasium.vector.VectorEnv):
             self._ray.kill(worker)
 
 
-def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=True, progress=None, **env_options):
+HIDDEN = (64, 64)
+"""Hidden layer widths of the shared per-model policy network."""
+
+
+def shared_policy_model(observation_space, action_space, device, initial_log_std=-0.7):
+    """The skrl Gaussian policy whose mean is the shared per-model network of
+    :class:`~.rl.NumpyPolicy` (Flax dense layers ``layer_0``, ``layer_1``, ...; one log standard
+    deviation per action number)."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+    from skrl.models.jax import GaussianMixin, Model
+
+    models = (observation_space.shape[0] - GLOBAL) // PER_MODEL
+
+    class SharedGaussian(GaussianMixin, Model):
+        def __init__(self, observation_space, action_space, device=None, **kwargs):
+            Model.__init__(self, observation_space=observation_space, action_space=action_space, device=device,
+                           **kwargs)
+            GaussianMixin.__init__(self, clip_actions=True, clip_log_std=True, min_log_std=-5, max_log_std=1,
+                                   reduction="sum", role="policy")
+
+        def setup(self):
+            self.layer_stack = [nn.Dense(width, name=f"layer_{i}") for i, width in enumerate((*HIDDEN, ACTIONS))]
+            self.log_std_parameter = self.param("log_std_parameter",
+                                                lambda _: jnp.full(models * ACTIONS, initial_log_std))
+
+        def __call__(self, inputs, role=""):
+            x = inputs["observations"]
+            own = x[:, :models * PER_MODEL].reshape(x.shape[0], models, PER_MODEL)
+            cluster = jnp.broadcast_to(x[:, None, models * PER_MODEL:], (x.shape[0], models, GLOBAL))
+            h = jnp.concatenate([own, cluster], axis=-1)
+            for i, layer in enumerate(self.layer_stack):
+                h = layer(h)
+                if i < len(self.layer_stack) - 1:
+                    h = jnp.tanh(h)
+            return h.reshape(x.shape[0], models * ACTIONS), {"log_std": self.log_std_parameter}
+
+    return SharedGaussian(observation_space=observation_space, action_space=action_space, device=device)
+
+
+def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=True, progress=None, rollouts=32,
+          learning_rate=3e-4, **env_options):
     """Train the RL policy with skrl's PPO (JAX) on ``envs`` Ray workers.
 
     Parameters
     ----------
     directory : path
-        Where checkpoints (``checkpoint.pickle`` + ``progress.json``) and the exported weights go.
+        Where checkpoints (``checkpoint.pickle`` + ``progress.json``) and the exported weights go
+        (``rl_policy.npz``, and ``snapshots/rl_policy_<steps>.npz`` after each segment).
     timesteps : int
         Environment steps per worker in total.
     checkpoint_every : int
-        Steps between two checkpoints; an interrupted run resumes from the last one (``resume``).
+        Steps per worker between two checkpoints (a multiple of ``rollouts``); an interrupted run
+        resumes from the last one (``resume``).
+    rollouts : int
+        Steps per worker between two PPO updates.
     progress : callable, optional
         ``progress(done, total)``.
+    **env_options
+        Keyword arguments of :class:`ClusterEnv`.
 
     Returns
     -------
     dict
-        ``timesteps`` done, wall ``seconds``, mean reward of each segment and the weights path.
+        ``done`` steps per worker, ``envs``, wall ``seconds``, and per segment between two
+        checkpoints the environment steps so far (``steps``, all workers), the mean reward and the
+        mean fraction served within SLO (``rewards``, ``good``); the exported ``weights`` path.
+
+    Raises
+    ------
+    ClusterError
+        A bad count, or a checkpoint in ``directory`` from a run with other settings.
     """
     from skrl import config as skrl_config
     from skrl.agents.jax.ppo import PPO, PPO_CFG
     from skrl.envs.wrappers.jax import wrap_env
     from skrl.memories.jax import RandomMemory
+    from skrl.resources.preprocessors.jax import RunningStandardScaler
     from skrl.trainers.jax import SequentialTrainer
-    from skrl.utils.model_instantiators.jax import deterministic_model, gaussian_model
+    from skrl.utils.model_instantiators.jax import deterministic_model
 
+    for name, value in (("timesteps", timesteps), ("envs", envs), ("checkpoint_every", checkpoint_every),
+                        ("rollouts", rollouts)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ClusterError(f"{name} must be a positive integer, got {value!r}")
+    if checkpoint_every % rollouts:
+        raise ClusterError(f"checkpoint_every ({checkpoint_every}) must be a multiple of rollouts ({rollouts})")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state_path, checkpoint = directory / "progress.json", directory / "checkpoint.pickle"
-    state = json.loads(state_path.read_text()) if resume and state_path.exists() else {"done": 0, "rewards": [],
-                                                                                        "seconds": 0.0}
+    settings = {"envs": envs, "rollouts": rollouts, "learning_rate": learning_rate,
+                "env": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(env_options.items())}}
+    state = {"done": 0, "steps": [], "rewards": [], "good": [], "seconds": 0.0, "settings": settings}
+    if resume and state_path.exists():
+        state = json.loads(state_path.read_text())
+        if state.get("settings") != settings:
+            raise ClusterError(f"{state_path}: the checkpoint was trained with {state.get('settings')}, not "
+                               f"{settings}; pass the same options, or start afresh")
     skrl_config.jax.key = seed
-    env = wrap_env(RayVectorEnv(envs, seed=seed + state["done"], **env_options), wrapper="gymnasium")
+    env = wrap_env(RayVectorEnv(envs, seed=seed + 7919 * state["done"], **env_options), wrapper="gymnasium")
     network = [{"name": "net", "input": "OBSERVATIONS", "layers": [64, 64], "activations": "tanh"}]
-    models = {"policy": gaussian_model(observation_space=env.observation_space, action_space=env.action_space,
-                                       device=env.device, clip_actions=True, initial_log_std=-0.5, network=network,
-                                       output="ACTIONS"),
+    models = {"policy": shared_policy_model(env.observation_space, env.action_space, env.device),
               "value": deterministic_model(observation_space=env.observation_space, action_space=env.action_space,
                                            device=env.device, network=network, output="ONE")}
     for role, model in models.items():
         model.init_state_dict(role=role)
-    rollouts = 16
     memory = RandomMemory(memory_size=rollouts, num_envs=env.num_envs, device=env.device)
-    cfg = PPO_CFG(rollouts=rollouts, learning_epochs=4, mini_batches=2, learning_rate=3e-4, entropy_loss_scale=0.0)
+    cfg = PPO_CFG(rollouts=rollouts, learning_epochs=6, mini_batches=4, learning_rate=learning_rate,
+                  discount_factor=0.8, entropy_loss_scale=0.0, value_preprocessor=RunningStandardScaler,
+                  value_preprocessor_kwargs={"size": 1, "device": env.device})
     cfg.experiment.directory = str(directory)
     cfg.experiment.write_interval = 0
     cfg.experiment.checkpoint_interval = 0
@@ -207,16 +349,17 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
                 action_space=env.action_space, device=env.device, cfg=cfg)
     if resume and checkpoint.exists():
         agent.load(str(checkpoint))
+    original = env.step
     try:
         while state["done"] < timesteps:
             segment = min(checkpoint_every, timesteps - state["done"])
             started = time.perf_counter()
-            rewards = []
-            original = env.step
+            rewards, good = [], []
 
             def recording(actions):
                 out = original(actions)
                 rewards.append(float(np.mean(np.asarray(out[1]))))
+                good.append(float(np.mean(out[4]["good"])))
                 return out
 
             env.step = recording
@@ -227,21 +370,29 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
             env.step = original
             agent.save(str(checkpoint))
             state["done"] += segment
-            state["rewards"].append(float(np.mean(rewards)) if rewards else None)
+            state["steps"].append(state["done"] * envs)
+            state["rewards"].append(float(np.mean(rewards)))
+            state["good"].append(float(np.mean(good)))
             state["seconds"] += time.perf_counter() - started
+            export(models["policy"], directory / "rl_policy.npz")
+            (directory / "snapshots").mkdir(exist_ok=True)
+            export(models["policy"], directory / "snapshots" / f"rl_policy_{state['done'] * envs}.npz")
             state_path.write_text(json.dumps(state, indent=1))
             if progress:
                 progress(state["done"], timesteps)
     finally:
+        env.step = original
         env.close()
+    state["envs"] = envs
     state["weights"] = str(export(models["policy"], directory / "rl_policy.npz"))
     return state
 
 
 def export(policy, path):
-    """Write ``policy``'s dense layers (the Gaussian mean) as ``w0, b0, w1, b1, ...`` in ``path``."""
-    params = policy.state_dict.params["params"]["net_container"]
-    names = sorted(params, key=lambda k: int(k.split("_")[-1]))
+    """Write the shared network of ``policy`` (:func:`shared_policy_model`; the Gaussian mean) as
+    ``w0, b0, w1, b1, ...`` in ``path``, the format :class:`~.rl.ShippedPolicy` reads."""
+    params = policy.state_dict.params["params"]
+    names = sorted((k for k in params if k.startswith("layer_")), key=lambda k: int(k.split("_")[-1]))
     arrays = {}
     for i, name in enumerate(names):
         arrays[f"w{i}"] = np.asarray(params[name]["kernel"], dtype=np.float32)
@@ -250,3 +401,74 @@ def export(policy, path):
     with path.open("wb") as handle:
         np.savez(handle, **arrays)
     return path
+
+
+def learning_curve(directory, state, episodes=6, points=12, baselines=("static", "clipper", "triton", "nexus"),
+                   progress=None):
+    """Score the policy snapshots of a :func:`train` run in ``directory`` (at most ``points`` of
+    them, evenly spaced, the last included) and the baselines with :func:`evaluate` on the same
+    ``episodes`` episodes of the run's environment; the policies act deterministically.
+
+    Returns
+    -------
+    dict
+        ``steps``, ``reward`` and ``good`` of the snapshots, and ``baselines``: name → result.
+    """
+    from .policies import make_policy
+    from .rl import ShippedPolicy
+
+    env = {k: tuple(v) if isinstance(v, list) else v for k, v in state["settings"]["env"].items()}
+    found = sorted((int(p.stem.rsplit("_", 1)[-1]), p) for p in (Path(directory) / "snapshots").glob("rl_policy_*.npz"))
+    if len(found) > points:
+        keep = {round(i * (len(found) - 1) / (points - 1)) for i in range(points)}
+        found = [f for i, f in enumerate(found) if i in keep]
+    out = {"episodes": episodes, "steps": [], "reward": [], "good": [], "baselines": {}}
+    total = len(found) + len(baselines)
+    for steps, path in found:
+        score = evaluate(ShippedPolicy(path), episodes, **env)
+        out["steps"].append(steps)
+        out["reward"].append(score["reward"])
+        out["good"].append(score["good"])
+        if progress:
+            progress(len(out["steps"]), total)
+    for name in baselines:
+        out["baselines"][name] = evaluate(make_policy(name), episodes, **env)
+        if progress:
+            progress(len(out["steps"]) + len(out["baselines"]), total)
+    return out
+
+
+def write_curve(state, path, evaluation=None):
+    """Write the learning curve of :func:`train`'s ``state`` (and :func:`learning_curve`'s
+    ``evaluation``) as JSON at ``path`` and a PNG beside it: mean reward per segment against
+    environment steps, the snapshots' deterministic reward and the baselines' on the same episodes;
+    return both paths."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = ("steps", "rewards", "good", "seconds", "done", "envs", "settings")
+    data = {k: state[k] for k in keys if k in state}
+    if evaluation:
+        data["evaluation"] = evaluation
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(state["steps"], state["rewards"], color="tab:blue", alpha=0.5, label="training reward (sampled actions)")
+    if evaluation:
+        ax.plot(evaluation["steps"], evaluation["reward"], color="tab:blue", marker="o",
+                label=f"RL, mean action ({evaluation['episodes']} fixed episodes)")
+        for (name, score), color in zip(evaluation["baselines"].items(), ("grey", "tab:orange", "tab:green",
+                                                                           "tab:red", "tab:purple")):
+            ax.axhline(score["reward"], color=color, linestyle="--", label=f"{name} (same episodes)")
+    ax.set_xlabel("environment steps (all workers)")
+    ax.set_ylabel("reward per step (within SLO − cost)")
+    ax.set_title(f"RL training: skrl PPO, {state.get('envs', '?')} Ray workers, {state['seconds'] / 60:.0f} min")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    png = path.with_suffix(".png")
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return [path, png]

@@ -24,10 +24,12 @@ import numpy as np
 from tcloud.isa import get_config
 from tcloud.runtime.backends import TIMED_BACKENDS
 
-from .workload import DEFAULT_MODELS, ClusterError
+from .workload import ClusterError, default_models
 
 DEFAULT_BACKEND = "perf" if "perf" in TIMED_BACKENDS else "verilator"
 DEFAULT_BATCHES = (1, 2, 4, 8, 16)
+BATCHES = {"tpu_like": (1, 2, 4, 8, 16, 32)}
+"""Configuration → batch sizes measured when not :data:`DEFAULT_BATCHES` (:func:`default_batches`)."""
 DEFAULT_POLICIES = ("static",)
 SHIPPED = Path(__file__).with_name("data")
 """Committed tables (``service-<config>-<backend>.json``), made by ``tcloud cluster table``."""
@@ -71,7 +73,12 @@ def standard_shapes(config):
     return tuple(out)
 
 
-def measure(model, config, batch, shape, policy="static", backend=DEFAULT_BACKEND, seed=0):
+def default_batches(config):
+    """The batch sizes a table of ``config`` measures by default."""
+    return BATCHES.get(config, DEFAULT_BATCHES)
+
+
+def measure(model, config, batch, shape, policy="static", backend=DEFAULT_BACKEND, seed=0, timing_only=False):
     """Cycles of one batch of ``model`` on a vNPU of ``shape`` alone on a pNPU of ``config``.
 
     Parameters
@@ -84,6 +91,10 @@ def measure(model, config, batch, shape, policy="static", backend=DEFAULT_BACKEN
         The pNPU's scheduling policy (what co-tenants may take from or lend to the vNPU).
     backend : str
         A timed backend.
+    seed : int
+        Seed of the random inputs.
+    timing_only : bool
+        On ``perf``: compute no data (``data=False``), which makes TPU-scale models cheap.
 
     Returns
     -------
@@ -105,14 +116,17 @@ def measure(model, config, batch, shape, policy="static", backend=DEFAULT_BACKEN
     if need > shape.hbm_mib:
         raise ClusterError(f"model {model.name!r} at batch {batch} needs {need} MiB of HBM; shape {shape.label} has "
                            f"{shape.hbm_mib} MiB")
-    with Hypervisor(config, backend=backend, policy=policy) as hypervisor:
+    options = {"hbm_timing": {"data": False}} if timing_only else {}
+    if timing_only and backend != "perf":
+        raise ClusterError(f"timing-only measurement needs the perf backend, not {backend!r}")
+    with Hypervisor(config, backend=backend, policy=policy, **options) as hypervisor:
         vnpu = hypervisor.create_vnpu(shape.spec(), name=model.name)
         compiled.run(compiled.random_inputs(seed), vnpu=vnpu)
         return vnpu.usage().active_cycles
 
 
-def _measure_task(model, config, batch, shape, policy, backend):
-    return measure(model, config, batch, shape, policy, backend)
+def _measure_task(model, config, batch, shape, policy, backend, timing_only):
+    return measure(model, config, batch, shape, policy, backend, timing_only=timing_only)
 
 
 class ServiceTable:
@@ -126,11 +140,18 @@ class ServiceTable:
         ``(model, shape label, policy, batch) -> cycles``.
     shapes : sequence of Shape
     clock_mhz : float
+    models : sequence of ModelSpec
+    timing_only : bool
+        Measured without computing data (``perf`` with ``data=False``).
+    build_seconds : float, optional
+        Wall seconds the build took (recorded in the file).
     """
 
-    def __init__(self, config, backend, entries, shapes, clock_mhz, models=()):
+    def __init__(self, config, backend, entries, shapes, clock_mhz, models=(), timing_only=False,
+                 build_seconds=None):
         self.config, self.backend, self.entries = config, backend, dict(entries)
         self.shapes, self.clock_mhz, self.models = tuple(shapes), clock_mhz, tuple(models)
+        self.timing_only, self.build_seconds = timing_only, build_seconds
 
     @property
     def batches(self):
@@ -175,6 +196,7 @@ class ServiceTable:
     def to_dict(self):
         return {"config": self.config, "backend": self.backend, "clock_mhz": self.clock_mhz,
                 "shapes": [asdict(s) for s in self.shapes], "models": [asdict(m) for m in self.models],
+                "timing_only": self.timing_only, "build_seconds": self.build_seconds,
                 "entries": [{"model": m, "shape": s, "policy": p, "batch": b, "cycles": c}
                             for (m, s, p, b), c in sorted(self.entries.items())]}
 
@@ -200,7 +222,8 @@ class ServiceTable:
             shapes = [Shape(**s) for s in data["shapes"]]
             models = [ModelSpec(**{**m, "settings": tuple(m["settings"])}) for m in data.get("models", [])]
             entries = {(e["model"], e["shape"], e["policy"], int(e["batch"])): int(e["cycles"]) for e in data["entries"]}
-            return cls(data["config"], data["backend"], entries, shapes, float(data["clock_mhz"]), models)
+            return cls(data["config"], data["backend"], entries, shapes, float(data["clock_mhz"]), models,
+                       bool(data.get("timing_only", False)), data.get("build_seconds"))
         except KeyError as exc:
             raise ClusterError(f"{path}: missing field {exc.args[0]!r}") from None
         except TypeError as exc:
@@ -211,15 +234,17 @@ def default_path(config, backend):
     return SHIPPED / f"service-{config}-{backend}.json"
 
 
-def build_table(models=DEFAULT_MODELS, config="small", backend=DEFAULT_BACKEND, batches=DEFAULT_BATCHES,
-                shapes=None, policies=DEFAULT_POLICIES, num_cpus=None, progress=None):
+def build_table(models=None, config="small", backend=DEFAULT_BACKEND, batches=None,
+                shapes=None, policies=DEFAULT_POLICIES, num_cpus=None, progress=None, timing_only=None):
     """Measure every entry as a Ray task and return the :class:`ServiceTable`.
 
     Parameters
     ----------
-    models : sequence of ModelSpec
+    models : sequence of ModelSpec, optional
+        Default :func:`~.workload.default_models` of ``config``.
     config, backend : str
-    batches : sequence of int
+    batches : sequence of int, optional
+        Default :func:`default_batches` of ``config``.
     shapes : sequence of Shape, optional
         Default :func:`standard_shapes`.
     policies : sequence of str
@@ -228,19 +253,29 @@ def build_table(models=DEFAULT_MODELS, config="small", backend=DEFAULT_BACKEND, 
         CPUs for a local Ray instance (ignored when Ray is already initialised).
     progress : callable, optional
         ``progress(done, total)`` after each entry.
+    timing_only : bool, optional
+        Compute no data (``perf`` only); default: on ``perf`` for every configuration but ``small``
+        (whose shipped table was measured with data, like the Verilator one it is checked against).
     """
     import ray
 
+    started_at = time.time()
     cfg = get_config(config)
+    models = tuple(models or default_models(config))
+    batches = tuple(batches or default_batches(config))
+    if timing_only is None:
+        timing_only = backend == "perf" and config != "small"
     shapes = tuple(shapes or standard_shapes(config))
-    jobs = [(m, b, s, p) for m in models for s in shapes for p in policies for b in batches]
+    # the largest batches (the longest tasks) first, so that the last tasks running are short ones
+    jobs = [(m, b, s, p) for b in sorted(batches, reverse=True) for m in models for s in shapes for p in policies]
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
     try:
         task = ray.remote(num_cpus=1)(_measure_task)
-        pending = {task.remote(m, config, b, s, p, backend): (m.name, s.label, p, b) for m, b, s, p in jobs}
+        pending = {task.remote(m, config, b, s, p, backend, timing_only): (m.name, s.label, p, b)
+                   for m, b, s, p in jobs}
         entries, total = {}, len(pending)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -257,13 +292,15 @@ def build_table(models=DEFAULT_MODELS, config="small", backend=DEFAULT_BACKEND, 
     finally:
         if started:
             ray.shutdown()
-    return ServiceTable(config, backend, entries, shapes, cfg.clock_mhz, models)
+    return ServiceTable(config, backend, entries, shapes, cfg.clock_mhz, models, timing_only,
+                        round(time.time() - started_at, 1))
 
 
-def load_table(models=DEFAULT_MODELS, config="small", backend=DEFAULT_BACKEND, path=None, build=True, **options):
+def load_table(models=None, config="small", backend=DEFAULT_BACKEND, path=None, build=True, **options):
     """The table for ``models`` on ``config``/``backend``: from ``path`` (default the shipped one),
     rebuilt with :func:`build_table` when it lacks a model (or ``build`` is False: a
-    :class:`ClusterError`)."""
+    :class:`ClusterError`). ``models`` defaults to :func:`~.workload.default_models` of ``config``."""
+    models = tuple(models or default_models(config))
     path = Path(path) if path else default_path(config, backend)
     if path.exists():
         table = ServiceTable.load(path)
@@ -276,8 +313,6 @@ def load_table(models=DEFAULT_MODELS, config="small", backend=DEFAULT_BACKEND, p
                                f"run `tcloud cluster table`")
     elif not build:
         raise ClusterError(f"no service-time table at {path}; run `tcloud cluster table`")
-    started = time.time()
     table = build_table(models, config, backend, **options)
     table.save(path)
-    table.build_seconds = time.time() - started
     return table

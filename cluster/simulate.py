@@ -1,27 +1,19 @@
 """Batch-granularity simulation of the cluster in virtual time.
 
-Why not one event per batch (SimPy or a heap): counted first, a saturated cluster of 1000 pNPUs
-completes 10⁵–10⁶ batches per simulated second (several thousand replicas, batch times of
-0.01–10 ms; with the ``small`` table's six models about 10⁶), so ten simulated minutes are 10⁸–10⁹
-events, each a Python generator resumption in SimPy (microseconds): hours, against a 2-minute
-target. SimPy serves instead as the per-request reference (:mod:`.reference`) that validates this
-simulator at small scale.
+Counted first: a saturated cluster of 1000 ``tpu_like`` pNPUs serving the six full-size models
+completes about 3 × 10⁵ batches and 1.1 × 10⁶ requests per simulated second (half of the batches
+from single-replica recommenders whose batches last 15–150 µs), so ten simulated minutes are about
+2 × 10⁸ batch events and 7 × 10⁸ request latencies. SimPy (a Python generator resumption per event,
+microseconds) would take hours against a 2-minute target; it serves instead as the per-request
+reference (:mod:`.reference`) that validates this simulator at small scale.
 
-How this one works: each model has one FIFO queue and a group of replicas (vNPUs). Within a control
-interval, every replica's next batches are laid out as *slots* assuming full batches; all slots of a
-model are sorted by start time and the requests each takes follow from one vectorised scan,
-
-    C_j = min(C_{j-1} + b_j, A(s_j))  =>  C_j = P_j + min(C_0, min_{k<=j} (A(s_k) - P_k)),
-
-with ``A(s)`` the requests arrived by ``s`` and ``P`` the prefix sum of batch caps. The slots are
-exact up to the first one that was not full (an idle replica, a partial batch, or a Triton-style
-replica that waits for a fuller batch): that one is applied as well, and the slots starting after
-its replica's next event are laid out again. A saturated model thus advances a whole interval in one
-scan, and the result is the same schedule as the per-request simulation (the test checks it).
-Latencies are computed per request (vectorised) into log-spaced histograms.
+How this one works: each model has one FIFO queue and a group of replicas (vNPUs); per control
+interval, :meth:`ModelGroup.run` advances them with one event per batch in a loop compiled with
+Numba (:mod:`.events`), and every served request's latency goes into a log-spaced histogram as it is
+served. A NumPy version (one vectorised scan over every replica's next batches) was exact but ran at
+3 × 10⁴ batches per wall second on this workload, as partial batches cut every scan short.
 """
 
-import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +22,16 @@ from .workload import ClusterError
 
 EDGES = np.geomspace(1e-7, 1e4, 6001)
 """Latency histogram bin edges (seconds): 0.42 % per bin."""
+_LOG_FIRST_EDGE = float(np.log(EDGES[0]))
+_LOG_STEP = float(np.log(EDGES[-1] / EDGES[0]) / (len(EDGES) - 1))
+
+
+def latency_bins(latency):
+    """Histogram bin of each latency: ``k`` with ``EDGES[k-1] < latency <= EDGES[k]`` (0 below the
+    first edge, ``len(EDGES)`` above the last), from a logarithm instead of a search over the edges
+    (a tenth of the time; a latency within rounding of an edge may fall in the next bin)."""
+    k = np.ceil(np.log(np.maximum(latency, EDGES[0]) / EDGES[0]) / _LOG_STEP)
+    return np.minimum(k, len(EDGES)).astype(np.intp)
 
 
 @dataclass
@@ -56,12 +58,6 @@ class Plan:
 class ModelGroup:
     """One model's queue and replicas (see the module docstring)."""
 
-    SEQUENTIAL_BATCHES = 4096
-    """Events simulated one at a time when a round of slots made little progress."""
-    SLOTS_WORTH_A_ROUND = 256
-    """A round that applies fewer slots than this (or a quarter of its slots) costs more than
-    simulating those batches one at a time (a few microseconds each)."""
-
     def __init__(self, index, slo, curves):
         self.index, self.slo, self.curves = index, slo, curves
         self.queue = np.empty(0)
@@ -70,9 +66,6 @@ class ModelGroup:
         self.free = np.empty(0)
         self.batch = np.empty(0, dtype=np.int64)
         self.delay = 0.0
-        self.chunk = 64
-        self.horizon = None
-        self._arrivals = None
         self.hist = np.zeros(len(EDGES) + 1, dtype=np.int64)
         self.reset_stats()
         self.arrived = self.served = self.good = self.dropped = 0
@@ -90,204 +83,25 @@ class ModelGroup:
         return np.array([self.curves[r.shape.label] for r in self.replicas]).reshape(len(self.replicas), -1)
 
     def run(self, t1):
-        """Serve the queue with the replicas until ``t1``."""
+        """Serve the queue with the replicas until ``t1`` (:func:`~.events.serve`): replicas that
+        finish a batch start the next at once with up to their cap of the oldest requests; free
+        replicas wait in a pool behind the model's one batcher, as in Triton's dynamic batcher (one
+        per model, dispatching to whichever instance is free). The batcher forms the next batch when
+        it is due (at the next arrival without a queue delay; with one, when the queue fills to the
+        cap or its oldest request has waited the delay) and hands it to the lowest-numbered free
+        replica. This is the per-request reference's schedule (:mod:`.reference`, where each free
+        replica waits on its own: all are woken at the due time and the first takes the batch)."""
         if not self.replicas:
             return
-        lat = self.shape_curves()
-        full_time = lat[np.arange(len(self.replicas)), self.batch]
-        if self.horizon is None:
-            self.horizon = 8 * float(full_time.max())
-        uniform = self.delay == 0 and len({r.shape.label for r in self.replicas}) == 1
-        light, sequential = True, 0
-        self._arrivals = None  # the queue as a list, for _sequential (built once per call)
-        while True:
-            active = np.flatnonzero(self.free < t1)
-            if not active.size:
-                break
-            if uniform and light and self.head < self.queue.size and self._unqueued(lat[0, 1]):
-                continue
-            if sequential:
-                self._sequential(t1, lat, sequential)
-                sequential = 0
-                continue
-            limit = min(t1, float(self.free[active].min()) + self.horizon)
-            count = np.clip(np.ceil((limit - self.free[active]) / full_time[active]).astype(np.int64), 1, None)
-            rep = np.repeat(active, count)
-            ordinal = np.arange(rep.size) - np.repeat(np.cumsum(count) - count, count)
-            start = self.free[rep] + ordinal * full_time[rep]
-            slots = self._scan(rep, start, lat, t1)
-            last = np.append(rep[1:] != rep[:-1], True)
-            assumed = np.where(last, limit, np.append(start[1:], limit))
-            moved = np.where(last, slots["next"] < limit, slots["next"] != assumed)
-            changed = ~slots["take"] & ~slots["idle"]  # a replica that waits for a fuller batch
-            order = np.lexsort((rep, start))
-            stop = self._apply(rep[order], ordinal[order], start[order], slots["n"][order], slots["next"][order],
-                               changed[order], moved[order], assumed[order], lat)
-            light = not slots["n"][order][0]
-            self.horizon = self.horizon * 2 if stop == rep.size else max(self.horizon / 2, float(full_time.min()))
-            if stop < min(rep.size // 4, self.SLOTS_WORTH_A_ROUND):
-                sequential = self.SEQUENTIAL_BATCHES  # slots advance too little: a stretch batch by batch
+        from .events import serve
 
-    def _scan(self, rep, start, lat, t1):
-        """Requests taken by each slot (``rep``, ``start``) assuming every slot starts a batch, the
-        slot's own decision (``take``: start a batch rather than wait; ``idle``: nothing waiting),
-        its batch size and its replica's next event; arrays in the slots' order."""
-        queue, head = self.queue, self.head
-        order = np.lexsort((rep, start))
-        r, s = rep[order], start[order]
-        cap = self.batch[r]
-        b = cap
-        arrived = np.searchsorted(queue, s, side="right")
-        prefix = np.cumsum(b)
-        taken = prefix + np.minimum(np.minimum.accumulate(arrived - prefix), head)
-        before = np.concatenate(([head], taken[:-1]))
-        last = queue.size - 1
-        oldest = queue[np.minimum(before, last)] if queue.size else np.full(r.size, np.inf)
-        waiting = arrived - before
-        decide = (waiting >= cap) | (self.delay == 0) | (s >= oldest + self.delay)
-        decide &= waiting > 0
-        n = np.where(decide, np.minimum(cap, waiting), 0)
-        nxt = s + lat[r, n]
-        idle = waiting <= 0
-        nxt[idle] = np.where(before[idle] <= last, oldest[idle], t1)
-        wait = ~decide & ~idle
-        if wait.any():
-            fill = before[wait] + cap[wait] - 1
-            full_at = np.where(fill <= last, queue[np.minimum(fill, last)] if queue.size else np.inf, np.inf)
-            nxt[wait] = np.minimum(full_at, oldest[wait] + self.delay)
-        out = {"take": decide, "next": nxt, "n": n, "idle": idle}
-        back = np.empty_like(order)
-        back[order] = np.arange(order.size)
-        return {k: v[back] for k, v in out.items()}
-
-    def _sequential(self, t1, lat, batches):
-        """Up to ``batches`` events (batches or waits) one at a time, earliest replica first (ties:
-        lowest index, as the slots are ordered), for the stretches where few of a round's slots are
-        exact (many replicas, short partial batches and idle gaps). Idle replicas wait in a pool;
-        the next arrival wakes the lowest-numbered one."""
-        import heapq
-
-        queue = self.queue
-        if self._arrivals is None:
-            self._arrivals = queue.tolist()
-        arrivals = self._arrivals
-        size, head = len(arrivals), self.head
-        busy, idle = [], []
-        for r, f in enumerate(self.free.tolist()):
-            if f < t1:
-                if bisect.bisect_right(arrivals, f, head) > head or f == t1:
-                    busy.append((f, r))
-                else:
-                    idle.append(r)
-        heapq.heapify(busy)
-        heapq.heapify(idle)
-        caps, delay = self.batch.tolist(), self.delay
-        ends, counts, reps = [], [], []
-        for _ in range(batches):
-            arrival = arrivals[head] if head < size else t1
-            if idle and (not busy or arrival < busy[0][0]):
-                if arrival >= t1:
-                    break
-                f, r = arrival, heapq.heappop(idle)
-            elif busy:
-                f, r = heapq.heappop(busy)
-            else:
-                break
-            waiting = bisect.bisect_right(arrivals, f, head) - head
-            cap = caps[r]
-            if waiting <= 0:
-                heapq.heappush(idle, r)
-                self.free[r] = f
-                continue
-            if delay > 0 and waiting < cap and f < arrivals[head] + delay:
-                fill = head + cap - 1
-                nxt = min(arrivals[fill] if fill < size else float("inf"), arrivals[head] + delay)
-            else:
-                n = min(cap, waiting)
-                nxt = f + lat[r, n]
-                ends.append(nxt)
-                counts.append(n)
-                reps.append(r)
-                head += n
-            self.free[r] = nxt
-            if nxt < t1:
-                heapq.heappush(busy, (nxt, r))
-        wake = arrivals[head] if head < size else t1
-        for r in idle:
-            self.free[r] = max(self.free[r], wake)
-        if counts:
-            counts, reps = np.array(counts), np.array(reps)
-            self._record(np.repeat(ends, counts) - queue[self.head:head])
-            service = lat[reps, counts]
-            np.add.at(self.i_busy, reps, service)
-            np.maximum.at(self.i_max_service, reps, service)
-            self.batches += counts.size
-            self.head = head
-
-    def _apply(self, rep, ordinal, start, n, nxt, changed, moved, assumed, lat):
-        """Apply the exact prefix of a round's slots (in time order) and return its length.
-
-        A slot is exact when every slot before it is. A slot whose decision (start a batch or wait)
-        was assumed wrongly is still exact itself, but the scan gave the slots after it the wrong
-        requests: it ends the prefix. After a slot whose replica's next event was assumed wrongly,
-        only slots of other replicas that start before both the true and the assumed event stay
-        exact."""
-        bound = np.where(moved, np.minimum(nxt, assumed), np.inf)
-        bound = np.concatenate(([np.inf], np.minimum.accumulate(bound)[:-1]))
-        first_moved = np.full(len(self.replicas), np.iinfo(np.int64).max)
-        np.minimum.at(first_moved, rep[moved], ordinal[moved])
-        bad = (start >= bound) | (ordinal > first_moved[rep])
-        if changed.any():
-            bad[np.argmax(changed) + 1:] = True
-        stop = int(np.argmax(bad)) if bad.any() else rep.size
-        rep, n, nxt = rep[:stop], n[:stop], nxt[:stop]
-        served = int(n.sum())
-        self.batches += int(np.count_nonzero(n))
-        if served:
-            end_head = self.head + served
-            self._record(np.repeat(nxt, n) - self.queue[self.head:end_head])
-            service = lat[rep, n]
-            np.add.at(self.i_busy, rep, service)
-            np.maximum.at(self.i_max_service, rep, service)
-            self.head = end_head
-        np.maximum.at(self.free, rep, nxt)
-        return stop
-
-    def _unqueued(self, service):
-        """Serve at once, alone, the waiting requests that find a free replica on arrival (the light
-        regime, where slots would advance one request at a time). Only for replicas of one shape
-        without a queue delay: then which replica serves does not matter, and the free times after
-        the stretch follow from counting. Returns whether any request was served."""
-        queue, free = self.queue[self.head:self.head + self.chunk], self.free
-        count = len(free)
-        busy_before = count - np.searchsorted(np.sort(free), queue, side="right")
-        started = np.arange(queue.size)
-        busy_new = started - np.searchsorted(queue + service, queue, side="right")
-        fits = busy_before + busy_new < count
-        stop = int(np.argmin(fits)) if not fits.all() else queue.size
-        self.chunk = self.chunk * 2 if stop == queue.size else max(64, self.chunk // 4)
-        if stop == 0:
-            return False
-        served = queue[:stop]
-        self.batches += stop
-        self._record(np.full(stop, service))
-        last = served[-1]
-        ends = served + service
-        available = np.flatnonzero(free <= last)
-        running = ends[ends > last]
-        free[available] = np.concatenate((running, np.full(available.size - running.size, last)))
-        self.i_busy += stop * service / count
-        self.i_max_service = np.maximum(self.i_max_service, service)
-        self.head += stop
-        return True
-
-    def _record(self, latency):
-        bins = np.searchsorted(EDGES, latency)
-        counts = np.bincount(bins, minlength=len(EDGES) + 1)
-        good = int(np.count_nonzero(latency <= self.slo))
-        self.i_hist += counts
-        self.i_served += latency.size
+        lat = np.ascontiguousarray(self.shape_curves())
+        self.head, served, good, batches = serve(self.queue, self.head, self.free, self.batch, lat, self.delay, t1,
+                                                 self.slo, self.i_hist, _LOG_FIRST_EDGE, _LOG_STEP, self.i_busy,
+                                                 self.i_max_service)
+        self.i_served += served
         self.i_good += good
+        self.batches += batches
 
     def add_arrivals(self, times):
         self.queue = np.concatenate((self.queue[self.head:], times))

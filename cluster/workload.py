@@ -99,6 +99,29 @@ DEFAULT_MODELS = (
 the service-time table runs on the ``small`` configuration's Verilator model in seconds."""
 
 
+TPU_MODELS = (
+    ModelSpec("resnet50", "resnet50", slo_factor=10.0),
+    ModelSpec("mobilenetv2", "mobilenetv2", ("image_size=112",), slo_factor=10.0),
+    ModelSpec("bert_base", "bert_encoder", ("shape=base", "seq=128"), slo_factor=10.0),
+    ModelSpec("dlrm", "dlrm", slo_factor=10.0),
+    ModelSpec("ncf", "ncf", slo_factor=10.0),
+    ModelSpec("dlrm_mlp", "dlrm_mlp", slo_factor=10.0),
+)
+"""Six full-size models for the ``tpu_like`` configuration: ResNet-50 (224 × 224), MobileNetV2
+(112 × 112: at 224 the compiler emits a ``dma.store`` of more rows than the ISA's 4095), BERT-base
+(12 layers, hidden 768, 128 tokens), DLRM with embeddings, NCF and the MLPerf DLRM MLP towers; the
+SLO of each is 10 × its solo batch-1 latency on a whole pNPU."""
+
+MODEL_SETS = {"small": DEFAULT_MODELS, "tpu_like": TPU_MODELS}
+"""Configuration → the models its service-time table is built for (:func:`default_models`)."""
+
+
+def default_models(config):
+    """The models served on ``config`` by default: :data:`TPU_MODELS` on ``tpu_like``, else
+    :data:`DEFAULT_MODELS`."""
+    return MODEL_SETS.get(config, DEFAULT_MODELS)
+
+
 def model_by_name(models, name):
     """The :class:`ModelSpec` called ``name`` in ``models``; :class:`ClusterError` naming the known ones."""
     for model in models:
@@ -258,6 +281,15 @@ def write_azure_sample(path, functions=8, minutes=60, seed=0):
                              f"{rng.integers(1 << 60):016x}", ("http", "queue", "timer", "event")[f % 4], *counts])
 
 
+def sorted_uniform(rng, low, high, count):
+    """``count`` sorted uniform samples in ``[low, high)``: the order statistics as normalised
+    cumulative sums of exponential gaps (linear time; sorting uniforms costs ``log count`` more)."""
+    if count == 0:
+        return np.empty(0)
+    gaps = np.cumsum(rng.standard_exponential(count + 1))
+    return low + (high - low) * (gaps[:-1] / gaps[-1])
+
+
 class Arrivals:
     """Poisson arrival times of each model, produced window by window in time order.
 
@@ -286,7 +318,7 @@ class Arrivals:
             for m, rng in enumerate(self.rngs):
                 lam = self.rates[m] * self.trace.at(m, t) * (step_end - t)
                 k = rng.poisson(lam)
-                out[m].append(np.sort(rng.uniform(t, step_end, k)))
+                out[m].append(sorted_uniform(rng, t, step_end, k))
             t = step_end
         self.now = t1
         return [np.concatenate(parts) if parts else np.empty(0) for parts in out]

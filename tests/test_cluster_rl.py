@@ -1,0 +1,265 @@
+"""The cluster layer's RL policy: environment, action decoding, training (skrl PPO on Ray workers,
+checkpoints) and the shipped NumPy policy."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tcloud.cluster.service import load_table
+from tcloud.cluster.workload import DEFAULT_MODELS, ClusterError, model_by_name
+from tcloud.runtime.cli import main as tcloud
+
+
+@pytest.fixture(scope="module")
+def table():
+    return load_table(build=False)
+
+
+def _sim(table, policy, load=0.6, pnpus=8, models=DEFAULT_MODELS, seed=2, trace="poisson", duration=1.0):
+    from tcloud.cluster.placement import Cluster
+    from tcloud.cluster.simulate import Simulator, make_context
+    from tcloud.cluster.workload import Arrivals, make_trace
+
+    context = make_context(models, table, pnpus, load, interval=0.05)
+    arrivals = Arrivals(make_trace(trace, models, duration, seed), context.rates, seed)
+    return Simulator(context, Cluster(pnpus // 4, 4), policy, arrivals)
+
+
+# --- environment, observation, action ------------------------------------------------------------
+
+def test_the_environment_follows_the_gymnasium_api():
+    from tcloud.cluster.rl_train import ClusterEnv
+
+    env = ClusterEnv(interval=0.01, steps=2, seed=3)
+    obs, info = env.reset(seed=3)
+    assert env.observation_space.contains(obs) and info["trace"] in ("poisson", "mmpp", "diurnal")
+    assert obs.shape == (6 * 13 + 3,) and env.action_space.shape == (18,)
+    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    assert env.observation_space.contains(obs) and isinstance(reward, float) and not terminated and not truncated
+    assert -1 <= reward <= 1 and 0 <= info["good"] <= 1 and 0 < info["held"] <= 1
+    *_, truncated, _ = env.step(np.zeros(env.action_space.shape))
+    assert truncated
+    mixed = ClusterEnv(nodes=(2, 4), interval=0.01, steps=1, seed=0)
+    assert {mixed.reset(seed=s)[1]["pnpus"] for s in range(8)} == {8, 16}
+
+
+def test_more_headroom_holds_more_vnpus_and_costs_reward():
+    from tcloud.cluster.rl_train import ClusterEnv
+
+    held = {}
+    for a0 in (-0.5, 0.5):
+        env = ClusterEnv(interval=0.01, steps=3, loads=(0.4, 0.4), cost_weight=1.0, seed=1)
+        env.reset(seed=1)
+        action = np.tile([a0, 0.0, 0.0], 6)
+        held[a0] = [env.step(action)[4]["held"] for _ in range(3)]
+    assert held[0.5][-1] > 1.5 * held[-0.5][-1]
+
+
+def test_actions_add_remove_and_resize_vnpus_within_the_cluster_and_the_slo(table):
+    from tcloud.cluster.rl import decode, model_options
+    from tcloud.cluster.simulate import make_context
+
+    context = make_context(DEFAULT_MODELS, table, 8, 0.5)
+    options = model_options(context)
+    rate = context.rates
+    observation = {"arrival_rate": rate}
+    labels = [s.label for s in context.shapes]
+    small = decode(np.tile([0.0, -1.0, -1.0], 6), observation, context, options)
+    whole = decode(np.tile([0.0, 1.0, 1.0], 6), observation, context, options)
+    for m, found in enumerate(options):
+        assert set(small.replicas[m]) == {labels[0]} and small.batch[m] == 1
+        assert set(whole.replicas[m]) == {labels[-1]} and whole.batch[m] == found[labels[-1]][1]
+        assert context.curves[m][labels[-1]][whole.batch[m]] <= context.slos[m]
+        # capacity at least the measured rate when the cluster has room
+        thr = found[labels[0]][2][1]
+        assert len(small.replicas[m]) * thr >= rate[m] or len(small.replicas[m]) == 1
+    more = decode(np.tile([1.0, 0.0, 0.0], 6), observation, context, options)
+    less = decode(np.tile([-1.0, 0.0, 0.0], 6), observation, context, options)
+    shape = {s.label: s for s in context.shapes}
+    for plan in (more, less):
+        assert sum(shape[l].ves for ls in plan.replicas.values() for l in ls) <= context.shapes[-1].ves * 8
+        assert all(len(ls) >= 1 for ls in plan.replicas.values())
+    assert sum(map(len, more.replicas.values())) > sum(map(len, less.replicas.values()))
+    big = make_context(DEFAULT_MODELS, table, 1000, 1.0)
+    rng = np.random.default_rng(0)
+    skewed = big.rates * np.array([40, 1e-6, 1e-6, 1e-6, 1e-6, 1e-6])  # one model wants twice the cluster
+    for i in range(20):  # oversubscribed: scaled down to the cluster exactly, nothing left to be refused
+        rates = skewed if i % 2 else big.rates * 2
+        plan = decode(rng.uniform(-1, 1, 18) + [1, 0, 0] * 6, {"arrival_rate": rates}, big, model_options(big))
+        assert sum(shape[l].ves for ls in plan.replicas.values() for l in ls) <= 2 * 1000
+        assert sum(shape[l].mes for ls in plan.replicas.values() for l in ls) <= 4 * 1000
+    with pytest.raises(ClusterError, match="the RL action has 12 numbers; 6 models need 18"):
+        decode(np.zeros(12), observation, context, options)
+
+
+def test_observations_do_not_depend_on_the_cluster_size(table):
+    """What lets a policy trained on 16-128 pNPUs run on 1000: a cluster k times larger with k times
+    the replicas, requests and free engines is observed as the same vector, but for the arrivals'
+    relative noise, which shrinks as 1 / sqrt(rate)."""
+    from tcloud.cluster.policies import Static
+    from tcloud.cluster.rl import features, model_options
+    from tcloud.cluster.simulate import make_context
+
+    sim = _sim(table, Static(), load=0.7, pnpus=16, trace="mmpp")
+    for _ in range(3):
+        sim.step()
+    obs, k = sim.observe_last, 4
+    large = make_context(DEFAULT_MODELS, table, 16 * k, 0.7, interval=0.05)
+    scaled = {**obs, "replicas": [r * k for r in obs["replicas"]], "batch": [np.tile(b, k) for b in obs["batch"]],
+              "busy": [np.tile(b, k) for b in obs["busy"]], "free_mes": obs["free_mes"] * k,
+              "free_ves": obs["free_ves"] * k}
+    for key in ("arrival_rate", "queue", "good"):
+        scaled[key] = obs[key] * k
+    small = features(obs, sim.context, model_options(sim.context))
+    big = features(scaled, large, model_options(large))
+    noise = np.zeros(small.size, dtype=bool)
+    noise[9:6 * 13:13] = True
+    assert np.allclose(small[~noise], big[~noise], rtol=1e-5, atol=1e-6)
+    rate_slo = obs["arrival_rate"] * sim.context.slos
+    assert np.allclose(small[noise], 1 / np.sqrt(1 + rate_slo), rtol=1e-5)
+    assert np.allclose(big[noise], 1 / np.sqrt(1 + k * rate_slo), rtol=1e-5)
+    assert np.abs(small).max() <= 4 and small[1::13].max() > 0  # order 1, and the load is seen
+
+
+# --- the NumPy policy ------------------------------------------------------------------------------
+
+def test_the_shipped_policy_runs_with_numpy_alone_and_plans_valid_allocations():
+    script = """
+import sys
+for name in ("jax", "skrl", "ray", "gymnasium", "torch", "flax", "optax"):
+    sys.modules[name] = None  # any import of them fails
+from tcloud.cluster.cli import run_simulation
+from tcloud.cluster.rl import ShippedPolicy
+policy = ShippedPolicy()
+results, sim, _ = run_simulation(2, 4, policy, "mmpp", 0.6, 1.0, seed=1, interval=0.1)
+shapes = {s.label for s in sim.context.shapes}
+for g in sim.groups:
+    assert g.replicas and {r.shape.label for r in g.replicas} <= shapes
+    assert 1 <= g.batch.min() and g.batch.max() <= sim.context.max_batch
+used_mes, used_ves = sim.cluster.engines_used()
+assert used_mes <= sim.cluster.total_mes
+print(results["overall"]["throughput"], results["overall"]["slo_attainment"])
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    throughput, attainment = map(float, out.stdout.split())
+    assert throughput > 0 and 0 <= attainment <= 1
+
+
+def test_bad_weight_files_and_mismatched_workloads_are_named(tmp_path, table):
+    from tcloud.cluster.rl import ShippedPolicy
+
+    with pytest.raises(ClusterError, match="no trained RL policy at .*missing.npz"):
+        ShippedPolicy(tmp_path / "missing.npz")
+    bad = tmp_path / "bad.npz"
+    bad.write_text("not numpy")
+    with pytest.raises(ClusterError, match="bad.npz: not an RL policy weight file"):
+        ShippedPolicy(bad)
+    odd = tmp_path / "odd.npz"
+    np.savez(odd, w0=np.zeros((3, 4)), b0=np.zeros(5))
+    with pytest.raises(ClusterError, match="odd.npz: not an RL policy weight file"):
+        ShippedPolicy(odd)
+    wide = tmp_path / "wide.npz"
+    np.savez(wide, w0=np.zeros((20, 4)), b0=np.zeros(4), w1=np.zeros((4, 3)), b1=np.zeros(3))
+    with pytest.raises(ClusterError, match="wide.npz: the RL policy network takes 20 inputs and gives 3 outputs; this "
+                                           "code expects 16 and 3"):
+        ShippedPolicy(wide)
+
+
+def test_one_shared_network_serves_any_number_of_models(table):
+    """The network acts per model, so the shipped policy also serves a workload of three models."""
+    from tcloud.cluster.rl import ShippedPolicy
+
+    three = [model_by_name(DEFAULT_MODELS, n) for n in ("ncf", "dlrm_mlp", "bert_tiny")]
+    sim = _sim(table, ShippedPolicy(), models=three)
+    results = sim.run(0.5)
+    assert len(results["models"]) == 3 and results["overall"]["throughput"] > 0
+    assert all(g.replicas for g in sim.groups)
+
+
+def test_the_exported_network_is_the_trained_policys_mean(tmp_path):
+    import gymnasium
+    import jax.numpy as jnp
+
+    from tcloud.cluster.rl import ShippedPolicy, observation_size
+    from tcloud.cluster.rl_train import export, shared_policy_model
+
+    size = observation_size(6)
+    model = shared_policy_model(gymnasium.spaces.Box(-10, 10, (size,), np.float32),
+                                gymnasium.spaces.Box(-1, 1, (18,), np.float32), None)
+    model.init_state_dict(role="policy")
+    x = np.random.default_rng(0).uniform(-1, 1, (5, size)).astype(np.float32)
+    _, outputs = model.act({"observations": jnp.asarray(x)}, role="policy")
+    exported = ShippedPolicy(export(model, tmp_path / "p.npz"))
+    assert np.allclose(np.asarray(outputs["mean_actions"]), exported.act(x), atol=1e-5)
+
+
+def test_the_shipped_policy_is_the_default_rl_policy(tmp_path):
+    from tcloud.cluster.policies import make_policy
+    from tcloud.cluster.rl import WEIGHTS, ShippedPolicy
+
+    assert WEIGHTS.exists() and WEIGHTS.stat().st_size < 200_000 and isinstance(make_policy("rl"), ShippedPolicy)
+    out = tmp_path / "rl.json"
+    assert tcloud(["cluster", "simulate", "--nodes", "2", "--policy", "rl", "--duration", "1", "--interval", "0.25",
+                   "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["setup"]["policy"] == "rl" and results["overall"]["throughput"] > 0
+
+
+# --- training --------------------------------------------------------------------------------------
+
+def test_training_on_two_ray_workers_resumes_from_its_checkpoint_and_writes_the_curve(tmp_path, capsys):
+    from tcloud.cluster.rl import ShippedPolicy
+
+    common = ["cluster", "train", "--dir", str(tmp_path / "run"), "--envs", "2", "--rollouts", "2",
+              "--checkpoint-every", "2", "--interval", "0.01", "--episode-steps", "3"]
+    assert tcloud([*common, "--timesteps", "4"]) == 0
+    first = json.loads((tmp_path / "run" / "progress.json").read_text())
+    assert first["done"] == 4 and first["steps"] == [4, 8] and len(first["rewards"]) == 2
+    assert (tmp_path / "run" / "checkpoint.pickle").exists()
+    curve = tmp_path / "curve.json"
+    assert tcloud([*common, "--timesteps", "6", "--curve", str(curve), "--curve-episodes", "1"]) == 0  # resumes
+    again = json.loads(curve.read_text())
+    assert again["steps"] == [4, 8, 12] and again["rewards"][:2] == first["rewards"]
+    assert curve.with_suffix(".png").stat().st_size > 1000
+    scored = again["evaluation"]
+    assert scored["steps"] == [4, 8, 12] and len(scored["reward"]) == 3
+    assert set(scored["baselines"]) == {"static", "clipper", "triton", "nexus"}
+    assert all(-1 <= r["reward"] <= 1 for r in scored["baselines"].values())
+    policy = ShippedPolicy(tmp_path / "run" / "rl_policy.npz")
+    assert [w.shape for w, _ in policy.layers] == [(16, 64), (64, 64), (64, 3)]
+    assert "environment steps" in capsys.readouterr().out
+    with pytest.raises(ClusterError, match="the checkpoint was trained with"):
+        from tcloud.cluster.rl_train import train
+
+        train(tmp_path / "run", timesteps=8, envs=2, checkpoint_every=2, rollouts=2, interval=0.05, steps=3)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"timesteps": 0}, "timesteps must be a positive integer, got 0"),
+    ({"envs": 1.5}, "envs must be a positive integer"),
+    ({"checkpoint_every": 3, "rollouts": 2}, r"checkpoint_every \(3\) must be a multiple of rollouts \(2\)"),
+])
+def test_bad_training_settings_are_named(tmp_path, options, message):
+    from tcloud.cluster.rl_train import train
+
+    with pytest.raises(ClusterError, match=message):
+        train(tmp_path, **{"timesteps": 4, "checkpoint_every": 2, "rollouts": 2, **options})
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"interval": 0}, "interval must be positive, got 0"),
+    ({"nodes": (4, 0)}, r"nodes must be positive integers, got \(4, 0\)"),
+    ({"steps": 0}, "episode steps must be a positive integer"),
+    ({"loads": (0.9, 0.2)}, "loads must be a range"),
+    ({"cost_weight": -1}, "cost_weight must be non-negative"),
+    ({"table": "no/such/table.json"}, "no service-time table at no/such/table.json"),
+])
+def test_bad_environment_settings_are_named(options, message):
+    from tcloud.cluster.rl_train import ClusterEnv
+
+    with pytest.raises(ClusterError, match=message):
+        ClusterEnv(**options)
