@@ -163,6 +163,8 @@ def main(argv=None):
         if same != {k: setup[k] for k in same}:
             raise SystemExit(f"{path}: --merge needs the same setup, the file has {same}")
         kept = [r for r in old["runs"] if r["policy"] not in args.policies]
+        setup["kept_runs_from"] = old["setup"].get("kept_runs_from") or {
+            k: old["setup"].get(k) for k in ("commit", "uncommitted_changes")}
         policies = [p for p in old["setup"]["policies"] if p not in args.policies] + policies
         traces, seeds = old["setup"]["traces"], old["setup"]["seeds"]
     started = time.perf_counter()
