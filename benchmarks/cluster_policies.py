@@ -89,7 +89,10 @@ def validation(config, duration=2.0):
     table = load_table(config=config, build=False)
     models = default_models(config)
     out = []
-    for picked, policy, trace, load in (((0, 4), "static", "poisson", 0.9), ((1, 3, 5), "triton", "mmpp", 0.6)):
+    # static at 0.7: at 0.9 four pNPUs hold seven ResNet-50 replicas whose backlog the batch
+    # simulator sheds at the run's last instant and the per-request one does not (SimPy stops
+    # before events at the end time), which makes p99 infinite in one and finite in the other
+    for picked, policy, trace, load in (((0, 4), "static", "poisson", 0.7), ((1, 3, 5), "triton", "mmpp", 0.6)):
         chosen = [models[i] for i in picked]
         context = make_context(chosen, table, 4, load)
         shape = make_trace(trace, chosen, duration, 2)
@@ -105,7 +108,8 @@ def plot(summary, policies, traces, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(traces), figsize=(6 * len(traces), 7), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(2, len(traces), figsize=(6 * len(traces), 7), sharex="col", squeeze=False)
+    styles = {p: (marker, dash) for p, marker, dash in zip(policies, "os^Dv", ("-", "--", ":", "-.", "-"))}
     for column, trace in enumerate(traces):
         top, bottom = axes[0][column], axes[1][column]
         for policy in policies:
@@ -113,10 +117,11 @@ def plot(summary, policies, traces, path):
             if not mine:
                 continue
             loads = [r["load"] for r in mine]
-            top.plot(loads, [r["goodput"] / 1e3 for r in mine], marker="o", label=policy)
-            bottom.plot(loads, [100 * r["slo_attainment"] for r in mine], marker="o", label=policy)
+            marker, dash = styles[policy]
+            top.plot(loads, [r["goodput"] / 1e3 for r in mine], marker=marker, linestyle=dash, label=policy)
+            bottom.plot(loads, [100 * r["slo_attainment"] for r in mine], marker=marker, linestyle=dash, label=policy)
         bottom.axhline(99, color="grey", linestyle=":")
-        top.set_title(f"{trace} arrivals (median of seeds)")
+        top.set_title(f"{trace} arrivals, 250 x 4 tpu_like pNPUs (median of seeds)")
         top.set_ylabel("goodput (k requests/s within SLO)")
         bottom.set_ylabel("SLO attainment (%)")
         bottom.set_xlabel("offered load (fraction of capacity)")
@@ -158,6 +163,8 @@ def main(argv=None):
         if same != {k: setup[k] for k in same}:
             raise SystemExit(f"{path}: --merge needs the same setup, the file has {same}")
         kept = [r for r in old["runs"] if r["policy"] not in args.policies]
+        setup["kept_runs_from"] = old["setup"].get("kept_runs_from") or {
+            k: old["setup"].get(k) for k in ("commit", "uncommitted_changes")}
         policies = [p for p in old["setup"]["policies"] if p not in args.policies] + policies
         traces, seeds = old["setup"]["traces"], old["setup"]["seeds"]
     started = time.perf_counter()
