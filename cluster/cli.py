@@ -5,6 +5,7 @@
 """
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -105,8 +106,10 @@ def run_simulation(nodes, pnpus_per_node, policy, trace, load, duration, seed=0,
     from .workload import Arrivals, default_models, make_trace
 
     for name, value in (("duration", duration), ("interval", interval)):
-        if not value > 0:
-            raise ClusterError(f"--{name} must be positive, got {value!r}")
+        if not (math.isfinite(value) and value > 0):
+            raise ClusterError(f"--{name} must be a positive finite number, got {value!r}")
+    if not (math.isfinite(warmup) and warmup >= 0):
+        raise ClusterError(f"--warmup must be a finite number of seconds >= 0, got {warmup!r}")
     if isinstance(table, ServiceTable):
         models = tuple(models or table.models or default_models(table.config))
     else:

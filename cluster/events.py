@@ -102,7 +102,8 @@ def serve(queue, head, free, caps, lat, delay, t1, slo, hist, log_first_edge, lo
         Max queue delay (0: a free replica starts with whatever is queued).
     t1, slo : float
     hist : int64 array
-        Latency histogram (updated; bins as :func:`~.simulate.latency_bins`).
+        Latency histogram (updated): bin ``k`` holds ``EDGES[k-1] < latency <= EDGES[k]`` (0 below
+        the first edge, ``len(EDGES)`` above the last), found from a logarithm, not a search.
     log_first_edge, log_step : float
         The histogram's first edge and bin width, as logarithms.
     busy, longest : float64 array
@@ -161,5 +162,5 @@ def serve(queue, head, free, caps, lat, delay, t1, slo, hist, log_first_edge, lo
             n_busy = _push(busy_times, busy_ids, n_busy, end, r)
     for j in range(n_idle):
         r = idle_ids[j]
-        free[r] = max(free[r], _due(queue, head, caps[r], delay, t1))
+        free[r] = max(free[r], min(_due(queue, head, caps[r], delay, t1), t1))  # arrivals after t1 may fill it sooner
     return head, served, good, batches

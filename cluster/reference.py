@@ -7,6 +7,7 @@ delay. Waiting requests older than ``shed_factor × SLO`` are dropped at the end
 """
 
 import collections
+import math
 
 import numpy as np
 import simpy
@@ -38,7 +39,7 @@ def simulate_requests(groups, arrivals, duration, interval=1.0, shed_factor=2.0)
         for curve, cap in zip(group["curves"], group["batch"]):
             env.process(_replica(env, state, curve, int(cap), group["delay"]))
         env.process(_shed(env, state, interval, shed_factor * group["slo"]))
-    env.run(until=duration)
+    env.run(until=math.nextafter(duration, math.inf))  # the shed due at ``duration`` too, as the simulator does
     return [{"latencies": np.array(s["latencies"]), "dropped": s["dropped"], "arrived": int(t[t < duration].size)}
             for s, t in zip(out, arrivals)]
 
@@ -108,6 +109,7 @@ def compare(simulator, duration, arrivals):
         p99 = float(np.quantile(latencies, 0.99, method="inverted_cdf")) if latencies.size else float("nan")
         row = {"model": model.name, "batch_throughput": mine["throughput"],
                "request_throughput": ref["latencies"].size / duration, "batch_p99": mine["p99"], "request_p99": p99,
+               "batch_dropped": mine["dropped"], "request_dropped": ref["dropped"],
                "histogram_resolution": float(EDGES[1] / EDGES[0] - 1), "batch_wall_seconds": batch_wall,
                "request_wall_seconds": request_wall}
         row["throughput_error"] = abs(row["batch_throughput"] / row["request_throughput"] - 1)

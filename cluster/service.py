@@ -220,14 +220,32 @@ class ServiceTable:
 
         try:
             shapes = [Shape(**s) for s in data["shapes"]]
+            for index, shape in enumerate(shapes):
+                _check_positive_ints(path, f"shapes[{index}]", vars(shape))
             models = [ModelSpec(**{**m, "settings": tuple(m["settings"])}) for m in data.get("models", [])]
-            entries = {(e["model"], e["shape"], e["policy"], int(e["batch"])): int(e["cycles"]) for e in data["entries"]}
-            return cls(data["config"], data["backend"], entries, shapes, float(data["clock_mhz"]), models,
+            entries = {}
+            for index, e in enumerate(data["entries"]):
+                _check_positive_ints(path, f"entries[{index}]", {"batch": e["batch"], "cycles": e["cycles"]})
+                entries[(e["model"], e["shape"], e["policy"], e["batch"])] = e["cycles"]
+            for model, shape, policy in sorted({key[:3] for key in entries}):
+                if (model, shape, policy, 1) not in entries:
+                    raise ClusterError(f"{path}: model {model!r} on shape {shape!r} ({policy}) has no batch-1 entry "
+                                       f"(smaller batches would be extrapolated)")
+            clock_mhz = data["clock_mhz"]
+            if isinstance(clock_mhz, bool) or not isinstance(clock_mhz, (int, float)) or not clock_mhz > 0:
+                raise ClusterError(f"{path}: field clock_mhz must be a positive number, got {clock_mhz!r}")
+            return cls(data["config"], data["backend"], entries, shapes, float(clock_mhz), models,
                        bool(data.get("timing_only", False)), data.get("build_seconds"))
         except KeyError as exc:
             raise ClusterError(f"{path}: missing field {exc.args[0]!r}") from None
         except TypeError as exc:
             raise ClusterError(f"{path}: bad field ({exc})") from None
+
+
+def _check_positive_ints(path, where, fields):
+    for name, value in fields.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ClusterError(f"{path}: field {where}.{name} must be a positive integer, got {value!r}")
 
 
 def default_path(config, backend):

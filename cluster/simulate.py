@@ -15,6 +15,7 @@ served. A NumPy version (one vectorised scan over every replica's next batches) 
 scan short; this loop takes about 1 s.
 """
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,14 +26,6 @@ EDGES = np.geomspace(1e-7, 1e4, 6001)
 """Latency histogram bin edges (seconds): 0.42 % per bin."""
 _LOG_FIRST_EDGE = float(np.log(EDGES[0]))
 _LOG_STEP = float(np.log(EDGES[-1] / EDGES[0]) / (len(EDGES) - 1))
-
-
-def latency_bins(latency):
-    """Histogram bin of each latency: ``k`` with ``EDGES[k-1] < latency <= EDGES[k]`` (0 below the
-    first edge, ``len(EDGES)`` above the last), from a logarithm instead of a search over the edges
-    (a tenth of the time; a latency within rounding of an edge may fall in the next bin)."""
-    k = np.ceil(np.log(np.maximum(latency, EDGES[0]) / EDGES[0]) / _LOG_STEP)
-    return np.minimum(k, len(EDGES)).astype(np.intp)
 
 
 @dataclass
@@ -90,8 +83,10 @@ class ModelGroup:
         per model, dispatching to whichever instance is free). The batcher forms the next batch when
         it is due (at the next arrival without a queue delay; with one, when the queue fills to the
         cap or its oldest request has waited the delay) and hands it to the lowest-numbered free
-        replica. This is the per-request reference's schedule (:mod:`.reference`, where each free
-        replica waits on its own: all are woken at the due time and the first takes the batch)."""
+        replica. With replicas of one shape this is the per-request reference's schedule
+        (:mod:`.reference`, where each free replica waits on its own: all are woken at the due time
+        and the first takes the batch); with mixed shapes the two may hand a batch to different
+        replicas (the reference wakes them in the order they went idle)."""
         if not self.replicas:
             return
         from .events import serve
@@ -222,7 +217,7 @@ def make_context(models, table, pnpus, load, interval=1.0, reference=None):
         A model's SLO is below its fastest batch-1 latency on every shape (naming the model and
         ``slo_factor``), or the table lacks the model.
     """
-    if not (isinstance(load, (int, float)) and load > 0):
+    if not (isinstance(load, (int, float)) and math.isfinite(load) and load > 0):
         raise ClusterError(f"--load must be a positive fraction of capacity, got {load!r}")
     curves = [{s.label: table.curve(m.name, s.label) for s in table.shapes} for m in models]
     whole = table.shapes[-1].label
@@ -368,7 +363,15 @@ class Simulator:
         """Simulate ``warmup`` + ``duration`` seconds and return :meth:`results` of the last
         ``duration`` (the warm-up lets adaptive policies settle). ``progress(now, total)``."""
         total = warmup + duration
-        for _ in range(int(round(warmup / self.context.interval))):
+        intervals = {}
+        for name, value in (("warmup", warmup), ("duration", duration)):
+            count = round(value / self.context.interval) if math.isfinite(value) else -1
+            if count < (name == "duration") or not math.isclose(count * self.context.interval, value,
+                                                                 rel_tol=1e-9, abs_tol=1e-12):
+                raise ClusterError(f"--{name} {value!r} must be a whole number of control intervals (--interval "
+                                   f"{self.context.interval:g} s){', at least one' if name == 'duration' else ''}")
+            intervals[name] = count
+        for _ in range(intervals["warmup"]):
             self.step()
             if progress:
                 progress(self.now, total)
@@ -378,7 +381,8 @@ class Simulator:
             g.hist[:] = 0
             g.arrived = g.served = g.good = g.dropped = g.batches = 0
             g.busy_engine_seconds = 0.0
-        for _ in range(int(round(duration / self.context.interval))):
+        self.refused = 0
+        for _ in range(intervals["duration"]):
             self.step()
             if progress:
                 progress(self.now, total)

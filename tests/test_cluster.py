@@ -194,6 +194,27 @@ def test_a_corrupt_table_file_is_named(tmp_path):
         ServiceTable.load(path)
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["entries"][3].update(cycles="fast"), r"field entries\[3\].cycles must be a positive integer, got 'fast'"),
+    (lambda d: d["entries"][0].update(cycles=0), r"field entries\[0\].cycles must be a positive integer, got 0"),
+    (lambda d: d["entries"][0].update(batch=0), r"field entries\[0\].batch must be a positive integer, got 0"),
+    (lambda d: d["shapes"][1].update(mes="two"), r"field shapes\[1\].mes must be a positive integer, got 'two'"),
+    (lambda d: d.update(clock_mhz=-1), "field clock_mhz must be a positive number, got -1"),
+    (lambda d: d.update(entries=[e for e in d["entries"] if e["batch"] != 1 or e["model"] != "ncf"]),
+     "model 'ncf' on shape 'm1v1' \\(static\\) has no batch-1 entry"),
+])
+def test_table_fields_out_of_range_are_named(tmp_path, change, message):
+    from tcloud.cluster.service import default_path
+
+    data = json.loads(default_path("small", "perf").read_text())
+    data["entries"].sort(key=lambda e: (e["model"], e["shape"], e["batch"]))
+    change(data)
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ClusterError, match=message):
+        ServiceTable.load(path)
+
+
 # --- the batch simulator against the per-request reference -----------------------------------------
 
 def _simulator(table, models, policy, trace, load, duration, pnpus=4, seed=2):
@@ -210,6 +231,7 @@ def _simulator(table, models, policy, trace, load, duration, pnpus=4, seed=2):
 @pytest.mark.parametrize("names, policy, trace, load", [
     (("ncf", "resnet50_block"), "static", "poisson", 0.9),
     (("dlrm_mlp", "mobilenetv2_block", "resnet50_block"), "triton", "mmpp", 0.6),
+    (("ncf", "resnet50_block"), "static", "poisson", 1.4),
 ])
 def test_batch_simulation_matches_the_per_request_simulation(table, names, policy, trace, load):
     from tcloud.cluster.reference import compare
@@ -217,10 +239,39 @@ def test_batch_simulation_matches_the_per_request_simulation(table, names, polic
 
     sim, arrivals = _simulator(table, [model_by_name(DEFAULT_MODELS, n) for n in names], policy, trace, load, 2.0)
     assert any(len(g.replicas) > 1 for g in sim.groups)
-    for row in compare(sim, 2.0, arrivals):
+    rows = compare(sim, 2.0, arrivals)
+    for row in rows:
         assert row["request_throughput"] > 5000
         assert row["throughput_error"] < 0.02, row
         assert row["p99_error"] < 0.02, row
+        assert row["batch_dropped"] == row["request_dropped"], row
+    if load > 1:
+        assert any(row["request_dropped"] > 0 for row in rows)
+
+
+def test_a_queue_delay_carries_across_control_intervals():
+    """A free replica waiting for a fuller batch at the end of an interval takes it as soon as
+    the next interval's arrivals fill it, as in one long interval (it used to sit out until the
+    oldest request's delay had passed)."""
+    from tcloud.cluster.events import serve
+    from tcloud.cluster.simulate import _LOG_FIRST_EDGE, _LOG_STEP, EDGES
+
+    latency = np.array([[0.0, 0.001, 0.001, 0.001, 0.001]])
+    arrivals = np.array([0.0049, 0.0051, 0.0052, 0.0053])
+
+    def histogram(ends):
+        queue, head, start = np.empty(0), 0, 0.0
+        free, hist = np.zeros(1), np.zeros(len(EDGES) + 1, dtype=np.int64)
+        for end in ends:
+            queue = np.concatenate((queue[head:], arrivals[(arrivals >= start) & (arrivals < end)]))
+            head, *_ = serve(queue, 0, free, np.array([4]), latency, 0.030, end, 1.0, hist, _LOG_FIRST_EDGE,
+                             _LOG_STEP, np.zeros(1), np.zeros(1))
+            start = end
+        return hist
+
+    whole = histogram([0.05])
+    assert whole.sum() == 4
+    assert np.array_equal(histogram([0.005 * k for k in range(1, 11)]), whole)
 
 
 def test_an_impossible_slo_names_the_model_and_field(table):
@@ -337,6 +388,13 @@ def test_cli_simulate_writes_json(tmp_path, capsys):
     (["--load", "-1"], "--load must be a positive fraction of capacity"),
     (["--nodes", "1", "--pnpus-per-node", "1"], "allocation does not fit"),
     (["--table", "missing.json"], "no service-time table at missing.json"),
+    (["--load", "inf"], "--load must be a positive fraction of capacity, got inf"),
+    (["--duration", "inf"], "--duration must be a positive finite number, got inf"),
+    (["--warmup", "nan"], "--warmup must be a finite number of seconds >= 0, got nan"),
+    (["--warmup", "-1"], "--warmup must be a finite number of seconds >= 0, got -1.0"),
+    (["--warmup", "0.5"], "--warmup 0.5 must be a whole number of control intervals (--interval 1 s)"),
+    (["--interval", "3"], "--duration 1.0 must be a whole number of control intervals (--interval 3 s), at least one"),
+    (["--interval", "0.3"], "--duration 1.0 must be a whole number of control intervals"),
 ])
 def test_cli_errors_are_messages_not_tracebacks(capsys, args, message):
     assert tcloud(["cluster", "simulate", "--nodes", "2", "--duration", "1", *args]) == 1
