@@ -40,6 +40,28 @@ _CLASSES = (EngineClass.DMA, EngineClass.ME, EngineClass.VE)
 _VE_COUNTED = frozenset({"ve.add", "ve.sub", "ve.mul", "ve.max", "ve.min", "ve.relu", "ve.copy", "ve.fill",
                          "ve.requant", "ve.requantf", "ve.redsum", "ve.redmax", "ve.lut", "ve.fma", "ve.fmav"})
 _ENGINE_CYCLES = ("me_owned", "me_harvested", "ve_owned", "ve_harvested", "dma_cycles")
+TOKEN_DEADLOCK_DETAIL = "uTOp waits for signals nothing will send"
+WATCHDOG_DETAIL = "over its watchdog budget"
+
+
+def token_overflow_detail(token):
+    return f"token t{token} would exceed {TOKEN_MAX_COUNT}"
+
+
+def no_engine_detail(cls):
+    return f"{cls.name} uTOp, but the context owns no {cls.name}"
+
+
+def privileged_detail(name):
+    return f"tenant executed {name}"
+
+
+def wrong_class_detail(name):
+    return f"{name} outside a uTOp"
+
+
+def fetch_bounds_detail(pc, hbm_size):
+    return f"fetch at {pc:#x} outside the {hbm_size:#x}-byte HBM window"
 
 
 class _Utop:
@@ -108,7 +130,7 @@ class _Context:
         self.masks = {}
         self.status = ContextStatus.IDLE
         self.state = "idle"
-        self.pc = 0
+        self.pc = self.start_pc = 0
         self.head = None
         self.issue_from = 0
         self.want_from = 0
@@ -126,6 +148,7 @@ class _Context:
         self.reclaim_wait = self.reclaim_max = 0
         self.reclaim_counted = None  # (pc, epoch) of the head whose reclaim wait was counted
         self.counters = _empty_counters()
+        self.native_program = None  # its program as the compiled core reads it (perf_native.Program)
 
 
 def _empty_counters():
@@ -169,6 +192,10 @@ class PerfDevice(GoldenMemory):
         Accepted for the RTL backends' signature (the model is deterministic).
     data : bool
         Compute data with the golden model (exact outputs and counters). ``False``: timing only.
+    native : bool, optional
+        Timing only: run the event loop in the compiled core (:mod:`.perf_native`; the same cycles and
+        counters, much faster). Default: when the C++ compiler can build it. ``False``: the Python
+        event loop (the reference). ``True`` with ``data=True`` is an error.
 
     Attributes
     ----------
@@ -182,7 +209,8 @@ class PerfDevice(GoldenMemory):
     command_poll_cycles = 64
     """Cycles a host command takes after its CSR writes (as :class:`~.amaranth.CsrDevice` polls)."""
 
-    def __init__(self, config, *, hbm_latency=None, hbm_jitter=0, hbm_accept_probability=1.0, seed=0, data=True):
+    def __init__(self, config, *, hbm_latency=None, hbm_jitter=0, hbm_accept_probability=1.0, seed=0, data=True,
+                 native=None):
         self.config = cfg = get_config(config)
         latency = cfg.hbm_latency if hbm_latency is None else hbm_latency
         if isinstance(latency, bool) or not isinstance(latency, int) or latency < 1:
@@ -197,6 +225,8 @@ class PerfDevice(GoldenMemory):
         self.front_latency = latency + hbm_jitter * timing.FRONT_JITTER_SHARE
         self.beat_stretch = 1 / hbm_accept_probability
         self.data = data
+        if native and data:
+            raise DeviceError("native=True needs data=False: the compiled core times without data")
         self.machine = Machine(cfg)
         self.contexts = [_Context(i) for i in range(cfg.contexts)]
         self.engines = []
@@ -207,7 +237,8 @@ class PerfDevice(GoldenMemory):
         self.now = 0
         self._events = []
         self._sequence = 0
-        self._cache = _UTOP_CACHE.setdefault((cfg, self.latency, self.jitter), {})
+        self._cache_key = (cfg, self.latency, self.jitter)
+        self._cache = _UTOP_CACHE.setdefault(self._cache_key, {})
         self._fetch_free = 0
         self._fetch_last = -1
         self._dispatch_last = -1
@@ -221,21 +252,45 @@ class PerfDevice(GoldenMemory):
         self._holder, self._slice_end = cfg.contexts - 1, 0  # the slice arbiter grants context 0 first
         self._class_holder = {EngineClass.ME: 0, EngineClass.VE: 0}
         self._class_since = {EngineClass.ME: 0, EngineClass.VE: 0}
-        self.utops_dispatched = 0
+        self._utops_dispatched = 0
         self._running = []
         self._handlers = {name: getattr(self, name) for name in (
             "_on_wake", "_on_fetched", "_on_engine_done", "_on_dma_transfer", "_on_flows", "_on_budget")}
+        self._native = None
+        if not data and native is not False:
+            from . import perf_native
+            try:
+                self._native = perf_native.NativeCore(self)
+            except perf_native.NativeBuildError:
+                if native:
+                    raise
 
     # --- the Device protocol ---------------------------------------------------------------------
 
     @property
     def cycles(self):
         """Virtual cycles since the device was created."""
-        return int(self.now)
+        return int(self._native.now() if self._native is not None else self.now)
+
+    @property
+    def utops_dispatched(self):
+        """uTOps dispatched since the device was created."""
+        self._sync()
+        return self._utops_dispatched
+
+    def _sync(self):
+        """Bring the state back from the compiled core, if it holds it."""
+        if self._native is not None:
+            self._native.sync()
+
+    def write_hbm(self, address, data):
+        self._sync()  # the core re-reads the programs the next time it takes the state
+        super().write_hbm(address, data)
 
     def set_policy(self, policy, *, quantum=None, starvation=None, harvest_cost=None, harvest_grace=None):
         """Choose the scheduling policy and its registers (the values the RTL accepts; ``ValueError``
         for others)."""
+        self._sync()
         policy = parse_policy(policy)
         csr.config_writes(policy, quantum=quantum, starvation=starvation, harvest_cost=harvest_cost,
                           harvest_grace=harvest_grace)
@@ -248,6 +303,7 @@ class PerfDevice(GoldenMemory):
     def host(self, command):
         """Execute one privileged ``ctx.*`` command; it takes the cycles the CSR protocol takes
         (its writes, then a doorbell poll; ``ctx.scrub`` as long as the scrubber needs)."""
+        self._sync()
         self._advance(self.now + timing.HOST_COMMAND_WRITES)
         ctx = None
         index = command.values.get("ctx")
@@ -278,11 +334,17 @@ class PerfDevice(GoldenMemory):
         self._advance(self.now + wait)
 
     def run(self, max_cycles=None):
+        if self._native is not None:
+            limit = None if max_cycles is None else self._native.now() + max_cycles
+            self._native.run_to(limit)
+            return not self._native.running()
         limit = None if max_cycles is None else self.now + max_cycles
         self._advance(limit)
         return not self._busy()
 
     def context(self, index):
+        if self._native is not None:
+            self._native.sync_context(index)
         ctx = self.contexts[index]
         gctx = self.machine.contexts[index]
         if ctx.stop is not None and ctx.status == ContextStatus.FAULTED:
@@ -299,6 +361,8 @@ class PerfDevice(GoldenMemory):
 
     def stats(self):
         """Cycles since creation and busy cycles per engine (cumulative), as the RTL backends report."""
+        if self._native is not None:
+            self._native.sync_engines()
         busy = {}
         for engine in self.engines:
             running = max(0, min(self.now, engine.end) - engine.start) if engine.ctx is not None else 0
@@ -307,6 +371,7 @@ class PerfDevice(GoldenMemory):
 
     def csr_read(self, address):
         """Read a context's ``PC`` or ``STATUS`` register (what the profiler polls)."""
+        self._sync()
         for ctx in self.contexts:
             if address == csr.context_csr(ctx.index, "PC"):
                 return ctx.pc
@@ -329,6 +394,9 @@ class PerfDevice(GoldenMemory):
     def _advance(self, limit):
         """Process events up to ``limit`` (``None``: until no context runs); ``now`` ends at the limit
         or at the cycle the last context stopped."""
+        if self._native is not None:
+            self._native.advance(limit)
+            return
         events = self._events
         while True:
             if not self._running:  # as the RTL backends: a run ends when no context runs
@@ -354,7 +422,7 @@ class PerfDevice(GoldenMemory):
         ctx.status = ContextStatus.RUNNING
         self._running = [c for c in self.contexts if c.status == ContextStatus.RUNNING]
         ctx.state = "fetch"
-        ctx.pc = gctx.pc
+        ctx.pc = ctx.start_pc = gctx.pc
         ctx.tokens = [0] * NUM_TOKENS
         ctx.inflight = 0
         ctx.stop = None
@@ -385,8 +453,7 @@ class PerfDevice(GoldenMemory):
             if ctx.state == "fetch" and ctx.want_from <= time:
                 gctx = self.machine.contexts[ctx.index]
                 if ctx.pc + INSTRUCTION_BYTES > gctx.hbm.size:
-                    self._stop(ctx, time, FaultCode.FETCH_BOUNDS, ctx.pc,
-                               f"fetch at {ctx.pc:#x} outside the {gctx.hbm.size:#x}-byte HBM window")
+                    self._stop(ctx, time, FaultCode.FETCH_BOUNDS, ctx.pc, fetch_bounds_detail(ctx.pc, gctx.hbm.size))
                     continue
                 self._fetch_last = ctx.index
                 ctx.state = "fetching"
@@ -421,7 +488,7 @@ class PerfDevice(GoldenMemory):
             key = self.machine.hbm[base:base + INSTRUCTION_BYTES * (length + 1)].tobytes()
             utop = self._cache.get(key)
             if utop is None:
-                utop = self._decode_utop(ctx, instr, key)
+                utop = self._decode_utop(ctx.pc, instr, key)
             ctx.head = utop
             ctx.state = "issue"
             ctx.issue_from = time + 1
@@ -432,9 +499,9 @@ class PerfDevice(GoldenMemory):
             ctx.issue_from = time + 1
             self._push(time + 1, "_on_wake")
         elif instr.engine == EngineClass.HOST:
-            self._front_fault(ctx, time, FaultCode.PRIVILEGED, f"tenant executed {name}")
+            self._front_fault(ctx, time, FaultCode.PRIVILEGED, privileged_detail(name))
         elif instr.engine != EngineClass.CTRL:
-            self._front_fault(ctx, time, FaultCode.WRONG_CLASS, f"{name} outside a uTOp")
+            self._front_fault(ctx, time, FaultCode.WRONG_CLASS, wrong_class_detail(name))
         else:
             self._golden_step(ctx)
             ctx.pc += INSTRUCTION_BYTES
@@ -443,7 +510,7 @@ class PerfDevice(GoldenMemory):
             ctx.want_from = time + 1
             self._push(time + 1, "_on_wake")
 
-    def _decode_utop(self, ctx, header, key):
+    def _decode_utop(self, pc, header, key):
         body, fault = [], None
         words = _WORDS
         for i in range(header["len"]):
@@ -463,7 +530,7 @@ class PerfDevice(GoldenMemory):
                 break
             body.append(instr)
         if header["cls"] not in [int(cls) for cls in _CLASSES]:
-            raise DeviceError(f"uTOp header of class {header['cls']} at {ctx.pc:#x}")
+            raise DeviceError(f"uTOp header of class {header['cls']} at {pc:#x}")
         utop = _Utop(header, body, self.config, self.latency, self.jitter, fault)
         if len(self._cache) > _CACHE_LIMIT:
             self._cache.clear()
@@ -527,7 +594,7 @@ class PerfDevice(GoldenMemory):
         index, epoch = payload
         ctx = self.contexts[index]
         if ctx.epoch == epoch and ctx.status == ContextStatus.RUNNING:
-            self._abandon(ctx, FaultCode.WATCHDOG, "over its watchdog budget")
+            self._abandon(ctx, FaultCode.WATCHDOG, WATCHDOG_DETAIL)
 
     def _on_wake(self, time, payload):
         """A wake-up does nothing itself: :meth:`_advance` settles every context after each cycle's events."""
@@ -551,7 +618,7 @@ class PerfDevice(GoldenMemory):
         engine.start = time + 1
         engine.token += 1
         ctx.inflight += 1
-        self.utops_dispatched += 1
+        self._utops_dispatched += 1
         if utop.phases is None:
             sharing = sum(1 for other in self.engines if other.ctx is not None and other is not engine
                           and other.cls != EngineClass.DMA) + len(self._flows)
@@ -648,8 +715,7 @@ class PerfDevice(GoldenMemory):
             for token in range(NUM_TOKENS):
                 if utop.signal >> token & 1:
                     if ctx.tokens[token] >= TOKEN_MAX_COUNT:
-                        self._stop(ctx, time, FaultCode.TOKEN_OVERFLOW, pc, f"token t{token} would exceed "
-                                                                            f"{TOKEN_MAX_COUNT}")
+                        self._stop(ctx, time, FaultCode.TOKEN_OVERFLOW, pc, token_overflow_detail(token))
                     else:
                         ctx.tokens[token] += 1
 
@@ -694,10 +760,9 @@ class PerfDevice(GoldenMemory):
                 enough = not ctx.head.need or self._enough(ctx)
                 issuing = issuing or (enough and ctx.stop is None)
                 if not enough and ctx.inflight == 0:
-                    self._front_fault(ctx, time, FaultCode.TOKEN_DEADLOCK, "uTOp waits for signals nothing will send")
+                    self._front_fault(ctx, time, FaultCode.TOKEN_DEADLOCK, TOKEN_DEADLOCK_DETAIL)
                 elif self._owns_none(ctx, ctx.head.cls):
-                    self._front_fault(ctx, time, FaultCode.NO_ENGINE, f"{ctx.head.cls.name} uTOp, but the context "
-                                                                       f"owns no {ctx.head.cls.name}")
+                    self._front_fault(ctx, time, FaultCode.NO_ENGINE, no_engine_detail(ctx.head.cls))
         if self.policy == Policy.TEMPORAL:
             self._temporal_slice(time)
         if issuing and self._dispatched_at != time:

@@ -1,0 +1,642 @@
+"""The ``perf`` backend's compiled event loop (timing-only mode).
+
+:class:`~tcloud.runtime.backends.perf.PerfDevice` with ``data=False`` hands each :meth:`_advance` to
+``perf_core.cpp``, a statement-for-statement port of its Python event loop, which stays the reference
+(``native=False`` runs it; ``tests/test_perf_native.py`` checks that both give the same state). Around
+each call the device's state is packed into flat arrays of doubles whose layout, and every constant
+the core uses (ISA, fault codes, policies, timing constants), is generated here from Python
+(:func:`layout_header`); the core is compiled with the machine's C++ compiler at first use and cached
+under ``~/.cache/tcloud/perf`` keyed by the digest of its source and that header.
+
+What the core needs of a context's program is decoded once, in Python, by the same code as the
+reference (:class:`Program`): every top-level instruction from the context's start PC to its first
+``halt`` or front-end fault (timing-only mode changes no memory, and a program's control flow is
+straight-line), with each uTOp's timing (:class:`~tcloud.runtime.backends.perf._Utop`). Programs are
+cached per process by their bytes.
+"""
+
+import ctypes
+import hashlib
+import math
+import os
+import subprocess
+import tempfile
+import threading
+from array import array
+from pathlib import Path
+
+import numpy as np
+
+from tcloud.isa import ContextStatus, DecodeError, EngineClass, FaultCode, decode
+from tcloud.isa.table import HARVESTED_CLASSES, INSTRUCTION_BYTES, NUM_TOKENS, TOKEN_MAX_COUNT, Policy
+
+from . import perf_timing as timing
+from .cache import cache_root
+from .device import DeviceError
+
+SOURCE = Path(__file__).with_name("perf_core.cpp")
+LIBRARY = "libtcloud_perf.so"
+
+DEVICE_FIELDS = ("now", "sequence", "fetch_free", "fetch_last", "dispatch_last", "dispatched_at", "flows_at",
+                 "flows_version", "policy", "quantum", "starvation", "harvest_cost", "harvest_grace", "holder",
+                 "slice_end", "me_holder", "ve_holder", "me_since", "ve_since", "utops_dispatched", "latency",
+                 "front_latency", "beat_stretch", "limit", "has_limit", "error_context", "error_pc")
+CONTEXT_FIELDS = ("status", "state", "pc", "program_pc", "issue_from", "want_from", "decoded_at", "inflight",
+                  "last_end", "start", "end", "active_before", "ready_since", "stop_code", "stop_pc", "stop_detail",
+                  "epoch", "me_owned", "me_harvested", "ve_owned", "ve_harvested", "dma_cycles", "reclaim_wait",
+                  "reclaim_max", "reclaim_pc", "reclaim_epoch", "instructions", "hbm_bytes_read",
+                  "hbm_bytes_written", "macs", "ve_elements", "utops_dma", "utops_me", "utops_ve", "mask_dma",
+                  "mask_me", "mask_ve", "priority", "hbm_size", "abandoned", "abandoned_code", "abandoned_pc",
+                  "abandoned_detail")
+ENGINE_FIELDS = ("cls", "slot", "ctx", "start", "end", "busy_total", "owned", "token", "phase", "utop_pc",
+                 "fault_code", "fault_pc", "fault_detail", "owner_active", "harvested_until")
+UTOP_FIELDS = ("kind", "cls", "length", "signal", "cost", "needs", "phases", "fault_code", "fault_offset",
+               "fault_detail", "busy", "instructions", "bytes_read", "bytes_written", "macs", "ve_elements")
+"""A uTOp entry of a :class:`Program`: these, then ``needs`` (token, count) pairs, then ``phases``
+rows of :data:`PHASE_FIELDS`."""
+PHASE_FIELDS = ("before", "after", "transfer")
+STATES = ("idle", "fetch", "fetching", "issue", "halt", "fence", "stopping")
+"""A context's front-end states (``_Context.state``)."""
+EVENTS = ("_on_wake", "_on_fetched", "_on_engine_done", "_on_dma_transfer", "_on_flows", "_on_budget")
+EVENT_FIELDS = ("time", "sequence", "kind", "a", "b", "c")
+ENTRIES = ("utop", "halt", "fence", "ctrl", "fault", "invalid")
+"""Kinds of program entries: a uTOp, ``halt``, ``fence``, another control instruction, a front-end
+fault (code, detail), a uTOp the reference refuses with a :class:`DeviceError` (detail)."""
+ERRORS = ("ok", "deadlock", "missing_entry", "invalid_utop", "no_phase", "event_overflow", "too_many_contexts")
+FAR_FUTURE = 1 << 62
+"""``_Engine.end`` of a DMA engine whose transfer has not finished."""
+HELD_CLASSES = (EngineClass.ME, EngineClass.VE)
+"""Classes ``operator`` hands from context to context (``PerfDevice._class_holder``)."""
+EVENT_CAPACITY = 1 << 16
+MAX_CONTEXTS = 1 << 8
+"""Contexts the core handles (the ISA's context field allows fewer)."""
+
+
+_FIXED_DETAILS = []
+
+
+def fixed_details():
+    """Fault details the core can raise itself, in the order of its ``kDetail*`` indices (a new list)."""
+    from . import perf
+
+    if _FIXED_DETAILS:
+        return list(_FIXED_DETAILS)
+    _FIXED_DETAILS[:] = ([perf.TOKEN_DEADLOCK_DETAIL, perf.WATCHDOG_DETAIL]
+            + [perf.token_overflow_detail(token) for token in range(NUM_TOKENS)]
+            + [perf.no_engine_detail(EngineClass(cls)) if cls in [int(c) for c in perf._CLASSES] else ""
+               for cls in range(max(EngineClass) + 1)])
+    return list(_FIXED_DETAILS)
+
+
+DETAIL_FETCH_BOUNDS = -1
+"""Detail of a fetch-bounds fault, formatted from its PC and the context's window after the run."""
+
+
+def _camel(name):
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def layout_header():
+    """The C++ header ``perf_core.cpp`` includes: state layouts and every constant, from Python."""
+    lines = ["// Generated by tcloud.runtime.backends.perf_native; do not edit.", "#pragma once", "#include <cstdint>",
+             ""]
+
+    def struct(name, fields, extra=()):
+        lines.append(f"struct {name} {{")
+        lines.extend(f"    double {field};" for field in fields)
+        lines.extend(f"    {line}" for line in extra)
+        lines.append("};")
+
+    struct("Device", DEVICE_FIELDS)
+    struct("Context", CONTEXT_FIELDS, [f"double tokens[{NUM_TOKENS}];"])
+    struct("Engine", ENGINE_FIELDS)
+    constants = {"InstructionBytes": INSTRUCTION_BYTES, "NumTokens": NUM_TOKENS, "TokenMaxCount": TOKEN_MAX_COUNT,
+                 "FetchReady": timing.FETCH_READY, "UtopTail": timing.UTOP_TAIL,
+                 "DmaUtopExtra": timing.DMA_UTOP_EXTRA, "DmaUtopExtraHalf": timing.DMA_UTOP_EXTRA // 2,
+                 "SharedAccessCycles": timing.SHARED_ACCESS_CYCLES, "FarFuture": FAR_FUTURE,
+                 "MaxContexts": MAX_CONTEXTS, "UtopFixed": len(UTOP_FIELDS), "PhaseFields": len(PHASE_FIELDS), "EventFields": len(EVENT_FIELDS),
+                 "DetailTokenDeadlock": 0, "DetailWatchdog": 1, "DetailTokenOverflow": 2,
+                 "DetailNoEngine": 2 + NUM_TOKENS, "DetailFetchBounds": DETAIL_FETCH_BOUNDS,
+                 "HarvestedClasses": sum(1 << int(cls) for cls in HARVESTED_CLASSES),
+                 "HeldClasses": sum(1 << int(cls) for cls in HELD_CLASSES)}
+    for prefix, names in (("Utop", UTOP_FIELDS), ("Phase", PHASE_FIELDS), ("State", STATES),
+                          ("Entry", ENTRIES)):
+        constants.update({prefix + _camel(name): index for index, name in enumerate(names)})
+    constants.update({_camel(name[4:]): index for index, name in enumerate(EVENTS)})
+    constants.update({_camel(name): index for index, name in enumerate(ERRORS)})
+    constants.update({"Status" + _camel(s.name.lower()): int(s) for s in ContextStatus})
+    constants.update({"Policy" + _camel(p.name.lower()): int(p) for p in Policy})
+    constants.update({"Class" + _camel(c.name.lower()): int(c) for c in EngineClass})
+    constants.update({"Fault" + _camel(f.name.lower()): int(f) for f in FaultCode})
+    for name, value in constants.items():
+        kind = "double" if isinstance(value, float) else "int64_t" if abs(value) >= 1 << 31 else "int"
+        lines.append(f"constexpr {kind} k{name} = {value!r};")
+    return "\n".join(lines) + "\n"
+
+
+class NativeBuildError(DeviceError):
+    """The C++ compiler could not build the perf backend's core (the message ends with its output)."""
+
+
+_LIBRARY = None
+_LOCK = threading.Lock()
+
+
+def library():
+    """The compiled core (built into the cache on first use), as a :class:`ctypes.CDLL`.
+
+    Raises
+    ------
+    NativeBuildError
+        If there is no C++ compiler or it fails.
+    """
+    global _LIBRARY
+    with _LOCK:
+        if _LIBRARY is None:
+            _LIBRARY = _load(_build())
+    return _LIBRARY
+
+
+def _build():
+    header = layout_header()
+    source = SOURCE.read_text()
+    compiler = os.environ.get("CXX", "c++")
+    flags = ["-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off"]  # no FMA: doubles as in Python
+    digest = hashlib.sha256("\0".join([source, header, compiler, *flags]).encode()).hexdigest()[:24]
+    target = cache_root() / "perf" / digest / LIBRARY
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        work = Path(tmp)
+        (work / "perf_core_layout.h").write_text(header)
+        (work / "perf_core.cpp").write_text(source)
+        staged = work / LIBRARY
+        try:
+            result = subprocess.run([compiler, *flags, "-o", str(staged), str(work / "perf_core.cpp")],
+                                    capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise NativeBuildError(f"cannot build the perf backend's core with {compiler!r}: {error}") from None
+        if result.returncode != 0:
+            raise NativeBuildError(f"{compiler} failed to build the perf backend's core:\n{result.stderr[-4000:]}")
+        os.replace(staged, target)
+    return target
+
+
+def _load(path):
+    lib = ctypes.CDLL(str(path))
+    pointer = ctypes.c_void_p
+    lib.tcloud_perf_advance.argtypes = [pointer, pointer, ctypes.c_int, pointer, ctypes.c_int, pointer, pointer,
+                                        pointer, pointer, pointer, pointer, ctypes.c_int64, pointer, pointer]
+    lib.tcloud_perf_advance.restype = ctypes.c_int
+    return lib
+
+
+def _number(value):
+    """A double from the core as Python had it: an int when integral (every integral value is exact)."""
+    return int(value) if value.is_integer() else value
+
+
+def _optional(value):
+    return None if math.isnan(value) else _number(value)
+
+
+class Program:
+    """The top-level instructions a context can fetch, from its start PC, as the core reads them.
+
+    Attributes
+    ----------
+    start : int
+        PC of the first instruction (the context's start PC).
+    snapshot : bytes
+        The HBM bytes the walk read (from ``start``): the program is valid while they are unchanged.
+    index : numpy.ndarray
+        int32 per instruction slot from ``start``: offset of its entry in ``data``, ``-1`` for none.
+    data : numpy.ndarray
+        float64 entries (:data:`ENTRIES`; a uTOp's layout is :data:`UTOP_FIELDS`).
+    details : list of str
+        Fault details the entries refer to by index.
+    utops : dict
+        PC → :class:`~tcloud.runtime.backends.perf._Utop`.
+    """
+
+    def __init__(self, device, ctx):
+        from . import perf
+
+        gctx = device.machine.contexts[ctx.index]
+        base, size, hbm = gctx.hbm.base, gctx.hbm.size, device.machine.hbm
+        self.start = pc = ctx.start_pc
+        self.details, self.utops = [], {}
+        index, data = [], []
+        read_end = pc
+
+        def add(slot_pc, values):
+            index.extend([-1] * ((slot_pc - self.start) // INSTRUCTION_BYTES + 1 - len(index)))
+            index[-1] = len(data)
+            data.extend(values)
+
+        def detail(text):
+            self.details.append(text)
+            return len(self.details) - 1
+
+        while pc + INSTRUCTION_BYTES <= size:
+            word = hbm[base + pc:base + pc + INSTRUCTION_BYTES].tobytes()
+            read_end = max(read_end, pc + INSTRUCTION_BYTES)
+            try:
+                instr = perf._WORDS.get(word)
+                if instr is None:
+                    instr = perf._WORDS[word] = decode(word)
+            except DecodeError as error:
+                add(pc, (ENTRIES.index("fault"), int(error.fault), detail(str(error))))
+                break
+            name = instr.mnemonic
+            if name == "utop":
+                length = instr["len"]
+                key = hbm[base + pc:base + pc + INSTRUCTION_BYTES * (length + 1)].tobytes()
+                read_end = max(read_end, pc + len(key))
+                utop = device._cache.get(key)
+                if utop is None:
+                    try:
+                        utop = device._decode_utop(pc, instr, key)
+                    except DeviceError as error:
+                        add(pc, (ENTRIES.index("invalid"), detail(str(error))))
+                        break
+                add(pc, self._utop_entry(device, utop, detail))
+                self.utops[pc] = utop
+                pc += INSTRUCTION_BYTES * (length + 1)
+                if utop.fault is not None:
+                    break
+            elif name in ("halt", "fence"):
+                add(pc, (ENTRIES.index(name),))
+                if name == "halt":
+                    break
+                pc += INSTRUCTION_BYTES
+            elif instr.engine == EngineClass.HOST:
+                add(pc, (ENTRIES.index("fault"), int(FaultCode.PRIVILEGED), detail(perf.privileged_detail(name))))
+                break
+            elif instr.engine != EngineClass.CTRL:
+                add(pc, (ENTRIES.index("fault"), int(FaultCode.WRONG_CLASS), detail(perf.wrong_class_detail(name))))
+                break
+            else:
+                add(pc, (ENTRIES.index("ctrl"),))
+                pc += INSTRUCTION_BYTES
+        self.snapshot = hbm[base + self.start:base + read_end].tobytes()
+        self.index = np.array(index or [-1], dtype=np.int32)
+        self.data = np.array(data or [0.0], dtype=np.float64)
+        self.index_address, self.data_address = self.index.ctypes.data, self.data.ctypes.data
+
+    @staticmethod
+    def _utop_entry(device, utop, detail):
+        fault = (math.nan, 0, 0) if utop.fault is None else (int(utop.fault[0]), utop.fault[1], detail(utop.fault[2]))
+        counters = utop.counters
+        values = [ENTRIES.index("utop"), int(utop.cls), utop.length, utop.signal, utop.cost, len(utop.need),
+                  len(utop.phases or ()), *fault, math.nan if utop.busy is None else utop.busy,
+                  counters["instructions"], counters["hbm_bytes_read"], counters["hbm_bytes_written"],
+                  counters["macs"], counters["ve_elements"]]
+        for token, count in utop.need:
+            values += [token, count]
+        for phase in utop.phases or ():
+            values += [phase.before, phase.after, timing.transfer_cycles(device.config, device.latency, phase)]
+        return values
+
+    def valid(self, device, ctx):
+        gctx = device.machine.contexts[ctx.index]
+        begin = gctx.hbm.base + self.start
+        return (self.start == ctx.start_pc
+                and device.machine.hbm[begin:begin + len(self.snapshot)].tobytes() == self.snapshot)
+
+
+_PROGRAMS = {}
+"""``(utop cache key, window size, first bytes)`` → programs with those first bytes (a sweep runs the
+same programs on many devices)."""
+_PROBE_BYTES = 4 * INSTRUCTION_BYTES
+
+
+def program(device, ctx):
+    """The context's :class:`Program`: its own if still valid, else one from the process's cache, else
+    decoded now."""
+    known = ctx.native_program
+    if known is not None and known.valid(device, ctx):
+        return known
+    gctx = device.machine.contexts[ctx.index]
+    begin = gctx.hbm.base + ctx.start_pc
+    key = (device._cache_key, gctx.hbm.size, device.machine.hbm[begin:begin + _PROBE_BYTES].tobytes())
+    candidates = _PROGRAMS.setdefault(key, [])
+    for candidate in candidates:
+        if candidate.valid(device, ctx):
+            ctx.native_program = candidate
+            return candidate
+    made = Program(device, ctx)
+    if len(_PROGRAMS) > 1000:
+        _PROGRAMS.clear()
+        candidates = _PROGRAMS.setdefault(key, [])
+    candidates.append(made)
+    ctx.native_program = made
+    return made
+
+
+class _Packed:
+    """The device's state as the core reads and writes it, between calls."""
+
+    def __init__(self, dev, contexts, engines, event_count, flow_count, programs, details):
+        self.dev, self.contexts, self.engines = dev, contexts, engines
+        self.event_count, self.flow_count = event_count, flow_count
+        self.programs, self.details = programs, details
+        self.dev_address, self.contexts_address, self.engines_address = (
+            values.buffer_info()[0] for values in (dev, contexts, engines))
+        n = len(programs)
+        self.index_pointers = (ctypes.c_void_p * n)(*[p[0].index_address if p else None for p in programs])
+        self.data_pointers = (ctypes.c_void_p * n)(*[p[0].data_address if p else None for p in programs])
+        self.slots = (ctypes.c_int64 * n)(*[len(p[0].index) if p else 0 for p in programs])
+        self.bases = (ctypes.c_double * n)(*[p[1] if p else 0 for p in programs])
+
+
+_NOW, _LIMIT, _HAS_LIMIT = (DEVICE_FIELDS.index(name) for name in ("now", "limit", "has_limit"))
+_STATUS = CONTEXT_FIELDS.index("status")
+_RUNNING = float(ContextStatus.RUNNING)
+_STATE_INDEX = {state: index for index, state in enumerate(STATES)}
+_WAKE, _ENGINE_DONE, _FLOWS = (EVENTS.index(name) for name in ("_on_wake", "_on_engine_done", "_on_flows"))
+_CONTEXT_WIDTH = len(CONTEXT_FIELDS) + NUM_TOKENS
+
+
+class NativeCore:
+    """Runs a :class:`~tcloud.runtime.backends.perf.PerfDevice`'s event loop in the compiled core.
+
+    Between :meth:`run` calls the state stays in the core's arrays (:attr:`holds_state`); the device
+    calls :meth:`sync` before it reads or changes its Python state, and :meth:`sync_context` /
+    :meth:`sync_engines` for a report."""
+
+    def __init__(self, device):
+        self.device = device
+        self.lib = library()
+        self.events = np.empty(EVENT_CAPACITY * len(EVENT_FIELDS), dtype=np.float64)
+        self.flows = np.empty(2 * max(1, len(device.engines)), dtype=np.float64)
+        self.events_address, self.flows_address = self.events.ctypes.data, self.flows.ctypes.data
+        self.kinds = {name: index for index, name in enumerate(EVENTS)}
+        self.packed = None
+
+    @property
+    def holds_state(self):
+        """Whether the core's arrays, not the device's objects, hold the current state."""
+        return self.packed is not None
+
+    def now(self):
+        return _number(self.packed.dev[_NOW]) if self.packed is not None else self.device.now
+
+    def running(self):
+        """Whether a context runs."""
+        if self.packed is None:
+            return bool(self.device._running)
+        return _RUNNING in self.packed.contexts[_STATUS::_CONTEXT_WIDTH]
+
+    def advance(self, limit):
+        """``PerfDevice._advance(limit)``, in the core, leaving the state in the device's objects."""
+        self.run_to(limit)
+        self.sync()
+
+    def run_to(self, limit):
+        """Run to ``limit`` (``None``: until no context runs) and keep the state in the core."""
+        if not self.running():
+            return
+        packed = self.packed or self._pack()
+        packed.dev[_LIMIT] = 0 if limit is None else limit
+        packed.dev[_HAS_LIMIT] = limit is not None
+        event_count = ctypes.c_int64(packed.event_count)
+        flow_count = ctypes.c_int64(packed.flow_count)
+        error = self.lib.tcloud_perf_advance(
+            packed.dev_address, packed.contexts_address, len(packed.programs), packed.engines_address,
+            len(self.device.engines), packed.index_pointers, packed.slots, packed.data_pointers, packed.bases,
+            self.events_address, ctypes.byref(event_count), EVENT_CAPACITY, self.flows_address,
+            ctypes.byref(flow_count))
+        if ERRORS[error] == "event_overflow":
+            self.packed = None
+            raise DeviceError(f"perf model: {event_count.value} pending events exceed the compiled core's "
+                              f"{EVENT_CAPACITY}")
+        packed.event_count, packed.flow_count = event_count.value, flow_count.value
+        self.packed = packed
+        if error:
+            self.sync()
+            self._raise(ERRORS[error], packed)
+
+    def sync(self):
+        """Move the state from the core's arrays back to the device's objects."""
+        packed = self.packed
+        if packed is None:
+            return
+        self._unpack_device(packed)
+        for ctx in self.device.contexts:
+            self._unpack_context(packed, ctx)
+        self.device._running = [ctx for ctx in self.device.contexts if ctx.status == ContextStatus.RUNNING]
+        self._unpack_engines(packed)
+        self._unpack_events(packed)
+        self.packed = None
+
+    def sync_context(self, index):
+        """Copy one context's state (and the time) to the device's objects for a report; the core keeps
+        the state."""
+        if self.packed is not None:
+            self.device.now = self.now()
+            self._unpack_context(self.packed, self.device.contexts[index])
+
+    def sync_engines(self):
+        """Copy the engines' state (and the time) to the device's objects for a report."""
+        if self.packed is not None:
+            self.device.now = self.now()
+            self._unpack_engines(self.packed)
+
+    def _pack(self):
+        device = self.device
+        details = fixed_details()
+        programs = [None] * len(device.contexts)
+        for ctx in device._running:
+            made = program(device, ctx)
+            programs[ctx.index] = (made, len(details))
+            details += made.details
+        details_of = {}
+
+        def detail_index(text):
+            if text not in details_of:
+                details_of[text] = len(details)
+                details.append(text)
+            return details_of[text]
+
+        dev = self._pack_device()
+        contexts = array("d", [value for ctx in device.contexts for value in self._pack_context(ctx, detail_index)])
+        engines = array("d", [value for engine in device.engines for value in self._pack_engine(engine, detail_index)])
+        events = device._events
+        if len(events) > EVENT_CAPACITY:
+            raise DeviceError(f"perf model: {len(events)} pending events exceed the compiled core's {EVENT_CAPACITY}")
+        kinds = self.kinds
+        packed = []
+        for time, sequence, handler, payload in events:
+            kind = kinds[handler.__name__]
+            if payload is None:
+                packed += (time, sequence, kind, 0, 0, 0)
+            elif isinstance(payload, tuple):
+                packed += (time, sequence, kind, *payload, *(0,) * (3 - len(payload)))
+            else:
+                packed += (time, sequence, kind, payload, 0, 0)
+        self.events[:len(packed)] = packed
+        flow_items = [value for index, left in device._flows.items() for value in (index, left)]
+        self.flows[:len(flow_items)] = flow_items
+        return _Packed(dev, contexts, engines, len(events), len(device._flows), programs, details)
+
+    def _pack_device(self):
+        d = self.device
+        holder, since = d._class_holder, d._class_since
+        return array("d", (  # DEVICE_FIELDS
+            d.now, d._sequence, d._fetch_free, d._fetch_last, d._dispatch_last, d._dispatched_at, d._flows_at,
+            d._flows_version, int(d.policy), d.quantum, d.starvation, d.harvest_cost, d.harvest_grace, d._holder,
+            d._slice_end, holder[EngineClass.ME], holder[EngineClass.VE], since[EngineClass.ME],
+            since[EngineClass.VE], d._utops_dispatched, d.latency, d.front_latency, d.beat_stretch, 0, 0, -1, -1))
+
+    def _pack_context(self, ctx, detail_index):
+        gctx = self.device.machine.contexts[ctx.index]
+        nan = math.nan
+        stop_code, stop_pc, stop_detail = (nan, 0, 0) if ctx.stop is None else (
+            int(ctx.stop[0]), ctx.stop[1], detail_index(ctx.stop[2]))
+        reclaim_pc, reclaim_epoch = ctx.reclaim_counted or (nan, nan)
+        counters, spent, masks = ctx.counters, ctx.timing, ctx.masks
+        utops = counters["utops"]
+        return (  # CONTEXT_FIELDS, then the tokens
+            int(ctx.status), _STATE_INDEX[ctx.state], ctx.pc, ctx.start_pc, ctx.issue_from, ctx.want_from,
+            ctx.decoded_at, ctx.inflight, ctx.last_end, ctx.start, nan if ctx.end is None else ctx.end,
+            ctx.active_before, nan if ctx.ready_since is None else ctx.ready_since, stop_code, stop_pc, stop_detail,
+            ctx.epoch, spent["me_owned"], spent["me_harvested"], spent["ve_owned"], spent["ve_harvested"],
+            spent["dma_cycles"], ctx.reclaim_wait, ctx.reclaim_max, reclaim_pc, reclaim_epoch,
+            counters["instructions"], counters["hbm_bytes_read"], counters["hbm_bytes_written"], counters["macs"],
+            counters["ve_elements"], utops["dma"], utops["me"], utops["ve"], masks.get(EngineClass.DMA, 0),
+            masks.get(EngineClass.ME, 0), masks.get(EngineClass.VE, 0), gctx.priority, gctx.hbm.size, 0, nan, 0, 0,
+            *ctx.tokens)
+
+    @staticmethod
+    def _pack_engine(engine, detail_index):
+        fault_code, fault_pc, fault_detail, utop_pc = math.nan, 0, 0, 0
+        if engine.utop is not None:
+            _, utop_pc, fault = engine.utop
+            if fault is not None:
+                fault_code, fault_pc, fault_detail = int(fault[0]), fault[1], detail_index(fault[2])
+        return (  # ENGINE_FIELDS
+                int(engine.cls), engine.slot, math.nan if engine.ctx is None else engine.ctx.index, engine.start,
+                engine.end, engine.busy_total, engine.owned, engine.token, engine.phase, utop_pc, fault_code,
+                fault_pc, fault_detail, engine.owner_active, engine.harvested_until)
+
+    def _detail(self, index, pc, ctx, details):
+        if index == DETAIL_FETCH_BOUNDS:
+            from . import perf
+            return perf.fetch_bounds_detail(int(pc), self.device.machine.contexts[ctx.index].hbm.size)
+        return details[int(index)]
+
+    def _unpack_device(self, packed):
+        device = self.device
+        d = dict(zip(DEVICE_FIELDS, packed.dev.tolist()))
+        device.now = _number(d["now"])
+        device._sequence = int(d["sequence"])
+        device._fetch_free = _number(d["fetch_free"])
+        device._fetch_last = int(d["fetch_last"])
+        device._dispatch_last = int(d["dispatch_last"])
+        device._dispatched_at = _number(d["dispatched_at"])
+        device._flows_at = _number(d["flows_at"])
+        device._flows_version = int(d["flows_version"])
+        device._holder = int(d["holder"])
+        device._slice_end = _number(d["slice_end"])
+        device._class_holder = {EngineClass.ME: int(d["me_holder"]), EngineClass.VE: int(d["ve_holder"])}
+        device._class_since = {EngineClass.ME: _number(d["me_since"]), EngineClass.VE: _number(d["ve_since"])}
+        device._utops_dispatched = int(d["utops_dispatched"])
+
+    def _unpack_context(self, packed, ctx):
+        from . import perf
+
+        device, details, programs = self.device, packed.details, packed.programs
+        row = packed.contexts[ctx.index * _CONTEXT_WIDTH:(ctx.index + 1) * _CONTEXT_WIDTH].tolist()
+        c = dict(zip(CONTEXT_FIELDS, row))
+        status = ContextStatus(int(c["status"]))
+        finished = ctx.status == ContextStatus.RUNNING and status != ContextStatus.RUNNING
+        ctx.status = status
+        ctx.state = STATES[int(c["state"])]
+        ctx.pc = int(c["pc"])
+        for name in ("issue_from", "want_from", "decoded_at", "last_end", "start", "active_before",
+                     "reclaim_wait", "reclaim_max"):
+            setattr(ctx, name, _number(c[name]))
+        ctx.inflight = int(c["inflight"])
+        ctx.end = _optional(c["end"])
+        ctx.ready_since = _optional(c["ready_since"])
+        ctx.epoch = int(c["epoch"])
+        ctx.stop = None if math.isnan(c["stop_code"]) else (
+            FaultCode(int(c["stop_code"])), int(c["stop_pc"]), self._detail(c["stop_detail"], c["stop_pc"], ctx,
+                                                                             details))
+        ctx.reclaim_counted = None if math.isnan(c["reclaim_pc"]) else (int(c["reclaim_pc"]), int(c["reclaim_epoch"]))
+        ctx.timing = {name: _number(c[name]) for name in perf._ENGINE_CYCLES}
+        ctx.counters = {"utops": {cls.name.lower(): int(c[f"utops_{cls.name.lower()}"]) for cls in perf._CLASSES},
+                        **{name: int(c[name]) for name in ("instructions", "hbm_bytes_read", "hbm_bytes_written",
+                                                           "macs", "ve_elements")}}
+        ctx.tokens = [int(t) for t in row[len(CONTEXT_FIELDS):]]
+        made = programs[ctx.index]
+        ctx.head = made[0].utops.get(ctx.pc) if ctx.state == "issue" and made else None
+        gctx = device.machine.contexts[ctx.index]
+        if c["abandoned"]:
+            gctx.status, gctx.fault, gctx.fault_pc, gctx.fault_detail = (
+                ContextStatus.FAULTED, FaultCode(int(c["abandoned_code"])), int(c["abandoned_pc"]),
+                self._detail(c["abandoned_detail"], c["abandoned_pc"], ctx, details))
+        if finished:
+            if status == ContextStatus.DONE:
+                gctx.status = ContextStatus.DONE
+            else:
+                code, pc, detail = ctx.stop
+                gctx.status, gctx.fault, gctx.fault_pc, gctx.fault_detail = ContextStatus.FAULTED, code, pc, detail
+
+    def _unpack_engines(self, packed):
+        device = self.device
+        width = len(ENGINE_FIELDS)
+        flat = packed.engines.tolist()
+        for engine in device.engines:
+            e = dict(zip(ENGINE_FIELDS, flat[engine.index * width:(engine.index + 1) * width]))
+            for name in ("start", "end", "busy_total", "owner_active", "harvested_until"):
+                setattr(engine, name, _number(e[name]))
+            engine.owned = bool(e["owned"])
+            engine.token = int(e["token"])
+            engine.phase = int(e["phase"])
+            if math.isnan(e["ctx"]):
+                engine.ctx = engine.utop = None
+            else:
+                ctx = device.contexts[int(e["ctx"])]
+                pc = int(e["utop_pc"])
+                fault = None if math.isnan(e["fault_code"]) else (
+                    FaultCode(int(e["fault_code"])), int(e["fault_pc"]),
+                    self._detail(e["fault_detail"], e["fault_pc"], ctx, packed.details))
+                engine.ctx, engine.utop = ctx, (packed.programs[ctx.index][0].utops[pc], pc, fault)
+
+    def _unpack_events(self, packed):
+        device = self.device
+        handlers = [device._handlers[name] for name in EVENTS]
+        rows = self.events[:packed.event_count * len(EVENT_FIELDS)].tolist()
+        events = []
+        for i in range(0, len(rows), len(EVENT_FIELDS)):
+            time, sequence, kind, a, b, c = rows[i:i + len(EVENT_FIELDS)]
+            kind = int(kind)
+            payload = (None if kind == _WAKE else int(a) if kind == _FLOWS
+                       else (int(a), int(b), bool(c)) if kind == _ENGINE_DONE else (int(a), int(b)))
+            events.append((_number(time), int(sequence), handlers[kind], payload))
+        events.sort(key=lambda event: (event[0], event[1]))  # a sorted list is a heap
+        device._events = events
+        items = self.flows[:2 * packed.flow_count].tolist()
+        device._flows = {int(items[i]): _number(items[i + 1]) for i in range(0, len(items), 2)}
+
+    def _raise(self, error, packed):
+        programs = packed.programs
+        d = dict(zip(DEVICE_FIELDS, packed.dev.tolist()))
+        index, pc = int(d["error_context"]), int(d["error_pc"])
+        if error == "deadlock":
+            raise DeviceError("perf model deadlock: contexts are running but no event is pending "
+                              f"(at cycle {self.device.now}); please report it")
+        if error == "invalid_utop":
+            made = programs[index][0]
+            entry = made.data[made.index[(pc - made.start) // INSTRUCTION_BYTES]:]
+            raise DeviceError(made.details[int(entry[1])])
+        if error == "no_phase":
+            raise DeviceError(f"perf model: the DMA uTOp at {pc:#x} of context {index} has no instruction to time "
+                              "(its first body instruction does not decode)")
+        if error == "too_many_contexts":
+            raise DeviceError(f"perf model: the compiled core handles at most {MAX_CONTEXTS} contexts")
+        raise DeviceError(f"perf model: context {index} fetched {pc:#x}, which its decoded program lacks; "
+                          "please report it")

@@ -1,0 +1,182 @@
+"""The perf backend's compiled core (timing only) against its Python event loop, the reference: the
+same state after every run, over random DAG programs of 1-4 tenants under all four policies, with
+random HBM timing, injected faults, kills and watchdog budgets, run whole and in slices."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from tcloud.firmware import gemm
+from tcloud.isa import ContextStatus, EngineClass, FaultCode, Instr, decode_stream, encode_stream, get_config
+from tcloud.runtime import DeviceError
+from tcloud.runtime.backends.perf import PerfDevice
+from tcloud.runtime.backends import perf_native
+from tcloud.runtime.execute import Placement, load_image, plan_load
+from tcloud.runtime.tenants import random_inputs
+from tcloud.verif.random_programs import random_program
+
+POLICIES = ("static", "harvest", "temporal", "operator")
+FAULTS = (None, "privileged", "wrong class", "bad body word", "no halt", "never signalled", "no engine")
+
+
+def _state(device):
+    """Everything the event loop keeps, comparable across the two implementations."""
+    device._sync()
+
+    def utop_key(utop):
+        return None if utop is None else (int(utop.cls), utop.length, utop.signal, utop.need, utop.busy, utop.cost)
+
+    contexts = []
+    for ctx in device.contexts:
+        fields = {k: v for k, v in vars(ctx).items() if k not in ("head", "native_program")}
+        fields["head"] = utop_key(ctx.head) if ctx.state == "issue" else None
+        contexts.append(fields)
+    engines = []
+    for engine in device.engines:
+        fields = {name: getattr(engine, name) for name in engine.__slots__ if name not in ("ctx", "utop")}
+        fields["ctx"] = None if engine.ctx is None else engine.ctx.index
+        fields["utop"] = None if engine.utop is None else (utop_key(engine.utop[0]), *engine.utop[1:])
+        engines.append(fields)
+    events = sorted((time, sequence, handler.__name__, payload) for time, sequence, handler, payload in device._events)
+    scalars = {name: getattr(device, name) for name in (
+        "now", "_sequence", "_fetch_free", "_fetch_last", "_dispatch_last", "_dispatched_at", "_flows_at",
+        "_flows_version", "_holder", "_slice_end", "_class_holder", "_class_since", "_utops_dispatched")}
+    golden = [(g.status, g.fault, g.fault_pc, g.fault_detail) for g in device.machine.contexts]
+    reports = [device.context(i) for i in range(len(device.contexts))]
+    return copy.deepcopy({"scalars": scalars, "contexts": contexts, "engines": engines, "events": events,
+            "flows": list(device._flows.items()), "golden": golden, "reports": reports, "stats": device.stats()})
+
+
+def _inject(code, fault, rng):
+    """``code`` with one fault of kind ``fault``."""
+    instrs = decode_stream(code)
+    heads = [i for i, instr in enumerate(instrs) if instr.mnemonic == "utop"]
+    words = [bytes(code[i:i + 16]) for i in range(0, len(code), 16)]
+    at = int(rng.choice(heads))
+    if fault == "privileged":
+        words[at] = encode_stream([Instr("ctx.kill", ctx=1)])
+    elif fault == "wrong class":
+        words[at] = encode_stream([Instr("ve.fill", dst=0, n=4, value=1)])
+    elif fault == "bad body word":
+        length = instrs[at]["len"]
+        first = 2 if instrs[at]["cls"] == EngineClass.DMA else 1  # the reference cannot time a DMA uTOp of none
+        if length < first:
+            return code
+        words[at + int(rng.integers(first, length + 1))] = b"\xff" * 16
+    elif fault == "no halt":
+        words[-1] = encode_stream([Instr("nop")])
+    elif fault == "never signalled":
+        words[at] = encode_stream([Instr("utop", **{**instrs[at].values, "wait2": 15, "count2": 3})])
+    return b"".join(words)
+
+
+def _scenario(seed):
+    rng = np.random.default_rng(seed)
+    config = "small" if seed % 4 else "tiny"
+    cfg = get_config(config)
+    tenants = int(rng.integers(1, min(cfg.contexts, 4) + 1))
+    return {"config": config, "policy": POLICIES[seed % 4], "hbm_latency": int(rng.integers(20, 200)),
+            "hbm_jitter": int(rng.choice([0, 0, 8, 24])), "hbm_accept_probability": float(rng.choice([1.0, 1.0, 0.7])),
+            "programs": [random_program(config, 1000 * seed + t, utops=int(rng.integers(4, 24)))[0]
+                         for t in range(tenants)],
+            "faults": [FAULTS[int(rng.integers(len(FAULTS)))] if rng.random() < 0.5 else None for _ in range(tenants)],
+            "budgets": [int(rng.integers(500, 6000)) if rng.random() < 0.2 else 0 for _ in range(tenants)],
+            "priorities": [int(rng.integers(0, 3)) for _ in range(tenants)],
+            "kill": (int(rng.integers(0, tenants)), int(rng.integers(200, 5000))) if rng.random() < 0.3 else None,
+            "slice": int(rng.integers(300, 3000)) if rng.random() < 0.4 else None, "seed": seed}
+
+
+def _run(scenario, native):
+    """Run a scenario; the states after each step."""
+    cfg = get_config(scenario["config"])
+    device = PerfDevice(cfg, hbm_latency=scenario["hbm_latency"], hbm_jitter=scenario["hbm_jitter"],
+                        hbm_accept_probability=scenario["hbm_accept_probability"], data=False, native=native)
+    device.set_policy(scenario["policy"])
+    rng = np.random.default_rng(scenario["seed"])
+    count = len(scenario["programs"])
+    starts = []
+    for index, image in enumerate(scenario["programs"]):
+        me = ((1 << cfg.me_count) - 1) if count == 1 else 1 << (index % cfg.me_count)
+        ve = 1 << (index % cfg.ve_count)
+        if scenario["faults"][index] == "no engine":
+            me = 0
+        placement = Placement(context=index, hbm_base=index * (cfg.hbm_bytes // 4), sram_base=index * (cfg.sram_bytes // 4),
+                              me_mask=me, ve_mask=ve, dma_mask=(1 << cfg.dma_count) - 1)
+        plan = plan_load(cfg, image, random_inputs(image, rng), placement)
+        for command in plan.setup:
+            device.host(command)
+        device.host(Instr("ctx.prio", ctx=index, priority=scenario["priorities"][index]))
+        if scenario["budgets"][index]:
+            device.host(Instr("ctx.budget", ctx=index, cycles=scenario["budgets"][index]))
+        for address, data in plan.writes:
+            device.write_hbm(address, data)
+        fault = scenario["faults"][index]
+        if fault not in (None, "no engine"):
+            device.write_hbm(placement.hbm_base + image.entry, _inject(image.code, fault, rng))
+        starts.append(plan.start)
+    for start in starts:
+        device.host(start)
+    states = [_state(device)]
+    if scenario["kill"]:
+        victim, at = scenario["kill"]
+        device.run(at)
+        device.host(Instr("ctx.kill", ctx=victim))
+        states.append(_state(device))
+    while not device.run(scenario["slice"]):
+        if scenario["slice"] and scenario["seed"] % 2:
+            states.append(_state(device))  # a full sync between slices, else the core keeps the state
+    states.append(_state(device))
+    return states
+
+
+@pytest.mark.parametrize("seed", range(48))
+def test_the_compiled_core_gives_the_reference_state(seed):
+    scenario = _scenario(seed)
+    reference, native = _run(scenario, native=False), _run(scenario, native=True)
+    assert len(reference) == len(native)
+    for step, (expected, got) in enumerate(zip(reference, native)):
+        for key in expected:
+            assert got[key] == expected[key], (scenario["policy"], step, key)
+
+
+def test_the_corpus_covers_every_policy_fault_kill_and_watchdog():
+    scenarios = [_scenario(seed) for seed in range(48)]
+    faults = {fault for s in scenarios for fault in s["faults"]}
+    assert faults == set(FAULTS)
+    assert {s["policy"] for s in scenarios} == set(POLICIES)
+    assert any(s["kill"] for s in scenarios) and any(any(s["budgets"]) for s in scenarios)
+    codes = set()
+    for scenario in scenarios:
+        codes |= {report.fault for report in _run(scenario, native=True)[-1]["reports"]}
+    assert {FaultCode.PRIVILEGED, FaultCode.WRONG_CLASS, FaultCode.ILLEGAL_OPCODE, FaultCode.FETCH_BOUNDS,
+            FaultCode.TOKEN_DEADLOCK, FaultCode.NO_ENGINE, FaultCode.KILLED, FaultCode.WATCHDOG} <= codes
+
+
+def test_a_watchdog_in_a_long_run_and_runs_in_slices_match():
+    image = gemm("small", 128, 256, 128)
+    inputs = random_inputs(image, np.random.default_rng(3))
+    results = []
+    for native in (False, True):
+        device = PerfDevice("small", data=False, native=native)
+        device.host(Instr("ctx.budget", ctx=0, cycles=7000))
+        load_image(device, image, inputs)
+        steps = []
+        while not device.run(997):
+            steps.append((device.cycles, device.context(0), device.stats()))
+        steps.append(_state(device))
+        results.append(steps)
+    assert results[0] == results[1]
+    assert results[1][-1]["reports"][0].fault == FaultCode.WATCHDOG
+
+
+def test_the_core_is_built_from_generated_constants_and_refuses_data():
+    header = perf_native.layout_header()
+    assert f"constexpr int kNumTokens = " in header and "struct Context" in header
+    for name in perf_native.CONTEXT_FIELDS:
+        assert f"    double {name};" in header
+    with pytest.raises(DeviceError, match="native=True needs data=False"):
+        PerfDevice("small", native=True)
+    device = PerfDevice("small", data=False)
+    assert device._native is not None and PerfDevice("small", data=False, native=False)._native is None
+    assert device.context(0).status == ContextStatus.IDLE
