@@ -26,6 +26,7 @@ the front end sees (decoding, tokens, engines) are reported, which makes TPU-sca
 
 import heapq
 import math
+import warnings
 
 from tcloud.isa import ContextStatus, DecodeError, EngineClass, FaultCode, Machine, decode, get_config, parse_policy
 from tcloud.isa import csr
@@ -261,9 +262,11 @@ class PerfDevice(GoldenMemory):
             from . import perf_native
             try:
                 self._native = perf_native.NativeCore(self)
-            except perf_native.NativeBuildError:
+            except perf_native.NativeBuildError as error:
                 if native:
                     raise
+                warnings.warn(f"perf: timing only runs on the Python event loop (~20-60x slower): {error}",
+                              RuntimeWarning, stacklevel=2)
 
     # --- the Device protocol ---------------------------------------------------------------------
 
@@ -394,9 +397,6 @@ class PerfDevice(GoldenMemory):
     def _advance(self, limit):
         """Process events up to ``limit`` (``None``: until no context runs); ``now`` ends at the limit
         or at the cycle the last context stopped."""
-        if self._native is not None:
-            self._native.advance(limit)
-            return
         events = self._events
         while True:
             if not self._running:  # as the RTL backends: a run ends when no context runs

@@ -1,9 +1,10 @@
 """The ``perf`` backend's compiled event loop (timing-only mode).
 
-:class:`~tcloud.runtime.backends.perf.PerfDevice` with ``data=False`` hands each :meth:`_advance` to
+:class:`~tcloud.runtime.backends.perf.PerfDevice` with ``data=False`` hands each ``run()`` to
 ``perf_core.cpp``, a statement-for-statement port of its Python event loop, which stays the reference
-(``native=False`` runs it; ``tests/test_perf_native.py`` checks that both give the same state). Around
-each call the device's state is packed into flat arrays of doubles whose layout, and every constant
+(``native=False`` runs it; ``tests/test_perf_native.py`` checks that both give the same state; host
+commands, which advance a few cycles, still use it). For a run the device's state is packed into
+flat arrays of doubles whose layout, and every constant
 the core uses (ISA, fault codes, policies, timing constants), is generated here from Python
 (:func:`layout_header`); the core is compiled with the machine's C++ compiler at first use and cached
 under ``~/.cache/tcloud/perf`` keyed by the digest of its source and that header.
@@ -389,13 +390,9 @@ class NativeCore:
             return bool(self.device._running)
         return _RUNNING in self.packed.contexts[_STATUS::_CONTEXT_WIDTH]
 
-    def advance(self, limit):
-        """``PerfDevice._advance(limit)``, in the core, leaving the state in the device's objects."""
-        self.run_to(limit)
-        self.sync()
-
     def run_to(self, limit):
-        """Run to ``limit`` (``None``: until no context runs) and keep the state in the core."""
+        """``PerfDevice._advance(limit)`` in the core (``None``: until no context runs); the state stays
+        in the core."""
         if not self.running():
             return
         packed = self.packed or self._pack()
@@ -545,65 +542,61 @@ class NativeCore:
         device._utops_dispatched = int(d["utops_dispatched"])
 
     def _unpack_context(self, packed, ctx):
-        from . import perf
-
         device, details, programs = self.device, packed.details, packed.programs
         row = packed.contexts[ctx.index * _CONTEXT_WIDTH:(ctx.index + 1) * _CONTEXT_WIDTH].tolist()
-        c = dict(zip(CONTEXT_FIELDS, row))
-        status = ContextStatus(int(c["status"]))
+        (status, state, pc, _, issue_from, want_from, decoded_at, inflight, last_end, start, end, active_before,
+         ready_since, stop_code, stop_pc, stop_detail, epoch, me_owned, me_harvested, ve_owned, ve_harvested,
+         dma_cycles, reclaim_wait, reclaim_max, reclaim_pc, reclaim_epoch, instructions, hbm_bytes_read,
+         hbm_bytes_written, macs, ve_elements, utops_dma, utops_me, utops_ve, _, _, _, _, _, abandoned,
+         abandoned_code, abandoned_pc, abandoned_detail) = row[:len(CONTEXT_FIELDS)]  # CONTEXT_FIELDS
+        status = ContextStatus(int(status))
         finished = ctx.status == ContextStatus.RUNNING and status != ContextStatus.RUNNING
-        ctx.status = status
-        ctx.state = STATES[int(c["state"])]
-        ctx.pc = int(c["pc"])
-        for name in ("issue_from", "want_from", "decoded_at", "last_end", "start", "active_before",
-                     "reclaim_wait", "reclaim_max"):
-            setattr(ctx, name, _number(c[name]))
-        ctx.inflight = int(c["inflight"])
-        ctx.end = _optional(c["end"])
-        ctx.ready_since = _optional(c["ready_since"])
-        ctx.epoch = int(c["epoch"])
-        ctx.stop = None if math.isnan(c["stop_code"]) else (
-            FaultCode(int(c["stop_code"])), int(c["stop_pc"]), self._detail(c["stop_detail"], c["stop_pc"], ctx,
-                                                                             details))
-        ctx.reclaim_counted = None if math.isnan(c["reclaim_pc"]) else (int(c["reclaim_pc"]), int(c["reclaim_epoch"]))
-        ctx.timing = {name: _number(c[name]) for name in perf._ENGINE_CYCLES}
-        ctx.counters = {"utops": {cls.name.lower(): int(c[f"utops_{cls.name.lower()}"]) for cls in perf._CLASSES},
-                        **{name: int(c[name]) for name in ("instructions", "hbm_bytes_read", "hbm_bytes_written",
-                                                           "macs", "ve_elements")}}
-        ctx.tokens = [int(t) for t in row[len(CONTEXT_FIELDS):]]
+        ctx.status, ctx.state, ctx.pc, ctx.inflight, ctx.epoch = status, STATES[int(state)], int(pc), int(inflight), int(epoch)
+        ctx.issue_from, ctx.want_from, ctx.decoded_at = _number(issue_from), _number(want_from), _number(decoded_at)
+        ctx.last_end, ctx.start, ctx.active_before = _number(last_end), _number(start), _number(active_before)
+        ctx.reclaim_wait, ctx.reclaim_max = _number(reclaim_wait), _number(reclaim_max)
+        ctx.end, ctx.ready_since = _optional(end), _optional(ready_since)
+        ctx.stop = None if math.isnan(stop_code) else (
+            FaultCode(int(stop_code)), int(stop_pc), self._detail(stop_detail, stop_pc, ctx, details))
+        ctx.reclaim_counted = None if math.isnan(reclaim_pc) else (int(reclaim_pc), int(reclaim_epoch))
+        ctx.timing = {"me_owned": _number(me_owned), "me_harvested": _number(me_harvested),
+                      "ve_owned": _number(ve_owned), "ve_harvested": _number(ve_harvested),
+                      "dma_cycles": _number(dma_cycles)}
+        ctx.counters = {"utops": {"dma": int(utops_dma), "me": int(utops_me), "ve": int(utops_ve)},
+                        "instructions": int(instructions), "hbm_bytes_read": int(hbm_bytes_read),
+                        "hbm_bytes_written": int(hbm_bytes_written), "macs": int(macs), "ve_elements": int(ve_elements)}
+        ctx.tokens = [int(token) for token in row[len(CONTEXT_FIELDS):]]
         made = programs[ctx.index]
         ctx.head = made[0].utops.get(ctx.pc) if ctx.state == "issue" and made else None
         gctx = device.machine.contexts[ctx.index]
-        if c["abandoned"]:
+        if abandoned:
             gctx.status, gctx.fault, gctx.fault_pc, gctx.fault_detail = (
-                ContextStatus.FAULTED, FaultCode(int(c["abandoned_code"])), int(c["abandoned_pc"]),
-                self._detail(c["abandoned_detail"], c["abandoned_pc"], ctx, details))
+                ContextStatus.FAULTED, FaultCode(int(abandoned_code)), int(abandoned_pc),
+                self._detail(abandoned_detail, abandoned_pc, ctx, details))
         if finished:
             if status == ContextStatus.DONE:
                 gctx.status = ContextStatus.DONE
             else:
-                code, pc, detail = ctx.stop
-                gctx.status, gctx.fault, gctx.fault_pc, gctx.fault_detail = ContextStatus.FAULTED, code, pc, detail
+                code, fault_pc, detail = ctx.stop
+                gctx.status, gctx.fault, gctx.fault_pc, gctx.fault_detail = ContextStatus.FAULTED, code, fault_pc, detail
 
     def _unpack_engines(self, packed):
         device = self.device
         width = len(ENGINE_FIELDS)
         flat = packed.engines.tolist()
         for engine in device.engines:
-            e = dict(zip(ENGINE_FIELDS, flat[engine.index * width:(engine.index + 1) * width]))
-            for name in ("start", "end", "busy_total", "owner_active", "harvested_until"):
-                setattr(engine, name, _number(e[name]))
-            engine.owned = bool(e["owned"])
-            engine.token = int(e["token"])
-            engine.phase = int(e["phase"])
-            if math.isnan(e["ctx"]):
+            (_, _, ctx_index, start, end, busy_total, owned, token, phase, utop_pc, fault_code, fault_pc, fault_detail,
+             owner_active, harvested_until) = flat[engine.index * width:(engine.index + 1) * width]  # ENGINE_FIELDS
+            engine.start, engine.end, engine.busy_total = _number(start), _number(end), _number(busy_total)
+            engine.owner_active, engine.harvested_until = _number(owner_active), _number(harvested_until)
+            engine.owned, engine.token, engine.phase = bool(owned), int(token), int(phase)
+            if math.isnan(ctx_index):
                 engine.ctx = engine.utop = None
             else:
-                ctx = device.contexts[int(e["ctx"])]
-                pc = int(e["utop_pc"])
-                fault = None if math.isnan(e["fault_code"]) else (
-                    FaultCode(int(e["fault_code"])), int(e["fault_pc"]),
-                    self._detail(e["fault_detail"], e["fault_pc"], ctx, packed.details))
+                ctx = device.contexts[int(ctx_index)]
+                pc = int(utop_pc)
+                fault = None if math.isnan(fault_code) else (
+                    FaultCode(int(fault_code)), int(fault_pc), self._detail(fault_detail, fault_pc, ctx, packed.details))
                 engine.ctx, engine.utop = ctx, (packed.programs[ctx.index][0].utops[pc], pc, fault)
 
     def _unpack_events(self, packed):
