@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import threading
 from array import array
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -186,7 +187,9 @@ def _build():
 
 def _load(path):
     lib = ctypes.CDLL(str(path))
-    pointer = ctypes.c_void_p
+    pointer = ctypes.c_void_p  # arrays of pointers are arrays of uint64 (checked in _load)
+    if ctypes.sizeof(ctypes.c_void_p) != 8:
+        raise NativeBuildError("the perf backend's core needs a 64-bit platform")
     lib.tcloud_perf_advance.argtypes = [pointer, pointer, ctypes.c_int, pointer, ctypes.c_int, pointer, pointer,
                                         pointer, pointer, pointer, pointer, ctypes.c_int64, pointer, pointer]
     lib.tcloud_perf_advance.restype = ctypes.c_int
@@ -345,17 +348,19 @@ class _Packed:
         self.programs, self.details = programs, details
         self.dev_address, self.contexts_address, self.engines_address = (
             values.buffer_info()[0] for values in (dev, contexts, engines))
-        n = len(programs)
-        self.index_pointers = (ctypes.c_void_p * n)(*[p[0].index_address if p else None for p in programs])
-        self.data_pointers = (ctypes.c_void_p * n)(*[p[0].data_address if p else None for p in programs])
-        self.slots = (ctypes.c_int64 * n)(*[len(p[0].index) if p else 0 for p in programs])
-        self.bases = (ctypes.c_double * n)(*[p[1] if p else 0 for p in programs])
+        arrays = (array("Q", [p[0].index_address if p else 0 for p in programs]),
+                  array("Q", [p[0].data_address if p else 0 for p in programs]),
+                  array("q", [len(p[0].index) if p else 0 for p in programs]), array("d", [p[1] if p else 0 for p in programs]))
+        self.keep = arrays
+        self.index_pointers, self.data_pointers, self.slots, self.bases = (a.buffer_info()[0] for a in arrays)
 
 
 _NOW, _LIMIT, _HAS_LIMIT = (DEVICE_FIELDS.index(name) for name in ("now", "limit", "has_limit"))
 _STATUS = CONTEXT_FIELDS.index("status")
 _RUNNING = float(ContextStatus.RUNNING)
 _STATE_INDEX = {state: index for index, state in enumerate(STATES)}
+_CONTEXT_TIMES = attrgetter("pc", "start_pc", "issue_from", "want_from", "decoded_at", "inflight", "last_end", "start")
+"""The run of CONTEXT_FIELDS from ``pc`` to ``start`` (``ctx.timing`` is in CONTEXT_FIELDS' order too)."""
 _WAKE, _ENGINE_DONE, _FLOWS = (EVENTS.index(name) for name in ("_on_wake", "_on_engine_done", "_on_flows"))
 _CONTEXT_WIDTH = len(CONTEXT_FIELDS) + NUM_TOKENS
 
@@ -493,14 +498,12 @@ class NativeCore:
         stop_code, stop_pc, stop_detail = (nan, 0, 0) if ctx.stop is None else (
             int(ctx.stop[0]), ctx.stop[1], detail_index(ctx.stop[2]))
         reclaim_pc, reclaim_epoch = ctx.reclaim_counted or (nan, nan)
-        counters, spent, masks = ctx.counters, ctx.timing, ctx.masks
+        counters, masks = ctx.counters, ctx.masks
         utops = counters["utops"]
         return (  # CONTEXT_FIELDS, then the tokens
-            int(ctx.status), _STATE_INDEX[ctx.state], ctx.pc, ctx.start_pc, ctx.issue_from, ctx.want_from,
-            ctx.decoded_at, ctx.inflight, ctx.last_end, ctx.start, nan if ctx.end is None else ctx.end,
+            int(ctx.status), _STATE_INDEX[ctx.state], *_CONTEXT_TIMES(ctx), nan if ctx.end is None else ctx.end,
             ctx.active_before, nan if ctx.ready_since is None else ctx.ready_since, stop_code, stop_pc, stop_detail,
-            ctx.epoch, spent["me_owned"], spent["me_harvested"], spent["ve_owned"], spent["ve_harvested"],
-            spent["dma_cycles"], ctx.reclaim_wait, ctx.reclaim_max, reclaim_pc, reclaim_epoch,
+            ctx.epoch, *ctx.timing.values(), ctx.reclaim_wait, ctx.reclaim_max, reclaim_pc, reclaim_epoch,
             counters["instructions"], counters["hbm_bytes_read"], counters["hbm_bytes_written"], counters["macs"],
             counters["ve_elements"], utops["dma"], utops["me"], utops["ve"], masks.get(EngineClass.DMA, 0),
             masks.get(EngineClass.ME, 0), masks.get(EngineClass.VE, 0), gctx.priority, gctx.hbm.size, 0, nan, 0, 0,
