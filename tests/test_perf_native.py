@@ -180,3 +180,40 @@ def test_the_core_is_built_from_generated_constants_and_refuses_data():
     device = PerfDevice("small", data=False)
     assert device._native is not None and PerfDevice("small", data=False, native=False)._native is None
     assert device.context(0).status == ContextStatus.IDLE
+
+
+def test_tenants_loaded_while_others_run_and_code_written_under_a_run_match():
+    """Host commands between runs (a tenant loaded while another runs, a finished context restarted)
+    and a program rewritten while its context runs (the device then goes on with the Python loop)."""
+    cfg = get_config("small")
+    programs = [random_program("small", 7000 + i, utops=16) for i in range(3)]
+    gemm_image = gemm("small", 64, 64, 64)
+    results = []
+    for native in (False, True):
+        device = PerfDevice(cfg, hbm_latency=90, data=False, native=native)
+        device.set_policy("harvest")
+        states = []
+
+        def load(index, image, inputs):
+            load_image(device, image, inputs, Placement(context=index, hbm_base=index * (cfg.hbm_bytes // 4),
+                                                        sram_base=index * (cfg.sram_bytes // 4), me_mask=1 << index,
+                                                        ve_mask=1 << (index % cfg.ve_count), dma_mask=1))
+
+        load(0, *programs[0])
+        device.run(700)
+        states.append(_state(device))
+        load(1, gemm_image, random_inputs(gemm_image, np.random.default_rng(1)))
+        device.run(1500)
+        load(2, *programs[1])
+        assert device.run()
+        states.append(_state(device))
+        load(0, *programs[2])
+        device.run(300)
+        halt = programs[2][0].entry + len(programs[2][0].code) - 16
+        device.write_hbm(halt, encode_stream([Instr("nop")]))  # context 0 now runs off its window
+        assert device._native is None
+        assert device.run()
+        states.append(_state(device))
+        assert states[-1]["reports"][0].fault == FaultCode.FETCH_BOUNDS
+        results.append(states)
+    assert results[0] == results[1]

@@ -254,6 +254,7 @@ class PerfDevice(GoldenMemory):
         self._class_holder = {EngineClass.ME: 0, EngineClass.VE: 0}
         self._class_since = {EngineClass.ME: 0, EngineClass.VE: 0}
         self._utops_dispatched = 0
+        self._engine_changes = 0  # counts the calls that may change an engine (the compiled core re-packs them)
         self._running = []
         self._handlers = {name: getattr(self, name) for name in (
             "_on_wake", "_on_fetched", "_on_engine_done", "_on_dma_transfer", "_on_flows", "_on_budget")}
@@ -287,7 +288,10 @@ class PerfDevice(GoldenMemory):
             self._native.sync()
 
     def write_hbm(self, address, data):
-        self._sync()  # the core re-reads the programs the next time it takes the state
+        if self._native is not None and self._native.running():
+            # The core decodes a program once, at its start; the Python loop reads code as it fetches.
+            self._sync()
+            self._native = None
         super().write_hbm(address, data)
 
     def set_policy(self, policy, *, quantum=None, starvation=None, harvest_cost=None, harvest_grace=None):
@@ -313,6 +317,8 @@ class PerfDevice(GoldenMemory):
         if index is not None and index < len(self.contexts):
             ctx = self.contexts[index]
         gctx = self.machine.contexts[index] if ctx is not None else None
+        if ctx is not None and self._native is not None:
+            self._native.touch(index)
         if command.mnemonic == "ctx.kill":
             if ctx is not None and ctx.status == ContextStatus.RUNNING:
                 self._abandon(ctx, FaultCode.KILLED, "killed by the hypervisor")
@@ -397,6 +403,8 @@ class PerfDevice(GoldenMemory):
     def _advance(self, limit):
         """Process events up to ``limit`` (``None``: until no context runs); ``now`` ends at the limit
         or at the cycle the last context stopped."""
+        if self._running and self._native is not None:
+            self._native.touch(*(ctx.index for ctx in self._running))
         events = self._events
         while True:
             if not self._running:  # as the RTL backends: a run ends when no context runs
@@ -576,6 +584,7 @@ class PerfDevice(GoldenMemory):
 
     def _abandon(self, ctx, code, detail):
         """Kill or watchdog: stop now and abort the context's in-flight uTOps."""
+        self._engine_changes += 1
         time = self.now
         self._stop(ctx, time, code, ctx.pc, detail)
         ctx.stop = (FaultCode(code), ctx.pc, detail)
@@ -669,6 +678,7 @@ class PerfDevice(GoldenMemory):
     def _on_flows(self, time, version):
         if version != self._flows_version:
             return
+        self._engine_changes += 1
         self._update_flows(time)
         finished = [index for index, left in self._flows.items() if left <= 1e-6]
         for index in finished:
@@ -691,6 +701,7 @@ class PerfDevice(GoldenMemory):
         engine = self.engines[index]
         if engine.token != token or engine.ctx is None:
             return
+        self._engine_changes += 1
         ctx, (utop, pc, fault) = engine.ctx, engine.utop
         busy = time - engine.start
         engine.busy_total += busy
@@ -797,6 +808,7 @@ class PerfDevice(GoldenMemory):
         ready = [ctx for ctx in self._running if self._ready(ctx, time)]
         if not ready:
             return False, False
+        self._engine_changes += 1
         for ctx in ready:
             if ctx.ready_since is None:
                 ctx.ready_since = time

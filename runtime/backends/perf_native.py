@@ -13,7 +13,8 @@ What the core needs of a context's program is decoded once, in Python, by the sa
 reference (:class:`Program`): every top-level instruction from the context's start PC to its first
 ``halt`` or front-end fault (timing-only mode changes no memory, and a program's control flow is
 straight-line), with each uTOp's timing (:class:`~tcloud.runtime.backends.perf._Utop`). Programs are
-cached per process by their bytes.
+cached per process by their bytes; a device whose HBM is written while a context runs goes on with
+the Python loop.
 """
 
 import ctypes
@@ -363,14 +364,18 @@ _CONTEXT_TIMES = attrgetter("pc", "start_pc", "issue_from", "want_from", "decode
 """The run of CONTEXT_FIELDS from ``pc`` to ``start`` (``ctx.timing`` is in CONTEXT_FIELDS' order too)."""
 _WAKE, _ENGINE_DONE, _FLOWS = (EVENTS.index(name) for name in ("_on_wake", "_on_engine_done", "_on_flows"))
 _CONTEXT_WIDTH = len(CONTEXT_FIELDS) + NUM_TOKENS
+_DETAILS_LIMIT = 10_000
+"""Fault details a device's arrays may refer to before they are packed afresh."""
 
 
 class NativeCore:
     """Runs a :class:`~tcloud.runtime.backends.perf.PerfDevice`'s event loop in the compiled core.
 
-    Between :meth:`run` calls the state stays in the core's arrays (:attr:`holds_state`); the device
-    calls :meth:`sync` before it reads or changes its Python state, and :meth:`sync_context` /
-    :meth:`sync_engines` for a report."""
+    Between :meth:`run_to` calls the state stays in the core's arrays (:attr:`holds_state`); the
+    device calls :meth:`sync` before it reads or changes its Python state, and :meth:`sync_context` /
+    :meth:`sync_engines` for a report. After a sync the arrays still equal the device's objects, so
+    the next run re-packs only what the device changed since: the contexts it names with
+    :meth:`touch`, and the engines if its count of engine changes moved."""
 
     def __init__(self, device):
         self.device = device
@@ -380,6 +385,16 @@ class NativeCore:
         self.events_address, self.flows_address = self.events.ctypes.data, self.flows.ctypes.data
         self.kinds = {name: index for index, name in enumerate(EVENTS)}
         self.packed = None
+        self.touched = set()
+        self.engine_changes = device._engine_changes
+        self.base = None
+        self.base = self._pack()
+
+    def touch(self, *indices):
+        """The device changed these contexts (or their golden contexts) since the last sync (its
+        engines' changes it counts in ``_engine_changes``)."""
+        self.touched.update(indices)
+
 
     @property
     def holds_state(self):
@@ -432,6 +447,9 @@ class NativeCore:
         self._unpack_engines(packed)
         self._unpack_events(packed)
         self.packed = None
+        self.base = packed
+        self.touched = set()
+        self.engine_changes = self.device._engine_changes
 
     def sync_context(self, index):
         """Copy one context's state (and the time) to the device's objects for a report; the core keeps
@@ -447,13 +465,20 @@ class NativeCore:
             self._unpack_engines(self.packed)
 
     def _pack(self):
+        """The device's state as arrays: from :attr:`base` and what changed since, or from scratch."""
         device = self.device
-        details = fixed_details()
-        programs = [None] * len(device.contexts)
-        for ctx in device._running:
-            made = program(device, ctx)
-            programs[ctx.index] = (made, len(details))
-            details += made.details
+        base = self.base
+        fresh = base is None or len(base.details) > _DETAILS_LIMIT
+        details = fixed_details() if fresh else base.details
+        programs = [None] * len(device.contexts) if fresh else list(base.programs)
+        changed = range(len(device.contexts)) if fresh else sorted(self.touched)
+        for index in changed:
+            ctx = device.contexts[index]
+            programs[index] = None
+            if ctx.status == ContextStatus.RUNNING:
+                made = program(device, ctx)
+                programs[index] = (made, len(details))
+                details += made.details
         details_of = {}
 
         def detail_index(text):
@@ -463,8 +488,16 @@ class NativeCore:
             return details_of[text]
 
         dev = self._pack_device()
-        contexts = array("d", [value for ctx in device.contexts for value in self._pack_context(ctx, detail_index)])
-        engines = array("d", [value for engine in device.engines for value in self._pack_engine(engine, detail_index)])
+        if fresh:
+            contexts = array("d", [value for ctx in device.contexts for value in self._pack_context(ctx, detail_index)])
+            engines = array("d", [value for e in device.engines for value in self._pack_engine(e, detail_index)])
+        else:
+            contexts, engines = base.contexts, base.engines
+            for index in changed:
+                contexts[index * _CONTEXT_WIDTH:(index + 1) * _CONTEXT_WIDTH] = array(
+                    "d", self._pack_context(device.contexts[index], detail_index))
+            if device._engine_changes != self.engine_changes:
+                engines[:] = array("d", [value for e in device.engines for value in self._pack_engine(e, detail_index)])
         events = device._events
         if len(events) > EVENT_CAPACITY:
             raise DeviceError(f"perf model: {len(events)} pending events exceed the compiled core's {EVENT_CAPACITY}")
