@@ -34,7 +34,7 @@ from tcloud.isa.errors import HostCommandError
 from tcloud.isa.table import HARVESTED_CLASSES, INSTRUCTION_BYTES, NUM_TOKENS, TOKEN_MAX_COUNT, Policy
 
 from . import perf_timing as timing
-from .device import ContextInfo, DeviceError
+from .device import ContextInfo, DeviceError, check_context_index
 from .functional import GoldenMemory
 
 _CLASSES = (EngineClass.DMA, EngineClass.ME, EngineClass.VE)
@@ -352,6 +352,7 @@ class PerfDevice(GoldenMemory):
         return not self._busy()
 
     def context(self, index):
+        check_context_index(self.config, index)
         if self._native is not None:
             self._native.sync_context(index)
         ctx = self.contexts[index]
