@@ -139,26 +139,25 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6))
     names = [row["program"] for row in rows]
     y = np.arange(len(rows))
-    labels = (("verilator", "Verilator"), ("perf_data", "perf, with data"),
-              ("perf_python", "perf, timing only, Python loop"), ("perf_native", "perf, timing only, compiled core"))
-    height = 0.8 / len(labels)
-    for i, (label, text) in enumerate(labels):
-        axes[0].barh(y + i * height, [row[f"{label}_cycles_per_second"] for row in rows], height, label=text)
-    axes[0].set_xscale("log")
-    axes[0].set_yticks(y + 0.4 - height / 2, names, fontsize=8)
-    axes[0].set_xlabel("simulated cycles per wall second (median)")
-    axes[0].legend(fontsize=8)
-    for i, (label, text) in enumerate(labels[1:]):
-        axes[1].barh(y + i * 0.27, [row[f"{label}_over_verilator"] for row in rows], 0.27, label=text)
+    labels = (("verilator", "Verilator", "tab:gray"), ("perf_data", "perf, with data", "tab:orange"),
+              ("perf_python", "perf, timing only, Python loop", "tab:blue"),
+              ("perf_native", "perf, timing only, compiled core", "tab:green"))
+    for ax, shown, key, xlabel in (
+            (axes[0], labels, "{}_cycles_per_second", "simulated cycles per wall second (median)"),
+            (axes[1], labels[1:], "{}_over_verilator", "x Verilator's cycles per second (median of rounds)")):
+        height = 0.8 / len(shown)
+        for i, (label, text, color) in enumerate(shown):
+            ax.barh(y + i * height, [row[key.format(label)] for row in rows], height, label=text, color=color)
+        ax.set_xscale("log")
+        ax.set_yticks(y + 0.4 - height / 2, names, fontsize=8)
+        ax.set_xlabel(xlabel)
     axes[1].axvline(TARGET, color="tab:red", linestyle="--", label=f"target {TARGET}x")
-    axes[1].set_xscale("log")
-    axes[1].set_yticks(y + 0.27, names, fontsize=8)
-    axes[1].set_xlabel("x Verilator's cycles per second (median of rounds)")
-    axes[1].legend(fontsize=8)
-    fig.suptitle("perf backend vs Verilator on the same 'small' programs")
+    for ax in axes:
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
+    fig.suptitle("perf backend vs Verilator on the same 'small' programs (2 shared cores)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")

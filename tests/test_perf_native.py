@@ -21,7 +21,9 @@ FAULTS = (None, "privileged", "wrong class", "bad body word", "no halt", "never 
 
 
 def _state(device):
-    """Everything the event loop keeps, comparable across the two implementations."""
+    """Everything the event loop keeps, comparable across the two implementations (the reports also
+    as the compiled core gives them before its state goes back to Python objects)."""
+    reports_before_sync = [device.context(i) for i in range(len(device.contexts))], device.stats()
     device._sync()
 
     def utop_key(utop):
@@ -45,7 +47,8 @@ def _state(device):
     golden = [(g.status, g.fault, g.fault_pc, g.fault_detail) for g in device.machine.contexts]
     reports = [device.context(i) for i in range(len(device.contexts))]
     return copy.deepcopy({"scalars": scalars, "contexts": contexts, "engines": engines, "events": events,
-            "flows": list(device._flows.items()), "golden": golden, "reports": reports, "stats": device.stats()})
+            "flows": list(device._flows.items()), "golden": golden, "reports": reports, "stats": device.stats(),
+            "reports_before_sync": reports_before_sync})
 
 
 def _inject(code, fault, rng):

@@ -93,6 +93,35 @@ class _Utop:
         self.counters = _activity(self.cls, body)
 
 
+def context_report(status, stop, counters, engine_cycles, reclaim_wait, reclaim_max, start, end, active_before,
+                   now):
+    """A context's :class:`~tcloud.runtime.ContextInfo` from its timing state (the Python loop's objects
+    or the compiled core's arrays)."""
+    if stop is not None and status == ContextStatus.FAULTED:
+        fault, fault_pc, detail = stop
+    else:
+        fault, fault_pc, detail = FaultCode.NONE, 0, ""
+    if status == ContextStatus.RUNNING:
+        run = max(0, now - start)
+    else:
+        run = 0 if end is None else end - start
+    active = active_before + (run if status == ContextStatus.RUNNING else 0)
+    timing_report = {"active_cycles": int(active), "run_cycles": int(run),
+                     "engine_cycles": {name: int(value) for name, value in engine_cycles.items()},
+                     "reclaim_wait_cycles": int(reclaim_wait), "reclaim_max_cycles": int(reclaim_max)}
+    return ContextInfo(status, fault, fault_pc, detail, counters, timing_report)
+
+
+def engine_busy(busy_total, start, end, running, now):
+    """An engine's busy cycles so far: its finished uTOps' and the running one's."""
+    return int(busy_total + (max(0, min(now, end) - start) if running else 0))
+
+
+def stats_report(now, busy):
+    """:meth:`PerfDevice.stats` from the time and each engine's busy cycles."""
+    return {"backend": PerfDevice.name, "cycles": int(now), "engine_busy_cycles": busy}
+
+
 def _activity(cls, body):
     """Activity counters of a uTOp body, from its fields (the golden model's definitions)."""
     read = written = macs = elements = 0
@@ -353,31 +382,21 @@ class PerfDevice(GoldenMemory):
 
     def context(self, index):
         check_context_index(self.config, index)
-        if self._native is not None:
-            self._native.sync_context(index)
+        if self._native is not None and self._native.holds_state:
+            return self._native.report(index)
         ctx = self.contexts[index]
-        gctx = self.machine.contexts[index]
-        if ctx.stop is not None and ctx.status == ContextStatus.FAULTED:
-            fault, fault_pc, detail = ctx.stop
-        else:
-            fault, fault_pc, detail = FaultCode.NONE, 0, ""
-        counters = gctx.counters.as_dict() if self.data else {**ctx.counters, "utops": dict(ctx.counters["utops"])}
-        run = self._run_cycles(ctx)
-        active = ctx.active_before + (run if ctx.status == ContextStatus.RUNNING else 0)
-        timing_report = {"active_cycles": int(active), "run_cycles": int(run),
-                         "engine_cycles": {name: int(value) for name, value in ctx.timing.items()},
-                         "reclaim_wait_cycles": int(ctx.reclaim_wait), "reclaim_max_cycles": int(ctx.reclaim_max)}
-        return ContextInfo(ctx.status, fault, fault_pc, detail, counters, timing_report)
+        counters = (self.machine.contexts[index].counters.as_dict() if self.data
+                    else {**ctx.counters, "utops": dict(ctx.counters["utops"])})
+        return context_report(ctx.status, ctx.stop, counters, ctx.timing, ctx.reclaim_wait, ctx.reclaim_max,
+                              ctx.start, ctx.end, ctx.active_before, self.now)
 
     def stats(self):
         """Cycles since creation and busy cycles per engine (cumulative), as the RTL backends report."""
-        if self._native is not None:
-            self._native.sync_engines()
-        busy = {}
-        for engine in self.engines:
-            running = max(0, min(self.now, engine.end) - engine.start) if engine.ctx is not None else 0
-            busy[engine.name] = int(engine.busy_total + running)
-        return {"backend": self.name, "cycles": int(self.now), "engine_busy_cycles": busy}
+        if self._native is not None and self._native.holds_state:
+            return self._native.stats()
+        return stats_report(self.now, {engine.name: engine_busy(engine.busy_total, engine.start, engine.end,
+                                                                engine.ctx is not None, self.now)
+                                       for engine in self.engines})
 
     def csr_read(self, address):
         """Read a context's ``PC`` or ``STATUS`` register (what the profiler polls)."""
@@ -444,11 +463,6 @@ class PerfDevice(GoldenMemory):
         if gctx.budget:
             self._push(ctx.start + gctx.budget, "_on_budget", (ctx.index, ctx.epoch))
         self._push(ctx.want_from, "_on_wake")
-
-    def _run_cycles(self, ctx):
-        if ctx.status == ContextStatus.RUNNING:
-            return max(0, self.now - ctx.start)
-        return 0 if ctx.end is None else ctx.end - ctx.start
 
     def _fetch_grant(self, time):
         """Give the fetch unit to the next context (round-robin) that wants an instruction."""

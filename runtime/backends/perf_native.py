@@ -372,8 +372,8 @@ class NativeCore:
     """Runs a :class:`~tcloud.runtime.backends.perf.PerfDevice`'s event loop in the compiled core.
 
     Between :meth:`run_to` calls the state stays in the core's arrays (:attr:`holds_state`); the
-    device calls :meth:`sync` before it reads or changes its Python state, and :meth:`sync_context` /
-    :meth:`sync_engines` for a report. After a sync the arrays still equal the device's objects, so
+    device calls :meth:`sync` before it reads or changes its Python state, and reports come from the
+    arrays (:meth:`report`, :meth:`stats`). After a sync the arrays still equal the device's objects, so
     the next run re-packs only what the device changed since: the contexts it names with
     :meth:`touch`, and the engines if its count of engine changes moved."""
 
@@ -451,18 +451,41 @@ class NativeCore:
         self.touched = set()
         self.engine_changes = self.device._engine_changes
 
-    def sync_context(self, index):
-        """Copy one context's state (and the time) to the device's objects for a report; the core keeps
-        the state."""
-        if self.packed is not None:
-            self.device.now = self.now()
-            self._unpack_context(self.packed, self.device.contexts[index])
+    def report(self, index):
+        """``PerfDevice.context(index)`` from the arrays."""
+        from . import perf
 
-    def sync_engines(self):
-        """Copy the engines' state (and the time) to the device's objects for a report."""
-        if self.packed is not None:
-            self.device.now = self.now()
-            self._unpack_engines(self.packed)
+        packed = self.packed
+        row = packed.contexts[index * _CONTEXT_WIDTH:index * _CONTEXT_WIDTH + len(CONTEXT_FIELDS)].tolist()
+        (status, _, _, _, _, _, _, _, _, start, end, active_before, _, stop_code, stop_pc, stop_detail, _,
+         me_owned, me_harvested, ve_owned, ve_harvested, dma_cycles, reclaim_wait, reclaim_max, _, _, instructions,
+         hbm_bytes_read, hbm_bytes_written, macs, ve_elements, utops_dma, utops_me, utops_ve, *_) = row  # CONTEXT_FIELDS
+        status = ContextStatus(int(status))
+        stop = None
+        if status == ContextStatus.FAULTED and not math.isnan(stop_code):
+            stop = (FaultCode(int(stop_code)), int(stop_pc),
+                    self._detail(stop_detail, stop_pc, self.device.contexts[index], packed.details))
+        counters = {"utops": {"dma": int(utops_dma), "me": int(utops_me), "ve": int(utops_ve)},
+                    "instructions": int(instructions), "hbm_bytes_read": int(hbm_bytes_read),
+                    "hbm_bytes_written": int(hbm_bytes_written), "macs": int(macs), "ve_elements": int(ve_elements)}
+        engine_cycles = {"me_owned": me_owned, "me_harvested": me_harvested, "ve_owned": ve_owned,
+                         "ve_harvested": ve_harvested, "dma_cycles": dma_cycles}
+        return perf.context_report(status, stop, counters, engine_cycles, reclaim_wait, reclaim_max, start,
+                                   _optional(end), active_before, packed.dev[_NOW])
+
+    def stats(self):
+        """``PerfDevice.stats()`` from the arrays."""
+        from . import perf
+
+        packed = self.packed
+        now = packed.dev[_NOW]
+        width = len(ENGINE_FIELDS)
+        flat = packed.engines.tolist()
+        busy = {}
+        for engine in self.device.engines:
+            _, _, ctx_index, start, end, busy_total, *_ = flat[engine.index * width:(engine.index + 1) * width]
+            busy[engine.name] = perf.engine_busy(busy_total, start, end, not math.isnan(ctx_index), now)
+        return perf.stats_report(now, busy)
 
     def _pack(self):
         """The device's state as arrays: from :attr:`base` and what changed since, or from scratch."""
