@@ -11,8 +11,11 @@ also decodes its uTOps: reported as ``cold``). Ratios are taken between runs of 
 they see the same machine load. Every backend must report the same cycles as Verilator's within the
 model's accuracy, and the three perf runs exactly the same cycles and counters.
 
+Also times ResNet-50 (batch 32) and a 12-layer BERT-base stack on ``tpu_like``, timing only
+(:func:`benchmarks.perf_validation.large_models`; ``--no-large`` skips them).
+
 Writes ``benchmarks/results/perf_speed.json`` and ``perf_speed.png``.
-``python -m benchmarks.perf_speed [--repeats 3] [--quick]``
+``python -m benchmarks.perf_speed [--repeats 3] [--quick] [--no-large]``
 """
 
 import argparse
@@ -167,6 +170,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer programs")
+    parser.add_argument("--no-large", action="store_true", help="skip the large models on tpu_like")
     parser.add_argument("--out")
     parser.add_argument("--plot", default=str(RESULTS / "perf_speed.png"))
     args = parser.parse_args(argv)
@@ -198,6 +202,11 @@ def main(argv=None):
               "compiler": _compiler(), "core_library": str(perf_native.library()._name),
               **conditions(cfg, {"hbm_latency": cfg.hbm_latency, "hbm_jitter": 0, "hbm_accept_probability": 1.0}),
               "programs": rows}
+    if not args.no_large:
+        from .perf_validation import large_models
+
+        print("large models on tpu_like, timing only:")
+        report["large_models"] = large_models(repeats=args.repeats)
     write("perf_speed", report, args.out)
     try_plot(plot, rows, args.plot)
     return summary
