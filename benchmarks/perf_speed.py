@@ -142,18 +142,21 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(14, 6))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6))
     names = [row["program"] for row in rows]
     y = np.arange(len(rows))
     labels = (("verilator", "Verilator", "tab:gray"), ("perf_data", "perf, with data", "tab:orange"),
               ("perf_python", "perf, timing only, Python loop", "tab:blue"),
               ("perf_native", "perf, timing only, compiled core", "tab:green"))
-    for ax, shown, key, xlabel in (
-            (axes[0], labels, "{}_cycles_per_second", "simulated cycles per wall second (median)"),
-            (axes[1], labels[1:], "{}_over_verilator", "x Verilator's cycles per second (median of rounds)")):
+    ratios = [(f"{label}_over_verilator", text, color) for label, text, color in labels[1:]]
+    ratios.append(("perf_native_cpu_over_verilator", "perf, compiled core, per CPU second", "tab:olive"))
+    for ax, shown, xlabel in (
+            (axes[0], [(f"{label}_cycles_per_second", text, color) for label, text, color in labels],
+             "simulated cycles per wall second (median)"),
+            (axes[1], ratios, "x Verilator's cycles per second (median of rounds)")):
         height = 0.8 / len(shown)
-        for i, (label, text, color) in enumerate(shown):
-            ax.barh(y + i * height, [row[key.format(label)] for row in rows], height, label=text, color=color)
+        for i, (key, text, color) in enumerate(shown):
+            ax.barh(y + i * height, [row[key] for row in rows], height, label=text, color=color)
         ax.set_xscale("log")
         ax.set_yticks(y + 0.4 - height / 2, names, fontsize=8)
         ax.set_xlabel(xlabel)

@@ -220,3 +220,14 @@ def test_tenants_loaded_while_others_run_and_code_written_under_a_run_match():
         assert states[-1]["reports"][0].fault == FaultCode.FETCH_BOUNDS
         results.append(states)
     assert results[0] == results[1]
+
+
+def test_without_a_compiler_timing_only_warns_and_runs_on_the_python_loop(monkeypatch, tmp_path):
+    monkeypatch.setenv("TCLOUD_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(perf_native, "_LIBRARY", None)
+    with pytest.warns(RuntimeWarning, match="Python event loop"):
+        device = PerfDevice("small", data=False)
+    assert device._native is None
+    with pytest.raises(perf_native.NativeBuildError, match="cannot build the perf backend's core"):
+        PerfDevice("small", data=False, native=True)
