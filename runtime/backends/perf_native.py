@@ -315,6 +315,11 @@ _PROGRAMS = {}
 """``(utop cache key, window size, first bytes)`` → programs with those first bytes (a sweep runs the
 same programs on many devices)."""
 _PROBE_BYTES = 4 * INSTRUCTION_BYTES
+_CANDIDATES_LIMIT = 16
+"""Programs kept per key (the oldest goes first)."""
+_CACHE_BYTES_LIMIT = 512 << 20
+"""The cache is emptied when its programs' tables and snapshots pass this size."""
+_cached_bytes = 0
 
 
 def program(device, ctx):
@@ -331,11 +336,18 @@ def program(device, ctx):
         if candidate.valid(device, ctx):
             ctx.native_program = candidate
             return candidate
+    global _cached_bytes
     made = Program(device, ctx)
-    if len(_PROGRAMS) > 1000:
+    size = made.index.nbytes + made.data.nbytes + len(made.snapshot)
+    if _cached_bytes + size > _CACHE_BYTES_LIMIT:
         _PROGRAMS.clear()
+        _cached_bytes = 0
         candidates = _PROGRAMS.setdefault(key, [])
+    if len(candidates) >= _CANDIDATES_LIMIT:
+        dropped = candidates.pop(0)
+        _cached_bytes -= dropped.index.nbytes + dropped.data.nbytes + len(dropped.snapshot)
     candidates.append(made)
+    _cached_bytes += size
     ctx.native_program = made
     return made
 
