@@ -663,12 +663,14 @@ struct Sim {
 
 extern "C" {
 
-// Run the event loop from the packed state to the limit; events and flows are read from ``events``
-// (``*event_count`` rows of kEventFields) and ``flows`` (``*flow_count`` pairs) and written back there
-// (up to ``event_capacity`` rows: more sets kEventOverflow and leaves ``*event_count`` the number needed).
+// Run the event loop from the packed state to the limit. The pending events are read from ``events_in``
+// (``*event_count`` rows of kEventFields) and written to ``events`` (up to ``event_capacity`` rows: more
+// returns kEventOverflow with ``*event_count`` the number needed; the two may be the same buffer); the
+// flows are read from and written back to ``flows`` (``*flow_count`` pairs).
 int tcloud_perf_advance(double* device, double* contexts, int context_count, double* engines, int engine_count,
                         const int32_t** program_index, const int64_t* program_slots, const double** program_data,
-                        const double* program_detail_base, double* events, int64_t* event_count,
+                        const double* program_detail_base, const double* events_in, double* events,
+                        int64_t* event_count,
                         int64_t event_capacity, double* flows, int64_t* flow_count) {
     Device& dev = *reinterpret_cast<Device*>(device);
     if (context_count > kMaxContexts) return kTooManyContexts;
@@ -679,7 +681,7 @@ int tcloud_perf_advance(double* device, double* contexts, int context_count, dou
             context_count, engine_count, {}, {}};
     sim.heap.reserve(static_cast<size_t>(*event_count) + 64);
     for (int64_t i = 0; i < *event_count; ++i) {
-        const double* row = events + kEventFields * i;
+        const double* row = events_in + kEventFields * i;
         sim.heap.push_back({row[0], row[1], static_cast<int>(row[2]), row[3], row[4], row[5]});
     }
     std::make_heap(sim.heap.begin(), sim.heap.end(), later);

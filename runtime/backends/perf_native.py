@@ -192,7 +192,7 @@ def _load(path):
     if ctypes.sizeof(ctypes.c_void_p) != 8:
         raise NativeBuildError("the perf backend's core needs a 64-bit platform")
     lib.tcloud_perf_advance.argtypes = [pointer, pointer, ctypes.c_int, pointer, ctypes.c_int, pointer, pointer,
-                                        pointer, pointer, pointer, pointer, ctypes.c_int64, pointer, pointer]
+                                        pointer, pointer, pointer, pointer, pointer, ctypes.c_int64, pointer, pointer]
     lib.tcloud_perf_advance.restype = ctypes.c_int
     return lib
 
@@ -355,9 +355,10 @@ def program(device, ctx):
 class _Packed:
     """The device's state as the core reads and writes it, between calls."""
 
-    def __init__(self, dev, contexts, engines, event_count, flow_count, programs, details):
+    def __init__(self, dev, contexts, engines, events, flow_count, programs, details):
         self.dev, self.contexts, self.engines = dev, contexts, engines
-        self.event_count, self.flow_count = event_count, flow_count
+        self.events_in, self.events_in_address = events, events.buffer_info()[0]
+        self.event_count, self.flow_count = len(events) // len(EVENT_FIELDS), flow_count
         self.programs, self.details = programs, details
         self.dev_address, self.contexts_address, self.engines_address = (
             values.buffer_info()[0] for values in (dev, contexts, engines))
@@ -392,9 +393,9 @@ class NativeCore:
     def __init__(self, device):
         self.device = device
         self.lib = library()
-        self.events = np.empty(EVENT_CAPACITY * len(EVENT_FIELDS), dtype=np.float64)
-        self.flows = np.empty(2 * max(1, len(device.engines)), dtype=np.float64)
-        self.events_address, self.flows_address = self.events.ctypes.data, self.flows.ctypes.data
+        self.events = np.empty(EVENT_CAPACITY * len(EVENT_FIELDS), dtype=np.float64)  # the core's output
+        self.flows = array("d", bytes(16 * max(1, len(device.engines))))
+        self.events_address, self.flows_address = self.events.ctypes.data, self.flows.buffer_info()[0]
         self.kinds = {name: index for index, name in enumerate(EVENTS)}
         self.packed = None
         self.touched = set()
@@ -435,13 +436,15 @@ class NativeCore:
         error = self.lib.tcloud_perf_advance(
             packed.dev_address, packed.contexts_address, len(packed.programs), packed.engines_address,
             len(self.device.engines), packed.index_pointers, packed.slots, packed.data_pointers, packed.bases,
-            self.events_address, ctypes.byref(event_count), EVENT_CAPACITY, self.flows_address,
+            packed.events_in_address, self.events_address, ctypes.byref(event_count), EVENT_CAPACITY,
+            self.flows_address,
             ctypes.byref(flow_count))
         if ERRORS[error] == "event_overflow":
             self.packed = None
             raise DeviceError(f"perf model: {event_count.value} pending events exceed the compiled core's "
                               f"{EVENT_CAPACITY}")
         packed.event_count, packed.flow_count = event_count.value, flow_count.value
+        packed.events_in_address = self.events_address  # the next run starts from the core's output
         self.packed = packed
         if error:
             self.sync()
@@ -546,10 +549,9 @@ class NativeCore:
                 packed += (time, sequence, kind, *payload, *(0,) * (3 - len(payload)))
             else:
                 packed += (time, sequence, kind, payload, 0, 0)
-        self.events[:len(packed)] = packed
         flow_items = [value for index, left in device._flows.items() for value in (index, left)]
-        self.flows[:len(flow_items)] = flow_items
-        return _Packed(dev, contexts, engines, len(events), len(device._flows), programs, details)
+        self.flows[:len(flow_items)] = array("d", flow_items)
+        return _Packed(dev, contexts, engines, array("d", packed), len(device._flows), programs, details)
 
     def _pack_device(self):
         d = self.device
