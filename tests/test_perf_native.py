@@ -1,6 +1,7 @@
 """The perf backend's compiled core (timing only) against its Python event loop, the reference: the
-same state after every run, over random DAG programs of 1-4 tenants under all four policies, with
-random HBM timing, injected faults, kills and watchdog budgets, run whole and in slices."""
+same state after every run, over random DAG programs of 1-4 tenants under all four policies (with
+random policy registers), random HBM timing, injected faults, kills and watchdog budgets, run whole
+and in slices, and over harvest runs built to make owners wait to reclaim their engines."""
 
 import copy
 
@@ -87,7 +88,10 @@ def _scenario(seed):
             "budgets": [int(rng.integers(500, 6000)) if rng.random() < 0.2 else 0 for _ in range(tenants)],
             "priorities": [int(rng.integers(0, 3)) for _ in range(tenants)],
             "kill": (int(rng.integers(0, tenants)), int(rng.integers(200, 5000))) if rng.random() < 0.3 else None,
-            "slice": int(rng.integers(300, 3000)) if rng.random() < 0.4 else None, "seed": seed}
+            "slice": int(rng.integers(300, 3000)) if rng.random() < 0.4 else None, "seed": seed,
+            "registers": {"quantum": int(rng.integers(64, 2048)), "starvation": int(rng.integers(16, 1024)),
+                          "harvest_cost": int(rng.integers(1, 1 << 12)), "harvest_grace": int(rng.integers(0, 2048))}
+            if rng.random() < 0.5 else {}}
 
 
 def _run(scenario, native):
@@ -95,13 +99,15 @@ def _run(scenario, native):
     cfg = get_config(scenario["config"])
     device = PerfDevice(cfg, hbm_latency=scenario["hbm_latency"], hbm_jitter=scenario["hbm_jitter"],
                         hbm_accept_probability=scenario["hbm_accept_probability"], data=False, native=native)
-    device.set_policy(scenario["policy"])
+    device.set_policy(scenario["policy"], **scenario["registers"])
     rng = np.random.default_rng(scenario["seed"])
     count = len(scenario["programs"])
     starts = []
     for index, image in enumerate(scenario["programs"]):
         me = ((1 << cfg.me_count) - 1) if count == 1 else 1 << (index % cfg.me_count)
         ve = 1 << (index % cfg.ve_count)
+        if "masks" in scenario:
+            me, ve = scenario["masks"][index]
         if scenario["faults"][index] == "no engine":
             me = 0
         placement = Placement(context=index, hbm_base=index * (cfg.hbm_bytes // 4), sram_base=index * (cfg.sram_bytes // 4),
@@ -133,7 +139,7 @@ def _run(scenario, native):
     return states
 
 
-@pytest.mark.parametrize("seed", range(48))
+@pytest.mark.parametrize("seed", range(64))
 def test_the_compiled_core_gives_the_reference_state(seed):
     scenario = _scenario(seed)
     reference, native = _run(scenario, native=False), _run(scenario, native=True)
@@ -143,12 +149,37 @@ def test_the_compiled_core_gives_the_reference_state(seed):
             assert got[key] == expected[key], (scenario["policy"], step, key)
 
 
+def _reclaim_scenario(seed):
+    """Harvest with a short grace: context 0 owns three MEs it leaves idle between its phases, context 1
+    owns one and runs a GEMM whose uTOps harvest the others, so context 0 waits to reclaim them."""
+    rng = np.random.default_rng(seed)
+    owner = random_program("small", 9000 + seed, utops=24)[0]
+    return {"config": "small", "policy": "harvest", "hbm_latency": int(rng.integers(40, 160)), "hbm_jitter": 0,
+            "hbm_accept_probability": 1.0, "programs": [owner, gemm("small", 64, 128, 64)], "faults": [None, None],
+            "budgets": [0, 0], "priorities": [0, 0], "kill": None, "slice": None, "seed": seed,
+            "registers": {"harvest_grace": int(rng.choice([0, 4, 32, 256]))}, "masks": [(0b1101, 1), (0b0010, 2)]}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_reclaim_waits_match(seed):
+    scenario = _reclaim_scenario(seed)
+    reference, native = _run(scenario, native=False), _run(scenario, native=True)
+    assert reference == native
+
+
+def test_the_reclaim_scenarios_reclaim():
+    waits = [_run(_reclaim_scenario(seed), native=True)[-1]["reports"][0].timing["reclaim_wait_cycles"]
+             for seed in range(8)]
+    assert sum(wait > 0 for wait in waits) >= 2, waits
+
+
 def test_the_corpus_covers_every_policy_fault_kill_and_watchdog():
-    scenarios = [_scenario(seed) for seed in range(48)]
+    scenarios = [_scenario(seed) for seed in range(64)]
     faults = {fault for s in scenarios for fault in s["faults"]}
     assert faults == set(FAULTS)
     assert {s["policy"] for s in scenarios} == set(POLICIES)
     assert any(s["kill"] for s in scenarios) and any(any(s["budgets"]) for s in scenarios)
+    assert any(s["registers"] for s in scenarios) and any(s["slice"] for s in scenarios)
     codes = set()
     for scenario in scenarios:
         codes |= {report.fault for report in _run(scenario, native=True)[-1]["reports"]}
