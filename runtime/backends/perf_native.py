@@ -38,6 +38,9 @@ from .cache import cache_root
 from .device import DeviceError
 
 SOURCE = Path(__file__).with_name("perf_core.cpp")
+SOURCE_TEXT = SOURCE.read_text()
+"""The core's source as this module was imported with (a process builds the core that matches its packing
+code even if the file changes under it)."""
 LIBRARY = "libtcloud_perf.so"
 
 DEVICE_FIELDS = ("now", "sequence", "fetch_free", "fetch_last", "dispatch_last", "dispatched_at", "flows_at",
@@ -162,7 +165,7 @@ def library():
 
 def _build():
     header = layout_header()
-    source = SOURCE.read_text()
+    source = SOURCE_TEXT
     compiler = os.environ.get("CXX", "c++")
     flags = ["-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off"]  # no FMA: doubles as in Python
     digest = hashlib.sha256("\0".join([source, header, compiler, *flags]).encode()).hexdigest()[:24]
