@@ -64,10 +64,7 @@ def _inject(code, fault, rng):
         words[at] = encode_stream([Instr("ve.fill", dst=0, n=4, value=1)])
     elif fault == "bad body word":
         length = instrs[at]["len"]
-        first = 2 if instrs[at]["cls"] == EngineClass.DMA else 1  # the reference cannot time a DMA uTOp of none
-        if length < first:
-            return code
-        words[at + int(rng.integers(first, length + 1))] = b"\xff" * 16
+        words[at + int(rng.integers(1, length + 1))] = b"\xff" * 16
     elif fault == "no halt":
         words[-1] = encode_stream([Instr("nop")])
     elif fault == "never signalled":
@@ -262,3 +259,27 @@ def test_without_a_compiler_timing_only_warns_and_runs_on_the_python_loop(monkey
     assert device._native is None
     with pytest.raises(perf_native.NativeBuildError, match="cannot build the perf backend's core"):
         PerfDevice("small", data=False, native=True)
+
+
+def test_a_dma_utop_whose_first_body_word_does_not_decode_faults_only_its_context():
+    """A hostile tenant's DMA uTOp with an undecodable first body word: ILLEGAL_OPCODE at that word (as
+    the golden model gives), in both loops, and the other tenant runs to its halt."""
+    bad = encode_stream([Instr("utop", cls=int(EngineClass.DMA), len=1)]) + b"\xff" * 16 + encode_stream([Instr("halt")])
+    image, inputs = random_program("small", 4242, utops=12)
+    cfg = get_config("small")
+    results = []
+    for native in (False, True):
+        device = PerfDevice(cfg, data=False, native=native)
+        device.host(Instr("ctx.hbm", ctx=0, base=0, size=0x1000))
+        device.host(Instr("ctx.engines", ctx=0, me_mask=1, ve_mask=1, dma_mask=1))
+        device.write_hbm(0, bad)
+        device.host(Instr("ctx.start", ctx=0, pc=0))
+        load_image(device, image, inputs, Placement(context=1, hbm_base=cfg.hbm_bytes // 2, sram_base=cfg.sram_bytes // 2,
+                                                    me_mask=2, ve_mask=2, dma_mask=2))
+        assert device.run()
+        assert (device._native is not None) == native
+        results.append(_state(device))
+    assert results[0] == results[1]
+    hostile, other = results[1]["reports"][:2]
+    assert (hostile.status, hostile.fault, hostile.fault_pc) == (ContextStatus.FAULTED, FaultCode.ILLEGAL_OPCODE, 16)
+    assert other.status == ContextStatus.DONE

@@ -652,6 +652,9 @@ class PerfDevice(GoldenMemory):
             extra = math.ceil(timing.SHARED_ACCESS_CYCLES * utop.length * sharing)
             engine.end = time + 1 + utop.busy + extra
             self._push(engine.end, "_on_engine_done", (engine.index, engine.token, False))
+        elif not utop.phases:  # a DMA uTOp whose first body instruction does not decode: its overhead, then its fault
+            engine.end = time + 1 + timing.DMA_UTOP_EXTRA
+            self._push(engine.end, "_on_engine_done", (engine.index, engine.token, False))
         else:
             engine.phase = 0
             engine.end = 1 << 62

@@ -257,16 +257,13 @@ struct Sim {
         } else {
             e.phase = 0;
             e.end = kFarFuture;
-            if (phase_count(u) == 0) {
-                if (error == kOk) {
-                    error = kNoPhase;
-                    dev.error_context = index_of(c);
-                    dev.error_pc = c.pc;
-                }
-                return;
+            if (phase_count(u) == 0) {  // its first body instruction does not decode: its overhead, then its fault
+                e.end = time + 1 + kDmaUtopExtra;
+                push(e.end, kEngineDone, index, e.token, 0);
+            } else {
+                    double first = time + 1 + kDmaUtopExtraHalf + phases(u)[kPhaseBefore];
+                push(std::ceil(first), kDmaTransfer, index, e.token);
             }
-            double first = time + 1 + kDmaUtopExtraHalf + phases(u)[kPhaseBefore];
-            push(std::ceil(first), kDmaTransfer, index, e.token);
         }
         double fault_code = e.fault_code, fault_pc = e.fault_pc, fault_detail = e.fault_detail;
         if (c.state == kStateIssue) {

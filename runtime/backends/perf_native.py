@@ -68,7 +68,7 @@ EVENT_FIELDS = ("time", "sequence", "kind", "a", "b", "c")
 ENTRIES = ("utop", "halt", "fence", "ctrl", "fault", "invalid")
 """Kinds of program entries: a uTOp, ``halt``, ``fence``, another control instruction, a front-end
 fault (code, detail), a uTOp the reference refuses with a :class:`DeviceError` (detail)."""
-ERRORS = ("ok", "deadlock", "missing_entry", "invalid_utop", "no_phase", "event_overflow", "too_many_contexts")
+ERRORS = ("ok", "deadlock", "missing_entry", "invalid_utop", "event_overflow", "too_many_contexts")
 FAR_FUTURE = 1 << 62
 """``_Engine.end`` of a DMA engine whose transfer has not finished."""
 HELD_CLASSES = (EngineClass.ME, EngineClass.VE)
@@ -702,9 +702,6 @@ class NativeCore:
             made = programs[index][0]
             entry = made.data[made.index[(pc - made.start) // INSTRUCTION_BYTES]:]
             raise DeviceError(made.details[int(entry[1])])
-        if error == "no_phase":
-            raise DeviceError(f"perf model: the DMA uTOp at {pc:#x} of context {index} has no instruction to time "
-                              "(its first body instruction does not decode)")
         if error == "too_many_contexts":
             raise DeviceError(f"perf model: the compiled core handles at most {MAX_CONTEXTS} contexts")
         raise DeviceError(f"perf model: context {index} fetched {pc:#x}, which its decoded program lacks; "
