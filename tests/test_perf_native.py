@@ -283,3 +283,12 @@ def test_a_dma_utop_whose_first_body_word_does_not_decode_faults_only_its_contex
     hostile, other = results[1]["reports"][:2]
     assert (hostile.status, hostile.fault, hostile.fault_pc) == (ContextStatus.FAULTED, FaultCode.ILLEGAL_OPCODE, 16)
     assert other.status == ContextStatus.DONE
+
+
+@pytest.mark.parametrize("seed", range(0, 64, 9))
+def test_pending_events_outgrowing_the_core_s_buffer_grow_it(seed, monkeypatch):
+    """The core's output buffer starts at one row here, so every run needs more: it grows, and the
+    state still equals the reference's (the reviewer's temporal run at priority 255 piles 100k events)."""
+    monkeypatch.setattr(perf_native, "EVENT_CAPACITY", 1)
+    scenario = _scenario(seed)
+    assert _run(scenario, native=True) == _run(scenario, native=False)

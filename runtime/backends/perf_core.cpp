@@ -660,15 +660,18 @@ struct Sim {
 
 extern "C" {
 
+// A buffer of at least ``rows`` event rows, in place of the one the core was given (nullptr: none).
+typedef double* (*GrowEvents)(int64_t rows);
+
 // Run the event loop from the packed state to the limit. The pending events are read from ``events_in``
-// (``*event_count`` rows of kEventFields) and written to ``events`` (up to ``event_capacity`` rows: more
-// returns kEventOverflow with ``*event_count`` the number needed; the two may be the same buffer); the
-// flows are read from and written back to ``flows`` (``*flow_count`` pairs).
+// (``*event_count`` rows of kEventFields) and written to ``events`` (up to ``event_capacity`` rows; for
+// more the core asks ``grow`` for a larger buffer, and returns kEventOverflow if it gives none; the two
+// may be the same buffer); the flows are read from and written back to ``flows`` (``*flow_count`` pairs).
 int tcloud_perf_advance(double* device, double* contexts, int context_count, double* engines, int engine_count,
                         const int32_t** program_index, const int64_t* program_slots, const double** program_data,
                         const double* program_detail_base, const double* events_in, double* events,
-                        int64_t* event_count,
-                        int64_t event_capacity, double* flows, int64_t* flow_count) {
+                        int64_t* event_count, int64_t event_capacity, GrowEvents grow, double* flows,
+                        int64_t* flow_count) {
     Device& dev = *reinterpret_cast<Device*>(device);
     if (context_count > kMaxContexts) return kTooManyContexts;
     std::vector<Program> programs(context_count);
@@ -686,7 +689,10 @@ int tcloud_perf_advance(double* device, double* contexts, int context_count, dou
         sim.flows.emplace_back(static_cast<int>(flows[2 * i]), flows[2 * i + 1]);
     sim.advance();
     *event_count = static_cast<int64_t>(sim.heap.size());
-    if (*event_count > event_capacity) return kEventOverflow;
+    if (*event_count > event_capacity) {
+        events = grow(*event_count);
+        if (events == nullptr) return kEventOverflow;
+    }
     for (size_t i = 0; i < sim.heap.size(); ++i) {
         const Event& e = sim.heap[i];
         double* row = events + kEventFields * i;

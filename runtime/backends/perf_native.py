@@ -73,7 +73,8 @@ FAR_FUTURE = 1 << 62
 """``_Engine.end`` of a DMA engine whose transfer has not finished."""
 HELD_CLASSES = (EngineClass.ME, EngineClass.VE)
 """Classes ``operator`` hands from context to context (``PerfDevice._class_holder``)."""
-EVENT_CAPACITY = 1 << 16
+EVENT_CAPACITY = 1 << 12
+"""Rows of pending events a device's output buffer starts with (the core asks for more when it needs it)."""
 MAX_CONTEXTS = 1 << 8
 """Contexts the core handles (the ISA's context field allows fewer)."""
 
@@ -189,13 +190,17 @@ def _build():
     return target
 
 
+_GROW_EVENTS = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_int64)
+
+
 def _load(path):
     lib = ctypes.CDLL(str(path))
     pointer = ctypes.c_void_p  # arrays of pointers are arrays of uint64 (checked in _load)
     if ctypes.sizeof(ctypes.c_void_p) != 8:
         raise NativeBuildError("the perf backend's core needs a 64-bit platform")
     lib.tcloud_perf_advance.argtypes = [pointer, pointer, ctypes.c_int, pointer, ctypes.c_int, pointer, pointer,
-                                        pointer, pointer, pointer, pointer, pointer, ctypes.c_int64, pointer, pointer]
+                                        pointer, pointer, pointer, pointer, pointer, ctypes.c_int64, _GROW_EVENTS,
+                                        pointer, pointer]
     lib.tcloud_perf_advance.restype = ctypes.c_int
     return lib
 
@@ -399,12 +404,23 @@ class NativeCore:
         self.events = np.empty(EVENT_CAPACITY * len(EVENT_FIELDS), dtype=np.float64)  # the core's output
         self.flows = array("d", bytes(16 * max(1, len(device.engines))))
         self.events_address, self.flows_address = self.events.ctypes.data, self.flows.buffer_info()[0]
+        self.grow_events = _GROW_EVENTS(self._grow_events)  # kept: the core calls it
         self.kinds = {name: index for index, name in enumerate(EVENTS)}
         self.packed = None
         self.touched = set()
         self.engine_changes = device._engine_changes
         self.base = None
         self.base = self._pack()
+
+    def _grow_events(self, rows):
+        """The core's callback when its pending events outgrow :attr:`events`: a buffer for ``rows``
+        (at least twice the old one), its address (``None`` if there is no memory for it)."""
+        try:
+            self.events = np.empty(max(rows, 2 * len(self.events) // len(EVENT_FIELDS)) * len(EVENT_FIELDS))
+        except MemoryError:
+            return None
+        self.events_address = self.events.ctypes.data
+        return self.events_address
 
     def touch(self, *indices):
         """The device changed these contexts (or their golden contexts) since the last sync (its
@@ -439,13 +455,11 @@ class NativeCore:
         error = self.lib.tcloud_perf_advance(
             packed.dev_address, packed.contexts_address, len(packed.programs), packed.engines_address,
             len(self.device.engines), packed.index_pointers, packed.slots, packed.data_pointers, packed.bases,
-            packed.events_in_address, self.events_address, ctypes.byref(event_count), EVENT_CAPACITY,
-            self.flows_address,
-            ctypes.byref(flow_count))
+            packed.events_in_address, self.events_address, ctypes.byref(event_count),
+            len(self.events) // len(EVENT_FIELDS), self.grow_events, self.flows_address, ctypes.byref(flow_count))
         if ERRORS[error] == "event_overflow":
             self.packed = None
-            raise DeviceError(f"perf model: {event_count.value} pending events exceed the compiled core's "
-                              f"{EVENT_CAPACITY}")
+            raise DeviceError(f"perf model: no memory for {event_count.value} pending events")
         packed.event_count, packed.flow_count = event_count.value, flow_count.value
         packed.events_in_address = self.events_address  # the next run starts from the core's output
         self.packed = packed
@@ -540,8 +554,6 @@ class NativeCore:
             if device._engine_changes != self.engine_changes:
                 engines[:] = array("d", [value for e in device.engines for value in self._pack_engine(e, detail_index)])
         events = device._events
-        if len(events) > EVENT_CAPACITY:
-            raise DeviceError(f"perf model: {len(events)} pending events exceed the compiled core's {EVENT_CAPACITY}")
         kinds = self.kinds
         packed = []
         for time, sequence, handler, payload in events:
