@@ -292,3 +292,76 @@ def test_pending_events_outgrowing_the_core_s_buffer_grow_it(seed, monkeypatch):
     monkeypatch.setattr(perf_native, "EVENT_CAPACITY", 1)
     scenario = _scenario(seed)
     assert _run(scenario, native=True) == _run(scenario, native=False)
+
+
+def _gemm_runs(native, steps):
+    """A GEMM on ``small``, loaded; ``steps(device)`` then runs it; the final state."""
+    image = gemm("small", 64, 128, 64)
+    device = PerfDevice("small", hbm_latency=60, data=False, native=native)
+    load_image(device, image, random_inputs(image, np.random.default_rng(5)))
+    steps(device)
+    assert device.run()
+    return _state(device)
+
+
+@pytest.mark.parametrize("synced", [False, True])
+def test_a_failed_core_run_leaves_the_state_it_started_from(synced):
+    """The core fails (no memory for its events) after a slice whose state it holds (or that went
+    back to Python): the run raises, and the state is the one before it, so the device goes on to the
+    reference's result (it used to mix the core's half-run arrays with the older Python state)."""
+
+    def steps(device):
+        device.run(500)
+        if synced:
+            device._sync()
+        core = device._native
+        held = getattr(core.packed, "events", None)
+        core.event_buffers = [buffer if buffer is held else np.empty(len(perf_native.EVENT_FIELDS))
+                              for buffer in core.event_buffers]
+        core.grow_events = perf_native._GROW_EVENTS(lambda rows: None)
+        with pytest.raises(DeviceError, match="no memory"):
+            device.run(1000)
+        core.grow_events = perf_native._GROW_EVENTS(core._grow_events)
+
+    assert _gemm_runs(True, steps) == _gemm_runs(False, lambda device: device.run(500))
+
+
+def _window_runs(native, first_size, second_size, max_cycles=None):
+    """Four nops and no halt in a window, run off its end; then the window resized and run again."""
+    device = PerfDevice("small", data=False, native=native)
+    device.host(Instr("ctx.hbm", ctx=0, base=0, size=first_size))
+    device.write_hbm(0, encode_stream([Instr("nop")] * 4))
+    states = []
+    for size in (first_size, second_size):
+        device.host(Instr("ctx.hbm", ctx=0, base=0, size=size))
+        device.host(Instr("ctx.start", ctx=0, pc=0))
+        device.run(max_cycles)
+        states.append(_state(device))
+    return device, states
+
+
+@pytest.mark.parametrize("sizes", [(0x1000, 0x2000), (0x2000, 0x1000)])
+def test_a_program_is_decoded_again_when_its_window_changes(sizes):
+    device, states = _window_runs(True, *sizes)
+    assert device._native is not None
+    assert states == _window_runs(False, *sizes)[1]
+    assert states[-1]["reports"][0].fault == FaultCode.FETCH_BOUNDS
+
+
+def test_a_program_without_halt_is_decoded_as_far_as_it_runs():
+    """A 1 MiB window of nops run for a few thousand instructions decodes about those (in chunks that
+    double), not the window's 65536."""
+    results = []
+    for native in (True, False):
+        device = PerfDevice("small", data=False, native=native)
+        device.host(Instr("ctx.hbm", ctx=0, base=0, size=1 << 20))
+        device.write_hbm(0, encode_stream([Instr("nop")] * 4))
+        device.host(Instr("ctx.start", ctx=0, pc=0))
+        assert not device.run(400_000)
+        results.append(_state(device))
+        if native:
+            assert device._native is not None
+            decoded = len(device.contexts[0].native_program.index)
+    assert results[0] == results[1]
+    ran = results[0]["reports"][0].counters["instructions"]
+    assert 2 * perf_native.CHUNK < ran < decoded <= 2 * ran + perf_native.CHUNK

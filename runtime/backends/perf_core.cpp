@@ -165,6 +165,13 @@ struct Sim {
                 double done = std::ceil(time + dev.front_latency + kFetchReady);
                 dev.fetch_free = done;
                 push(done, kFetched, index_of(c), c.epoch);
+                const Program& p = programs[index_of(c)];
+                if (static_cast<int64_t>((c.pc - c.program_pc) / kInstructionBytes) >= p.slots && error == kOk) {
+                    // Not decoded yet: the run stops after this cycle for Python to decode further.
+                    error = kNeedCode;
+                    dev.error_context = index_of(c);
+                    dev.error_pc = c.pc;
+                }
                 return;
             }
         }
@@ -663,14 +670,16 @@ extern "C" {
 // A buffer of at least ``rows`` event rows, in place of the one the core was given (nullptr: none).
 typedef double* (*GrowEvents)(int64_t rows);
 
-// Run the event loop from the packed state to the limit. The pending events are read from ``events_in``
-// (``*event_count`` rows of kEventFields) and written to ``events`` (up to ``event_capacity`` rows; for
-// more the core asks ``grow`` for a larger buffer, and returns kEventOverflow if it gives none; the two
-// may be the same buffer); the flows are read from and written back to ``flows`` (``*flow_count`` pairs).
+// Run the event loop from the packed state to the limit, or to the end of the cycle in which a context
+// starts to fetch a PC its program does not have yet (kNeedCode: error_context, error_pc). The pending
+// events are read from ``events_in`` (``*event_count`` rows of kEventFields) and written to ``events``
+// (up to ``event_capacity`` rows; for more the core asks ``grow`` for a larger buffer, and returns
+// kEventOverflow if it gives none); the flows are read from ``flows_in`` and written to ``flows``
+// (``*flow_count`` pairs). Buffers read and written are distinct.
 int tcloud_perf_advance(double* device, double* contexts, int context_count, double* engines, int engine_count,
                         const int32_t** program_index, const int64_t* program_slots, const double** program_data,
                         const double* program_detail_base, const double* events_in, double* events,
-                        int64_t* event_count, int64_t event_capacity, GrowEvents grow, double* flows,
+                        int64_t* event_count, int64_t event_capacity, GrowEvents grow, const double* flows_in, double* flows,
                         int64_t* flow_count) {
     Device& dev = *reinterpret_cast<Device*>(device);
     if (context_count > kMaxContexts) return kTooManyContexts;
@@ -686,7 +695,7 @@ int tcloud_perf_advance(double* device, double* contexts, int context_count, dou
     }
     std::make_heap(sim.heap.begin(), sim.heap.end(), later);
     for (int64_t i = 0; i < *flow_count; ++i)
-        sim.flows.emplace_back(static_cast<int>(flows[2 * i]), flows[2 * i + 1]);
+        sim.flows.emplace_back(static_cast<int>(flows_in[2 * i]), flows_in[2 * i + 1]);
     sim.advance();
     *event_count = static_cast<int64_t>(sim.heap.size());
     if (*event_count > event_capacity) {

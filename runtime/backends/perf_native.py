@@ -68,7 +68,7 @@ EVENT_FIELDS = ("time", "sequence", "kind", "a", "b", "c")
 ENTRIES = ("utop", "halt", "fence", "ctrl", "fault", "invalid")
 """Kinds of program entries: a uTOp, ``halt``, ``fence``, another control instruction, a front-end
 fault (code, detail), a uTOp the reference refuses with a :class:`DeviceError` (detail)."""
-ERRORS = ("ok", "deadlock", "missing_entry", "invalid_utop", "event_overflow", "too_many_contexts")
+ERRORS = ("ok", "deadlock", "missing_entry", "invalid_utop", "event_overflow", "too_many_contexts", "need_code")
 FAR_FUTURE = 1 << 62
 """``_Engine.end`` of a DMA engine whose transfer has not finished."""
 HELD_CLASSES = (EngineClass.ME, EngineClass.VE)
@@ -200,7 +200,7 @@ def _load(path):
         raise NativeBuildError("the perf backend's core needs a 64-bit platform")
     lib.tcloud_perf_advance.argtypes = [pointer, pointer, ctypes.c_int, pointer, ctypes.c_int, pointer, pointer,
                                         pointer, pointer, pointer, pointer, pointer, ctypes.c_int64, _GROW_EVENTS,
-                                        pointer, pointer]
+                                        pointer, pointer, pointer]
     lib.tcloud_perf_advance.restype = ctypes.c_int
     return lib
 
@@ -215,12 +215,29 @@ def _optional(value):
 
 
 class Program:
-    """The top-level instructions a context can fetch, from its start PC, as the core reads them.
+    """The top-level instructions a context can fetch, from its start PC, as the core reads them,
+    decoded in chunks: the core stops when a context starts to fetch past :attr:`index` and the device
+    decodes further (:meth:`extended`), so a program without ``halt`` costs what it runs.
+
+    Parameters
+    ----------
+    device : PerfDevice
+        The device whose HBM holds the program.
+    ctx : perf._Context
+        The context whose window and start PC it is.
+    previous : Program, optional
+        A program of the same context decoded to fewer slots: its entries are kept, and decoding goes
+        on from where it stopped.
+    until : int, optional
+        A PC the program must reach (if it does not end first); it decodes at least :data:`CHUNK`
+        instructions, and at least as many as ``previous`` had.
 
     Attributes
     ----------
     start : int
         PC of the first instruction (the context's start PC).
+    size : int
+        The context's HBM window size the walk stopped at.
     snapshot : bytes
         The HBM bytes the walk read (from ``start``): the program is valid while they are unchanged.
     index : numpy.ndarray
@@ -231,17 +248,23 @@ class Program:
         Fault details the entries refer to by index.
     utops : dict
         PC → :class:`~tcloud.runtime.backends.perf._Utop`.
+    next_pc : int or None
+        Where decoding stopped, ``None`` if the program ends (``halt``, a fault, the window's end).
     """
 
-    def __init__(self, device, ctx):
+    def __init__(self, device, ctx, previous=None, until=None):
         from . import perf
 
         gctx = device.machine.contexts[ctx.index]
         base, size, hbm = gctx.hbm.base, gctx.hbm.size, device.machine.hbm
-        self.start = pc = ctx.start_pc
-        self.details, self.utops = [], {}
-        index, data = [], []
-        read_end = pc
+        self.start, self.size = ctx.start_pc, size
+        if previous is None:
+            pc, read_end, index, data, self.details, self.utops = self.start, self.start, [], [], [], {}
+        else:
+            pc, read_end = previous.next_pc, self.start + len(previous.snapshot)
+            index, data = previous.index.tolist(), previous.data.tolist()
+            self.details, self.utops = list(previous.details), dict(previous.utops)
+        stop_at = max(until or 0, self.start + INSTRUCTION_BYTES * max(CHUNK, 2 * len(index)))
 
         def add(slot_pc, values):
             index.extend([-1] * ((slot_pc - self.start) // INSTRUCTION_BYTES + 1 - len(index)))
@@ -252,7 +275,11 @@ class Program:
             self.details.append(text)
             return len(self.details) - 1
 
+        self.next_pc = None
         while pc + INSTRUCTION_BYTES <= size:
+            if pc > stop_at:
+                self.next_pc = pc
+                break
             word = hbm[base + pc:base + pc + INSTRUCTION_BYTES].tobytes()
             read_end = max(read_end, pc + INSTRUCTION_BYTES)
             try:
@@ -293,10 +320,20 @@ class Program:
             else:
                 add(pc, (ENTRIES.index("ctrl"),))
                 pc += INSTRUCTION_BYTES
+        if self.next_pc is not None:  # the slots up to where decoding goes on are known to be no entry
+            index.extend([-1] * ((self.next_pc - self.start) // INSTRUCTION_BYTES - len(index)))
         self.snapshot = hbm[base + self.start:base + read_end].tobytes()
         self.index = np.array(index or [-1], dtype=np.int32)
         self.data = np.array(data or [0.0], dtype=np.float64)
         self.index_address, self.data_address = self.index.ctypes.data, self.data.ctypes.data
+
+    def extended(self, device, ctx, pc):
+        """This program decoded on to ``pc`` (a new :class:`Program`: this one may be shared)."""
+        if self.next_pc is None:
+            return self
+        made = Program(device, ctx, previous=self, until=pc)
+        _remember(device, ctx, made, replacing=self)
+        return made
 
     @staticmethod
     def _utop_entry(device, utop, detail):
@@ -313,12 +350,20 @@ class Program:
         return values
 
     def valid(self, device, ctx):
+        """Whether the program is still the one ``ctx`` runs: same start PC and window size, and the
+        bytes it read unchanged (the window's base does not matter: the bytes are read from it)."""
         gctx = device.machine.contexts[ctx.index]
         begin = gctx.hbm.base + self.start
-        return (self.start == ctx.start_pc
+        return (self.start == ctx.start_pc and self.size == gctx.hbm.size
                 and device.machine.hbm[begin:begin + len(self.snapshot)].tobytes() == self.snapshot)
 
+    def nbytes(self):
+        """Memory the program holds (its tables and snapshot)."""
+        return self.index.nbytes + self.data.nbytes + len(self.snapshot)
 
+
+CHUNK = 1 << 10
+"""Instructions a program decodes at least at a time."""
 _PROGRAMS = {}
 """``(utop cache key, window size, first bytes)`` → programs with those first bytes (a sweep runs the
 same programs on many devices)."""
@@ -330,46 +375,65 @@ _CACHE_BYTES_LIMIT = 512 << 20
 _cached_bytes = 0
 
 
-def program(device, ctx):
-    """The context's :class:`Program`: its own if still valid, else one from the process's cache, else
-    decoded now."""
-    known = ctx.native_program
-    if known is not None and known.valid(device, ctx):
-        return known
+def _key(device, ctx):
     gctx = device.machine.contexts[ctx.index]
     begin = gctx.hbm.base + ctx.start_pc
-    key = (device._cache_key, gctx.hbm.size, device.machine.hbm[begin:begin + _PROBE_BYTES].tobytes())
-    candidates = _PROGRAMS.setdefault(key, [])
-    for candidate in candidates:
-        if candidate.valid(device, ctx):
-            ctx.native_program = candidate
-            return candidate
+    return device._cache_key, gctx.hbm.size, device.machine.hbm[begin:begin + _PROBE_BYTES].tobytes()
+
+
+def _remember(device, ctx, made, replacing=None):
+    """Keep ``made`` as the context's program and in the process's cache (in place of ``replacing``)."""
     global _cached_bytes
-    made = Program(device, ctx)
-    size = made.index.nbytes + made.data.nbytes + len(made.snapshot)
-    if _cached_bytes + size > _CACHE_BYTES_LIMIT:
+    ctx.native_program = made
+    key = _key(device, ctx)
+    candidates = _PROGRAMS.setdefault(key, [])
+    if replacing is not None and replacing in candidates:
+        candidates.remove(replacing)
+        _cached_bytes -= replacing.nbytes()
+    if _cached_bytes + made.nbytes() > _CACHE_BYTES_LIMIT:
         _PROGRAMS.clear()
         _cached_bytes = 0
         candidates = _PROGRAMS.setdefault(key, [])
     if len(candidates) >= _CANDIDATES_LIMIT:
-        dropped = candidates.pop(0)
-        _cached_bytes -= dropped.index.nbytes + dropped.data.nbytes + len(dropped.snapshot)
+        _cached_bytes -= candidates.pop(0).nbytes()
     candidates.append(made)
-    _cached_bytes += size
-    ctx.native_program = made
+    _cached_bytes += made.nbytes()
+
+
+def program(device, ctx):
+    """The context's :class:`Program`: its own if still valid, else one from the process's cache, else
+    decoded now (its first chunk)."""
+    known = ctx.native_program
+    if known is not None and known.valid(device, ctx):
+        return known
+    for candidate in _PROGRAMS.get(_key(device, ctx), ()):
+        if candidate.valid(device, ctx):
+            ctx.native_program = candidate
+            return candidate
+    made = Program(device, ctx)
+    _remember(device, ctx, made)
     return made
 
 
 class _Packed:
-    """The device's state as the core reads and writes it, between calls."""
+    """The device's state as the core reads it, between calls (the core writes copies; see
+    :meth:`NativeCore.run_to`)."""
 
-    def __init__(self, dev, contexts, engines, events, flow_count, programs, details):
-        self.dev, self.contexts, self.engines = dev, contexts, engines
-        self.events_in, self.events_in_address = events, events.buffer_info()[0]
-        self.event_count, self.flow_count = len(events) // len(EVENT_FIELDS), flow_count
-        self.programs, self.details = programs, details
-        self.dev_address, self.contexts_address, self.engines_address = (
-            values.buffer_info()[0] for values in (dev, contexts, engines))
+    def __init__(self, dev, contexts, engines, events, flows, programs, details):
+        self.details = details
+        self.set_state(dev, contexts, engines, events, len(events) // len(EVENT_FIELDS), flows, len(flows) // 2)
+        self.set_programs(programs)
+
+    def set_state(self, dev, contexts, engines, events, event_count, flows, flow_count):
+        self.dev, self.contexts, self.engines, self.events, self.flows = dev, contexts, engines, events, flows
+        self.event_count, self.flow_count = event_count, flow_count
+        self.dev_address, self.contexts_address, self.engines_address, self.flows_address = (
+            values.buffer_info()[0] for values in (dev, contexts, engines, flows))
+        self.events_address = events.ctypes.data if isinstance(events, np.ndarray) else events.buffer_info()[0]
+
+    def set_programs(self, programs):
+        """``programs``: per context ``(Program, index of its first detail in details)`` or ``None``."""
+        self.programs = programs
         arrays = (array("Q", [p[0].index_address if p else 0 for p in programs]),
                   array("Q", [p[0].data_address if p else 0 for p in programs]),
                   array("q", [len(p[0].index) if p else 0 for p in programs]), array("d", [p[1] if p else 0 for p in programs]))
@@ -377,7 +441,8 @@ class _Packed:
         self.index_pointers, self.data_pointers, self.slots, self.bases = (a.buffer_info()[0] for a in arrays)
 
 
-_NOW, _LIMIT, _HAS_LIMIT = (DEVICE_FIELDS.index(name) for name in ("now", "limit", "has_limit"))
+_NOW, _LIMIT, _HAS_LIMIT, _ERROR_CONTEXT, _ERROR_PC = (DEVICE_FIELDS.index(name) for name in (
+    "now", "limit", "has_limit", "error_context", "error_pc"))
 _STATUS = CONTEXT_FIELDS.index("status")
 _RUNNING = float(ContextStatus.RUNNING)
 _STATE_INDEX = {state: index for index, state in enumerate(STATES)}
@@ -401,9 +466,10 @@ class NativeCore:
     def __init__(self, device):
         self.device = device
         self.lib = library()
-        self.events = np.empty(EVENT_CAPACITY * len(EVENT_FIELDS), dtype=np.float64)  # the core's output
-        self.flows = array("d", bytes(16 * max(1, len(device.engines))))
-        self.events_address, self.flows_address = self.events.ctypes.data, self.flows.buffer_info()[0]
+        # The core's output: two buffers of events, one the last run's output (the next run's input).
+        self.event_buffers = [np.empty(EVENT_CAPACITY * len(EVENT_FIELDS)) for _ in range(2)]
+        self.output = 0
+        self.flows_out = array("d", bytes(16 * max(1, len(device.engines))))
         self.grow_events = _GROW_EVENTS(self._grow_events)  # kept: the core calls it
         self.kinds = {name: index for index, name in enumerate(EVENTS)}
         self.packed = None
@@ -413,14 +479,14 @@ class NativeCore:
         self.base = self._pack()
 
     def _grow_events(self, rows):
-        """The core's callback when its pending events outgrow :attr:`events`: a buffer for ``rows``
+        """The core's callback when its pending events outgrow its output buffer: a buffer for ``rows``
         (at least twice the old one), its address (``None`` if there is no memory for it)."""
+        old = self.event_buffers[self.output]
         try:
-            self.events = np.empty(max(rows, 2 * len(self.events) // len(EVENT_FIELDS)) * len(EVENT_FIELDS))
+            self.event_buffers[self.output] = np.empty(max(rows, 2 * len(old) // len(EVENT_FIELDS)) * len(EVENT_FIELDS))
         except MemoryError:
             return None
-        self.events_address = self.events.ctypes.data
-        return self.events_address
+        return self.event_buffers[self.output].ctypes.data
 
     def touch(self, *indices):
         """The device changed these contexts (or their golden contexts) since the last sync (its
@@ -444,28 +510,48 @@ class NativeCore:
 
     def run_to(self, limit):
         """``PerfDevice._advance(limit)`` in the core (``None``: until no context runs); the state stays
-        in the core."""
+        in the core. The core writes copies of the state, which replace it only when it succeeds: after
+        an error the state is the one before the call."""
         if not self.running():
             return
         packed = self.packed or self._pack()
-        packed.dev[_LIMIT] = 0 if limit is None else limit
-        packed.dev[_HAS_LIMIT] = limit is not None
-        event_count = ctypes.c_int64(packed.event_count)
-        flow_count = ctypes.c_int64(packed.flow_count)
-        error = self.lib.tcloud_perf_advance(
-            packed.dev_address, packed.contexts_address, len(packed.programs), packed.engines_address,
-            len(self.device.engines), packed.index_pointers, packed.slots, packed.data_pointers, packed.bases,
-            packed.events_in_address, self.events_address, ctypes.byref(event_count),
-            len(self.events) // len(EVENT_FIELDS), self.grow_events, self.flows_address, ctypes.byref(flow_count))
-        if ERRORS[error] == "event_overflow":
-            self.packed = None
-            raise DeviceError(f"perf model: no memory for {event_count.value} pending events")
-        packed.event_count, packed.flow_count = event_count.value, flow_count.value
-        packed.events_in_address = self.events_address  # the next run starts from the core's output
-        self.packed = packed
-        if error:
-            self.sync()
-            self._raise(ERRORS[error], packed)
+        while True:
+            dev, contexts, engines = array("d", packed.dev), array("d", packed.contexts), array("d", packed.engines)
+            dev[_LIMIT] = 0 if limit is None else limit
+            dev[_HAS_LIMIT] = limit is not None
+            self.output = 1 if packed.events is self.event_buffers[0] else 0
+            events, flows = self.event_buffers[self.output], self.flows_out
+            event_count = ctypes.c_int64(packed.event_count)
+            flow_count = ctypes.c_int64(packed.flow_count)
+            error = ERRORS[self.lib.tcloud_perf_advance(
+                dev.buffer_info()[0], contexts.buffer_info()[0], len(packed.programs), engines.buffer_info()[0],
+                len(self.device.engines), packed.index_pointers, packed.slots, packed.data_pointers, packed.bases,
+                packed.events_address, events.ctypes.data, ctypes.byref(event_count),
+                len(events) // len(EVENT_FIELDS), self.grow_events, packed.flows_address, flows.buffer_info()[0],
+                ctypes.byref(flow_count))]
+            if error == "event_overflow":
+                raise DeviceError(f"perf model: no memory for {event_count.value} pending events")
+            if error not in ("ok", "need_code"):
+                self._raise(error, packed, dev)
+            events = self.event_buffers[self.output]  # grown, maybe
+            self.flows_out = packed.flows if len(packed.flows) == len(flows) else array("d", bytes(len(flows) * 8))
+            packed.set_state(dev, contexts, engines, events, event_count.value, flows, flow_count.value)
+            self.packed = packed
+            if error == "ok":
+                return
+            self._decode_further(packed, int(dev[_ERROR_CONTEXT]), int(dev[_ERROR_PC]))
+
+    def _decode_further(self, packed, index, pc):
+        """The core stopped for a context fetching ``pc`` past its program's decoded slots."""
+        made, _ = packed.programs[index]
+        longer = made.extended(self.device, self.device.contexts[index], pc)
+        if longer is made:
+            raise DeviceError(f"perf model: context {index} fetched {pc:#x}, which its decoded program lacks; "
+                              "please report it")
+        programs = list(packed.programs)
+        programs[index] = (longer, len(packed.details))
+        packed.details += longer.details
+        packed.set_programs(programs)
 
     def sync(self):
         """Move the state from the core's arrays back to the device's objects."""
@@ -564,9 +650,8 @@ class NativeCore:
                 packed += (time, sequence, kind, *payload, *(0,) * (3 - len(payload)))
             else:
                 packed += (time, sequence, kind, payload, 0, 0)
-        flow_items = [value for index, left in device._flows.items() for value in (index, left)]
-        self.flows[:len(flow_items)] = array("d", flow_items)
-        return _Packed(dev, contexts, engines, array("d", packed), len(device._flows), programs, details)
+        flows = array("d", [value for index, left in device._flows.items() for value in (index, left)])
+        return _Packed(dev, contexts, engines, array("d", packed), flows, programs, details)
 
     def _pack_device(self):
         d = self.device
@@ -690,7 +775,7 @@ class NativeCore:
     def _unpack_events(self, packed):
         device = self.device
         handlers = [device._handlers[name] for name in EVENTS]
-        rows = self.events[:packed.event_count * len(EVENT_FIELDS)].tolist()
+        rows = packed.events[:packed.event_count * len(EVENT_FIELDS)].tolist()
         events = []
         for i in range(0, len(rows), len(EVENT_FIELDS)):
             time, sequence, kind, a, b, c = rows[i:i + len(EVENT_FIELDS)]
@@ -700,12 +785,12 @@ class NativeCore:
             events.append((_number(time), int(sequence), handlers[kind], payload))
         events.sort(key=lambda event: (event[0], event[1]))  # a sorted list is a heap
         device._events = events
-        items = self.flows[:2 * packed.flow_count].tolist()
+        items = packed.flows[:2 * packed.flow_count].tolist()
         device._flows = {int(items[i]): _number(items[i + 1]) for i in range(0, len(items), 2)}
 
-    def _raise(self, error, packed):
+    def _raise(self, error, packed, dev):
         programs = packed.programs
-        d = dict(zip(DEVICE_FIELDS, packed.dev.tolist()))
+        d = dict(zip(DEVICE_FIELDS, dev.tolist()))
         index, pc = int(d["error_context"]), int(d["error_pc"])
         if error == "deadlock":
             raise DeviceError("perf model deadlock: contexts are running but no event is pending "
