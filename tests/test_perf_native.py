@@ -133,6 +133,7 @@ def _run(scenario, native):
         if scenario["slice"] and scenario["seed"] % 2:
             states.append(_state(device))  # a full sync between slices, else the core keeps the state
     states.append(_state(device))
+    assert (device._native is not None) is bool(native)  # no silent fallback: Python against Python
     return states
 
 
@@ -236,6 +237,7 @@ def test_tenants_loaded_while_others_run_and_code_written_under_a_run_match():
         load(1, gemm_image, random_inputs(gemm_image, np.random.default_rng(1)))
         device.run(1500)
         load(2, *programs[1])
+        assert (device._native is not None) == native  # other tenants' writes leave the core in use
         assert device.run()
         states.append(_state(device))
         load(0, *programs[2])
@@ -246,6 +248,10 @@ def test_tenants_loaded_while_others_run_and_code_written_under_a_run_match():
         assert device.run()
         states.append(_state(device))
         assert states[-1]["reports"][0].fault == FaultCode.FETCH_BOUNDS
+        load(1, *programs[0])  # nothing ran: the core is back
+        assert (device._native is not None) == native
+        assert device.run()
+        states.append(_state(device))
         results.append(states)
     assert results[0] == results[1]
 
@@ -301,6 +307,7 @@ def _gemm_runs(native, steps):
     load_image(device, image, random_inputs(image, np.random.default_rng(5)))
     steps(device)
     assert device.run()
+    assert (device._native is not None) is native
     return _state(device)
 
 

@@ -291,6 +291,7 @@ class PerfDevice(GoldenMemory):
         self._handlers = {name: getattr(self, name) for name in (
             "_on_wake", "_on_fetched", "_on_engine_done", "_on_dma_transfer", "_on_flows", "_on_budget")}
         self._native = None
+        self._native_paused = False
         if not data and native is not False:
             from . import perf_native
             try:
@@ -320,11 +321,19 @@ class PerfDevice(GoldenMemory):
             self._native.sync()
 
     def write_hbm(self, address, data):
-        if self._native is not None and self._native.running():
-            # The core decodes a program once, at its start; the Python loop reads code as it fetches.
+        if self._native is not None and self._native.code_written(address, len(data)):
+            # The core runs programs decoded before; the Python loop reads code as it fetches, so it
+            # goes on until no context runs (:meth:`_resume_native`).
             self._sync()
-            self._native = None
+            self._native, self._native_paused = None, True
         super().write_hbm(address, data)
+
+    def _resume_native(self):
+        """Go back to the compiled core, after a write to running code, once no context runs."""
+        if self._native_paused and not self._running:
+            from . import perf_native
+
+            self._native, self._native_paused = perf_native.NativeCore(self), False
 
     def set_policy(self, policy, *, quantum=None, starvation=None, harvest_cost=None, harvest_grace=None):
         """Choose the scheduling policy and its registers (the values the RTL accepts; ``ValueError``
@@ -343,6 +352,7 @@ class PerfDevice(GoldenMemory):
         """Execute one privileged ``ctx.*`` command; it takes the cycles the CSR protocol takes
         (its writes, then a doorbell poll; ``ctx.scrub`` as long as the scrubber needs)."""
         self._sync()
+        self._resume_native()
         self._advance(self.now + timing.HOST_COMMAND_WRITES)
         ctx = None
         index = command.values.get("ctx")
@@ -375,6 +385,7 @@ class PerfDevice(GoldenMemory):
         self._advance(self.now + wait)
 
     def run(self, max_cycles=None):
+        self._resume_native()
         if self._native is not None:
             limit = None if max_cycles is None else self._native.now() + max_cycles
             self._native.run_to(limit)

@@ -508,6 +508,22 @@ class NativeCore:
             return bool(self.device._running)
         return _RUNNING in self.packed.contexts[_STATUS::_CONTEXT_WIDTH]
 
+    def code_written(self, address, size):
+        """Whether HBM bytes ``address .. address + size`` hold code a running context's decoded program
+        read (the core would run it as it was)."""
+        if self.packed is None:
+            running = [ctx.index for ctx in self.device._running]
+        else:
+            statuses = self.packed.contexts[_STATUS::_CONTEXT_WIDTH]
+            running = [index for index, status in enumerate(statuses) if status == _RUNNING]
+        for index in running:
+            made = self.device.contexts[index].native_program
+            if made is not None:
+                begin = self.device.machine.contexts[index].hbm.base + made.start
+                if address < begin + len(made.snapshot) and begin < address + size:
+                    return True
+        return False
+
     def run_to(self, limit):
         """``PerfDevice._advance(limit)`` in the core (``None``: until no context runs); the state stays
         in the core. The core writes copies of the state, which replace it only when it succeeds: after
