@@ -256,15 +256,48 @@ def test_tenants_loaded_while_others_run_and_code_written_under_a_run_match():
     assert results[0] == results[1]
 
 
-def test_without_a_compiler_timing_only_warns_and_runs_on_the_python_loop(monkeypatch, tmp_path):
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """A process that has not built or loaded the core yet, with its cache in ``tmp_path``."""
     monkeypatch.setenv("TCLOUD_CACHE", str(tmp_path))
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    monkeypatch.setattr(perf_native, "_LIBRARY", None)
+    for name, value in (("_LIBRARY", None), ("_BUILD_ERROR", None), ("_WARNED", False)):
+        monkeypatch.setattr(perf_native, name, value)
+    return tmp_path
+
+
+def test_without_a_compiler_timing_only_warns_once_and_runs_on_the_python_loop(fresh_build, monkeypatch):
+    monkeypatch.setenv("CXX", str(fresh_build / "no-such-compiler"))
+    with pytest.warns(RuntimeWarning, match="Python event loop") as warned:
+        devices = [PerfDevice("small", data=False) for _ in range(3)]
+    assert len(warned) == 1 and all(device._native is None for device in devices)
+    monkeypatch.delenv("CXX")  # the failure is remembered: no second try in this process
+    with pytest.raises(perf_native.NativeBuildError, match="cannot build the perf backend's core"):
+        PerfDevice("small", data=False, native=True)
+
+
+def test_a_cache_that_is_a_file_warns_and_runs_on_the_python_loop(fresh_build, monkeypatch):
+    (fresh_build / "file").write_text("")
+    monkeypatch.setenv("TCLOUD_CACHE", str(fresh_build / "file"))
     with pytest.warns(RuntimeWarning, match="Python event loop"):
         device = PerfDevice("small", data=False)
     assert device._native is None
-    with pytest.raises(perf_native.NativeBuildError, match="cannot build the perf backend's core"):
-        PerfDevice("small", data=False, native=True)
+
+
+def test_a_cached_core_that_does_not_load_is_built_again(fresh_build):
+    path = perf_native._build()
+    path.write_bytes(b"not a shared library")
+    device = PerfDevice("small", data=False)
+    assert device._native is not None and path.stat().st_size > 1000
+
+
+def test_the_cache_key_names_the_machine_and_the_compiler_version(monkeypatch):
+    header, compiler = perf_native.layout_header(), "c++"
+    first = perf_native._target(header, compiler)
+    monkeypatch.setattr(perf_native.platform, "machine", lambda: "other-machine")
+    assert perf_native._target(header, compiler) != first
+    monkeypatch.undo()
+    monkeypatch.setattr(perf_native, "_compiler_version", lambda compiler: "another version")
+    assert perf_native._target(header, compiler) != first
 
 
 def test_a_dma_utop_whose_first_body_word_does_not_decode_faults_only_its_context():

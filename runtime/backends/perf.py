@@ -29,7 +29,6 @@ Python loop, the reference, which host commands always use.
 
 import heapq
 import math
-import warnings
 
 from tcloud.isa import ContextStatus, DecodeError, EngineClass, FaultCode, Machine, decode, get_config, parse_policy
 from tcloud.isa import csr
@@ -299,8 +298,7 @@ class PerfDevice(GoldenMemory):
             except perf_native.NativeBuildError as error:
                 if native:
                     raise
-                warnings.warn(f"perf: timing only runs on the Python event loop (~20-60x slower): {error}",
-                              RuntimeWarning, stacklevel=2)
+                perf_native.warn_python_loop(error)
 
     # --- the Device protocol ---------------------------------------------------------------------
 

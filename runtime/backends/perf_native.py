@@ -21,9 +21,11 @@ import ctypes
 import hashlib
 import math
 import os
+import platform
 import subprocess
 import tempfile
 import threading
+import warnings
 from array import array
 from operator import attrgetter
 from pathlib import Path
@@ -146,32 +148,78 @@ class NativeBuildError(DeviceError):
 
 
 _LIBRARY = None
+_BUILD_ERROR = None
+"""The :class:`NativeBuildError` of this process's failed build (it is not tried again)."""
+_WARNED = False
 _LOCK = threading.Lock()
 
 
 def library():
     """The compiled core (built into the cache on first use), as a :class:`ctypes.CDLL`.
 
+    A library in the cache that does not load (a truncated file, another machine's) is built again.
+
     Raises
     ------
     NativeBuildError
-        If there is no C++ compiler or it fails.
+        If there is no C++ compiler or it fails, or the cache cannot be written; the process does
+        not try again.
     """
-    global _LIBRARY
+    global _LIBRARY, _BUILD_ERROR
     with _LOCK:
+        if _BUILD_ERROR is not None:
+            raise _BUILD_ERROR
         if _LIBRARY is None:
-            _LIBRARY = _load(_build())
+            try:
+                try:
+                    _LIBRARY = _load(_build())
+                except OSError:  # in the cache but does not load: build it again
+                    _LIBRARY = _load(_build(again=True))
+            except NativeBuildError as error:
+                _BUILD_ERROR = error
+                raise
+            except OSError as error:
+                _BUILD_ERROR = NativeBuildError(f"cannot build or load the perf backend's core: {error}")
+                raise _BUILD_ERROR from None
     return _LIBRARY
 
 
-def _build():
+def warn_python_loop(error):
+    """Warn (once a process) that timing only runs on the Python event loop because of ``error``."""
+    global _WARNED
+    if not _WARNED:
+        _WARNED = True
+        warnings.warn(f"perf: timing only runs on the Python event loop (~20-60x slower): {error}",
+                      RuntimeWarning, stacklevel=3)
+
+
+def _compiler_version(compiler):
+    try:
+        result = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise NativeBuildError(f"cannot build the perf backend's core with {compiler!r}: {error}") from None
+    return result.stdout
+
+
+_FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off")  # no FMA: doubles as in Python
+
+
+def _target(header, compiler):
+    """Where the core built from this source and ``header`` by ``compiler`` is cached: keyed by those,
+    the compiler's version, the flags and the machine."""
+    digest = hashlib.sha256("\0".join([SOURCE_TEXT, header, compiler, _compiler_version(compiler),
+                                       platform.machine(), *_FLAGS]).encode()).hexdigest()[:24]
+    return cache_root() / "perf" / digest / LIBRARY
+
+
+def _build(again=False):
+    """The path of the core's library in the cache, compiled unless it is there (or ``again``)."""
     header = layout_header()
     source = SOURCE_TEXT
     compiler = os.environ.get("CXX", "c++")
-    flags = ["-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off"]  # no FMA: doubles as in Python
-    digest = hashlib.sha256("\0".join([source, header, compiler, *flags]).encode()).hexdigest()[:24]
-    target = cache_root() / "perf" / digest / LIBRARY
-    if target.exists():
+    flags = list(_FLAGS)
+    target = _target(header, compiler)
+    if target.exists() and not again:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
