@@ -4,15 +4,18 @@ random policy registers), random HBM timing, injected faults, kills and watchdog
 and in slices, and over harvest runs built to make owners wait to reclaim their engines."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
 
 from tcloud.firmware import gemm
 from tcloud.isa import ContextStatus, EngineClass, FaultCode, Instr, decode_stream, encode_stream, get_config
+from tcloud.isa.table import TOKEN_MAX_COUNT
 from tcloud.runtime import DeviceError
 from tcloud.runtime.backends.perf import PerfDevice
 from tcloud.runtime.backends import perf_native
+from tcloud.runtime.backends import perf_timing as timing
 from tcloud.runtime.execute import Placement, load_image, plan_load
 from tcloud.runtime.tenants import random_inputs
 from tcloud.verif.random_programs import random_program
@@ -405,3 +408,99 @@ def test_a_program_without_halt_is_decoded_as_far_as_it_runs():
     assert results[0] == results[1]
     ran = results[0]["reports"][0].counters["instructions"]
     assert 2 * perf_native.CHUNK < ran < decoded <= 2 * ran + perf_native.CHUNK
+
+
+def _edge_scenario(seed):
+    """Scenarios at the scheduler's edges: four tenants with random engine masks on ``tpu_like`` or
+    ``small`` contending under ``operator`` (and the others) with short quanta and starvation
+    thresholds, so that waits often equal the threshold exactly when a wake-up looks again."""
+    rng = np.random.default_rng(10_000 + seed)
+    config = ("tpu_like", "small")[seed % 2]
+    cfg = get_config(config)
+    scenario = _scenario(seed)
+    tenants = 4
+    scenario.update(config=config, policy=("operator", "operator", "harvest", "temporal")[seed % 4],
+                    programs=[random_program(config, 50_000 + 10 * seed + t, utops=int(rng.integers(8, 40)))[0]
+                              for t in range(tenants)],
+                    faults=[None] * tenants, budgets=[0] * tenants, kill=None,
+                    priorities=[int(rng.integers(0, 4)) for _ in range(tenants)],
+                    masks=[(int(rng.integers(1, 1 << cfg.me_count)), int(rng.integers(1, 1 << cfg.ve_count)))
+                           for _ in range(tenants)],
+                    registers={"quantum": int(rng.choice([1, 2, 4, 8, 16, 64])),
+                               "starvation": int(rng.choice([1, 2, 3, 5, 8, 13, 40])),
+                               "harvest_grace": int(rng.integers(0, 16))})
+    if seed % 3 == 0:  # a GEMM keeps several MEs busy at once: its context holds the class while others wait
+        scenario["programs"][0] = gemm(config, 64, 128, 64)
+        scenario["masks"][0] = ((1 << cfg.me_count) - 1, 1)
+    return scenario
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_scheduler_edges_match(seed):
+    scenario = _edge_scenario(seed)
+    assert _run(scenario, native=True) == _run(scenario, native=False)
+
+
+def test_token_overflow_matches():
+    """A uTOp signals a token nothing waits for, more than TOKEN_MAX_COUNT times: TOKEN_OVERFLOW."""
+    body = [Instr("ve.fill", dst=0, n=4, value=1)]
+    code = encode_stream(sum([[Instr("utop", cls=int(EngineClass.VE), len=1, signal=0b101)] + body
+                              for _ in range(TOKEN_MAX_COUNT + 3)], []) + [Instr("halt")])
+    states = []
+    for native in (False, True):
+        device = PerfDevice("small", data=False, native=native)
+        device.host(Instr("ctx.hbm", ctx=0, base=0, size=0x4000))
+        device.host(Instr("ctx.sram", ctx=0, base=0, size=0x1000))
+        device.host(Instr("ctx.engines", ctx=0, me_mask=1, ve_mask=3, dma_mask=1))
+        device.write_hbm(0, code)
+        device.host(Instr("ctx.start", ctx=0, pc=0))
+        assert device.run()
+        states.append(_state(device))
+    assert states[0] == states[1]
+    assert states[1]["reports"][0].fault == FaultCode.TOKEN_OVERFLOW
+
+
+@pytest.mark.parametrize("offset", [-1, 0, 1])
+def test_a_watchdog_whose_abort_bound_equals_an_engine_s_end_matches(offset):
+    """A watchdog budget timed so that an in-flight ME's end is exactly the abort bound away (and one
+    cycle either side): the engine is cut short only past the bound."""
+    image = gemm("small", 64, 128, 64)
+    inputs = random_inputs(image, np.random.default_rng(7))
+    probe = PerfDevice("small", data=False, native=False)
+    load_image(probe, image, inputs)
+    probe.run(3000)
+    bound = math.ceil(probe.latency) + timing.FETCH_READY + timing.UTOP_TAIL
+    end = max(engine.end for engine in probe.engines if engine.ctx is not None and engine.cls == EngineClass.ME)
+    budget = end - bound - probe.contexts[0].start + offset
+    states = []
+    for native in (False, True):
+        device = PerfDevice("small", data=False, native=native)
+        device.host(Instr("ctx.budget", ctx=0, cycles=budget))
+        load_image(device, image, inputs)
+        assert device.run()
+        states.append(_state(device))
+    assert states[0] == states[1]
+    assert states[1]["reports"][0].fault == FaultCode.WATCHDOG
+
+
+def _long_fills(native, starvation):
+    """Two contexts, each twelve long VE fills in a row on both VEs, under ``operator``."""
+    device = PerfDevice("small", data=False, native=native)
+    device.set_policy("operator", quantum=1, starvation=starvation)
+    for ctx in (0, 1):
+        fill = [Instr("utop", cls=int(EngineClass.VE), len=1), Instr("ve.fill", dst=0, n=512 + 64 * ctx, value=1)]
+        device.host(Instr("ctx.hbm", ctx=ctx, base=ctx * 0x10000, size=0x4000))
+        device.host(Instr("ctx.sram", ctx=ctx, base=ctx * 0x10000, size=0x4000))
+        device.host(Instr("ctx.engines", ctx=ctx, me_mask=1, ve_mask=3, dma_mask=1))
+        device.write_hbm(ctx * 0x10000, encode_stream(fill * 12 + [Instr("halt")]))
+    for ctx in (0, 1):
+        device.host(Instr("ctx.start", ctx=ctx, pc=0))
+    assert device.run()
+    return _state(device)
+
+
+def test_operator_yields_at_the_starvation_threshold_match():
+    """The class holder's next uTOp and the other context's wait, over a sweep of thresholds: at some
+    the wait equals the threshold exactly when the holder could go on (the holder must yield)."""
+    for starvation in range(120, 200):
+        assert _long_fills(True, starvation) == _long_fills(False, starvation), starvation
