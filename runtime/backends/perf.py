@@ -43,6 +43,14 @@ _CLASSES = (EngineClass.DMA, EngineClass.ME, EngineClass.VE)
 _VE_COUNTED = frozenset({"ve.add", "ve.sub", "ve.mul", "ve.max", "ve.min", "ve.relu", "ve.copy", "ve.fill",
                          "ve.requant", "ve.requantf", "ve.redsum", "ve.redmax", "ve.lut", "ve.fma", "ve.fmav"})
 _ENGINE_CYCLES = ("me_owned", "me_harvested", "ve_owned", "ve_harvested", "dma_cycles")
+FAR_FUTURE = 1 << 62
+"""``_Engine.end`` of a DMA engine whose transfer has not finished."""
+HELD_CLASSES = (EngineClass.ME, EngineClass.VE)
+"""Classes ``operator`` hands from context to context (:attr:`PerfDevice._class_holder`)."""
+FLOW_MIN_WORK = 1e-9
+"""Work a DMA transfer starts with at least (one of no beats still finishes through the flows)."""
+FLOW_DONE = 1e-6
+"""Work left at or below which a DMA transfer has finished (the shared progress is rounded)."""
 TOKEN_DEADLOCK_DETAIL = "uTOp waits for signals nothing will send"
 WATCHDOG_DETAIL = "over its watchdog budget"
 
@@ -282,8 +290,8 @@ class PerfDevice(GoldenMemory):
         self.quantum, self.starvation = csr.QUANTUM_RESET, csr.STARVATION_RESET
         self.harvest_cost, self.harvest_grace = csr.HARVEST_COST_RESET, csr.HARVEST_GRACE_RESET
         self._holder, self._slice_end = cfg.contexts - 1, 0  # the slice arbiter grants context 0 first
-        self._class_holder = {EngineClass.ME: 0, EngineClass.VE: 0}
-        self._class_since = {EngineClass.ME: 0, EngineClass.VE: 0}
+        self._class_holder = {cls: 0 for cls in HELD_CLASSES}
+        self._class_since = {cls: 0 for cls in HELD_CLASSES}
         self._utops_dispatched = 0
         self._engine_changes = 0  # counts the calls that may change an engine (the compiled core re-packs them)
         self._running = []
@@ -666,7 +674,7 @@ class PerfDevice(GoldenMemory):
             self._push(engine.end, "_on_engine_done", (engine.index, engine.token, False))
         else:
             engine.phase = 0
-            engine.end = 1 << 62
+            engine.end = FAR_FUTURE
             first = time + 1 + timing.DMA_UTOP_EXTRA // 2 + utop.phases[0].before
             self._push(math.ceil(first), "_on_dma_transfer", (engine.index, engine.token))
         if ctx.state == "issue":
@@ -689,7 +697,7 @@ class PerfDevice(GoldenMemory):
         fetching = sum(other.utop[0].length / other.utop[0].busy for other in self.engines
                        if other.ctx is not None and other.cls != EngineClass.DMA)
         work = timing.transfer_cycles(self.config, self.latency, phase) * self.beat_stretch * (1 + fetching)
-        self._flows[index] = max(work, 1e-9)
+        self._flows[index] = max(work, FLOW_MIN_WORK)
         self._reschedule_flows(time)
 
     def _update_flows(self, time):
@@ -710,7 +718,7 @@ class PerfDevice(GoldenMemory):
             return
         self._engine_changes += 1
         self._update_flows(time)
-        finished = [index for index, left in self._flows.items() if left <= 1e-6]
+        finished = [index for index, left in self._flows.items() if left <= FLOW_DONE]
         for index in finished:
             del self._flows[index]
             engine = self.engines[index]

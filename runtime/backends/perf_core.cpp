@@ -14,12 +14,6 @@
 
 namespace {
 
-struct Event {
-    double time, sequence;
-    int kind;
-    double a, b, c;
-};
-
 bool later(const Event& x, const Event& y) {
     return x.time > y.time || (x.time == y.time && x.sequence > y.sequence);
 }
@@ -43,12 +37,14 @@ struct Sim {
     std::vector<std::pair<int, double>> flows;  // insertion order, as a Python dict
     int error = kOk;
     // Scratch lists, reused so that the loop does not allocate.
-    std::vector<int> running_list, ready_list, free_list, others_list, finished_list, wants[4];
+    std::vector<int> running_list, ready_list, free_list, others_list, finished_list, wants[kClassCount];
     std::vector<std::vector<int>> options;
 
     void push(double time, int kind, double a = 0, double b = 0, double c = 0) {
         dev.sequence += 1;
-        heap.push_back({time, dev.sequence, kind, a, b, c});
+        Event event;  // by name: the layout is generated from EVENT_FIELDS
+        event.time = time, event.sequence = dev.sequence, event.kind = kind, event.a = a, event.b = b, event.c = c;
+        heap.push_back(event);
         std::push_heap(heap.begin(), heap.end(), later);
     }
 
@@ -315,7 +311,7 @@ struct Sim {
             }
         }
         double work = phase[kPhaseTransfer] * dev.beat_stretch * (1 + fetching);
-        flows_set(index, std::max(work, 1e-9));
+        flows_set(index, std::max(work, kFlowMinWork));
         reschedule_flows(time);
     }
 
@@ -325,7 +321,7 @@ struct Sim {
         std::vector<int>& finished = finished_list;
         finished.clear();
         for (auto& flow : flows)
-            if (flow.second <= 1e-6) finished.push_back(flow.first);
+            if (flow.second <= kFlowDone) finished.push_back(flow.first);
         for (int index : finished) {
             flows_erase(index);
             Engine& e = eng[index];
@@ -690,8 +686,7 @@ int tcloud_perf_advance(double* device, double* contexts, int context_count, dou
             context_count, engine_count, {}, {}};
     sim.heap.reserve(static_cast<size_t>(*event_count) + 64);
     for (int64_t i = 0; i < *event_count; ++i) {
-        const double* row = events_in + kEventFields * i;
-        sim.heap.push_back({row[0], row[1], static_cast<int>(row[2]), row[3], row[4], row[5]});
+        sim.heap.push_back(event_from_row(events_in + kEventFields * i));
     }
     std::make_heap(sim.heap.begin(), sim.heap.end(), later);
     for (int64_t i = 0; i < *flow_count; ++i)
@@ -703,9 +698,7 @@ int tcloud_perf_advance(double* device, double* contexts, int context_count, dou
         if (events == nullptr) return kEventOverflow;
     }
     for (size_t i = 0; i < sim.heap.size(); ++i) {
-        const Event& e = sim.heap[i];
-        double* row = events + kEventFields * i;
-        row[0] = e.time, row[1] = e.sequence, row[2] = e.kind, row[3] = e.a, row[4] = e.b, row[5] = e.c;
+        event_to_row(sim.heap[i], events + kEventFields * i);
     }
     *flow_count = static_cast<int64_t>(sim.flows.size());
     for (size_t i = 0; i < sim.flows.size(); ++i) {

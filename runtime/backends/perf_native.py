@@ -38,6 +38,7 @@ from tcloud.isa.table import HARVESTED_CLASSES, INSTRUCTION_BYTES, NUM_TOKENS, T
 from . import perf_timing as timing
 from .cache import cache_root
 from .device import DeviceError
+from .perf import FAR_FUTURE, FLOW_DONE, FLOW_MIN_WORK, HELD_CLASSES
 
 SOURCE = Path(__file__).with_name("perf_core.cpp")
 SOURCE_TEXT = SOURCE.read_text()
@@ -71,10 +72,6 @@ ENTRIES = ("utop", "halt", "fence", "ctrl", "fault", "invalid")
 """Kinds of program entries: a uTOp, ``halt``, ``fence``, another control instruction, a front-end
 fault (code, detail), a uTOp the reference refuses with a :class:`DeviceError` (detail)."""
 ERRORS = ("ok", "deadlock", "missing_entry", "invalid_utop", "event_overflow", "too_many_contexts", "need_code")
-FAR_FUTURE = 1 << 62
-"""``_Engine.end`` of a DMA engine whose transfer has not finished."""
-HELD_CLASSES = (EngineClass.ME, EngineClass.VE)
-"""Classes ``operator`` hands from context to context (``PerfDevice._class_holder``)."""
 EVENT_CAPACITY = 1 << 12
 """Rows of pending events a device's output buffer starts with (the core asks for more when it needs it)."""
 MAX_CONTEXTS = 1 << 8
@@ -116,6 +113,16 @@ def layout_header():
         lines.extend(f"    {line}" for line in extra)
         lines.append("};")
 
+    lines.append("struct Event {")  # a pending event; a row of EVENT_FIELDS in the buffers
+    lines.extend(f"    {'int' if field == 'kind' else 'double'} {field};" for field in EVENT_FIELDS)
+    lines.append("};")
+    lines.append("inline Event event_from_row(const double* row) {")
+    lines.append("    return {" + ", ".join(f"static_cast<int>(row[{i}])" if field == "kind" else f"row[{i}]"
+                                         for i, field in enumerate(EVENT_FIELDS)) + "};")
+    lines.append("}")
+    lines.append("inline void event_to_row(const Event& e, double* row) {")
+    lines.extend(f"    row[{i}] = e.{field};" for i, field in enumerate(EVENT_FIELDS))
+    lines.append("}")
     struct("Device", DEVICE_FIELDS)
     struct("Context", CONTEXT_FIELDS, [f"double tokens[{NUM_TOKENS}];"])
     struct("Engine", ENGINE_FIELDS)
@@ -123,6 +130,7 @@ def layout_header():
                  "FetchReady": timing.FETCH_READY, "UtopTail": timing.UTOP_TAIL,
                  "DmaUtopExtra": timing.DMA_UTOP_EXTRA, "DmaUtopExtraHalf": timing.DMA_UTOP_EXTRA // 2,
                  "SharedAccessCycles": timing.SHARED_ACCESS_CYCLES, "FarFuture": FAR_FUTURE,
+                 "FlowMinWork": FLOW_MIN_WORK, "FlowDone": FLOW_DONE, "ClassCount": max(EngineClass) + 1,
                  "MaxContexts": MAX_CONTEXTS, "UtopFixed": len(UTOP_FIELDS), "PhaseFields": len(PHASE_FIELDS), "EventFields": len(EVENT_FIELDS),
                  "DetailTokenDeadlock": 0, "DetailWatchdog": 1, "DetailTokenOverflow": 2,
                  "DetailNoEngine": 2 + NUM_TOKENS, "DetailFetchBounds": DETAIL_FETCH_BOUNDS,
