@@ -209,7 +209,7 @@ def test_the_core_is_built_from_generated_constants_and_refuses_data():
     header = perf_native.layout_header()
     assert f"constexpr int kNumTokens = " in header and "struct Context" in header
     for name in perf_native.CONTEXT_FIELDS:
-        assert f"    double {name};" in header
+        assert f"    {'int64_t' if name in perf_native.COUNTER_FIELDS else 'double'} {name};" in header
     with pytest.raises(DeviceError, match="native=True needs data=False"):
         PerfDevice("small", native=True)
     device = PerfDevice("small", data=False)
@@ -504,3 +504,22 @@ def test_operator_yields_at_the_starvation_threshold_match():
     the wait equals the threshold exactly when the holder could go on (the holder must yield)."""
     for starvation in range(120, 200):
         assert _long_fills(True, starvation) == _long_fills(False, starvation), starvation
+
+
+def test_counters_stay_exact_past_2_to_the_53():
+    """The core's activity counters are int64: a count past 2^53 (macs after many TPU-scale runs) gains
+    each uTOp's exactly, as Python's ints do (doubles would round it)."""
+    image = gemm("small", 64, 128, 64)
+    inputs = random_inputs(image, np.random.default_rng(2))
+    reports = []
+    for native in (False, True):
+        device = PerfDevice("small", data=False, native=native)
+        load_image(device, image, inputs)
+        device._sync()
+        device.contexts[0].counters["macs"] = (1 << 53) + 1
+        if native:
+            device._native.touch(0)
+        assert device.run()
+        reports.append(device.context(0))
+    assert reports[0] == reports[1]
+    assert reports[1].counters["macs"] > 1 << 53 and reports[1].counters["macs"] % 2 == 1

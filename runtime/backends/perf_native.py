@@ -57,6 +57,9 @@ CONTEXT_FIELDS = ("status", "state", "pc", "program_pc", "issue_from", "want_fro
                   "hbm_bytes_written", "macs", "ve_elements", "utops_dma", "utops_me", "utops_ve", "mask_dma",
                   "mask_me", "mask_ve", "priority", "hbm_size", "abandoned", "abandoned_code", "abandoned_pc",
                   "abandoned_detail")
+COUNTER_FIELDS = ("instructions", "hbm_bytes_read", "hbm_bytes_written", "macs", "ve_elements", "utops_dma",
+                  "utops_me", "utops_ve")
+"""The context fields that are int64 in the core (exact past 2^53), held in the doubles' array as their bits."""
 ENGINE_FIELDS = ("cls", "slot", "ctx", "start", "end", "busy_total", "owned", "token", "phase", "utop_pc",
                  "fault_code", "fault_pc", "fault_detail", "owner_active", "harvested_until")
 UTOP_FIELDS = ("kind", "cls", "length", "signal", "cost", "needs", "phases", "fault_code", "fault_offset",
@@ -109,7 +112,7 @@ def layout_header():
 
     def struct(name, fields, extra=()):
         lines.append(f"struct {name} {{")
-        lines.extend(f"    double {field};" for field in fields)
+        lines.extend(f"    {'int64_t' if field in COUNTER_FIELDS else 'double'} {field};" for field in fields)
         lines.extend(f"    {line}" for line in extra)
         lines.append("};")
 
@@ -510,6 +513,28 @@ _DETAILS_LIMIT = 10_000
 """Fault details a device's arrays may refer to before they are packed afresh."""
 
 
+_COUNTER_AT = [CONTEXT_FIELDS.index(name) for name in COUNTER_FIELDS]
+
+
+def _put_counters(contexts, ctx):
+    """Write ``ctx``'s counters into its row of ``contexts`` as int64 (:data:`COUNTER_FIELDS`)."""
+    counters, utops = ctx.counters, ctx.counters["utops"]
+    values = [counters["instructions"], counters["hbm_bytes_read"], counters["hbm_bytes_written"], counters["macs"],
+              counters["ve_elements"], utops["dma"], utops["me"], utops["ve"]]  # COUNTER_FIELDS
+    with memoryview(contexts) as raw, raw.cast("B").cast("q") as view:
+        for at, value in zip(_COUNTER_AT, values):
+            view[ctx.index * _CONTEXT_WIDTH + at] = value
+
+
+def _counters(contexts, index):
+    """Context ``index``'s counters from ``contexts``, as ``PerfDevice`` keeps them."""
+    with memoryview(contexts) as raw, raw.cast("B").cast("q") as view:
+        (instructions, read, written, macs, elements, dma, me, ve) = (  # COUNTER_FIELDS
+            view[index * _CONTEXT_WIDTH + at] for at in _COUNTER_AT)
+    return {"utops": {"dma": dma, "me": me, "ve": ve}, "instructions": instructions, "hbm_bytes_read": read,
+            "hbm_bytes_written": written, "macs": macs, "ve_elements": elements}
+
+
 class NativeCore:
     """Runs a :class:`~tcloud.runtime.backends.perf.PerfDevice`'s event loop in the compiled core.
 
@@ -648,16 +673,13 @@ class NativeCore:
         packed = self.packed
         row = packed.contexts[index * _CONTEXT_WIDTH:index * _CONTEXT_WIDTH + len(CONTEXT_FIELDS)].tolist()
         (status, _, _, _, _, _, _, _, _, start, end, active_before, _, stop_code, stop_pc, stop_detail, _,
-         me_owned, me_harvested, ve_owned, ve_harvested, dma_cycles, reclaim_wait, reclaim_max, _, _, instructions,
-         hbm_bytes_read, hbm_bytes_written, macs, ve_elements, utops_dma, utops_me, utops_ve, *_) = row  # CONTEXT_FIELDS
+         me_owned, me_harvested, ve_owned, ve_harvested, dma_cycles, reclaim_wait, reclaim_max, *_) = row  # CONTEXT_FIELDS
         status = ContextStatus(int(status))
         stop = None
         if status == ContextStatus.FAULTED and not math.isnan(stop_code):
             stop = (FaultCode(int(stop_code)), int(stop_pc),
                     self._detail(stop_detail, stop_pc, self.device.contexts[index], packed.details))
-        counters = {"utops": {"dma": int(utops_dma), "me": int(utops_me), "ve": int(utops_ve)},
-                    "instructions": int(instructions), "hbm_bytes_read": int(hbm_bytes_read),
-                    "hbm_bytes_written": int(hbm_bytes_written), "macs": int(macs), "ve_elements": int(ve_elements)}
+        counters = _counters(packed.contexts, index)
         engine_cycles = {"me_owned": me_owned, "me_harvested": me_harvested, "ve_owned": ve_owned,
                          "ve_harvested": ve_harvested, "dma_cycles": dma_cycles}
         return perf.context_report(status, stop, counters, engine_cycles, reclaim_wait, reclaim_max, start,
@@ -703,12 +725,15 @@ class NativeCore:
         dev = self._pack_device()
         if fresh:
             contexts = array("d", [value for ctx in device.contexts for value in self._pack_context(ctx, detail_index)])
+            for ctx in device.contexts:
+                _put_counters(contexts, ctx)
             engines = array("d", [value for e in device.engines for value in self._pack_engine(e, detail_index)])
         else:
             contexts, engines = base.contexts, base.engines
             for index in changed:
                 contexts[index * _CONTEXT_WIDTH:(index + 1) * _CONTEXT_WIDTH] = array(
                     "d", self._pack_context(device.contexts[index], detail_index))
+                _put_counters(contexts, device.contexts[index])
             if device._engine_changes != self.engine_changes:
                 engines[:] = array("d", [value for e in device.engines for value in self._pack_engine(e, detail_index)])
         events = device._events
@@ -746,8 +771,7 @@ class NativeCore:
             int(ctx.status), _STATE_INDEX[ctx.state], *_CONTEXT_TIMES(ctx), nan if ctx.end is None else ctx.end,
             ctx.active_before, nan if ctx.ready_since is None else ctx.ready_since, stop_code, stop_pc, stop_detail,
             ctx.epoch, *ctx.timing.values(), ctx.reclaim_wait, ctx.reclaim_max, reclaim_pc, reclaim_epoch,
-            counters["instructions"], counters["hbm_bytes_read"], counters["hbm_bytes_written"], counters["macs"],
-            counters["ve_elements"], utops["dma"], utops["me"], utops["ve"], masks.get(EngineClass.DMA, 0),
+            *(0,) * len(COUNTER_FIELDS), masks.get(EngineClass.DMA, 0),
             masks.get(EngineClass.ME, 0), masks.get(EngineClass.VE, 0), gctx.priority, gctx.hbm.size, 0, nan, 0, 0,
             *ctx.tokens)
 
@@ -791,8 +815,7 @@ class NativeCore:
         row = packed.contexts[ctx.index * _CONTEXT_WIDTH:(ctx.index + 1) * _CONTEXT_WIDTH].tolist()
         (status, state, pc, _, issue_from, want_from, decoded_at, inflight, last_end, start, end, active_before,
          ready_since, stop_code, stop_pc, stop_detail, epoch, me_owned, me_harvested, ve_owned, ve_harvested,
-         dma_cycles, reclaim_wait, reclaim_max, reclaim_pc, reclaim_epoch, instructions, hbm_bytes_read,
-         hbm_bytes_written, macs, ve_elements, utops_dma, utops_me, utops_ve, _, _, _, _, _, abandoned,
+         dma_cycles, reclaim_wait, reclaim_max, reclaim_pc, reclaim_epoch, _, _, _, _, _, _, _, _, _, _, _, _, _, abandoned,
          abandoned_code, abandoned_pc, abandoned_detail) = row[:len(CONTEXT_FIELDS)]  # CONTEXT_FIELDS
         status = ContextStatus(int(status))
         finished = ctx.status == ContextStatus.RUNNING and status != ContextStatus.RUNNING
@@ -807,9 +830,7 @@ class NativeCore:
         ctx.timing = {"me_owned": _number(me_owned), "me_harvested": _number(me_harvested),
                       "ve_owned": _number(ve_owned), "ve_harvested": _number(ve_harvested),
                       "dma_cycles": _number(dma_cycles)}
-        ctx.counters = {"utops": {"dma": int(utops_dma), "me": int(utops_me), "ve": int(utops_ve)},
-                        "instructions": int(instructions), "hbm_bytes_read": int(hbm_bytes_read),
-                        "hbm_bytes_written": int(hbm_bytes_written), "macs": int(macs), "ve_elements": int(ve_elements)}
+        ctx.counters = _counters(packed.contexts, ctx.index)
         ctx.tokens = [int(token) for token in row[len(CONTEXT_FIELDS):]]
         made = programs[ctx.index]
         ctx.head = made[0].utops.get(ctx.pc) if ctx.state == "issue" and made else None
