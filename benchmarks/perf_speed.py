@@ -6,9 +6,10 @@ core (``native``, the default for ``data=False``); perf timing only on the Pytho
 reference, ``native=False``); perf with data (the golden model computes every uTOp). Each run is
 timed from ``run()`` until its context report and engine counters are read (``context(0)``,
 ``stats()``: the compiled core keeps the state until then), in wall and CPU seconds; each figure is
-the median of ``--repeats`` runs after one warm-up run (the first perf run of a program in a process
-also decodes its uTOps: reported as ``cold``). Ratios are taken between runs of the same round, so
-they see the same machine load. Every backend must report the same cycles as Verilator's within the
+the median of ``--repeats`` (at least 3) runs after one warm-up run (the first perf run of a program
+in a process also decodes its uTOps: reported as ``cold``, in the summary too). Ratios are taken
+between runs of the same round, so they see the same machine load; the target is judged per CPU
+second, since a loaded machine inflates the wall ratios (the long Verilator run is descheduled more). Every backend must report the same cycles as Verilator's within the
 model's accuracy, and the three perf runs exactly the same cycles and counters.
 
 Also times ResNet-50 (batch 32) and a 12-layer BERT-base stack on ``tpu_like``, timing only
@@ -123,6 +124,9 @@ def measure(name, image, inputs, repeats):
     row["perf_native_cold_over_verilator"] = round(
         (cycles["perf_native"] / cold["perf_native"]["seconds"]) / (cycles["verilator"] / cold["verilator"]["seconds"]),
         1)
+    row["perf_native_cold_cpu_over_verilator"] = round(
+        (cycles["perf_native"] / cold["perf_native"]["cpu_seconds"])
+        / (cycles["verilator"] / cold["verilator"]["cpu_seconds"]), 1) if cold["perf_native"]["cpu_seconds"] > 0 else None
     row["perf_native_microseconds_per_utop"] = round(row["perf_native_microseconds"] / row["utops"], 2)
     row["perf_python_microseconds_per_utop"] = round(row["perf_python_microseconds"] / row["utops"], 2)
     return row
@@ -177,8 +181,8 @@ def main(argv=None):
     parser.add_argument("--out")
     parser.add_argument("--plot", default=str(RESULTS / "perf_speed.png"))
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
+    if args.repeats < 3:
+        parser.error("--repeats must be at least 3 (the figures are medians)")
     cfg = get_config("small")
     loads = [os.getloadavg()[0]]
     rows = []
@@ -191,15 +195,23 @@ def main(argv=None):
               f"({row['perf_native_microseconds_per_utop']} us/uTOp), Python loop {row['perf_python_over_verilator']}x, "
               f"with data {row['perf_data_over_verilator']}x", flush=True)
     ratios = [row["perf_native_over_verilator"] for row in rows]
+    cpu_ratios = [row["perf_native_cpu_over_verilator"] for row in rows]
+    cold = [row["perf_native_cold_over_verilator"] for row in rows]
     summary = {"target_over_verilator": TARGET,
+               "judged_per": "CPU second: wall ratios are inflated by the machine's load (Verilator, the long run, "
+                             "is descheduled more often than the short perf run), so they are reported, not judged",
+               "median_perf_native_cpu_over_verilator": statistics.median(cpu_ratios),
+               "min_perf_native_cpu_over_verilator": min(cpu_ratios),
+               "programs_meeting_target": [row["program"] for row in rows
+                                           if row["perf_native_cpu_over_verilator"] >= TARGET],
+               "programs_missing_target": [row["program"] for row in rows
+                                           if row["perf_native_cpu_over_verilator"] < TARGET],
                "median_perf_native_over_verilator": statistics.median(ratios),
                "min_perf_native_over_verilator": min(ratios),
-               "programs_meeting_target": [row["program"] for row in rows if row["perf_native_over_verilator"] >= TARGET],
-               "programs_missing_target": [row["program"] for row in rows if row["perf_native_over_verilator"] < TARGET],
+               "median_perf_native_cold_over_verilator": statistics.median(cold),
+               "min_perf_native_cold_over_verilator": min(cold),
                **{f"median_{label}_over_verilator": statistics.median(row[f"{label}_over_verilator"] for row in rows)
-                  for label in ("perf_python", "perf_data")},
-               "median_perf_native_cpu_over_verilator": statistics.median(row["perf_native_cpu_over_verilator"]
-                                                                          for row in rows)}
+                  for label in ("perf_python", "perf_data")}}
     print(f"summary: {summary}")
     report = {"summary": summary, "repeats": args.repeats, "load_average_1min": [round(x, 2) for x in loads],
               "compiler": _compiler(), "core_library": str(perf_native.library()._name),
