@@ -359,7 +359,7 @@ def test_a_failed_core_run_leaves_the_state_it_started_from(synced):
             device._sync()
         core = device._native
         held = getattr(core.packed, "events", None)
-        core.event_buffers = [buffer if buffer is held else np.empty(len(perf_native.EVENT_FIELDS))
+        core.event_buffers = [buffer if buffer is held else perf_native._doubles(len(perf_native.EVENT_FIELDS))
                               for buffer in core.event_buffers]
         core.grow_events = perf_native._GROW_EVENTS(lambda rows: None)
         with pytest.raises(DeviceError, match="no memory"):

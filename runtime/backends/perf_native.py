@@ -22,6 +22,7 @@ import hashlib
 import math
 import os
 import platform
+import struct
 import subprocess
 import tempfile
 import threading
@@ -75,7 +76,7 @@ ENTRIES = ("utop", "halt", "fence", "ctrl", "fault", "invalid")
 """Kinds of program entries: a uTOp, ``halt``, ``fence``, another control instruction, a front-end
 fault (code, detail), a uTOp the reference refuses with a :class:`DeviceError` (detail)."""
 ERRORS = ("ok", "deadlock", "missing_entry", "invalid_utop", "event_overflow", "too_many_contexts", "need_code")
-EVENT_CAPACITY = 1 << 12
+EVENT_CAPACITY = 1 << 10
 """Rows of pending events a device's output buffer starts with (the core asks for more when it needs it)."""
 MAX_CONTEXTS = 1 << 8
 """Contexts the core handles (the ISA's context field allows fewer)."""
@@ -478,17 +479,22 @@ class _Packed:
     """The device's state as the core reads it, between calls (the core writes copies; see
     :meth:`NativeCore.run_to`)."""
 
-    def __init__(self, dev, contexts, engines, events, flows, programs, details):
+    def __init__(self, dev, contexts, engines, events, flows, programs, details, base=None):
         self.details = details
         self.set_state(dev, contexts, engines, events, len(events) // len(EVENT_FIELDS), flows, len(flows) // 2)
-        self.set_programs(programs)
+        if base is not None and base.programs == programs:  # the same Program objects: the same tables
+            self.programs, self.keep = base.programs, base.keep
+            self.index_pointers, self.data_pointers, self.slots, self.bases = (
+                base.index_pointers, base.data_pointers, base.slots, base.bases)
+        else:
+            self.set_programs(programs)
 
     def set_state(self, dev, contexts, engines, events, event_count, flows, flow_count):
         self.dev, self.contexts, self.engines, self.events, self.flows = dev, contexts, engines, events, flows
         self.event_count, self.flow_count = event_count, flow_count
         self.dev_address, self.contexts_address, self.engines_address, self.flows_address = (
             values.buffer_info()[0] for values in (dev, contexts, engines, flows))
-        self.events_address = events.ctypes.data if isinstance(events, np.ndarray) else events.buffer_info()[0]
+        self.events_address = events.buffer_info()[0]
 
     def set_programs(self, programs):
         """``programs``: per context ``(Program, index of its first detail in details)`` or ``None``."""
@@ -503,6 +509,8 @@ class _Packed:
 _NOW, _LIMIT, _HAS_LIMIT, _ERROR_CONTEXT, _ERROR_PC = (DEVICE_FIELDS.index(name) for name in (
     "now", "limit", "has_limit", "error_context", "error_pc"))
 _STATUS = CONTEXT_FIELDS.index("status")
+_ENGINE_CTX, _ENGINE_START, _ENGINE_END, _ENGINE_BUSY_TOTAL = (ENGINE_FIELDS.index(name) for name in (
+    "ctx", "start", "end", "busy_total"))
 _RUNNING = float(ContextStatus.RUNNING)
 _STATE_INDEX = {state: index for index, state in enumerate(STATES)}
 _CONTEXT_TIMES = attrgetter("pc", "start_pc", "issue_from", "want_from", "decoded_at", "inflight", "last_end", "start")
@@ -513,24 +521,28 @@ _DETAILS_LIMIT = 10_000
 """Fault details a device's arrays may refer to before they are packed afresh."""
 
 
-_COUNTER_AT = [CONTEXT_FIELDS.index(name) for name in COUNTER_FIELDS]
+_COUNTERS_AT = CONTEXT_FIELDS.index(COUNTER_FIELDS[0])
+assert CONTEXT_FIELDS[_COUNTERS_AT:_COUNTERS_AT + len(COUNTER_FIELDS)] == COUNTER_FIELDS  # one run of int64s
+_COUNTERS = struct.Struct(f"{len(COUNTER_FIELDS)}q")
+
+
+def _doubles(count):
+    """A zeroed ``array("d")`` of ``count`` values."""
+    return array("d", bytes(8 * count))
 
 
 def _put_counters(contexts, ctx):
     """Write ``ctx``'s counters into its row of ``contexts`` as int64 (:data:`COUNTER_FIELDS`)."""
     counters, utops = ctx.counters, ctx.counters["utops"]
-    values = [counters["instructions"], counters["hbm_bytes_read"], counters["hbm_bytes_written"], counters["macs"],
-              counters["ve_elements"], utops["dma"], utops["me"], utops["ve"]]  # COUNTER_FIELDS
-    with memoryview(contexts) as raw, raw.cast("B").cast("q") as view:
-        for at, value in zip(_COUNTER_AT, values):
-            view[ctx.index * _CONTEXT_WIDTH + at] = value
+    _COUNTERS.pack_into(contexts, 8 * (ctx.index * _CONTEXT_WIDTH + _COUNTERS_AT), counters["instructions"],
+                        counters["hbm_bytes_read"], counters["hbm_bytes_written"], counters["macs"],
+                        counters["ve_elements"], utops["dma"], utops["me"], utops["ve"])  # COUNTER_FIELDS
 
 
 def _counters(contexts, index):
     """Context ``index``'s counters from ``contexts``, as ``PerfDevice`` keeps them."""
-    with memoryview(contexts) as raw, raw.cast("B").cast("q") as view:
-        (instructions, read, written, macs, elements, dma, me, ve) = (  # COUNTER_FIELDS
-            view[index * _CONTEXT_WIDTH + at] for at in _COUNTER_AT)
+    (instructions, read, written, macs, elements, dma, me, ve) = _COUNTERS.unpack_from(  # COUNTER_FIELDS
+        contexts, 8 * (index * _CONTEXT_WIDTH + _COUNTERS_AT))
     return {"utops": {"dma": dma, "me": me, "ve": ve}, "instructions": instructions, "hbm_bytes_read": read,
             "hbm_bytes_written": written, "macs": macs, "ve_elements": elements}
 
@@ -548,7 +560,7 @@ class NativeCore:
         self.device = device
         self.lib = library()
         # The core's output: two buffers of events, one the last run's output (the next run's input).
-        self.event_buffers = [np.empty(EVENT_CAPACITY * len(EVENT_FIELDS)) for _ in range(2)]
+        self.event_buffers = [_doubles(EVENT_CAPACITY * len(EVENT_FIELDS)) for _ in range(2)]
         self.output = 0
         self.flows_out = array("d", bytes(16 * max(1, len(device.engines))))
         self.grow_events = _GROW_EVENTS(self._grow_events)  # kept: the core calls it
@@ -564,10 +576,10 @@ class NativeCore:
         (at least twice the old one), its address (``None`` if there is no memory for it)."""
         old = self.event_buffers[self.output]
         try:
-            self.event_buffers[self.output] = np.empty(max(rows, 2 * len(old) // len(EVENT_FIELDS)) * len(EVENT_FIELDS))
+            self.event_buffers[self.output] = _doubles(max(rows, 2 * len(old) // len(EVENT_FIELDS)) * len(EVENT_FIELDS))
         except MemoryError:
             return None
-        return self.event_buffers[self.output].ctypes.data
+        return self.event_buffers[self.output].buffer_info()[0]
 
     def touch(self, *indices):
         """The device changed these contexts (or their golden contexts) since the last sync (its
@@ -623,7 +635,7 @@ class NativeCore:
             error = ERRORS[self.lib.tcloud_perf_advance(
                 dev.buffer_info()[0], contexts.buffer_info()[0], len(packed.programs), engines.buffer_info()[0],
                 len(self.device.engines), packed.index_pointers, packed.slots, packed.data_pointers, packed.bases,
-                packed.events_address, events.ctypes.data, ctypes.byref(event_count),
+                packed.events_address, events.buffer_info()[0], ctypes.byref(event_count),
                 len(events) // len(EVENT_FIELDS), self.grow_events, packed.flows_address, flows.buffer_info()[0],
                 ctypes.byref(flow_count))]
             if error == "event_overflow":
@@ -693,10 +705,10 @@ class NativeCore:
         now = packed.dev[_NOW]
         width = len(ENGINE_FIELDS)
         flat = packed.engines.tolist()
-        busy = {}
-        for engine in self.device.engines:
-            _, _, ctx_index, start, end, busy_total, *_ = flat[engine.index * width:(engine.index + 1) * width]
-            busy[engine.name] = perf.engine_busy(busy_total, start, end, not math.isnan(ctx_index), now)
+        columns = (flat[_ENGINE_CTX::width], flat[_ENGINE_START::width], flat[_ENGINE_END::width],
+                   flat[_ENGINE_BUSY_TOTAL::width])
+        busy = {engine.name: perf.engine_busy(busy_total, start, end, ctx_index == ctx_index, now)  # NaN: none
+                for engine, ctx_index, start, end, busy_total in zip(self.device.engines, *columns)}
         return perf.stats_report(now, busy)
 
     def _pack(self):
@@ -748,7 +760,7 @@ class NativeCore:
             else:
                 packed += (time, sequence, kind, payload, 0, 0)
         flows = array("d", [value for index, left in device._flows.items() for value in (index, left)])
-        return _Packed(dev, contexts, engines, array("d", packed), flows, programs, details)
+        return _Packed(dev, contexts, engines, array("d", packed), flows, programs, details, None if fresh else base)
 
     def _pack_device(self):
         d = self.device
