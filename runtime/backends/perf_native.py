@@ -4,17 +4,23 @@
 ``perf_core.cpp``, a statement-for-statement port of its Python event loop, which stays the reference
 (``native=False`` runs it; ``tests/test_perf_native.py`` checks that both give the same state; host
 commands, which advance a few cycles, still use it). For a run the device's state is packed into
-flat arrays of doubles whose layout, and every constant
-the core uses (ISA, fault codes, policies, timing constants), is generated here from Python
+flat arrays of doubles (the activity counters as int64) whose layout, and every constant the core
+uses (ISA, fault codes, policies, timing constants), is generated here from Python
 (:func:`layout_header`); the core is compiled with the machine's C++ compiler at first use and cached
-under ``~/.cache/tcloud/perf`` keyed by the digest of its source and that header.
+under ``~/.cache/tcloud/perf`` keyed by the digest of its source, that header, the compiler and its
+version, the flags and the machine.
 
-What the core needs of a context's program is decoded once, in Python, by the same code as the
-reference (:class:`Program`): every top-level instruction from the context's start PC to its first
-``halt`` or front-end fault (timing-only mode changes no memory, and a program's control flow is
-straight-line), with each uTOp's timing (:class:`~tcloud.runtime.backends.perf._Utop`). Programs are
-cached per process by their bytes; a device whose HBM is written while a context runs goes on with
-the Python loop.
+What the core needs of a context's program is decoded in Python by the same code as the reference
+(:class:`Program`): the top-level instructions from the context's start PC towards its first ``halt``
+or front-end fault (timing-only mode changes no memory, and a program's control flow is
+straight-line), with each uTOp's timing (:class:`~tcloud.runtime.backends.perf._Utop`), in chunks
+that double: the core stops when a context starts to fetch past them and the run goes on after
+Python decodes further. Programs are cached per process by their bytes and window size. A write to
+HBM over code a running context's program read sends the device to the Python loop until no context
+runs (:meth:`NativeCore.code_written`).
+
+The core writes copies of the state, which replace it only when it succeeds, so a failed run leaves
+the state it started from; its pending events go to a buffer it asks to grow when they outgrow it.
 """
 
 import ctypes
