@@ -24,7 +24,7 @@ test: $(STAMP)
 ifndef BENCH_OUT
 BENCH_OUT := build/bench/$(shell date -u +%Y%m%d-%H%M%S)
 endif
-BENCHMARKS := golden_gemm verilator_build sim_speed hbm_bandwidth me_utilization "multitenant_rtl --runs 8" interference compile_models zoo_work perf_validation
+BENCHMARKS := golden_gemm verilator_build sim_speed hbm_bandwidth me_utilization "multitenant_rtl --runs 8" interference compile_models zoo_work perf_validation perf_speed
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'

@@ -208,3 +208,12 @@ def test_a_run_ends_when_no_context_runs_as_on_the_rtl():
     device.host(Instr("ctx.start", ctx=0, pc=0x100))
     assert device.run(2_000_000)
     assert device.stats()["cycles"] < 10_000
+
+
+@pytest.mark.parametrize("backend", ["perf", "functional"])
+def test_a_context_outside_the_pnpu_is_a_clear_error(backend):
+    device = make_device(backend, "small")
+    for index in (4, 7, -1, "0", 1.0, True):
+        with pytest.raises(DeviceError, match=r"no context .*: the 'small' pNPU has contexts 0\.\.3"):
+            device.context(index)
+    assert device.context(np.int64(3)).status == ContextStatus.IDLE

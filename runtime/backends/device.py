@@ -1,5 +1,6 @@
 """The ``Device`` protocol every backend implements, its errors and the context report."""
 
+import operator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -16,6 +17,16 @@ def check_hbm_range(config, address, size):
     if address < 0 or size < 0 or address + size > config.hbm_bytes:
         raise DeviceError(f"HBM access [{address:#x}, {address + size:#x}) outside the "
                           f"{config.hbm_bytes:#x}-byte HBM")
+
+
+def check_context_index(config, index):
+    """Raise :class:`DeviceError` unless ``index`` names one of the device's hardware contexts."""
+    try:
+        number = operator.index(index)
+    except TypeError:
+        number = None
+    if isinstance(index, bool) or number is None or not 0 <= number < config.contexts:
+        raise DeviceError(f"no context {index!r}: the {config.name!r} pNPU has contexts 0..{config.contexts - 1}")
 
 
 @dataclass(frozen=True)

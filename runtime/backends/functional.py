@@ -5,7 +5,7 @@ import numpy as np
 from tcloud.isa import Machine, get_config, parse_policy
 from tcloud.isa import csr
 
-from .device import ContextInfo, check_hbm_range
+from .device import ContextInfo, check_context_index, check_hbm_range
 
 
 class GoldenMemory:
@@ -49,6 +49,7 @@ class FunctionalDevice(GoldenMemory):
         return self.machine.run(max_steps=max_cycles)
 
     def context(self, index):
+        check_context_index(self.config, index)
         ctx = self.machine.contexts[index]
         return ContextInfo(ctx.status, ctx.fault, ctx.fault_pc, ctx.fault_detail, ctx.counters.as_dict())
 

@@ -22,6 +22,9 @@ it is dispatched, in each context's program order, so outputs and activity count
 the golden model's; faults found in a uTOp's body are reported as it reports them. With
 ``data=False`` nothing is computed: the counters come from the instructions' fields and only faults
 the front end sees (decoding, tokens, engines) are reported, which makes TPU-scale models cheap.
+Timing only, :meth:`PerfDevice.run` goes through a compiled copy of this event loop
+(:mod:`.perf_native`, ``perf_core.cpp``) that leaves the same state; ``native=False`` keeps the
+Python loop, the reference, which host commands always use.
 """
 
 import heapq
@@ -33,13 +36,43 @@ from tcloud.isa.errors import HostCommandError
 from tcloud.isa.table import HARVESTED_CLASSES, INSTRUCTION_BYTES, NUM_TOKENS, TOKEN_MAX_COUNT, Policy
 
 from . import perf_timing as timing
-from .device import ContextInfo, DeviceError
+from .device import ContextInfo, DeviceError, check_context_index
 from .functional import GoldenMemory
 
 _CLASSES = (EngineClass.DMA, EngineClass.ME, EngineClass.VE)
 _VE_COUNTED = frozenset({"ve.add", "ve.sub", "ve.mul", "ve.max", "ve.min", "ve.relu", "ve.copy", "ve.fill",
                          "ve.requant", "ve.requantf", "ve.redsum", "ve.redmax", "ve.lut", "ve.fma", "ve.fmav"})
 _ENGINE_CYCLES = ("me_owned", "me_harvested", "ve_owned", "ve_harvested", "dma_cycles")
+FAR_FUTURE = 1 << 62
+"""``_Engine.end`` of a DMA engine whose transfer has not finished."""
+HELD_CLASSES = (EngineClass.ME, EngineClass.VE)
+"""Classes ``operator`` hands from context to context (:attr:`PerfDevice._class_holder`)."""
+FLOW_MIN_WORK = 1e-9
+"""Work a DMA transfer starts with at least (one of no beats still finishes through the flows)."""
+FLOW_DONE = 1e-6
+"""Work left at or below which a DMA transfer has finished (the shared progress is rounded)."""
+TOKEN_DEADLOCK_DETAIL = "uTOp waits for signals nothing will send"
+WATCHDOG_DETAIL = "over its watchdog budget"
+
+
+def token_overflow_detail(token):
+    return f"token t{token} would exceed {TOKEN_MAX_COUNT}"
+
+
+def no_engine_detail(cls):
+    return f"{cls.name} uTOp, but the context owns no {cls.name}"
+
+
+def privileged_detail(name):
+    return f"tenant executed {name}"
+
+
+def wrong_class_detail(name):
+    return f"{name} outside a uTOp"
+
+
+def fetch_bounds_detail(pc, hbm_size):
+    return f"fetch at {pc:#x} outside the {hbm_size:#x}-byte HBM window"
 
 
 class _Utop:
@@ -68,6 +101,35 @@ class _Utop:
         else:
             self.busy = max(1, math.ceil(timing.ve_busy(config, latency, body)))
         self.counters = _activity(self.cls, body)
+
+
+def context_report(status, stop, counters, engine_cycles, reclaim_wait, reclaim_max, start, end, active_before,
+                   now):
+    """A context's :class:`~tcloud.runtime.ContextInfo` from its timing state (the Python loop's objects
+    or the compiled core's arrays)."""
+    if stop is not None and status == ContextStatus.FAULTED:
+        fault, fault_pc, detail = stop
+    else:
+        fault, fault_pc, detail = FaultCode.NONE, 0, ""
+    if status == ContextStatus.RUNNING:
+        run = max(0, now - start)
+    else:
+        run = 0 if end is None else end - start
+    active = active_before + (run if status == ContextStatus.RUNNING else 0)
+    timing_report = {"active_cycles": int(active), "run_cycles": int(run),
+                     "engine_cycles": {name: int(value) for name, value in engine_cycles.items()},
+                     "reclaim_wait_cycles": int(reclaim_wait), "reclaim_max_cycles": int(reclaim_max)}
+    return ContextInfo(status, fault, fault_pc, detail, counters, timing_report)
+
+
+def engine_busy(busy_total, start, end, running, now):
+    """An engine's busy cycles so far: its finished uTOps' and the running one's."""
+    return int(busy_total + (max(0, min(now, end) - start) if running else 0))
+
+
+def stats_report(now, busy):
+    """:meth:`PerfDevice.stats` from the time and each engine's busy cycles."""
+    return {"backend": PerfDevice.name, "cycles": int(now), "engine_busy_cycles": busy}
 
 
 def _activity(cls, body):
@@ -108,7 +170,7 @@ class _Context:
         self.masks = {}
         self.status = ContextStatus.IDLE
         self.state = "idle"
-        self.pc = 0
+        self.pc = self.start_pc = 0
         self.head = None
         self.issue_from = 0
         self.want_from = 0
@@ -126,6 +188,7 @@ class _Context:
         self.reclaim_wait = self.reclaim_max = 0
         self.reclaim_counted = None  # (pc, epoch) of the head whose reclaim wait was counted
         self.counters = _empty_counters()
+        self.native_program = None  # its program as the compiled core reads it (perf_native.Program)
 
 
 def _empty_counters():
@@ -169,6 +232,10 @@ class PerfDevice(GoldenMemory):
         Accepted for the RTL backends' signature (the model is deterministic).
     data : bool
         Compute data with the golden model (exact outputs and counters). ``False``: timing only.
+    native : bool, optional
+        Timing only: run the event loop in the compiled core (:mod:`.perf_native`; the same cycles and
+        counters, much faster). Default: when the C++ compiler can build it. ``False``: the Python
+        event loop (the reference). ``True`` with ``data=True`` is an error.
 
     Attributes
     ----------
@@ -182,7 +249,8 @@ class PerfDevice(GoldenMemory):
     command_poll_cycles = 64
     """Cycles a host command takes after its CSR writes (as :class:`~.amaranth.CsrDevice` polls)."""
 
-    def __init__(self, config, *, hbm_latency=None, hbm_jitter=0, hbm_accept_probability=1.0, seed=0, data=True):
+    def __init__(self, config, *, hbm_latency=None, hbm_jitter=0, hbm_accept_probability=1.0, seed=0, data=True,
+                 native=None):
         self.config = cfg = get_config(config)
         latency = cfg.hbm_latency if hbm_latency is None else hbm_latency
         if isinstance(latency, bool) or not isinstance(latency, int) or latency < 1:
@@ -197,6 +265,8 @@ class PerfDevice(GoldenMemory):
         self.front_latency = latency + hbm_jitter * timing.FRONT_JITTER_SHARE
         self.beat_stretch = 1 / hbm_accept_probability
         self.data = data
+        if native and data:
+            raise DeviceError("native=True needs data=False: the compiled core times without data")
         self.machine = Machine(cfg)
         self.contexts = [_Context(i) for i in range(cfg.contexts)]
         self.engines = []
@@ -207,7 +277,8 @@ class PerfDevice(GoldenMemory):
         self.now = 0
         self._events = []
         self._sequence = 0
-        self._cache = _UTOP_CACHE.setdefault((cfg, self.latency, self.jitter), {})
+        self._cache_key = (cfg, self.latency, self.jitter)
+        self._cache = _UTOP_CACHE.setdefault(self._cache_key, {})
         self._fetch_free = 0
         self._fetch_last = -1
         self._dispatch_last = -1
@@ -219,23 +290,61 @@ class PerfDevice(GoldenMemory):
         self.quantum, self.starvation = csr.QUANTUM_RESET, csr.STARVATION_RESET
         self.harvest_cost, self.harvest_grace = csr.HARVEST_COST_RESET, csr.HARVEST_GRACE_RESET
         self._holder, self._slice_end = cfg.contexts - 1, 0  # the slice arbiter grants context 0 first
-        self._class_holder = {EngineClass.ME: 0, EngineClass.VE: 0}
-        self._class_since = {EngineClass.ME: 0, EngineClass.VE: 0}
-        self.utops_dispatched = 0
+        self._class_holder = {cls: 0 for cls in HELD_CLASSES}
+        self._class_since = {cls: 0 for cls in HELD_CLASSES}
+        self._utops_dispatched = 0
+        self._engine_changes = 0  # counts the calls that may change an engine (the compiled core re-packs them)
         self._running = []
         self._handlers = {name: getattr(self, name) for name in (
             "_on_wake", "_on_fetched", "_on_engine_done", "_on_dma_transfer", "_on_flows", "_on_budget")}
+        self._native = None
+        self._native_paused = False
+        if not data and native is not False:
+            from . import perf_native
+            try:
+                self._native = perf_native.NativeCore(self)
+            except perf_native.NativeBuildError as error:
+                if native:
+                    raise
+                perf_native.warn_python_loop(error)
 
     # --- the Device protocol ---------------------------------------------------------------------
 
     @property
     def cycles(self):
         """Virtual cycles since the device was created."""
-        return int(self.now)
+        return int(self._native.now() if self._native is not None else self.now)
+
+    @property
+    def utops_dispatched(self):
+        """uTOps dispatched since the device was created."""
+        self._sync()
+        return self._utops_dispatched
+
+    def _sync(self):
+        """Bring the state back from the compiled core, if it holds it."""
+        if self._native is not None:
+            self._native.sync()
+
+    def write_hbm(self, address, data):
+        if self._native is not None and self._native.code_written(address, len(data)):
+            # The core runs programs decoded before; the Python loop reads code as it fetches, so it
+            # goes on until no context runs (:meth:`_resume_native`).
+            self._sync()
+            self._native, self._native_paused = None, True
+        super().write_hbm(address, data)
+
+    def _resume_native(self):
+        """Go back to the compiled core, after a write to running code, once no context runs."""
+        if self._native_paused and not self._running:
+            from . import perf_native
+
+            self._native, self._native_paused = perf_native.NativeCore(self), False
 
     def set_policy(self, policy, *, quantum=None, starvation=None, harvest_cost=None, harvest_grace=None):
         """Choose the scheduling policy and its registers (the values the RTL accepts; ``ValueError``
         for others)."""
+        self._sync()
         policy = parse_policy(policy)
         csr.config_writes(policy, quantum=quantum, starvation=starvation, harvest_cost=harvest_cost,
                           harvest_grace=harvest_grace)
@@ -248,12 +357,16 @@ class PerfDevice(GoldenMemory):
     def host(self, command):
         """Execute one privileged ``ctx.*`` command; it takes the cycles the CSR protocol takes
         (its writes, then a doorbell poll; ``ctx.scrub`` as long as the scrubber needs)."""
+        self._sync()
+        self._resume_native()
         self._advance(self.now + timing.HOST_COMMAND_WRITES)
         ctx = None
         index = command.values.get("ctx")
         if index is not None and index < len(self.contexts):
             ctx = self.contexts[index]
         gctx = self.machine.contexts[index] if ctx is not None else None
+        if ctx is not None and self._native is not None:
+            self._native.touch(index)
         if command.mnemonic == "ctx.kill":
             if ctx is not None and ctx.status == ContextStatus.RUNNING:
                 self._abandon(ctx, FaultCode.KILLED, "killed by the hypervisor")
@@ -278,35 +391,36 @@ class PerfDevice(GoldenMemory):
         self._advance(self.now + wait)
 
     def run(self, max_cycles=None):
+        self._resume_native()
+        if self._native is not None:
+            limit = None if max_cycles is None else self._native.now() + max_cycles
+            self._native.run_to(limit)
+            return not self._native.running()
         limit = None if max_cycles is None else self.now + max_cycles
         self._advance(limit)
         return not self._busy()
 
     def context(self, index):
+        check_context_index(self.config, index)
+        if self._native is not None and self._native.holds_state:
+            return self._native.report(index)
         ctx = self.contexts[index]
-        gctx = self.machine.contexts[index]
-        if ctx.stop is not None and ctx.status == ContextStatus.FAULTED:
-            fault, fault_pc, detail = ctx.stop
-        else:
-            fault, fault_pc, detail = FaultCode.NONE, 0, ""
-        counters = gctx.counters.as_dict() if self.data else {**ctx.counters, "utops": dict(ctx.counters["utops"])}
-        run = self._run_cycles(ctx)
-        active = ctx.active_before + (run if ctx.status == ContextStatus.RUNNING else 0)
-        timing_report = {"active_cycles": int(active), "run_cycles": int(run),
-                         "engine_cycles": {name: int(value) for name, value in ctx.timing.items()},
-                         "reclaim_wait_cycles": int(ctx.reclaim_wait), "reclaim_max_cycles": int(ctx.reclaim_max)}
-        return ContextInfo(ctx.status, fault, fault_pc, detail, counters, timing_report)
+        counters = (self.machine.contexts[index].counters.as_dict() if self.data
+                    else {**ctx.counters, "utops": dict(ctx.counters["utops"])})
+        return context_report(ctx.status, ctx.stop, counters, ctx.timing, ctx.reclaim_wait, ctx.reclaim_max,
+                              ctx.start, ctx.end, ctx.active_before, self.now)
 
     def stats(self):
         """Cycles since creation and busy cycles per engine (cumulative), as the RTL backends report."""
-        busy = {}
-        for engine in self.engines:
-            running = max(0, min(self.now, engine.end) - engine.start) if engine.ctx is not None else 0
-            busy[engine.name] = int(engine.busy_total + running)
-        return {"backend": self.name, "cycles": int(self.now), "engine_busy_cycles": busy}
+        if self._native is not None and self._native.holds_state:
+            return self._native.stats()
+        return stats_report(self.now, {engine.name: engine_busy(engine.busy_total, engine.start, engine.end,
+                                                                engine.ctx is not None, self.now)
+                                       for engine in self.engines})
 
     def csr_read(self, address):
         """Read a context's ``PC`` or ``STATUS`` register (what the profiler polls)."""
+        self._sync()
         for ctx in self.contexts:
             if address == csr.context_csr(ctx.index, "PC"):
                 return ctx.pc
@@ -329,6 +443,8 @@ class PerfDevice(GoldenMemory):
     def _advance(self, limit):
         """Process events up to ``limit`` (``None``: until no context runs); ``now`` ends at the limit
         or at the cycle the last context stopped."""
+        if self._running and self._native is not None:
+            self._native.touch(*(ctx.index for ctx in self._running))
         events = self._events
         while True:
             if not self._running:  # as the RTL backends: a run ends when no context runs
@@ -354,7 +470,7 @@ class PerfDevice(GoldenMemory):
         ctx.status = ContextStatus.RUNNING
         self._running = [c for c in self.contexts if c.status == ContextStatus.RUNNING]
         ctx.state = "fetch"
-        ctx.pc = gctx.pc
+        ctx.pc = ctx.start_pc = gctx.pc
         ctx.tokens = [0] * NUM_TOKENS
         ctx.inflight = 0
         ctx.stop = None
@@ -368,11 +484,6 @@ class PerfDevice(GoldenMemory):
             self._push(ctx.start + gctx.budget, "_on_budget", (ctx.index, ctx.epoch))
         self._push(ctx.want_from, "_on_wake")
 
-    def _run_cycles(self, ctx):
-        if ctx.status == ContextStatus.RUNNING:
-            return max(0, self.now - ctx.start)
-        return 0 if ctx.end is None else ctx.end - ctx.start
-
     def _fetch_grant(self, time):
         """Give the fetch unit to the next context (round-robin) that wants an instruction."""
         if self._fetch_free > time:
@@ -385,8 +496,7 @@ class PerfDevice(GoldenMemory):
             if ctx.state == "fetch" and ctx.want_from <= time:
                 gctx = self.machine.contexts[ctx.index]
                 if ctx.pc + INSTRUCTION_BYTES > gctx.hbm.size:
-                    self._stop(ctx, time, FaultCode.FETCH_BOUNDS, ctx.pc,
-                               f"fetch at {ctx.pc:#x} outside the {gctx.hbm.size:#x}-byte HBM window")
+                    self._stop(ctx, time, FaultCode.FETCH_BOUNDS, ctx.pc, fetch_bounds_detail(ctx.pc, gctx.hbm.size))
                     continue
                 self._fetch_last = ctx.index
                 ctx.state = "fetching"
@@ -421,7 +531,7 @@ class PerfDevice(GoldenMemory):
             key = self.machine.hbm[base:base + INSTRUCTION_BYTES * (length + 1)].tobytes()
             utop = self._cache.get(key)
             if utop is None:
-                utop = self._decode_utop(ctx, instr, key)
+                utop = self._decode_utop(ctx.pc, instr, key)
             ctx.head = utop
             ctx.state = "issue"
             ctx.issue_from = time + 1
@@ -432,9 +542,9 @@ class PerfDevice(GoldenMemory):
             ctx.issue_from = time + 1
             self._push(time + 1, "_on_wake")
         elif instr.engine == EngineClass.HOST:
-            self._front_fault(ctx, time, FaultCode.PRIVILEGED, f"tenant executed {name}")
+            self._front_fault(ctx, time, FaultCode.PRIVILEGED, privileged_detail(name))
         elif instr.engine != EngineClass.CTRL:
-            self._front_fault(ctx, time, FaultCode.WRONG_CLASS, f"{name} outside a uTOp")
+            self._front_fault(ctx, time, FaultCode.WRONG_CLASS, wrong_class_detail(name))
         else:
             self._golden_step(ctx)
             ctx.pc += INSTRUCTION_BYTES
@@ -443,7 +553,7 @@ class PerfDevice(GoldenMemory):
             ctx.want_from = time + 1
             self._push(time + 1, "_on_wake")
 
-    def _decode_utop(self, ctx, header, key):
+    def _decode_utop(self, pc, header, key):
         body, fault = [], None
         words = _WORDS
         for i in range(header["len"]):
@@ -463,7 +573,7 @@ class PerfDevice(GoldenMemory):
                 break
             body.append(instr)
         if header["cls"] not in [int(cls) for cls in _CLASSES]:
-            raise DeviceError(f"uTOp header of class {header['cls']} at {ctx.pc:#x}")
+            raise DeviceError(f"uTOp header of class {header['cls']} at {pc:#x}")
         utop = _Utop(header, body, self.config, self.latency, self.jitter, fault)
         if len(self._cache) > _CACHE_LIMIT:
             self._cache.clear()
@@ -509,6 +619,7 @@ class PerfDevice(GoldenMemory):
 
     def _abandon(self, ctx, code, detail):
         """Kill or watchdog: stop now and abort the context's in-flight uTOps."""
+        self._engine_changes += 1
         time = self.now
         self._stop(ctx, time, code, ctx.pc, detail)
         ctx.stop = (FaultCode(code), ctx.pc, detail)
@@ -527,7 +638,7 @@ class PerfDevice(GoldenMemory):
         index, epoch = payload
         ctx = self.contexts[index]
         if ctx.epoch == epoch and ctx.status == ContextStatus.RUNNING:
-            self._abandon(ctx, FaultCode.WATCHDOG, "over its watchdog budget")
+            self._abandon(ctx, FaultCode.WATCHDOG, WATCHDOG_DETAIL)
 
     def _on_wake(self, time, payload):
         """A wake-up does nothing itself: :meth:`_advance` settles every context after each cycle's events."""
@@ -551,16 +662,19 @@ class PerfDevice(GoldenMemory):
         engine.start = time + 1
         engine.token += 1
         ctx.inflight += 1
-        self.utops_dispatched += 1
+        self._utops_dispatched += 1
         if utop.phases is None:
             sharing = sum(1 for other in self.engines if other.ctx is not None and other is not engine
                           and other.cls != EngineClass.DMA) + len(self._flows)
             extra = math.ceil(timing.SHARED_ACCESS_CYCLES * utop.length * sharing)
             engine.end = time + 1 + utop.busy + extra
             self._push(engine.end, "_on_engine_done", (engine.index, engine.token, False))
+        elif not utop.phases:  # a DMA uTOp whose first body instruction does not decode: its overhead, then its fault
+            engine.end = time + 1 + timing.DMA_UTOP_EXTRA
+            self._push(engine.end, "_on_engine_done", (engine.index, engine.token, False))
         else:
             engine.phase = 0
-            engine.end = 1 << 62
+            engine.end = FAR_FUTURE
             first = time + 1 + timing.DMA_UTOP_EXTRA // 2 + utop.phases[0].before
             self._push(math.ceil(first), "_on_dma_transfer", (engine.index, engine.token))
         if ctx.state == "issue":
@@ -583,7 +697,7 @@ class PerfDevice(GoldenMemory):
         fetching = sum(other.utop[0].length / other.utop[0].busy for other in self.engines
                        if other.ctx is not None and other.cls != EngineClass.DMA)
         work = timing.transfer_cycles(self.config, self.latency, phase) * self.beat_stretch * (1 + fetching)
-        self._flows[index] = max(work, 1e-9)
+        self._flows[index] = max(work, FLOW_MIN_WORK)
         self._reschedule_flows(time)
 
     def _update_flows(self, time):
@@ -602,8 +716,9 @@ class PerfDevice(GoldenMemory):
     def _on_flows(self, time, version):
         if version != self._flows_version:
             return
+        self._engine_changes += 1
         self._update_flows(time)
-        finished = [index for index, left in self._flows.items() if left <= 1e-6]
+        finished = [index for index, left in self._flows.items() if left <= FLOW_DONE]
         for index in finished:
             del self._flows[index]
             engine = self.engines[index]
@@ -624,6 +739,7 @@ class PerfDevice(GoldenMemory):
         engine = self.engines[index]
         if engine.token != token or engine.ctx is None:
             return
+        self._engine_changes += 1
         ctx, (utop, pc, fault) = engine.ctx, engine.utop
         busy = time - engine.start
         engine.busy_total += busy
@@ -648,8 +764,7 @@ class PerfDevice(GoldenMemory):
             for token in range(NUM_TOKENS):
                 if utop.signal >> token & 1:
                     if ctx.tokens[token] >= TOKEN_MAX_COUNT:
-                        self._stop(ctx, time, FaultCode.TOKEN_OVERFLOW, pc, f"token t{token} would exceed "
-                                                                            f"{TOKEN_MAX_COUNT}")
+                        self._stop(ctx, time, FaultCode.TOKEN_OVERFLOW, pc, token_overflow_detail(token))
                     else:
                         ctx.tokens[token] += 1
 
@@ -694,10 +809,9 @@ class PerfDevice(GoldenMemory):
                 enough = not ctx.head.need or self._enough(ctx)
                 issuing = issuing or (enough and ctx.stop is None)
                 if not enough and ctx.inflight == 0:
-                    self._front_fault(ctx, time, FaultCode.TOKEN_DEADLOCK, "uTOp waits for signals nothing will send")
+                    self._front_fault(ctx, time, FaultCode.TOKEN_DEADLOCK, TOKEN_DEADLOCK_DETAIL)
                 elif self._owns_none(ctx, ctx.head.cls):
-                    self._front_fault(ctx, time, FaultCode.NO_ENGINE, f"{ctx.head.cls.name} uTOp, but the context "
-                                                                       f"owns no {ctx.head.cls.name}")
+                    self._front_fault(ctx, time, FaultCode.NO_ENGINE, no_engine_detail(ctx.head.cls))
         if self.policy == Policy.TEMPORAL:
             self._temporal_slice(time)
         if issuing and self._dispatched_at != time:
@@ -732,6 +846,7 @@ class PerfDevice(GoldenMemory):
         ready = [ctx for ctx in self._running if self._ready(ctx, time)]
         if not ready:
             return False, False
+        self._engine_changes += 1
         for ctx in ready:
             if ctx.ready_since is None:
                 ctx.ready_since = time

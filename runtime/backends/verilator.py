@@ -16,6 +16,7 @@ from tcloud.isa import get_config
 from tcloud.rtl.hbm import id_bits, port_words, request_layout, response_layout
 from tcloud.rtl.verilog import VerilatorError, merge_lane_writes, to_verilog, verilator_env, verilator_root
 
+from .cache import cache_root
 from .device import DeviceError, check_hbm_range
 from ..progress import Progress
 from .amaranth import CsrDevice
@@ -30,8 +31,7 @@ def cache_dir():
 
     ``$TCLOUD_VERILATOR_FLAGS`` adds Verilator options (e.g. ``--threads 2``); they are part of the
     cache key."""
-    base = os.environ.get("TCLOUD_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tcloud"
-    return Path(base) / "verilator"
+    return cache_root() / "verilator"
 
 
 def _verilator_version():

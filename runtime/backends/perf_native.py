@@ -1,0 +1,916 @@
+"""The ``perf`` backend's compiled event loop (timing-only mode).
+
+:class:`~tcloud.runtime.backends.perf.PerfDevice` with ``data=False`` hands each ``run()`` to
+``perf_core.cpp``, a statement-for-statement port of its Python event loop, which stays the reference
+(``native=False`` runs it; ``tests/test_perf_native.py`` checks that both give the same state; host
+commands, which advance a few cycles, still use it). For a run the device's state is packed into
+flat arrays of doubles (the activity counters as int64) whose layout, and every constant the core
+uses (ISA, fault codes, policies, timing constants), is generated here from Python
+(:func:`layout_header`); the core is compiled with the machine's C++ compiler at first use and cached
+under ``~/.cache/tcloud/perf`` keyed by the digest of its source, that header, the compiler and its
+version, the flags and the machine.
+
+What the core needs of a context's program is decoded in Python by the same code as the reference
+(:class:`Program`): the top-level instructions from the context's start PC towards its first ``halt``
+or front-end fault (timing-only mode changes no memory, and a program's control flow is
+straight-line), with each uTOp's timing (:class:`~tcloud.runtime.backends.perf._Utop`), in chunks
+that double: the core stops when a context starts to fetch past them and the run goes on after
+Python decodes further. Programs are cached per process by their bytes and window size. A write to
+HBM over code a running context's program read sends the device to the Python loop until no context
+runs (:meth:`NativeCore.code_written`).
+
+The core writes copies of the state, which replace it only when it succeeds, so a failed run leaves
+the state it started from; its pending events go to a buffer it asks to grow when they outgrow it.
+"""
+
+import ctypes
+import hashlib
+import math
+import os
+import platform
+import struct
+import subprocess
+import tempfile
+import threading
+import warnings
+from array import array
+from operator import attrgetter
+from pathlib import Path
+
+import numpy as np
+
+from tcloud.isa import ContextStatus, DecodeError, EngineClass, FaultCode, decode
+from tcloud.isa.table import HARVESTED_CLASSES, INSTRUCTION_BYTES, NUM_TOKENS, TOKEN_MAX_COUNT, Policy
+
+from . import perf_timing as timing
+from .cache import cache_root
+from .device import DeviceError
+from .perf import FAR_FUTURE, FLOW_DONE, FLOW_MIN_WORK, HELD_CLASSES
+
+SOURCE = Path(__file__).with_name("perf_core.cpp")
+SOURCE_TEXT = SOURCE.read_text()
+"""The core's source as this module was imported with (a process builds the core that matches its packing
+code even if the file changes under it)."""
+LIBRARY = "libtcloud_perf.so"
+
+DEVICE_FIELDS = ("now", "sequence", "fetch_free", "fetch_last", "dispatch_last", "dispatched_at", "flows_at",
+                 "flows_version", "policy", "quantum", "starvation", "harvest_cost", "harvest_grace", "holder",
+                 "slice_end", "me_holder", "ve_holder", "me_since", "ve_since", "utops_dispatched", "latency",
+                 "front_latency", "beat_stretch", "limit", "has_limit", "error_context", "error_pc")
+CONTEXT_FIELDS = ("status", "state", "pc", "program_pc", "issue_from", "want_from", "decoded_at", "inflight",
+                  "last_end", "start", "end", "active_before", "ready_since", "stop_code", "stop_pc", "stop_detail",
+                  "epoch", "me_owned", "me_harvested", "ve_owned", "ve_harvested", "dma_cycles", "reclaim_wait",
+                  "reclaim_max", "reclaim_pc", "reclaim_epoch", "instructions", "hbm_bytes_read",
+                  "hbm_bytes_written", "macs", "ve_elements", "utops_dma", "utops_me", "utops_ve", "mask_dma",
+                  "mask_me", "mask_ve", "priority", "hbm_size", "abandoned", "abandoned_code", "abandoned_pc",
+                  "abandoned_detail")
+COUNTER_FIELDS = ("instructions", "hbm_bytes_read", "hbm_bytes_written", "macs", "ve_elements", "utops_dma",
+                  "utops_me", "utops_ve")
+"""The context fields that are int64 in the core (exact past 2^53), held in the doubles' array as their bits."""
+ENGINE_FIELDS = ("cls", "slot", "ctx", "start", "end", "busy_total", "owned", "token", "phase", "utop_pc",
+                 "fault_code", "fault_pc", "fault_detail", "owner_active", "harvested_until")
+UTOP_FIELDS = ("kind", "cls", "length", "signal", "cost", "needs", "phases", "fault_code", "fault_offset",
+               "fault_detail", "busy", "instructions", "bytes_read", "bytes_written", "macs", "ve_elements")
+"""A uTOp entry of a :class:`Program`: these, then ``needs`` (token, count) pairs, then ``phases``
+rows of :data:`PHASE_FIELDS`."""
+PHASE_FIELDS = ("before", "after", "transfer")
+STATES = ("idle", "fetch", "fetching", "issue", "halt", "fence", "stopping")
+"""A context's front-end states (``_Context.state``)."""
+EVENTS = ("_on_wake", "_on_fetched", "_on_engine_done", "_on_dma_transfer", "_on_flows", "_on_budget")
+EVENT_FIELDS = ("time", "sequence", "kind", "a", "b", "c")
+ENTRIES = ("utop", "halt", "fence", "ctrl", "fault", "invalid")
+"""Kinds of program entries: a uTOp, ``halt``, ``fence``, another control instruction, a front-end
+fault (code, detail), a uTOp the reference refuses with a :class:`DeviceError` (detail)."""
+ERRORS = ("ok", "deadlock", "missing_entry", "invalid_utop", "event_overflow", "too_many_contexts", "need_code")
+EVENT_CAPACITY = 1 << 10
+"""Rows of pending events a device's output buffer starts with (the core asks for more when it needs it)."""
+MAX_CONTEXTS = 1 << 8
+"""Contexts the core handles (the ISA's context field allows fewer)."""
+
+
+_FIXED_DETAILS = []
+
+
+def fixed_details():
+    """Fault details the core can raise itself, in the order of its ``kDetail*`` indices (a new list)."""
+    from . import perf
+
+    if _FIXED_DETAILS:
+        return list(_FIXED_DETAILS)
+    _FIXED_DETAILS[:] = ([perf.TOKEN_DEADLOCK_DETAIL, perf.WATCHDOG_DETAIL]
+            + [perf.token_overflow_detail(token) for token in range(NUM_TOKENS)]
+            + [perf.no_engine_detail(EngineClass(cls)) if cls in [int(c) for c in perf._CLASSES] else ""
+               for cls in range(max(EngineClass) + 1)])
+    return list(_FIXED_DETAILS)
+
+
+DETAIL_FETCH_BOUNDS = -1
+"""Detail of a fetch-bounds fault, formatted from its PC and the context's window after the run."""
+
+
+def _camel(name):
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def layout_header():
+    """The C++ header ``perf_core.cpp`` includes: state layouts and every constant, from Python."""
+    lines = ["// Generated by tcloud.runtime.backends.perf_native; do not edit.", "#pragma once", "#include <cstdint>",
+             ""]
+
+    def struct(name, fields, extra=()):
+        lines.append(f"struct {name} {{")
+        lines.extend(f"    {'int64_t' if field in COUNTER_FIELDS else 'double'} {field};" for field in fields)
+        lines.extend(f"    {line}" for line in extra)
+        lines.append("};")
+
+    lines.append("struct Event {")  # a pending event; a row of EVENT_FIELDS in the buffers
+    lines.extend(f"    {'int' if field == 'kind' else 'double'} {field};" for field in EVENT_FIELDS)
+    lines.append("};")
+    lines.append("inline Event event_from_row(const double* row) {")
+    lines.append("    return {" + ", ".join(f"static_cast<int>(row[{i}])" if field == "kind" else f"row[{i}]"
+                                         for i, field in enumerate(EVENT_FIELDS)) + "};")
+    lines.append("}")
+    lines.append("inline void event_to_row(const Event& e, double* row) {")
+    lines.extend(f"    row[{i}] = e.{field};" for i, field in enumerate(EVENT_FIELDS))
+    lines.append("}")
+    struct("Device", DEVICE_FIELDS)
+    struct("Context", CONTEXT_FIELDS, [f"double tokens[{NUM_TOKENS}];"])
+    struct("Engine", ENGINE_FIELDS)
+    constants = {"InstructionBytes": INSTRUCTION_BYTES, "NumTokens": NUM_TOKENS, "TokenMaxCount": TOKEN_MAX_COUNT,
+                 "FetchReady": timing.FETCH_READY, "UtopTail": timing.UTOP_TAIL,
+                 "DmaUtopExtra": timing.DMA_UTOP_EXTRA, "DmaUtopExtraHalf": timing.DMA_UTOP_EXTRA // 2,
+                 "SharedAccessCycles": timing.SHARED_ACCESS_CYCLES, "FarFuture": FAR_FUTURE,
+                 "FlowMinWork": FLOW_MIN_WORK, "FlowDone": FLOW_DONE, "ClassCount": max(EngineClass) + 1,
+                 "MaxContexts": MAX_CONTEXTS, "UtopFixed": len(UTOP_FIELDS), "PhaseFields": len(PHASE_FIELDS), "EventFields": len(EVENT_FIELDS),
+                 "DetailTokenDeadlock": 0, "DetailWatchdog": 1, "DetailTokenOverflow": 2,
+                 "DetailNoEngine": 2 + NUM_TOKENS, "DetailFetchBounds": DETAIL_FETCH_BOUNDS,
+                 "HarvestedClasses": sum(1 << int(cls) for cls in HARVESTED_CLASSES),
+                 "HeldClasses": sum(1 << int(cls) for cls in HELD_CLASSES)}
+    for prefix, names in (("Utop", UTOP_FIELDS), ("Phase", PHASE_FIELDS), ("State", STATES),
+                          ("Entry", ENTRIES)):
+        constants.update({prefix + _camel(name): index for index, name in enumerate(names)})
+    constants.update({_camel(name[4:]): index for index, name in enumerate(EVENTS)})
+    constants.update({_camel(name): index for index, name in enumerate(ERRORS)})
+    constants.update({"Status" + _camel(s.name.lower()): int(s) for s in ContextStatus})
+    constants.update({"Policy" + _camel(p.name.lower()): int(p) for p in Policy})
+    constants.update({"Class" + _camel(c.name.lower()): int(c) for c in EngineClass})
+    constants.update({"Fault" + _camel(f.name.lower()): int(f) for f in FaultCode})
+    for name, value in constants.items():
+        kind = "double" if isinstance(value, float) else "int64_t" if abs(value) >= 1 << 31 else "int"
+        lines.append(f"constexpr {kind} k{name} = {value!r};")
+    return "\n".join(lines) + "\n"
+
+
+class NativeBuildError(DeviceError):
+    """The C++ compiler could not build the perf backend's core (the message ends with its output)."""
+
+
+_LIBRARY = None
+_BUILD_ERROR = None
+"""The :class:`NativeBuildError` of this process's failed build (it is not tried again)."""
+_WARNED = False
+_LOCK = threading.Lock()
+
+
+def library():
+    """The compiled core (built into the cache on first use), as a :class:`ctypes.CDLL`.
+
+    A library in the cache that does not load (a truncated file, another machine's) is built again.
+
+    Raises
+    ------
+    NativeBuildError
+        If there is no C++ compiler or it fails, or the cache cannot be written; the process does
+        not try again.
+    """
+    global _LIBRARY, _BUILD_ERROR
+    with _LOCK:
+        if _BUILD_ERROR is not None:
+            raise _BUILD_ERROR
+        if _LIBRARY is None:
+            try:
+                try:
+                    _LIBRARY = _load(_build())
+                except OSError:  # in the cache but does not load: build it again
+                    _LIBRARY = _load(_build(again=True))
+            except NativeBuildError as error:
+                _BUILD_ERROR = error
+                raise
+            except OSError as error:
+                _BUILD_ERROR = NativeBuildError(f"cannot build or load the perf backend's core: {error}")
+                raise _BUILD_ERROR from None
+    return _LIBRARY
+
+
+def warn_python_loop(error):
+    """Warn (once a process) that timing only runs on the Python event loop because of ``error``."""
+    global _WARNED
+    if not _WARNED:
+        _WARNED = True
+        warnings.warn(f"perf: timing only runs on the Python event loop (~20-60x slower): {error}",
+                      RuntimeWarning, stacklevel=3)
+
+
+def _compiler_version(compiler):
+    try:
+        result = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise NativeBuildError(f"cannot build the perf backend's core with {compiler!r}: {error}") from None
+    return result.stdout
+
+
+_FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off")  # no FMA: doubles as in Python
+
+
+def _target(header, compiler):
+    """Where the core built from this source and ``header`` by ``compiler`` is cached: keyed by those,
+    the compiler's version, the flags and the machine."""
+    digest = hashlib.sha256("\0".join([SOURCE_TEXT, header, compiler, _compiler_version(compiler),
+                                       platform.machine(), *_FLAGS]).encode()).hexdigest()[:24]
+    return cache_root() / "perf" / digest / LIBRARY
+
+
+def _build(again=False):
+    """The path of the core's library in the cache, compiled unless it is there (or ``again``)."""
+    header = layout_header()
+    source = SOURCE_TEXT
+    compiler = os.environ.get("CXX", "c++")
+    flags = list(_FLAGS)
+    target = _target(header, compiler)
+    if target.exists() and not again:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        work = Path(tmp)
+        (work / "perf_core_layout.h").write_text(header)
+        (work / "perf_core.cpp").write_text(source)
+        staged = work / LIBRARY
+        try:
+            result = subprocess.run([compiler, *flags, "-o", str(staged), str(work / "perf_core.cpp")],
+                                    capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise NativeBuildError(f"cannot build the perf backend's core with {compiler!r}: {error}") from None
+        if result.returncode != 0:
+            raise NativeBuildError(f"{compiler} failed to build the perf backend's core:\n{result.stderr[-4000:]}")
+        os.replace(staged, target)
+    return target
+
+
+_GROW_EVENTS = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_int64)
+
+
+def _load(path):
+    lib = ctypes.CDLL(str(path))
+    pointer = ctypes.c_void_p  # arrays of pointers are arrays of uint64 (checked in _load)
+    if ctypes.sizeof(ctypes.c_void_p) != 8:
+        raise NativeBuildError("the perf backend's core needs a 64-bit platform")
+    lib.tcloud_perf_advance.argtypes = [pointer, pointer, ctypes.c_int, pointer, ctypes.c_int, pointer, pointer,
+                                        pointer, pointer, pointer, pointer, pointer, ctypes.c_int64, _GROW_EVENTS,
+                                        pointer, pointer, pointer]
+    lib.tcloud_perf_advance.restype = ctypes.c_int
+    return lib
+
+
+def _number(value):
+    """A double from the core as Python had it: an int when integral (every integral value is exact)."""
+    return int(value) if value.is_integer() else value
+
+
+def _optional(value):
+    return None if math.isnan(value) else _number(value)
+
+
+class Program:
+    """The top-level instructions a context can fetch, from its start PC, as the core reads them,
+    decoded in chunks: the core stops when a context starts to fetch past :attr:`index` and the device
+    decodes further (:meth:`extended`), so a program without ``halt`` costs what it runs.
+
+    Parameters
+    ----------
+    device : PerfDevice
+        The device whose HBM holds the program.
+    ctx : perf._Context
+        The context whose window and start PC it is.
+    previous : Program, optional
+        A program of the same context decoded to fewer slots: its entries are kept, and decoding goes
+        on from where it stopped.
+    until : int, optional
+        A PC the program must reach (if it does not end first); it decodes at least :data:`CHUNK`
+        instructions, and at least as many as ``previous`` had.
+
+    Attributes
+    ----------
+    start : int
+        PC of the first instruction (the context's start PC).
+    size : int
+        The context's HBM window size the walk stopped at.
+    snapshot : bytes
+        The HBM bytes the walk read (from ``start``): the program is valid while they are unchanged.
+    index : numpy.ndarray
+        int32 per instruction slot from ``start``: offset of its entry in ``data``, ``-1`` for none.
+    data : numpy.ndarray
+        float64 entries (:data:`ENTRIES`; a uTOp's layout is :data:`UTOP_FIELDS`).
+    details : list of str
+        Fault details the entries refer to by index.
+    utops : dict
+        PC → :class:`~tcloud.runtime.backends.perf._Utop`.
+    next_pc : int or None
+        Where decoding stopped, ``None`` if the program ends (``halt``, a fault, the window's end).
+    """
+
+    def __init__(self, device, ctx, previous=None, until=None):
+        from . import perf
+
+        gctx = device.machine.contexts[ctx.index]
+        base, size, hbm = gctx.hbm.base, gctx.hbm.size, device.machine.hbm
+        self.start, self.size = ctx.start_pc, size
+        if previous is None:
+            pc, read_end, index, data, self.details, self.utops = self.start, self.start, [], [], [], {}
+        else:
+            pc, read_end = previous.next_pc, self.start + len(previous.snapshot)
+            index, data = previous.index.tolist(), previous.data.tolist()
+            self.details, self.utops = list(previous.details), dict(previous.utops)
+        stop_at = max(until or 0, self.start + INSTRUCTION_BYTES * max(CHUNK, 2 * len(index)))
+
+        def add(slot_pc, values):
+            index.extend([-1] * ((slot_pc - self.start) // INSTRUCTION_BYTES + 1 - len(index)))
+            index[-1] = len(data)
+            data.extend(values)
+
+        def detail(text):
+            self.details.append(text)
+            return len(self.details) - 1
+
+        self.next_pc = None
+        while pc + INSTRUCTION_BYTES <= size:
+            if pc > stop_at:
+                self.next_pc = pc
+                break
+            word = hbm[base + pc:base + pc + INSTRUCTION_BYTES].tobytes()
+            read_end = max(read_end, pc + INSTRUCTION_BYTES)
+            try:
+                instr = perf._WORDS.get(word)
+                if instr is None:
+                    instr = perf._WORDS[word] = decode(word)
+            except DecodeError as error:
+                add(pc, (ENTRIES.index("fault"), int(error.fault), detail(str(error))))
+                break
+            name = instr.mnemonic
+            if name == "utop":
+                length = instr["len"]
+                key = hbm[base + pc:base + pc + INSTRUCTION_BYTES * (length + 1)].tobytes()
+                read_end = max(read_end, pc + len(key))
+                utop = device._cache.get(key)
+                if utop is None:
+                    try:
+                        utop = device._decode_utop(pc, instr, key)
+                    except DeviceError as error:
+                        add(pc, (ENTRIES.index("invalid"), detail(str(error))))
+                        break
+                add(pc, self._utop_entry(device, utop, detail))
+                self.utops[pc] = utop
+                pc += INSTRUCTION_BYTES * (length + 1)
+                if utop.fault is not None:
+                    break
+            elif name in ("halt", "fence"):
+                add(pc, (ENTRIES.index(name),))
+                if name == "halt":
+                    break
+                pc += INSTRUCTION_BYTES
+            elif instr.engine == EngineClass.HOST:
+                add(pc, (ENTRIES.index("fault"), int(FaultCode.PRIVILEGED), detail(perf.privileged_detail(name))))
+                break
+            elif instr.engine != EngineClass.CTRL:
+                add(pc, (ENTRIES.index("fault"), int(FaultCode.WRONG_CLASS), detail(perf.wrong_class_detail(name))))
+                break
+            else:
+                add(pc, (ENTRIES.index("ctrl"),))
+                pc += INSTRUCTION_BYTES
+        if self.next_pc is not None:  # the slots up to where decoding goes on are known to be no entry
+            index.extend([-1] * ((self.next_pc - self.start) // INSTRUCTION_BYTES - len(index)))
+        self.snapshot = hbm[base + self.start:base + read_end].tobytes()
+        self.index = np.array(index or [-1], dtype=np.int32)
+        self.data = np.array(data or [0.0], dtype=np.float64)
+        self.index_address, self.data_address = self.index.ctypes.data, self.data.ctypes.data
+
+    def extended(self, device, ctx, pc):
+        """This program decoded on to ``pc`` (a new :class:`Program`: this one may be shared)."""
+        if self.next_pc is None:
+            return self
+        made = Program(device, ctx, previous=self, until=pc)
+        _remember(device, ctx, made, replacing=self)
+        return made
+
+    @staticmethod
+    def _utop_entry(device, utop, detail):
+        fault = (math.nan, 0, 0) if utop.fault is None else (int(utop.fault[0]), utop.fault[1], detail(utop.fault[2]))
+        counters = utop.counters
+        values = [ENTRIES.index("utop"), int(utop.cls), utop.length, utop.signal, utop.cost, len(utop.need),
+                  len(utop.phases or ()), *fault, math.nan if utop.busy is None else utop.busy,
+                  counters["instructions"], counters["hbm_bytes_read"], counters["hbm_bytes_written"],
+                  counters["macs"], counters["ve_elements"]]
+        for token, count in utop.need:
+            values += [token, count]
+        for phase in utop.phases or ():
+            values += [phase.before, phase.after, timing.transfer_cycles(device.config, device.latency, phase)]
+        return values
+
+    def valid(self, device, ctx):
+        """Whether the program is still the one ``ctx`` runs: same start PC and window size, and the
+        bytes it read unchanged (the window's base does not matter: the bytes are read from it)."""
+        gctx = device.machine.contexts[ctx.index]
+        begin = gctx.hbm.base + self.start
+        return (self.start == ctx.start_pc and self.size == gctx.hbm.size
+                and device.machine.hbm[begin:begin + len(self.snapshot)].tobytes() == self.snapshot)
+
+    def nbytes(self):
+        """Memory the program holds (its tables and snapshot)."""
+        return self.index.nbytes + self.data.nbytes + len(self.snapshot)
+
+
+CHUNK = 1 << 10
+"""Instructions a program decodes at least at a time."""
+_PROGRAMS = {}
+"""``(utop cache key, window size, first bytes)`` → programs with those first bytes (a sweep runs the
+same programs on many devices)."""
+_PROBE_BYTES = 4 * INSTRUCTION_BYTES
+_CANDIDATES_LIMIT = 16
+"""Programs kept per key (the oldest goes first)."""
+_CACHE_BYTES_LIMIT = 512 << 20
+"""The cache is emptied when its programs' tables and snapshots pass this size."""
+_cached_bytes = 0
+
+
+def _key(device, ctx):
+    gctx = device.machine.contexts[ctx.index]
+    begin = gctx.hbm.base + ctx.start_pc
+    return device._cache_key, gctx.hbm.size, device.machine.hbm[begin:begin + _PROBE_BYTES].tobytes()
+
+
+def _remember(device, ctx, made, replacing=None):
+    """Keep ``made`` as the context's program and in the process's cache (in place of ``replacing``)."""
+    global _cached_bytes
+    ctx.native_program = made
+    key = _key(device, ctx)
+    candidates = _PROGRAMS.setdefault(key, [])
+    if replacing is not None and replacing in candidates:
+        candidates.remove(replacing)
+        _cached_bytes -= replacing.nbytes()
+    if _cached_bytes + made.nbytes() > _CACHE_BYTES_LIMIT:
+        _PROGRAMS.clear()
+        _cached_bytes = 0
+        candidates = _PROGRAMS.setdefault(key, [])
+    if len(candidates) >= _CANDIDATES_LIMIT:
+        _cached_bytes -= candidates.pop(0).nbytes()
+    candidates.append(made)
+    _cached_bytes += made.nbytes()
+
+
+def program(device, ctx):
+    """The context's :class:`Program`: its own if still valid, else one from the process's cache, else
+    decoded now (its first chunk)."""
+    known = ctx.native_program
+    if known is not None and known.valid(device, ctx):
+        return known
+    for candidate in _PROGRAMS.get(_key(device, ctx), ()):
+        if candidate.valid(device, ctx):
+            ctx.native_program = candidate
+            return candidate
+    made = Program(device, ctx)
+    _remember(device, ctx, made)
+    return made
+
+
+class _Packed:
+    """The device's state as the core reads it, between calls (the core writes copies; see
+    :meth:`NativeCore.run_to`)."""
+
+    def __init__(self, dev, contexts, engines, events, flows, programs, details, base=None):
+        self.details = details
+        self.set_state(dev, contexts, engines, events, len(events) // len(EVENT_FIELDS), flows, len(flows) // 2)
+        if base is not None and base.programs == programs:  # the same Program objects: the same tables
+            self.programs, self.keep = base.programs, base.keep
+            self.index_pointers, self.data_pointers, self.slots, self.bases = (
+                base.index_pointers, base.data_pointers, base.slots, base.bases)
+        else:
+            self.set_programs(programs)
+
+    def set_state(self, dev, contexts, engines, events, event_count, flows, flow_count):
+        self.dev, self.contexts, self.engines, self.events, self.flows = dev, contexts, engines, events, flows
+        self.event_count, self.flow_count = event_count, flow_count
+        self.dev_address, self.contexts_address, self.engines_address, self.flows_address = (
+            values.buffer_info()[0] for values in (dev, contexts, engines, flows))
+        self.events_address = events.buffer_info()[0]
+
+    def set_programs(self, programs):
+        """``programs``: per context ``(Program, index of its first detail in details)`` or ``None``."""
+        self.programs = programs
+        arrays = (array("Q", [p[0].index_address if p else 0 for p in programs]),
+                  array("Q", [p[0].data_address if p else 0 for p in programs]),
+                  array("q", [len(p[0].index) if p else 0 for p in programs]), array("d", [p[1] if p else 0 for p in programs]))
+        self.keep = arrays
+        self.index_pointers, self.data_pointers, self.slots, self.bases = (a.buffer_info()[0] for a in arrays)
+
+
+_NOW, _LIMIT, _HAS_LIMIT, _ERROR_CONTEXT, _ERROR_PC = (DEVICE_FIELDS.index(name) for name in (
+    "now", "limit", "has_limit", "error_context", "error_pc"))
+_STATUS = CONTEXT_FIELDS.index("status")
+_ENGINE_CTX, _ENGINE_START, _ENGINE_END, _ENGINE_BUSY_TOTAL = (ENGINE_FIELDS.index(name) for name in (
+    "ctx", "start", "end", "busy_total"))
+_RUNNING = float(ContextStatus.RUNNING)
+_STATE_INDEX = {state: index for index, state in enumerate(STATES)}
+_CONTEXT_TIMES = attrgetter("pc", "start_pc", "issue_from", "want_from", "decoded_at", "inflight", "last_end", "start")
+"""The run of CONTEXT_FIELDS from ``pc`` to ``start`` (``ctx.timing`` is in CONTEXT_FIELDS' order too)."""
+_WAKE, _ENGINE_DONE, _FLOWS = (EVENTS.index(name) for name in ("_on_wake", "_on_engine_done", "_on_flows"))
+_CONTEXT_WIDTH = len(CONTEXT_FIELDS) + NUM_TOKENS
+_DETAILS_LIMIT = 10_000
+"""Fault details a device's arrays may refer to before they are packed afresh."""
+
+
+_COUNTERS_AT = CONTEXT_FIELDS.index(COUNTER_FIELDS[0])
+assert CONTEXT_FIELDS[_COUNTERS_AT:_COUNTERS_AT + len(COUNTER_FIELDS)] == COUNTER_FIELDS  # one run of int64s
+_COUNTERS = struct.Struct(f"{len(COUNTER_FIELDS)}q")
+
+
+def _doubles(count):
+    """A zeroed ``array("d")`` of ``count`` values."""
+    return array("d", bytes(8 * count))
+
+
+def _put_counters(contexts, ctx):
+    """Write ``ctx``'s counters into its row of ``contexts`` as int64 (:data:`COUNTER_FIELDS`)."""
+    counters, utops = ctx.counters, ctx.counters["utops"]
+    _COUNTERS.pack_into(contexts, 8 * (ctx.index * _CONTEXT_WIDTH + _COUNTERS_AT), counters["instructions"],
+                        counters["hbm_bytes_read"], counters["hbm_bytes_written"], counters["macs"],
+                        counters["ve_elements"], utops["dma"], utops["me"], utops["ve"])  # COUNTER_FIELDS
+
+
+def _counters(contexts, index):
+    """Context ``index``'s counters from ``contexts``, as ``PerfDevice`` keeps them."""
+    (instructions, read, written, macs, elements, dma, me, ve) = _COUNTERS.unpack_from(  # COUNTER_FIELDS
+        contexts, 8 * (index * _CONTEXT_WIDTH + _COUNTERS_AT))
+    return {"utops": {"dma": dma, "me": me, "ve": ve}, "instructions": instructions, "hbm_bytes_read": read,
+            "hbm_bytes_written": written, "macs": macs, "ve_elements": elements}
+
+
+class NativeCore:
+    """Runs a :class:`~tcloud.runtime.backends.perf.PerfDevice`'s event loop in the compiled core.
+
+    Between :meth:`run_to` calls the state stays in the core's arrays (:attr:`holds_state`); the
+    device calls :meth:`sync` before it reads or changes its Python state, and reports come from the
+    arrays (:meth:`report`, :meth:`stats`). After a sync the arrays still equal the device's objects, so
+    the next run re-packs only what the device changed since: the contexts it names with
+    :meth:`touch`, and the engines if its count of engine changes moved."""
+
+    def __init__(self, device):
+        self.device = device
+        self.lib = library()
+        # The core's output: two buffers of events, one the last run's output (the next run's input).
+        self.event_buffers = [_doubles(EVENT_CAPACITY * len(EVENT_FIELDS)) for _ in range(2)]
+        self.output = 0
+        self.flows_out = array("d", bytes(16 * max(1, len(device.engines))))
+        self.grow_events = _GROW_EVENTS(self._grow_events)  # kept: the core calls it
+        self.kinds = {name: index for index, name in enumerate(EVENTS)}
+        self.packed = None
+        self.touched = set()
+        self.engine_changes = device._engine_changes
+        self.base = None
+        self.base = self._pack()
+
+    def _grow_events(self, rows):
+        """The core's callback when its pending events outgrow its output buffer: a buffer for ``rows``
+        (at least twice the old one), its address (``None`` if there is no memory for it)."""
+        old = self.event_buffers[self.output]
+        try:
+            self.event_buffers[self.output] = _doubles(max(rows, 2 * len(old) // len(EVENT_FIELDS)) * len(EVENT_FIELDS))
+        except MemoryError:
+            return None
+        return self.event_buffers[self.output].buffer_info()[0]
+
+    def touch(self, *indices):
+        """The device changed these contexts (or their golden contexts) since the last sync (its
+        engines' changes it counts in ``_engine_changes``)."""
+        self.touched.update(indices)
+
+
+    @property
+    def holds_state(self):
+        """Whether the core's arrays, not the device's objects, hold the current state."""
+        return self.packed is not None
+
+    def now(self):
+        return _number(self.packed.dev[_NOW]) if self.packed is not None else self.device.now
+
+    def running(self):
+        """Whether a context runs."""
+        if self.packed is None:
+            return bool(self.device._running)
+        return _RUNNING in self.packed.contexts[_STATUS::_CONTEXT_WIDTH]
+
+    def code_written(self, address, size):
+        """Whether HBM bytes ``address .. address + size`` hold code a running context's decoded program
+        read (the core would run it as it was)."""
+        if self.packed is None:
+            running = [ctx.index for ctx in self.device._running]
+        else:
+            statuses = self.packed.contexts[_STATUS::_CONTEXT_WIDTH]
+            running = [index for index, status in enumerate(statuses) if status == _RUNNING]
+        for index in running:
+            made = self.device.contexts[index].native_program
+            if made is not None:
+                begin = self.device.machine.contexts[index].hbm.base + made.start
+                if address < begin + len(made.snapshot) and begin < address + size:
+                    return True
+        return False
+
+    def run_to(self, limit):
+        """``PerfDevice._advance(limit)`` in the core (``None``: until no context runs); the state stays
+        in the core. The core writes copies of the state, which replace it only when it succeeds: after
+        an error the state is the one before the call."""
+        if not self.running():
+            return
+        packed = self.packed or self._pack()
+        while True:
+            dev, contexts, engines = array("d", packed.dev), array("d", packed.contexts), array("d", packed.engines)
+            dev[_LIMIT] = 0 if limit is None else limit
+            dev[_HAS_LIMIT] = limit is not None
+            self.output = 1 if packed.events is self.event_buffers[0] else 0
+            events, flows = self.event_buffers[self.output], self.flows_out
+            event_count = ctypes.c_int64(packed.event_count)
+            flow_count = ctypes.c_int64(packed.flow_count)
+            error = ERRORS[self.lib.tcloud_perf_advance(
+                dev.buffer_info()[0], contexts.buffer_info()[0], len(packed.programs), engines.buffer_info()[0],
+                len(self.device.engines), packed.index_pointers, packed.slots, packed.data_pointers, packed.bases,
+                packed.events_address, events.buffer_info()[0], ctypes.byref(event_count),
+                len(events) // len(EVENT_FIELDS), self.grow_events, packed.flows_address, flows.buffer_info()[0],
+                ctypes.byref(flow_count))]
+            if error == "event_overflow":
+                raise DeviceError(f"perf model: no memory for {event_count.value} pending events")
+            if error not in ("ok", "need_code"):
+                self._raise(error, packed, dev)
+            events = self.event_buffers[self.output]  # grown, maybe
+            self.flows_out = packed.flows if len(packed.flows) == len(flows) else array("d", bytes(len(flows) * 8))
+            packed.set_state(dev, contexts, engines, events, event_count.value, flows, flow_count.value)
+            self.packed = packed
+            if error == "ok":
+                return
+            self._decode_further(packed, int(dev[_ERROR_CONTEXT]), int(dev[_ERROR_PC]))
+
+    def _decode_further(self, packed, index, pc):
+        """The core stopped for a context fetching ``pc`` past its program's decoded slots."""
+        made, _ = packed.programs[index]
+        longer = made.extended(self.device, self.device.contexts[index], pc)
+        if longer is made:
+            raise DeviceError(f"perf model: context {index} fetched {pc:#x}, which its decoded program lacks; "
+                              "please report it")
+        programs = list(packed.programs)
+        programs[index] = (longer, len(packed.details))
+        packed.details += longer.details
+        packed.set_programs(programs)
+
+    def sync(self):
+        """Move the state from the core's arrays back to the device's objects."""
+        packed = self.packed
+        if packed is None:
+            return
+        self._unpack_device(packed)
+        for ctx in self.device.contexts:
+            self._unpack_context(packed, ctx)
+        self.device._running = [ctx for ctx in self.device.contexts if ctx.status == ContextStatus.RUNNING]
+        self._unpack_engines(packed)
+        self._unpack_events(packed)
+        self.packed = None
+        self.base = packed
+        self.touched = set()
+        self.engine_changes = self.device._engine_changes
+
+    def report(self, index):
+        """``PerfDevice.context(index)`` from the arrays."""
+        from . import perf
+
+        packed = self.packed
+        row = packed.contexts[index * _CONTEXT_WIDTH:index * _CONTEXT_WIDTH + len(CONTEXT_FIELDS)].tolist()
+        (status, _, _, _, _, _, _, _, _, start, end, active_before, _, stop_code, stop_pc, stop_detail, _,
+         me_owned, me_harvested, ve_owned, ve_harvested, dma_cycles, reclaim_wait, reclaim_max, *_) = row  # CONTEXT_FIELDS
+        status = ContextStatus(int(status))
+        stop = None
+        if status == ContextStatus.FAULTED and not math.isnan(stop_code):
+            stop = (FaultCode(int(stop_code)), int(stop_pc),
+                    self._detail(stop_detail, stop_pc, self.device.contexts[index], packed.details))
+        counters = _counters(packed.contexts, index)
+        engine_cycles = {"me_owned": me_owned, "me_harvested": me_harvested, "ve_owned": ve_owned,
+                         "ve_harvested": ve_harvested, "dma_cycles": dma_cycles}
+        return perf.context_report(status, stop, counters, engine_cycles, reclaim_wait, reclaim_max, start,
+                                   _optional(end), active_before, packed.dev[_NOW])
+
+    def stats(self):
+        """``PerfDevice.stats()`` from the arrays."""
+        from . import perf
+
+        packed = self.packed
+        now = packed.dev[_NOW]
+        width = len(ENGINE_FIELDS)
+        flat = packed.engines.tolist()
+        columns = (flat[_ENGINE_CTX::width], flat[_ENGINE_START::width], flat[_ENGINE_END::width],
+                   flat[_ENGINE_BUSY_TOTAL::width])
+        busy = {engine.name: perf.engine_busy(busy_total, start, end, ctx_index == ctx_index, now)  # NaN: none
+                for engine, ctx_index, start, end, busy_total in zip(self.device.engines, *columns)}
+        return perf.stats_report(now, busy)
+
+    def _pack(self):
+        """The device's state as arrays: from :attr:`base` and what changed since, or from scratch."""
+        device = self.device
+        base = self.base
+        fresh = base is None or len(base.details) > _DETAILS_LIMIT
+        details = fixed_details() if fresh else base.details
+        programs = [None] * len(device.contexts) if fresh else list(base.programs)
+        changed = range(len(device.contexts)) if fresh else sorted(self.touched)
+        for index in changed:
+            ctx = device.contexts[index]
+            programs[index] = None
+            if ctx.status == ContextStatus.RUNNING:
+                made = program(device, ctx)
+                programs[index] = (made, len(details))
+                details += made.details
+        details_of = {}
+
+        def detail_index(text):
+            if text not in details_of:
+                details_of[text] = len(details)
+                details.append(text)
+            return details_of[text]
+
+        dev = self._pack_device()
+        if fresh:
+            contexts = array("d", [value for ctx in device.contexts for value in self._pack_context(ctx, detail_index)])
+            for ctx in device.contexts:
+                _put_counters(contexts, ctx)
+            engines = array("d", [value for e in device.engines for value in self._pack_engine(e, detail_index)])
+        else:
+            contexts, engines = base.contexts, base.engines
+            for index in changed:
+                contexts[index * _CONTEXT_WIDTH:(index + 1) * _CONTEXT_WIDTH] = array(
+                    "d", self._pack_context(device.contexts[index], detail_index))
+                _put_counters(contexts, device.contexts[index])
+            if device._engine_changes != self.engine_changes:
+                engines[:] = array("d", [value for e in device.engines for value in self._pack_engine(e, detail_index)])
+        events = device._events
+        kinds = self.kinds
+        packed = []
+        for time, sequence, handler, payload in events:
+            kind = kinds[handler.__name__]
+            if payload is None:
+                packed += (time, sequence, kind, 0, 0, 0)
+            elif isinstance(payload, tuple):
+                packed += (time, sequence, kind, *payload, *(0,) * (3 - len(payload)))
+            else:
+                packed += (time, sequence, kind, payload, 0, 0)
+        flows = array("d", [value for index, left in device._flows.items() for value in (index, left)])
+        return _Packed(dev, contexts, engines, array("d", packed), flows, programs, details, None if fresh else base)
+
+    def _pack_device(self):
+        d = self.device
+        holder, since = d._class_holder, d._class_since
+        return array("d", (  # DEVICE_FIELDS
+            d.now, d._sequence, d._fetch_free, d._fetch_last, d._dispatch_last, d._dispatched_at, d._flows_at,
+            d._flows_version, int(d.policy), d.quantum, d.starvation, d.harvest_cost, d.harvest_grace, d._holder,
+            d._slice_end, holder[EngineClass.ME], holder[EngineClass.VE], since[EngineClass.ME],
+            since[EngineClass.VE], d._utops_dispatched, d.latency, d.front_latency, d.beat_stretch, 0, 0, -1, -1))
+
+    def _pack_context(self, ctx, detail_index):
+        gctx = self.device.machine.contexts[ctx.index]
+        nan = math.nan
+        stop_code, stop_pc, stop_detail = (nan, 0, 0) if ctx.stop is None else (
+            int(ctx.stop[0]), ctx.stop[1], detail_index(ctx.stop[2]))
+        reclaim_pc, reclaim_epoch = ctx.reclaim_counted or (nan, nan)
+        counters, masks = ctx.counters, ctx.masks
+        utops = counters["utops"]
+        return (  # CONTEXT_FIELDS, then the tokens
+            int(ctx.status), _STATE_INDEX[ctx.state], *_CONTEXT_TIMES(ctx), nan if ctx.end is None else ctx.end,
+            ctx.active_before, nan if ctx.ready_since is None else ctx.ready_since, stop_code, stop_pc, stop_detail,
+            ctx.epoch, *ctx.timing.values(), ctx.reclaim_wait, ctx.reclaim_max, reclaim_pc, reclaim_epoch,
+            *(0,) * len(COUNTER_FIELDS), masks.get(EngineClass.DMA, 0),
+            masks.get(EngineClass.ME, 0), masks.get(EngineClass.VE, 0), gctx.priority, gctx.hbm.size, 0, nan, 0, 0,
+            *ctx.tokens)
+
+    @staticmethod
+    def _pack_engine(engine, detail_index):
+        fault_code, fault_pc, fault_detail, utop_pc = math.nan, 0, 0, 0
+        if engine.utop is not None:
+            _, utop_pc, fault = engine.utop
+            if fault is not None:
+                fault_code, fault_pc, fault_detail = int(fault[0]), fault[1], detail_index(fault[2])
+        return (  # ENGINE_FIELDS
+                int(engine.cls), engine.slot, math.nan if engine.ctx is None else engine.ctx.index, engine.start,
+                engine.end, engine.busy_total, engine.owned, engine.token, engine.phase, utop_pc, fault_code,
+                fault_pc, fault_detail, engine.owner_active, engine.harvested_until)
+
+    def _detail(self, index, pc, ctx, details):
+        if index == DETAIL_FETCH_BOUNDS:
+            from . import perf
+            return perf.fetch_bounds_detail(int(pc), self.device.machine.contexts[ctx.index].hbm.size)
+        return details[int(index)]
+
+    def _unpack_device(self, packed):
+        device = self.device
+        d = dict(zip(DEVICE_FIELDS, packed.dev.tolist()))
+        device.now = _number(d["now"])
+        device._sequence = int(d["sequence"])
+        device._fetch_free = _number(d["fetch_free"])
+        device._fetch_last = int(d["fetch_last"])
+        device._dispatch_last = int(d["dispatch_last"])
+        device._dispatched_at = _number(d["dispatched_at"])
+        device._flows_at = _number(d["flows_at"])
+        device._flows_version = int(d["flows_version"])
+        device._holder = int(d["holder"])
+        device._slice_end = _number(d["slice_end"])
+        device._class_holder = {EngineClass.ME: int(d["me_holder"]), EngineClass.VE: int(d["ve_holder"])}
+        device._class_since = {EngineClass.ME: _number(d["me_since"]), EngineClass.VE: _number(d["ve_since"])}
+        device._utops_dispatched = int(d["utops_dispatched"])
+
+    def _unpack_context(self, packed, ctx):
+        device, details, programs = self.device, packed.details, packed.programs
+        row = packed.contexts[ctx.index * _CONTEXT_WIDTH:(ctx.index + 1) * _CONTEXT_WIDTH].tolist()
+        (status, state, pc, _, issue_from, want_from, decoded_at, inflight, last_end, start, end, active_before,
+         ready_since, stop_code, stop_pc, stop_detail, epoch, me_owned, me_harvested, ve_owned, ve_harvested,
+         dma_cycles, reclaim_wait, reclaim_max, reclaim_pc, reclaim_epoch, _, _, _, _, _, _, _, _, _, _, _, _, _, abandoned,
+         abandoned_code, abandoned_pc, abandoned_detail) = row[:len(CONTEXT_FIELDS)]  # CONTEXT_FIELDS
+        status = ContextStatus(int(status))
+        finished = ctx.status == ContextStatus.RUNNING and status != ContextStatus.RUNNING
+        ctx.status, ctx.state, ctx.pc, ctx.inflight, ctx.epoch = status, STATES[int(state)], int(pc), int(inflight), int(epoch)
+        ctx.issue_from, ctx.want_from, ctx.decoded_at = _number(issue_from), _number(want_from), _number(decoded_at)
+        ctx.last_end, ctx.start, ctx.active_before = _number(last_end), _number(start), _number(active_before)
+        ctx.reclaim_wait, ctx.reclaim_max = _number(reclaim_wait), _number(reclaim_max)
+        ctx.end, ctx.ready_since = _optional(end), _optional(ready_since)
+        ctx.stop = None if math.isnan(stop_code) else (
+            FaultCode(int(stop_code)), int(stop_pc), self._detail(stop_detail, stop_pc, ctx, details))
+        ctx.reclaim_counted = None if math.isnan(reclaim_pc) else (int(reclaim_pc), int(reclaim_epoch))
+        ctx.timing = {"me_owned": _number(me_owned), "me_harvested": _number(me_harvested),
+                      "ve_owned": _number(ve_owned), "ve_harvested": _number(ve_harvested),
+                      "dma_cycles": _number(dma_cycles)}
+        ctx.counters = _counters(packed.contexts, ctx.index)
+        ctx.tokens = [int(token) for token in row[len(CONTEXT_FIELDS):]]
+        made = programs[ctx.index]
+        ctx.head = made[0].utops.get(ctx.pc) if ctx.state == "issue" and made else None
+        gctx = device.machine.contexts[ctx.index]
+        if abandoned:
+            gctx.status, gctx.fault, gctx.fault_pc, gctx.fault_detail = (
+                ContextStatus.FAULTED, FaultCode(int(abandoned_code)), int(abandoned_pc),
+                self._detail(abandoned_detail, abandoned_pc, ctx, details))
+        if finished:
+            if status == ContextStatus.DONE:
+                gctx.status = ContextStatus.DONE
+            else:
+                code, fault_pc, detail = ctx.stop
+                gctx.status, gctx.fault, gctx.fault_pc, gctx.fault_detail = ContextStatus.FAULTED, code, fault_pc, detail
+
+    def _unpack_engines(self, packed):
+        device = self.device
+        width = len(ENGINE_FIELDS)
+        flat = packed.engines.tolist()
+        for engine in device.engines:
+            (_, _, ctx_index, start, end, busy_total, owned, token, phase, utop_pc, fault_code, fault_pc, fault_detail,
+             owner_active, harvested_until) = flat[engine.index * width:(engine.index + 1) * width]  # ENGINE_FIELDS
+            engine.start, engine.end, engine.busy_total = _number(start), _number(end), _number(busy_total)
+            engine.owner_active, engine.harvested_until = _number(owner_active), _number(harvested_until)
+            engine.owned, engine.token, engine.phase = bool(owned), int(token), int(phase)
+            if math.isnan(ctx_index):
+                engine.ctx = engine.utop = None
+            else:
+                ctx = device.contexts[int(ctx_index)]
+                pc = int(utop_pc)
+                fault = None if math.isnan(fault_code) else (
+                    FaultCode(int(fault_code)), int(fault_pc), self._detail(fault_detail, fault_pc, ctx, packed.details))
+                engine.ctx, engine.utop = ctx, (packed.programs[ctx.index][0].utops[pc], pc, fault)
+
+    def _unpack_events(self, packed):
+        device = self.device
+        handlers = [device._handlers[name] for name in EVENTS]
+        rows = packed.events[:packed.event_count * len(EVENT_FIELDS)].tolist()
+        events = []
+        for i in range(0, len(rows), len(EVENT_FIELDS)):
+            time, sequence, kind, a, b, c = rows[i:i + len(EVENT_FIELDS)]
+            kind = int(kind)
+            payload = (None if kind == _WAKE else int(a) if kind == _FLOWS
+                       else (int(a), int(b), bool(c)) if kind == _ENGINE_DONE else (int(a), int(b)))
+            events.append((_number(time), int(sequence), handlers[kind], payload))
+        events.sort(key=lambda event: (event[0], event[1]))  # a sorted list is a heap
+        device._events = events
+        items = packed.flows[:2 * packed.flow_count].tolist()
+        device._flows = {int(items[i]): _number(items[i + 1]) for i in range(0, len(items), 2)}
+
+    def _raise(self, error, packed, dev):
+        programs = packed.programs
+        d = dict(zip(DEVICE_FIELDS, dev.tolist()))
+        index, pc = int(d["error_context"]), int(d["error_pc"])
+        if error == "deadlock":
+            raise DeviceError("perf model deadlock: contexts are running but no event is pending "
+                              f"(at cycle {self.device.now}); please report it")
+        if error == "invalid_utop":
+            made = programs[index][0]
+            entry = made.data[made.index[(pc - made.start) // INSTRUCTION_BYTES]:]
+            raise DeviceError(made.details[int(entry[1])])
+        if error == "too_many_contexts":
+            raise DeviceError(f"perf model: the compiled core handles at most {MAX_CONTEXTS} contexts")
+        raise DeviceError(f"perf model: context {index} fetched {pc:#x}, which its decoded program lacks; "
+                          "please report it")
