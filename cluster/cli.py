@@ -28,7 +28,7 @@ def build_parser():
                           "latency, utilization and cost")
     sim.add_argument("--nodes", type=_positive_int, default=250)
     sim.add_argument("--pnpus-per-node", type=_positive_int, default=4)
-    sim.add_argument("--policy", choices=sorted({*POLICIES, "rl"}), default="static")
+    sim.add_argument("--policy", choices=sorted({*POLICIES, "rl", "rl-floor"}), default="static")
     sim.add_argument("--trace", default="poisson", metavar="{" + ",".join(TRACES) + ",PATH}",
                      help="arrival trace, or an Azure Functions 2019 per-minute invocation-count CSV")
     sim.add_argument("--load", type=float, default=0.8, help="offered load as a fraction of capacity (default 0.8)")
