@@ -39,7 +39,8 @@ def test_the_environment_follows_the_gymnasium_api():
     assert obs.shape == (6 * 13 + 3,) and env.action_space.shape == (18,)
     obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
     assert env.observation_space.contains(obs) and isinstance(reward, float) and not terminated and not truncated
-    assert -1 <= reward <= 1 and 0 <= info["good"] <= 1 and 0 < info["held"] <= 1
+    assert -2 <= reward <= 1 and 0 <= info["worst"] <= info["good"] <= 1 and 0 < info["held"] <= 1
+    assert reward == pytest.approx(info["good"] - (1 - info["worst"]) - 0.1 * info["held"])
     *_, truncated, _ = env.step(np.zeros(env.action_space.shape))
     assert truncated
     mixed = ClusterEnv(nodes=(2, 4), interval=0.01, steps=1, seed=0)
@@ -274,8 +275,8 @@ def test_training_on_two_ray_workers_resumes_from_its_checkpoint_and_writes_the_
     assert curve.with_suffix(".png").stat().st_size > 1000
     scored = again["evaluation"]
     assert scored["steps"] == [4, 8, 12] and len(scored["reward"]) == 3
-    assert set(scored["baselines"]) == {"static", "clipper", "triton", "nexus"}
-    assert all(-1 <= r["reward"] <= 1 for r in scored["baselines"].values())
+    assert set(scored["baselines"]) == {"static", "clipper", "triton", "nexus", "rl-floor"}
+    assert all(-2 <= r["reward"] <= 1 and 0 <= r["worst"] <= r["good"] for r in scored["baselines"].values())
     policy = ShippedPolicy(tmp_path / "run" / "rl_policy.npz")
     assert [w.shape for w, _ in policy.layers] == [(16, 64), (64, 64), (64, 3)]
     assert "environment steps" in capsys.readouterr().out
@@ -303,6 +304,7 @@ def test_bad_training_settings_are_named(tmp_path, options, message):
     ({"steps": 0}, "episode steps must be a positive integer"),
     ({"loads": (0.9, 0.2)}, "loads must be a range"),
     ({"cost_weight": -1}, "cost_weight must be non-negative"),
+    ({"worst_weight": -0.5}, "worst_weight must be non-negative"),
     ({"table": "no/such/table.json"}, "no service-time table at no/such/table.json"),
 ])
 def test_bad_environment_settings_are_named(options, message):
