@@ -186,7 +186,9 @@ def decode(action, observation, context, options):
 
 def share(floors, asks, me_cost, ve_cost, context):
     """Replica counts per model: ``floors`` first, then the extra replicas ``asks`` cut by one common
-    factor to the engines left (MEs and VEs per replica ``me_cost``, ``ve_cost``). When the floors
+    factor to the engines left (MEs and VEs per replica ``me_cost``, ``ve_cost``), rounded up and
+    then trimmed one replica at a time from the model with the most extra replicas until they fit
+    (rounding down would leave a model on one or two replicas no headroom at all). When the floors
     alone exceed the cluster they are scaled down by one factor (at least one replica each, the
     largest trimmed until they fit)."""
     whole = context.shapes[-1]
@@ -194,7 +196,10 @@ def share(floors, asks, me_cost, ve_cost, context):
     free_mes, free_ves = total_mes - floors @ me_cost, total_ves - floors @ ve_cost
     if free_mes >= 0 and free_ves >= 0:
         factor = min(1.0, free_mes / max(asks @ me_cost, 1), free_ves / max(asks @ ve_cost, 1))
-        return floors + np.floor(asks * factor).astype(int)
+        counts = floors + np.ceil(asks * factor - 1e-9).astype(int)
+        while counts @ me_cost > total_mes or counts @ ve_cost > total_ves:
+            counts[np.argmax(counts - floors)] -= 1  # rounding up overshot: trim the largest extra
+        return counts
     scale = min(total_mes / (floors @ me_cost), total_ves / (floors @ ve_cost))
     counts = np.maximum(1, np.floor(floors * scale).astype(int))
     while (counts @ me_cost > total_mes or counts @ ve_cost > total_ves) and counts.max() > 1:
