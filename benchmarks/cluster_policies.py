@@ -21,7 +21,8 @@ from pathlib import Path
 from benchmarks.cluster_speed import commit
 from benchmarks.common import RESULTS, try_plot, write
 
-POLICIES = ("static", "clipper", "triton", "nexus", "rl")
+POLICIES = ("static", "clipper", "triton", "nexus", "rl", "rl-floor")
+"""``rl-floor``: the RL policy's decode rule with the all-zero action, so the network's contribution shows."""
 TRACES = ("poisson", "mmpp")
 LOADS = {"poisson": (0.8, 0.9, 0.95, 1.0, 1.05), "mmpp": (0.3, 0.4, 0.5, 0.6, 0.7)}
 """Offered loads per trace (fractions of capacity), around where the policies stop meeting 99 %:
@@ -109,7 +110,7 @@ def plot(summary, policies, traces, path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, len(traces), figsize=(6 * len(traces), 7), sharex="col", squeeze=False)
-    styles = {p: (marker, dash) for p, marker, dash in zip(policies, "os^Dv", ("-", "--", ":", "-.", "-"))}
+    styles = {p: (marker, dash) for p, marker, dash in zip(policies, "os^DvP", ("-", "--", ":", "-.", "-", "--"))}
     for column, trace in enumerate(traces):
         top, bottom = axes[0][column], axes[1][column]
         for policy in policies:

@@ -13,7 +13,10 @@ shape at the largest batch whose service time is within the SLO with all engines
 static's capacity (the load unit), so the target ratios can be judged against what the service-time
 table allows; and the learning curve of the shipped policy's training run (``--curve``).
 
-Usage: ``python -m benchmarks.cluster_rl [--policies rl static ...] [--baselines JSON] [--jobs 2]``.
+``rl-floor`` is the RL decode rule with the all-zero action (no network): what the learned policy
+gains over it is the network's contribution (``rl_over_floor``).
+
+Usage: ``python -m benchmarks.cluster_rl [--policies rl rl-floor static ...] [--baselines JSON] [--jobs 2]``.
 """
 
 import argparse
@@ -96,7 +99,7 @@ def main(argv=None):
     parser.add_argument("--table", help="service-time table (default: the shipped one of --config)")
     parser.add_argument("--nodes", type=int, default=250)
     parser.add_argument("--pnpus-per-node", type=int, default=4)
-    parser.add_argument("--policies", nargs="+", default=["rl"])
+    parser.add_argument("--policies", nargs="+", default=["rl", "rl-floor"])
     parser.add_argument("--traces", nargs="+", default=list(TRACES))
     parser.add_argument("--loads", type=float, nargs="+", help="default: the benchmark's loads of each trace")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
@@ -132,10 +135,12 @@ def main(argv=None):
         for trace in args.traces:
             rl = figures["rl"][trace]["throughput"]
             static = figures.get("static", {}).get(trace, {}).get("throughput")
-            others = {p: figures[p][trace]["throughput"] for p in figures if p not in ("rl", "static")}
+            floor = figures.get("rl-floor", {}).get(trace, {}).get("throughput")
+            others = {p: figures[p][trace]["throughput"] for p in figures if p not in ("rl", "static", "rl-floor")}
             best = max(others, key=others.get) if others else None
             ratios[trace] = {"rl_over_static": rl / static if static else None, "best_baseline": best,
-                             "rl_over_best_baseline": rl / others[best] if best and others[best] else None}
+                             "rl_over_best_baseline": rl / others[best] if best and others[best] else None,
+                             "rl_over_floor": rl / floor if floor else None}
         report["ratios"] = ratios
     if args.curve:
         report["learning_curve"] = json.loads(Path(args.curve).read_text())

@@ -29,7 +29,7 @@ def build_parser():
                           "latency, utilization and cost")
     sim.add_argument("--nodes", type=_positive_int, default=250)
     sim.add_argument("--pnpus-per-node", type=_positive_int, default=4)
-    sim.add_argument("--policy", choices=sorted({*POLICIES, "rl"}), default="static")
+    sim.add_argument("--policy", choices=sorted({*POLICIES, "rl", "rl-floor"}), default="static")
     sim.add_argument("--trace", default="poisson", metavar="{" + ",".join(TRACES) + ",PATH}",
                      help="arrival trace, or an Azure Functions 2019 per-minute invocation-count CSV")
     sim.add_argument("--load", type=float, default=0.8, help="offered load as a fraction of capacity (default 0.8)")
@@ -54,8 +54,10 @@ def build_parser():
     tra = csub.add_parser("train", help="train the RL policy (skrl PPO on JAX, rollouts on Ray workers)")
     tra.add_argument("--dir", default="build/cluster-rl", help="checkpoints and weights (default build/cluster-rl)")
     tra.add_argument("--timesteps", type=_positive_int, default=40960,
-                     help="environment steps per worker (default 40960)")
-    tra.add_argument("--envs", type=_positive_int, default=2, help="Ray workers, one environment each (default 2)")
+                     help="steps per environment (default 40960)")
+    tra.add_argument("--envs", type=_positive_int, default=2, help="Ray workers (default 2)")
+    tra.add_argument("--envs-per-worker", type=_positive_int, default=1,
+                     help="environments each Ray worker steps per driver step (default 1)")
     tra.add_argument("--rollouts", type=_positive_int, default=128, help="steps per worker between PPO updates")
     tra.add_argument("--checkpoint-every", type=_positive_int, default=512,
                      help="steps per worker between checkpoints, a multiple of --rollouts (default 512)")
@@ -67,7 +69,10 @@ def build_parser():
     tra.add_argument("--loads", type=float, nargs=2, default=(0.3, 1.1), metavar=("LOW", "HIGH"),
                      help="each episode's load is drawn from this range (default 0.3 1.1)")
     tra.add_argument("--cost-weight", type=float, default=0.1,
-                     help="reward = fraction within SLO - this x the share of the cluster's price held (default 0.1)")
+                     help="reward = fraction within SLO - worst-weight x the worst model's shortfall - this x the "
+                          "share of the cluster's price held (default 0.1)")
+    tra.add_argument("--worst-weight", type=float, default=1.0,
+                     help="weight of the worst model's shortfall, 1 - its fraction within SLO (default 1)")
     tra.add_argument("--config", default="small", help="pNPU configuration of the service-time table")
     tra.add_argument("--table", metavar="FILE", help="service-time table (default: the shipped one)")
     tra.add_argument("--seed", type=int, default=0)
@@ -222,14 +227,16 @@ def cmd_train(args):
     nodes = args.nodes[0] if len(args.nodes) == 1 else tuple(args.nodes)
     env = {"nodes": nodes, "pnpus_per_node": args.pnpus_per_node, "interval": args.interval,
            "steps": args.episode_steps, "config": args.config, "loads": tuple(args.loads),
-           "cost_weight": args.cost_weight}
+           "cost_weight": args.cost_weight, "worst_weight": args.worst_weight}
     if args.table:
         env["table"] = args.table
-    with Progress(f"training the RL policy ({args.envs} Ray workers)", unit="step") as bar:
+    envs = args.envs * args.envs_per_worker
+    with Progress(f"training the RL policy ({args.envs} Ray workers x {args.envs_per_worker} environments)",
+                  unit="step") as bar:
         state = train(directory, args.timesteps, args.envs, args.checkpoint_every, args.seed, resume=not args.fresh,
-                      progress=bar.update, rollouts=args.rollouts, **env)
-    print(f"{state['done'] * args.envs} environment steps in {state['seconds']:.0f} s "
-          f"({state['done'] * args.envs / max(state['seconds'], 1e-9):.1f} steps/s); mean reward of the first and "
+                      progress=bar.update, rollouts=args.rollouts, per_worker=args.envs_per_worker, **env)
+    print(f"{state['done'] * envs} environment steps in {state['seconds']:.0f} s "
+          f"({state['done'] * envs / max(state['seconds'], 1e-9):.1f} steps/s); mean reward of the first and "
           f"last segments: {state['rewards'][0]:.3f}, {state['rewards'][-1]:.3f}")
     if args.curve:
         from .rl_train import learning_curve, write_curve

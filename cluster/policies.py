@@ -277,11 +277,15 @@ POLICIES = {"static": Static, "clipper": Clipper, "triton": Triton, "nexus": Nex
 
 
 def make_policy(name, **options):
-    """An instance of policy ``name`` (a baseline or ``rl``); :class:`ClusterError` naming the known ones."""
+    """An instance of policy ``name`` (a baseline, ``rl``, or ``rl-floor``: the RL decode rule alone); :class:`ClusterError` naming the known ones."""
     if name == "rl":
         from .rl import ShippedPolicy
 
         return ShippedPolicy(**options)
+    if name == "rl-floor":
+        from .rl import FloorRule
+
+        return FloorRule(**options)
     if name not in POLICIES:
-        raise ClusterError(f"unknown policy {name!r}; choose one of {', '.join([*POLICIES, 'rl'])}")
+        raise ClusterError(f"unknown policy {name!r}; choose one of {', '.join([*POLICIES, 'rl', 'rl-floor'])}")
     return POLICIES[name](**options)

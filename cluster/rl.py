@@ -20,16 +20,22 @@ to those that need many only on a large one.
   reference shape.
 * :func:`decode` — the action, three numbers in [-1, 1] per model, as a :class:`~.simulate.Plan`:
 
-  - ``a0``: capacity as a multiple ``2 ** (2 * a0)`` (¼ to 4) of the model's measured arrival rate;
+  - ``a0``: headroom over the floor: the model asks for ``2 ** (a0 + 1)`` (1 to 4) times the
+    replicas its measured arrival rate needs (its floor);
   - ``a1``: the vNPU shape, one of the table's shapes (``a1`` split into equal ranges, smallest
     shape first): all the model's replicas take it, so a change of ``a1`` resizes its vNPUs;
   - ``a2``: the batch cap, ``1 + (a2 + 1) / 2 × (b_max − 1)`` with ``b_max`` the largest batch
     whose latency on that shape is within the SLO.
 
-  The replica count is the capacity over one replica's throughput at that shape and batch (at
-  least one); when the cluster's MEs or VEs do not suffice, all counts are scaled down
-  proportionally (at least one each). Adding, removing and resizing vNPUs are thus one action,
-  and the simulator places them with the hypervisor's allocator (refusals are counted).
+  The allocation is a rule with learned parameters: every model first gets its floor, the
+  replicas its measured rate needs at the shape and batch it chose (``ceil(rate / throughput)``,
+  at least one); only the engines left over are shared by the learned headroom (:func:`share`:
+  every model's extra replicas cut by one common factor when they do not all fit), so one model's
+  headroom never takes another's floor. When the floors alone exceed the cluster they are scaled
+  down in proportion. The all-zero action is the rule on its own (middle shape, middle batch,
+  twice the floor when there is room); the network learns the departures from it. Adding,
+  removing and resizing vNPUs are thus one action, and the simulator places them with the
+  hypervisor's allocator (refusals are counted).
 * :class:`ShippedPolicy` — the committed weights (:data:`WEIGHTS`), trained by
   :mod:`.rl_train` (``tcloud cluster train``).
 """
@@ -143,6 +149,13 @@ def features(observation, context, options):
 def decode(action, observation, context, options):
     """The :class:`~.simulate.Plan` for ``action`` (see the module docstring).
 
+    Every model first gets its *floor*, the replicas its measured arrival rate needs at the shape
+    and batch it chose (``ceil(rate / throughput)``, at least one). What the cluster holds beyond
+    the floors is shared by the learned headroom: each model asks for ``floor × (2 ** (a0 + 1) − 1)``
+    more replicas, and when the asks exceed the spare engines every ask is cut by the same
+    factor. So no model's headroom can take another's floor. When the floors alone do not fit,
+    they are scaled down in proportion (at least one replica each).
+
     Raises
     ------
     ClusterError
@@ -154,30 +167,44 @@ def decode(action, observation, context, options):
                            f"{ACTIONS * len(options)}")
     action = np.clip(np.nan_to_num(action.reshape(len(options), ACTIONS)), -1, 1)
     shape = {s.label: s for s in context.shapes}
-    labels, counts, batches = [], [], []
+    labels, floors, batches = [], [], []
     for m, found in enumerate(options):
         usable = [s.label for s in context.shapes if s.label in found]
         label = usable[min(int((action[m, 1] + 1) / 2 * len(usable)), len(usable) - 1)]
         _, bmax, thr = found[label]
         batch = int(round(1 + (action[m, 2] + 1) / 2 * (bmax - 1)))
-        demand = observation["arrival_rate"][m] * 2 ** (MAX_HEADROOM_LOG2 * action[m, 0])
         labels.append(label)
         batches.append(batch)
-        counts.append(max(1, int(np.ceil(demand / thr[batch]))))
-    counts = np.array(counts)
-    need_mes = counts @ np.array([shape[label].mes for label in labels])
-    need_ves = counts @ np.array([shape[label].ves for label in labels])
-    whole = context.shapes[-1]
-    scale = min(1.0, whole.mes * context.pnpus / need_mes, whole.ves * context.pnpus / need_ves)
-    if scale < 1:
-        counts = np.maximum(1, np.floor(counts * scale).astype(int))
-        me_cost = np.array([shape[label].mes for label in labels])
-        ve_cost = np.array([shape[label].ves for label in labels])
-        while (counts @ me_cost > whole.mes * context.pnpus or counts @ ve_cost > whole.ves * context.pnpus) \
-                and counts.max() > 1:  # the floor of one replica each can overshoot
-            counts[np.argmax(counts)] -= 1
+        floors.append(max(1, int(np.ceil(observation["arrival_rate"][m] / thr[batch]))))
+    floors = np.array(floors)
+    asks = np.floor(floors * (2 ** (MAX_HEADROOM_LOG2 * (action[:, 0] + 1) / 2) - 1)).astype(int)
+    counts = share(floors, asks, np.array([shape[label].mes for label in labels]),
+                   np.array([shape[label].ves for label in labels]), context)
     return Plan(replicas={m: [label] * int(k) for m, (label, k) in enumerate(zip(labels, counts))},
                 batch=dict(enumerate(batches)), delay={m: 0.0 for m in range(len(options))})
+
+
+def share(floors, asks, me_cost, ve_cost, context):
+    """Replica counts per model: ``floors`` first, then the extra replicas ``asks`` cut by one common
+    factor to the engines left (MEs and VEs per replica ``me_cost``, ``ve_cost``), rounded up and
+    then trimmed one replica at a time from the model with the most extra replicas until they fit
+    (rounding down would leave a model on one or two replicas no headroom at all). When the floors
+    alone exceed the cluster they are scaled down by one factor (at least one replica each, the
+    largest trimmed until they fit)."""
+    whole = context.shapes[-1]
+    total_mes, total_ves = whole.mes * context.pnpus, whole.ves * context.pnpus
+    free_mes, free_ves = total_mes - floors @ me_cost, total_ves - floors @ ve_cost
+    if free_mes >= 0 and free_ves >= 0:
+        factor = min(1.0, free_mes / max(asks @ me_cost, 1), free_ves / max(asks @ ve_cost, 1))
+        counts = floors + np.ceil(asks * factor - 1e-9).astype(int)
+        while counts @ me_cost > total_mes or counts @ ve_cost > total_ves:
+            counts[np.argmax(counts - floors)] -= 1  # rounding up overshot: trim the largest extra
+        return counts
+    scale = min(total_mes / (floors @ me_cost), total_ves / (floors @ ve_cost))
+    counts = np.maximum(1, np.floor(floors * scale).astype(int))
+    while (counts @ me_cost > total_mes or counts @ ve_cost > total_ves) and counts.max() > 1:
+        counts[np.argmax(counts)] -= 1  # the floor of one replica each can overshoot
+    return counts
 
 
 class NumpyPolicy(Policy):
@@ -249,6 +276,22 @@ class ShippedPolicy(NumpyPolicy):
             super().__init__(layers)
         except ClusterError as exc:
             raise ClusterError(f"{path}: {exc}") from None
+
+
+class FloorRule(NumpyPolicy):
+    """The decode rule alone: the all-zero action for every model (middle shape, middle batch,
+    twice the floor when there is room; see :func:`decode`). The shipped policy's learned
+    contribution is what it gains over this."""
+
+    name = "rl-floor"
+
+    def __init__(self):
+        pass
+
+    def act(self, x):
+        """Zeros, :data:`ACTIONS` per model."""
+        models = (np.shape(x)[-1] - GLOBAL) // PER_MODEL
+        return np.zeros((*np.shape(x)[:-1], models * ACTIONS))
 
 
 def initial_plan(context):

@@ -2,8 +2,9 @@
 
 * :class:`ClusterEnv` — a gymnasium environment around :class:`~.simulate.Simulator` on a small
   cluster (default 4 × 4 pNPUs); one step is one control interval; reward per interval: requests
-  served within SLO over requests arrived, minus ``cost_weight`` × the pay-as-you-go price of the
-  vNPUs held over the whole cluster's. The observation and action (:mod:`.rl`) are scale-free, so
+  served within SLO over requests arrived, minus ``worst_weight`` × the worst model's shortfall
+  (1 − its fraction within SLO), minus ``cost_weight`` × the pay-as-you-go price of the vNPUs
+  held over the whole cluster's. The observation and action (:mod:`.rl`) are scale-free, so
   the policy trained here runs on 250 × 4 pNPUs. Where a step's time goes (measured on
   ``tpu_like``, 16 pNPUs, 0.25-s steps): 93 % simulating the interval's batches, 5 % applying the
   plan (placement), 2 % observation and action. A step is fast because the interval holds few
@@ -52,8 +53,11 @@ class ClusterEnv(gymnasium.Env):
 
     The observation and action are :func:`~.rl.features` and :func:`~.rl.decode`'s, scale-free, so
     that the policy trained here runs on any cluster size. Reward per interval: the requests served
-    within SLO over those that arrived, minus ``cost_weight`` × the pay-as-you-go price of the
-    vNPUs held over the price of the whole cluster.
+    within SLO over those that arrived, minus ``worst_weight`` × (1 − the lowest per-model fraction
+    within SLO), minus ``cost_weight`` × the pay-as-you-go price of the vNPUs held over the price of
+    the whole cluster. The benchmark's goal (≥ 99 % of all requests within SLO) needs every model
+    served, so the worst model's term makes starving one model cost more than it can gain on the
+    others' requests.
 
     Parameters
     ----------
@@ -69,6 +73,7 @@ class ClusterEnv(gymnasium.Env):
         Each episode draws its load uniformly from this range and its trace from poisson, mmpp and
         diurnal.
     cost_weight : float
+    worst_weight : float
     config : str
         pNPU configuration of the shipped service-time table.
     table : path, optional
@@ -81,13 +86,15 @@ class ClusterEnv(gymnasium.Env):
     """
 
     def __init__(self, nodes=4, pnpus_per_node=4, interval=0.005, steps=32, loads=(0.3, 1.1), cost_weight=0.1,
-                 config="small", table=None, burst_intervals=(2, 8), seed=0):
+                 worst_weight=1.0, config="small", table=None, burst_intervals=(2, 8), seed=0):
         from .service import DEFAULT_BACKEND, ServiceTable, default_path
 
         if not (isinstance(interval, (int, float)) and interval > 0):
             raise ClusterError(f"interval must be positive, got {interval!r}")
         if not (isinstance(cost_weight, (int, float)) and cost_weight >= 0):
             raise ClusterError(f"cost_weight must be non-negative, got {cost_weight!r}")
+        if not (isinstance(worst_weight, (int, float)) and worst_weight >= 0):
+            raise ClusterError(f"worst_weight must be non-negative, got {worst_weight!r}")
         if not (isinstance(steps, int) and steps >= 1):
             raise ClusterError(f"episode steps must be a positive integer, got {steps!r}")
         if not (len(loads) == 2 and 0 < loads[0] <= loads[1]):
@@ -104,6 +111,7 @@ class ClusterEnv(gymnasium.Env):
             raise ClusterError(f"nodes must be positive integers, got {nodes!r}")
         self.pnpus_per_node, self.interval, self.steps = pnpus_per_node, interval, steps
         self.loads, self.cost_weight, self.burst_intervals = loads, cost_weight, burst_intervals
+        self.worst_weight = worst_weight
         self.rng = np.random.default_rng(seed)
         size = observation_size(len(self.models))
         self.observation_space = gymnasium.spaces.Box(-10, 10, (size,), np.float32)
@@ -149,19 +157,22 @@ class ClusterEnv(gymnasium.Env):
         self.t += 1
         offered = max(float(obs["arrival_rate"].sum()) * self.interval, 1.0)
         good = min(float(obs["good"].sum()) / offered, 1.0)
+        arrived = obs["arrival_rate"] * self.interval
+        mine = np.minimum(obs["good"] / np.maximum(arrived, 1.0), 1.0)
+        worst = float(mine[arrived >= 1].min()) if (arrived >= 1).any() else 1.0
         held = sum(self.context.prices[r] for labels in obs["replicas"] for r in labels) / self.price_total
-        reward = good - self.cost_weight * held
+        reward = good - self.worst_weight * (1 - worst) - self.cost_weight * held
         return (features(obs, self.context, self.options), float(reward), False, self.t >= self.steps,
-                {"good": good, "held": held})
+                {"good": good, "worst": worst, "held": held})
 
 
 def evaluate(policy, episodes=8, seed=1000, **env_options):
-    """Mean reward and fraction within SLO per step of ``policy`` (a :class:`~.policies.Policy`, or
+    """Mean reward, fraction within SLO and worst model's fraction within SLO per step of ``policy`` (a :class:`~.policies.Policy`, or
     ``None`` for :func:`~.rl.initial_plan` throughout) over ``episodes`` episodes of
     :class:`ClusterEnv` (seeds ``seed``, ``seed + 1``, ...): the same episodes for every policy, so
     the learned one is scored next to the baselines in its own environment."""
     env = ClusterEnv(**env_options)
-    rewards, good = [], []
+    rewards, good, worst = [], [], []
     for episode in range(episodes):
         env.reset(seed=seed + episode)
         if policy is not None:
@@ -171,21 +182,27 @@ def evaluate(policy, episodes=8, seed=1000, **env_options):
             _, reward, _, _, info = env.advance(plan)
             rewards.append(reward)
             good.append(info["good"])
-    return {"reward": float(np.mean(rewards)), "good": float(np.mean(good))}
+            worst.append(info["worst"])
+    return {"reward": float(np.mean(rewards)), "good": float(np.mean(good)), "worst": float(np.mean(worst))}
 
 
 class RayVectorEnv(gymnasium.vector.VectorEnv):
-    """``count`` :class:`ClusterEnv` instances in Ray actors, stepped in parallel; an episode that
-    ends is reset in its actor at once (the observation returned is the new episode's first).
+    """``count`` Ray actors holding ``per_worker`` :class:`ClusterEnv` instances each, stepped in
+    parallel behind gymnasium's vector API; an episode that ends is reset in its actor at once (the
+    observation returned is the new episode's first). Several environments per actor make one
+    driver step (one policy evaluation, one Ray round trip) serve more environment steps.
 
     Parameters
     ----------
     count : int
+        Ray actors.
+    per_worker : int
+        Environments per actor (``num_envs = count × per_worker``).
     env_options : dict
-        Keyword arguments of :class:`ClusterEnv` (each actor gets ``seed + index``).
+        Keyword arguments of :class:`ClusterEnv` (environment ``i`` gets ``seed + i``).
     """
 
-    def __init__(self, count=2, **env_options):
+    def __init__(self, count=2, per_worker=1, **env_options):
         import ray
 
         if not ray.is_initialized():
@@ -196,36 +213,44 @@ class RayVectorEnv(gymnasium.vector.VectorEnv):
 
         @ray.remote(num_cpus=1)
         class Worker:
-            def __init__(self, options):
-                self.env = ClusterEnv(**options)
+            def __init__(self, options, seeds):
+                self.envs = [ClusterEnv(**options, seed=seed) for seed in seeds]
 
             def reset(self, seed):
-                return self.env.reset(seed=seed)
+                return [env.reset(seed=None if seed is None else seed + i) for i, env in enumerate(self.envs)]
 
-            def step(self, action):
-                obs, reward, terminated, truncated, info = self.env.step(action)
-                if terminated or truncated:
-                    obs, _ = self.env.reset()
-                return obs, reward, terminated, truncated, info
+            def step(self, actions):
+                out = []
+                for env, action in zip(self.envs, actions):
+                    obs, reward, terminated, truncated, info = env.step(action)
+                    if terminated or truncated:
+                        obs, _ = env.reset()
+                    out.append((obs, reward, terminated, truncated, info))
+                return out
 
         self._ray = ray
         seed = env_options.pop("seed", 0)
-        self.workers = [Worker.remote({**env_options, "seed": seed + i}) for i in range(count)]
+        self.per_worker = per_worker
+        self.workers = [Worker.remote(env_options, [seed + i * per_worker + k for k in range(per_worker)])
+                        for i in range(count)]
         probe = ClusterEnv(**env_options)
-        self.num_envs = count
+        self.num_envs = count * per_worker
         self.single_observation_space, self.single_action_space = probe.observation_space, probe.action_space
-        self.observation_space = gymnasium.vector.utils.batch_space(probe.observation_space, count)
-        self.action_space = gymnasium.vector.utils.batch_space(probe.action_space, count)
+        self.observation_space = gymnasium.vector.utils.batch_space(probe.observation_space, self.num_envs)
+        self.action_space = gymnasium.vector.utils.batch_space(probe.action_space, self.num_envs)
 
     def reset(self, seed=None, options=None):
-        results = self._ray.get([w.reset.remote(None if seed is None else seed + i) for i, w in enumerate(self.workers)])
-        return np.stack([r[0] for r in results]), {}
+        k = self.per_worker
+        results = self._ray.get([w.reset.remote(None if seed is None else seed + i * k)
+                                 for i, w in enumerate(self.workers)])
+        return np.stack([r[0] for part in results for r in part]), {}
 
     def step(self, actions):
-        results = self._ray.get([w.step.remote(a) for w, a in zip(self.workers, np.asarray(actions))])
-        obs, reward, terminated, truncated, infos = zip(*results)
+        actions, k = np.asarray(actions), self.per_worker
+        parts = self._ray.get([w.step.remote(actions[i * k:(i + 1) * k]) for i, w in enumerate(self.workers)])
+        obs, reward, terminated, truncated, infos = zip(*[r for part in parts for r in part])
         return (np.stack(obs), np.array(reward, dtype=np.float32), np.array(terminated), np.array(truncated),
-                {"good": np.array([i["good"] for i in infos]), "held": np.array([i["held"] for i in infos])})
+                {key: np.array([i[key] for i in infos]) for key in ("good", "worst", "held")})
 
     def close(self, **kwargs):
         for worker in self.workers:
@@ -273,8 +298,9 @@ def shared_policy_model(observation_space, action_space, device, initial_log_std
 
 
 def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=True, progress=None, rollouts=32,
-          learning_rate=3e-4, **env_options):
-    """Train the RL policy with skrl's PPO (JAX) on ``envs`` Ray workers.
+          learning_rate=3e-4, per_worker=1, **env_options):
+    """Train the RL policy with skrl's PPO (JAX) on ``envs`` Ray workers, ``per_worker``
+    environments each.
 
     Parameters
     ----------
@@ -282,7 +308,7 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
         Where checkpoints (``checkpoint.pickle`` + ``progress.json``) and the exported weights go
         (``rl_policy.npz``, and ``snapshots/rl_policy_<steps>.npz`` after each segment).
     timesteps : int
-        Environment steps per worker in total.
+        Steps per environment in total.
     checkpoint_every : int
         Steps per worker between two checkpoints (a multiple of ``rollouts``); an interrupted run
         resumes from the last one (``resume``).
@@ -296,9 +322,10 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
     Returns
     -------
     dict
-        ``done`` steps per worker, ``envs``, wall ``seconds``, and per segment between two
-        checkpoints the environment steps so far (``steps``, all workers), the mean reward and the
-        mean fraction served within SLO (``rewards``, ``good``); the exported ``weights`` path.
+        ``done`` steps per environment, ``envs``, ``per_worker``, wall ``seconds``, and per segment
+        between two checkpoints the environment steps so far (``steps``, all environments), the
+        mean reward, the mean fraction served within SLO and the mean of the worst model's
+        (``rewards``, ``good``, ``worst``); the exported ``weights`` path.
 
     Raises
     ------
@@ -314,7 +341,7 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
     from skrl.utils.model_instantiators.jax import deterministic_model
 
     for name, value in (("timesteps", timesteps), ("envs", envs), ("checkpoint_every", checkpoint_every),
-                        ("rollouts", rollouts)):
+                        ("rollouts", rollouts), ("per_worker", per_worker)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ClusterError(f"{name} must be a positive integer, got {value!r}")
     if checkpoint_every % rollouts:
@@ -322,16 +349,16 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state_path, checkpoint = directory / "progress.json", directory / "checkpoint.pickle"
-    settings = {"envs": envs, "rollouts": rollouts, "learning_rate": learning_rate,
+    settings = {"envs": envs, "per_worker": per_worker, "rollouts": rollouts, "learning_rate": learning_rate,
                 "env": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(env_options.items())}}
-    state = {"done": 0, "steps": [], "rewards": [], "good": [], "seconds": 0.0, "settings": settings}
+    state = {"done": 0, "steps": [], "rewards": [], "good": [], "worst": [], "seconds": 0.0, "settings": settings}
     if resume and state_path.exists():
         state = json.loads(state_path.read_text())
         if state.get("settings") != settings:
             raise ClusterError(f"{state_path}: the checkpoint was trained with {state.get('settings')}, not "
                                f"{settings}; pass the same options, or start afresh")
     skrl_config.jax.key = seed
-    env = wrap_env(RayVectorEnv(envs, seed=seed + 7919 * state["done"], **env_options), wrapper="gymnasium")
+    env = wrap_env(RayVectorEnv(envs, per_worker, seed=seed + 7919 * state["done"], **env_options), wrapper="gymnasium")
     network = [{"name": "net", "input": "OBSERVATIONS", "layers": [64, 64], "activations": "tanh"}]
     models = {"policy": shared_policy_model(env.observation_space, env.action_space, env.device),
               "value": deterministic_model(observation_space=env.observation_space, action_space=env.action_space,
@@ -354,12 +381,13 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
         while state["done"] < timesteps:
             segment = min(checkpoint_every, timesteps - state["done"])
             started = time.perf_counter()
-            rewards, good = [], []
+            rewards, good, worst = [], [], []
 
             def recording(actions):
                 out = original(actions)
                 rewards.append(float(np.mean(np.asarray(out[1]))))
                 good.append(float(np.mean(out[4]["good"])))
+                worst.append(float(np.mean(out[4]["worst"])))
                 return out
 
             env.step = recording
@@ -370,13 +398,14 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
             env.step = original
             agent.save(str(checkpoint))
             state["done"] += segment
-            state["steps"].append(state["done"] * envs)
+            state["steps"].append(state["done"] * envs * per_worker)
             state["rewards"].append(float(np.mean(rewards)))
             state["good"].append(float(np.mean(good)))
+            state["worst"].append(float(np.mean(worst)))
             state["seconds"] += time.perf_counter() - started
             export(models["policy"], directory / "rl_policy.npz")
             (directory / "snapshots").mkdir(exist_ok=True)
-            export(models["policy"], directory / "snapshots" / f"rl_policy_{state['done'] * envs}.npz")
+            export(models["policy"], directory / "snapshots" / f"rl_policy_{state['done'] * envs * per_worker}.npz")
             state_path.write_text(json.dumps(state, indent=1))
             if progress:
                 progress(state["done"], timesteps)
@@ -384,6 +413,7 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
         env.step = original
         env.close()
     state["envs"] = envs
+    state["per_worker"] = per_worker
     state["weights"] = str(export(models["policy"], directory / "rl_policy.npz"))
     return state
 
@@ -403,16 +433,19 @@ def export(policy, path):
     return path
 
 
-def learning_curve(directory, state, episodes=6, points=12, baselines=("static", "clipper", "triton", "nexus"),
-                   progress=None):
+def learning_curve(directory, state, episodes=6, points=12,
+                   baselines=("static", "clipper", "triton", "nexus", "rl-floor"), progress=None):
     """Score the policy snapshots of a :func:`train` run in ``directory`` (at most ``points`` of
     them, evenly spaced, the last included) and the baselines with :func:`evaluate` on the same
     ``episodes`` episodes of the run's environment; the policies act deterministically.
+    ``rl-floor`` is the decode rule with the all-zero action (:class:`~.rl.FloorRule`): what the
+    network adds is the snapshots' gain over it.
 
     Returns
     -------
     dict
-        ``steps``, ``reward`` and ``good`` of the snapshots, and ``baselines``: name → result.
+        ``steps``, ``reward``, ``good`` and ``worst`` of the snapshots, and ``baselines``: name →
+        result.
     """
     from .policies import make_policy
     from .rl import ShippedPolicy
@@ -422,13 +455,14 @@ def learning_curve(directory, state, episodes=6, points=12, baselines=("static",
     if len(found) > points:
         keep = {round(i * (len(found) - 1) / (points - 1)) for i in range(points)}
         found = [f for i, f in enumerate(found) if i in keep]
-    out = {"episodes": episodes, "steps": [], "reward": [], "good": [], "baselines": {}}
+    out = {"episodes": episodes, "steps": [], "reward": [], "good": [], "worst": [], "baselines": {}}
     total = len(found) + len(baselines)
     for steps, path in found:
         score = evaluate(ShippedPolicy(path), episodes, **env)
         out["steps"].append(steps)
         out["reward"].append(score["reward"])
         out["good"].append(score["good"])
+        out["worst"].append(score["worst"])
         if progress:
             progress(len(out["steps"]), total)
     for name in baselines:
@@ -445,7 +479,7 @@ def write_curve(state, path, evaluation=None):
     return both paths."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    keys = ("steps", "rewards", "good", "seconds", "done", "envs", "settings")
+    keys = ("steps", "rewards", "good", "worst", "seconds", "done", "envs", "per_worker", "settings")
     data = {k: state[k] for k in keys if k in state}
     if evaluation:
         data["evaluation"] = evaluation
@@ -461,11 +495,12 @@ def write_curve(state, path, evaluation=None):
         ax.plot(evaluation["steps"], evaluation["reward"], color="tab:blue", marker="o",
                 label=f"RL, mean action ({evaluation['episodes']} fixed episodes)")
         for (name, score), color in zip(evaluation["baselines"].items(), ("grey", "tab:orange", "tab:green",
-                                                                           "tab:red", "tab:purple")):
+                                                                           "tab:red", "black")):
             ax.axhline(score["reward"], color=color, linestyle="--", label=f"{name} (same episodes)")
     ax.set_xlabel("environment steps (all workers)")
-    ax.set_ylabel("reward per step (within SLO − cost)")
-    ax.set_title(f"RL training: skrl PPO, {state.get('envs', '?')} Ray workers, {state['seconds'] / 60:.0f} min")
+    ax.set_ylabel("reward per step (within SLO − worst model's shortfall − cost)")
+    ax.set_title(f"RL training: skrl PPO, {state.get('envs', '?')} Ray workers × {state.get('per_worker', 1)} "
+                 f"environments, {state['seconds'] / 60:.0f} min")
     ax.legend(fontsize=7)
     fig.tight_layout()
     png = path.with_suffix(".png")

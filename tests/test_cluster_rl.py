@@ -39,7 +39,8 @@ def test_the_environment_follows_the_gymnasium_api():
     assert obs.shape == (6 * 13 + 3,) and env.action_space.shape == (18,)
     obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
     assert env.observation_space.contains(obs) and isinstance(reward, float) and not terminated and not truncated
-    assert -1 <= reward <= 1 and 0 <= info["good"] <= 1 and 0 < info["held"] <= 1
+    assert -2 <= reward <= 1 and 0 <= info["worst"] <= info["good"] <= 1 and 0 < info["held"] <= 1
+    assert reward == pytest.approx(info["good"] - (1 - info["worst"]) - 0.1 * info["held"])
     *_, truncated, _ = env.step(np.zeros(env.action_space.shape))
     assert truncated
     mixed = ClusterEnv(nodes=(2, 4), interval=0.01, steps=1, seed=0)
@@ -50,12 +51,12 @@ def test_more_headroom_holds_more_vnpus_and_costs_reward():
     from tcloud.cluster.rl_train import ClusterEnv
 
     held = {}
-    for a0 in (-0.5, 0.5):
+    for a0 in (-1.0, 0.5):
         env = ClusterEnv(interval=0.01, steps=3, loads=(0.4, 0.4), cost_weight=1.0, seed=1)
         env.reset(seed=1)
         action = np.tile([a0, 0.0, 0.0], 6)
         held[a0] = [env.step(action)[4]["held"] for _ in range(3)]
-    assert held[0.5][-1] > 1.5 * held[-0.5][-1]
+    assert held[0.5][-1] > 1.5 * held[-1.0][-1]
 
 
 def test_actions_add_remove_and_resize_vnpus_within_the_cluster_and_the_slo(table):
@@ -93,6 +94,53 @@ def test_actions_add_remove_and_resize_vnpus_within_the_cluster_and_the_slo(tabl
         assert sum(shape[l].mes for ls in plan.replicas.values() for l in ls) <= 4 * 1000
     with pytest.raises(ClusterError, match="the RL action has 12 numbers; 6 models need 18"):
         decode(np.zeros(12), observation, context, options)
+
+
+def test_no_model_is_left_below_its_floor_when_the_cluster_holds_the_floors(table):
+    """One model's headroom cannot take another's minimum capacity: with the floors fitting, every
+    model gets at least the replicas its measured rate needs at its shape and batch, whatever the
+    headroom each asks for (the earlier decode scaled every count down by one factor, so a model
+    asking 4 x its rate cut the others below their rates)."""
+    from tcloud.cluster.rl import decode, model_options
+    from tcloud.cluster.simulate import make_context
+
+    big = make_context(DEFAULT_MODELS, table, 1000, 1.0)
+    options = model_options(big)
+    labels = [s.label for s in big.shapes]
+    shape = {s.label: s for s in big.shapes}
+    rates = big.rates * np.array([10, 0.3, 0.3, 0.3, 0.3, 0.3])  # model 0's floor: a quarter of the cluster
+    rng = np.random.default_rng(4)
+    for i in range(20):
+        action = np.zeros((6, 3))
+        action[:, 0] = rng.uniform(-1, 1, 6)
+        action[0, 0] = 1.0  # the busiest model asks for 4 x its floor, more than the cluster has
+        plan = decode(action.ravel(), {"arrival_rate": rates}, big, options)
+        floors_mes = 0
+        for m, found in enumerate(options):
+            usable = [l for l in labels if l in found]
+            label = usable[len(usable) // 2]  # a1 = 0: the middle shape
+            _, bmax, thr = found[label]
+            assert set(plan.replicas[m]) == {label} and plan.batch[m] == round(1 + (bmax - 1) / 2)
+            assert len(plan.replicas[m]) * thr[plan.batch[m]] >= rates[m]
+            floors_mes += np.ceil(rates[m] / thr[plan.batch[m]]) * shape[label].mes
+        assert floors_mes <= 0.8 * 4 * 1000  # the floors fit with room to spare, so the check can bite
+        used_mes = sum(shape[l].mes for ls in plan.replicas.values() for l in ls)
+        used_ves = sum(shape[l].ves for ls in plan.replicas.values() for l in ls)
+        assert used_mes <= 4 * 1000 and used_ves <= 2 * 1000
+        assert max(used_mes / 4000, used_ves / 2000) >= 0.99  # the rest is shared out, not left idle
+
+
+def test_the_floor_rule_is_the_all_zero_action(table):
+    from tcloud.cluster.policies import make_policy
+    from tcloud.cluster.rl import FloorRule, decode
+
+    sim = _sim(table, make_policy("rl-floor"), trace="mmpp")
+    sim.run(0.3)
+    policy = sim.policy
+    assert isinstance(policy, FloorRule)
+    observation = sim.observe_last
+    zero = decode(np.zeros(18), observation, policy.context, policy.options)
+    assert policy.decide(observation) == zero
 
 
 def test_observations_do_not_depend_on_the_cluster_size(table):
@@ -227,8 +275,8 @@ def test_training_on_two_ray_workers_resumes_from_its_checkpoint_and_writes_the_
     assert curve.with_suffix(".png").stat().st_size > 1000
     scored = again["evaluation"]
     assert scored["steps"] == [4, 8, 12] and len(scored["reward"]) == 3
-    assert set(scored["baselines"]) == {"static", "clipper", "triton", "nexus"}
-    assert all(-1 <= r["reward"] <= 1 for r in scored["baselines"].values())
+    assert set(scored["baselines"]) == {"static", "clipper", "triton", "nexus", "rl-floor"}
+    assert all(-2 <= r["reward"] <= 1 and 0 <= r["worst"] <= r["good"] for r in scored["baselines"].values())
     policy = ShippedPolicy(tmp_path / "run" / "rl_policy.npz")
     assert [w.shape for w, _ in policy.layers] == [(16, 64), (64, 64), (64, 3)]
     assert "environment steps" in capsys.readouterr().out
@@ -256,6 +304,7 @@ def test_bad_training_settings_are_named(tmp_path, options, message):
     ({"steps": 0}, "episode steps must be a positive integer"),
     ({"loads": (0.9, 0.2)}, "loads must be a range"),
     ({"cost_weight": -1}, "cost_weight must be non-negative"),
+    ({"worst_weight": -0.5}, "worst_weight must be non-negative"),
     ({"table": "no/such/table.json"}, "no service-time table at no/such/table.json"),
 ])
 def test_bad_environment_settings_are_named(options, message):
