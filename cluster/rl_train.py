@@ -205,7 +205,8 @@ class RayVectorEnv(gymnasium.vector.VectorEnv):
     def __init__(self, count=2, per_worker=1, **env_options):
         import ray
 
-        if not ray.is_initialized():
+        self.started_ray = not ray.is_initialized()
+        if self.started_ray:
             # Ray runs workers at nice 15 by default; here they do the training's main work (the
             # rollouts), so they run at the driver's priority unless the caller set it.
             os.environ.setdefault("RAY_worker_niceness", "0")
@@ -253,8 +254,11 @@ class RayVectorEnv(gymnasium.vector.VectorEnv):
                 {key: np.array([i[key] for i in infos]) for key in ("good", "worst", "held")})
 
     def close(self, **kwargs):
+        """Stop the actors, and Ray itself if this environment started it."""
         for worker in self.workers:
             self._ray.kill(worker)
+        if self.started_ray:
+            self._ray.shutdown()
 
 
 HIDDEN = (64, 64)

@@ -280,6 +280,9 @@ def test_training_on_two_ray_workers_resumes_from_its_checkpoint_and_writes_the_
     policy = ShippedPolicy(tmp_path / "run" / "rl_policy.npz")
     assert [w.shape for w, _ in policy.layers] == [(16, 64), (64, 64), (64, 3)]
     assert "environment steps" in capsys.readouterr().out
+    import ray
+
+    assert not ray.is_initialized()  # training stops the Ray it started (a later test's Ray found it dead)
     with pytest.raises(ClusterError, match="the checkpoint was trained with"):
         from tcloud.cluster.rl_train import train
 
