@@ -286,12 +286,7 @@ class FloorRule(NumpyPolicy):
     name = "rl-floor"
 
     def __init__(self):
-        pass
-
-    def act(self, x):
-        """Zeros, :data:`ACTIONS` per model."""
-        models = (np.shape(x)[-1] - GLOBAL) // PER_MODEL
-        return np.zeros((*np.shape(x)[:-1], models * ACTIONS))
+        super().__init__([(np.zeros((PER_MODEL + GLOBAL, ACTIONS)), np.zeros(ACTIONS))])  # a network of zeros
 
 
 def initial_plan(context):
