@@ -50,6 +50,8 @@ def build_parser():
     tab.add_argument("--batches", type=_positive_int, nargs="+", default=None)
     tab.add_argument("--cpus", type=_positive_int, default=None, help="Ray CPUs (default: all)")
     tab.add_argument("--out", metavar="FILE", help="where to write it (default: the shipped table's path)")
+    tab.add_argument("--alone", action="store_true",
+                     help="measure each vNPU alone on its pNPU (default: next to busy vNPUs of the same model)")
     tab.set_defaults(func=cmd_table)
     tra = csub.add_parser("train", help="train the RL policy (skrl PPO on JAX, rollouts on Ray workers)")
     tra.add_argument("--dir", default="build/cluster-rl", help="checkpoints and weights (default build/cluster-rl)")
@@ -207,7 +209,7 @@ def cmd_table(args):
     out = output_file(args.out or default_path(args.config, args.backend), "service-time table")
     with Progress(f"measuring the service-time table on {args.config}/{args.backend}", unit="entry") as bar:
         table = build_table(config=args.config, backend=args.backend, batches=tuple(args.batches or ()) or None,
-                            num_cpus=args.cpus, progress=bar.update)
+                            num_cpus=args.cpus, progress=bar.update, neighbours=not args.alone)
     table.save(out)
     print(f"{out}: {len(table.entries)} entries ({len(table.models)} models x {len(table.shapes)} shapes x "
           f"batches {table.batches}) in {table.build_seconds:.0f} s")

@@ -3,8 +3,10 @@
 Each entry compiles the zoo model for the pNPU configuration at that batch size with the shape's
 scratchpad window, creates a vNPU of that :class:`~tcloud.runtime.hypervisor.VNPUSpec` on a
 :class:`~tcloud.runtime.hypervisor.Hypervisor` running the co-tenant scheduling policy on a timed
-backend, runs the model once and reads the context's active cycles: the hypervisor's own semantics,
-so a shape the allocator refuses is refused here too. Entries run as Ray tasks in parallel; the table
+backend, fills the rest of the pNPU with busy vNPUs of the same shape running the same model (the
+cluster packs a model's replicas together; they share the pNPU's HBM bandwidth and DMA engines),
+runs the model once and reads the context's active cycles: the hypervisor's own semantics, so a
+shape the allocator refuses is refused here too. Entries run as Ray tasks in parallel; the table
 is a JSON file keyed by everything it depends on; other batch sizes are interpolated linearly
 between the measured ones.
 
@@ -31,6 +33,11 @@ DEFAULT_BATCHES = (1, 2, 4, 8, 16)
 BATCHES = {"tpu_like": (1, 2, 4, 8, 16, 32)}
 """Configuration → batch sizes measured when not :data:`DEFAULT_BATCHES` (:func:`default_batches`)."""
 DEFAULT_POLICIES = ("static",)
+NEIGHBOURS = "same-model"
+"""How the tables are measured (:func:`measure`): next to busy vNPUs of the same shape and model
+(recorded in each table as ``neighbours``; ``"none"``: alone on the pNPU, as the tables before it)."""
+NEIGHBOUR_RUNS = 3
+"""Back-to-back runs of each neighbour: they start with the measured run and, being as long, outlast it."""
 SHIPPED = Path(__file__).with_name("data")
 """Committed tables (``service-<config>-<backend>.json``), made by ``tcloud cluster table``."""
 
@@ -78,8 +85,17 @@ def default_batches(config):
     return BATCHES.get(config, DEFAULT_BATCHES)
 
 
-def measure(model, config, batch, shape, policy="static", backend=DEFAULT_BACKEND, seed=0, timing_only=False):
-    """Cycles of one batch of ``model`` on a vNPU of ``shape`` alone on a pNPU of ``config``.
+def measure(model, config, batch, shape, policy="static", backend=DEFAULT_BACKEND, seed=0, timing_only=False,
+            neighbours=True):
+    """Cycles of one batch of ``model`` on a vNPU of ``shape`` on a pNPU of ``config``, next to busy
+    neighbours.
+
+    With ``neighbours`` (:data:`NEIGHBOURS`), every vNPU of ``shape`` that still fits the pNPU runs
+    the same model at the same batch, :data:`NEIGHBOUR_RUNS` runs back to back, all starting on the
+    measured run's cycle: the cluster packs a model's replicas together (:meth:`.placement.Cluster.place`
+    fills pNPUs first-fit in the plan's model order), and at the loads that matter they are busy. The
+    neighbours share the pNPU's HBM bandwidth and DMA engines, which slows memory-bound models by up to
+    1.5 × on ``tpu_like`` (ResNet-50 at batch 4 on ``m2v1``). A shape that fills the pNPU has none.
 
     Parameters
     ----------
@@ -95,6 +111,8 @@ def measure(model, config, batch, shape, policy="static", backend=DEFAULT_BACKEN
         Seed of the random inputs.
     timing_only : bool
         On ``perf``: compute no data (``data=False``), which makes TPU-scale models cheap.
+    neighbours : bool
+        Fill the rest of the pNPU with busy vNPUs of the same shape and model (``False``: alone).
 
     Returns
     -------
@@ -106,8 +124,15 @@ def measure(model, config, batch, shape, policy="static", backend=DEFAULT_BACKEN
     ClusterError
         The compiled model does not fit the shape's HBM window.
     """
+    compiled = compile_for(model, config, batch, shape)
+    neighbour = compiled if neighbours else None
+    return run_next_to(compiled, neighbour, config, shape, policy, backend, seed, timing_only)[0]
+
+
+def compile_for(model, config, batch, shape):
+    """``model`` compiled at ``batch`` for a vNPU of ``shape`` (:class:`ClusterError` if it does not fit
+    the shape's HBM window)."""
     from tcloud.runtime.compiler import compile
-    from tcloud.runtime.hypervisor import Hypervisor
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random calibration samples: the timing does not depend on them
@@ -116,17 +141,55 @@ def measure(model, config, batch, shape, policy="static", backend=DEFAULT_BACKEN
     if need > shape.hbm_mib:
         raise ClusterError(f"model {model.name!r} at batch {batch} needs {need} MiB of HBM; shape {shape.label} has "
                            f"{shape.hbm_mib} MiB")
+    return compiled
+
+
+def run_next_to(compiled, neighbour, config, shape, policy="static", backend=DEFAULT_BACKEND, seed=0,
+                timing_only=False):
+    """Run ``compiled`` once on a vNPU of ``shape`` while every further vNPU of ``shape`` that fits the
+    pNPU runs ``neighbour`` (a compiled model, or ``None``: alone) :data:`NEIGHBOUR_RUNS` times back
+    to back, all starting on the same cycle.
+
+    Returns
+    -------
+    tuple of int
+        Active cycles of the measured context, and the number of neighbours.
+    """
+    from tcloud.runtime.hypervisor import Hypervisor
+
     options = {"hbm_timing": {"data": False}} if timing_only else {}
     if timing_only and backend != "perf":
         raise ClusterError(f"timing-only measurement needs the perf backend, not {backend!r}")
     with Hypervisor(config, backend=backend, policy=policy, **options) as hypervisor:
-        vnpu = hypervisor.create_vnpu(shape.spec(), name=model.name)
-        compiled.run(compiled.random_inputs(seed), vnpu=vnpu)
-        return vnpu.usage().active_cycles
+        vnpu = hypervisor.create_vnpu(shape.spec(), name="measured")
+        vnpu.load(compiled.image)
+        others = _fill(hypervisor, shape) if neighbour is not None else []
+        for other in others:
+            other.load(neighbour.image)
+        with hypervisor.start_together():
+            for other in others:
+                rows = neighbour.device_inputs(neighbour.random_inputs(seed + 1 + other.context))
+                for _ in range(NEIGHBOUR_RUNS):
+                    other.submit(rows)
+            measured = vnpu.submit(compiled.device_inputs(compiled.random_inputs(seed)))
+        measured.result()
+        return vnpu.usage().active_cycles, len(others)
 
 
-def _measure_task(model, config, batch, shape, policy, backend, timing_only):
-    return measure(model, config, batch, shape, policy, backend, timing_only=timing_only)
+def _fill(hypervisor, shape):
+    """Every further vNPU of ``shape`` the pNPU can host."""
+    from tcloud.runtime.hypervisor import AllocationError
+
+    out = []
+    while True:
+        try:
+            out.append(hypervisor.create_vnpu(shape.spec(), name=f"neighbour{len(out)}"))
+        except AllocationError:
+            return out
+
+
+def _measure_task(model, config, batch, shape, policy, backend, timing_only, neighbours):
+    return measure(model, config, batch, shape, policy, backend, timing_only=timing_only, neighbours=neighbours)
 
 
 class ServiceTable:
@@ -145,13 +208,16 @@ class ServiceTable:
         Measured without computing data (``perf`` with ``data=False``).
     build_seconds : float, optional
         Wall seconds the build took (recorded in the file).
+    neighbours : str
+        How entries were measured: :data:`NEIGHBOURS` (next to busy same-model vNPUs) or ``"none"``
+        (alone on the pNPU; files that do not say).
     """
 
     def __init__(self, config, backend, entries, shapes, clock_mhz, models=(), timing_only=False,
-                 build_seconds=None):
+                 build_seconds=None, neighbours=NEIGHBOURS):
         self.config, self.backend, self.entries = config, backend, dict(entries)
         self.shapes, self.clock_mhz, self.models = tuple(shapes), clock_mhz, tuple(models)
-        self.timing_only, self.build_seconds = timing_only, build_seconds
+        self.timing_only, self.build_seconds, self.neighbours = timing_only, build_seconds, neighbours
 
     @property
     def batches(self):
@@ -196,7 +262,7 @@ class ServiceTable:
     def to_dict(self):
         return {"config": self.config, "backend": self.backend, "clock_mhz": self.clock_mhz,
                 "shapes": [asdict(s) for s in self.shapes], "models": [asdict(m) for m in self.models],
-                "timing_only": self.timing_only, "build_seconds": self.build_seconds,
+                "timing_only": self.timing_only, "build_seconds": self.build_seconds, "neighbours": self.neighbours,
                 "entries": [{"model": m, "shape": s, "policy": p, "batch": b, "cycles": c}
                             for (m, s, p, b), c in sorted(self.entries.items())]}
 
@@ -234,8 +300,11 @@ class ServiceTable:
             clock_mhz = data["clock_mhz"]
             if isinstance(clock_mhz, bool) or not isinstance(clock_mhz, (int, float)) or not clock_mhz > 0:
                 raise ClusterError(f"{path}: field clock_mhz must be a positive number, got {clock_mhz!r}")
+            neighbours = data.get("neighbours", "none")
+            if neighbours not in (NEIGHBOURS, "none"):
+                raise ClusterError(f"{path}: field neighbours must be {NEIGHBOURS!r} or 'none', got {neighbours!r}")
             return cls(data["config"], data["backend"], entries, shapes, float(clock_mhz), models,
-                       bool(data.get("timing_only", False)), data.get("build_seconds"))
+                       bool(data.get("timing_only", False)), data.get("build_seconds"), neighbours)
         except KeyError as exc:
             raise ClusterError(f"{path}: missing field {exc.args[0]!r}") from None
         except TypeError as exc:
@@ -253,7 +322,8 @@ def default_path(config, backend):
 
 
 def build_table(models=None, config="small", backend=DEFAULT_BACKEND, batches=None,
-                shapes=None, policies=DEFAULT_POLICIES, num_cpus=None, progress=None, timing_only=None):
+                shapes=None, policies=DEFAULT_POLICIES, num_cpus=None, progress=None, timing_only=None,
+                neighbours=True):
     """Measure every entry as a Ray task and return the :class:`ServiceTable`.
 
     Parameters
@@ -274,6 +344,8 @@ def build_table(models=None, config="small", backend=DEFAULT_BACKEND, batches=No
     timing_only : bool, optional
         Compute no data (``perf`` only); default: on ``perf`` for every configuration but ``small``
         (whose shipped table was measured with data, like the Verilator one it is checked against).
+    neighbours : bool
+        Measure next to busy same-model vNPUs (:func:`measure`); ``False``: alone.
     """
     import ray
 
@@ -292,7 +364,7 @@ def build_table(models=None, config="small", backend=DEFAULT_BACKEND, batches=No
                  configure_logging=False)
     try:
         task = ray.remote(num_cpus=1)(_measure_task)
-        pending = {task.remote(m, config, b, s, p, backend, timing_only): (m.name, s.label, p, b)
+        pending = {task.remote(m, config, b, s, p, backend, timing_only, neighbours): (m.name, s.label, p, b)
                    for m, b, s, p in jobs}
         entries, total = {}, len(pending)
         while pending:
@@ -311,7 +383,7 @@ def build_table(models=None, config="small", backend=DEFAULT_BACKEND, batches=No
         if started:
             ray.shutdown()
     return ServiceTable(config, backend, entries, shapes, cfg.clock_mhz, models, timing_only,
-                        round(time.time() - started_at, 1))
+                        round(time.time() - started_at, 1), NEIGHBOURS if neighbours else "none")
 
 
 def load_table(models=None, config="small", backend=DEFAULT_BACKEND, path=None, build=True, **options):

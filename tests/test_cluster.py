@@ -152,6 +152,50 @@ def test_a_simulation_on_tpu_like_serves_its_full_size_models():
     assert {r.shape.label for g in sim.groups for r in g.replicas} == {"m2v1"}
 
 
+def test_entries_are_measured_next_to_busy_neighbours():
+    """A vNPU smaller than the pNPU shares its HBM bandwidth and DMA engines with the neighbours
+    the cluster packs next to it; the whole-pNPU shape has none."""
+    from tcloud.cluster.service import measure
+    from tcloud.cluster.workload import TPU_MODELS, model_by_name
+
+    tpu = load_table(config="tpu_like", build=False)
+    assert tpu.neighbours == "same-model"
+    ncf, mlp = model_by_name(TPU_MODELS, "ncf"), model_by_name(TPU_MODELS, "dlrm_mlp")
+    options = {"backend": "perf", "timing_only": True}
+    alone = measure(ncf, "tpu_like", 32, tpu.shape("m1v1"), neighbours=False, **options)
+    assert measure(ncf, "tpu_like", 32, tpu.shape("m1v1"), **options) > 1.1 * alone
+    whole = tpu.shape("m4v2")
+    assert measure(mlp, "tpu_like", 1, whole, **options) == measure(mlp, "tpu_like", 1, whole, neighbours=False,
+                                                                      **options)
+
+
+def test_a_table_file_without_neighbours_was_measured_alone(tmp_path):
+    from tcloud.cluster.service import default_path
+
+    data = json.loads(default_path("small", "perf").read_text())
+    data.pop("neighbours")
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(data))
+    assert ServiceTable.load(path).neighbours == "none"
+
+
+def test_the_reference_shape_is_the_most_efficient_on_tpu_like():
+    """Static (and the capacity that defines load 1.0) serve every model on the reference shape
+    because, measured next to busy neighbours, it serves the most requests per pNPU for every model."""
+    from tcloud.cluster.policies import reference_shape
+    from tcloud.cluster.simulate import best_batch, make_context
+
+    tpu = load_table(config="tpu_like", build=False)
+    context = make_context(tpu.models, tpu, 4, 1.0)
+    reference = reference_shape(context).label
+    for curves, slo in zip(context.curves, context.slos):
+        per_pnpu = {}
+        for shape in tpu.shapes:
+            b = best_batch(curves[shape.label], slo)
+            per_pnpu[shape.label] = context.per_pnpu[shape.label] * b / curves[shape.label][b] if b else 0.0
+        assert max(per_pnpu, key=per_pnpu.get) == reference
+
+
 def test_timing_only_needs_the_perf_backend():
     from tcloud.cluster.service import measure
     from tcloud.cluster.workload import TPU_MODELS
@@ -200,6 +244,7 @@ def test_a_corrupt_table_file_is_named(tmp_path):
     (lambda d: d["entries"][0].update(batch=0), r"field entries\[0\].batch must be a positive integer, got 0"),
     (lambda d: d["shapes"][1].update(mes="two"), r"field shapes\[1\].mes must be a positive integer, got 'two'"),
     (lambda d: d.update(clock_mhz=-1), "field clock_mhz must be a positive number, got -1"),
+    (lambda d: d.update(neighbours="some"), "field neighbours must be 'same-model' or 'none', got 'some'"),
     (lambda d: d.update(entries=[e for e in d["entries"] if e["batch"] != 1 or e["model"] != "ncf"]),
      "model 'ncf' on shape 'm1v1' \\(static\\) has no batch-1 entry"),
 ])

@@ -1,6 +1,7 @@
 """The hypervisor's API: allocation, errors, loading and running, usage and billing, the CLI."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -85,6 +86,27 @@ def test_wait_returns_when_everything_submitted_has_finished(hv):
     futures = [v.submit({"A": np.ones((3, 3), np.int8), "B": np.ones((3, 3), np.int8)}) for _ in range(3)]
     hv.wait()
     assert all(f.done() for f in futures) and len(v.runs) == 3
+
+
+def test_runs_submitted_together_wait_for_the_end_of_the_block():
+    """Without the block the driver thread starts the first run while the second is being submitted
+    (the sleep gives it the time); with it, nothing starts before the block ends, and then both runs
+    start in the driver's next step: their timing no longer depends on the thread's wake-up."""
+    with Hypervisor("small", "perf", "static") as hv:
+        vnpus = [hv.create_vnpu(VNPUSpec()) for _ in range(2)]
+        inputs = {"A": np.ones((16, 16), np.int8), "B": np.ones((16, 16), np.int8)}
+        for v in vnpus:
+            v.load(gemm("small", 16, 16, 16))
+        latencies = []
+        for _ in range(2):
+            with hv.start_together():
+                futures = [vnpus[0].submit(inputs)]
+                time.sleep(0.2)
+                assert not futures[0].running() and not futures[0].done()
+                futures.append(vnpus[1].submit(inputs))
+            hv.wait()
+            latencies.append([v.runs[-1].latency_cycles for v in vnpus])
+        assert latencies[0] == latencies[1]
 
 
 def test_oversubscription_co_owns_the_least_shared_engines():

@@ -11,6 +11,7 @@ import itertools
 import threading
 import time
 from concurrent.futures import Future
+from contextlib import contextmanager
 from pathlib import Path
 
 from tcloud.isa import Instr, get_config, parse_policy
@@ -189,6 +190,17 @@ class Hypervisor:
             self._pending.append((vnpu, future, inputs))
             self._work.notify_all()
         return future
+
+    @contextmanager
+    def start_together(self):
+        """A block whose submissions all start on the same cycle.
+
+        The driver waits until the block ends, then starts every run submitted in it (on idle vNPUs)
+        in one step, so their timings do not depend on when the driver thread happened to wake; used
+        to measure a run next to busy co-tenants.
+        """
+        with self._work:
+            yield
 
     def wait(self, futures=None):
         """Block until the given futures (default: everything submitted) have finished."""
