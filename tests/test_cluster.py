@@ -193,7 +193,7 @@ def test_the_reference_shape_is_the_most_efficient_on_tpu_like():
         for shape in tpu.shapes:
             b = best_batch(curves[shape.label], slo)
             per_pnpu[shape.label] = context.per_pnpu[shape.label] * b / curves[shape.label][b] if b else 0.0
-        assert max(per_pnpu, key=per_pnpu.get) == reference
+        assert per_pnpu[reference] == max(per_pnpu.values())  # m1v1 ties it for the recommenders
 
 
 def test_timing_only_needs_the_perf_backend():
