@@ -79,7 +79,11 @@ def medians(rows):
 
 
 def validation(config, duration=2.0):
-    """The batch simulator against the per-request one (4 pNPUs, two model mixes of ``config``)."""
+    """The batch simulator against the per-request one (4 pNPUs, model mixes of ``config``): two
+    with replicas of one shape, and Nexus's plans with a residual replica of another shape among
+    them (mixed shapes; Nexus keeps its first plan, as :func:`~tcloud.cluster.reference.compare`
+    needs). Each row names the replicas' ``shapes``; ``histogram_difference`` 0 means both
+    simulators put every request in the same latency bin."""
     from tcloud.cluster.placement import Cluster
     from tcloud.cluster.policies import make_policy
     from tcloud.cluster.reference import compare
@@ -93,13 +97,17 @@ def validation(config, duration=2.0):
     # static at 0.7: at 0.9 four pNPUs hold seven ResNet-50 replicas whose backlog the batch
     # simulator sheds at the run's last instant and the per-request one does not (SimPy stops
     # before events at the end time), which makes p99 infinite in one and finite in the other
-    for picked, policy, trace, load in (((0, 4), "static", "poisson", 0.7), ((1, 3, 5), "triton", "mmpp", 0.6)):
+    for picked, policy, trace, load in (((0, 4), "static", "poisson", 0.7), ((1, 3, 5), "triton", "mmpp", 0.6),
+                                        ((0, 4), "nexus", "poisson", 0.5), ((0, 4), "nexus", "mmpp", 0.7)):
         chosen = [models[i] for i in picked]
         context = make_context(chosen, table, 4, load)
         shape = make_trace(trace, chosen, duration, 2)
-        sim = Simulator(context, Cluster(1, 4, config), make_policy(policy), Arrivals(shape, context.rates, 2))
-        for row in compare(sim, duration, Arrivals(shape, context.rates, 2).until(duration)):
-            out.append({"policy": policy, "trace": trace, "load": load, **row})
+        options = {"epoch": 10**6} if policy == "nexus" else {}
+        sim = Simulator(context, Cluster(1, 4, config), make_policy(policy, **options),
+                        Arrivals(shape, context.rates, 2))
+        shapes = [[r.shape.label for r in g.replicas] for g in sim.groups]
+        for row, labels in zip(compare(sim, duration, Arrivals(shape, context.rates, 2).until(duration)), shapes):
+            out.append({"policy": policy, "trace": trace, "load": load, "shapes": labels, **row})
     return out
 
 

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -35,11 +36,37 @@ def conditions(config, hbm_timing):
             "config_fingerprint": config.fingerprint().hex(), "hbm_timing": hbm_timing}
 
 
+NULLS = ("null stands for a number that was not finite, which standard JSON cannot hold: in the cluster "
+         "results a latency percentile (p50, p99) that falls among dropped requests (they count as infinitely "
+         "late) or of no requests at all, or a ratio to a zero throughput")
+"""The meaning of ``null`` numbers, written as ``nulls`` in a report that has any."""
+
+
+def _finite(value, replaced):
+    """``value`` with every non-finite float (infinity, NaN) replaced by ``None``, counted in ``replaced``."""
+    if isinstance(value, dict):
+        return {k: _finite(v, replaced) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, replaced) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        replaced.append(value)
+        return None
+    return value
+
+
 def write(name, report, out=None):
-    """Write ``report`` (a dict) as ``<RESULTS>/<name>.json`` (or ``out``) and return the path."""
+    """Write ``report`` (a dict) as ``<RESULTS>/<name>.json`` (or ``out``) and return the path.
+
+    Standard JSON: infinities and NaNs (which Python's ``json`` would write as the non-standard
+    ``Infinity`` and ``NaN``) become ``null``, and the report then says so under ``nulls``
+    (:data:`NULLS`)."""
     path = Path(out) if out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"benchmark": name, **machine(), **report}, indent=2) + "\n")
+    replaced = []
+    data = _finite({"benchmark": name, **machine(), **report}, replaced)
+    if replaced:
+        data["nulls"] = NULLS
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
     print(f"wrote {path}")
     return path
 

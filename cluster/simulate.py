@@ -77,16 +77,29 @@ class ModelGroup:
         return np.array([self.curves[r.shape.label] for r in self.replicas]).reshape(len(self.replicas), -1)
 
     def run(self, t1):
-        """Serve the queue with the replicas until ``t1`` (:func:`~.events.serve`): replicas that
-        finish a batch start the next at once with up to their cap of the oldest requests; free
-        replicas wait in a pool behind the model's one batcher, as in Triton's dynamic batcher (one
-        per model, dispatching to whichever instance is free). The batcher forms the next batch when
-        it is due (at the next arrival without a queue delay; with one, when the queue fills to the
-        cap or its oldest request has waited the delay) and hands it to the lowest-numbered free
-        replica. With replicas of one shape this is the per-request reference's schedule
-        (:mod:`.reference`, where each free replica waits on its own: all are woken at the due time
-        and the first takes the batch); with mixed shapes the two may hand a batch to different
-        replicas (the reference wakes them in the order they went idle)."""
+        """Serve the queue with the replicas until ``t1`` (:func:`~.events.serve`) under the
+        cluster's dispatch rule, which the per-request reference (:mod:`.reference`) implements
+        too:
+
+        * a replica that finishes a batch starts the next at once with up to its cap of the oldest
+          requests (with a queue delay: if that batch is full or the oldest has waited the delay);
+          otherwise it joins the pool of free replicas;
+        * free replicas wait behind the model's one batcher, as in Triton's dynamic batcher (one
+          per model, dispatching to whichever instance is free). It forms a batch for the
+          *lowest-numbered* free replica (replicas are numbered in the plan's order, whatever their
+          shape or speed) when it is due: at the next arrival without a queue delay; with one, when
+          that replica's cap of requests is queued or the oldest has waited the delay. While no
+          replica is free no batch forms: whichever replica finishes first takes the next;
+        * at one instant, replicas finishing a batch go before the batcher, lowest-numbered first
+          (the reference takes them in the order their batches started; they can tie only if two
+          batches ended at one instant, which continuous arrival times make improbable).
+
+        The two simulators then run the same schedule, mixed shapes included: every request gets
+        the same latency bin (the tests check the histograms bin for bin). One exception, with
+        mixed batch caps and a queue delay together (no shipped policy has both): a free replica
+        whose own cap fills before the lowest-numbered one's is due starts that batch at the next
+        interval's start, back-dated to when its cap filled (see :func:`~.events.serve`'s final
+        loop), where one long interval would have waited for the lowest-numbered replica."""
         if not self.replicas:
             return
         from .events import serve

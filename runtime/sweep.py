@@ -205,6 +205,25 @@ def run_point(point):
             "wall_seconds": round(time.perf_counter() - start, 3)}
 
 
+_STALE_RAY = ("; it was started before tcloud sweep ran (by earlier code in this process), which did not "
+              "stop it: call ray.shutdown() first or run the sweep in a fresh process")
+
+
+def _no_cpus(ray, where, started_here):
+    """Why a Ray without CPUs cannot run the points, and what to do."""
+    try:
+        nodes = ray.nodes()
+    except (ray.exceptions.RayError, ConnectionError, RuntimeError) as exc:
+        return f"{where} offers no CPUs and cannot list its nodes ({exc})"
+    dead = [n for n in nodes if not n.get("Alive")]
+    if nodes and len(dead) == len(nodes):
+        reason = (f"{where} has no live node: its raylet died (node {dead[0].get('NodeManagerAddress', '?')} "
+                  f"is marked dead)")
+    else:
+        reason = f"{where} offers no CPUs ({len(nodes) - len(dead)} live node(s))"
+    return f"{reason}, and every sweep point is a Ray task needing one CPU{_STALE_RAY if not started_here else ''}"
+
+
 def run_sweep(spec, out, *, address=None, num_cpus=None, log=print):
     """Run every point of ``spec`` as a Ray task; write ``sweep.csv`` and ``sweep.png`` under ``out``.
 
@@ -239,18 +258,27 @@ def run_sweep(spec, out, *, address=None, num_cpus=None, log=print):
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise SweepError(f"could not start or join Ray{f' at {address}' if address else ''}: {exc}") from None
     try:
+        where = ("the Ray this process was already connected to" if not started_here
+                 else f"the Ray cluster at {address}" if address else "the local Ray")
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if cpus < 1:
+            raise SweepError(_no_cpus(ray, where, started_here))
         remote = ray.remote(num_cpus=1)(run_point)
-        log(f"sweep: {len(todo)} points on Ray ({ray.cluster_resources().get('CPU', 0):.0f} CPUs)")
+        log(f"sweep: {len(todo)} points on Ray ({cpus:.0f} CPUs)")
         futures = [remote.remote(point) for point in todo]
         rows = []
         for point, future in zip(todo, futures):
+            name = (f"point {point['model']} / {point['config']} / {point['policy']} / {point['tenants']} tenants / "
+                    f"load {point['load']}")
             try:
                 rows.append(ray.get(future))
             except ray.exceptions.RayTaskError as exc:
                 cause = exc.cause if isinstance(getattr(exc, "cause", None), TcloudError) else None
-                raise SweepError(f"point {point['model']} / {point['config']} / {point['policy']} / "
-                                 f"{point['tenants']} tenants / load {point['load']} failed: "
-                                 f"{cause or str(exc).splitlines()[-1]}") from None
+                raise SweepError(f"{name} failed: {cause or str(exc).splitlines()[-1]}") from None
+            except ray.exceptions.RayError as exc:  # Ray itself failed under the point, e.g. its raylet died
+                raise SweepError(f"{name} was lost: {where} failed ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})"
+                                 f"{_STALE_RAY if not started_here else ''}") from None
             row = rows[-1]
             log(f"  {row['model']:<28} {row['config']:<8} {row['policy']:<9} x{row['tenants']} load {row['load']}: "
                 f"{row['jobs_per_mcycle']} jobs/Mcycle, mean latency {row['mean_latency_cycles']:,.0f} cycles")

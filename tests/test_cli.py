@@ -411,6 +411,21 @@ def test_make_bench_writes_to_a_fresh_directory(tmp_path):
     assert result.returncode == 0 and json.loads((tmp_path / "fresh/probe.json").read_text())["benchmark"] == "probe"
 
 
+def test_benchmark_json_is_standard_with_nulls_for_non_finite_numbers(tmp_path):
+    """A cluster run whose p99 falls among dropped requests is infinite; the JSON says null (and what
+    null means) instead of the non-standard ``Infinity``."""
+    from benchmarks.common import NULLS, write
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda token: pytest.fail(f"non-standard JSON token {token}"))
+
+    path = write("probe", {"runs": [{"p99": float("inf"), "p50": 0.002}], "ratio": np.float64("nan")},
+                 tmp_path / "probe.json")
+    saved = strict(path.read_text())
+    assert saved["runs"] == [{"p99": None, "p50": 0.002}] and saved["ratio"] is None and saved["nulls"] == NULLS
+    assert "nulls" not in strict(write("probe", {"p99": 0.01}, tmp_path / "finite.json").read_text())
+
+
 def test_the_multitenant_plot_explains_its_dashed_line(tmp_path):
     import matplotlib.pyplot as plt
 

@@ -74,3 +74,44 @@ def test_a_small_sweep_on_a_local_ray(tmp_path):
     for model in ("gemm 32x32x32", "elementwise 8x32 passes=2 block=64"):
         one, two = by[(model, "harvest", "1")], by[(model, "harvest", "2")]
         assert float(two["jobs_per_mcycle"]) > float(one["jobs_per_mcycle"])
+
+
+@pytest.fixture
+def stale_ray(monkeypatch):
+    """Ray as a process sees it after a Ray started by earlier code lost its raylet: still
+    initialised, its node marked dead (no CPUs left), a submitted task lost. Nothing is started."""
+    import types
+
+    import ray
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: calls.append("init"))
+    monkeypatch.setattr(ray, "shutdown", lambda *a, **k: calls.append("shutdown"))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"memory": 1e9})
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": False, "NodeManagerAddress": "192.0.2.2"}])
+    monkeypatch.setattr(ray, "remote", lambda **options: lambda f: types.SimpleNamespace(remote=lambda point: point))
+
+    def get(future):
+        raise ray.exceptions.LocalRayletDiedError()
+
+    monkeypatch.setattr(ray, "get", get)
+    return ray, calls
+
+
+def test_a_ray_whose_raylet_died_is_named_not_counted_as_zero_cpus(stale_ray, tmp_path, monkeypatch):
+    from tcloud.runtime.sweep import run_sweep
+
+    ray, calls = stale_ray
+    spec = check_spec({"models": ["gemm 8x8x8"], "configs": ["small"], "policies": ["static"], "tenants": [1],
+                       "loads": [1]})
+    with pytest.raises(SweepError, match=r"the Ray this process was already connected to has no live node: its "
+                                         r"raylet died \(node 192\.0\.2\.2 is marked dead\).*ray\.shutdown\(\)"):
+        run_sweep(spec, tmp_path, log=lambda line: None)
+    # its CPUs back but the raylet dying under a point: the point and the cause are named
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    with pytest.raises(SweepError, match=r"point gemm 8x8x8 / small / static / 1 tenants / load 1 was lost: the Ray "
+                                         r"this process was already connected to failed \(LocalRayletDiedError: "
+                                         r"The task's local raylet died"):
+        run_sweep(spec, tmp_path, log=lambda line: None)
+    assert calls == []  # a Ray it did not start is neither restarted nor stopped
