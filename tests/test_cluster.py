@@ -331,7 +331,7 @@ class _Fixed:
     (("resnet50",), _Fixed(["m1v1", "m4v2", "m1v1", "m4v2"]), "poisson", 0.4),  # the slow ones numbered first
     (("resnet50",), _Fixed(["m1v1", "m4v2", "m1v1", "m4v2"]), "mmpp", 0.4),
     (("resnet50",), _Fixed(["m4v2", "m1v1", "m4v2", "m1v1"], delay=0.2), "mmpp", 0.6),  # caps 6 and 5, delayed
-    (("resnet50",), _Fixed(["m1v1", "m4v2", "m1v1", "m4v2"], delay=0.2), "poisson", 0.6),  # overloaded
+    (("resnet50",), _Fixed(["m1v1", "m4v2", "m1v1", "m4v2"], delay=0.2), "poisson", 0.8),  # overloaded
 ])
 def test_mixed_shapes_run_the_same_schedule_in_both_simulators(names, policy, trace, load):
     """Replicas of different vNPU shapes (Nexus's residual replica, a hand-made plan) under the
@@ -348,8 +348,8 @@ def test_mixed_shapes_run_the_same_schedule_in_both_simulators(names, policy, tr
     shapes = {r.shape.label for r in sim.groups[0].replicas}
     assert len(shapes) > 1, shapes
     rows = compare(sim, 2.0, arrivals)
-    _assert_same_schedule(rows, 2.0, 1000)
-    if load == 0.6 and trace == "poisson":
+    _assert_same_schedule(rows, 2.0, 500)  # ResNet-50 alone on 4 pNPUs at MMPP 0.4: about 850/s
+    if load == 0.8 and trace == "poisson":
         assert rows[0]["request_dropped"] > 0
 
 
