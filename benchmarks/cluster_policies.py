@@ -38,7 +38,7 @@ POLICIES = ("static", "static-peak", "clipper", "triton", "nexus", "rl", "rl-flo
 STATIC = ("static", "static-peak")
 TRACES = ("poisson", "mmpp", "diurnal", "azure")
 LOADS = {"poisson": (0.8, 0.9, 0.95, 1.0, 1.05), "mmpp": (0.3, 0.4, 0.5, 0.6, 0.7),
-         "diurnal": (0.5, 0.6, 0.7, 0.8, 0.9), "azure": (0.2, 0.25, 0.3, 0.4, 0.5)}
+         "diurnal": (0.55, 0.6, 0.65, 0.7, 0.75, 0.8), "azure": (0.2, 0.25, 0.3, 0.35, 0.4, 0.45)}
 """Offered loads per trace (fractions of capacity), around where the policies stop meeting 99 %:
 MMPP's bursts of 2.5 × the mean rate for 2 s in 10 s overload a cluster provisioned for the mean;
 diurnal peaks at 1.5 × each model's mean; the Azure sample's models peak at 1.9–4.3 × theirs."""
@@ -228,7 +228,8 @@ def main(argv=None):
         traces = [t for t in TRACES if t in {*old["setup"]["traces"], *traces}]
     runs = [(p, t) for p in args.policies for t in args.traces]
     started = time.perf_counter()
-    rows = [run(p, t, load, seed, args, table) for p, t in runs
+    made_at = commit()
+    rows = [{**run(p, t, load, seed, args, table), **made_at} for p, t in runs
             for load in (args.loads or LOADS.get(t, LOADS["poisson"])) for seed in seeds]
     rows = kept + rows
     from tcloud.cluster.simulate import make_context
