@@ -18,7 +18,9 @@ seconds, from its first minute).
 ``static-peak`` is static provisioned for each model's peak instead of its mean rate: replicas in
 proportion to the mean rate × the trace's peak-to-mean ratio of that model over 1-s windows of
 the run (known in advance, as an operator knows a function's history). The better of ``static``
-and ``static-peak`` is the static reference of ``relative``.
+and ``static-peak`` is the static reference of ``relative``; ``clipper-peak`` and ``triton-peak``
+are provisioned the same way and count among the baselines. ``allocation_bound`` records, from
+the traces alone, what a clairvoyant reallocation could sustain over the better static split.
 
 ``--policies rl --merge`` re-runs only the RL policy and keeps the other rows of the existing JSON
 (same setup; per policy and trace), so a retrained policy is benchmarked in minutes.
@@ -30,12 +32,17 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.cluster_speed import commit
 from benchmarks.common import RESULTS, try_plot, write
 
-POLICIES = ("static", "static-peak", "clipper", "triton", "nexus", "rl", "rl-floor")
+POLICIES = ("static", "static-peak", "clipper", "clipper-peak", "triton", "triton-peak", "nexus", "rl", "rl-floor")
 """``rl-floor``: the RL policy's decode rule with the all-zero action, so the network's contribution shows."""
 STATIC = ("static", "static-peak")
+PEAK = ("static-peak", "clipper-peak", "triton-peak")
+"""Static, Clipper and Triton with each model's replicas provisioned for its peak (:func:`make`)."""
+BASELINES = ("clipper", "clipper-peak", "triton", "triton-peak", "nexus")
 TRACES = ("poisson", "mmpp", "diurnal", "azure")
 LOADS = {"poisson": (0.8, 0.9, 0.95, 1.0, 1.05), "mmpp": (0.3, 0.4, 0.5, 0.6, 0.7),
          "diurnal": (0.55, 0.6, 0.65, 0.7, 0.75, 0.8), "azure": (0.2, 0.25, 0.3, 0.35, 0.4, 0.45)}
@@ -72,14 +79,51 @@ def peak_to_mean(trace, models, total, seed, window=1.0):
     return usable.max(axis=1) / rows.mean(axis=1)
 
 
-def make(policy, trace, seed, args, table):
-    """The policy object: ``static-peak`` is :class:`~tcloud.cluster.policies.Static` with the run's
-    peak-to-mean ratios; the others by name."""
-    from tcloud.cluster.policies import Static, make_policy
+def allocation_bound(trace, table, warmup, duration, seed, window=1.0):
+    """What reallocation can win on a trace at most, from the trace alone (no queueing, no
+    Poisson noise, free and instant reallocation): in units of capacity (load 1.0), the highest
+    load at which
 
-    if policy == "static-peak":
-        made = Static(provision=peak_to_mean(trace, table.models, args.warmup + args.duration, seed))
-        made.name = "static-peak"
+    * ``oracle``: a clairvoyant policy that re-splits the engines every ``window`` seconds keeps
+      every model's mean demand over the window within its replicas: ``1 / max_t Σ_m w_m x_m(t)``,
+      ``w_m`` the model's share of the engines at its mean rate (static's shape and batch),
+      ``x_m(t)`` its rate multiplier averaged over the window;
+    * ``static``: the split by mean rates does: ``1 / max_m max_t x_m(t)``;
+    * ``static_peak``: the split by peak rates does: ``1 / Σ_m w_m max_t x_m(t)``;
+
+    over the measured window (after ``warmup``). ``gain`` is ``oracle`` over the better static."""
+    from tcloud.cluster.policies import Static
+    from tcloud.cluster.simulate import make_context
+    from tcloud.cluster.workload import RATE_STEP, make_trace
+
+    context = make_context(table.models, table, 4, 1.0)
+    plan = Static().reset(context)
+    per_replica = np.array([b / c[plan.replicas[m][0]][b] for m, (b, c) in
+                            enumerate(zip((plan.batch[m] for m in range(len(context.models))), context.curves))])
+    shares = context.rates / per_replica
+    shares /= shares.sum()
+    kind, options = trace_options(trace, warmup + duration)
+    rows = make_trace(kind, table.models, warmup + duration, seed, **options).multipliers
+    k = max(1, round(window / RATE_STEP))
+    start = round(warmup / RATE_STEP)
+    measured = rows[:, start:start + (rows.shape[1] - start) // k * k]
+    x = measured.reshape(rows.shape[0], -1, k).mean(axis=2)
+    oracle = 1 / float((shares[:, None] * x).sum(axis=0).max())
+    static = 1 / float(x.max())
+    peak = 1 / float(shares @ x.max(axis=1))
+    return {"oracle": oracle, "static": static, "static_peak": peak, "gain": oracle / max(static, peak),
+            "engine_shares": shares.round(4).tolist()}
+
+
+def make(policy, trace, seed, args, table):
+    """The policy object: ``static-peak``, ``clipper-peak`` and ``triton-peak`` are those policies
+    with replicas split by the run's peak-to-mean ratios (:func:`peak_to_mean`); the others by name."""
+    from tcloud.cluster.policies import make_policy
+
+    if policy in PEAK:
+        made = make_policy(policy.removesuffix("-peak"))
+        made.provision = peak_to_mean(trace, table.models, args.warmup + args.duration, seed)
+        made.name = policy
         return made
     return make_policy(policy)
 
@@ -164,7 +208,8 @@ def plot(summary, policies, traces, path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, len(traces), figsize=(5 * len(traces), 7), sharex="col", squeeze=False)
-    styles = {p: (marker, dash) for p, marker, dash in zip(policies, "ohs^DvP", ("-", "-", "--", ":", "-.", "-", "--"))}
+    styles = {p: (marker, dash) for p, marker, dash in
+              zip(policies, "oh<s>^DvP", ("-", "-", "--", "--", ":", ":", "-.", "-", "--"))}
     for column, trace in enumerate(traces):
         top, bottom = axes[0][column], axes[1][column]
         for policy in policies:
@@ -244,14 +289,15 @@ def main(argv=None):
     for trace in traces:
         static = max((best[p][trace]["throughput"] for p in STATIC if trace in best.get(p, {})),
                      default=float("nan")) or float("nan")
-        baselines = [best[p][trace]["throughput"] for p in ("clipper", "triton", "nexus")
-                     if trace in best.get(p, {})]
+        baselines = [best[p][trace]["throughput"] for p in BASELINES if trace in best.get(p, {})]
         relative[trace] = {p: {"vs_static": best[p][trace]["throughput"] / static,
                                "vs_best_baseline": best[p][trace]["throughput"] / max(baselines)
                                if baselines and max(baselines) > 0 else float("nan")}
                            for p in best if trace in best[p]}
     summary = medians(rows)
-    report = {"setup": setup, "sustained": best, "relative": relative, "medians": summary,
+    bounds = {t: [allocation_bound(t, table, args.warmup, args.duration, seed) for seed in seeds] for t in traces}
+    report = {"setup": setup, "sustained": best, "relative": relative, "allocation_bound": bounds,
+              "medians": summary,
               "validation": validation(args.config), "sweep_wall_seconds": time.perf_counter() - started,
               "runs": rows}
     write("cluster_policies", report, args.out)

@@ -419,6 +419,15 @@ def test_the_policy_benchmark_runs_diurnal_and_azure_and_picks_the_better_static
     from benchmarks import cluster_policies as bench
     from tcloud.cluster.workload import TPU_MODELS
 
+    small = load_table(config="small", build=False)
+    flat = bench.allocation_bound("poisson", small, 1.0, 4.0, 0)
+    assert flat["oracle"] == flat["static"] == flat["static_peak"] == flat["gain"] == 1.0
+    day = bench.allocation_bound("diurnal", small, 5.0, 20.0, 0, window=0.1)
+    assert day["static"] == pytest.approx(1 / 1.5, rel=0.01) and 1 < day["gain"] < 1.5
+    args = type("Args", (), {"warmup": 5.0, "duration": 20.0})
+    triton = bench.make("triton-peak", "azure", 0, args, load_table(config="small", build=False))
+    assert triton.name == "triton-peak" and np.array_equal(triton.provision,
+                                                           bench.peak_to_mean("azure", DEFAULT_MODELS, 25.0, 0))
     ratios = bench.peak_to_mean("azure", TPU_MODELS, 25.0, 0)
     assert ratios.min() > 1.2 and ratios.max() > 1.5 * ratios.min()  # the sample's models peak differently
     assert np.allclose(bench.peak_to_mean("poisson", TPU_MODELS, 25.0, 0), 1.0)
@@ -439,6 +448,9 @@ def test_the_policy_benchmark_runs_diurnal_and_azure_and_picks_the_better_static
         if static > 0:
             assert report["relative"][trace]["rl-floor"]["vs_static"] == pytest.approx(
                 best["rl-floor"][trace]["throughput"] / static)
+    bound = report["allocation_bound"]["diurnal"][0]
+    assert bound["oracle"] >= bound["static_peak"] >= bound["static"] > 0
+    assert bound["gain"] == pytest.approx(bound["oracle"] / max(bound["static"], bound["static_peak"]))
     bench.main([*common, "--policies", "triton", "--traces", "azure", "--loads", "0.3", "--merge"])
     merged = json.loads(out.read_text())
     assert len(merged["runs"]) == 7 and merged["setup"]["traces"] == ["diurnal", "azure"]
