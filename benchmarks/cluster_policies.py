@@ -28,6 +28,7 @@ the traces alone, what a clairvoyant reallocation could sustain over the better 
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -137,7 +138,7 @@ def run(policy, trace, load, seed, args, table):
                                       warmup=args.warmup, trace_options=options)
     o = results["overall"]
     row = {"policy": policy, "trace": trace, "load": load, "seed": seed, **{f: o[f] for f in ROW_FIELDS},
-           "wall_seconds": wall,
+           "wall_seconds": wall, "load_average": os.getloadavg()[0],
            "models": {k: {f: v[f] for f in ("throughput", "goodput", "slo_attainment", "p99", "slo")}
                       for k, v in results["models"].items()}}
     print(f"{policy:<11} {trace:<8} load {load:4.2f} seed {seed}: {o['throughput']:>10,.0f} req/s, attainment "

@@ -160,9 +160,9 @@ STAFFING = 0.5
 """A floor carries ``STAFFING × sqrt(n)`` replicas beyond the ``n`` its rate fills (square-root
 staffing: the Poisson noise of ``n`` busy replicas' arrivals is about ``sqrt(n)`` replicas' worth, a
 margin that a model on one replica needs as much as one on a thousand). Measured with the zero
-action on 250 × 4 ``tpu_like`` pNPUs (seed 0): 0 left DLRM on one replica late under diurnal at
-0.65 and Poisson at 0.95; 1 sustained diurnal at 0.7 but not MMPP at 0.4 on seeds 1 and 2
-(bursting BERT-base's margin took ResNet-50's replicas); 0.5 sustained MMPP 0.4 on all three."""
+action on 250 × 4 ``tpu_like`` pNPUs: 1 sustained diurnal at 0.7 (seeds 0, 1) but not MMPP at 0.4
+(seeds 1, 2: bursting BERT-base's margin took ResNet-50's replicas); 0 and 0.5 sustained the
+same loads on seed 0, and 0.5 sustained MMPP 0.4 on all three seeds."""
 
 
 class RateMemory:

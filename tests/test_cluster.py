@@ -440,6 +440,7 @@ def test_the_policy_benchmark_runs_diurnal_and_azure_and_picks_the_better_static
     report = json.loads(out.read_text())
     assert report["setup"]["trace_options"]["diurnal"] == {"amplitude": 0.5, "period": 2.0}
     assert report["setup"]["trace_options"]["azure"] == {"seconds_per_minute": bench.AZURE_SECONDS_PER_MINUTE}
+    assert all(r["load_average"] >= 0 and r["commit"] for r in report["runs"])
     assert {(r["policy"], r["trace"]) for r in report["runs"]} == {
         (p, t) for p in ("static", "static-peak", "rl-floor") for t in ("diurnal", "azure")}
     for trace in ("diurnal", "azure"):
