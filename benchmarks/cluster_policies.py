@@ -211,8 +211,8 @@ def plot(summary, policies, traces, path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, len(traces), figsize=(5 * len(traces), 7), sharex="col", squeeze=False)
-    styles = {p: (marker, dash) for p, marker, dash in
-              zip(policies, "oh<s>^DvP", ("-", "-", "--", "--", ":", ":", "-.", "-", "--"))}
+    styles = {p: (marker, dash, f"C{i}") for i, (p, marker, dash) in
+              enumerate(zip(policies, "oh<s>^DvP", ("-", "-", "--", "--", ":", ":", "-.", "-", "--")))}
     for column, trace in enumerate(traces):
         top, bottom = axes[0][column], axes[1][column]
         for policy in policies:
@@ -220,9 +220,11 @@ def plot(summary, policies, traces, path):
             if not mine:
                 continue
             loads = [r["load"] for r in mine]
-            marker, dash = styles[policy]
-            top.plot(loads, [r["goodput"] / 1e3 for r in mine], marker=marker, linestyle=dash, label=policy)
-            bottom.plot(loads, [100 * r["slo_attainment"] for r in mine], marker=marker, linestyle=dash, label=policy)
+            marker, dash, color = styles[policy]  # one colour per policy in every panel
+            top.plot(loads, [r["goodput"] / 1e3 for r in mine], marker=marker, linestyle=dash, color=color,
+                     label=policy)
+            bottom.plot(loads, [100 * r["slo_attainment"] for r in mine], marker=marker, linestyle=dash, color=color,
+                        label=policy)
         bottom.axhline(99, color="grey", linestyle=":")
         top.set_title(f"{trace} arrivals (median of seeds)")
         top.set_ylabel("goodput (k requests/s within SLO)")
