@@ -8,41 +8,142 @@ policy *sustains* a load on a seed when at least 99 % of the requests meet their
 for a trace is the median over seeds of the highest throughput it sustains. Also measured: the
 simulator's agreement with the per-request SimPy simulation at small scale.
 
-``--policies rl --merge`` re-runs only the RL policy and keeps the other policies' rows of the
-existing JSON (same setup), so a retrained policy is benchmarked in minutes.
+Traces (:func:`trace_options`): Poisson; MMPP (bursts of 4 × the base rate, 2 s in 10 s on
+average); diurnal (``1 + 0.5 sin(2π t / period)``, each model phase-shifted by a sixth of a
+period, one day compressed into the warm-up plus the measured window, 25 s by default); and
+``azure``, the shipped Azure Functions sample (:data:`~tcloud.cluster.workload.AZURE_SAMPLE`, the
+six busiest functions, each trace minute lasting :data:`AZURE_SECONDS_PER_MINUTE` simulated
+seconds, from its first minute).
+
+``static-peak`` is static provisioned for each model's peak instead of its mean rate: replicas in
+proportion to the mean rate × the trace's peak-to-mean ratio of that model over 1-s windows of
+the run (known in advance, as an operator knows a function's history). The better of ``static``
+and ``static-peak`` is the static reference of ``relative``; ``clipper-peak`` and ``triton-peak``
+are provisioned the same way and count among the baselines. ``allocation_bound`` records, from
+the traces alone, what a clairvoyant reallocation could sustain over the better static split.
+
+``--policies rl --merge`` re-runs only the RL policy and keeps the other rows of the existing JSON
+(same setup; per policy and trace), so a retrained policy is benchmarked in minutes.
 """
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.cluster_speed import commit
 from benchmarks.common import RESULTS, try_plot, write
 
-POLICIES = ("static", "clipper", "triton", "nexus", "rl", "rl-floor")
+POLICIES = ("static", "static-peak", "clipper", "clipper-peak", "triton", "triton-peak", "nexus", "rl", "rl-floor")
 """``rl-floor``: the RL policy's decode rule with the all-zero action, so the network's contribution shows."""
-TRACES = ("poisson", "mmpp")
-LOADS = {"poisson": (0.8, 0.9, 0.95, 1.0, 1.05), "mmpp": (0.3, 0.4, 0.5, 0.6, 0.7)}
+STATIC = ("static", "static-peak")
+PEAK = ("static-peak", "clipper-peak", "triton-peak")
+"""Static, Clipper and Triton with each model's replicas provisioned for its peak (:func:`make`)."""
+BASELINES = ("clipper", "clipper-peak", "triton", "triton-peak", "nexus")
+TRACES = ("poisson", "mmpp", "diurnal", "azure")
+LOADS = {"poisson": (0.8, 0.9, 0.95, 1.0, 1.05), "mmpp": (0.3, 0.4, 0.5, 0.6, 0.7),
+         "diurnal": (0.55, 0.6, 0.65, 0.7, 0.75, 0.8), "azure": (0.2, 0.25, 0.3, 0.35, 0.4, 0.45)}
 """Offered loads per trace (fractions of capacity), around where the policies stop meeting 99 %:
-MMPP's bursts of 2.5 × the mean rate for 2 s in 10 s overload a cluster provisioned for the mean."""
+MMPP's bursts of 2.5 × the mean rate for 2 s in 10 s overload a cluster provisioned for the mean;
+diurnal peaks at 1.5 × each model's mean; the Azure sample's models peak at 1.9–4.3 × theirs."""
+AZURE_SECONDS_PER_MINUTE = 2.0
+"""Simulated seconds per minute of the Azure trace (two control intervals: a policy deciding
+once per second can react within a minute; at one second per minute no policy could)."""
 SEEDS = (0, 1, 2)
 ROW_FIELDS = ("offered", "throughput", "goodput", "slo_attainment", "p50", "p99", "utilization", "cost_per_1000",
               "dropped", "batches")
 
 
+def trace_options(trace, total):
+    """``(kind, make_trace options)`` of a benchmark trace name for ``total`` simulated seconds."""
+    from tcloud.cluster.workload import AZURE_SAMPLE
+
+    if trace == "diurnal":
+        return trace, {"amplitude": 0.5, "period": total}
+    if trace == "azure":
+        return str(AZURE_SAMPLE), {"seconds_per_minute": AZURE_SECONDS_PER_MINUTE}
+    return trace, {}
+
+
+def peak_to_mean(trace, models, total, seed, window=1.0):
+    """Per model: the trace's largest rate over ``window``-second windows over its provisioned
+    mean (the multiplier's nominal mean 1; dividing by the run's realized mean instead gave a
+    model that burst more often under MMPP a lower ratio, and fewer replicas, than the others)."""
+    from tcloud.cluster.workload import RATE_STEP, make_trace
+
+    kind, options = trace_options(trace, total)
+    rows = make_trace(kind, models, total, seed, **options).multipliers
+    k = max(1, round(window / RATE_STEP))
+    usable = rows[:, :rows.shape[1] // k * k].reshape(rows.shape[0], -1, k).mean(axis=2)
+    return usable.max(axis=1)
+
+
+def allocation_bound(trace, table, warmup, duration, seed, window=1.0):
+    """What reallocation can win on a trace at most, from the trace alone (no queueing, no
+    Poisson noise, free and instant reallocation): in units of capacity (load 1.0), the highest
+    load at which
+
+    * ``oracle``: a clairvoyant policy that re-splits the engines every ``window`` seconds keeps
+      every model's mean demand over the window within its replicas: ``1 / max_t Σ_m w_m x_m(t)``,
+      ``w_m`` the model's share of the engines at its mean rate (static's shape and batch),
+      ``x_m(t)`` its rate multiplier averaged over the window;
+    * ``static``: the split by mean rates does: ``1 / max_m max_t x_m(t)``;
+    * ``static_peak``: the split by peak rates does: ``1 / Σ_m w_m max_t x_m(t)``;
+
+    over the measured window (after ``warmup``). ``gain`` is ``oracle`` over the better static."""
+    from tcloud.cluster.policies import Static
+    from tcloud.cluster.simulate import make_context
+    from tcloud.cluster.workload import RATE_STEP, make_trace
+
+    context = make_context(table.models, table, 4, 1.0)
+    plan = Static().reset(context)
+    per_replica = np.array([b / c[plan.replicas[m][0]][b] for m, (b, c) in
+                            enumerate(zip((plan.batch[m] for m in range(len(context.models))), context.curves))])
+    shares = context.rates / per_replica
+    shares /= shares.sum()
+    kind, options = trace_options(trace, warmup + duration)
+    rows = make_trace(kind, table.models, warmup + duration, seed, **options).multipliers
+    k = max(1, round(window / RATE_STEP))
+    start = round(warmup / RATE_STEP)
+    measured = rows[:, start:start + (rows.shape[1] - start) // k * k]
+    x = measured.reshape(rows.shape[0], -1, k).mean(axis=2)
+    oracle = 1 / float((shares[:, None] * x).sum(axis=0).max())
+    static = 1 / float(x.max())
+    peak = 1 / float(shares @ x.max(axis=1))
+    return {"oracle": oracle, "static": static, "static_peak": peak, "gain": oracle / max(static, peak),
+            "engine_shares": shares.round(4).tolist()}
+
+
+def make(policy, trace, seed, args, table):
+    """The policy object: ``static-peak``, ``clipper-peak`` and ``triton-peak`` are those policies
+    with replicas split by the run's peak-to-mean ratios (:func:`peak_to_mean`); the others by name."""
+    from tcloud.cluster.policies import make_policy
+
+    if policy in PEAK:
+        made = make_policy(policy.removesuffix("-peak"))
+        made.provision = peak_to_mean(trace, table.models, args.warmup + args.duration, seed)
+        made.name = policy
+        return made
+    return make_policy(policy)
+
+
 def run(policy, trace, load, seed, args, table):
     from tcloud.cluster.cli import run_simulation
 
-    results, _, wall = run_simulation(args.nodes, args.pnpus_per_node, policy, trace, load, args.duration, seed,
-                                      config=args.config, table=table, warmup=args.warmup)
+    kind, options = trace_options(trace, args.warmup + args.duration)
+    results, _, wall = run_simulation(args.nodes, args.pnpus_per_node, make(policy, trace, seed, args, table), kind,
+                                      load, args.duration, seed, config=args.config, table=table,
+                                      warmup=args.warmup, trace_options=options)
     o = results["overall"]
     row = {"policy": policy, "trace": trace, "load": load, "seed": seed, **{f: o[f] for f in ROW_FIELDS},
-           "wall_seconds": wall,
+           "wall_seconds": wall, "load_average": os.getloadavg()[0],
            "models": {k: {f: v[f] for f in ("throughput", "goodput", "slo_attainment", "p99", "slo")}
                       for k, v in results["models"].items()}}
-    print(f"{policy:<8} {trace:<8} load {load:4.2f} seed {seed}: {o['throughput']:>10,.0f} req/s, attainment "
+    print(f"{policy:<11} {trace:<8} load {load:4.2f} seed {seed}: {o['throughput']:>10,.0f} req/s, attainment "
           f"{o['slo_attainment']:.2%}, p99 {o['p99'] * 1e3:8.2f} ms, {wall:5.1f} s wall", flush=True)
     return row
 
@@ -117,8 +218,9 @@ def plot(summary, policies, traces, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(traces), figsize=(6 * len(traces), 7), sharex="col", squeeze=False)
-    styles = {p: (marker, dash) for p, marker, dash in zip(policies, "os^DvP", ("-", "--", ":", "-.", "-", "--"))}
+    fig, axes = plt.subplots(2, len(traces), figsize=(5 * len(traces), 7), sharex="col", squeeze=False)
+    styles = {p: (marker, dash, f"C{i}") for i, (p, marker, dash) in
+              enumerate(zip(policies, "oh<s>^DvP", ("-", "-", "--", "--", ":", ":", "-.", "-", "--")))}
     for column, trace in enumerate(traces):
         top, bottom = axes[0][column], axes[1][column]
         for policy in policies:
@@ -126,16 +228,19 @@ def plot(summary, policies, traces, path):
             if not mine:
                 continue
             loads = [r["load"] for r in mine]
-            marker, dash = styles[policy]
-            top.plot(loads, [r["goodput"] / 1e3 for r in mine], marker=marker, linestyle=dash, label=policy)
-            bottom.plot(loads, [100 * r["slo_attainment"] for r in mine], marker=marker, linestyle=dash, label=policy)
+            marker, dash, color = styles[policy]  # one colour per policy in every panel
+            top.plot(loads, [r["goodput"] / 1e3 for r in mine], marker=marker, linestyle=dash, color=color,
+                     label=policy)
+            bottom.plot(loads, [100 * r["slo_attainment"] for r in mine], marker=marker, linestyle=dash, color=color,
+                        label=policy)
         bottom.axhline(99, color="grey", linestyle=":")
-        top.set_title(f"{trace} arrivals, 250 x 4 tpu_like pNPUs (median of seeds)")
+        top.set_title(f"{trace} arrivals (median of seeds)")
         top.set_ylabel("goodput (k requests/s within SLO)")
         bottom.set_ylabel("SLO attainment (%)")
         bottom.set_xlabel("offered load (fraction of capacity)")
         bottom.set_ylim(max(0, bottom.get_ylim()[0]), 100.5)
-        top.legend()
+        top.legend(fontsize="small")
+    fig.suptitle("250 x 4 tpu_like pNPUs")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -171,31 +276,41 @@ def main(argv=None):
         same = {k: old["setup"].get(k) for k in ("config", "nodes", "pnpus_per_node", "duration", "warmup")}
         if same != {k: setup[k] for k in same}:
             raise SystemExit(f"{path}: --merge needs the same setup, the file has {same}")
-        kept = [r for r in old["runs"] if r["policy"] not in args.policies]
+        if old["setup"]["seeds"] != seeds:
+            raise SystemExit(f"{path}: --merge needs the same seeds, the file has {old['setup']['seeds']}")
+        kept = [r for r in old["runs"] if not (r["policy"] in args.policies and r["trace"] in args.traces)]
         setup["kept_runs_from"] = old["setup"].get("kept_runs_from") or {
             k: old["setup"].get(k) for k in ("commit", "uncommitted_changes")}
-        policies = [p for p in old["setup"]["policies"] if p not in args.policies] + policies
-        traces, seeds = old["setup"]["traces"], old["setup"]["seeds"]
+        policies = [p for p in POLICIES if p in {*old["setup"]["policies"], *policies}] + [
+            p for p in policies if p not in POLICIES]
+        traces = [t for t in TRACES if t in {*old["setup"]["traces"], *traces}]
+    runs = [(p, t) for p in args.policies for t in args.traces]
     started = time.perf_counter()
-    rows = [run(p, t, load, seed, args, table) for p in args.policies for t in traces
+    made_at = commit()
+    rows = [{**run(p, t, load, seed, args, table), **made_at} for p, t in runs
             for load in (args.loads or LOADS.get(t, LOADS["poisson"])) for seed in seeds]
     rows = kept + rows
     from tcloud.cluster.simulate import make_context
 
     context = make_context(table.models, table, args.nodes * args.pnpus_per_node, 1.0)
     setup.update(policies=policies, traces=traces, seeds=seeds, loads=sorted({r["load"] for r in rows}),
+                 trace_options={t: trace_options(t, args.warmup + args.duration)[1] for t in traces},
                  slos_ms={m.name: float(s) * 1e3 for m, s in zip(table.models, context.slos)},
                  capacity_requests_per_second=float(context.rates.sum()), **commit())
     best = sustained(rows, policies, traces, seeds)
     relative = {}
     for trace in traces:
-        static = best.get("static", {}).get(trace, {}).get("throughput") or float("nan")
-        baselines = [best[p][trace]["throughput"] for p in ("clipper", "triton", "nexus") if p in best]
+        static = max((best[p][trace]["throughput"] for p in STATIC if trace in best.get(p, {})),
+                     default=float("nan")) or float("nan")
+        baselines = [best[p][trace]["throughput"] for p in BASELINES if trace in best.get(p, {})]
         relative[trace] = {p: {"vs_static": best[p][trace]["throughput"] / static,
                                "vs_best_baseline": best[p][trace]["throughput"] / max(baselines)
-                               if baselines and max(baselines) > 0 else float("nan")} for p in best}
+                               if baselines and max(baselines) > 0 else float("nan")}
+                           for p in best if trace in best[p]}
     summary = medians(rows)
-    report = {"setup": setup, "sustained": best, "relative": relative, "medians": summary,
+    bounds = {t: [allocation_bound(t, table, args.warmup, args.duration, seed) for seed in seeds] for t in traces}
+    report = {"setup": setup, "sustained": best, "relative": relative, "allocation_bound": bounds,
+              "medians": summary,
               "validation": validation(args.config), "sweep_wall_seconds": time.perf_counter() - started,
               "runs": rows}
     write("cluster_policies", report, args.out)

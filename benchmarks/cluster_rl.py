@@ -25,10 +25,11 @@ import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 from benchmarks.common import RESULTS, try_plot, write
 
-from benchmarks.cluster_policies import LOADS, SEEDS, TRACES  # the benchmark's settings
+from benchmarks.cluster_policies import LOADS, SEEDS, TRACES, make, trace_options  # the benchmark's settings
 
 
 def capacity_bound(config="tpu_like", table=None):
@@ -65,8 +66,11 @@ def _runs(job):
     rows = []
     for load in loads:
         started = time.perf_counter()
-        results, sim, _ = run_simulation(args["nodes"], args["pnpus_per_node"], policy, trace, load, args["duration"],
-                                         seed, table=table, models=table.models, warmup=args["warmup"])
+        kind, options = trace_options(trace, args["warmup"] + args["duration"])
+        made = make(policy, trace, seed, SimpleNamespace(**args), table)
+        results, sim, _ = run_simulation(args["nodes"], args["pnpus_per_node"], made, kind, load, args["duration"],
+                                         seed, table=table, models=table.models, warmup=args["warmup"],
+                                         trace_options=options)
         o = results["overall"]
         rows.append({"policy": policy, "trace": trace, "load": load, "seed": seed,
                      **{k: o[k] for k in ("offered", "throughput", "goodput", "slo_attainment", "p99", "utilization",

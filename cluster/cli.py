@@ -100,11 +100,13 @@ def _positive_int(text):
 
 
 def run_simulation(nodes, pnpus_per_node, policy, trace, load, duration, seed=0, interval=1.0, config="small",
-                   backend=None, table=None, models=None, progress=None, warmup=0.0):
+                   backend=None, table=None, models=None, progress=None, warmup=0.0, trace_options=None):
     """Build everything and simulate; return ``(results, simulator, wall seconds)``.
 
     Parameters mirror ``tcloud cluster simulate``; ``policy`` is a name or a
-    :class:`~.policies.Policy`; ``table`` a :class:`~.service.ServiceTable`, a path or ``None``.
+    :class:`~.policies.Policy`; ``table`` a :class:`~.service.ServiceTable`, a path or ``None``;
+    ``trace_options`` keyword arguments of :func:`~.workload.make_trace` (e.g. ``amplitude``,
+    ``seconds_per_minute``).
     """
     from .placement import Cluster
     from .policies import make_policy
@@ -126,7 +128,8 @@ def run_simulation(nodes, pnpus_per_node, policy, trace, load, duration, seed=0,
     context = make_context(models, table, nodes * pnpus_per_node, load, interval)
     if isinstance(policy, str):
         policy = make_policy(policy)
-    arrivals = Arrivals(make_trace(trace, models, warmup + duration, seed), context.rates, seed)
+    arrivals = Arrivals(make_trace(trace, models, warmup + duration, seed, **(trace_options or {})), context.rates,
+                        seed)
     started = time.perf_counter()
     sim = Simulator(context, cluster, policy, arrivals)
     results = sim.run(duration, progress, warmup)

@@ -70,9 +70,13 @@ class Static(Policy):
     name = "static"
     divisor = 2.0
     """The fixed batch is the largest with ``divisor × latency <= SLO``."""
+    provision = None
+    """Per model, a factor on the mean rate the replicas are split by (``None``: the mean rates;
+    a trace's peak-to-mean ratios: each model provisioned for its peak)."""
 
-    def __init__(self, divisor=2.0):
+    def __init__(self, divisor=2.0, provision=None):
         self.divisor = divisor
+        self.provision = None if provision is None else np.asarray(provision, dtype=float)
 
     def reset(self, context):
         self.context = context
@@ -80,7 +84,8 @@ class Static(Policy):
         self.batch = [max(best_batch(c[shape.label], slo, self.divisor), 1) for c, slo in zip(context.curves, context.slos)]
         per_replica = np.array([b / c[shape.label][b] for b, c in zip(self.batch, context.curves)])
         slots = context.per_pnpu[shape.label] * context.pnpus
-        counts = proportional(context.rates / per_replica, slots)
+        rates = context.rates if self.provision is None else context.rates * self.provision
+        counts = proportional(rates / per_replica, slots)
         return Plan(replicas={m: [shape.label] * int(k) for m, k in enumerate(counts)},
                     batch=dict(enumerate(self.batch)))
 

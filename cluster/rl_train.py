@@ -31,8 +31,13 @@ import gymnasium
 import numpy as np
 
 from .policies import Policy
-from .rl import ACTIONS, GLOBAL, PER_MODEL, decode, features, initial_plan, model_options, observation_size
+from .rl import (ACTIONS, GLOBAL, PER_MODEL, RateMemory, decode, features, initial_plan, model_options,
+                 observation_size)
 from .workload import ClusterError
+
+
+TRAINING_TRACES = ("poisson", "mmpp", "diurnal", "azure")
+"""The traces an episode draws from (``azure``: the shipped Azure Functions sample)."""
 
 
 class _Driven(Policy):
@@ -70,8 +75,9 @@ class ClusterEnv(gymnasium.Env):
     steps : int
         Steps per episode (then ``truncated``).
     loads : (float, float)
-        Each episode draws its load uniformly from this range and its trace from poisson, mmpp and
-        diurnal.
+        Each episode draws its load uniformly from this range and its trace from :data:`TRAINING_TRACES`
+        (Poisson, MMPP, diurnal with one day per episode, and the shipped Azure Functions sample from a
+        random minute at ``burst_intervals[0]`` intervals per minute).
     cost_weight : float
     worst_weight : float
     config : str
@@ -121,12 +127,12 @@ class ClusterEnv(gymnasium.Env):
     def reset(self, seed=None, options=None):
         from .placement import Cluster
         from .simulate import Simulator, make_context
-        from .workload import RATE_STEP, Arrivals, make_trace
+        from .workload import AZURE_SAMPLE, RATE_STEP, Arrivals, make_trace
 
         if seed is not None:
             self.rng = np.random.default_rng(seed)
         load = float(self.rng.uniform(*self.loads))
-        trace = str(self.rng.choice(["poisson", "mmpp", "diurnal"]))
+        trace = str(self.rng.choice(TRAINING_TRACES))
         episode_seed = int(self.rng.integers(1 << 30))
         nodes = int(self.rng.choice(self.nodes))
         pnpus = nodes * self.pnpus_per_node
@@ -136,18 +142,24 @@ class ClusterEnv(gymnasium.Env):
         self.price_total = self.context.prices[whole.label] * pnpus
         duration = self.interval * (self.steps + 1)
         high_s, low_s = (max(k * self.interval, k * 2 * RATE_STEP) for k in self.burst_intervals)
-        shape = make_trace(trace, self.models, duration, episode_seed, high_s=high_s, low_s=low_s)
+        if trace == "azure":
+            shape = make_trace(str(AZURE_SAMPLE), self.models, duration, episode_seed, seconds_per_minute=high_s,
+                               start_minute=int(self.rng.integers(60)))
+        else:
+            shape = make_trace(trace, self.models, duration, episode_seed, high_s=high_s, low_s=low_s)
         arrivals = Arrivals(shape, self.context.rates, episode_seed)
         self.sim = Simulator(self.context, Cluster(nodes, self.pnpus_per_node, self.table.config), _Driven(),
                              arrivals)
         self.t = 0
+        self.memory = RateMemory(len(self.models), self.interval)
         self.sim.step()
         self.observation = self.sim.observe_last
         return features(self.observation, self.context, self.options), {"load": load, "trace": trace,
                                                                          "pnpus": pnpus}
 
     def step(self, action):
-        return self.advance(decode(action, self.observation, self.context, self.options))
+        slow = self.memory.update(self.observation["arrival_rate"])
+        return self.advance(decode(action, self.observation, self.context, self.options, slow))
 
     def advance(self, plan):
         """One step with a :class:`~.simulate.Plan` instead of an action (to score other policies)."""

@@ -151,7 +151,7 @@ class Trace:
 
 
 def make_trace(kind, models, duration, seed=0, *, burst=4.0, high_s=2.0, low_s=8.0, amplitude=0.5, period=None,
-               seconds_per_minute=1.0):
+               seconds_per_minute=1.0, start_minute=0):
     """The :class:`Trace` of ``kind`` (``poisson``, ``mmpp``, ``diurnal`` or a path to an Azure file).
 
     Parameters
@@ -167,6 +167,8 @@ def make_trace(kind, models, duration, seed=0, *, burst=4.0, high_s=2.0, low_s=8
         Diurnal: relative swing and period (default ``duration``, one compressed day).
     seconds_per_minute : float
         Azure replay: simulated seconds per trace minute.
+    start_minute : int
+        Azure replay: the trace minute at simulated time 0 (0: the file's first).
 
     Raises
     ------
@@ -205,12 +207,12 @@ def make_trace(kind, models, duration, seed=0, *, burst=4.0, high_s=2.0, low_s=8
         raise ClusterError(f"{path}: {len(counts)} function row(s) with invocations, the workload has {n} models")
     busiest = counts[np.argsort(-counts.sum(axis=1), kind="stable")[:n]].astype(float)
     t = np.arange(steps) * RATE_STEP
-    minute = (t / seconds_per_minute).astype(int) % busiest.shape[1]
+    minute = ((t / seconds_per_minute).astype(int) + int(start_minute)) % busiest.shape[1]
     rows = busiest[:, minute]
     means = rows.mean(axis=1, keepdims=True)
     if np.any(means == 0):
-        raise ClusterError(f"{path}: a chosen function has no invocations within the first "
-                           f"{int(duration / seconds_per_minute) + 1} minute(s) simulated")
+        raise ClusterError(f"{path}: a chosen function has no invocations within the "
+                           f"{int(duration / seconds_per_minute) + 1} minute(s) simulated from minute {start_minute}")
     return Trace(f"azure:{path.name}", rows / means)
 
 

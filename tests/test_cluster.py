@@ -504,3 +504,59 @@ def test_cli_errors_are_messages_not_tracebacks(capsys, args, message):
     assert tcloud(["cluster", "simulate", "--nodes", "2", "--duration", "1", *args]) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+# --- the policy benchmark's traces -----------------------------------------------------------------
+
+def test_azure_replay_can_start_at_any_minute():
+    counts = read_azure(AZURE_SAMPLE)
+    busiest = counts[np.argsort(-counts.sum(axis=1), kind="stable")[0]]
+    trace = make_trace(str(AZURE_SAMPLE), DEFAULT_MODELS[:1], 10, seconds_per_minute=2.0, start_minute=58)
+    row = trace.multipliers[0] * np.concatenate([busiest[58:60], busiest[:3]]).repeat(20).mean()
+    assert np.allclose(row, np.concatenate([busiest[58:60], busiest[:3]]).repeat(20)[:100])
+
+
+def test_the_policy_benchmark_runs_diurnal_and_azure_and_picks_the_better_static(tmp_path):
+    """The benchmark's path for the traces where dynamic allocation matters, at a tiny scale: every
+    policy on diurnal and the Azure sample, static provisioned by mean and by peak rates, and the
+    better static as the reference; ``--merge`` keeps the other rows."""
+    from benchmarks import cluster_policies as bench
+    from tcloud.cluster.workload import TPU_MODELS
+
+    small = load_table(config="small", build=False)
+    flat = bench.allocation_bound("poisson", small, 1.0, 4.0, 0)
+    assert flat["oracle"] == flat["static"] == flat["static_peak"] == flat["gain"] == 1.0
+    day = bench.allocation_bound("diurnal", small, 5.0, 20.0, 0, window=0.1)
+    assert day["static"] == pytest.approx(1 / 1.5, rel=0.01) and 1 < day["gain"] < 1.5
+    args = type("Args", (), {"warmup": 5.0, "duration": 20.0})
+    triton = bench.make("triton-peak", "azure", 0, args, load_table(config="small", build=False))
+    assert triton.name == "triton-peak" and np.array_equal(triton.provision,
+                                                           bench.peak_to_mean("azure", DEFAULT_MODELS, 25.0, 0))
+    ratios = bench.peak_to_mean("azure", TPU_MODELS, 25.0, 0)
+    assert ratios.min() > 1.2 and ratios.max() > 1.5 * ratios.min()  # the sample's models peak differently
+    assert np.allclose(bench.peak_to_mean("poisson", TPU_MODELS, 25.0, 0), 1.0)
+    assert np.allclose(bench.peak_to_mean("diurnal", TPU_MODELS, 25.0, 0), 1.5, rtol=0.01)
+    out = tmp_path / "policies.json"
+    common = ["--config", "small", "--nodes", "1", "--duration", "1", "--warmup", "1", "--seeds", "0",
+              "--out", str(out)]
+    bench.main([*common, "--policies", "static", "static-peak", "rl-floor", "--traces", "diurnal", "azure",
+                "--loads", "0.3"])
+    report = json.loads(out.read_text())
+    assert report["setup"]["trace_options"]["diurnal"] == {"amplitude": 0.5, "period": 2.0}
+    assert report["setup"]["trace_options"]["azure"] == {"seconds_per_minute": bench.AZURE_SECONDS_PER_MINUTE}
+    assert all(r["load_average"] >= 0 and r["commit"] for r in report["runs"])
+    assert {(r["policy"], r["trace"]) for r in report["runs"]} == {
+        (p, t) for p in ("static", "static-peak", "rl-floor") for t in ("diurnal", "azure")}
+    for trace in ("diurnal", "azure"):
+        best = report["sustained"]
+        static = max(best["static"][trace]["throughput"], best["static-peak"][trace]["throughput"])
+        if static > 0:
+            assert report["relative"][trace]["rl-floor"]["vs_static"] == pytest.approx(
+                best["rl-floor"][trace]["throughput"] / static)
+    bound = report["allocation_bound"]["diurnal"][0]
+    assert bound["oracle"] >= bound["static_peak"] >= bound["static"] > 0
+    assert bound["gain"] == pytest.approx(bound["oracle"] / max(bound["static"], bound["static_peak"]))
+    bench.main([*common, "--policies", "triton", "--traces", "azure", "--loads", "0.3", "--merge"])
+    merged = json.loads(out.read_text())
+    assert len(merged["runs"]) == 7 and merged["setup"]["traces"] == ["diurnal", "azure"]
+    assert merged["setup"]["policies"] == ["static", "static-peak", "triton", "rl-floor"]
