@@ -131,16 +131,35 @@ def make(policy, trace, seed, args, table):
     return make_policy(policy)
 
 
+def mixed_pnpus(sim):
+    """Fraction of the pNPUs in use at the end of a run that hold replicas of two or more models (the
+    service-time table charges same-model neighbours only, see ``cluster_colocation``)."""
+    models_on = {}
+    for m, group in enumerate(sim.groups):
+        for replica in group.replicas:
+            models_on.setdefault(replica.pnpu, set()).add(m)
+    return sum(len(models) > 1 for models in models_on.values()) / max(len(models_on), 1)
+
+
+def unnull(row):
+    """A run read back from the JSON: latencies written as null (infinitely late) are infinite again."""
+    for values in (row, *row["models"].values()):
+        for field in ("p50", "p99"):
+            if field in values and values[field] is None:
+                values[field] = float("inf")
+    return row
+
+
 def run(policy, trace, load, seed, args, table):
     from tcloud.cluster.cli import run_simulation
 
     kind, options = trace_options(trace, args.warmup + args.duration)
-    results, _, wall = run_simulation(args.nodes, args.pnpus_per_node, make(policy, trace, seed, args, table), kind,
+    results, sim, wall = run_simulation(args.nodes, args.pnpus_per_node, make(policy, trace, seed, args, table), kind,
                                       load, args.duration, seed, config=args.config, table=table,
                                       warmup=args.warmup, trace_options=options)
     o = results["overall"]
     row = {"policy": policy, "trace": trace, "load": load, "seed": seed, **{f: o[f] for f in ROW_FIELDS},
-           "wall_seconds": wall, "load_average": os.getloadavg()[0],
+           "mixed_pnpus": mixed_pnpus(sim), "wall_seconds": wall, "load_average": os.getloadavg()[0],
            "models": {k: {f: v[f] for f in ("throughput", "goodput", "slo_attainment", "p99", "slo")}
                       for k, v in results["models"].items()}}
     print(f"{policy:<11} {trace:<8} load {load:4.2f} seed {seed}: {o['throughput']:>10,.0f} req/s, attainment "
@@ -268,17 +287,18 @@ def main(argv=None):
     setup = {"config": table.config, "backend": table.backend, "timing_only": table.timing_only,
              "nodes": args.nodes, "pnpus_per_node": args.pnpus_per_node, "duration": args.duration,
              "warmup": args.warmup, "interval": 1.0, "models": [m.name for m in table.models],
-             "slos_ms": None}
+             "slos_ms": None, "table_neighbours": table.neighbours}
     path = Path(args.out) if args.out else RESULTS / "cluster_policies.json"
     kept, policies, traces, seeds = [], list(args.policies), list(args.traces), list(args.seeds)
     if args.merge and path.exists():
         old = json.loads(path.read_text())
-        same = {k: old["setup"].get(k) for k in ("config", "nodes", "pnpus_per_node", "duration", "warmup")}
+        same = {k: old["setup"].get(k)
+                for k in ("config", "nodes", "pnpus_per_node", "duration", "warmup", "table_neighbours")}
         if same != {k: setup[k] for k in same}:
             raise SystemExit(f"{path}: --merge needs the same setup, the file has {same}")
         if old["setup"]["seeds"] != seeds:
             raise SystemExit(f"{path}: --merge needs the same seeds, the file has {old['setup']['seeds']}")
-        kept = [r for r in old["runs"] if not (r["policy"] in args.policies and r["trace"] in args.traces)]
+        kept = [unnull(r) for r in old["runs"] if not (r["policy"] in args.policies and r["trace"] in args.traces)]
         setup["kept_runs_from"] = old["setup"].get("kept_runs_from") or {
             k: old["setup"].get(k) for k in ("commit", "uncommitted_changes")}
         policies = [p for p in POLICIES if p in {*old["setup"]["policies"], *policies}] + [

@@ -556,7 +556,13 @@ def test_the_policy_benchmark_runs_diurnal_and_azure_and_picks_the_better_static
     bound = report["allocation_bound"]["diurnal"][0]
     assert bound["oracle"] >= bound["static_peak"] >= bound["static"] > 0
     assert bound["gain"] == pytest.approx(bound["oracle"] / max(bound["static"], bound["static_peak"]))
+    assert all(0 <= r["mixed_pnpus"] <= 1 for r in report["runs"])
+    late = json.loads(out.read_text())  # a run with too many drops has p99 null (infinitely late) in the file
+    late["runs"][0]["p99"] = None
+    next(iter(late["runs"][0]["models"].values()))["p99"] = None
+    late["runs"].append({**late["runs"][0], "seed": 1})  # medians over two nulls used to raise TypeError
+    out.write_text(json.dumps(late))
     bench.main([*common, "--policies", "triton", "--traces", "azure", "--loads", "0.3", "--merge"])
     merged = json.loads(out.read_text())
-    assert len(merged["runs"]) == 7 and merged["setup"]["traces"] == ["diurnal", "azure"]
+    assert len(merged["runs"]) == 8 and merged["setup"]["traces"] == ["diurnal", "azure"]
     assert merged["setup"]["policies"] == ["static", "static-peak", "triton", "rl-floor"]
