@@ -4,11 +4,14 @@ The cluster's service-time table measures every vNPU smaller than a pNPU next to
 same shape and model (:func:`tcloud.cluster.service.measure`), because the cluster packs a model's
 replicas together. This benchmark measures what that choice leaves out: each model on an ``m2v1``
 vNPU at static's batch (the largest with 2 × latency ≤ SLO, from the shipped table), alone on its
-pNPU and next to an ``m2v1`` neighbour running each of the models, all on ``perf`` without data.
+pNPU and next to an ``m2v1`` neighbour running each of the models back to back for the whole
+measured run (:data:`~tcloud.cluster.service.NEIGHBOUR_RUNS` × the ratio of their cycles alone), all
+on ``perf`` without data.
 The result is the slowdown matrix (measured model × neighbour model), JSON and a heat map.
 """
 
 import argparse
+import math
 import time
 
 import numpy as np
@@ -19,7 +22,7 @@ SHAPE = "m2v1"
 
 
 def measure(config):
-    from tcloud.cluster.service import compile_for, load_table, run_next_to
+    from tcloud.cluster.service import NEIGHBOUR_RUNS, compile_for, load_table, run_next_to
     from tcloud.cluster.simulate import best_batch, make_context
     from tcloud.isa import get_config
 
@@ -31,11 +34,12 @@ def measure(config):
     compiled = [compile_for(m, config, b, shape) for m, b in zip(table.models, batches)]
     compile_seconds = time.perf_counter() - started
 
-    def cycles(measured, neighbour):
-        return run_next_to(measured, neighbour, config, shape, backend="perf", timing_only=True)[0]
+    def cycles(measured, neighbour, runs=NEIGHBOUR_RUNS):
+        return run_next_to(measured, neighbour, config, shape, backend="perf", timing_only=True, runs=runs)[0]
 
     alone = [cycles(c, None) for c in compiled]
-    slowdown = [[round(cycles(c, n) / a, 4) for n in compiled] for c, a in zip(compiled, alone)]
+    slowdown = [[round(cycles(c, n, NEIGHBOUR_RUNS * math.ceil(a / b)) / a, 4) for n, b in zip(compiled, alone)]
+                for c, a in zip(compiled, alone)]
     names = [m.name for m in table.models]
     for name, row in zip(names, slowdown):
         print(f"{name:12s} " + " ".join(f"{value:5.2f}" for value in row))

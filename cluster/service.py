@@ -145,15 +145,21 @@ def compile_for(model, config, batch, shape):
 
 
 def run_next_to(compiled, neighbour, config, shape, policy="static", backend=DEFAULT_BACKEND, seed=0,
-                timing_only=False):
+                timing_only=False, runs=NEIGHBOUR_RUNS):
     """Run ``compiled`` once on a vNPU of ``shape`` while every further vNPU of ``shape`` that fits the
-    pNPU runs ``neighbour`` (a compiled model, or ``None``: alone) :data:`NEIGHBOUR_RUNS` times back
-    to back, all starting on the same cycle.
+    pNPU runs ``neighbour`` (a compiled model, or ``None``: alone) ``runs`` times back to back, all
+    starting on the same cycle. A neighbour shorter than the measured run needs more runs than
+    :data:`NEIGHBOUR_RUNS` to stay busy (about the ratio of their cycles alone, times that).
 
     Returns
     -------
     tuple of int
         Active cycles of the measured context, and the number of neighbours.
+
+    Raises
+    ------
+    ClusterError
+        A neighbour ran out of runs before the measured run ended (it was idle for part of it).
     """
     from tcloud.runtime.hypervisor import Hypervisor
 
@@ -167,12 +173,14 @@ def run_next_to(compiled, neighbour, config, shape, policy="static", backend=DEF
         for other in others:
             other.load(neighbour.image)
         with hypervisor.start_together():
+            last = []
             for other in others:
                 rows = neighbour.device_inputs(neighbour.random_inputs(seed + 1 + other.context))
-                for _ in range(NEIGHBOUR_RUNS):
-                    other.submit(rows)
+                last.append([other.submit(rows) for _ in range(runs)][-1])
             measured = vnpu.submit(compiled.device_inputs(compiled.random_inputs(seed)))
         measured.result()
+        if any(future.done() for future in last):
+            raise ClusterError(f"a neighbour finished its {runs} runs before the measured run ended; give it more")
         return vnpu.usage().active_cycles, len(others)
 
 

@@ -169,6 +169,21 @@ def test_entries_are_measured_next_to_busy_neighbours():
                                                                       **options)
 
 
+def test_a_neighbour_that_runs_out_of_runs_is_an_error():
+    """A neighbour shorter than the measured run must be given enough runs to stay busy to its end."""
+    from tcloud.cluster.service import compile_for, run_next_to
+    from tcloud.cluster.workload import TPU_MODELS, model_by_name
+
+    tpu = load_table(config="tpu_like", build=False)
+    shape, ncf = tpu.shape("m2v1"), model_by_name(TPU_MODELS, "ncf")
+    long, short = compile_for(ncf, "tpu_like", 32, shape), compile_for(ncf, "tpu_like", 1, shape)
+    options = {"backend": "perf", "timing_only": True}
+    with pytest.raises(ClusterError, match="a neighbour finished its 1 runs before the measured run ended"):
+        run_next_to(long, short, "tpu_like", shape, runs=1, **options)
+    busy, neighbours = run_next_to(long, short, "tpu_like", shape, runs=64, **options)
+    assert neighbours == 1 and busy > run_next_to(long, None, "tpu_like", shape, **options)[0]
+
+
 def test_a_table_file_without_neighbours_was_measured_alone(tmp_path):
     from tcloud.cluster.service import default_path
 

@@ -197,7 +197,8 @@ class Hypervisor:
 
         The driver waits until the block ends, then starts every run submitted in it (on idle vNPUs)
         in one step, so their timings do not depend on when the driver thread happened to wake; used
-        to measure a run next to busy co-tenants.
+        to measure a run next to busy co-tenants. Waiting for a run inside the block (``result()``,
+        :meth:`wait`) deadlocks: the driver cannot step until the block ends.
         """
         with self._work:
             yield
