@@ -110,26 +110,29 @@ def context_report(status, stop, counters, engine_cycles, reclaim_wait, reclaim_
     if stop is not None and status == ContextStatus.FAULTED:
         fault, fault_pc, detail = stop
     else:
-        fault, fault_pc, detail = FaultCode.NONE, 0, ""
+        fault, fault_pc, detail = _NO_FAULT
     if status == ContextStatus.RUNNING:
         run = max(0, now - start)
+        active = active_before + run
     else:
         run = 0 if end is None else end - start
-    active = active_before + (run if status == ContextStatus.RUNNING else 0)
+        active = active_before
     timing_report = {"active_cycles": int(active), "run_cycles": int(run),
                      "engine_cycles": {name: int(value) for name, value in engine_cycles.items()},
                      "reclaim_wait_cycles": int(reclaim_wait), "reclaim_max_cycles": int(reclaim_max)}
     return ContextInfo(status, fault, fault_pc, detail, counters, timing_report)
 
 
-def engine_busy(busy_total, start, end, running, now):
-    """An engine's busy cycles so far: its finished uTOps' and the running one's."""
-    return int(busy_total + (max(0, min(now, end) - start) if running else 0))
+_NO_FAULT = (FaultCode.NONE, 0, "")
 
 
-def stats_report(now, busy):
-    """:meth:`PerfDevice.stats` from the time and each engine's busy cycles."""
-    return {"backend": PerfDevice.name, "cycles": int(now), "engine_busy_cycles": busy}
+def stats_report(now, names, busy_totals, starts, ends, running):
+    """:meth:`PerfDevice.stats` from the time and, per engine (in ``names``' order), its finished uTOps'
+    busy cycles, its running uTOp's start and end, and whether it runs one (a running uTOp counts
+    up to ``now``)."""
+    return {"backend": PerfDevice.name, "cycles": int(now),
+            "engine_busy_cycles": {name: int(total + (max(0, min(now, end) - start) if on else 0))
+                                   for name, total, start, end, on in zip(names, busy_totals, starts, ends, running)}}
 
 
 def _activity(cls, body):
@@ -391,7 +394,8 @@ class PerfDevice(GoldenMemory):
         self._advance(self.now + wait)
 
     def run(self, max_cycles=None):
-        self._resume_native()
+        if self._native_paused:
+            self._resume_native()
         if self._native is not None:
             limit = None if max_cycles is None else self._native.now() + max_cycles
             self._native.run_to(limit)
@@ -403,7 +407,10 @@ class PerfDevice(GoldenMemory):
     def context(self, index):
         check_context_index(self.config, index)
         if self._native is not None and self._native.holds_state:
-            return self._native.report(index)
+            report = self._native.report(index)
+            if report is not None:
+                return report
+            self._native.sync()
         ctx = self.contexts[index]
         counters = (self.machine.contexts[index].counters.as_dict() if self.data
                     else {**ctx.counters, "utops": dict(ctx.counters["utops"])})
@@ -413,10 +420,14 @@ class PerfDevice(GoldenMemory):
     def stats(self):
         """Cycles since creation and busy cycles per engine (cumulative), as the RTL backends report."""
         if self._native is not None and self._native.holds_state:
-            return self._native.stats()
-        return stats_report(self.now, {engine.name: engine_busy(engine.busy_total, engine.start, engine.end,
-                                                                engine.ctx is not None, self.now)
-                                       for engine in self.engines})
+            report = self._native.stats()
+            if report is not None:
+                return report
+            self._native.sync()
+        engines = self.engines
+        return stats_report(self.now, [engine.name for engine in engines], [engine.busy_total for engine in engines],
+                            [engine.start for engine in engines], [engine.end for engine in engines],
+                            [engine.ctx is not None for engine in engines])
 
     def csr_read(self, address):
         """Read a context's ``PC`` or ``STATUS`` register (what the profiler polls)."""
