@@ -535,7 +535,8 @@ struct Sim {
             }
         }
         options.resize(n_ctx);
-        bool has_option[kMaxContexts] = {};
+        bool has_option[kMaxContexts];
+        std::fill_n(has_option, n_ctx, false);  // only the contexts there are: this runs at every dispatch
         bool any_option = false;
         double wake = NAN;
         for (int i : ready_list) {
