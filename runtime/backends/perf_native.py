@@ -4,9 +4,9 @@
 ``perf_core.cpp``, a statement-for-statement port of its Python event loop, which stays the reference
 (``native=False`` runs it; ``tests/test_perf_native.py`` checks that both give the same state; host
 commands, which advance a few cycles, still use it). For a run the device's state is packed into
-flat arrays of doubles (the activity counters as int64) whose layout, and every constant the core
-uses (ISA, fault codes, policies, timing constants), is generated here from Python
-(:func:`layout_header`); the core is compiled with the machine's C++ compiler at first use and cached
+a flat buffer of doubles (the activity counters as int64) whose layout, and every constant the core
+uses (ISA, fault codes, policies, timing constants, the run's argument, the reports), is generated
+here from Python (:func:`layout_header`); the core is compiled with the machine's C++ compiler at first use and cached
 under ``~/.cache/tcloud/perf`` keyed by the digest of its source, that header, the compiler and its
 version, the flags and the machine.
 
@@ -19,8 +19,13 @@ Python decodes further. Programs are cached per process by their bytes and windo
 HBM over code a running context's program read sends the device to the Python loop until no context
 runs (:meth:`NativeCore.code_written`).
 
-The core writes copies of the state, which replace it only when it succeeds, so a failed run leaves
-the state it started from; its pending events go to a buffer it asks to grow when they outgrow it.
+The core runs on a copy of the state in a second buffer, which becomes the state only when it
+succeeds, so a failed run leaves the state it started from; its pending events go to a buffer it asks
+to grow when they outgrow it. The buffers, the run's argument and the program tables live as long as
+the device's core, so a run costs a few stores, one ctypes call and the re-packing of what Python
+changed since the last one; after a run the core also leaves each context's report and each engine's
+busy cycles (as ``perf.context_report`` and ``perf.PerfDevice.stats`` compute them), so that reading
+them builds the objects and nothing else.
 """
 
 import ctypes
