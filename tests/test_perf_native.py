@@ -94,11 +94,10 @@ def _scenario(seed):
             if rng.random() < 0.5 else {}}
 
 
-def _run(scenario, native):
-    """Run a scenario; the states after each step."""
-    cfg = get_config(scenario["config"])
-    device = PerfDevice(cfg, hbm_latency=scenario["hbm_latency"], hbm_jitter=scenario["hbm_jitter"],
-                        hbm_accept_probability=scenario["hbm_accept_probability"], data=False, native=native)
+def start_scenario(device, scenario):
+    """Set a device's policy, load a scenario's tenants (their masks, priorities, budgets and faults)
+    and start them (any backend: tests/test_perf_backend.py runs some on Verilator)."""
+    cfg = device.config
     device.set_policy(scenario["policy"], **scenario["registers"])
     rng = np.random.default_rng(scenario["seed"])
     count = len(scenario["programs"])
@@ -126,6 +125,14 @@ def _run(scenario, native):
         starts.append(plan.start)
     for start in starts:
         device.host(start)
+
+
+def _run(scenario, native):
+    """Run a scenario; the states after each step."""
+    cfg = get_config(scenario["config"])
+    device = PerfDevice(cfg, hbm_latency=scenario["hbm_latency"], hbm_jitter=scenario["hbm_jitter"],
+                        hbm_accept_probability=scenario["hbm_accept_probability"], data=False, native=native)
+    start_scenario(device, scenario)
     states = [_state(device)]
     if scenario["kill"]:
         victim, at = scenario["kill"]

@@ -103,10 +103,11 @@ class _Utop:
         self.counters = _activity(self.cls, body)
 
 
-def context_report(status, stop, counters, engine_cycles, reclaim_wait, reclaim_max, start, end, active_before,
-                   now):
-    """A context's :class:`~tcloud.runtime.ContextInfo` from its timing state (the Python loop's objects
-    or the compiled core's arrays)."""
+def context_report(status, stop, counters, engine_cycles, reclaim_wait, reclaim_max, reclaim_since, start, end,
+                   active_before, now):
+    """A context's :class:`~tcloud.runtime.ContextInfo` from its timing state (the Python loop's
+    objects; the compiled core ports it): a reclaim wait still going on (since ``reclaim_since``, or
+    ``None``) counts up to ``now``, as the RTL's counters count every cycle."""
     if stop is not None and status == ContextStatus.FAULTED:
         fault, fault_pc, detail = stop
     else:
@@ -114,6 +115,8 @@ def context_report(status, stop, counters, engine_cycles, reclaim_wait, reclaim_
     if status == ContextStatus.RUNNING:
         run = max(0, now - start)
         active = active_before + run
+        if reclaim_since is not None:
+            reclaim_wait, reclaim_max = reclaim_wait + now - reclaim_since, max(reclaim_max, now - reclaim_since)
     else:
         run = 0 if end is None else end - start
         active = active_before
@@ -189,7 +192,7 @@ class _Context:
         self.epoch = 0
         self.timing = {name: 0 for name in _ENGINE_CYCLES}
         self.reclaim_wait = self.reclaim_max = 0
-        self.reclaim_counted = None  # (pc, epoch) of the head whose reclaim wait was counted
+        self.reclaim_since = None  # when its current wait to reclaim an engine began (None: it does not wait)
         self.counters = _empty_counters()
         self.native_program = None  # its program as the compiled core reads it (perf_native.Program)
 
@@ -415,7 +418,7 @@ class PerfDevice(GoldenMemory):
         counters = (self.machine.contexts[index].counters.as_dict() if self.data
                     else {**ctx.counters, "utops": dict(ctx.counters["utops"])})
         return context_report(ctx.status, ctx.stop, counters, ctx.timing, ctx.reclaim_wait, ctx.reclaim_max,
-                              ctx.start, ctx.end, ctx.active_before, self.now)
+                              ctx.reclaim_since, ctx.start, ctx.end, ctx.active_before, self.now)
 
     def stats(self):
         """Cycles since creation and busy cycles per engine (cumulative), as the RTL backends report."""
@@ -833,6 +836,7 @@ class PerfDevice(GoldenMemory):
                     self._push(time + 1, "_on_wake")
         if fetching or any(ctx.state == "fetch" for ctx in self._running):
             self._fetch_grant(time)
+        self._reclaim_waits(time)
 
     def _finish(self, ctx, time, status):
         ctx.status = status
@@ -878,7 +882,6 @@ class PerfDevice(GoldenMemory):
         if wake is not None:
             self._push(max(wake, time + 1), "_on_wake")
         if not options:
-            self._reclaim_wait(ready, time)
             return False, True
         rank = {index: (time - self.contexts[index].ready_since >= self.starvation,
                         self.machine.contexts[index].priority) for index in options}
@@ -893,29 +896,29 @@ class PerfDevice(GoldenMemory):
         allowed = options[index]
         owned = [engine for engine in allowed if self._owns(ctx, engine)]
         engine = (owned or allowed)[0]
-        self._reclaim_wait([c for c in ready if c is not ctx], time)
         cls = ctx.head.cls
         if policy == Policy.OPERATOR and cls in self._class_holder and self._class_holder[cls] != index:
             self._class_holder[cls], self._class_since[cls] = index, time + 1
         self._dispatch_to(ctx, engine, time)
         return True, len(ready) > 1
 
-    def _reclaim_wait(self, waiting, time):
-        """Count, for owners waiting while an engine they own runs a harvested uTOp, the wait (the
-        RTL's ``reclaim_wait``/``reclaim_max``): from now until that engine is free."""
-        if self.policy != Policy.HARVEST:
-            return
-        for ctx in waiting:
-            if ctx.reclaim_counted == (ctx.pc, ctx.epoch):
-                continue
-            ends = [engine.end for engine in self.by_class[ctx.head.cls]
-                    if engine.ctx is not None and not engine.owned and self._owns(ctx, engine)
-                    and engine.cls in HARVESTED_CLASSES]
-            if ends:
-                wait = max(0, min(ends) - time)
+    def _reclaim_waits(self, time):
+        """The RTL's ``reclaim_wait``/``reclaim_max``, under every policy: a context waits to reclaim an
+        engine in every cycle in which it is ready, is not dispatched, and an engine of its head's class
+        that it owns runs another context's uTOp. The state only changes at events, so a wait is an
+        interval from the settle that opens it to the one that closes it."""
+        for ctx in self.contexts:
+            waiting = False
+            if self._ready(ctx, time):
+                waiting = any(engine.ctx is not None and not engine.owned and self._owns(ctx, engine)
+                              for engine in self.by_class[ctx.head.cls])
+            if waiting and ctx.reclaim_since is None:
+                ctx.reclaim_since = time
+            elif not waiting and ctx.reclaim_since is not None:
+                wait = time - ctx.reclaim_since
                 ctx.reclaim_wait += wait
                 ctx.reclaim_max = max(ctx.reclaim_max, wait)
-                ctx.reclaim_counted = (ctx.pc, ctx.epoch)
+                ctx.reclaim_since = None
 
     def _temporal_slice(self, time):
         """Advance the ``temporal`` slices to ``time``: whenever a slice ends (or its holder stops

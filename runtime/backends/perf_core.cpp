@@ -33,7 +33,7 @@ struct Program {
 struct Scratch {
     std::vector<Event> heap;
     std::vector<std::pair<int, double>> flows;
-    std::vector<int> running_list, ready_list, free_list, others_list, finished_list, wants[kClassCount];
+    std::vector<int> running_list, ready_list, free_list, finished_list, wants[kClassCount];
     std::vector<std::vector<int>> options;
 };
 thread_local Scratch scratch;
@@ -50,7 +50,6 @@ struct Sim {
     std::vector<int>& running_list = scratch.running_list;
     std::vector<int>& ready_list = scratch.ready_list;
     std::vector<int>& free_list = scratch.free_list;
-    std::vector<int>& others_list = scratch.others_list;
     std::vector<int>& finished_list = scratch.finished_list;
     std::vector<int> (&wants)[kClassCount] = scratch.wants;
     std::vector<std::vector<int>>& options = scratch.options;
@@ -403,27 +402,25 @@ struct Sim {
         return enough(c, u) && !owns_none(c, utop_cls(u));
     }
 
-    void reclaim_wait(const std::vector<int>& waiting, double time) {
-        if (dev.policy != kPolicyHarvest) return;
-        for (int index : waiting) {
-            Context& c = ctx[index];
-            if (c.reclaim_pc == c.pc && c.reclaim_epoch == c.epoch) continue;
-            int cls = utop_cls(head(c));
-            bool any = false;
-            double soonest = 0;
-            for (int i = 0; i < n_eng; ++i) {
-                const Engine& e = eng[i];
-                if (e.cls == cls && !none(e.ctx) && !e.owned && owns(c, e) && harvested_class(cls)) {
-                    soonest = any ? std::min(soonest, e.end) : e.end;
-                    any = true;
+    // perf.py's _reclaim_waits: the RTL's reclaim counters as intervals between settles.
+    void reclaim_waits(double time) {
+        for (int i = 0; i < n_ctx; ++i) {
+            Context& c = ctx[i];
+            bool waiting = false;
+            if (ready(c, time)) {
+                int cls = utop_cls(head(c));
+                for (int k = 0; k < n_eng && !waiting; ++k) {
+                    const Engine& e = eng[k];
+                    waiting = e.cls == cls && !none(e.ctx) && !e.owned && owns(c, e);
                 }
             }
-            if (any) {
-                double wait = std::max(0.0, soonest - time);
+            if (waiting && none(c.reclaim_since)) {
+                c.reclaim_since = time;
+            } else if (!waiting && !none(c.reclaim_since)) {
+                double wait = time - c.reclaim_since;
                 c.reclaim_wait += wait;
                 c.reclaim_max = std::max(c.reclaim_max, wait);
-                c.reclaim_pc = c.pc;
-                c.reclaim_epoch = c.epoch;
+                c.reclaim_since = NAN;
             }
         }
     }
@@ -549,10 +546,7 @@ struct Sim {
             }
         }
         if (!none(wake)) push(std::max(wake, time + 1), kWake);
-        if (!any_option) {
-            reclaim_wait(ready_list, time);
-            return 1;
-        }
+        if (!any_option) return 1;
         auto rank = [&](int i) { return std::make_pair(time - ctx[i].ready_since >= dev.starvation, ctx[i].priority); };
         bool first = true;
         std::pair<bool, double> best;
@@ -575,10 +569,6 @@ struct Sim {
                 engine = i;
                 break;
             }
-        others_list.clear();
-        for (int i : ready_list)
-            if (i != chosen) others_list.push_back(i);
-        reclaim_wait(others_list, time);
         int cls = utop_cls(head(c));
         if (dev.policy == kPolicyOperator && held_class(cls) && class_holder(cls) != chosen) {
             class_holder(cls) = chosen;
@@ -635,6 +625,7 @@ struct Sim {
         for (int i = 0; i < n_ctx && !wants_fetch; ++i)
             wants_fetch = is_running(ctx[i]) && ctx[i].state == kStateFetch;
         if (wants_fetch) fetch_grant(time);
+        reclaim_waits(time);
     }
 
     void handle(const Event& event) {
@@ -665,10 +656,14 @@ struct Sim {
                 r.fault_pc = 0;
                 r.detail = kNoDetail;
             }
-            double run, active;
+            double run, active, reclaim_wait = c.reclaim_wait, reclaim_max = c.reclaim_max;
             if (is_running(c)) {
                 run = std::max(0.0, dev.now - c.start);
                 active = c.active_before + run;
+                if (!none(c.reclaim_since)) {  // a wait going on counts up to now
+                    reclaim_wait += dev.now - c.reclaim_since;
+                    reclaim_max = std::max(reclaim_max, dev.now - c.reclaim_since);
+                }
             } else {
                 run = none(c.end) ? 0.0 : c.end - c.start;
                 active = c.active_before;
@@ -680,8 +675,8 @@ struct Sim {
             r.ve_owned = static_cast<int64_t>(c.ve_owned);
             r.ve_harvested = static_cast<int64_t>(c.ve_harvested);
             r.dma_cycles = static_cast<int64_t>(c.dma_cycles);
-            r.reclaim_wait_cycles = static_cast<int64_t>(c.reclaim_wait);
-            r.reclaim_max_cycles = static_cast<int64_t>(c.reclaim_max);
+            r.reclaim_wait_cycles = static_cast<int64_t>(reclaim_wait);
+            r.reclaim_max_cycles = static_cast<int64_t>(reclaim_max);
             r.instructions = c.instructions;
             r.hbm_bytes_read = c.hbm_bytes_read;
             r.hbm_bytes_written = c.hbm_bytes_written;

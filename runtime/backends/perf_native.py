@@ -65,7 +65,7 @@ DEVICE_FIELDS = ("now", "sequence", "fetch_free", "fetch_last", "dispatch_last",
 CONTEXT_FIELDS = ("status", "state", "pc", "program_pc", "issue_from", "want_from", "decoded_at", "inflight",
                   "last_end", "start", "end", "active_before", "ready_since", "stop_code", "stop_pc", "stop_detail",
                   "epoch", "me_owned", "me_harvested", "ve_owned", "ve_harvested", "dma_cycles", "reclaim_wait",
-                  "reclaim_max", "reclaim_pc", "reclaim_epoch", "instructions", "hbm_bytes_read",
+                  "reclaim_max", "reclaim_since", "instructions", "hbm_bytes_read",
                   "hbm_bytes_written", "macs", "ve_elements", "utops_dma", "utops_me", "utops_ve", "mask_dma",
                   "mask_me", "mask_ve", "priority", "hbm_size", "abandoned", "abandoned_code", "abandoned_pc",
                   "abandoned_detail")
@@ -854,14 +854,14 @@ class NativeCore:
         stop = ctx.stop
         stop_code, stop_pc, stop_detail = (nan, 0, 0) if stop is None else (
             stop[0], stop[1], self._detail_index(stop[2]))
-        reclaim_pc, reclaim_epoch = ctx.reclaim_counted or (nan, nan)
         counters, masks = ctx.counters, ctx.masks
         utops = counters["utops"]
         _CONTEXT.pack_into(  # CONTEXT_FIELDS, then the tokens
             state, 8 * (self.contexts_at + ctx.index * _CONTEXT_WIDTH), ctx.status, _STATE_INDEX[ctx.state],
             *_CONTEXT_TIMES(ctx), nan if ctx.end is None else ctx.end, ctx.active_before,
             nan if ctx.ready_since is None else ctx.ready_since, stop_code, stop_pc, stop_detail, ctx.epoch,
-            *ctx.timing.values(), ctx.reclaim_wait, ctx.reclaim_max, reclaim_pc, reclaim_epoch,
+            *ctx.timing.values(), ctx.reclaim_wait, ctx.reclaim_max,
+            nan if ctx.reclaim_since is None else ctx.reclaim_since,
             counters["instructions"], counters["hbm_bytes_read"], counters["hbm_bytes_written"], counters["macs"],
             counters["ve_elements"], utops["dma"], utops["me"], utops["ve"],  # COUNTER_FIELDS
             masks.get(_DMA, 0), masks.get(_ME, 0), masks.get(_VE, 0),
@@ -909,7 +909,7 @@ class NativeCore:
         row = state[at:at + _CONTEXT_WIDTH].tolist()
         (status, state_index, pc, _, issue_from, want_from, decoded_at, inflight, last_end, start, end, active_before,
          ready_since, stop_code, stop_pc, stop_detail, epoch, me_owned, me_harvested, ve_owned, ve_harvested,
-         dma_cycles, reclaim_wait, reclaim_max, reclaim_pc, reclaim_epoch, _, _, _, _, _, _, _, _, _, _, _, _, _, abandoned,
+         dma_cycles, reclaim_wait, reclaim_max, reclaim_since, _, _, _, _, _, _, _, _, _, _, _, _, _, abandoned,
          abandoned_code, abandoned_pc, abandoned_detail) = row[:len(CONTEXT_FIELDS)]  # CONTEXT_FIELDS
         status = ContextStatus(int(status))
         finished = ctx.status == ContextStatus.RUNNING and status != ContextStatus.RUNNING
@@ -921,7 +921,7 @@ class NativeCore:
         ctx.end, ctx.ready_since = _optional(end), _optional(ready_since)
         ctx.stop = None if math.isnan(stop_code) else (
             FaultCode(int(stop_code)), int(stop_pc), self._detail(stop_detail, stop_pc, ctx))
-        ctx.reclaim_counted = None if math.isnan(reclaim_pc) else (int(reclaim_pc), int(reclaim_epoch))
+        ctx.reclaim_since = _optional(reclaim_since)
         ctx.timing = {"me_owned": _number(me_owned), "me_harvested": _number(me_harvested),
                       "ve_owned": _number(ve_owned), "ve_harvested": _number(ve_harvested),
                       "dma_cycles": _number(dma_cycles)}
