@@ -434,6 +434,33 @@ def test_changes_between_runs_reach_the_core():
     assert reference[1]["reports"][1].counters["macs"] >= 12345
 
 
+def _host_commands_around_the_core(native):
+    """A GEMM run in slices, a write over its running code (the core pauses and the Python loop
+    finishes the run), then host commands on the finished context with the core back: a scrub, a
+    restart run to the end, a priority change and another restart."""
+    image = gemm("small", 64, 128, 64)
+    device = PerfDevice("small", hbm_latency=60, data=False, native=native)
+    load_image(device, image, random_inputs(image, np.random.default_rng(5)), Placement(context=0))
+    device.run(300)
+    device.write_hbm(image.entry, device.read_hbm(image.entry, 16))
+    assert device.run()
+    states = []
+    for command in (Instr("ctx.scrub", ctx=0), Instr("ctx.start", ctx=0, pc=image.entry), None,
+                    Instr("ctx.prio", ctx=0, priority=3), Instr("ctx.start", ctx=0, pc=image.entry), None):
+        if command is None:
+            assert device.run()
+        else:
+            device.host(command)
+        states.append((_state(device), device.context(0).counters, device.context(0).timing))
+    return states
+
+
+def test_host_commands_after_the_core_pauses_and_between_core_runs_reach_it():
+    """A host command right after the core comes back from a pause (it used to be packed before the
+    command and to overwrite it: a scrub undone, a restart lost) and between two core runs."""
+    assert _host_commands_around_the_core(True) == _host_commands_around_the_core(False)
+
+
 def test_programs_sharing_their_first_words_are_told_apart():
     """The process's program cache is keyed by a program's first words: two programs that share them but
     differ further on (here a uTOp's cost and its body) each run as decoded from their own bytes."""

@@ -116,7 +116,7 @@ def context_report(status, stop, counters, engine_cycles, reclaim_wait, reclaim_
         run = max(0, now - start)
         active = active_before + run
         if reclaim_since is not None:
-            reclaim_wait, reclaim_max = reclaim_wait + now - reclaim_since, max(reclaim_max, now - reclaim_since)
+            reclaim_wait, reclaim_max = reclaim_wait + (now - reclaim_since), max(reclaim_max, now - reclaim_since)
     else:
         run = 0 if end is None else end - start
         active = active_before
@@ -684,6 +684,7 @@ class PerfDevice(GoldenMemory):
             engine.end = time + 1 + utop.busy + extra
             self._push(engine.end, "_on_engine_done", (engine.index, engine.token, False))
         elif not utop.phases:  # a DMA uTOp whose first body instruction does not decode: its overhead, then its fault
+            engine.phase = 0
             engine.end = time + 1 + timing.DMA_UTOP_EXTRA
             self._push(engine.end, "_on_engine_done", (engine.index, engine.token, False))
         else:

@@ -629,6 +629,7 @@ class NativeCore:
         self.is_running = False
         """Whether a context runs, when the buffers hold the state."""
         self._pack_afresh()
+        self.holds_state = False  # the buffers equal the objects, as after a sync: a host command next goes to them
 
     def set_grow_events(self, callback):
         """The callback the core calls when its pending events outgrow its output buffer (kept: the
@@ -687,7 +688,8 @@ class NativeCore:
     def run_to(self, limit):
         """``PerfDevice._advance(limit)`` in the core (``None``: until no context runs); the state stays
         in the core. The core writes the other buffers, which become the state only when it succeeds:
-        after an error the state is the one before the call."""
+        after an error the state is the one before the core's last call (a run that stopped to decode
+        more of a program and failed after that keeps the consistent state it had reached)."""
         if not self.holds_state:
             if not self.device._running:
                 return
