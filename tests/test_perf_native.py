@@ -94,11 +94,10 @@ def _scenario(seed):
             if rng.random() < 0.5 else {}}
 
 
-def _run(scenario, native):
-    """Run a scenario; the states after each step."""
-    cfg = get_config(scenario["config"])
-    device = PerfDevice(cfg, hbm_latency=scenario["hbm_latency"], hbm_jitter=scenario["hbm_jitter"],
-                        hbm_accept_probability=scenario["hbm_accept_probability"], data=False, native=native)
+def start_scenario(device, scenario):
+    """Set a device's policy, load a scenario's tenants (their masks, priorities, budgets and faults)
+    and start them (any backend: tests/test_perf_backend.py runs some on Verilator)."""
+    cfg = device.config
     device.set_policy(scenario["policy"], **scenario["registers"])
     rng = np.random.default_rng(scenario["seed"])
     count = len(scenario["programs"])
@@ -126,6 +125,14 @@ def _run(scenario, native):
         starts.append(plan.start)
     for start in starts:
         device.host(start)
+
+
+def _run(scenario, native):
+    """Run a scenario; the states after each step."""
+    cfg = get_config(scenario["config"])
+    device = PerfDevice(cfg, hbm_latency=scenario["hbm_latency"], hbm_jitter=scenario["hbm_jitter"],
+                        hbm_accept_probability=scenario["hbm_accept_probability"], data=False, native=native)
+    start_scenario(device, scenario)
     states = [_state(device)]
     if scenario["kill"]:
         victim, at = scenario["kill"]
@@ -351,22 +358,139 @@ def _gemm_runs(native, steps):
 def test_a_failed_core_run_leaves_the_state_it_started_from(synced):
     """The core fails (no memory for its events) after a slice whose state it holds (or that went
     back to Python): the run raises, and the state is the one before it, so the device goes on to the
-    reference's result (it used to mix the core's half-run arrays with the older Python state)."""
+    reference's result (it used to mix the core's half-run arrays with the older Python state). The
+    reports read after the failure are those of that state (after a sync, and a change to a context's
+    counters, the core's buffers were packed but not run, so they hold no report of it)."""
+    reports = []
 
     def steps(device):
         device.run(500)
         if synced:
             device._sync()
+            device.contexts[0].counters["macs"] += 7
+            device._native.touch(0)
         core = device._native
-        held = getattr(core.packed, "events", None)
-        core.event_buffers = [buffer if buffer is held else perf_native._doubles(len(perf_native.EVENT_FIELDS))
-                              for buffer in core.event_buffers]
-        core.grow_events = perf_native._GROW_EVENTS(lambda rows: None)
+        core.event_buffers[1 - core.current] = perf_native._doubles(len(perf_native.EVENT_FIELDS))  # the output
+        core._events_changed()
+        core.set_grow_events(perf_native._GROW_EVENTS(lambda rows: None))
         with pytest.raises(DeviceError, match="no memory"):
             device.run(1000)
-        core.grow_events = perf_native._GROW_EVENTS(core._grow_events)
+        assert core.holds_state and core.reported is not synced
+        reports.append((device.context(0), device.stats()))
+        core.set_grow_events(perf_native._GROW_EVENTS(core._grow_events))
 
-    assert _gemm_runs(True, steps) == _gemm_runs(False, lambda device: device.run(500))
+    def reference_steps(device):
+        device.run(500)
+        if synced:
+            device.contexts[0].counters["macs"] += 7
+        reports.append((device.context(0), device.stats()))
+
+    assert _gemm_runs(True, steps) == _gemm_runs(False, reference_steps)
+    assert reports[0] == reports[1] and reports[0][0].status == ContextStatus.RUNNING
+
+
+def _changed_between_runs(native):
+    """Two tenants run in slices; between them the device's registers, a context's fields and its
+    golden context, a third tenant's start and HBM data change: the states after each slice."""
+    cfg = get_config("small")
+    device = PerfDevice(cfg, hbm_latency=70, data=False, native=native)
+    device.set_policy("harvest", harvest_grace=8)
+    for index in range(2):
+        image, inputs = random_program("small", 8100 + index, utops=20)
+        load_image(device, image, inputs, Placement(context=index, hbm_base=index * (cfg.hbm_bytes // 4),
+                                                    sram_base=index * (cfg.sram_bytes // 4), me_mask=3 << (2 * index),
+                                                    ve_mask=1 << index, dma_mask=1 << index))
+    states = []
+    device.run(600)
+    device.set_policy("operator", quantum=64, starvation=32)  # the device's registers
+    device.run(600)
+    states.append(_state(device))
+    device.run(300)
+    device._sync()  # what a host-side tool may change by hand: a context's tokens, counters, priority
+    device.contexts[1].counters["macs"] += 12345
+    device.machine.contexts[1].priority = 3
+    if device._native is not None:
+        device._native.touch(1)
+    device.run(300)
+    states.append(_state(device))
+    device.write_hbm(3 * (cfg.hbm_bytes // 4), b"\x01" * 4096)  # data, not code: the core goes on
+    assert (device._native is not None) is native
+    image, inputs = random_program("small", 8102, utops=8)
+    load_image(device, image, inputs, Placement(context=2, hbm_base=2 * (cfg.hbm_bytes // 4),
+                                                sram_base=2 * (cfg.sram_bytes // 4), me_mask=1, ve_mask=1, dma_mask=1))
+    device.set_policy("temporal", quantum=128)
+    device.run(500)
+    states.append(_state(device))
+    assert device.run()
+    states.append(_state(device))
+    return states
+
+
+def test_changes_between_runs_reach_the_core():
+    """Whatever changes between two runs (registers, a context's fields, a new tenant) is packed again:
+    the core's buffers keep the last state, and a stale field would give other cycles."""
+    reference = _changed_between_runs(False)
+    assert _changed_between_runs(True) == reference
+    assert reference[1]["reports"][1].counters["macs"] >= 12345
+
+
+def _host_commands_around_the_core(native):
+    """A GEMM run in slices, a write over its running code (the core pauses and the Python loop
+    finishes the run), then host commands on the finished context with the core back: a scrub, a
+    restart run to the end, a priority change and another restart."""
+    image = gemm("small", 64, 128, 64)
+    device = PerfDevice("small", hbm_latency=60, data=False, native=native)
+    load_image(device, image, random_inputs(image, np.random.default_rng(5)), Placement(context=0))
+    device.run(300)
+    device.write_hbm(image.entry, device.read_hbm(image.entry, 16))
+    assert device.run()
+    states = []
+    for command in (Instr("ctx.scrub", ctx=0), Instr("ctx.start", ctx=0, pc=image.entry), None,
+                    Instr("ctx.prio", ctx=0, priority=3), Instr("ctx.start", ctx=0, pc=image.entry), None):
+        if command is None:
+            assert device.run()
+        else:
+            device.host(command)
+        states.append((_state(device), device.context(0).counters, device.context(0).timing))
+    return states
+
+
+def test_host_commands_after_the_core_pauses_and_between_core_runs_reach_it():
+    """A host command right after the core comes back from a pause (it used to be packed before the
+    command and to overwrite it: a scrub undone, a restart lost) and between two core runs."""
+    assert _host_commands_around_the_core(True) == _host_commands_around_the_core(False)
+
+
+def test_programs_sharing_their_first_words_are_told_apart():
+    """The process's program cache is keyed by a program's first words: two programs that share them but
+    differ further on (here a uTOp's cost and its body) each run as decoded from their own bytes."""
+    image, inputs = random_program("small", 8200, utops=12)
+    words = bytearray(image.code)
+    last_utop = max(i for i in range(0, len(words), 16)
+                    if decode_stream(bytes(words[i:i + 16]))[0].mnemonic == "utop")
+    instr = decode_stream(bytes(words[last_utop:last_utop + 16]))[0]
+    words[last_utop:last_utop + 16] = encode_stream([Instr("utop", **{**instr.values, "cost": instr["cost"] ^ 5})])
+    assert last_utop >= perf_native._PROBE_BYTES
+    variants = [image.code, bytes(words)]
+    results = []
+    for native in (True, False):
+        states = []
+        for code in variants:
+            device = PerfDevice("small", data=False, native=native)
+            device.set_policy("harvest", harvest_cost=int(instr["cost"]) | 1)
+            plan = plan_load(device.config, image, inputs, Placement())
+            for command in plan.setup:
+                device.host(command)
+            for address, data in plan.writes:
+                device.write_hbm(address, data)
+            device.write_hbm(image.entry, code)
+            device.host(plan.start)
+            assert device.run()
+            states.append(_state(device))
+            if native:  # decoded from its own bytes, not the other program's
+                assert device.contexts[0].native_program.snapshot[:len(code)] == code
+        results.append(states)
+    assert results[0] == results[1]
 
 
 def _window_runs(native, first_size, second_size, max_cycles=None):

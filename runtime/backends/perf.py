@@ -103,33 +103,39 @@ class _Utop:
         self.counters = _activity(self.cls, body)
 
 
-def context_report(status, stop, counters, engine_cycles, reclaim_wait, reclaim_max, start, end, active_before,
-                   now):
-    """A context's :class:`~tcloud.runtime.ContextInfo` from its timing state (the Python loop's objects
-    or the compiled core's arrays)."""
+def context_report(status, stop, counters, engine_cycles, reclaim_wait, reclaim_max, reclaim_since, start, end,
+                   active_before, now):
+    """A context's :class:`~tcloud.runtime.ContextInfo` from its timing state (the Python loop's
+    objects; the compiled core ports it): a reclaim wait still going on (since ``reclaim_since``, or
+    ``None``) counts up to ``now``, as the RTL's counters count every cycle."""
     if stop is not None and status == ContextStatus.FAULTED:
         fault, fault_pc, detail = stop
     else:
-        fault, fault_pc, detail = FaultCode.NONE, 0, ""
+        fault, fault_pc, detail = _NO_FAULT
     if status == ContextStatus.RUNNING:
         run = max(0, now - start)
+        active = active_before + run
+        if reclaim_since is not None:
+            reclaim_wait, reclaim_max = reclaim_wait + (now - reclaim_since), max(reclaim_max, now - reclaim_since)
     else:
         run = 0 if end is None else end - start
-    active = active_before + (run if status == ContextStatus.RUNNING else 0)
+        active = active_before
     timing_report = {"active_cycles": int(active), "run_cycles": int(run),
                      "engine_cycles": {name: int(value) for name, value in engine_cycles.items()},
                      "reclaim_wait_cycles": int(reclaim_wait), "reclaim_max_cycles": int(reclaim_max)}
     return ContextInfo(status, fault, fault_pc, detail, counters, timing_report)
 
 
-def engine_busy(busy_total, start, end, running, now):
-    """An engine's busy cycles so far: its finished uTOps' and the running one's."""
-    return int(busy_total + (max(0, min(now, end) - start) if running else 0))
+_NO_FAULT = (FaultCode.NONE, 0, "")
 
 
-def stats_report(now, busy):
-    """:meth:`PerfDevice.stats` from the time and each engine's busy cycles."""
-    return {"backend": PerfDevice.name, "cycles": int(now), "engine_busy_cycles": busy}
+def stats_report(now, names, busy_totals, starts, ends, running):
+    """:meth:`PerfDevice.stats` from the time and, per engine (in ``names``' order), its finished uTOps'
+    busy cycles, its running uTOp's start and end, and whether it runs one (a running uTOp counts
+    up to ``now``)."""
+    return {"backend": PerfDevice.name, "cycles": int(now),
+            "engine_busy_cycles": {name: int(total + (max(0, min(now, end) - start) if on else 0))
+                                   for name, total, start, end, on in zip(names, busy_totals, starts, ends, running)}}
 
 
 def _activity(cls, body):
@@ -186,7 +192,7 @@ class _Context:
         self.epoch = 0
         self.timing = {name: 0 for name in _ENGINE_CYCLES}
         self.reclaim_wait = self.reclaim_max = 0
-        self.reclaim_counted = None  # (pc, epoch) of the head whose reclaim wait was counted
+        self.reclaim_since = None  # when its current wait to reclaim an engine began (None: it does not wait)
         self.counters = _empty_counters()
         self.native_program = None  # its program as the compiled core reads it (perf_native.Program)
 
@@ -391,7 +397,8 @@ class PerfDevice(GoldenMemory):
         self._advance(self.now + wait)
 
     def run(self, max_cycles=None):
-        self._resume_native()
+        if self._native_paused:
+            self._resume_native()
         if self._native is not None:
             limit = None if max_cycles is None else self._native.now() + max_cycles
             self._native.run_to(limit)
@@ -403,20 +410,27 @@ class PerfDevice(GoldenMemory):
     def context(self, index):
         check_context_index(self.config, index)
         if self._native is not None and self._native.holds_state:
-            return self._native.report(index)
+            report = self._native.report(index)
+            if report is not None:
+                return report
+            self._native.sync()
         ctx = self.contexts[index]
         counters = (self.machine.contexts[index].counters.as_dict() if self.data
                     else {**ctx.counters, "utops": dict(ctx.counters["utops"])})
         return context_report(ctx.status, ctx.stop, counters, ctx.timing, ctx.reclaim_wait, ctx.reclaim_max,
-                              ctx.start, ctx.end, ctx.active_before, self.now)
+                              ctx.reclaim_since, ctx.start, ctx.end, ctx.active_before, self.now)
 
     def stats(self):
         """Cycles since creation and busy cycles per engine (cumulative), as the RTL backends report."""
         if self._native is not None and self._native.holds_state:
-            return self._native.stats()
-        return stats_report(self.now, {engine.name: engine_busy(engine.busy_total, engine.start, engine.end,
-                                                                engine.ctx is not None, self.now)
-                                       for engine in self.engines})
+            report = self._native.stats()
+            if report is not None:
+                return report
+            self._native.sync()
+        engines = self.engines
+        return stats_report(self.now, [engine.name for engine in engines], [engine.busy_total for engine in engines],
+                            [engine.start for engine in engines], [engine.end for engine in engines],
+                            [engine.ctx is not None for engine in engines])
 
     def csr_read(self, address):
         """Read a context's ``PC`` or ``STATUS`` register (what the profiler polls)."""
@@ -670,6 +684,7 @@ class PerfDevice(GoldenMemory):
             engine.end = time + 1 + utop.busy + extra
             self._push(engine.end, "_on_engine_done", (engine.index, engine.token, False))
         elif not utop.phases:  # a DMA uTOp whose first body instruction does not decode: its overhead, then its fault
+            engine.phase = 0
             engine.end = time + 1 + timing.DMA_UTOP_EXTRA
             self._push(engine.end, "_on_engine_done", (engine.index, engine.token, False))
         else:
@@ -822,6 +837,7 @@ class PerfDevice(GoldenMemory):
                     self._push(time + 1, "_on_wake")
         if fetching or any(ctx.state == "fetch" for ctx in self._running):
             self._fetch_grant(time)
+        self._reclaim_waits(time)
 
     def _finish(self, ctx, time, status):
         ctx.status = status
@@ -867,7 +883,6 @@ class PerfDevice(GoldenMemory):
         if wake is not None:
             self._push(max(wake, time + 1), "_on_wake")
         if not options:
-            self._reclaim_wait(ready, time)
             return False, True
         rank = {index: (time - self.contexts[index].ready_since >= self.starvation,
                         self.machine.contexts[index].priority) for index in options}
@@ -882,29 +897,29 @@ class PerfDevice(GoldenMemory):
         allowed = options[index]
         owned = [engine for engine in allowed if self._owns(ctx, engine)]
         engine = (owned or allowed)[0]
-        self._reclaim_wait([c for c in ready if c is not ctx], time)
         cls = ctx.head.cls
         if policy == Policy.OPERATOR and cls in self._class_holder and self._class_holder[cls] != index:
             self._class_holder[cls], self._class_since[cls] = index, time + 1
         self._dispatch_to(ctx, engine, time)
         return True, len(ready) > 1
 
-    def _reclaim_wait(self, waiting, time):
-        """Count, for owners waiting while an engine they own runs a harvested uTOp, the wait (the
-        RTL's ``reclaim_wait``/``reclaim_max``): from now until that engine is free."""
-        if self.policy != Policy.HARVEST:
-            return
-        for ctx in waiting:
-            if ctx.reclaim_counted == (ctx.pc, ctx.epoch):
-                continue
-            ends = [engine.end for engine in self.by_class[ctx.head.cls]
-                    if engine.ctx is not None and not engine.owned and self._owns(ctx, engine)
-                    and engine.cls in HARVESTED_CLASSES]
-            if ends:
-                wait = max(0, min(ends) - time)
+    def _reclaim_waits(self, time):
+        """The RTL's ``reclaim_wait``/``reclaim_max``, under every policy: a context waits to reclaim an
+        engine in every cycle in which it is ready, is not dispatched, and an engine of its head's class
+        that it owns runs another context's uTOp. The state only changes at events, so a wait is an
+        interval from the settle that opens it to the one that closes it."""
+        for ctx in self.contexts:
+            waiting = False
+            if self._ready(ctx, time):
+                waiting = any(engine.ctx is not None and not engine.owned and self._owns(ctx, engine)
+                              for engine in self.by_class[ctx.head.cls])
+            if waiting and ctx.reclaim_since is None:
+                ctx.reclaim_since = time
+            elif not waiting and ctx.reclaim_since is not None:
+                wait = time - ctx.reclaim_since
                 ctx.reclaim_wait += wait
                 ctx.reclaim_max = max(ctx.reclaim_max, wait)
-                ctx.reclaim_counted = (ctx.pc, ctx.epoch)
+                ctx.reclaim_since = None
 
     def _temporal_slice(self, time):
         """Advance the ``temporal`` slices to ``time``: whenever a slice ends (or its holder stops

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -28,18 +29,30 @@ struct Program {
     double detail_base;
 };
 
+// A run's lists, kept from run to run (per thread) so that a run does not allocate once they are grown.
+struct Scratch {
+    std::vector<Event> heap;
+    std::vector<std::pair<int, double>> flows;
+    std::vector<int> running_list, ready_list, free_list, finished_list, wants[kClassCount];
+    std::vector<std::vector<int>> options;
+};
+thread_local Scratch scratch;
+
 struct Sim {
     Device& dev;
     Context* ctx;
     Engine* eng;
     Program* programs;
     int n_ctx, n_eng;
-    std::vector<Event> heap;
-    std::vector<std::pair<int, double>> flows;  // insertion order, as a Python dict
+    std::vector<Event>& heap = scratch.heap;
+    std::vector<std::pair<int, double>>& flows = scratch.flows;  // insertion order, as a Python dict
     int error = kOk;
-    // Scratch lists, reused so that the loop does not allocate.
-    std::vector<int> running_list, ready_list, free_list, others_list, finished_list, wants[kClassCount];
-    std::vector<std::vector<int>> options;
+    std::vector<int>& running_list = scratch.running_list;
+    std::vector<int>& ready_list = scratch.ready_list;
+    std::vector<int>& free_list = scratch.free_list;
+    std::vector<int>& finished_list = scratch.finished_list;
+    std::vector<int> (&wants)[kClassCount] = scratch.wants;
+    std::vector<std::vector<int>>& options = scratch.options;
 
     void push(double time, int kind, double a = 0, double b = 0, double c = 0) {
         dev.sequence += 1;
@@ -389,27 +402,25 @@ struct Sim {
         return enough(c, u) && !owns_none(c, utop_cls(u));
     }
 
-    void reclaim_wait(const std::vector<int>& waiting, double time) {
-        if (dev.policy != kPolicyHarvest) return;
-        for (int index : waiting) {
-            Context& c = ctx[index];
-            if (c.reclaim_pc == c.pc && c.reclaim_epoch == c.epoch) continue;
-            int cls = utop_cls(head(c));
-            bool any = false;
-            double soonest = 0;
-            for (int i = 0; i < n_eng; ++i) {
-                const Engine& e = eng[i];
-                if (e.cls == cls && !none(e.ctx) && !e.owned && owns(c, e) && harvested_class(cls)) {
-                    soonest = any ? std::min(soonest, e.end) : e.end;
-                    any = true;
+    // perf.py's _reclaim_waits: the RTL's reclaim counters as intervals between settles.
+    void reclaim_waits(double time) {
+        for (int i = 0; i < n_ctx; ++i) {
+            Context& c = ctx[i];
+            bool waiting = false;
+            if (ready(c, time)) {
+                int cls = utop_cls(head(c));
+                for (int k = 0; k < n_eng && !waiting; ++k) {
+                    const Engine& e = eng[k];
+                    waiting = e.cls == cls && !none(e.ctx) && !e.owned && owns(c, e);
                 }
             }
-            if (any) {
-                double wait = std::max(0.0, soonest - time);
+            if (waiting && none(c.reclaim_since)) {
+                c.reclaim_since = time;
+            } else if (!waiting && !none(c.reclaim_since)) {
+                double wait = time - c.reclaim_since;
                 c.reclaim_wait += wait;
                 c.reclaim_max = std::max(c.reclaim_max, wait);
-                c.reclaim_pc = c.pc;
-                c.reclaim_epoch = c.epoch;
+                c.reclaim_since = NAN;
             }
         }
     }
@@ -521,7 +532,8 @@ struct Sim {
             }
         }
         options.resize(n_ctx);
-        bool has_option[kMaxContexts] = {};
+        bool has_option[kMaxContexts];
+        std::fill_n(has_option, n_ctx, false);  // only the contexts there are: this runs at every dispatch
         bool any_option = false;
         double wake = NAN;
         for (int i : ready_list) {
@@ -534,10 +546,7 @@ struct Sim {
             }
         }
         if (!none(wake)) push(std::max(wake, time + 1), kWake);
-        if (!any_option) {
-            reclaim_wait(ready_list, time);
-            return 1;
-        }
+        if (!any_option) return 1;
         auto rank = [&](int i) { return std::make_pair(time - ctx[i].ready_since >= dev.starvation, ctx[i].priority); };
         bool first = true;
         std::pair<bool, double> best;
@@ -560,10 +569,6 @@ struct Sim {
                 engine = i;
                 break;
             }
-        others_list.clear();
-        for (int i : ready_list)
-            if (i != chosen) others_list.push_back(i);
-        reclaim_wait(others_list, time);
         int cls = utop_cls(head(c));
         if (dev.policy == kPolicyOperator && held_class(cls) && class_holder(cls) != chosen) {
             class_holder(cls) = chosen;
@@ -620,6 +625,7 @@ struct Sim {
         for (int i = 0; i < n_ctx && !wants_fetch; ++i)
             wants_fetch = is_running(ctx[i]) && ctx[i].state == kStateFetch;
         if (wants_fetch) fetch_grant(time);
+        reclaim_waits(time);
     }
 
     void handle(const Event& event) {
@@ -631,6 +637,58 @@ struct Sim {
             case kDmaTransfer: on_dma_transfer(time, static_cast<int>(event.a), event.b); break;
             case kFlows: on_flows(time, event.a); break;
             case kBudget: on_budget(static_cast<int>(event.a), event.b); break;
+        }
+    }
+
+    // --- reports (perf.context_report and perf.stats_report, as int64) ------------------------
+
+    void report(ContextReport* reports, int64_t* busy) {
+        for (int i = 0; i < n_ctx; ++i) {
+            const Context& c = ctx[i];
+            ContextReport& r = reports[i];
+            r.status = static_cast<int64_t>(c.status);
+            if (c.status == kStatusFaulted && !none(c.stop_code)) {
+                r.fault = static_cast<int64_t>(c.stop_code);
+                r.fault_pc = static_cast<int64_t>(c.stop_pc);
+                r.detail = static_cast<int64_t>(c.stop_detail);
+            } else {
+                r.fault = kFaultNone;
+                r.fault_pc = 0;
+                r.detail = kNoDetail;
+            }
+            double run, active, reclaim_wait = c.reclaim_wait, reclaim_max = c.reclaim_max;
+            if (is_running(c)) {
+                run = std::max(0.0, dev.now - c.start);
+                active = c.active_before + run;
+                if (!none(c.reclaim_since)) {  // a wait going on counts up to now
+                    reclaim_wait += dev.now - c.reclaim_since;
+                    reclaim_max = std::max(reclaim_max, dev.now - c.reclaim_since);
+                }
+            } else {
+                run = none(c.end) ? 0.0 : c.end - c.start;
+                active = c.active_before;
+            }
+            r.active_cycles = static_cast<int64_t>(active);
+            r.run_cycles = static_cast<int64_t>(run);
+            r.me_owned = static_cast<int64_t>(c.me_owned);
+            r.me_harvested = static_cast<int64_t>(c.me_harvested);
+            r.ve_owned = static_cast<int64_t>(c.ve_owned);
+            r.ve_harvested = static_cast<int64_t>(c.ve_harvested);
+            r.dma_cycles = static_cast<int64_t>(c.dma_cycles);
+            r.reclaim_wait_cycles = static_cast<int64_t>(reclaim_wait);
+            r.reclaim_max_cycles = static_cast<int64_t>(reclaim_max);
+            r.instructions = c.instructions;
+            r.hbm_bytes_read = c.hbm_bytes_read;
+            r.hbm_bytes_written = c.hbm_bytes_written;
+            r.macs = c.macs;
+            r.ve_elements = c.ve_elements;
+            r.utops_dma = c.utops_dma;
+            r.utops_me = c.utops_me;
+            r.utops_ve = c.utops_ve;
+        }
+        for (int i = 0; i < n_eng; ++i) {
+            const Engine& e = eng[i];
+            busy[i] = static_cast<int64_t>(e.busy_total + (none(e.ctx) ? 0.0 : std::max(0.0, std::min(dev.now, e.end) - e.start)));
         }
     }
 
@@ -664,47 +722,65 @@ struct Sim {
 
 extern "C" {
 
-// A buffer of at least ``rows`` event rows, in place of the one the core was given (nullptr: none).
-typedef double* (*GrowEvents)(int64_t rows);
-
-// Run the event loop from the packed state to the limit, or to the end of the cycle in which a context
-// starts to fetch a PC its program does not have yet (kNeedCode: error_context, error_pc). The pending
-// events are read from ``events_in`` (``*event_count`` rows of kEventFields) and written to ``events``
-// (up to ``event_capacity`` rows; for more the core asks ``grow`` for a larger buffer, and returns
-// kEventOverflow if it gives none); the flows are read from ``flows_in`` and written to ``flows``
-// (``*flow_count`` pairs). Buffers read and written are distinct.
-int tcloud_perf_advance(double* device, double* contexts, int context_count, double* engines, int engine_count,
-                        const int32_t** program_index, const int64_t* program_slots, const double** program_data,
-                        const double* program_detail_base, const double* events_in, double* events,
-                        int64_t* event_count, int64_t event_capacity, GrowEvents grow, const double* flows_in, double* flows,
-                        int64_t* flow_count) {
-    Device& dev = *reinterpret_cast<Device*>(device);
+// Run the event loop from the state ``call.state_in`` to the limit (``dev.limit`` when ``dev.has_limit``),
+// or to the end of the cycle in which a context starts to fetch a PC its program does not have yet
+// (kNeedCode: error_context, error_pc). The state (the device, then ``context_count`` contexts, then
+// ``engine_count`` engines, then room for a flow per engine: perf_core_layout.h) is copied to
+// ``state_out`` and run there, so the input stays as it was whatever happens. The pending events are
+// read from ``events_in`` (``event_count`` rows of kEventFields) and written to ``events_out`` (up to
+// ``event_capacity`` rows; for more the core asks ``grow`` for a larger buffer, and returns
+// kEventOverflow if it gives none); the flows (``flow_count`` pairs) are read from and written to the
+// states. On return ``event_count``, ``flow_count`` and ``running`` (whether a context runs) describe
+// the output. Buffers read and written are distinct.
+int tcloud_perf_run(Call* call) {
+    const int context_count = static_cast<int>(call->context_count);
+    const int engine_count = static_cast<int>(call->engine_count);
     if (context_count > kMaxContexts) return kTooManyContexts;
-    std::vector<Program> programs(context_count);
+    const size_t flows_at = kDeviceWords + kContextWords * context_count + kEngineWords * engine_count;
+    const size_t words = flows_at + (2 + 1) * static_cast<size_t>(engine_count) + kReportWords * static_cast<size_t>(context_count);
+    std::memcpy(call->state_out, call->state_in, sizeof(double) * words);
+    double* state = call->state_out;
+    Device& dev = *reinterpret_cast<Device*>(state);
+    Program programs[kMaxContexts];
     for (int i = 0; i < context_count; ++i)
-        programs[i] = {program_index[i], program_slots[i], program_data[i], program_detail_base[i]};
-    Sim sim{dev, reinterpret_cast<Context*>(contexts), reinterpret_cast<Engine*>(engines), programs.data(),
-            context_count, engine_count, {}, {}};
-    sim.heap.reserve(static_cast<size_t>(*event_count) + 64);
-    for (int64_t i = 0; i < *event_count; ++i) {
+        programs[i] = {call->program_index[i], call->program_slots[i], call->program_data[i],
+                       call->program_detail_base[i]};
+    Sim sim{dev, reinterpret_cast<Context*>(state + kDeviceWords),
+            reinterpret_cast<Engine*>(state + kDeviceWords + kContextWords * context_count), programs,
+            context_count, engine_count};
+    sim.heap.clear();
+    sim.flows.clear();
+    const double* events_in = call->events_in;
+    sim.heap.reserve(static_cast<size_t>(call->event_count) + 64);
+    for (int64_t i = 0; i < call->event_count; ++i) {
         sim.heap.push_back(event_from_row(events_in + kEventFields * i));
     }
     std::make_heap(sim.heap.begin(), sim.heap.end(), later);
-    for (int64_t i = 0; i < *flow_count; ++i)
-        sim.flows.emplace_back(static_cast<int>(flows_in[2 * i]), flows_in[2 * i + 1]);
+    double* flows = state + flows_at;
+    for (int64_t i = 0; i < call->flow_count; ++i)
+        sim.flows.emplace_back(static_cast<int>(flows[2 * i]), flows[2 * i + 1]);
     sim.advance();
-    *event_count = static_cast<int64_t>(sim.heap.size());
-    if (*event_count > event_capacity) {
-        events = grow(*event_count);
+    call->event_count = static_cast<int64_t>(sim.heap.size());
+    double* events = call->events_out;
+    if (call->event_count > call->event_capacity) {
+        events = call->grow(call->event_count);
         if (events == nullptr) return kEventOverflow;
     }
     for (size_t i = 0; i < sim.heap.size(); ++i) {
         event_to_row(sim.heap[i], events + kEventFields * i);
     }
-    *flow_count = static_cast<int64_t>(sim.flows.size());
+    if (sim.heap.capacity() > (1 << 16)) std::vector<Event>().swap(sim.heap);  // keep no large buffer
+    call->flow_count = static_cast<int64_t>(sim.flows.size());
     for (size_t i = 0; i < sim.flows.size(); ++i) {
         flows[2 * i] = sim.flows[i].first;
         flows[2 * i + 1] = sim.flows[i].second;
+    }
+    bool running = false;
+    for (int i = 0; i < context_count; ++i) running = running || sim.is_running(sim.ctx[i]);
+    call->running = running;
+    if (sim.error == kOk || sim.error == kNeedCode) {
+        sim.report(reinterpret_cast<ContextReport*>(flows + 2 * engine_count),
+                   reinterpret_cast<int64_t*>(flows + 2 * engine_count) + static_cast<size_t>(kReportWords) * context_count);
     }
     return sim.error;
 }

@@ -4,9 +4,9 @@
 ``perf_core.cpp``, a statement-for-statement port of its Python event loop, which stays the reference
 (``native=False`` runs it; ``tests/test_perf_native.py`` checks that both give the same state; host
 commands, which advance a few cycles, still use it). For a run the device's state is packed into
-flat arrays of doubles (the activity counters as int64) whose layout, and every constant the core
-uses (ISA, fault codes, policies, timing constants), is generated here from Python
-(:func:`layout_header`); the core is compiled with the machine's C++ compiler at first use and cached
+a flat buffer of doubles (the activity counters as int64) whose layout, and every constant the core
+uses (ISA, fault codes, policies, timing constants, the run's argument, the reports), is generated
+here from Python (:func:`layout_header`); the core is compiled with the machine's C++ compiler at first use and cached
 under ``~/.cache/tcloud/perf`` keyed by the digest of its source, that header, the compiler and its
 version, the flags and the machine.
 
@@ -19,8 +19,13 @@ Python decodes further. Programs are cached per process by their bytes and windo
 HBM over code a running context's program read sends the device to the Python loop until no context
 runs (:meth:`NativeCore.code_written`).
 
-The core writes copies of the state, which replace it only when it succeeds, so a failed run leaves
-the state it started from; its pending events go to a buffer it asks to grow when they outgrow it.
+The core runs on a copy of the state in a second buffer, which becomes the state only when it
+succeeds, so a failed run leaves the state it started from; its pending events go to a buffer it asks
+to grow when they outgrow it. The buffers, the run's argument and the program tables live as long as
+the device's core, so a run costs a few stores, one ctypes call and the re-packing of what Python
+changed since the last one; after a run the core also leaves each context's report and each engine's
+busy cycles (as ``perf.context_report`` and ``perf.PerfDevice.stats`` compute them), so that reading
+them builds the objects and nothing else.
 """
 
 import ctypes
@@ -44,8 +49,8 @@ from tcloud.isa.table import HARVESTED_CLASSES, INSTRUCTION_BYTES, NUM_TOKENS, T
 
 from . import perf_timing as timing
 from .cache import cache_root
-from .device import DeviceError
-from .perf import FAR_FUTURE, FLOW_DONE, FLOW_MIN_WORK, HELD_CLASSES
+from .device import ContextInfo, DeviceError
+from .perf import FAR_FUTURE, FLOW_DONE, FLOW_MIN_WORK, HELD_CLASSES, PerfDevice
 
 SOURCE = Path(__file__).with_name("perf_core.cpp")
 SOURCE_TEXT = SOURCE.read_text()
@@ -60,7 +65,7 @@ DEVICE_FIELDS = ("now", "sequence", "fetch_free", "fetch_last", "dispatch_last",
 CONTEXT_FIELDS = ("status", "state", "pc", "program_pc", "issue_from", "want_from", "decoded_at", "inflight",
                   "last_end", "start", "end", "active_before", "ready_since", "stop_code", "stop_pc", "stop_detail",
                   "epoch", "me_owned", "me_harvested", "ve_owned", "ve_harvested", "dma_cycles", "reclaim_wait",
-                  "reclaim_max", "reclaim_pc", "reclaim_epoch", "instructions", "hbm_bytes_read",
+                  "reclaim_max", "reclaim_since", "instructions", "hbm_bytes_read",
                   "hbm_bytes_written", "macs", "ve_elements", "utops_dma", "utops_me", "utops_ve", "mask_dma",
                   "mask_me", "mask_ve", "priority", "hbm_size", "abandoned", "abandoned_code", "abandoned_pc",
                   "abandoned_detail")
@@ -69,6 +74,15 @@ COUNTER_FIELDS = ("instructions", "hbm_bytes_read", "hbm_bytes_written", "macs",
 """The context fields that are int64 in the core (exact past 2^53), held in the doubles' array as their bits."""
 ENGINE_FIELDS = ("cls", "slot", "ctx", "start", "end", "busy_total", "owned", "token", "phase", "utop_pc",
                  "fault_code", "fault_pc", "fault_detail", "owner_active", "harvested_until")
+REPORT_FIELDS = ("status", "fault", "fault_pc", "detail", "active_cycles", "run_cycles", "me_owned", "me_harvested",
+                 "ve_owned", "ve_harvested", "dma_cycles", "reclaim_wait_cycles", "reclaim_max_cycles", *COUNTER_FIELDS)
+"""A context's report as the core leaves it after a run (int64: what ``perf.context_report`` makes of
+the context's fields; ``detail`` indexes the fault details, :data:`NO_DETAIL` for none)."""
+NO_DETAIL = -2
+_DEVICE_WIDTH, _CONTEXT_WIDTH, _ENGINE_WIDTH = len(DEVICE_FIELDS), len(CONTEXT_FIELDS) + NUM_TOKENS, len(ENGINE_FIELDS)
+"""8-byte words per device, context (its fields, then its tokens) and engine in a state buffer (which then
+holds a flow per engine, a report per context (:data:`REPORT_FIELDS`) and each engine's busy cycles)."""
+_REPORT_WIDTH = len(REPORT_FIELDS)
 UTOP_FIELDS = ("kind", "cls", "length", "signal", "cost", "needs", "phases", "fault_code", "fault_offset",
                "fault_detail", "busy", "instructions", "bytes_read", "bytes_written", "macs", "ve_elements")
 """A uTOp entry of a :class:`Program`: these, then ``needs`` (token, count) pairs, then ``phases``
@@ -81,6 +95,14 @@ EVENT_FIELDS = ("time", "sequence", "kind", "a", "b", "c")
 ENTRIES = ("utop", "halt", "fence", "ctrl", "fault", "invalid")
 """Kinds of program entries: a uTOp, ``halt``, ``fence``, another control instruction, a front-end
 fault (code, detail), a uTOp the reference refuses with a :class:`DeviceError` (detail)."""
+CALL_FIELDS = (("state_in", "const double*"), ("state_out", "double*"), ("context_count", "int64_t"),
+               ("engine_count", "int64_t"), ("program_index", "const int32_t* const*"),
+               ("program_slots", "const int64_t*"), ("program_data", "const double* const*"),
+               ("program_detail_base", "const double*"), ("events_in", "const double*"), ("events_out", "double*"),
+               ("event_count", "int64_t"), ("event_capacity", "int64_t"), ("grow", "GrowEvents"),
+               ("flow_count", "int64_t"), ("running", "int64_t"))
+"""The one argument of a run (``tcloud_perf_run``): 8-byte fields, an ``array("q")`` on the Python side,
+kept for the core's life (only the buffers' addresses and the counts change between runs)."""
 ERRORS = ("ok", "deadlock", "missing_entry", "invalid_utop", "event_overflow", "too_many_contexts", "need_code")
 EVENT_CAPACITY = 1 << 10
 """Rows of pending events a device's output buffer starts with (the core asks for more when it needs it)."""
@@ -136,12 +158,25 @@ def layout_header():
     struct("Device", DEVICE_FIELDS)
     struct("Context", CONTEXT_FIELDS, [f"double tokens[{NUM_TOKENS}];"])
     struct("Engine", ENGINE_FIELDS)
+    lines.append("// A buffer of at least ``rows`` event rows, in place of the one the core was given (nullptr: none).")
+    lines.append("typedef double* (*GrowEvents)(int64_t rows);")
+    lines.append("struct Call {")
+    lines.extend(f"    {kind} {name};" for name, kind in CALL_FIELDS)
+    lines.append("};")
+    lines.append("struct ContextReport {")
+    lines.extend(f"    int64_t {name};" for name in REPORT_FIELDS)
+    lines.append("};")
+    for name, words in (("Device", _DEVICE_WIDTH), ("Context", _CONTEXT_WIDTH), ("Engine", _ENGINE_WIDTH),
+                        ("Call", len(CALL_FIELDS)), ("ContextReport", _REPORT_WIDTH)):
+        lines.append(f"static_assert(sizeof({name}) == {8 * words}, \"{name}: 8-byte fields, no padding\");")
     constants = {"InstructionBytes": INSTRUCTION_BYTES, "NumTokens": NUM_TOKENS, "TokenMaxCount": TOKEN_MAX_COUNT,
                  "FetchReady": timing.FETCH_READY, "UtopTail": timing.UTOP_TAIL,
                  "DmaUtopExtra": timing.DMA_UTOP_EXTRA, "DmaUtopExtraHalf": timing.DMA_UTOP_EXTRA // 2,
                  "SharedAccessCycles": timing.SHARED_ACCESS_CYCLES, "FarFuture": FAR_FUTURE,
                  "FlowMinWork": FLOW_MIN_WORK, "FlowDone": FLOW_DONE, "ClassCount": max(EngineClass) + 1,
-                 "MaxContexts": MAX_CONTEXTS, "UtopFixed": len(UTOP_FIELDS), "PhaseFields": len(PHASE_FIELDS), "EventFields": len(EVENT_FIELDS),
+                 "MaxContexts": MAX_CONTEXTS, "DeviceWords": _DEVICE_WIDTH, "ContextWords": _CONTEXT_WIDTH,
+                 "EngineWords": _ENGINE_WIDTH, "NoDetail": NO_DETAIL,
+                 "ReportWords": _REPORT_WIDTH, "UtopFixed": len(UTOP_FIELDS), "PhaseFields": len(PHASE_FIELDS), "EventFields": len(EVENT_FIELDS),
                  "DetailTokenDeadlock": 0, "DetailWatchdog": 1, "DetailTokenOverflow": 2,
                  "DetailNoEngine": 2 + NUM_TOKENS, "DetailFetchBounds": DETAIL_FETCH_BOUNDS,
                  "HarvestedClasses": sum(1 << int(cls) for cls in HARVESTED_CLASSES),
@@ -261,13 +296,10 @@ _GROW_EVENTS = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_int64)
 
 def _load(path):
     lib = ctypes.CDLL(str(path))
-    pointer = ctypes.c_void_p  # arrays of pointers are arrays of uint64 (checked in _load)
     if ctypes.sizeof(ctypes.c_void_p) != 8:
         raise NativeBuildError("the perf backend's core needs a 64-bit platform")
-    lib.tcloud_perf_advance.argtypes = [pointer, pointer, ctypes.c_int, pointer, ctypes.c_int, pointer, pointer,
-                                        pointer, pointer, pointer, pointer, pointer, ctypes.c_int64, _GROW_EVENTS,
-                                        pointer, pointer, pointer]
-    lib.tcloud_perf_advance.restype = ctypes.c_int
+    lib.tcloud_perf_run.argtypes = [ctypes.c_void_p]  # the address of a Call (CALL_FIELDS)
+    lib.tcloud_perf_run.restype = ctypes.c_int
     return lib
 
 
@@ -393,12 +425,13 @@ class Program:
         self.data = np.array(data or [0.0], dtype=np.float64)
         self.index_address, self.data_address = self.index.ctypes.data, self.data.ctypes.data
 
-    def extended(self, device, ctx, pc):
-        """This program decoded on to ``pc`` (a new :class:`Program`: this one may be shared)."""
+    def extended(self, device, ctx, pc, bucket):
+        """This program decoded on to ``pc`` (a new :class:`Program`: this one may be shared; ``bucket``
+        as :func:`program`)."""
         if self.next_pc is None:
             return self
         made = Program(device, ctx, previous=self, until=pc)
-        _remember(device, ctx, made, replacing=self)
+        _remember(bucket, device, ctx, made, replacing=self)
         return made
 
     @staticmethod
@@ -431,8 +464,9 @@ class Program:
 CHUNK = 1 << 10
 """Instructions a program decodes at least at a time."""
 _PROGRAMS = {}
-"""``(utop cache key, window size, first bytes)`` → programs with those first bytes (a sweep runs the
-same programs on many devices)."""
+"""utop cache key (config, latency, jitter) → ``(window size, first bytes)`` → programs with those first
+bytes (a sweep runs the same programs on many devices). A core looks its bucket up once
+(:func:`programs_of`): hashing the config takes microseconds."""
 _PROBE_BYTES = 4 * INSTRUCTION_BYTES
 _CANDIDATES_LIMIT = 16
 """Programs kept per key (the oldest goes first)."""
@@ -441,75 +475,49 @@ _CACHE_BYTES_LIMIT = 512 << 20
 _cached_bytes = 0
 
 
+def programs_of(device):
+    """The bucket of the process's program cache for the device's utop cache key."""
+    return _PROGRAMS.setdefault(device._cache_key, {})
+
+
 def _key(device, ctx):
     gctx = device.machine.contexts[ctx.index]
     begin = gctx.hbm.base + ctx.start_pc
-    return device._cache_key, gctx.hbm.size, device.machine.hbm[begin:begin + _PROBE_BYTES].tobytes()
+    return gctx.hbm.size, device.machine.hbm[begin:begin + _PROBE_BYTES].tobytes()
 
 
-def _remember(device, ctx, made, replacing=None):
+def _remember(bucket, device, ctx, made, replacing=None):
     """Keep ``made`` as the context's program and in the process's cache (in place of ``replacing``)."""
     global _cached_bytes
     ctx.native_program = made
-    key = _key(device, ctx)
-    candidates = _PROGRAMS.setdefault(key, [])
+    candidates = bucket.setdefault(_key(device, ctx), [])
     if replacing is not None and replacing in candidates:
         candidates.remove(replacing)
         _cached_bytes -= replacing.nbytes()
     if _cached_bytes + made.nbytes() > _CACHE_BYTES_LIMIT:
-        _PROGRAMS.clear()
+        for programs in _PROGRAMS.values():  # emptied in place: cores hold their buckets
+            programs.clear()
         _cached_bytes = 0
-        candidates = _PROGRAMS.setdefault(key, [])
+        candidates = bucket.setdefault(_key(device, ctx), [])
     if len(candidates) >= _CANDIDATES_LIMIT:
         _cached_bytes -= candidates.pop(0).nbytes()
     candidates.append(made)
     _cached_bytes += made.nbytes()
 
 
-def program(device, ctx):
-    """The context's :class:`Program`: its own if still valid, else one from the process's cache, else
-    decoded now (its first chunk)."""
+def program(device, ctx, bucket):
+    """The context's :class:`Program`: its own if still valid, else one from the process's cache
+    (``bucket``: :func:`programs_of` the device), else decoded now (its first chunk)."""
     known = ctx.native_program
     if known is not None and known.valid(device, ctx):
         return known
-    for candidate in _PROGRAMS.get(_key(device, ctx), ()):
+    for candidate in bucket.get(_key(device, ctx), ()):
         if candidate.valid(device, ctx):
             ctx.native_program = candidate
             return candidate
     made = Program(device, ctx)
-    _remember(device, ctx, made)
+    _remember(bucket, device, ctx, made)
     return made
-
-
-class _Packed:
-    """The device's state as the core reads it, between calls (the core writes copies; see
-    :meth:`NativeCore.run_to`)."""
-
-    def __init__(self, dev, contexts, engines, events, flows, programs, details, base=None):
-        self.details = details
-        self.set_state(dev, contexts, engines, events, len(events) // len(EVENT_FIELDS), flows, len(flows) // 2)
-        if base is not None and base.programs == programs:  # the same Program objects: the same tables
-            self.programs, self.keep = base.programs, base.keep
-            self.index_pointers, self.data_pointers, self.slots, self.bases = (
-                base.index_pointers, base.data_pointers, base.slots, base.bases)
-        else:
-            self.set_programs(programs)
-
-    def set_state(self, dev, contexts, engines, events, event_count, flows, flow_count):
-        self.dev, self.contexts, self.engines, self.events, self.flows = dev, contexts, engines, events, flows
-        self.event_count, self.flow_count = event_count, flow_count
-        self.dev_address, self.contexts_address, self.engines_address, self.flows_address = (
-            values.buffer_info()[0] for values in (dev, contexts, engines, flows))
-        self.events_address = events.buffer_info()[0]
-
-    def set_programs(self, programs):
-        """``programs``: per context ``(Program, index of its first detail in details)`` or ``None``."""
-        self.programs = programs
-        arrays = (array("Q", [p[0].index_address if p else 0 for p in programs]),
-                  array("Q", [p[0].data_address if p else 0 for p in programs]),
-                  array("q", [len(p[0].index) if p else 0 for p in programs]), array("d", [p[1] if p else 0 for p in programs]))
-        self.keep = arrays
-        self.index_pointers, self.data_pointers, self.slots, self.bases = (a.buffer_info()[0] for a in arrays)
 
 
 _NOW, _LIMIT, _HAS_LIMIT, _ERROR_CONTEXT, _ERROR_PC = (DEVICE_FIELDS.index(name) for name in (
@@ -522,9 +530,26 @@ _STATE_INDEX = {state: index for index, state in enumerate(STATES)}
 _CONTEXT_TIMES = attrgetter("pc", "start_pc", "issue_from", "want_from", "decoded_at", "inflight", "last_end", "start")
 """The run of CONTEXT_FIELDS from ``pc`` to ``start`` (``ctx.timing`` is in CONTEXT_FIELDS' order too)."""
 _WAKE, _ENGINE_DONE, _FLOWS = (EVENTS.index(name) for name in ("_on_wake", "_on_engine_done", "_on_flows"))
-_CONTEXT_WIDTH = len(CONTEXT_FIELDS) + NUM_TOKENS
 _DETAILS_LIMIT = 10_000
-"""Fault details a device's arrays may refer to before they are packed afresh."""
+"""Fault details a core may refer to before it packs the device afresh."""
+(_STATE_IN, _STATE_OUT, _CONTEXT_COUNT, _ENGINE_COUNT, _PROGRAM_INDEX, _PROGRAM_SLOTS, _PROGRAM_DATA,
+ _PROGRAM_DETAIL_BASE, _EVENTS_IN, _EVENTS_OUT, _EVENT_COUNT, _EVENT_CAPACITY, _GROW, _FLOW_COUNT,
+ _CALL_RUNNING) = range(len(CALL_FIELDS))  # CALL_FIELDS
+assert [name for name, _ in CALL_FIELDS][_CALL_RUNNING] == "running"
+
+
+_STATUSES = {int(status): status for status in ContextStatus}
+_REPORT_ROW = struct.Struct("=" + "q" * _REPORT_WIDTH)
+_DEVICE = struct.Struct("=" + "d" * _DEVICE_WIDTH)
+_EVENT = struct.Struct("=" + "d" * len(EVENT_FIELDS))
+_DMA, _ME, _VE = EngineClass.DMA, EngineClass.ME, EngineClass.VE
+_DEVICE_HEAD = attrgetter("now", "_sequence", "_fetch_free", "_fetch_last", "_dispatch_last", "_dispatched_at",
+                          "_flows_at", "_flows_version", "policy", "quantum", "starvation", "harvest_cost",
+                          "harvest_grace", "_holder", "_slice_end")
+"""DEVICE_FIELDS up to ``slice_end`` (then the holders and their times, then :data:`_DEVICE_TAIL`)."""
+_DEVICE_TAIL = attrgetter("_utops_dispatched", "latency", "front_latency", "beat_stretch")
+_CONTEXT = struct.Struct("=" + "".join("q" if name in COUNTER_FIELDS else "d" for name in CONTEXT_FIELDS)
+                         + "d" * NUM_TOKENS)
 
 
 _COUNTERS_AT = CONTEXT_FIELDS.index(COUNTER_FIELDS[0])
@@ -537,84 +562,121 @@ def _doubles(count):
     return array("d", bytes(8 * count))
 
 
-def _put_counters(contexts, ctx):
-    """Write ``ctx``'s counters into its row of ``contexts`` as int64 (:data:`COUNTER_FIELDS`)."""
-    counters, utops = ctx.counters, ctx.counters["utops"]
-    _COUNTERS.pack_into(contexts, 8 * (ctx.index * _CONTEXT_WIDTH + _COUNTERS_AT), counters["instructions"],
-                        counters["hbm_bytes_read"], counters["hbm_bytes_written"], counters["macs"],
-                        counters["ve_elements"], utops["dma"], utops["me"], utops["ve"])  # COUNTER_FIELDS
-
-
-def _counters(contexts, index):
-    """Context ``index``'s counters from ``contexts``, as ``PerfDevice`` keeps them."""
-    (instructions, read, written, macs, elements, dma, me, ve) = _COUNTERS.unpack_from(  # COUNTER_FIELDS
-        contexts, 8 * (index * _CONTEXT_WIDTH + _COUNTERS_AT))
+def _counters_dict(instructions, read, written, macs, elements, dma, me, ve):  # COUNTER_FIELDS
+    """Counters as ``PerfDevice`` keeps them."""
     return {"utops": {"dma": dma, "me": me, "ve": ve}, "instructions": instructions, "hbm_bytes_read": read,
             "hbm_bytes_written": written, "macs": macs, "ve_elements": elements}
+
+
+def _counters(state, at):
+    """The counters of the context whose row starts at double ``at`` of ``state``."""
+    return _counters_dict(*_COUNTERS.unpack_from(state, 8 * (at + _COUNTERS_AT)))
 
 
 class NativeCore:
     """Runs a :class:`~tcloud.runtime.backends.perf.PerfDevice`'s event loop in the compiled core.
 
-    Between :meth:`run_to` calls the state stays in the core's arrays (:attr:`holds_state`); the
-    device calls :meth:`sync` before it reads or changes its Python state, and reports come from the
-    arrays (:meth:`report`, :meth:`stats`). After a sync the arrays still equal the device's objects, so
-    the next run re-packs only what the device changed since: the contexts it names with
-    :meth:`touch`, and the engines if its count of engine changes moved."""
+    The core keeps two state buffers (the device, its contexts, its engines and its flows as
+    :data:`perf_core_layout.h <layout_header>` lays them out) and two event buffers, all allocated once:
+    a run reads one pair and writes the other, which becomes the state only when the run succeeds
+    (:attr:`current`). The run's one argument, a ``Call`` (:data:`CALL_FIELDS`), and the tables of the
+    contexts' programs are kept too, so that a run costs a few stores and one ctypes call.
+
+    Between :meth:`run_to` calls the state stays in the buffers (:attr:`holds_state`); the device calls
+    :meth:`sync` before it reads or changes its Python state, and reports come from the buffers
+    (:meth:`report`, :meth:`stats`). After a sync the buffers still equal the device's objects, so the
+    next run re-packs only what the device changed since: its scalars, events and flows always, the
+    contexts it names with :meth:`touch` (and their programs), and the engines if its count of engine
+    changes moved. The whole device is packed when the core is made."""
 
     def __init__(self, device):
         self.device = device
         self.lib = library()
-        # The core's output: two buffers of events, one the last run's output (the next run's input).
+        self.run_call = self.lib.tcloud_perf_run
+        contexts, engines = len(device.contexts), len(device.engines)
+        self.contexts_at = _DEVICE_WIDTH
+        self.engines_at = _DEVICE_WIDTH + _CONTEXT_WIDTH * contexts
+        self.flows_at = self.engines_at + _ENGINE_WIDTH * engines
+        self.reports_at = self.flows_at + 2 * engines
+        self.busy_at = self.reports_at + _REPORT_WIDTH * contexts
+        self.states = [_doubles(self.busy_at + engines) for _ in range(2)]
+        self.busy_report = struct.Struct(f"={engines}q")
         self.event_buffers = [_doubles(EVENT_CAPACITY * len(EVENT_FIELDS)) for _ in range(2)]
-        self.output = 0
-        self.flows_out = array("d", bytes(16 * max(1, len(device.engines))))
-        self.grow_events = _GROW_EVENTS(self._grow_events)  # kept: the core calls it
+        self.current = 0
+        """Which of :attr:`states` and :attr:`event_buffers` hold the state (the other is the next run's output)."""
+        self.event_count = self.flow_count = 0
+        self.program_tables = (array("Q", bytes(8 * contexts)), array("q", bytes(8 * contexts)),
+                               array("Q", bytes(8 * contexts)), array("d", bytes(8 * contexts)))
+        self.programs = [None] * contexts
+        """Per context ``(Program, index of its first detail in details)``, or ``None`` if it does not run."""
+        self.calls = [array("q", bytes(8 * len(CALL_FIELDS))) for _ in range(2)]
+        """The run's argument per :attr:`current`: ``calls[i]`` reads ``states[i]`` and writes the other."""
+        self.call_addresses = [call.buffer_info()[0] for call in self.calls]
+        tables = [table.buffer_info()[0] for table in self.program_tables]
+        for current, call in enumerate(self.calls):
+            call[_STATE_IN], call[_STATE_OUT] = (self.states[i].buffer_info()[0] for i in (current, 1 - current))
+            call[_CONTEXT_COUNT], call[_ENGINE_COUNT] = contexts, engines
+            call[_PROGRAM_INDEX], call[_PROGRAM_SLOTS], call[_PROGRAM_DATA], call[_PROGRAM_DETAIL_BASE] = tables
+        self._events_changed()
+        self.set_grow_events(_GROW_EVENTS(self._grow_events))
+        self.engine_names = [engine.name for engine in device.engines]
+        self.bucket = programs_of(device)
         self.kinds = {name: index for index, name in enumerate(EVENTS)}
-        self.packed = None
-        self.touched = set()
-        self.engine_changes = device._engine_changes
-        self.base = None
-        self.base = self._pack()
+        self.holds_state = False
+        """Whether the core's buffers, not the device's objects, hold the current state."""
+        self.reported = False
+        """Whether the buffers hold the reports of their state (they came from a run)."""
+        self.is_running = False
+        """Whether a context runs, when the buffers hold the state."""
+        self._pack_afresh()
+        self.holds_state = False  # the buffers equal the objects, as after a sync: a host command next goes to them
+
+    def set_grow_events(self, callback):
+        """The callback the core calls when its pending events outgrow its output buffer (kept: the
+        core calls it)."""
+        self.grow_events = callback
+        for call in self.calls:
+            call[_GROW] = ctypes.cast(callback, ctypes.c_void_p).value
+
+    def _events_changed(self):
+        """Point the runs at the current event buffers."""
+        for current, call in enumerate(self.calls):
+            events_in, events_out = self.event_buffers[current], self.event_buffers[1 - current]
+            call[_EVENTS_IN], call[_EVENTS_OUT] = events_in.buffer_info()[0], events_out.buffer_info()[0]
+            call[_EVENT_CAPACITY] = len(events_out) // len(EVENT_FIELDS)
 
     def _grow_events(self, rows):
         """The core's callback when its pending events outgrow its output buffer: a buffer for ``rows``
         (at least twice the old one), its address (``None`` if there is no memory for it)."""
-        old = self.event_buffers[self.output]
+        output = 1 - self.current
+        old = self.event_buffers[output]
         try:
-            self.event_buffers[self.output] = _doubles(max(rows, 2 * len(old) // len(EVENT_FIELDS)) * len(EVENT_FIELDS))
+            self.event_buffers[output] = _doubles(max(rows, 2 * len(old) // len(EVENT_FIELDS)) * len(EVENT_FIELDS))
         except MemoryError:
             return None
-        return self.event_buffers[self.output].buffer_info()[0]
+        self._events_changed()
+        return self.event_buffers[output].buffer_info()[0]
 
     def touch(self, *indices):
         """The device changed these contexts (or their golden contexts) since the last sync (its
         engines' changes it counts in ``_engine_changes``)."""
         self.touched.update(indices)
 
-
-    @property
-    def holds_state(self):
-        """Whether the core's arrays, not the device's objects, hold the current state."""
-        return self.packed is not None
-
     def now(self):
-        return _number(self.packed.dev[_NOW]) if self.packed is not None else self.device.now
+        return _number(self.states[self.current][_NOW]) if self.holds_state else self.device.now
 
     def running(self):
         """Whether a context runs."""
-        if self.packed is None:
-            return bool(self.device._running)
-        return _RUNNING in self.packed.contexts[_STATUS::_CONTEXT_WIDTH]
+        return self.is_running if self.holds_state else bool(self.device._running)
 
     def code_written(self, address, size):
         """Whether HBM bytes ``address .. address + size`` hold code a running context's decoded program
         read (the core would run it as it was)."""
-        if self.packed is None:
-            running = [ctx.index for ctx in self.device._running]
-        else:
-            statuses = self.packed.contexts[_STATUS::_CONTEXT_WIDTH]
+        if self.holds_state:
+            statuses = self.states[self.current][self.contexts_at + _STATUS:self.engines_at:_CONTEXT_WIDTH]
             running = [index for index, status in enumerate(statuses) if status == _RUNNING]
+        else:
+            running = [ctx.index for ctx in self.device._running]
         for index in running:
             made = self.device.contexts[index].native_program
             if made is not None:
@@ -625,195 +687,210 @@ class NativeCore:
 
     def run_to(self, limit):
         """``PerfDevice._advance(limit)`` in the core (``None``: until no context runs); the state stays
-        in the core. The core writes copies of the state, which replace it only when it succeeds: after
-        an error the state is the one before the call."""
-        if not self.running():
+        in the core. The core writes the other buffers, which become the state only when it succeeds:
+        after an error the state is the one before the core's last call (a run that stopped to decode
+        more of a program and failed after that keeps the consistent state it had reached)."""
+        if not self.holds_state:
+            if not self.device._running:
+                return
+            self._pack()
+        elif not self.is_running:
             return
-        packed = self.packed or self._pack()
+        state = self.states[self.current]
+        state[_LIMIT] = 0 if limit is None else limit
+        state[_HAS_LIMIT] = limit is not None
         while True:
-            dev, contexts, engines = array("d", packed.dev), array("d", packed.contexts), array("d", packed.engines)
-            dev[_LIMIT] = 0 if limit is None else limit
-            dev[_HAS_LIMIT] = limit is not None
-            self.output = 1 if packed.events is self.event_buffers[0] else 0
-            events, flows = self.event_buffers[self.output], self.flows_out
-            event_count = ctypes.c_int64(packed.event_count)
-            flow_count = ctypes.c_int64(packed.flow_count)
-            error = ERRORS[self.lib.tcloud_perf_advance(
-                dev.buffer_info()[0], contexts.buffer_info()[0], len(packed.programs), engines.buffer_info()[0],
-                len(self.device.engines), packed.index_pointers, packed.slots, packed.data_pointers, packed.bases,
-                packed.events_address, events.buffer_info()[0], ctypes.byref(event_count),
-                len(events) // len(EVENT_FIELDS), self.grow_events, packed.flows_address, flows.buffer_info()[0],
-                ctypes.byref(flow_count))]
+            current = self.current
+            call = self.calls[current]
+            call[_EVENT_COUNT], call[_FLOW_COUNT] = self.event_count, self.flow_count
+            error = ERRORS[self.run_call(self.call_addresses[current])]
             if error == "event_overflow":
-                raise DeviceError(f"perf model: no memory for {event_count.value} pending events")
-            if error not in ("ok", "need_code"):
-                self._raise(error, packed, dev)
-            events = self.event_buffers[self.output]  # grown, maybe
-            self.flows_out = packed.flows if len(packed.flows) == len(flows) else array("d", bytes(len(flows) * 8))
-            packed.set_state(dev, contexts, engines, events, event_count.value, flows, flow_count.value)
-            self.packed = packed
+                raise DeviceError(f"perf model: no memory for {call[_EVENT_COUNT]} pending events")
+            if error != "ok" and error != "need_code":
+                self._raise(error, self.states[1 - current])
+            self.current, self.event_count, self.flow_count = 1 - current, call[_EVENT_COUNT], call[_FLOW_COUNT]
+            self.is_running = call[_CALL_RUNNING] != 0
+            self.reported = True
             if error == "ok":
                 return
-            self._decode_further(packed, int(dev[_ERROR_CONTEXT]), int(dev[_ERROR_PC]))
+            dev = self.states[self.current]
+            self._decode_further(int(dev[_ERROR_CONTEXT]), int(dev[_ERROR_PC]))
 
-    def _decode_further(self, packed, index, pc):
+    def _decode_further(self, index, pc):
         """The core stopped for a context fetching ``pc`` past its program's decoded slots."""
-        made, _ = packed.programs[index]
-        longer = made.extended(self.device, self.device.contexts[index], pc)
+        made, _ = self.programs[index]
+        longer = made.extended(self.device, self.device.contexts[index], pc, self.bucket)
         if longer is made:
             raise DeviceError(f"perf model: context {index} fetched {pc:#x}, which its decoded program lacks; "
                               "please report it")
-        programs = list(packed.programs)
-        programs[index] = (longer, len(packed.details))
-        packed.details += longer.details
-        packed.set_programs(programs)
+        self._set_program(index, longer)
+
+    def _set_program(self, index, made):
+        """Context ``index`` runs ``made`` (``None``: it does not run)."""
+        index_pointers, slots, data_pointers, bases = self.program_tables
+        if made is None:
+            self.programs[index] = None
+            index_pointers[index] = slots[index] = data_pointers[index] = 0
+            bases[index] = 0
+            return
+        self.programs[index] = (made, len(self.details))
+        index_pointers[index], slots[index], data_pointers[index] = made.index_address, len(made.index), made.data_address
+        bases[index] = len(self.details)
+        self.details += made.details
 
     def sync(self):
-        """Move the state from the core's arrays back to the device's objects."""
-        packed = self.packed
-        if packed is None:
+        """Move the state from the core's buffers back to the device's objects."""
+        if not self.holds_state:
             return
-        self._unpack_device(packed)
+        state = self.states[self.current]
+        self._unpack_device(state)
         for ctx in self.device.contexts:
-            self._unpack_context(packed, ctx)
+            self._unpack_context(state, ctx)
         self.device._running = [ctx for ctx in self.device.contexts if ctx.status == ContextStatus.RUNNING]
-        self._unpack_engines(packed)
-        self._unpack_events(packed)
-        self.packed = None
-        self.base = packed
+        self._unpack_engines(state)
+        self._unpack_events(state)
+        self.holds_state = self.reported = False
         self.touched = set()
         self.engine_changes = self.device._engine_changes
 
     def report(self, index):
-        """``PerfDevice.context(index)`` from the arrays."""
-        from . import perf
-
-        packed = self.packed
-        row = packed.contexts[index * _CONTEXT_WIDTH:index * _CONTEXT_WIDTH + len(CONTEXT_FIELDS)].tolist()
-        (status, _, _, _, _, _, _, _, _, start, end, active_before, _, stop_code, stop_pc, stop_detail, _,
-         me_owned, me_harvested, ve_owned, ve_harvested, dma_cycles, reclaim_wait, reclaim_max, *_) = row  # CONTEXT_FIELDS
-        status = ContextStatus(int(status))
-        stop = None
-        if status == ContextStatus.FAULTED and not math.isnan(stop_code):
-            stop = (FaultCode(int(stop_code)), int(stop_pc),
-                    self._detail(stop_detail, stop_pc, self.device.contexts[index], packed.details))
-        counters = _counters(packed.contexts, index)
-        engine_cycles = {"me_owned": me_owned, "me_harvested": me_harvested, "ve_owned": ve_owned,
-                         "ve_harvested": ve_harvested, "dma_cycles": dma_cycles}
-        return perf.context_report(status, stop, counters, engine_cycles, reclaim_wait, reclaim_max, start,
-                                   _optional(end), active_before, packed.dev[_NOW])
+        """``PerfDevice.context(index)`` from the report the core left (``None`` if the state did not come
+        from a run: the device then syncs and reports from its objects)."""
+        if not self.reported:
+            return None
+        (status, fault, fault_pc, detail, active, run, me_owned, me_harvested, ve_owned, ve_harvested, dma_cycles,
+         reclaim_wait, reclaim_max, instructions, read, written, macs, elements, dma, me, ve) = _REPORT_ROW.unpack_from(
+            self.states[self.current], 8 * (self.reports_at + index * _REPORT_WIDTH))  # REPORT_FIELDS
+        if fault:
+            fault, detail = FaultCode(fault), self._detail(detail, fault_pc, self.device.contexts[index])
+        else:
+            fault, detail = FaultCode.NONE, ""
+        return ContextInfo(_STATUSES[status], fault, fault_pc, detail,
+                           {"utops": {"dma": dma, "me": me, "ve": ve}, "instructions": instructions,
+                            "hbm_bytes_read": read, "hbm_bytes_written": written, "macs": macs,
+                            "ve_elements": elements},  # as perf._empty_counters
+                           {"active_cycles": active, "run_cycles": run,
+                            "engine_cycles": {"me_owned": me_owned, "me_harvested": me_harvested, "ve_owned": ve_owned,
+                                              "ve_harvested": ve_harvested, "dma_cycles": dma_cycles},
+                            "reclaim_wait_cycles": reclaim_wait, "reclaim_max_cycles": reclaim_max})  # as context_report
 
     def stats(self):
-        """``PerfDevice.stats()`` from the arrays."""
-        from . import perf
+        """``PerfDevice.stats()`` from the report the core left (``None``, as :meth:`report`)."""
+        if not self.reported:
+            return None
+        state = self.states[self.current]
+        return {"backend": PerfDevice.name, "cycles": int(state[_NOW]),
+                "engine_busy_cycles": dict(zip(self.engine_names, self.busy_report.unpack_from(state, 8 * self.busy_at)))}
 
-        packed = self.packed
-        now = packed.dev[_NOW]
-        width = len(ENGINE_FIELDS)
-        flat = packed.engines.tolist()
-        columns = (flat[_ENGINE_CTX::width], flat[_ENGINE_START::width], flat[_ENGINE_END::width],
-                   flat[_ENGINE_BUSY_TOTAL::width])
-        busy = {engine.name: perf.engine_busy(busy_total, start, end, ctx_index == ctx_index, now)  # NaN: none
-                for engine, ctx_index, start, end, busy_total in zip(self.device.engines, *columns)}
-        return perf.stats_report(now, busy)
+    # --- the device's objects to the buffers --------------------------------------------------------
+
+    def _pack_afresh(self):
+        """Pack the whole device into the current buffers (fault details from scratch)."""
+        self.details = fixed_details()
+        self.detail_of = {}
+        self.touched = set(range(len(self.device.contexts)))
+        self.engine_changes = None
+        self._pack()
 
     def _pack(self):
-        """The device's state as arrays: from :attr:`base` and what changed since, or from scratch."""
+        """Pack into the current buffers what the device changed since the last sync (see the class)."""
         device = self.device
-        base = self.base
-        fresh = base is None or len(base.details) > _DETAILS_LIMIT
-        details = fixed_details() if fresh else base.details
-        programs = [None] * len(device.contexts) if fresh else list(base.programs)
-        changed = range(len(device.contexts)) if fresh else sorted(self.touched)
-        for index in changed:
-            ctx = device.contexts[index]
-            programs[index] = None
-            if ctx.status == ContextStatus.RUNNING:
-                made = program(device, ctx)
-                programs[index] = (made, len(details))
-                details += made.details
-        details_of = {}
-
-        def detail_index(text):
-            if text not in details_of:
-                details_of[text] = len(details)
-                details.append(text)
-            return details_of[text]
-
-        dev = self._pack_device()
-        if fresh:
-            contexts = array("d", [value for ctx in device.contexts for value in self._pack_context(ctx, detail_index)])
-            for ctx in device.contexts:
-                _put_counters(contexts, ctx)
-            engines = array("d", [value for e in device.engines for value in self._pack_engine(e, detail_index)])
+        if len(self.details) > _DETAILS_LIMIT:
+            self._pack_afresh()
+            return
+        state = self.states[self.current]
+        holder, since = device._class_holder, device._class_since
+        _DEVICE.pack_into(state, 0, *_DEVICE_HEAD(device), holder[_ME], holder[_VE], since[_ME], since[_VE],  # DEVICE_FIELDS
+                          *_DEVICE_TAIL(device), 0, 0, -1, -1)
+        if self.touched:
+            contexts, machine = device.contexts, device.machine.contexts
+            for index in self.touched:
+                ctx = contexts[index]
+                self._set_program(index, program(device, ctx, self.bucket) if ctx.status == ContextStatus.RUNNING else None)
+                self._pack_context(state, ctx, machine[index])
+            self.touched = set()
+        if device._engine_changes != self.engine_changes:
+            state[self.engines_at:self.flows_at] = array(
+                "d", [value for engine in device.engines for value in self._pack_engine(engine)])
+            self.engine_changes = device._engine_changes
+        if device._events:
+            self._pack_events()
         else:
-            contexts, engines = base.contexts, base.engines
-            for index in changed:
-                contexts[index * _CONTEXT_WIDTH:(index + 1) * _CONTEXT_WIDTH] = array(
-                    "d", self._pack_context(device.contexts[index], detail_index))
-                _put_counters(contexts, device.contexts[index])
-            if device._engine_changes != self.engine_changes:
-                engines[:] = array("d", [value for e in device.engines for value in self._pack_engine(e, detail_index)])
-        events = device._events
-        kinds = self.kinds
-        packed = []
-        for time, sequence, handler, payload in events:
+            self.event_count = 0
+        flows = device._flows
+        self.flow_count = len(flows)
+        if flows:
+            state[self.flows_at:self.flows_at + 2 * len(flows)] = array(
+                "d", [value for index, left in flows.items() for value in (index, left)])
+        self.is_running = bool(device._running)
+        self.holds_state = True
+        self.reported = False
+
+    def _pack_events(self):
+        events = self.device._events
+        buffers, kinds, pack = self.event_buffers, self.kinds, _EVENT.pack_into
+        if len(events) * len(EVENT_FIELDS) > len(buffers[self.current]):
+            buffers[self.current] = _doubles(2 * len(events) * len(EVENT_FIELDS))
+            self._events_changed()
+        buffer = buffers[self.current]
+        for offset, (time, sequence, handler, payload) in enumerate(events):
             kind = kinds[handler.__name__]
             if payload is None:
-                packed += (time, sequence, kind, 0, 0, 0)
+                pack(buffer, _EVENT.size * offset, time, sequence, kind, 0, 0, 0)
             elif isinstance(payload, tuple):
-                packed += (time, sequence, kind, *payload, *(0,) * (3 - len(payload)))
+                pack(buffer, _EVENT.size * offset, time, sequence, kind, *payload, *(0,) * (3 - len(payload)))
             else:
-                packed += (time, sequence, kind, payload, 0, 0)
-        flows = array("d", [value for index, left in device._flows.items() for value in (index, left)])
-        return _Packed(dev, contexts, engines, array("d", packed), flows, programs, details, None if fresh else base)
+                pack(buffer, _EVENT.size * offset, time, sequence, kind, payload, 0, 0)
+        self.event_count = len(events)
 
-    def _pack_device(self):
-        d = self.device
-        holder, since = d._class_holder, d._class_since
-        return array("d", (  # DEVICE_FIELDS
-            d.now, d._sequence, d._fetch_free, d._fetch_last, d._dispatch_last, d._dispatched_at, d._flows_at,
-            d._flows_version, int(d.policy), d.quantum, d.starvation, d.harvest_cost, d.harvest_grace, d._holder,
-            d._slice_end, holder[EngineClass.ME], holder[EngineClass.VE], since[EngineClass.ME],
-            since[EngineClass.VE], d._utops_dispatched, d.latency, d.front_latency, d.beat_stretch, 0, 0, -1, -1))
+    def _detail_index(self, text):
+        """The index of a fault detail in :attr:`details` (appended if new)."""
+        index = self.detail_of.get(text)
+        if index is None:
+            index = self.detail_of[text] = len(self.details)
+            self.details.append(text)
+        return index
 
-    def _pack_context(self, ctx, detail_index):
-        gctx = self.device.machine.contexts[ctx.index]
+    def _pack_context(self, state, ctx, gctx):
         nan = math.nan
-        stop_code, stop_pc, stop_detail = (nan, 0, 0) if ctx.stop is None else (
-            int(ctx.stop[0]), ctx.stop[1], detail_index(ctx.stop[2]))
-        reclaim_pc, reclaim_epoch = ctx.reclaim_counted or (nan, nan)
+        stop = ctx.stop
+        stop_code, stop_pc, stop_detail = (nan, 0, 0) if stop is None else (
+            stop[0], stop[1], self._detail_index(stop[2]))
         counters, masks = ctx.counters, ctx.masks
         utops = counters["utops"]
-        return (  # CONTEXT_FIELDS, then the tokens
-            int(ctx.status), _STATE_INDEX[ctx.state], *_CONTEXT_TIMES(ctx), nan if ctx.end is None else ctx.end,
-            ctx.active_before, nan if ctx.ready_since is None else ctx.ready_since, stop_code, stop_pc, stop_detail,
-            ctx.epoch, *ctx.timing.values(), ctx.reclaim_wait, ctx.reclaim_max, reclaim_pc, reclaim_epoch,
-            *(0,) * len(COUNTER_FIELDS), masks.get(EngineClass.DMA, 0),
-            masks.get(EngineClass.ME, 0), masks.get(EngineClass.VE, 0), gctx.priority, gctx.hbm.size, 0, nan, 0, 0,
-            *ctx.tokens)
+        _CONTEXT.pack_into(  # CONTEXT_FIELDS, then the tokens
+            state, 8 * (self.contexts_at + ctx.index * _CONTEXT_WIDTH), ctx.status, _STATE_INDEX[ctx.state],
+            *_CONTEXT_TIMES(ctx), nan if ctx.end is None else ctx.end, ctx.active_before,
+            nan if ctx.ready_since is None else ctx.ready_since, stop_code, stop_pc, stop_detail, ctx.epoch,
+            *ctx.timing.values(), ctx.reclaim_wait, ctx.reclaim_max,
+            nan if ctx.reclaim_since is None else ctx.reclaim_since,
+            counters["instructions"], counters["hbm_bytes_read"], counters["hbm_bytes_written"], counters["macs"],
+            counters["ve_elements"], utops["dma"], utops["me"], utops["ve"],  # COUNTER_FIELDS
+            masks.get(_DMA, 0), masks.get(_ME, 0), masks.get(_VE, 0),
+            gctx.priority, gctx.hbm.size, 0, nan, 0, 0, *ctx.tokens)
 
-    @staticmethod
-    def _pack_engine(engine, detail_index):
+    def _pack_engine(self, engine):
         fault_code, fault_pc, fault_detail, utop_pc = math.nan, 0, 0, 0
         if engine.utop is not None:
             _, utop_pc, fault = engine.utop
             if fault is not None:
-                fault_code, fault_pc, fault_detail = int(fault[0]), fault[1], detail_index(fault[2])
+                fault_code, fault_pc, fault_detail = int(fault[0]), fault[1], self._detail_index(fault[2])
         return (  # ENGINE_FIELDS
                 int(engine.cls), engine.slot, math.nan if engine.ctx is None else engine.ctx.index, engine.start,
                 engine.end, engine.busy_total, engine.owned, engine.token, engine.phase, utop_pc, fault_code,
                 fault_pc, fault_detail, engine.owner_active, engine.harvested_until)
 
-    def _detail(self, index, pc, ctx, details):
+    # --- the buffers to the device's objects --------------------------------------------------------
+
+    def _detail(self, index, pc, ctx):
         if index == DETAIL_FETCH_BOUNDS:
             from . import perf
             return perf.fetch_bounds_detail(int(pc), self.device.machine.contexts[ctx.index].hbm.size)
-        return details[int(index)]
+        return self.details[int(index)]
 
-    def _unpack_device(self, packed):
+    def _unpack_device(self, state):
         device = self.device
-        d = dict(zip(DEVICE_FIELDS, packed.dev.tolist()))
+        d = dict(zip(DEVICE_FIELDS, state[:_DEVICE_WIDTH].tolist()))
         device.now = _number(d["now"])
         device._sequence = int(d["sequence"])
         device._fetch_free = _number(d["fetch_free"])
@@ -828,35 +905,37 @@ class NativeCore:
         device._class_since = {EngineClass.ME: _number(d["me_since"]), EngineClass.VE: _number(d["ve_since"])}
         device._utops_dispatched = int(d["utops_dispatched"])
 
-    def _unpack_context(self, packed, ctx):
-        device, details, programs = self.device, packed.details, packed.programs
-        row = packed.contexts[ctx.index * _CONTEXT_WIDTH:(ctx.index + 1) * _CONTEXT_WIDTH].tolist()
-        (status, state, pc, _, issue_from, want_from, decoded_at, inflight, last_end, start, end, active_before,
+    def _unpack_context(self, state, ctx):
+        device = self.device
+        at = self.contexts_at + ctx.index * _CONTEXT_WIDTH
+        row = state[at:at + _CONTEXT_WIDTH].tolist()
+        (status, state_index, pc, _, issue_from, want_from, decoded_at, inflight, last_end, start, end, active_before,
          ready_since, stop_code, stop_pc, stop_detail, epoch, me_owned, me_harvested, ve_owned, ve_harvested,
-         dma_cycles, reclaim_wait, reclaim_max, reclaim_pc, reclaim_epoch, _, _, _, _, _, _, _, _, _, _, _, _, _, abandoned,
+         dma_cycles, reclaim_wait, reclaim_max, reclaim_since, _, _, _, _, _, _, _, _, _, _, _, _, _, abandoned,
          abandoned_code, abandoned_pc, abandoned_detail) = row[:len(CONTEXT_FIELDS)]  # CONTEXT_FIELDS
         status = ContextStatus(int(status))
         finished = ctx.status == ContextStatus.RUNNING and status != ContextStatus.RUNNING
-        ctx.status, ctx.state, ctx.pc, ctx.inflight, ctx.epoch = status, STATES[int(state)], int(pc), int(inflight), int(epoch)
+        ctx.status, ctx.state, ctx.pc, ctx.inflight, ctx.epoch = (
+            status, STATES[int(state_index)], int(pc), int(inflight), int(epoch))
         ctx.issue_from, ctx.want_from, ctx.decoded_at = _number(issue_from), _number(want_from), _number(decoded_at)
         ctx.last_end, ctx.start, ctx.active_before = _number(last_end), _number(start), _number(active_before)
         ctx.reclaim_wait, ctx.reclaim_max = _number(reclaim_wait), _number(reclaim_max)
         ctx.end, ctx.ready_since = _optional(end), _optional(ready_since)
         ctx.stop = None if math.isnan(stop_code) else (
-            FaultCode(int(stop_code)), int(stop_pc), self._detail(stop_detail, stop_pc, ctx, details))
-        ctx.reclaim_counted = None if math.isnan(reclaim_pc) else (int(reclaim_pc), int(reclaim_epoch))
+            FaultCode(int(stop_code)), int(stop_pc), self._detail(stop_detail, stop_pc, ctx))
+        ctx.reclaim_since = _optional(reclaim_since)
         ctx.timing = {"me_owned": _number(me_owned), "me_harvested": _number(me_harvested),
                       "ve_owned": _number(ve_owned), "ve_harvested": _number(ve_harvested),
                       "dma_cycles": _number(dma_cycles)}
-        ctx.counters = _counters(packed.contexts, ctx.index)
+        ctx.counters = _counters(state, at)
         ctx.tokens = [int(token) for token in row[len(CONTEXT_FIELDS):]]
-        made = programs[ctx.index]
+        made = self.programs[ctx.index]
         ctx.head = made[0].utops.get(ctx.pc) if ctx.state == "issue" and made else None
         gctx = device.machine.contexts[ctx.index]
         if abandoned:
             gctx.status, gctx.fault, gctx.fault_pc, gctx.fault_detail = (
                 ContextStatus.FAULTED, FaultCode(int(abandoned_code)), int(abandoned_pc),
-                self._detail(abandoned_detail, abandoned_pc, ctx, details))
+                self._detail(abandoned_detail, abandoned_pc, ctx))
         if finished:
             if status == ContextStatus.DONE:
                 gctx.status = ContextStatus.DONE
@@ -864,13 +943,12 @@ class NativeCore:
                 code, fault_pc, detail = ctx.stop
                 gctx.status, gctx.fault, gctx.fault_pc, gctx.fault_detail = ContextStatus.FAULTED, code, fault_pc, detail
 
-    def _unpack_engines(self, packed):
+    def _unpack_engines(self, state):
         device = self.device
-        width = len(ENGINE_FIELDS)
-        flat = packed.engines.tolist()
+        flat = state[self.engines_at:self.flows_at].tolist()
         for engine in device.engines:
             (_, _, ctx_index, start, end, busy_total, owned, token, phase, utop_pc, fault_code, fault_pc, fault_detail,
-             owner_active, harvested_until) = flat[engine.index * width:(engine.index + 1) * width]  # ENGINE_FIELDS
+             owner_active, harvested_until) = flat[engine.index * _ENGINE_WIDTH:(engine.index + 1) * _ENGINE_WIDTH]  # ENGINE_FIELDS
             engine.start, engine.end, engine.busy_total = _number(start), _number(end), _number(busy_total)
             engine.owner_active, engine.harvested_until = _number(owner_active), _number(harvested_until)
             engine.owned, engine.token, engine.phase = bool(owned), int(token), int(phase)
@@ -880,13 +958,13 @@ class NativeCore:
                 ctx = device.contexts[int(ctx_index)]
                 pc = int(utop_pc)
                 fault = None if math.isnan(fault_code) else (
-                    FaultCode(int(fault_code)), int(fault_pc), self._detail(fault_detail, fault_pc, ctx, packed.details))
-                engine.ctx, engine.utop = ctx, (packed.programs[ctx.index][0].utops[pc], pc, fault)
+                    FaultCode(int(fault_code)), int(fault_pc), self._detail(fault_detail, fault_pc, ctx))
+                engine.ctx, engine.utop = ctx, (self.programs[ctx.index][0].utops[pc], pc, fault)
 
-    def _unpack_events(self, packed):
+    def _unpack_events(self, state):
         device = self.device
         handlers = [device._handlers[name] for name in EVENTS]
-        rows = packed.events[:packed.event_count * len(EVENT_FIELDS)].tolist()
+        rows = self.event_buffers[self.current][:self.event_count * len(EVENT_FIELDS)].tolist()
         events = []
         for i in range(0, len(rows), len(EVENT_FIELDS)):
             time, sequence, kind, a, b, c = rows[i:i + len(EVENT_FIELDS)]
@@ -896,18 +974,17 @@ class NativeCore:
             events.append((_number(time), int(sequence), handlers[kind], payload))
         events.sort(key=lambda event: (event[0], event[1]))  # a sorted list is a heap
         device._events = events
-        items = packed.flows[:2 * packed.flow_count].tolist()
+        items = state[self.flows_at:self.flows_at + 2 * self.flow_count].tolist()
         device._flows = {int(items[i]): _number(items[i + 1]) for i in range(0, len(items), 2)}
 
-    def _raise(self, error, packed, dev):
-        programs = packed.programs
-        d = dict(zip(DEVICE_FIELDS, dev.tolist()))
+    def _raise(self, error, dev):
+        d = dict(zip(DEVICE_FIELDS, dev[:_DEVICE_WIDTH].tolist()))
         index, pc = int(d["error_context"]), int(d["error_pc"])
         if error == "deadlock":
             raise DeviceError("perf model deadlock: contexts are running but no event is pending "
                               f"(at cycle {self.device.now}); please report it")
         if error == "invalid_utop":
-            made = programs[index][0]
+            made = self.programs[index][0]
             entry = made.data[made.index[(pc - made.start) // INSTRUCTION_BYTES]:]
             raise DeviceError(made.details[int(entry[1])])
         if error == "too_many_contexts":
