@@ -29,7 +29,7 @@ from types import SimpleNamespace
 
 from benchmarks.common import RESULTS, try_plot, write
 
-from benchmarks.cluster_policies import LOADS, SEEDS, TRACES, make, trace_options  # the benchmark's settings
+from benchmarks.cluster_policies import LOADS, SEEDS, STATIC, TRACES, make, trace_options  # the benchmark's settings
 
 
 def capacity_bound(config="tpu_like", table=None):
@@ -138,9 +138,10 @@ def main(argv=None):
         ratios = {}
         for trace in args.traces:
             rl = figures["rl"][trace]["throughput"]
-            static = figures.get("static", {}).get(trace, {}).get("throughput")
+            statics = [figures[p][trace]["throughput"] for p in STATIC if p in figures]
+            static = max(statics) if statics else None  # the better static, as cluster_policies judges it
             floor = figures.get("rl-floor", {}).get(trace, {}).get("throughput")
-            others = {p: figures[p][trace]["throughput"] for p in figures if p not in ("rl", "static", "rl-floor")}
+            others = {p: figures[p][trace]["throughput"] for p in figures if p not in ("rl", "rl-floor", *STATIC)}
             best = max(others, key=others.get) if others else None
             ratios[trace] = {"rl_over_static": rl / static if static else None, "best_baseline": best,
                              "rl_over_best_baseline": rl / others[best] if best and others[best] else None,
