@@ -292,10 +292,11 @@ def main(argv=None):
     kept, policies, traces, seeds = [], list(args.policies), list(args.traces), list(args.seeds)
     if args.merge and path.exists():
         old = json.loads(path.read_text())
-        same = {k: old["setup"].get(k)
-                for k in ("config", "nodes", "pnpus_per_node", "duration", "warmup", "table_neighbours")}
-        if same != {k: setup[k] for k in same}:
-            raise SystemExit(f"{path}: --merge needs the same setup, the file has {same}")
+        differ = [f"{k}: the file has {old['setup'].get(k)!r}, this run {setup[k]!r}"
+                  for k in ("config", "nodes", "pnpus_per_node", "duration", "warmup", "table_neighbours")
+                  if old["setup"].get(k) != setup[k]]
+        if differ:
+            raise SystemExit(f"{path}: --merge needs the same setup; " + "; ".join(differ))
         if old["setup"]["seeds"] != seeds:
             raise SystemExit(f"{path}: --merge needs the same seeds, the file has {old['setup']['seeds']}")
         kept = [unnull(r) for r in old["runs"] if not (r["policy"] in args.policies and r["trace"] in args.traces)]

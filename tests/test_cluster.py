@@ -581,3 +581,6 @@ def test_the_policy_benchmark_runs_diurnal_and_azure_and_picks_the_better_static
     merged = json.loads(out.read_text())
     assert len(merged["runs"]) == 8 and merged["setup"]["traces"] == ["diurnal", "azure"]
     assert merged["setup"]["policies"] == ["static", "static-peak", "triton", "rl-floor"]
+    longer = [*common[:4], "--duration", "2", *common[6:]]
+    with pytest.raises(SystemExit, match="the same setup; duration: the file has 1.0, this run 2.0"):
+        bench.main([*longer, "--policies", "triton", "--traces", "azure", "--loads", "0.3", "--merge"])

@@ -236,8 +236,9 @@ def _reclaim_counters(backend, scenario):
 
 @pytest.mark.parametrize("kind, seed", [("temporal", 7), ("temporal", 11), ("harvest", 6), ("harvest", 7)])
 def test_reclaim_counters_follow_the_rtl_rule(kind, seed):
-    """The RTL counts a reclaim wait in every cycle a context is ready, is not dispatched, and an ME or
-    VE of its head's class that it owns runs another context's uTOp, under every policy. perf counts
+    """The RTL counts a reclaim wait in every cycle a context is ready, is not dispatched, and an
+    engine of its head's class that it owns runs a uTOp of a context that does not own it (busy from
+    the cycle after the dispatch), under every policy. perf counts
     the same intervals (it used to count only under harvest, and an engine's whole remaining time at
     the first look, 0 against 35 and 90 cycles here under temporal, 580 against 271 under harvest).
     Runs whose schedules match the RTL's closely: within 10 % and 8 cycles per context."""

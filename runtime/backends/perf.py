@@ -907,12 +907,13 @@ class PerfDevice(GoldenMemory):
         """The RTL's ``reclaim_wait``/``reclaim_max``, under every policy: a context waits to reclaim an
         engine in every cycle in which it is ready, is not dispatched, and an engine of its head's class
         that it owns runs another context's uTOp. The state only changes at events, so a wait is an
-        interval from the settle that opens it to the one that closes it."""
+        interval from the settle that opens it to the one that closes it. An engine counts as busy from
+        the cycle after its dispatch (its ``start``), as the RTL's ``busy`` rises."""
         for ctx in self.contexts:
             waiting = False
             if self._ready(ctx, time):
-                waiting = any(engine.ctx is not None and not engine.owned and self._owns(ctx, engine)
-                              for engine in self.by_class[ctx.head.cls])
+                waiting = any(engine.ctx is not None and engine.start <= time and not engine.owned
+                              and self._owns(ctx, engine) for engine in self.by_class[ctx.head.cls])
             if waiting and ctx.reclaim_since is None:
                 ctx.reclaim_since = time
             elif not waiting and ctx.reclaim_since is not None:

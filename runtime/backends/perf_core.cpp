@@ -411,7 +411,7 @@ struct Sim {
                 int cls = utop_cls(head(c));
                 for (int k = 0; k < n_eng && !waiting; ++k) {
                     const Engine& e = eng[k];
-                    waiting = e.cls == cls && !none(e.ctx) && !e.owned && owns(c, e);
+                    waiting = e.cls == cls && !none(e.ctx) && e.start <= time && !e.owned && owns(c, e);
                 }
             }
             if (waiting && none(c.reclaim_since)) {
