@@ -163,6 +163,8 @@ def run_next_to(compiled, neighbour, config, shape, policy="static", backend=DEF
     """
     from tcloud.runtime.hypervisor import Hypervisor
 
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise ClusterError(f"a neighbour needs at least one run, got runs={runs!r}")
     options = {"hbm_timing": {"data": False}} if timing_only else {}
     if timing_only and backend != "perf":
         raise ClusterError(f"timing-only measurement needs the perf backend, not {backend!r}")
@@ -179,7 +181,8 @@ def run_next_to(compiled, neighbour, config, shape, policy="static", backend=DEF
                 last.append([other.submit(rows) for _ in range(runs)][-1])
             measured = vnpu.submit(compiled.device_inputs(compiled.random_inputs(seed)))
         measured.result()
-        if any(future.done() for future in last):
+        end = vnpu.runs[-1].finish_cycle  # runs seen to stop in the same driver step share it
+        if any(future.done() and other.runs[-1].finish_cycle < end for other, future in zip(others, last)):
             raise ClusterError(f"a neighbour finished its {runs} runs before the measured run ended; give it more")
         return vnpu.usage().active_cycles, len(others)
 

@@ -180,6 +180,10 @@ def test_a_neighbour_that_runs_out_of_runs_is_an_error():
     options = {"backend": "perf", "timing_only": True}
     with pytest.raises(ClusterError, match="a neighbour finished its 1 runs before the measured run ended"):
         run_next_to(long, short, "tpu_like", shape, runs=1, **options)
+    with pytest.raises(ClusterError, match="a neighbour needs at least one run, got runs=0"):
+        run_next_to(long, short, "tpu_like", shape, runs=0, **options)
+    twin = run_next_to(long, long, "tpu_like", shape, runs=1, **options)  # ends in the measured run's step
+    assert twin[1] == 1
     busy, neighbours = run_next_to(long, short, "tpu_like", shape, runs=64, **options)
     assert neighbours == 1 and busy > run_next_to(long, None, "tpu_like", shape, **options)[0]
 
