@@ -227,7 +227,12 @@ def test_qgemm_per_column_scales_match_onnxruntime(dtype):
 
 @pytest.mark.parametrize("dtype", [np.int8, np.uint8])
 def test_qlinearconv_per_channel_matches_onnxruntime(dtype):
-    """1x1 QLinearConv, X == its zero point: each output channel's accumulator is its int32 bias."""
+    """1x1 QLinearConv, X == its zero point: each output channel's accumulator is its int32 bias.
+    uint8 is skipped where onnxruntime's uint8 x int8 kernels saturate (no reference there)."""
+    from test_compiler import onnxruntime_saturates_u8s8
+
+    if dtype == np.uint8 and onnxruntime_saturates_u8s8():
+        pytest.skip("onnxruntime's uint8 x int8 kernels saturate on this CPU (AVX2 without VNNI): not a reference")
     rng = np.random.default_rng(31 if dtype == np.int8 else 32)
     info = np.iinfo(dtype)
     mismatches = single_mismatches = total = 0
