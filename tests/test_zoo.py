@@ -116,10 +116,25 @@ def test_cnn_trainer_gradients():
 
 @pytest.mark.slow
 def test_digits_regenerate(tmp_path):
-    """Regeneration (about 15 s) reaches the recorded accuracies; same bytes on this machine."""
+    """Regeneration (about 15 s) reaches the recorded accuracies. The files come out byte for byte
+    where NumPy's matrix products round as on the machine that made them; elsewhere (the MLP's
+    trainer on a CPU with AVX2 and no AVX-512, for one) rounding differences grow over its epochs to
+    about 0.1 % of the weights, so the test then asks for the recorded accuracies (exact) and the same
+    graph (operators, initializer names, shapes and types), and for the same bytes only when the
+    float weights came out identical."""
     assert digits.build(tmp_path) == pytest.approx(digits.ACCURACY, abs=1e-12)
     for name in digits.NAMES:
-        assert (tmp_path / f"{name}.onnx").read_bytes() == (digits.HERE / f"{name}.onnx").read_bytes()
+        made, shipped = onnx.load(tmp_path / f"{name}.onnx"), onnx.load(digits.HERE / f"{name}.onnx")
+        if made.SerializeToString() == shipped.SerializeToString():
+            continue
+        float_model = name.removesuffix("_qdq").removesuffix("_qop")
+        assert (tmp_path / f"{float_model}.onnx").read_bytes() != (digits.HERE / f"{float_model}.onnx").read_bytes(), \
+            f"{name} differs although its float model came out identical"
+        assert [n.op_type for n in made.graph.node] == [n.op_type for n in shipped.graph.node]
+        def layout(model):
+            return {t.name: (tuple(t.dims), t.data_type) for t in model.graph.initializer}
+
+        assert layout(made) == layout(shipped), name
 
 
 # ---------------------------------------------------------------- the builders
