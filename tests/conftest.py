@@ -1,3 +1,4 @@
+import fcntl
 import hashlib
 import os
 from pathlib import Path
@@ -9,6 +10,8 @@ from hypothesis import HealthCheck, settings
 from tcloud.isa import Instr, Machine, encode_stream
 
 BUILD = Path(__file__).resolve().parent.parent / "build" / "cocotb"
+"""Where the cocotb runs write their results, coverage and waveforms (their builds are cached:
+:func:`cocotb_build`)."""
 COCOTB_BUILD_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "-CFLAGS", "-O0"]
 """Verilator options of the cocotb builds. The C++ is compiled unoptimised: a cocotb run spends its
 time in Python, and ``small`` then builds about four times faster."""
@@ -74,27 +77,38 @@ def utop(cls, body, **header):
     return [Instr("utop", cls=int(cls), len=len(body), **header), *body]
 
 
-def cocotb_build(design, name, build_dir, key=None):
-    """Build the Verilog of ``design()`` (top module ``name``) with cocotb's Verilator runner in
-    ``build_dir``-``key`` (``key``: what the Verilog depends on, default a hash of the Verilog; a
-    build is reused while its key is unchanged, and with a given key the Verilog is not even
-    generated then)."""
+def cocotb_build(design, name, run_root, key=None):
+    """Build the Verilog of ``design()`` (top module ``name``) with cocotb's Verilator runner, cached
+    by ``key`` (what the Verilog depends on, default a hash of the Verilog; with a given key the
+    Verilog is not even generated when the build is there), the Verilator and cocotb versions and
+    the build options. The build lives in the cache
+    (:func:`~tcloud.runtime.backends.cache.cache_root`, beside the Verilator backend's models, so a
+    fresh clone reuses it), one build at a time per key across processes. Returns the runner, the
+    build directory and ``run_root``-``key``, where the runs write their results and waveforms."""
+    import cocotb
     from cocotb_tools.runner import get_runner
 
     from tcloud.rtl.verilog import to_verilog
+    from tcloud.runtime.backends.cache import cache_root
+    from tcloud.runtime.backends.verilator import _verilator_version
 
     verilog = None if key is not None else to_verilog(design(), name)
-    key = hashlib.sha256("\0".join([key or verilog, *COCOTB_BUILD_ARGS, *(["waves"] if COCOTB_WAVES else [])])
-                         .encode()).hexdigest()
-    build_dir = build_dir.with_name(f"{build_dir.name}-{key[:16]}")
-    source = build_dir / f"{name}.v"
+    key = hashlib.sha256("\0".join([key or verilog, _verilator_version(), cocotb.__version__, *COCOTB_BUILD_ARGS,
+                                    *(["waves"] if COCOTB_WAVES else [])]).encode()).hexdigest()
+    label = f"{run_root.name}-{key[:16]}"
+    build_dir = cache_root() / "cocotb" / label
     build_dir.mkdir(parents=True, exist_ok=True)
-    if not source.exists():
-        source.write_text(verilog or to_verilog(design(), name))
     runner = get_runner("verilator")
-    runner.build(sources=[source], hdl_toplevel=name, build_dir=build_dir, always=False,
-                 build_args=COCOTB_BUILD_ARGS, waves=COCOTB_WAVES)
-    return runner, build_dir
+    with open(build_dir.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        source = build_dir / f"{name}.v"
+        if not source.exists():
+            staged = source.with_suffix(".v.partial")
+            staged.write_text(verilog or to_verilog(design(), name))
+            staged.replace(source)
+        runner.build(sources=[source], hdl_toplevel=name, build_dir=build_dir, always=False,
+                     build_args=COCOTB_BUILD_ARGS, waves=COCOTB_WAVES)
+    return runner, build_dir, run_root.with_name(label)
 
 
 @pytest.fixture(scope="module")

@@ -66,10 +66,10 @@ def failed_tests(results):
 
 @pytest.mark.parametrize("config", ["tiny", "small"])
 def test_pnpu_cocotb(verilator_on_path, config):
-    runner, build_dir = cocotb_build(lambda: PNPU(get_config(config)), "pnpu", BUILD / config,
-                                     key=design_digest(get_config(config)))
+    runner, build_dir, run_root = cocotb_build(lambda: PNPU(get_config(config)), "pnpu", BUILD / config,
+                                               key=design_digest(get_config(config)))
     seed = os.environ.get("TCLOUD_SEED", "3")
-    test_dir = build_dir / "run"
+    test_dir = run_root / "run"
     coverage = test_dir / "coverage.yml"
     results, timing = test_dir / "results.xml", test_dir / "timing.json"
     for stale in (coverage, results, timing):
