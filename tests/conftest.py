@@ -1,6 +1,8 @@
+import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -77,29 +79,41 @@ def utop(cls, body, **header):
     return [Instr("utop", cls=int(cls), len=len(body), **header), *body]
 
 
+COCOTB_BUILDS_KEPT = 3
+"""Cached cocotb builds kept per design name (older ones nobody is running are deleted)."""
+
+
+@contextlib.contextmanager
 def cocotb_build(design, name, run_root, key=None):
-    """Build the Verilog of ``design()`` (top module ``name``) with cocotb's Verilator runner, cached
-    by ``key`` (what the Verilog depends on, default a hash of the Verilog; with a given key the
-    Verilog is not even generated when the build is there), the Verilator and cocotb versions and
-    the build options. The build lives in the cache
-    (:func:`~tcloud.runtime.backends.cache.cache_root`, beside the Verilator backend's models, so a
-    fresh clone reuses it), one build at a time per key across processes. Returns the runner, the
-    build directory and ``run_root``-``key``, where the runs write their results and waveforms."""
+    """Build the Verilog of ``design()`` (top module ``name``) with cocotb's Verilator runner and
+    yield ``(runner, build directory, run directory root)``.
+
+    The build is cached (:func:`~tcloud.runtime.backends.cache.cache_root` ``/cocotb``, beside the
+    Verilator backend's models) by ``key`` (what the Verilog depends on, default a hash of the
+    Verilog; with a given key the Verilog is not even generated when the build is there), the
+    Verilator and cocotb versions, the paths the build command names (cocotb's libraries, the
+    Verilator root: a clone at another path builds its own) and the build options. A process
+    builds under an exclusive lock and runs under a shared one, so no build replaces a model
+    another run uses; of a design's builds the newest :data:`COCOTB_BUILDS_KEPT` stay. The runs
+    write their results and waveforms under ``run_root``-``key``."""
     import cocotb
+    import cocotb_tools.config
     from cocotb_tools.runner import get_runner
 
-    from tcloud.rtl.verilog import to_verilog
+    from tcloud.rtl.verilog import to_verilog, verilator_root
     from tcloud.runtime.backends.cache import cache_root
     from tcloud.runtime.backends.verilator import _verilator_version
 
     verilog = None if key is not None else to_verilog(design(), name)
-    key = hashlib.sha256("\0".join([key or verilog, _verilator_version(), cocotb.__version__, *COCOTB_BUILD_ARGS,
-                                    *(["waves"] if COCOTB_WAVES else [])]).encode()).hexdigest()
-    label = f"{run_root.name}-{key[:16]}"
-    build_dir = cache_root() / "cocotb" / label
+    parts = [key or verilog, _verilator_version(), str(verilator_root()), cocotb.__version__,
+             str(cocotb_tools.config.libs_dir), str(cocotb_tools.config.share_dir), *COCOTB_BUILD_ARGS,
+             *(["waves"] if COCOTB_WAVES else [])]
+    label = f"{run_root.name}-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}"
+    builds = cache_root() / "cocotb"
+    build_dir = builds / label
     build_dir.mkdir(parents=True, exist_ok=True)
     runner = get_runner("verilator")
-    with open(build_dir.with_suffix(".lock"), "w") as lock:
+    with open(builds / f"{label}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         source = build_dir / f"{name}.v"
         if not source.exists():
@@ -108,7 +122,23 @@ def cocotb_build(design, name, run_root, key=None):
             staged.replace(source)
         runner.build(sources=[source], hdl_toplevel=name, build_dir=build_dir, always=False,
                      build_args=COCOTB_BUILD_ARGS, waves=COCOTB_WAVES)
-    return runner, build_dir, run_root.with_name(label)
+        os.utime(build_dir)
+        _prune_cocotb_builds(builds, run_root.name)
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        yield runner, build_dir, run_root.with_name(label)
+
+
+def _prune_cocotb_builds(builds, design):
+    """Delete all but the newest :data:`COCOTB_BUILDS_KEPT` builds of ``design`` that no process holds."""
+    old = sorted((path for path in builds.glob(f"{design}-*") if path.is_dir()), key=lambda path: path.stat().st_mtime,
+                 reverse=True)[COCOTB_BUILDS_KEPT:]
+    for path in old:
+        with open(path.with_name(f"{path.name}.lock"), "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -66,8 +66,13 @@ def failed_tests(results):
 
 @pytest.mark.parametrize("config", ["tiny", "small"])
 def test_pnpu_cocotb(verilator_on_path, config):
-    runner, build_dir, run_root = cocotb_build(lambda: PNPU(get_config(config)), "pnpu", BUILD / config,
-                                               key=design_digest(get_config(config)))
+    with cocotb_build(lambda: PNPU(get_config(config)), "pnpu", BUILD / config,
+                      key=design_digest(get_config(config))) as (runner, build_dir, run_root):
+        check_pnpu_run(runner, build_dir, run_root, config)
+
+
+def check_pnpu_run(runner, build_dir, run_root, config):
+    """Run the cocotb bench on a built ``config`` pNPU and check its results, coverage and timing."""
     seed = os.environ.get("TCLOUD_SEED", "3")
     test_dir = run_root / "run"
     coverage = test_dir / "coverage.yml"

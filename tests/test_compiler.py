@@ -80,39 +80,50 @@ def product_twin(model):
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     added, moved = [], False
+    taken = ({value.name for value in (*graph.input, *graph.output, *graph.value_info)} | set(initializers)
+             | {name for node in graph.node for name in (*node.output, node.name)})
+
+    def fresh(base):
+        """``base``, or ``base_2``, ``base_3``, ... : a name no tensor or node of the model has."""
+        name, number = base, 1
+        while name in taken:
+            number += 1
+            name = f"{base}_{number}"
+        taken.add(name)
+        return name
 
     def kind(name):
         tensor = initializers.get(name)
         return None if tensor is None else tensor.data_type
 
-    def zero_point(name):
-        values = numpy_helper.to_array(initializers[name]).astype(np.int16) - 128
-        new = f"{name}_as_s8"
-        if new not in initializers:
-            initializers[new] = numpy_helper.from_array(values.astype(np.int8), new)
-            graph.initializer.append(initializers[new])
-        return new
-
     as_int8 = {}
-    """uint8 tensor → the same codes moved to int8 (a product's own result, or a cast chain)."""
+    """uint8 tensor or zero point → the same codes moved to int8."""
+
+    def zero_point(name):
+        if name not in as_int8:
+            as_int8[name] = fresh(f"{name}_as_s8")
+            values = numpy_helper.to_array(initializers[name]).astype(np.int16) - 128
+            graph.initializer.append(numpy_helper.from_array(values.astype(np.int8), as_int8[name]))
+        return as_int8[name]
 
     def to_int8(name):
         if name not in as_int8:
-            as_int8[name] = f"{name}_as_s8"
-            added.extend(_cast_chain(name, as_int8[name], -128, TensorProto.INT8))
+            as_int8[name] = fresh(f"{name}_as_s8")
+            added.extend(_cast_chain(name, as_int8[name], -128, TensorProto.INT8, fresh))
         return as_int8[name]
 
     def int8_result(node):
         """``node`` writes int8 codes; a cast chain gives its consumers the uint8 ones."""
         out = node.output[0]
-        node.output[0] = as_int8[out] = f"{out}_s8_result"
-        added.extend(_cast_chain(node.output[0], out, 128, TensorProto.UINT8))
+        node.output[0] = as_int8[out] = fresh(f"{out}_s8_result")
+        added.extend(_cast_chain(node.output[0], out, 128, TensorProto.UINT8, fresh))
 
     for node in list(graph.node):
         if node.op_type in _QOP_OPERANDS:
             (a, az, b, bz), yz = _QOP_OPERANDS[node.op_type]
-            if len(node.input) <= max(az, bz):  # the default zero points: uint8 × uint8, no saturation
-                continue
+            if len(node.input) <= max(az, bz) or kind(node.input[az]) is None or kind(node.input[bz]) is None:
+                raise ValueError(f"no twin for node {node.name!r} ({node.op_type}): its operand types are not "
+                                 "given by zero-point initializers")
             if kind(node.input[az]) != TensorProto.UINT8 or kind(node.input[bz]) != TensorProto.INT8:
                 continue
             node.input[a], node.input[az] = to_int8(node.input[a]), zero_point(node.input[az])
@@ -128,7 +139,7 @@ def product_twin(model):
                 continue
             dq = sources[0]
             new_dq = helper.make_node("DequantizeLinear", [to_int8(dq.input[0]), dq.input[1], zero_point(dq.input[2])],
-                                      [f"{dq.output[0]}_twin_for_{node.name or node.output[0]}"],
+                                      [fresh(f"{dq.output[0]}_for_{node.name or node.output[0]}")],
                                       **{a.name: helper.get_attribute_value(a) for a in dq.attribute})
             added.append(new_dq)
             node.input[0] = new_dq.output[0]
@@ -149,9 +160,9 @@ def product_twin(model):
     return twin, moved
 
 
-def _cast_chain(source, out, by, to):
-    """Nodes computing ``out = Cast(Cast(source, int32) + by, to)``."""
-    wide, shifted, offset = f"{out}_wide", f"{out}_shifted", f"{out}_offset"
+def _cast_chain(source, out, by, to, fresh):
+    """Nodes computing ``out = Cast(Cast(source, int32) + by, to)`` (``fresh`` names the tensors between)."""
+    wide, shifted, offset = fresh(f"{out}_wide"), fresh(f"{out}_shifted"), fresh(f"{out}_offset")
     return [helper.make_node("Constant", [], [offset], value=numpy_helper.from_array(np.array(by, np.int32))),
             helper.make_node("Cast", [source], [wide], to=TensorProto.INT32),
             helper.make_node("Add", [wide, offset], [shifted]),
@@ -193,17 +204,17 @@ def _onnxruntime_run(model, feeds):
 
 
 @pytest.mark.parametrize("fmt", ["qop", "qdq"])
-def test_the_product_twin_computes_what_the_uint8_model_computes(fmt):
+def test_the_product_twin_computes_what_the_uint8_model_computes(fmt, tmp_path):
     """Where onnxruntime's uint8 kernels cannot saturate (codes within 0..100, weights within ±60:
     pair sums stay under 2**15), a uint8 model and its :func:`product_twin` give the same codes and
     values: a convolution after a uint8 QuantizeLinear, a ReLU, a residual QLinearAdd that stays on
-    uint8, and both outputs; the convolution runs on int8 in the twin."""
+    uint8, and both outputs; onnxruntime runs the twin's convolution on its integer kernel."""
     rng = np.random.default_rng(7)
     u8 = lambda name, value: onnx.numpy_helper.from_array(np.asarray(value, np.uint8), name)  # noqa: E731
     f32 = lambda name, value: onnx.numpy_helper.from_array(np.asarray(value, np.float32), name)  # noqa: E731
     initializers = [f32("xs", 0.05), u8("xz", 37), onnx.numpy_helper.from_array(
         rng.integers(-60, 61, (3, 3, 3, 3)).astype(np.int8), "w"), f32("ws", 0.02),
-        onnx.numpy_helper.from_array(np.array(0, np.int8), "wz"), f32("ys", 0.3), u8("yz", 90)]
+        onnx.numpy_helper.from_array(np.array(0, np.int8), "wz"), f32("ys", 0.3), u8("yz", 0)]
     quantize_input = helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"])
     if fmt == "qop":
         nodes = [quantize_input,
@@ -227,6 +238,11 @@ def test_the_product_twin_computes_what_the_uint8_model_computes(fmt):
     twin, moved = product_twin(model)
     assert moved and sum(node.op_type == "Cast" for node in twin.graph.node) == 4
     through_twin = _onnxruntime_run(twin, {"x": x})
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.qdqisint8allowed", "1")
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(twin.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    assert "QLinearConv" in {node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node}
     assert direct["c"].dtype == np.uint8 and len(np.unique(direct["c"])) > 10
     probe, feeds = _saturation_probe()
     assert _onnxruntime_run(product_twin(probe)[0], feeds)["y"][0, 0] == 65  # exact where onnxruntime saturates too

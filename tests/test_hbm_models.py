@@ -104,9 +104,8 @@ def test_model_follows_the_reference(config, model):
 
 def test_cocotb_responder_follows_the_reference(verilator_on_path, config):
     player = HbmPlayer(config, *spec_case(config)[:2])
-    runner, build_dir, run_root = cocotb_build(lambda: player, "hbm_player", BUILD / "hbm_player")
-    test_dir = run_root / f"run-{config.hbm_gbps:g}"
-    results = runner.test(hdl_toplevel="hbm_player", test_module="tcloud.verif.cocotb_hbm", build_dir=build_dir,
-                          test_dir=test_dir, waves=COCOTB_WAVES, extra_env={"TCLOUD_CONFIG": config.name,
-                                                        "TCLOUD_HBM_GBPS": repr(config.hbm_gbps)})
+    with cocotb_build(lambda: player, "hbm_player", BUILD / "hbm_player") as (runner, build_dir, run_root):
+        results = runner.test(hdl_toplevel="hbm_player", test_module="tcloud.verif.cocotb_hbm", build_dir=build_dir,
+                              test_dir=run_root / f"run-{config.hbm_gbps:g}", waves=COCOTB_WAVES,
+                              extra_env={"TCLOUD_CONFIG": config.name, "TCLOUD_HBM_GBPS": repr(config.hbm_gbps)})
     assert get_results(results) == (5, 0)
