@@ -83,6 +83,9 @@ def build_parser():
     tra.add_argument("--curve-episodes", type=_positive_int, default=6,
                      help="episodes each snapshot and baseline is scored on for the curve (default 6)")
     tra.add_argument("--ship", action="store_true", help="copy the trained weights over the shipped policy")
+    tra.add_argument("--ship-snapshot", type=_positive_int, metavar="STEPS",
+                     help="copy the snapshot after STEPS environment steps over the shipped policy instead (one "
+                          "chosen by a held-out evaluation, benchmarks/cluster_rl_select.py)")
     tra.set_defaults(func=cmd_train)
     return cluster
 
@@ -251,7 +254,15 @@ def cmd_train(args):
         for path in write_curve(state, args.curve, evaluation):
             print(f"learning curve: {path}")
     print(f"weights: {state['weights']}")
-    if args.ship:
+    if args.ship_snapshot:
+        snapshot = directory / "snapshots" / f"rl_policy_{args.ship_snapshot}.npz"
+        if not snapshot.exists():
+            there = sorted(int(p.stem.rsplit("_", 1)[-1]) for p in snapshot.parent.glob("rl_policy_*.npz"))
+            raise ClusterError(f"no snapshot after {args.ship_snapshot} environment steps in {snapshot.parent} "
+                               f"(there are: {', '.join(map(str, there)) or 'none'})")
+        shutil.copyfile(snapshot, WEIGHTS)
+        print(f"shipped: {snapshot} -> {WEIGHTS}")
+    elif args.ship:
         shutil.copyfile(state["weights"], WEIGHTS)
         print(f"shipped: {WEIGHTS}")
 

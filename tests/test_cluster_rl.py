@@ -36,10 +36,10 @@ def test_the_environment_follows_the_gymnasium_api():
     env = ClusterEnv(interval=0.01, steps=2, seed=3)
     obs, info = env.reset(seed=3)
     assert env.observation_space.contains(obs) and info["trace"] in ("poisson", "mmpp", "diurnal", "azure")
-    assert obs.shape == (6 * 13 + 3,) and env.action_space.shape == (18,)
+    assert obs.shape == (6 * 15 + 3,) and env.action_space.shape == (18,)
     obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
     assert env.observation_space.contains(obs) and isinstance(reward, float) and not terminated and not truncated
-    assert -2 <= reward <= 1 and 0 <= info["worst"] <= info["good"] <= 1 and 0 < info["held"] <= 1
+    assert -2 <= reward <= 1 and 0 <= info["worst"] <= info["good"] <= 1 and 0 < info["held"] <= 1 + 1e-12  # a sum of prices: rounding
     assert reward == pytest.approx(info["good"] - (1 - info["worst"]) - 0.1 * info["held"])
     *_, truncated, _ = env.step(np.zeros(env.action_space.shape))
     assert truncated
@@ -73,27 +73,30 @@ def test_a_larger_weight_gives_a_model_more_of_the_spare_engines_and_the_cluster
 
 
 def test_actions_add_remove_and_resize_vnpus_within_the_cluster_and_the_slo(table):
-    from tcloud.cluster.rl import decode, model_options
+    from tcloud.cluster.rl import BATCH_RESIDUAL, decode, efficient_shapes, model_options
     from tcloud.cluster.simulate import make_context
 
     context = make_context(DEFAULT_MODELS, table, 8, 0.5)
     options = model_options(context)
     rate = context.rates
     observation = {"arrival_rate": rate}
-    labels = [s.label for s in context.shapes]
+    shape = {s.label: s for s in context.shapes}
     small = decode(np.tile([0.0, -1.0, -1.0], 6), observation, context, options)
-    whole = decode(np.tile([0.0, 1.0, 1.0], 6), observation, context, options)
+    large = decode(np.tile([0.0, 1.0, 1.0], 6), observation, context, options)
     for m, found in enumerate(options):
-        assert set(small.replicas[m]) == {labels[0]} and small.batch[m] == 1
-        assert set(whole.replicas[m]) == {labels[-1]} and whole.batch[m] == found[labels[-1]][1]
-        assert context.curves[m][labels[-1]][whole.batch[m]] <= context.slos[m]
-        # capacity at least the measured rate unless the cluster is full (floors scaled down)
-        thr = found[labels[0]][2][1]
-        full = sum(map(len, small.replicas.values())) >= context.per_pnpu[labels[0]] * 8 - 1
-        assert len(small.replicas[m]) * thr >= rate[m] or len(small.replicas[m]) == 1 or full
+        chosen, rule = efficient_shapes(found, context)
+        for plan, step, sign in ((small, -1, -1), (large, 1, 1)):
+            label = chosen[min(max(rule + step, 0), len(chosen) - 1)]  # one step along the efficient shapes
+            bmax = found[label][1]
+            assert set(plan.replicas[m]) == {label}
+            assert plan.batch[m] == round(1 + (1 + sign * BATCH_RESIDUAL) / 2 * (bmax - 1))
+            assert context.curves[m][label][plan.batch[m]] <= context.slos[m]
+            # capacity at least the measured rate unless the cluster is full (floors scaled down)
+            thr = found[label][2][plan.batch[m]]
+            full = sum(shape[l].ves for ls in plan.replicas.values() for l in ls) >= context.shapes[-1].ves * 8 - 1
+            assert len(plan.replicas[m]) * thr >= rate[m] or len(plan.replicas[m]) == 1 or full
     more = decode(np.tile([1.0, 0.0, 0.0], 6), observation, context, options)
     less = decode(np.tile([-1.0, 0.0, 0.0], 6), observation, context, options)
-    shape = {s.label: s for s in context.shapes}
     for plan in (more, less):
         assert sum(shape[l].ves for ls in plan.replicas.values() for l in ls) <= context.shapes[-1].ves * 8
         assert all(len(ls) >= 1 for ls in plan.replicas.values())
@@ -127,7 +130,7 @@ def test_no_model_is_left_below_its_floor_when_the_cluster_holds_the_floors(tabl
     for i in range(20):
         action = np.zeros((6, 3))
         action[:, 0] = rng.uniform(-1, 1, 6)
-        action[0, 0] = 1.0  # the busiest model asks for 4 x its floor, more than the cluster has
+        action[0, 0] = 1.0  # the busiest model asks for the largest weight
         plan = decode(action.ravel(), {"arrival_rate": rates}, big, options)
         floors_mes = 0
         for m, found in enumerate(options):
@@ -209,6 +212,68 @@ def test_the_zero_action_holds_at_least_statics_split_between_bursts(table):
                 assert mine >= 0.98 * enough, (load, lull, name.name, mine, theirs)
 
 
+def test_the_action_is_a_bounded_residual_around_the_rule():
+    """Whatever the network asks, on ``tpu_like`` at 250 x 4: the shape is the rule's or one within
+    2 % of the best throughput per pNPU (so ResNet-50 and BERT-base stay on ``m2v1``; the first
+    network's ``m1v1`` served ResNet-50 7 % less per pNPU), the batch within an eighth of the
+    SLO-feasible range of the middle, and a model's weight within ``2 ** ±0.5`` of the rule's, so its
+    replicas move by at most that factor (plus rounding)."""
+    from tcloud.cluster.rl import decode, model_options
+    from tcloud.cluster.simulate import make_context
+    from tcloud.cluster.workload import TPU_MODELS
+
+    tpu = load_table(config="tpu_like", build=False)
+    context = make_context(TPU_MODELS, tpu, 1000, 0.5)
+    options = model_options(context)
+    observation = {"arrival_rate": context.rates * 0.5}
+    rule = decode(np.zeros(18), observation, context, options)
+    names = [m.name for m in context.models]
+    assert {rule.replicas[m][0] for m in range(6)} == {"m2v1"}
+    rng = np.random.default_rng(3)
+    seen = {name: set() for name in names}
+    for i in range(40):
+        action = rng.uniform(-1, 1, (6, 3))
+        action[:, 1] = rng.choice([-1.0, 0.0, 1.0], 6)
+        plan = decode(action.ravel(), observation, context, options)
+        for m, name in enumerate(names):
+            label = plan.replicas[m][0]
+            seen[name].add(label)
+            _, bmax, thr = options[m][label]
+            speed = context.per_pnpu[label] * thr[round(1 + (bmax - 1) / 2)]
+            best = max(context.per_pnpu[l] * o[2][round(1 + (o[1] - 1) / 2)] for l, o in options[m].items())
+            assert speed >= 0.98 * best or label == "m2v1", (name, label)
+            middle = 1 + (bmax - 1) / 2
+            assert abs(plan.batch[m] - middle) <= 0.125 * (bmax - 1) + 0.5, (name, plan.batch[m], bmax)
+    assert seen["resnet50"] == seen["bert_base"] == {"m2v1"} and seen["mobilenetv2"] == {"m1v1", "m2v1"}
+    for m in (0, 2):  # the largest tilt one model can ask for, at the rule's shape and batch
+        for a0, bound in ((1.0, 2 ** 0.5), (-1.0, 2 ** -0.5)):
+            action = np.zeros((6, 3))
+            action[m, 0] = a0
+            tilted = decode(action.ravel(), observation, context, options)
+            ratio = len(tilted.replicas[m]) / len(rule.replicas[m])
+            assert min(1, bound) * 0.97 <= ratio <= max(1, bound) * 1.03, (names[m], a0, ratio)
+            assert abs(ratio - 1) > 0.05  # it does move
+
+
+def test_the_observation_remembers_a_burst(table):
+    """Two features per model carry the slow rate estimate (:class:`~tcloud.cluster.rl.RateMemory`):
+    over the replicas' capacity and over the measured rate (1 without a remembered burst)."""
+    from tcloud.cluster.policies import Static
+    from tcloud.cluster.rl import PER_MODEL, features, model_options
+
+    sim = _sim(table, Static(), load=0.5, pnpus=16, trace="poisson")
+    sim.step()
+    obs, options = sim.observe_last, model_options(sim.context)
+    plain = features(obs, sim.context, options).reshape(-1)[:6 * PER_MODEL].reshape(6, PER_MODEL)
+    slow = obs["arrival_rate"] * np.array([3.0, 1, 1, 1, 1, 1])
+    burst = features(obs, sim.context, options, slow)[:6 * PER_MODEL].reshape(6, PER_MODEL)
+    assert np.allclose(plain[:, -1], 1.0) and np.allclose(plain[:, -2], plain[:, 1])  # slow = rate
+    assert burst[0, -1] == pytest.approx(3.0) and burst[0, -2] == pytest.approx(min(3 * plain[0, 1], 4.0))
+    assert np.array_equal(burst[1:], plain[1:]) and np.array_equal(burst[0, :-2], plain[0, :-2])
+    below = features(obs, sim.context, options, obs["arrival_rate"] * 0.5)  # the estimate is at least the rate
+    assert np.array_equal(below, features(obs, sim.context, options))
+
+
 def test_the_floor_rule_is_the_all_zero_action(table):
     from tcloud.cluster.policies import make_policy
     from tcloud.cluster.rl import FloorRule, decode
@@ -228,7 +293,7 @@ def test_observations_do_not_depend_on_the_cluster_size(table):
     the replicas, requests and free engines is observed as the same vector, but for the arrivals'
     relative noise, which shrinks as 1 / sqrt(rate)."""
     from tcloud.cluster.policies import Static
-    from tcloud.cluster.rl import features, model_options
+    from tcloud.cluster.rl import PER_MODEL, features, model_options
     from tcloud.cluster.simulate import make_context
 
     sim = _sim(table, Static(), load=0.7, pnpus=16, trace="mmpp")
@@ -244,12 +309,12 @@ def test_observations_do_not_depend_on_the_cluster_size(table):
     small = features(obs, sim.context, model_options(sim.context))
     big = features(scaled, large, model_options(large))
     noise = np.zeros(small.size, dtype=bool)
-    noise[9:6 * 13:13] = True
+    noise[9:6 * PER_MODEL:PER_MODEL] = True
     assert np.allclose(small[~noise], big[~noise], rtol=1e-5, atol=1e-6)
     rate_slo = obs["arrival_rate"] * sim.context.slos
     assert np.allclose(small[noise], 1 / np.sqrt(1 + rate_slo), rtol=1e-5)
     assert np.allclose(big[noise], 1 / np.sqrt(1 + k * rate_slo), rtol=1e-5)
-    assert np.abs(small).max() <= 4 and small[1::13].max() > 0  # order 1, and the load is seen
+    assert np.abs(small).max() <= 4 and small[1::PER_MODEL].max() > 0  # order 1, and the load is seen
 
 
 # --- the NumPy policy ------------------------------------------------------------------------------
@@ -293,7 +358,7 @@ def test_bad_weight_files_and_mismatched_workloads_are_named(tmp_path, table):
     wide = tmp_path / "wide.npz"
     np.savez(wide, w0=np.zeros((20, 4)), b0=np.zeros(4), w1=np.zeros((4, 3)), b1=np.zeros(3))
     with pytest.raises(ClusterError, match="wide.npz: the RL policy network takes 20 inputs and gives 3 outputs; this "
-                                           "code expects 16 and 3"):
+                                           "code expects 18 and 3"):
         ShippedPolicy(wide)
 
 
@@ -310,6 +375,7 @@ def test_one_shared_network_serves_any_number_of_models(table):
 
 def test_the_exported_network_is_the_trained_policys_mean(tmp_path):
     import gymnasium
+    import jax
     import jax.numpy as jnp
 
     from tcloud.cluster.rl import ShippedPolicy, observation_size
@@ -321,8 +387,38 @@ def test_the_exported_network_is_the_trained_policys_mean(tmp_path):
     model.init_state_dict(role="policy")
     x = np.random.default_rng(0).uniform(-1, 1, (5, size)).astype(np.float32)
     _, outputs = model.act({"observations": jnp.asarray(x)}, role="policy")
+    untrained = ShippedPolicy(export(model, tmp_path / "zero.npz"))
+    assert np.array_equal(np.asarray(outputs["mean_actions"]), np.zeros((5, 18)))  # the untrained network is the rule
+    assert np.array_equal(untrained.act(x), np.zeros((5, 18)))
+    rng = np.random.default_rng(1)  # trained-like weights everywhere, so the comparison below can fail
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.normal(0, 0.3, a.shape), a.dtype), model.state_dict.params)
+    model.state_dict = model.state_dict.replace(params=params)
+    _, outputs = model.act({"observations": jnp.asarray(x)}, role="policy")
     exported = ShippedPolicy(export(model, tmp_path / "p.npz"))
+    assert np.abs(exported.act(x)).max() > 0.1
     assert np.allclose(np.asarray(outputs["mean_actions"]), exported.act(x), atol=1e-5)
+
+
+def test_the_untrained_policy_plans_as_the_rule(tmp_path, table):
+    """Training starts from the rule: the network's output layer starts at zero, so before any update
+    the shipped-format policy's plans are :class:`~tcloud.cluster.rl.FloorRule`'s, interval by interval."""
+    import gymnasium
+
+    from tcloud.cluster.rl import FloorRule, ShippedPolicy, observation_size
+    from tcloud.cluster.rl_train import export, shared_policy_model
+
+    size = observation_size(6)
+    model = shared_policy_model(gymnasium.spaces.Box(-10, 10, (size,), np.float32),
+                                gymnasium.spaces.Box(-1, 1, (18,), np.float32), None)
+    model.init_state_dict(role="policy")
+    untrained = ShippedPolicy(export(model, tmp_path / "p.npz"))
+    a, b = _sim(table, untrained, trace="mmpp"), _sim(table, FloorRule(), trace="mmpp")
+    for _ in range(6):  # each simulator asks its policy at every interval; the plans must agree
+        a.step()
+        b.step()
+        assert [[r.shape.label for r in g.replicas] for g in a.groups] == \
+            [[r.shape.label for r in g.replicas] for g in b.groups]
+        assert [list(g.batch) for g in a.groups] == [list(g.batch) for g in b.groups]
 
 
 def test_the_shipped_policy_is_the_default_rl_policy(tmp_path):
@@ -339,12 +435,19 @@ def test_the_shipped_policy_is_the_default_rl_policy(tmp_path):
 
 # --- training --------------------------------------------------------------------------------------
 
-def test_training_on_two_ray_workers_resumes_from_its_checkpoint_and_writes_the_curve(tmp_path, capsys):
+def test_training_on_two_ray_workers_resumes_from_its_checkpoint_and_writes_the_curve(tmp_path, capsys, monkeypatch):
+    from skrl.agents.jax.ppo import PPO
+
+    from tcloud.cluster import rl as rl_module
     from tcloud.cluster.rl import ShippedPolicy
 
+    inits = []
+    plain_init = PPO.init
+    monkeypatch.setattr(PPO, "init", lambda self, **kw: inits.append(1) or plain_init(self, **kw))
     common = ["cluster", "train", "--dir", str(tmp_path / "run"), "--envs", "2", "--rollouts", "2",
               "--checkpoint-every", "2", "--interval", "0.01", "--episode-steps", "3"]
     assert tcloud([*common, "--timesteps", "4"]) == 0
+    assert len(inits) == 1  # once for both segments (each init wrapped the networks in jax.jit again)
     first = json.loads((tmp_path / "run" / "progress.json").read_text())
     assert first["done"] == 4 and first["steps"] == [4, 8] and len(first["rewards"]) == 2
     assert (tmp_path / "run" / "checkpoint.pickle").exists()
@@ -358,8 +461,17 @@ def test_training_on_two_ray_workers_resumes_from_its_checkpoint_and_writes_the_
     assert set(scored["baselines"]) == {"static", "clipper", "triton", "nexus", "rl-floor"}
     assert all(-2 <= r["reward"] <= 1 and 0 <= r["worst"] <= r["good"] for r in scored["baselines"].values())
     policy = ShippedPolicy(tmp_path / "run" / "rl_policy.npz")
-    assert [w.shape for w, _ in policy.layers] == [(16, 64), (64, 64), (64, 3)]
+    assert [w.shape for w, _ in policy.layers] == [(18, 64), (64, 64), (64, 3)]
     assert "environment steps" in capsys.readouterr().out
+    shipped = tmp_path / "shipped.npz"
+    monkeypatch.setattr(rl_module, "WEIGHTS", shipped)  # not the committed weights
+    assert tcloud([*common, "--timesteps", "6", "--ship-snapshot", "5"]) != 0
+    err = capsys.readouterr().err
+    assert "no snapshot after 5 environment steps" in err and "(there are: 4, 8, 12)" in err
+    assert not shipped.exists()
+    assert tcloud([*common, "--timesteps", "6", "--ship-snapshot", "8"]) == 0  # a chosen snapshot, not the last
+    assert shipped.read_bytes() == (tmp_path / "run" / "snapshots" / "rl_policy_8.npz").read_bytes()
+    assert shipped.read_bytes() != (tmp_path / "run" / "rl_policy.npz").read_bytes()
     import ray
 
     assert not ray.is_initialized()  # training stops the Ray it started (a later test's Ray found it dead)
