@@ -84,10 +84,34 @@ def rank(rows, names, traces, seeds):
     return scores, order
 
 
+def spaced(found, points):
+    """At most ``points`` of the snapshots ``found`` (sorted by step), evenly spaced, the last
+    always included.
+
+    Parameters
+    ----------
+    found : list
+        The snapshots, first to last.
+    points : int
+        At least 1 (1: the last alone).
+
+    Returns
+    -------
+    list
+        The chosen snapshots, in order.
+    """
+    if points == 1:
+        return found[-1:]
+    if len(found) <= points:
+        return list(found)
+    keep = {round(i * (len(found) - 1) / (points - 1)) for i in range(points)}
+    return [f for i, f in enumerate(found) if i in keep]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--snapshots", required=True, help="directory of rl_policy_<steps>.npz snapshots")
-    parser.add_argument("--points", type=int, default=6, help="snapshots evaluated, evenly spaced, the last included")
+    parser.add_argument("--points", type=int, default=6, help="snapshots evaluated, evenly spaced, the last included (at least 1: the last alone)")
     parser.add_argument("--config", default="tpu_like")
     parser.add_argument("--nodes", type=int, default=250)
     parser.add_argument("--pnpus-per-node", type=int, default=4)
@@ -98,12 +122,12 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel processes")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
+    if args.points < 1:
+        parser.error(f"--points must be at least 1 (1: the last snapshot alone), got {args.points}")
     found = sorted((int(p.stem.rsplit("_", 1)[-1]), p) for p in Path(args.snapshots).glob("rl_policy_*.npz"))
     if not found:
         raise SystemExit(f"{args.snapshots}: no rl_policy_<steps>.npz snapshots")
-    if len(found) > args.points:
-        keep = {round(i * (len(found) - 1) / (args.points - 1)) for i in range(args.points)}
-        found = [f for i, f in enumerate(found) if i in keep]
+    found = spaced(found, args.points)
     candidates = [(FLOOR, None)] + [(f"rl@{steps}", str(path)) for steps, path in found]
     settings = {"config": args.config, "nodes": args.nodes, "pnpus_per_node": args.pnpus_per_node,
                 "duration": args.duration, "warmup": args.warmup}

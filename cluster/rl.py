@@ -17,7 +17,8 @@ to those that need many only on a large one.
   batching (log ratio, batch ``b_max`` over batch 1, over log of the largest batch) and the
   batch-1 speed-up of a whole pNPU over the smallest shape; and what a burst left behind: the slow
   rate estimate (:class:`RateMemory`) over the replicas' capacity and over the measured rate (1
-  in a steady state, above it in the lull after a burst). For the cluster (:data:`GLOBAL`):
+  in a steady state, above it in the lull after a burst; rates below 1 request/s count as 1, so an
+  idle model reads 1). For the cluster (:data:`GLOBAL`):
   free shares of its MEs and VEs, and the measured demand over the cluster's capacity at the
   reference shape.
 * :func:`decode` — the action, three numbers in [-1, 1] per model, as a :class:`~.simulate.Plan`.
@@ -29,9 +30,10 @@ to those that need many only on a large one.
     or for ``a1 < -1/3`` (``> 1/3``) the next smaller (larger) shape whose throughput per pNPU at
     its middle batch is within :data:`SHAPE_TOLERANCE` of the best shape's; all the model's
     replicas take it, so a change of ``a1`` resizes its vNPUs;
-  - ``a2``: the batch cap, ``1 + (1 + 0.25 × a2) / 2 × (b_max − 1)`` (:data:`BATCH_RESIDUAL`) with
-    ``b_max`` the largest batch whose latency on that shape is within the SLO (:func:`batch_for`):
-    the middle batch, moved by at most an eighth of the range.
+  - ``a2``: the batch cap (:func:`batch_for`): the rule's is the middle of 1 to ``b_max`` rounded
+    half up, ``b_max // 2 + 1``, with ``b_max`` the largest batch whose latency on that shape is
+    within the SLO; ``a2`` moves it by whole batches, none for ``|a2| <= 1/3`` and at most about
+    an eighth of the range (:data:`BATCH_RESIDUAL`).
 
   The first network (ranges ``2 ** (±2)``, every shape, every batch) sustained nothing at 99 %
   under MMPP and the Azure sample at 250 × 4 where the rule alone sustained 0.3–0.4 and 0.2: it
@@ -170,7 +172,7 @@ def features(observation, context, options, slow=None):
                      min(rate / max(context.rates[m], 1.0), 4.0),
                      float(np.mean([mes[r] for r in replicas])) / whole.mes if replicas else 0.0,
                      1 / np.sqrt(1 + rate * slo), *fixed[m], min(slow[m] / max(capacity, 1.0), 4.0),
-                     min(slow[m] / max(rate, 1.0), 4.0)])
+                     min(max(slow[m], 1.0) / max(rate, 1.0), 4.0)])
     total_mes, total_ves = whole.mes * context.pnpus, whole.ves * context.pnpus
     extra = [observation["free_mes"] / total_mes, observation["free_ves"] / total_ves,
              min(demand_over_capacity(observation["arrival_rate"], context, options), 4.0)]
@@ -261,25 +263,80 @@ def decode(action, observation, context, options, slow=None):
 
 
 def batch_for(a2, option):
-    """The batch cap for action number ``a2`` and one shape's :func:`model_options` entry,
-    ``1 + (1 + BATCH_RESIDUAL × a2) / 2 × (b_max − 1)`` (``b_max`` the largest batch within the
-    SLO; ``a2 = 0`` is the middle, the rule's), and the shape's throughput curve. (Centring
-    ``a2 = 0`` on static's batch, ``2 × latency <= SLO``, was tried: with its lower throughput the
-    rule sustained less, Poisson at 1.0 and MMPP at 0.4.)"""
+    """The batch cap for action number ``a2`` on one shape.
+
+    The rule's batch is the middle of the SLO-feasible range, ``b_max // 2 + 1`` (the middle
+    ``(1 + b_max) / 2`` rounded half up: on a tie, for an even ``b_max``, the larger of the two
+    middle batches, which has the higher throughput and is still within the SLO). ``a2`` moves it
+    by a whole number of batches with a dead zone as ``a1`` has: none for ``|a2| <= 1/3``, else
+    ``sign(a2) × ceil((|a2| − 1/3) × 1.5 × K)``, 1 to ``K`` batches, with ``K`` the nearest whole
+    number to ``BATCH_RESIDUAL × (b_max − 1) / 2`` (:data:`BATCH_RESIDUAL`). So an action near
+    zero is the rule's batch exactly (the earlier continuous map sat on a rounding tie at
+    ``a2 = 0`` for every even ``b_max``, and a network could change the batch by ``a2 = 1e-6``).
+    (Centring on static's batch, ``2 × latency <= SLO``, was tried: with its lower throughput the
+    rule sustained less, Poisson at 1.0 and MMPP at 0.4.)
+
+    Parameters
+    ----------
+    a2 : float
+        The action number, in [-1, 1] (clipped).
+    option : tuple
+        One shape's :func:`model_options` entry ``(static batch, b_max, throughput curve)``,
+        ``b_max`` the largest batch within the SLO.
+
+    Returns
+    -------
+    batch : int
+        Between 1 and ``b_max``.
+    thr : numpy.ndarray
+        The shape's throughput per replica at each batch (from ``option``).
+    """
     _, bmax, thr = option
-    return int(round(1 + (1 + BATCH_RESIDUAL * float(a2)) / 2 * (bmax - 1))), thr
+    a2 = float(np.clip(np.nan_to_num(float(a2)), -1, 1))
+    steps = int(np.floor(BATCH_RESIDUAL * (bmax - 1) / 2 + 0.5))
+    offset = 0 if abs(a2) <= 1 / 3 else int(np.sign(a2)) * int(np.ceil((abs(a2) - 1 / 3) * 1.5 * steps - 1e-9))
+    return int(min(max(bmax // 2 + 1 + offset, 1), bmax)), thr
 
 
 def middle_batch_throughput(label, option, context):
-    """Throughput per pNPU of shape ``label`` at its middle batch (the rule's)."""
+    """Throughput per pNPU of one shape at the rule's batch (:func:`batch_for` at ``a2 = 0``).
+
+    Parameters
+    ----------
+    label : str
+        The shape's label.
+    option : tuple
+        The shape's :func:`model_options` entry for one model.
+    context : Context
+        The simulation context (``per_pnpu``: replicas of each shape per pNPU).
+
+    Returns
+    -------
+    float
+        Requests per second per pNPU.
+    """
     batch, thr = batch_for(0.0, option)
     return context.per_pnpu[label] * thr[batch]
 
 
 def efficient_shapes(found, context):
-    """The shapes ``a1`` may choose for one model (:func:`model_options` entry ``found``), smallest
-    first: the rule's (the middle of the SLO-feasible ones) and those whose throughput per pNPU at
-    the middle batch is within :data:`SHAPE_TOLERANCE` of the best; and the rule's index in them."""
+    """The shapes ``a1`` may choose for one model, smallest first.
+
+    Parameters
+    ----------
+    found : dict
+        The model's :func:`model_options` entry (shape label to option).
+    context : Context
+        The simulation context.
+
+    Returns
+    -------
+    chosen : list of str
+        The rule's shape (the middle of the SLO-feasible ones) and those whose throughput per pNPU
+        at the rule's batch is within :data:`SHAPE_TOLERANCE` of the best.
+    rule : int
+        The rule's index in ``chosen``.
+    """
     usable = [s.label for s in context.shapes if s.label in found]
     rule = usable[len(usable) // 2]
     speed = {label: middle_batch_throughput(label, found[label], context) for label in usable}
@@ -289,8 +346,23 @@ def efficient_shapes(found, context):
 
 
 def shape_for(a1, found, context):
-    """The vNPU shape for action number ``a1``: the rule's for ``|a1| <= 1/3``, else the next smaller
-    (``a1 < -1/3``) or larger (``a1 > 1/3``) of :func:`efficient_shapes`, if there is one."""
+    """The vNPU shape for action number ``a1``.
+
+    Parameters
+    ----------
+    a1 : float
+        The action number: the rule's shape for ``|a1| <= 1/3``, else the next smaller
+        (``a1 < -1/3``) or larger (``a1 > 1/3``) of :func:`efficient_shapes`, if there is one.
+    found : dict
+        The model's :func:`model_options` entry.
+    context : Context
+        The simulation context.
+
+    Returns
+    -------
+    str
+        The shape's label.
+    """
     chosen, rule = efficient_shapes(found, context)
     step = -1 if a1 < -1 / 3 else 1 if a1 > 1 / 3 else 0
     return chosen[min(max(rule + step, 0), len(chosen) - 1)]

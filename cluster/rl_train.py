@@ -276,6 +276,22 @@ class RayVectorEnv(gymnasium.vector.VectorEnv):
 
 HIDDEN = (64, 64)
 """Hidden layer widths of the shared per-model policy network."""
+NETWORK_FORMAT = 2
+"""Version of the observation and action encoding (:mod:`.rl`), recorded with a run's settings so
+that resuming a checkpoint made by other code is refused by name: 2 is the 15-feature observation
+and the whole-batch ``a2`` with a dead zone (runs made before it recorded no version)."""
+
+
+def network_settings():
+    """The network's shape and encoding, as recorded in a training run's settings.
+
+    Returns
+    -------
+    dict
+        ``format`` (:data:`NETWORK_FORMAT`), ``per_model``, ``global``, ``actions`` and ``hidden``.
+    """
+    return {"format": NETWORK_FORMAT, "per_model": PER_MODEL, "global": GLOBAL, "actions": ACTIONS,
+            "hidden": list(HIDDEN)}
 
 
 def shared_policy_model(observation_space, action_space, device, initial_log_std=-0.7):
@@ -353,7 +369,8 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
     Raises
     ------
     ClusterError
-        A bad count, or a checkpoint in ``directory`` from a run with other settings.
+        A bad count, or a checkpoint in ``directory`` from a run with other settings (including
+        one made by code with another observation, action or network size, :func:`network_settings`).
     """
     from skrl import config as skrl_config
     from skrl.agents.jax.ppo import PPO, PPO_CFG
@@ -373,7 +390,8 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
     directory.mkdir(parents=True, exist_ok=True)
     state_path, checkpoint = directory / "progress.json", directory / "checkpoint.pickle"
     settings = {"envs": envs, "per_worker": per_worker, "rollouts": rollouts, "learning_rate": learning_rate,
-                "env": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(env_options.items())}}
+                "env": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(env_options.items())},
+                "network": network_settings()}
     state = {"done": 0, "steps": [], "rewards": [], "good": [], "worst": [], "seconds": 0.0, "settings": settings}
     if resume and state_path.exists():
         state = json.loads(state_path.read_text())

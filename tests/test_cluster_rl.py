@@ -73,9 +73,14 @@ def test_a_larger_weight_gives_a_model_more_of_the_spare_engines_and_the_cluster
 
 
 def test_actions_add_remove_and_resize_vnpus_within_the_cluster_and_the_slo(table):
-    from tcloud.cluster.rl import BATCH_RESIDUAL, decode, efficient_shapes, model_options
+    from tcloud.cluster.rl import decode, efficient_shapes, model_options
     from tcloud.cluster.simulate import make_context
 
+    # at a2 = -1 and +1, by hand: centre b_max // 2 + 1, moved by round(0.25 x (b_max - 1) / 2) batches
+    expected_batch = {1: {-1: 1, 1: 1}, 2: {-1: 2, 1: 2}, 3: {-1: 2, 1: 2}, 4: {-1: 3, 1: 3},
+                      5: {-1: 2, 1: 4}, 6: {-1: 3, 1: 5}, 7: {-1: 3, 1: 5}, 8: {-1: 4, 1: 6},
+                      9: {-1: 4, 1: 6}, 10: {-1: 5, 1: 7}, 11: {-1: 5, 1: 7}, 12: {-1: 6, 1: 8},
+                      13: {-1: 5, 1: 9}, 16: {-1: 7, 1: 11}, 32: {-1: 13, 1: 21}}
     context = make_context(DEFAULT_MODELS, table, 8, 0.5)
     options = model_options(context)
     rate = context.rates
@@ -89,7 +94,7 @@ def test_actions_add_remove_and_resize_vnpus_within_the_cluster_and_the_slo(tabl
             label = chosen[min(max(rule + step, 0), len(chosen) - 1)]  # one step along the efficient shapes
             bmax = found[label][1]
             assert set(plan.replicas[m]) == {label}
-            assert plan.batch[m] == round(1 + (1 + sign * BATCH_RESIDUAL) / 2 * (bmax - 1))
+            assert plan.batch[m] == expected_batch[bmax][sign], (m, bmax, plan.batch[m])
             assert context.curves[m][label][plan.batch[m]] <= context.slos[m]
             # capacity at least the measured rate unless the cluster is full (floors scaled down)
             thr = found[label][2][plan.batch[m]]
@@ -137,7 +142,7 @@ def test_no_model_is_left_below_its_floor_when_the_cluster_holds_the_floors(tabl
             usable = [l for l in labels if l in found]
             label = usable[len(usable) // 2]  # a1 = 0: the middle shape
             _, bmax, thr = found[label]
-            assert set(plan.replicas[m]) == {label} and plan.batch[m] == round(1 + (bmax - 1) / 2)
+            assert set(plan.replicas[m]) == {label} and plan.batch[m] == bmax // 2 + 1  # the middle, half up
             assert len(plan.replicas[m]) * thr[plan.batch[m]] >= rates[m]
             floors_mes += np.ceil(rates[m] / thr[plan.batch[m]]) * shape[label].mes
         assert floors_mes <= 0.8 * 4 * 1000  # the floors fit with room to spare, so the check can bite
@@ -239,11 +244,12 @@ def test_the_action_is_a_bounded_residual_around_the_rule():
             label = plan.replicas[m][0]
             seen[name].add(label)
             _, bmax, thr = options[m][label]
-            speed = context.per_pnpu[label] * thr[round(1 + (bmax - 1) / 2)]
-            best = max(context.per_pnpu[l] * o[2][round(1 + (o[1] - 1) / 2)] for l, o in options[m].items())
+            speed = context.per_pnpu[label] * thr[bmax // 2 + 1]
+            best = max(context.per_pnpu[l] * o[2][o[1] // 2 + 1] for l, o in options[m].items())
             assert speed >= 0.98 * best or label == "m2v1", (name, label)
-            middle = 1 + (bmax - 1) / 2
-            assert abs(plan.batch[m] - middle) <= 0.125 * (bmax - 1) + 0.5, (name, plan.batch[m], bmax)
+            centre = bmax // 2 + 1  # the middle of 1..b_max, rounded half up
+            assert abs(plan.batch[m] - centre) <= 0.125 * (bmax - 1) + 0.5, (name, plan.batch[m], bmax)
+            assert 1 <= plan.batch[m] <= bmax
     assert seen["resnet50"] == seen["bert_base"] == {"m2v1"} and seen["mobilenetv2"] == {"m1v1", "m2v1"}
     for m in (0, 2):  # the largest tilt one model can ask for, at the rule's shape and batch
         for a0, bound in ((1.0, 2 ** 0.5), (-1.0, 2 ** -0.5)):
@@ -253,6 +259,35 @@ def test_the_action_is_a_bounded_residual_around_the_rule():
             ratio = len(tilted.replicas[m]) / len(rule.replicas[m])
             assert min(1, bound) * 0.97 <= ratio <= max(1, bound) * 1.03, (names[m], a0, ratio)
             assert abs(ratio - 1) > 0.05  # it does move
+
+
+def test_an_action_near_zero_is_the_rules_batch_exactly():
+    """The rule's batch is a whole number, not a rounding tie: BERT-base's b_max of 8 and the
+    recommenders' 32 on ``tpu_like`` put the old continuous map's middle at 4.5 and 16.5, where
+    ``a2 = +1e-6`` moved the batch. Now a tiny ``a2`` changes nothing and the batch moves in whole
+    steps only past the dead zone of ``|a2| <= 1/3``."""
+    from tcloud.cluster.rl import batch_for, decode, model_options
+    from tcloud.cluster.simulate import make_context
+    from tcloud.cluster.workload import TPU_MODELS
+
+    for bmax, centre in ((7, 4), (8, 5), (13, 7), (32, 17)):
+        option = (1, bmax, None)
+        for a2 in (0.0, 1e-6, -1e-6, 1e-3, -1e-3, 1 / 3, -1 / 3):
+            assert batch_for(a2, option)[0] == centre, (bmax, a2)
+        assert batch_for(0.34, option)[0] == centre + 1 and batch_for(-0.34, option)[0] == centre - 1
+    assert batch_for(1.0, (1, 32, None))[0] == 21 and batch_for(-1.0, (1, 32, None))[0] == 13
+    assert batch_for(5.0, (1, 32, None))[0] == 21 and batch_for(float("nan"), (1, 32, None))[0] == 17
+    tpu = load_table(config="tpu_like", build=False)
+    context = make_context(TPU_MODELS, tpu, 1000, 0.5)
+    options = model_options(context)
+    observation = {"arrival_rate": context.rates * 0.5}
+    rule = decode(np.zeros(18), observation, context, options)
+    for tiny in (1e-6, -1e-6, 1e-4):
+        assert decode(np.full(18, tiny), observation, context, options) == rule
+    names = [m.name for m in context.models]
+    bmax = {name: options[m][rule.replicas[m][0]][1] for m, name in enumerate(names)}
+    for name in ("bert_base", "dlrm", "ncf"):  # the even b_max the old map rounded half to even
+        assert bmax[name] % 2 == 0 and rule.batch[names.index(name)] == bmax[name] // 2 + 1, (name, bmax)
 
 
 def test_the_observation_remembers_a_burst(table):
@@ -272,6 +307,12 @@ def test_the_observation_remembers_a_burst(table):
     assert np.array_equal(burst[1:], plain[1:]) and np.array_equal(burst[0, :-2], plain[0, :-2])
     below = features(obs, sim.context, options, obs["arrival_rate"] * 0.5)  # the estimate is at least the rate
     assert np.array_equal(below, features(obs, sim.context, options))
+    idle = dict(obs, arrival_rate=np.array([0.0, 0.4, *obs["arrival_rate"][2:]]))  # below 1 request/s
+    quiet = features(idle, sim.context, options).reshape(-1)[:6 * PER_MODEL].reshape(6, PER_MODEL)
+    assert quiet[0, -1] == 1.0 and quiet[1, -1] == 1.0  # no burst remembered reads 1, idle or not
+    after = features(idle, sim.context, options, np.array([2.5, 0.9, *obs["arrival_rate"][2:]]))
+    after = after[:6 * PER_MODEL].reshape(6, PER_MODEL)
+    assert after[0, -1] == pytest.approx(2.5) and after[1, -1] == 1.0  # rates below 1/s count as 1/s
 
 
 def test_the_floor_rule_is_the_all_zero_action(table):
@@ -467,8 +508,18 @@ def test_training_on_two_ray_workers_resumes_from_its_checkpoint_and_writes_the_
     monkeypatch.setattr(rl_module, "WEIGHTS", shipped)  # not the committed weights
     assert tcloud([*common, "--timesteps", "6", "--ship-snapshot", "5"]) != 0
     err = capsys.readouterr().err
-    assert "no snapshot after 5 environment steps" in err and "(there are: 4, 8, 12)" in err
+    assert "--ship-snapshot 5: no snapshot after 5 environment steps" in err and "(there will be: 4, 8, 12)" in err
+    assert "Traceback" not in err and not shipped.exists()
+    assert json.loads((tmp_path / "run" / "progress.json").read_text())["done"] == 6  # refused before training
+    with pytest.raises(SystemExit) as exc:
+        tcloud([*common, "--timesteps", "6", "--ship", "--ship-snapshot", "8"])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    (tmp_path / "run" / "snapshots" / "rl_policy_20.npz").write_bytes(b"not weights")
+    assert tcloud([*common, "--timesteps", "6", "--ship-snapshot", "20"]) != 0  # there, but not a weight file
+    err = capsys.readouterr().err
+    assert "rl_policy_20.npz: not an RL policy weight file" in err and "Traceback" not in err
     assert not shipped.exists()
+    (tmp_path / "run" / "snapshots" / "rl_policy_20.npz").unlink()
     assert tcloud([*common, "--timesteps", "6", "--ship-snapshot", "8"]) == 0  # a chosen snapshot, not the last
     assert shipped.read_bytes() == (tmp_path / "run" / "snapshots" / "rl_policy_8.npz").read_bytes()
     assert shipped.read_bytes() != (tmp_path / "run" / "rl_policy.npz").read_bytes()
@@ -479,6 +530,26 @@ def test_training_on_two_ray_workers_resumes_from_its_checkpoint_and_writes_the_
         from tcloud.cluster.rl_train import train
 
         train(tmp_path / "run", timesteps=8, envs=2, checkpoint_every=2, rollouts=2, interval=0.05, steps=3)
+
+
+def test_resuming_a_run_made_by_older_code_is_refused_by_name(tmp_path):
+    """A run directory from the 13-feature code recorded no network format: its parameters do not
+    fit this code's network, so resuming is refused before anything is loaded (it ended in a raw
+    JAX shape error)."""
+    from tcloud.cluster.rl_train import network_settings, train
+
+    options = {"timesteps": 4, "envs": 2, "checkpoint_every": 2, "rollouts": 2}
+    old = {"envs": 2, "per_worker": 1, "rollouts": 2, "learning_rate": 3e-4, "env": {}}  # as the old code wrote
+    (tmp_path / "progress.json").write_text(json.dumps({"done": 2, "steps": [4], "rewards": [0.0], "good": [1.0],
+                                                        "worst": [1.0], "seconds": 1.0, "settings": old}))
+    (tmp_path / "checkpoint.pickle").write_bytes(b"not loaded")
+    with pytest.raises(ClusterError, match=r"the checkpoint was trained with .*'network'"):
+        train(tmp_path, **options)
+    other = dict(old, network=dict(network_settings(), per_model=13))
+    (tmp_path / "progress.json").write_text(json.dumps({"done": 2, "settings": other}))
+    with pytest.raises(ClusterError, match="'per_model': 13"):
+        train(tmp_path, **options)
+    assert network_settings()["per_model"] == 15 and network_settings()["hidden"] == [64, 64]
 
 
 @pytest.mark.parametrize("options, message", [
@@ -507,3 +578,19 @@ def test_bad_environment_settings_are_named(options, message):
 
     with pytest.raises(ClusterError, match=message):
         ClusterEnv(**options)
+
+
+def test_the_snapshot_selection_takes_at_least_one_point(tmp_path, capsys):
+    from benchmarks.cluster_rl_select import main, spaced
+
+    found = [(4 * i, f"s{i}") for i in range(1, 11)]
+    assert spaced(found, 1) == [(40, "s10")]  # the last alone (it divided by zero)
+    assert spaced(found, 2) == [(4, "s1"), (40, "s10")]
+    assert spaced(found, 4) == [(4, "s1"), (16, "s4"), (28, "s7"), (40, "s10")]
+    assert spaced(found[:3], 6) == found[:3]
+    (tmp_path / "rl_policy_4.npz").write_bytes(b"")
+    for bad in ("0", "-2"):  # it evaluated the rule alone
+        with pytest.raises(SystemExit) as exc:
+            main(["--snapshots", str(tmp_path), "--points", bad])
+        assert exc.value.code == 2
+        assert f"--points must be at least 1 (1: the last snapshot alone), got {bad}" in capsys.readouterr().err
