@@ -82,9 +82,47 @@ def build_parser():
     tra.add_argument("--curve", metavar="OUT.json", help="write the learning curve (JSON and a PNG beside it)")
     tra.add_argument("--curve-episodes", type=_positive_int, default=6,
                      help="episodes each snapshot and baseline is scored on for the curve (default 6)")
-    tra.add_argument("--ship", action="store_true", help="copy the trained weights over the shipped policy")
+    ship = tra.add_mutually_exclusive_group()
+    ship.add_argument("--ship", action="store_true", help="copy the trained weights over the shipped policy")
+    ship.add_argument("--ship-snapshot", type=_positive_int, metavar="STEPS",
+                     help="copy the snapshot after STEPS environment steps over the shipped policy instead (one "
+                          "chosen by a held-out evaluation, benchmarks/cluster_rl_select.py)")
     tra.set_defaults(func=cmd_train)
     return cluster
+
+
+def snapshot_steps(directory, timesteps, checkpoint_every, envs, resume=True):
+    """The environment steps of the snapshots a training run in ``directory`` will have written.
+
+    Parameters
+    ----------
+    directory : Path
+        The training directory (``snapshots/rl_policy_<steps>.npz``, ``progress.json``).
+    timesteps, checkpoint_every : int
+        Steps per environment to train to, and between two snapshots (as :func:`.rl_train.train`).
+    envs : int
+        Environments in all.
+    resume : bool
+        Whether training continues from ``progress.json`` (else from 0; existing snapshots count
+        either way until overwritten).
+
+    Returns
+    -------
+    list of int
+        Sorted: the snapshots already there and those the segments up to ``timesteps`` write.
+    """
+    there = {int(p.stem.rsplit("_", 1)[-1]) for p in (Path(directory) / "snapshots").glob("rl_policy_*.npz")
+             if p.stem.rsplit("_", 1)[-1].isdigit()}
+    done = 0
+    if resume and (Path(directory) / "progress.json").exists():
+        try:
+            done = int(json.loads((Path(directory) / "progress.json").read_text()).get("done", 0))
+        except (ValueError, TypeError, AttributeError):
+            done = 0
+    while done < timesteps:
+        done += min(checkpoint_every, timesteps - done)
+        there.add(done * envs)
+    return sorted(there)
 
 
 def _positive_int(text):
@@ -225,7 +263,7 @@ def cmd_train(args):
         import skrl  # noqa: F401
     except ImportError:
         raise ClusterError("training needs skrl with JAX: pip install 'tcloud-npu[rl]'") from None
-    from .rl import WEIGHTS
+    from .rl import WEIGHTS, ShippedPolicy
     from .rl_train import train
 
     directory = output_dir(args.dir, "training directory")
@@ -236,6 +274,12 @@ def cmd_train(args):
     if args.table:
         env["table"] = args.table
     envs = args.envs * args.envs_per_worker
+    if args.ship_snapshot:  # before training, not after an hour of it
+        there = snapshot_steps(directory, args.timesteps, args.checkpoint_every, envs, resume=not args.fresh)
+        if args.ship_snapshot not in there:
+            raise ClusterError(f"--ship-snapshot {args.ship_snapshot}: no snapshot after {args.ship_snapshot} "
+                               f"environment steps in {directory / 'snapshots'} once training reaches --timesteps "
+                               f"{args.timesteps} (there will be: {', '.join(map(str, there)) or 'none'})")
     with Progress(f"training the RL policy ({args.envs} Ray workers x {args.envs_per_worker} environments)",
                   unit="step") as bar:
         state = train(directory, args.timesteps, args.envs, args.checkpoint_every, args.seed, resume=not args.fresh,
@@ -251,7 +295,16 @@ def cmd_train(args):
         for path in write_curve(state, args.curve, evaluation):
             print(f"learning curve: {path}")
     print(f"weights: {state['weights']}")
-    if args.ship:
+    if args.ship_snapshot:
+        snapshot = directory / "snapshots" / f"rl_policy_{args.ship_snapshot}.npz"
+        if not snapshot.exists():
+            there = sorted(int(p.stem.rsplit("_", 1)[-1]) for p in snapshot.parent.glob("rl_policy_*.npz"))
+            raise ClusterError(f"no snapshot after {args.ship_snapshot} environment steps in {snapshot.parent} "
+                               f"(there are: {', '.join(map(str, there)) or 'none'})")
+        ShippedPolicy(snapshot)  # a readable weight file for this code, or a ClusterError naming it
+        shutil.copyfile(snapshot, WEIGHTS)
+        print(f"shipped: {snapshot} -> {WEIGHTS}")
+    elif args.ship:
         shutil.copyfile(state["weights"], WEIGHTS)
         print(f"shipped: {WEIGHTS}")
 

@@ -36,10 +36,10 @@ def test_the_environment_follows_the_gymnasium_api():
     env = ClusterEnv(interval=0.01, steps=2, seed=3)
     obs, info = env.reset(seed=3)
     assert env.observation_space.contains(obs) and info["trace"] in ("poisson", "mmpp", "diurnal", "azure")
-    assert obs.shape == (6 * 13 + 3,) and env.action_space.shape == (18,)
+    assert obs.shape == (6 * 15 + 3,) and env.action_space.shape == (18,)
     obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
     assert env.observation_space.contains(obs) and isinstance(reward, float) and not terminated and not truncated
-    assert -2 <= reward <= 1 and 0 <= info["worst"] <= info["good"] <= 1 and 0 < info["held"] <= 1
+    assert -2 <= reward <= 1 and 0 <= info["worst"] <= info["good"] <= 1 and 0 < info["held"] <= 1 + 1e-12  # a sum of prices: rounding
     assert reward == pytest.approx(info["good"] - (1 - info["worst"]) - 0.1 * info["held"])
     *_, truncated, _ = env.step(np.zeros(env.action_space.shape))
     assert truncated
@@ -73,27 +73,35 @@ def test_a_larger_weight_gives_a_model_more_of_the_spare_engines_and_the_cluster
 
 
 def test_actions_add_remove_and_resize_vnpus_within_the_cluster_and_the_slo(table):
-    from tcloud.cluster.rl import decode, model_options
+    from tcloud.cluster.rl import decode, efficient_shapes, model_options
     from tcloud.cluster.simulate import make_context
 
+    # at a2 = -1 and +1, by hand: centre b_max // 2 + 1, moved by round(0.25 x (b_max - 1) / 2) batches
+    expected_batch = {1: {-1: 1, 1: 1}, 2: {-1: 2, 1: 2}, 3: {-1: 2, 1: 2}, 4: {-1: 3, 1: 3},
+                      5: {-1: 2, 1: 4}, 6: {-1: 3, 1: 5}, 7: {-1: 3, 1: 5}, 8: {-1: 4, 1: 6},
+                      9: {-1: 4, 1: 6}, 10: {-1: 5, 1: 7}, 11: {-1: 5, 1: 7}, 12: {-1: 6, 1: 8},
+                      13: {-1: 5, 1: 9}, 16: {-1: 7, 1: 11}, 32: {-1: 13, 1: 21}}
     context = make_context(DEFAULT_MODELS, table, 8, 0.5)
     options = model_options(context)
     rate = context.rates
     observation = {"arrival_rate": rate}
-    labels = [s.label for s in context.shapes]
+    shape = {s.label: s for s in context.shapes}
     small = decode(np.tile([0.0, -1.0, -1.0], 6), observation, context, options)
-    whole = decode(np.tile([0.0, 1.0, 1.0], 6), observation, context, options)
+    large = decode(np.tile([0.0, 1.0, 1.0], 6), observation, context, options)
     for m, found in enumerate(options):
-        assert set(small.replicas[m]) == {labels[0]} and small.batch[m] == 1
-        assert set(whole.replicas[m]) == {labels[-1]} and whole.batch[m] == found[labels[-1]][1]
-        assert context.curves[m][labels[-1]][whole.batch[m]] <= context.slos[m]
-        # capacity at least the measured rate unless the cluster is full (floors scaled down)
-        thr = found[labels[0]][2][1]
-        full = sum(map(len, small.replicas.values())) >= context.per_pnpu[labels[0]] * 8 - 1
-        assert len(small.replicas[m]) * thr >= rate[m] or len(small.replicas[m]) == 1 or full
+        chosen, rule = efficient_shapes(found, context)
+        for plan, step, sign in ((small, -1, -1), (large, 1, 1)):
+            label = chosen[min(max(rule + step, 0), len(chosen) - 1)]  # one step along the efficient shapes
+            bmax = found[label][1]
+            assert set(plan.replicas[m]) == {label}
+            assert plan.batch[m] == expected_batch[bmax][sign], (m, bmax, plan.batch[m])
+            assert context.curves[m][label][plan.batch[m]] <= context.slos[m]
+            # capacity at least the measured rate unless the cluster is full (floors scaled down)
+            thr = found[label][2][plan.batch[m]]
+            full = sum(shape[l].ves for ls in plan.replicas.values() for l in ls) >= context.shapes[-1].ves * 8 - 1
+            assert len(plan.replicas[m]) * thr >= rate[m] or len(plan.replicas[m]) == 1 or full
     more = decode(np.tile([1.0, 0.0, 0.0], 6), observation, context, options)
     less = decode(np.tile([-1.0, 0.0, 0.0], 6), observation, context, options)
-    shape = {s.label: s for s in context.shapes}
     for plan in (more, less):
         assert sum(shape[l].ves for ls in plan.replicas.values() for l in ls) <= context.shapes[-1].ves * 8
         assert all(len(ls) >= 1 for ls in plan.replicas.values())
@@ -127,14 +135,14 @@ def test_no_model_is_left_below_its_floor_when_the_cluster_holds_the_floors(tabl
     for i in range(20):
         action = np.zeros((6, 3))
         action[:, 0] = rng.uniform(-1, 1, 6)
-        action[0, 0] = 1.0  # the busiest model asks for 4 x its floor, more than the cluster has
+        action[0, 0] = 1.0  # the busiest model asks for the largest weight
         plan = decode(action.ravel(), {"arrival_rate": rates}, big, options)
         floors_mes = 0
         for m, found in enumerate(options):
             usable = [l for l in labels if l in found]
             label = usable[len(usable) // 2]  # a1 = 0: the middle shape
             _, bmax, thr = found[label]
-            assert set(plan.replicas[m]) == {label} and plan.batch[m] == round(1 + (bmax - 1) / 2)
+            assert set(plan.replicas[m]) == {label} and plan.batch[m] == bmax // 2 + 1  # the middle, half up
             assert len(plan.replicas[m]) * thr[plan.batch[m]] >= rates[m]
             floors_mes += np.ceil(rates[m] / thr[plan.batch[m]]) * shape[label].mes
         assert floors_mes <= 0.8 * 4 * 1000  # the floors fit with room to spare, so the check can bite
@@ -209,6 +217,104 @@ def test_the_zero_action_holds_at_least_statics_split_between_bursts(table):
                 assert mine >= 0.98 * enough, (load, lull, name.name, mine, theirs)
 
 
+def test_the_action_is_a_bounded_residual_around_the_rule():
+    """Whatever the network asks, on ``tpu_like`` at 250 x 4: the shape is the rule's or one within
+    2 % of the best throughput per pNPU (so ResNet-50 and BERT-base stay on ``m2v1``; the first
+    network's ``m1v1`` served ResNet-50 7 % less per pNPU), the batch within an eighth of the
+    SLO-feasible range of the middle, and a model's weight within ``2 ** ±0.5`` of the rule's, so its
+    replicas move by at most that factor (plus rounding)."""
+    from tcloud.cluster.rl import decode, model_options
+    from tcloud.cluster.simulate import make_context
+    from tcloud.cluster.workload import TPU_MODELS
+
+    tpu = load_table(config="tpu_like", build=False)
+    context = make_context(TPU_MODELS, tpu, 1000, 0.5)
+    options = model_options(context)
+    observation = {"arrival_rate": context.rates * 0.5}
+    rule = decode(np.zeros(18), observation, context, options)
+    names = [m.name for m in context.models]
+    assert {rule.replicas[m][0] for m in range(6)} == {"m2v1"}
+    rng = np.random.default_rng(3)
+    seen = {name: set() for name in names}
+    for i in range(40):
+        action = rng.uniform(-1, 1, (6, 3))
+        action[:, 1] = rng.choice([-1.0, 0.0, 1.0], 6)
+        plan = decode(action.ravel(), observation, context, options)
+        for m, name in enumerate(names):
+            label = plan.replicas[m][0]
+            seen[name].add(label)
+            _, bmax, thr = options[m][label]
+            speed = context.per_pnpu[label] * thr[bmax // 2 + 1]
+            best = max(context.per_pnpu[l] * o[2][o[1] // 2 + 1] for l, o in options[m].items())
+            assert speed >= 0.98 * best or label == "m2v1", (name, label)
+            centre = bmax // 2 + 1  # the middle of 1..b_max, rounded half up
+            assert abs(plan.batch[m] - centre) <= 0.125 * (bmax - 1) + 0.5, (name, plan.batch[m], bmax)
+            assert 1 <= plan.batch[m] <= bmax
+    assert seen["resnet50"] == seen["bert_base"] == {"m2v1"} and seen["mobilenetv2"] == {"m1v1", "m2v1"}
+    for m in (0, 2):  # the largest tilt one model can ask for, at the rule's shape and batch
+        for a0, bound in ((1.0, 2 ** 0.5), (-1.0, 2 ** -0.5)):
+            action = np.zeros((6, 3))
+            action[m, 0] = a0
+            tilted = decode(action.ravel(), observation, context, options)
+            ratio = len(tilted.replicas[m]) / len(rule.replicas[m])
+            assert min(1, bound) * 0.97 <= ratio <= max(1, bound) * 1.03, (names[m], a0, ratio)
+            assert abs(ratio - 1) > 0.05  # it does move
+
+
+def test_an_action_near_zero_is_the_rules_batch_exactly():
+    """The rule's batch is a whole number, not a rounding tie: BERT-base's b_max of 8 and the
+    recommenders' 32 on ``tpu_like`` put the old continuous map's middle at 4.5 and 16.5, where
+    ``a2 = +1e-6`` moved the batch. Now a tiny ``a2`` changes nothing and the batch moves in whole
+    steps only past the dead zone of ``|a2| <= 1/3``."""
+    from tcloud.cluster.rl import batch_for, decode, model_options
+    from tcloud.cluster.simulate import make_context
+    from tcloud.cluster.workload import TPU_MODELS
+
+    for bmax, centre in ((7, 4), (8, 5), (13, 7), (32, 17)):
+        option = (1, bmax, None)
+        for a2 in (0.0, 1e-6, -1e-6, 1e-3, -1e-3, 1 / 3, -1 / 3):
+            assert batch_for(a2, option)[0] == centre, (bmax, a2)
+        assert batch_for(0.34, option)[0] == centre + 1 and batch_for(-0.34, option)[0] == centre - 1
+    assert batch_for(1.0, (1, 32, None))[0] == 21 and batch_for(-1.0, (1, 32, None))[0] == 13
+    assert batch_for(5.0, (1, 32, None))[0] == 21 and batch_for(float("nan"), (1, 32, None))[0] == 17
+    tpu = load_table(config="tpu_like", build=False)
+    context = make_context(TPU_MODELS, tpu, 1000, 0.5)
+    options = model_options(context)
+    observation = {"arrival_rate": context.rates * 0.5}
+    rule = decode(np.zeros(18), observation, context, options)
+    for tiny in (1e-6, -1e-6, 1e-4):
+        assert decode(np.full(18, tiny), observation, context, options) == rule
+    names = [m.name for m in context.models]
+    bmax = {name: options[m][rule.replicas[m][0]][1] for m, name in enumerate(names)}
+    for name in ("bert_base", "dlrm", "ncf"):  # the even b_max the old map rounded half to even
+        assert bmax[name] % 2 == 0 and rule.batch[names.index(name)] == bmax[name] // 2 + 1, (name, bmax)
+
+
+def test_the_observation_remembers_a_burst(table):
+    """Two features per model carry the slow rate estimate (:class:`~tcloud.cluster.rl.RateMemory`):
+    over the replicas' capacity and over the measured rate (1 without a remembered burst)."""
+    from tcloud.cluster.policies import Static
+    from tcloud.cluster.rl import PER_MODEL, features, model_options
+
+    sim = _sim(table, Static(), load=0.5, pnpus=16, trace="poisson")
+    sim.step()
+    obs, options = sim.observe_last, model_options(sim.context)
+    plain = features(obs, sim.context, options).reshape(-1)[:6 * PER_MODEL].reshape(6, PER_MODEL)
+    slow = obs["arrival_rate"] * np.array([3.0, 1, 1, 1, 1, 1])
+    burst = features(obs, sim.context, options, slow)[:6 * PER_MODEL].reshape(6, PER_MODEL)
+    assert np.allclose(plain[:, -1], 1.0) and np.allclose(plain[:, -2], plain[:, 1])  # slow = rate
+    assert burst[0, -1] == pytest.approx(3.0) and burst[0, -2] == pytest.approx(min(3 * plain[0, 1], 4.0))
+    assert np.array_equal(burst[1:], plain[1:]) and np.array_equal(burst[0, :-2], plain[0, :-2])
+    below = features(obs, sim.context, options, obs["arrival_rate"] * 0.5)  # the estimate is at least the rate
+    assert np.array_equal(below, features(obs, sim.context, options))
+    idle = dict(obs, arrival_rate=np.array([0.0, 0.4, *obs["arrival_rate"][2:]]))  # below 1 request/s
+    quiet = features(idle, sim.context, options).reshape(-1)[:6 * PER_MODEL].reshape(6, PER_MODEL)
+    assert quiet[0, -1] == 1.0 and quiet[1, -1] == 1.0  # no burst remembered reads 1, idle or not
+    after = features(idle, sim.context, options, np.array([2.5, 0.9, *obs["arrival_rate"][2:]]))
+    after = after[:6 * PER_MODEL].reshape(6, PER_MODEL)
+    assert after[0, -1] == pytest.approx(2.5) and after[1, -1] == 1.0  # rates below 1/s count as 1/s
+
+
 def test_the_floor_rule_is_the_all_zero_action(table):
     from tcloud.cluster.policies import make_policy
     from tcloud.cluster.rl import FloorRule, decode
@@ -228,7 +334,7 @@ def test_observations_do_not_depend_on_the_cluster_size(table):
     the replicas, requests and free engines is observed as the same vector, but for the arrivals'
     relative noise, which shrinks as 1 / sqrt(rate)."""
     from tcloud.cluster.policies import Static
-    from tcloud.cluster.rl import features, model_options
+    from tcloud.cluster.rl import PER_MODEL, features, model_options
     from tcloud.cluster.simulate import make_context
 
     sim = _sim(table, Static(), load=0.7, pnpus=16, trace="mmpp")
@@ -244,12 +350,12 @@ def test_observations_do_not_depend_on_the_cluster_size(table):
     small = features(obs, sim.context, model_options(sim.context))
     big = features(scaled, large, model_options(large))
     noise = np.zeros(small.size, dtype=bool)
-    noise[9:6 * 13:13] = True
+    noise[9:6 * PER_MODEL:PER_MODEL] = True
     assert np.allclose(small[~noise], big[~noise], rtol=1e-5, atol=1e-6)
     rate_slo = obs["arrival_rate"] * sim.context.slos
     assert np.allclose(small[noise], 1 / np.sqrt(1 + rate_slo), rtol=1e-5)
     assert np.allclose(big[noise], 1 / np.sqrt(1 + k * rate_slo), rtol=1e-5)
-    assert np.abs(small).max() <= 4 and small[1::13].max() > 0  # order 1, and the load is seen
+    assert np.abs(small).max() <= 4 and small[1::PER_MODEL].max() > 0  # order 1, and the load is seen
 
 
 # --- the NumPy policy ------------------------------------------------------------------------------
@@ -293,7 +399,7 @@ def test_bad_weight_files_and_mismatched_workloads_are_named(tmp_path, table):
     wide = tmp_path / "wide.npz"
     np.savez(wide, w0=np.zeros((20, 4)), b0=np.zeros(4), w1=np.zeros((4, 3)), b1=np.zeros(3))
     with pytest.raises(ClusterError, match="wide.npz: the RL policy network takes 20 inputs and gives 3 outputs; this "
-                                           "code expects 16 and 3"):
+                                           "code expects 18 and 3"):
         ShippedPolicy(wide)
 
 
@@ -310,6 +416,7 @@ def test_one_shared_network_serves_any_number_of_models(table):
 
 def test_the_exported_network_is_the_trained_policys_mean(tmp_path):
     import gymnasium
+    import jax
     import jax.numpy as jnp
 
     from tcloud.cluster.rl import ShippedPolicy, observation_size
@@ -321,8 +428,38 @@ def test_the_exported_network_is_the_trained_policys_mean(tmp_path):
     model.init_state_dict(role="policy")
     x = np.random.default_rng(0).uniform(-1, 1, (5, size)).astype(np.float32)
     _, outputs = model.act({"observations": jnp.asarray(x)}, role="policy")
+    untrained = ShippedPolicy(export(model, tmp_path / "zero.npz"))
+    assert np.array_equal(np.asarray(outputs["mean_actions"]), np.zeros((5, 18)))  # the untrained network is the rule
+    assert np.array_equal(untrained.act(x), np.zeros((5, 18)))
+    rng = np.random.default_rng(1)  # trained-like weights everywhere, so the comparison below can fail
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.normal(0, 0.3, a.shape), a.dtype), model.state_dict.params)
+    model.state_dict = model.state_dict.replace(params=params)
+    _, outputs = model.act({"observations": jnp.asarray(x)}, role="policy")
     exported = ShippedPolicy(export(model, tmp_path / "p.npz"))
+    assert np.abs(exported.act(x)).max() > 0.1
     assert np.allclose(np.asarray(outputs["mean_actions"]), exported.act(x), atol=1e-5)
+
+
+def test_the_untrained_policy_plans_as_the_rule(tmp_path, table):
+    """Training starts from the rule: the network's output layer starts at zero, so before any update
+    the shipped-format policy's plans are :class:`~tcloud.cluster.rl.FloorRule`'s, interval by interval."""
+    import gymnasium
+
+    from tcloud.cluster.rl import FloorRule, ShippedPolicy, observation_size
+    from tcloud.cluster.rl_train import export, shared_policy_model
+
+    size = observation_size(6)
+    model = shared_policy_model(gymnasium.spaces.Box(-10, 10, (size,), np.float32),
+                                gymnasium.spaces.Box(-1, 1, (18,), np.float32), None)
+    model.init_state_dict(role="policy")
+    untrained = ShippedPolicy(export(model, tmp_path / "p.npz"))
+    a, b = _sim(table, untrained, trace="mmpp"), _sim(table, FloorRule(), trace="mmpp")
+    for _ in range(6):  # each simulator asks its policy at every interval; the plans must agree
+        a.step()
+        b.step()
+        assert [[r.shape.label for r in g.replicas] for g in a.groups] == \
+            [[r.shape.label for r in g.replicas] for g in b.groups]
+        assert [list(g.batch) for g in a.groups] == [list(g.batch) for g in b.groups]
 
 
 def test_the_shipped_policy_is_the_default_rl_policy(tmp_path):
@@ -339,12 +476,19 @@ def test_the_shipped_policy_is_the_default_rl_policy(tmp_path):
 
 # --- training --------------------------------------------------------------------------------------
 
-def test_training_on_two_ray_workers_resumes_from_its_checkpoint_and_writes_the_curve(tmp_path, capsys):
+def test_training_on_two_ray_workers_resumes_from_its_checkpoint_and_writes_the_curve(tmp_path, capsys, monkeypatch):
+    from skrl.agents.jax.ppo import PPO
+
+    from tcloud.cluster import rl as rl_module
     from tcloud.cluster.rl import ShippedPolicy
 
+    inits = []
+    plain_init = PPO.init
+    monkeypatch.setattr(PPO, "init", lambda self, **kw: inits.append(1) or plain_init(self, **kw))
     common = ["cluster", "train", "--dir", str(tmp_path / "run"), "--envs", "2", "--rollouts", "2",
               "--checkpoint-every", "2", "--interval", "0.01", "--episode-steps", "3"]
     assert tcloud([*common, "--timesteps", "4"]) == 0
+    assert len(inits) == 1  # once for both segments (each init wrapped the networks in jax.jit again)
     first = json.loads((tmp_path / "run" / "progress.json").read_text())
     assert first["done"] == 4 and first["steps"] == [4, 8] and len(first["rewards"]) == 2
     assert (tmp_path / "run" / "checkpoint.pickle").exists()
@@ -358,8 +502,27 @@ def test_training_on_two_ray_workers_resumes_from_its_checkpoint_and_writes_the_
     assert set(scored["baselines"]) == {"static", "clipper", "triton", "nexus", "rl-floor"}
     assert all(-2 <= r["reward"] <= 1 and 0 <= r["worst"] <= r["good"] for r in scored["baselines"].values())
     policy = ShippedPolicy(tmp_path / "run" / "rl_policy.npz")
-    assert [w.shape for w, _ in policy.layers] == [(16, 64), (64, 64), (64, 3)]
+    assert [w.shape for w, _ in policy.layers] == [(18, 64), (64, 64), (64, 3)]
     assert "environment steps" in capsys.readouterr().out
+    shipped = tmp_path / "shipped.npz"
+    monkeypatch.setattr(rl_module, "WEIGHTS", shipped)  # not the committed weights
+    assert tcloud([*common, "--timesteps", "6", "--ship-snapshot", "5"]) != 0
+    err = capsys.readouterr().err
+    assert "--ship-snapshot 5: no snapshot after 5 environment steps" in err and "(there will be: 4, 8, 12)" in err
+    assert "Traceback" not in err and not shipped.exists()
+    assert json.loads((tmp_path / "run" / "progress.json").read_text())["done"] == 6  # refused before training
+    with pytest.raises(SystemExit) as exc:
+        tcloud([*common, "--timesteps", "6", "--ship", "--ship-snapshot", "8"])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    (tmp_path / "run" / "snapshots" / "rl_policy_20.npz").write_bytes(b"not weights")
+    assert tcloud([*common, "--timesteps", "6", "--ship-snapshot", "20"]) != 0  # there, but not a weight file
+    err = capsys.readouterr().err
+    assert "rl_policy_20.npz: not an RL policy weight file" in err and "Traceback" not in err
+    assert not shipped.exists()
+    (tmp_path / "run" / "snapshots" / "rl_policy_20.npz").unlink()
+    assert tcloud([*common, "--timesteps", "6", "--ship-snapshot", "8"]) == 0  # a chosen snapshot, not the last
+    assert shipped.read_bytes() == (tmp_path / "run" / "snapshots" / "rl_policy_8.npz").read_bytes()
+    assert shipped.read_bytes() != (tmp_path / "run" / "rl_policy.npz").read_bytes()
     import ray
 
     assert not ray.is_initialized()  # training stops the Ray it started (a later test's Ray found it dead)
@@ -367,6 +530,26 @@ def test_training_on_two_ray_workers_resumes_from_its_checkpoint_and_writes_the_
         from tcloud.cluster.rl_train import train
 
         train(tmp_path / "run", timesteps=8, envs=2, checkpoint_every=2, rollouts=2, interval=0.05, steps=3)
+
+
+def test_resuming_a_run_made_by_older_code_is_refused_by_name(tmp_path):
+    """A run directory from the 13-feature code recorded no network format: its parameters do not
+    fit this code's network, so resuming is refused before anything is loaded (it ended in a raw
+    JAX shape error)."""
+    from tcloud.cluster.rl_train import network_settings, train
+
+    options = {"timesteps": 4, "envs": 2, "checkpoint_every": 2, "rollouts": 2}
+    old = {"envs": 2, "per_worker": 1, "rollouts": 2, "learning_rate": 3e-4, "env": {}}  # as the old code wrote
+    (tmp_path / "progress.json").write_text(json.dumps({"done": 2, "steps": [4], "rewards": [0.0], "good": [1.0],
+                                                        "worst": [1.0], "seconds": 1.0, "settings": old}))
+    (tmp_path / "checkpoint.pickle").write_bytes(b"not loaded")
+    with pytest.raises(ClusterError, match=r"the checkpoint was trained with .*'network'"):
+        train(tmp_path, **options)
+    other = dict(old, network=dict(network_settings(), per_model=13))
+    (tmp_path / "progress.json").write_text(json.dumps({"done": 2, "settings": other}))
+    with pytest.raises(ClusterError, match="'per_model': 13"):
+        train(tmp_path, **options)
+    assert network_settings()["per_model"] == 15 and network_settings()["hidden"] == [64, 64]
 
 
 @pytest.mark.parametrize("options, message", [
@@ -395,3 +578,19 @@ def test_bad_environment_settings_are_named(options, message):
 
     with pytest.raises(ClusterError, match=message):
         ClusterEnv(**options)
+
+
+def test_the_snapshot_selection_takes_at_least_one_point(tmp_path, capsys):
+    from benchmarks.cluster_rl_select import main, spaced
+
+    found = [(4 * i, f"s{i}") for i in range(1, 11)]
+    assert spaced(found, 1) == [(40, "s10")]  # the last alone (it divided by zero)
+    assert spaced(found, 2) == [(4, "s1"), (40, "s10")]
+    assert spaced(found, 4) == [(4, "s1"), (16, "s4"), (28, "s7"), (40, "s10")]
+    assert spaced(found[:3], 6) == found[:3]
+    (tmp_path / "rl_policy_4.npz").write_bytes(b"")
+    for bad in ("0", "-2"):  # it evaluated the rule alone
+        with pytest.raises(SystemExit) as exc:
+            main(["--snapshots", str(tmp_path), "--points", bad])
+        assert exc.value.code == 2
+        assert f"--points must be at least 1 (1: the last snapshot alone), got {bad}" in capsys.readouterr().err
