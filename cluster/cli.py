@@ -103,16 +103,17 @@ def snapshot_steps(directory, timesteps, checkpoint_every, envs, resume=True):
     envs : int
         Environments in all.
     resume : bool
-        Whether training continues from ``progress.json`` (else from 0; existing snapshots count
-        either way until overwritten).
+        Whether training continues from ``progress.json`` and its snapshots (else from 0: a fresh
+        run moves the old snapshots aside, :func:`.rl_train.train`).
 
     Returns
     -------
     list of int
-        Sorted: the snapshots already there and those the segments up to ``timesteps`` write.
+        Sorted: the snapshots already there (when resuming) and those the segments up to
+        ``timesteps`` write.
     """
     there = {int(p.stem.rsplit("_", 1)[-1]) for p in (Path(directory) / "snapshots").glob("rl_policy_*.npz")
-             if p.stem.rsplit("_", 1)[-1].isdigit()}
+             if resume and p.stem.rsplit("_", 1)[-1].isdigit()}
     done = 0
     if resume and (Path(directory) / "progress.json").exists():
         try:

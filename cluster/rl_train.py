@@ -351,6 +351,10 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
     checkpoint_every : int
         Steps per worker between two checkpoints (a multiple of ``rollouts``); an interrupted run
         resumes from the last one (``resume``).
+    resume : bool
+        Continue from the checkpoint in ``directory`` if there is one (refused if it was trained with
+        other settings or another network format); otherwise start afresh and move an earlier run's
+        ``snapshots/`` aside to ``snapshots.before-<date-time>/``.
     rollouts : int
         Steps per worker between two PPO updates.
     progress : callable, optional
@@ -395,9 +399,15 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
     state = {"done": 0, "steps": [], "rewards": [], "good": [], "worst": [], "seconds": 0.0, "settings": settings}
     if resume and state_path.exists():
         state = json.loads(state_path.read_text())
-        if state.get("settings") != settings:
-            raise ClusterError(f"{state_path}: the checkpoint was trained with {state.get('settings')}, not "
+        found = state.get("settings") or {}
+        if found.get("network") != settings["network"]:
+            raise ClusterError(f"{state_path}: the checkpoint holds a network of format {found.get('network')}, "
+                               f"this code trains {settings['network']}; start afresh (--fresh) or use another --dir")
+        if found != settings:
+            raise ClusterError(f"{state_path}: the checkpoint was trained with {found}, not "
                                f"{settings}; pass the same options, or start afresh")
+    elif (directory / "snapshots").exists():  # a fresh run's curve and snapshots must not mix with an old run's
+        (directory / "snapshots").rename(directory / f"snapshots.before-{time.strftime('%Y%m%d-%H%M%S')}")
     skrl_config.jax.key = seed
     env = wrap_env(RayVectorEnv(envs, per_worker, seed=seed + 7919 * state["done"], **env_options), wrapper="gymnasium")
     network = [{"name": "net", "input": "OBSERVATIONS", "layers": [64, 64], "activations": "tanh"}]

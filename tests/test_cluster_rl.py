@@ -506,9 +506,9 @@ def test_training_on_two_ray_workers_resumes_from_its_checkpoint_and_writes_the_
     assert "environment steps" in capsys.readouterr().out
     shipped = tmp_path / "shipped.npz"
     monkeypatch.setattr(rl_module, "WEIGHTS", shipped)  # not the committed weights
-    assert tcloud([*common, "--timesteps", "6", "--ship-snapshot", "5"]) != 0
+    assert tcloud([*common, "--timesteps", "8", "--ship-snapshot", "5"]) != 0
     err = capsys.readouterr().err
-    assert "--ship-snapshot 5: no snapshot after 5 environment steps" in err and "(there will be: 4, 8, 12)" in err
+    assert "--ship-snapshot 5: no snapshot after 5 environment steps" in err and "(there will be: 4, 8, 12, 16)" in err
     assert "Traceback" not in err and not shipped.exists()
     assert json.loads((tmp_path / "run" / "progress.json").read_text())["done"] == 6  # refused before training
     with pytest.raises(SystemExit) as exc:
@@ -543,13 +543,35 @@ def test_resuming_a_run_made_by_older_code_is_refused_by_name(tmp_path):
     (tmp_path / "progress.json").write_text(json.dumps({"done": 2, "steps": [4], "rewards": [0.0], "good": [1.0],
                                                         "worst": [1.0], "seconds": 1.0, "settings": old}))
     (tmp_path / "checkpoint.pickle").write_bytes(b"not loaded")
-    with pytest.raises(ClusterError, match=r"the checkpoint was trained with .*'network'"):
+    with pytest.raises(ClusterError, match=r"a network of format None, this code trains .*start afresh \(--fresh\)"):
         train(tmp_path, **options)
     other = dict(old, network=dict(network_settings(), per_model=13))
     (tmp_path / "progress.json").write_text(json.dumps({"done": 2, "settings": other}))
-    with pytest.raises(ClusterError, match="'per_model': 13"):
+    with pytest.raises(ClusterError, match="format .*'per_model': 13"):
         train(tmp_path, **options)
     assert network_settings()["per_model"] == 15 and network_settings()["hidden"] == [64, 64]
+
+
+def test_a_fresh_run_moves_the_old_snapshots_aside_and_ships_only_its_own(tmp_path, monkeypatch):
+    """``--fresh`` must not count (``--ship-snapshot``) or score (the learning curve) an earlier run's
+    snapshots: training moves them aside before it starts, and the pre-check counts only its own."""
+    from tcloud.cluster import rl_train
+    from tcloud.cluster.cli import snapshot_steps
+
+    (tmp_path / "snapshots").mkdir()
+    (tmp_path / "snapshots" / "rl_policy_400.npz").write_bytes(b"an earlier run's")
+    assert snapshot_steps(tmp_path, 4, 2, 2, resume=True) == [4, 8, 400]
+    assert snapshot_steps(tmp_path, 4, 2, 2, resume=False) == [4, 8]
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stopped before training")
+
+    monkeypatch.setattr(rl_train, "RayVectorEnv", stop)
+    with pytest.raises(RuntimeError, match="stopped before training"):
+        rl_train.train(tmp_path, timesteps=4, envs=2, checkpoint_every=2, rollouts=2, resume=False)
+    assert not (tmp_path / "snapshots").exists()
+    moved = list(tmp_path.glob("snapshots.before-*/rl_policy_400.npz"))
+    assert len(moved) == 1 and moved[0].read_bytes() == b"an earlier run's"
 
 
 @pytest.mark.parametrize("options, message", [
