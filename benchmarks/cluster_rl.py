@@ -28,6 +28,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from benchmarks.common import RESULTS, try_plot, write
+from benchmarks.cluster_speed import commit
 
 from benchmarks.cluster_policies import LOADS, SEEDS, STATIC, TRACES, make, trace_options  # the benchmark's settings
 
@@ -131,7 +132,7 @@ def main(argv=None):
         policies += sorted({r["policy"] for r in rows} - set(policies))
     figures = {p: {t: sustained(rows, p, t, args.seeds) for t in args.traces} for p in policies}
     loads = {t: args.loads or LOADS.get(t, LOADS["poisson"]) for t in args.traces}
-    report = {"setup": {**settings, "traces": args.traces, "loads": loads,
+    report = {"setup": {**settings, **commit(), "traces": args.traces, "loads": loads,
                         "seeds": args.seeds, "baselines_from": args.baselines},
               "sustained": figures, "capacity_bound": bound}
     if "rl" in figures:

@@ -25,6 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from benchmarks.common import write
+from benchmarks.cluster_speed import commit
 
 from benchmarks.cluster_policies import trace_options  # the benchmark's traces
 
@@ -138,7 +139,7 @@ def main(argv=None):
     names = [name for name, _ in candidates]
     scores, order = rank(rows, names, args.traces, args.seeds)
     chosen = order[0]
-    report = {"setup": {**settings, "traces": args.traces, "loads": {t: LOADS[t] for t in args.traces},
+    report = {"setup": {**settings, **commit(), "traces": args.traces, "loads": {t: LOADS[t] for t in args.traces},
                         "seeds": args.seeds, "snapshots": {n: p for n, p in candidates}},
               "scores": scores, "order": order, "chosen": chosen, "chosen_path": dict(candidates)[chosen],
               "wall_seconds": time.perf_counter() - started, "runs": rows}

@@ -299,7 +299,8 @@ def cmd_train(args):
     if args.ship_snapshot:
         snapshot = directory / "snapshots" / f"rl_policy_{args.ship_snapshot}.npz"
         if not snapshot.exists():
-            there = sorted(int(p.stem.rsplit("_", 1)[-1]) for p in snapshot.parent.glob("rl_policy_*.npz"))
+            there = sorted(int(p.stem.rsplit("_", 1)[-1]) for p in snapshot.parent.glob("rl_policy_*.npz")
+                           if p.stem.rsplit("_", 1)[-1].isdigit())
             raise ClusterError(f"no snapshot after {args.ship_snapshot} environment steps in {snapshot.parent} "
                                f"(there are: {', '.join(map(str, there)) or 'none'})")
         ShippedPolicy(snapshot)  # a readable weight file for this code, or a ClusterError naming it
