@@ -72,6 +72,11 @@ PER_MODEL = 15
 GLOBAL = 3
 ACTIONS = 3
 """Action numbers per model."""
+NETWORK_FORMAT = 2
+"""Version of the observation and action encoding (:func:`features`, :func:`decode`), recorded in
+every weight file and with a training run's settings, so that weights or a checkpoint made for
+another encoding are refused by name: 2 is the 15-feature observation and the whole-batch ``a2``
+with a dead zone (files made before it recorded no version)."""
 MAX_WEIGHT_LOG2 = 0.5
 """``a0`` tilts a model's share by at most ``2 ** ±MAX_WEIGHT_LOG2`` (the first network's ``2 ** ±2``
 gave BERT-base 1.6 × its share under MMPP and left the other models' bursts short)."""
@@ -460,7 +465,8 @@ class ShippedPolicy(NumpyPolicy):
     Raises
     ------
     ClusterError
-        No file at ``path``, or not a weight file (``w0, b0, w1, b1, ...``).
+        No file at ``path``, not a weight file (``format``, ``w0, b0, w1, b1, ...``), or weights for
+        another :data:`NETWORK_FORMAT`.
     """
 
     def __init__(self, path=WEIGHTS):
@@ -471,10 +477,16 @@ class ShippedPolicy(NumpyPolicy):
             with np.load(path) as data:
                 count = len([k for k in data.files if k.startswith("w")])
                 layers = [(data[f"w{i}"], data[f"b{i}"]) for i in range(count)]
-        except (OSError, ValueError, KeyError) as exc:
+                found = int(data["format"]) if "format" in data.files else None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ClusterError(f"{path}: not an RL policy weight file ({exc})") from None
         if not layers or any(w.ndim != 2 or b.shape != (w.shape[1],) for w, b in layers):
             raise ClusterError(f"{path}: not an RL policy weight file (expected dense layers w0, b0, w1, b1, ...)")
+        if found != NETWORK_FORMAT:
+            made = "records no network format (it predates them)" if found is None else f"is of network format {found}"
+            raise ClusterError(f"{path}: the weights were trained for another observation and action encoding: the file "
+                               f"{made}, this code reads format {NETWORK_FORMAT}; train a new policy "
+                               "(`tcloud cluster train --fresh`)")
         try:
             super().__init__(layers)
         except ClusterError as exc:

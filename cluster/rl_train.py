@@ -31,8 +31,8 @@ import gymnasium
 import numpy as np
 
 from .policies import Policy
-from .rl import (ACTIONS, GLOBAL, PER_MODEL, RateMemory, decode, features, initial_plan, model_options,
-                 observation_size)
+from .rl import (ACTIONS, GLOBAL, NETWORK_FORMAT, PER_MODEL, RateMemory, decode, features, initial_plan,
+                 model_options, observation_size)
 from .workload import ClusterError
 
 
@@ -276,10 +276,6 @@ class RayVectorEnv(gymnasium.vector.VectorEnv):
 
 HIDDEN = (64, 64)
 """Hidden layer widths of the shared per-model policy network."""
-NETWORK_FORMAT = 2
-"""Version of the observation and action encoding (:mod:`.rl`), recorded with a run's settings so
-that resuming a checkpoint made by other code is refused by name: 2 is the 15-feature observation
-and the whole-batch ``a2`` with a dead zone (runs made before it recorded no version)."""
 
 
 def network_settings():
@@ -477,7 +473,8 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
 
 def export(policy, path):
     """Write the shared network of ``policy`` (:func:`shared_policy_model`; the Gaussian mean) as
-    ``w0, b0, w1, b1, ...`` in ``path``, the format :class:`~.rl.ShippedPolicy` reads."""
+    ``w0, b0, w1, b1, ...`` and its ``format`` (:data:`~.rl.NETWORK_FORMAT`) in ``path``, the file
+    :class:`~.rl.ShippedPolicy` reads."""
     params = policy.state_dict.params["params"]
     names = sorted((k for k in params if k.startswith("layer_")), key=lambda k: int(k.split("_")[-1]))
     arrays = {}
@@ -486,7 +483,7 @@ def export(policy, path):
         arrays[f"b{i}"] = np.asarray(params[name]["bias"], dtype=np.float32)
     path = Path(path)
     with path.open("wb") as handle:
-        np.savez(handle, **arrays)
+        np.savez(handle, format=np.int64(NETWORK_FORMAT), **arrays)
     return path
 
 

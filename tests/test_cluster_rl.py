@@ -384,7 +384,7 @@ print(results["overall"]["throughput"], results["overall"]["slo_attainment"])
 
 
 def test_bad_weight_files_and_mismatched_workloads_are_named(tmp_path, table):
-    from tcloud.cluster.rl import ShippedPolicy
+    from tcloud.cluster.rl import NETWORK_FORMAT, ShippedPolicy
 
     with pytest.raises(ClusterError, match="no trained RL policy at .*missing.npz"):
         ShippedPolicy(tmp_path / "missing.npz")
@@ -397,10 +397,20 @@ def test_bad_weight_files_and_mismatched_workloads_are_named(tmp_path, table):
     with pytest.raises(ClusterError, match="odd.npz: not an RL policy weight file"):
         ShippedPolicy(odd)
     wide = tmp_path / "wide.npz"
-    np.savez(wide, w0=np.zeros((20, 4)), b0=np.zeros(4), w1=np.zeros((4, 3)), b1=np.zeros(3))
+    np.savez(wide, format=NETWORK_FORMAT, w0=np.zeros((20, 4)), b0=np.zeros(4), w1=np.zeros((4, 3)), b1=np.zeros(3))
     with pytest.raises(ClusterError, match="wide.npz: the RL policy network takes 20 inputs and gives 3 outputs; this "
                                            "code expects 18 and 3"):
         ShippedPolicy(wide)
+    layers = {"w0": np.zeros((18, 3)), "b0": np.zeros(3)}
+    for name, extra, found in (("unversioned", {}, r"records no network format \(it predates them\)"),
+                               ("older", {"format": NETWORK_FORMAT - 1}, f"is of network format {NETWORK_FORMAT - 1}")):
+        np.savez(tmp_path / f"{name}.npz", **extra, **layers)
+        with pytest.raises(ClusterError, match=f"{name}.npz: the weights were trained for another observation and "
+                                               f"action encoding: the file {found}, this code reads format "
+                                               f"{NETWORK_FORMAT}; train a new policy"):
+            ShippedPolicy(tmp_path / f"{name}.npz")
+    np.savez(tmp_path / "current.npz", format=NETWORK_FORMAT, **layers)
+    assert ShippedPolicy(tmp_path / "current.npz").act  # the same layers load once their format is this code's
 
 
 def test_one_shared_network_serves_any_number_of_models(table):
