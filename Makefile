@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/tcloud demo
 
+# One pytest worker per core, at most 4 (each may hold a Verilator model and an RL trainer);
+# tests that share an expensive module fixture are one xdist_group (--dist loadgroup).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup
 
 # `make bench` writes to a fresh directory, so a run never overwrites the committed results;
 # `make bench BENCH_OUT=benchmarks/results` replaces them on purpose.

@@ -38,17 +38,17 @@ def cmd_isa_doc(args):
 
 
 def cmd_verilog(args):
-    from tcloud.rtl.pnpu import PNPU
-    from tcloud.rtl.verilog import LINT_WAIVERS, lint, to_verilog
+    from tcloud.rtl.verilog import LINT_WAIVERS, lint
 
-    from .backends.verilator import VERILOG_SECONDS, recorded_seconds
+    from .backends.verilator import VERILOG_SECONDS, pnpu_verilog, recorded_seconds
 
     cfg = get_config(args.config)
     output_file(args.output, "Verilog file")  # refuse a bad target before the long generation
-    with Progress(f"generating Verilog for {cfg.name!r}", estimate=recorded_seconds(cfg.name, VERILOG_SECONDS)):
-        text = to_verilog(PNPU(cfg), args.top)
+    text, seconds = pnpu_verilog(cfg, args.top, announce=lambda: Progress(
+        f"generating Verilog for {cfg.name!r}", estimate=recorded_seconds(cfg.name, VERILOG_SECONDS)))
     write_file(args.output, text, "Verilog file")
-    print(f"{args.output}: pNPU for {cfg.name!r}, {len(text.splitlines())} lines, top module {args.top!r}")
+    print(f"{args.output}: pNPU for {cfg.name!r}, {len(text.splitlines())} lines, top module {args.top!r}"
+          + (" (generated before, from the cache)" if seconds is None else ""))
     if args.no_lint:
         return
     with Progress("verilator --lint-only -Wall"):

@@ -84,13 +84,14 @@ COCOTB_BUILDS_KEPT = 3
 
 
 @contextlib.contextmanager
-def cocotb_build(design, name, run_root, key=None):
+def cocotb_build(design, name, run_root, key=None, verilog=None):
     """Build the Verilog of ``design()`` (top module ``name``) with cocotb's Verilator runner and
     yield ``(runner, build directory, run directory root)``.
 
     The build is cached (:func:`~tcloud.runtime.backends.cache.cache_root` ``/cocotb``, beside the
     Verilator backend's models) by ``key`` (what the Verilog depends on, default a hash of the
-    Verilog; with a given key the Verilog is not even generated when the build is there), the
+    Verilog; with a given key the Verilog is not even generated when the build is there; ``verilog``,
+    a callable, gives the Verilog in place of generating ``design()``'s), the
     Verilator and cocotb versions, the paths the build command names (cocotb's libraries, the
     Verilator root: a clone at another path builds its own) and the build options. A process
     builds under an exclusive lock and runs under a shared one, so no build replaces a model
@@ -104,8 +105,11 @@ def cocotb_build(design, name, run_root, key=None):
     from tcloud.runtime.backends.cache import cache_root
     from tcloud.runtime.backends.verilator import _verilator_version
 
-    verilog = None if key is not None else to_verilog(design(), name)
-    parts = [key or verilog, _verilator_version(), str(verilator_root()), cocotb.__version__,
+    def generate():
+        return verilog() if verilog else to_verilog(design(), name)
+
+    text = None if key is not None else generate()
+    parts = [key or text, _verilator_version(), str(verilator_root()), cocotb.__version__,
              str(cocotb_tools.config.libs_dir), str(cocotb_tools.config.share_dir), *COCOTB_BUILD_ARGS,
              *(["waves"] if COCOTB_WAVES else [])]
     label = f"{run_root.name}-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}"
@@ -118,7 +122,7 @@ def cocotb_build(design, name, run_root, key=None):
         source = build_dir / f"{name}.v"
         if not source.exists():
             staged = source.with_suffix(".v.partial")
-            staged.write_text(verilog or to_verilog(design(), name))
+            staged.write_text(text or generate())
             staged.replace(source)
         runner.build(sources=[source], hdl_toplevel=name, build_dir=build_dir, always=False,
                      build_args=COCOTB_BUILD_ARGS, waves=COCOTB_WAVES)

@@ -508,13 +508,23 @@ def test_a_verilator_build_and_tcloud_verilog_estimate_from_the_newest_cache_ent
 
 
 @pytest.mark.slow  # generates the Verilog of tiny
-def test_tcloud_verilog_announces_the_time_the_last_generation_took(tmp_path):
+def test_tcloud_verilog_announces_the_time_the_last_generation_took_and_caches_the_verilog(tmp_path):
     entry = tmp_path / "verilator" / "tiny-aaa"
     entry.mkdir(parents=True)
     (entry / verilator_device.VERILOG_SECONDS).write_text("70.0\n")
-    result = tcloud("verilog", "--config", "tiny", "--no-lint", "-o", str(tmp_path / "t.v"),
-                    env={**os.environ, "TCLOUD_CACHE": str(tmp_path)})
+    older = tmp_path / "verilog"
+    older.mkdir()
+    for age, name in enumerate(("tiny-pnpu-old.v", "tiny-pnpu-older.v", "tiny-pnpu-oldest.v", "small-pnpu-other.v")):
+        (older / name).write_text("// a design of before\n")
+        os.utime(older / name, (time.time() - 1000 * (age + 1),) * 2)
+    env = {**os.environ, "TCLOUD_CACHE": str(tmp_path)}
+    result = tcloud("verilog", "--config", "tiny", "--no-lint", "-o", str(tmp_path / "t.v"), env=env)
     assert result.returncode == 0 and result.stderr.startswith("generating Verilog for 'tiny' (about 70 s) ...\n")
+    again = tcloud("verilog", "--config", "tiny", "--no-lint", "-o", str(tmp_path / "again.v"), env=env)
+    assert again.returncode == 0 and "generating" not in again.stderr and "from the cache" in again.stdout
+    assert (tmp_path / "again.v").read_text() == (tmp_path / "t.v").read_text()
+    kept = sorted(path.name for path in older.glob("*.v"))
+    assert len(kept) == 4 and "tiny-pnpu-oldest.v" not in kept and "small-pnpu-other.v" in kept  # 3 per design
 
 
 @pytest.mark.slow  # collects the whole suite; the quick subset need not check itself

@@ -15,6 +15,7 @@ from tcloud.rtl.pnpu import PNPU
 from tcloud.runtime import run_image
 from tcloud.runtime.backends.verilator import VerilatorDevice
 from tcloud.runtime.backends.verilator import _design_digest as design_digest  # the Verilator cache's key
+from tcloud.runtime.backends.verilator import pnpu_verilog
 from tcloud.verif.functional_coverage import EXCLUDED, FAULTS, HBM_KINDS, STALLS, TOKEN_PATTERNS
 from tcloud.verif.hbm_spec import timing_programs
 
@@ -67,7 +68,8 @@ def failed_tests(results):
 @pytest.mark.parametrize("config", ["tiny", "small"])
 def test_pnpu_cocotb(verilator_on_path, config):
     with cocotb_build(lambda: PNPU(get_config(config)), "pnpu", BUILD / config,
-                      key=design_digest(get_config(config))) as (runner, build_dir, run_root):
+                      key=design_digest(get_config(config)),
+                      verilog=lambda: pnpu_verilog(config, "pnpu")[0]) as (runner, build_dir, run_root):
         check_pnpu_run(runner, build_dir, run_root, config)
 
 

