@@ -1,6 +1,7 @@
 """The one architecture configuration object, read by firmware, runtime, golden model and RTL."""
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -163,8 +164,7 @@ class ArchConfig:
     def fingerprint(self):
         """8 bytes identifying everything a program depends on (not the name, clock, HBM timing or
         the depths of the DMA's requests and the engines' prefetch)."""
-        data = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_FINGERPRINTED}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).digest()[:8]
+        return _fingerprint(self)
 
     def replace(self, **changes):
         """Return a copy with ``changes`` applied (and checked)."""
@@ -175,6 +175,13 @@ class ArchConfig:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+
+@functools.lru_cache(maxsize=256)
+def _fingerprint(config):
+    """:meth:`ArchConfig.fingerprint`, computed once per configuration (every image load checks it)."""
+    data = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_FINGERPRINTED}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).digest()[:8]
 
 
 PRESETS = {

@@ -363,9 +363,9 @@ class PerfDevice(GoldenMemory):
     def host(self, command):
         """Execute one privileged ``ctx.*`` command; it takes the cycles the CSR protocol takes
         (its writes, then a doorbell poll; ``ctx.scrub`` as long as the scrubber needs)."""
-        self._sync()
         self._resume_native()
-        self._advance(self.now + timing.HOST_COMMAND_WRITES)
+        self._advance_any((self.now if self._native is None else self._native.now()) + timing.HOST_COMMAND_WRITES)
+        self._sync()
         ctx = None
         index = command.values.get("ctx")
         if index is not None and index < len(self.contexts):
@@ -376,7 +376,7 @@ class PerfDevice(GoldenMemory):
         if command.mnemonic == "ctx.kill":
             if ctx is not None and ctx.status == ContextStatus.RUNNING:
                 self._abandon(ctx, FaultCode.KILLED, "killed by the hypervisor")
-            self._advance(self.now + self.command_poll_cycles)
+            self._advance_any(self.now + self.command_poll_cycles)
             return
         if ctx is not None and ctx.status == ContextStatus.RUNNING:
             raise HostCommandError(f"the pNPU rejected {command!r}: {command.mnemonic}: context {index} is running")
@@ -394,7 +394,15 @@ class PerfDevice(GoldenMemory):
             ctx.start, ctx.end = self.now, self.now
             beats = gctx.hbm.size / self.config.hbm_port_bytes + gctx.sram.size / (4 * self.config.sram_line_words)
             wait = self.command_poll_cycles * max(1, math.ceil(beats / self.command_poll_cycles))
-        self._advance(self.now + wait)
+        self._advance_any(self.now + wait)
+
+    def _advance_any(self, limit):
+        """:meth:`_advance` in the compiled core if the device has one (the core then holds the state,
+        so a ``run()`` after a host command starts at once), else in Python."""
+        if self._native is not None:
+            self._native.run_to(limit)
+        else:
+            self._advance(limit)
 
     def run(self, max_cycles=None):
         if self._native_paused:
