@@ -23,8 +23,8 @@ the golden model's; faults found in a uTOp's body are reported as it reports the
 ``data=False`` nothing is computed: the counters come from the instructions' fields and only faults
 the front end sees (decoding, tokens, engines) are reported, which makes TPU-scale models cheap.
 Timing only, :meth:`PerfDevice.run` goes through a compiled copy of this event loop
-(:mod:`.perf_native`, ``perf_core.cpp``) that leaves the same state; ``native=False`` keeps the
-Python loop, the reference, which host commands always use.
+(:mod:`.perf_native`, ``perf_core.cpp``) that leaves the same state, and so do the cycles a host
+command takes; ``native=False`` keeps the Python loop, the reference.
 """
 
 import heapq
