@@ -16,11 +16,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/tcloud demo
 
-# One pytest worker per core, at most 4 (each may hold a Verilator model and an RL trainer);
+# One pytest worker per logical CPU, at most 4 (each may hold a Verilator model and an RL trainer);
 # tests that share an expensive module fixture are one xdist_group (--dist loadgroup). The 20 slowest
 # tests are listed at the end, so a CI log shows where its time went.
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup --durations=20
+	$(PY) -m pytest -q -n logical --maxprocesses 4 --dist loadgroup --durations=20
 
 # `make bench` writes to a fresh directory, so a run never overwrites the committed results;
 # `make bench BENCH_OUT=benchmarks/results` replaces them on purpose.

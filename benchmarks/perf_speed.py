@@ -132,10 +132,10 @@ def measure(name, image, inputs, repeats):
         row[f"{label}_cpu_over_verilator"] = round(statistics.median(cpu_ratios), 1) if cpu_ratios else None
     for label, _, _ in VARIANTS:
         row[f"{label}_load_microseconds"] = round(1e6 * statistics.median(r[label]["load_cpu_seconds"] for r in rounds), 1)
-    row["perf_native_with_load_cpu_over_verilator"] = round(statistics.median(
-        (cycles["perf_native"] / (r["perf_native"]["cpu_seconds"] + r["perf_native"]["load_cpu_seconds"]))
-        / (cycles["verilator"] / (r["verilator"]["cpu_seconds"] + r["verilator"]["load_cpu_seconds"]))
-        for r in rounds if r["perf_native"]["cpu_seconds"] + r["perf_native"]["load_cpu_seconds"] > 0), 1)
+    with_load = [(cycles["perf_native"] / (r["perf_native"]["cpu_seconds"] + r["perf_native"]["load_cpu_seconds"]))
+                 / (cycles["verilator"] / (r["verilator"]["cpu_seconds"] + r["verilator"]["load_cpu_seconds"]))
+                 for r in rounds if r["perf_native"]["cpu_seconds"] + r["perf_native"]["load_cpu_seconds"] > 0]
+    row["perf_native_with_load_cpu_over_verilator"] = round(statistics.median(with_load), 1) if with_load else None
     row["perf_native_cold_over_verilator"] = round(
         (cycles["perf_native"] / cold["perf_native"]["seconds"]) / (cycles["verilator"] / cold["verilator"]["seconds"]),
         1)
@@ -224,7 +224,7 @@ def main(argv=None):
                "median_perf_native_over_verilator": statistics.median(ratios),
                "min_perf_native_over_verilator": min(ratios),
                "median_perf_native_with_load_cpu_over_verilator": statistics.median(
-                   row["perf_native_with_load_cpu_over_verilator"] for row in rows),
+                   row["perf_native_with_load_cpu_over_verilator"] or 0 for row in rows),
                "median_perf_native_cold_over_verilator": statistics.median(cold),
                "min_perf_native_cold_over_verilator": min(cold),
                **{f"median_{label}_over_verilator": statistics.median(row[f"{label}_over_verilator"] for row in rows)

@@ -402,6 +402,7 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
         if found != settings:
             raise ClusterError(f"{state_path}: the checkpoint was trained with {found}, not "
                                f"{settings}; pass the same options, or start afresh")
+        stamp_format(directory)
     elif (directory / "snapshots").exists():  # a fresh run's curve and snapshots must not mix with an old run's
         (directory / "snapshots").rename(directory / f"snapshots.before-{time.strftime('%Y%m%d-%H%M%S')}")
     skrl_config.jax.key = seed
@@ -469,6 +470,39 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
     state["per_worker"] = per_worker
     state["weights"] = str(export(models["policy"], directory / "rl_policy.npz"))
     return state
+
+
+def stamp_format(directory):
+    """Write :data:`~.rl.NETWORK_FORMAT` into the weight files of the training run in ``directory``
+    (``rl_policy.npz``, ``snapshots/rl_policy_<steps>.npz``) that lack it, if its ``progress.json``
+    records this format: such files were written before weight files recorded their format, by code
+    of the format the run records. Files of other runs are left as they are (and refused on loading).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files stamped now.
+    """
+    directory = Path(directory)
+    try:
+        recorded = json.loads((directory / "progress.json").read_text())["settings"]["network"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if recorded != network_settings():
+        return []
+    stamped = []
+    for path in [directory / "rl_policy.npz", *sorted((directory / "snapshots").glob("rl_policy_*.npz"))]:
+        try:
+            with np.load(path) as data:
+                if "format" in data.files:
+                    continue
+                arrays = {name: data[name] for name in data.files}
+        except (OSError, ValueError):
+            continue
+        with path.open("wb") as handle:
+            np.savez(handle, format=np.int64(NETWORK_FORMAT), **arrays)
+        stamped.append(path)
+    return stamped
 
 
 def export(policy, path):

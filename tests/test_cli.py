@@ -375,6 +375,7 @@ def test_vnpu_writes_one_waveform_per_pnpu(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("hbm_player_runs")  # its child run uses the run directories of test_hbm_models' bench
 def test_cocotb_benches_write_waves_when_asked(tmp_path):
     from conftest import BUILD
 

@@ -413,6 +413,29 @@ def test_bad_weight_files_and_mismatched_workloads_are_named(tmp_path, table):
     assert ShippedPolicy(tmp_path / "current.npz").act  # the same layers load once their format is this code's
 
 
+def test_a_run_of_this_format_gets_its_untagged_weight_files_stamped_and_another_run_does_not(tmp_path):
+    import json
+
+    from tcloud.cluster.rl import NETWORK_FORMAT, ShippedPolicy
+    from tcloud.cluster.rl_train import network_settings, stamp_format
+
+    layers = {"w0": np.zeros((18, 3)), "b0": np.zeros(3)}
+    for name, network in (("ours", network_settings()), ("older", dict(network_settings(), format=1))):
+        run = tmp_path / name
+        (run / "snapshots").mkdir(parents=True)
+        (run / "progress.json").write_text(json.dumps({"settings": {"network": network}}))
+        for path in (run / "rl_policy.npz", run / "snapshots" / "rl_policy_64.npz"):
+            np.savez(path, **layers)
+    stamped = stamp_format(tmp_path / "ours")
+    assert sorted(path.name for path in stamped) == ["rl_policy.npz", "rl_policy_64.npz"]
+    assert ShippedPolicy(tmp_path / "ours" / "snapshots" / "rl_policy_64.npz").act
+    assert stamp_format(tmp_path / "ours") == [] and stamp_format(tmp_path / "older") == []
+    with np.load(tmp_path / "ours" / "rl_policy.npz") as data:
+        assert int(data["format"]) == NETWORK_FORMAT and np.array_equal(data["w0"], layers["w0"])
+    with pytest.raises(ClusterError, match="records no network format"):
+        ShippedPolicy(tmp_path / "older" / "rl_policy.npz")
+
+
 def test_one_shared_network_serves_any_number_of_models(table):
     """The network acts per model, so the shipped policy also serves a workload of three models."""
     from tcloud.cluster.rl import ShippedPolicy

@@ -102,6 +102,7 @@ def test_model_follows_the_reference(config, model):
     assert np.array_equal(memory, written)
 
 
+@pytest.mark.xdist_group("hbm_player_runs")  # test_cli runs it again, waves on, in the same run directories
 def test_cocotb_responder_follows_the_reference(verilator_on_path, config):
     player = HbmPlayer(config, *spec_case(config)[:2])
     with cocotb_build(lambda: player, "hbm_player", BUILD / "hbm_player") as (runner, build_dir, run_root):

