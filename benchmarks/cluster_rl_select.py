@@ -127,7 +127,9 @@ def main(argv=None):
         parser.error(f"--points must be at least 1 (1: the last snapshot alone), got {args.points}")
     from tcloud.cluster.rl_train import stamp_format
 
-    stamp_format(Path(args.snapshots).parent)  # snapshots of a run made before weight files recorded their format
+    snapshots = Path(args.snapshots).resolve()
+    if snapshots.name == "snapshots":  # a run's own snapshots, made before weight files recorded their format
+        stamp_format(snapshots.parent)
     found = sorted((int(p.stem.rsplit("_", 1)[-1]), p) for p in Path(args.snapshots).glob("rl_policy_*.npz"))
     if not found:
         raise SystemExit(f"{args.snapshots}: no rl_policy_<steps>.npz snapshots")

@@ -223,8 +223,9 @@ def main(argv=None):
                                            if row["perf_native_cpu_over_verilator"] < TARGET],
                "median_perf_native_over_verilator": statistics.median(ratios),
                "min_perf_native_over_verilator": min(ratios),
-               "median_perf_native_with_load_cpu_over_verilator": statistics.median(
-                   row["perf_native_with_load_cpu_over_verilator"] or 0 for row in rows),
+               "median_perf_native_with_load_cpu_over_verilator": statistics.median(with_load) if (with_load := [
+                   row["perf_native_with_load_cpu_over_verilator"] for row in rows
+                   if row["perf_native_with_load_cpu_over_verilator"] is not None]) else None,
                "median_perf_native_cold_over_verilator": statistics.median(cold),
                "min_perf_native_cold_over_verilator": min(cold),
                **{f"median_{label}_over_verilator": statistics.median(row[f"{label}_over_verilator"] for row in rows)

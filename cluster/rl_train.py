@@ -25,6 +25,7 @@ installed in 25 s on the 2-core machine) and no PyTorch.
 import json
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import gymnasium
@@ -497,10 +498,12 @@ def stamp_format(directory):
                 if "format" in data.files:
                     continue
                 arrays = {name: data[name] for name in data.files}
-        except (OSError, ValueError):
-            continue
-        with path.open("wb") as handle:
+        except (OSError, ValueError, EOFError, TypeError, AttributeError, zipfile.BadZipFile):
+            continue  # missing, truncated or not a weight file: loading it will say so
+        staged = path.with_name(f"{path.name}.partial")
+        with staged.open("wb") as handle:
             np.savez(handle, format=np.int64(NETWORK_FORMAT), **arrays)
+        os.replace(staged, path)
         stamped.append(path)
     return stamped
 

@@ -95,6 +95,8 @@ def fst_supported():
 _TIMING_ONLY = ("name", "hbm_latency", "hbm_gbps", "clock_mhz")
 """Configuration fields the generated Verilog does not depend on (the harness takes them at run time)."""
 
+AMARANTH_YOSYS_MIN = (0, 40)
+"""The oldest Yosys ``amaranth.back.verilog`` converts with (Amaranth 0.5 passes over older ones)."""
 VERILOG_KEPT = 3
 """Cached Verilog files kept per configuration and top module (the newest)."""
 
@@ -148,7 +150,7 @@ def _yosys_version():
     from amaranth._toolchain.yosys import YosysError, find_yosys
 
     try:
-        yosys = find_yosys(lambda version: True)
+        yosys = find_yosys(lambda version: version >= AMARANTH_YOSYS_MIN)
         return f"{yosys.__name__} {yosys.version()} {os.environ.get('YOSYS', '')}"
     except YosysError as error:
         return f"no yosys: {error}"
