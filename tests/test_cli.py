@@ -528,6 +528,16 @@ def test_tcloud_verilog_announces_the_time_the_last_generation_took_and_caches_t
     assert len(kept) == 4 and "tiny-pnpu-oldest.v" not in kept and "small-pnpu-other.v" in kept  # 3 per design
 
 
+@pytest.mark.parametrize("top", ["a/b", "../../x", "a b", "1x", ""])
+def test_tcloud_verilog_refuses_a_top_name_that_is_not_a_verilog_identifier(top, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TCLOUD_CACHE", str(tmp_path / "cache"))
+    assert main(["verilog", "--config", "tiny", "--no-lint", "--top", top, "-o", str(tmp_path / "t.v")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"tcloud: error: top module name {top!r} is not a Verilog identifier (a letter or _, then letters, " \
+                  "digits, _ or $)\n"
+    assert not (tmp_path / "t.v").exists() and not (tmp_path / "cache").exists()  # nothing generated or cached
+
+
 @pytest.mark.slow  # collects the whole suite; the quick subset need not check itself
 def test_the_quick_subset_leaves_out_the_long_runs():
     """`pytest -m "not slow"` (under a minute on 2 cores with the tiny Verilator model cached) skips the RTL

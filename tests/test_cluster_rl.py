@@ -410,7 +410,8 @@ def test_bad_weight_files_and_mismatched_workloads_are_named(tmp_path, table):
                                                f"{NETWORK_FORMAT}; train a new policy"):
             ShippedPolicy(tmp_path / f"{name}.npz")
     np.savez(tmp_path / "current.npz", format=NETWORK_FORMAT, **layers)
-    assert ShippedPolicy(tmp_path / "current.npz").act  # the same layers load once their format is this code's
+    loaded = ShippedPolicy(tmp_path / "current.npz")  # the same layers load once their format is this code's
+    assert [w.shape for w, _ in loaded.layers] == [(18, 3)]
 
 
 def test_a_run_of_this_format_gets_its_untagged_weight_files_stamped_and_another_run_does_not(tmp_path):
@@ -431,7 +432,7 @@ def test_a_run_of_this_format_gets_its_untagged_weight_files_stamped_and_another
         (tmp_path / "ours" / "rl_policy.npz").read_bytes()[:100])
     stamped = stamp_format(tmp_path / "ours")
     assert sorted(path.name for path in stamped) == ["rl_policy.npz", "rl_policy_64.npz"]
-    assert ShippedPolicy(tmp_path / "ours" / "snapshots" / "rl_policy_64.npz").act
+    assert [w.shape for w, _ in ShippedPolicy(tmp_path / "ours" / "snapshots" / "rl_policy_64.npz").layers] == [(18, 3)]
     assert stamp_format(tmp_path / "ours") == [] and stamp_format(tmp_path / "older") == []
     with np.load(tmp_path / "ours" / "rl_policy.npz") as data:
         assert int(data["format"]) == NETWORK_FORMAT and np.array_equal(data["w0"], layers["w0"])

@@ -6,6 +6,7 @@ import ctypes
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -120,9 +121,17 @@ def pnpu_verilog(config, top=TOP, announce=None):
     -------
     str, float or None
         The Verilog and the seconds its generation took (``None``: it came from the cache).
+
+    Raises
+    ------
+    VerilatorError
+        If ``top`` is not a Verilog identifier.
     """
     from tcloud.rtl.pnpu import PNPU
 
+    if not isinstance(top, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]*", top):
+        raise VerilatorError(f"top module name {top!r} is not a Verilog identifier (a letter or _, then "
+                             "letters, digits, _ or $)")
     cfg = get_config(config)
     key = hashlib.sha256("\0".join([_design_digest(cfg), top, _yosys_version()]).encode()).hexdigest()[:20]
     path = cache_root() / "verilog" / f"{cfg.name}-{top}-{key}.v"
