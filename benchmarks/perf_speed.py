@@ -12,6 +12,11 @@ between runs of the same round, so they see the same machine load; the target is
 second, since a loaded machine inflates the wall ratios (the long Verilator run is descheduled more). Every backend must report the same cycles as Verilator's within the
 model's accuracy, and the three perf runs exactly the same cycles and counters.
 
+The judged run of the compiled core comes right after Verilator's, whose run leaves the caches cold for
+it; a sweep instead runs perf after perf. So each round also runs the compiled core
+:data:`STEADY_RUNS` more times back to back, and ``perf_native_steady_cpu_over_verilator`` reports their
+median against the same Verilator run: beside the judged figure, never instead of it.
+
 Loading is timed too (CPU seconds of ``load_image`` on a new device: the host commands, which on
 either backend already simulate the first cycles after ``ctx.start``, and the HBM writes), and the
 ratio with loading counted on both sides (``perf_native_with_load_cpu_over_verilator``): reported,
@@ -47,6 +52,9 @@ TARGET = 1000
 """perf timing only over Verilator, simulated cycles per second (issue 15)."""
 VARIANTS = (("verilator", "verilator", {}), ("perf_native", "perf", {"data": False}),
             ("perf_python", "perf", {"data": False, "native": False}), ("perf_data", "perf", {}))
+STEADY_RUNS = 5
+"""Runs of the compiled core back to back after its first run of a round, as a sweep runs it (each on a new
+device, loaded untimed): their median is the ``steady`` figure, reported beside the judged one."""
 
 
 def programs(quick):
@@ -97,11 +105,22 @@ def timed_run(backend, image, inputs, options):
             "load_cpu_seconds": load_cpu_seconds}
 
 
+def one_round(image, inputs):
+    """Each variant's run, in :data:`VARIANTS` order, and right after the compiled core's run
+    :data:`STEADY_RUNS` more of it back to back (``"perf_native_steady"``: a list)."""
+    runs = {}
+    for label, backend, options in VARIANTS:
+        runs[label] = timed_run(backend, image, inputs, options)
+        if label == "perf_native":
+            runs["perf_native_steady"] = [timed_run(backend, image, inputs, options) for _ in range(STEADY_RUNS)]
+    return runs
+
+
 def measure(name, image, inputs, repeats):
     rounds = []
     cold = {}
     for round_index in range(repeats + 1):
-        runs = {label: timed_run(backend, image, inputs, options) for label, backend, options in VARIANTS}
+        runs = one_round(image, inputs)
         if round_index == 0:
             cold = runs
         else:
@@ -111,6 +130,9 @@ def measure(name, image, inputs, repeats):
         for label in ("perf_native", "perf_data"):
             if runs[label]["info"].timing != reference["info"].timing:
                 raise AssertionError(f"{name}: {label} timing differs from the Python event loop's")
+        for run in runs["perf_native_steady"]:
+            if run["info"].timing != reference["info"].timing:
+                raise AssertionError(f"{name}: a back-to-back compiled-core run's timing differs from the first's")
         if runs["perf_native"]["info"].counters != reference["info"].counters:
             raise AssertionError(f"{name}: the compiled core's counters differ from the Python event loop's")
     cycles = {label: rounds[0][label]["info"].timing["run_cycles"] for label, _, _ in VARIANTS}
@@ -130,6 +152,12 @@ def measure(name, image, inputs, repeats):
         row[f"{label}_over_verilator"] = round(statistics.median(ratios), 1)
         row[f"{label}_over_verilator_per_round"] = [round(value, 1) for value in ratios]
         row[f"{label}_cpu_over_verilator"] = round(statistics.median(cpu_ratios), 1) if cpu_ratios else None
+    steady = [(cycles["perf_native"] / statistics.median(run["cpu_seconds"] for run in r["perf_native_steady"]))
+              / (cycles["verilator"] / r["verilator"]["cpu_seconds"]) for r in rounds
+              if min(run["cpu_seconds"] for run in r["perf_native_steady"]) > 0]
+    row["perf_native_steady_microseconds"] = round(1e6 * statistics.median(
+        statistics.median(run["seconds"] for run in r["perf_native_steady"]) for r in rounds), 1)
+    row["perf_native_steady_cpu_over_verilator"] = round(statistics.median(steady), 1) if steady else None
     for label, _, _ in VARIANTS:
         row[f"{label}_load_microseconds"] = round(1e6 * statistics.median(r[label]["load_cpu_seconds"] for r in rounds), 1)
     with_load = [(cycles["perf_native"] / (r["perf_native"]["cpu_seconds"] + r["perf_native"]["load_cpu_seconds"]))
@@ -212,6 +240,8 @@ def main(argv=None):
     ratios = [row["perf_native_over_verilator"] for row in rows]
     cpu_ratios = [row["perf_native_cpu_over_verilator"] for row in rows]
     cold = [row["perf_native_cold_over_verilator"] for row in rows]
+    steady = [row["perf_native_steady_cpu_over_verilator"] for row in rows
+              if row["perf_native_steady_cpu_over_verilator"] is not None]
     with_load = [row["perf_native_with_load_cpu_over_verilator"] for row in rows
                  if row["perf_native_with_load_cpu_over_verilator"] is not None]
     summary = {"target_over_verilator": TARGET,
@@ -223,6 +253,12 @@ def main(argv=None):
                                            if row["perf_native_cpu_over_verilator"] >= TARGET],
                "programs_missing_target": [row["program"] for row in rows
                                            if row["perf_native_cpu_over_verilator"] < TARGET],
+               "steady_state": "perf timing only run back to back (as a sweep runs it), the median of "
+                               f"{STEADY_RUNS} runs right after the judged one: reported beside it, not instead",
+               "median_perf_native_steady_cpu_over_verilator": statistics.median(steady),
+               "min_perf_native_steady_cpu_over_verilator": min(steady),
+               "programs_missing_target_steady": [row["program"] for row in rows
+                                                  if (row["perf_native_steady_cpu_over_verilator"] or 0) < TARGET],
                "median_perf_native_over_verilator": statistics.median(ratios),
                "min_perf_native_over_verilator": min(ratios),
                "median_perf_native_with_load_cpu_over_verilator": statistics.median(with_load) if with_load else None,

@@ -416,7 +416,8 @@ class PerfDevice(GoldenMemory):
         return not self._busy()
 
     def context(self, index):
-        check_context_index(self.config, index)
+        if type(index) is not int or not 0 <= index < self.config.contexts:
+            check_context_index(self.config, index)
         if self._native is not None and self._native.holds_state:
             report = self._native.report(index)
             if report is not None:

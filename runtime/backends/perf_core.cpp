@@ -16,9 +16,12 @@
 
 namespace {
 
-bool later(const Event& x, const Event& y) {
-    return x.time > y.time || (x.time == y.time && x.sequence > y.sequence);
-}
+// The heap's order (earliest event on top), as a type so that the heap operations inline it.
+struct Later {
+    bool operator()(const Event& x, const Event& y) const {
+        return x.time > y.time || (x.time == y.time && x.sequence > y.sequence);
+    }
+};
 
 bool none(double value) { return std::isnan(value); }
 
@@ -59,7 +62,7 @@ struct Sim {
         Event event;  // by name: the layout is generated from EVENT_FIELDS
         event.time = time, event.sequence = dev.sequence, event.kind = kind, event.a = a, event.b = b, event.c = c;
         heap.push_back(event);
-        std::push_heap(heap.begin(), heap.end(), later);
+        std::push_heap(heap.begin(), heap.end(), Later());
     }
 
     // --- uTOp entries of a context's program (see perf_native.Program) ------------------------
@@ -708,7 +711,7 @@ struct Sim {
             }
             dev.now = time;
             while (!heap.empty() && heap.front().time == time && error == kOk) {
-                std::pop_heap(heap.begin(), heap.end(), later);
+                std::pop_heap(heap.begin(), heap.end(), Later());
                 Event event = heap.back();
                 heap.pop_back();
                 handle(event);
@@ -755,7 +758,7 @@ int tcloud_perf_run(Call* call) {
     for (int64_t i = 0; i < call->event_count; ++i) {
         sim.heap.push_back(event_from_row(events_in + kEventFields * i));
     }
-    std::make_heap(sim.heap.begin(), sim.heap.end(), later);
+    std::make_heap(sim.heap.begin(), sim.heap.end(), Later());
     double* flows = state + flows_at;
     for (int64_t i = 0; i < call->flow_count; ++i)
         sim.flows.emplace_back(static_cast<int>(flows[2 * i]), flows[2 * i + 1]);
