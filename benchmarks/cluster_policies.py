@@ -35,8 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.cluster_speed import commit
-from benchmarks.common import RESULTS, try_plot, write
+from benchmarks.common import RESULTS, commit, try_plot, write
 
 POLICIES = ("static", "static-peak", "clipper", "clipper-peak", "triton", "triton-peak", "nexus", "rl", "rl-floor")
 """``rl-floor``: the RL policy's decode rule with the all-zero action, so the network's contribution shows."""

@@ -27,8 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
-from benchmarks.common import RESULTS, try_plot, write
-from benchmarks.cluster_speed import commit
+from benchmarks.common import RESULTS, commit, try_plot, write
 
 from benchmarks.cluster_policies import LOADS, SEEDS, STATIC, TRACES, make, trace_options  # the benchmark's settings
 

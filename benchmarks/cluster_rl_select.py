@@ -24,8 +24,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from benchmarks.common import write
-from benchmarks.cluster_speed import commit
+from benchmarks.common import commit, write
 
 from benchmarks.cluster_policies import trace_options  # the benchmark's traces
 

@@ -11,25 +11,11 @@ recorded.
 import argparse
 import os
 import statistics
-import subprocess
 import time
-from pathlib import Path
 
-from benchmarks.common import write
+from benchmarks.common import commit, write
 
 TARGET_WALL_SECONDS = 120.0
-
-
-def commit():
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
-                                     ":(top,exclude)benchmarks/results"], cwd=Path(__file__).parent,
-                                    capture_output=True, text=True).stdout.strip())
-        return {"commit": out, "uncommitted_changes": dirty}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "uncommitted_changes": None}
 
 
 def main(argv=None):

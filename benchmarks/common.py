@@ -21,18 +21,24 @@ def machine():
             "numpy": np.__version__}
 
 
-def conditions(config, hbm_timing):
-    """What a measurement depends on besides the code: the commit, the config and the HBM timing."""
+def commit():
+    """The git commit of the code measured and whether the tracked files outside the results differ
+    from it (``None`` for both outside a git checkout)."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, check=True).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, check=True).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
                                      ":(top,exclude)benchmarks/results"],  # results are outputs, not inputs
                                     cwd=Path(__file__).parent, capture_output=True, text=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
+        head, dirty = None, None
+    return {"commit": head, "uncommitted_changes": dirty}
+
+
+def conditions(config, hbm_timing):
+    """What a measurement depends on besides the code: the commit, the config and the HBM timing."""
     from tcloud.rtl import SOURCE_DIGEST
-    return {"commit": commit, "uncommitted_changes": dirty, "rtl_source_digest": SOURCE_DIGEST, "config": config.name,
+    return {**commit(), "rtl_source_digest": SOURCE_DIGEST, "config": config.name,
             "config_fingerprint": config.fingerprint().hex(), "hbm_timing": hbm_timing}
 
 
