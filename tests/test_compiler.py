@@ -135,6 +135,9 @@ def product_twin(model):
             sources = [producers.get(name) for name in node.input[:2]]
             if not all(s is not None and s.op_type == "DequantizeLinear" and len(s.input) == 3 for s in sources):
                 continue
+            if kind(sources[0].input[2]) is None or kind(sources[1].input[2]) is None:
+                raise ValueError(f"no twin for node {node.name!r} ({node.op_type}): its operands' types are not "
+                                 "given by zero-point initializers")
             if kind(sources[0].input[2]) != TensorProto.UINT8 or kind(sources[1].input[2]) != TensorProto.INT8:
                 continue
             dq = sources[0]
@@ -201,6 +204,30 @@ def _onnxruntime_run(model, feeds):
     options.add_session_config_entry("session.qdqisint8allowed", "1")
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+
+
+@pytest.mark.parametrize("fmt", ["qop", "qdq"])
+def test_the_product_twin_refuses_a_product_whose_zero_point_is_not_an_initializer(fmt):
+    """The twin reads the operands' code types from their zero-point initializers; an activation zero
+    point fed as a graph input leaves the type unknown, so the twin refuses (it must not pass the
+    product over: onnxruntime might saturate it)."""
+    f32 = lambda name, value: onnx.numpy_helper.from_array(np.asarray(value, np.float32), name)  # noqa: E731
+    initializers = [f32("xs", 0.05), onnx.numpy_helper.from_array(np.ones((4, 4), np.int8), "w"), f32("ws", 0.02),
+                    onnx.numpy_helper.from_array(np.array(0, np.int8), "wz"), f32("ys", 0.3),
+                    onnx.numpy_helper.from_array(np.array(0, np.uint8), "yz")]
+    if fmt == "qop":
+        nodes = [helper.make_node("QLinearMatMul", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], name="product")]
+    else:
+        nodes = [helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xf"]),
+                 helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wf"]),
+                 helper.make_node("MatMul", ["xf", "wf"], ["yf"], name="product"),
+                 helper.make_node("QuantizeLinear", ["yf", "ys", "yz"], ["y"])]
+    graph = helper.make_graph(nodes, "zero_point_input",
+                              [helper.make_tensor_value_info("xq", TensorProto.UINT8, [2, 4]),
+                               helper.make_tensor_value_info("xz", TensorProto.UINT8, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [2, 4])], initializers)
+    with pytest.raises(ValueError, match="no twin for node 'product'.*zero-point initializers"):
+        product_twin(helper.make_model(graph))
 
 
 @pytest.mark.parametrize("fmt", ["qop", "qdq"])
