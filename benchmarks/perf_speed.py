@@ -56,8 +56,8 @@ TARGET = 1000
 VARIANTS = (("verilator", "verilator", {}), ("perf_native", "perf", {"data": False}),
             ("perf_python", "perf", {"data": False, "native": False}), ("perf_data", "perf", {}))
 STEADY_RUNS = 5
-"""Runs of the compiled core back to back after its first run of a round, as a sweep runs it (each on a new
-device, loaded untimed): their median is the ``steady`` figure, reported beside the judged one."""
+"""Runs of the compiled core back to back after its first run of a round, as many perf runs in a row are (each
+on a new device, loaded untimed): their median is the ``steady`` figure, reported beside the judged one."""
 
 
 def programs(quick):
