@@ -75,6 +75,9 @@ def build_parser():
                           "share of the cluster's price held (default 0.1)")
     tra.add_argument("--worst-weight", type=float, default=1.0,
                      help="weight of the worst model's shortfall, 1 - its fraction within SLO (default 1)")
+    tra.add_argument("--no-slow-features", action="store_true",
+                     help="train a network that does not see the slow rate estimate (an ablation: its two features "
+                          "read as if no burst were remembered; the floors still use it)")
     tra.add_argument("--config", default="small", help="pNPU configuration of the service-time table")
     tra.add_argument("--table", metavar="FILE", help="service-time table (default: the shipped one)")
     tra.add_argument("--seed", type=int, default=0)
@@ -274,6 +277,8 @@ def cmd_train(args):
            "cost_weight": args.cost_weight, "worst_weight": args.worst_weight}
     if args.table:
         env["table"] = args.table
+    if args.no_slow_features:  # recorded only when off, so runs made before the option still resume
+        env["slow_features"] = False
     envs = args.envs * args.envs_per_worker
     if args.ship_snapshot:  # before training, not after an hour of it
         there = snapshot_steps(directory, args.timesteps, args.checkpoint_every, envs, resume=not args.fresh)

@@ -422,6 +422,10 @@ class NumpyPolicy(Policy):
     ----------
     layers : list of (weight, bias)
         ``weight`` is ``[inputs, outputs]``; the last layer is linear.
+    slow_features : bool
+        Whether the network sees the slow rate estimate (:class:`RateMemory`) in its two features;
+        ``False`` (a network trained without them, ``tcloud cluster train --no-slow-features``) feeds
+        them as if no burst were remembered. The decode's floors use the estimate either way.
 
     Raises
     ------
@@ -431,12 +435,13 @@ class NumpyPolicy(Policy):
 
     name = "rl"
 
-    def __init__(self, layers):
+    def __init__(self, layers, slow_features=True):
         if layers[0][0].shape[0] != PER_MODEL + GLOBAL or layers[-1][0].shape[1] != ACTIONS:
             raise ClusterError(f"the RL policy network takes {layers[0][0].shape[0]} inputs and gives "
                                f"{layers[-1][0].shape[1]} outputs; this code expects {PER_MODEL + GLOBAL} and "
                                f"{ACTIONS} (retrain with `tcloud cluster train`)")
         self.layers = layers
+        self.slow_features = slow_features
 
     def act(self, x):
         """The action (``ACTIONS`` numbers per model, flat) for the observation vector ``x``."""
@@ -455,12 +460,14 @@ class NumpyPolicy(Policy):
 
     def decide(self, observation):
         slow = self.memory.update(observation["arrival_rate"])
-        return decode(self.act(features(observation, self.context, self.options, slow)), observation,
+        seen = slow if self.slow_features else None
+        return decode(self.act(features(observation, self.context, self.options, seen)), observation,
                       self.context, self.options, slow)
 
 
 class ShippedPolicy(NumpyPolicy):
-    """The committed RL policy (:data:`WEIGHTS`), or the weights in ``path``.
+    """The committed RL policy (:data:`WEIGHTS`), or the weights in ``path`` (with ``slow_features``
+    if the file records it, else ``True``).
 
     Raises
     ------
@@ -478,6 +485,7 @@ class ShippedPolicy(NumpyPolicy):
                 count = len([k for k in data.files if k.startswith("w")])
                 layers = [(data[f"w{i}"], data[f"b{i}"]) for i in range(count)]
                 found = int(data["format"]) if "format" in data.files else None
+                slow_features = bool(data["slow_features"]) if "slow_features" in data.files else True
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ClusterError(f"{path}: not an RL policy weight file ({exc})") from None
         if not layers or any(w.ndim != 2 or b.shape != (w.shape[1],) for w, b in layers):
@@ -488,7 +496,7 @@ class ShippedPolicy(NumpyPolicy):
                                f"{made}, this code reads format {NETWORK_FORMAT}; train a new policy "
                                "(`tcloud cluster train --fresh`)")
         try:
-            super().__init__(layers)
+            super().__init__(layers, slow_features)
         except ClusterError as exc:
             raise ClusterError(f"{path}: {exc}") from None
 

@@ -90,10 +90,13 @@ class ClusterEnv(gymnasium.Env):
         MMPP mean sojourns in the high and low state, in intervals (as the benchmark's 2 s and 8 s
         at 1-s intervals), but at least twice the trace's rate grid (``2 × RATE_STEP`` × each).
     seed : int
+    slow_features : bool
+        Whether observations carry the slow rate estimate in its two features (``False``: as if no
+        burst were remembered, for an ablation; the decode's floors use the estimate either way).
     """
 
     def __init__(self, nodes=4, pnpus_per_node=4, interval=0.005, steps=32, loads=(0.3, 1.1), cost_weight=0.1,
-                 worst_weight=1.0, config="small", table=None, burst_intervals=(2, 8), seed=0):
+                 worst_weight=1.0, config="small", table=None, burst_intervals=(2, 8), seed=0, slow_features=True):
         from .service import DEFAULT_BACKEND, ServiceTable, default_path
 
         if not (isinstance(interval, (int, float)) and interval > 0):
@@ -102,6 +105,8 @@ class ClusterEnv(gymnasium.Env):
             raise ClusterError(f"cost_weight must be non-negative, got {cost_weight!r}")
         if not (isinstance(worst_weight, (int, float)) and worst_weight >= 0):
             raise ClusterError(f"worst_weight must be non-negative, got {worst_weight!r}")
+        if not isinstance(slow_features, bool):
+            raise ClusterError(f"slow_features must be True or False, got {slow_features!r}")
         if not (isinstance(steps, int) and steps >= 1):
             raise ClusterError(f"episode steps must be a positive integer, got {steps!r}")
         if not (len(loads) == 2 and 0 < loads[0] <= loads[1]):
@@ -118,7 +123,7 @@ class ClusterEnv(gymnasium.Env):
             raise ClusterError(f"nodes must be positive integers, got {nodes!r}")
         self.pnpus_per_node, self.interval, self.steps = pnpus_per_node, interval, steps
         self.loads, self.cost_weight, self.burst_intervals = loads, cost_weight, burst_intervals
-        self.worst_weight = worst_weight
+        self.worst_weight, self.slow_features = worst_weight, slow_features
         self.rng = np.random.default_rng(seed)
         size = observation_size(len(self.models))
         self.observation_space = gymnasium.spaces.Box(-10, 10, (size,), np.float32)
@@ -156,8 +161,12 @@ class ClusterEnv(gymnasium.Env):
         self.sim.step()
         self.observation = self.sim.observe_last
         self.slow = self.memory.update(self.observation["arrival_rate"])
-        return features(self.observation, self.context, self.options, self.slow), {"load": load, "trace": trace,
-                                                                                   "pnpus": pnpus}
+        return self.observe(self.observation), {"load": load, "trace": trace, "pnpus": pnpus}
+
+    def observe(self, observation):
+        """The network's input: :func:`~.rl.features` with the slow estimate, or without it (as if no
+        burst were remembered) when ``slow_features`` is off."""
+        return features(observation, self.context, self.options, self.slow if self.slow_features else None)
 
     def step(self, action):
         return self.advance(decode(action, self.observation, self.context, self.options, self.slow))
@@ -176,7 +185,7 @@ class ClusterEnv(gymnasium.Env):
         worst = float(mine[arrived >= 1].min()) if (arrived >= 1).any() else 1.0
         held = sum(self.context.prices[r] for labels in obs["replicas"] for r in labels) / self.price_total
         reward = good - self.worst_weight * (1 - worst) - self.cost_weight * held
-        return (features(obs, self.context, self.options, self.slow), float(reward), False, self.t >= self.steps,
+        return (self.observe(obs), float(reward), False, self.t >= self.steps,
                 {"good": good, "worst": worst, "held": held})
 
 
@@ -387,6 +396,7 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
             raise ClusterError(f"{name} must be a positive integer, got {value!r}")
     if checkpoint_every % rollouts:
         raise ClusterError(f"checkpoint_every ({checkpoint_every}) must be a multiple of rollouts ({rollouts})")
+    slow_features = env_options.get("slow_features", True)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state_path, checkpoint = directory / "progress.json", directory / "checkpoint.pickle"
@@ -458,9 +468,10 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
             state["good"].append(float(np.mean(good)))
             state["worst"].append(float(np.mean(worst)))
             state["seconds"] += time.perf_counter() - started
-            export(models["policy"], directory / "rl_policy.npz")
+            export(models["policy"], directory / "rl_policy.npz", slow_features)
             (directory / "snapshots").mkdir(exist_ok=True)
-            export(models["policy"], directory / "snapshots" / f"rl_policy_{state['done'] * envs * per_worker}.npz")
+            export(models["policy"], directory / "snapshots" / f"rl_policy_{state['done'] * envs * per_worker}.npz",
+                   slow_features)
             state_path.write_text(json.dumps(state, indent=1))
             if progress:
                 progress(state["done"], timesteps)
@@ -469,7 +480,7 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
         env.close()
     state["envs"] = envs
     state["per_worker"] = per_worker
-    state["weights"] = str(export(models["policy"], directory / "rl_policy.npz"))
+    state["weights"] = str(export(models["policy"], directory / "rl_policy.npz", slow_features))
     return state
 
 
@@ -508,9 +519,10 @@ def stamp_format(directory):
     return stamped
 
 
-def export(policy, path):
+def export(policy, path, slow_features=True):
     """Write the shared network of ``policy`` (:func:`shared_policy_model`; the Gaussian mean) as
-    ``w0, b0, w1, b1, ...`` and its ``format`` (:data:`~.rl.NETWORK_FORMAT`) in ``path``, the file
+    ``w0, b0, w1, b1, ...``, its ``format`` (:data:`~.rl.NETWORK_FORMAT`) and, for a network trained
+    without the slow estimate's features, ``slow_features`` (false) in ``path``, the file
     :class:`~.rl.ShippedPolicy` reads."""
     params = policy.state_dict.params["params"]
     names = sorted((k for k in params if k.startswith("layer_")), key=lambda k: int(k.split("_")[-1]))
@@ -520,6 +532,8 @@ def export(policy, path):
         arrays[f"b{i}"] = np.asarray(params[name]["bias"], dtype=np.float32)
     path = Path(path)
     with path.open("wb") as handle:
+        if not slow_features:
+            arrays["slow_features"] = np.bool_(False)
         np.savez(handle, format=np.int64(NETWORK_FORMAT), **arrays)
     return path
 

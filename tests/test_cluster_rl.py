@@ -477,6 +477,66 @@ def test_the_exported_network_is_the_trained_policys_mean(tmp_path):
     assert np.allclose(np.asarray(outputs["mean_actions"]), exported.act(x), atol=1e-5)
 
 
+def test_a_network_trained_without_the_slow_features_never_sees_a_remembered_burst(tmp_path, table):
+    """The ablation (``--no-slow-features``): its environment and its exported policy feed the two
+    slow-estimate features as if no burst were remembered, the weight file records it, and the
+    decode's floors still use the estimate."""
+    import gymnasium
+    import jax
+    import jax.numpy as jnp
+
+    from tcloud.cluster.rl import ShippedPolicy, decode, features, observation_size
+    from tcloud.cluster.rl_train import ClusterEnv, export, shared_policy_model
+
+    for slow_features in (True, False):
+        env = ClusterEnv(steps=2, slow_features=slow_features)
+        env.reset(seed=0)
+        env.slow = env.observation["arrival_rate"] * 3
+        seen = features(env.observation, env.context, env.options, env.slow if slow_features else None)
+        assert np.array_equal(env.observe(env.observation), seen)
+        assert not np.array_equal(seen, features(env.observation, env.context, env.options,
+                                                 None if slow_features else env.slow))
+    size = observation_size(6)
+    model = shared_policy_model(gymnasium.spaces.Box(-10, 10, (size,), np.float32),
+                                gymnasium.spaces.Box(-1, 1, (18,), np.float32), None)
+    model.init_state_dict(role="policy")
+    rng = np.random.default_rng(3)
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.normal(0, 0.3, a.shape), a.dtype), model.state_dict.params)
+    model.state_dict = model.state_dict.replace(params=params)
+    with_slow, without = ShippedPolicy(export(model, tmp_path / "a.npz")), ShippedPolicy(
+        export(model, tmp_path / "b.npz", slow_features=False))
+    assert with_slow.slow_features and "slow_features" not in np.load(tmp_path / "a.npz").files
+    assert without.slow_features is False
+    sim = _sim(table, with_slow, trace="poisson")
+    sim.step()
+    observation = sim.observe_last
+    for policy in (with_slow, without):
+        policy.reset(sim.context)
+        policy.memory.slow = observation["arrival_rate"] * 3
+        slow = np.maximum(observation["arrival_rate"], policy.memory.slow * policy.memory.decay)
+        seen = slow if policy.slow_features else None
+        action = policy.act(features(observation, policy.context, policy.options, seen))
+        assert policy.decide(observation) == decode(action, observation, policy.context, policy.options, slow)
+    x_slow = features(observation, with_slow.context, with_slow.options, slow)
+    x_none = features(observation, with_slow.context, with_slow.options, None)
+    assert not np.allclose(with_slow.act(x_slow), with_slow.act(x_none))  # the features reach the network
+
+
+def test_the_training_command_passes_the_ablation_on_only_when_asked(tmp_path, monkeypatch, capsys):
+    from tcloud.cluster import rl_train
+
+    seen = []
+
+    def fake_train(directory, *args, **kwargs):
+        seen.append(kwargs)
+        return {"done": 1, "seconds": 1.0, "rewards": [0.5], "weights": str(tmp_path / "w.npz")}
+
+    monkeypatch.setattr(rl_train, "train", fake_train)
+    common = ["cluster", "train", "--dir", str(tmp_path / "run"), "--timesteps", "1"]
+    assert tcloud(common) == 0 and tcloud([*common, "--no-slow-features"]) == 0
+    assert "slow_features" not in seen[0] and seen[1]["slow_features"] is False
+
+
 def test_the_untrained_policy_plans_as_the_rule(tmp_path, table):
     """Training starts from the rule: the network's output layer starts at zero, so before any update
     the shipped-format policy's plans are :class:`~tcloud.cluster.rl.FloorRule`'s, interval by interval."""
@@ -634,6 +694,7 @@ def test_bad_training_settings_are_named(tmp_path, options, message):
     ({"loads": (0.9, 0.2)}, "loads must be a range"),
     ({"cost_weight": -1}, "cost_weight must be non-negative"),
     ({"worst_weight": -0.5}, "worst_weight must be non-negative"),
+    ({"slow_features": "no"}, "slow_features must be True or False, got 'no'"),
     ({"table": "no/such/table.json"}, "no service-time table at no/such/table.json"),
 ])
 def test_bad_environment_settings_are_named(options, message):
