@@ -440,6 +440,8 @@ class NumpyPolicy(Policy):
             raise ClusterError(f"the RL policy network takes {layers[0][0].shape[0]} inputs and gives "
                                f"{layers[-1][0].shape[1]} outputs; this code expects {PER_MODEL + GLOBAL} and "
                                f"{ACTIONS} (retrain with `tcloud cluster train`)")
+        if not isinstance(slow_features, bool):
+            raise ClusterError(f"slow_features must be True or False, got {slow_features!r}")
         self.layers = layers
         self.slow_features = slow_features
 
@@ -485,11 +487,15 @@ class ShippedPolicy(NumpyPolicy):
                 count = len([k for k in data.files if k.startswith("w")])
                 layers = [(data[f"w{i}"], data[f"b{i}"]) for i in range(count)]
                 found = int(data["format"]) if "format" in data.files else None
-                slow_features = bool(data["slow_features"]) if "slow_features" in data.files else True
+                slow_features = data["slow_features"] if "slow_features" in data.files else np.bool_(True)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ClusterError(f"{path}: not an RL policy weight file ({exc})") from None
         if not layers or any(w.ndim != 2 or b.shape != (w.shape[1],) for w, b in layers):
             raise ClusterError(f"{path}: not an RL policy weight file (expected dense layers w0, b0, w1, b1, ...)")
+        if slow_features.dtype != np.bool_ or slow_features.shape != ():
+            raise ClusterError(f"{path}: not an RL policy weight file (slow_features must be one boolean, got "
+                               f"{slow_features!r})")
+        slow_features = bool(slow_features)
         if found != NETWORK_FORMAT:
             made = "records no network format (it predates them)" if found is None else f"is of network format {found}"
             raise ClusterError(f"{path}: the weights were trained for another observation and action encoding: the file "

@@ -396,7 +396,11 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
             raise ClusterError(f"{name} must be a positive integer, got {value!r}")
     if checkpoint_every % rollouts:
         raise ClusterError(f"checkpoint_every ({checkpoint_every}) must be a multiple of rollouts ({rollouts})")
-    slow_features = env_options.get("slow_features", True)
+    slow_features = env_options.pop("slow_features", True)
+    if not isinstance(slow_features, bool):
+        raise ClusterError(f"slow_features must be True or False, got {slow_features!r}")
+    if not slow_features:  # recorded only when off, so that runs made before the option still resume
+        env_options["slow_features"] = False
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state_path, checkpoint = directory / "progress.json", directory / "checkpoint.pickle"

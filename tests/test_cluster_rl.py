@@ -412,6 +412,10 @@ def test_bad_weight_files_and_mismatched_workloads_are_named(tmp_path, table):
     np.savez(tmp_path / "current.npz", format=NETWORK_FORMAT, **layers)
     loaded = ShippedPolicy(tmp_path / "current.npz")  # the same layers load once their format is this code's
     assert [w.shape for w, _ in loaded.layers] == [(18, 3)]
+    for value in (np.str_("False"), np.int64(0), np.array([False])):  # only one boolean says it
+        np.savez(tmp_path / "flag.npz", format=NETWORK_FORMAT, slow_features=value, **layers)
+        with pytest.raises(ClusterError, match="flag.npz: not an RL policy weight file .slow_features must be one boolean"):
+            ShippedPolicy(tmp_path / "flag.npz")
 
 
 def test_a_run_of_this_format_gets_its_untagged_weight_files_stamped_and_another_run_does_not(tmp_path):
@@ -491,9 +495,10 @@ def test_a_network_trained_without_the_slow_features_never_sees_a_remembered_bur
     for slow_features in (True, False):
         env = ClusterEnv(steps=2, slow_features=slow_features)
         env.reset(seed=0)
-        env.slow = env.observation["arrival_rate"] * 3
+        env.memory.slow = env.observation["arrival_rate"] * 3  # a burst remembered
+        stepped = env.step(np.zeros(env.action_space.shape, np.float32))[0]
         seen = features(env.observation, env.context, env.options, env.slow if slow_features else None)
-        assert np.array_equal(env.observe(env.observation), seen)
+        assert np.array_equal(stepped, seen)
         assert not np.array_equal(seen, features(env.observation, env.context, env.options,
                                                  None if slow_features else env.slow))
     size = observation_size(6)
@@ -510,13 +515,16 @@ def test_a_network_trained_without_the_slow_features_never_sees_a_remembered_bur
     sim = _sim(table, with_slow, trace="poisson")
     sim.step()
     observation = sim.observe_last
+    plans = []
     for policy in (with_slow, without):
         policy.reset(sim.context)
         policy.memory.slow = observation["arrival_rate"] * 3
         slow = np.maximum(observation["arrival_rate"], policy.memory.slow * policy.memory.decay)
         seen = slow if policy.slow_features else None
         action = policy.act(features(observation, policy.context, policy.options, seen))
-        assert policy.decide(observation) == decode(action, observation, policy.context, policy.options, slow)
+        plans.append(policy.decide(observation))
+        assert plans[-1] == decode(action, observation, policy.context, policy.options, slow)
+    assert plans[0] != plans[1]  # the same network and memory plan differently with and without the features
     x_slow = features(observation, with_slow.context, with_slow.options, slow)
     x_none = features(observation, with_slow.context, with_slow.options, None)
     assert not np.allclose(with_slow.act(x_slow), with_slow.act(x_none))  # the features reach the network
@@ -679,6 +687,7 @@ def test_a_fresh_run_moves_the_old_snapshots_aside_and_ships_only_its_own(tmp_pa
     ({"timesteps": 0}, "timesteps must be a positive integer, got 0"),
     ({"envs": 1.5}, "envs must be a positive integer"),
     ({"checkpoint_every": 3, "rollouts": 2}, r"checkpoint_every \(3\) must be a multiple of rollouts \(2\)"),
+    ({"slow_features": "no"}, "slow_features must be True or False, got 'no'"),
 ])
 def test_bad_training_settings_are_named(tmp_path, options, message):
     from tcloud.cluster.rl_train import train
