@@ -24,6 +24,10 @@ the traces alone, what a clairvoyant reallocation could sustain over the better 
 
 ``--policies rl --merge`` re-runs only the RL policy and keeps the other rows of the existing JSON
 (same setup; per policy and trace), so a retrained policy is benchmarked in minutes.
+
+A replica added during a run serves once its image has crossed the pNPU's host link at
+``--load-bandwidth`` GB/s (default :data:`~tcloud.cluster.simulate.DEFAULT_LOAD_BANDWIDTH`; ``inf``:
+reallocation is free and instant, as results made before it was charged, which record none).
 """
 
 import argparse
@@ -36,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS, commit, try_plot, write
+from tcloud.cluster.simulate import DEFAULT_LOAD_BANDWIDTH
 
 POLICIES = ("static", "static-peak", "clipper", "clipper-peak", "triton", "triton-peak", "nexus", "rl", "rl-floor")
 """``rl-floor``: the RL policy's decode rule with the all-zero action, so the network's contribution shows."""
@@ -155,9 +160,10 @@ def run(policy, trace, load, seed, args, table):
     kind, options = trace_options(trace, args.warmup + args.duration)
     results, sim, wall = run_simulation(args.nodes, args.pnpus_per_node, make(policy, trace, seed, args, table), kind,
                                       load, args.duration, seed, config=args.config, table=table,
-                                      warmup=args.warmup, trace_options=options)
+                                      warmup=args.warmup, trace_options=options, load_bandwidth=args.load_bandwidth)
     o = results["overall"]
     row = {"policy": policy, "trace": trace, "load": load, "seed": seed, **{f: o[f] for f in ROW_FIELDS},
+           "replicas_added": o["replicas_added"], "replica_seconds_loading": o["replica_seconds_loading"],
            "mixed_pnpus": mixed_pnpus(sim), "wall_seconds": wall, "load_average": os.getloadavg()[0],
            "models": {k: {f: v[f] for f in ("throughput", "goodput", "slo_attainment", "p99", "slo")}
                       for k, v in results["models"].items()}}
@@ -276,24 +282,30 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--duration", type=float, default=20.0, help="measured simulated seconds per run")
     parser.add_argument("--warmup", type=float, default=5.0, help="simulated seconds before the measured ones")
+    parser.add_argument("--load-bandwidth", type=float, default=DEFAULT_LOAD_BANDWIDTH / 1e9, metavar="GB/S",
+                        help="host link a replica added during a run loads its image over (inf: instant)")
     parser.add_argument("--merge", action="store_true",
                         help="keep the rows of other policies from the existing JSON (same setup)")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
+    if not args.load_bandwidth > 0:
+        parser.error(f"--load-bandwidth must be a positive number of GB/s or inf, got {args.load_bandwidth}")
+    args.load_bandwidth *= 1e9
     from tcloud.cluster.service import load_table
 
     table = load_table(config=args.config, build=False)
     setup = {"config": table.config, "backend": table.backend, "timing_only": table.timing_only,
              "nodes": args.nodes, "pnpus_per_node": args.pnpus_per_node, "duration": args.duration,
              "warmup": args.warmup, "interval": 1.0, "models": [m.name for m in table.models],
-             "slos_ms": None, "table_neighbours": table.neighbours}
+             "slos_ms": None, "table_neighbours": table.neighbours, "load_bandwidth": args.load_bandwidth}
     path = Path(args.out) if args.out else RESULTS / "cluster_policies.json"
     kept, policies, traces, seeds = [], list(args.policies), list(args.traces), list(args.seeds)
     if args.merge and path.exists():
         old = json.loads(path.read_text())
+        old["setup"].setdefault("load_bandwidth", float("inf"))  # made before reallocation was charged
         differ = [f"{k}: the file has {old['setup'].get(k)!r}, this run {setup[k]!r}"
-                  for k in ("config", "nodes", "pnpus_per_node", "duration", "warmup", "table_neighbours")
-                  if old["setup"].get(k) != setup[k]]
+                  for k in ("config", "nodes", "pnpus_per_node", "duration", "warmup", "table_neighbours",
+                            "load_bandwidth") if old["setup"].get(k) != setup[k]]
         if differ:
             raise SystemExit(f"{path}: --merge needs the same setup; " + "; ".join(differ))
         if old["setup"]["seeds"] != seeds:

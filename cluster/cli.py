@@ -21,6 +21,7 @@ def build_parser():
 
     from .policies import POLICIES
     from .service import DEFAULT_BACKEND
+    from .simulate import DEFAULT_LOAD_BANDWIDTH
 
     cluster = argparse.ArgumentParser(prog="tcloud cluster",
                                       description="Serve many models on many pNPUs (simulated in virtual time).")
@@ -38,6 +39,9 @@ def build_parser():
     sim.add_argument("--warmup", type=float, default=0.0,
                      help="simulated seconds before the measured ones (adaptive policies settle; default 0)")
     sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--load-bandwidth", type=_gigabytes_per_second, default=DEFAULT_LOAD_BANDWIDTH, metavar="GB/S",
+                     help="host link into a pNPU's HBM: a replica added during the run serves once its image "
+                          f"has crossed it (default {DEFAULT_LOAD_BANDWIDTH / 1e9:g}; inf: reallocation is instant)")
     sim.add_argument("--config", default="small", help="pNPU configuration of the service-time table")
     sim.add_argument("--backend", default=DEFAULT_BACKEND, help="timed backend of the service-time table")
     sim.add_argument("--table", metavar="FILE", help="service-time table (default: the shipped one)")
@@ -129,6 +133,19 @@ def snapshot_steps(directory, timesteps, checkpoint_every, envs, resume=True):
     return sorted(there)
 
 
+def _gigabytes_per_second(text):
+    """``--load-bandwidth``: GB/s (10⁹ bytes per second), positive, or ``inf``; returns bytes per second."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of GB/s or inf, got {text!r}")
+    return value * 1e9
+
+
 def _positive_int(text):
     import argparse
 
@@ -142,18 +159,20 @@ def _positive_int(text):
 
 
 def run_simulation(nodes, pnpus_per_node, policy, trace, load, duration, seed=0, interval=1.0, config="small",
-                   backend=None, table=None, models=None, progress=None, warmup=0.0, trace_options=None):
+                   backend=None, table=None, models=None, progress=None, warmup=0.0, trace_options=None,
+                   load_bandwidth=None):
     """Build everything and simulate; return ``(results, simulator, wall seconds)``.
 
     Parameters mirror ``tcloud cluster simulate``; ``policy`` is a name or a
     :class:`~.policies.Policy`; ``table`` a :class:`~.service.ServiceTable`, a path or ``None``;
     ``trace_options`` keyword arguments of :func:`~.workload.make_trace` (e.g. ``amplitude``,
-    ``seconds_per_minute``).
+    ``seconds_per_minute``); ``load_bandwidth`` bytes per second (default
+    :data:`~.simulate.DEFAULT_LOAD_BANDWIDTH`).
     """
     from .placement import Cluster
     from .policies import make_policy
     from .service import DEFAULT_BACKEND, ServiceTable, load_table
-    from .simulate import Simulator, make_context
+    from .simulate import DEFAULT_LOAD_BANDWIDTH, Simulator, make_context
     from .workload import Arrivals, default_models, make_trace
 
     for name, value in (("duration", duration), ("interval", interval)):
@@ -167,7 +186,8 @@ def run_simulation(nodes, pnpus_per_node, policy, trace, load, duration, seed=0,
         models = tuple(models or default_models(config))
         table = load_table(models, config, backend or DEFAULT_BACKEND, path=table, build=False)
     cluster = Cluster(nodes, pnpus_per_node, table.config)
-    context = make_context(models, table, nodes * pnpus_per_node, load, interval)
+    load_bandwidth = DEFAULT_LOAD_BANDWIDTH if load_bandwidth is None else load_bandwidth
+    context = make_context(models, table, nodes * pnpus_per_node, load, interval, load_bandwidth=load_bandwidth)
     if isinstance(policy, str):
         policy = make_policy(policy)
     arrivals = Arrivals(make_trace(trace, models, warmup + duration, seed, **(trace_options or {})), context.rates,
@@ -179,7 +199,8 @@ def run_simulation(nodes, pnpus_per_node, policy, trace, load, duration, seed=0,
     results["setup"] = {"nodes": nodes, "pnpus_per_node": pnpus_per_node, "policy": policy.name,
                         "trace": str(trace), "load": load, "duration": duration, "seed": seed,
                         "interval": interval, "warmup": warmup, "config": table.config, "backend": table.backend,
-                        "offered_rate": float(context.rates.sum()), "wall_seconds": wall}
+                        "load_bandwidth": load_bandwidth, "offered_rate": float(context.rates.sum()),
+                        "wall_seconds": wall}
     return results, sim, wall
 
 
@@ -190,7 +211,8 @@ def cmd_simulate(args):
                   f"{args.load}", unit="s") as bar:
         results, sim, wall = run_simulation(args.nodes, args.pnpus_per_node, args.policy, args.trace, args.load,
                                             args.duration, args.seed, args.interval, args.config, args.backend,
-                                            args.table, progress=bar.update, warmup=args.warmup)
+                                            args.table, progress=bar.update, warmup=args.warmup,
+                                            load_bandwidth=args.load_bandwidth)
     print(summary(results))
     if out:
         out.write_text(json.dumps(results, indent=1, default=float) + "\n")

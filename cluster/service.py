@@ -10,6 +10,10 @@ shape the allocator refuses is refused here too. Entries run as Ray tasks in par
 is a JSON file keyed by everything it depends on; other batch sizes are interpolated linearly
 between the measured ones.
 
+The table also records, per model and shape, the bytes a new replica must write into its vNPU's
+HBM before it serves (:func:`image_load_bytes` of the model compiled at the table's largest batch):
+the cluster simulator charges a new replica the time to move them over the host link.
+
 The backend defaults to ``perf`` (the performance model, the only one that can time ``tpu_like``)
 when the runtime has it, else ``verilator``: :data:`DEFAULT_BACKEND`.
 """
@@ -124,9 +128,21 @@ def measure(model, config, batch, shape, policy="static", backend=DEFAULT_BACKEN
     ClusterError
         The compiled model does not fit the shape's HBM window.
     """
+    return _measure(model, config, batch, shape, policy, backend, seed, timing_only, neighbours)[0]
+
+
+def _measure(model, config, batch, shape, policy, backend, seed, timing_only, neighbours):
+    """:func:`measure`'s cycles and :func:`image_load_bytes` of the image it ran."""
     compiled = compile_for(model, config, batch, shape)
     neighbour = compiled if neighbours else None
-    return run_next_to(compiled, neighbour, config, shape, policy, backend, seed, timing_only)[0]
+    cycles = run_next_to(compiled, neighbour, config, shape, policy, backend, seed, timing_only)[0]
+    return cycles, image_load_bytes(compiled.image)
+
+
+def image_load_bytes(image):
+    """Bytes the loader writes into a vNPU's HBM for ``image``: its code and initialised data
+    segments (weights and constants); the rest of its window is not written."""
+    return len(image.code) + sum(len(segment.data) for segment in image.segments)
 
 
 def compile_for(model, config, batch, shape):
@@ -200,7 +216,11 @@ def _fill(hypervisor, shape):
 
 
 def _measure_task(model, config, batch, shape, policy, backend, timing_only, neighbours):
-    return measure(model, config, batch, shape, policy, backend, timing_only=timing_only, neighbours=neighbours)
+    return _measure(model, config, batch, shape, policy, backend, 0, timing_only, neighbours)
+
+
+def _compiled_load_bytes(model, config, batch, shape):
+    return image_load_bytes(compile_for(model, config, batch, shape).image)
 
 
 class ServiceTable:
@@ -222,13 +242,17 @@ class ServiceTable:
     neighbours : str
         How entries were measured: :data:`NEIGHBOURS` (next to busy same-model vNPUs) or ``"none"``
         (alone on the pNPU; files that do not say).
+    load_bytes : dict, optional
+        ``(model, shape label) -> bytes`` a new replica loads (:func:`image_load_bytes` at the
+        largest batch); tables made before it have none (:func:`fill_load_bytes` adds them).
     """
 
     def __init__(self, config, backend, entries, shapes, clock_mhz, models=(), timing_only=False,
-                 build_seconds=None, neighbours=NEIGHBOURS):
+                 build_seconds=None, neighbours=NEIGHBOURS, load_bytes=None):
         self.config, self.backend, self.entries = config, backend, dict(entries)
         self.shapes, self.clock_mhz, self.models = tuple(shapes), clock_mhz, tuple(models)
         self.timing_only, self.build_seconds, self.neighbours = timing_only, build_seconds, neighbours
+        self.load_bytes = dict(load_bytes or {})
 
     @property
     def batches(self):
@@ -270,10 +294,25 @@ class ServiceTable:
             raise ClusterError(f"batch {batch} is outside the table's 1..{self.max_batch}")
         return float(self.curve(model, label, policy)[batch])
 
+    def replica_load_bytes(self, model, label):
+        """Bytes a new replica of ``model`` on shape ``label`` loads before it serves.
+
+        Raises
+        ------
+        ClusterError
+            The table does not record them (made before they were; :func:`fill_load_bytes`).
+        """
+        try:
+            return self.load_bytes[(model, label)]
+        except KeyError:
+            raise ClusterError(f"the service-time table ({self.config}, {self.backend}) has no load_bytes for model "
+                               f"{model!r} on shape {label!r}; rebuild it with `tcloud cluster table`") from None
+
     def to_dict(self):
         return {"config": self.config, "backend": self.backend, "clock_mhz": self.clock_mhz,
                 "shapes": [asdict(s) for s in self.shapes], "models": [asdict(m) for m in self.models],
                 "timing_only": self.timing_only, "build_seconds": self.build_seconds, "neighbours": self.neighbours,
+                "load_bytes": [{"model": m, "shape": s, "bytes": n} for (m, s), n in sorted(self.load_bytes.items())],
                 "entries": [{"model": m, "shape": s, "policy": p, "batch": b, "cycles": c}
                             for (m, s, p, b), c in sorted(self.entries.items())]}
 
@@ -304,6 +343,10 @@ class ServiceTable:
             for index, e in enumerate(data["entries"]):
                 _check_positive_ints(path, f"entries[{index}]", {"batch": e["batch"], "cycles": e["cycles"]})
                 entries[(e["model"], e["shape"], e["policy"], e["batch"])] = e["cycles"]
+            load_bytes = {}
+            for index, e in enumerate(data.get("load_bytes", [])):
+                _check_positive_ints(path, f"load_bytes[{index}]", {"bytes": e["bytes"]})
+                load_bytes[(e["model"], e["shape"])] = e["bytes"]
             for model, shape, policy in sorted({key[:3] for key in entries}):
                 if (model, shape, policy, 1) not in entries:
                     raise ClusterError(f"{path}: model {model!r} on shape {shape!r} ({policy}) has no batch-1 entry "
@@ -315,7 +358,7 @@ class ServiceTable:
             if neighbours not in (NEIGHBOURS, "none"):
                 raise ClusterError(f"{path}: field neighbours must be {NEIGHBOURS!r} or 'none', got {neighbours!r}")
             return cls(data["config"], data["backend"], entries, shapes, float(clock_mhz), models,
-                       bool(data.get("timing_only", False)), data.get("build_seconds"), neighbours)
+                       bool(data.get("timing_only", False)), data.get("build_seconds"), neighbours, load_bytes)
         except KeyError as exc:
             raise ClusterError(f"{path}: missing field {exc.args[0]!r}") from None
         except TypeError as exc:
@@ -377,12 +420,15 @@ def build_table(models=None, config="small", backend=DEFAULT_BACKEND, batches=No
         task = ray.remote(num_cpus=1)(_measure_task)
         pending = {task.remote(m, config, b, s, p, backend, timing_only, neighbours): (m.name, s.label, p, b)
                    for m, b, s, p in jobs}
-        entries, total = {}, len(pending)
+        entries, load_bytes, total = {}, {}, len(pending)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 try:
-                    entries[pending.pop(ref)] = ray.get(ref)
+                    key = pending.pop(ref)
+                    entries[key], image_bytes = ray.get(ref)
+                    if key[3] == max(batches):
+                        load_bytes[key[:2]] = image_bytes
                 except ray.exceptions.RayTaskError as exc:
                     cause = exc.as_instanceof_cause()
                     if isinstance(cause, ClusterError):
@@ -394,7 +440,20 @@ def build_table(models=None, config="small", backend=DEFAULT_BACKEND, batches=No
         if started:
             ray.shutdown()
     return ServiceTable(config, backend, entries, shapes, cfg.clock_mhz, models, timing_only,
-                        round(time.time() - started_at, 1), NEIGHBOURS if neighbours else "none")
+                        round(time.time() - started_at, 1), NEIGHBOURS if neighbours else "none", load_bytes)
+
+
+def fill_load_bytes(table):
+    """Add to ``table`` the :attr:`~ServiceTable.load_bytes` it lacks, by compiling each of its
+    models at its largest batch for each shape (no measurement); returns how many it added."""
+    added = 0
+    for model in table.models:
+        for shape in table.shapes:
+            if (model.name, shape.label) not in table.load_bytes:
+                table.load_bytes[(model.name, shape.label)] = _compiled_load_bytes(model, table.config, table.max_batch,
+                                                                               shape)
+                added += 1
+    return added
 
 
 def load_table(models=None, config="small", backend=DEFAULT_BACKEND, path=None, build=True, **options):

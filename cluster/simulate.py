@@ -26,6 +26,10 @@ EDGES = np.geomspace(1e-7, 1e4, 6001)
 """Latency histogram bin edges (seconds): 0.42 % per bin."""
 _LOG_FIRST_EDGE = float(np.log(EDGES[0]))
 _LOG_STEP = float(np.log(EDGES[-1] / EDGES[0]) / (len(EDGES) - 1))
+DEFAULT_LOAD_BANDWIDTH = 12e9
+"""Bytes per second a pNPU's host link moves into its HBM (about what a PCIe 3.0 ×16 link achieves of
+its 15.75 GB/s): a new replica serves only after its image (:meth:`.service.ServiceTable.replica_load_bytes`)
+has crossed it."""
 
 
 @dataclass
@@ -169,6 +173,9 @@ class Context:
         Seconds between two decisions.
     prices : dict
         Shape label → price per second of a vNPU of that shape.
+    load_seconds : list of dict
+        Per model: shape label → seconds a new replica of that shape loads before it serves (all 0
+        when loading is not charged).
     """
 
     models: tuple
@@ -181,6 +188,7 @@ class Context:
     per_pnpu: dict
     interval: float
     prices: dict
+    load_seconds: list
 
 
 def shape_price(shape, clock_mhz, prices=None):
@@ -216,22 +224,28 @@ def fits_per_pnpu(config, shape):
         count += 1
 
 
-def make_context(models, table, pnpus, load, interval=1.0, reference=None):
+def make_context(models, table, pnpus, load, interval=1.0, reference=None, load_bandwidth=DEFAULT_LOAD_BANDWIDTH):
     """The :class:`Context` for ``models`` at ``load`` × the cluster's capacity.
 
     Capacity: the request rate (split by the models' shares) that ``pnpus`` pNPUs sustain when each
     model runs on vNPUs of the ``reference`` shape (default the second standard one, two MEs and a
     VE) at the largest batch with ``2 × latency <= SLO``. SLO: ``slo_factor`` × the model's batch-1
-    latency alone on a whole pNPU (the last standard shape).
+    latency alone on a whole pNPU (the last standard shape). A new replica loads for its image's
+    bytes / ``load_bandwidth`` (bytes per second, :data:`DEFAULT_LOAD_BANDWIDTH`; ``inf``: loading
+    is free, as before it was charged).
 
     Raises
     ------
     ClusterError
         A model's SLO is below its fastest batch-1 latency on every shape (naming the model and
-        ``slo_factor``), or the table lacks the model.
+        ``slo_factor``), the table lacks the model or its load bytes, or ``load_bandwidth`` is not
+        a positive number.
     """
     if not (isinstance(load, (int, float)) and math.isfinite(load) and load > 0):
         raise ClusterError(f"--load must be a positive fraction of capacity, got {load!r}")
+    if isinstance(load_bandwidth, bool) or not isinstance(load_bandwidth, (int, float)) or not load_bandwidth > 0:
+        raise ClusterError(f"--load-bandwidth must be a positive number of bytes per second (or inf), "
+                           f"got {load_bandwidth!r}")
     curves = [{s.label: table.curve(m.name, s.label) for s in table.shapes} for m in models]
     whole = table.shapes[-1].label
     slos = np.array([m.slo_factor * c[whole][1] for m, c in zip(models, curves)])
@@ -253,8 +267,10 @@ def make_context(models, table, pnpus, load, interval=1.0, reference=None):
         per_replica.append(b / c[ref.label][b])
     capacity = per_pnpu[ref.label] * pnpus / float(np.sum(shares / np.array(per_replica)))
     prices = {s.label: shape_price(s, table.clock_mhz) for s in table.shapes}
+    load_seconds = [{s.label: 0.0 if math.isinf(load_bandwidth) else table.replica_load_bytes(m.name, s.label)
+                     / load_bandwidth for s in table.shapes} for m in models]
     return Context(tuple(models), slos, curves, table.shapes, table.max_batch, load * capacity * shares, pnpus,
-                   per_pnpu, interval, prices)
+                   per_pnpu, interval, prices, load_seconds)
 
 
 class Simulator:
@@ -269,6 +285,15 @@ class Simulator:
     shed_factor : float
         Waiting requests older than ``shed_factor × SLO`` are dropped at the end of each interval
         (they count as SLO misses with infinite latency).
+
+    Notes
+    -----
+    Reallocation is not free. A replica added after the initial plan serves only once its image
+    has crossed its pNPU's host link (``context.load_seconds``; replicas added to one pNPU load one
+    after another), and not before every batch still running on a replica removed from that pNPU
+    has ended: a removed replica finishes the batch it started, and its engines are taken by the
+    newcomer only then. The replica is held (and charged) meanwhile. The initial plan is loaded
+    before the run starts.
     """
 
     def __init__(self, context, cluster, policy, arrivals, shed_factor=2.0):
@@ -277,7 +302,10 @@ class Simulator:
         self.groups = [ModelGroup(i, slo, curves)
                        for i, (slo, curves) in enumerate(zip(context.slos, context.curves))]
         self.now = self.start = 0.0
-        self.refused = 0
+        self.refused = self.added = 0
+        self.loading_seconds = 0.0
+        self.link_free = {}  # pNPU index → when its host link has finished the loads queued on it
+        self.draining = {}  # pNPU index → when the last batch of a replica removed from it ends
         self.cost = 0.0
         self.timeline = []
         self.shape_by_label = {s.label: s for s in context.shapes}
@@ -289,16 +317,20 @@ class Simulator:
         if plan is None:
             return
         wanted = {}
+        self.draining = {p: t for p, t in self.draining.items() if t > self.now}
         for m, labels in plan.replicas.items():  # every removal first, so that additions can use the room
             group, want = self.groups[m], list(labels)
             keep = []
+            index = {id(r): i for i, r in enumerate(group.replicas)}
             for replica in group.replicas:
                 if replica.shape.label in want:
                     want.remove(replica.shape.label)
                     keep.append(replica)
                 else:
                     self.cluster.remove(replica)
-            index = {id(r): i for i, r in enumerate(group.replicas)}
+                    busy_until = group.free[index[id(replica)]]
+                    if busy_until > self.now:
+                        self.draining[replica.pnpu] = max(self.draining.get(replica.pnpu, 0.0), busy_until)
             group.free = np.array([group.free[index[id(r)]] for r in keep], dtype=float)
             group.batch = np.array([group.batch[index[id(r)]] for r in keep], dtype=np.int64)
             group.replicas = keep
@@ -316,7 +348,7 @@ class Simulator:
                         raise ClusterError(f"model {self.context.models[m].name!r}: {exc}") from None
                     self.refused += 1
             group.replicas = group.replicas + added
-            group.free = np.concatenate((group.free, np.full(len(added), self.now)))
+            group.free = np.concatenate((group.free, [self.now if initial else self._ready(r) for r in added]))
             group.batch = np.concatenate((group.batch, np.full(len(added), group.batch[0] if group.batch.size else 1)))
             group.reset_stats()
         for m, caps in plan.batch.items():
@@ -330,6 +362,16 @@ class Simulator:
             group.batch = caps
         for m, delay in plan.delay.items():
             self.groups[m].delay = float(delay)
+
+    def _ready(self, replica):
+        """When an added ``replica`` can start its first batch (see the class notes)."""
+        p = replica.pnpu
+        self.link_free[p] = max(self.now, self.link_free.get(p, 0.0)) + self.context.load_seconds[replica.model][
+            replica.shape.label]
+        ready = max(self.link_free[p], self.draining.get(p, 0.0))
+        self.added += 1
+        self.loading_seconds += ready - self.now
+        return ready
 
     def observe(self):
         """The state a policy sees at the end of an interval (per-model arrays)."""
@@ -394,7 +436,8 @@ class Simulator:
             g.hist[:] = 0
             g.arrived = g.served = g.good = g.dropped = g.batches = 0
             g.busy_engine_seconds = 0.0
-        self.refused = 0
+        self.refused = self.added = 0
+        self.loading_seconds = 0.0
         for _ in range(intervals["duration"]):
             self.step()
             if progress:
@@ -416,6 +459,8 @@ class Simulator:
         overall["cost"] = self.cost
         overall["cost_per_1000"] = 1000 * self.cost / served if served else float("inf")
         overall["refused_placements"] = self.refused
+        overall["replicas_added"] = self.added
+        overall["replica_seconds_loading"] = self.loading_seconds
         overall["batches"] = sum(g.batches for g in self.groups)
         for model, g in zip(self.context.models, self.groups):
             per_model[model.name]["utilization"] = g.busy_engine_seconds / (self.cluster.total_mes * t)

@@ -588,3 +588,139 @@ def test_the_policy_benchmark_runs_diurnal_and_azure_and_picks_the_better_static
     longer = [*common[:4], "--duration", "2", *common[6:]]
     with pytest.raises(SystemExit, match="the same setup; duration: the file has 1.0, this run 2.0"):
         bench.main([*longer, "--policies", "triton", "--traces", "azure", "--loads", "0.3", "--merge"])
+
+
+# --- reallocation: loading a new replica, draining a removed one ----------------------------------
+
+class _Scripted:
+    """A policy that starts with ``first`` and then applies nothing (tests call ``apply``)."""
+
+    name = "scripted"
+
+    def __init__(self, first):
+        self.first = first
+
+    def reset(self, context):
+        return self.first
+
+    def decide(self, observation):
+        return None
+
+
+def _two_pnpus(table, first, load_bandwidth, names=("ncf", "resnet50_block")):
+    from tcloud.cluster.simulate import Simulator, make_context
+    from tcloud.cluster.workload import model_by_name
+
+    models = [model_by_name(DEFAULT_MODELS, n) for n in names]
+    context = make_context(models, table, 2, 0.5, load_bandwidth=load_bandwidth)
+    arrivals = Arrivals(make_trace("poisson", models, 4.0, 0), context.rates, 0)
+    return Simulator(context, Cluster(1, 2, table.config), _Scripted(first), arrivals)
+
+
+def test_a_replica_added_during_a_run_serves_once_its_image_has_crossed_the_host_link(table):
+    from tcloud.cluster.simulate import Plan
+
+    bandwidth = 1e6  # bytes per second: the shipped small table's images take a fraction of a second
+    sim = _two_pnpus(table, Plan(replicas={0: ["m1v1"], 1: ["m1v1"]}, batch={0: 4, 1: 4}), bandwidth)
+    assert list(sim.groups[0].free) == [0.0]  # the initial plan is loaded before the run
+    sim.step()
+    now = sim.now
+    load = table.replica_load_bytes("ncf", "m1v1") / bandwidth
+    assert 0.1 < load < 0.5
+    sim.apply(Plan(replicas={0: ["m1v1", "m1v1"]}))
+    assert sim.groups[0].free[1] == pytest.approx(now + load)
+    assert sim.added == 1 and sim.loading_seconds == pytest.approx(load)
+    sim.step()
+    busy_new = sim.observe_last["busy"][0][1]  # fraction of the interval
+    assert 0 < busy_new <= 1 - load + 1e-9
+    results = sim.run(1.0)
+    assert results["overall"]["replicas_added"] == 0 and results["overall"]["replica_seconds_loading"] == 0
+
+
+def test_replicas_added_to_one_pnpu_load_one_after_another(table):
+    from tcloud.cluster.simulate import Plan
+
+    sim = _two_pnpus(table, Plan(replicas={0: ["m1v1"], 1: ["m1v1"]}), 1e6)
+    sim.step()
+    now, load = sim.now, table.replica_load_bytes("ncf", "m1v1") / 1e6
+    sim.apply(Plan(replicas={0: ["m1v1", "m1v1", "m1v1"]}))
+    assert list(sim.groups[0].free[1:]) == pytest.approx([now + load, now + 2 * load])
+
+
+@pytest.mark.parametrize("bandwidth", [float("inf"), 1e9])
+def test_a_removed_replica_finishes_its_batch_before_a_newcomer_takes_its_engines(table, bandwidth):
+    from tcloud.cluster.simulate import Plan
+
+    sim = _two_pnpus(table, Plan(replicas={0: ["m4v2"], 1: []}), bandwidth)
+    sim.step()
+    now = sim.now
+    sim.groups[0].free[0] = now + 0.25  # a batch still running on the replica the plan removes
+    sim.apply(Plan(replicas={0: [], 1: ["m4v2"]}))
+    load = table.replica_load_bytes("resnet50_block", "m4v2") / bandwidth
+    assert load < 0.25
+    assert sim.groups[1].free[0] == pytest.approx(now + 0.25)
+    assert sim.loading_seconds == pytest.approx(0.25)
+
+
+def test_with_an_infinite_host_link_reallocation_is_instant(table):
+    from tcloud.cluster.simulate import Plan
+
+    sim = _two_pnpus(table, Plan(replicas={0: ["m1v1"], 1: ["m1v1"]}), float("inf"))
+    sim.step()
+    sim.apply(Plan(replicas={0: ["m1v1", "m1v1"]}))
+    assert sim.groups[0].free[1] == sim.now and sim.loading_seconds == 0
+
+
+def test_load_bytes_are_the_images_code_and_data_at_the_largest_batch(table, tmp_path):
+    from tcloud.cluster.service import compile_for, image_load_bytes
+    from tcloud.cluster.workload import model_by_name
+
+    ncf = model_by_name(DEFAULT_MODELS, "ncf")
+    image = compile_for(ncf, "small", table.max_batch, table.shape("m2v1")).image
+    assert table.replica_load_bytes("ncf", "m2v1") == image_load_bytes(image) == len(image.code) + sum(
+        len(s.data) for s in image.segments)
+    again = ServiceTable.load(table.save(tmp_path / "t.json"))
+    assert again.load_bytes == table.load_bytes and len(again.load_bytes) == len(table.models) * len(table.shapes)
+
+
+def test_a_table_without_load_bytes_is_named_and_can_be_filled(table, tmp_path):
+    from tcloud.cluster.service import default_path, fill_load_bytes
+    from tcloud.cluster.simulate import make_context
+
+    data = json.loads(default_path("small", "perf").read_text())
+    del data["load_bytes"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    old = ServiceTable.load(path)
+    with pytest.raises(ClusterError, match="has no load_bytes for model 'dlrm_mlp' on shape 'm1v1'; rebuild it"):
+        make_context(old.models, old, 4, 0.5)
+    assert make_context(old.models, old, 4, 0.5, load_bandwidth=float("inf")).load_seconds[0]["m1v1"] == 0
+    ncf_only = ServiceTable(old.config, old.backend, old.entries, old.shapes, old.clock_mhz,
+                            [m for m in old.models if m.name == "ncf"])
+    assert fill_load_bytes(ncf_only) == len(old.shapes)
+    assert ncf_only.load_bytes == {k: v for k, v in table.load_bytes.items() if k[0] == "ncf"}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["load_bytes"][2].update(bytes=0), r"field load_bytes\[2\].bytes must be a positive integer, got 0"),
+    (lambda d: d["load_bytes"][0].pop("shape"), "missing field 'shape'"),
+])
+def test_bad_load_bytes_are_named(tmp_path, change, message):
+    from tcloud.cluster.service import default_path
+
+    data = json.loads(default_path("small", "perf").read_text())
+    change(data)
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ClusterError, match=message):
+        ServiceTable.load(path)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "fast", "nan"])
+def test_cli_refuses_a_bad_load_bandwidth(capsys, value):
+    with pytest.raises(SystemExit) as exit_:
+        tcloud(["cluster", "simulate", "--nodes", "2", "--duration", "1", "--load-bandwidth", value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert f"--load-bandwidth: expected a positive number of GB/s or inf, got '{value}'" in err
+    assert "Traceback" not in err
