@@ -6,47 +6,36 @@ replicas together. This benchmark measures what that choice leaves out: each mod
 vNPU at static's batch (the largest with 2 × latency ≤ SLO, from the shipped table), alone on its
 pNPU and next to an ``m2v1`` neighbour running each of the models back to back for the whole
 measured run (:data:`~tcloud.cluster.service.NEIGHBOUR_RUNS` × the ratio of their cycles alone), all
-on ``perf`` without data.
+on ``perf`` without data (:func:`tcloud.cluster.service.colocation_cycles`, which also gives the
+table's ``neighbour_slowdown``: these figures over the same-model ones, which the simulator charges a
+replica next to another model).
 The result is the slowdown matrix (measured model × neighbour model), JSON and a heat map.
 """
 
 import argparse
-import math
 import time
 
 import numpy as np
 
 from benchmarks.common import RESULTS, conditions, try_plot, write
 
-SHAPE = "m2v1"
-
-
 def measure(config):
-    from tcloud.cluster.service import NEIGHBOUR_RUNS, compile_for, load_table, run_next_to
-    from tcloud.cluster.simulate import best_batch, make_context
+    from tcloud.cluster.service import colocation_cycles, load_table
     from tcloud.isa import get_config
 
     table = load_table(config=config, build=False)
-    context = make_context(table.models, table, 1, 1.0)
-    shape = table.shape(SHAPE)
-    batches = [max(best_batch(c[SHAPE], slo), 1) for c, slo in zip(context.curves, context.slos)]
     started = time.perf_counter()
-    compiled = [compile_for(m, config, b, shape) for m, b in zip(table.models, batches)]
-    compile_seconds = time.perf_counter() - started
-
-    def cycles(measured, neighbour, runs=NEIGHBOUR_RUNS):
-        return run_next_to(measured, neighbour, config, shape, backend="perf", timing_only=True, runs=runs)[0]
-
-    alone = [cycles(c, None) for c in compiled]
-    slowdown = [[round(cycles(c, n, NEIGHBOUR_RUNS * math.ceil(a / b)) / a, 4) for n, b in zip(compiled, alone)]
-                for c, a in zip(compiled, alone)]
+    cycles = colocation_cycles(table)
+    alone = cycles["alone"]
+    slowdown = [[round(c / a, 4) for c in row] for row, a in zip(cycles["next_to"], alone)]
     names = [m.name for m in table.models]
     for name, row in zip(names, slowdown):
         print(f"{name:12s} " + " ".join(f"{value:5.2f}" for value in row))
-    return {"setup": {"shape": SHAPE, "table_neighbours": table.neighbours, "backend": "perf (timing only)",
-                      "compile_seconds": round(compile_seconds, 1),
+    return {"setup": {"shape": cycles["shape"], "table_neighbours": table.neighbours,
+                      "backend": f"{table.backend}{' (timing only)' if table.timing_only else ''}",
+                      "seconds": round(time.perf_counter() - started, 1),
                       **conditions(get_config(config), {"hbm_latency": get_config(config).hbm_latency})},
-            "models": names, "batches": batches, "alone_cycles": alone,
+            "models": names, "batches": cycles["batches"], "alone_cycles": alone,
             "slowdown": slowdown,
             "same_model_slowdown": {n: slowdown[i][i] for i, n in enumerate(names)},
             "worst_slowdown": {n: max(slowdown[i]) for i, n in enumerate(names)},

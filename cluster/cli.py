@@ -279,7 +279,8 @@ def cmd_table(args):
                             num_cpus=args.cpus, progress=bar.update, neighbours=not args.alone)
     table.save(out)
     print(f"{out}: {len(table.entries)} entries ({len(table.models)} models x {len(table.shapes)} shapes x "
-          f"batches {table.batches}) in {table.build_seconds:.0f} s")
+          f"batches {table.batches}) and {len(table.neighbour_slowdown)} neighbour pairs in "
+          f"{table.build_seconds:.0f} s")
 
 
 def cmd_train(args):

@@ -162,7 +162,7 @@ def compare(simulator, duration, arrivals):
     """
     from .simulate import EDGES
 
-    groups = [{"curves": [g.curves[r.shape.label] for r in g.replicas], "batch": g.batch.copy(), "delay": g.delay,
+    groups = [{"curves": list(g.shape_curves()), "batch": g.batch.copy(), "delay": g.delay,
                "slo": g.slo} for g in simulator.groups]
     import time
 

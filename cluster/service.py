@@ -12,13 +12,17 @@ between the measured ones.
 
 The table also records, per model and shape, the bytes a new replica must write into its vNPU's
 HBM before it serves (:func:`image_load_bytes` of the model compiled at the table's largest batch):
-the cluster simulator charges a new replica the time to move them over the host link.
+the cluster simulator charges a new replica the time to move them over the host link. And it
+records how much slower each model runs next to a busy vNPU of each other model than its entries
+say (:func:`measure_neighbour_slowdowns`), which the simulator charges a replica whose pNPU holds
+another model.
 
 The backend defaults to ``perf`` (the performance model, the only one that can time ``tpu_like``)
 when the runtime has it, else ``verilator``: :data:`DEFAULT_BACKEND`.
 """
 
 import json
+import math
 import os
 import time
 import warnings
@@ -245,14 +249,18 @@ class ServiceTable:
     load_bytes : dict, optional
         ``(model, shape label) -> bytes`` a new replica loads (:func:`image_load_bytes` at the
         largest batch); tables made before it have none (:func:`fill_load_bytes` adds them).
+    neighbour_slowdown : dict, optional
+        ``(model, neighbour model) -> factor`` over the entries of ``model`` when its pNPU's other
+        vNPUs run the neighbour model (:func:`measure_neighbour_slowdowns`; pairs of one model are 1).
     """
 
     def __init__(self, config, backend, entries, shapes, clock_mhz, models=(), timing_only=False,
-                 build_seconds=None, neighbours=NEIGHBOURS, load_bytes=None):
+                 build_seconds=None, neighbours=NEIGHBOURS, load_bytes=None, neighbour_slowdown=None):
         self.config, self.backend, self.entries = config, backend, dict(entries)
         self.shapes, self.clock_mhz, self.models = tuple(shapes), clock_mhz, tuple(models)
         self.timing_only, self.build_seconds, self.neighbours = timing_only, build_seconds, neighbours
         self.load_bytes = dict(load_bytes or {})
+        self.neighbour_slowdown = dict(neighbour_slowdown or {})
 
     @property
     def batches(self):
@@ -308,11 +316,31 @@ class ServiceTable:
             raise ClusterError(f"the service-time table ({self.config}, {self.backend}) has no load_bytes for model "
                                f"{model!r} on shape {label!r}; rebuild it with `tcloud cluster table`") from None
 
+    def slowdown_next_to(self, model, neighbour):
+        """Factor over ``model``'s entries when its pNPU's other vNPUs run ``neighbour`` (1 for the
+        same model).
+
+        Raises
+        ------
+        ClusterError
+            The table does not record the pair (made before it did; :func:`measure_neighbour_slowdowns`).
+        """
+        if model == neighbour:
+            return 1.0
+        try:
+            return self.neighbour_slowdown[(model, neighbour)]
+        except KeyError:
+            raise ClusterError(f"the service-time table ({self.config}, {self.backend}) has no neighbour_slowdown "
+                               f"for model {model!r} next to {neighbour!r}; rebuild it with `tcloud cluster table`"
+                               ) from None
+
     def to_dict(self):
         return {"config": self.config, "backend": self.backend, "clock_mhz": self.clock_mhz,
                 "shapes": [asdict(s) for s in self.shapes], "models": [asdict(m) for m in self.models],
                 "timing_only": self.timing_only, "build_seconds": self.build_seconds, "neighbours": self.neighbours,
                 "load_bytes": [{"model": m, "shape": s, "bytes": n} for (m, s), n in sorted(self.load_bytes.items())],
+                "neighbour_slowdown": [{"model": m, "neighbour": n, "factor": f}
+                                       for (m, n), f in sorted(self.neighbour_slowdown.items())],
                 "entries": [{"model": m, "shape": s, "policy": p, "batch": b, "cycles": c}
                             for (m, s, p, b), c in sorted(self.entries.items())]}
 
@@ -347,6 +375,13 @@ class ServiceTable:
             for index, e in enumerate(data.get("load_bytes", [])):
                 _check_positive_ints(path, f"load_bytes[{index}]", {"bytes": e["bytes"]})
                 load_bytes[(e["model"], e["shape"])] = e["bytes"]
+            slowdown = {}
+            for index, e in enumerate(data.get("neighbour_slowdown", [])):
+                factor = e["factor"]
+                if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < math.inf:
+                    raise ClusterError(f"{path}: field neighbour_slowdown[{index}].factor must be a positive number, "
+                                       f"got {factor!r}")
+                slowdown[(e["model"], e["neighbour"])] = float(factor)
             for model, shape, policy in sorted({key[:3] for key in entries}):
                 if (model, shape, policy, 1) not in entries:
                     raise ClusterError(f"{path}: model {model!r} on shape {shape!r} ({policy}) has no batch-1 entry "
@@ -358,7 +393,8 @@ class ServiceTable:
             if neighbours not in (NEIGHBOURS, "none"):
                 raise ClusterError(f"{path}: field neighbours must be {NEIGHBOURS!r} or 'none', got {neighbours!r}")
             return cls(data["config"], data["backend"], entries, shapes, float(clock_mhz), models,
-                       bool(data.get("timing_only", False)), data.get("build_seconds"), neighbours, load_bytes)
+                       bool(data.get("timing_only", False)), data.get("build_seconds"), neighbours, load_bytes,
+                       slowdown)
         except KeyError as exc:
             raise ClusterError(f"{path}: missing field {exc.args[0]!r}") from None
         except TypeError as exc:
@@ -394,7 +430,7 @@ def build_table(models=None, config="small", backend=DEFAULT_BACKEND, batches=No
     num_cpus : int, optional
         CPUs for a local Ray instance (ignored when Ray is already initialised).
     progress : callable, optional
-        ``progress(done, total)`` after each entry.
+        ``progress(done, total)`` after each entry and each pair of :func:`measure_neighbour_slowdowns`.
     timing_only : bool, optional
         Compute no data (``perf`` only); default: on ``perf`` for every configuration but ``small``
         (whose shipped table was measured with data, like the Verilator one it is checked against).
@@ -420,7 +456,7 @@ def build_table(models=None, config="small", backend=DEFAULT_BACKEND, batches=No
         task = ray.remote(num_cpus=1)(_measure_task)
         pending = {task.remote(m, config, b, s, p, backend, timing_only, neighbours): (m.name, s.label, p, b)
                    for m, b, s, p in jobs}
-        entries, load_bytes, total = {}, {}, len(pending)
+        entries, load_bytes, total = {}, {}, len(pending) + len(models) ** 2
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -439,8 +475,11 @@ def build_table(models=None, config="small", backend=DEFAULT_BACKEND, batches=No
     finally:
         if started:
             ray.shutdown()
-    return ServiceTable(config, backend, entries, shapes, cfg.clock_mhz, models, timing_only,
-                        round(time.time() - started_at, 1), NEIGHBOURS if neighbours else "none", load_bytes)
+    table = ServiceTable(config, backend, entries, shapes, cfg.clock_mhz, models, timing_only,
+                         None, NEIGHBOURS if neighbours else "none", load_bytes)
+    measure_neighbour_slowdowns(table, progress and (lambda done, pairs: progress(len(entries) + done, total)))
+    table.build_seconds = round(time.time() - started_at, 1)
+    return table
 
 
 def fill_load_bytes(table):
@@ -454,6 +493,58 @@ def fill_load_bytes(table):
                                                                                shape)
                 added += 1
     return added
+
+
+def colocation_cycles(table, progress=None):
+    """Each of ``table``'s models next to busy vNPUs of each model, in cycles.
+
+    Every model runs on the reference shape (the second, as :func:`~.simulate.make_context`'s
+    capacity) at the largest batch with 2 × latency ≤ SLO, alone on its pNPU and with the pNPU's
+    other vNPUs of that shape running each model back to back for the whole run
+    (:data:`NEIGHBOUR_RUNS` × the ratio of their cycles alone), on the table's backend.
+    ``progress(done, total)`` after each pair.
+
+    Returns
+    -------
+    dict
+        ``shape`` (label), ``batches``, ``alone`` (cycles per model) and ``next_to``
+        (``[model][neighbour]`` cycles), models in the table's order.
+    """
+    from .simulate import best_batch, make_context
+
+    context = make_context(table.models, table, 1, 1.0, load_bandwidth=math.inf, charge_neighbours=False)
+    shape = table.shapes[1] if len(table.shapes) > 1 else table.shapes[0]
+    batches = [max(best_batch(c[shape.label], slo), 1) for c, slo in zip(context.curves, context.slos)]
+    compiled = [compile_for(m, table.config, b, shape) for m, b in zip(table.models, batches)]
+
+    def cycles(measured, neighbour, runs=NEIGHBOUR_RUNS):
+        return run_next_to(measured, neighbour, table.config, shape, backend=table.backend,
+                           timing_only=table.timing_only, runs=runs)[0]
+
+    alone = [cycles(c, None) for c in compiled]
+    next_to, total = [], len(compiled) ** 2
+    for c, a in zip(compiled, alone):
+        next_to.append([])
+        for n, b in zip(compiled, alone):
+            next_to[-1].append(cycles(c, n, NEIGHBOUR_RUNS * math.ceil(a / b)))
+            if progress:
+                progress(sum(map(len, next_to)), total)
+    return {"shape": shape.label, "batches": batches, "alone": alone, "next_to": next_to}
+
+
+def measure_neighbour_slowdowns(table, progress=None):
+    """Set ``table.neighbour_slowdown`` for every ordered pair of its models from
+    :func:`colocation_cycles`: the cycles next to the neighbour model over the cycles as the table's
+    entries were measured (next to its own model, or alone). One batch and one shape stand for all
+    (the simulator scales a replica's whole curve by the factor). Returns the table."""
+    measured = colocation_cycles(table, progress)
+    names = [m.name for m in table.models]
+    for i, row in enumerate(measured["next_to"]):
+        base = row[i] if table.neighbours == NEIGHBOURS else measured["alone"][i]
+        for j, cycles in enumerate(row):
+            if i != j:
+                table.neighbour_slowdown[(names[i], names[j])] = round(cycles / base, 4)
+    return table
 
 
 def load_table(models=None, config="small", backend=DEFAULT_BACKEND, path=None, build=True, **options):

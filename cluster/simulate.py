@@ -61,6 +61,7 @@ class ModelGroup:
         self.queue = np.empty(0)
         self.head = 0
         self.replicas = []
+        self.slowdown = np.empty(0)  # per replica: its neighbours' factor over its curve
         self.free = np.empty(0)
         self.batch = np.empty(0, dtype=np.int64)
         self.delay = 0.0
@@ -78,7 +79,9 @@ class ModelGroup:
         self.i_busy = np.zeros(len(self.replicas))
 
     def shape_curves(self):
-        return np.array([self.curves[r.shape.label] for r in self.replicas]).reshape(len(self.replicas), -1)
+        """Seconds per batch by batch size, a row per replica: its shape's curve × its neighbours' factor."""
+        rows = np.array([self.curves[r.shape.label] for r in self.replicas]).reshape(len(self.replicas), -1)
+        return rows * self.slowdown[:, None]
 
     def run(self, t1):
         """Serve the queue with the replicas until ``t1`` (:func:`~.events.serve`) under the
@@ -176,6 +179,9 @@ class Context:
     load_seconds : list of dict
         Per model: shape label → seconds a new replica of that shape loads before it serves (all 0
         when loading is not charged).
+    neighbour_slowdown : numpy.ndarray
+        ``[model, other model]``: factor over the model's curves when its pNPU holds the other
+        model (all 1 when neighbours are not charged).
     """
 
     models: tuple
@@ -189,6 +195,7 @@ class Context:
     interval: float
     prices: dict
     load_seconds: list
+    neighbour_slowdown: np.ndarray
 
 
 def shape_price(shape, clock_mhz, prices=None):
@@ -224,7 +231,8 @@ def fits_per_pnpu(config, shape):
         count += 1
 
 
-def make_context(models, table, pnpus, load, interval=1.0, reference=None, load_bandwidth=DEFAULT_LOAD_BANDWIDTH):
+def make_context(models, table, pnpus, load, interval=1.0, reference=None, load_bandwidth=DEFAULT_LOAD_BANDWIDTH,
+                 charge_neighbours=True):
     """The :class:`Context` for ``models`` at ``load`` × the cluster's capacity.
 
     Capacity: the request rate (split by the models' shares) that ``pnpus`` pNPUs sustain when each
@@ -232,14 +240,15 @@ def make_context(models, table, pnpus, load, interval=1.0, reference=None, load_
     VE) at the largest batch with ``2 × latency <= SLO``. SLO: ``slo_factor`` × the model's batch-1
     latency alone on a whole pNPU (the last standard shape). A new replica loads for its image's
     bytes / ``load_bandwidth`` (bytes per second, :data:`DEFAULT_LOAD_BANDWIDTH`; ``inf``: loading
-    is free, as before it was charged).
+    is free, as before it was charged). With ``charge_neighbours`` a replica whose pNPU holds another
+    model runs its curve × the table's :meth:`~.service.ServiceTable.slowdown_next_to` factor.
 
     Raises
     ------
     ClusterError
         A model's SLO is below its fastest batch-1 latency on every shape (naming the model and
-        ``slo_factor``), the table lacks the model or its load bytes, or ``load_bandwidth`` is not
-        a positive number.
+        ``slo_factor``), the table lacks the model, its load bytes or (``charge_neighbours``) a pair's
+        slowdown, or ``load_bandwidth`` is not a positive number.
     """
     if not (isinstance(load, (int, float)) and math.isfinite(load) and load > 0):
         raise ClusterError(f"--load must be a positive fraction of capacity, got {load!r}")
@@ -269,8 +278,10 @@ def make_context(models, table, pnpus, load, interval=1.0, reference=None, load_
     prices = {s.label: shape_price(s, table.clock_mhz) for s in table.shapes}
     load_seconds = [{s.label: 0.0 if math.isinf(load_bandwidth) else table.replica_load_bytes(m.name, s.label)
                      / load_bandwidth for s in table.shapes} for m in models]
+    slowdown = np.array([[table.slowdown_next_to(m.name, n.name) if charge_neighbours else 1.0 for n in models]
+                         for m in models])
     return Context(tuple(models), slos, curves, table.shapes, table.max_batch, load * capacity * shares, pnpus,
-                   per_pnpu, interval, prices, load_seconds)
+                   per_pnpu, interval, prices, load_seconds, slowdown)
 
 
 class Simulator:
@@ -294,6 +305,11 @@ class Simulator:
     has ended: a removed replica finishes the batch it started, and its engines are taken by the
     newcomer only then. The replica is held (and charged) meanwhile. The initial plan is loaded
     before the run starts.
+
+    The service-time table's entries hold for a replica whose pNPU's other vNPUs run its own model
+    (or none). A replica next to another model runs its curve × ``context.neighbour_slowdown`` (the
+    largest factor among its pNPU's other models), from the plan that placed them on; a busy
+    neighbour is assumed, as in the table.
     """
 
     def __init__(self, context, cluster, policy, arrivals, shed_factor=2.0):
@@ -351,6 +367,8 @@ class Simulator:
             group.free = np.concatenate((group.free, [self.now if initial else self._ready(r) for r in added]))
             group.batch = np.concatenate((group.batch, np.full(len(added), group.batch[0] if group.batch.size else 1)))
             group.reset_stats()
+        if plan.replicas or initial:
+            self._charge_neighbours()
         for m, caps in plan.batch.items():
             group = self.groups[m]
             if isinstance(caps, dict):
@@ -362,6 +380,17 @@ class Simulator:
             group.batch = caps
         for m, delay in plan.delay.items():
             self.groups[m].delay = float(delay)
+
+    def _charge_neighbours(self):
+        """Set every replica's factor from the models its pNPU holds (see the class notes)."""
+        models_on = {}
+        for group in self.groups:
+            for replica in group.replicas:
+                models_on.setdefault(replica.pnpu, set()).add(group.index)
+        factors = self.context.neighbour_slowdown
+        for group in self.groups:
+            group.slowdown = np.array([max((factors[group.index, n] for n in models_on[r.pnpu] if n != group.index),
+                                           default=1.0) for r in group.replicas])
 
     def _ready(self, replica):
         """When an added ``replica`` can start its first batch (see the class notes)."""

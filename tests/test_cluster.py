@@ -240,11 +240,13 @@ def test_table_builds_on_ray_with_two_cpus(table, tmp_path):
     seen = []
     small = build_table([model_by_name(DEFAULT_MODELS, "ncf")], "small", table.backend, batches=(1, 2),
                         shapes=table.shapes[:2], num_cpus=2, progress=lambda done, total: seen.append((done, total)))
-    assert seen[-1] == (4, 4)
+    assert seen[-1] == (5, 5)  # 4 entries and the one pair of colocation_cycles
     for key, cycles in small.entries.items():
         assert table.entries[key] == cycles
+    assert set(small.load_bytes) == {("ncf", s.label) for s in table.shapes[:2]}
+    assert small.neighbour_slowdown == {}  # one model: no pair of two
     again = ServiceTable.load(small.save(tmp_path / "t.json"))
-    assert again.entries == small.entries and again.shapes == small.shapes
+    assert again.entries == small.entries and again.shapes == small.shapes and again.load_bytes == small.load_bytes
 
 
 def test_a_corrupt_table_file_is_named(tmp_path):
@@ -724,3 +726,60 @@ def test_cli_refuses_a_bad_load_bandwidth(capsys, value):
     assert exit_.value.code == 2
     assert f"--load-bandwidth: expected a positive number of GB/s or inf, got '{value}'" in err
     assert "Traceback" not in err
+
+
+# --- neighbours of another model -------------------------------------------------------------------
+
+def test_a_replica_next_to_another_model_runs_the_tables_factor_slower_until_the_other_leaves(table):
+    from tcloud.cluster.simulate import Plan
+
+    sim = _two_pnpus(table, Plan(replicas={0: ["m1v1"], 1: ["m1v1"]}), float("inf"))
+    ncf, resnet = sim.groups
+    assert ncf.replicas[0].pnpu == resnet.replicas[0].pnpu
+    factor = table.slowdown_next_to("ncf", "resnet50_block")
+    assert factor > 1.5  # NCF's DMA-bound batches share the pNPU with ResNet-50's transfers
+    assert np.allclose(ncf.shape_curves()[0], factor * table.curve("ncf", "m1v1"))
+    assert np.allclose(resnet.shape_curves()[0],
+                       table.slowdown_next_to("resnet50_block", "ncf") * table.curve("resnet50_block", "m1v1"))
+    sim.step()
+    sim.apply(Plan(replicas={1: ["m4v2"]}))  # ResNet-50 moves to the empty pNPU
+    assert ncf.replicas[0].pnpu != resnet.replicas[0].pnpu
+    assert np.allclose(ncf.shape_curves()[0], table.curve("ncf", "m1v1"))
+
+
+def test_neighbours_are_charged_only_when_asked(table):
+    from tcloud.cluster.simulate import make_context
+
+    charged = make_context(table.models, table, 4, 0.5)
+    free = make_context(table.models, table, 4, 0.5, charge_neighbours=False)
+    names = [m.name for m in table.models]
+    assert np.all(free.neighbour_slowdown == 1)
+    assert np.all(np.diag(charged.neighbour_slowdown) == 1)
+    assert charged.neighbour_slowdown[names.index("ncf"), names.index("resnet50_block")] == table.slowdown_next_to(
+        "ncf", "resnet50_block")
+
+
+def test_neighbour_slowdowns_are_measured_as_shipped(table):
+    from tcloud.cluster.service import measure_neighbour_slowdowns
+
+    two = ServiceTable(table.config, table.backend, table.entries, table.shapes, table.clock_mhz,
+                       [m for m in table.models if m.name in ("ncf", "dlrm_mlp")], table.timing_only,
+                       neighbours=table.neighbours, load_bytes=table.load_bytes)
+    seen = []
+    measure_neighbour_slowdowns(two, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (4, 4)  # both models next to each, their own included
+    assert two.neighbour_slowdown == {k: table.neighbour_slowdown[k] for k in (("ncf", "dlrm_mlp"), ("dlrm_mlp", "ncf"))}
+    with pytest.raises(ClusterError, match="has no neighbour_slowdown for model 'ncf' next to 'bert_tiny'; rebuild"):
+        two.slowdown_next_to("ncf", "bert_tiny")
+
+
+@pytest.mark.parametrize("factor", [0, -1.5, "slow", True, float("inf")])
+def test_a_bad_neighbour_factor_is_named(tmp_path, factor):
+    from tcloud.cluster.service import default_path
+
+    data = json.loads(default_path("small", "perf").read_text())
+    data["neighbour_slowdown"][4]["factor"] = factor
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ClusterError, match=r"field neighbour_slowdown\[4\].factor must be a positive number"):
+        ServiceTable.load(path)
