@@ -4,6 +4,8 @@ Every pNPU is the allocator's own :class:`~tcloud.runtime.hypervisor.allocator.P
 a device): :meth:`Cluster.place` asks :func:`~tcloud.runtime.hypervisor.allocator.fit` exactly as
 :meth:`Hypervisor.create_vnpu <tcloud.runtime.hypervisor.Hypervisor.create_vnpu>` does (no
 oversubscription), so a placement the hypervisor would refuse is refused here, with its reasons.
+Which pNPU to ask is the cluster scheduler's choice: one that holds only the model's own replicas,
+else an empty one, else the one where the model and its neighbours slow each other least.
 """
 
 from dataclasses import dataclass, field
@@ -66,10 +68,18 @@ class Cluster:
         self.free_mes = np.full(len(self.pnpus), self.config.me_count)
         self.free_ves = np.full(len(self.pnpus), self.config.ve_count)
         self.free_contexts = np.full(len(self.pnpus), self.config.contexts)
+        self.replica_count = np.zeros(len(self.pnpus), dtype=np.int64)
+        self.model_count = {}  # model → replicas of it per pNPU
+        self.neighbour_slowdown = None
+        """``[model, other model]`` factors (:attr:`.simulate.Context.neighbour_slowdown`) that rank
+        the pNPUs holding other models; ``None``: first fit among them."""
         self.replicas = []
 
     def place(self, model, shape):
-        """Create a replica of ``model`` (index) with ``shape`` on the first pNPU that fits it.
+        """Create a replica of ``model`` (index) with ``shape`` on the pNPU that fits it and suits it
+        best: one holding only replicas of ``model``, else an empty one, else the one whose models
+        slow it or are slowed by it least (the larger of the two :attr:`neighbour_slowdown` factors,
+        for the worst of its models); the lowest-numbered among equals.
 
         Raises
         ------
@@ -79,12 +89,13 @@ class Cluster:
         spec = shape.spec()
         ok = (self.free_mes >= spec.mes) & (self.free_ves >= spec.ves) & (self.free_contexts >= 1)
         reasons = []
-        for index in np.flatnonzero(ok):
+        for index in self._preference(model, ok):
             grant = fit(self.pnpus[index], spec, self.config, False, reasons)
             if grant is not None:
                 replica = Replica(model, shape, spec, self.pnpus[index], grant)
                 reserve(grant, spec, replica)
                 self._account(index, spec, -1)
+                self._count(model, index, +1)
                 self.replicas.append(replica)
                 return replica
         if not reasons:
@@ -96,7 +107,28 @@ class Cluster:
         """Free ``replica``'s resources."""
         release(replica)
         self._account(replica.pnpu, replica.spec, +1)
+        self._count(replica.model, replica.pnpu, -1)
         self.replicas.remove(replica)
+
+    def _count(self, model, index, sign):
+        if model not in self.model_count:
+            self.model_count[model] = np.zeros(len(self.pnpus), dtype=np.int64)
+        self.model_count[model][index] += sign
+        self.replica_count[index] += sign
+
+    def _preference(self, model, ok):
+        """The pNPUs in ``ok`` in the order :meth:`place` tries them."""
+        mine = self.model_count.get(model)
+        own = ok & (mine > 0) & (mine == self.replica_count) if mine is not None else np.zeros_like(ok)
+        empty = ok & (self.replica_count == 0)
+        mixed = np.flatnonzero(ok & ~own & ~empty)
+        factors = self.neighbour_slowdown
+        if mixed.size and factors is not None:
+            others = [n for n in self.model_count if n != model]
+            held = np.array([self.model_count[n][mixed] > 0 for n in others]).reshape(len(others), mixed.size)
+            worst = np.array([max(factors[model, n], factors[n, model]) for n in others])
+            mixed = mixed[np.argsort(np.where(held, worst[:, None], 0.0).max(axis=0, initial=0.0), kind="stable")]
+        return np.concatenate((np.flatnonzero(own), np.flatnonzero(empty), mixed))
 
     def _account(self, index, spec, sign):
         self.free_mes[index] += sign * spec.mes

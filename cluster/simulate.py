@@ -325,6 +325,7 @@ class Simulator:
         self.cost = 0.0
         self.timeline = []
         self.shape_by_label = {s.label: s for s in context.shapes}
+        cluster.neighbour_slowdown = context.neighbour_slowdown
         self.apply(policy.reset(context), initial=True)
 
     def apply(self, plan, initial=False):

@@ -93,6 +93,20 @@ def test_placement_follows_the_allocator():
     assert cluster.place(1, Shape(1, 1, 16, 4)).pnpu == 0
 
 
+def test_placement_prefers_the_models_own_pnpus_then_empty_ones_then_the_least_slowed_neighbours():
+    one = Shape(1, 1, 16, 4)  # two fit a small pNPU (it has two VEs)
+    cluster = Cluster(1, 2, "small")
+    assert [cluster.place(m, one).pnpu for m in (0, 0, 1)] == [0, 0, 1]  # its own first, then an empty one
+    for factors, chosen in ((None, 0), (np.array([[1, 3.0, 1.2], [1, 1, 1], [1, 1, 1]]), 1),
+                            (np.array([[1, 1, 1.2], [3.0, 1, 1], [1, 1, 1]]), 1)):
+        cluster = Cluster(1, 2, "small")
+        cluster.neighbour_slowdown = factors
+        cluster.place(1, one), cluster.place(2, one)
+        assert cluster.place(0, one).pnpu == chosen  # next to model 2, which slows it (or it slows) least
+    cluster.remove(cluster.replicas[0]), cluster.remove(cluster.replicas[0])  # models 1 and 2 leave
+    assert cluster.place(0, one).pnpu == 1  # model 0's own pNPU, not the emptied one
+
+
 def test_a_shape_larger_than_a_pnpu_is_refused_with_the_allocators_reason():
     with pytest.raises(ClusterError, match=r"does not fit a small pNPU: pNPU 0: 4 free MEs \(asked 5\)"):
         check_fits("small", Shape(5, 1, 64, 16))
@@ -610,6 +624,7 @@ class _Scripted:
 
 
 def _two_pnpus(table, first, load_bandwidth, names=("ncf", "resnet50_block")):
+    """Two ``small`` pNPUs (each holds two m1v1 vNPUs) under a policy that keeps to ``first``."""
     from tcloud.cluster.simulate import Simulator, make_context
     from tcloud.cluster.workload import model_by_name
 
@@ -642,11 +657,12 @@ def test_a_replica_added_during_a_run_serves_once_its_image_has_crossed_the_host
 def test_replicas_added_to_one_pnpu_load_one_after_another(table):
     from tcloud.cluster.simulate import Plan
 
-    sim = _two_pnpus(table, Plan(replicas={0: ["m1v1"], 1: ["m1v1"]}), 1e6)
+    sim = _two_pnpus(table, Plan(replicas={0: [], 1: ["m1v1"]}), 1e6)
     sim.step()
     now, load = sim.now, table.replica_load_bytes("ncf", "m1v1") / 1e6
-    sim.apply(Plan(replicas={0: ["m1v1", "m1v1", "m1v1"]}))
-    assert list(sim.groups[0].free[1:]) == pytest.approx([now + load, now + 2 * load])
+    sim.apply(Plan(replicas={0: ["m1v1", "m1v1"]}))
+    assert [r.pnpu for r in sim.groups[0].replicas] == [1, 1]
+    assert list(sim.groups[0].free) == pytest.approx([now + load, now + 2 * load])
 
 
 @pytest.mark.parametrize("bandwidth", [float("inf"), 1e9])
@@ -733,18 +749,19 @@ def test_cli_refuses_a_bad_load_bandwidth(capsys, value):
 def test_a_replica_next_to_another_model_runs_the_tables_factor_slower_until_the_other_leaves(table):
     from tcloud.cluster.simulate import Plan
 
-    sim = _two_pnpus(table, Plan(replicas={0: ["m1v1"], 1: ["m1v1"]}), float("inf"))
+    sim = _two_pnpus(table, Plan(replicas={0: ["m1v1"] * 3, 1: ["m1v1"]}), float("inf"))
     ncf, resnet = sim.groups
-    assert ncf.replicas[0].pnpu == resnet.replicas[0].pnpu
+    assert [r.pnpu for r in ncf.replicas] == [0, 0, 1] and resnet.replicas[0].pnpu == 1  # no room elsewhere
     factor = table.slowdown_next_to("ncf", "resnet50_block")
     assert factor > 1.5  # NCF's DMA-bound batches share the pNPU with ResNet-50's transfers
-    assert np.allclose(ncf.shape_curves()[0], factor * table.curve("ncf", "m1v1"))
+    curve = table.curve("ncf", "m1v1")
+    assert np.allclose(ncf.shape_curves(), [curve, curve, factor * curve])
     assert np.allclose(resnet.shape_curves()[0],
                        table.slowdown_next_to("resnet50_block", "ncf") * table.curve("resnet50_block", "m1v1"))
     sim.step()
-    sim.apply(Plan(replicas={1: ["m4v2"]}))  # ResNet-50 moves to the empty pNPU
-    assert ncf.replicas[0].pnpu != resnet.replicas[0].pnpu
-    assert np.allclose(ncf.shape_curves()[0], table.curve("ncf", "m1v1"))
+    sim.apply(Plan(replicas={0: ["m1v1"] * 2}))  # the replica next to ResNet-50 goes
+    assert [r.pnpu for r in ncf.replicas] == [0, 0]
+    assert np.allclose(resnet.shape_curves()[0], table.curve("resnet50_block", "m1v1"))
 
 
 def test_neighbours_are_charged_only_when_asked(table):
