@@ -5,8 +5,8 @@ same shape and model (:func:`tcloud.cluster.service.measure`), because the clust
 replicas together. This benchmark measures what that choice leaves out: each model on an ``m2v1``
 vNPU at static's batch (the largest with 2 × latency ≤ SLO, from the shipped table), alone on its
 pNPU and next to an ``m2v1`` neighbour running each of the models back to back for the whole
-measured run (:data:`~tcloud.cluster.service.NEIGHBOUR_RUNS` × the ratio of their cycles alone), all
-on ``perf`` without data (:func:`tcloud.cluster.service.colocation_cycles`, which also gives the
+measured run (:data:`~tcloud.cluster.service.NEIGHBOUR_RUNS` × the ratio of their cycles alone), on
+the table's backend (``perf`` without data for ``tpu_like``; :func:`tcloud.cluster.service.colocation_cycles`, which also gives the
 table's ``neighbour_slowdown``: these figures over the same-model ones, which the simulator charges a
 replica next to another model).
 The result is the slowdown matrix (measured model × neighbour model), JSON and a heat map.

@@ -27,7 +27,8 @@ the traces alone, what a clairvoyant reallocation could sustain over the better 
 
 A replica added during a run serves once its image has crossed the pNPU's host link at
 ``--load-bandwidth`` GB/s (default :data:`~tcloud.cluster.simulate.DEFAULT_LOAD_BANDWIDTH`; ``inf``:
-reallocation is free and instant, as results made before it was charged, which record none).
+reallocation is free and instant). ``cluster_rules`` in the setup says what the simulator charged
+(:data:`~tcloud.cluster.simulate.CLUSTER_RULES`); ``--merge`` refuses a file made under other rules.
 """
 
 import argparse
@@ -40,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS, commit, try_plot, write
-from tcloud.cluster.simulate import DEFAULT_LOAD_BANDWIDTH
+from tcloud.cluster.simulate import CLUSTER_RULES, DEFAULT_LOAD_BANDWIDTH
 
 POLICIES = ("static", "static-peak", "clipper", "clipper-peak", "triton", "triton-peak", "nexus", "rl", "rl-floor")
 """``rl-floor``: the RL policy's decode rule with the all-zero action, so the network's contribution shows."""
@@ -297,15 +298,18 @@ def main(argv=None):
     setup = {"config": table.config, "backend": table.backend, "timing_only": table.timing_only,
              "nodes": args.nodes, "pnpus_per_node": args.pnpus_per_node, "duration": args.duration,
              "warmup": args.warmup, "interval": 1.0, "models": [m.name for m in table.models],
-             "slos_ms": None, "table_neighbours": table.neighbours, "load_bandwidth": args.load_bandwidth}
+             "slos_ms": None, "table_neighbours": table.neighbours, "load_bandwidth": args.load_bandwidth,
+             "cluster_rules": CLUSTER_RULES}
     path = Path(args.out) if args.out else RESULTS / "cluster_policies.json"
     kept, policies, traces, seeds = [], list(args.policies), list(args.traces), list(args.seeds)
     if args.merge and path.exists():
         old = json.loads(path.read_text())
-        old["setup"].setdefault("load_bandwidth", float("inf"))  # made before reallocation was charged
+        old["setup"].setdefault("cluster_rules", 1)  # made before the rules were recorded
+        if old["setup"].get("load_bandwidth") is None:  # made before loading was charged, or inf (JSON null)
+            old["setup"]["load_bandwidth"] = float("inf")
         differ = [f"{k}: the file has {old['setup'].get(k)!r}, this run {setup[k]!r}"
                   for k in ("config", "nodes", "pnpus_per_node", "duration", "warmup", "table_neighbours",
-                            "load_bandwidth") if old["setup"].get(k) != setup[k]]
+                            "load_bandwidth", "cluster_rules") if old["setup"].get(k) != setup[k]]
         if differ:
             raise SystemExit(f"{path}: --merge needs the same setup; " + "; ".join(differ))
         if old["setup"]["seeds"] != seeds:

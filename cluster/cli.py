@@ -172,7 +172,7 @@ def run_simulation(nodes, pnpus_per_node, policy, trace, load, duration, seed=0,
     from .placement import Cluster
     from .policies import make_policy
     from .service import DEFAULT_BACKEND, ServiceTable, load_table
-    from .simulate import DEFAULT_LOAD_BANDWIDTH, Simulator, make_context
+    from .simulate import CLUSTER_RULES, DEFAULT_LOAD_BANDWIDTH, Simulator, make_context
     from .workload import Arrivals, default_models, make_trace
 
     for name, value in (("duration", duration), ("interval", interval)):
@@ -199,7 +199,8 @@ def run_simulation(nodes, pnpus_per_node, policy, trace, load, duration, seed=0,
     results["setup"] = {"nodes": nodes, "pnpus_per_node": pnpus_per_node, "policy": policy.name,
                         "trace": str(trace), "load": load, "duration": duration, "seed": seed,
                         "interval": interval, "warmup": warmup, "config": table.config, "backend": table.backend,
-                        "load_bandwidth": load_bandwidth, "offered_rate": float(context.rates.sum()),
+                        "load_bandwidth": load_bandwidth, "cluster_rules": CLUSTER_RULES,
+                        "offered_rate": float(context.rates.sum()),
                         "wall_seconds": wall}
     return results, sim, wall
 

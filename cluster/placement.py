@@ -20,13 +20,15 @@ from .workload import ClusterError
 
 @dataclass(eq=False)
 class Replica:
-    """A vNPU serving one model: what the allocator reserved (``_pnpu``, ``_grant``) and its spec."""
+    """A vNPU serving one model: what the allocator reserved (``_pnpu``, ``_grant``), its spec, and
+    when its model is loaded (``loaded_at``, seconds; set by the simulator)."""
 
     model: int
     shape: object
     spec: object
     _pnpu: object = field(repr=False)
     _grant: object = field(repr=False)
+    loaded_at: float = 0.0
 
     @property
     def pnpu(self):

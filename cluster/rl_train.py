@@ -199,7 +199,7 @@ def evaluate(policy, episodes=8, seed=1000, **env_options):
     for episode in range(episodes):
         env.reset(seed=seed + episode)
         if policy is not None:
-            env.sim.apply(policy.reset(env.context))
+            env.sim.apply(policy.reset(env.context), initial=True)  # deployed before the episode, as rl's plan
         for _ in range(env.steps):
             plan = policy.decide(env.observation) if policy is not None else None
             _, reward, _, _, info = env.advance(plan)

@@ -261,6 +261,11 @@ class ServiceTable:
         self.timing_only, self.build_seconds, self.neighbours = timing_only, build_seconds, neighbours
         self.load_bytes = dict(load_bytes or {})
         self.neighbour_slowdown = dict(neighbour_slowdown or {})
+        self.source = None  # the file it was read from, for messages
+
+    def _name(self):
+        return f"service-time table {self.source}" if self.source else (f"the service-time table ({self.config}, "
+                                                                        f"{self.backend})")
 
     @property
     def batches(self):
@@ -313,8 +318,8 @@ class ServiceTable:
         try:
             return self.load_bytes[(model, label)]
         except KeyError:
-            raise ClusterError(f"the service-time table ({self.config}, {self.backend}) has no load_bytes for model "
-                               f"{model!r} on shape {label!r}; rebuild it with `tcloud cluster table`") from None
+            raise ClusterError(f"{self._name()} has no load_bytes for model {model!r} on shape {label!r}; rebuild it "
+                               f"with `tcloud cluster table` (or give --load-bandwidth inf)") from None
 
     def slowdown_next_to(self, model, neighbour):
         """Factor over ``model``'s entries when its pNPU's other vNPUs run ``neighbour`` (1 for the
@@ -330,9 +335,8 @@ class ServiceTable:
         try:
             return self.neighbour_slowdown[(model, neighbour)]
         except KeyError:
-            raise ClusterError(f"the service-time table ({self.config}, {self.backend}) has no neighbour_slowdown "
-                               f"for model {model!r} next to {neighbour!r}; rebuild it with `tcloud cluster table`"
-                               ) from None
+            raise ClusterError(f"{self._name()} has no neighbour_slowdown for model {model!r} next to {neighbour!r}; "
+                               f"rebuild it with `tcloud cluster table`") from None
 
     def to_dict(self):
         return {"config": self.config, "backend": self.backend, "clock_mhz": self.clock_mhz,
@@ -373,10 +377,12 @@ class ServiceTable:
                 entries[(e["model"], e["shape"], e["policy"], e["batch"])] = e["cycles"]
             load_bytes = {}
             for index, e in enumerate(data.get("load_bytes", [])):
+                _check_fields(path, f"load_bytes[{index}]", e, ("model", "shape", "bytes"))
                 _check_positive_ints(path, f"load_bytes[{index}]", {"bytes": e["bytes"]})
                 load_bytes[(e["model"], e["shape"])] = e["bytes"]
             slowdown = {}
             for index, e in enumerate(data.get("neighbour_slowdown", [])):
+                _check_fields(path, f"neighbour_slowdown[{index}]", e, ("model", "neighbour", "factor"))
                 factor = e["factor"]
                 if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < math.inf:
                     raise ClusterError(f"{path}: field neighbour_slowdown[{index}].factor must be a positive number, "
@@ -392,13 +398,24 @@ class ServiceTable:
             neighbours = data.get("neighbours", "none")
             if neighbours not in (NEIGHBOURS, "none"):
                 raise ClusterError(f"{path}: field neighbours must be {NEIGHBOURS!r} or 'none', got {neighbours!r}")
-            return cls(data["config"], data["backend"], entries, shapes, float(clock_mhz), models,
-                       bool(data.get("timing_only", False)), data.get("build_seconds"), neighbours, load_bytes,
-                       slowdown)
+            table = cls(data["config"], data["backend"], entries, shapes, float(clock_mhz), models,
+                        bool(data.get("timing_only", False)), data.get("build_seconds"), neighbours, load_bytes,
+                        slowdown)
+            table.source = path
+            return table
         except KeyError as exc:
             raise ClusterError(f"{path}: missing field {exc.args[0]!r}") from None
         except TypeError as exc:
             raise ClusterError(f"{path}: bad field ({exc})") from None
+
+
+def _check_fields(path, where, item, names):
+    """Raise :class:`ClusterError` unless ``item`` is an object holding every field in ``names``."""
+    if not isinstance(item, dict):
+        raise ClusterError(f"{path}: field {where} must be an object with {', '.join(names)}, got {item!r}")
+    for name in names:
+        if name not in item:
+            raise ClusterError(f"{path}: field {where} lacks {name!r}")
 
 
 def _check_positive_ints(path, where, fields):

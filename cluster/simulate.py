@@ -26,6 +26,11 @@ EDGES = np.geomspace(1e-7, 1e4, 6001)
 """Latency histogram bin edges (seconds): 0.42 % per bin."""
 _LOG_FIRST_EDGE = float(np.log(EDGES[0]))
 _LOG_STEP = float(np.log(EDGES[-1] / EDGES[0]) / (len(EDGES) - 1))
+CLUSTER_RULES = 2
+"""What the simulator charges, for results to record: 2 charges loading a replica added during a run,
+draining a removed one and neighbours of another model, and places replicas by affinity
+(:meth:`.placement.Cluster.place`); 1 (results that record none) charged none of these and placed
+first fit."""
 DEFAULT_LOAD_BANDWIDTH = 12e9
 """Bytes per second a pNPU's host link moves into its HBM (about what a PCIe 3.0 ×16 link achieves of
 its 15.75 GB/s): a new replica serves only after its image (:meth:`.service.ServiceTable.replica_load_bytes`)
@@ -299,12 +304,14 @@ class Simulator:
 
     Notes
     -----
-    Reallocation is not free. A replica added after the initial plan serves only once its image
-    has crossed its pNPU's host link (``context.load_seconds``; replicas added to one pNPU load one
-    after another), and not before every batch still running on a replica removed from that pNPU
-    has ended: a removed replica finishes the batch it started, and its engines are taken by the
-    newcomer only then. The replica is held (and charged) meanwhile. The initial plan is loaded
-    before the run starts.
+    Reallocation is not free. A replica removed from a pNPU finishes the batch it started, and
+    only then does a replica added to that pNPU start to load its image over the pNPU's host link
+    (``context.load_seconds``; replicas added to one pNPU load one after another); it serves once
+    loaded and is held (and charged) meanwhile. A replica removed while it still loads frees its
+    engines at once (the link time already queued for it stays spent). The initial plan is loaded
+    before the run starts. ``added`` and ``loading_seconds`` count the replicas added by the
+    decisions since the measured window began (the last one's load may end after it) and the
+    seconds from each decision until the replica serves.
 
     The service-time table's entries hold for a replica whose pNPU's other vNPUs run its own model
     (or none). A replica next to another model runs its curve × ``context.neighbour_slowdown`` (the
@@ -346,7 +353,9 @@ class Simulator:
                 else:
                     self.cluster.remove(replica)
                     busy_until = group.free[index[id(replica)]]
-                    if busy_until > self.now:
+                    if replica.loaded_at > self.now:  # cancelled while loading: it ran no batch
+                        self.loading_seconds -= replica.loaded_at - self.now
+                    elif busy_until > self.now:
                         self.draining[replica.pnpu] = max(self.draining.get(replica.pnpu, 0.0), busy_until)
             group.free = np.array([group.free[index[id(r)]] for r in keep], dtype=float)
             group.batch = np.array([group.batch[index[id(r)]] for r in keep], dtype=np.int64)
@@ -396,12 +405,11 @@ class Simulator:
     def _ready(self, replica):
         """When an added ``replica`` can start its first batch (see the class notes)."""
         p = replica.pnpu
-        self.link_free[p] = max(self.now, self.link_free.get(p, 0.0)) + self.context.load_seconds[replica.model][
-            replica.shape.label]
-        ready = max(self.link_free[p], self.draining.get(p, 0.0))
+        start = max(self.now, self.link_free.get(p, 0.0), self.draining.get(p, 0.0))
+        replica.loaded_at = self.link_free[p] = start + self.context.load_seconds[replica.model][replica.shape.label]
         self.added += 1
-        self.loading_seconds += ready - self.now
-        return ready
+        self.loading_seconds += replica.loaded_at - self.now
+        return replica.loaded_at
 
     def observe(self):
         """The state a policy sees at the end of an interval (per-model arrays)."""

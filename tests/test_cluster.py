@@ -604,6 +604,20 @@ def test_the_policy_benchmark_runs_diurnal_and_azure_and_picks_the_better_static
     longer = [*common[:4], "--duration", "2", *common[6:]]
     with pytest.raises(SystemExit, match="the same setup; duration: the file has 1.0, this run 2.0"):
         bench.main([*longer, "--policies", "triton", "--traces", "azure", "--loads", "0.3", "--merge"])
+    old = json.loads(out.read_text())  # made before loading and neighbours were charged: it records neither
+    del old["setup"]["load_bandwidth"], old["setup"]["cluster_rules"]
+    out.write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match="load_bandwidth: the file has inf, this run 12000000000.0; cluster_rules: "
+                                         "the file has 1, this run 2"):
+        bench.main([*common, "--policies", "triton", "--traces", "azure", "--loads", "0.3", "--merge"])
+    with pytest.raises(SystemExit, match="cluster_rules: the file has 1, this run 2"):
+        bench.main([*common, "--policies", "triton", "--traces", "azure", "--loads", "0.3", "--merge",
+                    "--load-bandwidth", "inf"])
+    old["setup"]["cluster_rules"] = 2
+    out.write_text(json.dumps(old))  # inf is written as null
+    bench.main([*common, "--policies", "triton", "--traces", "azure", "--loads", "0.3", "--merge", "--load-bandwidth",
+                "inf"])
+    assert json.loads(out.read_text())["setup"]["load_bandwidth"] is None
 
 
 # --- reallocation: loading a new replica, draining a removed one ----------------------------------
@@ -665,19 +679,38 @@ def test_replicas_added_to_one_pnpu_load_one_after_another(table):
     assert list(sim.groups[0].free) == pytest.approx([now + load, now + 2 * load])
 
 
-@pytest.mark.parametrize("bandwidth", [float("inf"), 1e9])
-def test_a_removed_replica_finishes_its_batch_before_a_newcomer_takes_its_engines(table, bandwidth):
+@pytest.mark.parametrize("bandwidth", [float("inf"), 1e6])
+def test_a_removed_replica_finishes_its_batch_before_a_newcomer_loads_onto_its_pnpu(table, bandwidth):
     from tcloud.cluster.simulate import Plan
 
-    sim = _two_pnpus(table, Plan(replicas={0: ["m4v2"], 1: []}), bandwidth)
+    sim = _two_pnpus(table, Plan(replicas={0: ["m4v2"], 1: ["m1v1"]}), bandwidth)
+    assert [g.replicas[0].pnpu for g in sim.groups] == [0, 1]
     sim.step()
     now = sim.now
     sim.groups[0].free[0] = now + 0.25  # a batch still running on the replica the plan removes
-    sim.apply(Plan(replicas={0: [], 1: ["m4v2"]}))
-    load = table.replica_load_bytes("resnet50_block", "m4v2") / bandwidth
-    assert load < 0.25
-    assert sim.groups[1].free[0] == pytest.approx(now + 0.25)
-    assert sim.loading_seconds == pytest.approx(0.25)
+    sim.apply(Plan(replicas={0: [], 1: ["m1v1", "m4v2", "m1v1"]}))
+    pnpus = [r.pnpu for r in sim.groups[1].replicas]
+    assert pnpus == [1, 0, 1]  # the whole-pNPU one takes the drained pNPU, the small one its model's own
+    load = [table.replica_load_bytes("resnet50_block", label) / bandwidth for label in ("m4v2", "m1v1")]
+    assert sim.groups[1].free[1] == pytest.approx(now + 0.25 + load[0])  # after the drain, then its load
+    assert sim.groups[1].free[2] == pytest.approx(now + load[1])  # another pNPU: no wait for the drain
+    assert sim.loading_seconds == pytest.approx(0.25 + load[0] + load[1])
+
+
+def test_a_replica_removed_while_it_loads_frees_its_pnpu_at_once(table):
+    from tcloud.cluster.simulate import Plan
+
+    sim = _two_pnpus(table, Plan(replicas={0: ["m1v1"], 1: ["m1v1", "m1v1"]}), 1e6)
+    sim.step()
+    now = sim.now
+    ncf, resnet = (table.replica_load_bytes(name, "m1v1") / 1e6 for name in ("ncf", "resnet50_block"))
+    sim.apply(Plan(replicas={0: ["m1v1", "m1v1"]}))
+    assert sim.groups[0].replicas[1].pnpu == 0 and sim.groups[0].free[1] == pytest.approx(now + ncf)
+    sim.apply(Plan(replicas={0: ["m1v1"], 1: ["m1v1"] * 3}))  # cancelled before it ran a batch
+    assert sim.draining == {}
+    assert sim.groups[1].replicas[2].pnpu == 0  # its slot, at once; the cancelled load's link time stays spent
+    assert sim.groups[1].free[2] == pytest.approx(now + ncf + resnet)
+    assert sim.loading_seconds == pytest.approx(ncf + resnet)
 
 
 def test_with_an_infinite_host_link_reallocation_is_instant(table):
@@ -710,7 +743,8 @@ def test_a_table_without_load_bytes_is_named_and_can_be_filled(table, tmp_path):
     path = tmp_path / "old.json"
     path.write_text(json.dumps(data))
     old = ServiceTable.load(path)
-    with pytest.raises(ClusterError, match="has no load_bytes for model 'dlrm_mlp' on shape 'm1v1'; rebuild it"):
+    with pytest.raises(ClusterError, match="service-time table .*old.json has no load_bytes for model 'dlrm_mlp' on "
+                                           "shape 'm1v1'; rebuild it"):
         make_context(old.models, old, 4, 0.5)
     assert make_context(old.models, old, 4, 0.5, load_bandwidth=float("inf")).load_seconds[0]["m1v1"] == 0
     ncf_only = ServiceTable(old.config, old.backend, old.entries, old.shapes, old.clock_mhz,
@@ -721,7 +755,9 @@ def test_a_table_without_load_bytes_is_named_and_can_be_filled(table, tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (lambda d: d["load_bytes"][2].update(bytes=0), r"field load_bytes\[2\].bytes must be a positive integer, got 0"),
-    (lambda d: d["load_bytes"][0].pop("shape"), "missing field 'shape'"),
+    (lambda d: d["load_bytes"][0].pop("shape"), r"field load_bytes\[0\] lacks 'shape'"),
+    (lambda d: d["neighbour_slowdown"].__setitem__(1, 7), r"field neighbour_slowdown\[1\] must be an object with model, "
+                                                           "neighbour, factor, got 7"),
 ])
 def test_bad_load_bytes_are_named(tmp_path, change, message):
     from tcloud.cluster.service import default_path
