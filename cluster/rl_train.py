@@ -23,7 +23,9 @@ installed in 25 s on the 2-core machine) and no PyTorch.
 """
 
 import json
+import logging
 import os
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -390,6 +392,9 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
     from skrl.trainers.jax import SequentialTrainer
     from skrl.utils.model_instantiators.jax import deterministic_model
 
+    for handler in logging.getLogger("skrl").handlers:  # skrl's handler keeps the stderr of its import,
+        if isinstance(handler, logging.StreamHandler):  # which may be closed (setStream would flush it)
+            handler.stream = sys.stderr
     for name, value in (("timesteps", timesteps), ("envs", envs), ("checkpoint_every", checkpoint_every),
                         ("rollouts", rollouts), ("per_worker", per_worker)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
