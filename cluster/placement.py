@@ -124,13 +124,26 @@ class Cluster:
         own = ok & (mine > 0) & (mine == self.replica_count) if mine is not None else np.zeros_like(ok)
         empty = ok & (self.replica_count == 0)
         mixed = np.flatnonzero(ok & ~own & ~empty)
-        factors = self.neighbour_slowdown
-        if mixed.size and factors is not None:
-            others = [n for n in self.model_count if n != model]
-            held = np.array([self.model_count[n][mixed] > 0 for n in others]).reshape(len(others), mixed.size)
-            worst = np.array([max(factors[model, n], factors[n, model]) for n in others])
-            mixed = mixed[np.argsort(np.where(held, worst[:, None], 0.0).max(axis=0, initial=0.0), kind="stable")]
+        if mixed.size and self.neighbour_slowdown is not None:
+            mixed = mixed[np.argsort(self._worst_pairing(model, mixed, 0.0), kind="stable")]
         return np.concatenate((np.flatnonzero(own), np.flatnonzero(empty), mixed))
+
+    def pairing(self, replica):
+        """How badly ``replica`` and the other models on its pNPU slow each other: the larger
+        :attr:`neighbour_slowdown` factor of the worst pair; 1 where its pNPU holds no other model
+        (the entries' own neighbour) or the factors are unknown."""
+        if self.neighbour_slowdown is None:
+            return 1.0
+        return float(self._worst_pairing(replica.model, np.array([replica.pnpu]), 1.0)[0])
+
+    def _worst_pairing(self, model, indices, alone):
+        """Per pNPU in ``indices``: the larger factor of the worst pair of ``model`` and another
+        model it holds; ``alone`` where it holds none."""
+        factors = self.neighbour_slowdown
+        others = [n for n in self.model_count if n != model]
+        held = np.array([self.model_count[n][indices] > 0 for n in others]).reshape(len(others), indices.size)
+        worst = np.array([max(factors[model, n], factors[n, model]) for n in others])
+        return np.where(held.any(axis=0), np.where(held, worst[:, None], -np.inf).max(axis=0, initial=-np.inf), alone)
 
     def _account(self, index, spec, sign):
         self.free_mes[index] += sign * spec.mes

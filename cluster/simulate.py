@@ -26,11 +26,13 @@ EDGES = np.geomspace(1e-7, 1e4, 6001)
 """Latency histogram bin edges (seconds): 0.42 % per bin."""
 _LOG_FIRST_EDGE = float(np.log(EDGES[0]))
 _LOG_STEP = float(np.log(EDGES[-1] / EDGES[0]) / (len(EDGES) - 1))
-CLUSTER_RULES = 2
-"""What the simulator charges, for results to record: 2 charges loading a replica added during a run,
-draining a removed one and neighbours of another model, and places replicas by affinity
-(:meth:`.placement.Cluster.place`); 1 (results that record none) charged none of these and placed
-first fit."""
+CLUSTER_RULES = 3
+"""What the simulator charges, for results to record: 3 is 2, and a model that shrinks removes first
+its replicas whose pNPU pairs it worst with another model (:meth:`.placement.Cluster.pairing`), so
+a benign pairing is kept rather than its half freed for whichever model grows next (2 removed the
+newest); 2 charges loading a replica added during a run, draining a removed one and neighbours of
+another model, and places replicas by affinity (:meth:`.placement.Cluster.place`); 1 (results that
+record none) charged none of these and placed first fit."""
 DEFAULT_LOAD_BANDWIDTH = 12e9
 """Bytes per second a pNPU's host link moves into its HBM (about what a PCIe 3.0 ×16 link achieves of
 its 15.75 GB/s): a new replica serves only after its image (:meth:`.service.ServiceTable.replica_load_bytes`)
@@ -337,7 +339,8 @@ class Simulator:
 
     def apply(self, plan, initial=False):
         """Carry out ``plan``: remove and place replicas (refusals raise at the start, are counted
-        later), then set batch caps and delays."""
+        later), then set batch caps and delays. A model keeps the replicas its pNPUs pair best with
+        other models (:meth:`~.placement.Cluster.pairing`; among equals the oldest)."""
         if plan is None:
             return
         wanted = {}
@@ -346,7 +349,7 @@ class Simulator:
             group, want = self.groups[m], list(labels)
             keep = []
             index = {id(r): i for i, r in enumerate(group.replicas)}
-            for replica in group.replicas:
+            for replica in sorted(group.replicas, key=self.cluster.pairing):
                 if replica.shape.label in want:
                     want.remove(replica.shape.label)
                     keep.append(replica)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tcloud.cluster.placement import Cluster, check_fits
+from tcloud.cluster.simulate import CLUSTER_RULES
 from tcloud.cluster.service import Shape, ServiceTable, load_table
 from tcloud.cluster.workload import (AZURE_SAMPLE, DEFAULT_MODELS, Arrivals, ClusterError, ModelSpec, make_trace,
                                      read_azure)
@@ -608,12 +609,12 @@ def test_the_policy_benchmark_runs_diurnal_and_azure_and_picks_the_better_static
     del old["setup"]["load_bandwidth"], old["setup"]["cluster_rules"]
     out.write_text(json.dumps(old))
     with pytest.raises(SystemExit, match="load_bandwidth: the file has inf, this run 12000000000.0; cluster_rules: "
-                                         "the file has 1, this run 2"):
+                                         f"the file has 1, this run {CLUSTER_RULES}"):
         bench.main([*common, "--policies", "triton", "--traces", "azure", "--loads", "0.3", "--merge"])
-    with pytest.raises(SystemExit, match="cluster_rules: the file has 1, this run 2"):
+    with pytest.raises(SystemExit, match=f"cluster_rules: the file has 1, this run {CLUSTER_RULES}"):
         bench.main([*common, "--policies", "triton", "--traces", "azure", "--loads", "0.3", "--merge",
                     "--load-bandwidth", "inf"])
-    old["setup"]["cluster_rules"] = 2
+    old["setup"]["cluster_rules"] = CLUSTER_RULES
     out.write_text(json.dumps(old))  # inf is written as null
     bench.main([*common, "--policies", "triton", "--traces", "azure", "--loads", "0.3", "--merge", "--load-bandwidth",
                 "inf"])
@@ -711,6 +712,23 @@ def test_a_replica_removed_while_it_loads_frees_its_pnpu_at_once(table):
     assert sim.groups[1].replicas[2].pnpu == 0  # its slot, at once; the cancelled load's link time stays spent
     assert sim.groups[1].free[2] == pytest.approx(now + ncf + resnet)
     assert sim.loading_seconds == pytest.approx(ncf + resnet)
+
+
+@pytest.mark.parametrize("other, kept", [("dlrm_mlp", [0, 1]), ("resnet50_block", [1, 1])])
+def test_a_shrinking_model_keeps_a_benign_pairing_and_leaves_a_harmful_one(table, other, kept):
+    from tcloud.cluster.simulate import Plan
+
+    sim = _two_pnpus(table, Plan(replicas={0: ["m1v1"], 1: ["m1v1"]}), float("inf"), names=("ncf", other))
+    sim.step()
+    sim.apply(Plan(replicas={1: ["m1v1"] * 3}))  # its own pNPU 1 first, then next to NCF on pNPU 0
+    assert [r.pnpu for r in sim.groups[1].replicas] == [1, 1, 0]
+    pairing = sim.cluster.pairing(sim.groups[1].replicas[2])
+    assert pairing == max(table.slowdown_next_to("ncf", other), table.slowdown_next_to(other, "ncf"))
+    assert sim.cluster.pairing(sim.groups[1].replicas[0]) == 1.0
+    sim.apply(Plan(replicas={1: ["m1v1"] * 2}))
+    # next to the DLRM MLP (0.96 at worst) NCF keeps its neighbour; next to ResNet-50 (1.71) it is freed
+    assert sorted(r.pnpu for r in sim.groups[1].replicas) == kept
+    assert sim.groups[0].slowdown[0] == (1.0 if kept == [1, 1] else table.slowdown_next_to("ncf", other))
 
 
 def test_with_an_infinite_host_link_reallocation_is_instant(table):
