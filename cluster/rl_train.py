@@ -393,7 +393,7 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
     from skrl.utils.model_instantiators.jax import deterministic_model
 
     for handler in logging.getLogger("skrl").handlers:  # skrl's handler keeps the stderr of its import,
-        if isinstance(handler, logging.StreamHandler):  # which may be closed (setStream would flush it)
+        if type(handler) is logging.StreamHandler:  # which may be closed (setStream would flush it)
             handler.stream = sys.stderr
     for name, value in (("timesteps", timesteps), ("envs", envs), ("checkpoint_every", checkpoint_every),
                         ("rollouts", rollouts), ("per_worker", per_worker)):

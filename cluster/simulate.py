@@ -50,7 +50,9 @@ class Plan:
         named keep theirs.
     batch : dict, optional
         Model index → batch cap: an int (all replicas), a dict shape label → cap, or an array with
-        one cap per replica (in the order of :meth:`Simulator.observe`'s ``replicas``).
+        one cap per replica, in their order once this plan's replicas are in place (kept replicas
+        best-paired first, then added ones: :meth:`Simulator.apply`); a plan that also changes
+        replicas is safer keyed by shape label.
     delay : dict, optional
         Model index → seconds a replica waits for a full batch (0: start with whatever is queued).
     """
@@ -100,8 +102,8 @@ class ModelGroup:
           otherwise it joins the pool of free replicas;
         * free replicas wait behind the model's one batcher, as in Triton's dynamic batcher (one
           per model, dispatching to whichever instance is free). It forms a batch for the
-          *lowest-numbered* free replica (replicas are numbered in the plan's order, whatever their
-          shape or speed) when it is due: at the next arrival without a queue delay; with one, when
+          *lowest-numbered* free replica (numbered as :meth:`Simulator.apply` lists them, whatever
+          their shape or speed) when it is due: at the next arrival without a queue delay; with one, when
           that replica's cap of requests is queued or the oldest has waited the delay. While no
           replica is free no batch forms: whichever replica finishes first takes the next;
         * at one instant, replicas finishing a batch go before the batcher, lowest-numbered first
@@ -340,7 +342,8 @@ class Simulator:
     def apply(self, plan, initial=False):
         """Carry out ``plan``: remove and place replicas (refusals raise at the start, are counted
         later), then set batch caps and delays. A model keeps the replicas its pNPUs pair best with
-        other models (:meth:`~.placement.Cluster.pairing`; among equals the oldest)."""
+        other models (:meth:`~.placement.Cluster.pairing`; among equals the one listed first), and
+        lists the kept ones in that order, then the added ones."""
         if plan is None:
             return
         wanted = {}

@@ -725,6 +725,7 @@ def test_a_shrinking_model_keeps_a_benign_pairing_and_leaves_a_harmful_one(table
     pairing = sim.cluster.pairing(sim.groups[1].replicas[2])
     assert pairing == max(table.slowdown_next_to("ncf", other), table.slowdown_next_to(other, "ncf"))
     assert sim.cluster.pairing(sim.groups[1].replicas[0]) == 1.0
+    assert (pairing < 1) == (kept == [0, 1])  # the shipped small table's factors make one benign, one harmful
     sim.apply(Plan(replicas={1: ["m1v1"] * 2}))
     # next to the DLRM MLP (0.96 at worst) NCF keeps its neighbour; next to ResNet-50 (1.71) it is freed
     assert sorted(r.pnpu for r in sim.groups[1].replicas) == kept
