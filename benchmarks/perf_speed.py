@@ -298,7 +298,7 @@ def main(argv=None):
                   for label in ("perf_python", "perf_data")}}
     print(f"summary: {summary}")
     report = {"summary": summary, "repeats": args.repeats, "load_average_1min": [round(x, 2) for x in loads],
-              "compiler": _compiler(), "core_library": str(perf_native.library()._name),
+              "compiler": _compiler(), "core_library": perf_native.library().__file__,
               **conditions(cfg, {"hbm_latency": cfg.hbm_latency, "hbm_jitter": 0, "hbm_accept_probability": 1.0}),
               "programs": rows}
     if not args.no_large:

@@ -285,6 +285,13 @@ def test_without_a_compiler_timing_only_warns_once_and_runs_on_the_python_loop(f
         PerfDevice("small", data=False, native=True)
 
 
+def test_without_python_headers_timing_only_warns_naming_them_and_runs_on_the_python_loop(fresh_build, monkeypatch):
+    monkeypatch.setattr(perf_native.sysconfig, "get_paths", lambda: {"include": str(fresh_build)})
+    with pytest.warns(RuntimeWarning, match=r"development headers are not installed \(no Python.h in"):
+        device = PerfDevice("small", data=False)
+    assert device._native is None
+
+
 def test_a_cache_that_is_a_file_warns_and_runs_on_the_python_loop(fresh_build, monkeypatch):
     (fresh_build / "file").write_text("")
     monkeypatch.setenv("TCLOUD_CACHE", str(fresh_build / "file"))

@@ -51,7 +51,7 @@ class FunctionalDevice(GoldenMemory):
     def context(self, index):
         check_context_index(self.config, index)
         ctx = self.machine.contexts[index]
-        return ContextInfo(ctx.status, ctx.fault, ctx.fault_pc, ctx.fault_detail, ctx.counters.as_dict())
+        return ContextInfo(ctx.status, ctx.fault, ctx.fault_pc, ctx.fault_detail, ctx.counters.as_dict(), {})
 
     def stats(self):
         return {"backend": self.name}

@@ -6,9 +6,11 @@
 commands change the device's objects in Python and advance their cycles here). For a run the device's state is packed into
 a flat buffer of doubles (the activity counters as int64) whose layout, and every constant the core
 uses (ISA, fault codes, policies, timing constants, the run's argument, the reports), is generated
-here from Python (:func:`layout_header`); the core is compiled with the machine's C++ compiler at first use and cached
-under ``~/.cache/tcloud/perf`` keyed by the digest of its source, that header, the compiler and its
-version, the flags and the machine.
+here from Python (:func:`layout_header`); the core is compiled with the machine's C++ compiler at first use, as
+an extension module of this Python (so it needs its development headers: a call then costs less than
+through ctypes, which matters to short runs), and cached under ``~/.cache/tcloud/perf`` keyed by the
+digest of its source, that header, the compiler and its version, the flags, the machine and the
+Python's headers and extension ABI.
 
 What the core needs of a context's program is decoded in Python by the same code as the reference
 (:class:`Program`): the top-level instructions from the context's start PC towards its first ``halt``
@@ -22,7 +24,7 @@ runs (:meth:`NativeCore.code_written`).
 The core runs on a copy of the state in a second buffer, which becomes the state only when it
 succeeds, so a failed run leaves the state it started from; its pending events go to a buffer it asks
 to grow when they outgrow it. The buffers, the run's argument and the program tables live as long as
-the device's core, so a run costs a few stores, one ctypes call and the re-packing of what Python
+the device's core, so a run costs a few stores, one call of the core's module and the re-packing of what Python
 changed since the last one; after a run the core also leaves each context's report and each engine's
 busy cycles (as ``perf.context_report`` and ``perf.PerfDevice.stats`` compute them), so that reading
 them builds the objects and nothing else.
@@ -30,11 +32,13 @@ them builds the objects and nothing else.
 
 import ctypes
 import hashlib
+import importlib.util
 import math
 import os
 import platform
 import struct
 import subprocess
+import sysconfig
 import tempfile
 import threading
 import warnings
@@ -56,7 +60,9 @@ SOURCE = Path(__file__).with_name("perf_core.cpp")
 SOURCE_TEXT = SOURCE.read_text()
 """The core's source as this module was imported with (a process builds the core that matches its packing
 code even if the file changes under it)."""
-LIBRARY = "libtcloud_perf.so"
+MODULE = "tcloud_perf_core"
+"""The name of the Python extension module the core is built as (``perf_core.cpp`` defines its ``PyInit``)."""
+LIBRARY = MODULE + (sysconfig.get_config_var("EXT_SUFFIX") or ".so")
 
 DEVICE_FIELDS = ("now", "sequence", "fetch_free", "fetch_last", "dispatch_last", "dispatched_at", "flows_at",
                  "flows_version", "policy", "quantum", "starvation", "harvest_cost", "harvest_grace", "holder",
@@ -208,9 +214,10 @@ _LOCK = threading.Lock()
 
 
 def library():
-    """The compiled core (built into the cache on first use), as a :class:`ctypes.CDLL`.
+    """The compiled core (built into the cache on first use), as a Python extension module whose
+    ``run(address)`` runs the event loop on a ``Call`` (:data:`CALL_FIELDS`) and returns its error code.
 
-    A library in the cache that does not load (a truncated file, another machine's) is built again.
+    A module in the cache that does not load (a truncated file, another machine's) is built again.
 
     Raises
     ------
@@ -226,12 +233,12 @@ def library():
             try:
                 try:
                     _LIBRARY = _load(_build())
-                except OSError:  # in the cache but does not load: build it again
+                except (OSError, ImportError):  # in the cache but does not load: build it again
                     _LIBRARY = _load(_build(again=True))
             except NativeBuildError as error:
                 _BUILD_ERROR = error
                 raise
-            except OSError as error:
+            except (OSError, ImportError) as error:
                 _BUILD_ERROR = NativeBuildError(f"cannot build or load the perf backend's core: {error}")
                 raise _BUILD_ERROR from None
     return _LIBRARY
@@ -257,11 +264,21 @@ def _compiler_version(compiler):
 _FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off")  # no FMA: doubles as in Python
 
 
+def _python_headers():
+    """The directory of this Python's ``Python.h`` (the core is built as its extension module)."""
+    include = sysconfig.get_paths()["include"]
+    if not (Path(include) / "Python.h").is_file():
+        raise NativeBuildError(f"cannot build the perf backend's core: this Python's development headers are "
+                               f"not installed (no Python.h in {include}; on Debian or Ubuntu: python3-dev)")
+    return include
+
+
 def _target(header, compiler):
     """Where the core built from this source and ``header`` by ``compiler`` is cached: keyed by those,
-    the compiler's version, the flags and the machine."""
+    the compiler's version, the flags, the machine and this Python's headers and extension ABI."""
     digest = hashlib.sha256("\0".join([SOURCE_TEXT, header, compiler, _compiler_version(compiler),
-                                       platform.machine(), *_FLAGS]).encode()).hexdigest()[:24]
+                                       platform.machine(), *_FLAGS, sysconfig.get_paths()["include"],
+                                       LIBRARY]).encode()).hexdigest()[:24]
     return cache_root() / "perf" / digest / LIBRARY
 
 
@@ -270,7 +287,7 @@ def _build(again=False):
     header = layout_header()
     source = SOURCE_TEXT
     compiler = os.environ.get("CXX", "c++")
-    flags = list(_FLAGS)
+    flags = [*_FLAGS, "-I", _python_headers()]
     target = _target(header, compiler)
     if target.exists() and not again:
         return target
@@ -295,12 +312,12 @@ _GROW_EVENTS = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_int64)
 
 
 def _load(path):
-    lib = ctypes.CDLL(str(path))
     if ctypes.sizeof(ctypes.c_void_p) != 8:
         raise NativeBuildError("the perf backend's core needs a 64-bit platform")
-    lib.tcloud_perf_run.argtypes = [ctypes.c_void_p]  # the address of a Call (CALL_FIELDS)
-    lib.tcloud_perf_run.restype = ctypes.c_int
-    return lib
+    spec = importlib.util.spec_from_file_location(MODULE, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _number(value):
@@ -539,6 +556,9 @@ assert [name for name, _ in CALL_FIELDS][_CALL_RUNNING] == "running"
 
 
 _STATUSES = {int(status): status for status in ContextStatus}
+_NEW_TUPLE = tuple.__new__
+"""Makes a :class:`ContextInfo` from all its fields without the named tuple's ``__new__``, Python code
+that a run right after other work (a Verilator run) pays several µs for in cache misses."""
 _REPORT_ROW = struct.Struct("=" + "q" * _REPORT_WIDTH)
 _DEVICE = struct.Struct("=" + "d" * _DEVICE_WIDTH)
 _EVENT = struct.Struct("=" + "d" * len(EVENT_FIELDS))
@@ -580,7 +600,7 @@ class NativeCore:
     :data:`perf_core_layout.h <layout_header>` lays them out) and two event buffers, all allocated once:
     a run reads one pair and writes the other, which becomes the state only when the run succeeds
     (:attr:`current`). The run's one argument, a ``Call`` (:data:`CALL_FIELDS`), and the tables of the
-    contexts' programs are kept too, so that a run costs a few stores and one ctypes call.
+    contexts' programs are kept too, so that a run costs a few stores and one call of the core.
 
     Between :meth:`run_to` calls the state stays in the buffers (:attr:`holds_state`); the device calls
     :meth:`sync` before it reads or changes its Python state, and reports come from the buffers
@@ -591,8 +611,7 @@ class NativeCore:
 
     def __init__(self, device):
         self.device = device
-        self.lib = library()
-        self.run_call = self.lib.tcloud_perf_run
+        self.run_call = library().run
         contexts, engines = len(device.contexts), len(device.engines)
         self.contexts_at = _DEVICE_WIDTH
         self.engines_at = _DEVICE_WIDTH + _CONTEXT_WIDTH * contexts
@@ -765,14 +784,14 @@ class NativeCore:
             fault, detail = FaultCode(fault), self._detail(detail, fault_pc, self.device.contexts[index])
         else:
             fault, detail = FaultCode.NONE, ""
-        return ContextInfo(_STATUSES[status], fault, fault_pc, detail,
-                           {"utops": {"dma": dma, "me": me, "ve": ve}, "instructions": instructions,
-                            "hbm_bytes_read": read, "hbm_bytes_written": written, "macs": macs,
-                            "ve_elements": elements},  # as perf._empty_counters
-                           {"active_cycles": active, "run_cycles": run,
-                            "engine_cycles": {"me_owned": me_owned, "me_harvested": me_harvested, "ve_owned": ve_owned,
-                                              "ve_harvested": ve_harvested, "dma_cycles": dma_cycles},
-                            "reclaim_wait_cycles": reclaim_wait, "reclaim_max_cycles": reclaim_max})  # as context_report
+        return _NEW_TUPLE(ContextInfo, (
+            _STATUSES[status], fault, fault_pc, detail,
+            {"utops": {"dma": dma, "me": me, "ve": ve}, "instructions": instructions, "hbm_bytes_read": read,
+             "hbm_bytes_written": written, "macs": macs, "ve_elements": elements},  # as perf._empty_counters
+            {"active_cycles": active, "run_cycles": run,
+             "engine_cycles": {"me_owned": me_owned, "me_harvested": me_harvested, "ve_owned": ve_owned,
+                               "ve_harvested": ve_harvested, "dma_cycles": dma_cycles},
+             "reclaim_wait_cycles": reclaim_wait, "reclaim_max_cycles": reclaim_max}))  # as context_report
 
     def stats(self):
         """``PerfDevice.stats()`` from the report the core left (``None``, as :meth:`report`)."""
