@@ -9,7 +9,7 @@ import math
 import time
 from pathlib import Path
 
-from tcloud.runtime.files import output_dir, output_file
+from tcloud.runtime.files import output_dir, output_file, write_figure, write_file
 from tcloud.runtime.progress import Progress
 
 from .workload import TRACES, ClusterError
@@ -38,7 +38,7 @@ def build_parser():
     sim.add_argument("--interval", type=float, default=1.0, help="seconds between policy decisions (default 1)")
     sim.add_argument("--warmup", type=float, default=0.0,
                      help="simulated seconds before the measured ones (adaptive policies settle; default 0)")
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--seed", type=_seed, default=0)
     sim.add_argument("--load-bandwidth", type=_gigabytes_per_second, default=DEFAULT_LOAD_BANDWIDTH, metavar="GB/S",
                      help="host link into a pNPU's HBM: a replica added during the run serves once its image "
                           f"has crossed it (default {DEFAULT_LOAD_BANDWIDTH / 1e9:g}; inf: reallocation is instant)")
@@ -84,7 +84,7 @@ def build_parser():
                           "read as if no burst were remembered; the floors still use it)")
     tra.add_argument("--config", default="small", help="pNPU configuration of the service-time table")
     tra.add_argument("--table", metavar="FILE", help="service-time table (default: the shipped one)")
-    tra.add_argument("--seed", type=int, default=0)
+    tra.add_argument("--seed", type=_seed, default=0)
     tra.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --dir")
     tra.add_argument("--curve", metavar="OUT.json", help="write the learning curve (JSON and a PNG beside it)")
     tra.add_argument("--curve-episodes", type=_positive_int, default=6,
@@ -146,6 +146,19 @@ def _gigabytes_per_second(text):
     return value * 1e9
 
 
+def _seed(text):
+    """``--seed``: an integer in ``0 .. 2**32 - 1`` (what NumPy's and JAX's generators take)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {2 ** 32 - 1}, got {text!r}")
+    return value
+
+
 def _positive_int(text):
     import argparse
 
@@ -172,7 +185,8 @@ def run_simulation(nodes, pnpus_per_node, policy, trace, load, duration, seed=0,
     from .placement import Cluster
     from .policies import make_policy
     from .service import DEFAULT_BACKEND, ServiceTable, load_table
-    from .simulate import CLUSTER_RULES, DEFAULT_LOAD_BANDWIDTH, Simulator, make_context
+    from .simulate import (CLUSTER_RULES, DEFAULT_LOAD_BANDWIDTH, MAX_DECISIONS, MAX_SECONDS, Simulator,
+                           make_context)
     from .workload import Arrivals, default_models, make_trace
 
     for name, value in (("duration", duration), ("interval", interval)):
@@ -180,11 +194,15 @@ def run_simulation(nodes, pnpus_per_node, policy, trace, load, duration, seed=0,
             raise ClusterError(f"--{name} must be a positive finite number, got {value!r}")
     if not (math.isfinite(warmup) and warmup >= 0):
         raise ClusterError(f"--warmup must be a finite number of seconds >= 0, got {warmup!r}")
-    if isinstance(table, ServiceTable):
-        models = tuple(models or table.models or default_models(table.config))
-    else:
-        models = tuple(models or default_models(config))
+    if warmup + duration > MAX_SECONDS:
+        raise ClusterError(f"--warmup + --duration must be at most {MAX_SECONDS:g} simulated seconds (a day), got "
+                           f"{warmup + duration:g}")
+    if (warmup + duration) / interval > MAX_DECISIONS:
+        raise ClusterError(f"(--warmup + --duration) / --interval must be at most {MAX_DECISIONS:,} policy decisions, "
+                           f"got {(warmup + duration) / interval:.3g}; give a longer --interval")
+    if not isinstance(table, ServiceTable):
         table = load_table(models, config, backend or DEFAULT_BACKEND, path=table, build=False)
+    models = tuple(models or table.models or default_models(table.config))
     cluster = Cluster(nodes, pnpus_per_node, table.config)
     load_bandwidth = DEFAULT_LOAD_BANDWIDTH if load_bandwidth is None else load_bandwidth
     context = make_context(models, table, nodes * pnpus_per_node, load, interval, load_bandwidth=load_bandwidth)
@@ -216,7 +234,7 @@ def cmd_simulate(args):
                                             load_bandwidth=args.load_bandwidth)
     print(summary(results))
     if out:
-        out.write_text(json.dumps(results, indent=1, default=float) + "\n")
+        write_file(out, json.dumps(results, indent=1, default=float) + "\n", "results")
         print(f"results: {out}")
     if plots:
         for path in plot_timeline(sim, plots):
@@ -265,10 +283,7 @@ def plot_timeline(sim, directory):
     axes[0].legend(fontsize=7, ncol=2)
     axes[0].set_title(f"{sim.policy.name}: allocation over time")
     fig.tight_layout()
-    path = Path(directory) / f"allocation_{sim.policy.name}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [write_figure(fig, Path(directory) / f"allocation_{sim.policy.name}.png")]
 
 
 def cmd_table(args):

@@ -17,6 +17,9 @@ from tcloud.runtime.hypervisor.allocator import FreeList, PNPUState, fit, releas
 
 from .workload import ClusterError
 
+MAX_PNPUS = 10_000
+"""The most pNPUs a cluster model holds (ten times the 1,000 of the evaluation; its state grows with them)."""
+
 
 @dataclass(eq=False)
 class Replica:
@@ -64,6 +67,9 @@ class Cluster:
         for name, value in (("nodes", nodes), ("pnpus_per_node", pnpus_per_node)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ClusterError(f"{name} must be a positive integer, got {value!r}")
+        if nodes * pnpus_per_node > MAX_PNPUS:
+            raise ClusterError(f"nodes x pnpus_per_node must be at most {MAX_PNPUS:,} pNPUs, got "
+                               f"{nodes} x {pnpus_per_node} = {nodes * pnpus_per_node:,}")
         self.config = get_config(config)
         self.nodes, self.pnpus_per_node = nodes, pnpus_per_node
         self.pnpus = [_empty(self.config, i) for i in range(nodes * pnpus_per_node)]

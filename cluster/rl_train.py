@@ -22,8 +22,10 @@ libraries (gigabytes); ``skrl[jax]`` added 534 MB to this project's environment 
 installed in 25 s on the 2-core machine) and no PyTorch.
 """
 
+import io
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -36,6 +38,11 @@ import numpy as np
 from .policies import Policy
 from .rl import (ACTIONS, GLOBAL, NETWORK_FORMAT, PER_MODEL, RateMemory, decode, features, initial_plan,
                  model_options, observation_size)
+from tcloud.isa.errors import TcloudError
+from tcloud.runtime.files import read_text, write_figure, write_file
+
+from .service import ray_results
+from .simulate import MAX_LOAD
 from .workload import ClusterError
 
 
@@ -101,18 +108,19 @@ class ClusterEnv(gymnasium.Env):
                  worst_weight=1.0, config="small", table=None, burst_intervals=(2, 8), seed=0, slow_features=True):
         from .service import DEFAULT_BACKEND, ServiceTable, default_path
 
-        if not (isinstance(interval, (int, float)) and interval > 0):
-            raise ClusterError(f"interval must be positive, got {interval!r}")
-        if not (isinstance(cost_weight, (int, float)) and cost_weight >= 0):
-            raise ClusterError(f"cost_weight must be non-negative, got {cost_weight!r}")
-        if not (isinstance(worst_weight, (int, float)) and worst_weight >= 0):
-            raise ClusterError(f"worst_weight must be non-negative, got {worst_weight!r}")
+        if not (isinstance(interval, (int, float)) and 0 < interval < math.inf):
+            raise ClusterError(f"interval must be a positive finite number of seconds, got {interval!r}")
+        if not (isinstance(cost_weight, (int, float)) and 0 <= cost_weight < math.inf):
+            raise ClusterError(f"cost_weight must be non-negative and finite, got {cost_weight!r}")
+        if not (isinstance(worst_weight, (int, float)) and 0 <= worst_weight < math.inf):
+            raise ClusterError(f"worst_weight must be non-negative and finite, got {worst_weight!r}")
         if not isinstance(slow_features, bool):
             raise ClusterError(f"slow_features must be True or False, got {slow_features!r}")
         if not (isinstance(steps, int) and steps >= 1):
             raise ClusterError(f"episode steps must be a positive integer, got {steps!r}")
-        if not (len(loads) == 2 and 0 < loads[0] <= loads[1]):
-            raise ClusterError(f"loads must be a range (low, high) of positive fractions, got {loads!r}")
+        if not (len(loads) == 2 and 0 < loads[0] <= loads[1] <= MAX_LOAD):
+            raise ClusterError(f"loads must be a range (low, high) of positive fractions, at most {MAX_LOAD:g}, "
+                               f"got {loads!r}")
         path = Path(table) if table else default_path(config, DEFAULT_BACKEND)
         if not path.exists():
             raise ClusterError(f"no service-time table at {path}; run `tcloud cluster table`")
@@ -230,6 +238,9 @@ class RayVectorEnv(gymnasium.vector.VectorEnv):
     def __init__(self, count=2, per_worker=1, **env_options):
         import ray
 
+        seed = env_options.pop("seed", 0)
+        probe = ClusterEnv(**env_options)
+        probe.reset(seed=seed)  # bad options (an impossible SLO, ...) fail here, not in every worker
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
             # Ray runs workers at nice 15 by default; here they do the training's main work (the
@@ -255,11 +266,9 @@ class RayVectorEnv(gymnasium.vector.VectorEnv):
                 return out
 
         self._ray = ray
-        seed = env_options.pop("seed", 0)
         self.per_worker = per_worker
         self.workers = [Worker.remote(env_options, [seed + i * per_worker + k for k in range(per_worker)])
                         for i in range(count)]
-        probe = ClusterEnv(**env_options)
         self.num_envs = count * per_worker
         self.single_observation_space, self.single_action_space = probe.observation_space, probe.action_space
         self.observation_space = gymnasium.vector.utils.batch_space(probe.observation_space, self.num_envs)
@@ -267,13 +276,13 @@ class RayVectorEnv(gymnasium.vector.VectorEnv):
 
     def reset(self, seed=None, options=None):
         k = self.per_worker
-        results = self._ray.get([w.reset.remote(None if seed is None else seed + i * k)
-                                 for i, w in enumerate(self.workers)])
+        results = ray_results([w.reset.remote(None if seed is None else seed + i * k)
+                               for i, w in enumerate(self.workers)])
         return np.stack([r[0] for part in results for r in part]), {}
 
     def step(self, actions):
         actions, k = np.asarray(actions), self.per_worker
-        parts = self._ray.get([w.step.remote(actions[i * k:(i + 1) * k]) for i, w in enumerate(self.workers)])
+        parts = ray_results([w.step.remote(actions[i * k:(i + 1) * k]) for i, w in enumerate(self.workers)])
         obs, reward, terminated, truncated, infos = zip(*[r for part in parts for r in part])
         return (np.stack(obs), np.array(reward, dtype=np.float32), np.array(terminated), np.array(truncated),
                 {key: np.array([i[key] for i in infos]) for key in ("good", "worst", "held")})
@@ -414,7 +423,7 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
                 "network": network_settings()}
     state = {"done": 0, "steps": [], "rewards": [], "good": [], "worst": [], "seconds": 0.0, "settings": settings}
     if resume and state_path.exists():
-        state = json.loads(state_path.read_text())
+        state = _read_progress(state_path)
         found = state.get("settings") or {}
         if found.get("network") != settings["network"]:
             raise ClusterError(f"{state_path}: the checkpoint holds a network of format {found.get('network')}, "
@@ -422,6 +431,7 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
         if found != settings:
             raise ClusterError(f"{state_path}: the checkpoint was trained with {found}, not "
                                f"{settings}; pass the same options, or start afresh")
+        _check_progress(state_path, state)
         stamp_format(directory)
     elif (directory / "snapshots").exists():  # a fresh run's curve and snapshots must not mix with an old run's
         (directory / "snapshots").rename(directory / f"snapshots.before-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -442,11 +452,15 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
     cfg.experiment.checkpoint_interval = 0
     agent = PPO(models=models, memory=memory, observation_space=env.observation_space,
                 action_space=env.action_space, device=env.device, cfg=cfg)
-    if resume and checkpoint.exists():
-        agent.load(str(checkpoint))
     original = env.step
     trainer = None
     try:
+        if resume and checkpoint.exists():
+            try:
+                agent.load(str(checkpoint))
+            except Exception as exc:  # pickle and flax raise many kinds for a truncated or foreign file
+                raise ClusterError(f"{checkpoint}: not a checkpoint this code can resume ({type(exc).__name__}: "
+                                   f"{exc}); start afresh (--fresh) or use another --dir") from None
         while state["done"] < timesteps:
             segment = min(checkpoint_every, timesteps - state["done"])
             started = time.perf_counter()
@@ -470,7 +484,9 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
             trainer.cfg.timesteps = segment
             trainer.train()
             env.step = original
-            agent.save(str(checkpoint))
+            staged = checkpoint.with_name(f".{checkpoint.name}.partial")
+            agent.save(str(staged))
+            os.replace(staged, checkpoint)
             state["done"] += segment
             state["steps"].append(state["done"] * envs * per_worker)
             state["rewards"].append(float(np.mean(rewards)))
@@ -481,7 +497,7 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
             (directory / "snapshots").mkdir(exist_ok=True)
             export(models["policy"], directory / "snapshots" / f"rl_policy_{state['done'] * envs * per_worker}.npz",
                    slow_features)
-            state_path.write_text(json.dumps(state, indent=1))
+            write_file(state_path, json.dumps(state, indent=1), "training progress")
             if progress:
                 progress(state["done"], timesteps)
     finally:
@@ -491,6 +507,32 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
     state["per_worker"] = per_worker
     state["weights"] = str(export(models["policy"], directory / "rl_policy.npz", slow_features))
     return state
+
+
+def _read_progress(path):
+    """The state a :func:`train` run recorded in ``path`` (``progress.json``), or a :class:`ClusterError`
+    naming the file."""
+    try:
+        state = json.loads(read_text(path, "a training progress file (JSON text)"))
+    except TcloudError as exc:
+        raise ClusterError(str(exc)) from None
+    except json.JSONDecodeError as exc:
+        raise ClusterError(f"{path}:{exc.lineno}: not JSON ({exc.msg}); start afresh (--fresh) or use another "
+                           f"--dir") from None
+    if not isinstance(state, dict):
+        raise ClusterError(f"{path}: not a training progress file (a JSON object); start afresh (--fresh) or use "
+                           f"another --dir")
+    return state
+
+
+def _check_progress(path, state):
+    """Raise a :class:`ClusterError` naming ``path`` unless ``state`` holds what a run records."""
+    fields = {"done": int, "steps": list, "rewards": list, "good": list, "worst": list, "seconds": (int, float)}
+    bad = [name for name, kind in fields.items() if isinstance(state.get(name), bool)
+           or not isinstance(state.get(name), kind)]
+    if bad:
+        raise ClusterError(f"{path}: not a training progress file (field {bad[0]!r} is missing or of the wrong "
+                           f"type); start afresh (--fresh) or use another --dir")
 
 
 def stamp_format(directory):
@@ -520,10 +562,7 @@ def stamp_format(directory):
                 arrays = {name: data[name] for name in data.files}
         except (OSError, ValueError, EOFError, TypeError, AttributeError, zipfile.BadZipFile):
             continue  # missing, truncated or not a weight file: loading it will say so
-        staged = path.with_name(f"{path.name}.partial")
-        with staged.open("wb") as handle:
-            np.savez(handle, format=np.int64(NETWORK_FORMAT), **arrays)
-        os.replace(staged, path)
+        write_file(path, _npz(format=np.int64(NETWORK_FORMAT), **arrays), "weight file")
         stamped.append(path)
     return stamped
 
@@ -539,12 +578,16 @@ def export(policy, path, slow_features=True):
     for i, name in enumerate(names):
         arrays[f"w{i}"] = np.asarray(params[name]["kernel"], dtype=np.float32)
         arrays[f"b{i}"] = np.asarray(params[name]["bias"], dtype=np.float32)
-    path = Path(path)
-    with path.open("wb") as handle:
-        if not slow_features:
-            arrays["slow_features"] = np.bool_(False)
-        np.savez(handle, format=np.int64(NETWORK_FORMAT), **arrays)
-    return path
+    if not slow_features:
+        arrays["slow_features"] = np.bool_(False)
+    return write_file(path, _npz(format=np.int64(NETWORK_FORMAT), **arrays), "weight file")
+
+
+def _npz(**arrays):
+    """The bytes of an ``.npz`` file holding ``arrays``."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
 
 
 def learning_curve(directory, state, episodes=6, points=12,
@@ -592,12 +635,11 @@ def write_curve(state, path, evaluation=None):
     environment steps, the snapshots' deterministic reward and the baselines' on the same episodes;
     return both paths."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     keys = ("steps", "rewards", "good", "worst", "seconds", "done", "envs", "per_worker", "settings")
     data = {k: state[k] for k in keys if k in state}
     if evaluation:
         data["evaluation"] = evaluation
-    path.write_text(json.dumps(data, indent=1) + "\n")
+    write_file(path, json.dumps(data, indent=1) + "\n", "learning curve")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -617,7 +659,4 @@ def write_curve(state, path, evaluation=None):
                  f"environments, {state['seconds'] / 60:.0f} min")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    png = path.with_suffix(".png")
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return [path, png]
+    return [path, write_figure(fig, path.with_suffix(".png"), "learning curve plot")]

@@ -32,7 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from tcloud.isa import get_config
+from tcloud.isa.errors import TcloudError
 from tcloud.runtime.backends import TIMED_BACKENDS
+from tcloud.runtime.files import read_text, write_file
 
 from .workload import ClusterError, default_models
 
@@ -349,19 +351,19 @@ class ServiceTable:
                             for (m, s, p, b), c in sorted(self.entries.items())]}
 
     def save(self, path):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        return path
+        """Write the table as JSON at ``path``, atomically (:func:`~tcloud.runtime.files.write_file`)."""
+        return write_file(path, json.dumps(self.to_dict(), indent=1) + "\n", "service-time table")
 
     @classmethod
     def load(cls, path):
         """Read a table written by :meth:`save`; :class:`ClusterError` naming the file and field."""
         path = Path(path)
+        if path.exists() and not path.is_file():
+            raise ClusterError(f"service-time table {path} is not a regular file")
         try:
-            data = json.loads(path.read_text())
-        except OSError as exc:
-            raise ClusterError(f"cannot read service-time table {path}: {exc.strerror}") from None
+            data = json.loads(read_text(path, "a service-time table (JSON text)"))
+        except TcloudError as exc:
+            raise ClusterError(str(exc)) from None
         except json.JSONDecodeError as exc:
             raise ClusterError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
         from .workload import ModelSpec
@@ -370,7 +372,14 @@ class ServiceTable:
             shapes = [Shape(**s) for s in data["shapes"]]
             for index, shape in enumerate(shapes):
                 _check_positive_ints(path, f"shapes[{index}]", vars(shape))
-            models = [ModelSpec(**{**m, "settings": tuple(m["settings"])}) for m in data.get("models", [])]
+            try:
+                models = [ModelSpec(**{**m, "settings": tuple(m["settings"])}) for m in data.get("models", [])]
+            except ClusterError as exc:
+                raise ClusterError(f"{path}: field models: {exc}") from None
+            names = [m.name for m in models]
+            if len(set(names)) != len(names):
+                raise ClusterError(f"{path}: field models names a model twice "
+                                   f"({', '.join(sorted({n for n in names if names.count(n) > 1}))})")
             entries = {}
             for index, e in enumerate(data["entries"]):
                 _check_positive_ints(path, f"entries[{index}]", {"batch": e["batch"], "cycles": e["cycles"]})
@@ -392,9 +401,11 @@ class ServiceTable:
                 if (model, shape, policy, 1) not in entries:
                     raise ClusterError(f"{path}: model {model!r} on shape {shape!r} ({policy}) has no batch-1 entry "
                                        f"(smaller batches would be extrapolated)")
+            if not shapes:
+                raise ClusterError(f"{path}: field shapes is empty (a table needs at least one vNPU shape)")
             clock_mhz = data["clock_mhz"]
-            if isinstance(clock_mhz, bool) or not isinstance(clock_mhz, (int, float)) or not clock_mhz > 0:
-                raise ClusterError(f"{path}: field clock_mhz must be a positive number, got {clock_mhz!r}")
+            if isinstance(clock_mhz, bool) or not isinstance(clock_mhz, (int, float)) or not 0 < clock_mhz < math.inf:
+                raise ClusterError(f"{path}: field clock_mhz must be a positive finite number, got {clock_mhz!r}")
             neighbours = data.get("neighbours", "none")
             if neighbours not in (NEIGHBOURS, "none"):
                 raise ClusterError(f"{path}: field neighbours must be {NEIGHBOURS!r} or 'none', got {neighbours!r}")
@@ -422,6 +433,19 @@ def _check_positive_ints(path, where, fields):
     for name, value in fields.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ClusterError(f"{path}: field {where}.{name} must be a positive integer, got {value!r}")
+
+
+def ray_results(refs):
+    """``ray.get(refs)``, with a task's :class:`~tcloud.isa.errors.TcloudError` raised here as a
+    :class:`ClusterError` of its message, not as Ray's report of the worker's traceback."""
+    import ray
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, TcloudError):
+            raise ClusterError(str(exc.cause)) from None
+        raise
 
 
 def default_path(config, backend):
@@ -458,6 +482,8 @@ def build_table(models=None, config="small", backend=DEFAULT_BACKEND, batches=No
 
     started_at = time.time()
     cfg = get_config(config)
+    if backend not in TIMED_BACKENDS:
+        raise ClusterError(f"unknown timed backend {backend!r}; choose one of {', '.join(TIMED_BACKENDS)}")
     models = tuple(models or default_models(config))
     batches = tuple(batches or default_batches(config))
     if timing_only is None:
@@ -477,16 +503,10 @@ def build_table(models=None, config="small", backend=DEFAULT_BACKEND, batches=No
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                try:
-                    key = pending.pop(ref)
-                    entries[key], image_bytes = ray.get(ref)
-                    if key[3] == max(batches):
-                        load_bytes[key[:2]] = image_bytes
-                except ray.exceptions.RayTaskError as exc:
-                    cause = exc.as_instanceof_cause()
-                    if isinstance(cause, ClusterError):
-                        raise ClusterError(str(cause).splitlines()[-1]) from None
-                    raise
+                key = pending.pop(ref)
+                entries[key], image_bytes = ray_results(ref)
+                if key[3] == max(batches):
+                    load_bytes[key[:2]] = image_bytes
             if progress:
                 progress(len(entries), total)
     finally:
@@ -567,20 +587,26 @@ def measure_neighbour_slowdowns(table, progress=None):
 def load_table(models=None, config="small", backend=DEFAULT_BACKEND, path=None, build=True, **options):
     """The table for ``models`` on ``config``/``backend``: from ``path`` (default the shipped one),
     rebuilt with :func:`build_table` when it lacks a model (or ``build`` is False: a
-    :class:`ClusterError`). ``models`` defaults to :func:`~.workload.default_models` of ``config``."""
-    models = tuple(models or default_models(config))
+    :class:`ClusterError`). ``models`` defaults to the table's own models, else to
+    :func:`~.workload.default_models` of ``config``. A table at ``path`` made for another
+    configuration or backend is refused, never rebuilt over."""
     path = Path(path) if path else default_path(config, backend)
     if path.exists():
         table = ServiceTable.load(path)
+        if (table.config, table.backend) != (config, backend):
+            raise ClusterError(f"{path} is a service-time table for {table.config}/{table.backend}, not "
+                               f"{config}/{backend}: pass --config {table.config} --backend {table.backend}, "
+                               f"or another table")
         have = {key[0] for key in table.entries}
-        missing = [m.name for m in models if m.name not in have]
-        if not missing and (table.config, table.backend) == (config, backend):
+        missing = [m.name for m in tuple(models or table.models or default_models(config)) if m.name not in have]
+        if not missing:
             return table
         if not build:
             raise ClusterError(f"{path}: no entries for model(s) {', '.join(missing)} on {config}/{backend}; "
                                f"run `tcloud cluster table`")
     elif not build:
         raise ClusterError(f"no service-time table at {path}; run `tcloud cluster table`")
+    models = tuple(models or default_models(config))
     table = build_table(models, config, backend, **options)
     table.save(path)
     return table

@@ -33,6 +33,12 @@ a benign pairing is kept rather than its half freed for whichever model grows ne
 newest); 2 charges loading a replica added during a run, draining a removed one and neighbours of
 another model, and places replicas by affinity (:meth:`.placement.Cluster.place`); 1 (results that
 record none) charged none of these and placed first fit."""
+MAX_LOAD = 100.0
+"""The highest offered load, as a multiple of capacity, the simulator accepts (its queues grow with it)."""
+MAX_SECONDS = 86400.0
+"""The most simulated seconds (warm-up and measured) a run covers: a day."""
+MAX_DECISIONS = 1_000_000
+"""The most policy decisions (simulated seconds / interval) a run takes."""
 DEFAULT_LOAD_BANDWIDTH = 12e9
 """Bytes per second a pNPU's host link moves into its HBM (about what a PCIe 3.0 ×16 link achieves of
 its 15.75 GB/s): a new replica serves only after its image (:meth:`.service.ServiceTable.replica_load_bytes`)
@@ -259,8 +265,8 @@ def make_context(models, table, pnpus, load, interval=1.0, reference=None, load_
         ``slo_factor``), the table lacks the model, its load bytes or (``charge_neighbours``) a pair's
         slowdown, or ``load_bandwidth`` is not a positive number.
     """
-    if not (isinstance(load, (int, float)) and math.isfinite(load) and load > 0):
-        raise ClusterError(f"--load must be a positive fraction of capacity, got {load!r}")
+    if isinstance(load, bool) or not isinstance(load, (int, float)) or not 0 < load <= MAX_LOAD:
+        raise ClusterError(f"--load must be a positive fraction of capacity, at most {MAX_LOAD:g}, got {load!r}")
     if isinstance(load_bandwidth, bool) or not isinstance(load_bandwidth, (int, float)) or not load_bandwidth > 0:
         raise ClusterError(f"--load-bandwidth must be a positive number of bytes per second (or inf), "
                            f"got {load_bandwidth!r}")

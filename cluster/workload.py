@@ -18,6 +18,8 @@ Traces:
 """
 
 import csv
+import io
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +34,10 @@ TRACES = ("poisson", "mmpp", "diurnal")
 AZURE_SAMPLE = Path(__file__).with_name("data") / "azure_functions_sample.csv"
 """A small synthetic file in the Azure Functions 2019 per-minute invocation-count format."""
 AZURE_KEYS = ("HashOwner", "HashApp", "HashFunction", "Trigger")
+MAX_TRACE_BYTES = 2 << 30
+"""The largest trace file read (a day of the real trace, every function, is a few hundred MB)."""
+MAX_COUNT = 10 ** 12
+"""The largest invocation count a trace minute may hold (sums over a day then stay exact in int64)."""
 
 
 class ClusterError(TcloudError, ValueError):
@@ -66,19 +72,22 @@ class ModelSpec:
     def __post_init__(self):
         from tcloud.runtime.compiler import zoo
 
-        if self.builder not in zoo.BUILDERS:
+        if not isinstance(self.name, str) or not self.name:
+            raise ClusterError(f"a model's field name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.builder, str) or self.builder not in zoo.BUILDERS:
             raise ClusterError(f"model {self.name!r}: field builder: no model {self.builder!r} in the zoo; "
                                f"choose one of {', '.join(zoo.BUILDERS)}")
         known = zoo.options(self.builder)
         for setting in self.settings:
-            key = setting.partition("=")[0]
+            key = setting.partition("=")[0] if isinstance(setting, str) else None
             if key not in known:
                 raise ClusterError(f"model {self.name!r}: field settings: {setting!r}; {self.builder} takes "
                                    f"{', '.join(known)}")
         for what in ("slo_factor", "share"):
             value = getattr(self, what)
-            if not isinstance(value, (int, float)) or not value > 0:
-                raise ClusterError(f"model {self.name!r}: field {what} must be a positive number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ClusterError(f"model {self.name!r}: field {what} must be a positive finite number, "
+                                   f"got {value!r}")
 
     def build(self):
         """The float ONNX model."""
@@ -225,43 +234,60 @@ def read_azure(path):
     ------
     ClusterError
         Naming the file, line and column of a bad header, a short or long row or a count that is
-        not a non-negative integer.
+        not an integer in ``0..MAX_COUNT``; or a file that is not a regular text file of at most
+        :data:`MAX_TRACE_BYTES`.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ClusterError(f"trace {path} is not a regular file")
     try:
-        handle = path.open(newline="")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_TRACE_BYTES + 1)
     except OSError as exc:
         raise ClusterError(f"cannot read trace {path}: {exc.strerror}") from None
-    with handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise ClusterError(f"{path}: empty file (expected the header {','.join(AZURE_KEYS)},1,2,...)")
-        if tuple(header[:4]) != AZURE_KEYS:
-            raise ClusterError(f"{path}:1: header must start with {','.join(AZURE_KEYS)}, got {','.join(header[:4])}")
-        minutes = header[4:]
-        if not minutes:
-            raise ClusterError(f"{path}:1: no minute columns after {','.join(AZURE_KEYS)}")
-        for i, text in enumerate(minutes, start=1):
-            if text.strip() != str(i):
-                raise ClusterError(f"{path}:1: column {i + 4} must be minute {i}, got {text!r}")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise ClusterError(f"{path}:{line}: {len(row)} fields, the header has {len(header)}")
-            try:
-                values = [int(v) for v in row[4:]]
-            except ValueError:
-                column = next(i for i, v in enumerate(row[4:]) if not v.strip().isdigit())
-                raise ClusterError(f"{path}:{line}: field {header[column + 4]!r} (column {column + 5}) must be a "
-                                   f"non-negative integer, got {row[column + 4]!r}") from None
-            bad = [i for i, v in enumerate(values) if v < 0]
-            if bad:
-                raise ClusterError(f"{path}:{line}: field {header[bad[0] + 4]!r} is negative ({values[bad[0]]})")
-            if any(values):
-                rows.append(values)
+    if len(data) > MAX_TRACE_BYTES:
+        raise ClusterError(f"trace {path} is larger than {MAX_TRACE_BYTES >> 20} MiB")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        raise ClusterError(f"trace {path} is not a text file (byte {exc.start} is not UTF-8)") from None
+    try:
+        return _parse_azure(path, csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise ClusterError(f"trace {path} is not CSV ({exc})") from None
+
+
+def _parse_azure(path, reader):
+    """:func:`read_azure`'s rows from ``reader``, a :func:`csv.reader` over the file ``path``."""
+    header = next(reader, None)
+    if header is None:
+        raise ClusterError(f"{path}: empty file (expected the header {','.join(AZURE_KEYS)},1,2,...)")
+    if tuple(header[:4]) != AZURE_KEYS:
+        raise ClusterError(f"{path}:1: header must start with {','.join(AZURE_KEYS)}, got {','.join(header[:4])}")
+    minutes = header[4:]
+    if not minutes:
+        raise ClusterError(f"{path}:1: no minute columns after {','.join(AZURE_KEYS)}")
+    for i, text in enumerate(minutes, start=1):
+        if text.strip() != str(i):
+            raise ClusterError(f"{path}:1: column {i + 4} must be minute {i}, got {text!r}")
+    rows = []
+    for line, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise ClusterError(f"{path}:{line}: {len(row)} fields, the header has {len(header)}")
+        try:
+            values = [int(v) for v in row[4:]]
+        except ValueError:
+            column = next(i for i, v in enumerate(row[4:]) if not v.strip().isdigit())
+            raise ClusterError(f"{path}:{line}: field {header[column + 4]!r} (column {column + 5}) must be a "
+                               f"non-negative integer, got {row[column + 4]!r}") from None
+        bad = [i for i, v in enumerate(values) if not 0 <= v <= MAX_COUNT]
+        if bad:
+            raise ClusterError(f"{path}:{line}: field {header[bad[0] + 4]!r} must be an invocation count in "
+                               f"0..{MAX_COUNT:.0e}, got {values[bad[0]]}")
+        if any(values):
+            rows.append(values)
     if not rows:
         raise ClusterError(f"{path}: no function has any invocation")
     return np.array(rows, dtype=np.int64)

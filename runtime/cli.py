@@ -622,9 +622,9 @@ def build_parser():
 
 
 def main(argv=None):
-    """Entry point of the ``tcloud`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    """Run ``tcloud`` with the arguments ``argv`` (default the process's); returns the exit code."""
     try:
+        args = build_parser().parse_args(argv)
         args.func(args)
         sys.stdout.flush()
     except TcloudError as exc:

@@ -10,8 +10,9 @@ from tcloud.isa.errors import TcloudError
 
 
 def output_file(path, what="output"):
-    """The one rule for every file a command writes: refuse a directory, create missing parent
-    directories, and turn any failure into a :class:`TcloudError` naming the path.
+    """The one rule for every file a command writes: refuse a directory, another file that is not a
+    regular one (a device, a pipe) or a target the process cannot write, create missing parent directories, and turn any failure into a
+    :class:`TcloudError` naming the path (so a command can check its outputs before its work).
 
     Returns
     -------
@@ -20,10 +21,14 @@ def output_file(path, what="output"):
     path = Path(path)
     if path.is_dir():
         raise TcloudError(f"{what} {path} is a directory; give a file name")
+    if path.exists() and not path.is_file():
+        raise TcloudError(f"{what} {path} exists and is not a regular file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TcloudError(f"cannot create the directory of {what} {path}: {exc.strerror}") from None
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise TcloudError(f"cannot write {what} {path}: permission denied")
     return path
 
 
@@ -62,6 +67,21 @@ def write_file(path, data, what="output"):
             raise TcloudError(f"cannot write {what} {path}: {exc.strerror}") from None
         raise
     return path
+
+
+def write_figure(fig, path, what="plot", dpi=110):
+    """Write the matplotlib figure ``fig`` as a PNG at ``path`` with :func:`write_file` (atomically,
+    errors naming the path), close it and return the path."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return write_file(path, buffer.getvalue(), what)
 
 
 def _umask():

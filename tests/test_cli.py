@@ -561,3 +561,19 @@ def test_a_preset_without_rtl_says_so_and_which_backends_run_it(tmp_path):
         assert result.returncode == 1, argv
         assert result.stderr.strip().splitlines()[-1].startswith("tcloud: error: config 'tpu_like' has no RTL")
         assert "Traceback" not in result.stderr
+
+
+def test_an_interrupt_while_the_libraries_load_exits_130_without_a_traceback(monkeypatch):
+    import builtins
+
+    from tcloud.__main__ import run
+
+    plain_import = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "tcloud.runtime.cli":
+            raise KeyboardInterrupt
+        return plain_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    assert run() == 130

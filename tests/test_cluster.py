@@ -8,7 +8,7 @@ import pytest
 
 from tcloud.cluster.placement import Cluster, check_fits
 from tcloud.cluster.simulate import CLUSTER_RULES
-from tcloud.cluster.service import Shape, ServiceTable, load_table
+from tcloud.cluster.service import Shape, ServiceTable, default_path, load_table
 from tcloud.cluster.workload import (AZURE_SAMPLE, DEFAULT_MODELS, Arrivals, ClusterError, ModelSpec, make_trace,
                                      read_azure)
 from tcloud.runtime.cli import main as tcloud
@@ -26,7 +26,7 @@ def test_unknown_model_and_bad_fields_are_named():
         ModelSpec("x", "resnet9000")
     with pytest.raises(ClusterError, match="field settings: 'depth=3'"):
         ModelSpec("x", "dlrm_mlp", ("depth=3",))
-    with pytest.raises(ClusterError, match="field slo_factor must be a positive number"):
+    with pytest.raises(ClusterError, match="field slo_factor must be a positive finite number"):
         ModelSpec("x", "ncf", slo_factor=0)
 
 
@@ -279,7 +279,7 @@ def test_a_corrupt_table_file_is_named(tmp_path):
     (lambda d: d["entries"][0].update(cycles=0), r"field entries\[0\].cycles must be a positive integer, got 0"),
     (lambda d: d["entries"][0].update(batch=0), r"field entries\[0\].batch must be a positive integer, got 0"),
     (lambda d: d["shapes"][1].update(mes="two"), r"field shapes\[1\].mes must be a positive integer, got 'two'"),
-    (lambda d: d.update(clock_mhz=-1), "field clock_mhz must be a positive number, got -1"),
+    (lambda d: d.update(clock_mhz=-1), "field clock_mhz must be a positive finite number, got -1"),
     (lambda d: d.update(neighbours="some"), "field neighbours must be 'same-model' or 'none', got 'some'"),
     (lambda d: d.update(entries=[e for e in d["entries"] if e["batch"] != 1 or e["model"] != "ncf"]),
      "model 'ncf' on shape 'm1v1' \\(static\\) has no batch-1 entry"),
@@ -528,7 +528,13 @@ def test_cli_simulate_writes_json(tmp_path, capsys):
     (["--load", "-1"], "--load must be a positive fraction of capacity"),
     (["--nodes", "1", "--pnpus-per-node", "1"], "allocation does not fit"),
     (["--table", "missing.json"], "no service-time table at missing.json"),
-    (["--load", "inf"], "--load must be a positive fraction of capacity, got inf"),
+    (["--load", "inf"], "--load must be a positive fraction of capacity, at most 100, got inf"),
+    (["--load", "1e6"], "--load must be a positive fraction of capacity, at most 100, got 1000000.0"),
+    (["--duration", "1e12"], "--warmup + --duration must be at most 86400 simulated seconds (a day), got 1e+12"),
+    (["--interval", "1e-300"], "(--warmup + --duration) / --interval must be at most 1,000,000 policy decisions"),
+    (["--pnpus-per-node", "100000000"], "nodes x pnpus_per_node must be at most 10,000 pNPUs, got 2 x 100000000"),
+    (["--trace", "/dev/zero"], "trace /dev/zero is not a regular file"),
+    (["--json", "/dev/null"], "results /dev/null exists and is not a regular file"),
     (["--duration", "inf"], "--duration must be a positive finite number, got inf"),
     (["--warmup", "nan"], "--warmup must be a finite number of seconds >= 0, got nan"),
     (["--warmup", "-1"], "--warmup must be a finite number of seconds >= 0, got -1.0"),
@@ -540,6 +546,79 @@ def test_cli_errors_are_messages_not_tracebacks(capsys, args, message):
     assert tcloud(["cluster", "simulate", "--nodes", "2", "--duration", "1", *args]) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_negative_seed_is_refused_as_the_arguments_are_read(capsys):
+    with pytest.raises(SystemExit) as exc:
+        tcloud(["cluster", "simulate", "--seed", "-1"])
+    assert exc.value.code == 2 and "--seed: expected an integer from 0 to 4294967295, got '-1'" in capsys.readouterr().err
+
+
+def _azure_with(tmp_path, count):
+    rows = AZURE_SAMPLE.read_text().splitlines()
+    fields = rows[1].split(",")
+    fields[5] = count
+    path = tmp_path / "trace.csv"
+    path.write_text("\n".join([rows[0], ",".join(fields), *rows[2:]]) + "\n")
+    return path
+
+
+def test_a_binary_or_overflowing_trace_is_named(tmp_path):
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(AZURE_SAMPLE.read_bytes()[:100] + b"\xd3\x00\xff")
+    with pytest.raises(ClusterError, match=r"binary.csv is not a text file \(byte 100 is not UTF-8\)"):
+        read_azure(binary)
+    with pytest.raises(ClusterError, match=r"trace.csv:2: field '2' must be an invocation count in 0..1e\+12, got 9{23}"):
+        read_azure(_azure_with(tmp_path, "9" * 23))
+    assert read_azure(_azure_with(tmp_path, str(10 ** 12)))[0][1] == 10 ** 12
+
+
+def _table_with(tmp_path, change):
+    data = json.loads(default_path("small", "perf").read_text())
+    change(data)
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _set(key, value):
+    return lambda data: data.__setitem__(key, value)
+
+
+def _every_slo(factor):
+    return lambda data: [model.__setitem__("slo_factor", factor) for model in data["models"]]
+
+
+@pytest.mark.parametrize("change, message", [
+    (_set("shapes", []), "field shapes is empty"),
+    (_set("clock_mhz", float("inf")), "field clock_mhz must be a positive finite number, got inf"),
+    (_set("config", "tpu_like"), "is a service-time table for tpu_like/perf, not small/perf: pass --config tpu_like"),
+    (lambda data: data["models"][1].__setitem__("name", data["models"][0]["name"]),
+     "field models names a model twice (dlrm_mlp)"),
+    (_every_slo(float("inf")), "field models: model 'dlrm_mlp': field slo_factor must be a positive finite number"),
+    (_every_slo(1e-6), "model 'dlrm_mlp': impossible SLO"),  # the table's own models, not the defaults, are run
+])
+def test_cli_simulate_refuses_a_bad_table_by_name(tmp_path, capsys, change, message):
+    path = _table_with(tmp_path, change)
+    assert tcloud(["cluster", "simulate", "--nodes", "1", "--duration", "1", "--table", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_binary_table_is_named(tmp_path):
+    path = tmp_path / "table.json"
+    path.write_bytes(b"\x93\xff{}")
+    with pytest.raises(ClusterError, match=r"table.json is not a service-time table \(JSON text\) \(byte 0"):
+        ServiceTable.load(path)
+
+
+def test_cli_table_refuses_an_unknown_backend_before_starting_ray(tmp_path, capsys):
+    import ray
+
+    assert tcloud(["cluster", "table", "--cpus", "1", "--out", str(tmp_path / "t.json"), "--backend", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown timed backend 'nope'; choose one of" in err and "Traceback" not in err
+    assert not ray.is_initialized() and not (tmp_path / "t.json").exists()
 
 
 # --- the policy benchmark's traces -----------------------------------------------------------------

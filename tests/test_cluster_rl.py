@@ -639,6 +639,16 @@ def test_training_on_two_ray_workers_resumes_from_its_checkpoint_and_writes_the_
         from tcloud.cluster.rl_train import train
 
         train(tmp_path / "run", timesteps=8, envs=2, checkpoint_every=2, rollouts=2, interval=0.05, steps=3)
+    checkpoint = tmp_path / "run" / "checkpoint.pickle"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # as an interrupted write by older code left it
+    assert tcloud([*common, "--timesteps", "8"]) == 1
+    err = capsys.readouterr().err
+    assert "checkpoint.pickle: not a checkpoint this code can resume (UnpicklingError" in err and "Traceback" not in err
+    assert not ray.is_initialized()
+    (tmp_path / "run" / "progress.json").write_text('{"done": 3, "settings": ')
+    assert tcloud([*common, "--timesteps", "8"]) == 1
+    err = capsys.readouterr().err
+    assert "progress.json:1: not JSON (Expecting value); start afresh (--fresh)" in err and "Traceback" not in err
 
 
 def test_resuming_a_run_made_by_older_code_is_refused_by_name(tmp_path):
@@ -697,7 +707,10 @@ def test_bad_training_settings_are_named(tmp_path, options, message):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"interval": 0}, "interval must be positive, got 0"),
+    ({"interval": 0}, "interval must be a positive finite number of seconds, got 0"),
+    ({"interval": float("inf")}, "interval must be a positive finite number of seconds, got inf"),
+    ({"loads": (1e300, 1e308)}, "loads must be a range .* at most 100"),
+    ({"cost_weight": float("inf")}, "cost_weight must be non-negative and finite"),
     ({"nodes": (4, 0)}, r"nodes must be positive integers, got \(4, 0\)"),
     ({"steps": 0}, "episode steps must be a positive integer"),
     ({"loads": (0.9, 0.2)}, "loads must be a range"),
