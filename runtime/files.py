@@ -91,9 +91,13 @@ def _umask():
 
 
 def read_bytes(path):
-    """The bytes of ``path``, or a :class:`TcloudError` naming it."""
+    """The bytes of ``path``, or a :class:`TcloudError` naming it (also for a device or a pipe, which
+    need not end)."""
+    path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise TcloudError(f"cannot read {path}: not a regular file")
     try:
-        return Path(path).read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise TcloudError(f"cannot read {path}: {exc.strerror}") from None
 

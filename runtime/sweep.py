@@ -22,7 +22,9 @@ Ray is the distributed engine: a local ``ray.init`` by default, ``address`` to j
 """
 
 import csv
+import io
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,7 @@ import yaml
 from tcloud.isa import PRESETS, Instr, Policy, get_config
 from tcloud.isa.errors import TcloudError
 
-from .files import read_text
+from .files import output_dir, output_file, read_text, write_figure, write_file
 
 _KEYS = {"models", "configs", "policies", "tenants", "loads", "hbm_latency", "data", "poll_cycles"}
 _REQUIRED = ("models", "configs", "policies", "tenants", "loads")
@@ -39,6 +41,8 @@ COLUMNS = ("model", "config", "policy", "tenants", "load", "hbm_latency", "jobs"
            "mean_latency_cycles", "max_latency_cycles", "jobs_per_mcycle", "me_utilization", "ve_utilization",
            "dma_utilization", "wall_seconds")
 """Columns of the results table, one row per sweep point."""
+MAX_POINTS = 10_000
+"""The most points a sweep runs (the cross product of its lists)."""
 
 
 class SweepError(TcloudError, ValueError):
@@ -107,6 +111,11 @@ def check_spec(data, where="spec", base=Path(".")):
     for value in latencies:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise SweepError(f"{where}: hbm_latency must be positive integers (cycles), got {value!r}")
+        for config in spec["configs"]:
+            try:
+                get_config(config).replace(**({} if value is None else {"hbm_latency": value}))
+            except TcloudError as exc:
+                raise SweepError(f"{where}: hbm_latency {value!r} on {config}: {exc}") from None
     spec["hbm_latency"] = latencies
     spec["data"] = data.get("data", False)
     if not isinstance(spec["data"], bool):
@@ -114,15 +123,36 @@ def check_spec(data, where="spec", base=Path(".")):
     spec["poll_cycles"] = data.get("poll_cycles", 256)
     if isinstance(spec["poll_cycles"], bool) or not isinstance(spec["poll_cycles"], int) or spec["poll_cycles"] < 1:
         raise SweepError(f"{where}: poll_cycles must be a positive integer, got {spec['poll_cycles']!r}")
+    count = 1
+    for key in (*_REQUIRED, "hbm_latency"):
+        count *= len(spec[key])
+    if count > MAX_POINTS:
+        raise SweepError(f"{where}: {count:,} points (the product of the lists' lengths); a sweep runs at most "
+                         f"{MAX_POINTS:,}: split it")
     from .tenants import ScenarioError, build_program
     for model in spec["models"]:
         for config in spec["configs"]:
             try:
-                build_program(model, get_config(config), base)
+                image = build_program(model, get_config(config), base)
             except (ScenarioError, TcloudError) as exc:
                 raise SweepError(f"{where}: models: {model!r} on {config}: {exc}") from None
+            for tenants in spec["tenants"]:
+                _check_fits(model, image, get_config(config), tenants, where)
     spec["base"] = str(base)
     return spec
+
+
+def _windows(config, tenants):
+    """Bytes of scratchpad and HBM each of ``tenants`` tenants gets on a pNPU of ``config``."""
+    return config.sram_bytes // tenants // 4096 * 4096, config.hbm_bytes // tenants // 65536 * 65536
+
+
+def _check_fits(model, image, config, tenants, where="point"):
+    """Raise :class:`SweepError` unless ``image`` fits the windows of one of ``tenants`` tenants."""
+    sram_each, hbm_each = _windows(config, tenants)
+    if image.sram_bytes > sram_each or image.hbm_bytes > hbm_each:
+        raise SweepError(f"{where}: models: {model!r} needs {image.sram_bytes} B of scratchpad and {image.hbm_bytes} "
+                         f"B of HBM; {tenants} tenants on {config.name} get {sram_each} and {hbm_each} each")
 
 
 def points(spec):
@@ -158,11 +188,8 @@ def run_point(point):
     device = make_device("perf", config, data=point["data"], **timing)
     device.set_policy(point["policy"])
     n = point["tenants"]
-    sram_each = config.sram_bytes // n // 4096 * 4096
-    hbm_each = config.hbm_bytes // n // 65536 * 65536
-    if image.sram_bytes > sram_each or image.hbm_bytes > hbm_each:
-        raise SweepError(f"{point['model']} needs {image.sram_bytes} B of scratchpad and {image.hbm_bytes} B of HBM; "
-                         f"{n} tenants on {config.name} get {sram_each} and {hbm_each} each")
+    _check_fits(point["model"], image, config, n)
+    sram_each, hbm_each = _windows(config, n)
     rng = np.random.default_rng(0)
     plans = []
     for index in range(n):
@@ -247,8 +274,12 @@ def run_sweep(spec, out, *, address=None, num_cpus=None, log=print):
         import ray
     except ImportError:
         raise SweepError("tcloud sweep needs Ray: pip install 'ray[default]'") from None
+    out = output_dir(out, "sweep output directory")
+    csv_path, png_path = output_file(out / "sweep.csv", "results"), output_file(out / "sweep.png", "plot")
     todo = points(spec)
     started_here = not ray.is_initialized()
+    if started_here and address:
+        _check_reachable(address)
     if started_here:
         try:
             if address:
@@ -285,19 +316,31 @@ def run_sweep(spec, out, *, address=None, num_cpus=None, log=print):
     finally:
         if started_here:
             ray.shutdown()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "sweep.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    log(f"wrote {out / 'sweep.csv'}")
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_file(csv_path, table.getvalue(), "results")
+    log(f"wrote {csv_path}")
     try:
-        plot(rows, out / "sweep.png")
-        log(f"wrote {out / 'sweep.png'}")
+        plot(rows, png_path)
+        log(f"wrote {png_path}")
     except ImportError:
         log("matplotlib is not installed; skipped the plot")
     return rows
+
+
+def _check_reachable(address, seconds=5.0):
+    """Raise :class:`SweepError` if ``address``, a ``HOST:PORT`` of a Ray cluster, does not accept a
+    connection within ``seconds`` (``ray.init`` would retry for ever); other forms (``auto``,
+    ``ray://...``) are left to Ray."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
+    except OSError as exc:
+        raise SweepError(f"no Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
 def plot(rows, path):
@@ -324,5 +367,4 @@ def plot(rows, path):
     axes[0].legend(fontsize=7)
     fig.suptitle("tcloud sweep (perf backend)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    write_figure(fig, path)

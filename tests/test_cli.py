@@ -577,3 +577,24 @@ def test_an_interrupt_while_the_libraries_load_exits_130_without_a_traceback(mon
 
     monkeypatch.setattr(builtins, "__import__", interrupted)
     assert run() == 130
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from tcloud.isa.errors import TcloudError
+    from tcloud.runtime import files
+
+    path = tmp_path / "results.json"
+    path.write_text("the old results")
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "replace", full)
+    with pytest.raises(TcloudError, match=f"cannot write results {path}: No space left on device"):
+        files.write_file(path, "new", "results")
+    assert path.read_text() == "the old results" and sorted(tmp_path.iterdir()) == [path]
+    with pytest.raises(TcloudError, match="exists and is not a regular file"):
+        files.output_file("/dev/null", "results")

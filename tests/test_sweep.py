@@ -26,6 +26,11 @@ hbm_latency: [100]
     ({"tenants": [9]}, "9 tenants, but a pNPU of small has 4 contexts"),
     ({"loads": ["many"]}, "loads must be positive integers, got 'many'"),
     ({"hbm_latency": [-5]}, "hbm_latency must be positive integers"),
+    ({"hbm_latency": [10 ** 20]}, r"hbm_latency 100000000000000000000 on small: .* out of range \[1, 100000\]"),
+    ({"loads": list(range(1, 201)), "hbm_latency": list(range(1, 101))},
+     "20,000 points .* a sweep runs at most 10,000: split it"),
+    ({"models": ["gemm 1024x2048x1024"], "tenants": [4]},
+     "models: 'gemm 1024x2048x1024' needs 57344 B of scratchpad .* 4 tenants on small get 65536"),
     ({"models": ["gemm 8x8"]}, "models: 'gemm 8x8' on small"),
     ({"colour": "red"}, "unknown field(s) colour"),
     ({"data": "yes"}, "data must be true or false"),
@@ -74,6 +79,24 @@ def test_a_small_sweep_on_a_local_ray(tmp_path):
     for model in ("gemm 32x32x32", "elementwise 8x32 passes=2 block=64"):
         one, two = by[(model, "harvest", "1")], by[(model, "harvest", "2")]
         assert float(two["jobs_per_mcycle"]) > float(one["jobs_per_mcycle"])
+
+
+def test_bad_outputs_and_an_address_without_ray_are_named_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    (tmp_path / "afile").write_text("kept")
+    (tmp_path / "out" / "sweep.csv").mkdir(parents=True)
+    for argv, message in ((["--out", str(tmp_path / "afile")], "sweep output directory"),
+                          (["--out", str(tmp_path / "out")], "results " + str(tmp_path / "out" / "sweep.csv")
+                           + " is a directory"),
+                          (["--address", "127.0.0.1:1"], "no Ray cluster at 127.0.0.1:1")):
+        assert main(["sweep", str(spec), *argv]) == 1
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+        assert not ray.is_initialized()
+    assert (tmp_path / "afile").read_text() == "kept"
 
 
 @pytest.fixture
