@@ -9,7 +9,8 @@ import math
 import time
 from pathlib import Path
 
-from tcloud.runtime.files import output_dir, output_file, write_figure, write_file
+from tcloud.isa.errors import TcloudError
+from tcloud.runtime.files import output_dir, output_file, read_bytes, read_text, write_figure, write_file
 from tcloud.runtime.progress import Progress
 
 from .workload import TRACES, ClusterError
@@ -124,9 +125,9 @@ def snapshot_steps(directory, timesteps, checkpoint_every, envs, resume=True):
     done = 0
     if resume and (Path(directory) / "progress.json").exists():
         try:
-            done = int(json.loads((Path(directory) / "progress.json").read_text()).get("done", 0))
-        except (ValueError, TypeError, AttributeError):
-            done = 0
+            done = max(0, int(json.loads(read_text(Path(directory) / "progress.json")).get("done", 0)))
+        except (TcloudError, ValueError, TypeError, AttributeError):
+            done = 0  # training itself names a bad file
     while done < timesteps:
         done += min(checkpoint_every, timesteps - done)
         there.add(done * envs)
@@ -300,8 +301,6 @@ def cmd_table(args):
 
 
 def cmd_train(args):
-    import shutil
-
     try:
         import skrl  # noqa: F401
     except ImportError:
@@ -310,6 +309,9 @@ def cmd_train(args):
     from .rl_train import train
 
     directory = output_dir(args.dir, "training directory")
+    if args.curve:  # checked before the training, not after it
+        output_file(args.curve, "learning curve")
+        output_file(Path(args.curve).with_suffix(".png"), "learning curve plot")
     nodes = args.nodes[0] if len(args.nodes) == 1 else tuple(args.nodes)
     env = {"nodes": nodes, "pnpus_per_node": args.pnpus_per_node, "interval": args.interval,
            "steps": args.episode_steps, "config": args.config, "loads": tuple(args.loads),
@@ -348,10 +350,10 @@ def cmd_train(args):
             raise ClusterError(f"no snapshot after {args.ship_snapshot} environment steps in {snapshot.parent} "
                                f"(there are: {', '.join(map(str, there)) or 'none'})")
         ShippedPolicy(snapshot)  # a readable weight file for this code, or a ClusterError naming it
-        shutil.copyfile(snapshot, WEIGHTS)
+        write_file(WEIGHTS, read_bytes(snapshot), "shipped weight file")
         print(f"shipped: {snapshot} -> {WEIGHTS}")
     elif args.ship:
-        shutil.copyfile(state["weights"], WEIGHTS)
+        write_file(WEIGHTS, read_bytes(state["weights"]), "shipped weight file")
         print(f"shipped: {WEIGHTS}")
 
 

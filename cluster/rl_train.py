@@ -424,7 +424,7 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
     state = {"done": 0, "steps": [], "rewards": [], "good": [], "worst": [], "seconds": 0.0, "settings": settings}
     if resume and state_path.exists():
         state = _read_progress(state_path)
-        found = state.get("settings") or {}
+        found = state.get("settings") if isinstance(state.get("settings"), dict) else {}
         if found.get("network") != settings["network"]:
             raise ClusterError(f"{state_path}: the checkpoint holds a network of format {found.get('network')}, "
                                f"this code trains {settings['network']}; start afresh (--fresh) or use another --dir")
@@ -527,9 +527,15 @@ def _read_progress(path):
 
 def _check_progress(path, state):
     """Raise a :class:`ClusterError` naming ``path`` unless ``state`` holds what a run records."""
-    fields = {"done": int, "steps": list, "rewards": list, "good": list, "worst": list, "seconds": (int, float)}
-    bad = [name for name, kind in fields.items() if isinstance(state.get(name), bool)
-           or not isinstance(state.get(name), kind)]
+    def number(value):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+    def numbers(value):
+        return isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+    checks = {"done": lambda v: number(v) and isinstance(v, int), "seconds": number, "steps": numbers,
+              "rewards": numbers, "good": numbers, "worst": numbers}
+    bad = [name for name, check in checks.items() if not check(state.get(name))]
     if bad:
         raise ClusterError(f"{path}: not a training progress file (field {bad[0]!r} is missing or of the wrong "
                            f"type); start afresh (--fresh) or use another --dir")

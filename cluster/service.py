@@ -358,8 +358,6 @@ class ServiceTable:
     def load(cls, path):
         """Read a table written by :meth:`save`; :class:`ClusterError` naming the file and field."""
         path = Path(path)
-        if path.exists() and not path.is_file():
-            raise ClusterError(f"service-time table {path} is not a regular file")
         try:
             data = json.loads(read_text(path, "a service-time table (JSON text)"))
         except TcloudError as exc:

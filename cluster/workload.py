@@ -20,6 +20,7 @@ Traces:
 import csv
 import io
 import math
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,8 +210,12 @@ def make_trace(kind, models, duration, seed=0, *, burst=4.0, high_s=2.0, low_s=8
         phase = np.arange(n)[:, None] * 2 * np.pi / max(n, 1)
         return Trace("diurnal", 1 + amplitude * np.sin(2 * np.pi * t[None, :] / (period or duration) + phase))
     path = Path(kind)
-    if not path.exists():
-        raise ClusterError(f"trace {str(kind)!r} is neither one of {', '.join(TRACES)} nor an existing file")
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise ClusterError(f"trace {str(kind)!r} is neither one of {', '.join(TRACES)} nor an existing file") from None
+    except OSError as exc:
+        raise ClusterError(f"cannot read trace {path}: {exc.strerror}") from None
     counts = read_azure(path)
     if len(counts) < n:
         raise ClusterError(f"{path}: {len(counts)} function row(s) with invocations, the workload has {n} models")
@@ -238,9 +243,9 @@ def read_azure(path):
         :data:`MAX_TRACE_BYTES`.
     """
     path = Path(path)
-    if path.exists() and not path.is_file():
-        raise ClusterError(f"trace {path} is not a regular file")
     try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise ClusterError(f"trace {path} is not a regular file")
         with path.open("rb") as handle:
             data = handle.read(MAX_TRACE_BYTES + 1)
     except OSError as exc:
@@ -276,12 +281,13 @@ def _parse_azure(path, reader):
             continue
         if len(row) != len(header):
             raise ClusterError(f"{path}:{line}: {len(row)} fields, the header has {len(header)}")
-        try:
-            values = [int(v) for v in row[4:]]
-        except ValueError:
-            column = next(i for i, v in enumerate(row[4:]) if not v.strip().isdigit())
-            raise ClusterError(f"{path}:{line}: field {header[column + 4]!r} (column {column + 5}) must be a "
-                               f"non-negative integer, got {row[column + 4]!r}") from None
+        values = []
+        for column, text in enumerate(row[4:], start=4):
+            try:
+                values.append(int(text))
+            except ValueError:
+                raise ClusterError(f"{path}:{line}: field {header[column]!r} (column {column + 1}) must be a "
+                                   f"non-negative integer, got {text!r}") from None
         bad = [i for i, v in enumerate(values) if not 0 <= v <= MAX_COUNT]
         if bad:
             raise ClusterError(f"{path}:{line}: field {header[bad[0] + 4]!r} must be an invocation count in "

@@ -637,6 +637,9 @@ def main(argv=None):
         # the reader went away (e.g. `| head`): exit as POSIX tools do, without a traceback at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:  # a file no check above named (a directory on its path cannot be searched, ...)
+        print(f"tcloud: error: cannot access {exc.filename or 'a file'}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 

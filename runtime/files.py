@@ -1,6 +1,7 @@
 """Reading and writing the files a user names: one rule for every command, and errors that name the path."""
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -11,31 +12,46 @@ from tcloud.isa.errors import TcloudError
 
 def output_file(path, what="output"):
     """The one rule for every file a command writes: refuse a directory, another file that is not a
-    regular one (a device, a pipe) or a target the process cannot write, create missing parent directories, and turn any failure into a
-    :class:`TcloudError` naming the path (so a command can check its outputs before its work).
+    regular one (a device, a pipe) or a directory the process cannot write into (:func:`write_file`
+    replaces the file through a new one beside it), create missing parent directories, and turn any
+    failure into a :class:`TcloudError` naming the path (so a command can check its outputs before
+    its work).
 
     Returns
     -------
     Path
     """
     path = Path(path)
-    if path.is_dir():
+    mode = _mode(path, f"cannot write {what} {path}")
+    if mode is not None and stat.S_ISDIR(mode):
         raise TcloudError(f"{what} {path} is a directory; give a file name")
-    if path.exists() and not path.is_file():
+    if mode is not None and not stat.S_ISREG(mode):
         raise TcloudError(f"{what} {path} exists and is not a regular file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TcloudError(f"cannot create the directory of {what} {path}: {exc.strerror}") from None
-    if not os.access(path if path.exists() else path.parent, os.W_OK):
-        raise TcloudError(f"cannot write {what} {path}: permission denied")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise TcloudError(f"cannot write {what} {path}: its directory is not writable")
     return path
+
+
+def _mode(path, failure):
+    """``path``'s ``st_mode``, ``None`` if there is nothing there, or a :class:`TcloudError` starting with
+    ``failure`` (e.g. a directory on the way that cannot be searched)."""
+    try:
+        return path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise TcloudError(f"{failure}: {exc.strerror}") from None
 
 
 def output_dir(path, what="output directory"):
     """Create ``path`` (and its parents) now, before any work, or raise :class:`TcloudError`."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
+    mode = _mode(path, f"cannot create {what} {path}")
+    if mode is not None and not stat.S_ISDIR(mode):
         raise TcloudError(f"{what} {path} exists and is not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -94,7 +110,8 @@ def read_bytes(path):
     """The bytes of ``path``, or a :class:`TcloudError` naming it (also for a device or a pipe, which
     need not end)."""
     path = Path(path)
-    if path.exists() and not path.is_file() and not path.is_dir():
+    mode = _mode(path, f"cannot read {path}")
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         raise TcloudError(f"cannot read {path}: not a regular file")
     try:
         return path.read_bytes()

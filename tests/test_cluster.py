@@ -571,6 +571,8 @@ def test_a_binary_or_overflowing_trace_is_named(tmp_path):
     with pytest.raises(ClusterError, match=r"trace.csv:2: field '2' must be an invocation count in 0..1e\+12, got 9{23}"):
         read_azure(_azure_with(tmp_path, "9" * 23))
     assert read_azure(_azure_with(tmp_path, str(10 ** 12)))[0][1] == 10 ** 12
+    with pytest.raises(ClusterError, match="field '2' \\(column 6\\) must be a non-negative integer, got '²'"):
+        read_azure(_azure_with(tmp_path, "²"))  # a digit to str.isdigit, not to int
 
 
 def _table_with(tmp_path, change):

@@ -671,6 +671,24 @@ def test_resuming_a_run_made_by_older_code_is_refused_by_name(tmp_path):
     assert network_settings()["per_model"] == 15 and network_settings()["hidden"] == [64, 64]
 
 
+def test_a_progress_file_with_fields_of_the_wrong_kind_is_named(tmp_path):
+    from tcloud.cluster.rl_train import _check_progress
+
+    good = {"done": 2, "steps": [4], "rewards": [0.5], "good": [1.0], "worst": [1.0], "seconds": 1.0}
+    _check_progress(tmp_path / "progress.json", good)
+    for change in ({"done": -3}, {"rewards": ["x"]}, {"seconds": True}, {"steps": 4}):
+        with pytest.raises(ClusterError, match="progress.json: not a training progress file"):
+            _check_progress(tmp_path / "progress.json", {**good, **change})
+
+
+def test_a_bad_curve_target_is_named_before_training(tmp_path, capsys):
+    (tmp_path / "curve.json").mkdir()
+    assert tcloud(["cluster", "train", "--dir", str(tmp_path / "run"), "--curve", str(tmp_path / "curve.json")]) == 1
+    err = capsys.readouterr().err
+    assert "learning curve " + str(tmp_path / "curve.json") + " is a directory" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "progress.json").exists()
+
+
 def test_a_fresh_run_moves_the_old_snapshots_aside_and_ships_only_its_own(tmp_path, monkeypatch):
     """``--fresh`` must not count (``--ship-snapshot``) or score (the learning curve) an earlier run's
     snapshots: training moves them aside before it starts, and the pre-check counts only its own."""

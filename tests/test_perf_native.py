@@ -292,6 +292,16 @@ def test_without_python_headers_timing_only_warns_naming_them_and_runs_on_the_py
     assert device._native is None
 
 
+def test_a_cached_core_loads_without_python_headers(fresh_build, monkeypatch):
+    perf_native._build()
+
+    def removed():
+        raise perf_native.NativeBuildError("the headers were removed")
+
+    monkeypatch.setattr(perf_native, "_python_headers", removed)  # only compiling needs them
+    assert PerfDevice("small", data=False)._native is not None
+
+
 def test_a_cache_that_is_a_file_warns_and_runs_on_the_python_loop(fresh_build, monkeypatch):
     (fresh_build / "file").write_text("")
     monkeypatch.setenv("TCLOUD_CACHE", str(fresh_build / "file"))

@@ -91,7 +91,7 @@ def test_bad_outputs_and_an_address_without_ray_are_named_before_ray_starts(tmp_
     for argv, message in ((["--out", str(tmp_path / "afile")], "sweep output directory"),
                           (["--out", str(tmp_path / "out")], "results " + str(tmp_path / "out" / "sweep.csv")
                            + " is a directory"),
-                          (["--address", "127.0.0.1:1"], "no Ray cluster at 127.0.0.1:1")):
+                          (["--address", "127.0.0.1:1", "--out", str(tmp_path / "ok")], "no Ray cluster at 127.0.0.1:1")):
         assert main(["sweep", str(spec), *argv]) == 1
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err

@@ -287,10 +287,10 @@ def _build(again=False):
     header = layout_header()
     source = SOURCE_TEXT
     compiler = os.environ.get("CXX", "c++")
-    flags = [*_FLAGS, "-I", _python_headers()]
     target = _target(header, compiler)
     if target.exists() and not again:
         return target
+    flags = [*_FLAGS, "-I", _python_headers()]
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         work = Path(tmp)
