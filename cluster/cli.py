@@ -126,7 +126,7 @@ def snapshot_steps(directory, timesteps, checkpoint_every, envs, resume=True):
     if resume and (Path(directory) / "progress.json").exists():
         try:
             done = max(0, int(json.loads(read_text(Path(directory) / "progress.json")).get("done", 0)))
-        except (TcloudError, ValueError, TypeError, AttributeError):
+        except (TcloudError, ValueError, TypeError, AttributeError, OverflowError):
             done = 0  # training itself names a bad file
     while done < timesteps:
         done += min(checkpoint_every, timesteps - done)
@@ -312,6 +312,8 @@ def cmd_train(args):
     if args.curve:  # checked before the training, not after it
         output_file(args.curve, "learning curve")
         output_file(Path(args.curve).with_suffix(".png"), "learning curve plot")
+    if args.ship or args.ship_snapshot:
+        output_file(WEIGHTS, "shipped weight file")
     nodes = args.nodes[0] if len(args.nodes) == 1 else tuple(args.nodes)
     env = {"nodes": nodes, "pnpus_per_node": args.pnpus_per_node, "interval": args.interval,
            "steps": args.episode_steps, "config": args.config, "loads": tuple(args.loads),

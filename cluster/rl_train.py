@@ -424,7 +424,10 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
     state = {"done": 0, "steps": [], "rewards": [], "good": [], "worst": [], "seconds": 0.0, "settings": settings}
     if resume and state_path.exists():
         state = _read_progress(state_path)
-        found = state.get("settings") if isinstance(state.get("settings"), dict) else {}
+        found = state.get("settings")
+        if not isinstance(found, dict):
+            raise ClusterError(f"{state_path}: not a training progress file (field 'settings' is missing or not an "
+                               f"object); start afresh (--fresh) or use another --dir")
         if found.get("network") != settings["network"]:
             raise ClusterError(f"{state_path}: the checkpoint holds a network of format {found.get('network')}, "
                                f"this code trains {settings['network']}; start afresh (--fresh) or use another --dir")
@@ -536,6 +539,10 @@ def _check_progress(path, state):
     checks = {"done": lambda v: number(v) and isinstance(v, int), "seconds": number, "steps": numbers,
               "rewards": numbers, "good": numbers, "worst": numbers}
     bad = [name for name, check in checks.items() if not check(state.get(name))]
+    if not bad:  # one entry per segment in each list, and at least one once a segment ran
+        segments = {len(state[name]) for name in ("steps", "rewards", "good", "worst")}
+        if len(segments) != 1 or (state["done"] > 0 and 0 in segments):
+            bad = ["steps"]
     if bad:
         raise ClusterError(f"{path}: not a training progress file (field {bad[0]!r} is missing or of the wrong "
                            f"type); start afresh (--fresh) or use another --dir")

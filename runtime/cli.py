@@ -638,7 +638,9 @@ def main(argv=None):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as exc:  # a file no check above named (a directory on its path cannot be searched, ...)
-        print(f"tcloud: error: cannot access {exc.filename or 'a file'}: {exc.strerror or exc}", file=sys.stderr)
+        if exc.filename is None:
+            raise
+        print(f"tcloud: error: cannot access {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -13,7 +13,8 @@ from tcloud.isa.errors import TcloudError
 def output_file(path, what="output"):
     """The one rule for every file a command writes: refuse a directory, another file that is not a
     regular one (a device, a pipe) or a directory the process cannot write into (:func:`write_file`
-    replaces the file through a new one beside it), create missing parent directories, and turn any
+    replaces the file through a new one beside it, so a read-only file in a writable directory is
+    replaced, as ``mv -f`` would), create missing parent directories, and turn any
     failure into a :class:`TcloudError` naming the path (so a command can check its outputs before
     its work).
 
@@ -57,7 +58,7 @@ def output_dir(path, what="output directory"):
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TcloudError(f"cannot create {what} {path}: {exc.strerror}") from None
-    if not os.access(path, os.W_OK):
+    if not os.access(path, os.W_OK | os.X_OK):
         raise TcloudError(f"{what} {path} is not writable")
     return path
 

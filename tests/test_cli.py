@@ -598,3 +598,23 @@ def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path, monkeyp
     assert path.read_text() == "the old results" and sorted(tmp_path.iterdir()) == [path]
     with pytest.raises(TcloudError, match="exists and is not a regular file"):
         files.output_file("/dev/null", "results")
+
+
+def test_a_file_error_no_check_named_is_one_line_and_others_are_not_hidden(monkeypatch, capsys):
+    import argparse
+
+    from tcloud.runtime import cli
+
+    def failing(error):
+        def command(args):
+            raise error
+        return command
+
+    parser = argparse.ArgumentParser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser.set_defaults(func=failing(PermissionError(13, "Permission denied", "/x/y.json")))
+    assert cli.main([]) == 1
+    assert capsys.readouterr().err == "tcloud: error: cannot access /x/y.json: Permission denied\n"
+    parser.set_defaults(func=failing(ConnectionRefusedError(111, "Connection refused")))
+    with pytest.raises(ConnectionRefusedError):
+        cli.main([])

@@ -676,7 +676,8 @@ def test_a_progress_file_with_fields_of_the_wrong_kind_is_named(tmp_path):
 
     good = {"done": 2, "steps": [4], "rewards": [0.5], "good": [1.0], "worst": [1.0], "seconds": 1.0}
     _check_progress(tmp_path / "progress.json", good)
-    for change in ({"done": -3}, {"rewards": ["x"]}, {"seconds": True}, {"steps": 4}):
+    for change in ({"done": -3}, {"rewards": ["x"]}, {"seconds": True}, {"steps": 4}, {"good": []},
+                   {"steps": [], "rewards": [], "good": [], "worst": []}):
         with pytest.raises(ClusterError, match="progress.json: not a training progress file"):
             _check_progress(tmp_path / "progress.json", {**good, **change})
 
