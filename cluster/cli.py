@@ -20,6 +20,8 @@ def build_parser():
     """The parser of ``tcloud cluster``."""
     import argparse
 
+    from tcloud.runtime.cli import seed_int
+
     from .policies import POLICIES
     from .service import DEFAULT_BACKEND
     from .simulate import DEFAULT_LOAD_BANDWIDTH
@@ -39,7 +41,7 @@ def build_parser():
     sim.add_argument("--interval", type=float, default=1.0, help="seconds between policy decisions (default 1)")
     sim.add_argument("--warmup", type=float, default=0.0,
                      help="simulated seconds before the measured ones (adaptive policies settle; default 0)")
-    sim.add_argument("--seed", type=_seed, default=0)
+    sim.add_argument("--seed", type=seed_int, default=0)
     sim.add_argument("--load-bandwidth", type=_gigabytes_per_second, default=DEFAULT_LOAD_BANDWIDTH, metavar="GB/S",
                      help="host link into a pNPU's HBM: a replica added during the run serves once its image "
                           f"has crossed it (default {DEFAULT_LOAD_BANDWIDTH / 1e9:g}; inf: reallocation is instant)")
@@ -85,7 +87,7 @@ def build_parser():
                           "read as if no burst were remembered; the floors still use it)")
     tra.add_argument("--config", default="small", help="pNPU configuration of the service-time table")
     tra.add_argument("--table", metavar="FILE", help="service-time table (default: the shipped one)")
-    tra.add_argument("--seed", type=_seed, default=0)
+    tra.add_argument("--seed", type=seed_int, default=0)
     tra.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --dir")
     tra.add_argument("--curve", metavar="OUT.json", help="write the learning curve (JSON and a PNG beside it)")
     tra.add_argument("--curve-episodes", type=_positive_int, default=6,
@@ -145,19 +147,6 @@ def _gigabytes_per_second(text):
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number of GB/s or inf, got {text!r}")
     return value * 1e9
-
-
-def _seed(text):
-    """``--seed``: an integer in ``0 .. 2**32 - 1`` (what NumPy's and JAX's generators take)."""
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value < 2 ** 32:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {2 ** 32 - 1}, got {text!r}")
-    return value
 
 
 def _positive_int(text):

@@ -35,12 +35,12 @@ from pathlib import Path
 import gymnasium
 import numpy as np
 
-from .policies import Policy
-from .rl import (ACTIONS, GLOBAL, NETWORK_FORMAT, PER_MODEL, RateMemory, decode, features, initial_plan,
-                 model_options, observation_size)
 from tcloud.isa.errors import TcloudError
 from tcloud.runtime.files import read_text, write_figure, write_file
 
+from .policies import Policy
+from .rl import (ACTIONS, GLOBAL, NETWORK_FORMAT, PER_MODEL, RateMemory, decode, features, initial_plan,
+                 model_options, observation_size)
 from .service import ray_results
 from .simulate import MAX_LOAD
 from .workload import ClusterError
@@ -410,6 +410,8 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
             raise ClusterError(f"{name} must be a positive integer, got {value!r}")
     if checkpoint_every % rollouts:
         raise ClusterError(f"checkpoint_every ({checkpoint_every}) must be a multiple of rollouts ({rollouts})")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        raise ClusterError(f"seed must be an integer from 0 to {2 ** 32 - 1} (JAX's key), got {seed!r}")
     slow_features = env_options.pop("slow_features", True)
     if not isinstance(slow_features, bool):
         raise ClusterError(f"slow_features must be True or False, got {slow_features!r}")
@@ -539,13 +541,13 @@ def _check_progress(path, state):
     checks = {"done": lambda v: number(v) and isinstance(v, int), "seconds": number, "steps": numbers,
               "rewards": numbers, "good": numbers, "worst": numbers}
     bad = [name for name, check in checks.items() if not check(state.get(name))]
-    if not bad:  # one entry per segment in each list, and at least one once a segment ran
-        segments = {len(state[name]) for name in ("steps", "rewards", "good", "worst")}
-        if len(segments) != 1 or (state["done"] > 0 and 0 in segments):
-            bad = ["steps"]
     if bad:
         raise ClusterError(f"{path}: not a training progress file (field {bad[0]!r} is missing or of the wrong "
                            f"type); start afresh (--fresh) or use another --dir")
+    segments = {len(state[name]) for name in ("steps", "rewards", "good", "worst")}
+    if len(segments) != 1 or (state["done"] > 0 and 0 in segments):
+        raise ClusterError(f"{path}: not a training progress file (steps, rewards, good and worst must hold one "
+                           f"entry per segment trained); start afresh (--fresh) or use another --dir")
 
 
 def stamp_format(directory):

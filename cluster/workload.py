@@ -20,13 +20,13 @@ Traces:
 import csv
 import io
 import math
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from tcloud.isa.errors import TcloudError
+from tcloud.runtime.files import read_text
 
 RATE_STEP = 0.1
 """Seconds over which a trace's rate is constant (MMPP switching and Poisson sampling grid)."""
@@ -35,8 +35,6 @@ TRACES = ("poisson", "mmpp", "diurnal")
 AZURE_SAMPLE = Path(__file__).with_name("data") / "azure_functions_sample.csv"
 """A small synthetic file in the Azure Functions 2019 per-minute invocation-count format."""
 AZURE_KEYS = ("HashOwner", "HashApp", "HashFunction", "Trigger")
-MAX_TRACE_BYTES = 2 << 30
-"""The largest trace file read (a day of the real trace, every function, is a few hundred MB)."""
 MAX_COUNT = 10 ** 12
 """The largest invocation count a trace minute may hold (sums over a day then stay exact in int64)."""
 
@@ -239,23 +237,14 @@ def read_azure(path):
     ------
     ClusterError
         Naming the file, line and column of a bad header, a short or long row or a count that is
-        not an integer in ``0..MAX_COUNT``; or a file that is not a regular text file of at most
-        :data:`MAX_TRACE_BYTES`.
+        not an integer in ``0..MAX_COUNT``; or a file that is not a regular text file
+        (:func:`~tcloud.runtime.files.read_text`).
     """
     path = Path(path)
     try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise ClusterError(f"trace {path} is not a regular file")
-        with path.open("rb") as handle:
-            data = handle.read(MAX_TRACE_BYTES + 1)
-    except OSError as exc:
-        raise ClusterError(f"cannot read trace {path}: {exc.strerror}") from None
-    if len(data) > MAX_TRACE_BYTES:
-        raise ClusterError(f"trace {path} is larger than {MAX_TRACE_BYTES >> 20} MiB")
-    try:
-        text = data.decode()
-    except UnicodeDecodeError as exc:
-        raise ClusterError(f"trace {path} is not a text file (byte {exc.start} is not UTF-8)") from None
+        text = read_text(path, "a trace (CSV text)")
+    except TcloudError as exc:
+        raise ClusterError(str(exc)) from None
     try:
         return _parse_azure(path, csv.reader(io.StringIO(text, newline="")))
     except csv.Error as exc:

@@ -109,11 +109,13 @@ def check_spec(data, where="spec", base=Path(".")):
                          f"{', '.join(spec['configs'])} has {most} contexts")
     latencies = _list(data, "hbm_latency", where) if "hbm_latency" in data else [None]
     for value in latencies:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SweepError(f"{where}: hbm_latency must be positive integers (cycles), got {value!r}")
         for config in spec["configs"]:
             try:
-                get_config(config).replace(**({} if value is None else {"hbm_latency": value}))
+                get_config(config).replace(hbm_latency=value)  # the preset's own range
             except TcloudError as exc:
                 raise SweepError(f"{where}: hbm_latency {value!r} on {config}: {exc}") from None
     spec["hbm_latency"] = latencies

@@ -533,7 +533,7 @@ def test_cli_simulate_writes_json(tmp_path, capsys):
     (["--duration", "1e12"], "--warmup + --duration must be at most 86400 simulated seconds (a day), got 1e+12"),
     (["--interval", "1e-300"], "(--warmup + --duration) / --interval must be at most 1,000,000 policy decisions"),
     (["--pnpus-per-node", "100000000"], "nodes x pnpus_per_node must be at most 10,000 pNPUs, got 2 x 100000000"),
-    (["--trace", "/dev/zero"], "trace /dev/zero is not a regular file"),
+    (["--trace", "/dev/zero"], "cannot read /dev/zero: not a regular file"),
     (["--json", "/dev/null"], "results /dev/null exists and is not a regular file"),
     (["--duration", "inf"], "--duration must be a positive finite number, got inf"),
     (["--warmup", "nan"], "--warmup must be a finite number of seconds >= 0, got nan"),
@@ -551,7 +551,7 @@ def test_cli_errors_are_messages_not_tracebacks(capsys, args, message):
 def test_a_negative_seed_is_refused_as_the_arguments_are_read(capsys):
     with pytest.raises(SystemExit) as exc:
         tcloud(["cluster", "simulate", "--seed", "-1"])
-    assert exc.value.code == 2 and "--seed: expected an integer from 0 to 4294967295, got '-1'" in capsys.readouterr().err
+    assert exc.value.code == 2 and "--seed: -1 is not a valid seed (an integer >= 0)" in capsys.readouterr().err
 
 
 def _azure_with(tmp_path, count):
@@ -566,7 +566,7 @@ def _azure_with(tmp_path, count):
 def test_a_binary_or_overflowing_trace_is_named(tmp_path):
     binary = tmp_path / "binary.csv"
     binary.write_bytes(AZURE_SAMPLE.read_bytes()[:100] + b"\xd3\x00\xff")
-    with pytest.raises(ClusterError, match=r"binary.csv is not a text file \(byte 100 is not UTF-8\)"):
+    with pytest.raises(ClusterError, match=r"binary.csv is not a trace \(CSV text\) \(byte 100 is not UTF-8 text\)"):
         read_azure(binary)
     with pytest.raises(ClusterError, match=r"trace.csv:2: field '2' must be an invocation count in 0..1e\+12, got 9{23}"):
         read_azure(_azure_with(tmp_path, "9" * 23))

@@ -676,9 +676,11 @@ def test_a_progress_file_with_fields_of_the_wrong_kind_is_named(tmp_path):
 
     good = {"done": 2, "steps": [4], "rewards": [0.5], "good": [1.0], "worst": [1.0], "seconds": 1.0}
     _check_progress(tmp_path / "progress.json", good)
-    for change in ({"done": -3}, {"rewards": ["x"]}, {"seconds": True}, {"steps": 4}, {"good": []},
-                   {"steps": [], "rewards": [], "good": [], "worst": []}):
-        with pytest.raises(ClusterError, match="progress.json: not a training progress file"):
+    for change in ({"done": -3}, {"rewards": ["x"]}, {"seconds": True}, {"steps": 4}):
+        with pytest.raises(ClusterError, match="progress.json: not a training progress file .field"):
+            _check_progress(tmp_path / "progress.json", {**good, **change})
+    for change in ({"good": []}, {"steps": [], "rewards": [], "good": [], "worst": []}):
+        with pytest.raises(ClusterError, match="must hold one entry per segment trained"):
             _check_progress(tmp_path / "progress.json", {**good, **change})
 
 
@@ -717,6 +719,7 @@ def test_a_fresh_run_moves_the_old_snapshots_aside_and_ships_only_its_own(tmp_pa
     ({"envs": 1.5}, "envs must be a positive integer"),
     ({"checkpoint_every": 3, "rollouts": 2}, r"checkpoint_every \(3\) must be a multiple of rollouts \(2\)"),
     ({"slow_features": "no"}, "slow_features must be True or False, got 'no'"),
+    ({"seed": 2 ** 32}, r"seed must be an integer from 0 to 4294967295 \(JAX's key\), got 4294967296"),
 ])
 def test_bad_training_settings_are_named(tmp_path, options, message):
     from tcloud.cluster.rl_train import train
