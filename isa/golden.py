@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from .body_faults import Access, BodyFault as _Fault, cost_fault, gather_overlap_fault, me_state_fault, outside_window
+from .body_faults import tile_fault, ve_state_fault
 from .config import get_config
 from .cost import UnitState, overlap
 from .encoding import DecodeError, Instr, decode
@@ -40,29 +42,6 @@ from .table import (FMA_BYTE_RESULTS, FMA_BYTE_SOURCES, INSTRUCTION_BYTES, LUT_B
 
 _I8 = (-128, 127)
 _I32 = (-(1 << 31), (1 << 31) - 1)
-
-
-class _Fault(Exception):
-    def __init__(self, code, detail):
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-
-
-@dataclass(frozen=True)
-class Access:
-    """One 2-D memory access of a uTOp, in context-relative addresses."""
-
-    space: str
-    addr: int
-    rows: int
-    row_bytes: int
-    stride: int
-    write: bool
-
-    @property
-    def end(self):
-        return self.addr + (self.rows - 1) * self.stride + self.row_bytes
 
 
 @dataclass(frozen=True)
@@ -320,8 +299,7 @@ class Machine:
                     raise _Fault(FaultCode.WRONG_CLASS, f"{instr.mnemonic} in a {cls.name} uTOp")
                 used += unit_state.units(instr)
                 if declared and used > declared:
-                    raise _Fault(FaultCode.COST_EXCEEDED, f"{instr.mnemonic} takes the uTOp to {used} work "
-                                                          f"units; its header declared {declared}")
+                    raise cost_fault(instr.mnemonic, used, declared)
                 _EXECUTE[instr.mnemonic](self, ctx, engine, instr)
             except _Fault as fault:
                 fault.pc = body_pc
@@ -339,11 +317,9 @@ class Machine:
 
     def _region(self, ctx, space, addr, rows, row_bytes, stride):
         window = ctx.sram if space == "sram" else ctx.hbm
-        extent = (rows - 1) * stride + row_bytes
-        if addr + extent > window.size:
-            code = FaultCode.SRAM_BOUNDS if space == "sram" else FaultCode.HBM_BOUNDS
-            raise _Fault(code, f"{space} access [{addr:#x}, {addr + extent:#x}) outside the "
-                               f"{window.size:#x}-byte window")
+        end = addr + (rows - 1) * stride + row_bytes
+        if end > window.size:
+            raise outside_window(space, addr, end, window.size)
         memory = self.sram if space == "sram" else self.hbm
         return memory, window.base + addr
 
@@ -675,7 +651,7 @@ def _dma_gather(machine, ctx, engine, instr):
     machine._region(ctx, "sram", instr["sram"], rows, row_bytes, instr["sram_stride"])
     if overlap(instr["idx"], instr["idx"] + 4 * rows, instr["sram"],
                instr["sram"] + (rows - 1) * instr["sram_stride"] + row_bytes):
-        raise _Fault(FaultCode.ILLEGAL_FIELD, "dma.gather writes rows over its own index vector")
+        raise gather_overlap_fault()
     for r, i in enumerate(indices.tolist()):
         if i < 0 or table + (i + 1) * row_bytes > ctx.hbm.size:
             raise _Fault(FaultCode.HBM_BOUNDS, f"dma.gather index {i} (row {r}) selects HBM bytes "
@@ -690,15 +666,14 @@ def _me_loadw(machine, ctx, engine, instr):
     k, n = instr["k"], instr["n"]
     cfg = machine.config
     if k > cfg.me_rows or n > cfg.me_cols:
-        raise _Fault(FaultCode.ILLEGAL_FIELD, f"me.loadw tile {k}x{n} exceeds the "
-                                              f"{cfg.me_rows}x{cfg.me_cols} array")
+        raise tile_fault(cfg, k, n)
     raw = machine.read(ctx, "sram", instr["w"], k, n, instr["w_stride"])
     engine.weights = raw.view(np.int8).astype(np.float64)
 
 
 def _me_matmul(machine, ctx, engine, instr):
     if engine.weights is None:
-        raise _Fault(FaultCode.ME_STATE, "me.matmul before me.loadw in this uTOp")
+        raise me_state_fault()
     k, n = engine.weights.shape
     m = instr["m"]
     a = machine.read(ctx, "sram", instr["a"], m, k, instr["a_stride"]).view(np.int8)
@@ -793,7 +768,7 @@ def lookup(table, values):
 
 def _ve_lut(machine, ctx, engine, instr):
     if engine.lut is None:
-        raise _Fault(FaultCode.VE_STATE, "ve.lut before ve.lutload in this uTOp")
+        raise ve_state_fault()
     n, rows = instr["n"], engine.rows
     x = machine._read_elems(ctx, instr["src"], rows, n, True, engine.src1_stride)
     machine._write_elems(ctx, instr["dst"], engine.dst_stride, lookup(engine.lut, x), True)

@@ -173,6 +173,20 @@ def test_tpu_presets_run_compiled_models(config):
     assert timing_only.timing == with_data.timing and timing_only.timing["run_cycles"] > 0
 
 
+def _beside_a_victim(device, code, hbm_size):
+    """Run ``code`` in context 0 (an HBM window of ``hbm_size`` bytes) beside a short program in context 1;
+    return both contexts' reports."""
+    victim = encode_stream([*utop(EngineClass.VE, [Instr("ve.fill", dst=0, n=8, value=3)]), Instr("halt")])
+    for ctx, program in ((0, code), (1, victim)):
+        device.host(Instr("ctx.hbm", ctx=ctx, base=0x10000 * ctx, size=hbm_size))
+        device.host(Instr("ctx.sram", ctx=ctx, base=0x1000 * ctx, size=0x1000))
+        device.host(Instr("ctx.engines", ctx=ctx, me_mask=1 << ctx, ve_mask=1 << ctx, dma_mask=1 << ctx))
+        device.write_hbm(0x10000 * ctx + 0x100, program)
+        device.host(Instr("ctx.start", ctx=ctx, pc=0x100))
+    assert device.run(100_000)
+    return device.context(0), device.context(1)
+
+
 @pytest.mark.parametrize("data", [True, False])
 def test_a_front_end_fault_faults_its_context_alone_as_on_the_rtl(data):
     """A privileged instruction, a body instruction outside a uTOp and an undecodable word fault the tenant
@@ -181,19 +195,40 @@ def test_a_front_end_fault_faults_its_context_alone_as_on_the_rtl(data):
                 "wrong class": (encode_stream([Instr("ve.fill", dst=0, n=4, value=1), Instr("halt")]),
                                 FaultCode.WRONG_CLASS),
                 "bad word": (b"\xff" * 16 + encode_stream([Instr("halt")]), FaultCode.ILLEGAL_OPCODE)}
-    victim = encode_stream([*utop(EngineClass.VE, [Instr("ve.fill", dst=0, n=8, value=3)]), Instr("halt")])
     for label, (code, fault) in programs.items():
-        device = make_device("perf", "small", data=data)
-        for ctx, program in ((0, code), (1, victim)):
-            device.host(Instr("ctx.hbm", ctx=ctx, base=0x10000 * ctx, size=0x10000))
-            device.host(Instr("ctx.sram", ctx=ctx, base=0x1000 * ctx, size=0x1000))
-            device.host(Instr("ctx.engines", ctx=ctx, me_mask=1 << ctx, ve_mask=1 << ctx, dma_mask=1 << ctx))
-            device.write_hbm(0x10000 * ctx + 0x100, program)
-            device.host(Instr("ctx.start", ctx=ctx, pc=0x100))
-        assert device.run(100_000), label
-        attacker, other = device.context(0), device.context(1)
+        attacker, other = _beside_a_victim(make_device("perf", "small", data=data), code, 0x10000)
         assert (attacker.status, attacker.fault, attacker.fault_pc) == (ContextStatus.FAULTED, fault, 0x100), label
         assert other.status == ContextStatus.DONE, label
+
+
+BODY_FAULTS = {
+    "hbm bounds": (utop(EngineClass.DMA, [Instr("dma.load", sram=0, hbm=0x8000, rows=4, row_bytes=64)]),
+                   FaultCode.HBM_BOUNDS),
+    "sram bounds": (utop(EngineClass.VE, [Instr("ve.shape", rows=8, dst_stride=256),
+                                          Instr("ve.fill", dst=0xC00, n=64, value=1)]), FaultCode.SRAM_BOUNDS),
+    "me state": (utop(EngineClass.ME, [Instr("me.matmul", a=0, out=0x100, m=4)]), FaultCode.ME_STATE),
+    "lut state": (utop(EngineClass.VE, [Instr("ve.lut", dst=0, src=0, n=8)]), FaultCode.VE_STATE),
+    "cost": (utop(EngineClass.VE, [Instr("ve.fill", dst=0, n=256, value=1)], cost=12), FaultCode.COST_EXCEEDED),
+}
+
+
+@pytest.mark.parametrize("label", sorted(BODY_FAULTS))
+def test_timing_only_takes_the_body_faults_the_golden_model_takes(label):
+    """A body fault that does not depend on data (:mod:`tcloud.isa.body_faults`) stops the tenant at the
+    same PC, with the same detail and at the same cycle with and without data, on both event loops; the
+    other tenant runs to its end."""
+    body, fault = BODY_FAULTS[label]
+    good = utop(EngineClass.DMA, [Instr("dma.load", sram=0, hbm=0x1000, rows=8, row_bytes=64)], signal=1)
+    code = encode_stream([*good, *utop(EngineClass.VE, [Instr("ve.fill", dst=0x200, n=16, value=2)], wait0=0,
+                                       count0=1), *body, Instr("halt")])
+    reports = []
+    for data, native in ((True, None), (False, False), (False, True)):
+        attacker, other = _beside_a_victim(PerfDevice("small", data=data, native=native), code, 0x2000)
+        assert other.status == ContextStatus.DONE, label
+        reports.append((attacker.status, attacker.fault, attacker.fault_pc, attacker.detail,
+                        attacker.timing["run_cycles"]))
+    assert reports[0][:2] == (ContextStatus.FAULTED, fault) and reports[0][2] > 0x100 + 4 * 16
+    assert reports[1] == reports[0] and reports[2] == reports[0], reports
 
 
 def test_a_run_ends_when_no_context_runs_as_on_the_rtl():

@@ -20,8 +20,10 @@ scheduler (:mod:`tcloud.rtl.scheduler`) does in that cycle:
 With ``data=True`` (the default) the golden model (:class:`tcloud.isa.Machine`) executes each uTOp when
 it is dispatched, in each context's program order, so outputs and activity counters are exactly
 the golden model's; faults found in a uTOp's body are reported as it reports them. With
-``data=False`` nothing is computed: the counters come from the instructions' fields and only faults
-the front end sees (decoding, tokens, engines) are reported, which makes TPU-scale models cheap.
+``data=False`` nothing is computed, which makes TPU-scale models cheap: the counters come from the
+instructions' fields, and a context takes every fault the golden model would (found from the fields and
+its window sizes: :mod:`tcloud.isa.body_faults`) but one that depends on data, a ``dma.gather`` index
+outside the HBM window; a faulting uTOp's partial work is not counted.
 Timing only, :meth:`PerfDevice.run` goes through a compiled copy of this event loop
 (:mod:`.perf_native`, ``perf_core.cpp``) that leaves the same state, and so do the cycles a host
 command takes; ``native=False`` keeps the Python loop, the reference.
@@ -32,6 +34,7 @@ import math
 
 from tcloud.isa import ContextStatus, DecodeError, EngineClass, FaultCode, Machine, decode, get_config, parse_policy
 from tcloud.isa import csr
+from tcloud.isa.body_faults import utop_body_fault
 from tcloud.isa.errors import HostCommandError
 from tcloud.isa.table import HARVESTED_CLASSES, INSTRUCTION_BYTES, NUM_TOKENS, TOKEN_MAX_COUNT, Policy
 
@@ -78,9 +81,11 @@ def fetch_bounds_detail(pc, hbm_size):
 class _Utop:
     """A decoded uTOp and its timing, cached by its encoding."""
 
-    __slots__ = ("cls", "length", "signal", "need", "cost", "busy", "phases", "counters", "fault")
+    __slots__ = ("cls", "length", "signal", "need", "cost", "busy", "phases", "counters", "fault", "header", "body",
+                 "config", "_window_faults")
 
     def __init__(self, header, body, config, latency, jitter, fault):
+        self.header, self.body, self.config, self._window_faults = header, tuple(body), config, {}
         self.cls = EngineClass(header["cls"])
         self.length = header["len"]
         self.signal = header["signal"]
@@ -101,6 +106,23 @@ class _Utop:
         else:
             self.busy = max(1, math.ceil(timing.ve_busy(config, latency, body)))
         self.counters = _activity(self.cls, body)
+
+    def fault_in(self, sram_size, hbm_size):
+        """The uTOp's first fault in a context with these window sizes, ``(code, offset from its PC,
+        detail)`` or ``None``: a body fault that does not depend on data (:mod:`tcloud.isa.body_faults`:
+        windows, engine state, declared cost) before its first instruction that does not decode."""
+        key = (sram_size, hbm_size)
+        fault = self._window_faults.get(key, False)
+        if fault is False:
+            fault = self.fault
+            found = utop_body_fault(self.config, self.header, self.body, sram_size, hbm_size)
+            if found is not None:
+                code, index, detail = found
+                fault = (code, INSTRUCTION_BYTES * (index + 1), detail)
+            if len(self._window_faults) > _WINDOWS_LIMIT:
+                self._window_faults.clear()
+            self._window_faults[key] = fault
+        return fault
 
 
 def context_report(status, stop, counters, engine_cycles, reclaim_wait, reclaim_max, reclaim_since, start, end,
@@ -164,6 +186,8 @@ _UTOP_CACHE = {}
 """``(config, latency)`` → uTOp encoding → :class:`_Utop`: decoded uTOps and their timing, shared by every
 device of a process (a sweep runs the same programs many times)."""
 _CACHE_LIMIT = 200_000
+_WINDOWS_LIMIT = 64
+"""Window sizes a :class:`_Utop` remembers its fault for."""
 _WORDS = {}
 """Encoded instruction → decoded :class:`~tcloud.isa.Instr` (decoding is the cost of a cold uTOp)."""
 
@@ -677,9 +701,12 @@ class PerfDevice(GoldenMemory):
         fault = None
         if self.data:
             fault = self._golden_step(ctx)
-        elif utop.fault is not None:
-            code, offset, detail = utop.fault
-            fault = (code, ctx.pc + offset, detail)
+        else:
+            windows = self.machine.contexts[ctx.index]
+            found = utop.fault_in(windows.sram.size, windows.hbm.size)
+            if found is not None:
+                code, offset, detail = found
+                fault = (code, ctx.pc + offset, detail)
         engine.ctx, engine.utop, engine.owned = ctx, (utop, ctx.pc, fault), owned
         engine.start = time + 1
         engine.token += 1

@@ -17,7 +17,7 @@ What the core needs of a context's program is decoded in Python by the same code
 or front-end fault (timing-only mode changes no memory, and a program's control flow is
 straight-line), with each uTOp's timing (:class:`~tcloud.runtime.backends.perf._Utop`), in chunks
 that double: the core stops when a context starts to fetch past them and the run goes on after
-Python decodes further. Programs are cached per process by their bytes and window size. A write to
+Python decodes further. Programs are cached per process by their bytes and window sizes (a uTOp's faults depend on them). A write to
 HBM over code a running context's program read sends the device to the Python loop until no context
 runs (:meth:`NativeCore.code_written`).
 
@@ -353,6 +353,8 @@ class Program:
         PC of the first instruction (the context's start PC).
     size : int
         The context's HBM window size the walk stopped at.
+    sram_size : int
+        The context's scratchpad window size (its uTOps' faults depend on both).
     snapshot : bytes
         The HBM bytes the walk read (from ``start``): the program is valid while they are unchanged.
     index : numpy.ndarray
@@ -372,7 +374,7 @@ class Program:
 
         gctx = device.machine.contexts[ctx.index]
         base, size, hbm = gctx.hbm.base, gctx.hbm.size, device.machine.hbm
-        self.start, self.size = ctx.start_pc, size
+        self.start, self.size, self.sram_size = ctx.start_pc, size, gctx.sram.size
         if previous is None:
             pc, read_end, index, data, self.details, self.utops = self.start, self.start, [], [], [], {}
         else:
@@ -416,10 +418,11 @@ class Program:
                     except DeviceError as error:
                         add(pc, (ENTRIES.index("invalid"), detail(str(error))))
                         break
-                add(pc, self._utop_entry(device, utop, detail))
+                fault = utop.fault_in(self.sram_size, size)
+                add(pc, self._utop_entry(device, utop, fault, detail))
                 self.utops[pc] = utop
                 pc += INSTRUCTION_BYTES * (length + 1)
-                if utop.fault is not None:
+                if fault is not None:
                     break
             elif name in ("halt", "fence"):
                 add(pc, (ENTRIES.index(name),))
@@ -452,8 +455,8 @@ class Program:
         return made
 
     @staticmethod
-    def _utop_entry(device, utop, detail):
-        fault = (math.nan, 0, 0) if utop.fault is None else (int(utop.fault[0]), utop.fault[1], detail(utop.fault[2]))
+    def _utop_entry(device, utop, fault, detail):
+        fault = (math.nan, 0, 0) if fault is None else (int(fault[0]), fault[1], detail(fault[2]))
         counters = utop.counters
         values = [ENTRIES.index("utop"), int(utop.cls), utop.length, utop.signal, utop.cost, len(utop.need),
                   len(utop.phases or ()), *fault, math.nan if utop.busy is None else utop.busy,
@@ -466,11 +469,11 @@ class Program:
         return values
 
     def valid(self, device, ctx):
-        """Whether the program is still the one ``ctx`` runs: same start PC and window size, and the
+        """Whether the program is still the one ``ctx`` runs: same start PC and window sizes, and the
         bytes it read unchanged (the window's base does not matter: the bytes are read from it)."""
         gctx = device.machine.contexts[ctx.index]
         begin = gctx.hbm.base + self.start
-        return (self.start == ctx.start_pc and self.size == gctx.hbm.size
+        return (self.start == ctx.start_pc and self.size == gctx.hbm.size and self.sram_size == gctx.sram.size
                 and device.machine.hbm[begin:begin + len(self.snapshot)].tobytes() == self.snapshot)
 
     def nbytes(self):
@@ -481,7 +484,7 @@ class Program:
 CHUNK = 1 << 10
 """Instructions a program decodes at least at a time."""
 _PROGRAMS = {}
-"""utop cache key (config, latency, jitter) → ``(window size, first bytes)`` → programs with those first
+"""utop cache key (config, latency, jitter) → ``(HBM and scratchpad window sizes, first bytes)`` → programs with those first
 bytes (a sweep runs the same programs on many devices). A core looks its bucket up once
 (:func:`programs_of`): hashing the config takes microseconds."""
 _PROBE_BYTES = 4 * INSTRUCTION_BYTES
@@ -500,7 +503,7 @@ def programs_of(device):
 def _key(device, ctx):
     gctx = device.machine.contexts[ctx.index]
     begin = gctx.hbm.base + ctx.start_pc
-    return gctx.hbm.size, device.machine.hbm[begin:begin + _PROBE_BYTES].tobytes()
+    return gctx.hbm.size, gctx.sram.size, device.machine.hbm[begin:begin + _PROBE_BYTES].tobytes()
 
 
 def _remember(bucket, device, ctx, made, replacing=None):
