@@ -18,7 +18,9 @@ latency, throughput and engine utilization. Example::
 evenly (each owns at least one ME and VE, shared when there are more tenants than engines) and the
 scratchpad and HBM in equal windows.
 
-Ray is the distributed engine: a local ``ray.init`` by default, ``address`` to join a cluster.
+Ray is the distributed engine: a local ``ray.init`` by default, ``address`` to join a cluster. A point
+that fails (a tenant faults, say) does not stop the others: its row holds its ``error``, and the sweep
+ends with an error naming it once the table is written; an interrupted sweep writes the points that ended.
 """
 
 import csv
@@ -39,8 +41,9 @@ _KEYS = {"models", "configs", "policies", "tenants", "loads", "hbm_latency", "da
 _REQUIRED = ("models", "configs", "policies", "tenants", "loads")
 COLUMNS = ("model", "config", "policy", "tenants", "load", "hbm_latency", "jobs", "window_cycles",
            "mean_latency_cycles", "max_latency_cycles", "jobs_per_mcycle", "me_utilization", "ve_utilization",
-           "dma_utilization", "wall_seconds")
-"""Columns of the results table, one row per sweep point."""
+           "dma_utilization", "wall_seconds", "error")
+"""Columns of the results table, one row per sweep point (``error`` says why a point failed; its measures
+are then empty)."""
 MAX_POINTS = 10_000
 """The most points a sweep runs (the cross product of its lists)."""
 
@@ -216,7 +219,8 @@ def run_point(point):
             if info.status.name == "RUNNING" or done[index] >= point["load"]:
                 continue
             if info.status.name != "DONE":
-                raise SweepError(f"point {point}: tenant {index} stopped with {info.status.name} {info.fault.name}")
+                raise SweepError(f"tenant {index} stopped with {info.status.name} {info.fault.name} at pc "
+                                 f"{info.fault_pc:#x}: {info.detail}")
             latencies.append(info.timing["run_cycles"])
             done[index] += 1
             if done[index] < point["load"]:
@@ -231,7 +235,23 @@ def run_point(point):
             "window_cycles": window, "mean_latency_cycles": round(float(np.mean(latencies)), 1),
             "max_latency_cycles": int(max(latencies)), "jobs_per_mcycle": round(sum(done) / window * 1e6, 3),
             **{f"{cls}_utilization": round(busy[cls] / (counts[cls] * window), 4) for cls in counts},
-            "wall_seconds": round(time.perf_counter() - start, 3)}
+            "wall_seconds": round(time.perf_counter() - start, 3), "error": ""}
+
+
+def point_name(point):
+    """How messages name a sweep point."""
+    return (f"point {point['model']} / {point['config']} / {point['policy']} / {point['tenants']} tenants / "
+            f"load {point['load']}")
+
+
+def failed_row(point, error):
+    """The results row of a point that failed: what it was, and ``error``."""
+    row = dict.fromkeys(COLUMNS, "")
+    row.update({key: point[key] for key in ("model", "config", "policy", "tenants", "load", "hbm_latency")},
+               error=error)
+    if row["hbm_latency"] is None:
+        row["hbm_latency"] = get_config(point["config"]).hbm_latency
+    return row
 
 
 _STALE_RAY = ("; it was started before tcloud sweep ran (by earlier code in this process), which did not "
@@ -271,6 +291,14 @@ def run_sweep(spec, out, *, address=None, num_cpus=None, log=print):
     -------
     list of dict
         The rows, in point order.
+
+    Raises
+    ------
+    SweepError
+        If a point failed (the table still holds every point, a failed one with its ``error``), or Ray
+        failed under a point (the points that ended are written).
+    KeyboardInterrupt
+        After writing the points that ended.
     """
     try:
         import ray
@@ -299,37 +327,62 @@ def run_sweep(spec, out, *, address=None, num_cpus=None, log=print):
         remote = ray.remote(num_cpus=1)(run_point)
         log(f"sweep: {len(todo)} points on Ray ({cpus:.0f} CPUs)")
         futures = [remote.remote(point) for point in todo]
-        rows = []
-        for point, future in zip(todo, futures):
-            name = (f"point {point['model']} / {point['config']} / {point['policy']} / {point['tenants']} tenants / "
-                    f"load {point['load']}")
-            try:
-                rows.append(ray.get(future))
-            except ray.exceptions.RayTaskError as exc:
-                cause = exc.cause if isinstance(getattr(exc, "cause", None), TcloudError) else None
-                raise SweepError(f"{name} failed: {cause or str(exc).splitlines()[-1]}") from None
-            except ray.exceptions.RayError as exc:  # Ray itself failed under the point, e.g. its raylet died
-                raise SweepError(f"{name} was lost: {where} failed ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})"
-                                 f"{_STALE_RAY if not started_here else ''}") from None
-            row = rows[-1]
-            log(f"  {row['model']:<28} {row['config']:<8} {row['policy']:<9} x{row['tenants']} load {row['load']}: "
-                f"{row['jobs_per_mcycle']} jobs/Mcycle, mean latency {row['mean_latency_cycles']:,.0f} cycles")
+        rows, failures, lost, interrupted = [], [], None, False
+        try:
+            for point, future in zip(todo, futures):
+                try:
+                    row = ray.get(future)
+                except ray.exceptions.RayTaskError as exc:
+                    cause = exc.cause if isinstance(getattr(exc, "cause", None), TcloudError) else None
+                    error = str(cause) if cause else str(exc).strip().splitlines()[-1]
+                    failures.append(f"{point_name(point)}: {error}")
+                    rows.append(failed_row(point, error))
+                    log(f"  {point_name(point)} failed: {error}")
+                    continue
+                except ray.exceptions.RayError as exc:  # Ray itself failed under the point, e.g. its raylet died
+                    lost = (f"{point_name(point)} was lost: {where} failed ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})"
+                            f"{_STALE_RAY if not started_here else ''}")
+                    break
+                rows.append(row)
+                log(f"  {row['model']:<28} {row['config']:<8} {row['policy']:<9} x{row['tenants']} load "
+                    f"{row['load']}: {row['jobs_per_mcycle']} jobs/Mcycle, mean latency "
+                    f"{row['mean_latency_cycles']:,.0f} cycles")
+        except KeyboardInterrupt:
+            interrupted = True
     finally:
         if started_here:
             ray.shutdown()
+    if rows:
+        _write_results(rows, csv_path, png_path, log)
+    kept = f"; the {len(rows)} point(s) that ended are in {csv_path}" if rows else ""
+    if interrupted:
+        log(f"sweep interrupted after {len(rows)} of {len(todo)} points{kept}")
+        raise KeyboardInterrupt
+    if lost:
+        raise SweepError(lost + kept)
+    if failures:
+        raise SweepError(f"{len(failures)} of {len(todo)} points failed (the first: {failures[0]}); every point's "
+                         f"row is in {csv_path}, a failed one with its error")
+    return rows
+
+
+def _write_results(rows, csv_path, png_path, log):
+    """Write the results table, and the plot of the points that ran."""
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
     write_file(csv_path, table.getvalue(), "results")
     log(f"wrote {csv_path}")
+    ran = [row for row in rows if not row["error"]]
+    if not ran:
+        return
     try:
-        plot(rows, png_path)
+        plot(ran, png_path)
         log(f"wrote {png_path}")
     except ImportError:
         log("matplotlib is not installed; skipped the plot")
-    return rows
 
 
 def _check_reachable(address, seconds=5.0):

@@ -61,16 +61,36 @@ def test_cli_reports_a_bad_spec_without_a_traceback(tmp_path, capsys):
     assert "not valid YAML" in capsys.readouterr().err
 
 
+BAD_PROGRAM = """
+.config small
+.footprint hbm=0x400 sram=0x200
+.entry 0x200
+utop cls=dma
+  dma.load sram=0x0 hbm=0xf0000000 rows=1 row_bytes=16
+halt
+"""
+
+
 @pytest.mark.slow
-def test_a_small_sweep_on_a_local_ray(tmp_path):
+@pytest.mark.filterwarnings("ignore::tcloud.isa.AsmWarning")
+def test_a_small_sweep_on_a_local_ray(tmp_path, capsys):
+    """Eight points run; the four of a program that faults (found without data) fail with their fault and
+    their rows say so, and the sweep ends with an error naming the first once the table is written."""
     spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC)
+    spec.write_text(SPEC.replace("models: [", "models: [bad.s, "))
+    (tmp_path / "bad.s").write_text(BAD_PROGRAM)
     out = tmp_path / "out"
-    assert main(["sweep", str(spec), "--out", str(out), "--num-cpus", "2"]) == 0
+    assert main(["sweep", str(spec), "--out", str(out), "--num-cpus", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "4 of 12 points failed (the first: point bad.s / small / static / 1 tenants / load 2: tenant 0 " \
+           "stopped with FAULTED HBM_BOUNDS at pc 0x210: hbm access [0xf0000000, 0xf0000010)" in err, err
     with open(out / "sweep.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 2 * 2 * 2 and set(rows[0]) == set(COLUMNS)
+    assert len(rows) == 3 * 2 * 2 and set(rows[0]) == set(COLUMNS)
     assert (out / "sweep.png").stat().st_size > 0
+    failed = [row for row in rows if row["error"]]
+    assert [row["model"] for row in failed] == ["bad.s"] * 4 and all(row["jobs"] == "" for row in failed)
+    rows = [row for row in rows if not row["error"]]
     for row in rows:
         assert int(row["jobs"]) == 2 * int(row["tenants"]) and int(row["hbm_latency"]) == 100
         assert float(row["jobs_per_mcycle"]) > 0 and 0 < float(row["me_utilization"]) + float(row["ve_utilization"])
@@ -138,3 +158,30 @@ def test_a_ray_whose_raylet_died_is_named_not_counted_as_zero_cpus(stale_ray, tm
                                          r"The task's local raylet died"):
         run_sweep(spec, tmp_path, log=lambda line: None)
     assert calls == []  # a Ray it did not start is neither restarted nor stopped
+
+
+@pytest.mark.parametrize("second", ["lost", "interrupted"])
+def test_points_that_ended_are_written_when_ray_fails_or_the_sweep_is_interrupted(stale_ray, tmp_path, monkeypatch,
+                                                                                  second):
+    from tcloud.runtime.sweep import run_point, run_sweep
+
+    ray, calls = stale_ray
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    spec = check_spec({"models": ["gemm 8x8x8"], "configs": ["small"], "policies": ["static"], "tenants": [1, 2],
+                       "loads": [1]})
+
+    def get(point):
+        if point["tenants"] == 2:
+            raise KeyboardInterrupt if second == "interrupted" else ray.exceptions.LocalRayletDiedError()
+        return run_point(point)
+
+    monkeypatch.setattr(ray, "get", get)
+    if second == "lost":
+        with pytest.raises(SweepError, match=r"2 tenants / load 1 was lost: .*; the 1 point\(s\) that ended are in "):
+            run_sweep(spec, tmp_path, log=lambda line: None)
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(spec, tmp_path, log=lambda line: None)
+    with open(tmp_path / "sweep.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["tenants"], row["error"]) for row in rows] == [("1", "")] and int(rows[0]["jobs"]) == 1
