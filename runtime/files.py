@@ -1,11 +1,13 @@
 """Reading and writing the files a user names: one rule for every command, and errors that name the path."""
 
+import json
 import os
 import stat
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from tcloud.isa.errors import TcloudError
 
@@ -126,6 +128,57 @@ def read_text(path, what="a text file"):
         return read_bytes(path).decode()
     except UnicodeDecodeError as exc:
         raise TcloudError(f"{path} is not {what} (byte {exc.start} is not UTF-8 text)") from None
+
+
+def parse_document(text, path):
+    """The YAML or JSON (by ``path``'s suffix) document in ``text``, refusing a key given twice in one
+    mapping (both parsers would keep the last silently).
+
+    Raises
+    ------
+    ValueError
+        ``not valid YAML: ...`` or ``not valid JSON: ...``, with the line where the parser stopped.
+    """
+    kind = "JSON" if Path(path).suffix == ".json" else "YAML"
+    try:
+        if kind == "JSON":
+            return json.loads(text, object_pairs_hook=_unique_pairs)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ValueError(f"not valid {kind}: {exc}") from None
+
+
+def _unique_pairs(pairs):
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"key {key!r} given twice in one object")
+        seen.add(key)
+    return dict(pairs)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        first = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:  # keys merged in (<<) may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                again = key in first
+            except TypeError:  # an unhashable key: SafeLoader names it
+                continue
+            if again:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found key {key!r} again (first given on line {first[key] + 1})", key_node.start_mark)
+            first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 NPY_MAGIC = b"\x93NUMPY"

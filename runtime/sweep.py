@@ -25,17 +25,15 @@ ends with an error naming it once the table is written; an interrupted sweep wri
 
 import csv
 import io
-import json
 import socket
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from tcloud.isa import PRESETS, Instr, Policy, get_config
 from tcloud.isa.errors import TcloudError
 
-from .files import output_dir, output_file, read_text, write_figure, write_file
+from .files import output_dir, output_file, parse_document, read_text, write_figure, write_file
 
 _KEYS = {"models", "configs", "policies", "tenants", "loads", "hbm_latency", "data", "poll_cycles"}
 _REQUIRED = ("models", "configs", "policies", "tenants", "loads")
@@ -63,9 +61,9 @@ def load_spec(path):
     path = Path(path)
     text = read_text(path, "a sweep spec")
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise SweepError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+        data = parse_document(text, path)
+    except ValueError as exc:
+        raise SweepError(f"{path}: {exc}") from None
     return check_spec(data, where=str(path), base=path.parent)
 
 

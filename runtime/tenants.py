@@ -20,13 +20,11 @@ model running that tenant alone. Example::
 image (``.tcimg``) or assembly file (``.s``), relative to the scenario file.
 """
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from tcloud.firmware import elementwise, gemm
 from tcloud.isa import PRESETS, Policy, ProgramImage, assemble, get_config
@@ -35,7 +33,7 @@ from tcloud.isa.errors import TcloudError
 from .api import format_utilization, run_timing
 from .backends import BACKENDS, FunctionalDevice
 from .execute import DeviceFault, run_image
-from .files import read_bytes, read_text
+from .files import parse_document, read_bytes, read_text
 from .hypervisor import Hypervisor, VNPUSpec
 
 DEFAULT_SCENARIO = {
@@ -102,13 +100,13 @@ def load_scenario(path):
     """Read a scenario from a YAML or JSON file; raise :class:`ScenarioError` if it is malformed."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ScenarioError(f"cannot read scenario {path}: {exc.strerror}") from None
+        text = read_text(path, "a scenario (YAML or JSON text)")
+    except TcloudError as exc:
+        raise ScenarioError(str(exc)) from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ScenarioError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+        data = parse_document(text, path)
+    except ValueError as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
     check_scenario(data, str(path))
     return data, path.parent
 

@@ -247,6 +247,9 @@ def test_cli_vnpu_runs_a_scenario(tmp_path, capsys):
     ("tenants: [{program: conv 3x3}]", "neither 'gemm MxKxN'"),
     ("backend: functional\ntenants: [{program: gemm 2x2x2, vnpu: {mes: 1, hbm_mib: 100}}]", "100 MiB of HBM"),
     ("tenants: [{program: gemm 2x2x2}]\n  bad: [", "not valid YAML"),
+    ("policy: static\ntenants: [{program: gemm 2x2x2}]\npolicy: harvest\n",
+     "found key 'policy' again \\(first given on line 1\\)"),
+    ("tenants: [{program: gemm 2x2x2, program: gemm 4x4x4}]", "found key 'program' again"),
 ])
 def test_cli_vnpu_rejects_bad_scenarios(tmp_path, capsys, text, message):
     (tmp_path / "s.yaml").write_text(text)

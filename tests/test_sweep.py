@@ -59,6 +59,14 @@ def test_cli_reports_a_bad_spec_without_a_traceback(tmp_path, capsys):
     path.write_text("models: [gemm\n")
     assert main(["sweep", str(path)]) == 1
     assert "not valid YAML" in capsys.readouterr().err
+    path.write_text("models: [gemm 8x8x8]\nconfigs: [small]\npolicies: [static]\ntenants: [1]\nloads: [1]\n"
+                    "loads: [2]\n")
+    assert main(["sweep", str(path)]) == 1
+    assert "found key 'loads' again (first given on line 5)" in capsys.readouterr().err
+    json_path = tmp_path / "spec.json"
+    json_path.write_text('{"models": ["gemm 8x8x8"], "models": ["gemm 4x4x4"]}')
+    assert main(["sweep", str(json_path)]) == 1
+    assert "not valid JSON: key 'models' given twice in one object" in capsys.readouterr().err
 
 
 BAD_PROGRAM = """
