@@ -238,8 +238,9 @@ def run_point(point):
 
 def point_name(point):
     """How messages name a sweep point."""
+    latency = "" if point["hbm_latency"] is None else f" / hbm latency {point['hbm_latency']}"
     return (f"point {point['model']} / {point['config']} / {point['policy']} / {point['tenants']} tenants / "
-            f"load {point['load']}")
+            f"load {point['load']}{latency}")
 
 
 def failed_row(point, error):
@@ -330,9 +331,8 @@ def run_sweep(spec, out, *, address=None, num_cpus=None, log=print):
             for point, future in zip(todo, futures):
                 try:
                     row = ray.get(future)
-                except ray.exceptions.RayTaskError as exc:
-                    cause = exc.cause if isinstance(getattr(exc, "cause", None), TcloudError) else None
-                    error = str(cause) if cause else str(exc).strip().splitlines()[-1]
+                except _point_errors(ray) as exc:
+                    error = _point_error(exc)
                     failures.append(f"{point_name(point)}: {error}")
                     rows.append(failed_row(point, error))
                     log(f"  {point_name(point)} failed: {error}")
@@ -341,6 +341,7 @@ def run_sweep(spec, out, *, address=None, num_cpus=None, log=print):
                     lost = (f"{point_name(point)} was lost: {where} failed ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})"
                             f"{_STALE_RAY if not started_here else ''}")
+                    _cancel(ray, futures)
                     break
                 rows.append(row)
                 log(f"  {row['model']:<28} {row['config']:<8} {row['policy']:<9} x{row['tenants']} load "
@@ -348,12 +349,15 @@ def run_sweep(spec, out, *, address=None, num_cpus=None, log=print):
                     f"{row['mean_latency_cycles']:,.0f} cycles")
         except KeyboardInterrupt:
             interrupted = True
+            _cancel(ray, futures)
     finally:
         if started_here:
             ray.shutdown()
     if rows:
         _write_results(rows, csv_path, png_path, log)
     kept = f"; the {len(rows)} point(s) that ended are in {csv_path}" if rows else ""
+    if failures:
+        kept += f" ({len(failures)} of them failed, each with its error)"
     if interrupted:
         log(f"sweep interrupted after {len(rows)} of {len(todo)} points{kept}")
         raise KeyboardInterrupt
@@ -375,12 +379,40 @@ def _write_results(rows, csv_path, png_path, log):
     log(f"wrote {csv_path}")
     ran = [row for row in rows if not row["error"]]
     if not ran:
+        if png_path.is_file():
+            png_path.unlink()
+        log(f"no point ran: no plot (an earlier {png_path.name} is removed)")
         return
     try:
         plot(ran, png_path)
         log(f"wrote {png_path}")
     except ImportError:
         log("matplotlib is not installed; skipped the plot")
+
+
+def _point_errors(ray):
+    """Ray's errors that end one point and not the run: the point raised, or Ray killed its worker (out
+    of memory, a crash) or cancelled it."""
+    errors = ray.exceptions
+    return (errors.RayTaskError, errors.OutOfMemoryError, errors.WorkerCrashedError, errors.TaskCancelledError)
+
+
+def _point_error(exc):
+    """A point's error as its row and the messages give it: a TcloudError's message, else Ray's last line."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, TcloudError):
+        return str(cause)
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
+
+
+def _cancel(ray, futures):
+    """Cancel the points still queued or running (on a cluster joined, they would go on using its CPUs)."""
+    for future in futures:
+        try:
+            ray.cancel(future, force=True)
+        except (ray.exceptions.RayError, TypeError, ValueError):
+            pass
 
 
 def _check_reachable(address, seconds=5.0):

@@ -11,7 +11,7 @@ from tcloud.isa import EngineClass, Instr, Machine, get_config
 from tcloud.isa.body_faults import utop_body_fault, BodyState
 from tcloud.isa.cost import utop_units
 from tcloud.isa.errors import EncodingError
-from tcloud.isa.table import INSTRUCTIONS, INSTRUCTION_BYTES, ContextStatus, FaultCode
+from tcloud.isa.table import BY_MNEMONIC, INSTRUCTIONS, INSTRUCTION_BYTES, ContextStatus, FaultCode
 
 CONFIG = get_config("small")
 CASES = 600 if os.environ.get("CI") else 3000
@@ -19,6 +19,7 @@ BODY = {cls: [spec for spec in INSTRUCTIONS if spec.engine == cls] for cls in (E
                                                                                 EngineClass.VE)}
 ADDRESSES = {"sram", "hbm", "a", "w", "out", "dst", "src", "src1", "src2", "idx"}
 COUNTS = {"rows", "row_bytes", "m", "k", "n", "len"}
+COST_MAX = BY_MNEMONIC["utop"].field("cost").max_value
 CODE_BYTES = 1024
 """The code sits past the data the test addresses, at the end of the HBM window."""
 
@@ -51,22 +52,30 @@ def _case(rng):
     body = [_instruction(rng, BODY[cls][rng.integers(len(BODY[cls]))], sizes) for _ in range(rng.integers(1, 6))]
     if cls == EngineClass.ME and rng.random() < 0.7:
         body.insert(0, _instruction(rng, BODY[cls][[s.mnemonic for s in BODY[cls]].index("me.loadw")], sizes))
-    cost = 0 if rng.random() < 0.6 else int(rng.integers(1, 2 * utop_units(body, CONFIG) + 2))
+    cost = 0 if rng.random() < 0.6 else int(rng.integers(1, min(2 * utop_units(body, CONFIG) + 2, COST_MAX)))
     header = Instr("utop", cls=int(cls), len=len(body), cost=cost)
     return header, body, sizes
 
 
 def _golden(header, body, sizes):
     machine = Machine(CONFIG, trace=True)
-    hbm_size = sizes["hbm"] + CODE_BYTES
-    machine.host(Instr("ctx.hbm", ctx=0, base=0, size=hbm_size))
-    machine.host(Instr("ctx.sram", ctx=0, base=0, size=sizes["sram"]))
-    code = b"".join(i.encode() for i in [header, *body, Instr("halt")])
-    entry = hbm_size - CODE_BYTES
-    machine.hbm[entry:entry + len(code)] = np.frombuffer(code, dtype=np.uint8)
-    machine.host(Instr("ctx.start", ctx=0, pc=entry))
+    entry, code = _load(machine.host, lambda at, data: machine.hbm.__setitem__(slice(at, at + len(data)),
+                                                                              np.frombuffer(data, dtype=np.uint8)),
+                        header, body, sizes)
     machine.run(max_steps=4)
     return machine, entry, machine.hbm[entry:entry + len(code)].tobytes() == code
+
+
+def _load(host, write, header, body, sizes):
+    """Set up context 0's windows, write the uTOp and a halt at the end of its HBM window and start it."""
+    hbm_size = sizes["hbm"] + CODE_BYTES
+    host(Instr("ctx.hbm", ctx=0, base=0, size=hbm_size))
+    host(Instr("ctx.sram", ctx=0, base=0, size=sizes["sram"]))
+    code = b"".join(i.encode() for i in [header, *body, Instr("halt")])
+    entry = hbm_size - CODE_BYTES
+    write(entry, code)
+    host(Instr("ctx.start", ctx=0, pc=entry))
+    return entry, code
 
 
 def test_body_faults_agree_with_the_golden_model():
@@ -113,3 +122,42 @@ def test_a_gather_index_outside_the_window_is_left_to_the_data():
     machine, entry, _ = _golden(header, [gather], {"sram": 256, "hbm": 1024 - CODE_BYTES})
     assert machine.contexts[0].fault == FaultCode.HBM_BOUNDS  # index 0 selects [0x3f0, 0x410)
     assert utop_body_fault(CONFIG, header, [gather], 256, 1024) is None
+
+
+def test_timing_only_perf_runs_fault_as_the_golden_model_on_random_bodies():
+    """Random bodies (some followed by a word of another class) on the perf backend without data, both event
+    loops: status, fault code, PC and detail as in the golden model (gather index faults aside)."""
+    from tcloud.runtime.backends.perf import PerfDevice
+
+    rng = np.random.default_rng(int(os.environ.get("TCLOUD_SEED", 0)) + 1)
+    for case in range(CASES // 10):
+        header, body, sizes = _case(rng)
+        if rng.random() < 0.3:
+            other = next(cls for cls in BODY if cls != header["cls"])
+            body = [*body, _instruction(rng, BODY[other][0], sizes)]
+            header = Instr("utop", **{**header.values, "len": len(body)})
+        machine, _, code_intact = _golden(header, body, sizes)
+        expected = machine.contexts[0]
+        if not code_intact or expected.fault_detail.startswith("dma.gather index"):
+            continue
+        for native in (False, True):
+            device = PerfDevice(CONFIG, data=False, native=native)
+            _load(device.host, device.write_hbm, header, body, sizes)
+            assert device.run()
+            info = device.context(0)
+            assert (info.status, info.fault, info.fault_pc, info.detail) == (
+                expected.status, expected.fault, expected.fault_pc, expected.fault_detail), (case, native, header, body)
+
+
+def test_the_same_program_faults_by_the_window_it_runs_in():
+    """One process, one program, scratchpad windows that alternate: the fault follows the window."""
+    from tcloud.runtime.backends.perf import PerfDevice
+
+    header = Instr("utop", cls=int(EngineClass.VE), len=1)
+    body = [Instr("ve.fill", dst=0x3F0, n=8, value=1, dst_i8=1)]
+    for sram, fault in ((0x400, FaultCode.NONE), (0x3F4, FaultCode.SRAM_BOUNDS), (0x400, FaultCode.NONE)):
+        for native in (False, True):
+            device = PerfDevice(CONFIG, data=False, native=native)
+            _load(device.host, device.write_hbm, header, body, {"sram": sram, "hbm": 0x400})
+            assert device.run(100_000)
+            assert device.context(0).fault == fault, (sram, native)

@@ -231,6 +231,26 @@ def test_timing_only_takes_the_body_faults_the_golden_model_takes(label):
     assert reports[1] == reports[0] and reports[2] == reports[0], reports
 
 
+@pytest.mark.parametrize("past_the_window", [Instr("ve.lut", dst=0, src=0, n=8), Instr("dma.load", sram=0, hbm=0,
+                                                                                      rows=1, row_bytes=16)])
+def test_a_utop_running_past_its_window_faults_fetch_bounds_whatever_lies_beyond(past_the_window):
+    """The body word past the window is never read (it is another tenant's HBM): FETCH_BOUNDS at its PC with
+    the golden model's detail, in every mode, whether that word would decode as a fault or not."""
+    reports = []
+    for device in (FunctionalDevice("small"), PerfDevice("small"), PerfDevice("small", data=False, native=False),
+                   PerfDevice("small", data=False, native=True)):
+        device.host(Instr("ctx.hbm", ctx=0, base=0, size=0x200))
+        device.host(Instr("ctx.sram", ctx=0, base=0, size=0x1000))
+        device.write_hbm(0x1E0, encode_stream(utop(EngineClass.VE, [Instr("ve.shape", rows=1), past_the_window])))
+        device.host(Instr("ctx.start", ctx=0, pc=0x1E0))
+        assert device.run(100_000)
+        info = device.context(0)
+        reports.append((info.status, info.fault, info.fault_pc, info.detail))
+    assert reports[0] == (ContextStatus.FAULTED, FaultCode.FETCH_BOUNDS, 0x200,
+                          "fetch at 0x200 outside the 0x200-byte HBM window")
+    assert reports[1:] == reports[:1] * 3, reports
+
+
 def test_a_run_ends_when_no_context_runs_as_on_the_rtl():
     """run(max_cycles) on an idle device, or past a program's end, does not advance time to the limit."""
     device = make_device("perf", "small")

@@ -90,7 +90,8 @@ def test_a_small_sweep_on_a_local_ray(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["sweep", str(spec), "--out", str(out), "--num-cpus", "2"]) == 1
     err = capsys.readouterr().err
-    assert "4 of 12 points failed (the first: point bad.s / small / static / 1 tenants / load 2: tenant 0 " \
+    assert "4 of 12 points failed (the first: point bad.s / small / static / 1 tenants / load 2 / hbm latency 100: " \
+           "tenant 0 " \
            "stopped with FAULTED HBM_BOUNDS at pc 0x210: hbm access [0xf0000000, 0xf0000010)" in err, err
     with open(out / "sweep.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -168,28 +169,49 @@ def test_a_ray_whose_raylet_died_is_named_not_counted_as_zero_cpus(stale_ray, tm
     assert calls == []  # a Ray it did not start is neither restarted nor stopped
 
 
-@pytest.mark.parametrize("second", ["lost", "interrupted"])
+@pytest.mark.parametrize("second", ["lost", "interrupted", "killed"])
 def test_points_that_ended_are_written_when_ray_fails_or_the_sweep_is_interrupted(stale_ray, tmp_path, monkeypatch,
                                                                                   second):
+    """Ray lost under a point or Ctrl-C: the points that ended are written, then it stops; a point whose worker
+    Ray killed (out of memory) fails alone."""
     from tcloud.runtime.sweep import run_point, run_sweep
 
     ray, calls = stale_ray
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     spec = check_spec({"models": ["gemm 8x8x8"], "configs": ["small"], "policies": ["static"], "tenants": [1, 2],
                        "loads": [1]})
+    failure = {"lost": ray.exceptions.LocalRayletDiedError(), "interrupted": KeyboardInterrupt(),
+               "killed": ray.exceptions.OutOfMemoryError("Task was killed due to the node running low on memory.")}
 
     def get(point):
         if point["tenants"] == 2:
-            raise KeyboardInterrupt if second == "interrupted" else ray.exceptions.LocalRayletDiedError()
+            raise failure[second]
         return run_point(point)
 
     monkeypatch.setattr(ray, "get", get)
-    if second == "lost":
-        with pytest.raises(SweepError, match=r"2 tenants / load 1 was lost: .*; the 1 point\(s\) that ended are in "):
-            run_sweep(spec, tmp_path, log=lambda line: None)
-    else:
-        with pytest.raises(KeyboardInterrupt):
-            run_sweep(spec, tmp_path, log=lambda line: None)
+    expected = {"lost": (SweepError, r"2 tenants / load 1 was lost: .*; the 1 point\(s\) that ended are in "),
+                "interrupted": (KeyboardInterrupt, None),
+                "killed": (SweepError, r"1 of 2 points failed \(the first: point gemm 8x8x8 / small / static / 2 "
+                                       r"tenants / load 1: OutOfMemoryError: Task was killed")}[second]
+    with pytest.raises(expected[0], match=expected[1]):
+        run_sweep(spec, tmp_path, log=lambda line: None)
     with open(tmp_path / "sweep.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [(row["tenants"], row["error"]) for row in rows] == [("1", "")] and int(rows[0]["jobs"]) == 1
+    assert [(row["tenants"], row["error"][:16]) for row in rows][0] == ("1", "") and int(rows[0]["jobs"]) == 1
+    assert len(rows) == (2 if second == "killed" else 1)
+
+
+def test_a_sweep_whose_every_point_fails_writes_its_table_and_no_plot(stale_ray, tmp_path, monkeypatch):
+    from tcloud.runtime.sweep import run_sweep
+
+    ray, calls = stale_ray
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(ray, "get", lambda point: (_ for _ in ()).throw(ray.exceptions.WorkerCrashedError()))
+    (tmp_path / "sweep.png").write_bytes(b"an earlier plot")
+    spec = check_spec({"models": ["gemm 8x8x8"], "configs": ["small"], "policies": ["static"], "tenants": [1],
+                       "loads": [1]})
+    lines = []
+    with pytest.raises(SweepError, match="1 of 1 points failed .*WorkerCrashedError: The worker died"):
+        run_sweep(spec, tmp_path, log=lines.append)
+    assert not (tmp_path / "sweep.png").exists() and "no point ran: no plot" in lines[-1]
+    assert "WorkerCrashedError" in (tmp_path / "sweep.csv").read_text()

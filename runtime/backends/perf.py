@@ -78,6 +78,13 @@ def fetch_bounds_detail(pc, hbm_size):
     return f"fetch at {pc:#x} outside the {hbm_size:#x}-byte HBM window"
 
 
+def utop_bytes(hbm, window, pc, length):
+    """The encoding of the uTOp of ``length`` body instructions at ``pc`` of an HBM ``window``, cut at the
+    window's end (a body word past it faults ``FETCH_BOUNDS``; it is never read from a neighbour's HBM)."""
+    begin = window.base + pc
+    return hbm[begin:min(begin + INSTRUCTION_BYTES * (length + 1), window.base + window.size)].tobytes()
+
+
 class _Utop:
     """A decoded uTOp and its timing, cached by its encoding."""
 
@@ -110,7 +117,8 @@ class _Utop:
     def fault_in(self, sram_size, hbm_size):
         """The uTOp's first fault in a context with these window sizes, ``(code, offset from its PC,
         detail)`` or ``None``: a body fault that does not depend on data (:mod:`tcloud.isa.body_faults`:
-        windows, engine state, declared cost) before its first instruction that does not decode."""
+        windows, engine state, declared cost) before its first instruction that does not decode or
+        lies past the window (``FETCH_BOUNDS``, whose detail, ``None`` here, names the PC)."""
         key = (sram_size, hbm_size)
         fault = self._window_faults.get(key, False)
         if fault is False:
@@ -573,8 +581,7 @@ class PerfDevice(GoldenMemory):
             return
         name = instr.mnemonic
         if name == "utop":
-            length = instr["len"]
-            key = self.machine.hbm[base:base + INSTRUCTION_BYTES * (length + 1)].tobytes()
+            key = utop_bytes(self.machine.hbm, gctx.hbm, ctx.pc, instr["len"])
             utop = self._cache.get(key)
             if utop is None:
                 utop = self._decode_utop(ctx.pc, instr, key)
@@ -600,10 +607,15 @@ class PerfDevice(GoldenMemory):
             self._push(time + 1, "_on_wake")
 
     def _decode_utop(self, pc, header, key):
+        if header["cls"] not in [int(cls) for cls in _CLASSES]:
+            raise DeviceError(f"uTOp header of class {header['cls']} at {pc:#x}")
         body, fault = [], None
         words = _WORDS
         for i in range(header["len"]):
             word = key[INSTRUCTION_BYTES * (i + 1):INSTRUCTION_BYTES * (i + 2)]
+            if len(word) < INSTRUCTION_BYTES:  # past the window (utop_bytes)
+                fault = (FaultCode.FETCH_BOUNDS, INSTRUCTION_BYTES * (i + 1), None)
+                break
             try:
                 instr = words.get(word)
                 if instr is None:
@@ -615,11 +627,10 @@ class PerfDevice(GoldenMemory):
                 fault = (error.fault, INSTRUCTION_BYTES * (i + 1), str(error))
                 break
             if int(instr.engine) != header["cls"]:
-                fault = (FaultCode.WRONG_CLASS, INSTRUCTION_BYTES * (i + 1), f"{instr.mnemonic} in the wrong uTOp")
+                fault = (FaultCode.WRONG_CLASS, INSTRUCTION_BYTES * (i + 1),
+                         f"{instr.mnemonic} in a {EngineClass(header['cls']).name} uTOp")
                 break
             body.append(instr)
-        if header["cls"] not in [int(cls) for cls in _CLASSES]:
-            raise DeviceError(f"uTOp header of class {header['cls']} at {pc:#x}")
         utop = _Utop(header, body, self.config, self.latency, self.jitter, fault)
         if len(self._cache) > _CACHE_LIMIT:
             self._cache.clear()
@@ -706,7 +717,7 @@ class PerfDevice(GoldenMemory):
             found = utop.fault_in(windows.sram.size, windows.hbm.size)
             if found is not None:
                 code, offset, detail = found
-                fault = (code, ctx.pc + offset, detail)
+                fault = (code, ctx.pc + offset, detail or fetch_bounds_detail(ctx.pc + offset, windows.hbm.size))
         engine.ctx, engine.utop, engine.owned = ctx, (utop, ctx.pc, fault), owned
         engine.start = time + 1
         engine.token += 1

@@ -409,7 +409,7 @@ class Program:
             name = instr.mnemonic
             if name == "utop":
                 length = instr["len"]
-                key = hbm[base + pc:base + pc + INSTRUCTION_BYTES * (length + 1)].tobytes()
+                key = perf.utop_bytes(hbm, gctx.hbm, pc, length)
                 read_end = max(read_end, pc + len(key))
                 utop = device._cache.get(key)
                 if utop is None:
@@ -419,6 +419,8 @@ class Program:
                         add(pc, (ENTRIES.index("invalid"), detail(str(error))))
                         break
                 fault = utop.fault_in(self.sram_size, size)
+                if fault is not None and fault[2] is None:
+                    fault = (fault[0], fault[1], perf.fetch_bounds_detail(pc + fault[1], size))
                 add(pc, self._utop_entry(device, utop, fault, detail))
                 self.utops[pc] = utop
                 pc += INSTRUCTION_BYTES * (length + 1)
