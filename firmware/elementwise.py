@@ -8,11 +8,12 @@ the multi-tenant experiments use as the "VE-heavy" tenant next to an ME-heavy GE
 import numpy as np
 
 from tcloud.isa import EngineClass, Instr, ProgramImage, Symbol, get_config
-from tcloud.isa.table import field_max
+from tcloud.isa.table import INSTRUCTION_BYTES, field_max
 
 from .program import FirmwareError, ProgramBuilder
 
 _ALIGN = 64
+MIB = 1 << 20
 
 
 def _up(value, multiple):
@@ -63,9 +64,18 @@ def elementwise(config, rows, cols, *, passes=1, block_elements=None):
     if not 1 <= block <= limit:
         raise FirmwareError(f"elementwise: block_elements={block_elements} must be within 1..{limit} on "
                             f"{cfg.name!r}")
+    most_passes = field_max("utop", "len") // 2
+    if passes > most_passes:
+        raise FirmwareError(f"elementwise: passes={passes} needs {2 * passes} instructions in one VE uTOp, which holds "
+                            f"at most {2 * most_passes}: passes must be at most {most_passes}")
     nbytes = 4 * total
     off_x, off_y, off_z = 0, _up(nbytes, _ALIGN), 2 * _up(nbytes, _ALIGN)
     code_at = 3 * _up(nbytes, _ALIGN)
+    instructions = -(-total // block) * (6 + 2 * passes) + 1  # per block: load, compute and store uTOps; halt
+    hbm_bytes = _up(code_at + INSTRUCTION_BYTES * instructions, _ALIGN)  # refused before the program is built
+    if hbm_bytes > cfg.hbm_bytes:
+        raise FirmwareError(f"elementwise {rows}x{cols}: needs {hbm_bytes / MIB:.1f} MiB of HBM ({code_at / MIB:.1f} MiB "
+                            f"of X, Y and Z), but config {cfg.name!r} has {cfg.hbm_mib} MiB")
     slot = _up(4 * block, _ALIGN)
     buffers = [(0, slot), (2 * slot, 3 * slot)]  # (x, y) per double-buffer slot
 

@@ -598,19 +598,22 @@ def _hbm_layout(m, k, n, bias, out_item):
 
 
 def _sizes(total, block):
-    """Sizes of the blocks of ``block`` that cover ``total`` (the last may be shorter)."""
-    return [block] * (total // block) + ([total % block] if total % block else [])
+    """``(size, how many)`` of the blocks of ``block`` that cover ``total`` (the last may be shorter)."""
+    return [(block, total // block)] + ([(total % block, 1)] if total % block else [])
 
 
 def _instruction_count(cfg, plan, bias, requant):
-    """Instructions :func:`gemm` emits for ``plan`` (headers included), counted without lowering: a
-    shape too large for the HBM is refused before the long part of the work."""
+    """Instructions :func:`gemm` emits for ``plan`` (headers included), counted without lowering (and
+    per distinct block size, so in constant time): a shape too large for the HBM is refused before the
+    long part of the work."""
     count = 1  # halt
-    for height in _sizes(plan.m, plan.mb):
+    for height, rows_of_blocks in _sizes(plan.m, plan.mb):
         ve_utops = math.ceil(height / math.ceil(height / cfg.ve_count))
-        for width in _sizes(plan.n, plan.nb):
+        for width, columns_of_blocks in _sizes(plan.n, plan.nb):
             tiles = math.ceil(width / cfg.me_cols)
-            for depth in _sizes(plan.k, plan.kb):  # DMA uTOp (2 loads), ME uTOps
-                count += 3 + math.ceil(tiles / plan.tiles_per_utop) + 2 * tiles * math.ceil(depth / cfg.me_rows)
-            count += 2 * bias + 3 * ve_utops * bool(requant) + 2  # bias uTOp, VE uTOps (header, shape, requant), store
+            per_block = 2 * bias + 3 * ve_utops * bool(requant) + 2  # bias uTOp, VE uTOps (header, shape, requant), store
+            for depth, depths in _sizes(plan.k, plan.kb):  # DMA uTOp (2 loads), ME uTOps
+                per_block += depths * (3 + math.ceil(tiles / plan.tiles_per_utop)
+                                       + 2 * tiles * math.ceil(depth / cfg.me_rows))
+            count += rows_of_blocks * columns_of_blocks * per_block
     return count

@@ -155,6 +155,8 @@ def _check_int(value, low, what):
 
 _GEMM = re.compile(r"gemm\s+(\d+)x(\d+)x(\d+)$")
 _ELEMENTWISE = re.compile(r"elementwise\s+(\d+)x(\d+)((?:\s+\w+=\d+)*)$")
+_KERNEL_FORMS = {"gemm": "'gemm MxKxN' with positive integers M, K and N",
+                 "elementwise": "'elementwise RxC [passes=P] [block=B]' with positive integers"}
 
 
 def build_program(text, config, base=Path(".")):
@@ -169,6 +171,9 @@ def build_program(text, config, base=Path(".")):
             raise ScenarioError(f"program {text!r}: unknown option(s) {unknown}; known: passes, block")
         return elementwise(config, int(match.group(1)), int(match.group(2)), passes=int(options.get("passes", 1)),
                            block_elements=int(options["block"]) if "block" in options else None)
+    kernel = text.split(maxsplit=1)[0] if text else ""
+    if kernel in _KERNEL_FORMS and not (base / text).is_file():
+        raise ScenarioError(f"program {text!r}: expected {_KERNEL_FORMS[kernel]}")
     path = base / text
     if not path.is_file():
         raise ScenarioError(f"program {text!r} is neither 'gemm MxKxN', 'elementwise RxC ...' nor a file "

@@ -205,9 +205,12 @@ def test_ctrl_c_exits_130_without_a_traceback(tmp_path):
 
 
 def scenario_text(top="", tenant=""):
-    """A valid one-tenant scenario on tiny/functional, with a line added at the top or to the tenant."""
-    return (f"config: tiny\nbackend: functional\n{top}\ntenants:\n  - name: a\n"
-            f"    vnpu: {{mes: 1, ves: 1, sram_kib: 4, hbm_mib: 1}}\n    program: gemm 4x4x4\n    {tenant}\n")
+    """A valid one-tenant scenario on tiny/functional, with a line added (or replacing the line of its key) at
+    the top or to the tenant."""
+    config = "" if top.startswith("config:") else "config: tiny\n"
+    name = "" if tenant.startswith("name:") else "  - name: a\n    "
+    return (f"{config}backend: functional\n{top}\ntenants:\n{name or '  - '}"
+            f"vnpu: {{mes: 1, ves: 1, sram_kib: 4, hbm_mib: 1}}\n    program: gemm 4x4x4\n    {tenant}\n")
 
 
 @pytest.mark.parametrize("top, tenant, message", [

@@ -32,6 +32,11 @@ hbm_latency: [100]
     ({"models": ["gemm 1024x2048x1024"], "tenants": [4]},
      "models: 'gemm 1024x2048x1024' needs 57344 B of scratchpad .* 4 tenants on small get 65536"),
     ({"models": ["gemm 8x8"]}, "models: 'gemm 8x8' on small"),
+    ({"models": ["gemm 8x8x8x8"]}, "program 'gemm 8x8x8x8': expected 'gemm MxKxN' with positive integers"),
+    ({"models": ["elementwise 8x32 passes=-1"]}, "program 'elementwise 8x32 passes=-1': expected 'elementwise RxC"),
+    ({"models": ["gemm 100000x100000x100000"]}, "GEMM 100000x100000x100000 needs 7918309.6 MiB of HBM"),
+    ({"models": ["elementwise 100000x100000"]}, "elementwise 100000x100000: needs 114515.4 MiB of HBM"),
+    ({"models": ["elementwise 8x32 passes=100000000"]}, "passes must be at most 2047"),
     ({"colour": "red"}, "unknown field(s) colour"),
     ({"data": "yes"}, "data must be true or false"),
 ])
