@@ -664,3 +664,16 @@ def test_counters_stay_exact_past_2_to_the_53():
         reports.append(device.context(0))
     assert reports[0] == reports[1]
     assert reports[1].counters["macs"] > 1 << 53 and reports[1].counters["macs"] % 2 == 1
+
+
+def test_the_core_views_int64_words_in_the_shape_python_gives():
+    """Reports are built by the core's ``view`` from a shape spec: ints index the words, dicts and tuples nest."""
+    words = np.array([7, -3, 1 << 62, 0], dtype=np.int64)
+    view = perf_native.library().view
+    assert view({"a": 2, "b": (0, {"c": 1}), "d": {}}, words.ctypes.data) == {"a": 1 << 62, "b": (7, {"c": -3}), "d": {}}
+    with pytest.raises(TypeError, match="an int, a dict or a tuple"):
+        view([0], words.ctypes.data)
+    with pytest.raises(ValueError, match="negative index"):
+        view((-1,), words.ctypes.data)
+    with pytest.raises(TypeError, match="takes 2 arguments"):
+        view((0,))

@@ -4,7 +4,8 @@
 // the ISA table and the timing constants; the Python side packs and unpacks them around each run.
 // Times are doubles as in Python (ints and floats mix there; every time stays below 2^53); the activity
 // counters are int64. Python calls the core through the module this file builds (``run``, at the end):
-// a call from Python costs less there than through ctypes, which matters to short runs.
+// a call from Python costs less there than through ctypes, which matters to short runs; ``view`` builds
+// the reports a run leaves as Python objects.
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -810,8 +811,61 @@ PyObject* python_run(PyObject*, PyObject* address) {
     return PyLong_FromLong(error);
 }
 
+// The value ``spec`` describes, read from the int64 words at ``words``: an int ``i`` is ``words[i]``, a dict
+// maps each of its keys to the value its value describes, a tuple each of its items. Reports are built
+// so, from a shape Python defines, without running Python code (a short run is read right after it).
+PyObject* view(PyObject* spec, const int64_t* words) {
+    if (PyLong_CheckExact(spec)) {
+        Py_ssize_t index = PyLong_AsSsize_t(spec);
+        if (index < 0) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "view: a negative index");
+            return nullptr;
+        }
+        return PyLong_FromLongLong(words[index]);
+    }
+    if (PyDict_CheckExact(spec)) {
+        PyObject* out = PyDict_New();
+        Py_ssize_t position = 0;
+        PyObject *key, *item;
+        while (out != nullptr && PyDict_Next(spec, &position, &key, &item)) {
+            PyObject* value = view(item, words);
+            if (value == nullptr || PyDict_SetItem(out, key, value) < 0) Py_CLEAR(out);
+            Py_XDECREF(value);
+        }
+        return out;
+    }
+    if (PyTuple_CheckExact(spec)) {
+        Py_ssize_t size = PyTuple_GET_SIZE(spec);
+        PyObject* out = PyTuple_New(size);
+        for (Py_ssize_t i = 0; out != nullptr && i < size; ++i) {
+            PyObject* value = view(PyTuple_GET_ITEM(spec, i), words);
+            if (value == nullptr) Py_CLEAR(out);
+            else PyTuple_SET_ITEM(out, i, value);
+        }
+        return out;
+    }
+    PyErr_SetString(PyExc_TypeError, "view: a spec is an int, a dict or a tuple");
+    return nullptr;
+}
+
+// ``view(spec, address)``: :func:`view` of the int64 words at ``address`` (an int).
+PyObject* python_view(PyObject*, PyObject* const* args, Py_ssize_t count) {
+    if (count != 2) {
+        PyErr_SetString(PyExc_TypeError, "view(spec, address) takes 2 arguments");
+        return nullptr;
+    }
+    void* words = PyLong_AsVoidPtr(args[1]);
+    if (words == nullptr) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "view: a null address");
+        return nullptr;
+    }
+    return view(args[0], static_cast<const int64_t*>(words));
+}
+
 PyMethodDef methods[] = {
     {"run", python_run, METH_O, "run(address) -> error code: the event loop on the Call at address."},
+    {"view", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(python_view)), METH_FASTCALL,
+     "view(spec, address) -> the ints, dicts and tuples spec describes, read from the int64 words at address."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "tcloud_perf_core", "The perf backend's compiled event loop.", -1,

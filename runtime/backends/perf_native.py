@@ -564,7 +564,25 @@ _STATUSES = {int(status): status for status in ContextStatus}
 _NEW_TUPLE = tuple.__new__
 """Makes a :class:`ContextInfo` from all its fields without the named tuple's ``__new__``, Python code
 that a run right after other work (a Verilator run) pays several µs for in cache misses."""
-_REPORT_ROW = struct.Struct("=" + "q" * _REPORT_WIDTH)
+_REPORT_HEAD = struct.Struct("=4q")
+"""The first four :data:`REPORT_FIELDS`: status, fault, fault PC, detail."""
+
+
+def _report_spec():
+    """The counters and timing of a context's report as the core's ``view`` builds them from its
+    :data:`REPORT_FIELDS` (the shapes of ``perf._empty_counters`` and ``perf.context_report``)."""
+    at = REPORT_FIELDS.index
+    counters = {"utops": {"dma": at("utops_dma"), "me": at("utops_me"), "ve": at("utops_ve")},
+                **{name: at(name) for name in ("instructions", "hbm_bytes_read", "hbm_bytes_written", "macs",
+                                               "ve_elements")}}
+    timing = {"active_cycles": at("active_cycles"), "run_cycles": at("run_cycles"),
+              "engine_cycles": {name: at(name) for name in ("me_owned", "me_harvested", "ve_owned", "ve_harvested",
+                                                            "dma_cycles")},
+              "reclaim_wait_cycles": at("reclaim_wait_cycles"), "reclaim_max_cycles": at("reclaim_max_cycles")}
+    return counters, timing
+
+
+_REPORT_SPEC = _report_spec()
 _DEVICE = struct.Struct("=" + "d" * _DEVICE_WIDTH)
 _EVENT = struct.Struct("=" + "d" * len(EVENT_FIELDS))
 _DMA, _ME, _VE = EngineClass.DMA, EngineClass.ME, EngineClass.VE
@@ -624,7 +642,9 @@ class NativeCore:
         self.reports_at = self.flows_at + 2 * engines
         self.busy_at = self.reports_at + _REPORT_WIDTH * contexts
         self.states = [_doubles(self.busy_at + engines) for _ in range(2)]
-        self.busy_report = struct.Struct(f"={engines}q")
+        self.state_addresses = [state.buffer_info()[0] for state in self.states]
+        self.view = library().view
+        self.busy_spec = {engine.name: index for index, engine in enumerate(device.engines)}
         self.event_buffers = [_doubles(EVENT_CAPACITY * len(EVENT_FIELDS)) for _ in range(2)]
         self.current = 0
         """Which of :attr:`states` and :attr:`event_buffers` hold the state (the other is the next run's output)."""
@@ -643,7 +663,6 @@ class NativeCore:
             call[_PROGRAM_INDEX], call[_PROGRAM_SLOTS], call[_PROGRAM_DATA], call[_PROGRAM_DETAIL_BASE] = tables
         self._events_changed()
         self.set_grow_events(_GROW_EVENTS(self._grow_events))
-        self.engine_names = [engine.name for engine in device.engines]
         self.bucket = programs_of(device)
         self.kinds = {name: index for index, name in enumerate(EVENTS)}
         self.holds_state = False
@@ -782,29 +801,21 @@ class NativeCore:
         from a run: the device then syncs and reports from its objects)."""
         if not self.reported:
             return None
-        (status, fault, fault_pc, detail, active, run, me_owned, me_harvested, ve_owned, ve_harvested, dma_cycles,
-         reclaim_wait, reclaim_max, instructions, read, written, macs, elements, dma, me, ve) = _REPORT_ROW.unpack_from(
-            self.states[self.current], 8 * (self.reports_at + index * _REPORT_WIDTH))  # REPORT_FIELDS
+        offset = 8 * (self.reports_at + index * _REPORT_WIDTH)
+        status, fault, fault_pc, detail = _REPORT_HEAD.unpack_from(self.states[self.current], offset)
+        counters, timing = self.view(_REPORT_SPEC, self.state_addresses[self.current] + offset)
         if fault:
             fault, detail = FaultCode(fault), self._detail(detail, fault_pc, self.device.contexts[index])
         else:
             fault, detail = FaultCode.NONE, ""
-        return _NEW_TUPLE(ContextInfo, (
-            _STATUSES[status], fault, fault_pc, detail,
-            {"utops": {"dma": dma, "me": me, "ve": ve}, "instructions": instructions, "hbm_bytes_read": read,
-             "hbm_bytes_written": written, "macs": macs, "ve_elements": elements},  # as perf._empty_counters
-            {"active_cycles": active, "run_cycles": run,
-             "engine_cycles": {"me_owned": me_owned, "me_harvested": me_harvested, "ve_owned": ve_owned,
-                               "ve_harvested": ve_harvested, "dma_cycles": dma_cycles},
-             "reclaim_wait_cycles": reclaim_wait, "reclaim_max_cycles": reclaim_max}))  # as context_report
+        return _NEW_TUPLE(ContextInfo, (_STATUSES[status], fault, fault_pc, detail, counters, timing))
 
     def stats(self):
         """``PerfDevice.stats()`` from the report the core left (``None``, as :meth:`report`)."""
         if not self.reported:
             return None
-        state = self.states[self.current]
-        return {"backend": PerfDevice.name, "cycles": int(state[_NOW]),
-                "engine_busy_cycles": dict(zip(self.engine_names, self.busy_report.unpack_from(state, 8 * self.busy_at)))}
+        return {"backend": PerfDevice.name, "cycles": int(self.states[self.current][_NOW]),
+                "engine_busy_cycles": self.view(self.busy_spec, self.state_addresses[self.current] + 8 * self.busy_at)}
 
     # --- the device's objects to the buffers --------------------------------------------------------
 
