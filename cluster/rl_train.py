@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 import zipfile
@@ -361,8 +362,10 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
     Parameters
     ----------
     directory : path
-        Where checkpoints (``checkpoint.pickle`` + ``progress.json``) and the exported weights go
-        (``rl_policy.npz``, and ``snapshots/rl_policy_<steps>.npz`` after each segment).
+        Where checkpoints (``checkpoint-<steps>.pickle``, the one ``progress.json`` names) and the exported
+        weights go (``rl_policy.npz``, and ``snapshots/rl_policy_<steps>.npz`` after each segment). A
+        segment counts once ``progress.json`` names its checkpoint (written atomically, after it), so
+        an interruption at any point resumes from a checkpoint and a record that agree.
     timesteps : int
         Steps per environment in total.
     checkpoint_every : int
@@ -419,7 +422,7 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
         env_options["slow_features"] = False
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state_path, checkpoint = directory / "progress.json", directory / "checkpoint.pickle"
+    state_path, checkpoint = directory / "progress.json", directory / LEGACY_CHECKPOINT
     settings = {"envs": envs, "per_worker": per_worker, "rollouts": rollouts, "learning_rate": learning_rate,
                 "env": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(env_options.items())},
                 "network": network_settings()}
@@ -437,6 +440,10 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
             raise ClusterError(f"{state_path}: the checkpoint was trained with {found}, not "
                                f"{settings}; pass the same options, or start afresh")
         _check_progress(state_path, state)
+        checkpoint = directory / state.get("checkpoint", LEGACY_CHECKPOINT)
+        if state["done"] and not checkpoint.is_file():
+            raise ClusterError(f"{state_path}: records {state['done']} steps per worker trained, but their checkpoint "
+                               f"{checkpoint} is missing; start afresh (--fresh) or use another --dir")
         stamp_format(directory)
     elif (directory / "snapshots").exists():  # a fresh run's curve and snapshots must not mix with an old run's
         (directory / "snapshots").rename(directory / f"snapshots.before-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -489,10 +496,12 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
             trainer.cfg.timesteps = segment
             trainer.train()
             env.step = original
-            staged = checkpoint.with_name(f".{checkpoint.name}.partial")
+            saved = directory / f"checkpoint-{state['done'] + segment}.pickle"
+            staged = saved.with_name(f".{saved.name}.partial")
             agent.save(str(staged))
-            os.replace(staged, checkpoint)
+            os.replace(staged, saved)
             state["done"] += segment
+            state["checkpoint"] = saved.name
             state["steps"].append(state["done"] * envs * per_worker)
             state["rewards"].append(float(np.mean(rewards)))
             state["good"].append(float(np.mean(good)))
@@ -502,7 +511,10 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
             (directory / "snapshots").mkdir(exist_ok=True)
             export(models["policy"], directory / "snapshots" / f"rl_policy_{state['done'] * envs * per_worker}.npz",
                    slow_features)
-            write_file(state_path, json.dumps(state, indent=1), "training progress")
+            write_file(state_path, json.dumps(state, indent=1), "training progress")  # the segment counts from here
+            if checkpoint != saved:
+                checkpoint.unlink(missing_ok=True)
+            checkpoint = saved
             if progress:
                 progress(state["done"], timesteps)
     finally:
@@ -530,6 +542,11 @@ def _read_progress(path):
     return state
 
 
+LEGACY_CHECKPOINT = "checkpoint.pickle"
+"""The checkpoint of a run whose ``progress.json`` names none (written before it did)."""
+_CHECKPOINT_NAME = re.compile(r"checkpoint-\d+\.pickle")
+
+
 def _check_progress(path, state):
     """Raise a :class:`ClusterError` naming ``path`` unless ``state`` holds what a run records."""
     def number(value):
@@ -544,6 +561,11 @@ def _check_progress(path, state):
     if bad:
         raise ClusterError(f"{path}: not a training progress file (field {bad[0]!r} is missing or of the wrong "
                            f"type); start afresh (--fresh) or use another --dir")
+    if "checkpoint" in state and not (isinstance(state["checkpoint"], str)
+                                      and _CHECKPOINT_NAME.fullmatch(state["checkpoint"])):
+        raise ClusterError(f"{path}: not a training progress file (field 'checkpoint' must name a checkpoint-<steps>"
+                           f".pickle file of its directory, got {state['checkpoint']!r}); start afresh (--fresh) or "
+                           f"use another --dir")
     segments = {len(state[name]) for name in ("steps", "rewards", "good", "worst")}
     if len(segments) != 1 or (state["done"] > 0 and 0 in segments):
         raise ClusterError(f"{path}: not a training progress file (steps, rewards, good and worst must hold one "

@@ -265,7 +265,8 @@ class ServiceTable:
         self.neighbour_slowdown = dict(neighbour_slowdown or {})
         self.source = None  # the file it was read from, for messages
 
-    def _name(self):
+    def describe(self):
+        """How messages name the table: its file, else its configuration and backend."""
         return f"service-time table {self.source}" if self.source else (f"the service-time table ({self.config}, "
                                                                         f"{self.backend})")
 
@@ -320,7 +321,7 @@ class ServiceTable:
         try:
             return self.load_bytes[(model, label)]
         except KeyError:
-            raise ClusterError(f"{self._name()} has no load_bytes for model {model!r} on shape {label!r}; rebuild it "
+            raise ClusterError(f"{self.describe()} has no load_bytes for model {model!r} on shape {label!r}; rebuild it "
                                f"with `tcloud cluster table` (or give --load-bandwidth inf)") from None
 
     def slowdown_next_to(self, model, neighbour):
@@ -337,7 +338,7 @@ class ServiceTable:
         try:
             return self.neighbour_slowdown[(model, neighbour)]
         except KeyError:
-            raise ClusterError(f"{self._name()} has no neighbour_slowdown for model {model!r} next to {neighbour!r}; "
+            raise ClusterError(f"{self.describe()} has no neighbour_slowdown for model {model!r} next to {neighbour!r}; "
                                f"rebuild it with `tcloud cluster table`") from None
 
     def to_dict(self):

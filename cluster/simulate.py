@@ -277,7 +277,8 @@ def make_context(models, table, pnpus, load, interval=1.0, reference=None, load_
         fastest = min(curve[1] for curve in c.values())
         if slo < fastest:
             raise ClusterError(f"model {m.name!r}: impossible SLO: field slo_factor={m.slo_factor} gives "
-                               f"{slo * 1e6:.1f} us, below its fastest batch-1 latency {fastest * 1e6:.1f} us")
+                               f"{slo * 1e6:.1f} us, below its fastest batch-1 latency {fastest * 1e6:.1f} us in "
+                               f"{table.describe()}")
     ref = reference or (table.shapes[1] if len(table.shapes) > 1 else table.shapes[0])
     per_pnpu = {s.label: fits_per_pnpu(table.config, s) for s in table.shapes}
     shares = np.array([m.share for m in models], dtype=float)
@@ -287,7 +288,8 @@ def make_context(models, table, pnpus, load, interval=1.0, reference=None, load_
         b = best_batch(c[ref.label], slo)
         if b == 0:
             raise ClusterError(f"model {m.name!r}: impossible SLO: field slo_factor={m.slo_factor} leaves no batch "
-                               f"size with 2 x latency within {slo * 1e6:.1f} us on shape {ref.label}")
+                               f"size with 2 x latency within {slo * 1e6:.1f} us on shape {ref.label} in "
+                               f"{table.describe()}")
         per_replica.append(b / c[ref.label][b])
     capacity = per_pnpu[ref.label] * pnpus / float(np.sum(shares / np.array(per_replica)))
     prices = {s.label: shape_price(s, table.clock_mhz) for s in table.shapes}

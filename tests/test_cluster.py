@@ -605,6 +605,8 @@ def test_cli_simulate_refuses_a_bad_table_by_name(tmp_path, capsys, change, mess
     assert tcloud(["cluster", "simulate", "--nodes", "1", "--duration", "1", "--table", str(path)]) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    if "impossible SLO" in message:
+        assert f"in service-time table {path}" in err
 
 
 def test_a_binary_table_is_named(tmp_path):

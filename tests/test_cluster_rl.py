@@ -596,7 +596,8 @@ def test_training_on_two_ray_workers_resumes_from_its_checkpoint_and_writes_the_
     assert len(inits) == 1  # once for both segments (each init wrapped the networks in jax.jit again)
     first = json.loads((tmp_path / "run" / "progress.json").read_text())
     assert first["done"] == 4 and first["steps"] == [4, 8] and len(first["rewards"]) == 2
-    assert (tmp_path / "run" / "checkpoint.pickle").exists()
+    assert first["checkpoint"] == "checkpoint-4.pickle" and (tmp_path / "run" / "checkpoint-4.pickle").exists()
+    assert not (tmp_path / "run" / "checkpoint-2.pickle").exists()  # the segment before is gone once recorded
     snapshot = tmp_path / "run" / "snapshots" / "rl_policy_4.npz"
     with np.load(snapshot) as data:  # as a run made before weight files recorded their format wrote it
         untagged = {name: data[name] for name in data.files if name != "format"}
@@ -639,11 +640,16 @@ def test_training_on_two_ray_workers_resumes_from_its_checkpoint_and_writes_the_
         from tcloud.cluster.rl_train import train
 
         train(tmp_path / "run", timesteps=8, envs=2, checkpoint_every=2, rollouts=2, interval=0.05, steps=3)
-    checkpoint = tmp_path / "run" / "checkpoint.pickle"
+    checkpoint = tmp_path / "run" / json.loads((tmp_path / "run" / "progress.json").read_text())["checkpoint"]
+    assert checkpoint.name == "checkpoint-6.pickle"
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # as an interrupted write by older code left it
     assert tcloud([*common, "--timesteps", "8"]) == 1
     err = capsys.readouterr().err
-    assert "checkpoint.pickle: not a checkpoint this code can resume (UnpicklingError" in err and "Traceback" not in err
+    assert "checkpoint-6.pickle: not a checkpoint this code can resume (UnpicklingError" in err and "Traceback" not in err
+    checkpoint.unlink()
+    assert tcloud([*common, "--timesteps", "8"]) == 1
+    err = capsys.readouterr().err
+    assert "records 6 steps per worker trained, but their checkpoint" in err and "checkpoint-6.pickle is missing" in err
     assert not ray.is_initialized()
     (tmp_path / "run" / "progress.json").write_text('{"done": 3, "settings": ')
     assert tcloud([*common, "--timesteps", "8"]) == 1
@@ -762,3 +768,13 @@ def test_the_snapshot_selection_takes_at_least_one_point(tmp_path, capsys):
             main(["--snapshots", str(tmp_path), "--points", bad])
         assert exc.value.code == 2
         assert f"--points must be at least 1 (1: the last snapshot alone), got {bad}" in capsys.readouterr().err
+
+
+def test_a_progress_file_naming_a_checkpoint_outside_its_directory_is_refused(tmp_path):
+    from tcloud.cluster.rl_train import _check_progress
+
+    state = {"done": 2, "steps": [4], "rewards": [0.0], "good": [1.0], "worst": [1.0], "seconds": 1.0}
+    _check_progress(tmp_path / "progress.json", {**state, "checkpoint": "checkpoint-2.pickle"})
+    for name in ("../checkpoint-2.pickle", "/etc/passwd", 7):
+        with pytest.raises(ClusterError, match="field 'checkpoint' must name a checkpoint-<steps>.pickle file"):
+            _check_progress(tmp_path / "progress.json", {**state, "checkpoint": name})
