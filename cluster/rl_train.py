@@ -374,7 +374,7 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
     resume : bool
         Continue from the checkpoint in ``directory`` if there is one (refused if it was trained with
         other settings or another network format); otherwise start afresh and move an earlier run's
-        ``snapshots/`` aside to ``snapshots.before-<date-time>/``.
+        ``progress.json``, checkpoints and ``snapshots/`` aside to ``before-<date-time>/``.
     rollouts : int
         Steps per worker between two PPO updates.
     progress : callable, optional
@@ -445,8 +445,9 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
             raise ClusterError(f"{state_path}: records {state['done']} steps per worker trained, but their checkpoint "
                                f"{checkpoint} is missing; start afresh (--fresh) or use another --dir")
         stamp_format(directory)
-    elif (directory / "snapshots").exists():  # a fresh run's curve and snapshots must not mix with an old run's
-        (directory / "snapshots").rename(directory / f"snapshots.before-{time.strftime('%Y%m%d-%H%M%S')}")
+        _remove_checkpoints(directory, keep=checkpoint.name)
+    else:  # a fresh run's record, checkpoints, curve and snapshots must not mix with an earlier run's
+        _move_aside(directory)
     skrl_config.jax.key = seed
     env = wrap_env(RayVectorEnv(envs, per_worker, seed=seed + 7919 * state["done"], **env_options), wrapper="gymnasium")
     network = [{"name": "net", "input": "OBSERVATIONS", "layers": [64, 64], "activations": "tanh"}]
@@ -467,7 +468,7 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
     original = env.step
     trainer = None
     try:
-        if resume and checkpoint.exists():
+        if state["done"]:
             try:
                 agent.load(str(checkpoint))
             except Exception as exc:  # pickle and flax raise many kinds for a truncated or foreign file
@@ -512,8 +513,7 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
             export(models["policy"], directory / "snapshots" / f"rl_policy_{state['done'] * envs * per_worker}.npz",
                    slow_features)
             write_file(state_path, json.dumps(state, indent=1), "training progress")  # the segment counts from here
-            if checkpoint != saved:
-                checkpoint.unlink(missing_ok=True)
+            _remove_checkpoints(directory, keep=saved.name)
             checkpoint = saved
             if progress:
                 progress(state["done"], timesteps)
@@ -540,6 +540,25 @@ def _read_progress(path):
         raise ClusterError(f"{path}: not a training progress file (a JSON object); start afresh (--fresh) or use "
                            f"another --dir")
     return state
+
+
+def _remove_checkpoints(directory, keep):
+    """Remove the checkpoints in ``directory`` (and partial ones) but ``keep``, the one its record names:
+    those of segments an interruption left unrecorded, or recorded before."""
+    for path in [*directory.glob("checkpoint*.pickle"), *directory.glob(".checkpoint*.pickle.partial")]:
+        if path.name != keep:
+            path.unlink(missing_ok=True)
+
+
+def _move_aside(directory):
+    """Move an earlier run's record, checkpoints and snapshots in ``directory`` to ``before-<date-time>/``."""
+    earlier = [path for pattern in ("progress.json", "checkpoint*.pickle", ".checkpoint*.pickle.partial", "snapshots")
+               for path in directory.glob(pattern)]
+    if earlier:
+        aside = directory / f"before-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir(exist_ok=True)
+        for path in earlier:
+            path.rename(aside / path.name)
 
 
 LEGACY_CHECKPOINT = "checkpoint.pickle"

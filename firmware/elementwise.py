@@ -60,7 +60,7 @@ def elementwise(config, rows, cols, *, passes=1, block_elements=None):
             raise FirmwareError(f"elementwise: {name} must be a positive integer, got {value!r}")
     total = rows * cols
     limit = min(field_max("ve.add", "n"), field_max("dma.load", "row_bytes") // 4, cfg.sram_bytes // 16)
-    block = min(total, block_elements or limit)
+    block = min(total, limit if block_elements is None else block_elements)
     if not 1 <= block <= limit:
         raise FirmwareError(f"elementwise: block_elements={block_elements} must be within 1..{limit} on "
                             f"{cfg.name!r}")

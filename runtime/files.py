@@ -146,6 +146,8 @@ def parse_document(text, path):
         return yaml.load(text, Loader=_UniqueKeyLoader)
     except (ValueError, yaml.YAMLError) as exc:
         raise ValueError(f"not valid {kind}: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"not valid {kind}: nested too deeply") from None
 
 
 def _unique_pairs(pairs):
@@ -161,6 +163,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
 
     def construct_mapping(self, node, deep=False):
+        if not isinstance(node, yaml.MappingNode):  # SafeLoader names the node it expected
+            return super().construct_mapping(node, deep)
         first = {}
         for key_node, _ in node.value:
             if key_node.tag == _MERGE_TAG:  # keys merged in (<<) may be overridden

@@ -706,6 +706,8 @@ def test_a_fresh_run_moves_the_old_snapshots_aside_and_ships_only_its_own(tmp_pa
 
     (tmp_path / "snapshots").mkdir()
     (tmp_path / "snapshots" / "rl_policy_400.npz").write_bytes(b"an earlier run's")
+    for name in ("progress.json", "checkpoint-400.pickle", ".checkpoint-402.pickle.partial"):
+        (tmp_path / name).write_text("an earlier run's")
     assert snapshot_steps(tmp_path, 4, 2, 2, resume=True) == [4, 8, 400]
     assert snapshot_steps(tmp_path, 4, 2, 2, resume=False) == [4, 8]
 
@@ -716,8 +718,10 @@ def test_a_fresh_run_moves_the_old_snapshots_aside_and_ships_only_its_own(tmp_pa
     with pytest.raises(RuntimeError, match="stopped before training"):
         rl_train.train(tmp_path, timesteps=4, envs=2, checkpoint_every=2, rollouts=2, resume=False)
     assert not (tmp_path / "snapshots").exists()
-    moved = list(tmp_path.glob("snapshots.before-*/rl_policy_400.npz"))
+    moved = list(tmp_path.glob("before-*/snapshots/rl_policy_400.npz"))
     assert len(moved) == 1 and moved[0].read_bytes() == b"an earlier run's"
+    for name in ("progress.json", "checkpoint-400.pickle", ".checkpoint-402.pickle.partial"):
+        assert not (tmp_path / name).exists() and (moved[0].parent.parent / name).read_text() == "an earlier run's"
 
 
 @pytest.mark.parametrize("options, message", [

@@ -220,3 +220,21 @@ def test_a_sweep_whose_every_point_fails_writes_its_table_and_no_plot(stale_ray,
         run_sweep(spec, tmp_path, log=lines.append)
     assert not (tmp_path / "sweep.png").exists() and "no point ran: no plot" in lines[-1]
     assert "WorkerCrashedError" in (tmp_path / "sweep.csv").read_text()
+
+
+@pytest.mark.parametrize("text, path, message", [
+    ("a: 1\nb: {c: 1, c: 2}\n", "s.yaml", "found key 'c' again (first given on line 2)"),
+    ("base: &b {x: 1}\nother: {<<: *b, x: 2}\n", "s.yaml", None),  # a merged key may be overridden
+    ("a: !!map [x, y]\n", "s.yaml", "expected a mapping node, but found sequence"),
+    ("[" * 3000, "s.yaml", "not valid YAML: nested too deeply"),
+    ("[" * 100000, "s.json", "not valid JSON: nested too deeply"),
+    ('{"a": {"b": 1, "b": 2}}', "s.json", "key 'b' given twice in one object"),
+])
+def test_documents_with_repeated_keys_or_odd_structure_are_refused_cleanly(text, path, message):
+    from tcloud.runtime.files import parse_document
+
+    if message is None:
+        assert parse_document(text, path)["other"] == {"x": 2}
+        return
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_document(text, path)
