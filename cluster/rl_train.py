@@ -37,7 +37,7 @@ import gymnasium
 import numpy as np
 
 from tcloud.isa.errors import TcloudError
-from tcloud.runtime.files import read_text, write_figure, write_file
+from tcloud.runtime.files import read_text, unique_pairs, write_figure, write_file
 
 from .policies import Policy
 from .rl import (ACTIONS, GLOBAL, NETWORK_FORMAT, PER_MODEL, RateMemory, decode, features, initial_plan,
@@ -530,11 +530,14 @@ def _read_progress(path):
     """The state a :func:`train` run recorded in ``path`` (``progress.json``), or a :class:`ClusterError`
     naming the file."""
     try:
-        state = json.loads(read_text(path, "a training progress file (JSON text)"))
+        state = json.loads(read_text(path, "a training progress file (JSON text)"), object_pairs_hook=unique_pairs)
     except TcloudError as exc:
         raise ClusterError(str(exc)) from None
     except json.JSONDecodeError as exc:
         raise ClusterError(f"{path}:{exc.lineno}: not JSON ({exc.msg}); start afresh (--fresh) or use another "
+                           f"--dir") from None
+    except ValueError as exc:
+        raise ClusterError(f"{path}: not a training progress file ({exc}); start afresh (--fresh) or use another "
                            f"--dir") from None
     if not isinstance(state, dict):
         raise ClusterError(f"{path}: not a training progress file (a JSON object); start afresh (--fresh) or use "

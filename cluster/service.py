@@ -34,7 +34,7 @@ import numpy as np
 from tcloud.isa import get_config
 from tcloud.isa.errors import TcloudError
 from tcloud.runtime.backends import TIMED_BACKENDS
-from tcloud.runtime.files import read_text, write_file
+from tcloud.runtime.files import read_text, unique_pairs, write_file
 
 from .workload import ClusterError, default_models
 
@@ -360,11 +360,13 @@ class ServiceTable:
         """Read a table written by :meth:`save`; :class:`ClusterError` naming the file and field."""
         path = Path(path)
         try:
-            data = json.loads(read_text(path, "a service-time table (JSON text)"))
+            data = json.loads(read_text(path, "a service-time table (JSON text)"), object_pairs_hook=unique_pairs)
         except TcloudError as exc:
             raise ClusterError(str(exc)) from None
         except json.JSONDecodeError as exc:
             raise ClusterError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
+        except ValueError as exc:
+            raise ClusterError(f"{path}: not a service-time table ({exc})") from None
         from .workload import ModelSpec
 
         try:

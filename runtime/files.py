@@ -142,7 +142,7 @@ def parse_document(text, path):
     kind = "JSON" if Path(path).suffix == ".json" else "YAML"
     try:
         if kind == "JSON":
-            return json.loads(text, object_pairs_hook=_unique_pairs)
+            return json.loads(text, object_pairs_hook=unique_pairs)
         return yaml.load(text, Loader=_UniqueKeyLoader)
     except (ValueError, yaml.YAMLError) as exc:
         raise ValueError(f"not valid {kind}: {exc}") from None
@@ -150,7 +150,8 @@ def parse_document(text, path):
         raise ValueError(f"not valid {kind}: nested too deeply") from None
 
 
-def _unique_pairs(pairs):
+def unique_pairs(pairs):
+    """``object_pairs_hook`` for ``json.loads`` that refuses a key given twice in one object (ValueError)."""
     seen = set()
     for key, _ in pairs:
         if key in seen:

@@ -609,6 +609,14 @@ def test_cli_simulate_refuses_a_bad_table_by_name(tmp_path, capsys, change, mess
         assert f"in service-time table {path}" in err
 
 
+def test_a_table_with_a_key_given_twice_is_named(tmp_path):
+    path = tmp_path / "table.json"
+    text = default_path("small", "perf").read_text()
+    path.write_text(text.replace('"clock_mhz":', '"clock_mhz": 1, "clock_mhz":', 1))
+    with pytest.raises(ClusterError, match=r"table.json: not a service-time table \(key 'clock_mhz' given twice"):
+        ServiceTable.load(path)
+
+
 def test_a_binary_table_is_named(tmp_path):
     path = tmp_path / "table.json"
     path.write_bytes(b"\x93\xff{}")

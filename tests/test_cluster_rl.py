@@ -782,3 +782,11 @@ def test_a_progress_file_naming_a_checkpoint_outside_its_directory_is_refused(tm
     for name in ("../checkpoint-2.pickle", "/etc/passwd", 7):
         with pytest.raises(ClusterError, match="field 'checkpoint' must name a checkpoint-<steps>.pickle file"):
             _check_progress(tmp_path / "progress.json", {**state, "checkpoint": name})
+
+
+def test_a_progress_file_with_a_key_given_twice_is_refused_by_name(tmp_path):
+    from tcloud.cluster.rl_train import _read_progress
+
+    (tmp_path / "progress.json").write_text('{"done": 2, "done": 4}')
+    with pytest.raises(ClusterError, match=r"progress.json: not a training progress file \(key 'done' given twice"):
+        _read_progress(tmp_path / "progress.json")
