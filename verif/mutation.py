@@ -63,6 +63,7 @@ GOLDEN = ("tests/test_golden_ops.py", "tests/test_golden_isolation.py", "tests/t
           "tests/test_firmware_gemm.py",
           "tests/test_multitenant.py::test_golden_static_policy_faults_a_utop_without_an_owned_engine")
 GOLDEN_K = "not amaranth and not verilator"
+BODY_FAULTS = ("tests/test_body_faults.py",)
 VALU = ("tests/test_rtl_vector_alu.py",)
 SYSTOLIC = ("tests/test_rtl_systolic.py",)
 SRAM = ("tests/test_rtl_scratchpad.py",)
@@ -94,10 +95,10 @@ G = "isa/golden.py"
 
 CATALOGUE = [
     # --- golden model --------------------------------------------------------------------------
-    _m("golden_bounds_off_by_one", G, "if addr + extent > window.size:", "if addr + extent >= window.size:",
+    _m("golden_bounds_off_by_one", G, "if end > window.size:", "if end >= window.size:",
        "an access ending exactly at the window end faults", GOLDEN, GOLDEN_K),
-    _m("golden_extent_drops_minus_one", G, "extent = (rows - 1) * stride + row_bytes",
-       "extent = rows * stride + row_bytes", "2-D extent counts one stride too many", GOLDEN, GOLDEN_K),
+    _m("golden_extent_drops_minus_one", G, "end = addr + (rows - 1) * stride + row_bytes",
+       "end = addr + rows * stride + row_bytes", "2-D extent counts one stride too many", GOLDEN, GOLDEN_K),
     _m("golden_fetch_bound", G, "if pc + INSTRUCTION_BYTES > ctx.hbm.size:",
        "if pc + INSTRUCTION_BYTES >= ctx.hbm.size:", "the last instruction of the HBM window cannot be fetched",
        GOLDEN, GOLDEN_K),
@@ -144,6 +145,11 @@ CATALOGUE = [
     _m("golden_redmax_is_min", G, 'x.sum(axis=1) if instr.mnemonic == "ve.redsum" else x.max(axis=1)',
        'x.sum(axis=1) if instr.mnemonic == "ve.redsum" else x.min(axis=1)', "ve.redmax reduces with min",
        GOLDEN, GOLDEN_K),
+    # --- body faults without data (what timing-only perf runs check) ----------------------------
+    _m("body_faults_bounds_off_by_one", "isa/body_faults.py", "if access.end > size:", "if access.end >= size:",
+       "timing only faults an access ending exactly at the window end", BODY_FAULTS),
+    _m("body_faults_store_order", "isa/body_faults.py", "yield from (hbm, sram) if hbm_first else (sram, hbm)",
+       "yield from (hbm, sram)", "dma.store checks its HBM region before its scratchpad region", BODY_FAULTS),
     # --- RTL units (Amaranth simulator, component tests) ---------------------------------------
     _m("valu_max_operands_swapped", "rtl/vector_alu.py", "wide.eq(Mux(x > y, x, y))", "wide.eq(Mux(x > y, y, x))",
        "ve.max returns the smaller operand", VALU),
