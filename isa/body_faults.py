@@ -6,8 +6,8 @@ No address, size or engine state of a body instruction depends on data, except t
 except for a gather index outside the HBM window: :func:`utop_body_fault` finds it without touching
 memory, in the order the golden model checks (work units before the instruction, then the
 instruction's regions and state in the order it accesses them). The golden model raises its
-faults with the details written here, and ``tests/test_body_faults.py`` checks on random bodies
-and windows that both always agree.
+faults with the details written here (also those of the front-end faults the perf backend reports
+as well), and ``tests/test_body_faults.py`` checks on random bodies and windows that both always agree.
 """
 
 from typing import NamedTuple
@@ -48,6 +48,22 @@ def outside_window(space, addr, end, window_size):
     (the caller found ``end > window_size``)."""
     code = FaultCode.SRAM_BOUNDS if space == "sram" else FaultCode.HBM_BOUNDS
     return BodyFault(code, f"{space} access [{addr:#x}, {end:#x}) outside the {window_size:#x}-byte window")
+
+
+def fetch_bounds_detail(pc, hbm_size):
+    """Detail of a fetch outside the HBM window (of a top-level instruction or of a body word)."""
+    return f"fetch at {pc:#x} outside the {hbm_size:#x}-byte HBM window"
+
+
+def wrong_class_detail(mnemonic, utop_class=None):
+    """Detail of a body instruction outside a uTOp, or inside one of another class (``utop_class``, an
+    :class:`~tcloud.isa.EngineClass`)."""
+    return f"{mnemonic} outside a uTOp" if utop_class is None else f"{mnemonic} in a {utop_class.name} uTOp"
+
+
+def privileged_detail(mnemonic):
+    """Detail of a tenant program executing a hypervisor (``ctx.*``) instruction."""
+    return f"tenant executed {mnemonic}"
 
 
 def cost_fault(mnemonic, used, declared):

@@ -30,7 +30,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .body_faults import Access, BodyFault as _Fault, cost_fault, gather_overlap_fault, me_state_fault, outside_window
-from .body_faults import tile_fault, ve_state_fault
+from .body_faults import fetch_bounds_detail, privileged_detail, tile_fault, ve_state_fault, wrong_class_detail
 from .config import get_config
 from .cost import UnitState, overlap
 from .encoding import DecodeError, Instr, decode
@@ -240,9 +240,9 @@ class Machine:
             instr = self._fetch(ctx, pc)
             ctx.counters.instructions += 1
             if instr.engine == EngineClass.HOST:
-                raise _Fault(FaultCode.PRIVILEGED, f"tenant executed {instr.mnemonic}")
+                raise _Fault(FaultCode.PRIVILEGED, privileged_detail(instr.mnemonic))
             if instr.engine != EngineClass.CTRL:
-                raise _Fault(FaultCode.WRONG_CLASS, f"{instr.mnemonic} outside a uTOp")
+                raise _Fault(FaultCode.WRONG_CLASS, wrong_class_detail(instr.mnemonic))
             if instr.mnemonic == "utop":
                 self._utop(ctx, instr, pc)
                 ctx.pc = pc + INSTRUCTION_BYTES * (instr["len"] + 1)
@@ -261,8 +261,7 @@ class Machine:
 
     def _fetch(self, ctx, pc):
         if pc + INSTRUCTION_BYTES > ctx.hbm.size:
-            raise _Fault(FaultCode.FETCH_BOUNDS, f"fetch at {pc:#x} outside the {ctx.hbm.size:#x}-byte "
-                                                 f"HBM window")
+            raise _Fault(FaultCode.FETCH_BOUNDS, fetch_bounds_detail(pc, ctx.hbm.size))
         phys = ctx.hbm.base + pc
         try:
             return decode(self.hbm[phys:phys + INSTRUCTION_BYTES].tobytes())
@@ -296,7 +295,7 @@ class Machine:
                 instr = self._fetch(ctx, body_pc)
                 ctx.counters.instructions += 1
                 if instr.engine != cls:
-                    raise _Fault(FaultCode.WRONG_CLASS, f"{instr.mnemonic} in a {cls.name} uTOp")
+                    raise _Fault(FaultCode.WRONG_CLASS, wrong_class_detail(instr.mnemonic, cls))
                 used += unit_state.units(instr)
                 if declared and used > declared:
                     raise cost_fault(instr.mnemonic, used, declared)

@@ -34,7 +34,7 @@ import math
 
 from tcloud.isa import ContextStatus, DecodeError, EngineClass, FaultCode, Machine, decode, get_config, parse_policy
 from tcloud.isa import csr
-from tcloud.isa.body_faults import utop_body_fault
+from tcloud.isa.body_faults import fetch_bounds_detail, privileged_detail, utop_body_fault, wrong_class_detail
 from tcloud.isa.errors import HostCommandError
 from tcloud.isa.table import HARVESTED_CLASSES, INSTRUCTION_BYTES, NUM_TOKENS, TOKEN_MAX_COUNT, Policy
 
@@ -64,18 +64,6 @@ def token_overflow_detail(token):
 
 def no_engine_detail(cls):
     return f"{cls.name} uTOp, but the context owns no {cls.name}"
-
-
-def privileged_detail(name):
-    return f"tenant executed {name}"
-
-
-def wrong_class_detail(name):
-    return f"{name} outside a uTOp"
-
-
-def fetch_bounds_detail(pc, hbm_size):
-    return f"fetch at {pc:#x} outside the {hbm_size:#x}-byte HBM window"
 
 
 def utop_bytes(hbm, window, pc, length):
@@ -628,7 +616,7 @@ class PerfDevice(GoldenMemory):
                 break
             if int(instr.engine) != header["cls"]:
                 fault = (FaultCode.WRONG_CLASS, INSTRUCTION_BYTES * (i + 1),
-                         f"{instr.mnemonic} in a {EngineClass(header['cls']).name} uTOp")
+                         wrong_class_detail(instr.mnemonic, EngineClass(header["cls"])))
                 break
             body.append(instr)
         utop = _Utop(header, body, self.config, self.latency, self.jitter, fault)
