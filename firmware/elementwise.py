@@ -71,8 +71,7 @@ def elementwise(config, rows, cols, *, passes=1, block_elements=None):
     nbytes = 4 * total
     off_x, off_y, off_z = 0, _up(nbytes, _ALIGN), 2 * _up(nbytes, _ALIGN)
     code_at = 3 * _up(nbytes, _ALIGN)
-    instructions = -(-total // block) * (6 + 2 * passes) + 1  # per block: load, compute and store uTOps; halt
-    hbm_bytes = _up(code_at + INSTRUCTION_BYTES * instructions, _ALIGN)  # refused before the program is built
+    hbm_bytes = _up(code_at + INSTRUCTION_BYTES * _instruction_count(total, block, passes), _ALIGN)
     if hbm_bytes > cfg.hbm_bytes:
         raise FirmwareError(f"elementwise {rows}x{cols}: needs {hbm_bytes / MIB:.1f} MiB of HBM ({code_at / MIB:.1f} MiB "
                             f"of X, Y and Z), but config {cfg.name!r} has {cfg.hbm_mib} MiB")
@@ -103,6 +102,12 @@ def elementwise(config, rows, cols, *, passes=1, block_elements=None):
                Symbol("Z", "output", "i32", (rows, cols), off_z, 4 * cols)]
     return ProgramImage.for_config(cfg, code, entry=code_at, hbm_bytes=_up(code_at + len(code), _ALIGN),
                                    sram_bytes=4 * slot, symbols=symbols)
+
+
+def _instruction_count(total, block, passes):
+    """Instructions :func:`elementwise` emits, counted without building (a shape too large for the HBM is
+    refused first): per block a load, a compute and a store uTOp, then ``halt``."""
+    return -(-total // block) * ((1 + 2) + (1 + 2 * passes) + (1 + 1)) + 1
 
 
 def _block_at(b, block, total, buffers, off_z):

@@ -280,3 +280,15 @@ def test_more_live_dependency_groups_than_tokens_get_a_fence(fanout):
     _, info = run_image(FunctionalDevice("tiny"), image, {})
     assert info.status == ContextStatus.DONE
     assert check_program(image).races == []
+
+
+@pytest.mark.parametrize("rows, cols, passes, block", [(8, 32, 1, None), (24, 64, 3, 256), (100, 100, 5, 64),
+                                                        (3, 5, 2047, None), (7, 9, 2, 10)])
+def test_elementwise_counts_its_instructions_before_building(rows, cols, passes, block):
+    """The count that refuses a shape too large for the HBM before the program is built is the count built."""
+    from tcloud.firmware import elementwise
+    from tcloud.firmware.elementwise import _instruction_count
+
+    image = elementwise("small", rows, cols, passes=passes, block_elements=block)
+    used = min(rows * cols, block or rows * cols)
+    assert len(image.code) // 16 == _instruction_count(rows * cols, used, passes)
