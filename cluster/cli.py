@@ -89,7 +89,7 @@ def build_parser():
     tra.add_argument("--table", metavar="FILE", help="service-time table (default: the shipped one)")
     tra.add_argument("--seed", type=seed_int, default=0)
     tra.add_argument("--fresh", action="store_true", help="start afresh: an earlier run's progress, checkpoints "
-                     "and snapshots in --dir move to --dir/before-<date-time>/")
+                     "and snapshots in --dir move to --dir/before-<date-time>-<suffix>/")
     tra.add_argument("--curve", metavar="OUT.json", help="write the learning curve (JSON and a PNG beside it)")
     tra.add_argument("--curve-episodes", type=_positive_int, default=6,
                      help="episodes each snapshot and baseline is scored on for the curve (default 6)")

@@ -29,6 +29,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -374,7 +375,7 @@ def train(directory, timesteps=256, envs=2, checkpoint_every=64, seed=0, resume=
     resume : bool
         Continue from the checkpoint in ``directory`` if there is one (refused if it was trained with
         other settings or another network format); otherwise start afresh and move an earlier run's
-        ``progress.json``, checkpoints and ``snapshots/`` aside to ``before-<date-time>/``.
+        ``progress.json``, checkpoints and ``snapshots/`` aside to ``before-<date-time>-<suffix>/``.
     rollouts : int
         Steps per worker between two PPO updates.
     progress : callable, optional
@@ -554,12 +555,12 @@ def _remove_checkpoints(directory, keep):
 
 
 def _move_aside(directory):
-    """Move an earlier run's record, checkpoints and snapshots in ``directory`` to ``before-<date-time>/``."""
+    """Move an earlier run's record, checkpoints and snapshots in ``directory`` to a new
+    ``before-<date-time>-<suffix>/`` (two fresh starts in one second do not meet)."""
     earlier = [path for pattern in ("progress.json", "checkpoint*.pickle", ".checkpoint*.pickle.partial", "snapshots")
                for path in directory.glob(pattern)]
     if earlier:
-        aside = directory / f"before-{time.strftime('%Y%m%d-%H%M%S')}"
-        aside.mkdir(exist_ok=True)
+        aside = Path(tempfile.mkdtemp(prefix=f"before-{time.strftime('%Y%m%d-%H%M%S')}-", dir=directory))
         for path in earlier:
             path.rename(aside / path.name)
 
