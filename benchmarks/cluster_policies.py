@@ -19,7 +19,9 @@ seconds, from its first minute).
 proportion to the mean rate × the trace's peak-to-mean ratio of that model over 1-s windows of
 the run (known in advance, as an operator knows a function's history). The better of ``static``
 and ``static-peak`` is the static reference of ``relative``; ``clipper-peak`` and ``triton-peak``
-are provisioned the same way and count among the baselines. ``allocation_bound`` records, from
+are provisioned the same way and count among the baselines. ``rl-peak`` and ``rl-floor-peak`` are
+the RL policy and its rule given the same ratios: the engines beyond the floors are shared by the
+peak rates instead of the mean ones (the network was trained with mean rates and still reads them). ``allocation_bound`` records, from
 the traces alone, what a clairvoyant reallocation could sustain over the better static split.
 
 ``--policies rl --merge`` re-runs only the RL policy and keeps the other rows of the existing JSON
@@ -43,11 +45,13 @@ import numpy as np
 from benchmarks.common import RESULTS, commit, try_plot, write
 from tcloud.cluster.simulate import CLUSTER_RULES, DEFAULT_LOAD_BANDWIDTH
 
-POLICIES = ("static", "static-peak", "clipper", "clipper-peak", "triton", "triton-peak", "nexus", "rl", "rl-floor")
+POLICIES = ("static", "static-peak", "clipper", "clipper-peak", "triton", "triton-peak", "nexus", "rl", "rl-floor",
+            "rl-peak", "rl-floor-peak")
 """``rl-floor``: the RL policy's decode rule with the all-zero action, so the network's contribution shows."""
 STATIC = ("static", "static-peak")
-PEAK = ("static-peak", "clipper-peak", "triton-peak")
-"""Static, Clipper and Triton with each model's replicas provisioned for its peak (:func:`make`)."""
+PEAK = ("static-peak", "clipper-peak", "triton-peak", "rl-peak", "rl-floor-peak")
+"""Static, Clipper, Triton and the RL policy with each model's replicas provisioned for its peak
+(:func:`make`; the RL policy shares the engines beyond its floors by the peak rates)."""
 BASELINES = ("clipper", "clipper-peak", "triton", "triton-peak", "nexus")
 TRACES = ("poisson", "mmpp", "diurnal", "azure")
 LOADS = {"poisson": (0.8, 0.9, 0.95, 1.0, 1.05), "mmpp": (0.3, 0.4, 0.5, 0.6, 0.7),
@@ -245,7 +249,7 @@ def plot(summary, policies, traces, path):
 
     fig, axes = plt.subplots(2, len(traces), figsize=(5 * len(traces), 7), sharex="col", squeeze=False)
     styles = {p: (marker, dash, f"C{i}") for i, (p, marker, dash) in
-              enumerate(zip(policies, "oh<s>^DvP", ("-", "-", "--", "--", ":", ":", "-.", "-", "--")))}
+              enumerate(zip(policies, "oh<s>^DvPXd", ("-", "-", "--", "--", ":", ":", "-.", "-", "--", "-", "--")))}
     for column, trace in enumerate(traces):
         top, bottom = axes[0][column], axes[1][column]
         for policy in policies:

@@ -223,14 +223,15 @@ class RateMemory:
         return self.slow.copy()
 
 
-def decode(action, observation, context, options, slow=None):
+def decode(action, observation, context, options, slow=None, provision=None):
     """The :class:`~.simulate.Plan` for ``action`` (see the module docstring).
 
     Every model first gets its *floor*, the replicas the larger of its measured arrival rate and
     the slow estimate ``slow`` (:class:`RateMemory`; default: the measured rate alone) need at the
     shape and batch it chose (``ceil(rate / throughput)``, at least one). The rest of the cluster
     is shared as static shares it, in proportion to each model's provisioned mean rate
-    (``context.rates``) in replicas of its shape, tilted by the learned weight ``2 ** (MAX_WEIGHT_LOG2 × a0)``:
+    (``context.rates``, times ``provision`` when given: a peak-to-mean ratio per model, as
+    :class:`~.policies.Static` takes it) in replicas of its shape, tilted by the learned weight ``2 ** (MAX_WEIGHT_LOG2 × a0)``:
     every model gets the larger of its floor and ``λ ×`` its weighted mean need, with the largest
     ``λ`` that fits (:func:`share`). So no model is cut below its floor for another's share, and
     the zero action holds a model between bursts at the share a static split by mean rates would
@@ -250,6 +251,7 @@ def decode(action, observation, context, options, slow=None):
     rates = np.asarray(observation["arrival_rate"], dtype=float)
     if slow is not None:
         rates = np.maximum(rates, slow)
+    provisioned = context.rates if provision is None else context.rates * np.asarray(provision, dtype=float)
     shape = {s.label: s for s in context.shapes}
     labels, floors, batches, needs = [], [], [], []
     for m, found in enumerate(options):
@@ -259,7 +261,7 @@ def decode(action, observation, context, options, slow=None):
         batches.append(batch)
         need = rates[m] / thr[batch]
         floors.append(max(1, int(np.ceil(need + STAFFING * np.sqrt(need)))))
-        needs.append(context.rates[m] / thr[batch])
+        needs.append(provisioned[m] / thr[batch])
     weights = np.array(needs) * 2 ** (MAX_WEIGHT_LOG2 * action[:, 0])
     counts = share(np.array(floors), weights, np.array([shape[label].mes for label in labels]),
                    np.array([shape[label].ves for label in labels]), context)
@@ -434,6 +436,11 @@ class NumpyPolicy(Policy):
     """
 
     name = "rl"
+    provision = None
+    """Per model, a factor on the mean rate the engines beyond the floors are shared by (``None``: the
+    mean rates), as :attr:`~.policies.Static.provision`: the benchmark's ``rl-peak`` gets the
+    peak-to-mean ratios the peak-provisioned baselines get. The network's features still read the
+    mean rates it was trained with."""
 
     def __init__(self, layers, slow_features=True):
         if layers[0][0].shape[0] != PER_MODEL + GLOBAL or layers[-1][0].shape[1] != ACTIONS:
@@ -458,13 +465,13 @@ class NumpyPolicy(Policy):
     def reset(self, context):
         self.context, self.options = context, model_options(context)
         self.memory = RateMemory(len(context.models), context.interval)
-        return initial_plan(context)
+        return initial_plan(context, self.provision)
 
     def decide(self, observation):
         slow = self.memory.update(observation["arrival_rate"])
         seen = slow if self.slow_features else None
         return decode(self.act(features(observation, self.context, self.options, seen)), observation,
-                      self.context, self.options, slow)
+                      self.context, self.options, slow, self.provision)
 
 
 class ShippedPolicy(NumpyPolicy):
@@ -518,6 +525,7 @@ class FloorRule(NumpyPolicy):
         super().__init__([(np.zeros((PER_MODEL + GLOBAL, ACTIONS)), np.zeros(ACTIONS))])  # a network of zeros
 
 
-def initial_plan(context):
-    """Static's plan: the first interval runs before the policy has observed anything."""
-    return Static().reset(context)
+def initial_plan(context, provision=None):
+    """Static's plan (provisioned by ``provision``, see :attr:`NumpyPolicy.provision`): the first
+    interval runs before the policy has observed anything."""
+    return Static(provision=provision).reset(context)

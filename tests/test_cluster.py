@@ -659,6 +659,8 @@ def test_the_policy_benchmark_runs_diurnal_and_azure_and_picks_the_better_static
     triton = bench.make("triton-peak", "azure", 0, args, load_table(config="small", build=False))
     assert triton.name == "triton-peak" and np.array_equal(triton.provision,
                                                            bench.peak_to_mean("azure", DEFAULT_MODELS, 25.0, 0))
+    rl = bench.make("rl-peak", "azure", 0, args, load_table(config="small", build=False))
+    assert rl.name == "rl-peak" and np.array_equal(rl.provision, triton.provision)
     ratios = bench.peak_to_mean("azure", TPU_MODELS, 25.0, 0)
     assert ratios.min() > 1.2 and ratios.max() > 1.5 * ratios.min()  # the sample's models peak differently
     assert np.allclose(bench.peak_to_mean("poisson", TPU_MODELS, 25.0, 0), 1.0)
