@@ -10,7 +10,7 @@ import numpy as np
 from tcloud.isa import EngineClass, Instr, ProgramImage, Symbol, get_config
 from tcloud.isa.table import INSTRUCTION_BYTES, field_max
 
-from .program import FirmwareError, ProgramBuilder
+from .program import FirmwareError, Footprint, ProgramBuilder
 
 _ALIGN = 64
 MIB = 1 << 20
@@ -55,26 +55,8 @@ def elementwise(config, rows, cols, *, passes=1, block_elements=None):
         Non-positive sizes, or a block that does not fit the scratchpad.
     """
     cfg = get_config(config)
-    for name, value in (("rows", rows), ("cols", cols), ("passes", passes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise FirmwareError(f"elementwise: {name} must be a positive integer, got {value!r}")
-    total = rows * cols
-    limit = min(field_max("ve.add", "n"), field_max("dma.load", "row_bytes") // 4, cfg.sram_bytes // 16)
-    block = min(total, limit if block_elements is None else block_elements)
-    if not 1 <= block <= limit:
-        raise FirmwareError(f"elementwise: block_elements={block_elements} must be within 1..{limit} on "
-                            f"{cfg.name!r}")
-    most_passes = field_max("utop", "len") // 2
-    if passes > most_passes:
-        raise FirmwareError(f"elementwise: passes={passes} needs {2 * passes} instructions in one VE uTOp, which holds "
-                            f"at most {2 * most_passes}: passes must be at most {most_passes}")
-    nbytes = 4 * total
-    off_x, off_y, off_z = 0, _up(nbytes, _ALIGN), 2 * _up(nbytes, _ALIGN)
-    code_at = 3 * _up(nbytes, _ALIGN)
-    hbm_bytes = _up(code_at + INSTRUCTION_BYTES * _instruction_count(total, block, passes), _ALIGN)
-    if hbm_bytes > cfg.hbm_bytes:
-        raise FirmwareError(f"elementwise {rows}x{cols}: needs {hbm_bytes / MIB:.1f} MiB of HBM ({code_at / MIB:.1f} MiB "
-                            f"of X, Y and Z), but config {cfg.name!r} has {cfg.hbm_mib} MiB")
+    total, block, _ = _layout(cfg, rows, cols, passes, block_elements)
+    off_x, off_y, off_z, code_at = _hbm_layout(total)
     slot = _up(4 * block, _ALIGN)
     buffers = [(0, slot), (2 * slot, 3 * slot)]  # (x, y) per double-buffer slot
 
@@ -102,6 +84,47 @@ def elementwise(config, rows, cols, *, passes=1, block_elements=None):
                Symbol("Z", "output", "i32", (rows, cols), off_z, 4 * cols)]
     return ProgramImage.for_config(cfg, code, entry=code_at, hbm_bytes=_up(code_at + len(code), _ALIGN),
                                    sram_bytes=4 * slot, symbols=symbols)
+
+
+def elementwise_footprint(config, rows, cols, *, passes=1, block_elements=None):
+    """The :class:`~.program.Footprint` of :func:`elementwise`'s image, without building its code.
+
+    Raises
+    ------
+    FirmwareError
+        As :func:`elementwise` does.
+    """
+    _, block, hbm_bytes = _layout(get_config(config), rows, cols, passes, block_elements)
+    return Footprint(4 * _up(4 * block, _ALIGN), hbm_bytes)
+
+
+def _layout(cfg, rows, cols, passes, block_elements):
+    """``(elements, block, HBM bytes)`` of an image, checked against the ISA and ``cfg``."""
+    for name, value in (("rows", rows), ("cols", cols), ("passes", passes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise FirmwareError(f"elementwise: {name} must be a positive integer, got {value!r}")
+    total = rows * cols
+    limit = min(field_max("ve.add", "n"), field_max("dma.load", "row_bytes") // 4, cfg.sram_bytes // 16)
+    block = min(total, limit if block_elements is None else block_elements)
+    if not 1 <= block <= limit:
+        raise FirmwareError(f"elementwise: block_elements={block_elements} must be within 1..{limit} on "
+                            f"{cfg.name!r}")
+    most_passes = field_max("utop", "len") // 2
+    if passes > most_passes:
+        raise FirmwareError(f"elementwise: passes={passes} needs {2 * passes} instructions in one VE uTOp, which holds "
+                            f"at most {2 * most_passes}: passes must be at most {most_passes}")
+    code_at = _hbm_layout(total)[-1]
+    hbm_bytes = _up(code_at + INSTRUCTION_BYTES * _instruction_count(total, block, passes), _ALIGN)
+    if hbm_bytes > cfg.hbm_bytes:
+        raise FirmwareError(f"elementwise {rows}x{cols}: needs {hbm_bytes / MIB:.1f} MiB of HBM ({code_at / MIB:.1f} MiB "
+                            f"of X, Y and Z), but config {cfg.name!r} has {cfg.hbm_mib} MiB")
+    return total, block, hbm_bytes
+
+
+def _hbm_layout(total):
+    """HBM offsets of X, Y, Z and the code for ``total`` elements."""
+    step = _up(4 * total, _ALIGN)
+    return 0, step, 2 * step, 3 * step
 
 
 def _instruction_count(total, block, passes):

@@ -35,7 +35,7 @@ from tcloud.isa.errors import EncodingError
 from tcloud.isa.table import BY_MNEMONIC, INSTRUCTION_BYTES, WORD_BYTES, EngineClass
 from tcloud.isa.table import field_max as _field_max
 
-from .program import FirmwareError, ProgramBuilder
+from .program import FirmwareError, Footprint, ProgramBuilder
 
 _ALIGN = 64
 MIB = 1 << 20
@@ -366,21 +366,11 @@ def gemm(config, m, k, n, *, bias=False, requant=None, plan=None, max_utop_cost=
     cfg = get_config(config)
     if requant is not None and not isinstance(requant, Requant):
         raise FirmwareError(f"requant must be a Requant, got {requant!r}")
-    plan = plan or plan_gemm(cfg, m, k, n, bias=bias, requant=requant is not None, max_utop_cost=max_utop_cost)
+    layout = _layout(cfg, m, k, n, bias, requant is not None, plan, max_utop_cost)
+    plan, count, hbm_bytes = layout.plan, layout.count, layout.hbm_bytes
+    stride_a, stride_b, stride_c = layout.strides
+    off_a, off_b, off_bias, off_c, code_at = layout.offsets
     out_dtype, out_item = ("i8", 1) if requant else ("i32", 4)
-
-    stride_a, stride_b, stride_c = _up(k, WORD_BYTES), _up(n, WORD_BYTES), _up(n * out_item, WORD_BYTES)
-    hbm_stride_max = _field_max("dma.load", "hbm_stride")
-    if max(stride_a, stride_b, stride_c) > hbm_stride_max:
-        raise FirmwareError(f"GEMM {m}x{k}x{n}: a row of A, B or C exceeds the largest DMA stride "
-                            f"({hbm_stride_max} bytes)")
-    off_a, off_b, off_bias, off_c, code_at = _hbm_layout(m, k, n, bias, out_item)
-    count = _instruction_count(cfg, plan, bias, requant is not None)
-    hbm_bytes = _up(code_at + INSTRUCTION_BYTES * count, _ALIGN)
-    if hbm_bytes > cfg.hbm_bytes:
-        raise FirmwareError(f"GEMM {m}x{k}x{n} needs {hbm_bytes / MIB:.1f} MiB of HBM ({code_at / MIB:.1f} MiB "
-                            f"of operands and result, {(hbm_bytes - code_at) / MIB:.1f} MiB of code), but config "
-                            f"{cfg.name!r} has {cfg.hbm_mib} MiB")
 
     prog = ProgramBuilder()
     emit_gemm(prog, cfg, plan, DenseMatrix(off_a, stride_a), DenseMatrix(off_b, stride_b),
@@ -394,6 +384,50 @@ def gemm(config, m, k, n, *, bias=False, requant=None, plan=None, max_utop_cost=
     symbols.append(Symbol("C", "output", out_dtype, (m, n), off_c, stride_c))
     return ProgramImage.for_config(cfg, code, entry=code_at, hbm_bytes=hbm_bytes, sram_bytes=plan.sram_bytes,
                                    symbols=symbols)
+
+
+def gemm_footprint(config, m, k, n, *, bias=False, requant=False, max_utop_cost=HARVEST_COST_DEFAULT):
+    """The :class:`~.program.Footprint` of :func:`gemm`'s image, without building its code (which
+    takes seconds to minutes for large shapes); ``requant`` says whether it requantizes.
+
+    Raises
+    ------
+    FirmwareError
+        As :func:`gemm` does for the shape.
+    """
+    layout = _layout(get_config(config), m, k, n, bias, bool(requant), None, max_utop_cost)
+    return Footprint(layout.plan.sram_bytes, layout.hbm_bytes)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    plan: "GemmPlan"
+    strides: tuple
+    offsets: tuple
+    count: int
+    hbm_bytes: int
+
+
+def _layout(cfg, m, k, n, bias, requant, plan, max_utop_cost):
+    """Everything of a GEMM image but its code: the plan, the row strides of A, B and C, the HBM
+    offsets (:func:`_hbm_layout`), the instruction count and the HBM bytes, checked against the ISA
+    and ``cfg``."""
+    plan = plan or plan_gemm(cfg, m, k, n, bias=bias, requant=requant, max_utop_cost=max_utop_cost)
+    out_item = 1 if requant else 4
+    strides = _up(k, WORD_BYTES), _up(n, WORD_BYTES), _up(n * out_item, WORD_BYTES)
+    hbm_stride_max = _field_max("dma.load", "hbm_stride")
+    if max(strides) > hbm_stride_max:
+        raise FirmwareError(f"GEMM {m}x{k}x{n}: a row of A, B or C exceeds the largest DMA stride "
+                            f"({hbm_stride_max} bytes)")
+    offsets = _hbm_layout(m, k, n, bias, out_item)
+    code_at = offsets[-1]
+    count = _instruction_count(cfg, plan, bias, requant)
+    hbm_bytes = _up(code_at + INSTRUCTION_BYTES * count, _ALIGN)
+    if hbm_bytes > cfg.hbm_bytes:
+        raise FirmwareError(f"GEMM {m}x{k}x{n} needs {hbm_bytes / MIB:.1f} MiB of HBM ({code_at / MIB:.1f} MiB "
+                            f"of operands and result, {(hbm_bytes - code_at) / MIB:.1f} MiB of code), but config "
+                            f"{cfg.name!r} has {cfg.hbm_mib} MiB")
+    return _Layout(plan, strides, offsets, count, hbm_bytes)
 
 
 @dataclass(frozen=True)

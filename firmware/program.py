@@ -36,6 +36,15 @@ class FirmwareError(TcloudError, ValueError):
     """A kernel cannot be lowered for the requested shape or configuration."""
 
 
+@dataclass(frozen=True)
+class Footprint:
+    """The scratchpad and HBM bytes a kernel's image needs, known before its code is built (the
+    ``sram_bytes`` and ``hbm_bytes`` its :class:`~tcloud.isa.ProgramImage` will have)."""
+
+    sram_bytes: int
+    hbm_bytes: int
+
+
 @dataclass
 class UtopRef:
     """Handle of a uTOp inside a :class:`ProgramBuilder` (pass it in ``deps=``)."""

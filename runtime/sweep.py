@@ -132,15 +132,15 @@ def check_spec(data, where="spec", base=Path(".")):
     if count > MAX_POINTS:
         raise SweepError(f"{where}: {count:,} points (the product of the lists' lengths); a sweep runs at most "
                          f"{MAX_POINTS:,}: split it")
-    from .tenants import ScenarioError, build_program
+    from .tenants import ScenarioError, program_footprint
     for model in spec["models"]:
         for config in spec["configs"]:
             try:
-                image = build_program(model, get_config(config), base)
+                footprint = program_footprint(model, get_config(config), base)
             except (ScenarioError, TcloudError) as exc:
                 raise SweepError(f"{where}: models: {model!r} on {config}: {exc}") from None
             for tenants in spec["tenants"]:
-                _check_fits(model, image, get_config(config), tenants, where)
+                _check_fits(model, footprint, get_config(config), tenants, where)
     spec["base"] = str(base)
     return spec
 
@@ -151,7 +151,8 @@ def _windows(config, tenants):
 
 
 def _check_fits(model, image, config, tenants, where="point"):
-    """Raise :class:`SweepError` unless ``image`` fits the windows of one of ``tenants`` tenants."""
+    """Raise :class:`SweepError` unless ``image`` (or its footprint) fits the windows of one of
+    ``tenants`` tenants."""
     sram_each, hbm_each = _windows(config, tenants)
     if image.sram_bytes > sram_each or image.hbm_bytes > hbm_each:
         raise SweepError(f"{where}: models: {model!r} needs {image.sram_bytes} B of scratchpad and {image.hbm_bytes} "

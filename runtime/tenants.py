@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tcloud.firmware import elementwise, gemm
+from tcloud.firmware import Footprint, elementwise, elementwise_footprint, gemm, gemm_footprint
 from tcloud.isa import PRESETS, Policy, ProgramImage, assemble, get_config
 from tcloud.isa.errors import TcloudError
 
@@ -162,15 +162,41 @@ _KERNEL_FORMS = {"gemm": "'gemm MxKxN' with positive integers M, K and N",
 def build_program(text, config, base=Path(".")):
     """Return the :class:`ProgramImage` a tenant's ``program`` entry names."""
     text = str(text).strip()
+    if kernel := _kernel_call(text):
+        name, args, options = kernel
+        return {"gemm": gemm, "elementwise": elementwise}[name](config, *args, **options)
+    return _program_file(text, config, base)
+
+
+def program_footprint(text, config, base=Path(".")):
+    """The scratchpad and HBM bytes (a :class:`~tcloud.firmware.Footprint`) of the image a
+    ``program`` entry names: for ``gemm`` and ``elementwise`` without building their code, so a
+    shape that does not fit is refused at once; a file is read (and assembled) as
+    :func:`build_program` does."""
+    text = str(text).strip()
+    if kernel := _kernel_call(text):
+        name, args, options = kernel
+        return {"gemm": gemm_footprint, "elementwise": elementwise_footprint}[name](config, *args, **options)
+    image = _program_file(text, config, base)
+    return Footprint(image.sram_bytes, image.hbm_bytes)
+
+
+def _kernel_call(text):
+    """``(kernel, args, options)`` of a ``gemm`` or ``elementwise`` entry, ``None`` for anything else."""
     if match := _GEMM.match(text):
-        return gemm(config, *(int(v) for v in match.groups()))
+        return "gemm", [int(v) for v in match.groups()], {}
     if match := _ELEMENTWISE.match(text):
         options = dict(part.split("=") for part in match.group(3).split())
         unknown = sorted(set(options) - {"passes", "block"})
         if unknown:
             raise ScenarioError(f"program {text!r}: unknown option(s) {unknown}; known: passes, block")
-        return elementwise(config, int(match.group(1)), int(match.group(2)), passes=int(options.get("passes", 1)),
-                           block_elements=int(options["block"]) if "block" in options else None)
+        return "elementwise", [int(match.group(1)), int(match.group(2))], {
+            "passes": int(options.get("passes", 1)),
+            "block_elements": int(options["block"]) if "block" in options else None}
+    return None
+
+
+def _program_file(text, config, base):
     kernel = text.split(maxsplit=1)[0] if text else ""
     if kernel in _KERNEL_FORMS and not (base / text).is_file():
         raise ScenarioError(f"program {text!r}: expected {_KERNEL_FORMS[kernel]}")

@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tcloud.firmware import FirmwareError, GemmPlan, ProgramBuilder, Requant, gemm, plan_gemm
+from tcloud.firmware import (FirmwareError, Footprint, GemmPlan, ProgramBuilder, Requant, elementwise,
+                             elementwise_footprint, gemm, gemm_footprint, plan_gemm)
 from tcloud.firmware.gemm import _instruction_count, _sram_footprint, me_utop_cost
 from tcloud.isa.cost import HARVEST_COST_DEFAULT
 from tcloud.isa import ContextStatus, EngineClass, Instr, ProgramImage, decode_stream, get_config
@@ -183,6 +184,8 @@ def test_the_footprint_counted_before_lowering_is_the_images(config):
             plan = plan_gemm(config, m, k, n, bias=bias, requant=requant is not None)
             count = _instruction_count(get_config(config), plan, bias, requant is not None)
             assert count == len(image.code) // 16, (m, k, n, bias, requant)
+            footprint = gemm_footprint(config, m, k, n, bias=bias, requant=requant is not None)
+            assert footprint == Footprint(image.sram_bytes, image.hbm_bytes), (m, k, n, bias, requant)
 
 
 def test_a_gemm_the_hbm_cannot_hold_is_refused_with_its_sizes():
@@ -286,9 +289,28 @@ def test_more_live_dependency_groups_than_tokens_get_a_fence(fanout):
                                                         (3, 5, 2047, None), (7, 9, 2, 10)])
 def test_elementwise_counts_its_instructions_before_building(rows, cols, passes, block):
     """The count that refuses a shape too large for the HBM before the program is built is the count built."""
-    from tcloud.firmware import elementwise
     from tcloud.firmware.elementwise import _instruction_count
 
     image = elementwise("small", rows, cols, passes=passes, block_elements=block)
     used = min(rows * cols, block or rows * cols)
     assert len(image.code) // 16 == _instruction_count(rows * cols, used, passes)
+    footprint = elementwise_footprint("small", rows, cols, passes=passes, block_elements=block)
+    assert footprint == Footprint(image.sram_bytes, image.hbm_bytes)
+
+
+def test_the_footprints_refuse_what_the_kernels_refuse():
+    """Every refusal comes before the code is built, so the footprint functions give the same errors."""
+    config = get_config("tiny").replace(name="one-mib", hbm_mib=1)
+    for call in (lambda f: f(config, (1 << 20) // 64, 64, 1), lambda f: f("small", 1, 4194400, 1)):
+        with pytest.raises(FirmwareError) as built:
+            call(gemm)
+        with pytest.raises(FirmwareError) as counted:
+            call(gemm_footprint)
+        assert str(counted.value) == str(built.value)
+    for args, options in (((config, 1000, 1000), {}), (("small", 0, 4), {}), (("small", 4, 4), {"passes": 5000}),
+                          (("small", 4, 4), {"block_elements": 0})):
+        with pytest.raises(FirmwareError) as built:
+            elementwise(*args, **options)
+        with pytest.raises(FirmwareError) as counted:
+            elementwise_footprint(*args, **options)
+        assert str(counted.value) == str(built.value)

@@ -47,6 +47,23 @@ def test_bad_fields_are_named(change, message):
         check_spec(spec)
 
 
+def test_the_spec_check_sizes_kernels_without_building_them(monkeypatch):
+    """The driver checks that ``gemm``/``elementwise`` models fit from their footprints alone (a large
+    GEMM took about 20 s to build only to be refused); the Ray workers build them."""
+    import tcloud.runtime.tenants as tenants
+
+    def never(*args, **kwargs):
+        raise AssertionError("the spec check built a kernel's code")
+
+    monkeypatch.setattr(tenants, "gemm", never)
+    monkeypatch.setattr(tenants, "elementwise", never)
+    spec = {"models": ["gemm 1024x2048x1024"], "configs": ["small"], "policies": ["static"], "tenants": [4],
+            "loads": [1]}
+    with pytest.raises(SweepError, match="needs 57344 B of scratchpad .* 4 tenants on small get 65536"):
+        check_spec(spec)
+    assert check_spec({**spec, "models": ["gemm 1024x2048x1024", "elementwise 8x32 passes=2"], "tenants": [1]})
+
+
 def test_missing_fields_and_points():
     with pytest.raises(SweepError, match="missing field.*loads"):
         check_spec({"models": ["gemm 8x8x8"], "configs": ["small"], "policies": ["static"], "tenants": [1]})
