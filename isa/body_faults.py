@@ -13,7 +13,7 @@ as well), and ``tests/test_body_faults.py`` checks on random bodies and windows 
 from typing import NamedTuple
 
 from .cost import UnitState, overlap
-from .table import FMA_BYTE_RESULTS, FMA_BYTE_SOURCES, LUT_BYTES, FaultCode, FmaResult, FmaSource
+from .table import FMA_BYTE_RESULTS, FMA_BYTE_SOURCES, LUT_BYTES, TOKEN_MAX_COUNT, FaultCode, FmaResult, FmaSource
 
 _ELEMENT_BYTES = {True: 1, False: 4}
 """Bytes per element of a VE operand, by whether it is int8."""
@@ -59,6 +59,19 @@ def wrong_class_detail(mnemonic, utop_class=None):
     """Detail of a body instruction outside a uTOp, or inside one of another class (``utop_class``, an
     :class:`~tcloud.isa.EngineClass`)."""
     return f"{mnemonic} outside a uTOp" if utop_class is None else f"{mnemonic} in a {utop_class.name} uTOp"
+
+
+def token_overflow_detail(token):
+    """Detail of a signal that would take token ``token``'s counter beyond its maximum."""
+    return f"token t{token} would exceed {TOKEN_MAX_COUNT}"
+
+
+def no_engine_detail(engine_class, policy):
+    """Detail of a uTOp of ``engine_class`` (an :class:`~tcloud.isa.EngineClass`) issued by a context
+    that owns no engine of that class under ``policy`` (a :class:`~tcloud.isa.Policy`: static or
+    harvest)."""
+    return (f"{engine_class.name} uTOp, but the context owns no {engine_class.name} under the "
+            f"{policy.name.lower()} policy")
 
 
 def privileged_detail(mnemonic):

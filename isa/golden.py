@@ -30,7 +30,8 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .body_faults import Access, BodyFault as _Fault, cost_fault, gather_overlap_fault, me_state_fault, outside_window
-from .body_faults import fetch_bounds_detail, privileged_detail, tile_fault, ve_state_fault, wrong_class_detail
+from .body_faults import (fetch_bounds_detail, no_engine_detail, privileged_detail, tile_fault, token_overflow_detail,
+                          ve_state_fault, wrong_class_detail)
 from .config import get_config
 from .cost import UnitState, overlap
 from .encoding import DecodeError, Instr, decode
@@ -282,8 +283,7 @@ class Machine:
                                                        f"{ctx.tokens[token]} available")
         owned = {EngineClass.ME: ctx.me_mask, EngineClass.VE: ctx.ve_mask, EngineClass.DMA: ctx.dma_mask}[cls]
         if owned == 0 and self.policy in (Policy.STATIC, Policy.HARVEST):
-            raise _Fault(FaultCode.NO_ENGINE, f"{cls.name} uTOp, but the context owns no {cls.name} under the "
-                                              f"{self.policy.name.lower()} policy")
+            raise _Fault(FaultCode.NO_ENGINE, no_engine_detail(cls, self.policy))
         for token, count in need.items():
             ctx.tokens[token] -= count
         engine = _EngineState()
@@ -307,7 +307,7 @@ class Machine:
         for token in range(NUM_TOKENS):
             if header["signal"] >> token & 1:
                 if ctx.tokens[token] >= TOKEN_MAX_COUNT:
-                    raise _Fault(FaultCode.TOKEN_OVERFLOW, f"token t{token} would exceed {TOKEN_MAX_COUNT}")
+                    raise _Fault(FaultCode.TOKEN_OVERFLOW, token_overflow_detail(token))
                 ctx.tokens[token] += 1
         if self.trace is not None:
             self.trace.append(TraceEvent(ctx.index, pc, header, tuple(self._accesses)))

@@ -251,6 +251,30 @@ def test_a_utop_running_past_its_window_faults_fetch_bounds_whatever_lies_beyond
     assert reports[1:] == reports[:1] * 3, reports
 
 
+@pytest.mark.parametrize("policy", ["static", "harvest"])
+def test_a_utop_for_a_class_the_context_owns_none_of_faults_as_in_the_golden_model(policy):
+    """NO_ENGINE with the golden model's PC and detail (naming the class and the policy), in every mode."""
+    bodies = {EngineClass.ME: Instr("me.loadw", w=0, k=8, n=8), EngineClass.VE: Instr("ve.fill", dst=0, n=8, value=1),
+              EngineClass.DMA: Instr("dma.load", sram=0, hbm=0, rows=1, row_bytes=16)}
+    for cls, body in bodies.items():
+        masks = {"me_mask": 1, "ve_mask": 1, "dma_mask": 1, f"{cls.name.lower()}_mask": 0}
+        reports = []
+        for device in (FunctionalDevice("small"), PerfDevice("small"), PerfDevice("small", data=False, native=False),
+                       PerfDevice("small", data=False, native=True)):
+            device.set_policy(policy)
+            device.host(Instr("ctx.hbm", ctx=0, base=0, size=0x10000))
+            device.host(Instr("ctx.sram", ctx=0, base=0, size=0x1000))
+            device.host(Instr("ctx.engines", ctx=0, **masks))
+            device.write_hbm(0x100, encode_stream([*utop(cls, [body]), Instr("halt")]))
+            device.host(Instr("ctx.start", ctx=0, pc=0x100))
+            assert device.run(100_000)
+            info = device.context(0)
+            reports.append((info.status, info.fault, info.fault_pc, info.detail))
+        assert reports[0] == (ContextStatus.FAULTED, FaultCode.NO_ENGINE, 0x100,
+                              f"{cls.name} uTOp, but the context owns no {cls.name} under the {policy} policy"), cls
+        assert reports[1:] == reports[:1] * 3, reports
+
+
 def test_a_run_ends_when_no_context_runs_as_on_the_rtl():
     """run(max_cycles) on an idle device, or past a program's end, does not advance time to the limit."""
     device = make_device("perf", "small")

@@ -34,7 +34,8 @@ import math
 
 from tcloud.isa import ContextStatus, DecodeError, EngineClass, FaultCode, Machine, decode, get_config, parse_policy
 from tcloud.isa import csr
-from tcloud.isa.body_faults import fetch_bounds_detail, privileged_detail, utop_body_fault, wrong_class_detail
+from tcloud.isa.body_faults import (fetch_bounds_detail, no_engine_detail, privileged_detail, token_overflow_detail,
+                                   utop_body_fault, wrong_class_detail)
 from tcloud.isa.errors import HostCommandError
 from tcloud.isa.table import HARVESTED_CLASSES, INSTRUCTION_BYTES, NUM_TOKENS, TOKEN_MAX_COUNT, Policy
 
@@ -56,14 +57,6 @@ FLOW_DONE = 1e-6
 """Work left at or below which a DMA transfer has finished (the shared progress is rounded)."""
 TOKEN_DEADLOCK_DETAIL = "uTOp waits for signals nothing will send"
 WATCHDOG_DETAIL = "over its watchdog budget"
-
-
-def token_overflow_detail(token):
-    return f"token t{token} would exceed {TOKEN_MAX_COUNT}"
-
-
-def no_engine_detail(cls):
-    return f"{cls.name} uTOp, but the context owns no {cls.name}"
 
 
 def utop_bytes(hbm, window, pc, length):
@@ -860,7 +853,7 @@ class PerfDevice(GoldenMemory):
                 if not enough and ctx.inflight == 0:
                     self._front_fault(ctx, time, FaultCode.TOKEN_DEADLOCK, TOKEN_DEADLOCK_DETAIL)
                 elif self._owns_none(ctx, ctx.head.cls):
-                    self._front_fault(ctx, time, FaultCode.NO_ENGINE, no_engine_detail(ctx.head.cls))
+                    self._front_fault(ctx, time, FaultCode.NO_ENGINE, no_engine_detail(ctx.head.cls, self.policy))
         if self.policy == Policy.TEMPORAL:
             self._temporal_slice(time)
         if issuing and self._dispatched_at != time:

@@ -617,7 +617,8 @@ struct Sim {
                 if (!has_enough && c.inflight == 0) {
                     front_fault(c, time, kFaultTokenDeadlock, kDetailTokenDeadlock);
                 } else if (owns_none(c, utop_cls(u))) {
-                    front_fault(c, time, kFaultNoEngine, kDetailNoEngine + utop_cls(u));
+                    front_fault(c, time, kFaultNoEngine,
+                                (dev.policy == kPolicyHarvest ? kDetailNoEngineHarvest : kDetailNoEngineStatic) + utop_cls(u));
                 }
             }
         }

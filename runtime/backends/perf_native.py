@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from tcloud.isa import ContextStatus, DecodeError, EngineClass, FaultCode, decode
+from tcloud.isa.body_faults import no_engine_detail, token_overflow_detail
 from tcloud.isa.table import HARVESTED_CLASSES, INSTRUCTION_BYTES, NUM_TOKENS, TOKEN_MAX_COUNT, Policy
 
 from . import perf_timing as timing
@@ -117,6 +118,10 @@ MAX_CONTEXTS = 1 << 8
 
 
 _FIXED_DETAILS = []
+ENGINE_CLASSES = max(EngineClass) + 1
+NO_ENGINE_POLICIES = (Policy.STATIC, Policy.HARVEST)
+"""The policies under which a uTOp for a class the context owns no engine of faults (``NO_ENGINE``):
+the core's fixed details hold one text per policy and class."""
 
 
 def fixed_details():
@@ -126,9 +131,9 @@ def fixed_details():
     if _FIXED_DETAILS:
         return list(_FIXED_DETAILS)
     _FIXED_DETAILS[:] = ([perf.TOKEN_DEADLOCK_DETAIL, perf.WATCHDOG_DETAIL]
-            + [perf.token_overflow_detail(token) for token in range(NUM_TOKENS)]
-            + [perf.no_engine_detail(EngineClass(cls)) if cls in [int(c) for c in perf._CLASSES] else ""
-               for cls in range(max(EngineClass) + 1)])
+            + [token_overflow_detail(token) for token in range(NUM_TOKENS)]
+            + [no_engine_detail(EngineClass(cls), policy) if cls in [int(c) for c in perf._CLASSES] else ""
+               for policy in NO_ENGINE_POLICIES for cls in range(ENGINE_CLASSES)])
     return list(_FIXED_DETAILS)
 
 
@@ -179,12 +184,13 @@ def layout_header():
                  "FetchReady": timing.FETCH_READY, "UtopTail": timing.UTOP_TAIL,
                  "DmaUtopExtra": timing.DMA_UTOP_EXTRA, "DmaUtopExtraHalf": timing.DMA_UTOP_EXTRA // 2,
                  "SharedAccessCycles": timing.SHARED_ACCESS_CYCLES, "FarFuture": FAR_FUTURE,
-                 "FlowMinWork": FLOW_MIN_WORK, "FlowDone": FLOW_DONE, "ClassCount": max(EngineClass) + 1,
+                 "FlowMinWork": FLOW_MIN_WORK, "FlowDone": FLOW_DONE, "ClassCount": ENGINE_CLASSES,
                  "MaxContexts": MAX_CONTEXTS, "DeviceWords": _DEVICE_WIDTH, "ContextWords": _CONTEXT_WIDTH,
                  "EngineWords": _ENGINE_WIDTH, "NoDetail": NO_DETAIL,
                  "ReportWords": _REPORT_WIDTH, "UtopFixed": len(UTOP_FIELDS), "PhaseFields": len(PHASE_FIELDS), "EventFields": len(EVENT_FIELDS),
                  "DetailTokenDeadlock": 0, "DetailWatchdog": 1, "DetailTokenOverflow": 2,
-                 "DetailNoEngine": 2 + NUM_TOKENS, "DetailFetchBounds": DETAIL_FETCH_BOUNDS,
+                 "DetailNoEngineStatic": 2 + NUM_TOKENS, "DetailNoEngineHarvest": 2 + NUM_TOKENS + ENGINE_CLASSES,
+                 "DetailFetchBounds": DETAIL_FETCH_BOUNDS,
                  "HarvestedClasses": sum(1 << int(cls) for cls in HARVESTED_CLASSES),
                  "HeldClasses": sum(1 << int(cls) for cls in HELD_CLASSES)}
     for prefix, names in (("Utop", UTOP_FIELDS), ("Phase", PHASE_FIELDS), ("State", STATES),
