@@ -248,7 +248,8 @@ def plot(summary, policies, traces, path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, len(traces), figsize=(5 * len(traces), 7), sharex="col", squeeze=False)
-    styles = {p: (marker, dash, f"C{i}") for i, (p, marker, dash) in
+    palette = plt.get_cmap("tab20").colors  # 20 colours: the default cycle repeats after 10
+    styles = {p: (marker, dash, palette[(2 * i) % 20 + (2 * i) // 20]) for i, (p, marker, dash) in
               enumerate(zip(policies, "oh<s>^DvPXd", ("-", "-", "--", "--", ":", ":", "-.", "-", "--", "-", "--")))}
     for column, trace in enumerate(traces):
         top, bottom = axes[0][column], axes[1][column]
