@@ -79,16 +79,11 @@ def trace_options(trace, total):
 
 
 def peak_to_mean(trace, models, total, seed, window=1.0):
-    """Per model: the trace's largest rate over ``window``-second windows over its provisioned
-    mean (the multiplier's nominal mean 1; dividing by the run's realized mean instead gave a
-    model that burst more often under MMPP a lower ratio, and fewer replicas, than the others)."""
-    from tcloud.cluster.workload import RATE_STEP, make_trace
+    """Per model: the benchmark trace's :meth:`~tcloud.cluster.workload.Trace.peak_to_mean`."""
+    from tcloud.cluster.workload import make_trace
 
     kind, options = trace_options(trace, total)
-    rows = make_trace(kind, models, total, seed, **options).multipliers
-    k = max(1, round(window / RATE_STEP))
-    usable = rows[:, :rows.shape[1] // k * k].reshape(rows.shape[0], -1, k).mean(axis=2)
-    return usable.max(axis=1)
+    return make_trace(kind, models, total, seed, **options).peak_to_mean(window)
 
 
 def allocation_bound(trace, table, warmup, duration, seed, window=1.0):

@@ -42,6 +42,9 @@ def build_parser():
     sim.add_argument("--warmup", type=float, default=0.0,
                      help="simulated seconds before the measured ones (adaptive policies settle; default 0)")
     sim.add_argument("--seed", type=seed_int, default=0)
+    sim.add_argument("--provision", choices=PROVISIONS,
+                     help="what static, clipper, triton, rl and rl-floor split the pNPUs by: each model's mean rate "
+                          "(the default), or its peak over 1-s windows of this run's trace, known in advance")
     sim.add_argument("--load-bandwidth", type=_gigabytes_per_second, default=DEFAULT_LOAD_BANDWIDTH, metavar="GB/S",
                      help="host link into a pNPU's HBM: a replica added during the run serves once its image "
                           f"has crossed it (default {DEFAULT_LOAD_BANDWIDTH / 1e9:g}; inf: reallocation is instant)")
@@ -162,16 +165,21 @@ def _positive_int(text):
     return value
 
 
+PROVISIONS = ("mean", "peak")
+
+
 def run_simulation(nodes, pnpus_per_node, policy, trace, load, duration, seed=0, interval=1.0, config="small",
                    backend=None, table=None, models=None, progress=None, warmup=0.0, trace_options=None,
-                   load_bandwidth=None):
+                   load_bandwidth=None, provision=None):
     """Build everything and simulate; return ``(results, simulator, wall seconds)``.
 
     Parameters mirror ``tcloud cluster simulate``; ``policy`` is a name or a
     :class:`~.policies.Policy`; ``table`` a :class:`~.service.ServiceTable`, a path or ``None``;
     ``trace_options`` keyword arguments of :func:`~.workload.make_trace` (e.g. ``amplitude``,
     ``seconds_per_minute``); ``load_bandwidth`` bytes per second (default
-    :data:`~.simulate.DEFAULT_LOAD_BANDWIDTH`).
+    :data:`~.simulate.DEFAULT_LOAD_BANDWIDTH`); ``provision`` ``"peak"`` sets the policy's
+    ``provision`` to the trace's :meth:`~.workload.Trace.peak_to_mean` ratios, ``"mean"`` clears
+    it, ``None`` leaves the policy's own.
     """
     from .placement import Cluster
     from .policies import make_policy
@@ -199,14 +207,23 @@ def run_simulation(nodes, pnpus_per_node, policy, trace, load, duration, seed=0,
     context = make_context(models, table, nodes * pnpus_per_node, load, interval, load_bandwidth=load_bandwidth)
     if isinstance(policy, str):
         policy = make_policy(policy)
-    arrivals = Arrivals(make_trace(trace, models, warmup + duration, seed, **(trace_options or {})), context.rates,
-                        seed)
+    if provision not in (None, *PROVISIONS):
+        raise ClusterError(f"--provision must be one of {', '.join(PROVISIONS)}, got {provision!r}")
+    if provision is not None and not hasattr(policy, "provision"):
+        raise ClusterError(f"--provision applies to policies that split the pNPUs by provisioned rates (static, "
+                           f"clipper, triton, rl, rl-floor); {policy.name} plans from measured rates")
+    shape = make_trace(trace, models, warmup + duration, seed, **(trace_options or {}))
+    if provision is not None:
+        policy.provision = shape.peak_to_mean() if provision == "peak" else None
+    arrivals = Arrivals(shape, context.rates, seed)
     started = time.perf_counter()
     sim = Simulator(context, cluster, policy, arrivals)
     results = sim.run(duration, progress, warmup)
     wall = time.perf_counter() - started
     results["setup"] = {"nodes": nodes, "pnpus_per_node": pnpus_per_node, "policy": policy.name,
                         "trace": str(trace), "load": load, "duration": duration, "seed": seed,
+                        "provision": "mean" if getattr(policy, "provision", None) is None else
+                        [float(v) for v in policy.provision],
                         "interval": interval, "warmup": warmup, "config": table.config, "backend": table.backend,
                         "load_bandwidth": load_bandwidth, "cluster_rules": CLUSTER_RULES,
                         "offered_rate": float(context.rates.sum()),
@@ -222,7 +239,7 @@ def cmd_simulate(args):
         results, sim, wall = run_simulation(args.nodes, args.pnpus_per_node, args.policy, args.trace, args.load,
                                             args.duration, args.seed, args.interval, args.config, args.backend,
                                             args.table, progress=bar.update, warmup=args.warmup,
-                                            load_bandwidth=args.load_bandwidth)
+                                            load_bandwidth=args.load_bandwidth, provision=args.provision)
     print(summary(results))
     if out:
         write_file(out, json.dumps(results, indent=1, default=float) + "\n", "results")

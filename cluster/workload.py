@@ -157,6 +157,16 @@ class Trace:
         row = self.multipliers[model]
         return row[int(t / RATE_STEP) % len(row)]
 
+    def peak_to_mean(self, window=1.0):
+        """Per model, the largest mean multiplier over ``window``-second windows: its peak rate over
+        its provisioned mean (the multipliers' nominal mean 1; dividing by the realized mean instead
+        gave a model that burst more often under MMPP a lower ratio, and fewer replicas, than the
+        others). What an operator who knows the trace in advance provisions for."""
+        k = max(1, round(window / RATE_STEP))
+        rows = self.multipliers
+        usable = rows[:, :max(rows.shape[1] // k, 1) * k]
+        return usable.reshape(rows.shape[0], -1, min(k, usable.shape[1])).mean(axis=2).max(axis=1)
+
 
 def make_trace(kind, models, duration, seed=0, *, burst=4.0, high_s=2.0, low_s=8.0, amplitude=0.5, period=None,
                seconds_per_minute=1.0, start_minute=0):

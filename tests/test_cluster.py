@@ -523,6 +523,39 @@ def test_cli_simulate_writes_json(tmp_path, capsys):
     assert "SLO att" in capsys.readouterr().out
 
 
+def test_cli_simulate_provisions_for_the_traces_peaks_when_asked(tmp_path):
+    """``--provision peak`` splits the pNPUs by each model's peak over 1-s windows of the run's trace
+    (what the benchmark's ``static-peak`` gets), recorded in the JSON; a policy that plans from
+    measured rates refuses it."""
+    from tcloud.cluster.workload import make_trace
+
+    runs = {}
+    for provision in ("mean", "peak"):
+        out = tmp_path / f"{provision}.json"
+        assert tcloud(["cluster", "simulate", "--nodes", "2", "--pnpus-per-node", "4", "--policy", "static",
+                       "--trace", str(AZURE_SAMPLE), "--load", "0.3", "--duration", "2", "--provision", provision,
+                       "--json", str(out)]) == 0
+        runs[provision] = json.loads(out.read_text())
+    assert runs["mean"]["setup"]["provision"] == "mean"
+    ratios = make_trace(str(AZURE_SAMPLE), DEFAULT_MODELS, 2.0, 0).peak_to_mean()
+    assert runs["peak"]["setup"]["provision"] == pytest.approx(ratios.tolist()) and ratios.max() > 1.4
+    assert runs["peak"]["overall"]["utilization"] != runs["mean"]["overall"]["utilization"]
+    assert tcloud(["cluster", "simulate", "--nodes", "2", "--duration", "1", "--policy", "nexus",
+                   "--provision", "peak"]) == 1
+
+
+def test_a_traces_peak_to_mean_is_its_highest_window_mean():
+    from tcloud.cluster.workload import RATE_STEP, Trace
+
+    steps = round(3.0 / RATE_STEP)
+    rows = np.ones((2, steps))
+    rows[0, 12:14] = 6.0  # 0.2 s at 6 x inside the window [1 s, 2 s): that window's mean is 2
+    rows[1, :] = 0.5
+    assert Trace("t", rows).peak_to_mean().tolist() == pytest.approx([2.0, 0.5])
+    assert Trace("t", rows).peak_to_mean(window=RATE_STEP).tolist() == pytest.approx([6.0, 0.5])
+    assert Trace("t", rows[:, :3]).peak_to_mean().tolist() == pytest.approx([1.0, 0.5])  # shorter than a window
+
+
 @pytest.mark.parametrize("args, message", [
     (["--trace", "no/such.csv"], "trace 'no/such.csv' is neither one of poisson, mmpp, diurnal nor an existing file"),
     (["--load", "-1"], "--load must be a positive fraction of capacity"),
